@@ -1,0 +1,57 @@
+// Builds the CPU core (AssemblyScript -> build/core.wasm) and the TypeScript
+// (tsc -> dist/). Skips a step whose outputs are newer than its sources.
+//   node scripts/build.mjs          everything
+//   node scripts/build.mjs core     only the core
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const only = process.argv[2];
+
+function newest(dir, exts) {
+  let t = 0;
+  if (!existsSync(dir)) return 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) { if (e.name !== "node_modules" && e.name !== "out") t = Math.max(t, newest(p, exts)); }
+    else if (exts.some((x) => e.name.endsWith(x))) t = Math.max(t, statSync(p).mtimeMs);
+  }
+  return t;
+}
+const mtime = (p) => (existsSync(p) ? statSync(p).mtimeMs : 0);
+const bin = (name) => join(root, "node_modules", ".bin", name);
+
+function buildCore() {
+  const out = join(root, "build", "core.wasm");
+  if (mtime(out) > newest(join(root, "src", "core"), [".ts"]) && mtime(out) > mtime(join(root, "scripts", "build.mjs"))) return;
+  mkdirSync(join(root, "build"), { recursive: true });
+  process.stderr.write("building core.wasm\n");
+  // The core runs on the VM's shared memory (imported, so the hypervisor owns
+  // it and worker threads can share it) and never allocates: stub runtime.
+  execFileSync(bin("asc"), [
+    "src/core/index.ts", "-o", "build/core.wasm",
+    "--runtime", "stub", "--importMemory", "--sharedMemory",
+    "--initialMemory", "32", "--maximumMemory", "65536",
+    "--enable", "threads", "-O3", "--noAssert", "--converge",
+  ], { cwd: root, stdio: "inherit" });
+}
+
+function buildTs() {
+  const stamp = join(root, "dist", ".stamp");
+  const src = Math.max(newest(join(root, "src"), [".ts"]), newest(join(root, "bench"), [".ts"]), newest(join(root, "tests"), [".ts"]), mtime(join(root, "tsconfig.json")));
+  if (mtime(stamp) > src) return;
+  process.stderr.write("compiling TypeScript\n");
+  execFileSync(bin("tsc"), ["-p", "tsconfig.json"], { cwd: root, stdio: "inherit" });
+  mkdirSync(join(root, "dist"), { recursive: true });
+  execFileSync("touch", [stamp]);
+}
+
+try {
+  if (!only || only === "core") buildCore();
+  if (!only || only === "ts") buildTs();
+} catch {
+  process.stderr.write("build failed\n");
+  process.exit(1);
+}

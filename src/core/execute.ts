@@ -1,0 +1,153 @@
+// The interpreter: fetch, decode, execute until a VM exit.
+//
+// Per instruction: fetch through the TLB, dispatch on the major opcode, then
+// look at `status` once. Traps are taken here (trap.ts). Interrupts are checked
+// when something that can make one takeable changed (irqCheckNeeded: CSR
+// writes, xRET, a timer compare reached, run() entry).
+
+import {
+  H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP, STATUS_EXIT,
+  PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
+  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal,
+} from "./hart";
+import { fetch, htifHit, clearHtifHit } from "./memory";
+import { updateTlbContext } from "./tlb";
+import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
+import { beginRunCounting, countRetired, foldCounters, retiredThisRun } from "./counters";
+import { EXIT_BUDGET, EXIT_HALT } from "./exit";
+import { execLoad, execStore, execOpImm, execOpImm32, execOp, execOp32, execBranch, jalTarget, immI } from "./isa/rv64i";
+import { execAtomic } from "./isa/a";
+import { expandCompressed } from "./isa/c";
+import { execSystem, exitAfterRetire, clearExitAfterRetire } from "./isa/system";
+import { execFp } from "./fp/exec";
+import { getX, setX } from "./hart";
+
+/** Execute one (expanded, 32-bit) instruction at `pc` of length `len`; returns
+ *  the next pc. */
+@inline function execute(insn: u32, pc: u64, len: u64): u64 {
+  switch (insn & 0x7f) {
+    case 0x03: execLoad(insn); break;
+    case 0x13: execOpImm(insn); break;
+    case 0x17: setX((insn >> 7) & 31, pc + <u64>(<i64>(<i32>(insn & 0xfffff000)))); break; // AUIPC
+    case 0x1b: execOpImm32(insn); break;
+    case 0x23: execStore(insn); break;
+    case 0x2f: execAtomic(insn); break;
+    case 0x33: execOp(insn); break;
+    case 0x37: setX((insn >> 7) & 31, <u64>(<i64>(<i32>(insn & 0xfffff000)))); break; // LUI
+    case 0x3b: execOp32(insn); break;
+    case 0x63: return execBranch(insn, pc, len);
+    case 0x67: { // JALR: target computed before the link write (rd may equal rs1)
+      if (((insn >> 12) & 7) != 0) { illegal(insn); return pc; }
+      const target = (getX((insn >> 15) & 31) + immI(insn)) & ~(<u64>1);
+      setX((insn >> 7) & 31, pc + len);
+      return target;
+    }
+    case 0x6f: { // JAL
+      setX((insn >> 7) & 31, pc + len);
+      return jalTarget(insn, pc);
+    }
+    case 0x0f: // MISC-MEM: FENCE (incl. PAUSE), FENCE.I. Memory is coherent and
+      // there is no instruction cache to flush in the interpreter.
+      if (((insn >> 12) & 7) > 1) illegal(insn);
+      break;
+    case 0x73: return execSystem(insn, pc);
+    case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53:
+      execFp(insn);
+      break;
+    default:
+      illegal(insn);
+  }
+  return pc + len;
+}
+
+// Consecutive traps without a retired instruction: a handler that itself
+// faults forever (e.g. mtvec pointing at unmapped memory) ends the run.
+const TRAP_STORM_LIMIT: u32 = 1000000;
+
+export function runHart(budget: u32): i32 {
+  clearStatus();
+  clearExitAfterRetire();
+  clearHtifHit();
+  beginRunCounting();
+  updateTlbContext();
+  wr(WAITING_OFF, 0);
+  let pc = rd(PC_OFF);
+  let left = budget;
+  let tickLeft = rd(TICK_LEFT_OFF);
+  const tickInsns = rd(TICK_INSNS_OFF);
+  let deadline = nextTimerDeadline();
+  let reason: i32 = EXIT_BUDGET;
+  let trapsInARow: u32 = 0;
+  // A completed MMIO access must be consumed by re-executing its instruction
+  // before anything else runs (an interrupt handler must not see it).
+  let mmioCompletion = rd(RUN_MMIO_DONE_OFF) != 0;
+  if (mmioCompletion) clearIrqCheck(); else requestIrqCheck();
+
+  while (true) {
+    if (irqCheckNeeded) {
+      clearIrqCheck();
+      deadline = nextTimerDeadline();
+      const irq = pendingInterrupt();
+      if (irq >= 0) pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc);
+    }
+    if (left == 0) break;
+
+    let insn = fetch(pc);
+    let next: u64 = 0;
+    if (status == STATUS_OK) {
+      if ((insn & 3) == 3) {
+        next = execute(insn, pc, 4);
+      } else {
+        const expanded = expandCompressed(insn & 0xffff);
+        if (expanded == 0) illegal(insn & 0xffff);
+        else next = execute(expanded, pc, 2);
+        // Faults report the 16-bit instruction as it is in memory.
+        if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
+      }
+    }
+    if (mmioCompletion) {
+      mmioCompletion = false;
+      wr(RUN_MMIO_DONE_OFF, 0);
+      requestIrqCheck();
+    }
+
+    if (status != STATUS_OK) {
+      if (status == STATUS_TRAP) {
+        clearStatus();
+        pc = enterTrap(trapCause, trapTval, pc);
+        if (++trapsInARow >= TRAP_STORM_LIMIT) {
+          store<i64>(H, <i64>EXIT_HALT, RUN_REASON_OFF);
+          wr(RUN_ADDR_OFF, pc);
+          reason = EXIT_HALT;
+          break;
+        }
+        continue;
+      }
+      // STATUS_EXIT: the instruction did not complete; it restarts on resume.
+      reason = <i32>load<i64>(H, RUN_REASON_OFF);
+      break;
+    }
+    trapsInARow = 0;
+    pc = next;
+    countRetired();
+    left--;
+    if (--tickLeft == 0) {
+      tickLeft = tickInsns;
+      const t = rd(TIME_OFF) + 1;
+      wr(TIME_OFF, t);
+      if (t >= deadline) requestIrqCheck();
+    }
+    if (exitAfterRetire || htifHit) {
+      reason = <i32>load<i64>(H, RUN_REASON_OFF);
+      break;
+    }
+  }
+  wr(PC_OFF, pc);
+  wr(TICK_LEFT_OFF, tickLeft);
+  foldCounters();
+  wr(RUN_INSNS_OFF, retiredThisRun);
+  if (reason == EXIT_BUDGET) store<i64>(H, <i64>EXIT_BUDGET, RUN_REASON_OFF);
+  return reason;
+}
+
+export { STATUS_EXIT };

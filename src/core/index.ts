@@ -1,0 +1,128 @@
+// core.wasm: the exported interface of the CPU core.
+//
+// The hypervisor drives a hart as Linux KVM drives a vCPU: it prepares the hart
+// block, calls run() and handles the exit it returns (exit.ts), whose data sits in
+// the run record (hart.ts RUN_* offsets, exported below as globals). Every
+// function takes the hart block's address `h`; the core keeps no per-hart state
+// anywhere else, so one instance can time-slice many harts and a worker thread's
+// own instance can run any hart on the shared memory.
+
+import * as hart from "./hart";
+import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF,
+  SBI_MODE_OFF, HTIF_TOHOST_OFF, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF,
+  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF } from "./hart";
+import { tlbFlushAll, updateTlbContext } from "./tlb";
+import { csrReadRaw, csrWriteRaw } from "./csr";
+import { resetHart } from "./reset";
+import { runHart } from "./execute";
+import { nextTimerDeadline, interruptWakeup } from "./trap";
+
+export {
+  X_OFF, F_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, SATP_OFF, TIME_OFF, MCYCLE_OFF, MINSTRET_OFF,
+  RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF, RUN_INSNS_OFF,
+  HART_STATE_SIZE,
+} from "./hart";
+export {
+  EXIT_BUDGET, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SBI, EXIT_WFI, EXIT_P2M_FAULT, EXIT_HTIF, EXIT_HALT,
+} from "./exit";
+export { P2M_PRESENT, P2M_WRITABLE } from "./p2m";
+
+/** First byte the hypervisor may use: everything below holds the core's data. */
+export function coreDataEnd(): usize {
+  return __heap_base;
+}
+
+export function hartStateSize(): u32 {
+  return HART_STATE_SIZE;
+}
+
+/** Reset state (privileged spec 3.4): M-mode, pc = `resetPc`, mhartid = `hartId`. */
+export function hartReset(h: usize, hartId: u64, resetPc: u64): void {
+  setCurrentHart(h);
+  resetHart(hartId, resetPc);
+}
+
+/**
+ * Execute until a VM exit or until `budget` instructions have retired. Returns the
+ * exit reason; RUN_INSNS in the run record holds the instructions retired.
+ */
+export function run(h: usize, budget: u32): i32 {
+  setCurrentHart(h);
+  return runHart(budget);
+}
+
+export function getX(h: usize, i: u32): u64 { setCurrentHart(h); return hart.getX(i & 31); }
+export function setX(h: usize, i: u32, v: u64): void { setCurrentHart(h); hart.setX(i & 31, v); }
+export function getF(h: usize, i: u32): u64 { setCurrentHart(h); return hart.getF(i & 31); }
+export function setF(h: usize, i: u32, v: u64): void { setCurrentHart(h); hart.setF(i & 31, v); }
+export function getPc(h: usize): u64 { return load<u64>(h, PC_OFF); }
+export function setPc(h: usize, v: u64): void { store<u64>(h, v & ~(<u64>1), PC_OFF); }
+export function getPriv(h: usize): u32 { return <u32>load<u64>(h, PRIV_OFF); }
+export function setPriv(h: usize, p: u32): void {
+  setCurrentHart(h);
+  store<u64>(h, <u64>(p == 2 ? 3 : p & 3), PRIV_OFF);
+  updateTlbContext();
+}
+
+/** CSR access for the hypervisor: no privilege checks; -1 from csrRead when the
+ *  CSR does not exist (use csrExists to tell). */
+export function csrRead(h: usize, csr: u32): u64 { setCurrentHart(h); return csrReadRaw(csr); }
+export function csrWrite(h: usize, csr: u32, v: u64): void { setCurrentHart(h); csrWriteRaw(csr, v); }
+
+/** Attach the VM's p2m (see p2m.ts for the entry format) and flush the TLB. */
+export function setP2m(h: usize, table: usize, baseGfn: u64, count: u64): void {
+  store<u64>(h, <u64>table, P2M_TABLE_OFF);
+  store<u64>(h, baseGfn, P2M_BASE_GFN_OFF);
+  store<u64>(h, count, P2M_COUNT_OFF);
+  tlbFlush(h);
+}
+
+/** Drop every cached translation (after the hypervisor changed the p2m). */
+export function tlbFlush(h: usize): void {
+  setCurrentHart(h);
+  tlbFlushAll();
+}
+
+// Interrupt lines from devices: the PLIC's M and S context outputs (MEIP, SEIP)
+// and the ACLINT MSWI bit (MSIP). Values: 0 low, 1 high.
+export const IRQ_LINE_MSIP: u32 = 3;
+export const IRQ_LINE_SEIP: u32 = 9;
+export const IRQ_LINE_MEIP: u32 = 11;
+export function setIrqLine(h: usize, line: u32, level: u32): void {
+  const off = line == IRQ_LINE_MEIP ? LINE_MEIP_OFF : line == IRQ_LINE_SEIP ? LINE_SEIP_OFF : LINE_MSIP_OFF;
+  store<u64>(h + <usize>off, level != 0 ? 1 : 0);
+}
+
+// The platform timer (ACLINT MTIMER mtime) as this hart sees it. It advances by
+// one every TICK_INSNS retired instructions, so time is a pure function of the
+// instruction stream (deterministic); a hypervisor that wants wall-clock time
+// sets it from the host clock between runs.
+export function getTime(h: usize): u64 { return load<u64>(h, TIME_OFF); }
+export function setTime(h: usize, t: u64): void { store<u64>(h, t, TIME_OFF); }
+export function getMtimecmp(h: usize): u64 { return load<u64>(h, MTIMECMP_OFF); }
+export function setMtimecmp(h: usize, v: u64): void { store<u64>(h, v, MTIMECMP_OFF); }
+export function setTickInsns(h: usize, n: u32): void {
+  const v: u64 = n == 0 ? 1 : <u64>n;
+  store<u64>(h, v, TICK_INSNS_OFF);
+  store<u64>(h, v, TICK_LEFT_OFF);
+}
+
+/** Earliest time at which a timer interrupt can become pending for this hart
+ *  (mtimecmp, and stimecmp when Sstc is enabled); u64 max when none. */
+export function timerDeadline(h: usize): u64 { setCurrentHart(h); return nextTimerDeadline(); }
+
+/** Would a pending-and-enabled interrupt end a WFI now (spec 3.3.3)? */
+export function wakeupPending(h: usize): bool { setCurrentHart(h); return interruptWakeup(); }
+
+/** Is the hart waiting in WFI (the last exit was EXIT_WFI and it has not run since)? */
+export function isWaiting(h: usize): bool { return load<u64>(h, WAITING_OFF) != 0; }
+
+/** 1: ECALL from S-mode (and U-mode when not delegated) is an SBI hypercall exit,
+ *  as under KVM; 0: it traps to the guest's own M-mode (bare-metal programs). */
+export function setSbiMode(h: usize, on: u32): void { store<u64>(h, on != 0 ? 1 : 0, SBI_MODE_OFF); }
+
+/** Guest-physical address of the HTIF `tohost` doubleword (0 = none). */
+export function setHtifTohost(h: usize, gpa: u64): void {
+  store<u64>(h, gpa, HTIF_TOHOST_OFF);
+  tlbFlush(h);
+}

@@ -1,0 +1,26 @@
+// Hart reset (privileged spec 3.4): M-mode, MIE and MPRV clear, misa at its
+// value, pc at the reset vector. The hypervisor's configuration of the hart
+// (p2m, SBI mode, HTIF address, tick rate) survives a reset.
+
+import {
+  H, wr, X_OFF, P2M_TABLE_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, MHARTID_OFF, MTIMECMP_OFF, STIMECMP_OFF,
+  TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, PRV_M, MSTATUS_UXL, MSTATUS_SXL, rd,
+} from "./hart";
+import { tlbFlushAll, updateTlbContext } from "./tlb";
+
+export function resetHart(hartId: u64, resetPc: u64): void {
+  memory.fill(H + X_OFF, 0, P2M_TABLE_OFF - X_OFF);
+  memory.fill(H + RUN_REASON_OFF, 0, TLB_OFF - RUN_REASON_OFF);
+  wr(PC_OFF, resetPc);
+  wr(PRIV_OFF, PRV_M);
+  // XLEN is 64 in every mode (UXL = SXL = 2).
+  wr(MSTATUS_OFF, MSTATUS_UXL | MSTATUS_SXL);
+  wr(MHARTID_OFF, hartId);
+  // No timer interrupt until software programs a compare value.
+  wr(MTIMECMP_OFF, 0xffffffffffffffff);
+  wr(STIMECMP_OFF, 0xffffffffffffffff);
+  if (rd(TICK_INSNS_OFF) == 0) wr(TICK_INSNS_OFF, 1);
+  wr(TICK_LEFT_OFF, rd(TICK_INSNS_OFF));
+  tlbFlushAll();
+  updateTlbContext();
+}

@@ -1,0 +1,64 @@
+// Software TLB: guest-virtual page -> host address, for fetch, load and store.
+//
+// Each array is direct-mapped by virtual page number. An entry holds a tag and
+// an addend (host address - guest-virtual page address), so a hit costs one
+// compare and one add. The tag is the page address with a context value in its
+// low 12 bits: the effective privilege and the mstatus bits that change the
+// outcome of a permission check (SUM, MXR) and whether translation is on. A mode
+// change then needs no flush: entries made under another context simply miss.
+// Entries are made only after the page walk succeeded with A (and D for stores)
+// set and the p2m allowed the access, so a hit needs no further checks.
+//
+// Flushes: SFENCE.VMA (spec 4.2.1), any satp write, and whenever the hypervisor
+// changes the p2m (tlbFlush export).
+
+import {
+  H, TLB_ENTRIES, TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRY_SIZE,
+  MSTATUS_OFF, SATP_OFF, PRIV_OFF, rd,
+  MSTATUS_MPRV, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_SUM, MSTATUS_MXR, PRV_M,
+} from "./hart";
+
+export let ctxFetch: u64 = 0;
+export let ctxLoad: u64 = 0;
+export let ctxStore: u64 = 0;
+/** Effective privilege for loads and stores (MPRV applies MPP in M-mode). */
+export let dataPriv: u32 = 0;
+
+const CTX_VALID: u64 = 0x100;
+const INVALID_TAG: u64 = 0xffffffffffffffff;
+
+/** Recompute the contexts; call after any change of priv, mstatus or satp. */
+export function updateTlbContext(): void {
+  const priv = <u32>rd(PRIV_OFF);
+  const ms = rd(MSTATUS_OFF);
+  const satpOn: u64 = (rd(SATP_OFF) >> 60) != 0 ? 1 : 0;
+  let dp = priv;
+  if (priv == PRV_M && (ms & MSTATUS_MPRV) != 0) dp = <u32>((ms & MSTATUS_MPP) >> MSTATUS_MPP_SHIFT);
+  dataPriv = dp;
+  const fetchOn: u64 = priv != PRV_M ? satpOn : 0;
+  const dataOn: u64 = dp != PRV_M ? satpOn : 0;
+  const sum: u64 = (ms & MSTATUS_SUM) != 0 ? 1 : 0;
+  const mxr: u64 = (ms & MSTATUS_MXR) != 0 ? 1 : 0;
+  ctxFetch = CTX_VALID | <u64>priv | (fetchOn << 4);
+  ctxLoad = CTX_VALID | <u64>dp | (dataOn << 4) | (sum << 2) | (mxr << 3);
+  ctxStore = CTX_VALID | <u64>dp | (dataOn << 4) | (sum << 2);
+}
+
+export function tlbFlushAll(): void {
+  for (let i: u32 = 0; i < 3 * TLB_ENTRIES; i++) {
+    store<u64>(H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE), INVALID_TAG);
+  }
+}
+
+@inline export function tlbIndex(va: u64): usize {
+  return ((<usize>(va >> 12)) & (TLB_ENTRIES - 1)) << 4;
+}
+
+export function tlbFill(arrayOff: u32, va: u64, ctx: u64, hostPage: usize): void {
+  const e = H + <usize>arrayOff + tlbIndex(va);
+  const vpage = va & ~(<u64>0xfff);
+  store<u64>(e, vpage | ctx);
+  store<u64>(e, (<u64>hostPage) - vpage, 8);
+}
+
+export { TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF };
