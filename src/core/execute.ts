@@ -86,7 +86,10 @@ export function runHart(budget: u32): i32 {
   while (true) {
     if (irqCheckNeeded) {
       clearIrqCheck();
+      // A compare already reached is now reflected in mip; whether it can be
+      // taken changes only through CSR writes or xRET, which request a check.
       deadline = nextTimerDeadline();
+      if (deadline <= rd(TIME_OFF)) deadline = 0xffffffffffffffff;
       const irq = pendingInterrupt();
       if (irq >= 0) pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc);
     }

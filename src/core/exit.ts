@@ -5,7 +5,8 @@
 /** Instruction budget of this run() used up (a time slice ended). */
 export const EXIT_BUDGET: i32 = 1;
 /** Load from an address no p2m entry covers: the hypervisor supplies the data
- *  (RUN_DATA, then RUN_MMIO_DONE = 1) and the instruction is re-executed. */
+ *  (RUN_DATA, then RUN_MMIO_DONE = 1) and the instruction is re-executed.
+ *  RUN_MMIO_DONE = 2 instead says no device is there: the access faults. */
 export const EXIT_MMIO_READ: i32 = 2;
 /** Store to an address no p2m entry covers: RUN_DATA holds the value. The store
  *  instruction is re-executed with RUN_MMIO_DONE = 1 and then retires. */
@@ -28,3 +29,7 @@ export const EXIT_HALT: i32 = 8;
 export const ACCESS_READ: u64 = 0;
 export const ACCESS_WRITE: u64 = 1;
 export const ACCESS_FETCH: u64 = 2;
+
+// RUN_MMIO_DONE values the hypervisor writes after an MMIO exit.
+export const MMIO_COMPLETED: u64 = 1;
+export const MMIO_NO_DEVICE: u64 = 2;

@@ -24,6 +24,7 @@ export {
 } from "./hart";
 export {
   EXIT_BUDGET, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SBI, EXIT_WFI, EXIT_P2M_FAULT, EXIT_HTIF, EXIT_HALT,
+  MMIO_COMPLETED, MMIO_NO_DEVICE,
 } from "./exit";
 export { P2M_PRESENT, P2M_WRITABLE } from "./p2m";
 

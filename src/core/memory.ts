@@ -29,7 +29,7 @@ import {
   TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF,
 } from "./tlb";
 import { translate, accessFault, p2mFaultExit, ACC_FETCH, ACC_LOAD, ACC_STORE } from "./mmu";
-import { EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_HTIF } from "./exit";
+import { EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_HTIF, MMIO_COMPLETED, MMIO_NO_DEVICE } from "./exit";
 
 /** Set when a store touched HTIF `tohost`: run() retires the instruction, then exits. */
 export let htifHit: bool = false;
@@ -113,12 +113,18 @@ function writeHost(p: usize, v: u64, size: u32): void {
   return size == 8 ? 0xffffffffffffffff : ((<u64>1) << (<u64>size * 8)) - 1;
 }
 
-/** A completed MMIO access waiting for its instruction to be re-executed? */
-function takeMmioCompletion(gpa: u64, size: u32, write: u64): bool {
-  if (load<u64>(H, RUN_MMIO_DONE_OFF) == 0) return false;
-  if (load<u64>(H, RUN_ADDR_OFF) != gpa || load<u64>(H, RUN_SIZE_OFF) != <u64>size || load<u64>(H, RUN_WRITE_OFF) != write) return false;
+/** How the hypervisor completed the MMIO access this instruction exited for
+ *  (exit.ts); MMIO_PENDING when it has not (a different access, or none). A
+ *  "no device" completion raises an access fault, as a bus error does on
+ *  hardware (privileged spec 3.6.1). */
+const MMIO_PENDING: u64 = 0;
+
+function takeMmioCompletion(gpa: u64, size: u32, write: u64): u64 {
+  const done = load<u64>(H, RUN_MMIO_DONE_OFF);
+  if (done == MMIO_PENDING) return MMIO_PENDING;
+  if (load<u64>(H, RUN_ADDR_OFF) != gpa || load<u64>(H, RUN_SIZE_OFF) != <u64>size || load<u64>(H, RUN_WRITE_OFF) != write) return MMIO_PENDING;
   store<u64>(H, 0, RUN_MMIO_DONE_OFF);
-  return true;
+  return done == MMIO_COMPLETED ? MMIO_COMPLETED : MMIO_NO_DEVICE;
 }
 
 function mmioExit(reason: i32, gpa: u64, size: u32, write: u64, data: u64): void {
@@ -133,14 +139,18 @@ function mmioExit(reason: i32, gpa: u64, size: u32, write: u64, data: u64): void
 function mmioRead(va: u64, gpa: u64, size: u32): u64 {
   // Device registers are accessed naturally aligned; anything else is refused.
   if ((gpa & (<u64>size - 1)) != 0) { accessFault(va, ACC_LOAD); return 0; }
-  if (takeMmioCompletion(gpa, size, 0)) return load<u64>(H, RUN_DATA_OFF) & sizeMask(size);
+  const done = takeMmioCompletion(gpa, size, 0);
+  if (done == MMIO_COMPLETED) return load<u64>(H, RUN_DATA_OFF) & sizeMask(size);
+  if (done == MMIO_NO_DEVICE) { accessFault(va, ACC_LOAD); return 0; }
   mmioExit(EXIT_MMIO_READ, gpa, size, 0, 0);
   return 0;
 }
 
 function mmioWrite(va: u64, gpa: u64, v: u64, size: u32): void {
   if ((gpa & (<u64>size - 1)) != 0) { accessFault(va, ACC_STORE); return; }
-  if (takeMmioCompletion(gpa, size, 1)) return;
+  const done = takeMmioCompletion(gpa, size, 1);
+  if (done == MMIO_COMPLETED) return;
+  if (done == MMIO_NO_DEVICE) { accessFault(va, ACC_STORE); return; }
   mmioExit(EXIT_MMIO_WRITE, gpa, size, 1, v & sizeMask(size));
 }
 

@@ -1,0 +1,60 @@
+// Makes a fresh clone runnable: installs npm dependencies, and with --test the
+// Debian packages the test suite uses (riscv64 cross compiler for the bare-metal
+// ISA programs, dtc and cpio for the image tests), then builds.
+// Each step is skipped when already done, so running it every time is cheap.
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, statSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const wantTest = process.argv.includes("--test");
+
+function say(msg) {
+  process.stderr.write(`tsvisor setup: ${msg}\n`);
+}
+function fail(msg) {
+  say(msg);
+  process.exit(1);
+}
+const has = (cmd) => spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
+
+// npm dependencies
+const lock = join(root, "package-lock.json");
+const installed = join(root, "node_modules", ".package-lock.json");
+if (!existsSync(installed) || (existsSync(lock) && statSync(lock).mtimeMs > statSync(installed).mtimeMs)) {
+  say("installing npm dependencies");
+  const r = spawnSync("npm", [existsSync(lock) ? "ci" : "install", "--no-audit", "--no-fund"], { cwd: root, stdio: "inherit" });
+  if (r.status !== 0) fail("npm install failed");
+}
+
+// Debian packages for the tests: command -> package
+const testTools = {
+  "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf",
+  dtc: "device-tree-compiler",
+  cpio: "cpio",
+};
+if (wantTest) {
+  const missing = Object.entries(testTools).filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
+  if (missing.length > 0) {
+    if (!has("apt-get")) fail(`missing ${missing.join(", ")}: install them with your package manager (Debian/Ubuntu package names)`);
+    const asRoot = process.getuid && process.getuid() === 0;
+    const sudo = asRoot ? [] : has("sudo") ? ["sudo"] : null;
+    if (!sudo) fail(`missing ${missing.join(", ")}: run as root or install them: apt-get install ${missing.join(" ")}`);
+    say(`installing Debian packages: ${missing.join(" ")}`);
+    const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+    const run = (args) => {
+      const cmd = sudo.length ? "sudo" : args[0];
+      const argv = sudo.length ? args : args.slice(1);
+      return spawnSync(cmd, argv, { stdio: ["ignore", "inherit", "inherit"], env }).status === 0;
+    };
+    if (!run(["apt-get", "update", "-qq"])) fail("apt-get update failed");
+    if (!run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", ...missing])) fail(`apt-get install ${missing.join(" ")} failed`);
+  }
+}
+
+try {
+  execFileSync(process.execPath, [join(root, "scripts", "build.mjs")], { cwd: root, stdio: "inherit" });
+} catch {
+  process.exit(1);
+}
