@@ -1,0 +1,68 @@
+// CLINT-compatible ACLINT: MSWI (machine software interrupts) and MTIMER
+// (mtime, mtimecmp) in one 64 KiB region, laid out as SiFive's CLINT and QEMU's
+// riscv `virt`/spike machines (RISC-V ACLINT spec 1.0, sections 2 and 3):
+//   +0x0000 + 4*hart   msip      bit 0 drives the hart's MSIP
+//   +0x4000 + 8*hart   mtimecmp  the hart's timer compare (MTIP when mtime >= it)
+//   +0xbff8            mtime     the platform timer
+// The compare and the interrupt lines live in the core (per hart), so the timer
+// check costs nothing per instruction here; this model only maps registers.
+
+import type { MmioDevice } from "../../bus/mmio-bus.js";
+import { asU64, type Core } from "../../vcpu/core.js";
+
+export const ACLINT_SIZE = 0x10000n;
+const MSIP_BASE = 0x0000;
+const MTIMECMP_BASE = 0x4000;
+const MTIME = 0xbff8;
+
+export class Aclint implements MmioDevice {
+  readonly name = "clint";
+
+  constructor(private readonly core: Core, private readonly harts: number[]) {}
+
+  read(offset: number, size: number): bigint {
+    if (offset >= MSIP_BASE && offset < MSIP_BASE + 4 * this.harts.length) {
+      return 0n; // msip is write-mostly; the pending bit is visible in mip
+    }
+    const reg = this.reg64(offset);
+    if (reg === undefined) return 0n;
+    const v = reg.get();
+    return size === 8 ? v : (v >> BigInt(8 * (offset & 4))) & 0xffff_ffffn;
+  }
+
+  write(offset: number, size: number, value: bigint): void {
+    if (offset >= MSIP_BASE && offset < MSIP_BASE + 4 * this.harts.length) {
+      const h = this.harts[(offset - MSIP_BASE) >> 2];
+      this.core.fn.setIrqLine(h, this.core.k.IRQ_LINE_MSIP, Number(value & 1n));
+      return;
+    }
+    const reg = this.reg64(offset);
+    if (reg === undefined) return;
+    if (size === 8) {
+      reg.set(value);
+      return;
+    }
+    // 32-bit halves, as RV32 software and Linux's clint driver may write them.
+    const shift = BigInt(8 * (offset & 4));
+    const mask = 0xffff_ffffn << shift;
+    reg.set((reg.get() & ~mask) | ((value & 0xffff_ffffn) << shift));
+  }
+
+  private reg64(offset: number): { get(): bigint; set(v: bigint): void } | undefined {
+    const f = this.core.fn;
+    const aligned = offset & ~7;
+    if (aligned === MTIME) {
+      return {
+        get: () => asU64(f.getTime(this.harts[0])),
+        // mtime is one platform-wide counter: every hart sees the same value.
+        set: (v) => this.harts.forEach((h) => f.setTime(h, v)),
+      };
+    }
+    const idx = (aligned - MTIMECMP_BASE) >> 3;
+    if (aligned >= MTIMECMP_BASE && idx < this.harts.length) {
+      const h = this.harts[idx];
+      return { get: () => asU64(f.getMtimecmp(h)), set: (v) => f.setMtimecmp(h, v) };
+    }
+    return undefined;
+  }
+}

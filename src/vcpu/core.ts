@@ -1,0 +1,93 @@
+// Loading core.wasm and the typed view of its exports (src/core/index.ts).
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+
+/** The core's exports. u64 values cross as BigInt (signed: use asU64). */
+export interface CoreExports {
+  coreDataEnd(): number;
+  hartStateSize(): number;
+  hartReset(h: number, hartId: bigint, resetPc: bigint): void;
+  run(h: number, budget: number): number;
+  getX(h: number, i: number): bigint;
+  setX(h: number, i: number, v: bigint): void;
+  getF(h: number, i: number): bigint;
+  setF(h: number, i: number, v: bigint): void;
+  getPc(h: number): bigint;
+  setPc(h: number, v: bigint): void;
+  getPriv(h: number): number;
+  setPriv(h: number, p: number): void;
+  csrRead(h: number, csr: number): bigint;
+  csrWrite(h: number, csr: number, v: bigint): void;
+  setP2m(h: number, table: number, baseGfn: bigint, count: bigint): void;
+  tlbFlush(h: number): void;
+  setIrqLine(h: number, line: number, level: number): void;
+  getTime(h: number): bigint;
+  setTime(h: number, t: bigint): void;
+  getMtimecmp(h: number): bigint;
+  setMtimecmp(h: number, v: bigint): void;
+  setTickInsns(h: number, n: number): void;
+  timerDeadline(h: number): bigint;
+  wakeupPending(h: number): number;
+  isWaiting(h: number): number;
+  setSbiMode(h: number, on: number): void;
+  setHtifTohost(h: number, gpa: bigint): void;
+}
+
+/** Exported constants (wasm globals) the hypervisor needs as numbers. */
+export interface CoreConstants {
+  RUN_REASON_OFF: number; RUN_ADDR_OFF: number; RUN_DATA_OFF: number; RUN_SIZE_OFF: number;
+  RUN_WRITE_OFF: number; RUN_MMIO_DONE_OFF: number; RUN_INSNS_OFF: number;
+  EXIT_BUDGET: number; EXIT_MMIO_READ: number; EXIT_MMIO_WRITE: number; EXIT_SBI: number; EXIT_WFI: number;
+  EXIT_P2M_FAULT: number; EXIT_HTIF: number; EXIT_HALT: number;
+  MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
+  P2M_PRESENT: number; P2M_WRITABLE: number;
+  IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;
+}
+
+export interface Core {
+  fn: CoreExports;
+  k: CoreConstants;
+}
+
+export const asU64 = (v: bigint): bigint => BigInt.asUintN(64, v);
+
+/** Bytes at the start of the shared memory kept for the core's own data (its
+ *  static segments); the frame pool hands out frames above. Checked at load. */
+export const CORE_RESERVED_BYTES = 1 << 20;
+
+let compiled: WebAssembly.Module | undefined;
+
+export function coreWasmPath(): string {
+  // dist/src/vcpu/core.js -> <root>/build/core.wasm
+  return join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "build", "core.wasm");
+}
+
+/** One core instance on `memory` (all harts of a thread share an instance). */
+export function instantiateCore(memory: WebAssembly.Memory): Core {
+  if (!compiled) {
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(coreWasmPath());
+    } catch {
+      throw new Error(`core.wasm not found at ${coreWasmPath()}: run \`npm run build\``);
+    }
+    compiled = new WebAssembly.Module(new Uint8Array(bytes));
+  }
+  const inst = new WebAssembly.Instance(compiled, {
+    env: {
+      memory,
+      abort: () => {
+        throw new Error("internal error: the CPU core aborted");
+      },
+    },
+  });
+  const ex = inst.exports as Record<string, unknown>;
+  const dataEnd = (ex.coreDataEnd as () => number)();
+  if (dataEnd > CORE_RESERVED_BYTES) throw new Error(`internal error: core data (${dataEnd} bytes) exceeds its reserved area`);
+  const k: Record<string, number | bigint> = {};
+  for (const [name, v] of Object.entries(ex)) {
+    if (v instanceof WebAssembly.Global) k[name] = v.value as number | bigint;
+  }
+  return { fn: ex as unknown as CoreExports, k: k as unknown as CoreConstants };
+}

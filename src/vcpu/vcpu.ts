@@ -1,0 +1,145 @@
+// A vCPU: one hart of the core plus the hypervisor's exit loop for it.
+//
+// runSlice() calls the core's run() and handles the exits every machine treats
+// alike (MMIO through the bus, p2m faults through the memory manager, WFI by
+// advancing virtual time to the next timer deadline). Exits that belong to the
+// machine (HTIF, SBI, halt, the end of a slice) are returned to it.
+
+import { asU64, type Core } from "./core.js";
+import type { MmioBus } from "../bus/mmio-bus.js";
+import { P2m, P2mFault } from "../memory/p2m.js";
+import { ExitStats } from "./exit-stats.js";
+import type { FramePool } from "../memory/frame-pool.js";
+
+export type SliceEnd =
+  | { kind: "budget" }
+  | { kind: "htif"; value: bigint }
+  | { kind: "sbi" }
+  | { kind: "halt"; pc: bigint }
+  /** WFI with no interrupt that could ever arrive (no timer armed). */
+  | { kind: "stuck"; pc: bigint };
+
+export class GuestFault extends Error {}
+
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+
+export class Vcpu {
+  readonly hart: number;
+  readonly stats = new ExitStats();
+  private readonly memory: WebAssembly.Memory;
+  private view: DataView;
+
+  constructor(
+    readonly core: Core,
+    pool: FramePool,
+    readonly hartId: number,
+    private readonly p2m: P2m,
+    private readonly bus: MmioBus,
+  ) {
+    this.memory = pool.memory;
+    this.hart = pool.allocContiguous(Math.ceil(core.fn.hartStateSize() / 4096));
+    this.view = new DataView(this.memory.buffer);
+    core.fn.setP2m(this.hart, p2m.table, p2m.baseGfn, BigInt(p2m.count));
+  }
+
+  // The run record, read through a view that follows memory growth (a grown
+  // shared memory has a new, longer buffer; old views stay at the old length).
+  private record(): DataView {
+    if (this.view.byteLength !== this.memory.buffer.byteLength) this.view = new DataView(this.memory.buffer);
+    return this.view;
+  }
+  private rec(off: number): bigint {
+    return this.record().getBigUint64(this.hart + off, true);
+  }
+  private setRec(off: number, v: bigint): void {
+    this.record().setBigUint64(this.hart + off, v, true);
+  }
+
+  reset(entry: bigint): void {
+    this.core.fn.hartReset(this.hart, BigInt(this.hartId), entry);
+  }
+
+  get pc(): bigint {
+    return asU64(this.core.fn.getPc(this.hart));
+  }
+
+  /** Run until an exit the machine must see, or until `budget` instructions. */
+  runSlice(budget: number): SliceEnd {
+    const { fn, k } = this.core;
+    for (;;) {
+      const reason = fn.run(this.hart, budget);
+      const retired = this.rec(k.RUN_INSNS_OFF);
+      this.stats.instructions += retired;
+      budget -= Number(retired);
+      switch (reason) {
+        case k.EXIT_MMIO_READ:
+        case k.EXIT_MMIO_WRITE:
+          this.stats.count("mmio");
+          this.handleMmioExit(reason === k.EXIT_MMIO_WRITE);
+          break;
+        case k.EXIT_P2M_FAULT:
+          this.stats.count("p2m-fault");
+          this.handleP2mFault();
+          break;
+        case k.EXIT_WFI: {
+          this.stats.count("wfi");
+          if (fn.wakeupPending(this.hart)) break;
+          const deadline = asU64(fn.timerDeadline(this.hart));
+          if (deadline === U64_MAX) return { kind: "stuck", pc: this.pc };
+          // Deterministic time: nothing happens while the hart sleeps, so jump
+          // straight to the deadline.
+          if (asU64(fn.getTime(this.hart)) < deadline) fn.setTime(this.hart, deadline);
+          break;
+        }
+        case k.EXIT_HTIF:
+          this.stats.count("htif");
+          return { kind: "htif", value: this.rec(k.RUN_DATA_OFF) };
+        case k.EXIT_SBI:
+          this.stats.count("sbi");
+          return { kind: "sbi" };
+        case k.EXIT_HALT:
+          this.stats.count("halt");
+          return { kind: "halt", pc: this.rec(k.RUN_ADDR_OFF) };
+        case k.EXIT_BUDGET:
+          this.stats.count("budget");
+          return { kind: "budget" };
+        default:
+          throw new Error(`internal error: unknown exit reason ${reason}`);
+      }
+      if (budget <= 0) return { kind: "budget" };
+    }
+  }
+
+  /** MMIO exit: route to the device, or complete as "no device" so the guest
+   *  takes an access fault (a bus error), never the hypervisor. */
+  private handleMmioExit(write: boolean): void {
+    const { k } = this.core;
+    const addr = this.rec(k.RUN_ADDR_OFF);
+    const size = Number(this.rec(k.RUN_SIZE_OFF));
+    const hit = this.bus.find(addr, size);
+    if (!hit) {
+      this.stats.countMmio("(none)", write);
+      this.setRec(k.RUN_MMIO_DONE_OFF, k.MMIO_NO_DEVICE);
+      return;
+    }
+    this.stats.countMmio(hit.device.name, write);
+    if (write) {
+      hit.device.write(hit.offset, size, this.rec(k.RUN_DATA_OFF));
+    } else {
+      this.setRec(k.RUN_DATA_OFF, BigInt.asUintN(64, hit.device.read(hit.offset, size)));
+    }
+    this.setRec(k.RUN_MMIO_DONE_OFF, k.MMIO_COMPLETED);
+  }
+
+  /** p2m fault inside the RAM window: back the frame (allocate on first touch). */
+  private handleP2mFault(): void {
+    const gpa = this.rec(this.core.k.RUN_ADDR_OFF);
+    try {
+      this.p2m.hostFrame(gpa);
+    } catch (e) {
+      if (e instanceof P2mFault) throw new GuestFault(e.message);
+      throw e;
+    }
+    // The core caches nothing about unmapped frames, so no TLB flush is needed.
+  }
+}
