@@ -13,6 +13,7 @@ import { GuestFault } from "../vcpu/vcpu.js";
 import { P2mFault } from "../memory/p2m.js";
 import { OutOfHostMemory } from "../memory/frame-pool.js";
 import { UsageError, parseSize, parseCount, parseSeconds } from "./size.js";
+import { writeAllSync, OutputClosed } from "./console-output.js";
 
 const VERSION = "0.1.0";
 const EXIT_ERROR = 1;
@@ -94,7 +95,7 @@ function runCommand(argv: string[]): number {
     memBytes,
     maxInsns,
     timeoutMs,
-    console: (b) => process.stdout.write(b),
+    console: (b) => writeAllSync(1, b),
   });
   const result = machine.run();
   if (v.stats) process.stderr.write(machine.vcpu.stats.format() + "\n");
@@ -106,7 +107,23 @@ function runCommand(argv: string[]): number {
   return result.code;
 }
 
+/** Last-resort handlers: whatever goes wrong outside the synchronous run (a
+ *  write to a closed pipe, a bug) still ends as one line, not a stack trace. */
+function installTopLevelHandlers(): void {
+  const quietOnClosedPipe = (e: NodeJS.ErrnoException) => {
+    // The reader went away (`tsvisor ... | head`): stop quietly, as a C program
+    // killed by SIGPIPE would (status 128 + 13).
+    if (e.code === "EPIPE") process.exit(141);
+    fail(`cannot write output: ${e.message}`, EXIT_ERROR);
+  };
+  process.stdout.on("error", quietOnClosedPipe);
+  process.stderr.on("error", () => process.exit(141));
+  process.on("uncaughtException", (e) => fail(`internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT_ERROR));
+  process.on("unhandledRejection", (e) => fail(`internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT_ERROR));
+}
+
 export function main(argv: string[]): void {
+  installTopLevelHandlers();
   try {
     const [command, ...rest] = argv;
     if (command === undefined || command === "-h" || command === "--help" || command === "help") {
@@ -123,6 +140,7 @@ export function main(argv: string[]): void {
     // Let stdout drain before exiting with the guest's status.
     process.exitCode = status;
   } catch (e) {
+    if (e instanceof OutputClosed) process.exit(141); // see installTopLevelHandlers
     if (e instanceof UsageError) fail(e.message, EXIT_USAGE);
     if (e instanceof ElfError || e instanceof MachineError || e instanceof GuestFault || e instanceof P2mFault || e instanceof OutOfHostMemory) {
       fail(e.message, EXIT_ERROR);

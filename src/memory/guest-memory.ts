@@ -1,58 +1,109 @@
 // Bounds-checked access to a VM's guest-physical memory for the hypervisor
-// (loaders now, device models later). Every access is translated through the
-// p2m frame by frame; nothing outside the VM's RAM window can be named.
+// (loaders now, device models later: DESIGN.md, "devices see guest memory only
+// through a bounds-checked guest-memory accessor"). Every access is translated
+// through the VM's p2m frame by frame, so a range that crosses pages lands in
+// whatever host frames back them, and nothing outside the VM's RAM window can
+// be named: such an access throws GuestMemoryError before touching anything.
+//
+// Writes allocate frames not touched yet (as the guest's own first touch would);
+// reads of such frames return zeros without allocating them.
 
-import { P2m, P2mFault } from "./p2m.js";
+import type { GuestAddress } from "./address.js";
+import { hex } from "./address.js";
 import { FRAME_SIZE } from "./frame-pool.js";
+import { P2m, P2mFault } from "./p2m.js";
+
+/** An access outside guest RAM. A P2mFault, so one handler covers both. */
+export class GuestMemoryError extends P2mFault {
+  override readonly name = "GuestMemoryError";
+  constructor(
+    readonly address: GuestAddress,
+    readonly length: number,
+  ) {
+    super(`guest-physical range ${hex(address)}+${length} is outside guest RAM`);
+  }
+}
+
+const FRAME = BigInt(FRAME_SIZE);
 
 export class GuestMemory {
-  constructor(private readonly p2m: P2m, private readonly memory: WebAssembly.Memory) {}
+  /** `memory` is accepted for callers that pass the pool's memory; the p2m's
+   *  pool is what is used (it follows the memory when it grows). */
+  constructor(
+    private readonly p2m: P2m,
+    _memory?: WebAssembly.Memory,
+  ) {}
 
-  /** Is [gpa, gpa+len) entirely guest RAM? */
-  isRam(gpa: bigint, len: number): boolean {
+  /** Is [gpa, gpa + len) entirely guest RAM? */
+  isRam(gpa: GuestAddress, len: number): boolean {
     if (len === 0) return this.p2m.contains(gpa);
-    return this.p2m.contains(gpa) && this.p2m.contains(gpa + BigInt(len - 1));
+    return this.p2m.containsRange(gpa, len);
   }
 
-  write(gpa: bigint, data: Uint8Array): void {
-    this.check(gpa, data.length);
-    let done = 0;
-    while (done < data.length) {
-      const at = gpa + BigInt(done);
-      const off = Number(at % BigInt(FRAME_SIZE));
-      const n = Math.min(FRAME_SIZE - off, data.length - done);
-      new Uint8Array(this.memory.buffer, this.p2m.hostFrame(at) + off, n).set(data.subarray(done, done + n));
-      done += n;
-    }
-  }
-
-  read(gpa: bigint, len: number): Uint8Array {
+  read(gpa: GuestAddress, len: number): Uint8Array {
     this.check(gpa, len);
     const out = new Uint8Array(len);
-    let done = 0;
-    while (done < len) {
-      const at = gpa + BigInt(done);
-      const off = Number(at % BigInt(FRAME_SIZE));
-      const n = Math.min(FRAME_SIZE - off, len - done);
-      out.set(new Uint8Array(this.memory.buffer, this.p2m.hostFrame(at) + off, n), done);
-      done += n;
-    }
+    this.forEachFrame(gpa, len, false, (host, done, n) => {
+      if (host !== undefined) out.set(this.p2m.pool.bytes.subarray(host, host + n), done);
+      // else: a frame never touched reads as zero, and `out` is zero already
+    });
     return out;
   }
 
-  readU64(gpa: bigint): bigint {
+  write(gpa: GuestAddress, data: Uint8Array): void {
+    this.forEachFrame(gpa, data.length, true, (host, done, n) => {
+      this.p2m.pool.bytes.set(data.subarray(done, done + n), host!);
+    });
+  }
+
+  /** Set `len` bytes to zero (frames never touched are zero already and stay unallocated). */
+  zero(gpa: GuestAddress, len: number): void {
+    this.forEachFrame(gpa, len, false, (host, _done, n) => {
+      if (host !== undefined) this.p2m.pool.bytes.fill(0, host, host + n);
+    });
+  }
+
+  readU32(gpa: GuestAddress): number {
+    const b = this.read(gpa, 4);
+    return new DataView(b.buffer).getUint32(0, true);
+  }
+
+  writeU32(gpa: GuestAddress, v: number): void {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, v >>> 0, true);
+    this.write(gpa, b);
+  }
+
+  readU64(gpa: GuestAddress): bigint {
     return new DataView(this.read(gpa, 8).buffer).getBigUint64(0, true);
   }
 
-  writeU64(gpa: bigint, v: bigint): void {
+  writeU64(gpa: GuestAddress, v: bigint): void {
     const b = new Uint8Array(8);
     new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, v), true);
     this.write(gpa, b);
   }
 
-  private check(gpa: bigint, len: number): void {
-    if (len < 0 || !this.isRam(gpa, len)) {
-      throw new P2mFault(`guest-physical range 0x${gpa.toString(16)}+${len} is outside guest RAM`);
+  private check(gpa: GuestAddress, len: number): void {
+    if (!Number.isSafeInteger(len) || len < 0 || !this.isRam(gpa, len)) throw new GuestMemoryError(gpa, len);
+  }
+
+  /**
+   * Walk [gpa, gpa + len) one frame piece at a time: `visit(host, done, n)` gets
+   * the host address of the piece (undefined for a frame not allocated when
+   * `allocate` is false), how many bytes came before it, and its length.
+   * The whole range is checked first, so a bad access changes nothing.
+   */
+  private forEachFrame(gpa: GuestAddress, len: number, allocate: boolean, visit: (host: number | undefined, done: number, n: number) => void): void {
+    this.check(gpa, len);
+    let done = 0;
+    while (done < len) {
+      const at = gpa + BigInt(done);
+      const off = Number(at % FRAME);
+      const n = Math.min(FRAME_SIZE - off, len - done);
+      const frame = allocate ? this.p2m.hostFrame(at) : this.p2m.peekFrame(at);
+      visit(frame === undefined ? undefined : frame + off, done, n);
+      done += n;
     }
   }
 }

@@ -1,33 +1,37 @@
 // A VM's p2m: guest-physical frame -> host frame, for one window of guest frames
 // [baseGfn, baseGfn + count) (the VM's RAM). The CPU core consults it on every
-// TLB miss (src/core/p2m.ts); addresses outside the window are device space and
-// become MMIO exits.
+// TLB miss (src/core/p2m.ts); guest-physical addresses outside the window are
+// device space, and accesses there become MMIO exits.
 //
 // The table is `count` little-endian u32 entries in frames from the pool:
 //   entry = page-aligned host address | P2M_PRESENT | P2M_WRITABLE
 // An entry without P2M_PRESENT is a frame not allocated yet: the guest's first
-// touch is a p2m-fault exit and `populate()` allocates it (DESIGN.md: allocate
-// on first touch). Taking a mapping away or making it read-only requires every
-// vCPU using this p2m to flush its TLB; adding one does not, because the core
-// never caches a translation that faulted.
+// touch is a p2m-fault exit, and hostFrame()/resolveFault() allocate it
+// (DESIGN.md: allocate on first touch). Taking a mapping away or making it
+// read-only requires every vCPU using this p2m to flush its TLB; adding one does
+// not, because the core never caches a translation that faulted.
 
 import type { GuestAddress, HostAddress } from "./address.js";
-import { PAGE_SHIFT, PAGE_SIZE, hex } from "./address.js";
-import { FramePool, framesFor } from "./frame-pool.js";
+import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
+import { FramePool, FRAME_SIZE, framesFor } from "./frame-pool.js";
 
 /** Entry flags, as the core defines them (src/core/p2m.ts). */
 export const P2M_PRESENT = 1;
 export const P2M_WRITABLE = 2;
 const P2M_ADDRESS_MASK = 0xfffff000;
 const ENTRY_SIZE = 4;
+const SHIFT = BigInt(PAGE_SHIFT);
 
-export class P2mError extends Error {
-  override readonly name = "P2mError";
+/** A guest-physical address the p2m cannot map: outside the VM's RAM. */
+export class P2mFault extends Error {
+  override readonly name: string = "P2mFault";
 }
 
 export class P2m {
   readonly pool: FramePool;
+  /** First guest frame of the window. */
   readonly baseGfn: bigint;
+  /** Frames in the window. */
   readonly count: number;
   /** Host address of the entry table (what the core's setP2m() takes). */
   readonly table: HostAddress;
@@ -35,28 +39,28 @@ export class P2m {
   private populatedFrames = 0;
   private released = false;
 
-  constructor(pool: FramePool, baseGfn: bigint, count: number) {
-    if (!Number.isInteger(count) || count < 1) throw new P2mError(`bad p2m size ${count}`);
-    if (baseGfn < 0n || baseGfn + BigInt(count) > 1n << BigInt(64 - PAGE_SHIFT)) throw new P2mError("p2m window beyond the 64-bit address space");
+  /** A window of `bytes` of RAM at guest-physical `base` (both page-aligned). */
+  constructor(pool: FramePool, base: GuestAddress, bytes: number) {
+    if (!isPageAligned(base) || base < 0n) throw new P2mFault(`RAM base ${hex(base)} is not 4 KiB aligned`);
+    if (!Number.isSafeInteger(bytes) || bytes < FRAME_SIZE || bytes % FRAME_SIZE !== 0) {
+      throw new P2mFault(`RAM size ${bytes} is not a positive multiple of 4 KiB`);
+    }
+    if (base + BigInt(bytes) > 1n << 64n) throw new P2mFault("RAM would extend beyond the 64-bit address space");
     this.pool = pool;
-    this.baseGfn = baseGfn;
-    this.count = count;
-    this.tableFrames = framesFor(count * ENTRY_SIZE);
-    this.table = pool.allocateContiguous(this.tableFrames);
+    this.baseGfn = base >> SHIFT;
+    this.count = bytes / FRAME_SIZE;
+    this.tableFrames = framesFor(this.count * ENTRY_SIZE);
+    this.table = pool.allocContiguous(this.tableFrames);
   }
 
   /** First guest-physical address of the window. */
   get start(): GuestAddress {
-    return (this.baseGfn << BigInt(PAGE_SHIFT)) as GuestAddress;
+    return this.baseGfn << SHIFT;
   }
 
   /** One past the last guest-physical address of the window. */
-  get end(): bigint {
-    return (this.baseGfn + BigInt(this.count)) << BigInt(PAGE_SHIFT);
-  }
-
-  get sizeBytes(): number {
-    return this.count * PAGE_SIZE;
+  get end(): GuestAddress {
+    return (this.baseGfn + BigInt(this.count)) << SHIFT;
   }
 
   /** Frames of RAM allocated so far (not counting the table). */
@@ -66,7 +70,7 @@ export class P2m {
 
   /** Index of `gpa`'s frame in the window, or -1 outside it. */
   indexOf(gpa: GuestAddress): number {
-    const i = (gpa >> BigInt(PAGE_SHIFT)) - this.baseGfn;
+    const i = (gpa >> SHIFT) - this.baseGfn;
     return i >= 0n && i < BigInt(this.count) ? Number(i) : -1;
   }
 
@@ -74,22 +78,40 @@ export class P2m {
     return this.indexOf(gpa) >= 0;
   }
 
+  /** Is [gpa, gpa + length) entirely inside the window? */
+  containsRange(gpa: GuestAddress, length: number | bigint): boolean {
+    const len = BigInt(length);
+    return len >= 0n && gpa >= this.start && gpa + len <= this.end;
+  }
+
+  /** The raw entry of window frame `index`. */
   entry(index: number): number {
     this.checkIndex(index);
     return this.pool.view.getUint32(this.table + index * ENTRY_SIZE, true);
   }
 
-  /** Host frame backing window frame `index`, or undefined if not allocated yet. */
+  /** Host frame backing window frame `index`, or undefined while not allocated. */
   frameAt(index: number): HostAddress | undefined {
     const e = this.entry(index);
     return (e & P2M_PRESENT) !== 0 ? (e & P2M_ADDRESS_MASK) >>> 0 : undefined;
   }
 
-  /** Host frame for window frame `index`, allocating (zeroed, writable) on first use. */
+  /** Host frame backing `gpa`, or undefined while not allocated; throws outside RAM. */
+  peekFrame(gpa: GuestAddress): HostAddress | undefined {
+    return this.frameAt(this.indexOrThrow(gpa));
+  }
+
+  /** Host frame backing `gpa`, allocated (zeroed, writable) on first use; throws
+   *  P2mFault outside the window. */
+  hostFrame(gpa: GuestAddress): HostAddress {
+    return this.populate(this.indexOrThrow(gpa));
+  }
+
+  /** Host frame for window frame `index`, allocated on first use. */
   populate(index: number): HostAddress {
     const present = this.frameAt(index);
     if (present !== undefined) return present;
-    const frame = this.pool.allocate();
+    const frame = this.pool.alloc();
     this.setEntry(index, frame | P2M_PRESENT | P2M_WRITABLE);
     this.populatedFrames++;
     return frame;
@@ -101,9 +123,9 @@ export class P2m {
   }
 
   /**
-   * Resolve a p2m fault the core reported at `gpa` (EXIT_P2M_FAULT). Returns
-   * false when the address is outside the window or the fault is not one this
-   * p2m can resolve (a write to a present read-only frame: copy-on-write does not
+   * Resolve a p2m fault the core reported at `gpa` (EXIT_P2M_FAULT): allocate the
+   * frame on first touch. Returns false when this p2m cannot resolve it: outside
+   * the window, or a write to a present read-only frame (copy-on-write does not
    * exist yet), so the caller can end the VM with a clear message.
    */
   resolveFault(gpa: GuestAddress, write: boolean): boolean {
@@ -114,10 +136,11 @@ export class P2m {
       this.populate(index);
       return true;
     }
-    return !write || (e & P2M_WRITABLE) !== 0; // already mapped: a stale fault, just retry
+    return !write || (e & P2M_WRITABLE) !== 0; // already mapped: a stale fault, retrying is enough
   }
 
-  /** Return every frame (RAM and table) to the pool. The p2m is unusable after. */
+  /** Return every frame (RAM and table) to the pool. The p2m is unusable after;
+   *  vCPUs that used it must not run again until given another. */
   release(): void {
     if (this.released) return;
     for (let i = 0; i < this.count; i++) {
@@ -129,15 +152,21 @@ export class P2m {
     this.released = true;
   }
 
+  private indexOrThrow(gpa: GuestAddress): number {
+    const index = this.indexOf(gpa);
+    if (index < 0) throw new P2mFault(`guest-physical address ${hex(gpa)} is outside guest RAM [${hex(this.start)}, ${hex(this.end)})`);
+    return index;
+  }
+
   private setEntry(index: number, value: number): void {
     this.checkIndex(index);
     this.pool.view.setUint32(this.table + index * ENTRY_SIZE, value >>> 0, true);
   }
 
   private checkIndex(index: number): void {
-    if (this.released) throw new P2mError("p2m used after release");
+    if (this.released) throw new P2mFault("p2m used after release");
     if (!Number.isInteger(index) || index < 0 || index >= this.count) {
-      throw new P2mError(`p2m index ${index} outside [0, ${this.count}) (window ${hex(this.start)})`);
+      throw new P2mFault(`p2m index ${index} outside [0, ${this.count})`);
     }
   }
 }

@@ -16,7 +16,8 @@ export type SliceEnd =
   | { kind: "htif"; value: bigint }
   | { kind: "sbi" }
   | { kind: "halt"; pc: bigint }
-  /** WFI with no interrupt that could ever arrive (no timer armed). */
+  /** WFI with no interrupt that could ever arrive (no timer armed, or its
+   *  compare already reached while mie keeps it disabled). */
   | { kind: "stuck"; pc: bigint };
 
 export class GuestFault extends Error {}
@@ -85,10 +86,13 @@ export class Vcpu {
           this.stats.count("wfi");
           if (fn.wakeupPending(this.hart)) break;
           const deadline = asU64(fn.timerDeadline(this.hart));
-          if (deadline === U64_MAX) return { kind: "stuck", pc: this.pc };
+          // No compare armed, or one already reached whose interrupt mie keeps
+          // disabled: no timer will ever wake the hart, and nothing else can in
+          // a machine without interrupting devices.
+          if (deadline === U64_MAX || asU64(fn.getTime(this.hart)) >= deadline) return { kind: "stuck", pc: this.pc };
           // Deterministic time: nothing happens while the hart sleeps, so jump
           // straight to the deadline.
-          if (asU64(fn.getTime(this.hart)) < deadline) fn.setTime(this.hart, deadline);
+          fn.setTime(this.hart, deadline);
           break;
         }
         case k.EXIT_HTIF:

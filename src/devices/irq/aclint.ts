@@ -18,11 +18,17 @@ const MTIME = 0xbff8;
 export class Aclint implements MmioDevice {
   readonly name = "clint";
 
-  constructor(private readonly core: Core, private readonly harts: number[]) {}
+  /** Each hart's MSIP bit. ACLINT spec, MSWI chapter: a 32-bit WARL register, upper 31
+   *  bits wired to zero, bit 0 reflected in mip.MSIP; so it reads back. */
+  private readonly msip: Uint8Array;
+
+  constructor(private readonly core: Core, private readonly harts: number[]) {
+    this.msip = new Uint8Array(harts.length);
+  }
 
   read(offset: number, size: number): bigint {
     if (offset >= MSIP_BASE && offset < MSIP_BASE + 4 * this.harts.length) {
-      return 0n; // msip is write-mostly; the pending bit is visible in mip
+      return (offset & 3) === 0 ? BigInt(this.msip[(offset - MSIP_BASE) >> 2]) : 0n;
     }
     const reg = this.reg64(offset);
     if (reg === undefined) return 0n;
@@ -32,8 +38,10 @@ export class Aclint implements MmioDevice {
 
   write(offset: number, size: number, value: bigint): void {
     if (offset >= MSIP_BASE && offset < MSIP_BASE + 4 * this.harts.length) {
-      const h = this.harts[(offset - MSIP_BASE) >> 2];
-      this.core.fn.setIrqLine(h, this.core.k.IRQ_LINE_MSIP, Number(value & 1n));
+      if ((offset & 3) !== 0) return;
+      const index = (offset - MSIP_BASE) >> 2;
+      this.msip[index] = Number(value & 1n);
+      this.core.fn.setIrqLine(this.harts[index], this.core.k.IRQ_LINE_MSIP, this.msip[index]);
       return;
     }
     const reg = this.reg64(offset);

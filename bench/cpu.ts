@@ -1,0 +1,147 @@
+// CPU benchmark: builds CPU-bound C kernels (bench/programs/) with the RISC-V
+// cross compiler at -O2, runs each in bare-metal mode in this process, and
+// prints guest instructions, seconds and MIPS per kernel. Every kernel checks
+// its own result and reports it through HTIF (exit code 0 = pass), so a fast
+// but wrong core does not produce a figure.
+//
+//   npm run bench:cpu                 all kernels
+//   node dist/bench/cpu.js crc32 ...  only the named ones
+//   node dist/bench/cpu.js --verbose  also show what each guest printed
+//
+// Seconds are wall-clock time of the run alone (ELF build, load and core
+// instantiation excluded); MIPS = guest instructions retired / seconds / 1e6.
+
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { cpus } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { parseElf } from "../src/loader/elf.js";
+import { BareMachine } from "../src/vmm/bare-machine.js";
+
+interface Kernel {
+  name: string;
+  source: string;
+  what: string;
+}
+
+const KERNELS: Kernel[] = [
+  { name: "crc32", source: "crc32.c", what: "integer: table-driven CRC-32, 64 KiB x 200" },
+  { name: "sieve", source: "sieve.c", what: "integer: sieve to 4e6 + heapsort of 200k keys" },
+  { name: "memory", source: "memory.c", what: "memory: stream copy/triad/memcpy 4 MiB, pointer chase" },
+  { name: "nbody", source: "nbody.c", what: "double: n-body 20k steps + 96x96 matmul" },
+];
+
+const CC = "riscv64-unknown-elf-gcc";
+const CFLAGS = [
+  "-O2", "-march=rv64gc", "-mabi=lp64d", "-mcmodel=medany",
+  // Freestanding: no libc. gcc must not turn our own memcpy loop into a call to memcpy.
+  "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-nostdlib", "-nostartfiles",
+  "-Wall", "-Wextra",
+];
+const GUEST_RAM = 64 << 20;
+/** Far above any kernel's needs: a core bug that loops forever still ends. */
+const MAX_INSNS = 50_000_000_000n;
+
+// dist/bench/cpu.js -> repository root
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const programs = join(root, "bench", "programs");
+const out = join(root, "bench", "out");
+
+function fail(message: string): never {
+  process.stderr.write(`bench:cpu: ${message}\n`);
+  process.exit(1);
+}
+
+function mtime(path: string): number {
+  return existsSync(path) ? statSync(path).mtimeMs : 0;
+}
+
+/** Build one kernel (skipped when the ELF is newer than every source). */
+function build(kernel: Kernel): string {
+  const common = ["crt.S", "htif.c", "htif.h", "link.ld"];
+  const elf = join(out, `${kernel.name}.elf`);
+  const newest = Math.max(...[...common, kernel.source].map((f) => mtime(join(programs, f))));
+  if (mtime(elf) > newest) return elf;
+  mkdirSync(out, { recursive: true });
+  const args = [...CFLAGS, "-T", "link.ld", "crt.S", "htif.c", kernel.source, "-lgcc", "-o", elf];
+  const r = spawnSync(CC, args, { cwd: programs, encoding: "utf8" });
+  if (r.error) fail(`${CC} not found: install Debian's gcc-riscv64-unknown-elf (npm test installs it)`);
+  if (r.status !== 0) fail(`building ${kernel.name} failed:\n${r.stderr}`);
+  return elf;
+}
+
+interface Result {
+  kernel: Kernel;
+  insns: bigint;
+  seconds: number;
+  outcome: string;
+  passed: boolean;
+  console: string;
+}
+
+function run(kernel: Kernel, elf: string): Result {
+  const chunks: Uint8Array[] = [];
+  const machine = new BareMachine(parseElf(new Uint8Array(readFileSync(elf))), {
+    memBytes: GUEST_RAM,
+    maxInsns: MAX_INSNS,
+    console: (bytes) => chunks.push(Uint8Array.from(bytes)),
+  });
+  const start = performance.now();
+  let outcome: string;
+  let passed = false;
+  try {
+    const result = machine.run();
+    if (result.kind === "exit") {
+      passed = result.code === 0;
+      outcome = passed ? "pass" : `FAIL (exit ${result.code})`;
+    } else {
+      outcome = `FAIL (${result.what} limit at pc 0x${result.pc.toString(16)})`;
+    }
+  } catch (e) {
+    outcome = `FAIL (${(e as Error).message})`;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  const console = Buffer.concat(chunks).toString("latin1");
+  return { kernel, insns: machine.vcpu.stats.instructions, seconds, outcome, passed, console };
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  const numeric = [false, true, true, true, false];
+  return rows
+    .map((r) => r.map((cell, c) => (numeric[c] ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join("  ").trimEnd())
+    .join("\n");
+}
+
+function main(): void {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: { verbose: { type: "boolean", short: "v" } },
+  });
+  const unknown = positionals.filter((p) => !KERNELS.some((k) => k.name === p));
+  if (unknown.length > 0) fail(`unknown kernel ${unknown.join(", ")} (kernels: ${KERNELS.map((k) => k.name).join(", ")})`);
+  const selected = positionals.length > 0 ? KERNELS.filter((k) => positionals.includes(k.name)) : KERNELS;
+
+  const elves = selected.map((k) => build(k));
+  process.stdout.write(`tsvisor CPU benchmark: node ${process.version}, ${cpus()[0]?.model ?? "unknown CPU"}\n\n`);
+  const rows = [["kernel", "guest insns", "seconds", "MIPS", "result"]];
+  const results: Result[] = [];
+  selected.forEach((kernel, i) => {
+    const r = run(kernel, elves[i]);
+    results.push(r);
+    const mips = r.seconds > 0 ? Number(r.insns) / r.seconds / 1e6 : 0;
+    rows.push([kernel.name, r.insns.toLocaleString("en-US"), r.seconds.toFixed(3), mips.toFixed(1), r.outcome]);
+  });
+  const total = results.reduce((a, r) => ({ insns: a.insns + r.insns, seconds: a.seconds + r.seconds }), { insns: 0n, seconds: 0 });
+  rows.push(["total", total.insns.toLocaleString("en-US"), total.seconds.toFixed(3), (Number(total.insns) / total.seconds / 1e6).toFixed(1), ""]);
+  process.stdout.write(table(rows) + "\n\n");
+  for (const k of selected) process.stdout.write(`  ${k.name.padEnd(8)} ${k.what}\n`);
+  for (const r of results) {
+    if (values.verbose || !r.passed) process.stdout.write(`\n--- ${r.kernel.name} guest output ---\n${r.console}`);
+  }
+  process.exitCode = results.every((r) => r.passed) ? 0 : 1;
+}
+
+main();

@@ -1,0 +1,192 @@
+// The `tsvisor` command as users and the ISA test runner see it: spawned as a
+// process, checking exit status and that every error is one `tsvisor: ...`
+// line on stderr (never a stack trace). Guest programs are hand-assembled here,
+// so these tests need no cross toolchain.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { buildElf, words, type BuildElf } from "../loader/elf-builder.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const bin = join(root, "bin", "tsvisor.js");
+const dir = mkdtempSync(join(tmpdir(), "tsvisor-cli-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const RAM = 0x8000_0000n;
+
+// RV64 encoders (unprivileged spec, "Base Instruction Formats").
+const I = (op: number, rd: number, f3: number, rs1: number, imm: number) => (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
+const S = (f3: number, rs1: number, rs2: number, imm: number) =>
+  ((((imm >> 5) & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1f) << 7) | 0x23) >>> 0;
+const addi = (rd: number, rs1: number, imm: number) => I(0x13, rd, 0, rs1, imm);
+const slli = (rd: number, rs1: number, sh: number) => I(0x13, rd, 1, rs1, sh);
+const auipc = (rd: number, imm20: number) => ((imm20 << 12) | (rd << 7) | 0x17) >>> 0;
+const sd = (rs1: number, rs2: number, imm: number) => S(3, rs1, rs2, imm);
+const JSELF = 0x0000006f;
+const WFI = 0x10500073;
+const [T0, T1] = [5, 6];
+
+const TOHOST = RAM + 0x1000n;
+/** A program image with its code at RAM and `tohost` on the next page. */
+function program(code: number[], extra: Partial<BuildElf> = {}): string {
+  const spec: BuildElf = {
+    entry: RAM,
+    segments: [
+      { paddr: RAM, data: words(...code) },
+      { paddr: TOHOST, data: new Uint8Array(16) },
+    ],
+    symbols: { tohost: TOHOST, fromhost: TOHOST + 8n },
+    ...extra,
+  };
+  return file(buildElf(spec));
+}
+
+let files = 0;
+function file(bytes: Uint8Array): string {
+  const p = join(dir, `t${files++}.elf`);
+  writeFileSync(p, bytes);
+  return p;
+}
+
+function tsvisor(...args: string[]) {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Exits with `status` and says exactly one `tsvisor:` line matching `pattern` on stderr. */
+function failsWith(r: ReturnType<typeof tsvisor>, status: number, pattern: RegExp) {
+  assert.equal(r.status, status, `exit status (stderr: ${r.stderr})`);
+  const lines = r.stderr.split("\n").filter((l) => l !== "");
+  assert.equal(lines.length, 1, `one line on stderr, got: ${r.stderr}`);
+  assert.match(lines[0], /^tsvisor: /);
+  assert.match(lines[0], pattern);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+}
+
+// exit code 7 through HTIF: tohost = (7 << 1) | 1
+const EXIT7 = [addi(T0, 0, 15), auipc(T1, 1), sd(T1, T0, -4), JSELF];
+// putchar 'A', then exit 0: tohost = 1 << 56 | 1 << 48 | 'A'
+const PRINT_A = [
+  addi(T0, 0, 0x101), slli(T0, T0, 48), addi(T0, T0, 0x41), auipc(T1, 1), sd(T1, T0, -12),
+  addi(T0, 0, 1), sd(T1, T0, -12), JSELF,
+];
+
+test("--help, --version and no arguments", () => {
+  const help = tsvisor("--help");
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /run --bare FILE\.elf/);
+  assert.match(tsvisor("--version").stdout, /^tsvisor \d+\.\d+\.\d+/);
+  assert.equal(tsvisor().status, 2);
+});
+
+test("the program's HTIF exit code is the exit status", () => {
+  const r = tsvisor("run", "--bare", program(EXIT7));
+  assert.equal(r.status, 7, r.stderr);
+  assert.equal(r.stderr, "");
+});
+
+test("HTIF console output goes to stdout", () => {
+  const r = tsvisor("run", "--bare", program(PRINT_A));
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "A");
+});
+
+test("--stats prints instructions and exits by reason on stderr", () => {
+  const r = tsvisor("run", "--bare", program(EXIT7), "--stats");
+  assert.equal(r.status, 7);
+  assert.match(r.stderr, /instructions executed: 3\b/);
+  assert.match(r.stderr, /htif\s+1/);
+});
+
+test("--max-insns ends the run with 124 and says where", () => {
+  failsWith(tsvisor("run", "--bare", program([JSELF]), "--max-insns", "1000"), 124, /instruction limit .*1000.* at pc 0x80000000/);
+});
+
+test("--timeout ends the run with 124", () => {
+  failsWith(tsvisor("run", "--bare", program([JSELF]), "--timeout", "0.2"), 124, /timeout/);
+});
+
+test("a hart waiting in WFI that nothing can wake ends with an error", () => {
+  failsWith(tsvisor("run", "--bare", program([WFI, JSELF])), 1, /WFI at 0x80000000|interrupt/);
+});
+
+test("WFI with the timer compare reached but its interrupt disabled is stuck too, not a spin", () => {
+  // mtimecmp = 0 through the CLINT (so mtime >= mtimecmp), mie.MTIE stays clear, then WFI.
+  const lui = (rd: number, imm20: number) => ((imm20 << 12) | (rd << 7) | 0x37) >>> 0;
+  const p = program([lui(T0, 0x2004), sd(T0, 0, 0), WFI, JSELF]);
+  failsWith(tsvisor("run", "--bare", p, "--max-insns", "1000000"), 1, /WFI at 0x80000008|interrupt/);
+});
+
+test("the demo runs and greets", () => {
+  const r = tsvisor("run", "--demo");
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /Hello/);
+  assert.match(r.stdout, /5050/);
+});
+
+test("run without --bare says Linux is not there yet", () => {
+  failsWith(tsvisor("run"), 1, /not implemented/);
+});
+
+test("usage errors exit with 2", () => {
+  failsWith(tsvisor("run", "--bare", program(EXIT7), "--frobnicate"), 2, /frobnicate/);
+  failsWith(tsvisor("run", "--bare"), 2, /ELF file/);
+  failsWith(tsvisor("run", "--bare", program(EXIT7), "--mem", "lots"), 2, /--mem/);
+  failsWith(tsvisor("run", "--bare", program(EXIT7), "--max-insns", "many"), 2, /--max-insns/);
+  failsWith(tsvisor("fly"), 2, /unknown command/);
+});
+
+test("a missing file", () => {
+  failsWith(tsvisor("run", "--bare", join(dir, "nothere.elf")), 1, /nothere\.elf: no such file/);
+});
+
+test("a file that is not ELF", () => {
+  failsWith(tsvisor("run", "--bare", file(new TextEncoder().encode("just text\n"))), 1, /not an ELF file/);
+});
+
+test("a truncated ELF file", () => {
+  const whole = buildElf({ entry: RAM, segments: [{ paddr: RAM, data: words(...EXIT7) }], symbols: { tohost: TOHOST } });
+  failsWith(tsvisor("run", "--bare", file(whole.subarray(0, 50))), 1, /truncated/);
+  failsWith(tsvisor("run", "--bare", file(whole.subarray(0, 90))), 1, /truncated/);
+});
+
+test("an ELF file for another machine", () => {
+  failsWith(tsvisor("run", "--bare", program(EXIT7, { machine: 62 })), 1, /not a RISC-V ELF/);
+});
+
+test("the host's own /bin/true", { skip: !existsSync("/bin/true") }, () => {
+  failsWith(tsvisor("run", "--bare", "/bin/true"), 1, /not a RISC-V ELF|not an executable/);
+});
+
+test("overlapping segments", () => {
+  const p = program(EXIT7, {
+    segments: [
+      { paddr: RAM, data: words(...EXIT7) },
+      { paddr: RAM + 8n, data: new Uint8Array(16) },
+    ],
+  });
+  failsWith(tsvisor("run", "--bare", p), 1, /overlap/);
+});
+
+test("a segment outside RAM", () => {
+  const low = program(EXIT7, { segments: [{ paddr: RAM, data: words(...EXIT7) }, { paddr: 0x1000n, data: new Uint8Array(16) }] });
+  failsWith(tsvisor("run", "--bare", low), 1, /outside guest RAM/);
+  const high = program(EXIT7, { segments: [{ paddr: RAM, data: words(...EXIT7) }, { paddr: RAM + (1n << 20n) - 8n, data: new Uint8Array(16) }] });
+  failsWith(tsvisor("run", "--bare", high, "--mem", "1M"), 1, /outside guest RAM/);
+});
+
+test("a program without a tohost symbol", () => {
+  failsWith(tsvisor("run", "--bare", program(EXIT7, { symbols: { other: RAM } })), 1, /tohost/);
+  failsWith(tsvisor("run", "--bare", program(EXIT7, { symbols: undefined })), 1, /tohost/);
+});
+
+test("a reader that closes the pipe early ends the run quietly", { skip: !existsSync("/bin/sh") }, () => {
+  // The guest prints 'A' forever; `head -c 1` exits after one byte.
+  const chatty = program([addi(T0, 0, 0x101), slli(T0, T0, 48), addi(T0, T0, 0x41), auipc(T1, 1), sd(T1, T0, -12), 0xffdff06f /* j -4 */]);
+  const r = spawnSync("/bin/sh", ["-c", `"${process.execPath}" "${bin}" run --bare "${chatty}" --timeout 20 | head -c 1`], { encoding: "utf8", timeout: 60_000 });
+  assert.equal(r.stdout, "A");
+  assert.equal(r.stderr, "", "no stack trace, no message");
+});
