@@ -3,12 +3,7 @@
 // hand-encoded here so the test needs no cross toolchain.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { join, dirname } from "node:path";
-
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const wasm = readFileSync(join(root, "build", "core.wasm"));
+import { createHart, RAM_BASE } from "./testing/hart-harness.mjs";
 
 // --- a few RV64 encoders -------------------------------------------------------
 const I = (op: number, rd: number, f3: number, rs1: number, imm: number) =>
@@ -27,41 +22,20 @@ const ECALL = 0x00000073;
 const WFI = 0x10500073;
 const JSELF = 0x0000006f; // jal x0, 0
 
-const RAM_BASE = 0x8000_0000n;
-const RAM_PAGES = 16;
-
 function machine(code: number[]) {
-  const memory = new WebAssembly.Memory({ initial: 64, maximum: 65536, shared: true });
-  const core = new WebAssembly.Instance(new WebAssembly.Module(wasm), {
-    env: { memory, abort: () => { throw new Error("core abort"); } },
-  }).exports as any;
-  const first = Math.ceil(Number(core.coreDataEnd()) / 4096) * 4096;
-  const hart = first;
-  const p2m = hart + Math.ceil(core.hartStateSize() / 4096) * 4096;
-  const ram = p2m + 4096;
-  const dv = new DataView(memory.buffer);
-  for (let i = 0; i < RAM_PAGES; i++) dv.setUint32(p2m + 4 * i, (ram + 4096 * i) | core.P2M_PRESENT.value | core.P2M_WRITABLE.value, true);
-  code.forEach((w, i) => dv.setUint32(ram + 4 * i, w, true));
-  dv.setUint32(ram + 0x800, JSELF, true); // a trap handler that spins
-  core.hartReset(hart, 0n, RAM_BASE);
-  core.setP2m(hart, p2m, RAM_BASE >> 12n, BigInt(RAM_PAGES));
-  const rec = (name: string) => hart + core[name].value;
+  const t = createHart(code);
+  t.writeCode([JSELF], 0x800); // a trap handler that spins
   return {
-    core, hart, dv, p2m, ram,
-    run: (budget = 1000) => core.run(hart, budget) as number,
-    runInsns: () => Number(dv.getBigUint64(rec("RUN_INSNS_OFF"), true)),
-    addr: () => dv.getBigUint64(rec("RUN_ADDR_OFF"), true),
-    data: () => dv.getBigUint64(rec("RUN_DATA_OFF"), true),
-    size: () => Number(dv.getBigUint64(rec("RUN_SIZE_OFF"), true)),
-    write: () => Number(dv.getBigUint64(rec("RUN_WRITE_OFF"), true)),
+    ...t,
+    runInsns: () => Number(t.rec("RUN_INSNS_OFF")),
+    addr: () => t.rec("RUN_ADDR_OFF"),
+    data: () => t.rec("RUN_DATA_OFF"),
+    size: () => Number(t.rec("RUN_SIZE_OFF")),
+    write: () => Number(t.rec("RUN_WRITE_OFF")),
     complete: (how: bigint, data = 0n) => {
-      dv.setBigUint64(rec("RUN_DATA_OFF"), data, true);
-      dv.setBigUint64(rec("RUN_MMIO_DONE_OFF"), how, true);
+      t.setRec("RUN_DATA_OFF", data);
+      t.setRec("RUN_MMIO_DONE_OFF", how);
     },
-    // The core's u64 results arrive as signed BigInts (wasm i64).
-    x: (i: number) => BigInt.asUintN(64, core.getX(hart, i)),
-    pc: () => BigInt.asUintN(64, core.getPc(hart)),
-    csr: (n: number) => BigInt.asUintN(64, core.csrRead(hart, n)),
   };
 }
 

@@ -1,0 +1,547 @@
+// IEEE 754-2008 binary32 and binary64 arithmetic in integers, exact in every
+// rounding mode with all five exception flags, as the F and D extensions
+// require (unprivileged spec chapters 11-12). WebAssembly's float instructions
+// only round to nearest-even and raise no flags, so they cannot be used here.
+//
+// One internal form serves both formats: a finite nonzero value is
+//   (-1)^sign * sig * 2^(e - 62)
+// with `sig` a u64 whose leading one is at bit 62 (value = 1.f * 2^e); bits
+// below a format's precision are round bits, the lowest one a "sticky" bit that
+// records any nonzero bits shifted out. Every operation computes its exact
+// result in this form (or exact plus sticky), then roundPack rounds once.
+// A binary32 operand is exactly representable in this form, so the binary32
+// operations share the binary64 code and differ only in the final rounding.
+
+// Rounding modes (spec 11.2, table 11.1).
+export const RNE: u32 = 0;
+export const RTZ: u32 = 1;
+export const RDN: u32 = 2;
+export const RUP: u32 = 3;
+export const RMM: u32 = 4;
+
+// fflags bits (spec 11.2, table 11.2).
+export const NX: u32 = 1;
+export const UF: u32 = 2;
+export const OF: u32 = 4;
+export const DZ: u32 = 8;
+export const NV: u32 = 16;
+
+export const F32_CANONICAL_NAN: u64 = 0x7fc00000;
+export const F64_CANONICAL_NAN: u64 = 0x7ff8000000000000;
+
+/** Flags raised by the operations since the caller last cleared them. */
+export let flags: u32 = 0;
+/** Rounding mode the operations use. */
+export let rm: u32 = RNE;
+
+export function begin(mode: u32): void {
+  flags = 0;
+  rm = mode;
+}
+@inline function raiseFlags(f: u32): void {
+  flags |= f;
+}
+
+// ---- formats ----------------------------------------------------------------------
+
+@inline function fracBits(f32: bool): i32 { return f32 ? 23 : 52; }
+@inline function bias(f32: bool): i32 { return f32 ? 127 : 1023; }
+@inline function expField(f32: bool): i32 { return f32 ? 0xff : 0x7ff; }
+@inline export function canonicalNaN(f32: bool): u64 { return f32 ? F32_CANONICAL_NAN : F64_CANONICAL_NAN; }
+@inline function signShift(f32: bool): u64 { return f32 ? 31 : 63; }
+
+export const CLASS_ZERO: i32 = 0;
+export const CLASS_NORMAL: i32 = 1; // normal or subnormal: finite nonzero
+export const CLASS_INF: i32 = 2;
+export const CLASS_QNAN: i32 = 3;
+export const CLASS_SNAN: i32 = 4;
+
+/** An unpacked operand. Plain globals-backed struct to avoid allocation. */
+@unmanaged export class Unpacked {
+  sign: u64;
+  e: i32;
+  sig: u64;
+  cls: i32;
+  subnormal: bool;
+}
+
+export function unpack(bits: u64, f32: bool, u: Unpacked): void {
+  const fb = fracBits(f32);
+  const frac = bits & (((<u64>1) << <u64>fb) - 1);
+  const ef = <i32>((bits >> <u64>fb) & <u64>expField(f32));
+  u.sign = (bits >> signShift(f32)) & 1;
+  u.subnormal = false;
+  if (ef == expField(f32)) {
+    u.cls = frac == 0 ? CLASS_INF : (frac >> <u64>(fb - 1)) != 0 ? CLASS_QNAN : CLASS_SNAN;
+    return;
+  }
+  if (ef == 0) {
+    if (frac == 0) { u.cls = CLASS_ZERO; return; }
+    // Subnormal: normalise so the leading one sits at bit 62.
+    const lz = <i32>clz<u64>(frac);
+    u.sig = frac << <u64>(lz - 1);
+    u.e = 1 - bias(f32) - (lz - 1 - (62 - fb));
+    u.cls = CLASS_NORMAL;
+    u.subnormal = true;
+    return;
+  }
+  u.sig = (frac | ((<u64>1) << <u64>fb)) << <u64>(62 - fb);
+  u.e = ef - bias(f32);
+  u.cls = CLASS_NORMAL;
+}
+
+@inline export function isNaNClass(cls: i32): bool {
+  return cls >= CLASS_QNAN;
+}
+
+export function shiftRightJam(v: u64, n: i32): u64 {
+  if (n <= 0) return v;
+  if (n >= 64) return v != 0 ? 1 : 0;
+  return (v >> <u64>n) | ((v & (((<u64>1) << <u64>n) - 1)) != 0 ? 1 : 0);
+}
+
+@inline function packInf(sign: u64, f32: bool): u64 {
+  return (sign << signShift(f32)) | ((<u64>expField(f32)) << <u64>fracBits(f32));
+}
+@inline export function packZero(sign: u64, f32: bool): u64 {
+  return sign << signShift(f32);
+}
+
+/**
+ * Round (sign, e, sig) to the format and pack it, raising NX, UF, OF. `sig` has
+ * its leading one at bit 62. Tininess is detected after rounding (RISC-V, as
+ * IEEE 754 permits): the result is tiny if rounding to the format's precision
+ * with an unbounded exponent would give a magnitude below the smallest normal.
+ */
+export function roundPack(sign: u64, e: i32, sig: u64, f32: bool): u64 {
+  const fb = fracBits(f32);
+  const rs = <u64>(62 - fb); //                   number of round bits
+  const mask: u64 = ((<u64>1) << rs) - 1;
+  const half: u64 = (<u64>1) << (rs - 1);
+  let incr: u64;
+  if (rm == RNE || rm == RMM) incr = half;
+  else if (rm == (sign != 0 ? RDN : RUP)) incr = mask;
+  else incr = 0;
+  // Biased exponent minus one: adding the significand with its leading one at
+  // bit fb then bumps it to the right field value (and a rounding carry, to the
+  // next binade, falls out for free).
+  let exp = e + bias(f32) - 1;
+  const top = expField(f32) - 2;
+  if (exp < 0) {
+    const tiny = exp < -1 || sig + incr < 0x8000000000000000;
+    sig = shiftRightJam(sig, -exp);
+    exp = 0;
+    if (tiny && (sig & mask) != 0) raiseFlags(UF);
+  } else if (exp >= top) {
+    if (exp > top || sig + incr >= 0x8000000000000000) {
+      raiseFlags(OF | NX);
+      // Modes rounding toward zero for this sign give the largest finite number.
+      if (incr == 0) return (sign << signShift(f32)) | (((<u64>expField(f32) - 1) << <u64>fb) | (((<u64>1) << <u64>fb) - 1));
+      return packInf(sign, f32);
+    }
+  }
+  const roundBits = sig & mask;
+  if (roundBits != 0) raiseFlags(NX);
+  sig = (sig + incr) >> rs;
+  if (rm == RNE && roundBits == half) sig &= ~(<u64>1); // ties to even
+  if (sig == 0) exp = 0;
+  return (sign << signShift(f32)) + ((<u64>exp) << <u64>fb) + sig;
+}
+
+/** Normalise sig (leading one anywhere, or bit 63) to bit 62, then round. */
+export function normRoundPack(sign: u64, e: i32, sig: u64, f32: bool): u64 {
+  if (sig == 0) return packZero(sign, f32);
+  const lz = <i32>clz<u64>(sig);
+  if (lz == 0) return roundPack(sign, e + 1, shiftRightJam(sig, 1), f32);
+  return roundPack(sign, e - (lz - 1), sig << <u64>(lz - 1), f32);
+}
+
+// ---- NaN rules ---------------------------------------------------------------------
+
+/** Any NaN operand makes a canonical NaN; a signaling one also raises NV. */
+function nanResult(a: Unpacked, b: Unpacked, f32: bool): u64 {
+  if (a.cls == CLASS_SNAN || b.cls == CLASS_SNAN) raiseFlags(NV);
+  return canonicalNaN(f32);
+}
+
+function invalid(f32: bool): u64 {
+  raiseFlags(NV);
+  return canonicalNaN(f32);
+}
+
+// Scratch operands (the core is single-threaded per instance).
+const ua = new Unpacked();
+const ub = new Unpacked();
+const uc = new Unpacked();
+
+// ---- add, sub ----------------------------------------------------------------------
+
+function addUnpacked(a: Unpacked, b: Unpacked, f32: bool): u64 {
+  if (isNaNClass(a.cls) || isNaNClass(b.cls)) return nanResult(a, b, f32);
+  if (a.cls == CLASS_INF) {
+    if (b.cls == CLASS_INF && a.sign != b.sign) return invalid(f32); // inf - inf
+    return packInf(a.sign, f32);
+  }
+  if (b.cls == CLASS_INF) return packInf(b.sign, f32);
+  if (a.cls == CLASS_ZERO && b.cls == CLASS_ZERO) {
+    // Exact zero sum: -0 only if both are -0, or signs differ and rounding down.
+    const s: u64 = a.sign == b.sign ? a.sign : (rm == RDN ? 1 : 0);
+    return packZero(s, f32);
+  }
+  if (a.cls == CLASS_ZERO) return roundPack(b.sign, b.e, b.sig, f32);
+  if (b.cls == CLASS_ZERO) return roundPack(a.sign, a.e, a.sig, f32);
+  // Align to the larger exponent; one spare bit on top for the carry. If the
+  // operands are more than one place apart the result loses at most one
+  // leading bit, so the sticky bit stays far below the round position.
+  let ea = a.e, eb = b.e, ma = a.sig >> 1, mb = b.sig >> 1, sa = a.sign, sb = b.sign;
+  if (ea < eb || (ea == eb && ma < mb)) {
+    const te = ea; ea = eb; eb = te;
+    const tm = ma; ma = mb; mb = tm;
+    const ts = sa; sa = sb; sb = ts;
+  }
+  mb = shiftRightJam(mb, ea - eb);
+  let r: u64;
+  if (sa == sb) r = ma + mb;
+  else r = ma - mb;
+  if (r == 0) return packZero(rm == RDN ? 1 : 0, f32); // x - x
+  return normRoundPack(sa, ea + 1, r, f32);
+}
+
+export function add(a: u64, b: u64, f32: bool): u64 {
+  unpack(a, f32, ua);
+  unpack(b, f32, ub);
+  return addUnpacked(ua, ub, f32);
+}
+
+export function sub(a: u64, b: u64, f32: bool): u64 {
+  unpack(a, f32, ua);
+  unpack(b, f32, ub);
+  if (!isNaNClass(ub.cls)) ub.sign ^= 1;
+  return addUnpacked(ua, ub, f32);
+}
+
+// ---- mul ----------------------------------------------------------------------------
+
+/** High 64 bits of a 64x64-bit unsigned product. */
+export function mulHi(a: u64, b: u64): u64 {
+  const a0 = a & 0xffffffff, a1 = a >> 32, b0 = b & 0xffffffff, b1 = b >> 32;
+  const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+  const mid = (p00 >> 32) + (p01 & 0xffffffff) + (p10 & 0xffffffff);
+  return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+}
+
+export function mul(a: u64, b: u64, f32: bool): u64 {
+  unpack(a, f32, ua);
+  unpack(b, f32, ub);
+  if (isNaNClass(ua.cls) || isNaNClass(ub.cls)) return nanResult(ua, ub, f32);
+  const sign = ua.sign ^ ub.sign;
+  if (ua.cls == CLASS_INF || ub.cls == CLASS_INF) {
+    if (ua.cls == CLASS_ZERO || ub.cls == CLASS_ZERO) return invalid(f32); // 0 * inf
+    return packInf(sign, f32);
+  }
+  if (ua.cls == CLASS_ZERO || ub.cls == CLASS_ZERO) return packZero(sign, f32);
+  // 53-bit significands; their product has 105 or 106 bits.
+  const x = ua.sig >> 10, y = ub.sig >> 10;
+  const hi = mulHi(x, y), lo = x * y;
+  const sig = (hi << 22) | (lo >> 42) | ((lo & 0x3ffffffffff) != 0 ? 1 : 0);
+  return normRoundPack(sign, ua.e + ub.e, sig, f32);
+}
+
+// ---- div ----------------------------------------------------------------------------
+
+export function div(a: u64, b: u64, f32: bool): u64 {
+  unpack(a, f32, ua);
+  unpack(b, f32, ub);
+  if (isNaNClass(ua.cls) || isNaNClass(ub.cls)) return nanResult(ua, ub, f32);
+  const sign = ua.sign ^ ub.sign;
+  if (ua.cls == CLASS_INF) {
+    if (ub.cls == CLASS_INF) return invalid(f32); // inf / inf
+    return packInf(sign, f32);
+  }
+  if (ub.cls == CLASS_INF) return packZero(sign, f32);
+  if (ub.cls == CLASS_ZERO) {
+    if (ua.cls == CLASS_ZERO) return invalid(f32); // 0 / 0
+    raiseFlags(DZ);
+    return packInf(sign, f32);
+  }
+  if (ua.cls == CLASS_ZERO) return packZero(sign, f32);
+  // q = floor(x * 2^62 / y) by long division in 10-bit steps (x, y < 2^53, so
+  // the shifted remainder stays below 2^63), then 2 more bits.
+  const x = ua.sig >> 10, y = ub.sig >> 10;
+  let q = x / y;
+  let r = x % y;
+  for (let i = 0; i < 6; i++) {
+    r <<= 10;
+    q = (q << 10) | (r / y);
+    r = r % y;
+  }
+  r <<= 2;
+  q = (q << 2) | (r / y);
+  r = r % y;
+  return normRoundPack(sign, ua.e - ub.e, q | (r != 0 ? 1 : 0), f32);
+}
+
+// ---- sqrt ---------------------------------------------------------------------------
+
+export function sqrt(a: u64, f32: bool): u64 {
+  unpack(a, f32, ua);
+  if (isNaNClass(ua.cls)) return nanResult(ua, ua, f32);
+  if (ua.cls == CLASS_ZERO) return a; // sqrt(-0) = -0
+  if (ua.sign != 0) return invalid(f32);
+  if (ua.cls == CLASS_INF) return a;
+  // value = x * 2^E with an even E; the root of x * 2^70 (below 2^124) is a
+  // 62-bit integer computed digit by digit (two radicand bits per step).
+  let x = ua.sig >> 10;
+  let E = ua.e - 52;
+  if ((E & 1) != 0) { x <<= 1; E -= 1; }
+  const hi = x << 6; // x << 70 = (hi, lo = 0)
+  let rem: u64 = 0, root: u64 = 0;
+  for (let i = 61; i >= 0; i--) {
+    const pos = 2 * i;
+    const pair: u64 = pos >= 64 ? (hi >> <u64>(pos - 64)) & 3 : 0;
+    rem = (rem << 2) | pair;
+    const trial = (root << 2) | 1;
+    if (rem >= trial) { rem -= trial; root = (root << 1) | 1; } else root <<= 1;
+  }
+  return normRoundPack(0, (E >> 1) + 27, root | (rem != 0 ? 1 : 0), f32);
+}
+
+// ---- fused multiply-add -----------------------------------------------------------
+
+// 128-bit helpers on (hi, lo) pairs kept in globals.
+let h128: u64 = 0;
+let l128: u64 = 0;
+function shr128Jam(hi: u64, lo: u64, n: i32): void {
+  if (n <= 0) { h128 = hi; l128 = lo; return; }
+  if (n >= 128) { h128 = 0; l128 = (hi | lo) != 0 ? 1 : 0; return; }
+  if (n >= 64) {
+    const s = n - 64;
+    const lostFromHi: u64 = s == 0 ? 0 : hi << <u64>(64 - s);
+    l128 = (s == 0 ? hi : hi >> <u64>s) | (lo != 0 || lostFromHi != 0 ? 1 : 0);
+    h128 = 0;
+    return;
+  }
+  l128 = (lo >> <u64>n) | (hi << <u64>(64 - n)) | ((lo << <u64>(64 - n)) != 0 ? 1 : 0);
+  h128 = hi >> <u64>n;
+}
+
+/** a * b + c with one rounding. negProduct / negAddend implement fmsub, fnmadd,
+ *  fnmsub (spec 11.6): they flip signs before the exact computation. */
+export function fma(a: u64, b: u64, c: u64, negProduct: bool, negAddend: bool, f32: bool): u64 {
+  unpack(a, f32, ua);
+  unpack(b, f32, ub);
+  unpack(c, f32, uc);
+  const prodInvalid = (ua.cls == CLASS_INF && ub.cls == CLASS_ZERO) || (ua.cls == CLASS_ZERO && ub.cls == CLASS_INF);
+  if (isNaNClass(ua.cls) || isNaNClass(ub.cls) || isNaNClass(uc.cls)) {
+    // 0 * inf is invalid even when the addend is a quiet NaN.
+    if (prodInvalid || ua.cls == CLASS_SNAN || ub.cls == CLASS_SNAN || uc.cls == CLASS_SNAN) raiseFlags(NV);
+    return canonicalNaN(f32);
+  }
+  if (prodInvalid) return invalid(f32);
+  let sp = ua.sign ^ ub.sign;
+  if (negProduct) sp ^= 1;
+  let sc = uc.sign;
+  if (negAddend) sc ^= 1;
+  const prodInf = ua.cls == CLASS_INF || ub.cls == CLASS_INF;
+  if (prodInf) {
+    if (uc.cls == CLASS_INF && sc != sp) return invalid(f32); // inf - inf
+    return packInf(sp, f32);
+  }
+  if (uc.cls == CLASS_INF) return packInf(sc, f32);
+  const prodZero = ua.cls == CLASS_ZERO || ub.cls == CLASS_ZERO;
+  if (prodZero) {
+    if (uc.cls == CLASS_ZERO) return packZero(sp == sc ? sp : (rm == RDN ? 1 : 0), f32);
+    return roundPack(sc, uc.e, uc.sig, f32);
+  }
+  // Exact product x*y (< 2^106) scaled to P = x*y << 20 with value P * 2^ep.
+  const x = ua.sig >> 10, y = ub.sig >> 10;
+  let ph = mulHi(x, y), pl = x * y;
+  ph = (ph << 20) | (pl >> 44);
+  pl = pl << 20;
+  let ep = ua.e + ub.e - 124;
+  if (uc.cls == CLASS_ZERO) {
+    return finish128(sp, ep, ph, pl, f32);
+  }
+  // Addend z << 72 (leading one at bit 124), value Z * 2^ez.
+  const z = uc.sig >> 10;
+  let zh = z << 8, zl: u64 = 0;
+  let ez = uc.e - 124;
+  // Align to the larger exponent.
+  if (ep >= ez) {
+    shr128Jam(zh, zl, ep - ez); zh = h128; zl = l128;
+  } else {
+    shr128Jam(ph, pl, ez - ep); ph = h128; pl = l128;
+    ep = ez;
+  }
+  if (sp == sc) {
+    const lo = pl + zl;
+    const hi = ph + zh + (lo < pl ? 1 : 0);
+    return finish128(sp, ep, hi, lo, f32);
+  }
+  // Subtract the smaller magnitude from the larger.
+  let sign = sp;
+  let ah = ph, al = pl, bh = zh, bl = zl;
+  if (zh > ph || (zh == ph && zl > pl)) { sign = sc; ah = zh; al = zl; bh = ph; bl = pl; }
+  const lo = al - bl;
+  const hi = ah - bh - (al < bl ? 1 : 0);
+  if (hi == 0 && lo == 0) return packZero(rm == RDN ? 1 : 0, f32);
+  return finish128(sign, ep, hi, lo, f32);
+}
+
+/** Round the 128-bit magnitude (hi, lo) * 2^e. */
+function finish128(sign: u64, e: i32, hi: u64, lo: u64, f32: bool): u64 {
+  // Leading one at bit L; bring it to bit 62 of a 64-bit sticky significand.
+  const L: i32 = hi != 0 ? 127 - <i32>clz<u64>(hi) : 63 - <i32>clz<u64>(lo);
+  let sig: u64;
+  if (L > 62) {
+    shr128Jam(hi, lo, L - 62);
+    sig = l128;
+  } else {
+    sig = lo << <u64>(62 - L);
+  }
+  return roundPack(sign, e + L, sig, f32);
+}
+
+// ---- conversions ------------------------------------------------------------------
+
+/** Integer -> float. `signed`: the value is an i64 (i32 values arrive sign-extended). */
+export function fromInt(v: u64, signed: bool, f32: bool): u64 {
+  if (v == 0) return 0;
+  let sign: u64 = 0;
+  let mag = v;
+  if (signed && <i64>v < 0) { sign = 1; mag = 0 - v; }
+  return normRoundPack(sign, 62, mag, f32);
+}
+
+/**
+ * Float -> integer with the result width `bits` (32 or 64), RISC-V saturation
+ * (spec 11.7, table 11.4): NaN gives the largest value, out-of-range values the
+ * nearest end, both raising NV and not NX. 32-bit results come back
+ * sign-extended to 64 bits, as FCVT.W[U] writes them on RV64.
+ */
+export function toInt(a: u64, signed: bool, bits: i32, f32: bool): u64 {
+  unpack(a, f32, ua);
+  const maxPos: u64 = signed ? (((<u64>1) << <u64>(bits - 1)) - 1) : (bits == 64 ? 0xffffffffffffffff : 0xffffffff);
+  const maxNegMag: u64 = signed ? ((<u64>1) << <u64>(bits - 1)) : 0;
+  if (isNaNClass(ua.cls)) { raiseFlags(NV); return ext(maxPos, bits); }
+  if (ua.cls == CLASS_ZERO) return 0;
+  const neg = ua.sign != 0;
+  if (ua.cls == CLASS_INF) { raiseFlags(NV); return neg ? ext(0 - maxNegMag, bits) : ext(maxPos, bits); }
+  // |value| = sig * 2^(e - 62): split into integer part and fraction.
+  let intPart: u64;
+  let inexact = false;
+  let incr = false;
+  if (ua.e > 63) { raiseFlags(NV); return neg ? ext(0 - maxNegMag, bits) : ext(maxPos, bits); }
+  const shift = 62 - ua.e;
+  if (shift <= 0) {
+    intPart = ua.sig << <u64>(-shift);
+  } else if (shift >= 64) {
+    intPart = 0;
+    inexact = true; // |value| < 2^-1 with room to spare: below one half
+    incr = (rm == RDN && neg) || (rm == RUP && !neg);
+  } else {
+    intPart = ua.sig >> <u64>shift;
+    const rem = ua.sig & (((<u64>1) << <u64>shift) - 1);
+    const half = (<u64>1) << <u64>(shift - 1);
+    inexact = rem != 0;
+    if (rm == RNE) incr = rem > half || (rem == half && (intPart & 1) != 0);
+    else if (rm == RMM) incr = rem >= half;
+    else if (rm == RDN) incr = neg && rem != 0;
+    else if (rm == RUP) incr = !neg && rem != 0;
+  }
+  if (incr) intPart += 1;
+  // Range check on the magnitude (intPart may have wrapped only from 2^64-1).
+  const overflow = incr && intPart == 0 ? true : neg ? (intPart > maxNegMag) : (intPart > maxPos);
+  if (overflow || (!signed && neg && intPart != 0)) {
+    raiseFlags(NV);
+    return neg ? ext(signed ? 0 - maxNegMag : 0, bits) : ext(maxPos, bits);
+  }
+  if (inexact) raiseFlags(NX);
+  return ext(neg ? 0 - intPart : intPart, bits);
+}
+
+@inline function ext(v: u64, bits: i32): u64 {
+  return bits == 32 ? <u64>(<i64>(<i32>v)) : v;
+}
+
+/** Float -> float (S <-> D). Widening is exact; narrowing rounds. */
+export function convert(a: u64, fromF32: bool, toF32: bool): u64 {
+  unpack(a, fromF32, ua);
+  if (isNaNClass(ua.cls)) {
+    if (ua.cls == CLASS_SNAN) raiseFlags(NV);
+    return canonicalNaN(toF32);
+  }
+  if (ua.cls == CLASS_INF) return packInf(ua.sign, toF32);
+  if (ua.cls == CLASS_ZERO) return packZero(ua.sign, toF32);
+  return roundPack(ua.sign, ua.e, ua.sig, toF32);
+}
+
+// ---- compare, min/max, classify ---------------------------------------------------
+
+/** -1, 0, 1 for a < b, a == b, a > b; 2 when unordered. */
+function compare(a: u64, b: u64, f32: bool): i32 {
+  unpack(a, f32, ua);
+  unpack(b, f32, ub);
+  if (isNaNClass(ua.cls) || isNaNClass(ub.cls)) return 2;
+  if (ua.cls == CLASS_ZERO && ub.cls == CLASS_ZERO) return 0;
+  const sa = ua.sign, sb = ub.sign;
+  // Order by sign, then magnitude bits (IEEE encodings order like integers).
+  const m = f32 ? (<u64>0x7fffffff) : 0x7fffffffffffffff;
+  const ma = a & m, mb = b & m;
+  if (sa != sb) return sa != 0 ? -1 : 1;
+  if (ma == mb) return 0;
+  const less = ma < mb;
+  return (sa != 0) != less ? -1 : 1;
+}
+
+/** FEQ: quiet, NV only for signaling NaNs. */
+export function feq(a: u64, b: u64, f32: bool): u64 {
+  const c = compare(a, b, f32);
+  if (c == 2) { if (ua.cls == CLASS_SNAN || ub.cls == CLASS_SNAN) raiseFlags(NV); return 0; }
+  return c == 0 ? 1 : 0;
+}
+
+/** FLT, FLE: signaling, NV for any NaN. */
+export function flt(a: u64, b: u64, f32: bool): u64 {
+  const c = compare(a, b, f32);
+  if (c == 2) { raiseFlags(NV); return 0; }
+  return c < 0 ? 1 : 0;
+}
+export function fle(a: u64, b: u64, f32: bool): u64 {
+  const c = compare(a, b, f32);
+  if (c == 2) { raiseFlags(NV); return 0; }
+  return c <= 0 ? 1 : 0;
+}
+
+/** FMIN/FMAX (spec 11.6, IEEE 754-2019 minimumNumber/maximumNumber): a NaN
+ *  operand yields the other one; both NaN, the canonical NaN; -0 < +0; NV for
+ *  signaling NaNs. */
+export function fminmax(a: u64, b: u64, isMax: bool, f32: bool): u64 {
+  const c = compare(a, b, f32);
+  if (ua.cls == CLASS_SNAN || ub.cls == CLASS_SNAN) raiseFlags(NV);
+  const aNaN = isNaNClass(ua.cls), bNaN = isNaNClass(ub.cls);
+  if (aNaN && bNaN) return canonicalNaN(f32);
+  if (aNaN) return b;
+  if (bNaN) return a;
+  if (c == 0) {
+    // Equal values differ only for zeros of different sign.
+    if (ua.sign != ub.sign) return isMax ? (ua.sign == 0 ? a : b) : (ua.sign != 0 ? a : b);
+    return a;
+  }
+  return (c < 0) != isMax ? a : b;
+}
+
+/** FCLASS: one-hot class mask (spec 11.9, table 11.5). */
+export function fclass(a: u64, f32: bool): u64 {
+  unpack(a, f32, ua);
+  const neg = ua.sign != 0;
+  switch (ua.cls) {
+    case CLASS_INF: return neg ? 1 << 0 : 1 << 7;
+    case CLASS_NORMAL:
+      if (ua.subnormal) return neg ? 1 << 2 : 1 << 5;
+      return neg ? 1 << 1 : 1 << 6;
+    case CLASS_ZERO: return neg ? 1 << 3 : 1 << 4;
+    case CLASS_SNAN: return 1 << 8;
+  }
+  return 1 << 9;
+}
