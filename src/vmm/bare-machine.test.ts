@@ -211,3 +211,76 @@ ${HTIF_WORDS}`,
   assert.equal(r.status, 0, `exit ${r.status}: ${r.stderr}`);
   assert.match(r.stderr, /mmio\s+1/);
 });
+
+test("time is virtual: a program that samples timer interrupts runs identically twice", { skip: !haveCc && `${CC} not installed` }, () => {
+  // A busy loop counts iterations; 50 timer interrupts (each armed 997 ticks
+  // ahead) fold the loop count and mtime into a checksum printed in hex. With
+  // wall-clock time the counts would differ from run to run.
+  const elf = build("determinism", {
+    "det.S": `
+  .equ CLINT_MTIMECMP, 0x02004000
+  .equ CLINT_MTIME, 0x0200bff8
+  .section .text.init
+  .globl _start
+_start:
+  la t0, handler
+  csrw mtvec, t0
+  li s0, 0
+  li s1, 0
+  li s2, 0
+  call arm
+  li t0, 0x80
+  csrs mie, t0
+  csrsi mstatus, 8
+1: addi s2, s2, 1
+  j 1b
+arm:
+  li t1, CLINT_MTIME
+  ld t2, 0(t1)
+  addi t2, t2, 997
+  li t3, CLINT_MTIMECMP
+  sd t2, 0(t3)
+  ret
+  .align 2
+handler:
+  slli t0, s1, 5
+  sub s1, t0, s1
+  add s1, s1, s2
+  li t1, CLINT_MTIME
+  ld t2, 0(t1)
+  add s1, s1, t2
+  addi s0, s0, 1
+  li t0, 50
+  beq s0, t0, done
+  call arm
+  mret
+done:
+  la t5, tohost
+  li t4, 60
+2: srl t0, s1, t4
+  andi t0, t0, 15
+  addi t0, t0, '0'
+  li t1, '9' + 1
+  blt t0, t1, 3f
+  addi t0, t0, 'a' - '0' - 10
+3: li t1, 0x0101000000000000
+  or t0, t0, t1
+  sd t0, 0(t5)
+4: ld t0, 0(t5)
+  bnez t0, 4b
+  addi t4, t4, -4
+  bgez t4, 2b
+  li t0, 1
+  sd t0, 0(t5)
+5: j 5b
+${HTIF_WORDS}`,
+  });
+  const first = tsvisor("run", "--bare", elf, "--stats", "--max-insns", "50000000");
+  const second = tsvisor("run", "--bare", elf, "--stats", "--max-insns", "50000000");
+  assert.equal(first.status, 0, first.stderr);
+  assert.match(first.stdout, /^[0-9a-f]{16}$/);
+  assert.equal(second.stdout, first.stdout, "same checksum of interrupt timing");
+  const insns = (s: string) => /instructions executed: (\d+)/.exec(s)?.[1];
+  assert.ok(insns(first.stderr));
+  assert.equal(insns(second.stderr), insns(first.stderr), "same instruction count");
+});
