@@ -12,6 +12,8 @@
 // A binary32 operand is exactly representable in this form, so the binary32
 // operations share the binary64 code and differ only in the final rounding.
 
+import { mulhu } from "../isa/m";
+
 // Rounding modes (spec 11.2, table 11.1).
 export const RNE: u32 = 0;
 export const RTZ: u32 = 1;
@@ -222,14 +224,6 @@ export function sub(a: u64, b: u64, f32: bool): u64 {
 
 // ---- mul ----------------------------------------------------------------------------
 
-/** High 64 bits of a 64x64-bit unsigned product. */
-export function mulHi(a: u64, b: u64): u64 {
-  const a0 = a & 0xffffffff, a1 = a >> 32, b0 = b & 0xffffffff, b1 = b >> 32;
-  const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
-  const mid = (p00 >> 32) + (p01 & 0xffffffff) + (p10 & 0xffffffff);
-  return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
-}
-
 export function mul(a: u64, b: u64, f32: bool): u64 {
   unpack(a, f32, ua);
   unpack(b, f32, ub);
@@ -242,7 +236,7 @@ export function mul(a: u64, b: u64, f32: bool): u64 {
   if (ua.cls == CLASS_ZERO || ub.cls == CLASS_ZERO) return packZero(sign, f32);
   // 53-bit significands; their product has 105 or 106 bits.
   const x = ua.sig >> 10, y = ub.sig >> 10;
-  const hi = mulHi(x, y), lo = x * y;
+  const hi = mulhu(x, y), lo = x * y;
   const sig = (hi << 22) | (lo >> 42) | ((lo & 0x3ffffffffff) != 0 ? 1 : 0);
   return normRoundPack(sign, ua.e + ub.e, sig, f32);
 }
@@ -355,7 +349,7 @@ export function fma(a: u64, b: u64, c: u64, negProduct: bool, negAddend: bool, f
   }
   // Exact product x*y (< 2^106) scaled to P = x*y << 20 with value P * 2^ep.
   const x = ua.sig >> 10, y = ub.sig >> 10;
-  let ph = mulHi(x, y), pl = x * y;
+  let ph = mulhu(x, y), pl = x * y;
   ph = (ph << 20) | (pl >> 44);
   pl = pl << 20;
   let ep = ua.e + ub.e - 124;
