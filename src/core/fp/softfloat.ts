@@ -209,13 +209,94 @@ function addUnpacked(a: Unpacked, b: Unpacked, f32: bool): u64 {
   return normRoundPack(sa, ea + 1, r, f32);
 }
 
+// ---- native fast paths ------------------------------------------------------------
+// In round-to-nearest-even the host's IEEE arithmetic gives the right result;
+// what it does not give is the flags. These paths handle the cases where the
+// flags can be decided exactly and cheaply, and return NO_FAST_PATH otherwise.
+//  - Sums: TwoSum recovers the exact rounding error (Knuth), so NX is exact;
+//    a tiny sum is always exact, so UF cannot occur.
+//  - Binary32 sums and products computed in binary64 then narrowed are
+//    correctly rounded (53 >= 2 * 24 + 2); the binary64 product is exact.
+//  - Binary64 products: exact iff the product of the significands' odd parts
+//    fits in 53 bits.
+// Overflow and results below the smallest normal go to the softfloat.
+
+const NO_FAST_PATH: u64 = 1; // never a result the fast paths return (a subnormal)
+const F64_MIN_NORMAL: f64 = 2.2250738585072014e-308;
+const F32_MIN_NORMAL: f64 = 1.1754943508222875e-38;
+
+@inline function finite64(v: u64): bool { return (v & 0x7ff0000000000000) != 0x7ff0000000000000; }
+@inline function finite32(v: u64): bool { return (v & 0x7f800000) != 0x7f800000; }
+
+function addFast(a: u64, b: u64, negB: bool, f32: bool): u64 {
+  if (f32) {
+    if (!finite32(a) || !finite32(b)) return NO_FAST_PATH;
+    const x = <f64>reinterpret<f32>(<u32>a);
+    let y = <f64>reinterpret<f32>(<u32>b);
+    if (negB) y = -y;
+    const s = x + y;
+    const bb = s - x;
+    const err = (x - (s - bb)) + (y - bb);
+    const r = <f32>s;
+    if (!isFinite<f32>(r)) return NO_FAST_PATH;
+    const inexact = err != 0 || <f64>r != s;
+    if (inexact && Math.abs(<f64>r) < F32_MIN_NORMAL) return NO_FAST_PATH;
+    if (inexact) raiseFlags(NX);
+    return <u64>reinterpret<u32>(r);
+  }
+  if (!finite64(a) || !finite64(b)) return NO_FAST_PATH;
+  const x = reinterpret<f64>(a);
+  let y = reinterpret<f64>(b);
+  if (negB) y = -y;
+  const s = x + y;
+  if (!isFinite<f64>(s)) return NO_FAST_PATH;
+  const bb = s - x;
+  if ((x - (s - bb)) + (y - bb) != 0) raiseFlags(NX);
+  return reinterpret<u64>(s);
+}
+
+function mulFast(a: u64, b: u64, f32: bool): u64 {
+  if (f32) {
+    if (!finite32(a) || !finite32(b)) return NO_FAST_PATH;
+    const p = <f64>reinterpret<f32>(<u32>a) * <f64>reinterpret<f32>(<u32>b); // exact
+    const r = <f32>p;
+    if (!isFinite<f32>(r)) return NO_FAST_PATH;
+    const inexact = <f64>r != p;
+    if (inexact && Math.abs(<f64>r) < F32_MIN_NORMAL) return NO_FAST_PATH;
+    if (inexact) raiseFlags(NX);
+    return <u64>reinterpret<u32>(r);
+  }
+  const ea = (a >> 52) & 0x7ff, eb = (b >> 52) & 0x7ff;
+  // Normal operands only (zeros too: their product is exact).
+  const aZero = (a << 1) == 0, bZero = (b << 1) == 0;
+  if (!aZero && (ea == 0 || ea == 0x7ff)) return NO_FAST_PATH;
+  if (!bZero && (eb == 0 || eb == 0x7ff)) return NO_FAST_PATH;
+  const p = reinterpret<f64>(a) * reinterpret<f64>(b);
+  if (aZero || bZero) return reinterpret<u64>(p);
+  if (!isFinite<f64>(p) || Math.abs(p) < F64_MIN_NORMAL) return NO_FAST_PATH;
+  let ma = (a & 0xfffffffffffff) | 0x10000000000000;
+  let mb = (b & 0xfffffffffffff) | 0x10000000000000;
+  ma >>= ctz<u64>(ma);
+  mb >>= ctz<u64>(mb);
+  if (mulhu(ma, mb) != 0 || ma * mb >= 0x20000000000000) raiseFlags(NX);
+  return reinterpret<u64>(p);
+}
+
 export function add(a: u64, b: u64, f32: bool): u64 {
+  if (rm == RNE) {
+    const r = addFast(a, b, false, f32);
+    if (r != NO_FAST_PATH) return r;
+  }
   unpack(a, f32, ua);
   unpack(b, f32, ub);
   return addUnpacked(ua, ub, f32);
 }
 
 export function sub(a: u64, b: u64, f32: bool): u64 {
+  if (rm == RNE) {
+    const r = addFast(a, b, true, f32);
+    if (r != NO_FAST_PATH) return r;
+  }
   unpack(a, f32, ua);
   unpack(b, f32, ub);
   if (!isNaNClass(ub.cls)) ub.sign ^= 1;
@@ -225,6 +306,10 @@ export function sub(a: u64, b: u64, f32: bool): u64 {
 // ---- mul ----------------------------------------------------------------------------
 
 export function mul(a: u64, b: u64, f32: bool): u64 {
+  if (rm == RNE) {
+    const r = mulFast(a, b, f32);
+    if (r != NO_FAST_PATH) return r;
+  }
   unpack(a, f32, ua);
   unpack(b, f32, ub);
   if (isNaNClass(ua.cls) || isNaNClass(ub.cls)) return nanResult(ua, ub, f32);
