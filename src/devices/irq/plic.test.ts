@@ -1,0 +1,81 @@
+// The PLIC as a guest driver programs it: priorities, enables, thresholds,
+// claim and complete, with level-triggered device lines.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Plic, plicSize } from "./plic.js";
+
+const prio = (s: number) => 4 * s;
+const enable = (c: number) => 0x2000 + 0x80 * c;
+const threshold = (c: number) => 0x200000 + 0x1000 * c;
+const claim = (c: number) => threshold(c) + 4;
+
+function setup(harts = 1) {
+  const lines = new Map<number, boolean>();
+  const plic = new Plic(2 * harts, (c, level) => lines.set(c, level));
+  const w = (off: number, v: number) => plic.write(off, 4, BigInt(v));
+  const r = (off: number) => Number(plic.read(off, 4));
+  return { plic, lines, w, r };
+}
+
+test("the window covers an M and an S context per hart", () => {
+  assert.equal(plicSize(1), 0x202000n);
+  assert.equal(plicSize(8), 0x210000n);
+});
+
+test("an enabled source above the threshold raises the context's line until claimed", () => {
+  const { plic, lines, w, r } = setup();
+  w(prio(10), 1);
+  w(enable(1), 1 << 10); // S-mode context of hart 0
+  plic.setLevel(10, true);
+  assert.equal(lines.get(1), true);
+  assert.equal(lines.get(0) ?? false, false, "M context has it disabled");
+  assert.equal(r(0x1000) & (1 << 10), 1 << 10, "pending bit visible");
+  assert.equal(r(claim(1)), 10);
+  assert.equal(lines.get(1), false, "claimed: no longer pending");
+  assert.equal(r(claim(1)), 0, "nothing else to claim");
+  // The line is still high: after completion the gateway forwards it again.
+  w(claim(1), 10);
+  assert.equal(lines.get(1), true);
+  plic.setLevel(10, false);
+  assert.equal(r(claim(1)), 10, "already pending before the line dropped");
+  w(claim(1), 10);
+  assert.equal(lines.get(1), false);
+});
+
+test("priority zero, the threshold and disabled sources keep the line low", () => {
+  const { plic, lines, w } = setup();
+  w(enable(1), 1 << 5);
+  plic.setLevel(5, true);
+  assert.equal(lines.get(1) ?? false, false, "priority 0 never interrupts");
+  w(prio(5), 3);
+  assert.equal(lines.get(1), true);
+  w(threshold(1), 3);
+  assert.equal(lines.get(1), false, "priority must exceed the threshold");
+  w(threshold(1), 2);
+  assert.equal(lines.get(1), true);
+  w(enable(1), 0);
+  assert.equal(lines.get(1), false);
+});
+
+test("claim picks the highest priority, then the lowest ID", () => {
+  const { plic, w, r } = setup();
+  w(enable(0), (1 << 1) | (1 << 2) | (1 << 3));
+  w(prio(1), 2);
+  w(prio(2), 5);
+  w(prio(3), 5);
+  [1, 2, 3].forEach((s) => plic.setLevel(s, true));
+  assert.deepEqual([r(claim(0)), r(claim(0)), r(claim(0)), r(claim(0))], [2, 3, 1, 0]);
+});
+
+test("registers are WARL and bounded: priorities clip to 7, source 0 stays off, junk is ignored", () => {
+  const { w, r, plic } = setup();
+  w(prio(4), 100);
+  assert.equal(r(prio(4)), 7);
+  w(enable(0), 0xffff_ffff);
+  assert.equal(r(enable(0)) & 1, 0);
+  w(claim(0), 9999); // completing a source that does not exist
+  w(claim(5), 1); //   a context that does not exist
+  assert.equal(r(claim(5)), 0);
+  assert.equal(plic.read(prio(4), 8), 0n, "only 32-bit accesses");
+  assert.throws(() => plic.setLevel(0, true), RangeError);
+});

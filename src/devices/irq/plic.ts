@@ -1,0 +1,162 @@
+// Platform-Level Interrupt Controller (RISC-V PLIC specification 1.0.0), laid
+// out as on QEMU's riscv `virt` machine, so the stock Linux driver
+// (sifive,plic-1.0.0) works unchanged:
+//
+//   0x000000 + 4*s          priority of source s (1..NUM_SOURCES; 0 = never)
+//   0x001000 + 4*(s/32)     pending bits (read-only)
+//   0x002000 + 0x80*c       enable bits of context c
+//   0x200000 + 0x1000*c     threshold of context c
+//   0x200004 + 0x1000*c     claim (read) / complete (write) of context c
+//
+// Contexts come in pairs per hart: 2h is hart h's M-mode (drives MEIP), 2h+1
+// its S-mode (drives SEIP). Sources are level-triggered: the gateway turns a
+// high line into a pending bit, and forwards it again only after the claim was
+// completed (PLIC spec chapter "Interrupt Gateways").
+
+import type { MmioDevice } from "../../bus/mmio-bus.js";
+
+export const PLIC_NUM_SOURCES = 127;
+export const PLIC_MAX_PRIORITY = 7;
+const PENDING_BASE = 0x1000;
+const ENABLE_BASE = 0x2000;
+const ENABLE_STRIDE = 0x80;
+const CONTEXT_BASE = 0x200000;
+const CONTEXT_STRIDE = 0x1000;
+const WORDS = Math.ceil((PLIC_NUM_SOURCES + 1) / 32);
+
+/** Size of the register window for `harts` harts (two contexts each). */
+export function plicSize(harts: number): bigint {
+  return BigInt(CONTEXT_BASE + 2 * harts * CONTEXT_STRIDE);
+}
+
+/** Where a context's output goes: a hart's external-interrupt line. */
+export type ContextOutput = (context: number, level: boolean) => void;
+
+export class Plic implements MmioDevice {
+  readonly name = "plic";
+  private readonly priority = new Uint32Array(PLIC_NUM_SOURCES + 1);
+  private readonly pending = new Uint32Array(WORDS);
+  private readonly claimed = new Uint32Array(WORDS); // in service: claimed, not completed
+  private readonly level = new Uint32Array(WORDS); //   current line levels
+  private readonly enable: Uint32Array[];
+  private readonly threshold: Uint32Array;
+  private readonly outputs: boolean[];
+
+  constructor(readonly contexts: number, private readonly output: ContextOutput) {
+    this.enable = Array.from({ length: contexts }, () => new Uint32Array(WORDS));
+    this.threshold = new Uint32Array(contexts);
+    this.outputs = new Array<boolean>(contexts).fill(false);
+  }
+
+  /** A device's interrupt line changed. */
+  setLevel(source: number, high: boolean): void {
+    if (source < 1 || source > PLIC_NUM_SOURCES) throw new RangeError(`PLIC source ${source} does not exist`);
+    const [w, b] = [source >> 5, 1 << (source & 31)];
+    if (high) this.level[w] |= b;
+    else this.level[w] &= ~b;
+    this.gateway(source);
+    this.update();
+  }
+
+  read(offset: number, size: number): bigint {
+    if (size !== 4 || (offset & 3) !== 0) return 0n; // registers are 32-bit words
+    if (offset < PENDING_BASE) {
+      const s = offset >> 2;
+      return s <= PLIC_NUM_SOURCES ? BigInt(this.priority[s]) : 0n;
+    }
+    if (offset < ENABLE_BASE) {
+      const w = (offset - PENDING_BASE) >> 2;
+      return w < WORDS ? BigInt(this.pending[w]) : 0n;
+    }
+    if (offset < CONTEXT_BASE) {
+      const c = Math.floor((offset - ENABLE_BASE) / ENABLE_STRIDE);
+      const w = ((offset - ENABLE_BASE) % ENABLE_STRIDE) >> 2;
+      return c < this.contexts && w < WORDS ? BigInt(this.enable[c][w]) : 0n;
+    }
+    const c = Math.floor((offset - CONTEXT_BASE) / CONTEXT_STRIDE);
+    const reg = (offset - CONTEXT_BASE) % CONTEXT_STRIDE;
+    if (c >= this.contexts) return 0n;
+    if (reg === 0) return BigInt(this.threshold[c]);
+    if (reg === 4) return BigInt(this.claim(c));
+    return 0n;
+  }
+
+  write(offset: number, size: number, value: bigint): void {
+    if (size !== 4 || (offset & 3) !== 0) return;
+    const v = Number(value & 0xffff_ffffn);
+    if (offset < PENDING_BASE) {
+      const s = offset >> 2;
+      // Priorities are WARL: 0..7; source 0 does not exist.
+      if (s >= 1 && s <= PLIC_NUM_SOURCES) this.priority[s] = Math.min(v, PLIC_MAX_PRIORITY);
+    } else if (offset < ENABLE_BASE) {
+      return; // pending bits are read-only
+    } else if (offset < CONTEXT_BASE) {
+      const c = Math.floor((offset - ENABLE_BASE) / ENABLE_STRIDE);
+      const w = ((offset - ENABLE_BASE) % ENABLE_STRIDE) >> 2;
+      if (c < this.contexts && w < WORDS) this.enable[c][w] = w === 0 ? v & ~1 : v; // source 0 hardwired off
+    } else {
+      const c = Math.floor((offset - CONTEXT_BASE) / CONTEXT_STRIDE);
+      const reg = (offset - CONTEXT_BASE) % CONTEXT_STRIDE;
+      if (c >= this.contexts) return;
+      if (reg === 0) this.threshold[c] = Math.min(v, PLIC_MAX_PRIORITY);
+      else if (reg === 4) this.complete(c, v);
+    }
+    this.update();
+  }
+
+  /** Claim: the highest-priority pending source enabled for the context above
+   *  its threshold (lowest ID on ties), or 0. Clears its pending bit. */
+  private claim(c: number): number {
+    const s = this.best(c);
+    if (s === 0) return 0;
+    this.pending[s >> 5] &= ~(1 << (s & 31));
+    this.claimed[s >> 5] |= 1 << (s & 31);
+    this.update();
+    return s;
+  }
+
+  /** Complete: the source may be forwarded again (if still enabled for the
+   *  context; a completion for a source it cannot see is ignored, per spec). */
+  private complete(c: number, s: number): void {
+    if (s < 1 || s > PLIC_NUM_SOURCES) return;
+    const [w, b] = [s >> 5, 1 << (s & 31)];
+    if ((this.enable[c][w] & b) === 0) return;
+    this.claimed[w] &= ~b;
+    this.gateway(s);
+  }
+
+  /** Level-triggered gateway: a high line becomes pending unless in service. */
+  private gateway(s: number): void {
+    const [w, b] = [s >> 5, 1 << (s & 31)];
+    if ((this.level[w] & b) !== 0 && (this.claimed[w] & b) === 0) this.pending[w] |= b;
+  }
+
+  private best(c: number): number {
+    let best = 0;
+    let bestPrio = this.threshold[c];
+    for (let w = 0; w < WORDS; w++) {
+      let bits = this.pending[w] & this.enable[c][w];
+      while (bits !== 0) {
+        const bit = 31 - Math.clz32(bits & -bits);
+        bits &= bits - 1;
+        const s = w * 32 + bit;
+        if (this.priority[s] > bestPrio) {
+          best = s;
+          bestPrio = this.priority[s];
+        }
+      }
+    }
+    return best;
+  }
+
+  /** Drive each context's output line from its best candidate. */
+  private update(): void {
+    for (let c = 0; c < this.contexts; c++) {
+      const level = this.best(c) !== 0;
+      if (level !== this.outputs[c]) {
+        this.outputs[c] = level;
+        this.output(c, level);
+      }
+    }
+  }
+}
