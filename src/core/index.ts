@@ -14,7 +14,7 @@ import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_O
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 import { csrReadRaw, csrWriteRaw } from "./csr";
 import { resetHart } from "./reset";
-import { runHart } from "./execute";
+import { runHart, C_DECODE_TABLE_END } from "./execute";
 import { nextTimerDeadline, interruptWakeup } from "./trap";
 
 export {
@@ -28,9 +28,10 @@ export {
 } from "./exit";
 export { P2M_PRESENT, P2M_WRITABLE } from "./p2m";
 
-/** First byte the hypervisor may use: everything below holds the core's data. */
+/** First byte the hypervisor may use: everything below holds the core's data
+ *  (static data, then the compressed-instruction decode table). */
 export function coreDataEnd(): usize {
-  return __heap_base;
+  return C_DECODE_TABLE_END;
 }
 
 export function hartStateSize(): u32 {
