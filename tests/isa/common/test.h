@@ -54,7 +54,9 @@ fail:                                                \
 2: j 2b;                                             \
   .section .tohost, "aw", @progbits;                 \
   .align 6; .globl tohost; tohost: .dword 0;         \
+  .size tohost, 8;                                   \
   .align 6; .globl fromhost; fromhost: .dword 0;     \
+  .size fromhost, 8;                                 \
   .section .bss;                                     \
   .align 4;                                          \
   .space 8192;                                       \
