@@ -35,18 +35,20 @@ TEST_BEGIN
   TEST_CASE(23, a0, 1, addi t4, s0, 32; li t1, 1; amominu.w t2, t1, (t4); lw a0, 0(t4))
   TEST_CASE(24, a0, 0x5a, addi t4, s0, 32; li t1, 0x5a; amoswap.w t2, t1, (t4); amoor.w t2, zero, (t4); amoxor.w t2, zero, (t4); li t1, -1; amoand.w t2, t1, (t4); lw a0, 0(t4))
   TEST_CASE(25, a0, 0x5a, addi t4, s0, 32; li t1, -100; amomin.w t2, t1, (t4); mv a0, t2)
-  /* Misaligned atomics trap (8.4): AMO -> store/AMO address misaligned (6),
-   * LR -> load address misaligned (4); mtval holds the address */
+  /* Misaligned atomics trap (8.4). The spec allows either exception:
+   * AMO/SC -> store/AMO address misaligned (6) or access fault (7),
+   * LR -> load address misaligned (4) or access fault (5); mtval = address.
+   * (tsvisor raises the misaligned ones; QEMU the access faults.) */
   la t0, trap; csrw mtvec, t0
   li TESTNUM, 26
   addi t4, s0, 2; li s1, 0; amoadd.w t2, t1, (t4)
-  li t0, 6; bne s1, t0, fail; csrr t0, mtval; bne t0, t4, fail
+  ori s1, s1, 1; li t0, 7; bne s1, t0, fail; csrr t0, mtval; bne t0, t4, fail
   li TESTNUM, 27
   addi t4, s0, 4; li s1, 0; lr.d t2, (t4)
-  li t0, 4; bne s1, t0, fail
+  ori s1, s1, 1; li t0, 5; bne s1, t0, fail
   li TESTNUM, 28
   addi t4, s0, 1; li s1, 0; sc.w t2, t1, (t4)
-  li t0, 6; bne s1, t0, fail
+  ori s1, s1, 1; li t0, 7; bne s1, t0, fail
   j pass
   .balign 4
 trap:
