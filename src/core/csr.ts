@@ -13,7 +13,7 @@ import {
   PRV_S, PRV_M,
   MSTATUS_SIE, MSTATUS_MIE, MSTATUS_SPIE, MSTATUS_MPIE, MSTATUS_SPP, MSTATUS_MPP, MSTATUS_FS, MSTATUS_MPRV,
   MSTATUS_SUM, MSTATUS_MXR, MSTATUS_TVM, MSTATUS_TW, MSTATUS_TSR, MSTATUS_UXL, MSTATUS_SXL, MSTATUS_SD,
-  MSTATUS_FS_SHIFT, MSTATUS_MPP_SHIFT,
+  MSTATUS_FS_SHIFT, MSTATUS_MPP_SHIFT, MSTATUS_XLEN64,
 } from "./hart";
 import { updateTlbContext, tlbFlushAll } from "./tlb";
 import { mipValue, requestIrqCheck, MENVCFG_STCE } from "./trap";
@@ -159,7 +159,7 @@ function writeMstatus(v: u64): void {
   let n = (old & ~MSTATUS_WRITABLE) | (v & MSTATUS_WRITABLE);
   // MPP is WARL over {U, S, M}: the reserved value 2 leaves the field unchanged.
   if (((n & MSTATUS_MPP) >> MSTATUS_MPP_SHIFT) == 2) n = (n & ~MSTATUS_MPP) | (old & MSTATUS_MPP);
-  n |= MSTATUS_UXL | MSTATUS_SXL;
+  n = (n & ~(MSTATUS_UXL | MSTATUS_SXL)) | MSTATUS_XLEN64;
   wr(MSTATUS_OFF, withSd(n));
   updateTlbContext();
   requestIrqCheck();

@@ -162,8 +162,10 @@ export const MSTATUS_MXR: u64 = 1 << 19;
 export const MSTATUS_TVM: u64 = 1 << 20;
 export const MSTATUS_TW: u64 = 1 << 21;
 export const MSTATUS_TSR: u64 = 1 << 22;
-export const MSTATUS_UXL: u64 = 3 << 32;
+export const MSTATUS_UXL: u64 = 3 << 32; //  field masks
 export const MSTATUS_SXL: u64 = 3 << 34;
+/** UXL = SXL = 2: XLEN is 64 in U- and S-mode (read-only, spec 3.1.6.2). */
+export const MSTATUS_XLEN64: u64 = (2 << 32) | (2 << 34);
 export const MSTATUS_SD: u64 = 1 << 63;
 
 // ---- instruction outcome --------------------------------------------------------

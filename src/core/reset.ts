@@ -4,7 +4,7 @@
 
 import {
   H, wr, X_OFF, P2M_TABLE_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, MHARTID_OFF, MTIMECMP_OFF, STIMECMP_OFF,
-  TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, PRV_M, MSTATUS_UXL, MSTATUS_SXL, rd,
+  TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, PRV_M, MSTATUS_XLEN64, rd,
 } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 
@@ -14,7 +14,7 @@ export function resetHart(hartId: u64, resetPc: u64): void {
   wr(PC_OFF, resetPc);
   wr(PRIV_OFF, PRV_M);
   // XLEN is 64 in every mode (UXL = SXL = 2).
-  wr(MSTATUS_OFF, MSTATUS_UXL | MSTATUS_SXL);
+  wr(MSTATUS_OFF, MSTATUS_XLEN64);
   wr(MHARTID_OFF, hartId);
   // No timer interrupt until software programs a compare value.
   wr(MTIMECMP_OFF, 0xffffffffffffffff);

@@ -30,6 +30,13 @@ _start:                                              \
   li t0, MSTATUS_FS_INIT;                            \
   csrs mstatus, t0;                                  \
   csrwi fcsr, 0;                                     \
+  /* Open all memory to S/U on harts that have PMP     \
+   * entries (tsvisor has none: these writes are        \
+   * ignored there; QEMU has 16). */                   \
+  li t0, -1;                                         \
+  csrw pmpaddr0, t0;                                 \
+  li t0, 0x1f;                                       \
+  csrw pmpcfg0, t0;                                  \
   la sp, __test_stack_top;                           \
   li TESTNUM, 0;                                     \
   j __test_body;                                     \
