@@ -1,6 +1,7 @@
 // Builds the bare-metal ISA test programs: every tests/isa/<group>/*.S and *.c
 // into tests/isa/out/<group>/<name>.elf with Debian's riscv64-unknown-elf-gcc.
-// Incremental: a program is rebuilt when it or anything in common/ is newer.
+// Incremental: a program is rebuilt when it, a header beside it or anything in
+// common/ is newer.
 //   node tests/isa/build.mjs          build all, print the ELF paths
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
@@ -26,6 +27,8 @@ export function buildIsaTests() {
   for (const group of readdirSync(here, { withFileTypes: true })) {
     if (!group.isDirectory() || group.name === "common" || group.name === "out") continue;
     const dir = join(here, group.name);
+    // Headers in the group folder are included by its programs.
+    const headerTime = Math.max(0, ...readdirSync(dir).filter((f) => f.endsWith(".h")).map((f) => mtime(join(dir, f))));
     for (const file of readdirSync(dir).sort()) {
       const ext = extname(file);
       if (ext !== ".S" && ext !== ".c") continue;
@@ -34,7 +37,7 @@ export function buildIsaTests() {
       const outDir = join(outRoot, group.name);
       const elf = join(outDir, `${name}.elf`);
       mkdirSync(outDir, { recursive: true });
-      if (mtime(elf) < Math.max(mtime(src), commonTime)) {
+      if (mtime(elf) < Math.max(mtime(src), commonTime, headerTime)) {
         // -fno-math-errno: sqrt and fma compile to the instructions (no libm here).
         const extra = ext === ".c" ? [join(common, "crt.S"), "-O2", "-ffreestanding", "-fno-math-errno", "-Wl,--no-warn-rwx-segments"] : ["-Wl,--no-warn-rwx-segments"];
         const r = spawnSync(CC, [
