@@ -115,6 +115,23 @@ u_done:
   li t0, PAGE(1); ld a0, 8(t0)
   li t0, 1 << 17; csrc mstatus, t0
   li t1, 0x5678; bne a0, t1, fail
+  /* delegated page faults go to S with scause and stval (3.1.8) */
+  li TESTNUM, 24
+  la t0, shandler; csrw stvec, t0
+  li t0, (1 << 12) | (1 << 13) | (1 << 15); csrw medeleg, t0
+  li s1, -1; la s4, 1f
+  li t0, MPP_MASK; csrc mstatus, t0; li t0, 1 << 11; csrs mstatus, t0
+  la t0, 2f; csrw mepc, t0; mret
+2: li t0, PAGE(5); ld a0, 0(t0); j fail
+1: li t0, 13; bne s1, t0, fail; li t0, PAGE(5); bne s2, t0, fail
+  li TESTNUM, 25
+  li s1, -1; la s4, 1f; li t0, PAGE(0); sd a0, 0(t0); j fail
+1: li t0, 15; bne s1, t0, fail
+  li TESTNUM, 26
+  li s1, -1; li t0, PAGE(2); jalr t0                      /* X-only page: the `ret` there runs */
+  li t0, -1; bne s1, t0, fail
+  li t0, PAGE(1); la s4, 3f; jalr t0; j fail              /* an RW page is not executable */
+3: li t0, 12; bne s1, t0, fail; li t0, PAGE(1); bne s2, t0, fail
   j pass
 
   .balign 4
@@ -126,6 +143,13 @@ mhandler:
   csrs mstatus, t1
 1: csrw mepc, s4
   mret
+  .balign 4
+shandler:
+  csrr s1, scause
+  csrr s2, stval
+  csrw sepc, s4
+  li t0, 1 << 8; csrs sstatus, t0   /* stay in S */
+  sret
 TEST_END
 
   .section .text.user, "ax"

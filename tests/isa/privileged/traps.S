@@ -105,6 +105,25 @@ TEST_BEGIN
   li s1, -1; la s4, 2f; ENTER(0 << 11, 1f)
 1: ecall
 2: csrr t0, mstatus; li t1, 1 << 17; and t0, t0, t1; bnez t0, fail
+  /* more delegated causes, raised in S and handled in S with stval:
+   * load/store access faults (5, 7), misaligned AMO (6) and LR (4) */
+  li t0, (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7); csrw medeleg, t0
+  li s1, -1; la s4, 1f; ENTER(1 << 11, 1f)
+1: li TESTNUM, 39
+  li s1, -1; la s4, 2f; li a1, 0x30000000; ld a0, 0(a1); j fail
+2: li t0, 5; bne s1, t0, fail; bne s2, a1, fail
+  li TESTNUM, 40
+  li s1, -1; la s4, 2f; li a1, 0x30000000; sd a0, 0(a1); j fail
+2: li t0, 7; bne s1, t0, fail; bne s2, a1, fail
+  li TESTNUM, 41
+  la a1, scratch; addi a1, a1, 1
+  li s1, -1; la s4, 2f; amoadd.w a0, a0, (a1); j fail
+2: ori s1, s1, 1; li t0, 7; bne s1, t0, fail   /* 6, or 7: both allowed (A spec 8.4) */
+  li TESTNUM, 42
+  li s1, -1; la s4, 2f; lr.w a0, (a1); j fail
+2: ori s1, s1, 1; li t0, 5; bne s1, t0, fail   /* 4, or 5 */
+  la s4, 3f; ecall                                /* not delegated: back to M */
+3: csrw medeleg, zero
   j pass
 
   .balign 4
@@ -123,3 +142,6 @@ shandler:
   li t0, 1 << 8; csrs sstatus, t0             /* resume in S-mode */
   sret
 TEST_END
+.data
+.align 4
+scratch: .zero 16
