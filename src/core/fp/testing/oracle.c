@@ -69,6 +69,48 @@ static uint64_t minmax(uint64_t a, uint64_t b, int f32, int is_max, int *flags) 
   return f32 ? (pick & 0xffffffffu) : pick;
 }
 
+/* One evaluator per format: T is the C type, OF reads an operand, BITS packs
+ * a result, SQRT/FMA are the libm names, NARROW converts to the other format,
+ * IS_SNAN tests an operand. *flags = -2 for an unknown operation. */
+#define EVALUATOR(NAME, T, OF, BITS, SQRT, FMA, IS_SNAN, NARROW_OP, NARROW_T, NARROW_BITS, F32)          \
+static uint64_t NAME(const char *op, uint64_t A, uint64_t B, uint64_t C, int *flags) {                  \
+  volatile T a = OF(A), b = OF(B), c = OF(C), z = 0;                                                    \
+  uint64_t r = 0;                                                                                       \
+  int fl = -1;                                                                                          \
+  if (!strcmp(op, "add")) z = a + b;                                                                    \
+  else if (!strcmp(op, "sub")) z = a - b;                                                               \
+  else if (!strcmp(op, "mul")) z = a * b;                                                               \
+  else if (!strcmp(op, "div")) z = a / b;                                                               \
+  else if (!strcmp(op, "sqrt")) z = SQRT(a);                                                            \
+  else if (!strcmp(op, "fmadd")) z = FMA(a, b, c);                                                      \
+  else if (!strcmp(op, "fmsub")) z = FMA(a, b, -c);                                                     \
+  else if (!strcmp(op, "fnmsub")) z = FMA(-a, b, c);                                                    \
+  else if (!strcmp(op, "fnmadd")) z = FMA(-a, b, -c);                                                   \
+  else if (!strcmp(op, NARROW_OP)) { volatile NARROW_T n = (NARROW_T)a; r = NARROW_BITS(n); fl = flags_now(); } \
+  else if (!strcmp(op, "feq")) { r = a == b; fl = flags_now(); }                                        \
+  else if (!strcmp(op, "flt")) { r = a < b; fl = flags_now(); }                                         \
+  else if (!strcmp(op, "fle")) { r = a <= b; fl = flags_now(); }                                        \
+  else if (!strcmp(op, "w")) r = sext32(to_int(a, 1, 32, &fl));                                         \
+  else if (!strcmp(op, "wu")) r = sext32(to_int(a, 0, 32, &fl));                                        \
+  else if (!strcmp(op, "l")) r = to_int(a, 1, 64, &fl);                                                 \
+  else if (!strcmp(op, "lu")) r = to_int(a, 0, 64, &fl);                                                \
+  else if (!strcmp(op, "from_w")) z = (T)(int32_t)A;                                                    \
+  else if (!strcmp(op, "from_wu")) z = (T)(uint32_t)A;                                                  \
+  else if (!strcmp(op, "from_l")) z = (T)(int64_t)A;                                                    \
+  else if (!strcmp(op, "from_lu")) z = (T)(uint64_t)A;                                                  \
+  else if (!strcmp(op, "min")) r = minmax(A, B, F32, 0, &fl);                                           \
+  else if (!strcmp(op, "max")) r = minmax(A, B, F32, 1, &fl);                                           \
+  else { *flags = -2; return 0; }                                                                       \
+  if (fl < 0) { r = BITS(z); fl = flags_now(); }                                                        \
+  /* x86 converts a signaling NaN to an integer without raising invalid */                             \
+  if ((!strcmp(op, "w") || !strcmp(op, "wu") || !strcmp(op, "l") || !strcmp(op, "lu")) && IS_SNAN(A)) fl |= 16; \
+  *flags = fl;                                                                                          \
+  return r;                                                                                             \
+}
+
+EVALUATOR(run_f32, float, f_of, bits_f, sqrtf, __builtin_fmaf, is_snan_f, "cvt_d", double, bits_d, 1)
+EVALUATOR(run_f64, double, d_of, bits_d, sqrt, __builtin_fma, is_snan_d, "cvt_s", float, bits_f, 0)
+
 int main(void) {
   char op[16];
   int f32, rm;
@@ -78,67 +120,9 @@ int main(void) {
     feclearexcept(FE_ALL_EXCEPT);
     uint64_t r = 0;
     int fl = -1;
-    if (f32) {
-      volatile float a = f_of(A), b = f_of(B), c = f_of(C), z = 0;
-      if (!strcmp(op, "add")) z = a + b;
-      else if (!strcmp(op, "sub")) z = a - b;
-      else if (!strcmp(op, "mul")) z = a * b;
-      else if (!strcmp(op, "div")) z = a / b;
-      else if (!strcmp(op, "sqrt")) z = sqrtf(a);
-      else if (!strcmp(op, "fmadd")) z = __builtin_fmaf(a, b, c);
-      else if (!strcmp(op, "fmsub")) z = __builtin_fmaf(a, b, -c);
-      else if (!strcmp(op, "fnmsub")) z = __builtin_fmaf(-a, b, c);
-      else if (!strcmp(op, "fnmadd")) z = __builtin_fmaf(-a, b, -c);
-      else if (!strcmp(op, "cvt_d")) { volatile double d = a; r = bits_d(d); fl = flags_now(); }
-      else if (!strcmp(op, "feq")) { r = a == b; fl = flags_now(); }
-      else if (!strcmp(op, "flt")) { r = a < b; fl = flags_now(); }
-      else if (!strcmp(op, "fle")) { r = a <= b; fl = flags_now(); }
-      else if (!strcmp(op, "w")) { r = sext32(to_int(a, 1, 32, &fl)); }
-      else if (!strcmp(op, "wu")) { r = sext32(to_int(a, 0, 32, &fl)); }
-      else if (!strcmp(op, "l")) { r = to_int(a, 1, 64, &fl); }
-      else if (!strcmp(op, "lu")) { r = to_int(a, 0, 64, &fl); }
-      else if (!strcmp(op, "from_w")) z = (float)(int32_t)A;
-      else if (!strcmp(op, "from_wu")) z = (float)(uint32_t)A;
-      else if (!strcmp(op, "from_l")) z = (float)(int64_t)A;
-      else if (!strcmp(op, "from_lu")) z = (float)(uint64_t)A;
-      else if (!strcmp(op, "min")) r = minmax(A, B, 1, 0, &fl);
-      else if (!strcmp(op, "max")) r = minmax(A, B, 1, 1, &fl);
-      else { fprintf(stderr, "unknown op %s\n", op); return 2; }
-      if (fl < 0) { r = bits_f(z); fl = flags_now(); }
-      if (!strcmp(op, "w") || !strcmp(op, "wu") || !strcmp(op, "l") || !strcmp(op, "lu")) {
-        if (is_snan_f(A)) fl |= 16;
-      }
-    } else {
-      volatile double a = d_of(A), b = d_of(B), c = d_of(C), z = 0;
-      if (!strcmp(op, "add")) z = a + b;
-      else if (!strcmp(op, "sub")) z = a - b;
-      else if (!strcmp(op, "mul")) z = a * b;
-      else if (!strcmp(op, "div")) z = a / b;
-      else if (!strcmp(op, "sqrt")) z = sqrt(a);
-      else if (!strcmp(op, "fmadd")) z = __builtin_fma(a, b, c);
-      else if (!strcmp(op, "fmsub")) z = __builtin_fma(a, b, -c);
-      else if (!strcmp(op, "fnmsub")) z = __builtin_fma(-a, b, c);
-      else if (!strcmp(op, "fnmadd")) z = __builtin_fma(-a, b, -c);
-      else if (!strcmp(op, "cvt_s")) { volatile float s = (float)a; r = bits_f(s); fl = flags_now(); }
-      else if (!strcmp(op, "feq")) { r = a == b; fl = flags_now(); }
-      else if (!strcmp(op, "flt")) { r = a < b; fl = flags_now(); }
-      else if (!strcmp(op, "fle")) { r = a <= b; fl = flags_now(); }
-      else if (!strcmp(op, "w")) { r = sext32(to_int(a, 1, 32, &fl)); }
-      else if (!strcmp(op, "wu")) { r = sext32(to_int(a, 0, 32, &fl)); }
-      else if (!strcmp(op, "l")) { r = to_int(a, 1, 64, &fl); }
-      else if (!strcmp(op, "lu")) { r = to_int(a, 0, 64, &fl); }
-      else if (!strcmp(op, "from_w")) z = (double)(int32_t)A;
-      else if (!strcmp(op, "from_wu")) z = (double)(uint32_t)A;
-      else if (!strcmp(op, "from_l")) z = (double)(int64_t)A;
-      else if (!strcmp(op, "from_lu")) z = (double)(uint64_t)A;
-      else if (!strcmp(op, "min")) r = minmax(A, B, 0, 0, &fl);
-      else if (!strcmp(op, "max")) r = minmax(A, B, 0, 1, &fl);
-      else { fprintf(stderr, "unknown op %s\n", op); return 2; }
-      if (fl < 0) { r = bits_d(z); fl = flags_now(); }
-      if (!strcmp(op, "w") || !strcmp(op, "wu") || !strcmp(op, "l") || !strcmp(op, "lu")) {
-        if (is_snan_d(A)) fl |= 16;
-      }
-    }
+    if (f32) r = run_f32(op, A, B, C, &fl);
+    else r = run_f64(op, A, B, C, &fl);
+    if (fl == -2) { fprintf(stderr, "unknown op %s\n", op); return 2; }
     printf("%llx %x\n", (unsigned long long)r, fl);
   }
   return 0;
