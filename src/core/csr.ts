@@ -13,7 +13,7 @@ import {
   PRV_S, PRV_M,
   MSTATUS_SIE, MSTATUS_MIE, MSTATUS_SPIE, MSTATUS_MPIE, MSTATUS_SPP, MSTATUS_MPP, MSTATUS_FS, MSTATUS_MPRV,
   MSTATUS_SUM, MSTATUS_MXR, MSTATUS_TVM, MSTATUS_TW, MSTATUS_TSR, MSTATUS_UXL, MSTATUS_SXL, MSTATUS_SD,
-  MSTATUS_FS_SHIFT, MSTATUS_MPP_SHIFT, MSTATUS_XLEN64,
+  MSTATUS_MPP_SHIFT, MSTATUS_XLEN64,
 } from "./hart";
 import { updateTlbContext, tlbFlushAll } from "./tlb";
 import { mipValue, requestIrqCheck, MENVCFG_STCE } from "./trap";
@@ -223,4 +223,3 @@ export function execCsr(insn: u32): void {
   setX(rdIdx, old);
 }
 
-export { MSTATUS_FS_SHIFT };

@@ -6,7 +6,7 @@
 // writes, xRET, a timer compare reached, run() entry).
 
 import {
-  H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP, STATUS_EXIT,
+  H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP,
   PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
   RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal,
 } from "./hart";
@@ -173,4 +173,3 @@ export function runHart(budget: u32): i32 {
   return reason;
 }
 
-export { STATUS_EXIT };

@@ -18,7 +18,7 @@
 // memory untouched.
 
 import {
-  H, status, raise, requestExit, STATUS_OK, STATUS_EXIT,
+  H, status, raise, requestExit, STATUS_OK,
   RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF,
   HTIF_TOHOST_OFF, PRIV_OFF,
   CAUSE_MISALIGNED_LOAD, CAUSE_MISALIGNED_STORE,
@@ -285,4 +285,3 @@ export function atomicHost(va: u64, size: u32, isLr: bool): usize {
   return host + <usize>(gpa & 0xfff);
 }
 
-export { STATUS_EXIT };

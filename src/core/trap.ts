@@ -3,7 +3,7 @@
 // 3.3.2 xRET, 4.1.1 sstatus; Sstc for stimecmp).
 
 import {
-  rd, wr, H,
+  rd, wr,
   PRIV_OFF, MSTATUS_OFF, MEDELEG_OFF, MIDELEG_OFF, MIE_OFF, MIP_OFF, MTVEC_OFF, MEPC_OFF, MCAUSE_OFF,
   MTVAL_OFF, STVEC_OFF, SEPC_OFF, SCAUSE_OFF, STVAL_OFF, MENVCFG_OFF, STIMECMP_OFF, MTIMECMP_OFF, TIME_OFF,
   LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, RES_VALID_OFF,
@@ -160,4 +160,3 @@ export function sret(): u64 {
   return rd(SEPC_OFF);
 }
 
-export { H, PRV_U };

@@ -2,7 +2,7 @@
 // Division never traps: by zero and signed overflow have defined results
 // (table 7.1), which wasm's trapping i64.div_s must not see.
 
-import { getX, setX, illegal } from "../hart";
+import { setX, illegal } from "../hart";
 
 /** High 64 bits of the unsigned 128-bit product, from 32-bit halves. */
 export function mulhu(a: u64, b: u64): u64 {
@@ -71,4 +71,3 @@ export function execMulDivW(insn: u32, rd: u32, a64: u64, b64: u64): void {
   setX(rd, sext32(<u64>r));
 }
 
-export { getX };

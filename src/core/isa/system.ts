@@ -2,7 +2,7 @@
 // 3.3) and the Zicsr instructions (csr.ts). Returns the next pc.
 
 import {
-  rd, wr, raise, illegal, H, status, STATUS_TRAP,
+  rd, wr, raise, illegal, H,
   PRIV_OFF, MSTATUS_OFF, SBI_MODE_OFF, RUN_REASON_OFF, WAITING_OFF,
   PRV_U, PRV_S, PRV_M, MSTATUS_TSR, MSTATUS_TVM, MSTATUS_TW,
   CAUSE_USER_ECALL, CAUSE_SUPERVISOR_ECALL, CAUSE_MACHINE_ECALL, CAUSE_BREAKPOINT,
@@ -68,4 +68,3 @@ export function execSystem(insn: u32, pc: u64): u64 {
   return pc;
 }
 
-export { status, STATUS_TRAP };
