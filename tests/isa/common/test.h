@@ -77,4 +77,21 @@ __test_stack_top:                                    \
   li t6, expected;                                   \
   bne reg, t6, fail;
 
+/* An M-mode trap handler at `label` that records mcause in s1 and resumes
+ * after the trapping instruction, whatever its length (2 or 4 bytes).
+ * Clobbers t0 and t1. */
+#define SKIP_TRAP_HANDLER(label)                     \
+  .balign 4;                                         \
+label:                                               \
+  csrr s1, mcause;                                   \
+  csrr t0, mepc;                                     \
+  lhu t1, 0(t0);                                     \
+  andi t1, t1, 3;                                    \
+  addi t0, t0, 2;                                    \
+  addi t1, t1, -3;                                   \
+  bnez t1, 9f;                                       \
+  addi t0, t0, 2;                                    \
+9: csrw mepc, t0;                                    \
+  mret
+
 #endif

@@ -50,13 +50,7 @@ TEST_BEGIN
   addi t4, s0, 1; li s1, 0; sc.w t2, t1, (t4)
   ori s1, s1, 1; li t0, 7; bne s1, t0, fail
   j pass
-  .balign 4
-trap:
-  csrr s1, mcause
-  csrr t0, mepc
-  addi t0, t0, 4
-  csrw mepc, t0
-  mret
+  SKIP_TRAP_HANDLER(trap)
 TEST_END
 .data
 .align 4

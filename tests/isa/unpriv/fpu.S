@@ -75,13 +75,7 @@ TEST_BEGIN
   li t0, 2; bne s1, t0, fail
   csrwi frm, 0
   j pass
-  .balign 4
-trap:
-  csrr s1, mcause
-  csrr t0, mepc
-  addi t0, t0, 4
-  csrw mepc, t0
-  mret
+  SKIP_TRAP_HANDLER(trap)
 TEST_END
 .data
 .align 4
