@@ -67,7 +67,7 @@ export function execFp(insn: u32): void {
     return;
   }
 
-  const fmt = (insn >> 25) & 3; // 0 = S, 1 = D (2 = H, 3 = Q: not implemented)
+  const fmt = (insn >> 25) & 3; // 0 = S, 1 = D; 2 = H and 3 = Q belong to Zfh and Q, which this hart does not have
   if (fmt > 1) { illegal(insn); return; }
   const f32 = fmt == 0;
 
