@@ -16,11 +16,20 @@ export type SliceEnd =
   | { kind: "htif"; value: bigint }
   | { kind: "sbi" }
   | { kind: "halt"; pc: bigint }
+  /** The machine asked the vCPU to stop (requestStop), e.g. on power-off. */
+  | { kind: "stop" }
+  /** WFI with nothing pending, for a machine that sleeps on the host (idle "exit"). */
+  | { kind: "wfi" }
   /** WFI with no interrupt that could ever arrive (no timer armed, or its
    *  compare already reached while mie keeps it disabled). */
   | { kind: "stuck"; pc: bigint };
 
 export class GuestFault extends Error {}
+
+/** What a WFI with no interrupt pending does: jump virtual time to the next
+ *  timer deadline (deterministic machines), or end the slice so the machine
+ *  can sleep on the host until something happens (real-time machines). */
+export type IdlePolicy = "advance-time" | "exit";
 
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
 
@@ -36,6 +45,7 @@ export class Vcpu {
     readonly hartId: number,
     private readonly p2m: P2m,
     private readonly bus: MmioBus,
+    private readonly idle: IdlePolicy = "advance-time",
   ) {
     this.memory = pool.memory;
     this.hart = pool.allocContiguous(Math.ceil(core.fn.hartStateSize() / 4096));
@@ -58,6 +68,13 @@ export class Vcpu {
 
   reset(entry: bigint): void {
     this.core.fn.hartReset(this.hart, BigInt(this.hartId), entry);
+  }
+
+  private stopRequested = false;
+
+  /** End the current slice at the next exit (a device decided the machine's fate). */
+  requestStop(): void {
+    this.stopRequested = true;
   }
 
   get pc(): bigint {
@@ -85,6 +102,7 @@ export class Vcpu {
         case k.EXIT_WFI: {
           this.stats.count("wfi");
           if (fn.wakeupPending(this.hart)) break;
+          if (this.idle === "exit") return { kind: "wfi" };
           const deadline = asU64(fn.timerDeadline(this.hart));
           // No compare armed, or one already reached whose interrupt mie keeps
           // disabled: no timer will ever wake the hart, and nothing else can in
@@ -105,12 +123,19 @@ export class Vcpu {
           this.stats.count("halt");
           return { kind: "halt", pc: this.rec(k.RUN_ADDR_OFF) };
         case k.EXIT_BUDGET:
-          this.stats.count("budget");
+          this.stats.count("time-slice");
           return { kind: "budget" };
         default:
           throw new Error(`internal error: unknown exit reason ${reason}`);
       }
-      if (budget <= 0) return { kind: "budget" };
+      if (this.stopRequested) {
+        this.stopRequested = false;
+        return { kind: "stop" };
+      }
+      if (budget <= 0) {
+        this.stats.count("time-slice");
+        return { kind: "budget" };
+      }
     }
   }
 

@@ -70,6 +70,11 @@ export class Uart16550 implements MmioDevice {
     return this.rx.length + this.backlog.length;
   }
 
+  /** The driver listens: received-data interrupts are enabled. */
+  get rxInterruptEnabled(): boolean {
+    return (this.ier & IER_RDA) !== 0;
+  }
+
   read(offset: number, size: number): bigint {
     if (size !== 1) return 0n;
     let v = 0;

@@ -1,0 +1,72 @@
+// tsvisor's /init for the initramfs it builds: a busybox shell script, run by
+// the kernel as PID 1 (Documentation/filesystems/ramfs-rootfs-initramfs.rst).
+//
+// Protocol with the hypervisor:
+// - `tsvisor run -- CMD ARGS...` appends a second cpio archive to the initrd
+//   holding /tsvisor/argv, a shell fragment that sets "$@" to the command
+//   (every word single-quoted by the host). Without it, init starts an
+//   interactive shell on the console.
+// - The command's exit status goes back through the sifive,test0 finisher at
+//   0x10_0000 (the device QEMU's virt machine uses for the same purpose):
+//   0x5555 = pass, (status << 16) | 0x3333 = fail with a status. Its page is
+//   not claimed by any driver, so /dev/mem may map it even with
+//   CONFIG_IO_STRICT_DEVMEM.
+// - `tsvisor.marker=TEXT` on the kernel command line makes init print TEXT
+//   once it runs (the boot benchmark's "reached userspace" point).
+
+export const INIT_PATH = "/init";
+export const ARGV_PATH = "/tsvisor/argv";
+export const FINISHER_ADDR = 0x10_0000;
+
+export const INIT_SCRIPT = `#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run /root /mnt
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
+hostname tsvisor
+
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    tsvisor.marker=*) echo "\${word#tsvisor.marker=}" ;;
+    TERM=*) export "$word" ;;
+  esac
+done
+
+# virtio-mmio devices are in the device tree; their drivers are modules.
+if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; then
+  modprobe virtio_mmio
+  for alias in /sys/bus/virtio/devices/*/modalias; do
+    [ -e "$alias" ] && modprobe -q "$(cat "$alias")"
+  done
+fi
+
+finish() {
+  sync
+  if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
+  devmem ${"0x" + (0x10_0000).toString(16)} 32 $value
+  echo "tsvisor init: could not report exit status $1 through the finisher" >&2
+  poweroff -f
+}
+
+cd /root
+if [ -f ${"/tsvisor/argv"} ]; then
+  # Output byte for byte (no CR before LF), no echo of piped input; ^D from
+  # the host at the end of its stdin is end-of-file here.
+  stty -echo -onlcr 2>/dev/null
+  . ${"/tsvisor/argv"}
+  "$@"
+  finish $?
+fi
+
+echo
+echo "tsvisor: busybox shell on $(uname -sr). Ctrl-A X leaves; poweroff ends the VM."
+setsid cttyhack sh -l
+finish 0
+`;

@@ -1,0 +1,311 @@
+// The `virt` machine for Linux guests: QEMU's riscv `virt` memory map and
+// devices (arch/riscv/layout.ts), a device tree written by tsvisor, N harts
+// time-sliced in this thread, and the SBI implemented as hypercalls, so the
+// kernel boots with no firmware in the guest.
+//
+// Data flow: a hart runs until an exit (vcpu.ts); MMIO goes to the device on
+// the bus; SBI calls come here and go to the handlers in arch/riscv/sbi, which
+// act on the machine through the SbiPlatform below; devices raise interrupts
+// through the PLIC into the harts' external-interrupt lines.
+
+import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js";
+import { FramePool } from "../memory/frame-pool.js";
+import { P2m } from "../memory/p2m.js";
+import { GuestMemory } from "../memory/guest-memory.js";
+import { MmioBus } from "../bus/mmio-bus.js";
+import { Vcpu } from "../vcpu/vcpu.js";
+import { ExitStats } from "../vcpu/exit-stats.js";
+import { Aclint } from "../devices/irq/aclint.js";
+import { Plic, plicSize } from "../devices/irq/plic.js";
+import { Uart16550 } from "../devices/legacy/uart16550.js";
+import { GoldfishRtc } from "../devices/legacy/goldfish-rtc.js";
+import { Syscon, type PowerEvent } from "../devices/legacy/syscon.js";
+import * as L from "../arch/riscv/layout.js";
+import { virtFdt } from "../arch/riscv/virt-fdt.js";
+import { planBoot, type BootLayout } from "../arch/riscv/boot.js";
+import type { KernelImage } from "../arch/riscv/boot-image.js";
+import { handleSbiCall, HartState, SbiStats, type SbiPlatform, type SbiCaller, type SbiOutcome } from "../arch/riscv/sbi/sbi.js";
+import { RealtimeClock, REALTIME_TICK_INSNS } from "./clock.js";
+import { MachineError } from "./bare-machine.js";
+import { PanicWatch } from "./panic-watch.js";
+
+export interface VirtMachineConfig {
+  memBytes: number;
+  harts: number;
+  kernel: KernelImage;
+  initrd?: Uint8Array;
+  cmdline: string;
+  /** Guest console output (UART and SBI debug console). */
+  consoleOut(bytes: Uint8Array): void;
+}
+
+/** How the guest ended. */
+export type VmEnd =
+  | { kind: "poweroff" }
+  /** The guest reported a failure status through the test finisher. */
+  | { kind: "exit-status"; code: number }
+  | { kind: "reboot" }
+  | { kind: "panic"; message: string };
+
+export type RoundResult = { kind: "busy" } | { kind: "idle" } | { kind: "ended"; end: VmEnd };
+
+// CSR numbers (privileged spec 2.2).
+const CSR_MEDELEG = 0x302, CSR_MIDELEG = 0x303, CSR_MCOUNTEREN = 0x306, CSR_MENVCFG = 0x30a;
+const CSR_STIMECMP = 0x14d, CSR_MIP = 0x344;
+/** Exceptions the guest kernel handles itself: everything but ECALL from S and M
+ *  (hypercalls) and the reserved causes, since there is no M-mode firmware to
+ *  take them (OpenSBI delegates a subset because it emulates the rest). */
+const MEDELEG_ALL_BUT_ECALL_S = 0xb1ffn;
+/** Supervisor software, timer and external interrupts go to S-mode. */
+const MIDELEG_S_INTERRUPTS = 0x222n;
+const MENVCFG_STCE = 1n << 63n;
+const MIP_SSIP = 1n << 1n;
+const PRV_S = 1;
+const A0 = 10, A1 = 11;
+
+interface HartSlot {
+  readonly id: number;
+  readonly vcpu: Vcpu;
+  state: HartState;
+}
+
+export class VirtMachine {
+  readonly core: Core;
+  readonly harts: HartSlot[];
+  readonly uart: Uart16550;
+  readonly layout: BootLayout;
+  readonly sbiStats = new SbiStats();
+  private readonly ram: GuestMemory;
+  private readonly plic: Plic;
+  private readonly rtc: GoldfishRtc;
+  private readonly clock = new RealtimeClock();
+  private readonly panicWatch = new PanicWatch();
+  private readonly platform: SbiPlatform;
+  private readonly consoleIn: number[] = [];
+  private end: VmEnd | undefined;
+
+  constructor(private readonly cfg: VirtMachineConfig) {
+    if (!Number.isInteger(cfg.harts) || cfg.harts < 1 || cfg.harts > L.VIRT_MAX_HARTS) {
+      throw new MachineError(`--cpus must be 1..${L.VIRT_MAX_HARTS}`);
+    }
+    const pool = new FramePool(CORE_RESERVED_BYTES);
+    this.core = instantiateCore(pool.memory);
+    const p2m = new P2m(pool, L.VIRT_RAM_BASE, cfg.memBytes);
+    this.ram = new GuestMemory(p2m, pool.memory);
+    const bus = new MmioBus();
+    this.harts = [];
+    for (let id = 0; id < cfg.harts; id++) {
+      this.harts.push({ id, vcpu: new Vcpu(this.core, pool, id, p2m, bus, "exit"), state: HartState.Stopped });
+    }
+
+    const { fn, k } = this.core;
+    this.plic = new Plic(2 * cfg.harts, (context, level) => {
+      // Context 2h is hart h's M-mode, 2h+1 its S-mode (plic.ts).
+      const h = this.harts[context >> 1].vcpu.hart;
+      fn.setIrqLine(h, context & 1 ? k.IRQ_LINE_SEIP : k.IRQ_LINE_MEIP, level ? 1 : 0);
+    });
+    const console = (bytes: Uint8Array) => {
+      this.panicWatch.feed(bytes);
+      cfg.consoleOut(bytes);
+    };
+    this.uart = new Uart16550({
+      transmit: (b) => console(Uint8Array.of(b)),
+      setIrq: (level) => this.plic.setLevel(L.VIRT_UART_IRQ, level),
+    });
+    this.rtc = new GoldfishRtc({
+      nowNs: () => BigInt(Date.now()) * 1_000_000n,
+      setIrq: (level) => this.plic.setLevel(L.VIRT_RTC_IRQ, level),
+    });
+    bus.register(L.VIRT_TEST_BASE, L.VIRT_TEST_SIZE, new Syscon((e) => this.onPowerEvent(e)));
+    bus.register(L.VIRT_RTC_BASE, L.VIRT_RTC_SIZE, this.rtc);
+    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, new Aclint(this.core, this.harts.map((s) => s.vcpu.hart)));
+    bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
+    bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
+
+    this.platform = this.sbiPlatform(console);
+    this.layout = this.loadGuest();
+    const boot = this.harts[0];
+    this.startHart(boot, this.layout.kernelAddr, this.layout.fdtAddr);
+  }
+
+  /** Put kernel, initrd and device tree in RAM (Linux RISC-V boot protocol). */
+  private loadGuest(): BootLayout {
+    const { cfg } = this;
+    const ramSize = BigInt(cfg.memBytes);
+    const fdtFor = (initrd?: { start: bigint; end: bigint }) =>
+      virtFdt({ harts: cfg.harts, ramSize, bootargs: cfg.cmdline, initrd, virtioSlots: [] });
+    // The blob's size does not depend on the initrd addresses (fixed-width cells).
+    const sizing = fdtFor(cfg.initrd ? { start: 0n, end: 0n } : undefined);
+    const layout = planBoot(L.VIRT_RAM_BASE, ramSize, cfg.kernel, cfg.initrd?.length, sizing.length);
+    this.ram.write(layout.kernelAddr, cfg.kernel.bytes);
+    if (cfg.initrd && layout.initrd) this.ram.write(layout.initrd.start, cfg.initrd);
+    this.ram.write(layout.fdtAddr, fdtFor(layout.initrd));
+    return layout;
+  }
+
+  /** Enter the kernel on a hart as an SBI implementation would (SBI spec, HSM
+   *  hart_start; Linux boot.rst): S-mode, MMU off, a0 = hart ID, a1 = arg. */
+  private startHart(slot: HartSlot, pc: bigint, arg: bigint): void {
+    const { fn } = this.core;
+    const h = slot.vcpu.hart;
+    slot.vcpu.reset(pc);
+    fn.setSbiMode(h, 1);
+    fn.setTickInsns(h, REALTIME_TICK_INSNS);
+    fn.csrWrite(h, CSR_MEDELEG, MEDELEG_ALL_BUT_ECALL_S);
+    fn.csrWrite(h, CSR_MIDELEG, MIDELEG_S_INTERRUPTS);
+    // The guest may read cycle, time and instret, and uses Sstc's stimecmp.
+    fn.csrWrite(h, CSR_MCOUNTEREN, 7n);
+    fn.csrWrite(h, CSR_MENVCFG, MENVCFG_STCE);
+    fn.setTime(h, this.clock.now());
+    fn.setPriv(h, PRV_S);
+    fn.setX(h, A0, BigInt(slot.id));
+    fn.setX(h, A1, arg);
+    slot.state = HartState.Started;
+  }
+
+  private onPowerEvent(e: PowerEvent): void {
+    if (e.kind === "poweroff") this.finish({ kind: "poweroff" });
+    else if (e.kind === "fail") this.finish({ kind: "exit-status", code: e.code });
+    else this.finish({ kind: "reboot" });
+  }
+
+  private finish(end: VmEnd): void {
+    if (this.end) return;
+    // A restart right after "Kernel panic" is the panic=-1 path, not a user's reboot.
+    const panic = this.panicWatch.message;
+    this.end = end.kind === "reboot" && panic !== undefined ? { kind: "panic", message: panic } : end;
+    for (const s of this.harts) s.vcpu.requestStop();
+  }
+
+  /** Host keyboard or pipe input for the guest console. */
+  consoleInput(bytes: Uint8Array): void {
+    for (const b of bytes) this.consoleIn.push(b);
+  }
+
+  /** Input bytes not yet taken by the guest (for host-side flow control). */
+  get consoleBacklog(): number {
+    return this.consoleIn.length + this.uart.rxWaiting;
+  }
+
+  /** Run every hart that can run for one slice of `sliceInsns` instructions. */
+  runRound(sliceInsns: number): RoundResult {
+    const { fn } = this.core;
+    if (this.end) return { kind: "ended", end: this.end };
+    this.feedUart();
+    this.rtc.poll();
+    const now = this.clock.now();
+    let ran = false;
+    for (const slot of this.harts) {
+      if (slot.state === HartState.Stopped) continue;
+      const h = slot.vcpu.hart;
+      if (fn.getTime(h) < now) fn.setTime(h, now);
+      const sleeping = slot.state === HartState.Suspended || fn.isWaiting(h);
+      if (sleeping && !fn.wakeupPending(h)) continue;
+      slot.state = HartState.Started;
+      ran = true;
+      this.runHart(slot, sliceInsns);
+      if (this.end) return { kind: "ended", end: this.end };
+    }
+    return ran ? { kind: "busy" } : { kind: "idle" };
+  }
+
+  /** Host milliseconds until the earliest timer of a sleeping hart (undefined: none armed). */
+  msUntilNextTimer(): number | undefined {
+    let best: bigint | undefined;
+    for (const slot of this.harts) {
+      if (slot.state === HartState.Stopped) continue;
+      const d = this.core.fn.timerDeadline(slot.vcpu.hart);
+      if (d !== -1n && (best === undefined || d < best)) best = d;
+    }
+    return best === undefined ? undefined : this.clock.msUntil(BigInt.asUintN(64, best));
+  }
+
+  private runHart(slot: HartSlot, budget: number): void {
+    const { vcpu } = slot;
+    let left = budget;
+    while (left > 0 && !this.end) {
+      const before = vcpu.stats.instructions;
+      const end = vcpu.runSlice(left);
+      left -= Number(vcpu.stats.instructions - before);
+      switch (end.kind) {
+        case "budget":
+        case "wfi":
+        case "stop":
+          return;
+        case "sbi":
+          if (!this.handleSbi(slot)) return;
+          break;
+        case "halt":
+          throw new MachineError(`hart ${slot.id} halted: its trap handler at 0x${end.pc.toString(16)} faults on every instruction`);
+        case "stuck":
+        case "htif":
+          throw new MachineError(`internal error: unexpected ${end.kind} exit on the virt machine`);
+      }
+    }
+  }
+
+  /** Returns whether the hart keeps running. */
+  private handleSbi(slot: HartSlot): boolean {
+    const { fn } = this.core;
+    const h = slot.vcpu.hart;
+    const caller: SbiCaller = { hartId: slot.id, getX: (i) => fn.getX(h, i), setX: (i, v) => fn.setX(h, i, v) };
+    const outcome: SbiOutcome = handleSbiCall(caller, this.platform, this.sbiStats);
+    switch (outcome.kind) {
+      case "continue":
+        return true;
+      case "hart-stopped":
+        slot.state = HartState.Stopped;
+        return false;
+      case "hart-suspended":
+        slot.state = HartState.Suspended;
+        return false;
+      case "reset":
+        this.finish(outcome.type === "shutdown" ? { kind: "poweroff" } : { kind: "reboot" });
+        return false;
+    }
+  }
+
+  /** The UART takes host input only once its driver listens (receive interrupt
+   *  enabled): the 8250 driver clears the FIFO when it starts, and bytes typed
+   *  before would be lost. Beyond the FIFO the UART keeps a backlog. */
+  private feedUart(): void {
+    if (this.consoleIn.length === 0 || !this.uart.rxInterruptEnabled) return;
+    this.uart.receive(Uint8Array.from(this.consoleIn.splice(0, this.consoleIn.length)));
+  }
+
+  private sbiPlatform(console: (bytes: Uint8Array) => void): SbiPlatform {
+    const { fn } = this.core;
+    const hartOf = (id: number) => this.harts[id].vcpu.hart;
+    return {
+      hartCount: this.harts.length,
+      setTimer: (id, value) => fn.csrWrite(hartOf(id), CSR_STIMECMP, value),
+      sendIpi: (ids) => {
+        for (const id of ids) {
+          const h = hartOf(id);
+          fn.csrWrite(h, CSR_MIP, BigInt.asUintN(64, fn.csrRead(h, CSR_MIP)) | MIP_SSIP);
+        }
+      },
+      remoteFence: (ids, kind) => {
+        // The interpreter keeps no translated code, so FENCE.I has nothing to drop.
+        if (kind === "sfence.vma") for (const id of ids) fn.tlbFlush(hartOf(id));
+      },
+      hartState: (id) => this.harts[id].state,
+      startHart: (id, pc, opaque) => this.startHart(this.harts[id], pc, opaque),
+      isRam: (gpa, len) => this.ram.isRam(gpa, len),
+      readGuest: (gpa, len) => this.ram.read(gpa, len),
+      writeGuest: (gpa, bytes) => this.ram.write(gpa, bytes),
+      consoleWrite: console,
+      // Console input goes to the UART, the guest's console; the SBI debug
+      // console is output-only here (a read returning 0 bytes is valid).
+      consoleRead: () => new Uint8Array(0),
+    };
+  }
+
+  /** Exit counts of all harts, SBI calls by extension. */
+  stats(): ExitStats {
+    const total = new ExitStats();
+    for (const s of this.harts) total.add(s.vcpu.stats);
+    for (const [ext, n] of this.sbiStats.calls) total.countSbi(ext, n);
+    return total;
+  }
+}
