@@ -11,4 +11,4 @@ if (!existsSync(cli) || !existsSync(join(root, "build", "core.wasm"))) {
   process.exit(1);
 }
 const { main } = await import(pathToFileURL(cli).href);
-main(process.argv.slice(2));
+await main(process.argv.slice(2));

@@ -14,6 +14,10 @@ import { P2mFault } from "../memory/p2m.js";
 import { OutOfHostMemory } from "../memory/frame-pool.js";
 import { UsageError, parseSize, parseCount, parseSeconds } from "./size.js";
 import { writeAllSync, OutputClosed } from "./console-output.js";
+import { runLinux, LinuxRunError, DEFAULT_CMDLINE } from "./run-linux.js";
+import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
+import { pullDebianImage } from "../images/debian.js";
+import { ImageError } from "../images/errors.js";
 
 const VERSION = "0.1.0";
 const EXIT_ERROR = 1;
@@ -23,13 +27,20 @@ const EXIT_LIMIT = 124; // as timeout(1)
 const HELP = `usage: tsvisor <command> [options]
 
 commands:
+  run                     boot Debian's stock riscv64 kernel to a busybox shell
+                          (the image is pulled on first use; Ctrl-A X quits)
+  run -- CMD [ARGS...]    boot, run CMD in the guest, exit with its status
   run --bare FILE.elf     run a bare-metal RV64 ELF in M-mode (HTIF console and exit code)
   run --demo              run the bundled bare-metal demo guest
-  run                     boot the default Linux guest (not implemented yet)
+  image pull [--force]    fetch the Debian kernel and build the initramfs now
 
 options for run:
-  --mem SIZE              guest RAM, e.g. 256M, 1G (default 256M)
-  --max-insns N           stop after N guest instructions (exit status 124)
+  --kernel FILE           a RISC-V Linux Image (also gzip or EFI zboot) instead of Debian's
+  --initrd FILE           an initramfs instead of tsvisor's
+  --append "ARGS"         kernel command line (default: "${DEFAULT_CMDLINE}")
+  --cpus N                harts, 1..${VIRT_MAX_HARTS} (default 1)
+  --mem SIZE              guest RAM, e.g. 256M, 1G (default 512M; 256M with --bare)
+  --max-insns N           bare-metal only: stop after N guest instructions (status 124)
   --timeout SECONDS       stop after this much wall-clock time (exit status 124)
   --stats                 print VM-exit counts and instructions executed at exit
 
@@ -42,32 +53,69 @@ function fail(message: string, status: number): never {
   process.exit(status);
 }
 
-function runCommand(argv: string[]): number {
-  let parsed;
+function parseRunArgs(argv: string[]) {
+  // Everything after "--" is the guest command, never tsvisor's options.
+  const dashes = argv.indexOf("--");
+  const own = dashes < 0 ? argv : argv.slice(0, dashes);
+  const command = dashes < 0 ? undefined : argv.slice(dashes + 1);
   try {
-    parsed = parseArgs({
-      args: argv,
+    const parsed = parseArgs({
+      args: own,
       allowPositionals: true,
       strict: true,
       options: {
         bare: { type: "boolean" },
         demo: { type: "boolean" },
+        kernel: { type: "string" },
+        initrd: { type: "string" },
+        append: { type: "string" },
+        cpus: { type: "string" },
         mem: { type: "string" },
         "max-insns": { type: "string" },
         timeout: { type: "string" },
         stats: { type: "boolean" },
       },
     });
+    return { ...parsed, command };
   } catch (e) {
     // Node's messages go on with advice about "--"; the first sentence says it.
     throw new UsageError((e as Error).message.split(/\.\s/)[0]);
   }
-  const { values: v, positionals } = parsed;
+}
+
+function parseCpus(text: string): number {
+  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > VIRT_MAX_HARTS) {
+    throw new UsageError(`--cpus: expected 1..${VIRT_MAX_HARTS}, got '${text}'`);
+  }
+  return Number(text);
+}
+
+async function runCommand(argv: string[]): Promise<number> {
+  const { values: v, positionals, command } = parseRunArgs(argv);
+  const timeoutMs = v.timeout !== undefined ? parseSeconds("--timeout", v.timeout) * 1000 : undefined;
+  if (!v.bare && !v.demo) {
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}': put the guest command after --`);
+    if (v["max-insns"] !== undefined) throw new UsageError("--max-insns applies to --bare and --demo only");
+    if (command !== undefined && command.length === 0) throw new UsageError("no command after --");
+    return runLinux({
+      kernel: v.kernel,
+      initrd: v.initrd,
+      append: v.append,
+      memBytes: v.mem !== undefined ? parseSize("--mem", v.mem) : 512 << 20,
+      cpus: v.cpus !== undefined ? parseCpus(v.cpus) : 1,
+      stats: v.stats ?? false,
+      timeoutMs,
+      command,
+    });
+  }
+  for (const flag of ["kernel", "initrd", "append", "cpus"] as const) {
+    if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
+  }
+  if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");
   const memBytes = v.mem !== undefined ? parseSize("--mem", v.mem) : 256 << 20;
   const maxInsns = v["max-insns"] !== undefined ? parseCount("--max-insns", v["max-insns"]) : undefined;
-  const timeoutMs = v.timeout !== undefined ? parseSeconds("--timeout", v.timeout) * 1000 : undefined;
 
-  let image: ElfImage;
+  let image: ElfImage | undefined;
   if (v.demo) {
     if (positionals.length > 0) throw new UsageError("run --demo takes no file");
     image = demoImage();
@@ -87,10 +135,9 @@ function runCommand(argv: string[]): number {
       if (e instanceof ElfError) throw new ElfError(`${positionals[0]}: ${e.message}`);
       throw e;
     }
-  } else {
-    fail("booting Linux is not implemented yet (issue 3); use `tsvisor run --bare FILE.elf` or `tsvisor run --demo`", EXIT_ERROR);
   }
 
+  if (!image) throw new UsageError("run --bare needs exactly one ELF file");
   const machine = new BareMachine(image, {
     memBytes,
     maxInsns,
@@ -122,7 +169,20 @@ function installTopLevelHandlers(): void {
   process.on("unhandledRejection", (e) => fail(`internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT_ERROR));
 }
 
-export function main(argv: string[]): void {
+async function imageCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub !== "pull") throw new UsageError(sub === undefined ? "image: expected a subcommand: pull" : `image: unknown subcommand '${sub}'`);
+  let force = false;
+  for (const a of rest) {
+    if (a === "--force") force = true;
+    else throw new UsageError(`image pull: unexpected argument '${a}'`);
+  }
+  const r = await pullDebianImage({ force, progress: (line) => process.stderr.write(`${line}\n`) });
+  process.stdout.write(`kernel ${r.kernelVersion}\n  ${r.kernelPath}\n  ${r.initrdPath}\n`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<void> {
   installTopLevelHandlers();
   try {
     const [command, ...rest] = argv;
@@ -135,14 +195,18 @@ export function main(argv: string[]): void {
       process.stdout.write(`tsvisor ${VERSION}\n`);
       return;
     }
-    if (command !== "run") throw new UsageError(`unknown command '${command}' (try --help)`);
-    const status = runCommand(rest);
-    // Let stdout drain before exiting with the guest's status.
-    process.exitCode = status;
+    if (command !== "run" && command !== "image") throw new UsageError(`unknown command '${command}' (try --help)`);
+    const status = command === "run" ? await runCommand(rest) : await imageCommand(rest);
+    // Output went out synchronously; exit now rather than wait for stdin,
+    // which may still be open, to end.
+    process.exit(status);
   } catch (e) {
     if (e instanceof OutputClosed) process.exit(141); // see installTopLevelHandlers
     if (e instanceof UsageError) fail(e.message, EXIT_USAGE);
-    if (e instanceof ElfError || e instanceof MachineError || e instanceof GuestFault || e instanceof P2mFault || e instanceof OutOfHostMemory) {
+    if (
+      e instanceof ElfError || e instanceof MachineError || e instanceof GuestFault || e instanceof P2mFault ||
+      e instanceof OutOfHostMemory || e instanceof LinuxRunError || e instanceof ImageError
+    ) {
       fail(e.message, EXIT_ERROR);
     }
     const msg = e instanceof Error ? e.message : String(e);

@@ -11,6 +11,8 @@
 //   0x5555 = pass, (status << 16) | 0x3333 = fail with a status. Its page is
 //   not claimed by any driver, so /dev/mem may map it even with
 //   CONFIG_IO_STRICT_DEVMEM.
+// - In the interactive shell, busybox's poweroff/halt/reboot work as on a
+//   system whose init is busybox's: they signal PID 1.
 // - `tsvisor.marker=TEXT` on the kernel command line makes init print TEXT
 //   once it runs (the boot benchmark's "reached userspace" point).
 
@@ -50,23 +52,29 @@ fi
 finish() {
   sync
   if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
-  devmem ${"0x" + (0x10_0000).toString(16)} 32 $value
+  devmem 0x${FINISHER_ADDR.toString(16)} 32 $value
   echo "tsvisor init: could not report exit status $1 through the finisher" >&2
   poweroff -f
 }
 
 cd /root
-if [ -f ${"/tsvisor/argv"} ]; then
+if [ -f ${ARGV_PATH} ]; then
   # Output byte for byte (no CR before LF), no echo of piped input; ^D from
   # the host at the end of its stdin is end-of-file here.
   stty -echo -onlcr 2>/dev/null
-  . ${"/tsvisor/argv"}
+  . ${ARGV_PATH}
   "$@"
   finish $?
 fi
 
 echo
 echo "tsvisor: busybox shell on $(uname -sr). Ctrl-A X leaves; poweroff ends the VM."
-setsid cttyhack sh -l
+# busybox's poweroff, halt and reboot ask PID 1 by signal (USR2, USR1, TERM);
+# the shell runs in the background so that \`wait\` returns when one comes.
+trap 'sync; poweroff -f' USR1 USR2
+trap 'sync; reboot -f' TERM
+setsid cttyhack sh -l &
+shell=$!
+while kill -0 $shell 2>/dev/null; do wait $shell; done
 finish 0
 `;

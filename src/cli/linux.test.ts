@@ -1,0 +1,140 @@
+// `tsvisor run` with Linux guests, as a user runs it: the stock Debian kernel
+// (pulled into the user's cache on first use) boots on the virt machine and
+// runs commands through tsvisor's init. Each boot takes seconds, so each test
+// asks its guest several questions at once.
+import { test, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { HART_ISA_EXTENSIONS } from "../arch/riscv/isa.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const bin = join(root, "bin", "tsvisor.js");
+const BOOT_TIMEOUT_MS = 300_000;
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** tsvisor with `stdin` piped in (or none), collecting everything it prints. */
+function tsvisor(args: string[], stdin = ""): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), BOOT_TIMEOUT_MS);
+    child.on("error", reject);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+    child.stdin.end(stdin);
+  });
+}
+
+function oneErrorLine(r: Run, pattern: RegExp): void {
+  const lines = r.stderr.split("\n").filter((l) => l !== "");
+  assert.equal(lines.length, 1, `one line on stderr, got: ${r.stderr}`);
+  assert.match(lines[0], /^tsvisor: /);
+  assert.match(lines[0], pattern);
+}
+
+before(() => {
+  // Pull (or verify the cache) once, so the boots below measure only booting.
+  const r = spawnSync(process.execPath, [bin, "image", "pull"], { encoding: "utf8", timeout: 900_000 });
+  assert.equal(r.status, 0, `image pull failed: ${r.stderr}`);
+});
+
+test("a command runs in the stock Debian guest: uname, /proc/cpuinfo, arithmetic, ls /, piped stdin", async () => {
+  const script = [
+    "uname -m",
+    "uname -r",
+    "grep -m1 '^isa' /proc/cpuinfo",
+    "echo sum=$((6 * 7))",
+    "ls /",
+    "cat", // the piped stdin, then end-of-file
+  ].join("; ");
+  const r = await tsvisor(["run", "--", "sh", "-c", script], "line one from the host\nline two\n");
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stdout.split("\n");
+  assert.equal(lines[0], "riscv64");
+  assert.match(lines[1], /^\d+\.\d+\.\d+.*-riscv64$/);
+  // The kernel's isa line is what it parsed from our device tree: exactly the
+  // extensions the core implements, plus the Zc* subsets it derives from C and D.
+  const isa = /^isa\s*:\s*(\S+)$/.exec(lines[2]);
+  assert.ok(isa, `isa line: ${lines[2]}`);
+  const [base, ...multi] = isa[1].split("_");
+  assert.match(base, /^rv64/);
+  const seen = new Set([...base.slice(4)].concat(multi).filter((e) => !["zca", "zcd", "zcf"].includes(e)));
+  assert.deepEqual([...seen].sort(), [...HART_ISA_EXTENSIONS.filter((e) => e !== "i")].sort());
+  assert.ok(lines.includes("sum=42"), r.stdout);
+  for (const dir of ["bin", "dev", "init", "lib", "proc", "sys"]) assert.ok(lines.includes(dir), `ls / shows ${dir}: ${r.stdout}`);
+  assert.ok(r.stdout.endsWith("line one from the host\nline two\n"), r.stdout);
+});
+
+test("the command's exit status is tsvisor's, and `uname -a` prints the guest kernel's line", async () => {
+  const three = await tsvisor(["run", "--", "sh", "-c", "exit 3"]);
+  assert.equal(three.status, 3, three.stderr);
+  const uname = await tsvisor(["run", "--", "uname", "-a"]);
+  assert.equal(uname.status, 0, uname.stderr);
+  assert.match(uname.stdout, /^Linux tsvisor \S+-riscv64 #1 SMP Debian .* riscv64 GNU\/Linux\n$/);
+  const missing = await tsvisor(["run", "--", "no-such-command"]);
+  assert.equal(missing.status, 127, missing.stderr);
+});
+
+test("--cpus 2 boots both harts through SBI HSM; they share work and stay online", async () => {
+  const r = await tsvisor(["run", "--cpus", "2", "--stats", "--", "sh", "-c",
+    "grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online; for c in 0 1; do taskset -c $c sh -c 'echo ran on $c'; done"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "2\n0-1\nran on 0\nran on 1\n");
+  assert.match(r.stderr, /hsm\s+[1-9]/);
+  assert.match(r.stderr, /ipi\s+[1-9]/);
+});
+
+test("a guest kernel panic ends tsvisor with status 1 and the panic message", async () => {
+  // No /init to run and no root device: the kernel has nothing to boot into.
+  const r = await tsvisor(["run", "--append", "console=ttyS0 quiet panic=-1 rdinit=/no/such/init root=/dev/nothing", "--", "true"]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /tsvisor: guest kernel panic: Kernel panic - not syncing: /);
+});
+
+test("bad input gives one clear line and a non-zero status, before anything boots", () => {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-linux-"));
+  try {
+    const junk = join(dir, "junk.bin");
+    writeFileSync(junk, Buffer.alloc(4096, 0x5a));
+    // A valid header asking for 64 MiB, for the memory checks.
+    const kernel = join(dir, "Image");
+    const img = Buffer.alloc(0x2000);
+    img.writeBigUInt64LE(0x200000n, 0x08);
+    img.writeBigUInt64LE(64n << 20n, 0x10);
+    img.write("RISCV\0\0\0RSC\x05", 0x30, "latin1");
+    writeFileSync(kernel, img);
+    const bigInitrd = join(dir, "big.cpio");
+    writeFileSync(bigInitrd, Buffer.alloc(80 << 20));
+    const run = (...args: string[]) => spawnSync(process.execPath, [bin, "run", ...args], { encoding: "utf8", timeout: 60_000 }) as Run;
+
+    oneErrorLine(run("--kernel", join(dir, "nope"), "--initrd", junk), /kernel .*nope: no such file/);
+    oneErrorLine(run("--kernel", junk, "--initrd", junk), /not a RISC-V Linux kernel image/);
+    oneErrorLine(run("--kernel", kernel, "--initrd", join(dir, "nope")), /initrd .*nope: no such file/);
+    oneErrorLine(run("--kernel", kernel, "--initrd", bigInitrd, "--mem", "64M"), /initrd \(80.0 MiB\) is larger than guest memory/);
+    oneErrorLine(run("--kernel", kernel, "--initrd", junk, "--mem", "80M"), /--mem 80.0 MiB is too small/);
+    for (const cpus of ["0", "9", "two"]) {
+      const r = run("--cpus", cpus, "--", "true");
+      assert.equal(r.status, 2);
+      oneErrorLine(r, /--cpus: expected 1\.\.8/);
+    }
+    const stray = run("uname");
+    assert.equal(stray.status, 2);
+    oneErrorLine(stray, /put the guest command after --/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

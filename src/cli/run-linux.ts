@@ -1,0 +1,142 @@
+// `tsvisor run [-- CMD ARGS...]`: boot a Linux guest on the virt machine.
+//
+// With no --kernel, the stock Debian kernel and tsvisor's initramfs are pulled
+// on first use (images/debian.ts). With a command, the command's argv travels
+// in a second cpio archive appended to the initrd (the kernel unpacks
+// concatenated archives; images/init.ts is the guest side), and the guest's
+// init reports its exit status through the test finisher.
+
+import { readFileSync } from "node:fs";
+import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
+import { BootLayoutError } from "../arch/riscv/boot.js";
+import { VirtMachine, type VmEnd } from "../vmm/virt-machine.js";
+import { runMachine, type RunControl } from "../vmm/vm-runner.js";
+import { pullDebianImage } from "../images/debian.js";
+import { commandArchive } from "../images/initramfs.js";
+import { HostConsole } from "./host-console.js";
+
+export interface LinuxRunOptions {
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  memBytes: number;
+  cpus: number;
+  stats: boolean;
+  timeoutMs?: number;
+  /** Run this in the guest and exit with its status; undefined: interactive shell. */
+  command?: string[];
+}
+
+/** Default kernel command line: the UART console, quiet boot, and restart on
+ *  panic, which tsvisor turns into an exit with the panic message. */
+export const DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1";
+
+export const EXIT_GUEST_FAILED = 1;
+export const EXIT_TIMEOUT = 124;
+
+export class LinuxRunError extends Error {}
+
+function readInput(path: string, what: string): Uint8Array {
+  try {
+    const b = readFileSync(path);
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a directory" : err.code === "EACCES" ? "permission denied" : err.message;
+    throw new LinuxRunError(`${what} ${path}: ${why}`);
+  }
+}
+
+/** The kernel and initrd to boot: the user's, else the pulled Debian image. */
+async function resolveImage(opts: LinuxRunOptions): Promise<{ kernel: string; initrd: string }> {
+  if (opts.kernel !== undefined && opts.initrd !== undefined) return { kernel: opts.kernel, initrd: opts.initrd };
+  const pulled = await pullDebianImage({ progress: (line) => process.stderr.write(`${line}\n`) });
+  return { kernel: opts.kernel ?? pulled.kernelPath, initrd: opts.initrd ?? pulled.initrdPath };
+}
+
+/** The initrd with the command archive appended (4-byte aligned, as the
+ *  initramfs format pads archives). */
+function withCommand(initrd: Uint8Array, argv: string[]): Uint8Array {
+  const extra = commandArchive(argv);
+  const pad = (4 - (initrd.length % 4)) % 4;
+  const out = new Uint8Array(initrd.length + pad + extra.length);
+  out.set(initrd, 0);
+  out.set(extra, initrd.length + pad);
+  return out;
+}
+
+export async function runLinux(opts: LinuxRunOptions): Promise<number> {
+  const image = await resolveImage(opts);
+  let kernel;
+  try {
+    kernel = parseKernelImage(readInput(image.kernel, "kernel"));
+  } catch (e) {
+    if (e instanceof KernelImageError) throw new LinuxRunError(`kernel ${image.kernel}: ${e.message}`);
+    throw e;
+  }
+  let initrd = readInput(image.initrd, "initrd");
+  if (opts.command) initrd = withCommand(initrd, opts.command);
+  const interactive = opts.command === undefined;
+  const cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
+
+  let control: RunControl | undefined;
+  const host = new HostConsole(interactive, {
+    quit: () => control?.stop("quit"),
+    inputReady: () => control?.wake(),
+  });
+  const onSignal = (signal: NodeJS.Signals) => control?.stop(signal);
+  for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(s, onSignal);
+  const timer = opts.timeoutMs !== undefined ? setTimeout(() => control?.stop("timeout"), opts.timeoutMs) : undefined;
+
+  try {
+    for (;;) {
+      let vm: VirtMachine;
+      try {
+        vm = new VirtMachine({ memBytes: opts.memBytes, harts: opts.cpus, kernel, initrd, cmdline, consoleOut: (b) => host.output(b) });
+      } catch (e) {
+        if (e instanceof BootLayoutError) throw new LinuxRunError(e.message);
+        throw e;
+      }
+      host.attach(vm);
+      const outcome = await runMachine(vm, (c) => (control = c));
+      host.flush();
+      if (opts.stats) process.stderr.write(vm.stats().format() + "\n");
+      if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
+      const status = guestEnd(outcome.end, interactive);
+      if (status !== undefined) return status;
+      // An interactive guest that rebooted boots again, as on a real machine.
+      process.stderr.write("tsvisor: guest rebooted\n");
+    }
+  } finally {
+    if (timer) clearTimeout(timer);
+    for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
+    host.detach();
+  }
+}
+
+/** Exit status for a guest-side end; undefined to boot again (reboot). */
+function guestEnd(end: VmEnd, interactive: boolean): number | undefined {
+  switch (end.kind) {
+    case "poweroff":
+      return 0;
+    case "exit-status":
+      return end.code > 255 ? 255 : end.code;
+    case "panic":
+      process.stderr.write(`tsvisor: guest kernel panic: ${end.message}\n`);
+      return EXIT_GUEST_FAILED;
+    case "reboot":
+      if (interactive) return undefined;
+      process.stderr.write("tsvisor: the guest rebooted before the command finished\n");
+      return EXIT_GUEST_FAILED;
+  }
+}
+
+function hostEnd(reason: string, opts: LinuxRunOptions): number {
+  if (reason === "quit") return 0;
+  if (reason === "timeout") {
+    process.stderr.write(`\ntsvisor: timeout (${(opts.timeoutMs ?? 0) / 1000} s) reached\n`);
+    return EXIT_TIMEOUT;
+  }
+  const signals: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+  return 128 + (signals[reason] ?? 0);
+}
