@@ -11,8 +11,8 @@
 //   0x5555 = pass, (status << 16) | 0x3333 = fail with a status. Its page is
 //   not claimed by any driver, so /dev/mem may map it even with
 //   CONFIG_IO_STRICT_DEVMEM.
-// - In the interactive shell, busybox's poweroff/halt/reboot work as on a
-//   system whose init is busybox's: they signal PID 1.
+// - The interactive shell runs under busybox's init, so poweroff, halt and
+//   reboot in it work as on any busybox system.
 // - `tsvisor.marker=TEXT` on the kernel command line makes init print TEXT
 //   once it runs (the boot benchmark's "reached userspace" point).
 
@@ -69,12 +69,15 @@ fi
 
 echo
 echo "tsvisor: busybox shell on $(uname -sr). Ctrl-A X leaves; poweroff ends the VM."
-# busybox's poweroff, halt and reboot ask PID 1 by signal (USR2, USR1, TERM);
-# the shell runs in the background so that \`wait\` returns when one comes.
-trap 'sync; poweroff -f' USR1 USR2
-trap 'sync; reboot -f' TERM
-setsid cttyhack sh -l &
-shell=$!
-while kill -0 $shell 2>/dev/null; do wait $shell; done
-finish 0
+# busybox's own init runs the shell from here: it gives the shell a session
+# with the console as its controlling terminal (job control, Ctrl-C), and
+# it is what busybox's poweroff and reboot talk to (by signal to PID 1).
+# Leaving the shell powers the VM off.
+mkdir -p /etc
+cat > /etc/inittab <<'EOF'
+::once:/bin/sh -c 'setsid cttyhack sh -l; poweroff'
+::ctrlaltdel:/bin/reboot
+::shutdown:/bin/sync
+EOF
+exec /bin/busybox init
 `;
