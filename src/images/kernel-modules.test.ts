@@ -123,6 +123,10 @@ test("a missing module, a missing dependency, a cycle and a broken file are clea
   await withTree({ "kernel/a.ko.xz": new Uint8Array([1, 2, 3]) }, async (dir) => {
     await rejects((await ModuleIndex.fromDirectory(dir)).resolve(["a"]), /xz -dc .*a\.ko\.xz failed: xz: .*File format not recognized/);
   });
+  await withTree({ "kernel/a.ko.xz": xz(ko("a")), "kernel/b.ko.xz": new Uint8Array([1, 2, 3]) }, async (dir) => {
+    // An alias search reads every module: a corrupt one anywhere is reported.
+    await rejects((await ModuleIndex.fromDirectory(dir)).resolve(["fs-a"]), /xz --robot --list failed: xz: .*b\.ko\.xz: Too small to be a valid \.xz file/);
+  });
   await withTree({ "kernel/a.ko": new Uint8Array(100) }, async (dir) => {
     await rejects((await ModuleIndex.fromDirectory(dir)).resolve(["a"]), /a\.ko: not a valid kernel module: no ELF magic/);
   });

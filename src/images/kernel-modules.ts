@@ -18,10 +18,9 @@
 // an alias has to be searched for.
 
 import { readdir } from "node:fs/promises";
-import { availableParallelism } from "node:os";
 import { join, relative } from "node:path";
 import { ImageError } from "./errors.js";
-import { readDecompressed } from "./host-tools.js";
+import { readDecompressed, readDecompressedMany } from "./host-tools.js";
 import { readModinfo, type ModInfo } from "./modinfo.js";
 
 export interface KernelModule {
@@ -144,24 +143,25 @@ export class ModuleIndex {
 
   private async module(name: string): Promise<KernelModule> {
     const path = this.files.get(name)!.replace(MODULE_SUFFIX, ".ko");
-    let info = this.infos.get(name);
-    if (!info) {
-      info = readModinfo(await readDecompressed(join(this.root, this.files.get(name)!)), join(this.root, this.files.get(name)!));
-      if (info.name !== undefined && info.name !== name) throw new ImageError(`${join(this.root, this.files.get(name)!)}: module calls itself ${info.name}, its file name says ${name}`);
-      this.infos.set(name, info);
-    }
+    const source = join(this.root, this.files.get(name)!);
+    const info = this.infos.get(name) ?? this.setInfo(name, source, await readDecompressed(source));
     return { name, path, info };
   }
 
-  /** Reads every module's metadata (an alias search), a few files at a time. */
+  /** Reads every module's metadata (an alias search). */
   private async readAll(): Promise<void> {
     if (this.fullyRead) return;
-    const pending = [...this.files.keys()].filter((n) => !this.infos.has(n));
-    const worker = async () => {
-      for (let n = pending.pop(); n !== undefined; n = pending.pop()) await this.module(n);
-    };
-    await Promise.all(Array.from({ length: Math.max(1, availableParallelism()) }, worker));
+    const byPath = new Map<string, string>();
+    for (const [name, file] of this.files) if (!this.infos.has(name)) byPath.set(join(this.root, file), name);
+    await readDecompressedMany([...byPath.keys()], (path, bytes) => this.setInfo(byPath.get(path)!, path, bytes));
     this.fullyRead = true;
+  }
+
+  private setInfo(name: string, source: string, bytes: Uint8Array): ModInfo {
+    const info = readModinfo(bytes, source);
+    if (info.name !== undefined && info.name !== name) throw new ImageError(`${source}: module calls itself ${info.name}, its file name says ${name}`);
+    this.infos.set(name, info);
+    return info;
   }
 }
 
