@@ -5,6 +5,7 @@
 // them. Written uncompressed (cpio newc): the kernel needs no decompressor
 // and the guest spends no instructions inflating it.
 
+import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CpioArchive } from "./cpio.js";
@@ -24,6 +25,17 @@ const DIRECTORIES: [string, number][] = [
   ["bin", 0o755], ["dev", 0o755], ["proc", 0o555], ["sys", 0o555], ["tmp", 0o1777], ["run", 0o755],
   ["root", 0o700], ["mnt", 0o755], ["sbin", 0o755], ["usr/bin", 0o755], ["usr/sbin", 0o755],
 ];
+
+/** Bump when buildInitramfs lays out the archive differently. */
+const LAYOUT_VERSION = 1;
+
+/**
+ * What decides the initramfs besides the packages: layout, init script and
+ * module list. A cached image made with another recipe is rebuilt.
+ */
+export function initramfsRecipe(modules: string[] = INITRAMFS_MODULES): string {
+  return createHash("sha256").update(JSON.stringify([LAYOUT_VERSION, INIT_SCRIPT, modules])).digest("hex").slice(0, 16);
+}
 
 export interface InitramfsOptions {
   /** A static RISC-V busybox (Debian's busybox-static), becomes /bin/busybox. */
