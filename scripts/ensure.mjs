@@ -1,6 +1,6 @@
 // Makes a fresh clone runnable: installs npm dependencies, and with --test the
 // Debian packages the test suite uses (riscv64 cross compiler for the bare-metal
-// ISA programs, dtc and cpio for the image tests), then builds.
+// ISA programs, dtc, cpio and xz for the image tests), then builds.
 // Each step is skipped when already done, so running it every time is cheap.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -33,6 +33,7 @@ const testTools = {
   "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf",
   dtc: "device-tree-compiler",
   cpio: "cpio",
+  xz: "xz-utils", // the image pull decompresses Debian's .ko.xz modules
 };
 if (wantTest) {
   const missing = Object.entries(testTools).filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
