@@ -86,8 +86,9 @@ export class ModuleIndex {
 
   /**
    * The modules to load for `wanted` (module names or aliases such as
-   * fs-ext4), with their hard dependencies and the soft dependencies
-   * modprobe.d would add, in load order.
+   * fs-ext4), with their dependencies (modinfo "depends") and soft
+   * dependencies (modinfo "softdep", loaded alongside by kmod's modprobe and
+   * asked for by request_module, e.g. ext4's crypto-crc32c), in load order.
    */
   async resolve(wanted: string[]): Promise<ResolvedModules> {
     const order: KernelModule[] = [];
