@@ -102,6 +102,17 @@ test("the command archive sets \"$@\" to the words exactly, through the host's s
   assert.equal(shellQuote("a'b"), `'a'\\''b'`);
 });
 
+test("with stdin, the command archive also holds /tsvisor/stdin, byte for byte", () => {
+  const input = new Uint8Array([0, 1, 2, 255, 10, 13, 4]);
+  withTempDir((dir) => {
+    execFileSync("cpio", ["-idm", "--quiet"], { cwd: dir, input: commandArchive(["cat"], input) });
+    assert.equal(readFileSync(join(dir, "tsvisor/argv"), "utf8"), "set -- 'cat'\n");
+    assert.deepEqual(new Uint8Array(readFileSync(join(dir, "tsvisor/stdin"))), input);
+  });
+  const listing = execFileSync("cpio", ["-it", "--quiet"], { input: commandArchive(["true"]), encoding: "utf8" });
+  assert.equal(listing, "tsvisor\ntsvisor/argv\n", "no stdin file without stdin");
+});
+
 test("a command archive refuses what a shell word cannot hold", () => {
   assert.throws(() => commandArchive([]), (e: unknown) => e instanceof ImageError && /no command/.test(e.message));
   assert.throws(() => commandArchive(["a\0b"]), (e: unknown) => e instanceof ImageError && /NUL byte/.test(e.message));

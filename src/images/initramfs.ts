@@ -10,7 +10,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CpioArchive } from "./cpio.js";
 import { ImageError } from "./errors.js";
-import { ARGV_PATH, INIT_PATH, INIT_SCRIPT } from "./init.js";
+import { ARGV_PATH, INIT_PATH, INIT_SCRIPT, STDIN_PATH } from "./init.js";
 import { ModuleIndex, builtinNames, filterModulesOrder, modulesAlias, modulesDep } from "./kernel-modules.js";
 
 /** The modules of a virt machine's devices and of common filesystems. */
@@ -88,13 +88,16 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<Initramfs>
 
 /**
  * The second archive `tsvisor run -- CMD ARGS...` appends to the initrd:
- * /tsvisor/argv, a POSIX sh fragment that init sources to set "$@".
+ * /tsvisor/argv, a POSIX sh fragment that init sources to set "$@", and with
+ * `stdin`, /tsvisor/stdin, which init gives the command as its input.
  */
-export function commandArchive(argv: string[]): Uint8Array {
+export function commandArchive(argv: string[], stdin?: Uint8Array): Uint8Array {
   if (argv.length === 0) throw new ImageError("no command to run in the guest");
   const bad = argv.find((w) => w.includes("\0"));
   if (bad !== undefined) throw new ImageError(`command argument ${JSON.stringify(bad)} contains a NUL byte, which no shell word can hold`);
-  return new CpioArchive().file(ARGV_PATH.slice(1), `set -- ${argv.map(shellQuote).join(" ")}\n`, 0o644).toBytes();
+  const a = new CpioArchive().file(ARGV_PATH.slice(1), `set -- ${argv.map(shellQuote).join(" ")}\n`, 0o644);
+  if (stdin) a.file(STDIN_PATH.slice(1), stdin, 0o644);
+  return a.toBytes();
 }
 
 /**
