@@ -47,12 +47,19 @@ export class HostConsole {
     this.deliver(Uint8Array.from(eof));
   };
 
-  constructor(private readonly interactive: boolean, private readonly events: HostConsoleEvents) {}
+  private readonly interactive: boolean;
+  private readonly forwardStdin: boolean;
+
+  /** `forwardStdin` false: stdin is not read at all (it was given to the guest another way). */
+  constructor(mode: { interactive: boolean; forwardStdin: boolean }, private readonly events: HostConsoleEvents) {
+    this.interactive = mode.interactive;
+    this.forwardStdin = mode.forwardStdin;
+  }
 
   /** Start forwarding stdin to `sink` (a new machine after a reboot, too). */
   attach(sink: ConsoleSink): void {
     this.sink = sink;
-    if (this.flowTimer) return;
+    if (this.flowTimer || !this.forwardStdin) return;
     const stdin = process.stdin;
     if (this.interactive && stdin.isTTY) {
       stdin.setRawMode(true);
@@ -75,7 +82,8 @@ export class HostConsole {
   /** Stop reading stdin and give the terminal back as it was. */
   detach(): void {
     this.flush();
-    if (this.flowTimer) clearInterval(this.flowTimer);
+    if (!this.flowTimer) return;
+    clearInterval(this.flowTimer);
     process.stdin.off("data", this.onData);
     process.stdin.off("end", this.onEnd);
     process.stdin.pause();

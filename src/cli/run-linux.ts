@@ -54,10 +54,22 @@ async function resolveImage(opts: LinuxRunOptions): Promise<{ kernel: string; in
   return { kernel: opts.kernel ?? pulled.kernelPath, initrd: opts.initrd ?? pulled.initrdPath };
 }
 
+/** All of a piped or redirected stdin, for the guest command. */
+async function readAllStdin(limit: number): Promise<Uint8Array> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > limit) throw new LinuxRunError(`stdin is larger than ${limit >> 20} MiB, the most a guest command takes (a quarter of --mem)`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
 /** The initrd with the command archive appended (4-byte aligned, as the
  *  initramfs format pads archives). */
-function withCommand(initrd: Uint8Array, argv: string[]): Uint8Array {
-  const extra = commandArchive(argv);
+function withCommand(initrd: Uint8Array, argv: string[], stdin: Uint8Array | undefined): Uint8Array {
+  const extra = commandArchive(argv, stdin);
   const pad = (4 - (initrd.length % 4)) % 4;
   const out = new Uint8Array(initrd.length + pad + extra.length);
   out.set(initrd, 0);
@@ -75,12 +87,14 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
     throw e;
   }
   let initrd = readInput(image.initrd, "initrd");
-  if (opts.command) initrd = withCommand(initrd, opts.command);
   const interactive = opts.command === undefined;
+  // A command gets a piped or redirected stdin as a file (images/init.ts says why).
+  const stdinAsFile = !interactive && !process.stdin.isTTY;
+  if (opts.command) initrd = withCommand(initrd, opts.command, stdinAsFile ? await readAllStdin(opts.memBytes / 4) : undefined);
   const cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
 
   let control: RunControl | undefined;
-  const host = new HostConsole(interactive, {
+  const host = new HostConsole({ interactive, forwardStdin: !stdinAsFile }, {
     quit: () => control?.stop("quit"),
     inputReady: () => control?.wake(),
   });
@@ -105,7 +119,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
       const status = guestEnd(outcome.end, interactive);
       if (status !== undefined) return status;
       // An interactive guest that rebooted boots again, as on a real machine.
-      process.stderr.write("tsvisor: guest rebooted\n");
+      process.stderr.write("\r\ntsvisor: guest rebooted\r\n");
     }
   } finally {
     if (timer) clearTimeout(timer);

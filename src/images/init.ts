@@ -4,8 +4,11 @@
 // Protocol with the hypervisor:
 // - `tsvisor run -- CMD ARGS...` appends a second cpio archive to the initrd
 //   holding /tsvisor/argv, a shell fragment that sets "$@" to the command
-//   (every word single-quoted by the host). Without it, init starts an
-//   interactive shell on the console.
+//   (every word single-quoted by the host), and, when the host's stdin is a
+//   pipe or a file, /tsvisor/stdin with all of it: the command reads it byte
+//   for byte with an exact end, which a serial line in canonical mode cannot
+//   give (it echoes, edits lines, and has no end-of-file but a typed ^D).
+//   Without the archive, init starts an interactive shell on the console.
 // - The command's exit status goes back through the sifive,test0 finisher at
 //   0x10_0000 (the device QEMU's virt machine uses for the same purpose):
 //   0x5555 = pass, (status << 16) | 0x3333 = fail with a status. Its page is
@@ -18,6 +21,7 @@
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
+export const STDIN_PATH = "/tsvisor/stdin";
 export const FINISHER_ADDR = 0x10_0000;
 
 export const INIT_SCRIPT = `#!/bin/busybox sh
@@ -59,11 +63,11 @@ finish() {
 
 cd /root
 if [ -f ${ARGV_PATH} ]; then
-  # Output byte for byte (no CR before LF), no echo of piped input; ^D from
-  # the host at the end of its stdin is end-of-file here.
+  # Output byte for byte (no CR before LF); input typed on a host terminal
+  # is not echoed twice, and ^D from the host's end of input is end-of-file.
   stty -echo -onlcr 2>/dev/null
   . ${ARGV_PATH}
-  "$@"
+  if [ -f ${STDIN_PATH} ]; then "$@" < ${STDIN_PATH}; else "$@"; fi
   finish $?
 fi
 
