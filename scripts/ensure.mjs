@@ -1,6 +1,7 @@
-// Makes a fresh clone runnable: installs npm dependencies, and with --test the
-// Debian packages the test suite uses (riscv64 cross compiler for the bare-metal
-// ISA programs, dtc, cpio and xz for the image tests), then builds.
+// Makes a fresh clone runnable: installs npm dependencies, the Debian packages
+// the image pull needs (xz for Debian's .ko.xz kernel modules), with --test also
+// those the test suite uses (riscv64 cross compiler for the bare-metal ISA
+// programs, dtc, cpio), then builds.
 // Each step is skipped when already done, so running it every time is cheap.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -28,15 +29,18 @@ if (!existsSync(installed) || (existsSync(lock) && statSync(lock).mtimeMs > stat
   if (r.status !== 0) fail("npm install failed");
 }
 
-// Debian packages for the tests: command -> package
+// Debian packages: command -> package
+const runTools = {
+  xz: "xz-utils", // the image pull decompresses Debian's .ko.xz modules
+};
 const testTools = {
   "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf",
   dtc: "device-tree-compiler",
   cpio: "cpio",
-  xz: "xz-utils", // the image pull decompresses Debian's .ko.xz modules
 };
-if (wantTest) {
-  const missing = Object.entries(testTools).filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
+{
+  const wanted = wantTest ? { ...runTools, ...testTools } : runTools;
+  const missing = Object.entries(wanted).filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
   if (missing.length > 0) {
     if (!has("apt-get")) fail(`missing ${missing.join(", ")}: install them with your package manager (Debian/Ubuntu package names)`);
     const asRoot = process.getuid && process.getuid() === 0;
