@@ -127,10 +127,6 @@ test("the demo runs and greets", () => {
   assert.match(r.stdout, /5050/);
 });
 
-test("run without --bare says Linux is not there yet", () => {
-  failsWith(tsvisor("run"), 1, /not implemented/);
-});
-
 test("usage errors exit with 2", () => {
   failsWith(tsvisor("run", "--bare", program(EXIT7), "--frobnicate"), 2, /frobnicate/);
   failsWith(tsvisor("run", "--bare"), 2, /ELF file/);
