@@ -96,8 +96,8 @@ async function main(): Promise<void> {
           "-kernel", image.kernelPath, "-initrd", initrd, "-append", cmdline,
         ]));
     }
-    const row = (name: string, t: Timing) => console.log(`${name.padEnd(26)} ${t.markerS.toFixed(2).padStart(8)} s ${t.poweroffS.toFixed(2).padStart(10)} s`);
-    console.log(`${"".padEnd(26)} ${"userspace".padStart(10)} ${"poweroff".padStart(12)}`);
+    const row = (name: string, t: Timing) => console.log(`${name.padEnd(32)} ${t.markerS.toFixed(2).padStart(8)} s ${t.poweroffS.toFixed(2).padStart(10)} s`);
+    console.log(`${"".padEnd(32)} ${"userspace".padStart(10)} ${"poweroff".padStart(12)}`);
     row("tsvisor (interpreter)", ts);
     if (qemu) {
       row("QEMU TCG (qemu-system-riscv64)", qemu);
