@@ -63,6 +63,15 @@ export class GuestMemory {
     });
   }
 
+  readU16(gpa: GuestAddress): number {
+    const b = this.read(gpa, 2);
+    return b[0] | (b[1] << 8);
+  }
+
+  writeU16(gpa: GuestAddress, v: number): void {
+    this.write(gpa, Uint8Array.of(v & 0xff, (v >>> 8) & 0xff));
+  }
+
   readU32(gpa: GuestAddress): number {
     const b = this.read(gpa, 4);
     return new DataView(b.buffer).getUint32(0, true);

@@ -1,0 +1,287 @@
+// virtio-mmio transport, version 2 (virtio 1.2, 4.2 "Virtio Over MMIO"):
+// the register block a driver uses to discover a device, negotiate features,
+// place its queues and notify, at one of the `virt` machine's 4 KiB slots.
+//
+//   0x000 MagicValue "virt"      0x050 QueueNotify (W)
+//   0x004 Version = 2            0x060 InterruptStatus        0x064 InterruptACK (W)
+//   0x008 DeviceID               0x070 Status
+//   0x00c VendorID               0x080/084 QueueDescLow/High
+//   0x010 DeviceFeatures         0x090/094 QueueDriverLow/High (available ring)
+//   0x014 DeviceFeaturesSel (W)  0x0a0/0a4 QueueDeviceLow/High (used ring)
+//   0x020 DriverFeatures (W)     0x0ac SHMSel (W), 0x0b0/0b4 SHMLenLow/High, 0x0b8/0bc SHMBaseLow/High
+//   0x024 DriverFeaturesSel (W)  0x0fc ConfigGeneration
+//   0x030 QueueSel (W)           0x100.. device configuration space
+//   0x034 QueueNumMax
+//   0x038 QueueNum (W)
+//   0x044 QueueReady
+//
+// Only the modern interface: a driver that does not accept VIRTIO_F_VERSION_1
+// does not get FEATURES_OK (4.2.2.2 and 2.2.1). The registers are 32 bits
+// wide; the configuration space takes 8, 16 and 32-bit accesses.
+
+import type { MmioDevice } from "../../bus/mmio-bus.js";
+import type { GuestMemory } from "../../memory/guest-memory.js";
+import {
+  type VirtioDevice,
+  STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
+  VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX,
+} from "./virtio.js";
+import { VirtQueue, QueueBroken, QueueStats, ringAreaSizes } from "./queue.js";
+
+const MAGIC = 0x7472_6976; // "virt"
+const VERSION = 2;
+/** VendorID: any value; QEMU uses "QEMU", tsvisor its own. */
+const VENDOR_ID = 0x5653_5354; // "TSSV"
+
+const REG = {
+  MagicValue: 0x000, Version: 0x004, DeviceID: 0x008, VendorID: 0x00c,
+  DeviceFeatures: 0x010, DeviceFeaturesSel: 0x014, DriverFeatures: 0x020, DriverFeaturesSel: 0x024,
+  QueueSel: 0x030, QueueNumMax: 0x034, QueueNum: 0x038, QueueReady: 0x044, QueueNotify: 0x050,
+  InterruptStatus: 0x060, InterruptACK: 0x064, Status: 0x070,
+  QueueDescLow: 0x080, QueueDescHigh: 0x084, QueueDriverLow: 0x090, QueueDriverHigh: 0x094,
+  QueueDeviceLow: 0x0a0, QueueDeviceHigh: 0x0a4,
+  SHMSel: 0x0ac, SHMLenLow: 0x0b0, SHMLenHigh: 0x0b4, SHMBaseLow: 0x0b8, SHMBaseHigh: 0x0bc,
+  ConfigGeneration: 0x0fc, Config: 0x100,
+} as const;
+
+/** InterruptStatus bits (4.2.2). */
+const INT_USED_BUFFER = 1;
+const INT_CONFIG_CHANGE = 2;
+
+export const VIRTIO_MMIO_SIZE = 0x1000n;
+
+/** What the driver wrote for one queue (4.2.3.2), live once QueueReady is 1. */
+interface QueueRegs {
+  num: number;
+  ready: boolean;
+  desc: bigint;
+  driver: bigint;
+  device: bigint;
+}
+
+export interface VirtioMmioHost {
+  mem: GuestMemory;
+  setIrq(level: boolean): void;
+  /** The device has asynchronous work: have the machine call poll() soon. */
+  requestPoll(): void;
+  /** A driver error worth a host-side line (a broken ring: DEVICE_NEEDS_RESET). */
+  warn(message: string): void;
+}
+
+export class VirtioMmio implements MmioDevice {
+  readonly name: string;
+  private status = 0;
+  private deviceFeaturesSel = 0;
+  private driverFeaturesSel = 0;
+  private driverFeatures = 0n;
+  private queueSel = 0;
+  private interruptStatus = 0;
+  private configGeneration = 0;
+  private regs: QueueRegs[];
+  private queues: VirtQueue[] = [];
+  /** Counts survive resets: they describe the VM's whole run. */
+  readonly queueStats: QueueStats[];
+  notifiesIgnored = 0;
+  needsResets = 0;
+
+  constructor(readonly device: VirtioDevice, private readonly host: VirtioMmioHost) {
+    this.name = device.name;
+    this.regs = device.queueMaxSizes.map(() => emptyQueueRegs());
+    this.queueStats = device.queueMaxSizes.map(() => new QueueStats());
+  }
+
+  /** Everything the device offers: its own bits and the transport's. */
+  get offeredFeatures(): bigint {
+    return this.device.features | VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
+  }
+
+  read(offset: number, size: number): bigint {
+    if (offset >= REG.Config) {
+      if (size !== 1 && size !== 2 && size !== 4) return 0n;
+      return BigInt(this.device.readConfig(offset - REG.Config, size) >>> 0);
+    }
+    if (size !== 4) return 0n;
+    const q = this.regs[this.queueSel];
+    switch (offset) {
+      case REG.MagicValue: return BigInt(MAGIC);
+      case REG.Version: return BigInt(VERSION);
+      case REG.DeviceID: return BigInt(this.device.deviceId);
+      case REG.VendorID: return BigInt(VENDOR_ID);
+      case REG.DeviceFeatures:
+        return this.deviceFeaturesSel > 1 ? 0n : (this.offeredFeatures >> BigInt(32 * this.deviceFeaturesSel)) & 0xffff_ffffn;
+      case REG.QueueNumMax: return BigInt(q ? this.device.queueMaxSizes[this.queueSel] : 0);
+      case REG.QueueReady: return q?.ready ? 1n : 0n;
+      case REG.InterruptStatus: return BigInt(this.interruptStatus);
+      case REG.Status: return BigInt(this.status);
+      case REG.ConfigGeneration: return BigInt(this.configGeneration);
+      // No shared memory regions: a length of all ones says "none" (4.2.2).
+      case REG.SHMLenLow: case REG.SHMLenHigh: case REG.SHMBaseLow: case REG.SHMBaseHigh: return 0xffff_ffffn;
+    }
+    return 0n;
+  }
+
+  write(offset: number, size: number, value: bigint): void {
+    if (offset >= REG.Config) {
+      if (size === 1 || size === 2 || size === 4) this.device.writeConfig(offset - REG.Config, size, Number(value & 0xffff_ffffn));
+      return;
+    }
+    if (size !== 4) return;
+    const v = Number(value & 0xffff_ffffn);
+    const q = this.regs[this.queueSel];
+    switch (offset) {
+      case REG.DeviceFeaturesSel: this.deviceFeaturesSel = v; return;
+      case REG.DriverFeaturesSel: this.driverFeaturesSel = v; return;
+      case REG.DriverFeatures:
+        // Only before FEATURES_OK (3.1.1); a selector beyond the 64 feature bits is ignored.
+        if (this.status & STATUS_FEATURES_OK || this.driverFeaturesSel > 1) return;
+        {
+          const shift = BigInt(32 * this.driverFeaturesSel);
+          this.driverFeatures = (this.driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(v) << shift);
+        }
+        return;
+      case REG.QueueSel: this.queueSel = v; return;
+      case REG.QueueNum: if (q && !q.ready) q.num = v; return;
+      case REG.QueueDescLow: if (q && !q.ready) q.desc = setLow(q.desc, v); return;
+      case REG.QueueDescHigh: if (q && !q.ready) q.desc = setHigh(q.desc, v); return;
+      case REG.QueueDriverLow: if (q && !q.ready) q.driver = setLow(q.driver, v); return;
+      case REG.QueueDriverHigh: if (q && !q.ready) q.driver = setHigh(q.driver, v); return;
+      case REG.QueueDeviceLow: if (q && !q.ready) q.device = setLow(q.device, v); return;
+      case REG.QueueDeviceHigh: if (q && !q.ready) q.device = setHigh(q.device, v); return;
+      case REG.QueueReady: if (q) this.setQueueReady(this.queueSel, v === 1); return;
+      case REG.QueueNotify: this.onNotify(v & 0xffff); return;
+      case REG.InterruptACK:
+        this.interruptStatus &= ~v;
+        this.updateIrq();
+        return;
+      case REG.Status: this.setStatus(v & 0xff); return;
+    }
+  }
+
+  /** Deferred device work (network input): the machine calls this when asked. */
+  poll(): void {
+    if (!(this.status & STATUS_DRIVER_OK) || this.status & STATUS_DEVICE_NEEDS_RESET) return;
+    this.guarded(() => this.device.poll?.());
+  }
+
+  /** For the device's configChanged(): bump the generation and interrupt (4.2.2, ConfigGeneration). */
+  private configChanged(): void {
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    if (this.status & STATUS_DRIVER_OK) {
+      this.interruptStatus |= INT_CONFIG_CHANGE;
+      this.updateIrq();
+    }
+  }
+
+  private setStatus(v: number): void {
+    if (v === 0) return this.reset();
+    // The driver may only add bits (3.1.1); FEATURES_OK is the device's to grant.
+    let next = this.status | (v & (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK | STATUS_FAILED));
+    if (v & STATUS_FEATURES_OK && !(this.status & STATUS_FEATURES_OK) && this.featuresAcceptable()) next |= STATUS_FEATURES_OK;
+    const activating = next & STATUS_DRIVER_OK && !(this.status & STATUS_DRIVER_OK);
+    this.status = next;
+    if (activating) {
+      if (!(this.status & STATUS_FEATURES_OK)) return this.needsReset("DRIVER_OK without FEATURES_OK");
+      this.guarded(() => this.device.activate(this.context(), this.queues, this.driverFeatures));
+    }
+  }
+
+  /** 2.2.1 and 4.2.2.2: only offered bits, and VERSION_1 (no legacy interface here). */
+  private featuresAcceptable(): boolean {
+    return (this.driverFeatures & ~this.offeredFeatures) === 0n && (this.driverFeatures & VIRTIO_F_VERSION_1) !== 0n;
+  }
+
+  private reset(): void {
+    this.device.reset();
+    this.status = 0;
+    this.driverFeatures = 0n;
+    this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
+    this.interruptStatus = 0;
+    this.regs = this.device.queueMaxSizes.map(() => emptyQueueRegs());
+    this.queues = [];
+    this.updateIrq();
+  }
+
+  /** QueueReady = 1 makes a queue live once its size and ring addresses check out (2.7, 4.2.3.2). */
+  private setQueueReady(index: number, ready: boolean): void {
+    const q = this.regs[index];
+    if (!ready) {
+      q.ready = false;
+      return;
+    }
+    if (q.ready) return;
+    const max = this.device.queueMaxSizes[index];
+    const sizes = ringAreaSizes(q.num);
+    const problem =
+      q.num === 0 || q.num > max || (q.num & (q.num - 1)) !== 0 ? `size ${q.num} (a power of 2 up to ${max})` :
+      q.desc % 16n !== 0n || q.driver % 2n !== 0n || q.device % 4n !== 0n ? "misaligned ring" :
+      !this.host.mem.isRam(q.desc, sizes.desc) || !this.host.mem.isRam(q.driver, sizes.avail + 2) || !this.host.mem.isRam(q.device, sizes.used + 2)
+        ? "ring outside guest RAM" : undefined;
+    if (problem) return this.needsReset(`queue ${index}: ${problem}`);
+    q.ready = true;
+    const eventIdx = (this.driverFeatures & VIRTIO_F_EVENT_IDX) !== 0n;
+    const indirect = (this.driverFeatures & VIRTIO_F_INDIRECT_DESC) !== 0n;
+    this.queues[index] = new VirtQueue(index, { size: q.num, descAddr: q.desc, availAddr: q.driver, usedAddr: q.device, eventIdx, indirect },
+      this.host.mem, () => this.usedBufferInterrupt(), this.queueStats[index]);
+  }
+
+  private onNotify(index: number): void {
+    const queue = this.queues[index];
+    if (!(this.status & STATUS_DRIVER_OK) || this.status & STATUS_DEVICE_NEEDS_RESET || !queue || !this.regs[index].ready) {
+      this.notifiesIgnored++;
+      return;
+    }
+    queue.stats.notifications++;
+    this.guarded(() => this.device.notify(index));
+  }
+
+  private usedBufferInterrupt(): void {
+    this.interruptStatus |= INT_USED_BUFFER;
+    this.updateIrq();
+  }
+
+  private updateIrq(): void {
+    this.host.setIrq(this.interruptStatus !== 0);
+  }
+
+  /** Run device code; a broken ring stops the device until reset instead of the hypervisor. */
+  private guarded(work: () => void): void {
+    try {
+      work();
+    } catch (e) {
+      if (e instanceof QueueBroken) return this.needsReset(e.message);
+      throw e;
+    }
+  }
+
+  /** 2.1.2: set DEVICE_NEEDS_RESET and, once the driver is running, tell it. */
+  private needsReset(why: string): void {
+    if (this.status & STATUS_DEVICE_NEEDS_RESET) return;
+    this.needsResets++;
+    this.host.warn(`${this.name}: ${why}; the device needs a reset`);
+    this.status |= STATUS_DEVICE_NEEDS_RESET;
+    if (this.status & STATUS_DRIVER_OK) {
+      this.interruptStatus |= INT_CONFIG_CHANGE;
+      this.updateIrq();
+    }
+  }
+
+  private context() {
+    return {
+      mem: this.host.mem,
+      configChanged: () => this.configChanged(),
+      requestPoll: () => this.host.requestPoll(),
+    };
+  }
+}
+
+function emptyQueueRegs(): QueueRegs {
+  return { num: 0, ready: false, desc: 0n, driver: 0n, device: 0n };
+}
+
+function setLow(old: bigint, v: number): bigint {
+  return (old & ~0xffff_ffffn) | BigInt(v);
+}
+
+function setHigh(old: bigint, v: number): bigint {
+  return (old & 0xffff_ffffn) | (BigInt(v) << 32n);
+}

@@ -1,0 +1,48 @@
+// virtio-rng, the entropy device (virtio 1.2, 5.4): one queue of device-writable
+// buffers that the device fills with random bytes from the host's
+// cryptographic random source (node:crypto, the kernel's getrandom()). No
+// feature bits, no configuration space. The guest sees it as
+// /dev/hwrng and feeds its own entropy pool from it.
+
+import { randomFillSync } from "node:crypto";
+import type { VirtioDevice, VirtioContext } from "./virtio.js";
+import { VIRTIO_ID_RNG } from "./virtio.js";
+import type { VirtQueue } from "./queue.js";
+
+/** At most this much per request, so a guest asking for gigabytes gets it in pieces. */
+const MAX_REQUEST_BYTES = 64 * 1024;
+
+export class VirtioRng implements VirtioDevice {
+  readonly deviceId = VIRTIO_ID_RNG;
+  readonly queueMaxSizes = [64];
+  readonly features = 0n;
+  private requestq: VirtQueue | undefined;
+
+  constructor(readonly name = "rng0") {}
+
+  readConfig(): number {
+    return 0;
+  }
+
+  writeConfig(): void {}
+
+  activate(_ctx: VirtioContext, queues: VirtQueue[]): void {
+    this.requestq = queues[0];
+  }
+
+  notify(): void {
+    const q = this.requestq;
+    if (!q) return;
+    for (let chain = q.pop(); chain; chain = q.pop()) {
+      const n = Math.min(chain.writableLength, MAX_REQUEST_BYTES);
+      const bytes = randomFillSync(new Uint8Array(n));
+      if (n > 0) chain.write(0, bytes);
+      q.push(chain, n);
+    }
+    q.notifyDriver();
+  }
+
+  reset(): void {
+    this.requestq = undefined;
+  }
+}

@@ -1,0 +1,66 @@
+// What every virtio device shares, whatever its transport (virtio 1.2, chapter 2
+// "Basic Facilities of a Virtio Device" and chapter 6 "Reserved Feature Bits"),
+// and the interface between the virtio-mmio transport (mmio.ts) and a device
+// model (blk/, net/, console/, rng/).
+//
+// A device model sees its queues (queue.ts) and guest memory through the
+// bounds-checked accessor, never raw host memory.
+
+import type { GuestMemory } from "../../memory/guest-memory.js";
+import type { VirtQueue } from "./queue.js";
+
+/** Device IDs (virtio 1.2, 5 "Device Types"). */
+export const VIRTIO_ID_NET = 1;
+export const VIRTIO_ID_BLOCK = 2;
+export const VIRTIO_ID_CONSOLE = 3;
+export const VIRTIO_ID_RNG = 4;
+
+/** Device status bits (2.1). */
+export const STATUS_ACKNOWLEDGE = 1;
+export const STATUS_DRIVER = 2;
+export const STATUS_DRIVER_OK = 4;
+export const STATUS_FEATURES_OK = 8;
+export const STATUS_DEVICE_NEEDS_RESET = 64;
+export const STATUS_FAILED = 128;
+
+/** Transport-independent feature bits (6). */
+export const VIRTIO_F_INDIRECT_DESC = 1n << 28n;
+export const VIRTIO_F_EVENT_IDX = 1n << 29n;
+export const VIRTIO_F_VERSION_1 = 1n << 32n;
+
+/** What a device model offers the transport. */
+export interface VirtioDevice {
+  /** Device type (VIRTIO_ID_*). */
+  readonly deviceId: number;
+  /** Short name for statistics and messages ("blk0", "net0"). */
+  readonly name: string;
+  /** The largest size of each of its queues (QueueNumMax); its length is the number of queues. */
+  readonly queueMaxSizes: readonly number[];
+  /** Device-specific feature bits it offers (the transport adds VERSION_1, INDIRECT_DESC, EVENT_IDX). */
+  readonly features: bigint;
+  /** Device configuration space, read byte-exactly at `offset` (little-endian fields, 4.2.2.2). */
+  readConfig(offset: number, size: number): number;
+  /** A driver write into the configuration space (most devices ignore them). */
+  writeConfig(offset: number, size: number, value: number): void;
+  /** DRIVER_OK: the driver is ready; `queues` are the device's queues, `features` the negotiated set. */
+  activate(ctx: VirtioContext, queues: VirtQueue[], features: bigint): void;
+  /** The driver made buffers available in queue `index` (a QueueNotify). */
+  notify(index: number): void;
+  /** Device reset (status 0): drop all in-flight state; activate() follows again. */
+  reset(): void;
+  /** Host-side work that arrived asynchronously (network input): process it now. */
+  poll?(): void;
+  /** Release host resources (files, sockets) when the VM ends. */
+  close?(): void;
+  /** Per-device lines for `--stats` beyond the per-queue counts. */
+  statsLines?(): string[];
+}
+
+/** What the transport gives an active device. */
+export interface VirtioContext {
+  readonly mem: GuestMemory;
+  /** Tell the driver the configuration space changed (4.2.2: InterruptStatus bit 1). */
+  configChanged(): void;
+  /** Ask the machine to call poll() soon, waking an idle VM (asynchronous host input). */
+  requestPoll(): void;
+}
