@@ -1,0 +1,334 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { TestDriver } from "./test-driver.js";
+import {
+  VirtioNet, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_SIZE,
+  RX_BACKLOG_FRAMES, formatBytes,
+} from "./net.js";
+import { VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC } from "./virtio.js";
+import type { NetBackend, NetStats } from "../../backends/net/net-backend.js";
+
+class FakeBackend implements NetBackend {
+  readonly description = "fake:test";
+  sent: Uint8Array[] = [];
+  onFrame: ((frame: Uint8Array) => void) | undefined;
+  paused: boolean[] = [];
+  closed = false;
+  readonly stats: NetStats = { txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, txDropped: 0, rxDropped: 0 };
+  send(frame: Uint8Array): void {
+    this.sent.push(Uint8Array.from(frame));
+    this.stats.txFrames++;
+    this.stats.txBytes += frame.length;
+  }
+  setRxPaused(paused: boolean): void {
+    this.paused.push(paused);
+  }
+  close(): void {
+    this.closed = true;
+  }
+  /** The host sends the guest a frame. */
+  deliver(frame: Uint8Array): void {
+    this.onFrame?.(frame);
+  }
+}
+
+const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
+const BASE = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
+const RX = 0;
+const TX = 1;
+
+function setup(features = BASE, size = 16): { d: TestDriver; net: VirtioNet; be: FakeBackend } {
+  const be = new FakeBackend();
+  const net = new VirtioNet(be, { name: "net0", mac: MAC });
+  const d = new TestDriver(net);
+  d.start(features, size);
+  return { d, net, be };
+}
+
+/** A frame of `len` bytes with a recognisable pattern. */
+function frame(len: number, seed = 0): Uint8Array {
+  const f = new Uint8Array(len);
+  for (let i = 0; i < len; i++) f[i] = (i * 7 + seed * 13 + 1) & 0xff;
+  return f;
+}
+
+function readHeader(d: TestDriver, head: number): Uint8Array {
+  return d.mem.read(d.bufferAddr(RX, head, 0), VIRTIO_NET_HDR_SIZE);
+}
+
+function numBuffers(hdr: Uint8Array): number {
+  return hdr[10] | (hdr[11] << 8);
+}
+
+test("virtio-net config space: MAC, link up, one queue pair; features without offloads", () => {
+  const be = new FakeBackend();
+  const d = new TestDriver(new VirtioNet(be, { name: "net0", mac: MAC }));
+  assert.equal(d.reg(0x008), 1, "network device");
+  const mac = [0, 1, 2, 3, 4, 5].map((i) => Number(d.transport.read(0x100 + i, 1)));
+  assert.deepEqual(mac, [...MAC]);
+  assert.equal(Number(d.transport.read(0x106, 2)), 1, "VIRTIO_NET_S_LINK_UP");
+  assert.equal(Number(d.transport.read(0x108, 2)), 1, "max_virtqueue_pairs");
+  assert.equal(Number(d.transport.read(0x100, 4)), 0x12005452);
+  const f = d.deviceFeatures();
+  // MAC, MRG_RXBUF, STATUS and nothing else of the device's own bits: no checksum, TSO, MTU or control queue
+  // (device-specific bits are 0 to 23 and 50 and up: 6 "Reserved Feature Bits")
+  assert.equal(f & 0xff_ffffn, VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_STATUS);
+  assert.equal(f >> 50n, 0n, "no high device bits (RSS, SPEED_DUPLEX, ...)");
+  assert.equal(d.reg(0x034), 256);
+  assert.throws(() => new VirtioNet(be, { name: "net1", mac: new Uint8Array(5) }));
+});
+
+test("virtio-net link down/up changes the status field and raises a config interrupt", () => {
+  const { d, net } = setup();
+  d.ackInterrupts();
+  net.setLink(false);
+  assert.equal(Number(d.transport.read(0x106, 2)), 0);
+  assert.equal(d.ackInterrupts() & 2, 2);
+  net.setLink(true);
+  assert.equal(Number(d.transport.read(0x106, 2)), 1);
+});
+
+test("virtio-net transmit strips the header and hands the exact frame to the backend", () => {
+  const { d, net, be } = setup(BASE | VIRTIO_F_INDIRECT_DESC);
+  const f1 = frame(60, 1);
+  const f2 = frame(1514, 2);
+  const hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE).fill(0xee); // ignored apart from its length
+  const a = d.add(TX, [{ data: hdr }, { data: f1 }]);
+  const both = new Uint8Array(VIRTIO_NET_HDR_SIZE + f2.length);
+  both.set(f2, VIRTIO_NET_HDR_SIZE);
+  const b = d.add(TX, [{ data: both }]);
+  // split in an odd place, through an indirect table
+  const f3 = frame(100, 3);
+  const c = d.add(TX, [{ data: hdr.subarray(0, 5) }, { data: Uint8Array.from([...hdr.subarray(5), ...f3.subarray(0, 33)]) }, { data: f3.subarray(33) }], { indirect: true });
+  d.kick(TX);
+  assert.deepEqual(be.sent, [f1, f2, f3]);
+  assert.deepEqual(d.used(TX), [{ id: a, len: 0 }, { id: b, len: 0 }, { id: c, len: 0 }]);
+  assert.ok(d.irq);
+  assert.equal(net.stats.txFrames, 3);
+  assert.equal(net.stats.txBytes, 60 + 1514 + 100);
+});
+
+test("virtio-net: a runt or giant transmit frame fails alone", () => {
+  const { d, net, be } = setup();
+  const hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  const good1 = frame(64, 1);
+  const good2 = frame(65535 + 18, 2); // the largest frame there is
+  d.add(TX, [{ data: hdr }, { data: good1 }]);
+  d.add(TX, [{ data: hdr }, { data: frame(13) }]); // runt
+  d.add(TX, [{ data: hdr.subarray(0, 6) }]); // not even a header
+  d.add(TX, [{ data: hdr }, { data: frame(65535 + 19) }]); // giant
+  d.add(TX, [{ data: hdr }, { writeLen: 100 }]); // nothing to send
+  d.add(TX, [{ data: hdr }, { data: good2 }]);
+  d.kick(TX);
+  assert.equal(be.sent.length, 2);
+  assert.deepEqual(be.sent[0], good1);
+  assert.deepEqual(be.sent[1], good2);
+  const used = d.used(TX);
+  assert.equal(used.length, 6);
+  assert.ok(used.every((u) => u.len === 0));
+  assert.equal(net.stats.txErrors, 4);
+});
+
+test("virtio-net receive without MRG_RXBUF: header + frame, in order, num_buffers 1", () => {
+  const { d, net, be } = setup();
+  const heads = [0, 1, 2, 3].map(() => d.add(RX, [{ writeLen: VIRTIO_NET_HDR_SIZE + 1514 }]));
+  d.kick(RX);
+  assert.deepEqual(d.used(RX), [], "no frames yet");
+  const frames = [frame(60, 1), frame(1514, 2), frame(342, 3)];
+  for (const f of frames) be.deliver(f);
+  assert.ok(d.polls >= 1, "the device asked for a poll");
+  assert.deepEqual(d.used(RX), [], "nothing happens before the poll");
+  d.ackInterrupts();
+  d.transport.poll();
+  const used = d.used(RX);
+  assert.deepEqual(used, frames.map((f, i) => ({ id: heads[i], len: VIRTIO_NET_HDR_SIZE + f.length })));
+  for (const [i, f] of frames.entries()) {
+    const hdr = readHeader(d, heads[i]);
+    assert.equal(numBuffers(hdr), 1);
+    assert.deepEqual(hdr.subarray(0, 10), new Uint8Array(10));
+    assert.deepEqual(d.mem.read(d.bufferAddr(RX, heads[i], 0) + BigInt(VIRTIO_NET_HDR_SIZE), f.length), f);
+  }
+  assert.ok(d.irq);
+  assert.equal(net.stats.rxFrames, 3);
+  assert.equal(net.stats.rxBytes, 60 + 1514 + 342);
+});
+
+test("virtio-net receive: header and frame may span descriptors of one chain", () => {
+  const { d, be } = setup();
+  const head = d.add(RX, [{ writeLen: 4 }, { writeLen: 30 }, { writeLen: 2000 }]);
+  const f = frame(100, 9);
+  be.deliver(f);
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: head, len: VIRTIO_NET_HDR_SIZE + 100 }]);
+  const got = new Uint8Array([...d.mem.read(d.bufferAddr(RX, head, 0), 4), ...d.mem.read(d.bufferAddr(RX, head, 1), 30), ...d.mem.read(d.bufferAddr(RX, head, 2), 78)]);
+  assert.equal(numBuffers(got), 1);
+  assert.deepEqual(got.subarray(VIRTIO_NET_HDR_SIZE), f);
+});
+
+test("virtio-net receive: frames wait for buffers and go when the driver adds some", () => {
+  const { d, net, be } = setup();
+  be.deliver(frame(80, 1));
+  be.deliver(frame(90, 2));
+  d.transport.poll();
+  assert.equal(net.rxBacklog, 2);
+  const a = d.add(RX, [{ writeLen: 1526 }]);
+  d.kick(RX);
+  assert.deepEqual(d.used(RX), [{ id: a, len: 92 }]);
+  const b = d.add(RX, [{ writeLen: 1526 }]);
+  const c = d.add(RX, [{ writeLen: 1526 }]);
+  d.kick(RX);
+  assert.deepEqual(d.used(RX), [{ id: b, len: 102 }]);
+  assert.equal(net.rxBacklog, 0);
+  be.deliver(frame(70, 3));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: c, len: 82 }]);
+  assert.deepEqual(d.mem.read(d.bufferAddr(RX, c, 0) + 12n, 70), frame(70, 3));
+});
+
+test("virtio-net receive without MRG_RXBUF: a frame too big for the buffer is dropped, the buffer serves the next", () => {
+  const { d, net, be } = setup();
+  const head = d.add(RX, [{ writeLen: 112 }]);
+  be.deliver(frame(200, 1));
+  be.deliver(frame(100, 2));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: head, len: 112 }]);
+  assert.deepEqual(d.mem.read(d.bufferAddr(RX, head, 0) + 12n, 100), frame(100, 2));
+  assert.equal(net.stats.rxDropped, 1);
+  assert.equal(net.rxBacklog, 0);
+});
+
+test("virtio-net receive with MRG_RXBUF: a 3000-byte frame over 1 KiB buffers sets num_buffers", () => {
+  const { d, net, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF);
+  const heads = [0, 1, 2, 3, 4].map(() => d.add(RX, [{ writeLen: 1024 }]));
+  d.kick(RX);
+  const big = frame(3000, 5);
+  const small = frame(60, 6);
+  be.deliver(big);
+  be.deliver(small);
+  d.transport.poll();
+  const used = d.used(RX);
+  assert.deepEqual(used, [
+    { id: heads[0], len: 1024 },
+    { id: heads[1], len: 1024 },
+    { id: heads[2], len: 3012 - 2048 },
+    { id: heads[3], len: 72 },
+  ]);
+  const hdr = readHeader(d, heads[0]);
+  assert.equal(numBuffers(hdr), 3);
+  assert.deepEqual(hdr.subarray(0, 10), new Uint8Array(10));
+  const got = new Uint8Array(3000);
+  got.set(d.mem.read(d.bufferAddr(RX, heads[0], 0) + 12n, 1012), 0);
+  got.set(d.mem.read(d.bufferAddr(RX, heads[1], 0), 1024), 1012);
+  got.set(d.mem.read(d.bufferAddr(RX, heads[2], 0), 964), 2036);
+  assert.deepEqual(got, big);
+  assert.equal(numBuffers(readHeader(d, heads[3])), 1);
+  assert.deepEqual(d.mem.read(d.bufferAddr(RX, heads[3], 0) + 12n, 60), small);
+  assert.equal(net.stats.rxFrames, 2);
+});
+
+test("virtio-net receive with MRG_RXBUF: a frame waits until enough buffers are there, never split across the wait", () => {
+  const { d, net, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF);
+  const a = d.add(RX, [{ writeLen: 1024 }]);
+  const b = d.add(RX, [{ writeLen: 1024 }]);
+  d.kick(RX);
+  be.deliver(frame(3000, 1));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [], "two buffers are not enough");
+  assert.equal(net.rxBacklog, 1);
+  const c = d.add(RX, [{ writeLen: 2048 }]);
+  d.kick(RX);
+  assert.deepEqual(d.used(RX), [{ id: a, len: 1024 }, { id: b, len: 1024 }, { id: c, len: 964 }]);
+  assert.equal(numBuffers(readHeader(d, a)), 3);
+});
+
+test("virtio-net receive with MRG_RXBUF: a frame larger than the whole ring is dropped, the buffers stay usable", () => {
+  const { d, net, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF, 4);
+  const heads = [0, 1, 2, 3].map(() => d.add(RX, [{ writeLen: 256 }]));
+  d.kick(RX);
+  be.deliver(frame(2000, 1));
+  be.deliver(frame(300, 2));
+  d.transport.poll();
+  assert.equal(net.stats.rxDropped, 1);
+  assert.deepEqual(d.used(RX), [{ id: heads[0], len: 256 }, { id: heads[1], len: 56 }]);
+  assert.equal(numBuffers(readHeader(d, heads[0])), 2);
+});
+
+test("virtio-net never writes a frame into device-readable buffers", () => {
+  const { d, net, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF);
+  const bad = d.add(RX, [{ data: new Uint8Array(2000) }]);
+  const mixed = d.add(RX, [{ data: new Uint8Array(16) }, { writeLen: 2000 }]);
+  const good = d.add(RX, [{ writeLen: 2000 }]);
+  be.deliver(frame(500, 1));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: bad, len: 0 }, { id: mixed, len: 0 }, { id: good, len: 512 }]);
+  assert.deepEqual(d.mem.read(d.bufferAddr(RX, bad, 0), 2000), new Uint8Array(2000));
+  assert.deepEqual(d.mem.read(d.bufferAddr(RX, mixed, 0), 16), new Uint8Array(16));
+  assert.equal(net.stats.rxErrors, 2);
+});
+
+test("virtio-net receive backlog is bounded: beyond it frames are dropped and counted, and the backend is paused", () => {
+  const { d, net, be } = setup();
+  for (let i = 0; i < RX_BACKLOG_FRAMES + 44; i++) be.deliver(frame(60, i));
+  assert.equal(net.rxBacklog, RX_BACKLOG_FRAMES);
+  assert.equal(net.stats.rxDropped, 44);
+  assert.deepEqual(be.paused, [true]);
+  // a megabyte of large frames fills the byte bound first
+  const { net: net2, be: be2 } = setup();
+  for (let i = 0; i < 100; i++) be2.deliver(frame(65535 + 18, i));
+  assert.equal(net2.rxBacklog, 15);
+  assert.equal(net2.stats.rxDropped, 85);
+  // buffers drain the backlog, and the backend is resumed
+  for (let i = 0; i < 16; i++) d.add(RX, [{ writeLen: 1526 }]);
+  d.kick(RX);
+  assert.equal(d.used(RX).length, 16);
+  for (let round = 0; round < 15; round++) {
+    for (let i = 0; i < 16; i++) d.add(RX, [{ writeLen: 1526 }]);
+    d.kick(RX);
+    d.used(RX);
+  }
+  assert.equal(net.rxBacklog, 0);
+  assert.deepEqual(be.paused, [true, false]);
+});
+
+test("virtio-net drops frames before DRIVER_OK and after a reset", () => {
+  const be = new FakeBackend();
+  const net = new VirtioNet(be, { name: "net0", mac: MAC });
+  const d = new TestDriver(net);
+  be.deliver(frame(60));
+  d.negotiate(BASE);
+  be.deliver(frame(60));
+  assert.equal(net.stats.rxDropped, 2);
+  assert.equal(net.rxBacklog, 0);
+  assert.equal(d.polls, 0);
+  d.setupQueue(0, 16);
+  d.setupQueue(1, 16);
+  d.driverOk();
+  be.deliver(frame(60, 1));
+  assert.equal(net.rxBacklog, 1);
+  d.setReg(0x70, 0); // reset: the waiting frame goes too
+  assert.equal(net.rxBacklog, 0);
+  be.deliver(frame(60, 2));
+  assert.equal(net.rxBacklog, 0);
+  assert.equal(net.stats.rxDropped, 4);
+  // and after the next start frames flow again
+  d.start(BASE);
+  const head = d.add(RX, [{ writeLen: 1526 }]);
+  be.deliver(frame(60, 3));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: head, len: 72 }]);
+});
+
+test("virtio-net statsLines and close", () => {
+  const { d, net, be } = setup();
+  d.add(TX, [{ data: new Uint8Array(12) }, { data: frame(1000) }]);
+  d.kick(TX);
+  d.add(RX, [{ writeLen: 1526 }]);
+  be.deliver(frame(500));
+  d.transport.poll();
+  assert.deepEqual(net.statsLines(), ["net0 (fake:test): rx 1 frames 500 B, tx 1 frames 1000 B, 0 dropped, 0 errors"]);
+  assert.equal(formatBytes(30 * 1024 + 100), "30 KiB");
+  assert.equal(formatBytes(1536 * 1024), "1.5 MiB");
+  net.close();
+  assert.ok(be.closed);
+  assert.equal(be.onFrame, undefined);
+});

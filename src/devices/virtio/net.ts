@@ -1,0 +1,424 @@
+// virtio-net, the network card (virtio 1.2, 5.1 "Network Device"): one
+// receive queue (host -> guest) and one transmit queue (guest -> host), no
+// control queue, no multiqueue, no offloads. Frames go to and come from a
+// NetBackend (tap, Unix or UDP socket: src/backends/net/).
+//
+// Every frame on either queue is preceded by a 12-byte struct virtio_net_hdr
+// (5.1.6): with VERSION_1 it always includes num_buffers, merged buffers or not.
+//
+//   offset 0 flags u8   1 gso_type u8   2 hdr_len u16   4 gso_size u16
+//          6 csum_start u16   8 csum_offset u16   10 num_buffers u16
+//
+// No checksum or segmentation feature is offered, so on receive the header is
+// all zeros apart from num_buffers, and on transmit it is skipped.
+//
+// Receive: frames from the backend wait in a bounded backlog (a NIC's receive
+// FIFO: beyond it frames are dropped and counted) until the machine calls
+// poll() or the driver adds buffers (notify of queue 0). With
+// VIRTIO_NET_F_MRG_RXBUF a frame is spread over as many buffers as it needs and
+// num_buffers says how many (5.1.6.4); the buffers are taken from the ring only
+// once enough of them are there, so a frame is never split across a wait.
+// Without it a frame goes into one buffer or is dropped.
+//
+// Configuration space (5.1.4): mac[6] at 0, status u16 at 6, max_virtqueue_pairs u16 at 8.
+
+import type { VirtioDevice, VirtioContext } from "./virtio.js";
+import { VIRTIO_ID_NET } from "./virtio.js";
+import { ChainError, type DescriptorChain, type VirtQueue } from "./queue.js";
+import { GuestMemoryError } from "../../memory/guest-memory.js";
+import { MAX_FRAME_BYTES, type NetBackend } from "../../backends/net/net-backend.js";
+
+/** Feature bits (5.1.3). */
+export const VIRTIO_NET_F_MAC = 1n << 5n;
+export const VIRTIO_NET_F_MRG_RXBUF = 1n << 15n;
+export const VIRTIO_NET_F_STATUS = 1n << 16n;
+
+/** Config status bits (5.1.4). */
+export const VIRTIO_NET_S_LINK_UP = 1;
+
+/** struct virtio_net_hdr with num_buffers (5.1.6). */
+export const VIRTIO_NET_HDR_SIZE = 12;
+const NUM_BUFFERS_OFFSET = 10;
+
+/** The smallest frame: an Ethernet header (destination, source, type). */
+const MIN_FRAME_BYTES = 14;
+
+const RX_QUEUE = 0;
+const TX_QUEUE = 1;
+const QUEUE_SIZE = 256;
+
+/** Receive backlog bound, in frames and bytes: beyond it frames are dropped. */
+export const RX_BACKLOG_FRAMES = 256;
+export const RX_BACKLOG_BYTES = 1 << 20;
+
+export interface VirtioNetOptions {
+  /** "net0", "net1", ... */
+  name: string;
+  /** The guest's MAC address, 6 bytes. */
+  mac: Uint8Array;
+}
+
+/** Device-side counters (the backend keeps its own). */
+export class NetDeviceStats {
+  /** Frames and bytes (without header) delivered into guest receive buffers. */
+  rxFrames = 0;
+  rxBytes = 0;
+  /** Frames and bytes (without header) the guest transmitted and the backend was given. */
+  txFrames = 0;
+  txBytes = 0;
+  /** Host -> guest frames dropped: device not running, backlog full, no buffer large enough. */
+  rxDropped = 0;
+  /** Malformed receive buffers (device-readable, too small for the header) given back empty. */
+  rxErrors = 0;
+  /** Transmit requests refused: runt or giant frames, unreadable chains. */
+  txErrors = 0;
+}
+
+export class VirtioNet implements VirtioDevice {
+  readonly deviceId = VIRTIO_ID_NET;
+  readonly name: string;
+  readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE];
+  readonly features = VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS | VIRTIO_NET_F_MRG_RXBUF;
+  readonly stats = new NetDeviceStats();
+
+  private readonly mac: Uint8Array;
+  private linkUp = true;
+  private ctx: VirtioContext | undefined;
+  /** The transport's queue array (it may fill in a queue made ready late). */
+  private queues: VirtQueue[] | undefined;
+  private mergeable = false;
+  /** Frames from the host waiting for receive buffers, oldest first. */
+  private backlog: Uint8Array[] = [];
+  private backlogHead = 0;
+  private backlogBytes = 0;
+  /** Receive buffers taken from the ring but not filled yet (waiting for enough of them). */
+  private held: DescriptorChain[] = [];
+  private rxPaused = false;
+  private closed = false;
+
+  constructor(
+    private readonly backend: NetBackend,
+    opts: VirtioNetOptions,
+  ) {
+    if (opts.mac.length !== 6) throw new Error(`${opts.name}: a MAC address has 6 bytes, not ${opts.mac.length}`);
+    this.name = opts.name;
+    this.mac = Uint8Array.from(opts.mac);
+    backend.onFrame = (frame) => this.receive(frame);
+  }
+
+  get description(): string {
+    return this.backend.description;
+  }
+
+  /** Frames waiting in the receive backlog. */
+  get rxBacklog(): number {
+    return this.backlog.length - this.backlogHead;
+  }
+
+  // --- configuration space ---
+
+  private configBytes(): Uint8Array {
+    const b = new Uint8Array(10);
+    b.set(this.mac, 0);
+    const dv = new DataView(b.buffer);
+    dv.setUint16(6, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
+    dv.setUint16(8, 1, true); // max_virtqueue_pairs (meaningful with MQ only; 1 is the truth)
+    return b;
+  }
+
+  readConfig(offset: number, size: number): number {
+    const b = this.configBytes();
+    let v = 0;
+    for (let i = 0; i < size; i++) v |= (offset + i < b.length ? b[offset + i] : 0) << (8 * i);
+    return v >>> 0;
+  }
+
+  /** The configuration space is read-only with VERSION_1 (the MAC too: 5.1.4.2). */
+  writeConfig(): void {}
+
+  /** Carrier on or off, as a cable would (the driver hears of it through a config-change interrupt). */
+  setLink(up: boolean): void {
+    if (up === this.linkUp) return;
+    this.linkUp = up;
+    this.ctx?.configChanged();
+  }
+
+  // --- lifecycle ---
+
+  activate(ctx: VirtioContext, queues: VirtQueue[], features: bigint): void {
+    this.ctx = ctx;
+    this.queues = queues;
+    this.mergeable = (features & VIRTIO_NET_F_MRG_RXBUF) !== 0n;
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+    this.queues = undefined;
+    this.mergeable = false;
+    this.dropBacklog();
+    this.held = [];
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.reset();
+    this.backend.onFrame = undefined;
+    this.backend.close();
+  }
+
+  notify(index: number): void {
+    if (index === TX_QUEUE) this.transmit();
+    else if (index === RX_QUEUE) this.deliver();
+  }
+
+  poll(): void {
+    this.deliver();
+  }
+
+  // --- transmit: guest -> host ---
+
+  private transmit(): void {
+    const q = this.queues?.[TX_QUEUE];
+    if (!q) return;
+    for (let chain = q.pop(); chain; chain = q.pop()) {
+      const len = chain.readableLength - VIRTIO_NET_HDR_SIZE;
+      if (len < MIN_FRAME_BYTES || len > MAX_FRAME_BYTES) {
+        this.stats.txErrors++;
+      } else {
+        let frame: Uint8Array | undefined;
+        try {
+          frame = chain.read(VIRTIO_NET_HDR_SIZE, len);
+        } catch (e) {
+          if (!(e instanceof ChainError || e instanceof GuestMemoryError)) throw e;
+          this.stats.txErrors++;
+        }
+        if (frame) {
+          this.stats.txFrames++;
+          this.stats.txBytes += len;
+          this.backend.send(frame);
+        }
+      }
+      q.push(chain, 0);
+    }
+    q.notifyDriver();
+  }
+
+  // --- receive: host -> guest ---
+
+  /** From the backend (the event loop): queue the frame and have the machine poll. */
+  private receive(frame: Uint8Array): void {
+    if (!this.ctx || this.closed) {
+      this.stats.rxDropped++; // the driver is not running: nobody listens
+      return;
+    }
+    if (frame.length < MIN_FRAME_BYTES || frame.length > MAX_FRAME_BYTES
+      || this.rxBacklog >= RX_BACKLOG_FRAMES || this.backlogBytes + frame.length > RX_BACKLOG_BYTES) {
+      this.stats.rxDropped++;
+      return;
+    }
+    this.backlog.push(frame);
+    this.backlogBytes += frame.length;
+    this.updateFlowControl();
+    this.ctx.requestPoll();
+  }
+
+  /** Move backlog frames into receive buffers while there are buffers for them. */
+  private deliver(): void {
+    const q = this.queues?.[RX_QUEUE];
+    if (!q) return;
+    try {
+      while (this.rxBacklog > 0) {
+        const frame = this.backlog[this.backlogHead];
+        const done = this.mergeable ? this.deliverMerged(q, frame) : this.deliverSingle(q, frame);
+        if (!done) break; // wait for more buffers
+        this.shiftBacklog();
+      }
+    } finally {
+      // pop() gives bad chains back by itself: interrupt for those too.
+      q.notifyDriver();
+      this.updateFlowControl();
+    }
+  }
+
+  /**
+   * Without MRG_RXBUF: header and frame in one buffer. Returns false when
+   * there is no buffer (the frame waits), true when the frame is done with
+   * (delivered, or dropped because the buffer is too small).
+   */
+  private deliverSingle(q: VirtQueue, frame: Uint8Array): boolean {
+    const chain = this.nextRxChain(q);
+    if (!chain) return false;
+    if (chain.writableLength < VIRTIO_NET_HDR_SIZE + frame.length) {
+      // Too small for this frame; it may fit the next one.
+      this.held.unshift(chain);
+      this.stats.rxDropped++;
+      return true;
+    }
+    const hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+    hdr[NUM_BUFFERS_OFFSET] = 1; // 5.1.6.4: 1 when MRG_RXBUF is not negotiated
+    if (!this.fill(q, chain, [hdr, frame])) return true;
+    this.stats.rxFrames++;
+    this.stats.rxBytes += frame.length;
+    return true;
+  }
+
+  /** With MRG_RXBUF: take buffers until the header and frame fit, then fill them in order. */
+  private deliverMerged(q: VirtQueue, frame: Uint8Array): boolean {
+    const need = VIRTIO_NET_HDR_SIZE + frame.length;
+    let have = 0;
+    let n = 0;
+    while (have < need) {
+      if (n === this.held.length) {
+        const chain = this.takeRxChain(q);
+        if (!chain) {
+          // All the ring's descriptors are ours and still too few: the frame
+          // can never fit. Drop it and keep the buffers for the next ones.
+          if (this.held.length >= q.size) {
+            this.stats.rxDropped++;
+            return true;
+          }
+          return false;
+        }
+        this.held.push(chain);
+      }
+      have += this.held[n].writableLength;
+      n++;
+    }
+    if (n > 0xffff) {
+      this.stats.rxDropped++;
+      return true;
+    }
+    const chains = this.held.splice(0, n);
+    const hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+    hdr[NUM_BUFFERS_OFFSET] = n & 0xff;
+    hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;
+    // Fill every buffer first, then give them back together (consecutive in the used ring).
+    const lens: number[] = [];
+    let at = 0;
+    try {
+      for (const [i, chain] of chains.entries()) {
+        const room = chain.writableLength;
+        let off = 0;
+        if (i === 0) {
+          chain.write(0, hdr);
+          off = VIRTIO_NET_HDR_SIZE;
+        }
+        const take = Math.min(room - off, frame.length - at);
+        if (take > 0) chain.write(off, frame.subarray(at, at + take));
+        at += take;
+        lens.push(off + take);
+      }
+    } catch (e) {
+      if (!(e instanceof ChainError || e instanceof GuestMemoryError)) throw e;
+      this.stats.rxErrors++;
+      for (const chain of chains) q.push(chain, 0);
+      return true;
+    }
+    chains.forEach((chain, i) => q.push(chain, lens[i]));
+    this.stats.rxFrames++;
+    this.stats.rxBytes += frame.length;
+    return true;
+  }
+
+  /** The oldest held buffer, or a new one from the ring. */
+  private nextRxChain(q: VirtQueue): DescriptorChain | undefined {
+    return this.held.shift() ?? this.takeRxChain(q);
+  }
+
+  /**
+   * A usable receive buffer from the ring: one that is device-writable only
+   * and holds at least the header. Others are given back empty and counted
+   * (a frame is never written into device-readable memory).
+   */
+  private takeRxChain(q: VirtQueue): DescriptorChain | undefined {
+    for (let chain = q.pop(); chain; chain = q.pop()) {
+      if (chain.readableLength === 0 && chain.writableLength >= VIRTIO_NET_HDR_SIZE) return chain;
+      this.stats.rxErrors++;
+      q.push(chain, 0);
+    }
+    return undefined;
+  }
+
+  /** Write `parts` one after the other into `chain` and give it back; false if the chain failed. */
+  private fill(q: VirtQueue, chain: DescriptorChain, parts: Uint8Array[]): boolean {
+    let off = 0;
+    try {
+      for (const p of parts) {
+        chain.write(off, p);
+        off += p.length;
+      }
+    } catch (e) {
+      if (!(e instanceof ChainError || e instanceof GuestMemoryError)) throw e;
+      this.stats.rxErrors++;
+      q.push(chain, 0);
+      return false;
+    }
+    q.push(chain, off);
+    return true;
+  }
+
+  private shiftBacklog(): void {
+    const frame = this.backlog[this.backlogHead];
+    this.backlog[this.backlogHead] = undefined as unknown as Uint8Array;
+    this.backlogHead++;
+    this.backlogBytes -= frame.length;
+    if (this.backlogHead === this.backlog.length) {
+      this.backlog = [];
+      this.backlogHead = 0;
+    } else if (this.backlogHead >= 64 && this.backlogHead * 2 >= this.backlog.length) {
+      this.backlog = this.backlog.slice(this.backlogHead);
+      this.backlogHead = 0;
+    }
+  }
+
+  private dropBacklog(): void {
+    this.stats.rxDropped += this.rxBacklog;
+    this.backlog = [];
+    this.backlogHead = 0;
+    this.backlogBytes = 0;
+    this.updateFlowControl();
+  }
+
+  /**
+   * Ask the backend to hold frames back while the backlog is half full (a
+   * stream backend then leaves them on the host side, so they are not lost)
+   * and to go on once it is down to a quarter.
+   */
+  private updateFlowControl(): void {
+    const frames = this.rxBacklog;
+    const bytes = this.backlogBytes;
+    if (!this.rxPaused && (frames >= RX_BACKLOG_FRAMES / 2 || bytes >= RX_BACKLOG_BYTES / 2)) {
+      this.rxPaused = true;
+      this.backend.setRxPaused(true);
+    } else if (this.rxPaused && frames <= RX_BACKLOG_FRAMES / 4 && bytes <= RX_BACKLOG_BYTES / 4) {
+      this.rxPaused = false;
+      if (!this.closed) this.backend.setRxPaused(false);
+    }
+  }
+
+  // --- statistics ---
+
+  statsLines(): string[] {
+    const s = this.stats;
+    const b = this.backend.stats;
+    const dropped = s.rxDropped + b.txDropped + b.rxDropped;
+    const errors = s.rxErrors + s.txErrors;
+    return [
+      `${this.name} (${this.backend.description}): rx ${s.rxFrames} frames ${formatBytes(s.rxBytes)}, ` +
+        `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors`,
+    ];
+  }
+}
+
+/** 512 B, 30 KiB, 1.5 MiB. */
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${u === 0 || v >= 10 ? Math.round(v) : Math.round(v * 10) / 10} ${units[u]}`;
+}
