@@ -1,0 +1,322 @@
+// Host cluster management: the refcount table, refcount blocks and cluster
+// allocation (QEMU docs/interop/qcow2.txt: "Host cluster management").
+//
+//   refcount_block_entries = cluster_size * 8 / refcount_bits
+//   refcount_table_index   = cluster / refcount_block_entries
+//   refcount_block_index   = cluster % refcount_block_entries
+//
+// Every change goes to the file at once, in an order that keeps the image
+// consistent at every moment (a SIGKILL between any two writes leaves at most
+// leaked clusters, never a reference to a cluster whose refcount is too low):
+//   - a new refcount block is written before the table entry that points to it;
+//   - a grown refcount table (and the blocks that describe it) is written
+//     before the header points to it, and the old table is freed after;
+//   - allocate() raises refcounts before the caller references the clusters;
+//     callers drop references before they call release().
+// `barrier` runs between dependent steps (an fsync in cache=writethrough).
+
+import { HostFile } from "../host-file.js";
+import { DiskImageError } from "../types.js";
+import { ClusterCache } from "./lru.js";
+import { MAX_REFCOUNT_TABLE_BYTES, entryOffset, putEntry, hex } from "./format.js";
+import { HEADER_REFCOUNT_TABLE_AT } from "./header.js";
+
+const REFCOUNT_CACHE_BYTES = 1 << 20;
+/** Refcounts that a scan may find in use beyond the end of the file before it
+ *  calls the image corrupt (a crash can leave a few; a hostile image, many). */
+const MAX_USED_BEYOND_EOF = 4096;
+
+export class Refcounts {
+  readonly cs: number;
+  readonly refcountBits: number;
+  /** refcount_block_entries */
+  readonly entriesPerBlock: number;
+  readonly maxRefcount: number;
+  table: Uint8Array;
+  tableOffset: number;
+  tableClusters: number;
+  private tableView: DataView;
+  private readonly cache: ClusterCache;
+  /** No cluster below this one is free (a search hint). */
+  private freeCursor = 0;
+  /** The first free cluster the last search passed, -1 if none. */
+  private firstFreeSeen = -1;
+
+  constructor(
+    private readonly file: HostFile,
+    readonly clusterBits: number,
+    readonly refcountOrder: number,
+    refcountTableOffset: number,
+    refcountTableClusters: number,
+    private readonly barrier: () => void,
+  ) {
+    this.cs = 2 ** clusterBits;
+    this.refcountBits = 2 ** refcountOrder;
+    this.entriesPerBlock = (this.cs * 8) / this.refcountBits;
+    this.maxRefcount = this.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.refcountBits - 1;
+    this.tableOffset = refcountTableOffset;
+    this.tableClusters = refcountTableClusters;
+    this.table = new Uint8Array(refcountTableClusters * this.cs);
+    file.readExact(this.table, refcountTableOffset, "refcount table");
+    this.tableView = new DataView(this.table.buffer);
+    this.cache = ClusterCache.forBudget(REFCOUNT_CACHE_BYTES, this.cs);
+  }
+
+  get tableEntries(): number {
+    return this.table.length / 8;
+  }
+
+  /** Offset of the refcount block for table index t, 0 when there is none. */
+  blockOffset(t: number): number {
+    if (t >= this.tableEntries) return 0;
+    const hi = this.tableView.getUint32(8 * t);
+    const lo = this.tableView.getUint32(8 * t + 4);
+    const off = entryOffset(hi, lo);
+    if ((hi & 0xff00_0000) !== 0 || (lo & 0x1ff) !== 0) {
+      throw new DiskImageError(`${this.file.path}: refcount table entry ${t} has reserved bits set`);
+    }
+    if (off === 0) return 0;
+    if (off % this.cs !== 0) throw new DiskImageError(`${this.file.path}: refcount block offset ${hex(off)} is not cluster-aligned`);
+    if (off + this.cs > this.file.size) throw new DiskImageError(`${this.file.path}: refcount block offset ${hex(off)} is outside the file`);
+    return off;
+  }
+
+  private loadBlock(off: number): Uint8Array {
+    let b = this.cache.get(off);
+    if (!b) {
+      b = new Uint8Array(this.cs);
+      this.file.readExact(b, off, "refcount block");
+      this.cache.set(off, b);
+    }
+    return b;
+  }
+
+  /** The refcount of host cluster `cluster` (an index, not a byte offset). */
+  get(cluster: number): number {
+    const t = Math.floor(cluster / this.entriesPerBlock);
+    const off = this.blockOffset(t);
+    if (off === 0) return 0;
+    return this.getIn(this.loadBlock(off), cluster % this.entriesPerBlock);
+  }
+
+  getIn(block: Uint8Array, i: number): number {
+    switch (this.refcountOrder) {
+      case 3: return block[i];
+      case 4: return (block[2 * i] << 8) | block[2 * i + 1];
+      case 5: return ((block[4 * i] << 24) | (block[4 * i + 1] << 16) | (block[4 * i + 2] << 8) | block[4 * i + 3]) >>> 0;
+      case 6: {
+        const v = new DataView(block.buffer, block.byteOffset + 8 * i, 8);
+        const hi = v.getUint32(0);
+        return hi >= 0x20_0000 ? Number.MAX_SAFE_INTEGER : hi * 0x1_0000_0000 + v.getUint32(4);
+      }
+      default: {
+        const bit = i * this.refcountBits;
+        return (block[bit >> 3] >> (bit & 7)) & ((1 << this.refcountBits) - 1);
+      }
+    }
+  }
+
+  private setIn(block: Uint8Array, i: number, value: number): void {
+    switch (this.refcountOrder) {
+      case 3: block[i] = value; return;
+      case 4: block[2 * i] = value >> 8; block[2 * i + 1] = value & 0xff; return;
+      case 5: new DataView(block.buffer, block.byteOffset).setUint32(4 * i, value); return;
+      case 6: {
+        const v = new DataView(block.buffer, block.byteOffset + 8 * i, 8);
+        v.setUint32(0, Math.floor(value / 0x1_0000_0000));
+        v.setUint32(4, value % 0x1_0000_0000);
+        return;
+      }
+      default: {
+        const bit = i * this.refcountBits;
+        const mask = ((1 << this.refcountBits) - 1) << (bit & 7);
+        block[bit >> 3] = (block[bit >> 3] & ~mask) | ((value << (bit & 7)) & mask);
+      }
+    }
+  }
+
+  /** Byte range of entries [first, last] inside a block. */
+  private entryBytes(first: number, last: number): [number, number] {
+    return [Math.floor((first * this.refcountBits) / 8), Math.ceil(((last + 1) * this.refcountBits) / 8)];
+  }
+
+  /** Adds `delta` to the refcounts of `count` clusters from `first`, one write per refcount block. */
+  adjust(first: number, count: number, delta: number): void {
+    let c = first;
+    const end = first + count;
+    while (c < end) {
+      const t = Math.floor(c / this.entriesPerBlock);
+      const off = this.blockOffset(t);
+      if (off === 0) throw new DiskImageError(`${this.file.path}: cluster ${hex(c * this.cs)} has no refcount block`);
+      const block = this.loadBlock(off);
+      const i0 = c % this.entriesPerBlock;
+      const i1 = Math.min(this.entriesPerBlock, i0 + (end - c)) - 1;
+      // Check the whole span first so a failure changes nothing.
+      for (let i = i0; i <= i1; i++) {
+        const r = this.getIn(block, i) + delta;
+        if (r < 0) throw new DiskImageError(`${this.file.path}: refcount of cluster ${hex((t * this.entriesPerBlock + i) * this.cs)} would drop below zero`);
+        if (r > this.maxRefcount) throw new DiskImageError(`${this.file.path}: refcount of cluster ${hex((t * this.entriesPerBlock + i) * this.cs)} would overflow`);
+      }
+      for (let i = i0; i <= i1; i++) this.setIn(block, i, this.getIn(block, i) + delta);
+      const [b0, b1] = this.entryBytes(i0, i1);
+      this.file.pwrite(block.subarray(b0, b1), off + b0);
+      if (delta < 0) this.freeCursor = Math.min(this.freeCursor, t * this.entriesPerBlock + i0);
+      c += i1 - i0 + 1;
+    }
+  }
+
+  /** Drops one reference from every host cluster overlapping [offset, offset + length). */
+  release(offset: number, length: number): void {
+    if (length <= 0) return;
+    const first = Math.floor(offset / this.cs);
+    const last = Math.floor((offset + length - 1) / this.cs);
+    this.adjust(first, last - first + 1, -1);
+  }
+
+  /** Allocates `n` contiguous host clusters (refcount 1) and returns the byte offset of the first. */
+  allocate(n: number): number {
+    for (let attempt = 0; attempt < 32; attempt++) {
+      const start = this.findFree(n);
+      const tFirst = Math.floor(start / this.entriesPerBlock);
+      const tLast = Math.floor((start + n - 1) / this.entriesPerBlock);
+      if (tLast >= this.tableEntries) {
+        this.grow(tLast + 1);
+        continue;
+      }
+      let created = false;
+      for (let t = tFirst; t <= tLast; t++) {
+        if (this.blockOffset(t) === 0) {
+          this.createBlock(t);
+          created = true;
+          break;
+        }
+      }
+      if (created) continue; // the new block may sit in the run: search again
+      this.adjust(start, n, +1);
+      // Free clusters skipped because their run was too short stay in reach.
+      this.freeCursor = this.firstFreeSeen >= 0 && this.firstFreeSeen < start ? this.firstFreeSeen : start + n;
+      return start * this.cs;
+    }
+    throw new DiskImageError(`${this.file.path}: cannot allocate ${n} clusters (refcount structures look corrupt)`);
+  }
+
+  /** The first run of `n` clusters with refcount 0, from the search hint on.
+   *  Clusters beyond the refcount table's reach count as free. */
+  private findFree(n: number): number {
+    const epb = this.entriesPerBlock;
+    const eofCluster = Math.ceil(this.file.size / this.cs);
+    let usedBeyondEof = 0;
+    let c = this.freeCursor;
+    let start = c;
+    let run = 0;
+    this.firstFreeSeen = -1;
+    for (;;) {
+      const t = Math.floor(c / epb);
+      if (t >= this.tableEntries) return run > 0 ? start : c;
+      const off = this.blockOffset(t);
+      if (off === 0) {
+        if (run === 0) start = c;
+        run += (t + 1) * epb - c;
+        if (run >= n) return start;
+        c = (t + 1) * epb;
+        continue;
+      }
+      const block = this.loadBlock(off);
+      for (let i = c % epb; i < epb; i++, c++) {
+        if (this.getIn(block, i) === 0) {
+          if (run === 0) {
+            start = c;
+            if (this.firstFreeSeen < 0) this.firstFreeSeen = c;
+            if (n === 1) return start;
+          }
+          if (++run >= n) return start;
+        } else {
+          run = 0;
+          if (c >= eofCluster && ++usedBeyondEof > MAX_USED_BEYOND_EOF) {
+            throw new DiskImageError(`${this.file.path}: refcounts beyond the end of the file are in use (corrupt image)`);
+          }
+        }
+      }
+    }
+  }
+
+  /** Creates the refcount block for table index t (or first the one for the
+   *  cluster it will occupy): block written, then the table entry. */
+  private createBlock(t: number): void {
+    const c = this.findFree(1);
+    const tc = Math.floor(c / this.entriesPerBlock);
+    if (tc >= this.tableEntries) return this.grow(tc + 1);
+    const block = new Uint8Array(this.cs);
+    if (tc === t || this.blockOffset(tc) === 0) {
+      // The block lies in the range it describes: it counts itself.
+      this.setIn(block, c % this.entriesPerBlock, 1);
+      this.file.pwrite(block, c * this.cs);
+      this.cache.set(c * this.cs, block);
+      this.barrier();
+      this.setTableEntry(tc, c * this.cs);
+    } else {
+      this.adjust(c, 1, +1);
+      this.file.pwrite(block, c * this.cs);
+      this.cache.set(c * this.cs, block);
+      this.barrier();
+      this.setTableEntry(t, c * this.cs);
+    }
+  }
+
+  private setTableEntry(t: number, off: number): void {
+    putEntry(this.tableView, 8 * t, off, 0, 0);
+    this.file.pwrite(this.table.subarray(8 * t, 8 * t + 8), this.tableOffset + 8 * t);
+  }
+
+  /** Moves the refcount table to a larger one of at least `minEntries`
+   *  entries, placed with new refcount blocks that describe it just beyond the
+   *  old table's reach (every cluster there is free). */
+  private grow(minEntries: number): void {
+    const epb = this.entriesPerBlock;
+    const cs = this.cs;
+    const T = this.tableEntries;
+    const S = T * epb; // first cluster no refcount block describes
+    const want = Math.max(minEntries, T + Math.ceil(T / 2), T + 1);
+    let m = 1;
+    let k = 1;
+    for (let iter = 0; ; iter++) {
+      if (iter > 64) throw new DiskImageError(`${this.file.path}: cannot lay out a larger refcount table`);
+      const need = Math.max(want, Math.floor((S + m + k - 1) / epb) + 1);
+      const k2 = Math.ceil((need * 8) / cs);
+      const m2 = Math.floor((S + m + k2 - 1) / epb) - T + 1;
+      if (k2 === k && m2 === m) break;
+      k = k2;
+      m = m2;
+    }
+    if (k * cs > MAX_REFCOUNT_TABLE_BYTES) {
+      throw new DiskImageError(`${this.file.path}: the image is too large: its refcount table would exceed 8 MiB`);
+    }
+    // New refcount blocks at S..S+m-1, the new table at S+m..S+m+k-1.
+    const blocks = new Uint8Array(m * cs);
+    for (let c = S; c < S + m + k; c++) {
+      const j = Math.floor(c / epb) - T;
+      this.setIn(blocks.subarray(j * cs, (j + 1) * cs), c % epb, 1);
+    }
+    const table = new Uint8Array(k * cs);
+    table.set(this.table);
+    const tableView = new DataView(table.buffer);
+    for (let j = 0; j < m; j++) putEntry(tableView, 8 * (T + j), (S + j) * cs, 0, 0);
+    this.file.pwrite(blocks, S * cs);
+    this.file.pwrite(table, (S + m) * cs);
+    this.barrier();
+    const hdr = new Uint8Array(12);
+    const hv = new DataView(hdr.buffer);
+    hv.setBigUint64(0, BigInt((S + m) * cs));
+    hv.setUint32(8, k);
+    this.file.pwrite(hdr, HEADER_REFCOUNT_TABLE_AT);
+    this.barrier();
+    const oldOffset = this.tableOffset;
+    const oldClusters = this.tableClusters;
+    this.table = table;
+    this.tableView = tableView;
+    this.tableOffset = (S + m) * cs;
+    this.tableClusters = k;
+    for (let j = 0; j < m; j++) this.cache.set((S + j) * cs, blocks.slice(j * cs, (j + 1) * cs));
+    this.adjust(oldOffset / cs, oldClusters, -1);
+  }
+}
