@@ -18,6 +18,7 @@ import { runLinux, LinuxRunError, DEFAULT_CMDLINE } from "./run-linux.js";
 import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
 import { ImageError } from "../images/errors.js";
+import { diskCommand, DISK_HELP } from "./disk.js";
 
 const VERSION = "0.1.0";
 const EXIT_ERROR = 1;
@@ -33,7 +34,7 @@ commands:
   run --bare FILE.elf     run a bare-metal RV64 ELF in M-mode (HTIF console and exit code)
   run --demo              run the bundled bare-metal demo guest
   image pull [--force]    fetch the Debian kernel and build the initramfs now
-
+${DISK_HELP}
 options for run:
   --kernel FILE           a RISC-V Linux Image (also gzip or EFI zboot) instead of Debian's
   --initrd FILE           an initramfs instead of tsvisor's
@@ -195,8 +196,8 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`tsvisor ${VERSION}\n`);
       return;
     }
-    if (command !== "run" && command !== "image") throw new UsageError(`unknown command '${command}' (try --help)`);
-    const status = command === "run" ? await runCommand(rest) : await imageCommand(rest);
+    if (command !== "run" && command !== "image" && command !== "disk") throw new UsageError(`unknown command '${command}' (try --help)`);
+    const status = command === "run" ? await runCommand(rest) : command === "disk" ? diskCommand(rest) : await imageCommand(rest);
     // Output went out synchronously; exit now rather than wait for stdin,
     // which may still be open, to end.
     process.exit(status);
