@@ -37,6 +37,7 @@ const testTools = {
   "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf",
   dtc: "device-tree-compiler",
   cpio: "cpio",
+  "qemu-img": "qemu-utils", // disk image interop tests (qemu-img, qemu-io)
 };
 {
   const wanted = wantTest ? { ...runTools, ...testTools } : runTools;
