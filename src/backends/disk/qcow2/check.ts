@@ -22,8 +22,8 @@ import {
   L1_RESERVED_HI, L1_RESERVED_LO, L2_COPIED_HI, L2_COMPRESSED_HI, L2_STD_RESERVED_HI, L2_STD_RESERVED_LO, L2_ZERO_LO,
 } from "./format.js";
 
-/** Most clusters a check will track (a 1 GiB array each for stored and counted). */
-const MAX_CHECK_CLUSTERS = 2 ** 27;
+/** Most clusters a check will track (128 MiB each for the stored and the counted refcounts). */
+const MAX_CHECK_CLUSTERS = 2 ** 25;
 /** Most L2 tables a check will walk (snapshots can reference one table many times). */
 const MAX_L2_VISITS = 1 << 20;
 const MAX_MESSAGES = 50;
@@ -63,7 +63,7 @@ class Checker {
   private readonly cs: number;
   private readonly nb: number;
   private readonly refs: Uint32Array;
-  private readonly stored: Float64Array;
+  private readonly stored: Uint32Array;
   private readonly res: CheckResult;
   private readonly l2Cache: ClusterCache;
   private l2Visits = 0;
@@ -78,7 +78,7 @@ class Checker {
     this.nb = Math.ceil(file.size / this.cs);
     if (this.nb > MAX_CHECK_CLUSTERS) throw new DiskImageError(`${path}: too large to check (${this.nb} clusters)`);
     this.refs = new Uint32Array(this.nb);
-    this.stored = new Float64Array(this.nb);
+    this.stored = new Uint32Array(this.nb); // saturating at 2^32 - 1, like refs
     this.l2Cache = ClusterCache.forBudget(4 << 20, this.cs);
     this.res = {
       path,
@@ -174,7 +174,7 @@ class Checker {
           const bit = i * bits;
           r = (block[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
         }
-        this.stored[t * epb + i] = r;
+        this.stored[t * epb + i] = Math.min(r, 0xffff_ffff);
       }
     }
   }
