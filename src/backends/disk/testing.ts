@@ -119,3 +119,29 @@ export function assertSame(disk: DiskImage, model: Model): void {
     }
   }
 }
+
+/** One operation of the crash test's workload (crash-child.ts runs them, the test replays them). */
+export type CrashOp =
+  | { kind: "write"; offset: number; data: Uint8Array }
+  | { kind: "zero"; offset: number; length: number; mayUnmap: boolean }
+  | { kind: "discard"; offset: number; length: number }
+  | { kind: "flush" };
+
+/** The endless operation sequence of a crash-test round: mostly small
+ *  allocating writes (so a kill often lands between metadata updates), some
+ *  zeroing and discards, a flush every few operations. */
+export function* crashOps(seed: number, size: number): Generator<CrashOp> {
+  const r = rng(seed);
+  for (let i = 1; ; i++) {
+    if (i % 8 === 0) {
+      yield { kind: "flush" };
+      continue;
+    }
+    const len = 1 + r.int(r.next() < 0.8 ? 6000 : 200000);
+    const offset = r.int(size - len + 1);
+    const p = r.next();
+    if (p < 0.1) yield { kind: "zero", offset, length: len, mayUnmap: r.next() < 0.5 };
+    else if (p < 0.2) yield { kind: "discard", offset, length: len };
+    else yield { kind: "write", offset, data: r.bytes(len) };
+  }
+}
