@@ -55,18 +55,26 @@ export function diskCommand(argv: string[], out: (s: string) => void = (s) => pr
   }
 }
 
+function sizeOption(flag: string, text: string): number {
+  try {
+    return parseSize(text);
+  } catch (e) {
+    throw new UsageError(`disk create: ${flag}: ${(e as Error).message}`);
+  }
+}
+
 function create(argv: string[], out: (s: string) => void): number {
   const { values: v, positionals } = parse(argv, { size: { type: "string" }, backing: { type: "string" }, "cluster-size": { type: "string" } }, "create");
   const file = oneFile(positionals, "create");
-  let size = v.size !== undefined ? parseSize(v.size) : undefined;
-  const clusterSize = v["cluster-size"] !== undefined ? parseSize(v["cluster-size"]) : undefined;
+  let size = v.size !== undefined ? sizeOption("--size", v.size) : undefined;
+  const clusterSize = v["cluster-size"] !== undefined ? sizeOption("--cluster-size", v["cluster-size"]) : undefined;
   let backingFormat: "raw" | "qcow2" | undefined;
   if (v.backing !== undefined) {
     // Stored as given; like every reader, resolve a relative name from the new image's directory.
     const at = isAbsolute(v.backing) ? v.backing : resolve(dirname(file), v.backing);
-    backingFormat = probeFormat(at);
     let base: DiskImage;
     try {
+      backingFormat = probeFormat(at);
       base = openDisk(at, { format: backingFormat, readOnly: true });
     } catch (e) {
       if (e instanceof DiskImageError && !isAbsolute(v.backing) && at !== resolve(v.backing)) {
