@@ -12,8 +12,9 @@
 // raised before anything points to it; its data is written before the L2
 // entry that points to it; a new L2 table is written before the L1 entry; an
 // old cluster's refcount drops only after the entry that pointed to it is
-// gone. A killed tsvisor leaves at most leaked clusters. Nothing is lazy:
-// the dirty bit is never used.
+// gone. A killed tsvisor leaves at most leaked clusters; so does a power loss,
+// as dependent steps are separated by fsync barriers (batched in
+// cache=writeback, see refcount.ts). Nothing is lazy: the dirty bit is never used.
 //
 // Every offset read from the file is checked (aligned, inside the file, no
 // reserved bits) before it is used; L2 tables and refcount blocks live in
@@ -103,7 +104,8 @@ export class Qcow2Image implements DiskImage {
     this.l1View = new DataView(this.l1.buffer);
     this.l2Cache = ClusterCache.forBudget(L2_CACHE_BYTES, this.clusterSize);
     if (!this.readOnly) {
-      this.refcounts = new Refcounts(file, h.cluster_bits, h.refcount_order, h.refcount_table_offset, h.refcount_table_clusters, () => this.barrier());
+      this.refcounts = new Refcounts(file, h.cluster_bits, h.refcount_order, h.refcount_table_offset, h.refcount_table_clusters,
+        () => this.barrier(), this.cache === "writeback");
       // Autoclear features describe data tsvisor does not keep up to date
       // (bitmaps): clear them before the first change, as the spec requires.
       if (h.version === 3 && h.autoclear_features !== 0n) {
@@ -305,14 +307,20 @@ export class Qcow2Image implements DiskImage {
     }
   }
 
-  /** Drops this image's reference to whatever host clusters an old L2 entry named. */
-  private releaseOld(k: ClusterKind): void {
-    if (k.kind === "normal" || (k.kind === "zero" && k.offset !== 0)) {
-      this.rc().release(k.offset, this.clusterSize);
-    } else if (k.kind === "compressed") {
-      const start = k.offset - (k.offset % 512);
-      this.rc().release(start, k.length + (k.offset % 512));
-      this.lastCompressed = undefined;
+  /** Drops this image's references to whatever host clusters old L2 entries
+   *  named, once the entries are gone (refcount.ts orders it on disk). */
+  private releaseOld(...olds: ClusterKind[]): void {
+    const rc = this.rc();
+    const unbatched = this.cache !== "writeback" && olds.some((k) => k.kind !== "unallocated" && !(k.kind === "zero" && k.offset === 0));
+    if (unbatched) this.barrier();
+    for (const k of olds) {
+      if (k.kind === "normal" || (k.kind === "zero" && k.offset !== 0)) {
+        rc.release(k.offset, this.clusterSize);
+      } else if (k.kind === "compressed") {
+        const start = k.offset - (k.offset % 512);
+        rc.release(start, k.length + (k.offset % 512));
+        this.lastCompressed = undefined;
+      }
     }
   }
 
@@ -392,7 +400,7 @@ export class Qcow2Image implements DiskImage {
     }
     const host = this.rc().allocate(count);
     this.file.pwrite(buf, host);
-    this.barrier();
+    if (this.cache === "writethrough") this.file.sync(); // the data before the entry, on disk too
     const l2 = this.l2ForWrite(l1Index);
     const old: ClusterKind[] = [];
     for (let j = 0; j < count; j++) {
@@ -401,13 +409,16 @@ export class Qcow2Image implements DiskImage {
       putEntry(l2.view, 8 * e, host + j * cs, L2_COPIED_HI, 0);
     }
     this.writeL2(l2, idx, idx + count - 1);
-    this.barrier();
-    for (const k of old) this.releaseOld(k);
+    this.releaseOld(...old);
   }
 
   flush(): void {
     this.checkOpen();
-    if (!this.readOnly && this.cache !== "unsafe") this.file.sync();
+    if (this.readOnly || this.cache === "unsafe") return;
+    const rc = this.rc();
+    rc.beforeSync();
+    this.file.sync();
+    rc.afterSync();
   }
 
   // ---- zeroes and discard -------------------------------------------------
@@ -513,8 +524,7 @@ export class Qcow2Image implements DiskImage {
     }
     if (first >= 0) {
       this.writeL2(l2, first, last);
-      this.barrier();
-      for (const k of old) this.releaseOld(k);
+      this.releaseOld(...old);
     }
     if (inPlace.length > 0) {
       const zeros = new Uint8Array(cs);
@@ -530,7 +540,10 @@ export class Qcow2Image implements DiskImage {
   close(): void {
     if (this.closed) return;
     try {
-      if (!this.readOnly && this.cache !== "unsafe") this.file.sync();
+      if (!this.readOnly) {
+        this.rc().finish();
+        if (this.cache !== "unsafe") this.file.sync();
+      }
     } finally {
       this.closed = true;
       this.file.close();
@@ -560,9 +573,9 @@ export class Qcow2Image implements DiskImage {
     return this.refcounts;
   }
 
-  /** Orders dependent metadata writes on stable storage when every write is to be durable. */
+  /** Orders dependent metadata writes on stable storage too (not in cache=unsafe). */
   private barrier(): void {
-    if (this.cache === "writethrough") this.file.sync();
+    if (this.cache !== "unsafe") this.file.sync();
   }
 
   private checkOpen(): void {

@@ -13,7 +13,20 @@
 //     before the header points to it, and the old table is freed after;
 //   - allocate() raises refcounts before the caller references the clusters;
 //     callers drop references before they call release().
-// `barrier` runs between dependent steps (an fsync in cache=writethrough).
+// `barrier` runs between dependent steps: an fsync, so that the order also
+// holds on stable storage after a power loss (a no-op for cache=unsafe).
+//
+// With `batch` (cache=writeback) the fsyncs are amortized, as QEMU's metadata
+// cache does with its flush dependencies:
+//   - allocate() hands out clusters from a pool whose refcounts were raised,
+//     and made durable, ahead of use: the pool is topped up just before the
+//     guest's flush syncs the file (so its sync covers it), or on demand with
+//     a barrier of its own when the pool runs dry between flushes;
+//   - release() only records the decrements; they are applied after the next
+//     sync, when the removal of the references they stand for is durable.
+// A crash then leaks the unused pool and the pending decrements, never more.
+// The pool lies inside the file (the file is extended over it), so leaked
+// pool clusters are ordinary leaks that `qemu-img check -r leaks` reclaims.
 
 import { HostFile } from "../host-file.js";
 import { DiskImageError } from "../types.js";
@@ -25,6 +38,11 @@ const REFCOUNT_CACHE_BYTES = 1 << 20;
 /** Refcounts that a scan may find in use beyond the end of the file before it
  *  calls the image corrupt (a crash can leave a few; a hostile image, many). */
 const MAX_USED_BEYOND_EOF = 4096;
+/** Pool sizes in bytes: the least a top-up asks for, and the most. */
+const POOL_MIN_BYTES = 1 << 20;
+const POOL_MAX_BYTES = 8 << 20;
+/** Decrements waiting for a sync before one is forced. */
+const MAX_PENDING_RELEASES = 4096;
 
 export class Refcounts {
   readonly cs: number;
@@ -41,6 +59,15 @@ export class Refcounts {
   private freeCursor = 0;
   /** The first free cluster the last search passed, -1 if none. */
   private firstFreeSeen = -1;
+  /** Clusters [poolNext, poolEnd) have refcount 1 and no user yet (batch mode). */
+  private poolNext = 0;
+  private poolEnd = 0;
+  /** Size of the next on-demand pool, in clusters (doubles until a sync). */
+  private poolClusters: number;
+  /** Clusters handed out since the last sync: how large the next top-up is. */
+  private allocatedSinceSync = 0;
+  /** Byte ranges whose references are gone, waiting for the next sync (batch mode). */
+  private pending: [number, number][] = [];
 
   constructor(
     private readonly file: HostFile,
@@ -49,6 +76,7 @@ export class Refcounts {
     refcountTableOffset: number,
     refcountTableClusters: number,
     private readonly barrier: () => void,
+    private readonly batch: boolean,
   ) {
     this.cs = 2 ** clusterBits;
     this.refcountBits = 2 ** refcountOrder;
@@ -60,6 +88,7 @@ export class Refcounts {
     file.readExact(this.table, refcountTableOffset, "refcount table");
     this.tableView = new DataView(this.table.buffer);
     this.cache = ClusterCache.forBudget(REFCOUNT_CACHE_BYTES, this.cs);
+    this.poolClusters = Math.ceil(POOL_MIN_BYTES / this.cs);
   }
 
   get tableEntries(): number {
@@ -165,16 +194,83 @@ export class Refcounts {
     }
   }
 
-  /** Drops one reference from every host cluster overlapping [offset, offset + length). */
+  /** Drops one reference from every host cluster overlapping [offset, offset + length):
+   *  at once, or after the next sync in batch mode. */
   release(offset: number, length: number): void {
     if (length <= 0) return;
+    if (!this.batch) return this.releaseNow(offset, length);
+    this.pending.push([offset, length]);
+    if (this.pending.length >= MAX_PENDING_RELEASES) {
+      this.barrier();
+      this.afterSync();
+    }
+  }
+
+  private releaseNow(offset: number, length: number): void {
     const first = Math.floor(offset / this.cs);
     const last = Math.floor((offset + length - 1) / this.cs);
     this.adjust(first, last - first + 1, -1);
   }
 
+  /** Before the guest's flush syncs the file: top up the pool, so the sync
+   *  makes its refcounts durable too. */
+  beforeSync(): void {
+    if (!this.batch) return;
+    const min = Math.ceil(POOL_MIN_BYTES / this.cs);
+    const target = Math.min(Math.max(this.allocatedSinceSync, min), Math.ceil(POOL_MAX_BYTES / this.cs));
+    if (this.poolEnd - this.poolNext < target / 2) this.refillPool(target);
+    this.allocatedSinceSync = 0;
+    this.poolClusters = min;
+  }
+
+  /** After a sync: the references dropped before it are gone for good, so
+   *  their refcounts can drop. */
+  afterSync(): void {
+    const pending = this.pending;
+    this.pending = [];
+    for (const [offset, length] of pending) this.releaseNow(offset, length);
+  }
+
+  /** At close: pending decrements applied, the unused pool given back (and
+   *  cut off the end of the file when it is the tail). */
+  finish(): void {
+    if (this.pending.length > 0) {
+      this.barrier();
+      this.afterSync();
+    }
+    if (this.poolEnd > this.poolNext) {
+      this.adjust(this.poolNext, this.poolEnd - this.poolNext, -1);
+      if (this.poolEnd * this.cs >= this.file.size && this.poolNext * this.cs < this.file.size) this.file.truncate(this.poolNext * this.cs);
+    }
+    this.poolNext = this.poolEnd = 0;
+  }
+
   /** Allocates `n` contiguous host clusters (refcount 1) and returns the byte offset of the first. */
   allocate(n: number): number {
+    if (!this.batch) return this.allocateRun(n) * this.cs;
+    if (this.poolEnd - this.poolNext < n) {
+      this.refillPool(Math.max(n, this.poolClusters));
+      this.barrier(); // the refcounts are durable before anything points to these clusters
+      this.poolClusters = Math.min(2 * this.poolClusters, Math.ceil(POOL_MAX_BYTES / this.cs));
+    }
+    const start = this.poolNext;
+    this.poolNext += n;
+    this.allocatedSinceSync += n;
+    return start * this.cs;
+  }
+
+  /** Gives back what is left of the pool and raises the refcounts of a new one of `size` clusters. */
+  private refillPool(size: number): void {
+    if (this.poolEnd > this.poolNext) this.adjust(this.poolNext, this.poolEnd - this.poolNext, -1);
+    this.poolNext = this.poolEnd = 0;
+    const start = this.allocateRun(size);
+    this.poolNext = start;
+    this.poolEnd = start + size;
+    if (this.poolEnd * this.cs > this.file.size) this.file.truncate(this.poolEnd * this.cs);
+  }
+
+  /** Raises the refcounts of the first run of `n` free clusters; returns the first's index. */
+  private allocateRun(n: number): number {
     for (let attempt = 0; attempt < 32; attempt++) {
       const start = this.findFree(n);
       const tFirst = Math.floor(start / this.entriesPerBlock);
@@ -184,18 +280,17 @@ export class Refcounts {
         continue;
       }
       let created = false;
-      for (let t = tFirst; t <= tLast; t++) {
+      for (let t = tFirst; t <= tLast && t < this.tableEntries; t++) {
         if (this.blockOffset(t) === 0) {
           this.createBlock(t);
           created = true;
-          break;
         }
       }
       if (created) continue; // the new block may sit in the run: search again
       this.adjust(start, n, +1);
       // Free clusters skipped because their run was too short stay in reach.
       this.freeCursor = this.firstFreeSeen >= 0 && this.firstFreeSeen < start ? this.firstFreeSeen : start + n;
-      return start * this.cs;
+      return start;
     }
     throw new DiskImageError(`${this.file.path}: cannot allocate ${n} clusters (refcount structures look corrupt)`);
   }
