@@ -1,8 +1,10 @@
-// Builds the CPU core (AssemblyScript -> build/core.wasm) and the TypeScript
-// (tsc -> dist/). Skips a step whose outputs are newer than its sources.
+// Builds the CPU core (AssemblyScript -> build/core.wasm), the TypeScript
+// (tsc -> dist/) and the tap backend's relay (C -> build/tap-relay, Linux only).
+// Skips a step whose outputs are newer than its sources.
 //   node scripts/build.mjs          everything
 //   node scripts/build.mjs core     only the core
-import { execFileSync } from "node:child_process";
+//   node scripts/build.mjs relay    only the tap relay
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -48,9 +50,27 @@ function buildTs() {
   execFileSync("touch", [stamp]);
 }
 
+// The tap backend needs an ioctl Node cannot make (src/backends/net/tap.ts).
+// Without a C compiler everything else still works: --net tap then says why not.
+function buildTapRelay() {
+  if (process.platform !== "linux") return;
+  const src = join(root, "src", "backends", "net", "tap-relay.c");
+  const out = join(root, "build", "tap-relay");
+  if (mtime(out) > mtime(src)) return;
+  mkdirSync(join(root, "build"), { recursive: true });
+  process.stderr.write("building tap-relay\n");
+  const r = spawnSync("cc", ["-O2", "-Wall", "-Wextra", "-o", out, src], { stdio: "inherit" });
+  if (r.error?.code === "ENOENT") {
+    process.stderr.write("no C compiler (cc): build/tap-relay skipped, so --net tap will not work (install gcc)\n");
+    return;
+  }
+  if (r.status !== 0) throw new Error("tap-relay");
+}
+
 try {
   if (!only || only === "core") buildCore();
   if (!only || only === "ts") buildTs();
+  if (!only || only === "relay") buildTapRelay();
 } catch {
   process.stderr.write("build failed\n");
   process.exit(1);
