@@ -3,7 +3,8 @@
 //
 // It counts, for every host cluster of the file, the references the metadata
 // makes to it (header, L1 tables, L2 tables, data and compressed clusters,
-// refcount table and blocks, snapshot table and snapshot L1 tables) and
+// refcount table and blocks, snapshot table and snapshot L1 tables, bitmap
+// directory, tables and data when the bitmaps are marked consistent) and
 // compares them with the stored refcounts, as `qemu-img check` does:
 //   stored < references   -> corruption (a cluster in use could be handed out again)
 //   stored > references   -> leak (wasted space, no harm to data)
@@ -18,7 +19,7 @@ import { DiskImageError } from "../types.js";
 import { parseHeader, headerReadLength, type Qcow2Header } from "./header.js";
 import { ClusterCache } from "./lru.js";
 import {
-  entryOffset, compressedDescriptor, hex, MAX_L1_BYTES, INCOMPAT_DIRTY, INCOMPAT_CORRUPT,
+  entryOffset, compressedDescriptor, hex, MAX_L1_BYTES, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, AUTOCLEAR_BITMAPS,
   L1_RESERVED_HI, L1_RESERVED_LO, L2_COPIED_HI, L2_COMPRESSED_HI, L2_STD_RESERVED_HI, L2_STD_RESERVED_LO, L2_ZERO_LO,
 } from "./format.js";
 
@@ -126,6 +127,7 @@ class Checker {
     this.inc(h.l1_table_offset, h.l1_size * 8, "L1 table");
     this.walkL1(h.l1_table_offset, h.l1_size, true);
     this.walkSnapshots();
+    this.walkBitmaps();
     this.compare();
     return this.res;
   }
@@ -301,6 +303,53 @@ class Checker {
       this.walkL1(l1Offset, l1Size, false);
     }
     this.inc(h.snapshots_offset, at - h.snapshots_offset, "snapshot table");
+  }
+
+  /** Persistent bitmaps ("Bitmaps extension", "Bitmap directory", "Bitmap
+   *  table"), counted only while the autoclear bit says they are consistent,
+   *  as qemu-img does. */
+  private walkBitmaps(): void {
+    const h = this.h;
+    const b = h.bitmaps;
+    if (!b || (h.autoclear_features & AUTOCLEAR_BITMAPS) === 0n || b.nb_bitmaps === 0) return;
+    const cs = this.cs;
+    const dirOffset = b.bitmap_directory_offset;
+    const dirSize = b.bitmap_directory_size;
+    if (dirOffset % cs !== 0 || dirSize > 64 << 20 || dirOffset + dirSize > this.file.size || b.nb_bitmaps > 65535) {
+      this.corrupt(`bitmap directory at ${hex(dirOffset)} (${dirSize} bytes) is invalid`);
+      return;
+    }
+    this.inc(dirOffset, dirSize, "bitmap directory");
+    const dir = new Uint8Array(dirSize);
+    this.file.readExact(dir, dirOffset, "bitmap directory");
+    const dv = new DataView(dir.buffer);
+    let at = 0;
+    for (let i = 0; i < b.nb_bitmaps; i++) {
+      if (at + 24 > dirSize) {
+        this.corrupt(`bitmap directory entry ${i} runs past the directory`);
+        return;
+      }
+      const tableOffset = Number(dv.getBigUint64(at) & 0xff_ffff_ffff_ffffn);
+      const tableSize = dv.getUint32(at + 8);
+      at += Math.ceil((24 + dv.getUint32(at + 20) + dv.getUint16(at + 18)) / 8) * 8;
+      if (tableOffset % cs !== 0 || tableSize * 8 > 64 << 20 || tableOffset + tableSize * 8 > this.file.size) {
+        this.corrupt(`bitmap ${i}: table at ${hex(tableOffset)} (${tableSize} entries) is invalid`);
+        continue;
+      }
+      this.inc(tableOffset, tableSize * 8, "bitmap table");
+      const table = new Uint8Array(tableSize * 8);
+      this.file.readExact(table, tableOffset, "bitmap table");
+      const tv = new DataView(table.buffer);
+      for (let e = 0; e < tableSize; e++) {
+        const off = entryOffset(tv.getUint32(8 * e), tv.getUint32(8 * e + 4));
+        if (off === 0) continue;
+        if (off % cs !== 0 || off + cs > this.file.size) {
+          this.corrupt(`bitmap ${i}: data cluster ${hex(off)} is invalid`);
+          continue;
+        }
+        this.inc(off, cs, "bitmap data");
+      }
+    }
   }
 
   private compare(): void {

@@ -192,3 +192,38 @@ function spawnQemuCheck(img: string): number | null {
     return Number(/status (\d+)/.exec((e as Error).message)?.[1]);
   }
 }
+
+test("internal snapshots and persistent bitmaps: tsvisor reads the active layer, counts their clusters, and writes only without snapshots", { skip: skipIo }, () => {
+  const img = name("snap.qcow2");
+  run("qemu-img", ["create", "-q", "-f", "qcow2", img, "4M"]);
+  run("qemu-io", ["-c", "write -P 0x11 0 1M", img]);
+  run("qemu-img", ["snapshot", "-c", "one", img]);
+  run("qemu-io", ["-c", "write -P 0x22 512k 1M", img]);
+  run("qemu-img", ["bitmap", "--add", img, "dirty0"]);
+  run("qemu-io", ["-c", "write -P 0x33 2M 64k", img]);
+  const r = checkQcow2(img);
+  assert.equal(r.corruptions + r.leaks, 0, r.messages.join("\n"));
+  const d = openDisk(img, { readOnly: true });
+  assert.deepEqual(readAll(d), qemuRaw(img));
+  d.close();
+  assert.throws(() => openDisk(img), /internal snapshot/);
+
+  // Without snapshots tsvisor writes, clearing the bitmaps' autoclear bit as
+  // the spec asks: the bitmaps become inconsistent and their clusters leak
+  // (qemu-img says the same), nothing is corrupt.
+  const bm = name("bitmap.qcow2");
+  run("qemu-img", ["create", "-q", "-f", "qcow2", bm, "4M"]);
+  run("qemu-img", ["bitmap", "--add", bm, "dirty0"]);
+  run("qemu-io", ["-c", "write -P 0x44 1M 64k", bm]);
+  assert.equal(checkQcow2(bm).leaks, 0);
+  const w = openDisk(bm);
+  w.write(0, new Uint8Array(70000).fill(5));
+  w.close();
+  const after = checkQcow2(bm);
+  assert.equal(after.corruptions, 0);
+  assert.ok(spawnQemuCheck(bm) === 0 || spawnQemuCheck(bm) === 3);
+  const want = new Uint8Array(4 << 20);
+  want.fill(5, 0, 70000);
+  want.fill(0x44, 1 << 20, (1 << 20) + 65536);
+  assert.deepEqual(qemuRaw(bm), want);
+});

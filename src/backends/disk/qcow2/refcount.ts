@@ -36,7 +36,9 @@ import { HEADER_REFCOUNT_TABLE_AT } from "./header.js";
 
 const REFCOUNT_CACHE_BYTES = 1 << 20;
 /** Refcounts that a scan may find in use beyond the end of the file before it
- *  calls the image corrupt (a crash can leave a few; a hostile image, many). */
+ *  calls the image corrupt, besides a few pools' worth (a crash between
+ *  raising a pool's refcounts and extending the file leaves one; a hostile
+ *  image, any number). */
 const MAX_USED_BEYOND_EOF = 4096;
 /** Pool sizes in bytes: the least a top-up asks for, and the most. */
 const POOL_MIN_BYTES = 1 << 20;
@@ -301,6 +303,7 @@ export class Refcounts {
     const epb = this.entriesPerBlock;
     const eofCluster = Math.ceil(this.file.size / this.cs);
     let usedBeyondEof = 0;
+    const maxUsedBeyondEof = MAX_USED_BEYOND_EOF + 4 * Math.ceil(POOL_MAX_BYTES / this.cs);
     let c = this.freeCursor;
     let start = c;
     let run = 0;
@@ -327,7 +330,7 @@ export class Refcounts {
           if (++run >= n) return start;
         } else {
           run = 0;
-          if (c >= eofCluster && ++usedBeyondEof > MAX_USED_BEYOND_EOF) {
+          if (c >= eofCluster && ++usedBeyondEof > maxUsedBeyondEof) {
             throw new DiskImageError(`${this.file.path}: refcounts beyond the end of the file are in use (corrupt image)`);
           }
         }
