@@ -13,7 +13,8 @@
  *   - stdin -> tap: frames written to the tap as they arrive; the kernel drops
  *     what it cannot take (the interface is down, its queue is full).
  *   - It exits 0 when stdin reaches its end or stdout is closed, and 1 with
- *     one line on stderr ("NAME: reason (hint)") when it cannot go on.
+ *     one line on stderr ("reason (hint)"; tap.ts prefixes "tap:NAME: ") when
+ *     it cannot go on.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,17 +60,17 @@ static int open_tap(void) {
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int e = errno;
     if (e == EPERM || e == EACCES)
-      die("%s: %s (need CAP_NET_ADMIN, or create it with `ip tuntap add %s mode tap user $USER`)", ifname, strerror(e), ifname);
-    if (e == EBUSY) die("%s: %s (another program has it open)", ifname, strerror(e));
-    if (e == EINVAL) die("%s: %s (an interface of that name exists and is not a tap device)", ifname, strerror(e));
-    die("%s: %s", ifname, strerror(e));
+      die("%s (need CAP_NET_ADMIN, or create it with `ip tuntap add %s mode tap user $USER`)", strerror(e), ifname);
+    if (e == EBUSY) die("%s (another program has it open)", strerror(e));
+    if (e == EINVAL) die("%s (an interface of that name exists and is not a tap device)", strerror(e));
+    die("%s", strerror(e));
   }
   return fd;
 }
 
 static void set_nonblocking(int fd) {
   int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) die("%s: fcntl: %s", ifname, strerror(errno));
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) die("fcntl: %s", strerror(errno));
 }
 
 static int transient(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
@@ -92,16 +93,16 @@ static void from_stdin(int tap) {
   if (n == 0) exit(0);
   if (n < 0) {
     if (transient(errno)) return;
-    die("%s: reading stdin: %s", ifname, strerror(errno));
+    die("reading stdin: %s", strerror(errno));
   }
   in_len += (size_t)n;
   size_t at = 0;
   while (in_len - at >= HEADER) {
     const unsigned char *p = in_buf + at;
     uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-    if (len == 0 || len > MAX_FRAME) die("%s: bad frame length %u from tsvisor", ifname, len);
+    if (len == 0 || len > MAX_FRAME) die("bad frame length %u from tsvisor", len);
     if (in_len - at < HEADER + len) break;
-    if (write(tap, p + HEADER, len) < 0 && errno == EBADFD) die("%s: the tap device went away", ifname);
+    if (write(tap, p + HEADER, len) < 0 && errno == EBADFD) die("the tap device went away");
     at += HEADER + len;
   }
   memmove(in_buf, in_buf + at, in_len - at);
@@ -125,7 +126,7 @@ static void flush_stdout(void) {
 static void from_tap(int tap) {
   ssize_t n = read(tap, out_buf + HEADER, MAX_FRAME);
   if (n <= 0) {
-    if (n < 0 && !transient(errno)) die("%s: reading the tap: %s", ifname, strerror(errno));
+    if (n < 0 && !transient(errno)) die("reading the tap: %s", strerror(errno));
     return;
   }
   put_header(out_buf, (uint32_t)n);
@@ -137,7 +138,7 @@ static void from_tap(int tap) {
 int main(int argc, char **argv) {
   if (argc != 2 || argv[1][0] == 0) die("usage: tap-relay NAME");
   ifname = argv[1];
-  if (strlen(ifname) >= IFNAMSIZ) die("%s: name longer than %d bytes", ifname, IFNAMSIZ - 1);
+  if (strlen(ifname) >= IFNAMSIZ) die("name longer than %d bytes", IFNAMSIZ - 1);
   signal(SIGPIPE, SIG_IGN);
   int tap = open_tap();
   set_nonblocking(tap);
@@ -154,12 +155,12 @@ int main(int argc, char **argv) {
     };
     if (poll(p, 3, -1) < 0) {
       if (errno == EINTR) continue;
-      die("%s: poll: %s", ifname, strerror(errno));
+      die("poll: %s", strerror(errno));
     }
     if (p[2].revents & (POLLERR | POLLHUP) && !(p[2].revents & POLLOUT)) exit(0);
     if (p[0].revents) from_stdin(tap);
     if (p[2].revents & POLLOUT) flush_stdout();
     if (p[1].revents & POLLIN) from_tap(tap);
-    if (p[1].revents & (POLLERR | POLLNVAL)) die("%s: the tap device went away", ifname);
+    if (p[1].revents & (POLLERR | POLLNVAL)) die("the tap device went away");
   }
 }
