@@ -217,7 +217,7 @@ export class Refcounts {
   /** Before the guest's flush syncs the file: top up the pool, so the sync
    *  makes its refcounts durable too. */
   beforeSync(): void {
-    if (!this.batch) return;
+    if (!this.batch || this.allocatedSinceSync === 0) return; // an idle guest's flush changes nothing
     const min = Math.ceil(POOL_MIN_BYTES / this.cs);
     const target = Math.min(Math.max(this.allocatedSinceSync, min), Math.ceil(POOL_MAX_BYTES / this.cs));
     if (this.poolEnd - this.poolNext < target / 2) this.refillPool(target);
