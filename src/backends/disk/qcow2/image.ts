@@ -309,7 +309,7 @@ export class Qcow2Image implements DiskImage {
 
   /** Drops this image's references to whatever host clusters old L2 entries
    *  named, once the entries are gone (refcount.ts orders it on disk). */
-  private releaseOld(...olds: ClusterKind[]): void {
+  private releaseOld(olds: ClusterKind[]): void {
     const rc = this.rc();
     const unbatched = this.cache !== "writeback" && olds.some((k) => k.kind !== "unallocated" && !(k.kind === "zero" && k.offset === 0));
     if (unbatched) this.barrier();
@@ -409,7 +409,7 @@ export class Qcow2Image implements DiskImage {
       putEntry(l2.view, 8 * e, host + j * cs, L2_COPIED_HI, 0);
     }
     this.writeL2(l2, idx, idx + count - 1);
-    this.releaseOld(...old);
+    this.releaseOld(old);
   }
 
   flush(): void {
@@ -524,7 +524,7 @@ export class Qcow2Image implements DiskImage {
     }
     if (first >= 0) {
       this.writeL2(l2, first, last);
-      this.releaseOld(...old);
+      this.releaseOld(old);
     }
     if (inPlace.length > 0) {
       const zeros = new Uint8Array(cs);

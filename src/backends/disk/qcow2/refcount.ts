@@ -5,8 +5,8 @@
 //   refcount_table_index   = cluster / refcount_block_entries
 //   refcount_block_index   = cluster % refcount_block_entries
 //
-// Every change goes to the file at once, in an order that keeps the image
-// consistent at every moment (a SIGKILL between any two writes leaves at most
+// Changes go to the file as they are made (only decrements may wait, see
+// below), in an order that keeps the image consistent at every moment (a SIGKILL between any two writes leaves at most
 // leaked clusters, never a reference to a cluster whose refcount is too low):
 //   - a new refcount block is written before the table entry that points to it;
 //   - a grown refcount table (and the blocks that describe it) is written
