@@ -1,7 +1,9 @@
 // Helpers for the network backend tests: a sink that collects what a backend
-// receives and lets a test await the next frame, a condition poller, and
-// recognisable test frames.
+// receives and lets a test await the next frame, a condition poller,
+// recognisable test frames and free UDP ports.
 
+import { createSocket } from "node:dgram";
+import type { AddressInfo } from "node:net";
 import type { NetBackend } from "./net-backend.js";
 
 export class FrameSink {
@@ -57,3 +59,12 @@ export function frameTag(f: Uint8Array): number {
 
 export const sameBytes = (a: Uint8Array, b: Uint8Array): boolean =>
   a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** `n` UDP ports on 127.0.0.1 that were free a moment ago (bound, read, released). */
+export async function freeUdpPorts(n: number): Promise<number[]> {
+  const sockets = Array.from({ length: n }, () => createSocket("udp4"));
+  await Promise.all(sockets.map((s) => new Promise((r) => s.bind(0, "127.0.0.1", () => r(undefined)))));
+  const ports = sockets.map((s) => (s.address() as AddressInfo).port);
+  await Promise.all(sockets.map((s) => new Promise((r) => s.close(() => r(undefined)))));
+  return ports;
+}

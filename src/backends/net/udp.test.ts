@@ -4,26 +4,16 @@
 import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { createSocket } from "node:dgram";
-import type { AddressInfo } from "node:net";
 import { openNetBackend, parseNetSpec, type NetBackend } from "./net-backend.js";
-import { FrameSink, frameTag, sameBytes, testFrame } from "./testing.js";
+import { FrameSink, frameTag, freeUdpPorts, sameBytes, testFrame } from "./testing.js";
 
 const opened: NetBackend[] = [];
 afterEach(() => {
   for (const b of opened.splice(0)) b.close();
 });
 
-/** Two free UDP ports on 127.0.0.1 (bound, read, released). */
-async function freePorts(): Promise<[number, number]> {
-  const sockets = [createSocket("udp4"), createSocket("udp4")];
-  await Promise.all(sockets.map((s) => new Promise((r) => s.bind(0, "127.0.0.1", () => r(undefined)))));
-  const ports = sockets.map((s) => (s.address() as AddressInfo).port);
-  await Promise.all(sockets.map((s) => new Promise((r) => s.close(() => r(undefined)))));
-  return [ports[0], ports[1]];
-}
-
 async function pair(): Promise<[NetBackend, NetBackend, number, number]> {
-  const [pa, pb] = await freePorts();
+  const [pa, pb] = await freeUdpPorts(2);
   const a = await openNetBackend(parseNetSpec(`socket=udp:127.0.0.1:${pa},peer=127.0.0.1:${pb}`));
   opened.push(a);
   const b = await openNetBackend(parseNetSpec(`socket=udp:localhost:${pb},peer=127.0.0.1:${pa},mac=52:54:00:00:00:02`));
