@@ -36,8 +36,9 @@ class TapBackend extends StreamBackend {
     super(description, warn);
     this.attach(relay.stdout, relay.stdin);
     relay.on("close", (code, signal) => {
-      if (!this.closed) this.warn(`${relayEnding(stderr(), code, signal)}; the tap is gone, frames are dropped from now on`);
+      if (!this.closed) this.warn(`${relayEnding(stderr(), code, signal)}; the tap is unplugged, frames are dropped from now on`);
     });
+    relay.on("error", () => {}); // reported by "close" above
   }
 
   protected override shutdown(): void {

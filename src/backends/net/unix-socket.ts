@@ -129,7 +129,7 @@ class UnixConnectBackend extends StreamBackend {
           if (strict && first) throw new NetBackendError(`${this.description}: cannot connect: ${reason}`);
           this.warn(`cannot connect: ${reason}; frames are dropped from now on`);
         } else if (Date.now() >= deadline) {
-          this.warn(`nobody listens after ${Math.round(this.opts.connectRetryMs / 1000)} s (${e.code}); giving up, frames are dropped from now on`);
+          this.warn(`nobody listens after ${this.opts.connectRetryMs / 1000} s (${e.code}); giving up, frames are dropped from now on`);
         } else {
           this.retryTimer = setTimeout(() => void attempt(false), delay);
           delay = Math.min(delay * 2, MAX_RETRY_MS);
