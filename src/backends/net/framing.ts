@@ -111,17 +111,13 @@ export class FramedConnection {
       this.reader.push(chunk);
       this.drain();
     });
-    // The end of either direction, an I/O error (the peer vanished) or a
-    // write to a closed peer all mean the same thing: the connection is gone.
+    // The end of the stream, an I/O error (the peer vanished) or a write to a
+    // closed peer all mean the same thing: the connection is gone.
     readable.on("end", () => this.finish(undefined));
     readable.on("close", () => this.finish(undefined));
     readable.on("error", () => this.finish(undefined));
     writable.on("error", () => this.finish(undefined));
     readable.resume();
-  }
-
-  get open(): boolean {
-    return !this.done;
   }
 
   /** Queues one frame; false (nothing queued) when closed or when the queue is over its bound. */
