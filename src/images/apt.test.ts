@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { dependsNames, packageRecord, parseControl } from "./apt.js";
+import { dependsNames, isTransientAptFailure, packageRecord, parseControl } from "./apt.js";
 import { ImageError } from "./errors.js";
 
 // As `apt-cache show --no-all-versions linux-image-riscv64` prints it (trixie, 2025).
@@ -38,4 +38,15 @@ test("a record without what we check is refused with one line", () => {
   bad("", /apt-cache show p: the record has no Package, Version, Size, SHA256/);
   bad(META.replace(/^SHA256: .*$/m, "SHA256: xyz"), /bad SHA256 xyz/);
   bad(META.replace(/^Size: .*$/m, "Size: -1"), /bad Size -1/);
+});
+
+test("a mirror in the middle of a sync is worth waiting for; an unreachable one is not", () => {
+  // Messages as apt 2.6 prints them.
+  const syncing = "E: Failed to fetch http://deb.debian.org/debian/dists/trixie/main/binary-riscv64/Packages.xz  File has unexpected size (9385284 != 9387120). Mirror sync in progress? [IP: 203.0.113.80 80]";
+  assert.equal(isTransientAptFailure(syncing), true);
+  assert.equal(isTransientAptFailure("E: Failed to fetch http://x/Packages.xz  Hash Sum mismatch"), true);
+  assert.equal(isTransientAptFailure("E: Failed to fetch http://x/InRelease  503  Service Unavailable [IP: 1.2.3.4 80]"), true);
+  assert.equal(isTransientAptFailure("E: Failed to fetch http://127.0.0.1:9/debian/dists/trixie/InRelease  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)"), false);
+  assert.equal(isTransientAptFailure("E: Unable to locate package linux-image-riscv64"), false);
+  assert.equal(isTransientAptFailure("E: Failed to fetch http://x/InRelease  404  Not Found"), false);
 });

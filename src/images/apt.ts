@@ -14,7 +14,7 @@ import { createReadStream, existsSync } from "node:fs";
 import { mkdir, readdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ImageError } from "./errors.js";
-import { firstErrorLine, runOrFail, runTool } from "./host-tools.js";
+import { firstErrorLine, runTool, type RunResult } from "./host-tools.js";
 
 export const DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -40,7 +40,15 @@ export class PrivateApt {
    * @param dir private state directory (created)
    * @param showProgress let apt's progress output through to our stderr
    */
-  constructor(readonly dir: string, readonly source: AptSource, readonly showProgress: boolean) {}
+  constructor(
+    readonly dir: string,
+    readonly source: AptSource,
+    readonly showProgress: boolean,
+    /** Told about each retry of a transiently failing command. */
+    private readonly onRetry: (line: string) => void = () => {},
+    /** Pauses before each retry; a mirror sync usually settles within minutes. */
+    private readonly retryDelaysMs: readonly number[] = [15_000, 45_000, 90_000],
+  ) {}
 
   /** Writes sources.list and an empty dpkg status, then fetches the package lists. */
   async update(): Promise<void> {
@@ -51,7 +59,7 @@ export class PrivateApt {
     await writeFile(join(this.dir, "etc/sources.list"), `deb [signed-by=${DEBIAN_KEYRING}] ${mirror} ${suite} ${component}\n`);
     await writeFile(join(this.dir, "status"), "");
     // Error-Mode=any: a list that cannot be fetched is an error, not a warning (apt >= 2.1).
-    const r = await runTool("apt-get", [...this.options(), "-o", "APT::Update::Error-Mode=any", "update"], this.runOptions());
+    const r = await this.retryTransient("apt-get update", () => runTool("apt-get", [...this.options(), "-o", "APT::Update::Error-Mode=any", "update"], this.runOptions()));
     const lists = (await readdir(join(this.dir, "lists"))).filter((f) => f.endsWith("_Packages") || f.includes("_Packages."));
     if (r.status !== 0 || lists.length === 0) {
       throw new ImageError(`apt-get update failed: ${firstErrorLine(r.stderr) ?? `no package list from ${mirror} ${suite}`}`);
@@ -68,7 +76,9 @@ export class PrivateApt {
   /** Downloads a package's .deb into `destDir` (empty) and checks it; returns its path. */
   async download(pkg: PackageRecord, destDir: string): Promise<string> {
     await mkdir(destDir, { recursive: true });
-    await runOrFail(`apt-get download ${pkg.name}`, "apt-get", [...this.options(), "download", `${pkg.name}=${pkg.version}`], { ...this.runOptions(), cwd: destDir });
+    const r = await this.retryTransient(`apt-get download ${pkg.name}`, () =>
+      runTool("apt-get", [...this.options(), "download", `${pkg.name}=${pkg.version}`], { ...this.runOptions(), cwd: destDir }));
+    if (r.status !== 0) throw new ImageError(`apt-get download ${pkg.name} failed: ${firstErrorLine(r.stderr) ?? `apt-get exited with status ${r.status}`}`);
     const debs = (await readdir(destDir)).filter((f) => f.endsWith(".deb"));
     if (debs.length !== 1) throw new ImageError(`apt-get download ${pkg.name} left ${debs.length} .deb files in ${destDir}`);
     const path = join(destDir, debs[0]);
@@ -77,6 +87,23 @@ export class PrivateApt {
     const sha256 = await sha256File(path);
     if (sha256 !== pkg.sha256) throw new ImageError(`${debs[0]}: SHA256 ${sha256}, the signed index says ${pkg.sha256}`);
     return path;
+  }
+
+  /**
+   * Runs an apt command again, after a pause, while it fails the way a
+   * mirror does in the middle of a sync (an index whose size or hash does
+   * not match the signed Release yet) or an overloaded one does (5xx,
+   * timeouts). Other failures (no route, refused, no such package) return
+   * at once: waiting would not change them.
+   */
+  private async retryTransient(what: string, run: () => Promise<RunResult>): Promise<RunResult> {
+    for (let attempt = 0; ; attempt++) {
+      const r = await run();
+      const delay = this.retryDelaysMs[attempt];
+      if (r.status === 0 || delay === undefined || !isTransientAptFailure(r.stderr)) return r;
+      this.onRetry(`${what}: ${firstErrorLine(r.stderr) ?? "failed"}; trying again in ${Math.round(delay / 1000)} s`);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
   }
 
   private options(): string[] {
@@ -103,6 +130,11 @@ export class PrivateApt {
     // LC_ALL=C: apt's messages (first error line) in one language.
     return { env: { ...process.env, LC_ALL: "C" }, stdout: progress ? ("stderr" as const) : ("capture" as const) };
   }
+}
+
+/** apt's messages for a mirror that is syncing or overloaded (apt/apt-pkg/acquire-item.cc wording). */
+export function isTransientAptFailure(stderr: string): boolean {
+  return /Mirror sync in progress|Hash Sum mismatch|File has unexpected size|\b50[234]\b|Temporary failure resolving|Connection timed out|Could not connect .*timed out/i.test(stderr);
 }
 
 /** The record apt-cache show printed for `name`, checked. */

@@ -88,7 +88,7 @@ function result(dir: string, manifest: ImageManifest, fromCache: boolean): Pulle
 
 /** Downloads, unpacks and writes Image, initramfs.cpio and manifest.json into `out`. */
 async function buildImage(work: string, out: string, source: AptSource, recipe: string, progress: (l: string) => void, aptOutput: boolean): Promise<ImageManifest> {
-  const apt = new PrivateApt(join(work, "apt"), source, aptOutput);
+  const apt = new PrivateApt(join(work, "apt"), source, aptOutput, progress);
   progress(`updating package lists from ${source.mirror} (${source.suite} ${source.component} ${source.arch})`);
   await apt.update();
 
