@@ -46,8 +46,8 @@ export class PrivateApt {
     readonly showProgress: boolean,
     /** Told about each retry of a transiently failing command. */
     private readonly onRetry: (line: string) => void = () => {},
-    /** Pauses before each retry; a mirror sync usually settles within minutes. */
-    private readonly retryDelaysMs: readonly number[] = [15_000, 45_000, 90_000],
+    /** Pauses before each retry: enough for a CDN node that caught a sync halfway. */
+    private readonly retryDelaysMs: readonly number[] = [10_000, 20_000],
   ) {}
 
   /** Writes sources.list and an empty dpkg status, then fetches the package lists. */

@@ -15,6 +15,7 @@ import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { PrivateApt, type AptSource, type PackageRecord } from "./apt.js";
 import { ImageError } from "./errors.js";
+import { PINNED_BUSYBOX, PINNED_KERNEL, PINNED_SUITE, downloadPinned, isIndexMismatch, type PinnedPackage } from "./debian-pinned.js";
 import { runOrFail } from "./host-tools.js";
 import { INITRAMFS_MODULES, buildInitramfs, initramfsRecipe } from "./initramfs.js";
 import {
@@ -90,16 +91,30 @@ function result(dir: string, manifest: ImageManifest, fromCache: boolean): Pulle
 async function buildImage(work: string, out: string, source: AptSource, recipe: string, progress: (l: string) => void, aptOutput: boolean): Promise<ImageManifest> {
   const apt = new PrivateApt(join(work, "apt"), source, aptOutput, progress);
   progress(`updating package lists from ${source.mirror} (${source.suite} ${source.component} ${source.arch})`);
-  await apt.update();
+  let kernelPkg: PackageRecord;
+  let busyboxPkg: PackageRecord;
+  let download: (pkg: PackageRecord, dir: string) => Promise<string>;
+  try {
+    await apt.update();
+    const meta = await apt.show(KERNEL_METAPACKAGE);
+    const kernelName = meta.depends.find((d) => d.startsWith("linux-image-"));
+    if (!kernelName) throw new ImageError(`${KERNEL_METAPACKAGE} ${meta.version} depends on no linux-image-* package (Depends: ${meta.depends.join(", ")})`);
+    kernelPkg = await apt.show(kernelName);
+    busyboxPkg = await apt.show(BUSYBOX_PACKAGE);
+    download = (pkg, dir) => apt.download(pkg, dir);
+  } catch (e) {
+    // A mirror whose lists do not match its signed Release: the pinned
+    // packages (debian-pinned.ts says why they can be trusted).
+    if (!(e instanceof ImageError) || !isIndexMismatch(e.message) || source.suite !== PINNED_SUITE) throw e;
+    progress(`${e.message}`);
+    progress(`the mirror's package lists do not match its signed Release; using the packages this tsvisor was tested with (pinned by SHA256)`);
+    kernelPkg = PINNED_KERNEL;
+    busyboxPkg = PINNED_BUSYBOX;
+    download = (pkg, dir) => downloadPinned(source.mirror, pkg as PinnedPackage, dir, progress);
+  }
 
-  const meta = await apt.show(KERNEL_METAPACKAGE);
-  const kernelName = meta.depends.find((d) => d.startsWith("linux-image-"));
-  if (!kernelName) throw new ImageError(`${KERNEL_METAPACKAGE} ${meta.version} depends on no linux-image-* package (Depends: ${meta.depends.join(", ")})`);
-  const kernelPkg = await apt.show(kernelName);
-  const busyboxPkg = await apt.show(BUSYBOX_PACKAGE);
-
-  const kernelRoot = await fetchAndUnpack(apt, kernelPkg, join(work, "kernel"), progress);
-  const busyboxRoot = await fetchAndUnpack(apt, busyboxPkg, join(work, "busybox"), progress);
+  const kernelRoot = await fetchAndUnpack(download, kernelPkg, join(work, "kernel"), progress);
+  const busyboxRoot = await fetchAndUnpack(download, busyboxPkg, join(work, "busybox"), progress);
 
   const kernelVersion = await onlyKernelVersion(join(kernelRoot, "usr/lib/modules"), kernelPkg);
   const kernel = await readKernelImage(kernelRoot, kernelVersion, kernelPkg);
@@ -127,9 +142,11 @@ async function buildImage(work: string, out: string, source: AptSource, recipe: 
   return manifest;
 }
 
-async function fetchAndUnpack(apt: PrivateApt, pkg: PackageRecord, dir: string, progress: (l: string) => void): Promise<string> {
+async function fetchAndUnpack(
+  download: (pkg: PackageRecord, dir: string) => Promise<string>, pkg: PackageRecord, dir: string, progress: (l: string) => void,
+): Promise<string> {
   progress(`downloading ${pkg.name} ${pkg.version} (${formatSize(pkg.size)})`);
-  const deb = await apt.download(pkg, join(dir, "deb"));
+  const deb = await download(pkg, join(dir, "deb"));
   progress(`unpacking ${pkg.name}`);
   const root = join(dir, "root");
   await runOrFail(`dpkg-deb -x ${deb}`, "dpkg-deb", ["-x", deb, root]);

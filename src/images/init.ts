@@ -18,6 +18,10 @@
 //   reboot in it work as on any busybox system.
 // - `tsvisor.marker=TEXT` on the kernel command line makes init print TEXT
 //   once it runs (the boot benchmark's "reached userspace" point).
+// - `tsvisor.console=hvc0` (`tsvisor run --console hvc0`) moves the command
+//   or the shell to the virtio console once its driver is up. The kernel
+//   keeps ttyS0 as its console: hvc0 appears only after virtio_mmio is
+//   loaded, too late for the kernel's own messages and for /dev/console.
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
@@ -38,9 +42,11 @@ mount -t tmpfs tmpfs /run
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 hostname tsvisor
 
+tty=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     tsvisor.marker=*) echo "\${word#tsvisor.marker=}" ;;
+    tsvisor.console=*) tty="\${word#tsvisor.console=}" ;;
     TERM=*) export "$word" ;;
   esac
 done
@@ -51,6 +57,13 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
   for alias in /sys/bus/virtio/devices/*/modalias; do
     [ -e "$alias" ] && modprobe -q "$(cat "$alias")"
   done
+fi
+
+if [ -n "$tty" ]; then
+  # The driver registers the port while probing; give devtmpfs a moment.
+  n=0
+  while [ ! -c "/dev/$tty" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+  if [ -c "/dev/$tty" ]; then exec </dev/$tty >/dev/$tty 2>&1; else echo "tsvisor init: no /dev/$tty; staying on the kernel console" >&2; tty=; fi
 fi
 
 finish() {
@@ -77,9 +90,13 @@ echo "tsvisor: busybox shell on $(uname -sr). Ctrl-A X leaves; poweroff ends the
 # with the console as its controlling terminal (job control, Ctrl-C), and
 # it is what busybox's poweroff and reboot talk to (by signal to PID 1).
 # Leaving the shell powers the VM off.
+# On hvc0 the shell opens its tty itself after setsid (a session leader's
+# first open of a tty makes it the controlling one); cttyhack would pick the
+# kernel's console, ttyS0.
 mkdir -p /etc
-cat > /etc/inittab <<'EOF'
-::once:/bin/sh -c 'setsid cttyhack sh -l; poweroff'
+if [ -n "$tty" ]; then shell="setsid sh -c 'exec sh -l <>/dev/$tty >&0 2>&1'"; else shell="setsid cttyhack sh -l"; fi
+cat > /etc/inittab <<EOF
+$tty::once:/bin/sh -c "$shell; poweroff"
 ::ctrlaltdel:/bin/reboot
 ::shutdown:/bin/sync
 EOF
