@@ -28,6 +28,10 @@ import { handleSbiCall, HartState, SbiStats, type SbiPlatform, type SbiCaller, t
 import { RealtimeClock, REALTIME_TICK_INSNS } from "./clock.js";
 import { MachineError } from "./bare-machine.js";
 import { PanicWatch } from "./panic-watch.js";
+import type { VirtioDevice } from "../devices/virtio/virtio.js";
+import { VirtioMmio, VIRTIO_MMIO_SIZE } from "../devices/virtio/mmio.js";
+import { VirtioRng } from "../devices/virtio/rng.js";
+import { VirtioConsole } from "../devices/virtio/console.js";
 
 export interface VirtMachineConfig {
   memBytes: number;
@@ -35,8 +39,18 @@ export interface VirtMachineConfig {
   kernel: KernelImage;
   initrd?: Uint8Array;
   cmdline: string;
-  /** Guest console output (UART and SBI debug console). */
+  /** Guest console output (UART, virtio console and SBI debug console). */
   consoleOut(bytes: Uint8Array): void;
+  /** virtio devices that use host resources (disks, network), in slot order
+   *  after which the machine adds its own (console, entropy). The caller owns
+   *  them: they outlive a reboot. */
+  virtio?: VirtioDevice[];
+  /** Where console input goes: the UART (ttyS0, the default) or a virtio console (hvc0). */
+  console?: "ttyS0" | "hvc0";
+  /** A device got host input while the VM may be idle: run it soon. */
+  wake?(): void;
+  /** A guest driver error worth a line on the host (a device needing a reset). */
+  warn?(message: string): void;
 }
 
 /** How the guest ended. */
@@ -51,7 +65,7 @@ export type RoundResult = { kind: "busy" } | { kind: "idle" } | { kind: "ended";
 
 // CSR numbers (privileged spec 2.2).
 const CSR_MEDELEG = 0x302, CSR_MIDELEG = 0x303, CSR_MCOUNTEREN = 0x306, CSR_MENVCFG = 0x30a;
-const CSR_STIMECMP = 0x14d, CSR_MIP = 0x344;
+const CSR_SCOUNTEREN = 0x106, CSR_STIMECMP = 0x14d, CSR_MIP = 0x344;
 /** Exceptions the guest kernel handles itself: everything but ECALL from S and M
  *  (hypercalls) and the reserved causes, since there is no M-mode firmware to
  *  take them (OpenSBI delegates a subset because it emulates the rest). */
@@ -82,6 +96,9 @@ export class VirtMachine {
   private readonly panicWatch = new PanicWatch();
   private readonly platform: SbiPlatform;
   private readonly consoleIn: number[] = [];
+  private readonly virtio: VirtioMmio[] = [];
+  private readonly hvc: VirtioConsole | undefined;
+  private pollRequested = false;
   private end: VmEnd | undefined;
 
   constructor(private readonly cfg: VirtMachineConfig) {
@@ -122,6 +139,23 @@ export class VirtMachine {
     bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
     bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
 
+    if (cfg.console === "hvc0") this.hvc = new VirtioConsole({ name: "console0", output: console });
+    const devices = [...(cfg.virtio ?? []), ...(this.hvc ? [this.hvc] : []), new VirtioRng("rng0")];
+    if (devices.length > L.VIRT_VIRTIO_SLOTS) throw new MachineError(`too many virtio devices: ${devices.length}, the virt machine has ${L.VIRT_VIRTIO_SLOTS} slots`);
+    devices.forEach((device, slot) => {
+      const transport = new VirtioMmio(device, {
+        mem: this.ram,
+        setIrq: (level) => this.plic.setLevel(L.VIRT_VIRTIO_IRQ_BASE + slot, level),
+        requestPoll: () => {
+          this.pollRequested = true;
+          cfg.wake?.();
+        },
+        warn: (m) => cfg.warn?.(m),
+      });
+      bus.register(L.virtioSlotBase(slot), VIRTIO_MMIO_SIZE, transport);
+      this.virtio.push(transport);
+    });
+
     this.platform = this.sbiPlatform(console);
     this.layout = this.loadGuest();
     const boot = this.harts[0];
@@ -133,7 +167,7 @@ export class VirtMachine {
     const { cfg } = this;
     const ramSize = BigInt(cfg.memBytes);
     const fdtFor = (initrd?: { start: bigint; end: bigint }) =>
-      virtFdt({ harts: cfg.harts, ramSize, bootargs: cfg.cmdline, initrd, virtioSlots: [] });
+      virtFdt({ harts: cfg.harts, ramSize, bootargs: cfg.cmdline, initrd, virtioSlots: this.virtio.map((_, slot) => slot) });
     // The blob's size does not depend on the initrd addresses (fixed-width cells).
     const sizing = fdtFor(cfg.initrd ? { start: 0n, end: 0n } : undefined);
     const layout = planBoot(L.VIRT_RAM_BASE, ramSize, cfg.kernel, cfg.initrd?.length, sizing.length);
@@ -155,6 +189,10 @@ export class VirtMachine {
     fn.csrWrite(h, CSR_MIDELEG, MIDELEG_S_INTERRUPTS);
     // The guest may read cycle, time and instret, and uses Sstc's stimecmp.
     fn.csrWrite(h, CSR_MCOUNTEREN, 7n);
+    // And so may user space, as firmware leaves it (OpenSBI's hart init sets
+    // scounteren to CY|TM|IR): the vDSO's clock_gettime reads time with
+    // rdtime, and Linux only narrows scounteren when it has an SBI PMU.
+    fn.csrWrite(h, CSR_SCOUNTEREN, 7n);
     fn.csrWrite(h, CSR_MENVCFG, MENVCFG_STCE);
     fn.setTime(h, this.clock.now());
     fn.setPriv(h, PRV_S);
@@ -179,11 +217,13 @@ export class VirtMachine {
 
   /** Host keyboard or pipe input for the guest console. */
   consoleInput(bytes: Uint8Array): void {
+    if (this.hvc) return this.hvc.input(bytes);
     for (const b of bytes) this.consoleIn.push(b);
   }
 
   /** Input bytes not yet taken by the guest (for host-side flow control). */
   get consoleBacklog(): number {
+    if (this.hvc) return this.hvc.inputBacklog;
     return this.consoleIn.length + this.uart.rxWaiting;
   }
 
@@ -193,6 +233,10 @@ export class VirtMachine {
     if (this.end) return { kind: "ended", end: this.end };
     this.feedUart();
     this.rtc.poll();
+    if (this.pollRequested) {
+      this.pollRequested = false;
+      for (const t of this.virtio) t.poll();
+    }
     const now = this.clock.now();
     let ran = false;
     for (const slot of this.harts) {
@@ -299,6 +343,24 @@ export class VirtMachine {
       // console is output-only here (a read returning 0 bytes is valid).
       consoleRead: () => new Uint8Array(0),
     };
+  }
+
+  /** Per-queue and per-device virtio counts for `--stats`. */
+  virtioStats(): string {
+    const lines = ["virtio queues:"];
+    const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
+    for (const t of this.virtio) {
+      t.queueStats.forEach((q, i) => {
+        if (q.notifications === 0 && q.requests === 0) return;
+        lines.push(`  ${`${t.name} q${i}`.padEnd(14)} ${q.notifications} notifies, ${q.requests} requests, ${q.interrupts} interrupts, ${mib(q.bytesRead)} from guest, ${mib(q.bytesWritten)} to guest` +
+          (q.badChains ? `, ${q.badChains} bad chains` : ""));
+      });
+      if (t.notifiesIgnored) lines.push(`  ${t.name.padEnd(14)} ${t.notifiesIgnored} notifies ignored (queue not ready)`);
+      if (t.needsResets) lines.push(`  ${t.name.padEnd(14)} ${t.needsResets} times DEVICE_NEEDS_RESET`);
+    }
+    const devices = this.virtio.flatMap((t) => t.device.statsLines?.() ?? []);
+    if (devices.length) lines.push("virtio devices:", ...devices.map((l) => `  ${l}`));
+    return lines.join("\n");
   }
 
   /** Exit counts of all harts, SBI calls by extension. */
