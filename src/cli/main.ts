@@ -43,7 +43,16 @@ options for run:
   --mem SIZE              guest RAM, e.g. 256M, 1G (default 512M; 256M with --bare)
   --max-insns N           bare-metal only: stop after N guest instructions (status 124)
   --timeout SECONDS       stop after this much wall-clock time (exit status 124)
-  --stats                 print VM-exit counts and instructions executed at exit
+  --disk PATH[,OPTS]      a virtio disk (vda, vdb, ... in order; repeatable); OPTS:
+                          format=raw|qcow2 (default: probed), readonly,
+                          cache=writeback|writethrough|unsafe (default writeback)
+  --net SPEC[,mac=MAC]    a virtio network card (eth0, eth1, ...; repeatable); SPEC:
+                          tap=NAME, socket=listen:PATH, socket=connect:PATH,
+                          socket=udp:HOST:PORT,peer=HOST:PORT
+  --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
+                          or virtio-console, which moves output in batches
+  --stats                 print VM-exit counts, instructions executed and
+                          virtio queue counts at exit
 
   -h, --help              this text
   -V, --version           the version
@@ -75,6 +84,9 @@ function parseRunArgs(argv: string[]) {
         "max-insns": { type: "string" },
         timeout: { type: "string" },
         stats: { type: "boolean" },
+        disk: { type: "string", multiple: true },
+        net: { type: "string", multiple: true },
+        console: { type: "string" },
       },
     });
     return { ...parsed, command };
@@ -89,6 +101,11 @@ function parseCpus(text: string): number {
     throw new UsageError(`--cpus: expected 1..${VIRT_MAX_HARTS}, got '${text}'`);
   }
   return Number(text);
+}
+
+function parseConsole(text: string): "ttyS0" | "hvc0" {
+  if (text !== "ttyS0" && text !== "hvc0") throw new UsageError(`--console: expected ttyS0 or hvc0, got '${text}'`);
+  return text;
 }
 
 async function runCommand(argv: string[]): Promise<number> {
@@ -107,9 +124,12 @@ async function runCommand(argv: string[]): Promise<number> {
       stats: v.stats ?? false,
       timeoutMs,
       command,
+      disks: v.disk ?? [],
+      nets: v.net ?? [],
+      console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus"] as const) {
+  for (const flag of ["kernel", "initrd", "append", "cpus", "disk", "net", "console"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

@@ -14,6 +14,7 @@ import { runMachine, type RunControl } from "../vmm/vm-runner.js";
 import { pullDebianImage } from "../images/debian.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
+import { VmDevices, checkDeviceSpecs, isDeviceError } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
   kernel?: string;
@@ -25,6 +26,12 @@ export interface LinuxRunOptions {
   timeoutMs?: number;
   /** Run this in the guest and exit with its status; undefined: interactive shell. */
   command?: string[];
+  /** `--disk` specs, vda, vdb, ... in order. */
+  disks?: string[];
+  /** `--net` specs, eth0, eth1, ... in order. */
+  nets?: string[];
+  /** The console init uses: the UART (default) or a virtio console. */
+  console?: "ttyS0" | "hvc0";
 }
 
 /** Default kernel command line: the UART console, quiet boot, and restart on
@@ -78,6 +85,7 @@ function withCommand(initrd: Uint8Array, argv: string[], stdin: Uint8Array | und
 }
 
 export async function runLinux(opts: LinuxRunOptions): Promise<number> {
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
   const image = await resolveImage(opts);
   let kernel;
   try {
@@ -91,8 +99,31 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
   const stdinAsFile = !interactive && !process.stdin.isTTY;
   if (opts.command) initrd = withCommand(initrd, opts.command, stdinAsFile ? await readAllStdin(opts.memBytes / 4) : undefined);
-  const cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
+  let cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
+  // The kernel keeps printing on ttyS0 (hvc0 exists only once the virtio
+  // modules are loaded); init moves the shell or command to hvc0 (images/init.ts).
+  if (opts.console === "hvc0") cmdline += " tsvisor.console=hvc0";
 
+  let devices: VmDevices;
+  try {
+    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => process.stderr.write(`tsvisor: ${line}\n`));
+  } catch (e) {
+    if (isDeviceError(e)) throw new LinuxRunError(e.message);
+    throw e;
+  }
+  try {
+    return await runVm(opts, kernel, initrd, cmdline, devices, interactive, stdinAsFile);
+  } finally {
+    // Disks are flushed here, on every way out (a qcow2 image writes back
+    // its refcounts), so an ended run leaves a clean image.
+    devices.close();
+  }
+}
+
+async function runVm(
+  opts: LinuxRunOptions, kernel: ReturnType<typeof parseKernelImage>, initrd: Uint8Array, cmdline: string,
+  devices: VmDevices, interactive: boolean, stdinAsFile: boolean,
+): Promise<number> {
   let control: RunControl | undefined;
   const host = new HostConsole({ interactive, forwardStdin: !stdinAsFile }, {
     quit: () => control?.stop("quit"),
@@ -106,7 +137,14 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
     for (;;) {
       let vm: VirtMachine;
       try {
-        vm = new VirtMachine({ memBytes: opts.memBytes, harts: opts.cpus, kernel, initrd, cmdline, consoleOut: (b) => host.output(b) });
+        vm = new VirtMachine({
+          memBytes: opts.memBytes, harts: opts.cpus, kernel, initrd, cmdline,
+          consoleOut: (b) => host.output(b),
+          virtio: devices.devices,
+          console: opts.console,
+          wake: () => control?.wake(),
+          warn: (m) => process.stderr.write(`${interactive ? "\r\n" : ""}tsvisor: ${m}${interactive ? "\r\n" : "\n"}`),
+        });
       } catch (e) {
         if (e instanceof BootLayoutError) throw new LinuxRunError(e.message);
         throw e;
@@ -114,7 +152,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
       host.attach(vm);
       const outcome = await runMachine(vm, (c) => (control = c));
       host.flush();
-      if (opts.stats) process.stderr.write(vm.stats().format() + "\n");
+      if (opts.stats) process.stderr.write(`${vm.stats().format()}\n${vm.virtioStats()}\n`);
       if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
       const status = guestEnd(outcome.end, interactive);
       if (status !== undefined) return status;

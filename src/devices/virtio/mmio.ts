@@ -88,6 +88,8 @@ export class VirtioMmio implements MmioDevice {
     this.name = device.name;
     this.regs = device.queueMaxSizes.map(() => emptyQueueRegs());
     this.queueStats = device.queueMaxSizes.map(() => new QueueStats());
+    // A device outlives a guest reboot (its disk stays open): start it clean.
+    device.reset();
   }
 
   /** Everything the device offers: its own bits and the transport's. */

@@ -1,0 +1,102 @@
+// The virtio devices a `tsvisor run` asks for: `--disk` and `--net` specs
+// parsed, their host resources opened (image files, sockets, tap), and the
+// device models built on them. They are opened once and outlive guest reboots;
+// close() releases them when tsvisor ends.
+
+import { createHash } from "node:crypto";
+import { openDisk, DiskImageError, type CacheMode, type DiskImage } from "../backends/disk/disk.js";
+import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec } from "../backends/net/net-backend.js";
+import { VirtioBlk } from "../devices/virtio/blk.js";
+import { VirtioNet } from "../devices/virtio/net.js";
+import type { VirtioDevice } from "../devices/virtio/virtio.js";
+import { UsageError } from "./size.js";
+
+export interface DiskSpec {
+  path: string;
+  format?: "raw" | "qcow2";
+  readOnly: boolean;
+  cache?: CacheMode;
+}
+
+const CACHE_MODES: readonly CacheMode[] = ["writeback", "writethrough", "unsafe"];
+
+/** `PATH[,format=raw|qcow2][,readonly][,cache=writeback|writethrough|unsafe]`, as QEMU's -drive spells them. */
+export function parseDiskSpec(spec: string): DiskSpec {
+  const [path, ...opts] = spec.split(",");
+  if (!path) throw new UsageError(`--disk: expected PATH[,format=raw|qcow2][,readonly][,cache=MODE], got '${spec}'`);
+  const out: DiskSpec = { path, readOnly: false };
+  for (const opt of opts) {
+    const [key, value] = opt.split("=", 2);
+    if (key === "readonly" && (value === undefined || value === "on")) out.readOnly = true;
+    else if (key === "format" && (value === "raw" || value === "qcow2")) out.format = value;
+    else if (key === "cache" && CACHE_MODES.includes(value as CacheMode)) out.cache = value as CacheMode;
+    else if (key === "format" || key === "cache") throw new UsageError(`--disk: ${key}=${value ?? ""} is not one of ${key === "format" ? "raw, qcow2" : CACHE_MODES.join(", ")}`);
+    else throw new UsageError(`--disk: unknown option '${opt}' (format=, readonly, cache=)`);
+  }
+  return out;
+}
+
+/** A stable, locally administered MAC per network spec (QEMU's 52:54:00 prefix), so a VM keeps its address across runs. */
+export function defaultMac(spec: string, index: number): Uint8Array {
+  const h = createHash("sha256").update(`${index}:${spec}`).digest();
+  return Uint8Array.of(0x52, 0x54, 0x00, h[0], h[1], h[2]);
+}
+
+/** parseNetSpec with its errors (which already start with "--net:") as usage errors. */
+function parseNetOption(spec: string): NetSpec {
+  try {
+    return parseNetSpec(spec);
+  } catch (e) {
+    if (e instanceof NetBackendError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** Checks the spelling of every --disk and --net before anything slow (an image pull) runs. */
+export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[]): void {
+  diskSpecs.forEach(parseDiskSpec);
+  netSpecs.forEach(parseNetOption);
+}
+
+export class VmDevices {
+  private constructor(
+    readonly devices: VirtioDevice[],
+    private readonly disks: DiskImage[],
+    private readonly nets: NetBackend[],
+  ) {}
+
+  /** Open every disk and network backend; on any failure, close what was opened and throw one line. */
+  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void): Promise<VmDevices> {
+    const disks: DiskImage[] = [];
+    const nets: NetBackend[] = [];
+    const devices: VirtioDevice[] = [];
+    try {
+      const parsedDisks = diskSpecs.map(parseDiskSpec);
+      const parsedNets = netSpecs.map(parseNetOption);
+      parsedDisks.forEach((d, i) => {
+        const disk = openDisk(d.path, { format: d.format, readOnly: d.readOnly, cache: d.cache });
+        disks.push(disk);
+        devices.push(new VirtioBlk(disk, { name: `blk${i}`, serial: `tsvisor-disk${i}` }));
+      });
+      for (const [i, spec] of parsedNets.entries()) {
+        const backend = await openNetBackend(spec, { warn });
+        nets.push(backend);
+        devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac ?? defaultMac(netSpecs[i], i) }));
+      }
+      return new VmDevices(devices, disks, nets);
+    } catch (e) {
+      for (const d of disks) d.close();
+      for (const n of nets) n.close();
+      throw e;
+    }
+  }
+
+  /** Flushes and closes the disks (a qcow2 image writes its refcounts back), closes the sockets and taps. */
+  close(): void {
+    for (const d of this.devices) d.close?.();
+  }
+}
+
+export function isDeviceError(e: unknown): e is Error {
+  return e instanceof DiskImageError || e instanceof NetBackendError;
+}
