@@ -4,54 +4,15 @@
 // asks its guest several questions at once.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { HART_ISA_EXTENSIONS } from "../arch/riscv/isa.js";
+import { spawnSync } from "node:child_process";
+import { tsvisor, oneErrorLine, pullImage, bin, type Run } from "./test-tsvisor.js";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const bin = join(root, "bin", "tsvisor.js");
-const BOOT_TIMEOUT_MS = 300_000;
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** tsvisor with `stdin` piped in (or none), collecting everything it prints. */
-function tsvisor(args: string[], stdin: string | Buffer = ""): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), BOOT_TIMEOUT_MS);
-    child.on("error", reject);
-    child.on("close", (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-    child.stdin.end(stdin);
-  });
-}
-
-function oneErrorLine(r: Run, pattern: RegExp): void {
-  const lines = r.stderr.split("\n").filter((l) => l !== "");
-  assert.equal(lines.length, 1, `one line on stderr, got: ${r.stderr}`);
-  assert.match(lines[0], /^tsvisor: /);
-  assert.match(lines[0], pattern);
-}
-
-before(() => {
-  // Pull (or verify the cache) once, so the boots below measure only booting.
-  const r = spawnSync(process.execPath, [bin, "image", "pull"], { encoding: "utf8", timeout: 900_000 });
-  assert.equal(r.status, 0, `image pull failed: ${r.stderr}`);
-});
+before(pullImage);
 
 test("a command runs in the stock Debian guest: uname, /proc/cpuinfo, arithmetic, ls /, piped stdin", async () => {
   const script = [

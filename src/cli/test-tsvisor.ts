@@ -1,0 +1,48 @@
+// Running the tsvisor command from tests, as a user runs it: a child process
+// with piped stdio, everything it prints collected.
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+export const bin = join(root, "bin", "tsvisor.js");
+export const BOOT_TIMEOUT_MS = 300_000;
+
+export interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** tsvisor with `stdin` piped in (or none), collecting everything it prints. */
+export function tsvisor(args: string[], stdin: string | Buffer = ""): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), BOOT_TIMEOUT_MS);
+    child.on("error", reject);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+    child.stdin.end(stdin);
+  });
+}
+
+/** The run failed with exactly one line on stderr, "tsvisor: ..." matching `pattern`. */
+export function oneErrorLine(r: Run, pattern: RegExp): void {
+  const lines = r.stderr.split("\n").filter((l) => l !== "");
+  assert.equal(lines.length, 1, `one line on stderr, got: ${r.stderr}`);
+  assert.match(lines[0], /^tsvisor: /);
+  assert.match(lines[0], pattern);
+}
+
+/** Pulls the guest image (or verifies the cache), so later boots measure only booting. */
+export function pullImage(): void {
+  const r = spawnSync(process.execPath, [bin, "image", "pull"], { encoding: "utf8", timeout: 900_000 });
+  assert.equal(r.status, 0, `image pull failed: ${r.stderr}`);
+}
