@@ -3,7 +3,7 @@
 // seconds (and ext4's module several more), so each guest does a lot.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
@@ -189,6 +189,41 @@ test("bad --disk, --net and --console values and broken images give one line and
     const broken = run("--disk", junk);
     assert.equal(broken.status, 1);
     oneErrorLine(broken, /junk\.qcow2: .*qcow2/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a disk stays attached across a guest reboot: data written before `reboot` reads back after it", { timeout: 600_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-reboot-"));
+  try {
+    const disk = join(dir, "disk.qcow2");
+    ok(spawnSync(process.execPath, [bin, "disk", "create", "--size", "16M", disk], { encoding: "utf8" }) as Run, "disk create");
+    // The interactive shell, typed into through a pipe: each boot's commands
+    // are sent once that boot's shell has printed its banner.
+    const child = spawn(process.execPath, [bin, "run", "--disk", disk, "--timeout", "400"], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    let banners = 0;
+    const sessions = [
+      // Straight onto the block device: no filesystem module to load.
+      "seq 1 5000 > /tmp/d; dd if=/tmp/d of=/dev/vda bs=4k conv=fsync 2>/dev/null; echo before=$(md5sum < /tmp/d | cut -c1-32); reboot\n",
+      "echo after=$(dd if=/dev/vda bs=4k count=$(( $(seq 1 5000 | wc -c) / 4096 + 1 )) 2>/dev/null | head -c $(seq 1 5000 | wc -c) | md5sum | cut -c1-32); poweroff\n",
+    ];
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+      const seen = out.split("tsvisor: busybox shell on").length - 1;
+      while (banners < seen) child.stdin.write(sessions[banners++] ?? "");
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const status = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    const before = /^before=([0-9a-f]{32})/m.exec(out)?.[1];
+    const after = /^after=([0-9a-f]{32})/m.exec(out)?.[1];
+    assert.equal(status, 0, `status ${status}\n${out}\n${stderr}`);
+    assert.match(stderr, /guest rebooted/);
+    assert.ok(before, out);
+    assert.equal(after, before, "what was written before the reboot");
+    checkImage(disk);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
