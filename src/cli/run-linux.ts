@@ -142,6 +142,7 @@ async function runVm(
           consoleOut: (b) => host.output(b),
           virtio: devices.devices,
           console: opts.console,
+          consoleSize: terminalSize(),
           wake: () => control?.wake(),
           warn: (m) => process.stderr.write(`${interactive ? "\r\n" : ""}tsvisor: ${m}${interactive ? "\r\n" : "\n"}`),
         });
@@ -150,7 +151,12 @@ async function runVm(
         throw e;
       }
       host.attach(vm);
-      const outcome = await runMachine(vm, (c) => (control = c));
+      const onResize = () => {
+        const size = terminalSize();
+        if (size) vm.consoleResize(size.cols, size.rows);
+      };
+      process.stdout.on("resize", onResize);
+      const outcome = await runMachine(vm, (c) => (control = c)).finally(() => process.stdout.off("resize", onResize));
       host.flush();
       if (opts.stats) process.stderr.write(`${vm.stats().format()}\n${vm.virtioStats()}\n`);
       if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
@@ -164,6 +170,12 @@ async function runVm(
     for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
     host.detach();
   }
+}
+
+/** The size of the terminal tsvisor writes to, if it writes to one. */
+function terminalSize(): { cols: number; rows: number } | undefined {
+  const out = process.stdout;
+  return out.isTTY && out.columns > 0 && out.rows > 0 ? { cols: out.columns, rows: out.rows } : undefined;
 }
 
 /** Exit status for a guest-side end; undefined to boot again (reboot). */

@@ -90,11 +90,11 @@ echo "tsvisor: busybox shell on $(uname -sr). Ctrl-A X leaves; poweroff ends the
 # with the console as its controlling terminal (job control, Ctrl-C), and
 # it is what busybox's poweroff and reboot talk to (by signal to PID 1).
 # Leaving the shell powers the VM off.
-# On hvc0 the shell opens its tty itself after setsid (a session leader's
-# first open of a tty makes it the controlling one); cttyhack would pick the
-# kernel's console, ttyS0.
+# On hvc0, init (PID 1, a session leader) took hvc0 as its controlling tty
+# when it opened it above, so the shell takes it over with setsid -c
+# (TIOCSCTTY with force); cttyhack would pick the kernel's console, ttyS0.
 mkdir -p /etc
-if [ -n "$tty" ]; then shell="setsid sh -c 'exec sh -l <>/dev/$tty >&0 2>&1'"; else shell="setsid cttyhack sh -l"; fi
+if [ -n "$tty" ]; then shell="setsid -c sh -l"; else shell="setsid cttyhack sh -l"; fi
 cat > /etc/inittab <<EOF
 $tty::once:/bin/sh -c "$shell; poweroff"
 ::ctrlaltdel:/bin/reboot

@@ -47,6 +47,9 @@ export interface VirtMachineConfig {
   virtio?: VirtioDevice[];
   /** Where console input goes: the UART (ttyS0, the default) or a virtio console (hvc0). */
   console?: "ttyS0" | "hvc0";
+  /** The host terminal's size, told to a virtio console (VIRTIO_CONSOLE_F_SIZE),
+   *  so programs in the guest know it without asking the terminal. */
+  consoleSize?: { cols: number; rows: number };
   /** A device got host input while the VM may be idle: run it soon. */
   wake?(): void;
   /** A guest driver error worth a line on the host (a device needing a reset). */
@@ -139,7 +142,7 @@ export class VirtMachine {
     bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
     bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
 
-    if (cfg.console === "hvc0") this.hvc = new VirtioConsole({ name: "console0", output: console });
+    if (cfg.console === "hvc0") this.hvc = new VirtioConsole({ name: "console0", output: console, size: cfg.consoleSize });
     const devices = [...(cfg.virtio ?? []), ...(this.hvc ? [this.hvc] : []), new VirtioRng("rng0")];
     if (devices.length > L.VIRT_VIRTIO_SLOTS) throw new MachineError(`too many virtio devices: ${devices.length}, the virt machine has ${L.VIRT_VIRTIO_SLOTS} slots`);
     devices.forEach((device, slot) => {
@@ -219,6 +222,11 @@ export class VirtMachine {
   consoleInput(bytes: Uint8Array): void {
     if (this.hvc) return this.hvc.input(bytes);
     for (const b of bytes) this.consoleIn.push(b);
+  }
+
+  /** The host terminal was resized (only a virtio console can tell the guest). */
+  consoleResize(cols: number, rows: number): void {
+    this.hvc?.resize(cols, rows);
   }
 
   /** Input bytes not yet taken by the guest (for host-side flow control). */
