@@ -1,7 +1,8 @@
 // Makes a fresh clone runnable: installs npm dependencies, the Debian packages
 // the image pull needs (xz for Debian's .ko.xz kernel modules), with --test also
 // those the test suite uses (riscv64 cross compiler for the bare-metal ISA
-// programs, dtc, cpio), then builds.
+// programs, dtc, cpio), with --bench-io the riscv64 Linux cross compiler and
+// C library for the I/O benchmark's static guest helper, then builds.
 // Each step is skipped when already done, so running it every time is cheap.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -10,6 +11,7 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const wantTest = process.argv.includes("--test");
+const wantBenchIo = process.argv.includes("--bench-io");
 
 function say(msg) {
   process.stderr.write(`tsvisor setup: ${msg}\n`);
@@ -18,7 +20,8 @@ function fail(msg) {
   say(msg);
   process.exit(1);
 }
-const has = (cmd) => spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
+// A command name, or an absolute path for a package that installs no command.
+const has = (cmd) => cmd.startsWith("/") ? existsSync(cmd) : spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
 
 // npm dependencies
 const lock = join(root, "package-lock.json");
@@ -38,9 +41,15 @@ const testTools = {
   dtc: "device-tree-compiler",
   cpio: "cpio",
   "qemu-img": "qemu-utils", // disk image interop tests (qemu-img, qemu-io)
+  "riscv64-linux-gnu-readelf": "binutils-riscv64-linux-gnu", // reads the kernel modules tsvisor rewrites
+};
+const benchIoTools = {
+  "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu", // bench/programs/iobench.c, static
+  // only recommended by the compiler, which --no-install-recommends skips
+  "/usr/riscv64-linux-gnu/lib/libc.a": "libc6-dev-riscv64-cross",
 };
 {
-  const wanted = wantTest ? { ...runTools, ...testTools } : runTools;
+  const wanted = { ...runTools, ...(wantTest ? testTools : {}), ...(wantBenchIo ? benchIoTools : {}) };
   const missing = Object.entries(wanted).filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg);
   if (missing.length > 0) {
     if (!has("apt-get")) fail(`missing ${missing.join(", ")}: install them with your package manager (Debian/Ubuntu package names)`);

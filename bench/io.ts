@@ -1,0 +1,404 @@
+// I/O benchmark: virtio-blk and virtio-net measured inside the stock Debian
+// guest (pulled kernel, tsvisor's busybox initramfs, 1 hart, 512 MiB).
+//
+// Disk, for a raw and a fresh qcow2 image of 256 MiB (vda):
+// - sequential write then read of the first N MiB with busybox dd, bs=1M and
+//   O_DIRECT (oflag/iflag=direct; the write ends with conv=fsync, a flush);
+// - random 4 KiB reads then writes over those N MiB, one at a time (queue
+//   depth 1), O_DIRECT, for a few seconds each (bench/programs/iobench.c;
+//   the writes end with fsync). On qcow2 the span was allocated by the
+//   sequential write, so the random writes rewrite allocated clusters.
+// Network: two VMs joined by the Unix socket backend (--net socket=listen: /
+// connect:), eth0 10.0.0.1 and 10.0.0.2. The sender pipes N MiB of random
+// bytes into busybox nc; the receiver (nc -l -e) copies the stream to tmpfs
+// and times it from accept to end of stream, then sends back its md5, which
+// must match. Best of two transfers.
+//
+// Every time is taken inside the guest (CLOCK_MONOTONIC, through iobench's
+// `time` and `rand` commands), so boot is not counted. The helper is a
+// static riscv64 Linux binary (Debian's riscv64-linux-gnu-gcc); it reaches
+// the guest as the command's stdin, /tsvisor/stdin (src/images/init.ts).
+//
+// When qemu-system-riscv64 is installed (Debian's qemu-system-misc), the same
+// kernel, initrd, command and images run under QEMU's TCG on its virt machine
+// (virtio-blk-device, and virtio-net-device over -netdev stream between two
+// QEMUs) in the same run, and tsvisor/QEMU is printed per figure (below 1:
+// QEMU is faster). Figures only, no assertions.
+//
+//   npm run bench:io
+//   node dist/bench/io.js --seq-mib 32 --rand-seconds 3 --net-mib 16 --verbose
+//   node dist/bench/io.js --only disk|net --no-qemu
+
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir, cpus as hostCpus } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { pullDebianImage } from "../src/images/debian.js";
+import { commandArchive } from "../src/images/initramfs.js";
+import { DEFAULT_CMDLINE } from "../src/cli/run-linux.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const bin = join(root, "bin", "tsvisor.js");
+const QEMU = "qemu-system-riscv64";
+const CC = "riscv64-linux-gnu-gcc";
+const DISK_MIB = 256;
+const MEM = "512M";
+/** A guest that takes longer than this is stuck. */
+const RUN_TIMEOUT_MS = 600_000;
+const NET_ROUNDS = 2;
+
+type Engine = "tsvisor" | "qemu";
+
+function fail(message: string): never {
+  process.stderr.write(`bench:io: ${message}\n`);
+  process.exit(1);
+}
+
+function log(message: string): void {
+  process.stderr.write(`  ${message}\n`);
+}
+
+const mtime = (path: string) => (existsSync(path) ? statSync(path).mtimeMs : 0);
+
+/** bench/out/iobench: the guest helper, rebuilt when its source is newer. */
+function buildHelper(): Uint8Array {
+  const src = join(root, "bench", "programs", "iobench.c");
+  const out = join(root, "bench", "out", "iobench");
+  if (mtime(out) <= mtime(src)) {
+    mkdirSync(dirname(out), { recursive: true });
+    const r = spawnSync(CC, ["-static", "-O2", "-s", "-Wall", "-Wextra", "-o", out, src], { encoding: "utf8" });
+    if (r.error) fail(`${CC} not found: install Debian's gcc-riscv64-linux-gnu and libc6-dev-riscv64-cross (npm run bench:io installs them)`);
+    if (r.status !== 0) fail(`building ${src} failed:\n${r.stderr}`);
+  }
+  return readFileSync(out);
+}
+
+// ---- running one guest ------------------------------------------------------
+
+interface GuestSpec {
+  engine: Engine;
+  /** The shell script init runs (sh -c SCRIPT). */
+  script: string;
+  /** Becomes /tsvisor/stdin. */
+  stdin: Uint8Array;
+  disk?: { path: string; format: "raw" | "qcow2" };
+  net?: { role: "listen" | "connect"; path: string; mac: string };
+}
+
+interface Image {
+  kernelPath: string;
+  initrd: Uint8Array;
+}
+
+let verbose = false;
+let scratch = "";
+let initrdCount = 0;
+
+/** tsvisor's command line for a guest; stdin is piped in by the caller. */
+function tsvisorArgs(g: GuestSpec): string[] {
+  const args = [bin, "run", "--mem", MEM, "--console", "hvc0"];
+  if (g.disk) args.push("--disk", `${g.disk.path},format=${g.disk.format}`);
+  if (g.net) args.push("--net", `socket=${g.net.role}:${g.net.path}`);
+  return [...args, "--", "sh", "-c", g.script];
+}
+
+/** QEMU's command line: the initrd tsvisor would build (image initramfs +
+ *  command archive with the stdin file), written to a file. */
+function qemuArgs(g: GuestSpec, image: Image): string[] {
+  const extra = commandArchive(["sh", "-c", g.script], g.stdin);
+  const pad = (4 - (image.initrd.length % 4)) % 4;
+  const initrd = join(scratch, `initrd-${++initrdCount}.cpio`);
+  writeFileSync(initrd, Buffer.concat([image.initrd, Buffer.alloc(pad), extra]));
+  const args = [
+    "-M", "virt", "-smp", "1", "-m", MEM, "-nographic", "-no-reboot",
+    // virtio 1.x on the mmio transport, as tsvisor offers (QEMU defaults to legacy)
+    "-global", "virtio-mmio.force-legacy=false",
+    "-kernel", image.kernelPath, "-initrd", initrd, "-append", DEFAULT_CMDLINE,
+  ];
+  if (g.disk) args.push("-drive", `file=${g.disk.path},if=none,id=d0,format=${g.disk.format},cache=writeback`, "-device", "virtio-blk-device,drive=d0");
+  if (g.net) {
+    const server = g.net.role === "listen" ? "on" : "off";
+    args.push("-netdev", `stream,id=n0,server=${server},addr.type=unix,addr.path=${g.net.path}`, "-device", `virtio-net-device,netdev=n0,mac=${g.net.mac}`);
+  }
+  return args;
+}
+
+/** Boots the guest, runs the script, resolves with its console output. */
+function runGuest(g: GuestSpec, image: Image, label: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const [cmd, args] = g.engine === "tsvisor" ? [process.execPath, tsvisorArgs(g)] : [QEMU, qemuArgs(g, image)];
+    const child = spawn(cmd, args, { stdio: [g.engine === "tsvisor" ? "pipe" : "ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString("latin1");
+      if (verbose) process.stderr.write(d.toString("latin1").replace(/^(?=.)/gm, `    ${label}| `));
+    });
+    child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+    if (child.stdin) {
+      child.stdin.on("error", () => {}); // an early exit is reported by close
+      child.stdin.end(g.stdin);
+    }
+    const timer = setTimeout(() => child.kill("SIGTERM"), RUN_TIMEOUT_MS);
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      const failed = out.split("\n").find((l) => l.startsWith("BENCH-FAIL"));
+      if (code !== 0 || failed) {
+        const tail = (out + err).trim().split("\n").slice(-8).join("\n");
+        return reject(new Error(`${label}: ${cmd === QEMU ? "qemu" : "tsvisor"} exited with ${signal ?? `status ${code}`}${failed ? ` (${failed})` : ""}:\n${tail}`));
+      }
+      resolve(out);
+    });
+  });
+}
+
+/** "BENCH key word value word value..." lines -> key -> {word: value}. */
+function results(out: string): Map<string, Record<string, string>> {
+  const m = new Map<string, Record<string, string>>();
+  for (const line of out.split(/\r?\n/)) {
+    const words = line.trim().split(/\s+/);
+    if (words[0] !== "BENCH" || words.length < 2) continue;
+    const rec: Record<string, string> = {};
+    for (let i = 2; i + 1 < words.length; i += 2) rec[words[i]] = words[i + 1];
+    m.set(words[1], rec);
+  }
+  return m;
+}
+
+function field(r: Map<string, Record<string, string>>, key: string, word: string, label: string): number {
+  const v = Number(r.get(key)?.[word]);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`${label}: no ${key} ${word} figure in the guest's output`);
+  return v;
+}
+
+// ---- guest scripts ----------------------------------------------------------
+
+/** Shell prelude: the helper at /tmp/p, and fail() that reports and stops. */
+function prelude(helperFrom: string): string {
+  return `${helperFrom}
+chmod +x /tmp/p
+fail() { echo "BENCH-FAIL $1"; cat /tmp/t 2>/dev/null; exit 1; }
+`;
+}
+
+function diskScript(seqMiB: number, randSeconds: number): string {
+  const span = seqMiB << 20;
+  return `${prelude("cat /tsvisor/stdin > /tmp/p")}
+/tmp/p time dd if=/dev/zero of=/dev/vda bs=1M count=${seqMiB} oflag=direct conv=fsync 2>/tmp/t || fail seqwrite
+echo "BENCH seqwrite $(grep ^elapsed /tmp/t)"
+/tmp/p time dd if=/dev/vda of=/dev/null bs=1M count=${seqMiB} iflag=direct 2>/tmp/t || fail seqread
+echo "BENCH seqread $(grep ^elapsed /tmp/t)"
+r=$(/tmp/p rand /dev/vda read ${span} ${randSeconds} 2>/tmp/t) || fail randread
+echo "BENCH randread $r"
+r=$(/tmp/p rand /dev/vda write ${span} ${randSeconds} 2>/tmp/t) || fail randwrite
+echo "BENCH randwrite $r"
+`;
+}
+
+const RECEIVER_IP = "10.0.0.1";
+const SENDER_IP = "10.0.0.2";
+const PORT = 5000;
+
+/** The listening VM: one nc -l per round; the -e program gets the socket as
+ *  stdin/stdout, times the copy to tmpfs until the sender's end of stream,
+ *  then answers with the md5 of what arrived. */
+function receiverScript(): string {
+  return `${prelude("cat /tsvisor/stdin > /tmp/p")}
+ifconfig eth0 ${RECEIVER_IP} netmask 255.255.255.0 up || fail ifconfig
+for i in ${Array.from({ length: NET_ROUNDS }, (_, i) => i + 1).join(" ")}; do
+  nc -l -p ${PORT} -e sh -c '/tmp/p time cat > /tmp/r 2>/tmp/t; md5sum < /tmp/r' || fail nc-listen
+  echo "BENCH recv$i $(grep ^elapsed /tmp/t) bytes $(wc -c < /tmp/r)"
+  rm -f /tmp/r
+done
+`;
+}
+
+/** The connecting VM: stdin is the helper followed by the payload. It waits
+ *  for the receiver to answer ping, then sends the payload once per round,
+ *  retrying while the receiver is not listening yet (connection refused). */
+function senderScript(helperBytes: number): string {
+  return `${prelude(`head -c ${helperBytes} /tsvisor/stdin > /tmp/p`)}
+tail -c +${helperBytes + 1} /tsvisor/stdin > /tmp/payload
+ifconfig eth0 ${SENDER_IP} netmask 255.255.255.0 up || fail ifconfig
+n=0; until ping -c 1 -W 1 ${RECEIVER_IP} >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 300 ] || fail ping; done
+for i in ${Array.from({ length: NET_ROUNDS }, (_, i) => i + 1).join(" ")}; do
+  n=0
+  until /tmp/p time nc ${RECEIVER_IP} ${PORT} < /tmp/payload > /tmp/md5 2>/tmp/t && [ -s /tmp/md5 ]; do
+    n=$((n+1)); [ $n -lt 300 ] || fail nc-connect; sleep 0.2
+  done
+  echo "BENCH send$i $(grep ^elapsed /tmp/t) md5 $(cut -d' ' -f1 /tmp/md5)"
+done
+`;
+}
+
+// ---- workloads --------------------------------------------------------------
+
+interface DiskFigures {
+  seqWriteMBs: number;
+  seqReadMBs: number;
+  randReadIops: number;
+  randWriteIops: number;
+}
+
+async function diskRun(engine: Engine, format: "raw" | "qcow2", image: Image, helper: Uint8Array, seqMiB: number, randSeconds: number): Promise<DiskFigures> {
+  const path = join(scratch, `${engine}-disk.${format}`);
+  rmSync(path, { force: true });
+  if (format === "raw") {
+    writeFileSync(path, "");
+    truncateSync(path, DISK_MIB << 20);
+  } else {
+    const r = spawnSync(process.execPath, [bin, "disk", "create", "--size", `${DISK_MIB}M`, path], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`tsvisor disk create: ${r.stderr.trim()}`);
+  }
+  const label = `${engine} ${format}`;
+  const start = performance.now();
+  const out = await runGuest({ engine, script: diskScript(seqMiB, randSeconds), stdin: helper, disk: { path, format } }, image, label);
+  rmSync(path, { force: true });
+  const r = results(out);
+  const bytes = seqMiB * 1048576;
+  const f: DiskFigures = {
+    seqWriteMBs: bytes / field(r, "seqwrite", "elapsed", label) / 1e6,
+    seqReadMBs: bytes / field(r, "seqread", "elapsed", label) / 1e6,
+    randReadIops: field(r, "randread", "iops", label),
+    randWriteIops: field(r, "randwrite", "iops", label),
+  };
+  log(`${label}: seq write ${f.seqWriteMBs.toFixed(1)} MB/s, seq read ${f.seqReadMBs.toFixed(1)} MB/s, ` +
+    `rand read ${f.randReadIops.toFixed(0)} IOPS, rand write ${f.randWriteIops.toFixed(0)} IOPS (run ${((performance.now() - start) / 1000).toFixed(1)} s)`);
+  return f;
+}
+
+/** Waits until PATH exists (a listening socket), or gives up. */
+async function waitForFile(path: string, ms: number, stop: () => boolean): Promise<void> {
+  const end = Date.now() + ms;
+  while (!existsSync(path)) {
+    if (stop() || Date.now() > end) throw new Error(`${path} never appeared`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function netRun(engine: Engine, image: Image, helper: Uint8Array, netMiB: number): Promise<number> {
+  const payload = randomBytes(netMiB << 20);
+  const md5 = createHash("md5").update(payload).digest("hex");
+  const sock = join(scratch, `${engine}-net.sock`);
+  rmSync(sock, { force: true });
+  const start = performance.now();
+  let receiverDone = false;
+  const receiver = runGuest({
+    engine, script: receiverScript(), stdin: helper,
+    net: { role: "listen", path: sock, mac: "52:54:00:12:34:01" },
+  }, image, `${engine} receiver`).finally(() => (receiverDone = true));
+  receiver.catch(() => {}); // awaited below
+  await waitForFile(sock, 30_000, () => receiverDone);
+  const sender = runGuest({
+    engine, script: senderScript(helper.length), stdin: Buffer.concat([helper, payload]),
+    net: { role: "connect", path: sock, mac: "52:54:00:12:34:02" },
+  }, image, `${engine} sender`);
+  const [rOut, sOut] = await Promise.all([receiver, sender]);
+  const r = results(rOut);
+  const s = results(sOut);
+  let best = 0;
+  for (let i = 1; i <= NET_ROUNDS; i++) {
+    const got = s.get(`send${i}`)?.md5;
+    if (got !== md5) throw new Error(`${engine} network round ${i}: the receiver's md5 is ${got ?? "missing"}, the payload's ${md5}`);
+    const bytes = field(r, `recv${i}`, "bytes", `${engine} receiver`);
+    if (bytes !== payload.length) throw new Error(`${engine} network round ${i}: ${bytes} bytes received of ${payload.length}`);
+    const mbs = bytes / field(r, `recv${i}`, "elapsed", `${engine} receiver`) / 1e6;
+    log(`${engine} net round ${i}: ${mbs.toFixed(2)} MB/s (receiver), sender's end to end ${field(s, `send${i}`, "elapsed", `${engine} sender`).toFixed(2)} s, md5 ok`);
+    best = Math.max(best, mbs);
+  }
+  log(`${engine} net: both VMs done in ${((performance.now() - start) / 1000).toFixed(1)} s`);
+  return best;
+}
+
+// ---- report -----------------------------------------------------------------
+
+interface Row {
+  what: string;
+  unit: string;
+  ts: number;
+  qemu?: number;
+}
+
+function printTable(rows: Row[], withQemu: boolean): void {
+  const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+  const w = Math.max(...rows.map((r) => `${r.what} (${r.unit})`.length));
+  const head = `${"".padEnd(w)} ${"tsvisor".padStart(10)}${withQemu ? ` ${"QEMU TCG".padStart(10)} ${"tsvisor/QEMU".padStart(13)}` : ""}`;
+  console.log(head);
+  for (const r of rows) {
+    let line = `${`${r.what} (${r.unit})`.padEnd(w)} ${fmt(r.ts).padStart(10)}`;
+    if (withQemu && r.qemu !== undefined) line += ` ${fmt(r.qemu).padStart(10)} ${(r.ts / r.qemu).toFixed(2).padStart(12)}x`;
+    console.log(line);
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      "seq-mib": { type: "string", default: "32" },
+      "rand-seconds": { type: "string", default: "3" },
+      "net-mib": { type: "string", default: "16" },
+      only: { type: "string" },
+      "no-qemu": { type: "boolean", default: false },
+      verbose: { type: "boolean", default: false },
+    },
+  });
+  const seqMiB = Number(values["seq-mib"]);
+  const randSeconds = Number(values["rand-seconds"]);
+  const netMiB = Number(values["net-mib"]);
+  if (!(Number.isInteger(seqMiB) && seqMiB >= 1 && seqMiB < DISK_MIB)) fail(`--seq-mib: 1..${DISK_MIB - 1} (the disk is ${DISK_MIB} MiB)`);
+  if (!(randSeconds > 0)) fail("--rand-seconds: a positive number");
+  if (!(Number.isInteger(netMiB) && netMiB >= 1 && netMiB <= 100)) fail("--net-mib: 1..100 (the payload travels in the initrd)");
+  if (values.only !== undefined && values.only !== "disk" && values.only !== "net") fail("--only: disk or net");
+  verbose = values.verbose;
+
+  const helper = buildHelper();
+  const pulled = await pullDebianImage({ progress: (l) => process.stderr.write(`${l}\n`) });
+  const image: Image = { kernelPath: pulled.kernelPath, initrd: readFileSync(pulled.initrdPath) };
+  const withQemu = !values["no-qemu"] && spawnSync("sh", ["-c", `command -v ${QEMU}`]).status === 0;
+  const engines: Engine[] = withQemu ? ["tsvisor", "qemu"] : ["tsvisor"];
+  // Short: a Unix socket path has at most 107 bytes.
+  scratch = mkdtempSync(join(tmpdir(), "tsvisor-io-"));
+
+  console.log(`virtio I/O inside the guest: Debian ${pulled.kernelVersion} kernel, busybox initramfs, 1 hart, ${MEM}`);
+  console.log(`host: ${hostCpus()[0]?.model ?? "unknown CPU"} x${hostCpus().length}, Node ${process.version}`);
+  const rows: Row[] = [];
+  try {
+    if (values.only !== "net") {
+      for (const format of ["raw", "qcow2"] as const) {
+        const figs: Partial<Record<Engine, DiskFigures>> = {};
+        for (const e of engines) figs[e] = await diskRun(e, format, image, helper, seqMiB, randSeconds);
+        const ts = figs.tsvisor!;
+        const q = figs.qemu;
+        rows.push(
+          { what: `${format} seq write ${seqMiB} MiB, 1M direct`, unit: "MB/s", ts: ts.seqWriteMBs, qemu: q?.seqWriteMBs },
+          { what: `${format} seq read ${seqMiB} MiB, 1M direct`, unit: "MB/s", ts: ts.seqReadMBs, qemu: q?.seqReadMBs },
+          { what: `${format} rand read 4K QD1, ${randSeconds} s`, unit: "IOPS", ts: ts.randReadIops, qemu: q?.randReadIops },
+          { what: `${format} rand write 4K QD1, ${randSeconds} s`, unit: "IOPS", ts: ts.randWriteIops, qemu: q?.randWriteIops },
+        );
+      }
+    }
+    if (values.only !== "disk") {
+      const figs: Partial<Record<Engine, number>> = {};
+      for (const e of engines) figs[e] = await netRun(e, image, helper, netMiB);
+      rows.push({ what: `net VM-to-VM TCP ${netMiB} MiB, nc`, unit: "MB/s", ts: figs.tsvisor!, qemu: figs.qemu });
+    }
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+
+  console.log("");
+  printTable(rows, withQemu);
+  console.log("");
+  console.log("Times are taken inside the guest (CLOCK_MONOTONIC), boot excluded; MB/s = 10^6 bytes/s.");
+  console.log(`Disk: vda on a ${DISK_MIB} MiB image, dd with O_DIRECT (write ends with fsync); random 4 KiB`);
+  console.log("O_DIRECT pread/pwrite one at a time over the same span (writes end with fsync).");
+  console.log(`Net: two VMs on the Unix socket backend, busybox nc, receiver-side time, md5 checked, best of ${NET_ROUNDS}.`);
+  if (withQemu) console.log("tsvisor/QEMU: below 1, QEMU TCG is faster (QEMU: -M virt, virtio-mmio, -netdev stream, cache=writeback).");
+  else console.log(`QEMU: ${values["no-qemu"] ? "skipped (--no-qemu)" : `${QEMU} not installed (apt-get install qemu-system-misc)`}, no ratio`);
+}
+
+main().catch((e) => fail(e instanceof Error ? e.message : String(e)));
