@@ -11,7 +11,7 @@ import { GuestMemory } from "../../memory/guest-memory.js";
 import { VirtioMmio } from "./mmio.js";
 import type { VirtioDevice } from "./virtio.js";
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1 } from "./virtio.js";
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT, DESC_SIZE } from "./queue.js";
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT, DESC_SIZE, ringAreaSizes } from "./queue.js";
 
 export const TEST_RAM = 0x8000_0000n;
 
@@ -25,6 +25,18 @@ export interface Buffer {
   /** Bytes the device reads, or, for a writable buffer, its length. */
   data?: Uint8Array;
   writeLen?: number;
+}
+
+/** Where a test driver keeps its rings and buffers, so several drivers can share one guest memory. */
+export interface TestDriverLayout {
+  /** Queue i lives at rings + i * 0x10000 (descriptors, then available ring at +0x4000, used ring at +0x8000). */
+  rings?: bigint;
+  /** Buffers are allocated from heap upwards... */
+  heap?: bigint;
+  /** ...and start again at `heap` when they would pass heapEnd (a long-running test reuses the space). */
+  heapEnd?: bigint;
+  /** The memory the transport and device use, when a test watches their accesses apart from the driver's own. */
+  deviceMem?: GuestMemory;
 }
 
 /** Where a test driver puts one queue and its buffers. */
@@ -46,15 +58,20 @@ export class TestDriver {
   private queues: DriverQueue[] = [];
   /** Bump allocator for buffers, above the rings. */
   private heap: bigint;
+  private readonly heapStart: bigint;
+  private readonly heapEnd: bigint | undefined;
+  private readonly rings: bigint;
 
-  constructor(readonly device: VirtioDevice, readonly mem: GuestMemory = testGuestMemory()) {
+  constructor(readonly device: VirtioDevice, readonly mem: GuestMemory = testGuestMemory(), layout: TestDriverLayout = {}) {
     this.transport = new VirtioMmio(device, {
-      mem,
+      mem: layout.deviceMem ?? mem,
       setIrq: (level) => (this.irq = level),
       requestPoll: () => this.polls++,
       warn: (m) => this.warnings.push(m),
     });
-    this.heap = TEST_RAM + 0x10_0000n;
+    this.rings = layout.rings ?? TEST_RAM;
+    this.heapStart = this.heap = layout.heap ?? TEST_RAM + 0x10_0000n;
+    this.heapEnd = layout.heapEnd;
   }
 
   reg(offset: number): number {
@@ -91,9 +108,15 @@ export class TestDriver {
 
   /** Place queue `index` with `size` entries in guest memory and make it live. */
   setupQueue(index: number, size: number): void {
-    const base = TEST_RAM + BigInt(index) * 0x1_0000n;
+    const base = this.rings + BigInt(index) * 0x1_0000n;
     const q: DriverQueue = { size, desc: base, avail: base + 0x4000n, used: base + 0x8000n, availIdx: 0, usedSeen: 0, nextDesc: 0 };
     this.queues[index] = q;
+    // Fresh rings start zeroed, as a driver allocates them (2.7.6, 2.7.8: both indexes start at 0),
+    // so a queue set up again after a reset does not show the device the old indexes.
+    const area = ringAreaSizes(Math.min(size, 1024));
+    this.mem.zero(q.desc, area.desc);
+    this.mem.zero(q.avail, area.avail + 2);
+    this.mem.zero(q.used, area.used + 2);
     this.setReg(0x30, index);
     this.setReg(0x38, size);
     for (const [reg, addr] of [[0x80, q.desc], [0x90, q.avail], [0xa0, q.used]] as const) {
@@ -115,6 +138,7 @@ export class TestDriver {
   }
 
   alloc(len: number): bigint {
+    if (this.heapEnd !== undefined && this.heap + BigInt(len) > this.heapEnd) this.heap = this.heapStart;
     const at = this.heap;
     this.heap += BigInt((len + 15) & ~15);
     return at;
