@@ -478,3 +478,20 @@ test("virtio-blk: statistics line, reset and close", () => {
   s.blk.close();
   assert.ok(s.disk.closed);
 });
+
+test("virtio-blk: the request queue is the one live when notified (set up after DRIVER_OK, or again with another size)", () => {
+  const disk = new MemDisk(DISK_BYTES);
+  const blk = new VirtioBlk(disk, { name: "blk0", serial: "x" });
+  const s: Setup = { d: new TestDriver(blk), blk, disk };
+  assert.ok(s.d.negotiate(VIRTIO_F_VERSION_1));
+  s.d.driverOk(); // before any queue: late, but the request queue must not stay dead
+  s.d.setupQueue(Q, 8);
+  writeSectors(s, 3, pattern(512, 1));
+  assert.deepEqual(readSectors(s, 3, 512), pattern(512, 1));
+  // Stopped, then set up again smaller: served with the new size, from index 0.
+  s.d.setReg(0x30, Q);
+  s.d.setReg(0x44, 0);
+  s.d.setupQueue(Q, 4);
+  for (let i = 0; i < 5; i++) assert.deepEqual(readSectors(s, 3, 512), pattern(512, 1));
+  assert.equal(s.d.status & 0x40, 0, "no DEVICE_NEEDS_RESET");
+});

@@ -128,7 +128,8 @@ export class VirtioBlk implements VirtioDevice {
   private readonly capacity: number;
   private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
-  private requestq: VirtQueue | undefined;
+  /** The transport's live queues (activate()): the request queue is looked up there at each notify. */
+  private queues: readonly (VirtQueue | undefined)[] = [];
   private negotiated = 0n;
   private bounce: Uint8Array | undefined;
 
@@ -171,15 +172,16 @@ export class VirtioBlk implements VirtioDevice {
   /** Nothing in this configuration space is writable (no VIRTIO_BLK_F_CONFIG_WCE). */
   writeConfig(): void {}
 
-  activate(_ctx: VirtioContext, queues: VirtQueue[], features: bigint): void {
-    this.requestq = queues[0];
+  activate(_ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[], features: bigint): void {
+    this.queues = queues;
     this.negotiated = features;
   }
 
   /** Every request available now, then one interrupt for the batch. */
   notify(index: number): void {
-    const q = this.requestq;
-    if (index !== 0 || !q) return;
+    // Not kept from activate(): the driver may have stopped the queue, or set it up again with another size.
+    const q = index === 0 ? this.queues[0] : undefined;
+    if (!q) return;
     try {
       for (let chain = q.pop(); chain; chain = q.pop()) this.handle(q, chain);
     } finally {
@@ -188,7 +190,7 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   reset(): void {
-    this.requestq = undefined;
+    this.queues = [];
     this.negotiated = 0n;
   }
 

@@ -65,7 +65,7 @@ export class VirtioConsole implements VirtioDevice {
   private cols: number;
   private rows: number;
   private ctx: VirtioContext | undefined;
-  private queues: VirtQueue[] | undefined;
+  private queues: readonly (VirtQueue | undefined)[] | undefined;
   /** Host input not yet delivered: chunks, the first one read from `inputOffset`. */
   private input_: Uint8Array[] = [];
   private inputOffset = 0;
@@ -128,7 +128,7 @@ export class VirtioConsole implements VirtioDevice {
 
   writeConfig(): void {}
 
-  activate(ctx: VirtioContext, queues: VirtQueue[]): void {
+  activate(ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[]): void {
     this.ctx = ctx;
     this.queues = queues;
     // Input typed before the driver was ready: deliver once buffers are there.

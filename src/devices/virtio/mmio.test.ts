@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { TestDriver } from "./test-driver.js";
 import { VirtioRng } from "./rng.js";
+import { VirtioConsole } from "./console.js";
 import {
   STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
   VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
@@ -100,4 +101,42 @@ test("registers take 32-bit accesses only; other widths read 0 and writes are dr
   assert.equal(d.transport.read(0, 1), 0n);
   d.transport.write(0x70, 1, 1n);
   assert.equal(d.status, 0);
+});
+
+test("after QueueReady = 0 the device leaves that queue alone, even when polled (4.2.2.2)", () => {
+  const out: Uint8Array[] = [];
+  const d = new TestDriver(new VirtioConsole({ name: "console0", output: (b) => out.push(b) }));
+  d.start();
+  d.add(0, [{ writeLen: 16 }]); // a receive buffer
+  d.kick(0);
+  d.setReg(0x30, 0);
+  d.setReg(0x44, 0);
+  assert.equal(d.reg(0x44), 0);
+  (d.device as VirtioConsole).input(new TextEncoder().encode("x"));
+  d.transport.poll();
+  d.kick(0);
+  assert.deepEqual(d.used(0), [], "nothing delivered into a stopped queue");
+  // Set up again, it is a new queue, and the input waited for it.
+  d.setupQueue(0, 8);
+  const head = d.add(0, [{ writeLen: 16 }]);
+  d.kick(0);
+  assert.deepEqual(d.used(0), [{ id: head, len: 1 }]);
+  assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0);
+});
+
+test("a queue stopped and set up again with another size is served as set up, not as before", () => {
+  const d = new TestDriver(new VirtioRng());
+  d.start(VIRTIO_F_VERSION_1, 8);
+  for (let i = 0; i < 3; i++) d.add(0, [{ writeLen: 4 }]);
+  d.kick(0);
+  assert.equal(d.used(0).length, 3);
+  d.setReg(0x30, 0);
+  d.setReg(0x44, 0);
+  d.setupQueue(0, 4);
+  for (let round = 0; round < 3; round++) {
+    const heads = [0, 1, 2].map(() => d.add(0, [{ writeLen: 4 }]));
+    d.kick(0);
+    assert.deepEqual(d.used(0), heads.map((id) => ({ id, len: 4 })), `round ${round}`);
+  }
+  assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0);
 });

@@ -78,7 +78,8 @@ export class VirtioMmio implements MmioDevice {
   private interruptStatus = 0;
   private configGeneration = 0;
   private regs: QueueRegs[];
-  private queues: VirtQueue[] = [];
+  /** The live queues, by index: the device looks its queues up here (a queue not ready has none). */
+  private queues: (VirtQueue | undefined)[] = [];
   /** Counts survive resets: they describe the VM's whole run. */
   readonly queueStats: QueueStats[];
   notifiesIgnored = 0;
@@ -207,7 +208,12 @@ export class VirtioMmio implements MmioDevice {
   private setQueueReady(index: number, ready: boolean): void {
     const q = this.regs[index];
     if (!ready) {
+      // 4.2.2.2: the driver stops using a queue by writing 0 here. From then on
+      // the device must leave its rings alone, whatever a notify or poll() asks:
+      // the queue object goes, and a later QueueReady = 1 makes a new one from
+      // the registers as they are then (another size, other rings).
       q.ready = false;
+      this.queues[index] = undefined;
       return;
     }
     if (q.ready) return;

@@ -84,8 +84,8 @@ export class VirtioNet implements VirtioDevice {
   private readonly mac: Uint8Array;
   private linkUp = true;
   private ctx: VirtioContext | undefined;
-  /** The transport's queue array (it may fill in a queue made ready late). */
-  private queues: VirtQueue[] | undefined;
+  /** The transport's live queue array (a queue made ready late shows up in it, a stopped one goes). */
+  private queues: readonly (VirtQueue | undefined)[] | undefined;
   private mergeable = false;
   /** Frames from the host waiting for receive buffers, oldest first. */
   private backlog: Uint8Array[] = [];
@@ -145,7 +145,7 @@ export class VirtioNet implements VirtioDevice {
 
   // --- lifecycle ---
 
-  activate(ctx: VirtioContext, queues: VirtQueue[], features: bigint): void {
+  activate(ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[], features: bigint): void {
     this.ctx = ctx;
     this.queues = queues;
     this.mergeable = (features & VIRTIO_NET_F_MRG_RXBUF) !== 0n;

@@ -15,7 +15,7 @@ class EchoDevice implements VirtioDevice {
   private q: VirtQueue | undefined;
   readConfig() { return 0; }
   writeConfig() {}
-  activate(_c: VirtioContext, queues: VirtQueue[]) { this.q = queues[0]; }
+  activate(_c: VirtioContext, queues: readonly (VirtQueue | undefined)[]) { this.q = queues[0]; }
   reset() { this.q = undefined; }
   notify() {
     const q = this.q!;

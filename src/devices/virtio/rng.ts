@@ -16,7 +16,8 @@ export class VirtioRng implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_RNG;
   readonly queueMaxSizes = [64];
   readonly features = 0n;
-  private requestq: VirtQueue | undefined;
+  /** The transport's live queues (activate()): looked up at each notify, never kept. */
+  private queues: readonly (VirtQueue | undefined)[] = [];
 
   constructor(readonly name = "rng0") {}
 
@@ -26,12 +27,12 @@ export class VirtioRng implements VirtioDevice {
 
   writeConfig(): void {}
 
-  activate(_ctx: VirtioContext, queues: VirtQueue[]): void {
-    this.requestq = queues[0];
+  activate(_ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[]): void {
+    this.queues = queues;
   }
 
   notify(): void {
-    const q = this.requestq;
+    const q = this.queues[0];
     if (!q) return;
     for (let chain = q.pop(); chain; chain = q.pop()) {
       const n = Math.min(chain.writableLength, MAX_REQUEST_BYTES);
@@ -43,6 +44,6 @@ export class VirtioRng implements VirtioDevice {
   }
 
   reset(): void {
-    this.requestq = undefined;
+    this.queues = [];
   }
 }

@@ -42,8 +42,13 @@ export interface VirtioDevice {
   readConfig(offset: number, size: number): number;
   /** A driver write into the configuration space (most devices ignore them). */
   writeConfig(offset: number, size: number, value: number): void;
-  /** DRIVER_OK: the driver is ready; `queues` are the device's queues, `features` the negotiated set. */
-  activate(ctx: VirtioContext, queues: VirtQueue[], features: bigint): void;
+  /**
+   * DRIVER_OK: the driver is ready; `features` is the negotiated set. `queues`
+   * is the transport's live array of the device's queues, by index: a device
+   * looks a queue up there each time it uses it, because the driver may stop a
+   * queue (its entry becomes undefined) or make one ready later (a new entry).
+   */
+  activate(ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[], features: bigint): void;
   /** The driver made buffers available in queue `index` (a QueueNotify). */
   notify(index: number): void;
   /** Device reset (status 0): drop all in-flight state; activate() follows again. */
