@@ -332,3 +332,23 @@ test("virtio-net statsLines and close", () => {
   assert.ok(be.closed);
   assert.equal(be.onFrame, undefined);
 });
+
+test("virtio-net: receive buffers held from a queue the driver stopped are not given back in the new one (4.2.2.2)", () => {
+  const { d, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF);
+  // Two buffers too small for the frame together: the device holds them and waits for more.
+  d.add(RX, [{ writeLen: 100 }]);
+  d.add(RX, [{ writeLen: 100 }]);
+  d.kick(RX);
+  be.deliver(frame(1000, 1));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), []);
+  // The driver stops the queue and sets it up again: a new queue, whose heads start at 0 again.
+  d.setReg(0x30, RX);
+  d.setReg(0x44, 0);
+  d.setupQueue(RX, 16);
+  const head = d.add(RX, [{ writeLen: 2048 }]);
+  d.kick(RX);
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: head, len: VIRTIO_NET_HDR_SIZE + 1000 }], "only the new queue's buffer, the frame whole in it");
+  assert.deepEqual(d.mem.read(d.bufferAddr(RX, head, 0) + BigInt(VIRTIO_NET_HDR_SIZE), 1000), frame(1000, 1));
+});

@@ -93,6 +93,8 @@ export class VirtioNet implements VirtioDevice {
   private backlogBytes = 0;
   /** Receive buffers taken from the ring but not filled yet (waiting for enough of them). */
   private held: DescriptorChain[] = [];
+  /** The queue the held buffers came from. */
+  private heldFrom: VirtQueue | undefined;
   private rxPaused = false;
   private closed = false;
 
@@ -157,6 +159,7 @@ export class VirtioNet implements VirtioDevice {
     this.mergeable = false;
     this.dropBacklog();
     this.held = [];
+    this.heldFrom = undefined;
   }
 
   close(): void {
@@ -227,6 +230,13 @@ export class VirtioNet implements VirtioDevice {
   private deliver(): void {
     const q = this.queues?.[RX_QUEUE];
     if (!q) return;
+    if (this.heldFrom !== q) {
+      // Buffers held from a queue the driver stopped since (QueueReady = 0,
+      // perhaps then set up again: another queue) are not ours to fill or to
+      // give back any more (4.2.2.2); their heads mean nothing in this one.
+      this.held = [];
+      this.heldFrom = q;
+    }
     try {
       while (this.rxBacklog > 0) {
         const frame = this.backlog[this.backlogHead];
