@@ -131,3 +131,18 @@ test("with EVENT_IDX the device interrupts only when used_event is passed, and a
   assert.equal(d.irq, true);
   assert.equal(d.used(0).length, 2);
 });
+
+test("a readable descriptor after a writable one is malformed even when one of them is empty (2.7.4.2)", () => {
+  const { d, dev } = started();
+  const buf = TEST_RAM + 0x20_0000n;
+  // [R 4] -> [W 1] -> [R 0]: skipping the empty one would take this for a well-formed request.
+  raw(d, [[0, buf, 4, VIRTQ_DESC_F_NEXT, 1], [1, buf + 16n, 1, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2], [2, 0n, 0, 0, 0]], 0);
+  // [W 0] -> [R 4]
+  raw(d, [[3, buf, 0, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 4], [4, buf, 4, 0, 0]], 3);
+  assert.deepEqual(d.used(0), [{ id: 0, len: 0 }, { id: 3, len: 0 }]);
+  assert.equal(dev.seen.length, 0);
+  // Empty descriptors in their place are fine: [R 2] -> [W 0] -> [W 2].
+  raw(d, [[5, buf, 2, VIRTQ_DESC_F_NEXT, 6], [6, 0n, 0, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 7], [7, buf + 32n, 2, VIRTQ_DESC_F_WRITE, 0]], 5);
+  assert.deepEqual(d.used(0), [{ id: 5, len: 2 }]);
+  assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0);
+});

@@ -238,6 +238,7 @@ export class VirtQueue {
     let tableSize = this.cfg.size;
     let index = head;
     let indirect = false;
+    let sawWritable = false;
     let bytes = 0;
     // A chain has at most queue-size descriptors (2.7.5.2), an indirect table
     // at most its own length: more means a loop.
@@ -258,13 +259,17 @@ export class VirtQueue {
         index = 0;
         continue;
       }
+      // 2.7.4.2: every device-writable descriptor comes after the device-readable
+      // ones. An empty descriptor is still one of them: a readable one after a
+      // writable one breaks the order (and a device that skipped it would take
+      // the buffers around it for a well-formed request).
+      if (d.flags & VIRTQ_DESC_F_WRITE) sawWritable = true;
+      else if (sawWritable) throw new ChainError("device-readable descriptor after a device-writable one");
       if (d.len > 0) {
         if (!this.mem.isRam(d.addr, d.len)) throw new ChainError(`buffer 0x${d.addr.toString(16)}+${d.len} is outside guest RAM`);
         bytes += d.len;
         if (bytes > MAX_CHAIN_BYTES) throw new ChainError("chain longer than 2^32 bytes");
-        if (d.flags & VIRTQ_DESC_F_WRITE) writable.push({ addr: d.addr, len: d.len });
-        else if (writable.length > 0) throw new ChainError("device-readable buffer after a device-writable one");
-        else readable.push({ addr: d.addr, len: d.len });
+        (d.flags & VIRTQ_DESC_F_WRITE ? writable : readable).push({ addr: d.addr, len: d.len });
       }
       if (!(d.flags & VIRTQ_DESC_F_NEXT)) break;
       if (d.next >= tableSize) throw new ChainError(`next index ${d.next} out of range (table of ${tableSize})`);
