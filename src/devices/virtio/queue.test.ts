@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { TestDriver, TEST_RAM } from "./test-driver.js";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { STATUS_DEVICE_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX } from "./virtio.js";
-import { VirtQueue, DescriptorChain, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT } from "./queue.js";
+import { VirtQueue, DescriptorChain, MAX_CHAIN_DESCRIPTORS, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT } from "./queue.js";
 
 /** A device that records each request and answers with its readable bytes reversed. */
 class EchoDevice implements VirtioDevice {
@@ -145,4 +145,23 @@ test("a readable descriptor after a writable one is malformed even when one of t
   raw(d, [[5, buf, 2, VIRTQ_DESC_F_NEXT, 6], [6, 0n, 0, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 7], [7, buf + 32n, 2, VIRTQ_DESC_F_WRITE, 0]], 5);
   assert.deepEqual(d.used(0), [{ id: 5, len: 2 }]);
   assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0);
+});
+
+test("an indirect table may be longer than the queue, up to MAX_CHAIN_DESCRIPTORS descriptors", () => {
+  const { d, dev } = started();
+  const buf = TEST_RAM + 0x20_0000n;
+  const table = TEST_RAM + 0x30_0000n;
+  const chainOf = (n: number) => {
+    // n - 1 empty readable descriptors, then one writable byte.
+    for (let i = 0; i < n; i++) d.writeDesc(table, i, i < n - 1 ? 0n : buf, i < n - 1 ? 0 : 1, i < n - 1 ? VIRTQ_DESC_F_NEXT : VIRTQ_DESC_F_WRITE, i + 1);
+  };
+  chainOf(300); // longer than the queue of 16, as Linux makes them for large requests
+  raw(d, [[0, table, 300 * 16, VIRTQ_DESC_F_INDIRECT, 0]], 0);
+  assert.deepEqual(d.used(0), [{ id: 0, len: 0 }]);
+  assert.equal(dev.seen.length, 1, "served");
+  chainOf(MAX_CHAIN_DESCRIPTORS + 1); // bounded work per request: refused
+  raw(d, [[1, table, (MAX_CHAIN_DESCRIPTORS + 1) * 16, VIRTQ_DESC_F_INDIRECT, 0]], 1);
+  assert.deepEqual(d.used(0), [{ id: 1, len: 0 }]);
+  assert.equal(dev.seen.length, 1, "not served");
+  assert.equal(d.transport.queueStats[0].badChains, 1);
 });

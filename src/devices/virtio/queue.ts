@@ -30,6 +30,15 @@ export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const DESC_SIZE = 16;
 /** Spec limit on the total length of a chain's buffers (2.7.5: "2^32 bytes long in total"). */
 const MAX_CHAIN_BYTES = 2 ** 32;
+/**
+ * Descriptors in one chain at most, an indirect table's included. 2.7.5.3.1 has
+ * a driver keep a chain within the queue size, but Linux builds indirect tables
+ * of up to seg_max + 2 entries whatever the queue size, and QEMU refuses more
+ * than 1024 buffers (its VIRTQUEUE_MAX_SIZE): no driver that works there needs
+ * more. Without a bound one notify could make the device walk 256 tables of
+ * 65536 descriptors, seconds of host time, on every kick.
+ */
+export const MAX_CHAIN_DESCRIPTORS = 1024;
 
 export class ChainError extends Error {}
 export class QueueBroken extends Error {}
@@ -241,7 +250,7 @@ export class VirtQueue {
     let sawWritable = false;
     let bytes = 0;
     // A chain has at most queue-size descriptors (2.7.5.2), an indirect table
-    // at most its own length: more means a loop.
+    // at most its own length (and MAX_CHAIN_DESCRIPTORS): more means a loop.
     let budget = this.cfg.size;
     for (;;) {
       if (budget-- === 0) throw new ChainError(`chain from head ${head} is longer than the queue or loops`);
@@ -255,7 +264,7 @@ export class VirtQueue {
         indirect = true;
         table = d.addr;
         tableSize = d.len / DESC_SIZE;
-        budget = Math.min(tableSize, 65536);
+        budget = Math.min(tableSize, MAX_CHAIN_DESCRIPTORS);
         index = 0;
         continue;
       }
