@@ -3,6 +3,8 @@ import assert from "node:assert/strict";
 import { TestDriver } from "./test-driver.js";
 import { VirtioRng } from "./rng.js";
 import { VirtioConsole } from "./console.js";
+import type { VirtQueue } from "./queue.js";
+import type { VirtioContext } from "./virtio.js";
 import {
   STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
   VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
@@ -139,4 +141,25 @@ test("a queue stopped and set up again with another size is served as set up, no
     assert.deepEqual(d.used(0), heads.map((id) => ({ id, len: 4 })), `round ${round}`);
   }
   assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0);
+});
+
+test("a malformed chain a device model lets through sets DEVICE_NEEDS_RESET instead of escaping the transport", () => {
+  class CarelessDevice extends VirtioRng {
+    private q: readonly (VirtQueue | undefined)[] = [];
+    override activate(_ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[]): void {
+      this.q = queues;
+    }
+    override notify(): void {
+      const chain = this.q[0]!.pop()!;
+      chain.read(0, chain.readableLength + 1); // beyond the request: ChainError, not caught here
+    }
+  }
+  const d = new TestDriver(new CarelessDevice());
+  d.start();
+  d.add(0, [{ data: Uint8Array.of(1) }]);
+  assert.doesNotThrow(() => d.kick(0));
+  assert.ok(d.status & STATUS_DEVICE_NEEDS_RESET);
+  assert.match(d.warnings.at(-1)!, /not handled by the device/);
+  d.start();
+  assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0, "a reset clears it");
 });

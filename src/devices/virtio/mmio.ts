@@ -20,13 +20,13 @@
 // wide; the configuration space takes 8, 16 and 32-bit accesses.
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
-import type { GuestMemory } from "../../memory/guest-memory.js";
+import { GuestMemoryError, type GuestMemory } from "../../memory/guest-memory.js";
 import {
   type VirtioDevice,
   STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
   VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX,
 } from "./virtio.js";
-import { VirtQueue, QueueBroken, QueueStats, ringAreaSizes } from "./queue.js";
+import { VirtQueue, QueueBroken, ChainError, QueueStats, ringAreaSizes } from "./queue.js";
 
 const MAGIC = 0x7472_6976; // "virt"
 const VERSION = 2;
@@ -257,6 +257,10 @@ export class VirtioMmio implements MmioDevice {
       work();
     } catch (e) {
       if (e instanceof QueueBroken) return this.needsReset(e.message);
+      // A malformed chain or a guest address the device model let through is
+      // still the guest's doing: it must not end the VM either. What the device
+      // was in the middle of is unknown, so it needs a reset (2.1.2).
+      if (e instanceof ChainError || e instanceof GuestMemoryError) return this.needsReset(`${e.message} (not handled by the device)`);
       throw e;
     }
   }

@@ -3,7 +3,10 @@ import assert from "node:assert/strict";
 import { TestDriver, TEST_RAM } from "./test-driver.js";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { STATUS_DEVICE_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX } from "./virtio.js";
-import { VirtQueue, DescriptorChain, MAX_CHAIN_DESCRIPTORS, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT } from "./queue.js";
+import {
+  VirtQueue, DescriptorChain, ChainError, QueueStats, MAX_CHAIN_DESCRIPTORS, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT,
+} from "./queue.js";
+import { GuestMemoryError } from "../../memory/guest-memory.js";
 
 /** A device that records each request and answers with its readable bytes reversed. */
 class EchoDevice implements VirtioDevice {
@@ -164,4 +167,13 @@ test("an indirect table may be longer than the queue, up to MAX_CHAIN_DESCRIPTOR
   assert.deepEqual(d.used(0), [{ id: 1, len: 0 }]);
   assert.equal(dev.seen.length, 1, "not served");
   assert.equal(d.transport.queueStats[0].badChains, 1);
+});
+
+test("a chain's read() and write() fail with ChainError, never GuestMemoryError, when guest memory refuses a buffer", () => {
+  const { d } = started();
+  // Buffers the parser accepted, then no longer RAM (as if taken away under the request).
+  const gone = [{ addr: 0x1000n, len: 8 }];
+  const chain = new DescriptorChain(3, gone, gone, d.mem, new QueueStats());
+  assert.throws(() => chain.read(0, 8), (e) => e instanceof ChainError && !(e instanceof GuestMemoryError));
+  assert.throws(() => chain.write(0, new Uint8Array(8)), (e) => e instanceof ChainError && !(e instanceof GuestMemoryError));
 });

@@ -99,7 +99,7 @@ export class DescriptorChain {
     const out = new Uint8Array(len);
     let done = 0;
     forEachPiece(this.readable, offset, len, (addr, n) => {
-      out.set(this.mem.read(addr, n), done);
+      out.set(this.guestAccess(() => this.mem.read(addr, n)), done);
       done += n;
     });
     this.stats.bytesRead += len;
@@ -113,10 +113,25 @@ export class DescriptorChain {
     }
     let done = 0;
     forEachPiece(this.writable, offset, data.length, (addr, n) => {
-      this.mem.write(addr, data.subarray(done, done + n));
+      this.guestAccess(() => this.mem.write(addr, data.subarray(done, done + n)));
       done += n;
     });
     this.stats.bytesWritten += data.length;
+  }
+
+  /**
+   * The buffers were in RAM when the chain was parsed; should guest memory
+   * refuse one now all the same (RAM taken away under the request), that fails
+   * this request like any malformed chain, never more: a ChainError is the only
+   * failure of a chain's read() and write().
+   */
+  private guestAccess<T>(access: () => T): T {
+    try {
+      return access();
+    } catch (e) {
+      if (e instanceof GuestMemoryError) throw new ChainError(`request ${this.head}: ${e.message}`);
+      throw e;
+    }
   }
 
   /** The pieces of guest memory behind [offset, offset + len) of the readable or writable part. */

@@ -1,7 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { TestDriver } from "./test-driver.js";
+import { TestDriver, TEST_RAM } from "./test-driver.js";
 import { VirtioRng } from "./rng.js";
+import { STATUS_DEVICE_NEEDS_RESET } from "./virtio.js";
+import { FramePool } from "../../memory/frame-pool.js";
+import { P2m } from "../../memory/p2m.js";
+import { GuestMemory, GuestMemoryError } from "../../memory/guest-memory.js";
 
 test("virtio-rng fills each writable buffer with fresh random bytes", () => {
   const d = new TestDriver(new VirtioRng());
@@ -23,4 +27,27 @@ test("virtio-rng never writes into device-readable buffers", () => {
   d.kick(0);
   assert.deepEqual(d.used(0), [{ id: head, len: 0 }]);
   assert.deepEqual(d.mem.read(d.bufferAddr(0, head, 0), 16), new Uint8Array(16));
+});
+
+test("virtio-rng: a buffer guest memory refuses gets length 0, and the next request is served", () => {
+  // Guest memory that refuses writes into one page (as RAM taken away under a request would).
+  const p2m = new P2m(new FramePool(1 << 16), TEST_RAM, 4 << 20);
+  const gone = TEST_RAM + 0x10_0000n; // where the driver puts the first buffer
+  class RefusingMemory extends GuestMemory {
+    override write(gpa: bigint, data: Uint8Array): void {
+      if (gpa < gone + 0x1000n && gpa + BigInt(data.length) > gone) throw new GuestMemoryError(gpa, data.length);
+      super.write(gpa, data);
+    }
+  }
+  const d = new TestDriver(new VirtioRng(), new GuestMemory(p2m), { deviceMem: new RefusingMemory(p2m) });
+  d.start();
+  const a = d.add(0, [{ writeLen: 32 }]);
+  assert.equal(d.bufferAddr(0, a, 0), gone);
+  const b = d.add(0, [{ writeLen: 0x1000 }, { writeLen: 32 }]);
+  d.kick(0);
+  assert.deepEqual(d.used(0), [{ id: a, len: 0 }, { id: b, len: 0 }]);
+  const c = d.add(0, [{ writeLen: 32 }]);
+  d.kick(0);
+  assert.deepEqual(d.used(0), [{ id: c, len: 32 }]);
+  assert.equal(d.status & STATUS_DEVICE_NEEDS_RESET, 0);
 });

@@ -7,7 +7,7 @@
 import { randomFillSync } from "node:crypto";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_RNG } from "./virtio.js";
-import type { VirtQueue } from "./queue.js";
+import { ChainError, type VirtQueue } from "./queue.js";
 
 /** At most this much per request, so a guest asking for gigabytes gets it in pieces. */
 const MAX_REQUEST_BYTES = 64 * 1024;
@@ -34,13 +34,22 @@ export class VirtioRng implements VirtioDevice {
   notify(): void {
     const q = this.queues[0];
     if (!q) return;
-    for (let chain = q.pop(); chain; chain = q.pop()) {
-      const n = Math.min(chain.writableLength, MAX_REQUEST_BYTES);
-      const bytes = randomFillSync(new Uint8Array(n));
-      if (n > 0) chain.write(0, bytes);
-      q.push(chain, n);
+    try {
+      for (let chain = q.pop(); chain; chain = q.pop()) {
+        const n = Math.min(chain.writableLength, MAX_REQUEST_BYTES);
+        let written = n;
+        try {
+          if (n > 0) chain.write(0, randomFillSync(new Uint8Array(n)));
+        } catch (e) {
+          // Guest memory refused the buffer: this request gets nothing, the next ones go on (2.7.8: len is what was written).
+          if (!(e instanceof ChainError)) throw e;
+          written = 0;
+        }
+        q.push(chain, written);
+      }
+    } finally {
+      q.notifyDriver();
     }
-    q.notifyDriver();
   }
 
   reset(): void {
