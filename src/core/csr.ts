@@ -193,6 +193,29 @@ function counterAllowed(csr: u32, priv: u32): bool {
   return true;
 }
 
+const MIP_SEIP: u64 = 1 << 9;
+
+/** The value CSRRS and CSRRC modify, given the value a read returns (`read`).
+ *  They differ for mip: a read gives SEIP as the software-writable bit OR-ed
+ *  with the external interrupt controller's signal, but only the
+ *  software-writable bit takes part in the read-modify-write of CSRRS/CSRRC
+ *  (privileged spec 1.12, 3.1.9). Using the read value would copy the PLIC's
+ *  line into the writable bit whenever another bit of mip is set or cleared
+ *  while the line is high, and SEIP would then stay pending after the line
+ *  drops: an external interrupt with nothing to claim, taken forever. */
+function csrRmwBase(csr: u32, read: u64): u64 {
+  if (csr == 0x344) return (read & ~MIP_SEIP) | (rd(MIP_OFF) & MIP_SEIP);
+  return read;
+}
+
+/** CSRRS for the hypervisor (no privilege checks): set `bits` in `csr` with
+ *  the instruction's read-modify-write rules (csrRmwBase). */
+export function csrSetBits(csr: u32, bits: u64): void {
+  const read = csrReadRaw(csr);
+  if (csrMissing) return;
+  csrWriteRaw(csr, csrRmwBase(csr, read) | bits);
+}
+
 /** CSRRW, CSRRS, CSRRC and their immediate forms. */
 export function execCsr(insn: u32): void {
   const csr = insn >> 20;
@@ -217,7 +240,8 @@ export function execCsr(insn: u32): void {
   if (csrMissing) { illegal(insn); return; }
   if (writes) {
     const src: u64 = (f3 & 4) != 0 ? <u64>rs1 : getX(rs1);
-    const v = op == 1 ? src : op == 2 ? old | src : old & ~src;
+    const base = csrRmwBase(csr, old);
+    const v = op == 1 ? src : op == 2 ? base | src : base & ~src;
     csrWriteRaw(csr, v);
   }
   setX(rdIdx, old);

@@ -12,7 +12,7 @@ import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_O
   SBI_MODE_OFF, HTIF_TOHOST_OFF, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF,
   LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
-import { csrReadRaw, csrWriteRaw } from "./csr";
+import { csrReadRaw, csrWriteRaw, csrSetBits } from "./csr";
 import { resetHart } from "./reset";
 import { runHart, C_DECODE_TABLE_END } from "./execute";
 import { nextTimerDeadline, interruptWakeup } from "./trap";
@@ -70,6 +70,9 @@ export function setPriv(h: usize, p: u32): void {
  *  CSR does not exist (use csrExists to tell). */
 export function csrRead(h: usize, csr: u32): u64 { setCurrentHart(h); return csrReadRaw(csr); }
 export function csrWrite(h: usize, csr: u32, v: u64): void { setCurrentHart(h); csrWriteRaw(csr, v); }
+/** Set bits in a CSR as CSRRS does (for mip: without latching the PLIC's SEIP
+ *  line into the writable bit), e.g. mip.SSIP for an IPI. */
+export function csrSet(h: usize, csr: u32, bits: u64): void { setCurrentHart(h); csrSetBits(csr, bits); }
 
 /** Attach the VM's p2m (see p2m.ts for the entry format) and flush the TLB. */
 export function setP2m(h: usize, table: usize, baseGfn: u64, count: u64): void {

@@ -19,6 +19,7 @@ export interface CoreExports {
   setPriv(h: number, p: number): void;
   csrRead(h: number, csr: number): bigint;
   csrWrite(h: number, csr: number, v: bigint): void;
+  csrSet(h: number, csr: number, bits: bigint): void;
   setP2m(h: number, table: number, baseGfn: bigint, count: bigint): void;
   tlbFlush(h: number): void;
   setIrqLine(h: number, line: number, level: number): void;

@@ -333,8 +333,13 @@ export class VirtMachine {
       setTimer: (id, value) => fn.csrWrite(hartOf(id), CSR_STIMECMP, value),
       sendIpi: (ids) => {
         for (const id of ids) {
-          const h = hartOf(id);
-          fn.csrWrite(h, CSR_MIP, BigInt.asUintN(64, fn.csrRead(h, CSR_MIP)) | MIP_SSIP);
+          // An IPI is a supervisor software interrupt at the target (SBI
+          // spec v2.0, 7.1 sbi_send_ipi): set sip.SSIP as a CSRRS would.
+          // Not a csrRead-then-csrWrite of mip: a read returns SEIP OR-ed with
+          // the PLIC's line, and writing that back latched SEIP on for good
+          // (privileged spec 3.1.9), so the hart took external interrupts
+          // with nothing to claim forever and never its timer or IPIs.
+          fn.csrSet(hartOf(id), CSR_MIP, MIP_SSIP);
         }
       },
       remoteFence: (ids, kind) => {
