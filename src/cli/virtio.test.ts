@@ -135,7 +135,7 @@ test("two VMs on one socket network: ping, and a TCP transfer whose checksum the
       "nc -l -p 5000 -e md5sum",
       "echo served=yes",
     ].join("; ")]);
-    const sender = tsvisor(["run", "--net", `socket=connect:${sock}`, "--timeout", "400", "--", "sh", "-c", [
+    const sender = tsvisor(["run", "--net", `socket=connect:${sock}`, "--stats", "--timeout", "400", "--", "sh", "-c", [
       up("10.0.2.2"),
       "echo mac=$(cat /sys/class/net/eth0/address)",
       // The receiver boots at the same time; wait until it answers.
@@ -149,7 +149,8 @@ test("two VMs on one socket network: ping, and a TCP transfer whose checksum the
     const [rx, tx] = await Promise.all([receiver, sender]);
     const txOut = reported(ok(tx, "sender"));
     const rxOut = reported(ok(rx, "receiver"));
-    assert.match(tx.stdout, /^3 packets received$/m);
+    // A busy host may delay a reply past ping's wait; one in three may go.
+    assert.match(tx.stdout, /^[23] packets received$/m, `sender stats:\n${tx.stderr}\nreceiver stats:\n${rx.stderr}`);
     assert.match(txOut["sent-sum"], /^[0-9a-f]{32}$/);
     assert.equal(txOut["received-sum"], txOut["sent-sum"], "1 MiB over TCP arrived intact");
     assert.equal(rxOut.served, "yes");
