@@ -469,7 +469,7 @@ test("virtio-blk: statistics line, reset and close", () => {
   submit(s, [{ data: header(VIRTIO_BLK_T_DISCARD) }, { data: segments([0, 1]) }, { writeLen: 1 }]);
   submit(s, [{ data: header(99) }, { writeLen: 1 }]);
   assert.deepEqual(s.blk.statsLines(), [
-    "blk0 (disk.qcow2, qcow2): 2 reads 1.5 KiB, 1 writes 2.0 KiB, 1 flushes, 1 discards, 0 write-zeroes, 1 errors",
+    "blk0 (disk.qcow2, qcow2): 2 reads 1.5 KiB, 1 writes 2 KiB, 1 flushes, 1 discards, 0 write-zeroes, 1 errors",
   ]);
   // A reset and a new bring-up: the device works again.
   s.d.start(s.d.deviceFeatures() & ~VIRTIO_F_INDIRECT_DESC, 16);

@@ -39,6 +39,7 @@ import { VIRTIO_ID_BLOCK } from "./virtio.js";
 import { ChainError, type DescriptorChain, type VirtQueue } from "./queue.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { DiskImageError, type DiskImage } from "../../backends/disk/disk.js";
+import { formatBytes } from "./format-bytes.js";
 
 /** Feature bits (5.2.3). */
 export const VIRTIO_BLK_F_SIZE_MAX = 1n << 1n;
@@ -402,16 +403,4 @@ function ioerr(message: string): RequestFailed {
 /** Failures that end one request with IOERR: the disk's, and guest memory that is not there. */
 function isRequestError(e: unknown): e is Error {
   return e instanceof DiskImageError || e instanceof ChainError || e instanceof GuestMemoryError;
-}
-
-/** 512 B, 30.0 KiB, 1.5 MiB. */
-function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
 }

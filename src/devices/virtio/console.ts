@@ -17,6 +17,7 @@ import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_CONSOLE } from "./virtio.js";
 import { ChainError, type VirtQueue } from "./queue.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
+import { formatBytes } from "./format-bytes.js";
 
 /** Feature bits (5.3.3). */
 export const VIRTIO_CONSOLE_F_SIZE = 1n << 0n;
@@ -245,16 +246,4 @@ export class VirtioConsole implements VirtioDevice {
 
 function clampU16(n: number): number {
   return Number.isFinite(n) ? Math.max(0, Math.min(0xffff, Math.trunc(n))) : 0;
-}
-
-/** 512 B, 30 KiB, 1.5 MiB. */
-function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${u === 0 || v >= 10 ? Math.round(v) : Math.round(v * 10) / 10} ${units[u]}`;
 }

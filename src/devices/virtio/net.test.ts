@@ -1,9 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { TestDriver } from "./test-driver.js";
+import { formatBytes } from "./format-bytes.js";
 import {
   VirtioNet, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_SIZE,
-  RX_BACKLOG_FRAMES, formatBytes,
+  RX_BACKLOG_FRAMES,
 } from "./net.js";
 import { VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC } from "./virtio.js";
 import type { NetBackend, NetStats } from "../../backends/net/net-backend.js";

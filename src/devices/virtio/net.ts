@@ -27,6 +27,7 @@ import { VIRTIO_ID_NET } from "./virtio.js";
 import { ChainError, type DescriptorChain, type VirtQueue } from "./queue.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { MAX_FRAME_BYTES, type NetBackend } from "../../backends/net/net-backend.js";
+import { formatBytes } from "./format-bytes.js";
 
 /** Feature bits (5.1.3). */
 export const VIRTIO_NET_F_MAC = 1n << 5n;
@@ -419,16 +420,4 @@ export class VirtioNet implements VirtioDevice {
         `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors`,
     ];
   }
-}
-
-/** 512 B, 30 KiB, 1.5 MiB. */
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${u === 0 || v >= 10 ? Math.round(v) : Math.round(v * 10) / 10} ${units[u]}`;
 }
