@@ -110,7 +110,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
 
   let devices: VmDevices;
   try {
-    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => process.stderr.write(`tsvisor: ${line}\n`));
+    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive));
   } catch (e) {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;
@@ -148,7 +148,7 @@ async function runVm(
           console: opts.console,
           consoleSize: terminalSize(),
           wake: () => control?.wake(),
-          warn: (m) => process.stderr.write(`${interactive ? "\r\n" : ""}tsvisor: ${m}${interactive ? "\r\n" : "\n"}`),
+          warn: (m) => warnLine(m, interactive),
         });
       } catch (e) {
         if (e instanceof BootLayoutError) throw new LinuxRunError(e.message);
@@ -174,6 +174,11 @@ async function runVm(
     for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
     host.detach();
   }
+}
+
+/** A warning while the guest runs; a terminal in raw mode needs its own CR. */
+function warnLine(message: string, interactive: boolean): void {
+  process.stderr.write(interactive ? `\r\ntsvisor: ${message}\r\n` : `tsvisor: ${message}\n`);
 }
 
 /** The size of the terminal tsvisor writes to, if it writes to one. */
