@@ -134,7 +134,12 @@ export class PrivateApt {
 
 /** apt's messages for a mirror that is syncing or overloaded (apt/apt-pkg/acquire-item.cc wording). */
 export function isTransientAptFailure(stderr: string): boolean {
-  return /Mirror sync in progress|Hash Sum mismatch|File has unexpected size|\b50[234]\b|Temporary failure resolving|Connection timed out|Could not connect .*timed out/i.test(stderr);
+  return isIndexMismatch(stderr) || /\b50[234]\b|Temporary failure resolving|Connection timed out|Could not connect .*timed out/i.test(stderr);
+}
+
+/** apt's words for lists that do not match the signed Release (apt-pkg/acquire-item.cc). */
+export function isIndexMismatch(message: string): boolean {
+  return /Mirror sync in progress|Hash Sum mismatch|File has unexpected size/i.test(message);
 }
 
 /** The record apt-cache show printed for `name`, checked. */

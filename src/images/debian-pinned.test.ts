@@ -5,7 +5,8 @@ import { createServer, type Server } from "node:http";
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { downloadPinned, isIndexMismatch, type PinnedPackage } from "./debian-pinned.js";
+import { downloadPinned, type PinnedPackage } from "./debian-pinned.js";
+import { isIndexMismatch } from "./apt.js";
 import { ImageError } from "./errors.js";
 
 const body = Buffer.from("a .deb stand-in: the bytes a pin names\n".repeat(100));

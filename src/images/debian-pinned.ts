@@ -47,11 +47,6 @@ export const PINNED_BUSYBOX: PinnedPackage = {
 
 export const PINNED_SUITE = "trixie";
 
-/** apt's words for lists that do not match the signed Release (apt-pkg/acquire-item.cc). */
-export function isIndexMismatch(message: string): boolean {
-  return /Mirror sync in progress|Hash Sum mismatch|File has unexpected size/i.test(message);
-}
-
 /**
  * Downloads `pkg` from `mirror` into `destDir` and checks size and SHA256
  * while it streams; returns the file's path. A partial or wrong file is

@@ -13,9 +13,9 @@
 
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { PrivateApt, type AptSource, type PackageRecord } from "./apt.js";
+import { PrivateApt, isIndexMismatch, type AptSource, type PackageRecord } from "./apt.js";
 import { ImageError } from "./errors.js";
-import { PINNED_BUSYBOX, PINNED_KERNEL, PINNED_SUITE, downloadPinned, isIndexMismatch, type PinnedPackage } from "./debian-pinned.js";
+import { PINNED_BUSYBOX, PINNED_KERNEL, PINNED_SUITE, downloadPinned, type PinnedPackage } from "./debian-pinned.js";
 import { runOrFail } from "./host-tools.js";
 import { INITRAMFS_MODULES, buildInitramfs, initramfsRecipe } from "./initramfs.js";
 import {
