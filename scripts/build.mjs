@@ -32,9 +32,10 @@ function buildCore() {
   process.stderr.write("building core.wasm\n");
   // The core runs on the VM's shared memory (imported, so the hypervisor owns
   // it and worker threads can share it) and never allocates: stub runtime.
+  // The function table is imported too: the JIT installs translated code in it.
   execFileSync(bin("asc"), [
     "src/core/index.ts", "-o", "build/core.wasm",
-    "--runtime", "stub", "--importMemory", "--sharedMemory",
+    "--runtime", "stub", "--importMemory", "--sharedMemory", "--importTable",
     "--initialMemory", "32", "--maximumMemory", "65536",
     "--enable", "threads", "-O3", "--noAssert", "--converge",
   ], { cwd: root, stdio: "inherit" });

@@ -19,6 +19,7 @@ import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
 import { ImageError } from "../images/errors.js";
 import { diskCommand, DISK_HELP } from "./disk.js";
+import { parseJitFlags, JitFlagError, formatJitStats, DEFAULT_THRESHOLD, type JitOptions } from "../jit/jit.js";
 
 const VERSION = "0.1.0";
 const EXIT_ERROR = 1;
@@ -51,8 +52,12 @@ options for run:
                           socket=udp:HOST:PORT,peer=HOST:PORT
   --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
                           or virtio-console, which moves output in batches
-  --stats                 print VM-exit counts, instructions executed and
-                          virtio queue counts at exit
+  --jit on|off            binary translation of hot guest code to WebAssembly
+                          (default on; off: the interpreter runs everything)
+  --jit-threshold N       entries into a block before it is translated
+                          (default ${DEFAULT_THRESHOLD}; 1 translates before the first run)
+  --stats                 print VM-exit counts, instructions executed,
+                          virtio queue and translation counts at exit
 
   -h, --help              this text
   -V, --version           the version
@@ -87,6 +92,8 @@ function parseRunArgs(argv: string[]) {
         disk: { type: "string", multiple: true },
         net: { type: "string", multiple: true },
         console: { type: "string" },
+        jit: { type: "string" },
+        "jit-threshold": { type: "string" },
       },
     });
     return { ...parsed, command };
@@ -110,6 +117,13 @@ function parseConsole(text: string): "ttyS0" | "hvc0" {
 
 async function runCommand(argv: string[]): Promise<number> {
   const { values: v, positionals, command } = parseRunArgs(argv);
+  let jit: JitOptions | false;
+  try {
+    jit = parseJitFlags(v.jit, v["jit-threshold"]);
+  } catch (e) {
+    if (e instanceof JitFlagError) throw new UsageError(e.message);
+    throw e;
+  }
   const timeoutMs = v.timeout !== undefined ? parseSeconds("--timeout", v.timeout) * 1000 : undefined;
   if (!v.bare && !v.demo) {
     if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}': put the guest command after --`);
@@ -127,6 +141,7 @@ async function runCommand(argv: string[]): Promise<number> {
       disks: v.disk ?? [],
       nets: v.net ?? [],
       console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
+      jit,
     });
   }
   for (const flag of ["kernel", "initrd", "append", "cpus", "disk", "net", "console"] as const) {
@@ -164,9 +179,13 @@ async function runCommand(argv: string[]): Promise<number> {
     maxInsns,
     timeoutMs,
     console: (b) => writeAllSync(1, b),
+    jit,
   });
   const result = machine.run();
-  if (v.stats) process.stderr.write(machine.vcpu.stats.format() + "\n");
+  if (v.stats) {
+    process.stderr.write(machine.vcpu.stats.format() + "\n");
+    if (machine.jit) process.stderr.write(formatJitStats(machine.jit.stats()) + "\n");
+  }
   if (result.kind === "limit") {
     const what = result.what === "instructions" ? `instruction limit (${maxInsns}) reached` : `timeout (${v.timeout} s) reached`;
     process.stderr.write(`tsvisor: ${what} at pc 0x${result.pc.toString(16)}\n`);

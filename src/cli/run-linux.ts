@@ -6,6 +6,7 @@
 // concatenated archives; images/init.ts is the guest side), and the guest's
 // init reports its exit status through the test finisher.
 
+import { formatJitStats, type JitOptions } from "../jit/jit.js";
 import { readFileSync } from "node:fs";
 import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
 import { BootLayoutError } from "../arch/riscv/boot.js";
@@ -23,6 +24,8 @@ export interface LinuxRunOptions {
   memBytes: number;
   cpus: number;
   stats: boolean;
+  /** Binary translation options (false: interpreter only). */
+  jit: JitOptions | false;
   timeoutMs?: number;
   /** Run this in the guest and exit with its status; undefined: interactive shell. */
   command?: string[];
@@ -142,7 +145,7 @@ async function runVm(
       let vm: VirtMachine;
       try {
         vm = new VirtMachine({
-          memBytes: opts.memBytes, harts: opts.cpus, kernel, initrd, cmdline,
+          memBytes: opts.memBytes, harts: opts.cpus, kernel, initrd, cmdline, jit: opts.jit,
           consoleOut: (b) => host.output(b),
           virtio: devices.devices,
           console: opts.console,
@@ -162,7 +165,7 @@ async function runVm(
       process.stdout.on("resize", onResize);
       const outcome = await runMachine(vm, (c) => (control = c)).finally(() => process.stdout.off("resize", onResize));
       host.flush();
-      if (opts.stats) process.stderr.write(`${vm.stats().format()}\n${vm.virtioStats()}\n`);
+      if (opts.stats) process.stderr.write(`${vm.stats().format()}\n${vm.virtioStats()}\n${vm.jit ? formatJitStats(vm.jit.stats()) + "\n" : ""}`);
       if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
       const status = guestEnd(outcome.end, interactive);
       if (status !== undefined) return status;

@@ -20,6 +20,10 @@ export function beginRunCounting(): void {
   retiredThisRun++;
 }
 
+@inline export function retiredThisRunAdd(n: u32): void {
+  retiredThisRun += <u64>n;
+}
+
 /** Current value of mcycle (off = MCYCLE_OFF, bit 0) or minstret (MINSTRET_OFF, bit 2). */
 export function counterValue(off: u32, inhibitBit: u64): u64 {
   const inhibited = (rd(MCOUNTINHIBIT_OFF) & inhibitBit) != 0;

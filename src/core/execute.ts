@@ -8,12 +8,13 @@
 import {
   H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP,
   PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
-  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal,
+  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF,
 } from "./hart";
-import { fetch, htifHit, clearHtifHit } from "./memory";
+import { fetch, htifHit, clearHtifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
+import { jitFind, flushCompileQueue, countEntered, countBail } from "./jit-cache";
 import { updateTlbContext } from "./tlb";
 import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
-import { beginRunCounting, countRetired, foldCounters, retiredThisRun } from "./counters";
+import { beginRunCounting, countRetired, retiredThisRunAdd, foldCounters, retiredThisRun } from "./counters";
 import { EXIT_BUDGET, EXIT_HALT } from "./exit";
 import { execLoad, execStore, execOpImm, execOpImm32, execOp, execOp32, execBranch, jalTarget, immI } from "./isa/rv64i";
 import { execAtomic } from "./isa/a";
@@ -68,6 +69,7 @@ import { getX, setX } from "./hart";
 export const C_DECODE_TABLE: usize = (__heap_base + 15) & ~(<usize>15);
 export const C_DECODE_TABLE_END: usize = C_DECODE_TABLE + (65536 << 2);
 const C_ILLEGAL: u32 = 1;
+const PAGE_MASK: u64 = ~(<u64>0xfff);
 
 @inline function expandCached(c: u32): u32 {
   const p = C_DECODE_TABLE + ((<usize>c) << 2);
@@ -84,10 +86,31 @@ const C_ILLEGAL: u32 = 1;
 // faults forever (e.g. mtvec pointing at unmapped memory) ends the run.
 const TRAP_STORM_LIMIT: u32 = 1000000;
 
+// Result word of a translated function: instructions retired << 2 | flags.
+// Its pc is in the hart block (PC_OFF).
+/** The instruction at pc must run in the interpreter (a fault, an MMIO access,
+ *  an instruction translated code leaves to it, or too little budget left for
+ *  the next block). */
+export const JIT_NEED_INTERP: i32 = 1;
+/** A store overwrote translated code (or reached HTIF tohost): stopped after it. */
+export const JIT_STOPPED: i32 = 2;
+
+/** Instructions that can retire before time reaches `deadline` (after which an
+ *  interrupt may become pending), capped at `cap`. */
+@inline function insnsBeforeDeadline(deadline: u64, tickLeft: u64, tickInsns: u64, cap: u32): u32 {
+  const t = rd(TIME_OFF);
+  if (deadline == 0xffffffffffffffff || deadline <= t) return cap;
+  const ticks = deadline - t - 1;
+  if (ticks >= <u64>cap) return cap; // at least one instruction per tick
+  const n = tickLeft + ticks * tickInsns;
+  return n >= <u64>cap ? cap : <u32>n;
+}
+
 export function runHart(budget: u32): i32 {
   clearStatus();
   clearExitAfterRetire();
   clearHtifHit();
+  clearStoreKilledCode();
   beginRunCounting();
   updateTlbContext();
   wr(WAITING_OFF, 0);
@@ -98,6 +121,12 @@ export function runHart(budget: u32): i32 {
   let deadline = nextTimerDeadline();
   let reason: i32 = EXIT_BUDGET;
   let trapsInARow: u32 = 0;
+  const jitOn = rd(JIT_CACHE_OFF) != 0;
+  // Look for translated code only where a block can start: after a jump, a
+  // trap, a system instruction or translated code, not in straight-line code
+  // the interpreter is already running.
+  let lookup = true;
+  let lookupAfterNext = false;
   // A completed MMIO access must be consumed by re-executing its instruction
   // before anything else runs (an interrupt handler must not see it).
   let mmioCompletion = rd(RUN_MMIO_DONE_OFF) != 0;
@@ -111,33 +140,79 @@ export function runHart(budget: u32): i32 {
       deadline = nextTimerDeadline();
       if (deadline <= rd(TIME_OFF)) deadline = 0xffffffffffffffff;
       const irq = pendingInterrupt();
-      if (irq >= 0) pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc);
+      if (irq >= 0) { pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc); lookup = true; }
     }
     if (left == 0) break;
+
+    if (jitOn && lookup && !mmioCompletion) {
+      lookup = false;
+      const fn = jitFind(pc);
+      if (fn != 0) {
+        // Translated code runs whole blocks and must not cross the point where
+        // the timer makes an interrupt pending: it is then taken at exactly the
+        // instruction the interpreter would take it at (deterministic mode).
+        const limit = insnsBeforeDeadline(deadline, tickLeft, tickInsns, left);
+        countEntered();
+        const r = call_indirect<i32>(fn, <u32>H, pc & PAGE_MASK, limit);
+        const n = <u32>(r >>> 2);
+        pc = rd(PC_OFF);
+        if (n != 0) {
+          trapsInARow = 0;
+          retiredThisRunAdd(n);
+          left -= n;
+          if (<u64>n < tickLeft) {
+            tickLeft -= <u64>n;
+          } else {
+            const past = <u64>n - tickLeft;
+            const t = rd(TIME_OFF) + 1 + past / tickInsns;
+            tickLeft = tickInsns - past % tickInsns;
+            wr(TIME_OFF, t);
+            if (t >= deadline) requestIrqCheck();
+          }
+        }
+        if ((r & JIT_NEED_INTERP) != 0) { countBail(); lookupAfterNext = true; } else lookup = true;
+        clearStoreKilledCode();
+        if (htifHit) {
+          reason = <i32>load<i64>(H, RUN_REASON_OFF);
+          break;
+        }
+        continue;
+      }
+    }
 
     let insn = fetch(pc);
     let next: u64 = 0;
     if (status == STATUS_OK) {
       if ((insn & 3) == 3) {
         next = execute(insn, pc, 4);
+        // Block boundaries: control transfers, and SYSTEM/MISC-MEM instructions
+        // (translated code stops before those).
+        const op = insn & 0x7f;
+        if (op == 0x73 || op == 0x0f || next != pc + 4) lookup = true;
       } else {
         const expanded = expandCached(insn & 0xffff);
         if (expanded == C_ILLEGAL) illegal(insn & 0xffff);
-        else next = execute(expanded, pc, 2);
+        else {
+          next = execute(expanded, pc, 2);
+          if (next != pc + 2) lookup = true;
+        }
         // Faults report the 16-bit instruction as it is in memory.
         if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
       }
     }
+    if (lookupAfterNext) { lookupAfterNext = false; lookup = true; }
     if (mmioCompletion) {
       mmioCompletion = false;
       wr(RUN_MMIO_DONE_OFF, 0);
       requestIrqCheck();
+      lookup = true;
     }
 
     if (status != STATUS_OK) {
       if (status == STATUS_TRAP) {
         clearStatus();
         pc = enterTrap(trapCause, trapTval, pc);
+        lookup = true;
         if (++trapsInARow >= TRAP_STORM_LIMIT) {
           store<i64>(H, <i64>EXIT_HALT, RUN_REASON_OFF);
           wr(RUN_ADDR_OFF, pc);
@@ -164,12 +239,31 @@ export function runHart(budget: u32): i32 {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);
       break;
     }
+    if (storeKilledCode) { clearStoreKilledCode(); lookup = true; }
   }
   wr(PC_OFF, pc);
   wr(TICK_LEFT_OFF, tickLeft);
   foldCounters();
   wr(RUN_INSNS_OFF, retiredThisRun);
   if (reason == EXIT_BUDGET) store<i64>(H, <i64>EXIT_BUDGET, RUN_REASON_OFF);
+  if (jitOn) flushCompileQueue();
   return reason;
+}
+
+// ---- helpers for translated code (src/jit/): they run on the hart run() is
+// executing, and report through JIT_BAIL_OFF / their result instead of status.
+
+/** Execute one non-control-flow instruction (FP, atomics, rare integer ops)
+ *  with the registers in the hart block. 0: done; 1: not done, no effect (the
+ *  interpreter must run it); 2: done, and it overwrote translated code. */
+export function jitExecOne(insn: u32, pc: u64, len: u32): i32 {
+  clearStoreKilledCode();
+  execute(insn, pc, <u64>len);
+  if (status != STATUS_OK) {
+    clearStatus();
+    return 1;
+  }
+  if (storeKilledCode) return 2;
+  return 0;
 }
 

@@ -75,6 +75,18 @@ export const RUN_INSNS_OFF: u32 = 912; // instructions retired by the last run()
 
 export const WAITING_OFF: u32 = 920; // 1 while the hart sits in WFI (set at the exit, cleared by run)
 
+// The TLB contexts (tlb.ts) mirrored in memory for translated code, which reads
+// them once on entry to compare against TLB tags inline.
+export const CTX_FETCH_OFF: u32 = 928;
+export const CTX_LOAD_OFF: u32 = 936;
+export const CTX_STORE_OFF: u32 = 944;
+
+// Binary translation (jit-cache.ts): the VM's translation cache (0 = JIT off),
+// and the flag a slow-path helper raises when translated code must give the
+// instruction back to the interpreter.
+export const JIT_CACHE_OFF: u32 = 952;
+export const JIT_BAIL_OFF: u32 = 960;
+
 // Software TLB (tlb.ts): three direct-mapped arrays (fetch, load, store).
 export const TLB_OFF: u32 = 1024;
 export const TLB_ENTRIES: u32 = 256;
@@ -84,7 +96,11 @@ export const TLB_FETCH_OFF: u32 = TLB_OFF;
 export const TLB_LOAD_OFF: u32 = TLB_OFF + TLB_ARRAY_SIZE;
 export const TLB_STORE_OFF: u32 = TLB_OFF + 2 * TLB_ARRAY_SIZE;
 
-export const HART_STATE_SIZE: u32 = TLB_OFF + 3 * TLB_ARRAY_SIZE;
+// Guest-physical page of each fetch TLB entry (same index), so the dispatcher
+// can key translations by guest-physical address without a page walk.
+export const TLB_FETCH_GPA_OFF: u32 = TLB_OFF + 3 * TLB_ARRAY_SIZE;
+
+export const HART_STATE_SIZE: u32 = TLB_FETCH_GPA_OFF + TLB_ENTRIES * 8;
 
 // ---- the running hart ---------------------------------------------------------
 

@@ -14,7 +14,12 @@ import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_O
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 import { csrReadRaw, csrWriteRaw, csrSetBits } from "./csr";
 import { resetHart } from "./reset";
-import { runHart, C_DECODE_TABLE_END } from "./execute";
+import { runHart, jitExecOne, C_DECODE_TABLE_END } from "./execute";
+import { loadSlow, storeSlow, htifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
+import { status, clearStatus, STATUS_OK, JIT_CACHE_OFF, JIT_BAIL_OFF, H } from "./hart";
+import { tlbDropStoresTo } from "./tlb";
+import { mulh, mulhu, mulhsu } from "./isa/m";
+import { expandCompressed } from "./isa/c";
 import { nextTimerDeadline, interruptWakeup } from "./trap";
 
 export {
@@ -130,4 +135,78 @@ export function setSbiMode(h: usize, on: u32): void { store<u64>(h, on != 0 ? 1 
 export function setHtifTohost(h: usize, gpa: u64): void {
   store<u64>(h, gpa, HTIF_TOHOST_OFF);
   tlbFlush(h);
+}
+
+// ---- binary translation (src/jit/) --------------------------------------------
+
+export {
+  CTX_FETCH_OFF, CTX_LOAD_OFF, CTX_STORE_OFF, JIT_CACHE_OFF, JIT_BAIL_OFF,
+  TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRIES, TLB_FETCH_GPA_OFF,
+} from "./hart";
+export {
+  AREA_BUCKET_MASK, AREA_THRESHOLD, AREA_BATCH, AREA_QUEUE_LEN, AREA_PAGEMAP, AREA_PAGEMAP_BASE,
+  AREA_PAGEMAP_COUNT, AREA_STAT_ENTERED, AREA_STAT_BAILS, AREA_STAT_INVALIDATIONS, AREA_QUEUE, AREA_QUEUE_CAP,
+  AREA_TABLE, BUCKET_WAYS, ENTRY_SIZE, ENTRY_FN, ENTRY_HITS, ENTRY_GEN, HITS_QUEUED, HITS_NEVER, PAGE_CODE,
+} from "./jit-cache";
+export { JIT_NEED_INTERP, JIT_STOPPED } from "./execute";
+
+/** Attach the VM's translation cache area to a hart (0: interpreter only). */
+export function setJitCache(h: usize, areaAddr: usize): void {
+  store<u64>(h, <u64>areaAddr, JIT_CACHE_OFF);
+}
+
+/** Host frame `hostPage` now holds translated code: keep it out of this hart's
+ *  store TLB. Callable while run() executes (the host compiles from inside it). */
+export function jitDropStores(h: usize, hostPage: usize): void {
+  const saved = H;
+  setCurrentHart(h);
+  tlbDropStoresTo(hostPage);
+  setCurrentHart(saved);
+}
+
+/** 32-bit encoding of a compressed instruction, 0 when it is illegal. */
+export function expandC(c: u32): u32 {
+  return expandCompressed(c & 0xffff);
+}
+
+// The slow paths translated code calls (imported by every generated module).
+// They run on the hart run() is executing. A fault or exit is never taken here:
+// the helper undoes nothing because it changed nothing, and tells the caller to
+// hand the instruction to the interpreter, which takes it precisely.
+
+/** A load that missed the inline TLB check. JIT_BAIL = 1 when it cannot complete. */
+export function jitLoad(va: u64, size: u32): u64 {
+  const v = loadSlow(va, size);
+  if (status != STATUS_OK) {
+    clearStatus();
+    store<u64>(H, 1, JIT_BAIL_OFF);
+    return 0;
+  }
+  store<u64>(H, 0, JIT_BAIL_OFF);
+  return v;
+}
+
+/** A store that missed the inline TLB check: 0 done, 1 not done (interpret it),
+ *  2 done but translated code must stop after it (it overwrote translated code
+ *  or reached HTIF tohost). */
+export function jitStore(va: u64, v: u64, size: u32): i32 {
+  clearStoreKilledCode();
+  storeSlow(va, v, size);
+  if (status != STATUS_OK) {
+    clearStatus();
+    return 1;
+  }
+  return storeKilledCode || htifHit ? 2 : 0;
+}
+
+/** One instruction translated code leaves to the interpreter's execute (FP,
+ *  atomics, bit manipulation): see jitExecOne. */
+export function jitExec(insn: u32, pc: u64, len: u32): i32 {
+  return jitExecOne(insn, pc, len);
+}
+
+/** High half of a 128-bit product (no wasm instruction for it): kind 1 MULH,
+ *  2 MULHSU, 3 MULHU (the funct3 values). */
+export function jitMulh(a: u64, b: u64, kind: u32): u64 {
+  return kind == 1 ? mulh(a, b) : kind == 2 ? mulhsu(a, b) : mulhu(a, b);
 }

@@ -25,14 +25,21 @@ import {
 } from "./hart";
 import { p2mLookup, P2M_MMIO, P2M_FAULT } from "./p2m";
 import {
-  ctxFetch, ctxLoad, ctxStore, dataPriv, tlbIndex, tlbFill,
+  ctxFetch, ctxLoad, ctxStore, dataPriv, tlbIndex, tlbFill, tlbFillFetch,
   TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF,
 } from "./tlb";
+import { storeHitsCode, pageHoldsCode } from "./jit-cache";
 import { translate, accessFault, p2mFaultExit, ACC_FETCH, ACC_LOAD, ACC_STORE } from "./mmu";
 import { EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_HTIF, MMIO_COMPLETED, MMIO_NO_DEVICE } from "./exit";
 
 /** Set when a store touched HTIF `tohost`: run() retires the instruction, then exits. */
 export let htifHit: bool = false;
+/** Set when a store overwrote a page holding translated code (jit-cache.ts):
+ *  translated code must not run past that store. Cleared by its reader. */
+export let storeKilledCode: bool = false;
+export function clearStoreKilledCode(): void {
+  storeKilledCode = false;
+}
 /** Guest-physical address of the last atomic access (for the LR reservation). */
 export let lastAtomicGpa: u64 = 0;
 
@@ -213,12 +220,16 @@ export function storeSlow(va: u64, v: u64, size: u32): void {
     const host = p2mLookup(gpa, true);
     if (host == P2M_MMIO) { mmioWrite(va, gpa, v, size); return; }
     if (host == P2M_FAULT) { p2mFaultExit(gpa, ACC_STORE); return; }
+    if (storeHitsCode(gpa)) storeKilledCode = true;
     if (isTohostPage(gpa)) {
       writeHost(host + <usize>(gpa & 0xfff), v, size);
       checkTohost(gpa, size);
       return;
     }
-    tlbFill(TLB_STORE_OFF, va, ctxStore, host);
+    // A page with translations stays out of the store TLB, so every store to it
+    // comes here and invalidates them (pageHoldsCode is false right after that,
+    // but the host may translate the page again before the next store).
+    if (!pageHoldsCode(gpa)) tlbFill(TLB_STORE_OFF, va, ctxStore, host);
     writeHost(host + <usize>(gpa & 0xfff), v, size);
     return;
   }
@@ -230,6 +241,8 @@ export function storeSlow(va: u64, v: u64, size: u32): void {
   if (h1 == P2M_MMIO || h2 == P2M_MMIO) { accessFault(va, ACC_STORE); return; }
   if (h1 == P2M_FAULT) { p2mFaultExit(gpa, ACC_STORE); return; }
   if (h2 == P2M_FAULT) { p2mFaultExit(gpa2, ACC_STORE); return; }
+  if (storeHitsCode(gpa)) storeKilledCode = true;
+  if (storeHitsCode(gpa2)) storeKilledCode = true;
   const n1 = <u32>(4096 - off);
   for (let i: u32 = 0; i < size; i++) {
     const b = <u8>(v >> (<u64>i * 8));
@@ -247,7 +260,7 @@ function fetchHalf(va: u64, fault: u64): usize {
   const host = p2mLookup(gpa, false);
   if (host == P2M_MMIO) { accessFault(fault, ACC_FETCH); return 0; }
   if (host == P2M_FAULT) { p2mFaultExit(gpa, ACC_FETCH); return 0; }
-  tlbFill(TLB_FETCH_OFF, va, ctxFetch, host);
+  tlbFillFetch(va, ctxFetch, host, gpa);
   return host + <usize>(gpa & 0xfff);
 }
 
@@ -281,6 +294,7 @@ export function atomicHost(va: u64, size: u32, isLr: bool): usize {
   // Device space does not support atomics (PMA, privileged spec 3.6.3).
   if (host == P2M_MMIO) { accessFault(va, access); return 0; }
   if (host == P2M_FAULT) { p2mFaultExit(gpa, access); return 0; }
+  if (!isLr && storeHitsCode(gpa)) storeKilledCode = true;
   lastAtomicGpa = gpa;
   return host + <usize>(gpa & 0xfff);
 }

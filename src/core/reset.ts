@@ -1,16 +1,18 @@
 // Hart reset (privileged spec 3.4): M-mode, MIE and MPRV clear, misa at its
 // value, pc at the reset vector. The hypervisor's configuration of the hart
-// (p2m, SBI mode, HTIF address, tick rate) survives a reset.
+// (p2m, SBI mode, HTIF address, tick rate, translation cache) survives a reset.
 
 import {
   H, wr, X_OFF, P2M_TABLE_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, MHARTID_OFF, MTIMECMP_OFF, STIMECMP_OFF,
-  TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, PRV_M, MSTATUS_XLEN64, rd,
+  TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, JIT_CACHE_OFF, PRV_M, MSTATUS_XLEN64, rd,
 } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 
 export function resetHart(hartId: u64, resetPc: u64): void {
+  const jitCache = rd(JIT_CACHE_OFF);
   memory.fill(H + X_OFF, 0, P2M_TABLE_OFF - X_OFF);
   memory.fill(H + RUN_REASON_OFF, 0, TLB_OFF - RUN_REASON_OFF);
+  wr(JIT_CACHE_OFF, jitCache);
   wr(PC_OFF, resetPc);
   wr(PRIV_OFF, PRV_M);
   // XLEN is 64 in every mode (UXL = SXL = 2).

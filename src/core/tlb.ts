@@ -14,7 +14,7 @@
 
 import {
   H, TLB_ENTRIES, TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRY_SIZE,
-  MSTATUS_OFF, SATP_OFF, PRIV_OFF, rd,
+  MSTATUS_OFF, SATP_OFF, PRIV_OFF, rd, wr, CTX_FETCH_OFF, CTX_LOAD_OFF, CTX_STORE_OFF, TLB_FETCH_GPA_OFF,
   MSTATUS_MPRV, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_SUM, MSTATUS_MXR, PRV_M,
 } from "./hart";
 
@@ -42,6 +42,9 @@ export function updateTlbContext(): void {
   ctxFetch = CTX_VALID | <u64>priv | (fetchOn << 4);
   ctxLoad = CTX_VALID | <u64>dp | (dataOn << 4) | (sum << 2) | (mxr << 3);
   ctxStore = CTX_VALID | <u64>dp | (dataOn << 4) | (sum << 2);
+  wr(CTX_FETCH_OFF, ctxFetch);
+  wr(CTX_LOAD_OFF, ctxLoad);
+  wr(CTX_STORE_OFF, ctxStore);
 }
 
 export function tlbFlushAll(): void {
@@ -59,6 +62,23 @@ export function tlbFill(arrayOff: u32, va: u64, ctx: u64, hostPage: usize): void
   const vpage = va & ~(<u64>0xfff);
   store<u64>(e, vpage | ctx);
   store<u64>(e, (<u64>hostPage) - vpage, 8);
+}
+
+/** Fetch fills also record the guest-physical page (translations are keyed by it). */
+export function tlbFillFetch(va: u64, ctx: u64, hostPage: usize, gpa: u64): void {
+  tlbFill(TLB_FETCH_OFF, va, ctx, hostPage);
+  store<u64>(H + <usize>TLB_FETCH_GPA_OFF + (tlbIndex(va) >> 1), gpa & ~(<u64>0xfff));
+}
+
+/** Drop the store entries that map host frame `hostPage` (it now holds translated
+ *  code, so every store to it must take the slow path and invalidate). */
+export function tlbDropStoresTo(hostPage: usize): void {
+  for (let i: u32 = 0; i < TLB_ENTRIES; i++) {
+    const e = H + TLB_STORE_OFF + <usize>(i * TLB_ENTRY_SIZE);
+    const tag = load<u64>(e);
+    if (tag == INVALID_TAG) continue;
+    if (<usize>((tag & ~(<u64>0xfff)) + load<u64>(e, 8)) == hostPage) store<u64>(e, INVALID_TAG);
+  }
 }
 
 export { TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF };

@@ -54,6 +54,7 @@ export class GuestMemory {
     this.forEachFrame(gpa, data.length, true, (host, done, n) => {
       this.p2m.pool.bytes.set(data.subarray(done, done + n), host!);
     });
+    this.p2m.noteWritten(gpa, data.length);
   }
 
   /** Set `len` bytes to zero (frames never touched are zero already and stay unallocated). */
@@ -61,6 +62,7 @@ export class GuestMemory {
     this.forEachFrame(gpa, len, false, (host, _done, n) => {
       if (host !== undefined) this.p2m.pool.bytes.fill(0, host, host + n);
     });
+    this.p2m.noteWritten(gpa, len);
   }
 
   readU16(gpa: GuestAddress): number {

@@ -38,6 +38,7 @@ export class P2m {
   private readonly tableFrames: number;
   private populatedFrames = 0;
   private released = false;
+  private readonly changeListeners: ((index: number, count: number) => void)[] = [];
 
   /** A window of `bytes` of RAM at guest-physical `base` (both page-aligned). */
   constructor(pool: FramePool, base: GuestAddress, bytes: number) {
@@ -51,6 +52,25 @@ export class P2m {
     this.count = bytes / FRAME_SIZE;
     this.tableFrames = framesFor(this.count * ENTRY_SIZE);
     this.table = pool.allocContiguous(this.tableFrames);
+  }
+
+  /**
+   * Be told when the contents or the mapping of window frames change behind
+   * the vCPUs' back: a new host frame for an index, or the hypervisor writing
+   * guest memory (device DMA, loaders). The translation cache uses it to retire
+   * code translated from those frames.
+   */
+  onChange(listener: (index: number, count: number) => void): void {
+    this.changeListeners.push(listener);
+  }
+
+  /** The hypervisor wrote [gpa, gpa + length) of guest RAM (GuestMemory calls this). */
+  noteWritten(gpa: GuestAddress, length: number): void {
+    if (this.changeListeners.length === 0 || length <= 0) return;
+    const first = this.indexOf(gpa);
+    const last = this.indexOf(gpa + BigInt(length - 1));
+    if (first < 0 || last < 0) return;
+    for (const l of this.changeListeners) l(first, last - first + 1);
   }
 
   /** First guest-physical address of the window. */
@@ -161,6 +181,7 @@ export class P2m {
   private setEntry(index: number, value: number): void {
     this.checkIndex(index);
     this.pool.view.setUint32(this.table + index * ENTRY_SIZE, value >>> 0, true);
+    for (const l of this.changeListeners) l(index, 1);
   }
 
   private checkIndex(index: number): void {

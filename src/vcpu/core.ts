@@ -33,6 +33,10 @@ export interface CoreExports {
   isWaiting(h: number): number;
   setSbiMode(h: number, on: number): void;
   setHtifTohost(h: number, gpa: bigint): void;
+  // Binary translation (src/jit/).
+  setJitCache(h: number, area: number): void;
+  jitDropStores(h: number, hostPage: number): void;
+  expandC(c: number): number;
 }
 
 /** Exported constants (wasm globals) the hypervisor needs as numbers. */
@@ -44,11 +48,16 @@ export interface CoreConstants {
   MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
   P2M_PRESENT: number; P2M_WRITABLE: number;
   IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;
+  PC_OFF: number;
 }
 
 export interface Core {
   fn: CoreExports;
   k: CoreConstants;
+  /** The core's function table: translated code is installed here (src/jit/). */
+  table: WebAssembly.Table;
+  /** Who translates when the core's compile queue is full (none: the queue is dropped). */
+  setCompiler(compile: (() => void) | undefined): void;
 }
 
 export const asU64 = (v: bigint): bigint => BigInt.asUintN(64, v);
@@ -75,11 +84,19 @@ export function instantiateCore(memory: WebAssembly.Memory): Core {
     }
     compiled = new WebAssembly.Module(new Uint8Array(bytes));
   }
+  const table = new WebAssembly.Table({ element: "anyfunc", initial: 1 });
+  let compiler: (() => void) | undefined;
   const inst = new WebAssembly.Instance(compiled, {
     env: {
       memory,
+      table,
       abort: () => {
         throw new Error("internal error: the CPU core aborted");
+      },
+    },
+    jit: {
+      compile: () => {
+        if (compiler) compiler();
       },
     },
   });
@@ -90,5 +107,12 @@ export function instantiateCore(memory: WebAssembly.Memory): Core {
   for (const [name, v] of Object.entries(ex)) {
     if (v instanceof WebAssembly.Global) k[name] = v.value as number | bigint;
   }
-  return { fn: ex as unknown as CoreExports, k: k as unknown as CoreConstants };
+  return {
+    fn: ex as unknown as CoreExports,
+    k: k as unknown as CoreConstants,
+    table,
+    setCompiler: (c) => {
+      compiler = c;
+    },
+  };
 }

@@ -15,6 +15,7 @@ import { MmioBus } from "../bus/mmio-bus.js";
 import { Aclint, ACLINT_SIZE } from "../devices/irq/aclint.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import type { ElfImage } from "../loader/elf.js";
+import { Jit, type JitOptions } from "../jit/jit.js";
 
 export const BARE_RAM_BASE = 0x8000_0000n;
 export const BARE_ACLINT_BASE = 0x0200_0000n;
@@ -33,6 +34,8 @@ export interface BareOptions {
   /** Stop after this much wall-clock time in ms (undefined: no limit). */
   timeoutMs?: number;
   console: (bytes: Uint8Array) => void;
+  /** Binary translation (undefined or false: interpreter only). */
+  jit?: JitOptions | false;
 }
 
 export type BareResult =
@@ -42,6 +45,7 @@ export type BareResult =
 export class BareMachine {
   readonly core: Core;
   readonly vcpu: Vcpu;
+  readonly jit: Jit | undefined;
   private readonly ram: GuestMemory;
   private readonly tohost: bigint;
   private readonly fromhost: bigint | undefined;
@@ -55,6 +59,10 @@ export class BareMachine {
     const bus = new MmioBus();
     this.vcpu = new Vcpu(this.core, pool, 0, p2m, bus);
     bus.register(BARE_ACLINT_BASE, ACLINT_SIZE, new Aclint(this.core, [this.vcpu.hart]));
+    if (opts.jit) {
+      this.jit = new Jit(this.core, pool, p2m, opts.jit);
+      this.jit.attachHart(this.vcpu.hart);
+    }
 
     const tohost = elf.symbol("tohost");
     if (tohost === undefined) throw new MachineError("the program has no `tohost` symbol: bare-metal mode needs HTIF to report results");

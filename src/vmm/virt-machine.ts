@@ -15,6 +15,7 @@ import { GuestMemory } from "../memory/guest-memory.js";
 import { MmioBus } from "../bus/mmio-bus.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { ExitStats } from "../vcpu/exit-stats.js";
+import { Jit, type JitOptions } from "../jit/jit.js";
 import { Aclint } from "../devices/irq/aclint.js";
 import { Plic, plicSize } from "../devices/irq/plic.js";
 import { Uart16550 } from "../devices/legacy/uart16550.js";
@@ -54,6 +55,8 @@ export interface VirtMachineConfig {
   wake?(): void;
   /** A guest driver error worth a line on the host (a device needing a reset). */
   warn?(message: string): void;
+  /** Binary translation (undefined or false: interpreter only). */
+  jit?: JitOptions | false;
 }
 
 /** How the guest ended. */
@@ -102,6 +105,8 @@ export class VirtMachine {
   private readonly virtio: VirtioMmio[] = [];
   private readonly hvc: VirtioConsole | undefined;
   private pollRequested = false;
+  /** The translation cache (undefined with the JIT off). */
+  readonly jit: Jit | undefined;
   private end: VmEnd | undefined;
 
   constructor(private readonly cfg: VirtMachineConfig) {
@@ -116,6 +121,10 @@ export class VirtMachine {
     this.harts = [];
     for (let id = 0; id < cfg.harts; id++) {
       this.harts.push({ id, vcpu: new Vcpu(this.core, pool, id, p2m, bus, "exit"), state: HartState.Stopped });
+    }
+    if (cfg.jit) {
+      this.jit = new Jit(this.core, pool, p2m, cfg.jit);
+      for (const s of this.harts) this.jit.attachHart(s.vcpu.hart);
     }
 
     const { fn, k } = this.core;

@@ -31,7 +31,8 @@ export function createHart(code: number[] = [], ramPages = 16): TestHart {
   module ??= new WebAssembly.Module(readFileSync(join(root, "build", "core.wasm")));
   const memory = new WebAssembly.Memory({ initial: 64, maximum: 65536, shared: true });
   const core = new WebAssembly.Instance(module, {
-    env: { memory, abort: () => { throw new Error("core abort"); } },
+    env: { memory, table: new WebAssembly.Table({ element: "anyfunc", initial: 1 }), abort: () => { throw new Error("core abort"); } },
+    jit: { compile: () => {} },
   }).exports as any;
   const hart = Math.ceil(Number(core.coreDataEnd()) / 4096) * 4096;
   const p2m = hart + Math.ceil(core.hartStateSize() / 4096) * 4096;

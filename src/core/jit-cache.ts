@@ -1,0 +1,213 @@
+// The translation cache as the core sees it (binary translation, src/jit/).
+//
+// Translated code is keyed by the guest-physical address of its entry and the
+// fetch mode (privilege, translation on/off), so code mapped at two virtual
+// addresses shares one translation. The host side (src/jit/jit.ts) owns the
+// cache: it allocates this area in the shared memory, compiles hot entries into
+// WebAssembly functions in batches and installs them in the core's function
+// table. The core only counts, looks up and invalidates:
+//
+//   - counting: every block start the dispatcher reaches gets an entry; when its
+//     hit count reaches the threshold its key goes on the compile queue, and a
+//     full queue calls the host (import `jit.compile`) to translate the batch;
+//   - lookup: fetch TLB (which already proved execute permission for the page
+//     in this mode) -> guest-physical address -> 4-way bucket -> function;
+//   - invalidation: one u32 per guest frame holds a CODE bit and a generation.
+//     Frames with translations are kept out of the store TLB, so every store to
+//     one takes the slow path, which bumps the generation; a translation whose
+//     generation is old is never entered again. Device DMA and p2m changes do
+//     the same from the host side.
+//
+// Area layout (byte offsets from the area's base; the host writes the header).
+
+import { H, rd, JIT_CACHE_OFF, TLB_FETCH_OFF, TLB_FETCH_GPA_OFF } from "./hart";
+import { ctxFetch, tlbIndex } from "./tlb";
+
+export const AREA_BUCKET_MASK: u32 = 0; //  number of buckets - 1 (a power of two)
+export const AREA_THRESHOLD: u32 = 8; //    hits before an entry is queued for translation
+export const AREA_BATCH: u32 = 16; //       queue length that makes the core ask for a compile
+export const AREA_QUEUE_LEN: u32 = 24;
+export const AREA_PAGEMAP: u32 = 32; //     host address of the u32 per guest frame
+export const AREA_PAGEMAP_BASE: u32 = 40; // first guest frame number it covers
+export const AREA_PAGEMAP_COUNT: u32 = 48;
+// Counters (the host reads them for --stats).
+export const AREA_STAT_ENTERED: u32 = 64; // entries into translated code
+export const AREA_STAT_BAILS: u32 = 72; //   instructions handed back to the interpreter
+export const AREA_STAT_INVALIDATIONS: u32 = 80; // pages whose translations a write killed
+export const AREA_QUEUE: u32 = 128; //      AREA_QUEUE_CAP u64 entry addresses (queued entries are never evicted)
+export const AREA_QUEUE_CAP: u32 = 64;
+export const AREA_TABLE: u32 = 1024; //     buckets of 4 entries
+export const BUCKET_WAYS: u32 = 4;
+export const ENTRY_SIZE: u32 = 32; //       key u64 | fn u32 | hits u32 | gen u32 | unused
+export const ENTRY_FN: u32 = 8;
+export const ENTRY_HITS: u32 = 12;
+export const ENTRY_GEN: u32 = 16;
+
+/** hits values that are states, not counts. */
+export const HITS_QUEUED: u32 = 0xffffffff;
+/** The host found nothing it can translate at this entry (e.g. a CSR access). */
+export const HITS_NEVER: u32 = 0xfffffffe;
+
+export const KEY_VALID: u64 = 1 << 63;
+
+// Page map entry: bit 0 CODE, bits 1..7 invalidations so far (saturating),
+// bits 8..31 generation.
+export const PAGE_CODE: u32 = 1;
+const PAGE_INVAL_MAX: u32 = 127;
+
+const PAGE_MASK: u64 = ~(<u64>0xfff);
+
+// ---- host-side interface -----------------------------------------------------
+
+/** The host's compiler: translates the queued keys (and empties the queue). */
+@external("jit", "compile")
+declare function hostCompile(h: usize): void;
+
+@inline function area(): usize {
+  return <usize>rd(JIT_CACHE_OFF);
+}
+
+@inline function areaU64(a: usize, off: u32): u64 {
+  return load<u64>(a + <usize>off);
+}
+
+// ---- invalidation ----------------------------------------------------------------
+
+/** Address of the page-map word for `gpa`, or 0 when it is outside the map. */
+function pageWord(a: usize, gpa: u64): usize {
+  const idx = (gpa >> 12) - areaU64(a, AREA_PAGEMAP_BASE);
+  if (idx >= areaU64(a, AREA_PAGEMAP_COUNT)) return 0;
+  return <usize>areaU64(a, AREA_PAGEMAP) + ((<usize>idx) << 2);
+}
+
+/** A store is about to change guest-physical page `gpa`: if translations were
+ *  made from it, retire them (new generation, CODE cleared) and return true.
+ *  Called on every store slow path, so the CODE-free case is cheap. */
+export function storeHitsCode(gpa: u64): bool {
+  const a = area();
+  if (a == 0) return false;
+  const p = pageWord(a, gpa);
+  if (p == 0) return false;
+  const w = load<u32>(p);
+  if ((w & PAGE_CODE) == 0) return false;
+  let n = (w >> 1) & PAGE_INVAL_MAX;
+  if (n < PAGE_INVAL_MAX) n++;
+  store<u32>(p, (((w >> 8) + 1) << 8) | (n << 1));
+  store<u64>(a + <usize>AREA_STAT_INVALIDATIONS, areaU64(a, AREA_STAT_INVALIDATIONS) + 1);
+  return true;
+}
+
+/** Does the page hold translations (so its stores must stay out of the TLB)? */
+export function pageHoldsCode(gpa: u64): bool {
+  const a = area();
+  if (a == 0) return false;
+  const p = pageWord(a, gpa);
+  return p != 0 && (load<u32>(p) & PAGE_CODE) != 0;
+}
+
+// ---- lookup and counting -------------------------------------------------------------
+
+/** Translation key of the instruction at guest-physical `gpa` in the current
+ *  fetch mode: privilege (2 bits) and whether fetches are translated (1 bit). */
+@inline function keyOf(gpa: u64): u64 {
+  const mode = (ctxFetch & 3) | ((ctxFetch >> 2) & 4);
+  return KEY_VALID | (mode << 56) | gpa;
+}
+
+@inline function bucketOf(a: usize, key: u64): usize {
+  const h = <u32>((key >> 1) ^ (key >> 13) ^ (key >> 56) * 0x9e37);
+  return a + <usize>AREA_TABLE + ((<usize>(h & <u32>areaU64(a, AREA_BUCKET_MASK))) * <usize>(BUCKET_WAYS * ENTRY_SIZE));
+}
+
+/** An entry is decided (translated, or known untranslatable) as of its page's
+ *  generation; a newer generation means its code was overwritten since. */
+@inline function entryCurrent(a: usize, ent: usize, gpa: u64): bool {
+  const p = pageWord(a, gpa);
+  return p != 0 && (load<u32>(p) >> 8) == load<u32>(ent, ENTRY_GEN);
+}
+
+function enqueue(a: usize, ent: usize): void {
+  const n = <u32>areaU64(a, AREA_QUEUE_LEN);
+  store<u64>(a + <usize>AREA_QUEUE + ((<usize>n) << 3), <u64>ent);
+  store<u64>(a + <usize>AREA_QUEUE_LEN, <u64>(n + 1));
+}
+
+/** Ask the host to translate what is queued (also called at the end of run()). */
+export function flushCompileQueue(): void {
+  const a = area();
+  if (a != 0 && areaU64(a, AREA_QUEUE_LEN) != 0) hostCompile(H);
+}
+
+/** One more hit on `ent`; queue it at the threshold and compile a full batch. */
+function countHit(a: usize, ent: usize, hits: u32): void {
+  hits++;
+  if (hits < <u32>areaU64(a, AREA_THRESHOLD)) {
+    store<u32>(ent, hits, ENTRY_HITS);
+    return;
+  }
+  store<u32>(ent, HITS_QUEUED, ENTRY_HITS);
+  enqueue(a, ent);
+  const len = areaU64(a, AREA_QUEUE_LEN);
+  if (len >= areaU64(a, AREA_BATCH) || len >= <u64>AREA_QUEUE_CAP) hostCompile(H);
+}
+
+/**
+ * The translated function for the block starting at `pc`, as a table index, or 0
+ * (interpret). Counts the hit when there is none yet. Requires the JIT on.
+ */
+export function jitFind(pc: u64): u32 {
+  const a = area();
+  const ti = tlbIndex(pc);
+  // A fetch TLB miss: the interpreter's fetch will walk and fill it.
+  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return 0;
+  const gpa = load<u64>(H + <usize>TLB_FETCH_GPA_OFF + (ti >> 1)) | (pc & 0xfff);
+  const key = keyOf(gpa);
+  const bucket = bucketOf(a, key);
+  let victim: usize = 0;
+  let victimHits: u32 = HITS_NEVER;
+  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
+    const ent = bucket + <usize>(w * ENTRY_SIZE);
+    const k = load<u64>(ent);
+    if (k == key) {
+      const fn = load<u32>(ent, ENTRY_FN);
+      const hits = load<u32>(ent, ENTRY_HITS);
+      if (fn != 0 || hits == HITS_NEVER) {
+        if (entryCurrent(a, ent, gpa)) return fn;
+        store<u32>(ent, 0, ENTRY_FN); // its code was overwritten: count again
+        store<u32>(ent, 0, ENTRY_HITS);
+        countHit(a, ent, 0);
+      } else if (hits != HITS_QUEUED) {
+        countHit(a, ent, hits);
+      }
+      // A batch may just have been compiled, this entry with it.
+      const now = load<u32>(ent, ENTRY_FN);
+      return now != 0 && load<u64>(ent) == key && entryCurrent(a, ent, gpa) ? now : 0;
+    }
+    if (k == 0) {
+      if (victimHits != 0) { victim = ent; victimHits = 0; }
+    } else if (load<u32>(ent, ENTRY_FN) == 0) {
+      // Counting entries are the ones to give up; decided ones stay until the
+      // host flushes the cache (it owns the functions they name).
+      const hits = load<u32>(ent, ENTRY_HITS);
+      if (hits < victimHits) { victim = ent; victimHits = hits; }
+    }
+  }
+  if (victim == 0) return 0;
+  store<u64>(victim, key);
+  store<u32>(victim, 0, ENTRY_FN);
+  store<u32>(victim, 0, ENTRY_HITS);
+  store<u32>(victim, 0, ENTRY_GEN);
+  countHit(a, victim, 0);
+  const now = load<u32>(victim, ENTRY_FN);
+  return now != 0 && load<u64>(victim) == key ? now : 0;
+}
+
+export function countEntered(): void {
+  const a = area();
+  store<u64>(a + <usize>AREA_STAT_ENTERED, areaU64(a, AREA_STAT_ENTERED) + 1);
+}
+
+export function countBail(): void {
+  const a = area();
+  store<u64>(a + <usize>AREA_STAT_BAILS, areaU64(a, AREA_STAT_BAILS) + 1);
+}

@@ -1,0 +1,274 @@
+// The translation cache of one VM: the host half of binary translation.
+//
+// The core counts block entries and queues hot ones (src/core/jit-cache.ts);
+// when a batch is full it calls compile() here, which translates each queued
+// entry into a region function (translate.ts), compiles them all as one
+// WebAssembly module (so module compile cost is shared by the batch),
+// installs the functions in the core's function table and records them in
+// the cache entries. Pages with translations get their CODE bit in the page
+// map and leave every hart's store TLB, so a store to them takes the slow path
+// and invalidates (see jit-cache.ts).
+//
+// Memory bound: at most `maxRegions` functions and `maxCodeBytes` of generated
+// WebAssembly live at once; a batch that would pass either first drops the
+// whole cache (QEMU flushes its translation buffer the same way when full),
+// so a long-running guest cannot grow host memory without limit.
+
+import type { Core } from "../vcpu/core.js";
+import type { FramePool } from "../memory/frame-pool.js";
+import { FRAME_SIZE, WASM_MAX_PAGES } from "../memory/frame-pool.js";
+import type { P2m } from "../memory/p2m.js";
+import { encodeModule, type Func } from "./wasm-emitter.js";
+import { translateRegion, HELPERS, type CoreLayout } from "./translate.js";
+
+export interface JitOptions {
+  /** Entries into a block start before it is translated (1: translate before
+   *  the first execution, as the tests' "forced" mode does). */
+  threshold?: number;
+  /** Queued entries that make a compile batch (1 with threshold 1). */
+  batch?: number;
+  maxRegions?: number;
+  maxCodeBytes?: number;
+}
+
+export const DEFAULT_THRESHOLD = 32;
+const DEFAULT_BATCH = 16;
+const DEFAULT_MAX_REGIONS = 16384;
+const DEFAULT_MAX_CODE_BYTES = 64 << 20;
+const BUCKETS = 8192;
+/** A page rewritten this often after being translated is left to the
+ *  interpreter (code and data sharing a page, or a guest generating code in a loop). */
+const THRASH_LIMIT = 64;
+
+export interface JitStats {
+  /** Region functions compiled, and the basic blocks and instructions in them. */
+  regions: number;
+  blocks: number;
+  instructions: number;
+  /** Compile batches (modules) and the host time spent translating and compiling. */
+  batches: number;
+  compileMs: number;
+  codeBytes: number;
+  /** Entries into translated code (cache hits of the dispatcher). */
+  entered: number;
+  /** Instructions translated code handed back to the interpreter (faults,
+   *  MMIO exits, SYSTEM instructions, budget ends). */
+  exitsToInterpreter: number;
+  /** Pages whose translations a write (guest store, DMA, p2m change) retired. */
+  invalidations: number;
+  /** Whole-cache flushes at the size bound. */
+  flushes: number;
+}
+
+export class Jit {
+  readonly threshold: number;
+  private readonly batch: number;
+  private readonly maxRegions: number;
+  private readonly maxCodeBytes: number;
+  private readonly area: number;
+  private readonly areaFrames: number;
+  private readonly pageMap: number;
+  private readonly pageMapFrames: number;
+  private readonly harts: number[] = [];
+  private readonly layout: CoreLayout;
+  private readonly helpers: Record<string, unknown>;
+  private readonly k: Record<string, number>;
+  /** Table slots handed out since the last flush (slot 0 means "none"). */
+  private slotsUsed = 0;
+  private liveCodeBytes = 0;
+  private readonly s: Omit<JitStats, "entered" | "exitsToInterpreter" | "invalidations"> = {
+    regions: 0, blocks: 0, instructions: 0, batches: 0, compileMs: 0, codeBytes: 0, flushes: 0,
+  };
+
+  constructor(private readonly core: Core, private readonly pool: FramePool, private readonly p2m: P2m, opts: JitOptions = {}) {
+    this.threshold = Math.max(1, opts.threshold ?? DEFAULT_THRESHOLD);
+    this.batch = Math.max(1, opts.batch ?? (this.threshold === 1 ? 1 : DEFAULT_BATCH));
+    this.maxRegions = opts.maxRegions ?? DEFAULT_MAX_REGIONS;
+    this.maxCodeBytes = opts.maxCodeBytes ?? DEFAULT_MAX_CODE_BYTES;
+    const k = core.k as unknown as Record<string, number>;
+    this.k = k;
+    this.layout = {
+      PC_OFF: k.PC_OFF, CTX_LOAD_OFF: k.CTX_LOAD_OFF, CTX_STORE_OFF: k.CTX_STORE_OFF, JIT_BAIL_OFF: k.JIT_BAIL_OFF,
+      TLB_LOAD_OFF: k.TLB_LOAD_OFF, TLB_STORE_OFF: k.TLB_STORE_OFF, TLB_ENTRIES: k.TLB_ENTRIES,
+      JIT_NEED_INTERP: k.JIT_NEED_INTERP, JIT_STOPPED: k.JIT_STOPPED,
+    };
+    const fn = core.fn as unknown as Record<string, unknown>;
+    this.helpers = Object.fromEntries(HELPERS.map((h) => [h.name, fn[h.name]]));
+
+    this.areaFrames = Math.ceil((k.AREA_TABLE + BUCKETS * k.BUCKET_WAYS * k.ENTRY_SIZE) / FRAME_SIZE);
+    this.area = pool.allocContiguous(this.areaFrames);
+    this.pageMapFrames = Math.max(1, Math.ceil((p2m.count * 4) / FRAME_SIZE));
+    this.pageMap = pool.allocContiguous(this.pageMapFrames);
+    const v = pool.view;
+    const set = (off: number, val: number | bigint) => v.setBigUint64(this.area + off, BigInt(val), true);
+    set(k.AREA_BUCKET_MASK, BUCKETS - 1);
+    set(k.AREA_THRESHOLD, this.threshold);
+    set(k.AREA_BATCH, Math.min(this.batch, k.AREA_QUEUE_CAP));
+    set(k.AREA_PAGEMAP, this.pageMap);
+    set(k.AREA_PAGEMAP_BASE, p2m.baseGfn);
+    set(k.AREA_PAGEMAP_COUNT, p2m.count);
+    core.setCompiler(() => this.compile());
+    p2m.onChange((index, count) => this.invalidatePages(index, count));
+  }
+
+  /** Let hart block `h` use this cache. */
+  attachHart(h: number): void {
+    this.harts.push(h);
+    this.core.fn.setJitCache(h, this.area);
+  }
+
+  stats(): JitStats {
+    const v = this.pool.view;
+    const get = (off: number) => Number(v.getBigUint64(this.area + off, true));
+    return {
+      ...this.s,
+      entered: get(this.k.AREA_STAT_ENTERED),
+      exitsToInterpreter: get(this.k.AREA_STAT_BAILS),
+      invalidations: get(this.k.AREA_STAT_INVALIDATIONS),
+    };
+  }
+
+  /** Guest frames [index, index + count) of the p2m window changed (DMA wrote
+   *  them, or their mapping changed): their translations must not run again. */
+  invalidatePages(index: number, count: number): void {
+    const v = this.pool.view;
+    let killed = 0;
+    for (let i = Math.max(0, index); i < Math.min(this.p2m.count, index + count); i++) {
+      const at = this.pageMap + i * 4;
+      const w = v.getUint32(at, true);
+      if ((w & this.k.PAGE_CODE) === 0) continue;
+      const n = Math.min(((w >>> 1) & 127) + 1, 127);
+      v.setUint32(at, ((((w >>> 8) + 1) << 8) | (n << 1)) >>> 0, true);
+      killed++;
+    }
+    if (killed > 0) {
+      const at = this.area + this.k.AREA_STAT_INVALIDATIONS;
+      v.setBigUint64(at, v.getBigUint64(at, true) + BigInt(killed), true);
+    }
+  }
+
+  /** Translate the queued entries (the core calls this through its `jit.compile` import). */
+  compile(): void {
+    const k = this.k;
+    const v = this.pool.view;
+    const queued: number[] = [];
+    const n = Number(v.getBigUint64(this.area + k.AREA_QUEUE_LEN, true));
+    for (let i = 0; i < n; i++) queued.push(Number(v.getBigUint64(this.area + k.AREA_QUEUE + i * 8, true)));
+    v.setBigUint64(this.area + k.AREA_QUEUE_LEN, 0n, true);
+    if (queued.length === 0) return;
+    const started = performance.now();
+    if (this.slotsUsed + queued.length > this.maxRegions || this.liveCodeBytes > this.maxCodeBytes) this.flush(queued);
+
+    const funcs: Func[] = [];
+    const installs: { ent: number; index: number; host: number; gen: number }[] = [];
+    const expandC = (c: number) => this.core.fn.expandC(c);
+    for (const ent of queued) {
+      const key = v.getBigUint64(ent, true);
+      const gpa = key & ((1n << 56n) - 1n);
+      const index = this.p2m.indexOf(gpa);
+      const host = index < 0 ? undefined : this.p2m.frameAt(index);
+      if (host === undefined) { this.setEntry(ent, 0, 0, 0); continue; } // unmapped since: count again
+      const word = v.getUint32(this.pageMap + index * 4, true);
+      const gen = word >>> 8;
+      if (((word >>> 1) & 127) >= THRASH_LIMIT) { this.setEntry(ent, 0, k.HITS_NEVER, gen); continue; }
+      const region = translateRegion(this.pool.bytes.subarray(host, host + FRAME_SIZE), Number(gpa & 0xfffn), expandC, this.layout, `f${funcs.length}`);
+      if (!region) { this.setEntry(ent, 0, k.HITS_NEVER, gen); continue; }
+      funcs.push(region.func);
+      installs.push({ ent, index, host, gen });
+      this.s.regions++;
+      this.s.blocks += region.blocks;
+      this.s.instructions += region.insns;
+    }
+    if (funcs.length > 0) {
+      const bytes = encodeModule(HELPERS.map((h) => ({ module: "core", name: h.name, type: h.type })), funcs, WASM_MAX_PAGES);
+      const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory: this.pool.memory }, core: this.helpers as WebAssembly.ModuleImports });
+      const table = this.core.table;
+      if (table.length < this.slotsUsed + funcs.length + 1) table.grow(Math.max(1024, funcs.length + 1 + this.slotsUsed - table.length + 1));
+      const marked = new Set<number>();
+      installs.forEach((it, i) => {
+        const slot = ++this.slotsUsed;
+        table.set(slot, inst.exports[`f${i}`] as Function);
+        this.setEntry(it.ent, slot, 0, it.gen);
+        const at = this.pageMap + it.index * 4;
+        const w = v.getUint32(at, true);
+        if ((w & k.PAGE_CODE) === 0) {
+          v.setUint32(at, (w | k.PAGE_CODE) >>> 0, true);
+          marked.add(it.host);
+        }
+      });
+      // Stores to these pages must now take the slow path on every hart.
+      for (const host of marked) for (const h of this.harts) this.core.fn.jitDropStores(h, host);
+      this.s.batches++;
+      this.s.codeBytes += bytes.length;
+      this.liveCodeBytes += bytes.length;
+    }
+    this.s.compileMs += performance.now() - started;
+  }
+
+  private setEntry(ent: number, fn: number, hits: number, gen: number): void {
+    const v = this.pool.view;
+    v.setUint32(ent + this.k.ENTRY_FN, fn, true);
+    v.setUint32(ent + this.k.ENTRY_HITS, hits >>> 0, true);
+    v.setUint32(ent + this.k.ENTRY_GEN, gen >>> 0, true);
+  }
+
+  /** Drop every translation (keeping the entries in `keep`, which are queued). */
+  private flush(keep: number[]): void {
+    const k = this.k;
+    const v = this.pool.view;
+    const kept = new Set(keep);
+    const first = this.area + k.AREA_TABLE;
+    const entries = BUCKETS * k.BUCKET_WAYS;
+    for (let i = 0; i < entries; i++) {
+      const ent = first + i * k.ENTRY_SIZE;
+      if (kept.has(ent)) continue;
+      v.setBigUint64(ent, 0n, true);
+      this.setEntry(ent, 0, 0, 0);
+    }
+    for (let i = 0; i < this.p2m.count; i++) {
+      const at = this.pageMap + i * 4;
+      const w = v.getUint32(at, true);
+      if (w & k.PAGE_CODE) v.setUint32(at, (w & ~k.PAGE_CODE) >>> 0, true);
+    }
+    const table = this.core.table;
+    for (let i = 1; i <= this.slotsUsed; i++) table.set(i, null);
+    this.slotsUsed = 0;
+    this.liveCodeBytes = 0;
+    this.s.flushes++;
+  }
+
+  /** Give the cache's frames back (the VM is going away). */
+  release(): void {
+    for (const h of this.harts) this.core.fn.setJitCache(h, 0);
+    this.core.setCompiler(undefined);
+    this.pool.freeContiguous(this.area, this.areaFrames);
+    this.pool.freeContiguous(this.pageMap, this.pageMapFrames);
+  }
+}
+
+/** The `--stats` lines for the translation cache. */
+export function formatJitStats(s: JitStats): string {
+  return [
+    "binary translation:",
+    `  translated     ${s.regions} regions, ${s.blocks} blocks, ${s.instructions} instructions (${s.batches} batches, ${(s.codeBytes / 1024).toFixed(0)} KiB of wasm)`,
+    `  compile time   ${s.compileMs.toFixed(0)} ms`,
+    `  cache hits     ${s.entered} entries into translated code`,
+    `  interpreter    ${s.exitsToInterpreter} instructions handed back (faults, MMIO, SYSTEM, slice ends)`,
+    `  invalidations  ${s.invalidations} pages rewritten after translation, ${s.flushes} cache flushes`,
+  ].join("\n");
+}
+
+/** Parse `--jit=on|off` and `--jit-threshold=N` (undefined flags: on, default threshold). */
+export function parseJitFlags(jit: string | undefined, threshold: string | undefined): JitOptions | false {
+  if (jit !== undefined && jit !== "on" && jit !== "off") throw new JitFlagError(`--jit: expected on or off, got '${jit}'`);
+  if (threshold !== undefined && (!/^\d+$/.test(threshold) || Number(threshold) < 1 || Number(threshold) > 1_000_000)) {
+    throw new JitFlagError(`--jit-threshold: expected 1..1000000, got '${threshold}'`);
+  }
+  if (jit === "off") {
+    if (threshold !== undefined) throw new JitFlagError("--jit-threshold needs the JIT on");
+    return false;
+  }
+  return threshold !== undefined ? { threshold: Number(threshold) } : {};
+}
+
+export class JitFlagError extends Error {}

@@ -1,0 +1,590 @@
+// Guest code -> one WebAssembly function per hot entry point ("region").
+//
+// A region is the entry's basic block plus every block reachable from it by
+// direct branches and fall-through inside the same 4 KiB guest page, so loops
+// and if/else inside a page run without leaving generated code. Blocks are
+// cases of a loop with a br_table dispatch; guest registers live in wasm
+// locals for the whole region (loaded on entry, the written ones stored on
+// every exit). Anything leaving the page, indirect jumps (JALR) and
+// instructions the translator leaves to the interpreter (SYSTEM, illegal
+// encodings, 32-bit instructions straddling the page end) end the region.
+//
+// Calling convention (the core's dispatcher, src/core/execute.ts):
+//   (param h i32) (param pcBase i64) (param limit i32) (result i32)
+// h is the hart block, pcBase the virtual address of the page the region was
+// entered at (so one translation serves every virtual alias of the physical
+// page), limit the instructions it may retire. It stores the next pc at
+// h+PC_OFF and returns retired << 2 | flags (JIT_NEED_INTERP, JIT_STOPPED).
+//
+// Exactness: a block runs only if its whole length fits in what is left of
+// `limit`, so instret, the timer and interrupt points match the interpreter
+// instruction for instruction. Loads and stores check the software TLB inline;
+// a miss calls the core's slow path, and when that cannot complete (page
+// fault, MMIO exit, misaligned atomic...) the region returns with pc at the
+// instruction and JIT_NEED_INTERP: the instruction changed nothing, and the
+// interpreter re-executes it and takes the trap or exit precisely.
+
+import { Code, Op, I32, I64, type Func, type FuncType } from "./wasm-emitter.js";
+
+/** Offsets and constants of the core the generated code depends on. */
+export interface CoreLayout {
+  PC_OFF: number;
+  CTX_LOAD_OFF: number;
+  CTX_STORE_OFF: number;
+  JIT_BAIL_OFF: number;
+  TLB_LOAD_OFF: number;
+  TLB_STORE_OFF: number;
+  TLB_ENTRIES: number;
+  JIT_NEED_INTERP: number;
+  JIT_STOPPED: number;
+}
+
+/** The core's helpers, imported by every generated module, in this order. */
+export const HELPERS: { name: string; type: FuncType }[] = [
+  { name: "jitLoad", type: { params: [I64, I32], results: [I64] } },
+  { name: "jitStore", type: { params: [I64, I64, I32], results: [I32] } },
+  { name: "jitExec", type: { params: [I32, I64, I32], results: [I32] } },
+  { name: "jitMulh", type: { params: [I64, I64, I32], results: [I64] } },
+];
+const F_LOAD = 0, F_STORE = 1, F_EXEC = 2, F_MULH = 3;
+
+export const REGION_TYPE: FuncType = { params: [I32, I64, I32], results: [I32] };
+
+/** Bounds on one region (generated code size and compile time). */
+const MAX_BLOCK_INSNS = 128;
+const MAX_REGION_INSNS = 1500;
+const MAX_REGION_BLOCKS = 200;
+const PAGE = 4096;
+
+// Locals: parameters, then x1..x31, then scratch.
+const L_H = 0, L_PCBASE = 1, L_LIMIT = 2;
+const xLocal = (r: number) => 2 + r; // x1 -> 3 ... x31 -> 33
+const L_LEFT = 34, L_ID = 35, L_RES = 36, L_ENT = 37;
+const L_PCOUT = 38, L_VA = 39, L_CTXL = 40, L_CTXS = 41, L_T = 42;
+const LOCALS: [number, number][] = [[31, I64], [4, I32], [5, I64]];
+
+type Kind = "alu" | "load" | "store" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
+
+interface Insn {
+  off: number;
+  len: number;
+  /** 32-bit encoding (compressed instructions expanded). */
+  insn: number;
+  kind: Kind;
+}
+
+interface Block {
+  start: number;
+  body: Insn[];
+  /** Control transfer ending the block (branch, jal, jalr), if any. */
+  term?: Insn;
+  /** Where execution goes after the body when there is no `term`: continue
+   *  at `next` ("fall") or hand the instruction at `next` to the interpreter. */
+  end: "fall" | "stop" | "term";
+  next: number;
+}
+
+// ---- decoding ------------------------------------------------------------------
+
+const rdOf = (i: number) => (i >>> 7) & 31;
+const rs1Of = (i: number) => (i >>> 15) & 31;
+const rs2Of = (i: number) => (i >>> 20) & 31;
+const f3Of = (i: number) => (i >>> 12) & 7;
+const f7Of = (i: number) => i >>> 25;
+const immI = (i: number) => (i | 0) >> 20;
+const immS = (i: number) => (((i | 0) >> 25) << 5) | ((i >>> 7) & 31);
+const immB = (i: number) => (((i | 0) >> 31) << 12) | (((i >>> 7) & 1) << 11) | (((i >>> 25) & 63) << 5) | (((i >>> 8) & 15) << 1);
+const immU = (i: number) => (i & 0xfffff000) | 0;
+const immJ = (i: number) => (((i | 0) >> 31) << 20) | (((i >>> 12) & 255) << 12) | (((i >>> 20) & 1) << 11) | (((i >>> 21) & 1023) << 1);
+
+function classify(i: number): Kind {
+  const f3 = f3Of(i), f7 = f7Of(i);
+  switch (i & 0x7f) {
+    case 0x03: return f3 !== 7 ? "load" : "exec";
+    case 0x23: return f3 <= 3 ? "store" : "exec";
+    case 0x13:
+      if (f3 === 1) return i >>> 26 === 0 ? "alu" : "exec";
+      if (f3 === 5) return i >>> 26 === 0 || i >>> 26 === 0x10 ? "alu" : "exec";
+      return "alu";
+    case 0x1b:
+      if (f3 === 0) return "alu";
+      if (f3 === 1) return f7 === 0 ? "alu" : "exec";
+      if (f3 === 5) return f7 === 0 || f7 === 0x20 ? "alu" : "exec";
+      return "exec";
+    case 0x33:
+      if (f7 === 0 || f7 === 1) return "alu";
+      if (f7 === 0x20 && (f3 === 0 || f3 === 5)) return "alu";
+      return "exec";
+    case 0x3b:
+      if (f7 === 0 && (f3 === 0 || f3 === 1 || f3 === 5)) return "alu";
+      if (f7 === 0x20 && (f3 === 0 || f3 === 5)) return "alu";
+      if (f7 === 1 && (f3 === 0 || f3 >= 4)) return "alu";
+      return "exec";
+    case 0x37: case 0x17: return "alu";
+    case 0x63: return f3 === 2 || f3 === 3 ? "stop" : "branch";
+    case 0x6f: return "jal";
+    case 0x67: return f3 === 0 ? "jalr" : "stop";
+    // FENCE orders memory for other harts and devices; the harts of a VM run
+    // in one thread on one memory, so it has nothing to do. FENCE.I neither:
+    // every store to a page with translations invalidates them when it happens
+    // (as QEMU TCG does), which is stronger than FENCE.I asks for.
+    case 0x0f: return f3 <= 1 ? "nop" : "stop";
+    case 0x2f: // A
+    case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: // F, D
+      return "exec";
+    default: return "stop"; // SYSTEM, and encodings that are illegal
+  }
+}
+
+/** Decode the region starting at `entry` in `page` (the guest page's bytes). */
+function discover(page: Uint8Array, entry: number, expandC: (c: number) => number): Block[] {
+  const blocks = new Map<number, Block>();
+  const order: Block[] = [];
+  const work = [entry];
+  let total = 0;
+  while (work.length > 0 && order.length < MAX_REGION_BLOCKS && total < MAX_REGION_INSNS) {
+    const start = work.shift()!;
+    if (blocks.has(start)) continue;
+    const b: Block = { start, body: [], end: "fall", next: start };
+    let off = start;
+    for (;;) {
+      if (off >= PAGE) { b.end = "fall"; b.next = off; break; }
+      const lo = page[off] | (page[off + 1] << 8);
+      let insn: number, len: number;
+      if ((lo & 3) === 3) {
+        if (off + 4 > PAGE) { b.end = "stop"; b.next = off; break; }
+        insn = (lo | (page[off + 2] << 16) | (page[off + 3] << 24)) >>> 0;
+        len = 4;
+      } else {
+        insn = expandC(lo) >>> 0;
+        len = 2;
+        if (insn === 0) { b.end = "stop"; b.next = off; break; }
+      }
+      const kind = classify(insn);
+      const it: Insn = { off, len, insn, kind };
+      if (kind === "branch" || kind === "jal" || kind === "jalr") { b.term = it; b.end = "term"; b.next = off + len; break; }
+      if (kind === "stop") { b.end = "stop"; b.next = off; break; }
+      b.body.push(it);
+      off += len;
+      if (b.body.length >= MAX_BLOCK_INSNS) { b.end = "fall"; b.next = off; break; }
+    }
+    if (start === entry && b.body.length === 0 && b.end === "stop") return [];
+    blocks.set(start, b);
+    order.push(b);
+    total += b.body.length + 1;
+    const succ: number[] = [];
+    if (b.end === "fall") succ.push(b.next);
+    if (b.term) {
+      const t = b.term;
+      if (t.kind === "branch") succ.push(t.off + immB(t.insn), b.next);
+      if (t.kind === "jal") succ.push(t.off + immJ(t.insn));
+    }
+    for (const s of succ) if (s >= 0 && s < PAGE && !blocks.has(s)) work.push(s);
+  }
+  return order;
+}
+
+// ---- code generation --------------------------------------------------------------
+
+export interface Region {
+  func: Func;
+  blocks: number;
+  insns: number;
+}
+
+/**
+ * Translate the region entered at page offset `entry`; null when the
+ * instruction there is one the interpreter must run (nothing to translate).
+ */
+export function translateRegion(page: Uint8Array, entry: number, expandC: (c: number) => number, k: CoreLayout, exportName: string): Region | null {
+  const blocks = discover(page, entry, expandC);
+  if (blocks.length === 0) return null;
+  return new RegionWriter(blocks, k).write(exportName);
+}
+
+class RegionWriter {
+  private readonly c = new Code();
+  private readonly ids = new Map<number, number>();
+  private readonly used = new Set<number>();
+  private readonly written = new Set<number>();
+  /** Index of the block being written, and if/block levels opened inside it. */
+  private cur = 0;
+  private depth = 0;
+  private blockLen = 0;
+
+  constructor(private readonly blocks: Block[], private readonly k: CoreLayout) {
+    blocks.forEach((b, i) => this.ids.set(b.start, i));
+  }
+
+  write(exportName: string): Region {
+    const { c, blocks } = this;
+    const n = blocks.length;
+    const body = new Code();
+    // Generate the blocks first: that collects the registers used. Each
+    // block's code is followed by the `end` of the next label out ($B(i+1),
+    // or $L after the last block).
+    for (let i = 0; i < n; i++) {
+      this.cur = i;
+      this.depth = 0;
+      this.block(blocks[i]);
+      c.end();
+    }
+    // Prologue: registers and TLB contexts into locals.
+    for (const r of [...this.used].sort((a, b) => a - b)) {
+      body.get(L_H).mem(Op.i64_load, r * 8, 3).set(xLocal(r));
+    }
+    body.get(L_H).mem(Op.i64_load, this.k.CTX_LOAD_OFF, 3).set(L_CTXL);
+    body.get(L_H).mem(Op.i64_load, this.k.CTX_STORE_OFF, 3).set(L_CTXS);
+    body.get(L_LIMIT).set(L_LEFT);
+    // block $exit; loop $L; block $B(n-1) ... block $B0; br_table
+    body.block().loop();
+    for (let i = 0; i < n; i++) body.block();
+    body.get(L_ID).byte(Op.br_table).u32(n);
+    for (let i = 0; i < n; i++) body.u32(i);
+    body.u32(0);
+    body.end(); // end of $B0: block 0's code follows
+    body.append(c);
+    body.end(); // end of $exit
+    // Epilogue: written registers back, pc, result.
+    for (const r of [...this.written].sort((a, b) => a - b)) {
+      body.get(L_H).get(xLocal(r)).mem(Op.i64_store, r * 8, 3);
+    }
+    body.get(L_H).get(L_PCOUT).mem(Op.i64_store, this.k.PC_OFF, 3);
+    body.get(L_RES);
+    const insns = blocks.reduce((s, b) => s + b.body.length + (b.term ? 1 : 0), 0);
+    return { func: { type: { params: [I32, I64, I32], results: [I32] }, locals: LOCALS, code: body, exportName }, blocks: n, insns };
+  }
+
+  // Labels seen from block i's code: $B(i+1) .. $B(n-1), $L, $exit.
+  private get toLoop(): number {
+    return this.blocks.length - 1 - this.cur + this.depth;
+  }
+  private get toExit(): number {
+    return this.blocks.length - this.cur + this.depth;
+  }
+
+  private open(result?: number): void {
+    this.c.if(result);
+    this.depth++;
+  }
+  private close(): void {
+    this.c.end();
+    this.depth--;
+  }
+
+  // ---- registers
+  private getX(r: number): void {
+    if (r === 0) this.c.i64(0n);
+    else { this.used.add(r); this.c.get(xLocal(r)); }
+  }
+  /** Pops the value on the stack into x[r] (x0 discards it). */
+  private setX(r: number): void {
+    if (r === 0) this.c.op(Op.drop);
+    else { this.used.add(r); this.written.add(r); this.c.set(xLocal(r)); }
+  }
+  private pcAt(off: number): void {
+    this.c.get(L_PCBASE).i64(BigInt(off)).op(Op.i64_add);
+  }
+
+  // ---- exits
+  /** Leave the region: pc from `pc()`, `pending` instructions of the current
+   *  block not retired, `flags` in the result. */
+  private exit(pc: () => void, pending: number, flags: number): void {
+    const { c } = this;
+    pc();
+    c.set(L_PCOUT);
+    c.get(L_LIMIT).get(L_LEFT).op(Op.i32_sub);
+    if (pending !== 0) c.i32(pending).op(Op.i32_sub);
+    c.i32(2).op(Op.i32_shl);
+    if (flags !== 0) c.i32(flags).op(Op.i32_or);
+    c.set(L_RES);
+    c.br(this.toExit);
+  }
+  /** Continue at page offset `off`: inside the region, or leave it. */
+  private goto(off: number): void {
+    const id = off >= 0 && off < PAGE ? this.ids.get(off) : undefined;
+    if (id !== undefined) {
+      this.c.i32(id).set(L_ID).br(this.toLoop);
+    } else {
+      this.exit(() => this.pcAt(off), 0, 0);
+    }
+  }
+  /** Give instruction `i` of the block (not retired) to the interpreter. */
+  private bail(i: number): void {
+    this.exit(() => this.pcAt(this.blocks[this.cur].body[i]?.off ?? this.blocks[this.cur].next), this.blockLen - i, this.k.JIT_NEED_INTERP);
+  }
+
+  // ---- blocks
+  private block(b: Block): void {
+    const { c } = this;
+    const len = b.body.length + (b.term ? 1 : 0);
+    this.blockLen = len;
+    if (len > 0) {
+      // Not enough left to run the whole block: the interpreter goes on.
+      c.get(L_LEFT).i32(len).op(Op.i32_lt_u);
+      this.open();
+      this.exit(() => this.pcAt(b.start), 0, this.k.JIT_NEED_INTERP);
+      this.close();
+      c.get(L_LEFT).i32(len).op(Op.i32_sub).set(L_LEFT);
+    }
+    b.body.forEach((it, i) => this.insn(it, i));
+    if (b.term) this.terminator(b.term);
+    else if (b.end === "fall") this.goto(b.next);
+    else this.exit(() => this.pcAt(b.next), 0, this.k.JIT_NEED_INTERP);
+  }
+
+  private terminator(t: Insn): void {
+    const { c } = this;
+    const i = t.insn;
+    switch (t.kind) {
+      case "branch": {
+        this.getX(rs1Of(i));
+        this.getX(rs2Of(i));
+        c.op([Op.i64_eq, Op.i64_ne, 0, 0, Op.i64_lt_s, Op.i64_ge_s, Op.i64_lt_u, Op.i64_ge_u][f3Of(i)]);
+        this.open();
+        this.goto(t.off + immB(i));
+        this.close();
+        this.goto(t.off + t.len);
+        return;
+      }
+      case "jal":
+        this.pcAt(t.off + t.len);
+        this.setX(rdOf(i));
+        this.goto(t.off + immJ(i));
+        return;
+      case "jalr":
+        // Target first: rd may be rs1.
+        this.getX(rs1Of(i));
+        c.i64(BigInt(immI(i))).op(Op.i64_add).i64(-2n).op(Op.i64_and).set(L_T);
+        this.pcAt(t.off + t.len);
+        this.setX(rdOf(i));
+        this.exit(() => c.get(L_T), 0, 0);
+        return;
+    }
+  }
+
+  private insn(it: Insn, index: number): void {
+    switch (it.kind) {
+      case "alu": this.alu(it); return;
+      case "load": this.load(it, index); return;
+      case "store": this.store(it, index); return;
+      case "exec": this.execHelper(it, index); return;
+      case "nop": return;
+    }
+    throw new Error(`internal error: ${it.kind} inside a block`);
+  }
+
+  // ---- memory
+  /** Inline TLB probe for `size` bytes at L_VA: leaves the hit condition; sets
+   *  L_ENT to the entry's address minus the array offset. An access crossing
+   *  the page end compares its last byte's page with the tag and misses. */
+  private tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
+    const { c } = this;
+    c.get(L_VA).i64(12n).op(Op.i64_shr_u).op(Op.i32_wrap_i64).i32(this.k.TLB_ENTRIES - 1).op(Op.i32_and)
+      .i32(4).op(Op.i32_shl).get(L_H).op(Op.i32_add).tee(L_ENT)
+      .mem(Op.i64_load, arrayOff, 3);
+    c.get(L_VA);
+    if (size > 1) c.i64(BigInt(size - 1)).op(Op.i64_add);
+    c.i64(~0xfffn).op(Op.i64_and).get(ctxLocal).op(Op.i64_or).op(Op.i64_eq);
+  }
+  private hostAddr(arrayOff: number): void {
+    this.c.get(L_VA).get(L_ENT).mem(Op.i64_load, arrayOff + 8, 3).op(Op.i64_add).op(Op.i32_wrap_i64);
+  }
+
+  private load(it: Insn, index: number): void {
+    const { c, k } = this;
+    const i = it.insn, f3 = f3Of(i);
+    const size = 1 << (f3 & 3);
+    const ops = [Op.i64_load8_s, Op.i64_load16_s, Op.i64_load32_s, Op.i64_load, Op.i64_load8_u, Op.i64_load16_u, Op.i64_load32_u];
+    this.getX(rs1Of(i));
+    c.i64(BigInt(immI(i))).op(Op.i64_add).set(L_VA);
+    this.tlbProbe(k.TLB_LOAD_OFF, size, L_CTXL);
+    this.open(I64);
+    this.hostAddr(k.TLB_LOAD_OFF);
+    c.mem(ops[f3], 0, 0);
+    c.else();
+    c.get(L_VA).i32(size).call(F_LOAD);
+    c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2);
+    this.open();
+    this.bail(index);
+    this.close();
+    if (f3 === 0) c.op(Op.i64_extend8_s);
+    else if (f3 === 1) c.op(Op.i64_extend16_s);
+    else if (f3 === 2) c.op(Op.i64_extend32_s);
+    this.close();
+    this.setX(rdOf(i));
+  }
+
+  private store(it: Insn, index: number): void {
+    const { c, k } = this;
+    const i = it.insn, f3 = f3Of(i);
+    const size = 1 << f3;
+    this.getX(rs1Of(i));
+    c.i64(BigInt(immS(i))).op(Op.i64_add).set(L_VA);
+    this.tlbProbe(k.TLB_STORE_OFF, size, L_CTXS);
+    this.open();
+    this.hostAddr(k.TLB_STORE_OFF);
+    this.getX(rs2Of(i));
+    c.mem([Op.i64_store8, Op.i64_store16, Op.i64_store32, Op.i64_store][f3], 0, 0);
+    c.else();
+    c.get(L_VA);
+    this.getX(rs2Of(i));
+    c.i32(size).call(F_STORE).tee(L_ENT);
+    this.open();
+    c.get(L_ENT).i32(1).op(Op.i32_eq);
+    this.open();
+    this.bail(index);
+    this.close();
+    // Done, but it overwrote translated code (possibly this region's): stop.
+    this.exit(() => this.pcAt(it.off + it.len), this.blockLen - index - 1, k.JIT_STOPPED);
+    this.close();
+    this.close();
+  }
+
+  /** The core's execute() runs it on the registers in the hart block. */
+  private execHelper(it: Insn, index: number): void {
+    const { c, k } = this;
+    const i = it.insn;
+    const regs = [...new Set([rs1Of(i), rs2Of(i), rdOf(i)])].filter((r) => r !== 0);
+    for (const r of regs) { this.used.add(r); c.get(L_H).get(xLocal(r)).mem(Op.i64_store, r * 8, 3); }
+    c.i32(i | 0);
+    this.pcAt(it.off);
+    c.i32(it.len).call(F_EXEC).set(L_ENT);
+    const rd = rdOf(i);
+    if (rd !== 0) { this.written.add(rd); c.get(L_H).mem(Op.i64_load, rd * 8, 3).set(xLocal(rd)); }
+    c.get(L_ENT);
+    this.open();
+    c.get(L_ENT).i32(1).op(Op.i32_eq);
+    this.open();
+    this.bail(index);
+    this.close();
+    this.exit(() => this.pcAt(it.off + it.len), this.blockLen - index - 1, k.JIT_STOPPED);
+    this.close();
+  }
+
+  // ---- integer
+  private alu(it: Insn): void {
+    const { c } = this;
+    const i = it.insn;
+    const rd = rdOf(i), rs1 = rs1Of(i), rs2 = rs2Of(i), f3 = f3Of(i), f7 = f7Of(i);
+    switch (i & 0x7f) {
+      case 0x37: c.i64(BigInt(immU(i))); break; // LUI
+      case 0x17: this.pcAt(it.off); c.i64(BigInt(immU(i))).op(Op.i64_add); break; // AUIPC
+      case 0x13: {
+        const imm = BigInt(immI(i));
+        this.getX(rs1);
+        switch (f3) {
+          case 0: c.i64(imm).op(Op.i64_add); break;
+          case 2: c.i64(imm).op(Op.i64_lt_s).op(Op.i64_extend_i32_u); break;
+          case 3: c.i64(imm).op(Op.i64_lt_u).op(Op.i64_extend_i32_u); break;
+          case 4: c.i64(imm).op(Op.i64_xor); break;
+          case 6: c.i64(imm).op(Op.i64_or); break;
+          case 7: c.i64(imm).op(Op.i64_and); break;
+          case 1: c.i64(BigInt((i >>> 20) & 63)).op(Op.i64_shl); break;
+          case 5: c.i64(BigInt((i >>> 20) & 63)).op(i >>> 26 === 0x10 ? Op.i64_shr_s : Op.i64_shr_u); break;
+        }
+        break;
+      }
+      case 0x1b: {
+        this.getX(rs1);
+        const sh = BigInt((i >>> 20) & 31);
+        if (f3 === 0) c.i64(BigInt(immI(i))).op(Op.i64_add).op(Op.i64_extend32_s);
+        else if (f3 === 1) c.i64(sh).op(Op.i64_shl).op(Op.i64_extend32_s);
+        else if (f7 === 0) c.op(Op.i32_wrap_i64).i32(Number(sh)).op(Op.i32_shr_u).op(Op.i64_extend_i32_s);
+        else c.op(Op.i32_wrap_i64).i32(Number(sh)).op(Op.i32_shr_s).op(Op.i64_extend_i32_s);
+        break;
+      }
+      case 0x33:
+        if (f7 === 1) { this.mulDiv(f3, rs1, rs2); break; }
+        this.getX(rs1);
+        this.getX(rs2);
+        if (f7 === 0x20) { c.op(f3 === 0 ? Op.i64_sub : Op.i64_shr_s); break; }
+        switch (f3) {
+          case 0: c.op(Op.i64_add); break;
+          case 1: c.op(Op.i64_shl); break;
+          case 2: c.op(Op.i64_lt_s).op(Op.i64_extend_i32_u); break;
+          case 3: c.op(Op.i64_lt_u).op(Op.i64_extend_i32_u); break;
+          case 4: c.op(Op.i64_xor); break;
+          case 5: c.op(Op.i64_shr_u); break;
+          case 6: c.op(Op.i64_or); break;
+          case 7: c.op(Op.i64_and); break;
+        }
+        break;
+      case 0x3b:
+        if (f7 === 1) { this.mulDivW(f3, rs1, rs2); break; }
+        this.getX(rs1);
+        if (f3 === 0) {
+          this.getX(rs2);
+          c.op(f7 === 0x20 ? Op.i64_sub : Op.i64_add).op(Op.i64_extend32_s);
+        } else {
+          c.op(Op.i32_wrap_i64);
+          this.getX(rs2);
+          c.op(Op.i32_wrap_i64).op(f3 === 1 ? Op.i32_shl : f7 === 0x20 ? Op.i32_shr_s : Op.i32_shr_u).op(Op.i64_extend_i32_s);
+        }
+        break;
+      default:
+        throw new Error(`internal error: opcode ${i & 0x7f} is not ALU`);
+    }
+    this.setX(rd);
+  }
+
+  /** M extension on 64 bits; division by zero and overflow as table 7.1 says
+   *  (wasm's division would trap on both). */
+  private mulDiv(f3: number, rs1: number, rs2: number): void {
+    const { c } = this;
+    const a = () => this.getX(rs1), b = () => this.getX(rs2);
+    switch (f3) {
+      case 0: a(); b(); c.op(Op.i64_mul); return;
+      case 1: case 2: case 3: a(); b(); c.i32(f3).call(F_MULH); return;
+      case 4: // DIV
+        b(); c.op(Op.i64_eqz);
+        this.open(I64); c.i64(-1n); c.else();
+        a(); c.i64(-(1n << 63n)).op(Op.i64_eq); b(); c.i64(-1n).op(Op.i64_eq).op(Op.i32_and);
+        this.open(I64); a(); c.else(); a(); b(); c.op(Op.i64_div_s); this.close();
+        this.close();
+        return;
+      case 5: // DIVU
+        b(); c.op(Op.i64_eqz);
+        this.open(I64); c.i64(-1n); c.else(); a(); b(); c.op(Op.i64_div_u); this.close();
+        return;
+      case 6: // REM (wasm's rem_s gives 0 for MIN % -1, as RISC-V does)
+        b(); c.op(Op.i64_eqz);
+        this.open(I64); a(); c.else(); a(); b(); c.op(Op.i64_rem_s); this.close();
+        return;
+      case 7: // REMU
+        b(); c.op(Op.i64_eqz);
+        this.open(I64); a(); c.else(); a(); b(); c.op(Op.i64_rem_u); this.close();
+        return;
+    }
+  }
+
+  /** M extension W forms: 32-bit operands, results sign-extended. */
+  private mulDivW(f3: number, rs1: number, rs2: number): void {
+    const { c } = this;
+    const a = () => { this.getX(rs1); c.op(Op.i32_wrap_i64); };
+    const b = () => { this.getX(rs2); c.op(Op.i32_wrap_i64); };
+    switch (f3) {
+      case 0: this.getX(rs1); this.getX(rs2); c.op(Op.i64_mul).op(Op.i64_extend32_s); return;
+      case 4: // DIVW
+        b(); c.op(Op.i32_eqz);
+        this.open(I32); c.i32(-1); c.else();
+        a(); c.i32(-0x80000000).op(Op.i32_eq); b(); c.i32(-1).op(Op.i32_eq).op(Op.i32_and);
+        this.open(I32); c.i32(-0x80000000); c.else(); a(); b(); c.op(Op.i32_div_s); this.close();
+        this.close();
+        break;
+      case 5: // DIVUW
+        b(); c.op(Op.i32_eqz);
+        this.open(I32); c.i32(-1); c.else(); a(); b(); c.op(Op.i32_div_u); this.close();
+        break;
+      case 6: // REMW
+        b(); c.op(Op.i32_eqz);
+        this.open(I32); a(); c.else(); a(); b(); c.op(Op.i32_rem_s); this.close();
+        break;
+      case 7: // REMUW
+        b(); c.op(Op.i32_eqz);
+        this.open(I32); a(); c.else(); a(); b(); c.op(Op.i32_rem_u); this.close();
+        break;
+    }
+    c.op(Op.i64_extend_i32_s);
+  }
+}

@@ -1,0 +1,214 @@
+// A minimal WebAssembly binary writer: just what translated guest code needs
+// (WebAssembly core specification 2.0, chapter 5 "Binary Format"): one function
+// type per signature, imported shared memory and functions, functions with
+// locals, exports. Instructions are appended as bytes through `Code`.
+
+export const I32 = 0x7f;
+export const I64 = 0x7e;
+const FUNC_TYPE = 0x60;
+const VOID_BLOCK = 0x40;
+
+/** Opcodes used by the translator (spec 5.4). */
+export const Op = {
+  unreachable: 0x00, block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b,
+  br: 0x0c, br_if: 0x0d, br_table: 0x0e, return: 0x0f, call: 0x10, drop: 0x1a, select: 0x1b,
+  local_get: 0x20, local_set: 0x21, local_tee: 0x22,
+  i32_load: 0x28, i64_load: 0x29,
+  i64_load8_s: 0x30, i64_load8_u: 0x31, i64_load16_s: 0x32, i64_load16_u: 0x33, i64_load32_s: 0x34, i64_load32_u: 0x35,
+  i32_store: 0x36, i64_store: 0x37, i64_store8: 0x3c, i64_store16: 0x3d, i64_store32: 0x3e,
+  i32_const: 0x41, i64_const: 0x42,
+  i32_eqz: 0x45, i32_eq: 0x46, i32_ne: 0x47, i32_lt_s: 0x48, i32_lt_u: 0x49,
+  i64_eqz: 0x50, i64_eq: 0x51, i64_ne: 0x52, i64_lt_s: 0x53, i64_lt_u: 0x54, i64_gt_s: 0x55, i64_gt_u: 0x56,
+  i64_le_s: 0x57, i64_le_u: 0x58, i64_ge_s: 0x59, i64_ge_u: 0x5a,
+  i32_add: 0x6a, i32_sub: 0x6b, i32_div_s: 0x6d, i32_div_u: 0x6e, i32_rem_s: 0x6f, i32_rem_u: 0x70,
+  i32_and: 0x71, i32_or: 0x72, i32_xor: 0x73, i32_shl: 0x74, i32_shr_s: 0x75, i32_shr_u: 0x76,
+  i64_add: 0x7c, i64_sub: 0x7d, i64_mul: 0x7e, i64_div_s: 0x7f, i64_div_u: 0x80, i64_rem_s: 0x81, i64_rem_u: 0x82,
+  i64_and: 0x83, i64_or: 0x84, i64_xor: 0x85, i64_shl: 0x86, i64_shr_s: 0x87, i64_shr_u: 0x88,
+  i32_wrap_i64: 0xa7, i64_extend_i32_s: 0xac, i64_extend_i32_u: 0xad,
+  i64_extend8_s: 0xc2, i64_extend16_s: 0xc3, i64_extend32_s: 0xc4,
+} as const;
+
+/** Growable byte buffer with the LEB128 encodings of spec 5.2.2. */
+export class Bytes {
+  private buf = new Uint8Array(256);
+  length = 0;
+
+  byte(b: number): this {
+    if (this.length === this.buf.length) {
+      const n = new Uint8Array(this.buf.length * 2);
+      n.set(this.buf);
+      this.buf = n;
+    }
+    this.buf[this.length++] = b;
+    return this;
+  }
+
+  bytes(bs: ArrayLike<number>): this {
+    for (let i = 0; i < bs.length; i++) this.byte(bs[i]);
+    return this;
+  }
+
+  u32(v: number): this {
+    v >>>= 0;
+    do {
+      let b = v & 0x7f;
+      v >>>= 7;
+      if (v !== 0) b |= 0x80;
+      this.byte(b);
+    } while (v !== 0);
+    return this;
+  }
+
+  s32(v: number): this {
+    v |= 0;
+    for (;;) {
+      const b = v & 0x7f;
+      v >>= 7;
+      if ((v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0)) return this.byte(b);
+      this.byte(b | 0x80);
+    }
+  }
+
+  s64(v: bigint): this {
+    v = BigInt.asIntN(64, v);
+    for (;;) {
+      const b = Number(v & 0x7fn);
+      v >>= 7n;
+      if ((v === 0n && (b & 0x40) === 0) || (v === -1n && (b & 0x40) !== 0)) return this.byte(b);
+      this.byte(b | 0x80);
+    }
+  }
+
+  name(s: string): this {
+    const b = new TextEncoder().encode(s);
+    return this.u32(b.length).bytes(b);
+  }
+
+  /** A length-prefixed copy of `other` (sections, function bodies). */
+  sized(other: Bytes): this {
+    return this.u32(other.length).append(other);
+  }
+
+  append(other: Bytes): this {
+    for (let i = 0; i < other.length; i++) this.byte(other.buf[i]);
+    return this;
+  }
+
+  toUint8Array(): Uint8Array<ArrayBuffer> {
+    return this.buf.slice(0, this.length);
+  }
+}
+
+/** A function body's instruction stream, with helpers for the common shapes. */
+export class Code extends Bytes {
+  op(o: number): this {
+    return this.byte(o);
+  }
+  i32(v: number): this {
+    return this.byte(Op.i32_const).s32(v);
+  }
+  i64(v: bigint): this {
+    return this.byte(Op.i64_const).s64(v);
+  }
+  get(l: number): this {
+    return this.byte(Op.local_get).u32(l);
+  }
+  set(l: number): this {
+    return this.byte(Op.local_set).u32(l);
+  }
+  tee(l: number): this {
+    return this.byte(Op.local_tee).u32(l);
+  }
+  /** A load or store with its memarg (alignment as log2 of the natural size). */
+  mem(o: number, offset: number, alignLog2: number): this {
+    return this.byte(o).u32(alignLog2).u32(offset);
+  }
+  block(): this {
+    return this.byte(Op.block).byte(VOID_BLOCK);
+  }
+  loop(): this {
+    return this.byte(Op.loop).byte(VOID_BLOCK);
+  }
+  if(result?: number): this {
+    return this.byte(Op.if).byte(result ?? VOID_BLOCK);
+  }
+  else(): this {
+    return this.byte(Op.else);
+  }
+  end(): this {
+    return this.byte(Op.end);
+  }
+  br(depth: number): this {
+    return this.byte(Op.br).u32(depth);
+  }
+  call(f: number): this {
+    return this.byte(Op.call).u32(f);
+  }
+}
+
+export interface FuncType {
+  params: number[];
+  results: number[];
+}
+
+export interface ImportedFunc {
+  module: string;
+  name: string;
+  type: FuncType;
+}
+
+export interface Func {
+  type: FuncType;
+  /** Locals after the parameters, as [count, valtype] runs. */
+  locals: [number, number][];
+  code: Code;
+  exportName: string;
+}
+
+/**
+ * A module importing `env.memory` (shared, 32-bit, up to `maxPages`) and the
+ * given functions; its own functions are numbered after the imports.
+ */
+export function encodeModule(imports: ImportedFunc[], funcs: Func[], maxPages: number): Uint8Array<ArrayBuffer> {
+  const types: FuncType[] = [];
+  const typeIndex = (t: FuncType): number => {
+    const i = types.findIndex((u) => u.params.join() === t.params.join() && u.results.join() === t.results.join());
+    if (i >= 0) return i;
+    types.push(t);
+    return types.length - 1;
+  };
+  const importTypes = imports.map((f) => typeIndex(f.type));
+  const funcTypes = funcs.map((f) => typeIndex(f.type));
+
+  const out = new Bytes().bytes([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+  const section = (id: number, body: Bytes) => out.byte(id).sized(body);
+
+  const typeSec = new Bytes().u32(types.length);
+  for (const t of types) {
+    typeSec.byte(FUNC_TYPE).u32(t.params.length).bytes(t.params).u32(t.results.length).bytes(t.results);
+  }
+  section(1, typeSec);
+
+  const importSec = new Bytes().u32(imports.length + 1);
+  importSec.name("env").name("memory").byte(0x02).byte(0x03).u32(0).u32(maxPages); // shared, min 0, max
+  imports.forEach((f, i) => importSec.name(f.module).name(f.name).byte(0x00).u32(importTypes[i]));
+  section(2, importSec);
+
+  const funcSec = new Bytes().u32(funcs.length);
+  for (const t of funcTypes) funcSec.u32(t);
+  section(3, funcSec);
+
+  const exportSec = new Bytes().u32(funcs.length);
+  funcs.forEach((f, i) => exportSec.name(f.exportName).byte(0x00).u32(imports.length + i));
+  section(7, exportSec);
+
+  const codeSec = new Bytes().u32(funcs.length);
+  for (const f of funcs) {
+    const body = new Bytes().u32(f.locals.length);
+    for (const [n, t] of f.locals) body.u32(n).byte(t);
+    body.append(f.code).byte(Op.end);
+    codeSec.sized(body);
+  }
+  section(10, codeSec);
+  return out.toUint8Array();
+}
