@@ -114,6 +114,19 @@ export function runHart(budget: u32): i32 {
   beginRunCounting();
   updateTlbContext();
   wr(WAITING_OFF, 0);
+  const jitOn = rd(JIT_CACHE_OFF) != 0;
+  const reason = jitOn ? runWithTranslation(budget) : runInterpreted(budget);
+  foldCounters();
+  wr(RUN_INSNS_OFF, retiredThisRun);
+  if (reason == EXIT_BUDGET) store<i64>(H, <i64>EXIT_BUDGET, RUN_REASON_OFF);
+  // A slice end is a good moment to compile a part-filled batch (other exits
+  // come too often: batches would be small and each module has a fixed cost).
+  if (jitOn && reason == EXIT_BUDGET) flushCompileQueue();
+  return reason;
+}
+
+/** The interpreter alone (JIT off): nothing per instruction beyond executing it. */
+function runInterpreted(budget: u32): i32 {
   let pc = rd(PC_OFF);
   let left = budget;
   let tickLeft = rd(TICK_LEFT_OFF);
@@ -121,7 +134,88 @@ export function runHart(budget: u32): i32 {
   let deadline = nextTimerDeadline();
   let reason: i32 = EXIT_BUDGET;
   let trapsInARow: u32 = 0;
-  const jitOn = rd(JIT_CACHE_OFF) != 0;
+  // A completed MMIO access must be consumed by re-executing its instruction
+  // before anything else runs (an interrupt handler must not see it).
+  let mmioCompletion = rd(RUN_MMIO_DONE_OFF) != 0;
+  if (mmioCompletion) clearIrqCheck(); else requestIrqCheck();
+
+  while (true) {
+    if (irqCheckNeeded) {
+      clearIrqCheck();
+      // A compare already reached is now reflected in mip; whether it can be
+      // taken changes only through CSR writes or xRET, which request a check.
+      deadline = nextTimerDeadline();
+      if (deadline <= rd(TIME_OFF)) deadline = 0xffffffffffffffff;
+      const irq = pendingInterrupt();
+      if (irq >= 0) pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc);
+    }
+    if (left == 0) break;
+
+    let insn = fetch(pc);
+    let next: u64 = 0;
+    if (status == STATUS_OK) {
+      if ((insn & 3) == 3) {
+        next = execute(insn, pc, 4);
+      } else {
+        const expanded = expandCached(insn & 0xffff);
+        if (expanded == C_ILLEGAL) illegal(insn & 0xffff);
+        else next = execute(expanded, pc, 2);
+        // Faults report the 16-bit instruction as it is in memory.
+        if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
+      }
+    }
+    if (mmioCompletion) {
+      mmioCompletion = false;
+      wr(RUN_MMIO_DONE_OFF, 0);
+      requestIrqCheck();
+    }
+
+    if (status != STATUS_OK) {
+      if (status == STATUS_TRAP) {
+        clearStatus();
+        pc = enterTrap(trapCause, trapTval, pc);
+        if (++trapsInARow >= TRAP_STORM_LIMIT) {
+          store<i64>(H, <i64>EXIT_HALT, RUN_REASON_OFF);
+          wr(RUN_ADDR_OFF, pc);
+          reason = EXIT_HALT;
+          break;
+        }
+        continue;
+      }
+      // STATUS_EXIT: the instruction did not complete; it restarts on resume.
+      reason = <i32>load<i64>(H, RUN_REASON_OFF);
+      break;
+    }
+    trapsInARow = 0;
+    pc = next;
+    countRetired();
+    left--;
+    if (--tickLeft == 0) {
+      tickLeft = tickInsns;
+      const t = rd(TIME_OFF) + 1;
+      wr(TIME_OFF, t);
+      if (t >= deadline) requestIrqCheck();
+    }
+    if (exitAfterRetire || htifHit) {
+      reason = <i32>load<i64>(H, RUN_REASON_OFF);
+      break;
+    }
+  }
+  wr(PC_OFF, pc);
+  wr(TICK_LEFT_OFF, tickLeft);
+  return reason;
+}
+
+/** The interpreter with translated code: at block starts, enter translated
+ *  code when there is some (counting entries towards translation otherwise). */
+function runWithTranslation(budget: u32): i32 {
+  let pc = rd(PC_OFF);
+  let left = budget;
+  let tickLeft = rd(TICK_LEFT_OFF);
+  const tickInsns = rd(TICK_INSNS_OFF);
+  let deadline = nextTimerDeadline();
+  let reason: i32 = EXIT_BUDGET;
+  let trapsInARow: u32 = 0;
   // Look for translated code only where a block can start: after a jump, a
   // trap, a system instruction or translated code, not in straight-line code
   // the interpreter is already running.
@@ -144,7 +238,7 @@ export function runHart(budget: u32): i32 {
     }
     if (left == 0) break;
 
-    if (jitOn && lookup && !mmioCompletion) {
+    if (lookup && !mmioCompletion) {
       lookup = false;
       const fn = jitFind(pc);
       if (fn != 0) {
@@ -152,9 +246,9 @@ export function runHart(budget: u32): i32 {
         // the timer makes an interrupt pending: it is then taken at exactly the
         // instruction the interpreter would take it at (deterministic mode).
         const limit = insnsBeforeDeadline(deadline, tickLeft, tickInsns, left);
-        countEntered();
         const r = call_indirect<i32>(fn, <u32>H, pc & PAGE_MASK, limit);
         const n = <u32>(r >>> 2);
+        countEntered(n);
         pc = rd(PC_OFF);
         if (n != 0) {
           trapsInARow = 0;
@@ -185,22 +279,16 @@ export function runHart(budget: u32): i32 {
     if (status == STATUS_OK) {
       if ((insn & 3) == 3) {
         next = execute(insn, pc, 4);
-        // Block boundaries: control transfers, and SYSTEM/MISC-MEM instructions
-        // (translated code stops before those).
-        const op = insn & 0x7f;
-        if (op == 0x73 || op == 0x0f || next != pc + 4) lookup = true;
       } else {
         const expanded = expandCached(insn & 0xffff);
         if (expanded == C_ILLEGAL) illegal(insn & 0xffff);
         else {
           next = execute(expanded, pc, 2);
-          if (next != pc + 2) lookup = true;
         }
         // Faults report the 16-bit instruction as it is in memory.
         if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
       }
     }
-    if (lookupAfterNext) { lookupAfterNext = false; lookup = true; }
     if (mmioCompletion) {
       mmioCompletion = false;
       wr(RUN_MMIO_DONE_OFF, 0);
@@ -226,6 +314,7 @@ export function runHart(budget: u32): i32 {
       break;
     }
     trapsInARow = 0;
+    const pc_ = pc;
     pc = next;
     countRetired();
     left--;
@@ -239,14 +328,18 @@ export function runHart(budget: u32): i32 {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);
       break;
     }
-    if (storeKilledCode) { clearStoreKilledCode(); lookup = true; }
+    // Where translated code may start: after a control transfer, a SYSTEM
+    // or MISC-MEM instruction (translated code stops before those), an
+    // instruction translated code gave back, or a store into translated code.
+    const op = insn & 0x7f;
+    if (next != pc_ + ((insn & 3) == 3 ? 4 : 2) || op == 0x73 || op == 0x0f || lookupAfterNext || storeKilledCode) {
+      lookup = true;
+      lookupAfterNext = false;
+      clearStoreKilledCode();
+    }
   }
   wr(PC_OFF, pc);
   wr(TICK_LEFT_OFF, tickLeft);
-  foldCounters();
-  wr(RUN_INSNS_OFF, retiredThisRun);
-  if (reason == EXIT_BUDGET) store<i64>(H, <i64>EXIT_BUDGET, RUN_REASON_OFF);
-  if (jitOn) flushCompileQueue();
   return reason;
 }
 

@@ -20,7 +20,8 @@
 //
 // Area layout (byte offsets from the area's base; the host writes the header).
 
-import { H, rd, JIT_CACHE_OFF, TLB_FETCH_OFF, TLB_FETCH_GPA_OFF } from "./hart";
+import { H, rd, JIT_CACHE_OFF, TLB_FETCH_OFF, TLB_FETCH_GPA_OFF, status, clearStatus, STATUS_OK } from "./hart";
+import { fetchSlow } from "./memory";
 import { ctxFetch, tlbIndex } from "./tlb";
 
 export const AREA_BUCKET_MASK: u32 = 0; //  number of buckets - 1 (a power of two)
@@ -34,6 +35,7 @@ export const AREA_PAGEMAP_COUNT: u32 = 48;
 export const AREA_STAT_ENTERED: u32 = 64; // entries into translated code
 export const AREA_STAT_BAILS: u32 = 72; //   instructions handed back to the interpreter
 export const AREA_STAT_INVALIDATIONS: u32 = 80; // pages whose translations a write killed
+export const AREA_STAT_INSNS: u32 = 88; //   instructions retired in translated code
 export const AREA_QUEUE: u32 = 128; //      AREA_QUEUE_CAP u64 entry addresses (queued entries are never evicted)
 export const AREA_QUEUE_CAP: u32 = 64;
 export const AREA_TABLE: u32 = 1024; //     buckets of 4 entries
@@ -145,6 +147,12 @@ function countHit(a: usize, ent: usize, hits: u32): void {
     store<u32>(ent, hits, ENTRY_HITS);
     return;
   }
+  const queued = <u32>areaU64(a, AREA_QUEUE_LEN);
+  if (queued >= AREA_QUEUE_CAP) {
+    // The host is still busy with earlier batches: try again on a later hit.
+    store<u32>(ent, hits - 1, ENTRY_HITS);
+    return;
+  }
   store<u32>(ent, HITS_QUEUED, ENTRY_HITS);
   enqueue(a, ent);
   const len = areaU64(a, AREA_QUEUE_LEN);
@@ -158,8 +166,16 @@ function countHit(a: usize, ent: usize, hits: u32): void {
 export function jitFind(pc: u64): u32 {
   const a = area();
   const ti = tlbIndex(pc);
-  // A fetch TLB miss: the interpreter's fetch will walk and fill it.
-  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return 0;
+  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) {
+    // Fill the fetch TLB as the interpreter's fetch would; if the fetch
+    // faults, the interpreter repeats it and takes the fault.
+    fetchSlow(pc);
+    if (status != STATUS_OK) {
+      clearStatus();
+      return 0;
+    }
+    if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return 0;
+  }
   const gpa = load<u64>(H + <usize>TLB_FETCH_GPA_OFF + (ti >> 1)) | (pc & 0xfff);
   const key = keyOf(gpa);
   const bucket = bucketOf(a, key);
@@ -202,9 +218,10 @@ export function jitFind(pc: u64): u32 {
   return now != 0 && load<u64>(victim) == key ? now : 0;
 }
 
-export function countEntered(): void {
+export function countEntered(retired: u32): void {
   const a = area();
   store<u64>(a + <usize>AREA_STAT_ENTERED, areaU64(a, AREA_STAT_ENTERED) + 1);
+  store<u64>(a + <usize>AREA_STAT_INSNS, areaU64(a, AREA_STAT_INSNS) + <u64>retired);
 }
 
 export function countBail(): void {

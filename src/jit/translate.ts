@@ -62,6 +62,8 @@ const xLocal = (r: number) => 2 + r; // x1 -> 3 ... x31 -> 33
 const L_LEFT = 34, L_ID = 35, L_RES = 36, L_ENT = 37;
 const L_PCOUT = 38, L_VA = 39, L_CTXL = 40, L_CTXS = 41, L_T = 42;
 const LOCALS: [number, number][] = [[31, I64], [4, I32], [5, I64]];
+/** A bail's page offset and not-retired count share one i32 (L_ENT). */
+const BAIL_PENDING_SHIFT = 13;
 
 type Kind = "alu" | "load" | "store" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
 
@@ -236,14 +238,21 @@ class RegionWriter {
     body.get(L_H).mem(Op.i64_load, this.k.CTX_LOAD_OFF, 3).set(L_CTXL);
     body.get(L_H).mem(Op.i64_load, this.k.CTX_STORE_OFF, 3).set(L_CTXS);
     body.get(L_LIMIT).set(L_LEFT);
-    // block $exit; loop $L; block $B(n-1) ... block $B0; br_table
-    body.block().loop();
+    // block $exit; block $bail; loop $L; block $B(n-1) ... block $B0; br_table
+    body.block().block().loop();
     for (let i = 0; i < n; i++) body.block();
     body.get(L_ID).byte(Op.br_table).u32(n);
     for (let i = 0; i < n; i++) body.u32(i);
     body.u32(0);
     body.end(); // end of $B0: block 0's code follows
     body.append(c);
+    // $bail: hand the instruction at page offset L_ENT & 0x1fff to the
+    // interpreter, L_ENT >> 13 instructions of its block not retired. One
+    // shared tail keeps each load and store's slow path short.
+    body.end();
+    body.get(L_PCBASE).get(L_ENT).i32(0x1fff).op(Op.i32_and).op(Op.i64_extend_i32_u).op(Op.i64_add).set(L_PCOUT);
+    body.get(L_LIMIT).get(L_LEFT).op(Op.i32_sub).get(L_ENT).i32(BAIL_PENDING_SHIFT).op(Op.i32_shr_u).op(Op.i32_sub)
+      .i32(2).op(Op.i32_shl).i32(this.k.JIT_NEED_INTERP).op(Op.i32_or).set(L_RES);
     body.end(); // end of $exit
     // Epilogue: written registers back, pc, result.
     for (const r of [...this.written].sort((a, b) => a - b)) {
@@ -255,12 +264,15 @@ class RegionWriter {
     return { func: { type: { params: [I32, I64, I32], results: [I32] }, locals: LOCALS, code: body, exportName }, blocks: n, insns };
   }
 
-  // Labels seen from block i's code: $B(i+1) .. $B(n-1), $L, $exit.
+  // Labels seen from block i's code: $B(i+1) .. $B(n-1), $L, $bail, $exit.
   private get toLoop(): number {
     return this.blocks.length - 1 - this.cur + this.depth;
   }
-  private get toExit(): number {
+  private get toBail(): number {
     return this.blocks.length - this.cur + this.depth;
+  }
+  private get toExit(): number {
+    return this.blocks.length - this.cur + 1 + this.depth;
   }
 
   private open(result?: number): void {
@@ -283,7 +295,7 @@ class RegionWriter {
     else { this.used.add(r); this.written.add(r); this.c.set(xLocal(r)); }
   }
   private pcAt(off: number): void {
-    this.c.get(L_PCBASE).i64(BigInt(off)).op(Op.i64_add);
+    this.c.get(L_PCBASE).i64(off).op(Op.i64_add);
   }
 
   // ---- exits
@@ -311,7 +323,8 @@ class RegionWriter {
   }
   /** Give instruction `i` of the block (not retired) to the interpreter. */
   private bail(i: number): void {
-    this.exit(() => this.pcAt(this.blocks[this.cur].body[i]?.off ?? this.blocks[this.cur].next), this.blockLen - i, this.k.JIT_NEED_INTERP);
+    const off = this.blocks[this.cur].body[i].off;
+    this.c.i32(off | ((this.blockLen - i) << BAIL_PENDING_SHIFT)).set(L_ENT).br(this.toBail);
   }
 
   // ---- blocks
@@ -355,7 +368,7 @@ class RegionWriter {
       case "jalr":
         // Target first: rd may be rs1.
         this.getX(rs1Of(i));
-        c.i64(BigInt(immI(i))).op(Op.i64_add).i64(-2n).op(Op.i64_and).set(L_T);
+        c.i64(immI(i)).op(Op.i64_add).i64(-2n).op(Op.i64_and).set(L_T);
         this.pcAt(t.off + t.len);
         this.setX(rdOf(i));
         this.exit(() => c.get(L_T), 0, 0);
@@ -380,12 +393,12 @@ class RegionWriter {
    *  the page end compares its last byte's page with the tag and misses. */
   private tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
     const { c } = this;
-    c.get(L_VA).i64(12n).op(Op.i64_shr_u).op(Op.i32_wrap_i64).i32(this.k.TLB_ENTRIES - 1).op(Op.i32_and)
+    c.get(L_VA).i64(12).op(Op.i64_shr_u).op(Op.i32_wrap_i64).i32(this.k.TLB_ENTRIES - 1).op(Op.i32_and)
       .i32(4).op(Op.i32_shl).get(L_H).op(Op.i32_add).tee(L_ENT)
       .mem(Op.i64_load, arrayOff, 3);
     c.get(L_VA);
-    if (size > 1) c.i64(BigInt(size - 1)).op(Op.i64_add);
-    c.i64(~0xfffn).op(Op.i64_and).get(ctxLocal).op(Op.i64_or).op(Op.i64_eq);
+    if (size > 1) c.i64(size - 1).op(Op.i64_add);
+    c.i64(-4096).op(Op.i64_and).get(ctxLocal).op(Op.i64_or).op(Op.i64_eq);
   }
   private hostAddr(arrayOff: number): void {
     this.c.get(L_VA).get(L_ENT).mem(Op.i64_load, arrayOff + 8, 3).op(Op.i64_add).op(Op.i32_wrap_i64);
@@ -397,7 +410,7 @@ class RegionWriter {
     const size = 1 << (f3 & 3);
     const ops = [Op.i64_load8_s, Op.i64_load16_s, Op.i64_load32_s, Op.i64_load, Op.i64_load8_u, Op.i64_load16_u, Op.i64_load32_u];
     this.getX(rs1Of(i));
-    c.i64(BigInt(immI(i))).op(Op.i64_add).set(L_VA);
+    c.i64(immI(i)).op(Op.i64_add).set(L_VA);
     this.tlbProbe(k.TLB_LOAD_OFF, size, L_CTXL);
     this.open(I64);
     this.hostAddr(k.TLB_LOAD_OFF);
@@ -420,7 +433,7 @@ class RegionWriter {
     const i = it.insn, f3 = f3Of(i);
     const size = 1 << f3;
     this.getX(rs1Of(i));
-    c.i64(BigInt(immS(i))).op(Op.i64_add).set(L_VA);
+    c.i64(immS(i)).op(Op.i64_add).set(L_VA);
     this.tlbProbe(k.TLB_STORE_OFF, size, L_CTXS);
     this.open();
     this.hostAddr(k.TLB_STORE_OFF);
@@ -468,10 +481,10 @@ class RegionWriter {
     const i = it.insn;
     const rd = rdOf(i), rs1 = rs1Of(i), rs2 = rs2Of(i), f3 = f3Of(i), f7 = f7Of(i);
     switch (i & 0x7f) {
-      case 0x37: c.i64(BigInt(immU(i))); break; // LUI
-      case 0x17: this.pcAt(it.off); c.i64(BigInt(immU(i))).op(Op.i64_add); break; // AUIPC
+      case 0x37: c.i64(immU(i)); break; // LUI
+      case 0x17: this.pcAt(it.off); c.i64(immU(i)).op(Op.i64_add); break; // AUIPC
       case 0x13: {
-        const imm = BigInt(immI(i));
+        const imm = immI(i);
         this.getX(rs1);
         switch (f3) {
           case 0: c.i64(imm).op(Op.i64_add); break;
@@ -480,15 +493,15 @@ class RegionWriter {
           case 4: c.i64(imm).op(Op.i64_xor); break;
           case 6: c.i64(imm).op(Op.i64_or); break;
           case 7: c.i64(imm).op(Op.i64_and); break;
-          case 1: c.i64(BigInt((i >>> 20) & 63)).op(Op.i64_shl); break;
-          case 5: c.i64(BigInt((i >>> 20) & 63)).op(i >>> 26 === 0x10 ? Op.i64_shr_s : Op.i64_shr_u); break;
+          case 1: c.i64((i >>> 20) & 63).op(Op.i64_shl); break;
+          case 5: c.i64((i >>> 20) & 63).op(i >>> 26 === 0x10 ? Op.i64_shr_s : Op.i64_shr_u); break;
         }
         break;
       }
       case 0x1b: {
         this.getX(rs1);
-        const sh = BigInt((i >>> 20) & 31);
-        if (f3 === 0) c.i64(BigInt(immI(i))).op(Op.i64_add).op(Op.i64_extend32_s);
+        const sh = (i >>> 20) & 31;
+        if (f3 === 0) c.i64(immI(i)).op(Op.i64_add).op(Op.i64_extend32_s);
         else if (f3 === 1) c.i64(sh).op(Op.i64_shl).op(Op.i64_extend32_s);
         else if (f7 === 0) c.op(Op.i32_wrap_i64).i32(Number(sh)).op(Op.i32_shr_u).op(Op.i64_extend_i32_s);
         else c.op(Op.i32_wrap_i64).i32(Number(sh)).op(Op.i32_shr_s).op(Op.i64_extend_i32_s);

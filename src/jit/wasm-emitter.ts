@@ -34,13 +34,18 @@ export class Bytes {
   length = 0;
 
   byte(b: number): this {
-    if (this.length === this.buf.length) {
-      const n = new Uint8Array(this.buf.length * 2);
-      n.set(this.buf);
-      this.buf = n;
-    }
+    if (this.length === this.buf.length) this.reserve(1);
     this.buf[this.length++] = b;
     return this;
+  }
+
+  private reserve(n: number): void {
+    if (this.length + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.length + n) size *= 2;
+    const grown = new Uint8Array(size);
+    grown.set(this.buf.subarray(0, this.length));
+    this.buf = grown;
   }
 
   bytes(bs: ArrayLike<number>): this {
@@ -69,8 +74,15 @@ export class Bytes {
     }
   }
 
-  s64(v: bigint): this {
+  s64(v: bigint | number): this {
+    // Small values (most constants) take the fast number path: their signed
+    // LEB128 is the same whatever the width.
+    if (typeof v === "number") {
+      if (Number.isInteger(v) && v >= -0x80000000 && v <= 0x7fffffff) return this.s32(v);
+      v = BigInt(v);
+    }
     v = BigInt.asIntN(64, v);
+    if (v >= -0x80000000n && v <= 0x7fffffffn) return this.s32(Number(v));
     for (;;) {
       const b = Number(v & 0x7fn);
       v >>= 7n;
@@ -90,7 +102,9 @@ export class Bytes {
   }
 
   append(other: Bytes): this {
-    for (let i = 0; i < other.length; i++) this.byte(other.buf[i]);
+    this.reserve(other.length);
+    this.buf.set(other.buf.subarray(0, other.length), this.length);
+    this.length += other.length;
     return this;
   }
 
@@ -107,7 +121,7 @@ export class Code extends Bytes {
   i32(v: number): this {
     return this.byte(Op.i32_const).s32(v);
   }
-  i64(v: bigint): this {
+  i64(v: bigint | number): this {
     return this.byte(Op.i64_const).s64(v);
   }
   get(l: number): this {

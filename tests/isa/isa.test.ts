@@ -12,8 +12,12 @@ const bin = join(root, "bin", "tsvisor.js");
 const { buildIsaTests, CC } = await import(pathToFileURL(join(root, "tests", "isa", "build.mjs")).href);
 const haveCc = spawnSync(CC, ["--version"]).status === 0;
 
-/** Engine configurations the whole suite runs under (the JIT adds one). */
-const ENGINES: { name: string; flags: string[] }[] = [{ name: "interpreter", flags: [] }];
+/** Engine configurations the whole suite runs under: the interpreter alone,
+ *  and binary translation forced from the first execution of every block. */
+const ENGINES: { name: string; flags: string[] }[] = [
+  { name: "interpreter", flags: ["--jit=off"] },
+  { name: "jit", flags: ["--jit=on", "--jit-threshold=1"] },
+];
 
 const programs: { group: string; name: string; elf: string }[] = haveCc ? buildIsaTests() : [];
 
