@@ -1,5 +1,6 @@
 // Boot benchmark: boots the pulled Debian kernel and tsvisor's initramfs with
-// the command `true`, and measures, from process start, the time until init
+// the command `true`, with the interpreter alone and with binary translation
+// (the default), and measures, from process start, the time until init
 // prints a marker (kernel boot done, userspace reached) and until the guest
 // powers off (the process ends). When qemu-system-riscv64 is installed
 // (Debian's qemu-system-misc), QEMU's TCG boots the same kernel and the same
@@ -85,8 +86,10 @@ async function main(): Promise<void> {
 
     console.log(`Boot of Debian's ${image.kernelVersion} kernel to init's marker and to poweroff, ${harts} hart(s), 512 MiB, best of ${runs}`);
     console.log(`host: ${hostCpus()[0]?.model ?? "unknown CPU"}, Node ${process.version}`);
-    const ts = await best("tsvisor", runs, () =>
-      timeBoot(process.execPath, [bin, "run", "--cpus", String(harts), "--mem", "512M", "--append", cmdline, "--", "true"]));
+    const tsvisor = (jit: string) => () =>
+      timeBoot(process.execPath, [bin, "run", "--jit", jit, "--cpus", String(harts), "--mem", "512M", "--append", cmdline, "--", "true"]);
+    const interp = await best("tsvisor --jit off", runs, tsvisor("off"));
+    const ts = await best("tsvisor --jit on", runs, tsvisor("on"));
 
     let qemu: Timing | undefined;
     if (spawnSync("sh", ["-c", "command -v qemu-system-riscv64"]).status === 0) {
@@ -98,10 +101,13 @@ async function main(): Promise<void> {
     }
     const row = (name: string, t: Timing) => console.log(`${name.padEnd(32)} ${t.markerS.toFixed(2).padStart(8)} s ${t.poweroffS.toFixed(2).padStart(10)} s`);
     console.log(`${"".padEnd(32)} ${"userspace".padStart(10)} ${"poweroff".padStart(12)}`);
-    row("tsvisor (interpreter)", ts);
+    row("tsvisor, interpreter", interp);
+    row("tsvisor, JIT", ts);
+    console.log(`JIT speed-up over the interpreter: userspace ${(interp.markerS / ts.markerS).toFixed(2)}x, poweroff ${(interp.poweroffS / ts.poweroffS).toFixed(2)}x`);
     if (qemu) {
       row("QEMU TCG (qemu-system-riscv64)", qemu);
-      console.log(`ratio tsvisor/QEMU: userspace ${(ts.markerS / qemu.markerS).toFixed(2)}x, poweroff ${(ts.poweroffS / qemu.poweroffS).toFixed(2)}x`);
+      console.log(`ratio tsvisor JIT/QEMU: userspace ${(ts.markerS / qemu.markerS).toFixed(2)}x, poweroff ${(ts.poweroffS / qemu.poweroffS).toFixed(2)}x`);
+      console.log(`ratio tsvisor interpreter/QEMU: userspace ${(interp.markerS / qemu.markerS).toFixed(2)}x, poweroff ${(interp.poweroffS / qemu.poweroffS).toFixed(2)}x`);
     } else {
       console.log("QEMU: qemu-system-riscv64 not installed (apt-get install qemu-system-misc), no ratio");
     }

@@ -1,8 +1,13 @@
 // CPU benchmark: builds CPU-bound C kernels (bench/programs/) with the RISC-V
-// cross compiler at -O2, runs each in bare-metal mode in this process, and
-// prints guest instructions, seconds and MIPS per kernel. Every kernel checks
-// its own result and reports it through HTIF (exit code 0 = pass), so a fast
-// but wrong core does not produce a figure.
+// cross compiler at -O2, runs each in bare-metal mode in this process with the
+// interpreter alone and with binary translation (the JIT, default settings),
+// and prints guest MIPS per kernel side by side. When qemu-system-riscv64 is
+// installed (Debian's qemu-system-misc), QEMU's TCG runs the same ELF on its
+// `spike` machine (same HTIF protocol) in the same run, and the ratios are
+// printed; its MIPS use tsvisor's instruction count and QEMU's wall time
+// (process start included, ~10 ms). Every kernel checks its own result and
+// reports it through HTIF (exit code 0 = pass), so a fast but wrong core does
+// not produce a figure.
 //
 //   npm run bench:cpu                 all kernels
 //   node dist/bench/cpu.js crc32 ...  only the named ones
@@ -81,12 +86,13 @@ interface Result {
   console: string;
 }
 
-function run(kernel: Kernel, elf: string): Result {
+function run(kernel: Kernel, elf: string, jit: boolean): Result {
   const chunks: Uint8Array[] = [];
   const machine = new BareMachine(parseElf(new Uint8Array(readFileSync(elf))), {
     memBytes: GUEST_RAM,
     maxInsns: MAX_INSNS,
     console: (bytes) => chunks.push(Uint8Array.from(bytes)),
+    jit: jit ? {} : false,
   });
   const start = performance.now();
   let outcome: string;
@@ -109,11 +115,25 @@ function run(kernel: Kernel, elf: string): Result {
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  const numeric = [false, true, true, true, false];
   return rows
-    .map((r) => r.map((cell, c) => (numeric[c] ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join("  ").trimEnd())
+    .map((r) => r.map((cell, c) => (c > 0 && c < r.length - 1 ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join("  ").trimEnd())
     .join("\n");
 }
+
+/** QEMU TCG on the same ELF (spike machine: HTIF like ours); seconds, or a reason it did not run. */
+function runQemu(elf: string): { seconds: number } | { error: string } {
+  const start = performance.now();
+  const r = spawnSync("qemu-system-riscv64", ["-M", "spike", "-bios", "none", "-kernel", elf, "-nographic", "-no-reboot"], {
+    encoding: "latin1",
+    timeout: 600_000,
+  });
+  const seconds = (performance.now() - start) / 1000;
+  if (r.error) return { error: r.error.message };
+  if (r.status !== 0) return { error: `exit ${r.status}` };
+  return { seconds };
+}
+
+const mips = (insns: bigint, s: number) => (s > 0 ? Number(insns) / s / 1e6 : 0);
 
 function main(): void {
   const { values, positionals } = parseArgs({
@@ -123,21 +143,38 @@ function main(): void {
   const unknown = positionals.filter((p) => !KERNELS.some((k) => k.name === p));
   if (unknown.length > 0) fail(`unknown kernel ${unknown.join(", ")} (kernels: ${KERNELS.map((k) => k.name).join(", ")})`);
   const selected = positionals.length > 0 ? KERNELS.filter((k) => positionals.includes(k.name)) : KERNELS;
+  const haveQemu = spawnSync("sh", ["-c", "command -v qemu-system-riscv64"]).status === 0;
 
   const elves = selected.map((k) => build(k));
   process.stdout.write(`tsvisor CPU benchmark: node ${process.version}, ${cpus()[0]?.model ?? "unknown CPU"}\n\n`);
-  const rows = [["kernel", "guest insns", "seconds", "MIPS", "result"]];
+  const head = ["kernel", "guest insns", "interp MIPS", "JIT MIPS", "JIT/interp"];
+  if (haveQemu) head.push("QEMU MIPS", "JIT/QEMU");
+  head.push("result");
+  const rows = [head];
   const results: Result[] = [];
   selected.forEach((kernel, i) => {
-    const r = run(kernel, elves[i]);
-    results.push(r);
-    const mips = r.seconds > 0 ? Number(r.insns) / r.seconds / 1e6 : 0;
-    rows.push([kernel.name, r.insns.toLocaleString("en-US"), r.seconds.toFixed(3), mips.toFixed(1), r.outcome]);
+    const interp = run(kernel, elves[i], false);
+    const jit = run(kernel, elves[i], true);
+    results.push(interp, jit);
+    const mi = mips(interp.insns, interp.seconds), mj = mips(jit.insns, jit.seconds);
+    const row = [kernel.name, jit.insns.toLocaleString("en-US"), mi.toFixed(0), mj.toFixed(0), `${(mj / mi).toFixed(1)}x`];
+    let outcome = interp.passed && jit.passed ? "pass" : `interpreter ${interp.outcome}, JIT ${jit.outcome}`;
+    if (haveQemu) {
+      const q = runQemu(elves[i]);
+      if ("seconds" in q) {
+        const mq = mips(jit.insns, q.seconds);
+        row.push(mq.toFixed(0), `${(mj / mq).toFixed(2)}x`);
+      } else {
+        row.push("-", "-");
+        outcome += ` (QEMU: ${q.error})`;
+      }
+    }
+    row.push(outcome);
+    rows.push(row);
   });
-  const total = results.reduce((a, r) => ({ insns: a.insns + r.insns, seconds: a.seconds + r.seconds }), { insns: 0n, seconds: 0 });
-  rows.push(["total", total.insns.toLocaleString("en-US"), total.seconds.toFixed(3), (Number(total.insns) / total.seconds / 1e6).toFixed(1), ""]);
   process.stdout.write(table(rows) + "\n\n");
   for (const k of selected) process.stdout.write(`  ${k.name.padEnd(8)} ${k.what}\n`);
+  if (!haveQemu) process.stdout.write("\nQEMU: qemu-system-riscv64 not installed (apt-get install qemu-system-misc), no ratio\n");
   for (const r of results) {
     if (values.verbose || !r.passed) process.stdout.write(`\n--- ${r.kernel.name} guest output ---\n${r.console}`);
   }

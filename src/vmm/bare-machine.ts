@@ -46,7 +46,8 @@ export class BareMachine {
   readonly core: Core;
   readonly vcpu: Vcpu;
   readonly jit: Jit | undefined;
-  private readonly ram: GuestMemory;
+  /** Guest RAM as the hypervisor and devices see it (bounds-checked, through the p2m). */
+  readonly ram: GuestMemory;
   private readonly tohost: bigint;
   private readonly fromhost: bigint | undefined;
 
