@@ -82,6 +82,20 @@ const PAGE_MASK: u64 = ~(<u64>0xfff);
   return e;
 }
 
+/** Execute the instruction `fetch` returned for `pc` (nothing when the fetch
+ *  faulted); returns the next pc. */
+@inline function executeFetched(insn: u32, pc: u64): u64 {
+  if (status != STATUS_OK) return 0;
+  if ((insn & 3) == 3) return execute(insn, pc, 4);
+  const expanded = expandCached(insn & 0xffff);
+  let next: u64 = 0;
+  if (expanded == C_ILLEGAL) illegal(insn & 0xffff);
+  else next = execute(expanded, pc, 2);
+  // Faults report the 16-bit instruction as it is in memory.
+  if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
+  return next;
+}
+
 // Consecutive traps without a retired instruction: a handler that itself
 // faults forever (e.g. mtvec pointing at unmapped memory) ends the run.
 const TRAP_STORM_LIMIT: u32 = 1000000;
@@ -151,19 +165,8 @@ function runInterpreted(budget: u32): i32 {
     }
     if (left == 0) break;
 
-    let insn = fetch(pc);
-    let next: u64 = 0;
-    if (status == STATUS_OK) {
-      if ((insn & 3) == 3) {
-        next = execute(insn, pc, 4);
-      } else {
-        const expanded = expandCached(insn & 0xffff);
-        if (expanded == C_ILLEGAL) illegal(insn & 0xffff);
-        else next = execute(expanded, pc, 2);
-        // Faults report the 16-bit instruction as it is in memory.
-        if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
-      }
-    }
+    const insn = fetch(pc);
+    const next = executeFetched(insn, pc);
     if (mmioCompletion) {
       mmioCompletion = false;
       wr(RUN_MMIO_DONE_OFF, 0);
@@ -274,21 +277,8 @@ function runWithTranslation(budget: u32): i32 {
       }
     }
 
-    let insn = fetch(pc);
-    let next: u64 = 0;
-    if (status == STATUS_OK) {
-      if ((insn & 3) == 3) {
-        next = execute(insn, pc, 4);
-      } else {
-        const expanded = expandCached(insn & 0xffff);
-        if (expanded == C_ILLEGAL) illegal(insn & 0xffff);
-        else {
-          next = execute(expanded, pc, 2);
-        }
-        // Faults report the 16-bit instruction as it is in memory.
-        if (status == STATUS_TRAP && trapCause == CAUSE_ILLEGAL_INSTRUCTION) illegal(insn & 0xffff);
-      }
-    }
+    const insn = fetch(pc);
+    const next = executeFetched(insn, pc);
     if (mmioCompletion) {
       mmioCompletion = false;
       wr(RUN_MMIO_DONE_OFF, 0);
