@@ -101,6 +101,21 @@ test("--stats prints instructions and exits by reason on stderr", () => {
   assert.match(r.stderr, /htif\s+1/);
 });
 
+test("--jit on|off and --jit-threshold: translation counts in --stats, bad values one line", () => {
+  // PRINT_A in a loop would need a branch; PRINT_A once, translated before its first run.
+  const on = tsvisor("run", "--bare", program(PRINT_A), "--jit-threshold", "1", "--stats");
+  assert.equal(on.status, 0, on.stderr);
+  assert.equal(on.stdout, "A");
+  assert.match(on.stderr, /translated\s+[1-9]\d* regions/);
+  assert.match(on.stderr, /retired [1-9]\d* instructions/);
+  const off = tsvisor("run", "--bare", program(PRINT_A), "--jit", "off", "--stats");
+  assert.equal(off.status, 0, off.stderr);
+  assert.doesNotMatch(off.stderr, /binary translation/);
+  failsWith(tsvisor("run", "--bare", program(EXIT7), "--jit", "maybe"), 2, /--jit: expected on or off, got 'maybe'/);
+  failsWith(tsvisor("run", "--bare", program(EXIT7), "--jit-threshold", "0"), 2, /--jit-threshold: expected 1\.\.1000000/);
+  failsWith(tsvisor("run", "--bare", program(EXIT7), "--jit", "off", "--jit-threshold", "5"), 2, /needs the JIT on/);
+});
+
 test("--max-insns ends the run with 124 and says where", () => {
   failsWith(tsvisor("run", "--bare", program([JSELF]), "--max-insns", "1000"), 124, /instruction limit .*1000.* at pc 0x80000000/);
 });
