@@ -116,6 +116,15 @@ test("--jit on|off and --jit-threshold: translation counts in --stats, bad value
   failsWith(tsvisor("run", "--bare", program(EXIT7), "--jit", "off", "--jit-threshold", "5"), 2, /needs the JIT on/);
 });
 
+test("a trap handler that itself faults through an MMIO exit ends the run, in both engines", () => {
+  // mtvec = the handler; the handler loads from address 0, where no device is:
+  // an MMIO exit, then an access fault into the same handler, forever.
+  const storm = program([auipc(28, 0), addi(28, 28, 16), 0x305e1073 /* csrw mtvec, x28 */, addi(0, 0, 0), I(0x03, 29, 5, 0, 0), JSELF]);
+  for (const jit of [["--jit", "off"], ["--jit-threshold", "1"]]) {
+    failsWith(tsvisor("run", "--bare", storm, ...jit), 1, /halted: trap handler at 0x80000010/);
+  }
+});
+
 test("--max-insns ends the run with 124 and says where", () => {
   failsWith(tsvisor("run", "--bare", program([JSELF]), "--max-insns", "1000"), 124, /instruction limit .*1000.* at pc 0x80000000/);
 });

@@ -32,6 +32,11 @@ export class GuestFault extends Error {}
 export type IdlePolicy = "advance-time" | "exit";
 
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
+/** Consecutive runs that retire nothing: a trap handler whose own first
+ *  instruction exits and then faults (an MMIO access where no device is)
+ *  restarts forever one exit at a time, which the core's in-run trap-storm
+ *  limit cannot see. An MMIO access normally retires on its second run. */
+const NO_PROGRESS_LIMIT = 100_000;
 
 export class Vcpu {
   readonly hart: number;
@@ -84,9 +89,15 @@ export class Vcpu {
   /** Run until an exit the machine must see, or until `budget` instructions. */
   runSlice(budget: number): SliceEnd {
     const { fn, k } = this.core;
+    let noProgress = 0;
     for (;;) {
       const reason = fn.run(this.hart, budget);
       const retired = this.rec(k.RUN_INSNS_OFF);
+      if (retired !== 0n) noProgress = 0;
+      else if (++noProgress >= NO_PROGRESS_LIMIT) {
+        this.stats.count("halt");
+        return { kind: "halt", pc: this.pc };
+      }
       this.stats.instructions += retired;
       budget -= Number(retired);
       switch (reason) {
