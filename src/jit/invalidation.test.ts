@@ -1,7 +1,9 @@
-// Code written by a device: a guest keeps calling a function that binary
-// translation has already compiled; a virtio-blk read then DMAs new
-// instructions over it (through the same bounds-checked guest-memory accessor
-// every device uses). The guest must run the new code from the next call on.
+// Translated code must never outlive the instructions it was made from.
+// Self-modifying code: a guest rewrites a function it keeps calling, and an
+// instruction later in the very block that does the store. Code written by a
+// device: a virtio-blk read DMAs new instructions over a function binary
+// translation has already compiled (through the bounds-checked guest-memory
+// accessor every device uses). Each time the new instructions must run.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
@@ -19,6 +21,8 @@ const s = (f3: number, rs1: number, rs2: number, imm: number) => ((((imm >> 5) &
 const lui = (rd: number, imm20: number) => (((imm20 & 0xfffff) << 12) | (rd << 7) | 0x37) >>> 0;
 const jal = (rd: number, off: number) =>
   ((((off >> 20) & 1) << 31) | (((off >> 1) & 0x3ff) << 21) | (((off >> 11) & 1) << 20) | (((off >> 12) & 0xff) << 12) | (rd << 7) | 0x6f) >>> 0;
+const bne = (rs1: number, rs2: number, off: number) => (beq(rs1, rs2, off) | (1 << 12)) >>> 0;
+const FENCE_I = 0x0000100f;
 const beq = (rs1: number, rs2: number, off: number) =>
   ((((off >> 12) & 1) << 31) | (((off >> 5) & 0x3f) << 25) | (rs2 << 20) | (rs1 << 15) | (((off >> 1) & 15) << 8) | (((off >> 11) & 1) << 7) | 0x63) >>> 0;
 const addi = (rd: number, rs1: number, imm: number) => i(0x13, rd, 0, rs1, imm);
@@ -89,5 +93,63 @@ for (const engine of ["jit", "interpreter"] as const) {
 
     m.ram.writeU64(DATA + 8n, 1n); // STOP
     assert.deepEqual(m.run(), { kind: "exit", code: 0 });
+  });
+}
+
+/** Exit through HTIF (tohost = 1) and spin: words for the end of a program. */
+const exitWords = () => [lui(6, 0x80200), i(0x13, 6, 1, 6, 32), i(0x13, 6, 5, 6, 32), addi(7, 0, 1), s(3, 6, 7, 0), jal(0, 0)];
+
+function image(main: number[], f: number[]): ElfImage {
+  const m = words(main), fb = words(f);
+  return {
+    entry: RAM,
+    segments: [
+      { paddr: RAM, vaddr: RAM, data: m, memsz: BigInt(m.length) },
+      { paddr: FUNC, vaddr: FUNC, data: fb, memsz: BigInt(fb.length) },
+    ],
+    symbol: (name) => (name === "tohost" ? TOHOST : undefined),
+  };
+}
+
+function runToExit(img: ElfImage, jit: boolean) {
+  const m = new BareMachine(img, { memBytes: 4 << 20, console: () => {}, jit: jit ? { threshold: 1 } : false });
+  assert.deepEqual(m.run(), { kind: "exit", code: 0 });
+  return { x: (r: number) => BigInt.asUintN(64, m.core.fn.getX(m.vcpu.hart, r)), jit: m.jit };
+}
+
+for (const engine of ["jit", "interpreter"] as const) {
+  test(`${engine}: a guest that rewrites a function it keeps calling runs the new version after the store`, () => {
+    // s1 = sum of f() over 200 calls; after call 100, f's `li a0, 1` becomes `li a0, 2`.
+    const NEW = addi(10, 0, 2);
+    const main = [
+      addi(9, 0, 0), addi(18, 0, 0), addi(19, 0, 100), addi(20, 0, 200), // s1 = 0, s2 = calls, s3 = 100, s4 = 200
+      lui(21, 0x80002), i(0x13, 21, 1, 21, 32), i(0x13, 21, 5, 21, 32), // s5 = FUNC
+      lui(22, (NEW + 0x800) >>> 12), addi(22, 22, ((NEW & 0xfff) << 20) >> 20), // s6 = the new instruction
+      jal(1, Number(FUNC - RAM) - 36), // loop (offset 36): call f
+      i(0x33, 9, 0, 9, 0) | (10 << 20), // add s1, s1, a0
+      addi(18, 18, 1),
+      bne(18, 19, 12), // after call 100 only:
+      s(2, 21, 22, 0), //   sw s6, 0(s5): rewrite f
+      FENCE_I,
+      bne(18, 20, -24), // loop while calls != 200
+      ...exitWords(),
+    ];
+    const r = runToExit(image(main, [addi(10, 0, 1), ret()]), engine === "jit");
+    assert.equal(r.x(9), 100n * 1n + 100n * 2n);
+    if (r.jit) assert.ok(r.jit.stats().invalidations >= 1, "the store retired the function's translation");
+  });
+
+  test(`${engine}: a store that rewrites a later instruction of its own block takes effect at once`, () => {
+    const NEW = addi(10, 0, 5); // replaces `li a0, 1` below
+    const main = [
+      i(0x17, 6, 0, 0, 0) & ~0xfff00000, // auipc x6, 0
+      lui(7, (NEW + 0x800) >>> 12), addi(7, 7, ((NEW & 0xfff) << 20) >> 20),
+      s(2, 6, 7, 20), // sw x7, 20(x6): the instruction at offset 20
+      addi(0, 0, 0),
+      addi(10, 0, 1), // offset 20
+      ...exitWords(),
+    ];
+    const r = runToExit(image(main, [ret()]), engine === "jit");
+    assert.equal(r.x(10), 5n);
   });
 }
