@@ -41,21 +41,32 @@ function words(ws: number[]): Uint8Array {
 
 /** loop { a0 = f(); LAST = a0 } until STOP != 0; then exit through HTIF. */
 function program(): ElfImage {
-  const main = words([
-    lui(5, 0x80100), i(0x13, 5, 1, 5, 32), i(0x13, 5, 5, 5, 32), // x5 = DATA (zero-extended)
-    jal(1, Number(FUNC - RAM) - 12), // loop: call f
-    s(3, 5, 10, 0), // sd a0, LAST
-    i(0x03, 7, 3, 5, 8), // ld x7, STOP
-    beq(7, 0, -12),
-    lui(6, 0x80200), i(0x13, 6, 1, 6, 32), i(0x13, 6, 5, 6, 32), addi(7, 0, 1), s(3, 6, 7, 0), // tohost = 1
-    jal(0, 0),
-  ]);
-  const f = words([addi(10, 0, 1), ret()]);
+  return image(
+    [
+      lui(5, 0x80100), i(0x13, 5, 1, 5, 32), i(0x13, 5, 5, 5, 32), // x5 = DATA (zero-extended)
+      jal(1, Number(FUNC - RAM) - 12), // loop: call f
+      s(3, 5, 10, 0), // sd a0, LAST
+      i(0x03, 7, 3, 5, 8), // ld x7, STOP
+      beq(7, 0, -12),
+      ...exitWords(),
+    ],
+    [addi(10, 0, 1), ret()],
+  );
+}
+
+/** Exit through HTIF (tohost = 1) and spin: words for the end of a program. */
+function exitWords(): number[] {
+  return [lui(6, 0x80200), i(0x13, 6, 1, 6, 32), i(0x13, 6, 5, 6, 32), addi(7, 0, 1), s(3, 6, 7, 0), jal(0, 0)];
+}
+
+/** Code at RAM (the entry) and a function at FUNC, in its own page. */
+function image(main: number[], f: number[]): ElfImage {
+  const m = words(main), fb = words(f);
   return {
     entry: RAM,
     segments: [
-      { paddr: RAM, vaddr: RAM, data: main, memsz: BigInt(main.length) },
-      { paddr: FUNC, vaddr: FUNC, data: f, memsz: BigInt(f.length) },
+      { paddr: RAM, vaddr: RAM, data: m, memsz: BigInt(m.length) },
+      { paddr: FUNC, vaddr: FUNC, data: fb, memsz: BigInt(fb.length) },
     ],
     symbol: (name) => (name === "tohost" ? TOHOST : undefined),
   };
@@ -96,20 +107,6 @@ for (const engine of ["jit", "interpreter"] as const) {
   });
 }
 
-/** Exit through HTIF (tohost = 1) and spin: words for the end of a program. */
-const exitWords = () => [lui(6, 0x80200), i(0x13, 6, 1, 6, 32), i(0x13, 6, 5, 6, 32), addi(7, 0, 1), s(3, 6, 7, 0), jal(0, 0)];
-
-function image(main: number[], f: number[]): ElfImage {
-  const m = words(main), fb = words(f);
-  return {
-    entry: RAM,
-    segments: [
-      { paddr: RAM, vaddr: RAM, data: m, memsz: BigInt(m.length) },
-      { paddr: FUNC, vaddr: FUNC, data: fb, memsz: BigInt(fb.length) },
-    ],
-    symbol: (name) => (name === "tohost" ? TOHOST : undefined),
-  };
-}
 
 function runToExit(img: ElfImage, jit: boolean) {
   const m = new BareMachine(img, { memBytes: 4 << 20, console: () => {}, jit: jit ? { threshold: 1 } : false });

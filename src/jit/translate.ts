@@ -442,15 +442,23 @@ class RegionWriter {
     c.else();
     c.get(L_VA);
     this.getX(rs2Of(i));
-    c.i32(size).call(F_STORE).tee(L_ENT);
+    c.i32(size).call(F_STORE).set(L_ENT);
+    this.helperOutcome(it, index);
+    this.close();
+  }
+
+  /** A helper's result in L_ENT: 0 go on; 1 the instruction did nothing, the
+   *  interpreter must run it; 2 it completed but overwrote translated code
+   *  (possibly this region's): stop right after it. */
+  private helperOutcome(it: Insn, index: number): void {
+    const { c } = this;
+    c.get(L_ENT);
     this.open();
     c.get(L_ENT).i32(1).op(Op.i32_eq);
     this.open();
     this.bail(index);
     this.close();
-    // Done, but it overwrote translated code (possibly this region's): stop.
-    this.exit(() => this.pcAt(it.off + it.len), this.blockLen - index - 1, k.JIT_STOPPED);
-    this.close();
+    this.exit(() => this.pcAt(it.off + it.len), this.blockLen - index - 1, this.k.JIT_STOPPED);
     this.close();
   }
 
@@ -465,14 +473,7 @@ class RegionWriter {
     c.i32(it.len).call(F_EXEC).set(L_ENT);
     const rd = rdOf(i);
     if (rd !== 0) { this.written.add(rd); c.get(L_H).mem(Op.i64_load, rd * 8, 3).set(xLocal(rd)); }
-    c.get(L_ENT);
-    this.open();
-    c.get(L_ENT).i32(1).op(Op.i32_eq);
-    this.open();
-    this.bail(index);
-    this.close();
-    this.exit(() => this.pcAt(it.off + it.len), this.blockLen - index - 1, k.JIT_STOPPED);
-    this.close();
+    this.helperOutcome(it, index);
   }
 
   // ---- integer
