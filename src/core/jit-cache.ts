@@ -99,14 +99,6 @@ export function storeHitsCode(gpa: u64): bool {
   return true;
 }
 
-/** Does the page hold translations (so its stores must stay out of the TLB)? */
-export function pageHoldsCode(gpa: u64): bool {
-  const a = area();
-  if (a == 0) return false;
-  const p = pageWord(a, gpa);
-  return p != 0 && (load<u32>(p) & PAGE_CODE) != 0;
-}
-
 // ---- lookup and counting -------------------------------------------------------------
 
 /** Translation key of the instruction at guest-physical `gpa` in the current

@@ -28,7 +28,7 @@ import {
   ctxFetch, ctxLoad, ctxStore, dataPriv, tlbIndex, tlbFill, tlbFillFetch,
   TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF,
 } from "./tlb";
-import { storeHitsCode, pageHoldsCode } from "./jit-cache";
+import { storeHitsCode } from "./jit-cache";
 import { translate, accessFault, p2mFaultExit, ACC_FETCH, ACC_LOAD, ACC_STORE } from "./mmu";
 import { EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_HTIF, MMIO_COMPLETED, MMIO_NO_DEVICE } from "./exit";
 
@@ -226,10 +226,11 @@ export function storeSlow(va: u64, v: u64, size: u32): void {
       checkTohost(gpa, size);
       return;
     }
-    // A page with translations stays out of the store TLB, so every store to it
-    // comes here and invalidates them (pageHoldsCode is false right after that,
-    // but the host may translate the page again before the next store).
-    if (!pageHoldsCode(gpa)) tlbFill(TLB_STORE_OFF, va, ctxStore, host);
+    // A page with translations is kept out of the store TLB (the host drops its
+    // entries when it translates), so the first store to it comes here and
+    // retires them above; from then on the page holds no translations and its
+    // stores may take the fast path.
+    tlbFill(TLB_STORE_OFF, va, ctxStore, host);
     writeHost(host + <usize>(gpa & 0xfff), v, size);
     return;
   }
