@@ -25,6 +25,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
+import { rType, iType, sType, bType, uType, jType, addi, addiw, slli, lui, csrrw, csrrs, FENCE_I, li, Asm } from "./testing/rv-encode.js";
 
 const CODE = 0x8000_0000n;
 const DATA = 0x8010_0000n;
@@ -75,32 +76,12 @@ class Rng {
 
 // ---- instruction encoders ------------------------------------------------------
 
-const rType = (f7: number, rs2: number, rs1: number, f3: number, rd: number, op: number) =>
-  ((f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
-const iType = (imm: number, rs1: number, f3: number, rd: number, op: number) =>
-  (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
-const sType = (imm: number, rs2: number, rs1: number, f3: number, op: number) =>
-  ((((imm >> 5) & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1f) << 7) | op) >>> 0;
-const bType = (imm: number, rs2: number, rs1: number, f3: number) =>
-  ((((imm >> 12) & 1) << 31) | (((imm >> 5) & 0x3f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) |
-    (((imm >> 1) & 0xf) << 8) | (((imm >> 11) & 1) << 7) | 0x63) >>> 0;
-const uType = (imm20: number, rd: number, op: number) => (((imm20 & 0xfffff) << 12) | (rd << 7) | op) >>> 0;
-const jType = (imm: number, rd: number) =>
-  ((((imm >> 20) & 1) << 31) | (((imm >> 1) & 0x3ff) << 21) | (((imm >> 11) & 1) << 20) | (((imm >> 12) & 0xff) << 12) |
-    (rd << 7) | 0x6f) >>> 0;
 
-const addi = (rd: number, rs1: number, imm: number) => iType(imm, rs1, 0, rd, 0x13);
-const addiw = (rd: number, rs1: number, imm: number) => iType(imm, rs1, 0, rd, 0x1b);
-const slli = (rd: number, rs1: number, sh: number) => iType(sh, rs1, 1, rd, 0x13);
-const lui = (rd: number, imm20: number) => uType(imm20, rd, 0x37);
-const csrrs = (rd: number, csr: number, rs1: number) => iType(csr, rs1, 2, rd, 0x73);
-const csrrw = (rd: number, csr: number, rs1: number) => iType(csr, rs1, 1, rd, 0x73);
 const fmvDX = (fd: number, rs1: number) => rType(0x79, 0, rs1, 0, fd, 0x53);
 const MRET = 0x30200073;
 const ECALL = 0x00000073;
 const EBREAK = 0x00100073;
 const FENCE = 0x0ff0000f;
-const FENCE_I = 0x0000100f;
 
 // Compressed forms (RVC, unprivileged spec chapter 16). r' registers are x8..x15.
 const cImm6 = (f3: number, rd: number, imm: number, op: number) =>
@@ -132,26 +113,6 @@ const cBz = (f3: number, rs1p: number, imm: number) =>
 const C_NOP = 0x0001;
 const C_EBREAK = 0x9002;
 
-/** `li rd, v` as lui/addiw/addi/slli (the usual recursive expansion). */
-function li(rd: number, value: bigint): number[] {
-  const v = BigInt.asIntN(64, value);
-  const lo = BigInt.asIntN(12, v);
-  if (v >= -(1n << 31n) && v < 1n << 31n) {
-    const hi = Number((BigInt.asIntN(32, v - lo) >> 12n) & 0xfffffn);
-    if (hi === 0) return [addi(rd, 0, Number(lo))];
-    return lo === 0n ? [lui(rd, hi)] : [lui(rd, hi), addiw(rd, rd, Number(lo))];
-  }
-  let hi = (v - lo) >> 12n;
-  let shift = 12;
-  while ((hi & 1n) === 0n) {
-    hi >>= 1n;
-    shift++;
-  }
-  const out = [...li(rd, hi), slli(rd, rd, shift)];
-  if (lo !== 0n) out.push(addi(rd, rd, Number(lo)));
-  return out;
-}
-
 /** Split a code offset (below 0x10000) for lui + addi. */
 function hiLo(off: number): { hi: number; lo: number } {
   const hi = (off + 0x800) >> 12;
@@ -165,45 +126,6 @@ function addOffset(asm: Asm, rd: number, label: string): void {
   asm.w(rType(0, 29, rd, 0, rd, 0x33));
 }
 
-/** A little assembler: 16- and 32-bit parcels, labels resolved at the end. */
-class Asm {
-  private parts: { at: number; size: 2 | 4; enc: number | ((at: number) => number) }[] = [];
-  private labels = new Map<string, number>();
-  size = 0;
-  label(name: string): void {
-    this.labels.set(name, this.size);
-  }
-  /** Byte offset of a label (in `enc` callbacks, once every label is placed). */
-  at(name: string): number {
-    const v = this.labels.get(name);
-    if (v === undefined) throw new Error(`undefined label ${name}`);
-    return v;
-  }
-  w(enc: number | ((at: number) => number)): void {
-    this.parts.push({ at: this.size, size: 4, enc });
-    this.size += 4;
-  }
-  h(enc: number | ((at: number) => number)): void {
-    this.parts.push({ at: this.size, size: 2, enc });
-    this.size += 2;
-  }
-  ws(encs: number[]): void {
-    for (const e of encs) this.w(e);
-  }
-  align(n: number): void {
-    while (this.size % n !== 0) this.h(C_NOP);
-  }
-  bytes(): Uint8Array {
-    const out = new Uint8Array(this.size);
-    const dv = new DataView(out.buffer);
-    for (const p of this.parts) {
-      const v = typeof p.enc === "number" ? p.enc : p.enc(p.at);
-      if (p.size === 4) dv.setUint32(p.at, v >>> 0, true);
-      else dv.setUint16(p.at, v & 0xffff, true);
-    }
-    return out;
-  }
-}
 
 // ---- program generator -----------------------------------------------------------
 
@@ -286,7 +208,7 @@ function randomItem(rng: Rng): Item {
     const f3 = rng.pick([4, 5, 6, 7]);
     return (asm) => {
       if (w) asm.w(lui(x, 0x80000));
-      else asm.ws([addi(x, 0, -1), slli(x, x, 63)]);
+      else asm.w(...[addi(x, 0, -1), slli(x, x, 63)]);
       asm.w(addi(y, 0, -1));
       asm.w(rType(1, y, x, f3, d, w ? 0x3b : 0x33));
     };
@@ -305,7 +227,7 @@ function randomItem(rng: Rng): Item {
       case 8: { const sh = rng.int(32); return (asm) => asm.w(iType(0x400 | sh, a, 5, d, 0x1b)); }
       case 9: { const imm = rng.u32() >>> 12; return (asm) => asm.w(lui(d, imm)); }
       case 10: { const imm = rng.u32() >>> 12; return (asm) => asm.w(uType(imm, d, 0x17)); } // AUIPC
-      default: { const v = randomValue(rng); return (asm) => asm.ws(li(d, v)); }
+      default: { const v = randomValue(rng); return (asm) => asm.w(...li(d, v)); }
     }
   }
   // Loads.
@@ -452,18 +374,18 @@ function generate(seed: number): Program {
   // Prologue.
   // mtvec = handler, as an absolute address (no AUIPC, so that a translation
   // error cannot send every trap astray).
-  asm.ws([addi(28, 0, 1), slli(28, 28, 31)]); // x28 = CODE
+  asm.w(...[addi(28, 0, 1), slli(28, 28, 31)]); // x28 = CODE
   addOffset(asm, 28, "handler");
   asm.w(csrrw(0, 0x305, 28)); // mtvec
-  asm.ws([lui(28, 0x2), csrrs(0, 0x300, 28)]); // mstatus.FS = Initial
-  asm.ws(li(5, X5));
-  asm.ws(li(6, NO_DEVICE));
-  asm.ws(li(8, X8));
+  asm.w(...[lui(28, 0x2), csrrs(0, 0x300, 28)]); // mstatus.FS = Initial
+  asm.w(...li(5, X5));
+  asm.w(...li(6, NO_DEVICE));
+  asm.w(...li(8, X8));
   asm.w(addi(30, 5, 0));
   asm.w(addi(31, 0, 3));
-  for (const r of DEST) asm.ws(li(r, randomValue(rng)));
+  for (const r of DEST) asm.w(...li(r, randomValue(rng)));
   for (let fr = 0; fr < 32; fr++) {
-    asm.ws(li(28, randomDoubleBits(rng)));
+    asm.w(...li(28, randomDoubleBits(rng)));
     asm.w(fmvDX(fr, 28));
   }
   // Body, three times.
@@ -480,18 +402,18 @@ function generate(seed: number): Program {
   asm.w(bType(8, 0, 31, 0)); // beq x31, x0, +8
   asm.w((at) => jType(asm.at("top") - at, 0));
   // Exit: tohost = 1.
-  asm.ws(li(28, TOHOST));
+  asm.w(...li(28, TOHOST));
   asm.w(addi(29, 0, 1));
   asm.w(sType(0, 29, 28, 3, 0x23));
   asm.w(jType(0, 0));
   // Trap handler: skip the instruction at mepc (its length from its low bits).
   asm.align(4);
   asm.label("handler");
-  asm.ws([csrrs(28, 0x341, 0), addi(29, 0, 1), slli(29, 29, 31), rType(0x20, 29, 28, 0, 28, 0x33)]); // x28 = mepc - CODE
+  asm.w(...[csrrs(28, 0x341, 0), addi(29, 0, 1), slli(29, 29, 31), rType(0x20, 29, 28, 0, 28, 0x33)]); // x28 = mepc - CODE
   asm.w(() => lui(29, hiLo(asm.at("end")).hi));
   asm.w(() => addi(29, 29, hiLo(asm.at("end")).lo));
   asm.w((at) => bType(asm.at("escape") - at, 29, 28, 7)); // bgeu: mepc outside the program
-  asm.ws([
+  asm.w(...[
     csrrs(28, 0x341, 0),
     iType(0, 28, 5, 29, 0x03), // lhu x29, 0(x28)
     iType(3, 29, 7, 29, 0x13), // andi x29, x29, 3
@@ -507,7 +429,7 @@ function generate(seed: number): Program {
   // ESCAPED rather than read an instruction there (where no device is, that
   // load would fault again and again).
   asm.label("escape");
-  asm.ws(li(28, TOHOST));
+  asm.w(...li(28, TOHOST));
   asm.w(addi(29, 0, Number(ESCAPED)));
   asm.w(sType(0, 29, 28, 3, 0x23));
   asm.w(jType(0, 0));

@@ -17,43 +17,25 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
+import { rType, iType, sType, addi, slli, lui, csrrw, csrrs, FENCE_I, li, Asm as BaseAsm } from "./testing/rv-encode.js";
 
 const CODE = 0x8000_0000n;
 const TOHOST = 0x8020_0000n;
 
 // ---- encoders (unprivileged spec formats) ---------------------------------------
 
-const rType = (f7: number, rs2: number, rs1: number, f3: number, rd: number, op: number) =>
-  ((f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
-const iType = (imm: number, rs1: number, f3: number, rd: number, op: number) =>
-  (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
-const sType = (imm: number, rs2: number, rs1: number, f3: number, op: number) =>
-  ((((imm >> 5) & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1f) << 7) | op) >>> 0;
-const bType = (imm: number, rs2: number, rs1: number, f3: number) =>
-  ((((imm >> 12) & 1) << 31) | (((imm >> 5) & 0x3f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) |
-    (((imm >> 1) & 0xf) << 8) | (((imm >> 11) & 1) << 7) | 0x63) >>> 0;
-const jType = (imm: number, rd: number) =>
-  ((((imm >> 20) & 1) << 31) | (((imm >> 1) & 0x3ff) << 21) | (((imm >> 11) & 1) << 20) | (((imm >> 12) & 0xff) << 12) |
-    (rd << 7) | 0x6f) >>> 0;
 
-const addi = (rd: number, rs1: number, imm: number) => iType(imm, rs1, 0, rd, 0x13);
-const addiw = (rd: number, rs1: number, imm: number) => iType(imm, rs1, 0, rd, 0x1b);
-const slli = (rd: number, rs1: number, sh: number) => iType(sh, rs1, 1, rd, 0x13);
 const andi = (rd: number, rs1: number, imm: number) => iType(imm, rs1, 7, rd, 0x13);
 const add = (rd: number, rs1: number, rs2: number) => rType(0, rs2, rs1, 0, rd, 0x33);
 const or = (rd: number, rs1: number, rs2: number) => rType(0, rs2, rs1, 6, rd, 0x33);
-const lui = (rd: number, imm20: number) => (((imm20 & 0xfffff) << 12) | (rd << 7) | 0x37) >>> 0;
 const sw = (rs2: number, off: number, rs1: number) => sType(off, rs2, rs1, 2, 0x23);
 const sh = (rs2: number, off: number, rs1: number) => sType(off, rs2, rs1, 1, 0x23);
 const sd = (rs2: number, off: number, rs1: number) => sType(off, rs2, rs1, 3, 0x23);
 const fsw = (frs2: number, off: number, rs1: number) => sType(off, frs2, rs1, 2, 0x27);
 const fmvWX = (fd: number, rs1: number) => rType(0x78, 0, rs1, 0, fd, 0x53);
 const amoswapW = (rd: number, rs2: number, rs1: number) => rType(0x01 << 2, rs2, rs1, 2, rd, 0x2f);
-const csrrw = (rd: number, csr: number, rs1: number) => iType(csr, rs1, 1, rd, 0x73);
-const csrrs = (rd: number, csr: number, rs1: number) => iType(csr, rs1, 2, rd, 0x73);
 const RET = iType(0, 1, 0, 0, 0x67); // jalr x0, 0(ra)
 const NOP = addi(0, 0, 0);
-const FENCE_I = 0x0000100f;
 /** c.li rd, imm (-32..31) */
 const cLi = (rd: number, imm: number) => (2 << 13) | (((imm >> 5) & 1) << 12) | (rd << 7) | ((imm & 0x1f) << 2) | 1;
 const C_RET = 0x8082; // c.jr ra
@@ -61,49 +43,8 @@ const C_RET = 0x8082; // c.jr ra
 // Registers.
 const RA = 1, T0 = 5, T1 = 6, T2 = 7, S0 = 8, S1 = 9, A0 = 10, S2 = 18, S3 = 19, S4 = 20, S5 = 21, S6 = 22;
 
-/** `li rd, v` (lui/addiw/addi/slli). */
-function li(rd: number, value: bigint): number[] {
-  const v = BigInt.asIntN(64, value);
-  const lo = BigInt.asIntN(12, v);
-  if (v >= -(1n << 31n) && v < 1n << 31n) {
-    const hi = Number((BigInt.asIntN(32, v - lo) >> 12n) & 0xfffffn);
-    if (hi === 0) return [addi(rd, 0, Number(lo))];
-    return lo === 0n ? [lui(rd, hi)] : [lui(rd, hi), addiw(rd, rd, Number(lo))];
-  }
-  let hi = (v - lo) >> 12n;
-  let shift = 12;
-  while ((hi & 1n) === 0n) {
-    hi >>= 1n;
-    shift++;
-  }
-  const out = [...li(rd, hi), slli(rd, rd, shift)];
-  if (lo !== 0n) out.push(addi(rd, rd, Number(lo)));
-  return out;
-}
-
-/** Straight-line code with labels; `li`s of label addresses have a fixed length. */
-class Asm {
-  private parts: { at: number; size: 2 | 4; enc: number | ((at: number) => number) }[] = [];
-  private labels = new Map<string, number>();
-  size = 0;
-  label(name: string): void {
-    this.labels.set(name, this.size);
-  }
-  at(name: string): number {
-    const v = this.labels.get(name);
-    if (v === undefined) throw new Error(`undefined label ${name}`);
-    return v;
-  }
-  w(...encs: (number | ((at: number) => number))[]): void {
-    for (const enc of encs) {
-      this.parts.push({ at: this.size, size: 4, enc });
-      this.size += 4;
-    }
-  }
-  h(enc: number): void {
-    this.parts.push({ at: this.size, size: 2, enc });
-    this.size += 2;
-  }
+/** The shared assembler plus `la`: a label's address in a fixed number of instructions. */
+class Asm extends BaseAsm {
   /** rd = address of `label` (CODE + offset below 0x10000: five instructions). */
   la(rd: number, label: string): void {
     const hiLo = () => {
@@ -113,28 +54,6 @@ class Asm {
     };
     this.w(addi(rd, 0, 1), slli(rd, rd, 31)); // CODE
     this.w(() => lui(T2, hiLo().hi), () => addi(T2, T2, hiLo().lo), add(rd, rd, T2));
-  }
-  /** pc-relative branch or jump to `label`. */
-  b(f3: number, rs1: number, rs2: number, label: string): void {
-    this.w((at) => bType(this.at(label) - at, rs2, rs1, f3));
-  }
-  j(rd: number, label: string): void {
-    this.w((at) => jType(this.at(label) - at, rd));
-  }
-  /** Pad with zero bytes (illegal instructions) up to offset `off`. */
-  org(off: number): void {
-    if (off < this.size) throw new Error(`code overlaps offset ${off}`);
-    while (this.size < off) this.h(0);
-  }
-  bytes(): Uint8Array {
-    const out = new Uint8Array(this.size);
-    const dv = new DataView(out.buffer);
-    for (const p of this.parts) {
-      const v = typeof p.enc === "number" ? p.enc : p.enc(p.at);
-      if (p.size === 4) dv.setUint32(p.at, v >>> 0, true);
-      else dv.setUint16(p.at, v & 0xffff, true);
-    }
-    return out;
   }
 }
 
