@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openNetBackend, parseNetSpec } from "./net-backend.js";
@@ -34,24 +34,30 @@ test("frames cross QEMU's -netdev stream and -netdev dgram both ways", { skip },
     "-netdev", "hubport,id=h0,hubid=0,netdev=s0",
     "-netdev", "hubport,id=h1,hubid=0,netdev=d0",
   ], { stdio: "ignore" });
-  const stream = await openNetBackend(parseNetSpec(`socket=connect:${path}`));
-  const dgram = await openNetBackend(parseNetSpec(`socket=udp:127.0.0.1:${ourPort},peer=127.0.0.1:${qemuPort}`));
+  const opened: { close(): void }[] = [];
   try {
+    // QEMU can take seconds to start on a loaded machine (CI runs Linux boots
+    // beside this test): wait for its socket before opening the backends, so
+    // the connect backend's retry back-off does not eat the frame window.
+    await waitFor("QEMU to create its stream socket", () => existsSync(path), 30_000);
+    const stream = await openNetBackend(parseNetSpec(`socket=connect:${path}`));
+    opened.push(stream);
+    const dgram = await openNetBackend(parseNetSpec(`socket=udp:127.0.0.1:${ourPort},peer=127.0.0.1:${qemuPort}`));
+    opened.push(dgram);
     const atStream = new FrameSink(stream);
     const atDgram = new FrameSink(dgram);
     const out = testFrame(1, 1, 100);
     const back = testFrame(2, 2, 1514);
-    // QEMU may not have accepted the connection yet: send until it passes.
+    // QEMU may not have accepted the connection or bound its UDP port yet: send until it passes.
     await waitFor("frames through QEMU", () => {
       if (!atDgram.frames.length) stream.send(out);
       if (!atStream.frames.length) dgram.send(back);
       return atDgram.frames.length > 0 && atStream.frames.length > 0;
-    }, 5000);
+    }, 15_000);
     assert.ok(sameBytes(await atDgram.next((f) => frameTag(f) === 1), out));
     assert.ok(sameBytes(await atStream.next((f) => frameTag(f) === 2), back));
   } finally {
-    stream.close();
-    dgram.close();
+    for (const b of opened) b.close();
     qemu.kill();
     rmSync(dir, { recursive: true, force: true });
   }
