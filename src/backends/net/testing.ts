@@ -1,4 +1,5 @@
-// Helpers for the network backend tests: a sink that collects what a backend
+// Helpers for the network backend tests (their time limits only bound a
+// failure, generously, for a loaded CI machine): a sink that collects what a backend
 // receives and lets a test await the next frame, a condition poller,
 // recognisable test frames and free UDP ports.
 
@@ -18,7 +19,7 @@ export class FrameSink {
   }
 
   /** Resolves with the first received frame (consumed) matching `match`, or rejects after timeoutMs. */
-  async next(match: (f: Uint8Array) => boolean = () => true, timeoutMs = 3000): Promise<Uint8Array> {
+  async next(match: (f: Uint8Array) => boolean = () => true, timeoutMs = 10_000): Promise<Uint8Array> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const i = this.frames.findIndex(match);
@@ -34,7 +35,7 @@ export class FrameSink {
 }
 
 /** Polls `cond` every 10 ms until it holds; rejects after timeoutMs. */
-export async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
+export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
