@@ -11,7 +11,7 @@ import {
   RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF,
 } from "./hart";
 import { fetch, htifHit, clearHtifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
-import { jitFind, flushCompileQueue, countEntered, countBail } from "./jit-cache";
+import { jitFind, jitChainTarget, flushCompileQueue, countEntered, countBail } from "./jit-cache";
 import { updateTlbContext } from "./tlb";
 import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
 import { beginRunCounting, countRetired, retiredThisRunAdd, foldCounters, retiredThisRun } from "./counters";
@@ -100,14 +100,38 @@ const PAGE_MASK: u64 = ~(<u64>0xfff);
 // faults forever (e.g. mtvec pointing at unmapped memory) ends the run.
 const TRAP_STORM_LIMIT: u32 = 1000000;
 
-// Result word of a translated function: instructions retired << 2 | flags.
-// Its pc is in the hart block (PC_OFF).
+// A translated function is called as f(hart, pcBase, limit). Result:
+// instructions retired << 2 | flags. Its pc is in the hart block (PC_OFF).
 /** The instruction at pc must run in the interpreter (a fault, an MMIO access,
  *  an instruction translated code leaves to it, or too little budget left for
  *  the next block). */
 export const JIT_NEED_INTERP: i32 = 1;
 /** A store overwrote translated code (or reached HTIF tohost): stopped after it. */
 export const JIT_STOPPED: i32 = 2;
+
+/**
+ * Run the region `fn` entered at `pc`, then, as long as one leaves normally
+ * (a jump out of its page, a call, a return: within a page the region itself
+ * already links its blocks) with budget left and the next pc has a current
+ * translation, go straight on to that one: no counting, timer or interrupt
+ * bookkeeping in between. This is QEMU's lookup_and_goto_ptr, with a return
+ * to this loop where QEMU jumps (a wasm tail call would need the generated
+ * modules to import the function table, and V8 in Node 20 then keeps every
+ * such module alive for as long as the table lives). Returns what a region
+ * returns, summed over the chain: retired << 2 | flags of the last one.
+ */
+function runRegions(fn: u32, pc: u64, limit: u32): i32 {
+  let done: u32 = 0;
+  while (true) {
+    const r = call_indirect<i32>(fn, <u32>H, pc & PAGE_MASK, limit - done);
+    const n = <u32>(r >>> 2);
+    done += n;
+    if ((r & 3) != 0 || n == 0 || done >= limit) return <i32>(done << 2) | (r & 3);
+    pc = rd(PC_OFF);
+    fn = jitChainTarget(pc);
+    if (fn == 0) return <i32>(done << 2);
+  }
+}
 
 /** Instructions that can retire before time reaches `deadline` (after which an
  *  interrupt may become pending), capped at `cap`. */
@@ -249,7 +273,7 @@ function runWithTranslation(budget: u32): i32 {
         // the timer makes an interrupt pending: it is then taken at exactly the
         // instruction the interpreter would take it at (deterministic mode).
         const limit = insnsBeforeDeadline(deadline, tickLeft, tickInsns, left);
-        const r = call_indirect<i32>(fn, <u32>H, pc & PAGE_MASK, limit);
+        const r = runRegions(fn, pc, limit);
         const n = <u32>(r >>> 2);
         countEntered(n);
         pc = rd(PC_OFF);

@@ -36,6 +36,7 @@ export const AREA_STAT_ENTERED: u32 = 64; // entries into translated code
 export const AREA_STAT_BAILS: u32 = 72; //   instructions handed back to the interpreter
 export const AREA_STAT_INVALIDATIONS: u32 = 80; // pages whose translations a write killed
 export const AREA_STAT_INSNS: u32 = 88; //   instructions retired in translated code
+export const AREA_STAT_CHAINED: u32 = 96; // regions entered straight from another region
 export const AREA_QUEUE: u32 = 128; //      AREA_QUEUE_CAP u64 entry addresses (queued entries are never evicted)
 export const AREA_QUEUE_CAP: u32 = 64;
 export const AREA_TABLE: u32 = 1024; //     buckets of 4 entries
@@ -208,6 +209,31 @@ export function jitFind(pc: u64): u32 {
   countHit(a, victim, 0);
   const now = load<u32>(victim, ENTRY_FN);
   return now != 0 && load<u64>(victim) == key ? now : 0;
+}
+
+/**
+ * The current translation for the region starting at `pc`, or 0: the fast
+ * lookup that chains one region to the next (execute.ts runRegions). Only a
+ * fetch TLB hit counts, as that proves `pc` is executable in this mode;
+ * anything else (a miss, no translation yet, code overwritten since) is left
+ * to the dispatcher's jitFind, which also counts and compiles.
+ */
+export function jitChainTarget(pc: u64): u32 {
+  const a = area();
+  const ti = tlbIndex(pc);
+  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return 0;
+  const gpa = load<u64>(H + <usize>TLB_FETCH_GPA_OFF + (ti >> 1)) | (pc & 0xfff);
+  const key = keyOf(gpa);
+  const bucket = bucketOf(a, key);
+  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
+    const ent = bucket + <usize>(w * ENTRY_SIZE);
+    if (load<u64>(ent) != key) continue;
+    const fn = load<u32>(ent, ENTRY_FN);
+    if (fn == 0 || !entryCurrent(a, ent, gpa)) return 0;
+    store<u64>(a + <usize>AREA_STAT_CHAINED, areaU64(a, AREA_STAT_CHAINED) + 1);
+    return fn;
+  }
+  return 0;
 }
 
 export function countEntered(retired: u32): void {

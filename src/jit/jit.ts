@@ -59,6 +59,9 @@ export interface JitStats {
   /** Entries into translated code (cache hits of the dispatcher), and the
    *  instructions retired there. */
   entered: number;
+  /** Regions entered straight from the previous one (cross-page jumps, calls,
+   *  returns and other indirect jumps whose target was translated). */
+  chained: number;
   translatedInstructions: number;
   /** Instructions translated code handed back to the interpreter (faults,
    *  MMIO exits, SYSTEM instructions, budget ends). */
@@ -85,7 +88,7 @@ export class Jit {
   /** Table slots handed out since the last flush (slot 0 means "none"). */
   private slotsUsed = 0;
   private liveCodeBytes = 0;
-  private readonly s: Omit<JitStats, "entered" | "translatedInstructions" | "exitsToInterpreter" | "invalidations"> = {
+  private readonly s: Omit<JitStats, "entered" | "chained" | "translatedInstructions" | "exitsToInterpreter" | "invalidations"> = {
     regions: 0, blocks: 0, instructions: 0, batches: 0, compileMs: 0, codeBytes: 0, flushes: 0,
   };
 
@@ -132,6 +135,7 @@ export class Jit {
     return {
       ...this.s,
       entered: get(this.k.AREA_STAT_ENTERED),
+      chained: get(this.k.AREA_STAT_CHAINED),
       translatedInstructions: get(this.k.AREA_STAT_INSNS),
       exitsToInterpreter: get(this.k.AREA_STAT_BAILS),
       invalidations: get(this.k.AREA_STAT_INVALIDATIONS),
@@ -276,7 +280,7 @@ export function formatJitStats(s: JitStats): string {
     "binary translation:",
     `  translated     ${s.regions} regions, ${s.blocks} blocks, ${s.instructions} instructions (${s.batches} batches, ${(s.codeBytes / 1024).toFixed(0)} KiB of wasm)`,
     `  compile time   ${s.compileMs.toFixed(0)} ms`,
-    `  cache hits     ${s.entered} entries into translated code, which retired ${s.translatedInstructions} instructions`,
+    `  cache hits     ${s.entered} entries from the dispatcher, ${s.chained} region to region; ${s.translatedInstructions} instructions retired there`,
     `  interpreter    ${s.exitsToInterpreter} instructions handed back (faults, MMIO, SYSTEM, slice ends)`,
     `  invalidations  ${s.invalidations} pages rewritten after translation, ${s.flushes} cache flushes`,
   ].join("\n");
