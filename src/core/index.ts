@@ -186,23 +186,26 @@ export function jitLoad(va: u64, size: u32): u64 {
   return v;
 }
 
-/** A store that missed the inline TLB check: 0 done, 1 not done (interpret it),
- *  2 done but translated code must stop after it (it overwrote translated code
- *  or reached HTIF tohost). */
-export function jitStore(va: u64, v: u64, size: u32): i32 {
+/** A store that missed the inline TLB check. Returns 0 when it is done;
+ *  `bail` when it did nothing (the interpreter must run it: a fault, an MMIO
+ *  exit...); `stop` when it is done but translated code must stop right after
+ *  it (it overwrote translated code or reached HTIF tohost). `bail` and `stop`
+ *  are the translator's exit codes for the two cases, opaque to the core. */
+export function jitStore(va: u64, v: u64, size: u32, bail: i32, stop: i32): i32 {
   clearStoreKilledCode();
   storeSlow(va, v, size);
   if (status != STATUS_OK) {
     clearStatus();
-    return 1;
+    return bail;
   }
-  return storeKilledCode || htifHit ? 2 : 0;
+  return storeKilledCode || htifHit ? stop : 0;
 }
 
 /** One instruction translated code leaves to the interpreter's execute (FP,
- *  atomics, bit manipulation): see jitExecOne. */
-export function jitExec(insn: u32, pc: u64, len: u32): i32 {
-  return jitExecOne(insn, pc, len);
+ *  atomics, bit manipulation): see jitExecOne; 0, `bail` or `stop` as for jitStore. */
+export function jitExec(insn: u32, pc: u64, len: u32, bail: i32, stop: i32): i32 {
+  const r = jitExecOne(insn, pc, len);
+  return r == 0 ? 0 : r == 1 ? bail : stop;
 }
 
 /** High half of a 128-bit product (no wasm instruction for it): kind 1 MULH,

@@ -6,7 +6,8 @@
 //      rewrites the function's `li` and runs FENCE.I;
 //   2. a store rewrites an instruction later in the block it is part of, and
 //      execution falls through into it (each loop iteration writes a new one);
-//   3. a store turns the branch that ends its own block into a no-op.
+//   3. a store turns the branch that ends its own block into a no-op;
+//   4. an AMO rewrites its own block and its rd gets the old word.
 // The rewriting store is a plain sw/sh, an AMO or an FP store (translated code
 // does the last two through the core's execute helper). Every program checks
 // its own result (exit code 0, or a case number) and the test checks the
@@ -209,6 +210,24 @@ function ownBranchProgram(how: Exclude<Patch, "sh">): { img: ElfImage; expected:
   return { img: image(a), expected: 7n };
 }
 
+// ---- program 4: an AMO that rewrites its own block returns the old word ----------------------
+
+/** s0 = the old instruction word amoswap.w read back (sign-extended) + 5, the
+ *  new instruction's value: both the AMO's rd and the new code must be seen. */
+function amoOldWordProgram(): { img: ElfImage; expected: bigint } {
+  const a = new Asm();
+  prologue(a);
+  a.la(S4, "target");
+  a.w(...li(T1, BigInt(addi(A0, 0, 5))));
+  a.w(amoswapW(S5, T1, S4), addi(S0, S5, 0));
+  a.label("target");
+  a.w(addi(A0, 0, -1));
+  a.w(add(S0, S0, A0));
+  const expected = BigInt.asIntN(32, BigInt(addi(A0, 0, -1))) + 5n;
+  epilogue(a, BigInt.asUintN(64, expected));
+  return { img: image(a), expected: BigInt.asUintN(64, expected) };
+}
+
 // ---- running ---------------------------------------------------------------------------------
 
 type Engine = "interpreter" | "jit" | "jit, 7-instruction slices";
@@ -302,3 +321,9 @@ for (const how of ["sw", "amoswap.w", "fsw"] as const) {
     });
   });
 }
+
+test("an amoswap.w that rewrites its own block: rd holds the old word, the new instruction runs", () => {
+  runEverywhere("amoswap.w old word", amoOldWordProgram(), (o) => {
+    assert.ok(jitStats(o).invalidations > 0);
+  });
+});

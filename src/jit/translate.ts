@@ -42,8 +42,8 @@ export interface CoreLayout {
 /** The core's helpers, imported by every generated module, in this order. */
 export const HELPERS: { name: string; type: FuncType }[] = [
   { name: "jitLoad", type: { params: [I64, I32], results: [I64] } },
-  { name: "jitStore", type: { params: [I64, I64, I32], results: [I32] } },
-  { name: "jitExec", type: { params: [I32, I64, I32], results: [I32] } },
+  { name: "jitStore", type: { params: [I64, I64, I32, I32, I32], results: [I32] } },
+  { name: "jitExec", type: { params: [I32, I64, I32, I32, I32], results: [I32] } },
   { name: "jitMulh", type: { params: [I64, I64, I32], results: [I64] } },
 ];
 const F_LOAD = 0, F_STORE = 1, F_EXEC = 2, F_MULH = 3;
@@ -60,10 +60,14 @@ const PAGE = 4096;
 const L_H = 0, L_PCBASE = 1, L_LIMIT = 2;
 const xLocal = (r: number) => 2 + r; // x1 -> 3 ... x31 -> 33
 const L_LEFT = 34, L_ID = 35, L_RES = 36, L_ENT = 37;
-const L_PCOUT = 38, L_VA = 39, L_CTXL = 40, L_CTXS = 41, L_T = 42;
-const LOCALS: [number, number][] = [[31, I64], [4, I32], [5, I64]];
-/** A bail's page offset and not-retired count share one i32 (L_ENT). */
-const BAIL_PENDING_SHIFT = 13;
+const L_PCOUT = 38, L_VA = 39, L_CTXL = 40, L_CTXS = 41;
+const LOCALS: [number, number][] = [[31, I64], [4, I32], [4, I64]];
+/** An exit through the shared $out tail is one i32 in L_ENT: the page offset
+ *  execution continues at (0..4096), the instructions of the current block
+ *  not retired, and the result flags. */
+const OUT_PENDING_SHIFT = 13;
+const OUT_FLAGS_SHIFT = 24;
+const outCode = (off: number, pending: number, flags: number) => off | (pending << OUT_PENDING_SHIFT) | (flags << OUT_FLAGS_SHIFT);
 
 type Kind = "alu" | "load" | "store" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
 
@@ -238,21 +242,25 @@ class RegionWriter {
     body.get(L_H).mem(Op.i64_load, this.k.CTX_LOAD_OFF, 3).set(L_CTXL);
     body.get(L_H).mem(Op.i64_load, this.k.CTX_STORE_OFF, 3).set(L_CTXS);
     body.get(L_LIMIT).set(L_LEFT);
-    // block $exit; block $bail; loop $L; block $B(n-1) ... block $B0; br_table
-    body.block().block().loop();
+    // block $exit; block $exitPc; block $out; loop $L; block $B(n-1) ... block $B0; br_table
+    body.block().block().block().loop();
     for (let i = 0; i < n; i++) body.block();
     body.get(L_ID).byte(Op.br_table).u32(n);
     for (let i = 0; i < n; i++) body.u32(i);
     body.u32(0);
     body.end(); // end of $B0: block 0's code follows
     body.append(c);
-    // $bail: hand the instruction at page offset L_ENT & 0x1fff to the
-    // interpreter, L_ENT >> 13 instructions of its block not retired. One
-    // shared tail keeps each load and store's slow path short.
+    // $out: leave at the page offset coded in L_ENT (see outCode). Shared
+    // tails keep every exit from the middle of the code a few bytes long.
     body.end();
     body.get(L_PCBASE).get(L_ENT).i32(0x1fff).op(Op.i32_and).op(Op.i64_extend_i32_u).op(Op.i64_add).set(L_PCOUT);
-    body.get(L_LIMIT).get(L_LEFT).op(Op.i32_sub).get(L_ENT).i32(BAIL_PENDING_SHIFT).op(Op.i32_shr_u).op(Op.i32_sub)
-      .i32(2).op(Op.i32_shl).i32(this.k.JIT_NEED_INTERP).op(Op.i32_or).set(L_RES);
+    body.get(L_LIMIT).get(L_LEFT).op(Op.i32_sub)
+      .get(L_ENT).i32(OUT_PENDING_SHIFT).op(Op.i32_shr_u).i32(0x7ff).op(Op.i32_and).op(Op.i32_sub)
+      .i32(2).op(Op.i32_shl).get(L_ENT).i32(OUT_FLAGS_SHIFT).op(Op.i32_shr_u).op(Op.i32_or).set(L_RES);
+    body.br(1);
+    // $exitPc: a normal exit to the pc in L_PCOUT, at a block boundary.
+    body.end();
+    body.get(L_LIMIT).get(L_LEFT).op(Op.i32_sub).i32(2).op(Op.i32_shl).set(L_RES);
     body.end(); // end of $exit
     // Epilogue: written registers back, pc, result.
     for (const r of [...this.written].sort((a, b) => a - b)) {
@@ -264,14 +272,14 @@ class RegionWriter {
     return { func: { type: { params: [I32, I64, I32], results: [I32] }, locals: LOCALS, code: body, exportName }, blocks: n, insns };
   }
 
-  // Labels seen from block i's code: $B(i+1) .. $B(n-1), $L, $bail, $exit.
+  // Labels seen from block i's code: $B(i+1) .. $B(n-1), $L, $out, $exitPc, $exit.
   private get toLoop(): number {
     return this.blocks.length - 1 - this.cur + this.depth;
   }
-  private get toBail(): number {
+  private get toOut(): number {
     return this.blocks.length - this.cur + this.depth;
   }
-  private get toExit(): number {
+  private get toExitPc(): number {
     return this.blocks.length - this.cur + 1 + this.depth;
   }
 
@@ -299,18 +307,14 @@ class RegionWriter {
   }
 
   // ---- exits
-  /** Leave the region: pc from `pc()`, `pending` instructions of the current
-   *  block not retired, `flags` in the result. */
-  private exit(pc: () => void, pending: number, flags: number): void {
-    const { c } = this;
+  /** Leave the region at a block boundary for the pc `pc()` leaves on the stack. */
+  private exitTo(pc: () => void): void {
     pc();
-    c.set(L_PCOUT);
-    c.get(L_LIMIT).get(L_LEFT).op(Op.i32_sub);
-    if (pending !== 0) c.i32(pending).op(Op.i32_sub);
-    c.i32(2).op(Op.i32_shl);
-    if (flags !== 0) c.i32(flags).op(Op.i32_or);
-    c.set(L_RES);
-    c.br(this.toExit);
+    this.c.set(L_PCOUT).br(this.toExitPc);
+  }
+  /** Leave through $out (see outCode). */
+  private out(off: number, pending: number, flags: number): void {
+    this.c.i32(outCode(off, pending, flags)).set(L_ENT).br(this.toOut);
   }
   /** Continue at page offset `off`: inside the region, or leave it. */
   private goto(off: number): void {
@@ -318,13 +322,12 @@ class RegionWriter {
     if (id !== undefined) {
       this.c.i32(id).set(L_ID).br(this.toLoop);
     } else {
-      this.exit(() => this.pcAt(off), 0, 0);
+      this.exitTo(() => this.pcAt(off));
     }
   }
   /** Give instruction `i` of the block (not retired) to the interpreter. */
   private bail(i: number): void {
-    const off = this.blocks[this.cur].body[i].off;
-    this.c.i32(off | ((this.blockLen - i) << BAIL_PENDING_SHIFT)).set(L_ENT).br(this.toBail);
+    this.out(this.blocks[this.cur].body[i].off, this.blockLen - i, this.k.JIT_NEED_INTERP);
   }
 
   // ---- blocks
@@ -334,16 +337,14 @@ class RegionWriter {
     this.blockLen = len;
     if (len > 0) {
       // Not enough left to run the whole block: the interpreter goes on.
-      c.get(L_LEFT).i32(len).op(Op.i32_lt_u);
-      this.open();
-      this.exit(() => this.pcAt(b.start), 0, this.k.JIT_NEED_INTERP);
-      this.close();
+      c.i32(outCode(b.start, 0, this.k.JIT_NEED_INTERP)).set(L_ENT);
+      c.get(L_LEFT).i32(len).op(Op.i32_lt_u).op(Op.br_if).u32(this.toOut);
       c.get(L_LEFT).i32(len).op(Op.i32_sub).set(L_LEFT);
     }
     b.body.forEach((it, i) => this.insn(it, i));
     if (b.term) this.terminator(b.term);
     else if (b.end === "fall") this.goto(b.next);
-    else this.exit(() => this.pcAt(b.next), 0, this.k.JIT_NEED_INTERP);
+    else this.out(b.next, 0, this.k.JIT_NEED_INTERP);
   }
 
   private terminator(t: Insn): void {
@@ -368,10 +369,10 @@ class RegionWriter {
       case "jalr":
         // Target first: rd may be rs1.
         this.getX(rs1Of(i));
-        c.i64(immI(i)).op(Op.i64_add).i64(-2n).op(Op.i64_and).set(L_T);
+        c.i64(immI(i)).op(Op.i64_add).i64(-2n).op(Op.i64_and).set(L_PCOUT);
         this.pcAt(t.off + t.len);
         this.setX(rdOf(i));
-        this.exit(() => c.get(L_T), 0, 0);
+        c.br(this.toExitPc);
         return;
     }
   }
@@ -393,8 +394,9 @@ class RegionWriter {
    *  the page end compares its last byte's page with the tag and misses. */
   private tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
     const { c } = this;
-    c.get(L_VA).i64(12).op(Op.i64_shr_u).op(Op.i32_wrap_i64).i32(this.k.TLB_ENTRIES - 1).op(Op.i32_and)
-      .i32(4).op(Op.i32_shl).get(L_H).op(Op.i32_add).tee(L_ENT)
+    // ((va >> 12) & (TLB_ENTRIES - 1)) * 16, from the low 32 bits of va.
+    c.get(L_VA).op(Op.i32_wrap_i64).i32(8).op(Op.i32_shr_u).i32((this.k.TLB_ENTRIES - 1) << 4).op(Op.i32_and)
+      .get(L_H).op(Op.i32_add).tee(L_ENT)
       .mem(Op.i64_load, arrayOff, 3);
     c.get(L_VA);
     if (size > 1) c.i64(size - 1).op(Op.i64_add);
@@ -417,10 +419,9 @@ class RegionWriter {
     c.mem(ops[f3], 0, 0);
     c.else();
     c.get(L_VA).i32(size).call(F_LOAD);
-    c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2);
-    this.open();
-    this.bail(index);
-    this.close();
+    // The helper's value stays on the stack below the branch condition.
+    c.i32(outCode(it.off, this.blockLen - index, k.JIT_NEED_INTERP)).set(L_ENT);
+    c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2).op(Op.br_if).u32(this.toOut);
     if (f3 === 0) c.op(Op.i64_extend8_s);
     else if (f3 === 1) c.op(Op.i64_extend16_s);
     else if (f3 === 2) c.op(Op.i64_extend32_s);
@@ -442,24 +443,28 @@ class RegionWriter {
     c.else();
     c.get(L_VA);
     this.getX(rs2Of(i));
-    c.i32(size).call(F_STORE).set(L_ENT);
-    this.helperOutcome(it, index);
+    c.i32(size);
+    this.helperCall(F_STORE, it, index);
     this.close();
   }
 
-  /** A helper's result in L_ENT: 0 go on; 1 the instruction did nothing, the
-   *  interpreter must run it; 2 it completed but overwrote translated code
-   *  (possibly this region's): stop right after it. */
-  private helperOutcome(it: Insn, index: number): void {
-    const { c } = this;
-    c.get(L_ENT);
-    this.open();
-    c.get(L_ENT).i32(1).op(Op.i32_eq);
-    this.open();
-    this.bail(index);
-    this.close();
-    this.exit(() => this.pcAt(it.off + it.len), this.blockLen - index - 1, this.k.JIT_STOPPED);
-    this.close();
+  /** Call helper `f` (its own arguments are on the stack) with this
+   *  instruction's two exit codes: it returns 0 to go on, the first when the
+   *  instruction did nothing and the interpreter must run it, the second when
+   *  it completed but overwrote translated code (possibly this region's), so
+   *  the region stops right after it. */
+  private helperCall(f: number, it: Insn, index: number, afterCall?: () => void): void {
+    const pending = this.blockLen - index;
+    this.c.i32(outCode(it.off, pending, this.k.JIT_NEED_INTERP)).i32(outCode(it.off + it.len, pending - 1, this.k.JIT_STOPPED));
+    this.c.call(f);
+    if (afterCall) {
+      this.c.set(L_ENT);
+      afterCall();
+      this.c.get(L_ENT);
+    } else {
+      this.c.tee(L_ENT);
+    }
+    this.c.op(Op.br_if).u32(this.toOut);
   }
 
   /** The core's execute() runs it on the registers in the hart block. */
@@ -470,10 +475,13 @@ class RegionWriter {
     for (const r of regs) { this.used.add(r); c.get(L_H).get(xLocal(r)).mem(Op.i64_store, r * 8, 3); }
     c.i32(i | 0);
     this.pcAt(it.off);
-    c.i32(it.len).call(F_EXEC).set(L_ENT);
+    c.i32(it.len);
+    // x[rd] back before the exit check: a stop exit comes after the
+    // instruction completed (and stores the local back to the hart block).
     const rd = rdOf(i);
-    if (rd !== 0) { this.written.add(rd); c.get(L_H).mem(Op.i64_load, rd * 8, 3).set(xLocal(rd)); }
-    this.helperOutcome(it, index);
+    this.helperCall(F_EXEC, it, index, () => {
+      if (rd !== 0) { this.written.add(rd); c.get(L_H).mem(Op.i64_load, rd * 8, 3).set(xLocal(rd)); }
+    });
   }
 
   // ---- integer
