@@ -205,7 +205,10 @@ export interface Region {
 export function translateRegion(page: Uint8Array, entry: number, expandC: (c: number) => number, k: CoreLayout, exportName: string): Region | null {
   const blocks = discover(page, entry, expandC);
   if (blocks.length === 0) return null;
-  return new RegionWriter(blocks, k).write(exportName);
+  // In address order a block's fall-through successor is usually the next
+  // one, and flows into it without a dispatch (see goto).
+  blocks.sort((a, b) => a.start - b.start);
+  return new RegionWriter(blocks, k).write(exportName, blocks.findIndex((b) => b.start === entry));
 }
 
 class RegionWriter {
@@ -217,12 +220,14 @@ class RegionWriter {
   private cur = 0;
   private depth = 0;
   private blockLen = 0;
+  /** The current block branches back to its own start: its code is in a wasm loop. */
+  private selfLoop = false;
 
   constructor(private readonly blocks: Block[], private readonly k: CoreLayout) {
     blocks.forEach((b, i) => this.ids.set(b.start, i));
   }
 
-  write(exportName: string): Region {
+  write(exportName: string, entryId: number): Region {
     const { c, blocks } = this;
     const n = blocks.length;
     const body = new Code();
@@ -242,6 +247,7 @@ class RegionWriter {
     body.get(L_H).mem(Op.i64_load, this.k.CTX_LOAD_OFF, 3).set(L_CTXL);
     body.get(L_H).mem(Op.i64_load, this.k.CTX_STORE_OFF, 3).set(L_CTXS);
     body.get(L_LIMIT).set(L_LEFT);
+    if (entryId !== 0) body.i32(entryId).set(L_ID);
     // block $exit; block $exitPc; block $out; loop $L; block $B(n-1) ... block $B0; br_table
     body.block().block().block().loop();
     for (let i = 0; i < n; i++) body.block();
@@ -316,10 +322,16 @@ class RegionWriter {
   private out(off: number, pending: number, flags: number): void {
     this.c.i32(outCode(off, pending, flags)).set(L_ENT).br(this.toOut);
   }
-  /** Continue at page offset `off`: inside the region, or leave it. */
-  private goto(off: number): void {
+  /** Continue at page offset `off`: inside the region, or leave it. `last`:
+   *  nothing of the block follows, so the next block's code can be reached
+   *  by falling through. */
+  private goto(off: number, last = false): void {
     const id = off >= 0 && off < PAGE ? this.ids.get(off) : undefined;
-    if (id !== undefined) {
+    if (id !== undefined && this.selfLoop && id === this.cur) {
+      this.c.br(this.depth - 1); // to the loop around this block
+    } else if (id !== undefined && last && id === this.cur + 1 && this.depth === (this.selfLoop ? 1 : 0)) {
+      // falls through into the next block's code
+    } else if (id !== undefined) {
       this.c.i32(id).set(L_ID).br(this.toLoop);
     } else {
       this.exitTo(() => this.pcAt(off));
@@ -335,6 +347,11 @@ class RegionWriter {
     const { c } = this;
     const len = b.body.length + (b.term ? 1 : 0);
     this.blockLen = len;
+    this.selfLoop = b.term?.kind === "branch" && b.term.off + immB(b.term.insn) === b.start;
+    if (this.selfLoop) {
+      c.loop();
+      this.depth++;
+    }
     if (len > 0) {
       // Not enough left to run the whole block: the interpreter goes on.
       c.i32(outCode(b.start, 0, this.k.JIT_NEED_INTERP)).set(L_ENT);
@@ -343,8 +360,13 @@ class RegionWriter {
     }
     b.body.forEach((it, i) => this.insn(it, i));
     if (b.term) this.terminator(b.term);
-    else if (b.end === "fall") this.goto(b.next);
+    else if (b.end === "fall") this.goto(b.next, true);
     else this.out(b.next, 0, this.k.JIT_NEED_INTERP);
+    if (this.selfLoop) {
+      c.end();
+      this.depth--;
+      this.selfLoop = false;
+    }
   }
 
   private terminator(t: Insn): void {
@@ -358,13 +380,13 @@ class RegionWriter {
         this.open();
         this.goto(t.off + immB(i));
         this.close();
-        this.goto(t.off + t.len);
+        this.goto(t.off + t.len, true);
         return;
       }
       case "jal":
         this.pcAt(t.off + t.len);
         this.setX(rdOf(i));
-        this.goto(t.off + immJ(i));
+        this.goto(t.off + immJ(i), true);
         return;
       case "jalr":
         // Target first: rd may be rs1.
