@@ -102,6 +102,17 @@ export function storeHitsCode(gpa: u64): bool {
 
 // ---- lookup and counting -------------------------------------------------------------
 
+/** fetchGpa's miss (guest-physical addresses have at most 56 bits). */
+const NO_GPA: u64 = 0xffffffffffffffff;
+
+/** The guest-physical address of `pc` if the fetch TLB holds its page for the
+ *  current fetch mode (which proves execute permission), else NO_GPA. */
+@inline function fetchGpa(pc: u64): u64 {
+  const ti = tlbIndex(pc);
+  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return NO_GPA;
+  return load<u64>(H + <usize>TLB_FETCH_GPA_OFF + (ti >> 1)) | (pc & 0xfff);
+}
+
 /** Translation key of the instruction at guest-physical `gpa` in the current
  *  fetch mode: privilege (2 bits) and whether fetches are translated (1 bit). */
 @inline function keyOf(gpa: u64): u64 {
@@ -158,8 +169,8 @@ function countHit(a: usize, ent: usize, hits: u32): void {
  */
 export function jitFind(pc: u64): u32 {
   const a = area();
-  const ti = tlbIndex(pc);
-  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) {
+  let gpa = fetchGpa(pc);
+  if (gpa == NO_GPA) {
     // Fill the fetch TLB as the interpreter's fetch would; if the fetch
     // faults, the interpreter repeats it and takes the fault.
     fetchSlow(pc);
@@ -167,9 +178,9 @@ export function jitFind(pc: u64): u32 {
       clearStatus();
       return 0;
     }
-    if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return 0;
+    gpa = fetchGpa(pc);
+    if (gpa == NO_GPA) return 0;
   }
-  const gpa = load<u64>(H + <usize>TLB_FETCH_GPA_OFF + (ti >> 1)) | (pc & 0xfff);
   const key = keyOf(gpa);
   const bucket = bucketOf(a, key);
   let victim: usize = 0;
@@ -220,9 +231,8 @@ export function jitFind(pc: u64): u32 {
  */
 export function jitChainTarget(pc: u64): u32 {
   const a = area();
-  const ti = tlbIndex(pc);
-  if (load<u64>(H + <usize>TLB_FETCH_OFF + ti) != ((pc & PAGE_MASK) | ctxFetch)) return 0;
-  const gpa = load<u64>(H + <usize>TLB_FETCH_GPA_OFF + (ti >> 1)) | (pc & 0xfff);
+  const gpa = fetchGpa(pc);
+  if (gpa == NO_GPA) return 0;
   const key = keyOf(gpa);
   const bucket = bucketOf(a, key);
   for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
