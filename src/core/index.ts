@@ -23,7 +23,7 @@ import { expandCompressed } from "./isa/c";
 import { nextTimerDeadline, interruptWakeup } from "./trap";
 
 export {
-  X_OFF, F_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, SATP_OFF, TIME_OFF, MCYCLE_OFF, MINSTRET_OFF,
+  X_OFF, F_OFF, FFLAGS_OFF, FRM_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, SATP_OFF, TIME_OFF, MCYCLE_OFF, MINSTRET_OFF,
   RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF, RUN_INSNS_OFF,
   HART_STATE_SIZE,
 } from "./hart";

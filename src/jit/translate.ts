@@ -8,6 +8,7 @@
 // every exit). Anything leaving the page, indirect jumps (JALR) and
 // instructions the translator leaves to the interpreter (SYSTEM, illegal
 // encodings, 32-bit instructions straddling the page end) end the region.
+// Floating point: see translate-fp.ts.
 //
 // Calling convention (the core's dispatcher, src/core/execute.ts):
 //   (param h i32) (param pcBase i64) (param limit i32) (result i32)
@@ -24,31 +25,14 @@
 // instruction and JIT_NEED_INTERP: the instruction changed nothing, and the
 // interpreter re-executes it and takes the trap or exit precisely.
 
-import { Code, Op, I32, I64, type Func, type FuncType } from "./wasm-emitter.js";
+import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
+import { translateFp } from "./translate-fp.js";
+import {
+  type CoreLayout, type Insn, type InsnWriter, type Kind, HELPERS, REGION_TYPE, F_LOAD, F_STORE, F_EXEC, F_MULH,
+  L_H, L_PCBASE, L_LIMIT, xLocal, L_LEFT, L_ID, L_RES, L_ENT, L_FPOK, L_PCOUT, L_VA, L_CTXL, L_CTXS, LOCALS,
+} from "./region-abi.js";
 
-/** Offsets and constants of the core the generated code depends on. */
-export interface CoreLayout {
-  PC_OFF: number;
-  CTX_LOAD_OFF: number;
-  CTX_STORE_OFF: number;
-  JIT_BAIL_OFF: number;
-  TLB_LOAD_OFF: number;
-  TLB_STORE_OFF: number;
-  TLB_ENTRIES: number;
-  JIT_NEED_INTERP: number;
-  JIT_STOPPED: number;
-}
-
-/** The core's helpers, imported by every generated module, in this order. */
-export const HELPERS: { name: string; type: FuncType }[] = [
-  { name: "jitLoad", type: { params: [I64, I32], results: [I64] } },
-  { name: "jitStore", type: { params: [I64, I64, I32, I32, I32], results: [I32] } },
-  { name: "jitExec", type: { params: [I32, I64, I32, I32, I32], results: [I32] } },
-  { name: "jitMulh", type: { params: [I64, I64, I32], results: [I64] } },
-];
-const F_LOAD = 0, F_STORE = 1, F_EXEC = 2, F_MULH = 3;
-
-export const REGION_TYPE: FuncType = { params: [I32, I64, I32], results: [I32] };
+export { HELPERS, REGION_TYPE, type CoreLayout } from "./region-abi.js";
 
 /** Bounds on one region (generated code size and compile time). */
 const MAX_BLOCK_INSNS = 128;
@@ -56,12 +40,6 @@ const MAX_REGION_INSNS = 1500;
 const MAX_REGION_BLOCKS = 200;
 const PAGE = 4096;
 
-// Locals: parameters, then x1..x31, then scratch.
-const L_H = 0, L_PCBASE = 1, L_LIMIT = 2;
-const xLocal = (r: number) => 2 + r; // x1 -> 3 ... x31 -> 33
-const L_LEFT = 34, L_ID = 35, L_RES = 36, L_ENT = 37;
-const L_PCOUT = 38, L_VA = 39, L_CTXL = 40, L_CTXS = 41;
-const LOCALS: [number, number][] = [[31, I64], [4, I32], [4, I64]];
 /** An exit through the shared $out tail is one i32 in L_ENT: the page offset
  *  execution continues at (0..4096), the instructions of the current block
  *  not retired, and the result flags. */
@@ -69,15 +47,7 @@ const OUT_PENDING_SHIFT = 13;
 const OUT_FLAGS_SHIFT = 24;
 const outCode = (off: number, pending: number, flags: number) => off | (pending << OUT_PENDING_SHIFT) | (flags << OUT_FLAGS_SHIFT);
 
-type Kind = "alu" | "load" | "store" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
 
-interface Insn {
-  off: number;
-  len: number;
-  /** 32-bit encoding (compressed instructions expanded). */
-  insn: number;
-  kind: Kind;
-}
 
 interface Block {
   start: number;
@@ -135,9 +105,8 @@ function classify(i: number): Kind {
     // every store to a page with translations invalidates them when it happens
     // (as QEMU TCG does), which is stronger than FENCE.I asks for.
     case 0x0f: return f3 <= 1 ? "nop" : "stop";
-    case 0x2f: // A
-    case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: // F, D
-      return "exec";
+    case 0x2f: return "exec"; // A
+    case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: return "fp"; // F, D
     default: return "stop"; // SYSTEM, and encodings that are illegal
   }
 }
@@ -211,19 +180,20 @@ export function translateRegion(page: Uint8Array, entry: number, expandC: (c: nu
   return new RegionWriter(blocks, k).write(exportName, blocks.findIndex((b) => b.start === entry));
 }
 
-class RegionWriter {
-  private readonly c = new Code();
+class RegionWriter implements InsnWriter {
+  readonly c = new Code();
   private readonly ids = new Map<number, number>();
   private readonly used = new Set<number>();
   private readonly written = new Set<number>();
   /** Index of the block being written, and if/block levels opened inside it. */
   private cur = 0;
-  private depth = 0;
+  depth = 0;
+  fpUsed = false;
   private blockLen = 0;
   /** The current block branches back to its own start: its code is in a wasm loop. */
   private selfLoop = false;
 
-  constructor(private readonly blocks: Block[], private readonly k: CoreLayout) {
+  constructor(private readonly blocks: Block[], readonly k: CoreLayout) {
     blocks.forEach((b, i) => this.ids.set(b.start, i));
   }
 
@@ -247,6 +217,7 @@ class RegionWriter {
     body.get(L_H).mem(Op.i64_load, this.k.CTX_LOAD_OFF, 3).set(L_CTXL);
     body.get(L_H).mem(Op.i64_load, this.k.CTX_STORE_OFF, 3).set(L_CTXS);
     body.get(L_LIMIT).set(L_LEFT);
+    if (this.fpUsed) this.fpGate(body);
     if (entryId !== 0) body.i32(entryId).set(L_ID);
     // block $exit; block $exitPc; block $out; loop $L; block $B(n-1) ... block $B0; br_table
     body.block().block().block().loop();
@@ -278,33 +249,45 @@ class RegionWriter {
     return { func: { type: { params: [I32, I64, I32], results: [I32] }, locals: LOCALS, code: body, exportName }, blocks: n, insns };
   }
 
+  /** L_FPOK for translate-fp.ts: 0 when mstatus.FS is not Dirty, else
+   *  1 | NX << 1 | (frm == 0) << 2 (see FP_* in translate-fp.ts). Nothing a
+   *  region runs can clear NX, change frm or FS (CSR instructions and traps
+   *  end it), so what holds at entry holds to the exit. */
+  private fpGate(body: Code): void {
+    const k = this.k;
+    body.get(L_H).mem(Op.i64_load, k.MSTATUS_OFF, 3).i64(0x6000).op(Op.i64_and).i64(0x6000).op(Op.i64_eq).set(L_FPOK);
+    body.get(L_H).mem(Op.i32_load, k.FFLAGS_OFF, 2).i32(1).op(Op.i32_and).i32(1).op(Op.i32_shl)
+      .get(L_H).mem(Op.i64_load, k.FRM_OFF, 3).op(Op.i64_eqz).i32(2).op(Op.i32_shl).op(Op.i32_or)
+      .get(L_FPOK).op(Op.i32_or).i32(0).get(L_FPOK).op(Op.select).set(L_FPOK);
+  }
+
   // Labels seen from block i's code: $B(i+1) .. $B(n-1), $L, $out, $exitPc, $exit.
   private get toLoop(): number {
     return this.blocks.length - 1 - this.cur + this.depth;
   }
-  private get toOut(): number {
+  get toOut(): number {
     return this.blocks.length - this.cur + this.depth;
   }
   private get toExitPc(): number {
     return this.blocks.length - this.cur + 1 + this.depth;
   }
 
-  private open(result?: number): void {
+  open(result?: number): void {
     this.c.if(result);
     this.depth++;
   }
-  private close(): void {
+  close(): void {
     this.c.end();
     this.depth--;
   }
 
   // ---- registers
-  private getX(r: number): void {
+  getX(r: number): void {
     if (r === 0) this.c.i64(0n);
     else { this.used.add(r); this.c.get(xLocal(r)); }
   }
   /** Pops the value on the stack into x[r] (x0 discards it). */
-  private setX(r: number): void {
+  setX(r: number): void {
     if (r === 0) this.c.op(Op.drop);
     else { this.used.add(r); this.written.add(r); this.c.set(xLocal(r)); }
   }
@@ -404,6 +387,7 @@ class RegionWriter {
       case "alu": this.alu(it); return;
       case "load": this.load(it, index); return;
       case "store": this.store(it, index); return;
+      case "fp": if (!translateFp(this, it, index)) this.execHelper(it, index); return;
       case "exec": this.execHelper(it, index); return;
       case "nop": return;
     }
@@ -414,7 +398,7 @@ class RegionWriter {
   /** Inline TLB probe for `size` bytes at L_VA: leaves the hit condition; sets
    *  L_ENT to the entry's address minus the array offset. An access crossing
    *  the page end compares its last byte's page with the tag and misses. */
-  private tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
+  tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
     const { c } = this;
     // ((va >> 12) & (TLB_ENTRIES - 1)) * 16, from the low 32 bits of va.
     c.get(L_VA).op(Op.i32_wrap_i64).i32(8).op(Op.i32_shr_u).i32((this.k.TLB_ENTRIES - 1) << 4).op(Op.i32_and)
@@ -424,7 +408,7 @@ class RegionWriter {
     if (size > 1) c.i64(size - 1).op(Op.i64_add);
     c.i64(-4096).op(Op.i64_and).get(ctxLocal).op(Op.i64_or).op(Op.i64_eq);
   }
-  private hostAddr(arrayOff: number): void {
+  hostAddr(arrayOff: number): void {
     this.c.get(L_VA).get(L_ENT).mem(Op.i64_load, arrayOff + 8, 3).op(Op.i64_add).op(Op.i32_wrap_i64);
   }
 
@@ -442,7 +426,7 @@ class RegionWriter {
     c.else();
     c.get(L_VA).i32(size).call(F_LOAD);
     // The helper's value stays on the stack below the branch condition.
-    c.i32(outCode(it.off, this.blockLen - index, k.JIT_NEED_INTERP)).set(L_ENT);
+    c.i32(this.bailCode(it, index)).set(L_ENT);
     c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2).op(Op.br_if).u32(this.toOut);
     if (f3 === 0) c.op(Op.i64_extend8_s);
     else if (f3 === 1) c.op(Op.i64_extend16_s);
@@ -470,12 +454,16 @@ class RegionWriter {
     this.close();
   }
 
+  bailCode(it: Insn, index: number): number {
+    return outCode(it.off, this.blockLen - index, this.k.JIT_NEED_INTERP);
+  }
+
   /** Call helper `f` (its own arguments are on the stack) with this
    *  instruction's two exit codes: it returns 0 to go on, the first when the
    *  instruction did nothing and the interpreter must run it, the second when
    *  it completed but overwrote translated code (possibly this region's), so
    *  the region stops right after it. */
-  private helperCall(f: number, it: Insn, index: number, afterCall?: () => void): void {
+  helperCall(f: number, it: Insn, index: number, afterCall?: () => void): void {
     const pending = this.blockLen - index;
     this.c.i32(outCode(it.off, pending, this.k.JIT_NEED_INTERP)).i32(outCode(it.off + it.len, pending - 1, this.k.JIT_STOPPED));
     this.c.call(f);
@@ -490,7 +478,7 @@ class RegionWriter {
   }
 
   /** The core's execute() runs it on the registers in the hart block. */
-  private execHelper(it: Insn, index: number): void {
+  execHelper(it: Insn, index: number): void {
     const { c, k } = this;
     const i = it.insn;
     const regs = [...new Set([rs1Of(i), rs2Of(i), rdOf(i)])].filter((r) => r !== 0);

@@ -60,11 +60,13 @@ const SPECIAL64 = [
   0x7ff4000000000000n, 0x3ff8000000000000n, 0xc004000000000000n, 0x43e0000000000000n, 0xc3e0000000000000n,
   0x41e0000000000000n, 0xc1e0000000000000n, 0x41efffffffe00000n, 0x3fe0000000000000n, 0x3ff0000000000001n,
   0x3ca0000000000000n, 0x43f0000000000000n, 0x0008000000000000n,
+  0x3fefffffffffffffn, // 1 - 2^-53: times the smallest normal, rounds up to it from below (tiny: UF)
 ];
 const SPECIAL32 = [
   0x0n, 0x80000000n, 0x3f800000n, 0xbf800000n, 0x1n, 0x807fffffn, 0x00800000n, 0x7f7fffffn, 0x7f800000n,
   0xff800000n, 0x7fc00000n, 0x7fa00000n, 0x3fc00000n, 0xc0200000n, 0x5f000000n, 0xdf000000n, 0x4f000000n,
   0xcf000000n, 0x4f7fffffn, 0x3f000000n, 0x3f800001n, 0x33800000n, 0x5f800000n, 0x00400000n,
+  0x3f7fffffn, // 1 - 2^-24, as above
 ];
 
 /** xorshift64*: seeded, so failures reproduce. */

@@ -219,7 +219,7 @@ function addUnpacked(a: Unpacked, b: Unpacked, f32: bool): u64 {
 //    correctly rounded (53 >= 2 * 24 + 2); the binary64 product is exact.
 //  - Binary64 products: exact iff the product of the significands' odd parts
 //    fits in 53 bits.
-// Overflow and results below the smallest normal go to the softfloat.
+// Overflow and results at or below the smallest normal go to the softfloat.
 
 const NO_FAST_PATH: u64 = 1; // never a result the fast paths return (a subnormal)
 const F64_MIN_NORMAL: f64 = 2.2250738585072014e-308;
@@ -262,7 +262,9 @@ function mulFast(a: u64, b: u64, f32: bool): u64 {
     const r = <f32>p;
     if (!isFinite<f32>(r)) return NO_FAST_PATH;
     const inexact = <f64>r != p;
-    if (inexact && Math.abs(<f64>r) < F32_MIN_NORMAL) return NO_FAST_PATH;
+    // Rounded up to the smallest normal, the product may have been tiny
+    // before (underflow, decided after rounding with an unbounded exponent).
+    if (inexact && Math.abs(<f64>r) <= F32_MIN_NORMAL) return NO_FAST_PATH;
     if (inexact) raiseFlags(NX);
     return <u64>reinterpret<u32>(r);
   }
@@ -273,7 +275,9 @@ function mulFast(a: u64, b: u64, f32: bool): u64 {
   if (!bZero && (eb == 0 || eb == 0x7ff)) return NO_FAST_PATH;
   const p = reinterpret<f64>(a) * reinterpret<f64>(b);
   if (aZero || bZero) return reinterpret<u64>(p);
-  if (!isFinite<f64>(p) || Math.abs(p) < F64_MIN_NORMAL) return NO_FAST_PATH;
+  // At the smallest normal or below, the exact product may lie in the
+  // subnormal range, where fewer than 53 bits are kept (and may be tiny).
+  if (!isFinite<f64>(p) || Math.abs(p) <= F64_MIN_NORMAL) return NO_FAST_PATH;
   let ma = (a & 0xfffffffffffff) | 0x10000000000000;
   let mb = (b & 0xfffffffffffff) | 0x10000000000000;
   ma >>= ctz<u64>(ma);
