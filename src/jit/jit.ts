@@ -19,7 +19,7 @@ import type { FramePool } from "../memory/frame-pool.js";
 import { FRAME_SIZE, WASM_MAX_PAGES } from "../memory/frame-pool.js";
 import type { P2m } from "../memory/p2m.js";
 import { encodeModule, type Func } from "./wasm-emitter.js";
-import { translateRegion, HELPERS, type CoreLayout } from "./translate.js";
+import { translateRegion, HELPERS, SUPPORT_FUNCS, type CoreLayout } from "./translate.js";
 
 export interface JitOptions {
   /** Entries into a block start before it is translated (1: translate before
@@ -207,7 +207,7 @@ export class Jit {
       this.s.compileMs += performance.now() - started;
       return;
     }
-    const bytes = encodeModule(HELPERS.map((h) => ({ module: "core", name: h.name, type: h.type })), funcs, WASM_MAX_PAGES);
+    const bytes = encodeModule(HELPERS.map((h) => ({ module: "core", name: h.name, type: h.type })), [...SUPPORT_FUNCS, ...funcs], WASM_MAX_PAGES);
     this.s.batches++;
     this.s.codeBytes += bytes.length;
     this.liveCodeBytes += bytes.length;

@@ -30,6 +30,11 @@ export const HELPERS: { name: string; type: FuncType }[] = [
 ];
 export const F_LOAD = 0, F_STORE = 1, F_EXEC = 2, F_MULH = 3;
 
+/** Functions every generated module defines itself, after the imports and
+ *  before the regions, not exported: shared code too long to repeat inline
+ *  (translate.ts's SUPPORT_FUNCS, in this order). */
+export const F_FMA = HELPERS.length;
+
 export const REGION_TYPE: FuncType = { params: [I32, I64, I32], results: [I32] };
 
 // Locals: parameters, then x1..x31, then scratch.
@@ -40,7 +45,7 @@ export const L_ENT = 37, L_FPOK = 38;
 export const L_PCOUT = 39;
 export const L_VA = 40, L_CTXL = 41, L_CTXS = 42;
 /** f64 scratch for translate-fp.ts: L_F0 .. L_F0 + F64_LOCALS - 1. */
-export const L_F0 = 43, F64_LOCALS = 13;
+export const L_F0 = 43, F64_LOCALS = 3;
 export const LOCALS: [number, number][] = [[31, I64], [5, I32], [4, I64], [F64_LOCALS, F64]];
 
 export type Kind = "alu" | "load" | "store" | "fp" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
@@ -71,6 +76,8 @@ export interface InsnWriter {
   /** The exit code leaving instruction `index` of the block to the interpreter. */
   bailCode(it: Insn, index: number): number;
   helperCall(f: number, it: Insn, index: number): void;
-  execHelper(it: Insn, index: number): void;
+  /** The core's execute() for this one instruction; xReads/xWrite: the x
+   *  registers it reads and writes (0: none), when not those its fields name. */
+  execHelper(it: Insn, index: number, xReads?: number[], xWrite?: number): void;
 }
 

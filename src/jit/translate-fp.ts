@@ -25,11 +25,16 @@
 // the FMA emulation of Boldo and Melquiond ("Emulation of a FMA and correctly
 // rounded sums: proved algorithms using rounding to odd", IEEE TC 57(4),
 // 2008), correct when nothing over- or underflows, which the exponent checks
-// before it guarantee.
+// before it guarantee. It is one function per module (fmaFunc), called
+// from each FMA: inline it was 400 bytes of wasm per instruction.
+//
+// Everything else (single precision, directed rounding, conversions to
+// integers, FMIN/FMAX, FCLASS) calls the core's execute like other
+// instructions the translator leaves alone.
 
-import { Op, I64 } from "./wasm-emitter.js";
+import { Code, Op, I64, F64, type Func } from "./wasm-emitter.js";
 import {
-  F_LOAD, F_STORE, L_H, L_ENT, L_FPOK, L_VA, L_CTXL, L_CTXS, L_F0,
+  F_LOAD, F_STORE, F_FMA, L_H, L_ENT, L_FPOK, L_VA, L_CTXL, L_CTXS, L_F0,
   type InsnWriter, type Insn,
 } from "./region-abi.js";
 
@@ -40,21 +45,34 @@ const NAN_BOX = -(1n << 32n);
 /** Veltkamp's splitting constant for binary64: 2^27 + 1. */
 const SPLITTER = 134217729;
 
-// f64 scratch locals.
-const A = L_F0, B = L_F0 + 1, C = L_F0 + 2, P = L_F0 + 3, AH = L_F0 + 4, AL = L_F0 + 5, BH = L_F0 + 6, BL = L_F0 + 7;
-const UL = L_F0 + 8, TH = L_F0 + 9, TL = L_F0 + 10, V = L_F0 + 11, T = L_F0 + 12;
+// f64 scratch locals of a region.
+const A = L_F0, B = L_F0 + 1, T = L_F0 + 2;
 
 const rdOf = (i: number) => (i >>> 7) & 31;
 const rs1Of = (i: number) => (i >>> 15) & 31;
 const rs2Of = (i: number) => (i >>> 20) & 31;
 const f3Of = (i: number) => (i >>> 12) & 7;
 
-/**
- * Emit instruction `it` (index `index` of its block) natively with a softfloat
- * fallback; false when it has no native form (the caller then hands it to the
- * core's execute as before).
- */
-export function translateFp(w: InsnWriter, it: Insn, index: number): boolean {
+/** Emit F/D instruction `it` (index `index` of its block): natively with a
+ *  softfloat fallback where it has a native form, else through the core. */
+export function translateFp(w: InsnWriter, it: Insn, index: number): void {
+  if (!nativeFp(w, it, index)) softFp(w, it, index);
+}
+
+/** The core's execute for an F/D instruction, told which fields are x
+ *  registers (spilling f-register numbers as x registers would be wrong work). */
+function softFp(w: InsnWriter, it: Insn, index: number): void {
+  const i = it.insn, op = i & 0x7f, funct5 = i >>> 27;
+  let reads: number[] = [], write = 0;
+  if (op === 0x07 || op === 0x27) reads = [rs1Of(i)]; // address base
+  else if (op === 0x53) {
+    if (funct5 === 0x1a || funct5 === 0x1e) reads = [rs1Of(i)]; // FCVT.fmt.int, FMV.fmt.X
+    else if (funct5 === 0x14 || funct5 === 0x18 || funct5 === 0x1c) write = rdOf(i); // compares, FCVT.int.fmt, FMV.X.fmt, FCLASS
+  }
+  w.execHelper(it, index, reads, write);
+}
+
+function nativeFp(w: InsnWriter, it: Insn, index: number): boolean {
   const i = it.insn;
   const op = i & 0x7f;
   if (op === 0x07 || op === 0x27) {
@@ -135,7 +153,7 @@ function gated(w: InsnWriter, mask: number, it: Insn, index: number, fast: (slow
   c.br(slow() + 1);
   c.end();
   w.depth--;
-  w.execHelper(it, index);
+  softFp(w, it, index);
   c.end();
   w.depth--;
 }
@@ -158,11 +176,6 @@ function storeFBits(w: InsnWriter, r: number): void {
 /** Leaves the biased exponent field of f64 local `l`. */
 function exponent(w: InsnWriter, l: number): void {
   w.c.get(l).op(Op.i64_reinterpret_f64).i64(52).op(Op.i64_shr_u).op(Op.i32_wrap_i64).i32(0x7ff).op(Op.i32_and);
-}
-/** Leaves 1 when local `l`'s biased exponent is in lo..hi. */
-function exponentIn(w: InsnWriter, l: number, lo: number, hi: number): void {
-  exponent(w, l);
-  w.c.i32(lo).op(Op.i32_sub).i32(hi - lo + 1).op(Op.i32_lt_u);
 }
 
 // ---- loads and stores (unprivileged spec 11.5, 12.3) ----
@@ -273,47 +286,65 @@ function fromInt(w: InsnWriter, i: number, kind: number): void {
 
 /**
  * FMADD.D, FMSUB.D, FNMSUB.D, FNMADD.D (12.6: FMSUB = a*b-c, FNMSUB = -(a*b)+c,
- * FNMADD = -(a*b)-c; negating a and c is exact). Native only for normal a and b
- * of magnitude 2^-450..2^451 and c = 0 or 2^-900..2^901: then the splitting and
- * the partial products neither overflow nor underflow, every intermediate is a
- * multiple of 2^-1004, and a result of at least 2^-962 cannot be tiny.
+ * FNMADD = -(a*b)-c; negating a and c is exact) through fmaFunc, which
+ * returns a NaN when the operands are outside its ranges; a result of at
+ * least 2^-962 (biased exponent 61) cannot be tiny.
  */
 function fma(w: InsnWriter, i: number, slow: () => number): void {
   const { c } = w;
   const op = i & 0x7f;
-  const negProduct = op === 0x4b || op === 0x4f, negAddend = op === 0x47 || op === 0x4f;
+  c.get(L_H);
   fValue(w, rs1Of(i));
-  if (negProduct) c.op(Op.f64_neg);
-  c.set(A);
+  if (op === 0x4b || op === 0x4f) c.op(Op.f64_neg);
   fValue(w, rs2Of(i));
-  c.set(B);
   fValue(w, i >>> 27);
-  if (negAddend) c.op(Op.f64_neg);
-  c.set(C);
-  exponentIn(w, A, 1023 - 450, 1023 + 450);
-  exponentIn(w, B, 1023 - 450, 1023 + 450);
-  c.op(Op.i32_and);
-  exponentIn(w, C, 1023 - 900, 1023 + 900);
-  c.get(C).op(Op.i64_reinterpret_f64).i64(1).op(Op.i64_shl).op(Op.i64_eqz).op(Op.i32_or);
-  c.op(Op.i32_and).op(Op.i32_eqz).op(Op.br_if).u32(slow());
+  if (op === 0x47 || op === 0x4f) c.op(Op.f64_neg);
+  c.call(F_FMA).set(T);
+  exponent(w, T);
+  c.i32(61).op(Op.i32_sub).i32(2046 - 61 + 1).op(Op.i32_ge_u).op(Op.br_if).u32(slow());
+  c.get(T);
+  storeF(w, rdOf(i));
+}
 
-  // Two-product: P + UL = A * B exactly.
+/**
+ * (param a f64) (param b f64) (param c f64) (result f64): a*b+c rounded once
+ * (RNE) for normal a and b of magnitude 2^-450..2^451 and c = 0 or
+ * 2^-900..2^901 — there the splitting and the partial products neither
+ * overflow nor underflow and every intermediate is a multiple of 2^-1004 —
+ * and NaN for other operands (the caller then uses the softfloat).
+ */
+export function fmaFunc(): Func {
+  const c = new Code();
+  const a = 0, b = 1, z = 2; // parameters
+  const P = 3, AH = 4, AL = 5, BH = 6, BL = 7, UL = 8, TH = 9, TL = 10, V = 11, T = 12;
+  const expIn = (l: number, lo: number, hi: number) =>
+    c.get(l).op(Op.i64_reinterpret_f64).i64(52).op(Op.i64_shr_u).op(Op.i32_wrap_i64).i32(0x7ff).op(Op.i32_and)
+      .i32(lo).op(Op.i32_sub).i32(hi - lo + 1).op(Op.i32_lt_u);
+  expIn(a, 1023 - 450, 1023 + 450);
+  expIn(b, 1023 - 450, 1023 + 450);
+  c.op(Op.i32_and);
+  expIn(z, 1023 - 900, 1023 + 900);
+  c.get(z).op(Op.i64_reinterpret_f64).i64(1).op(Op.i64_shl).op(Op.i64_eqz).op(Op.i32_or);
+  c.op(Op.i32_and).op(Op.i32_eqz);
+  c.if().f64(NaN).op(Op.return).end();
+
+  // Two-product: P + UL = a * b exactly.
   const split = (x: number, hi: number, lo: number) => {
     c.get(x).f64(SPLITTER).op(Op.f64_mul).set(T);
     c.get(T).get(T).get(x).op(Op.f64_sub).op(Op.f64_sub).set(hi);
     c.get(x).get(hi).op(Op.f64_sub).set(lo);
   };
-  c.get(A).get(B).op(Op.f64_mul).set(P);
-  split(A, AH, AL);
-  split(B, BH, BL);
+  c.get(a).get(b).op(Op.f64_mul).set(P);
+  split(a, AH, AL);
+  split(b, BH, BL);
   c.get(AH).get(BH).op(Op.f64_mul).get(P).op(Op.f64_sub)
     .get(AH).get(BL).op(Op.f64_mul).op(Op.f64_add)
     .get(AL).get(BH).op(Op.f64_mul).op(Op.f64_add)
     .get(AL).get(BL).op(Op.f64_mul).op(Op.f64_add).set(UL);
-  // TwoSum: TH + TL = C + P exactly (T is the virtual addend).
-  c.get(C).get(P).op(Op.f64_add).set(TH);
-  c.get(TH).get(C).op(Op.f64_sub).set(T);
-  c.get(C).get(TH).get(T).op(Op.f64_sub).op(Op.f64_sub)
+  // TwoSum: TH + TL = z + P exactly (T is the virtual addend).
+  c.get(z).get(P).op(Op.f64_add).set(TH);
+  c.get(TH).get(z).op(Op.f64_sub).set(T);
+  c.get(z).get(TH).get(T).op(Op.f64_sub).op(Op.f64_sub)
     .get(P).get(T).op(Op.f64_sub).op(Op.f64_add).set(TL);
   // V = TL + UL rounded to odd: the RNE sum, moved one unit away from the
   // even candidate toward the exact sum when it was inexact (its error, from
@@ -330,9 +361,6 @@ function fma(w: InsnWriter, i: number, slow: () => number): void {
   c.get(T).f64(0).op(Op.f64_ne).get(V).op(Op.i64_reinterpret_f64).i64(1).op(Op.i64_and).op(Op.i64_eqz).op(Op.i32_and);
   c.op(Op.select).op(Op.i64_add).op(Op.f64_reinterpret_i64).set(V);
   // The one rounding of the result.
-  c.get(TH).get(V).op(Op.f64_add).set(T);
-  exponent(w, T);
-  c.i32(61).op(Op.i32_sub).i32(2046 - 61 + 1).op(Op.i32_ge_u).op(Op.br_if).u32(slow());
-  c.get(L_H).get(T);
-  storeF(w, rdOf(i));
+  c.get(TH).get(V).op(Op.f64_add);
+  return { type: { params: [F64, F64, F64], results: [F64] }, locals: [[10, F64]], code: c };
 }

@@ -26,13 +26,16 @@
 // interpreter re-executes it and takes the trap or exit precisely.
 
 import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
-import { translateFp } from "./translate-fp.js";
+import { translateFp, fmaFunc } from "./translate-fp.js";
 import {
   type CoreLayout, type Insn, type InsnWriter, type Kind, HELPERS, REGION_TYPE, F_LOAD, F_STORE, F_EXEC, F_MULH,
   L_H, L_PCBASE, L_LIMIT, xLocal, L_LEFT, L_ID, L_RES, L_ENT, L_FPOK, L_PCOUT, L_VA, L_CTXL, L_CTXS, LOCALS,
 } from "./region-abi.js";
 
 export { HELPERS, REGION_TYPE, type CoreLayout } from "./region-abi.js";
+
+/** The module's own functions, first after the imports (see F_FMA). */
+export const SUPPORT_FUNCS: readonly Func[] = [fmaFunc()];
 
 /** Bounds on one region (generated code size and compile time). */
 const MAX_BLOCK_INSNS = 128;
@@ -387,7 +390,7 @@ class RegionWriter implements InsnWriter {
       case "alu": this.alu(it); return;
       case "load": this.load(it, index); return;
       case "store": this.store(it, index); return;
-      case "fp": if (!translateFp(this, it, index)) this.execHelper(it, index); return;
+      case "fp": translateFp(this, it, index); return;
       case "exec": this.execHelper(it, index); return;
       case "nop": return;
     }
@@ -477,18 +480,22 @@ class RegionWriter implements InsnWriter {
     this.c.op(Op.br_if).u32(this.toOut);
   }
 
-  /** The core's execute() runs it on the registers in the hart block. */
-  execHelper(it: Insn, index: number): void {
-    const { c, k } = this;
+  /** The core's execute() runs it on the registers in the hart block: the x
+   *  registers it reads go there first, the one it writes comes back (by
+   *  default those the rs1, rs2 and rd fields name). */
+  execHelper(it: Insn, index: number, xReads?: number[], xWrite?: number): void {
+    const { c } = this;
     const i = it.insn;
-    const regs = [...new Set([rs1Of(i), rs2Of(i), rdOf(i)])].filter((r) => r !== 0);
+    const rd = xWrite ?? rdOf(i);
+    // x[rd] goes too: it is reloaded below also when the helper bailed
+    // without writing it.
+    const regs = [...new Set([...(xReads ?? [rs1Of(i), rs2Of(i)]), rd])].filter((r) => r !== 0);
     for (const r of regs) { this.used.add(r); c.get(L_H).get(xLocal(r)).mem(Op.i64_store, r * 8, 3); }
     c.i32(i | 0);
     this.pcAt(it.off);
     c.i32(it.len);
     // x[rd] back before the exit check: a stop exit comes after the
     // instruction completed (and stores the local back to the hart block).
-    const rd = rdOf(i);
     this.helperCall(F_EXEC, it, index, () => {
       if (rd !== 0) { this.written.add(rd); c.get(L_H).mem(Op.i64_load, rd * 8, 3).set(xLocal(rd)); }
     });

@@ -187,7 +187,8 @@ export interface Func {
   /** Locals after the parameters, as [count, valtype] runs. */
   locals: [number, number][];
   code: Code;
-  exportName: string;
+  /** Functions without one are internal to the module. */
+  exportName?: string;
 }
 
 /**
@@ -223,8 +224,11 @@ export function encodeModule(imports: ImportedFunc[], funcs: Func[], maxPages: n
   for (const t of funcTypes) funcSec.u32(t);
   section(3, funcSec);
 
-  const exportSec = new Bytes().u32(funcs.length);
-  funcs.forEach((f, i) => exportSec.name(f.exportName).byte(0x00).u32(imports.length + i));
+  const exported = funcs.filter((f) => f.exportName !== undefined).length;
+  const exportSec = new Bytes().u32(exported);
+  funcs.forEach((f, i) => {
+    if (f.exportName !== undefined) exportSec.name(f.exportName).byte(0x00).u32(imports.length + i);
+  });
   section(7, exportSec);
 
   const codeSec = new Bytes().u32(funcs.length);
