@@ -41,12 +41,12 @@ export const REGION_TYPE: FuncType = { params: [I32, I64, I32], results: [I32] }
 export const L_H = 0, L_PCBASE = 1, L_LIMIT = 2;
 export const xLocal = (r: number) => 2 + r; // x1 -> 3 ... x31 -> 33
 export const L_LEFT = 34, L_ID = 35, L_RES = 36;
-export const L_ENT = 37, L_FPOK = 38;
-export const L_PCOUT = 39;
-export const L_VA = 40, L_CTXL = 41, L_CTXS = 42;
+export const L_ENT = 37, L_FPOK = 38, L_HOST = 39;
+export const L_PCOUT = 40;
+export const L_VA = 41, L_CTXL = 42, L_CTXS = 43;
 /** f64 scratch for translate-fp.ts: L_F0 .. L_F0 + F64_LOCALS - 1. */
-export const L_F0 = 43, F64_LOCALS = 3;
-export const LOCALS: [number, number][] = [[31, I64], [5, I32], [4, I64], [F64_LOCALS, F64]];
+export const L_F0 = 44, F64_LOCALS = 3;
+export const LOCALS: [number, number][] = [[31, I64], [6, I32], [4, I64], [F64_LOCALS, F64]];
 
 export type Kind = "alu" | "load" | "store" | "fp" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
 

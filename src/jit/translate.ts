@@ -29,7 +29,7 @@ import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
 import { translateFp, fmaFunc } from "./translate-fp.js";
 import {
   type CoreLayout, type Insn, type InsnWriter, type Kind, HELPERS, REGION_TYPE, F_LOAD, F_STORE, F_EXEC, F_MULH,
-  L_H, L_PCBASE, L_LIMIT, xLocal, L_LEFT, L_ID, L_RES, L_ENT, L_FPOK, L_PCOUT, L_VA, L_CTXL, L_CTXS, LOCALS,
+  L_H, L_PCBASE, L_LIMIT, xLocal, L_LEFT, L_ID, L_RES, L_ENT, L_FPOK, L_HOST, L_PCOUT, L_VA, L_CTXL, L_CTXS, LOCALS,
 } from "./region-abi.js";
 
 export { HELPERS, REGION_TYPE, type CoreLayout } from "./region-abi.js";
@@ -163,6 +163,11 @@ function discover(page: Uint8Array, entry: number, expandC: (c: number) => numbe
 }
 
 // ---- code generation --------------------------------------------------------------
+
+const LOAD_OPS = [Op.i64_load8_s, Op.i64_load16_s, Op.i64_load32_s, Op.i64_load, Op.i64_load8_u, Op.i64_load16_u, Op.i64_load32_u];
+const STORE_OPS = [Op.i64_store8, Op.i64_store16, Op.i64_store32, Op.i64_store];
+const accessSize = (it: Insn) => 1 << (f3Of(it.insn) & 3);
+const accessOffset = (it: Insn) => (it.kind === "load" ? immI(it.insn) : immS(it.insn));
 
 export interface Region {
   func: Func;
@@ -344,7 +349,12 @@ class RegionWriter implements InsnWriter {
       c.get(L_LEFT).i32(len).op(Op.i32_lt_u).op(Op.br_if).u32(this.toOut);
       c.get(L_LEFT).i32(len).op(Op.i32_sub).set(L_LEFT);
     }
-    b.body.forEach((it, i) => this.insn(it, i));
+    for (let i = 0; i < b.body.length;) {
+      const n = this.accessRun(b.body, i);
+      if (n >= 2) this.accessGroup(b.body, i, n);
+      else this.insn(b.body[i], i);
+      i += Math.max(n, 1);
+    }
     if (b.term) this.terminator(b.term);
     else if (b.end === "fall") this.goto(b.next, true);
     else this.out(b.next, 0, this.k.JIT_NEED_INTERP);
@@ -417,43 +427,115 @@ class RegionWriter implements InsnWriter {
 
   private load(it: Insn, index: number): void {
     const { c, k } = this;
-    const i = it.insn, f3 = f3Of(i);
-    const size = 1 << (f3 & 3);
-    const ops = [Op.i64_load8_s, Op.i64_load16_s, Op.i64_load32_s, Op.i64_load, Op.i64_load8_u, Op.i64_load16_u, Op.i64_load32_u];
+    const i = it.insn;
     this.getX(rs1Of(i));
     c.i64(immI(i)).op(Op.i64_add).set(L_VA);
-    this.tlbProbe(k.TLB_LOAD_OFF, size, L_CTXL);
+    this.tlbProbe(k.TLB_LOAD_OFF, accessSize(it), L_CTXL);
     this.open(I64);
     this.hostAddr(k.TLB_LOAD_OFF);
-    c.mem(ops[f3], 0, 0);
+    c.mem(LOAD_OPS[f3Of(i)], 0, 0);
     c.else();
-    c.get(L_VA).i32(size).call(F_LOAD);
+    c.get(L_VA);
+    this.loadMiss(it, index);
+    this.close();
+    this.setX(rdOf(i));
+  }
+  /** The access at the address on the stack through the core's slow path. */
+  private loadMiss(it: Insn, index: number): void {
+    const { c, k } = this;
+    const f3 = f3Of(it.insn);
+    c.i32(accessSize(it)).call(F_LOAD);
     // The helper's value stays on the stack below the branch condition.
     c.i32(this.bailCode(it, index)).set(L_ENT);
     c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2).op(Op.br_if).u32(this.toOut);
     if (f3 === 0) c.op(Op.i64_extend8_s);
     else if (f3 === 1) c.op(Op.i64_extend16_s);
     else if (f3 === 2) c.op(Op.i64_extend32_s);
-    this.close();
-    this.setX(rdOf(i));
   }
 
   private store(it: Insn, index: number): void {
     const { c, k } = this;
-    const i = it.insn, f3 = f3Of(i);
-    const size = 1 << f3;
+    const i = it.insn;
     this.getX(rs1Of(i));
     c.i64(immS(i)).op(Op.i64_add).set(L_VA);
-    this.tlbProbe(k.TLB_STORE_OFF, size, L_CTXS);
+    this.tlbProbe(k.TLB_STORE_OFF, accessSize(it), L_CTXS);
     this.open();
     this.hostAddr(k.TLB_STORE_OFF);
     this.getX(rs2Of(i));
-    c.mem([Op.i64_store8, Op.i64_store16, Op.i64_store32, Op.i64_store][f3], 0, 0);
+    c.mem(STORE_OPS[f3Of(i)], 0, 0);
     c.else();
     c.get(L_VA);
     this.getX(rs2Of(i));
-    c.i32(size);
+    c.i32(accessSize(it));
     this.helperCall(F_STORE, it, index);
+    this.close();
+  }
+
+  /** How many accesses from body[i] on form a group: all loads or all
+   *  stores, consecutive, off one base register that none of them but the
+   *  last changes, within 2 KiB of each other (function prologues and
+   *  epilogues saving and restoring registers on the stack, struct fields). */
+  private accessRun(body: Insn[], i: number): number {
+    const first = body[i];
+    if (first.kind !== "load" && first.kind !== "store") return 0;
+    const base = rs1Of(first.insn);
+    let lo = Infinity, hi = -Infinity, n = 0;
+    for (let j = i; j < body.length; j++) {
+      const it = body[j];
+      if (it.kind !== first.kind || rs1Of(it.insn) !== base) break;
+      const off = accessOffset(it);
+      if (Math.max(hi, off + accessSize(it)) - Math.min(lo, off) > 2048) break;
+      lo = Math.min(lo, off);
+      hi = Math.max(hi, off + accessSize(it));
+      n++;
+      if (it.kind === "load" && rdOf(it.insn) === base) break;
+    }
+    return n;
+  }
+
+  /** One TLB probe for the span of the group's accesses: on a hit each is a
+   *  plain wasm access at a constant offset from one host address; on a miss
+   *  (a page boundary inside the span, or a TLB miss) each goes through the
+   *  core's slow path, exactly as it would alone. */
+  private accessGroup(body: Insn[], first: number, n: number): void {
+    const { c, k } = this;
+    const group = body.slice(first, first + n);
+    const isLoad = group[0].kind === "load";
+    const base = rs1Of(group[0].insn);
+    const lo = Math.min(...group.map(accessOffset));
+    const hi = Math.max(...group.map((it) => accessOffset(it) + accessSize(it)));
+    const tlb = isLoad ? k.TLB_LOAD_OFF : k.TLB_STORE_OFF;
+    this.getX(base);
+    c.i64(lo).op(Op.i64_add).set(L_VA);
+    this.tlbProbe(tlb, hi - lo, isLoad ? L_CTXL : L_CTXS);
+    this.open();
+    this.hostAddr(tlb);
+    c.set(L_HOST);
+    for (const it of group) {
+      const i = it.insn, delta = accessOffset(it) - lo;
+      c.get(L_HOST);
+      if (isLoad) {
+        c.mem(LOAD_OPS[f3Of(i)], delta, 0);
+        this.setX(rdOf(i));
+      } else {
+        this.getX(rs2Of(i));
+        c.mem(STORE_OPS[f3Of(i)], delta, 0);
+      }
+    }
+    c.else();
+    group.forEach((it, j) => {
+      const i = it.insn;
+      // The base register is unchanged until the group's last access.
+      c.get(L_VA).i64(accessOffset(it) - lo).op(Op.i64_add);
+      if (isLoad) {
+        this.loadMiss(it, first + j);
+        this.setX(rdOf(i));
+      } else {
+        this.getX(rs2Of(i));
+        c.i32(accessSize(it));
+        this.helperCall(F_STORE, it, first + j);
+      }
+    });
     this.close();
   }
 
