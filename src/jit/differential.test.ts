@@ -194,6 +194,11 @@ function randomItem(rng: Rng): Item {
       [0, 6, 0x33], [0, 7, 0x33], [0, 0, 0x3b], [0x20, 0, 0x3b], [0, 1, 0x3b], [0, 5, 0x3b], [0x20, 5, 0x3b],
       [1, 0, 0x33], [1, 1, 0x33], [1, 2, 0x33], [1, 3, 0x33], [1, 4, 0x33], [1, 5, 0x33], [1, 6, 0x33], [1, 7, 0x33],
       [1, 0, 0x3b], [1, 4, 0x3b], [1, 5, 0x3b], [1, 6, 0x3b], [1, 7, 0x3b],
+      // Zba, Zbb, Zbs
+      [0x10, 2, 0x33], [0x10, 4, 0x33], [0x10, 6, 0x33], [0x20, 7, 0x33], [0x20, 6, 0x33], [0x20, 4, 0x33],
+      [0x05, 4, 0x33], [0x05, 5, 0x33], [0x05, 6, 0x33], [0x05, 7, 0x33], [0x30, 1, 0x33], [0x30, 5, 0x33],
+      [0x24, 1, 0x33], [0x24, 5, 0x33], [0x14, 1, 0x33], [0x34, 1, 0x33],
+      [0x04, 0, 0x3b], [0x10, 2, 0x3b], [0x10, 4, 0x3b], [0x10, 6, 0x3b], [0x30, 1, 0x3b], [0x30, 5, 0x3b],
     ];
     const [f7, f3, op] = rng.pick(ops);
     const a = rs();
@@ -216,7 +221,7 @@ function randomItem(rng: Rng): Item {
   // Register-immediate.
   if (kind < 30) {
     const d = rd(), a = rs();
-    switch (rng.int(13)) {
+    switch (rng.int(15)) {
       case 0: case 1: { const f3 = rng.pick([0, 2, 3, 4, 6, 7]); const imm = rng.range(-2048, 2047); return (asm) => asm.w(iType(imm, a, f3, d, 0x13)); }
       case 2: { const imm = rng.range(-2048, 2047); return (asm) => asm.w(addiw(d, a, imm)); }
       case 3: { const sh = rng.int(64); return (asm) => asm.w(iType(sh, a, 1, d, 0x13)); }
@@ -227,6 +232,18 @@ function randomItem(rng: Rng): Item {
       case 8: { const sh = rng.int(32); return (asm) => asm.w(iType(0x400 | sh, a, 5, d, 0x1b)); }
       case 9: { const imm = rng.u32() >>> 12; return (asm) => asm.w(lui(d, imm)); }
       case 10: { const imm = rng.u32() >>> 12; return (asm) => asm.w(uType(imm, d, 0x17)); } // AUIPC
+      case 11: { // Zbb/Zbs immediate forms: clz ctz cpop sext.b sext.h, bclri bseti binvi; orc.b rev8 rori bexti
+        const sh = rng.int(64);
+        const [imm, f3] = rng.pick([[0x600, 1], [0x601, 1], [0x602, 1], [0x604, 1], [0x605, 1], [0x480 | sh, 1], [0x280 | sh, 1],
+          [0x680 | sh, 1], [0x287, 5], [0x6b8, 5], [0x600 | sh, 5], [0x480 | sh, 5]] as const);
+        return (asm) => asm.w(iType(imm, a, f3, d, 0x13));
+      }
+      case 12: { // clzw ctzw cpopw, slli.uw, roriw, zext.h
+        const sh = rng.int(32);
+        const [imm, f3, op] = rng.pick([[0x600, 1, 0x1b], [0x601, 1, 0x1b], [0x602, 1, 0x1b], [0x080 | rng.int(64), 1, 0x1b],
+          [0x600 | sh, 5, 0x1b], [0x080, 4, 0x3b]] as const);
+        return (asm) => asm.w(iType(imm, a, f3, d, op));
+      }
       default: { const v = randomValue(rng); return (asm) => asm.w(...li(d, v)); }
     }
   }

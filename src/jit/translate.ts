@@ -27,6 +27,7 @@
 
 import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
 import { translateFp, fmaFunc } from "./translate-fp.js";
+import { translateZb } from "./translate-zb.js";
 import {
   type CoreLayout, type Insn, type InsnWriter, type Kind, HELPERS, REGION_TYPE, F_LOAD, F_STORE, F_EXEC, F_MULH,
   L_H, L_PCBASE, L_LIMIT, xLocal, L_LEFT, L_ID, L_RES, L_ENT, L_FPOK, L_HOST, L_PCOUT, L_VA, L_CTXL, L_CTXS, LOCALS,
@@ -401,7 +402,7 @@ class RegionWriter implements InsnWriter {
       case "load": this.load(it, index); return;
       case "store": this.store(it, index); return;
       case "fp": translateFp(this, it, index); return;
-      case "exec": this.execHelper(it, index); return;
+      case "exec": if (!translateZb(this, it.insn)) this.execHelper(it, index); return;
       case "nop": return;
     }
     throw new Error(`internal error: ${it.kind} inside a block`);
