@@ -86,6 +86,8 @@ export const CTX_STORE_OFF: u32 = 944;
 // instruction back to the interpreter.
 export const JIT_CACHE_OFF: u32 = 952;
 export const JIT_BAIL_OFF: u32 = 960;
+// TLB entries filled from superpage PTEs since the last full flush (tlb.ts).
+export const TLB_SUPER_FILLS_OFF: u32 = 968;
 
 // Software TLB (tlb.ts): three direct-mapped arrays (fetch, load, store).
 export const TLB_OFF: u32 = 1024;
@@ -100,7 +102,12 @@ export const TLB_STORE_OFF: u32 = TLB_OFF + 2 * TLB_ARRAY_SIZE;
 // can key translations by guest-physical address without a page walk.
 export const TLB_FETCH_GPA_OFF: u32 = TLB_OFF + 3 * TLB_ARRAY_SIZE;
 
-export const HART_STATE_SIZE: u32 = TLB_FETCH_GPA_OFF + TLB_ENTRIES * 8;
+// Level of the leaf PTE each entry came from (0: a 4 KiB page), one byte per
+// entry of the three arrays: SFENCE.VMA of one address must also drop the
+// entries a superpage covering it made for its other 4 KiB pages.
+export const TLB_LEVEL_OFF: u32 = TLB_FETCH_GPA_OFF + TLB_ENTRIES * 8;
+
+export const HART_STATE_SIZE: u32 = TLB_LEVEL_OFF + 3 * TLB_ENTRIES;
 
 // ---- the running hart ---------------------------------------------------------
 

@@ -49,6 +49,10 @@ export function p2mFaultExit(gpa: u64, access: u32): void {
   requestExit();
 }
 
+/** Level of the leaf PTE the last successful translate() used (0: 4 KiB page
+ *  or no translation): the TLB fill after it records it. */
+export let walkLevel: i32 = 0;
+
 /**
  * Translate `va` for an access of kind `access` at effective privilege `priv`.
  * Returns the guest-physical address, or sets `status` (page fault, access fault
@@ -56,6 +60,7 @@ export function p2mFaultExit(gpa: u64, access: u32): void {
  * satp.MODE = Bare): the address is used as is.
  */
 export function translate(va: u64, access: u32, priv: u32, translateOn: bool): u64 {
+  walkLevel = 0;
   if (!translateOn) return va;
   const satp = rd(SATP_OFF);
   const mode = satp >> 60;
@@ -118,6 +123,7 @@ export function translate(va: u64, access: u32, priv: u32, translateOn: bool): u
         return translate(va, access, priv, translateOn);
       }
     }
+    walkLevel = i;
     const pageShift = 12 + 9 * <u64>i;
     const offMask: u64 = ((<u64>1) << pageShift) - 1;
     return ((ppn << 12) & ~offMask) | (va & offMask);

@@ -10,13 +10,16 @@
 // set and the p2m allowed the access, so a hit needs no further checks.
 //
 // Flushes: SFENCE.VMA (spec 4.2.1), any satp write, and whenever the hypervisor
-// changes the p2m (tlbFlush export).
+// changes the p2m (tlbFlush export). SFENCE.VMA with an address drops only
+// what maps that address (Linux issues one after most PTE changes: some 100,000
+// in a boot, which used to empty the whole TLB each time).
 
 import {
-  H, TLB_ENTRIES, TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRY_SIZE,
+  H, TLB_ENTRIES, TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRY_SIZE, TLB_LEVEL_OFF, TLB_SUPER_FILLS_OFF, TLB_OFF,
   MSTATUS_OFF, SATP_OFF, PRIV_OFF, rd, wr, CTX_FETCH_OFF, CTX_LOAD_OFF, CTX_STORE_OFF, TLB_FETCH_GPA_OFF,
   MSTATUS_MPRV, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_SUM, MSTATUS_MXR, PRV_M,
 } from "./hart";
+import { walkLevel } from "./mmu";
 
 export let ctxFetch: u64 = 0;
 export let ctxLoad: u64 = 0;
@@ -51,6 +54,26 @@ export function tlbFlushAll(): void {
   for (let i: u32 = 0; i < 3 * TLB_ENTRIES; i++) {
     store<u64>(H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE), INVALID_TAG);
   }
+  wr(TLB_SUPER_FILLS_OFF, 0);
+}
+
+/**
+ * SFENCE.VMA rs1 = va (spec 4.2.1): drop every entry the leaf PTE mapping va
+ * may have made. A 4 KiB page has one place in each array; a superpage may
+ * have made entries for any of its pages, so when there are superpage entries
+ * each one is checked against the superpage around va at its own level.
+ */
+export function tlbFlushPage(va: u64): void {
+  const idx = tlbIndex(va);
+  for (let a: u32 = 0; a < 3; a++) store<u64>(H + TLB_FETCH_OFF + <usize>(a * TLB_ENTRIES * TLB_ENTRY_SIZE) + idx, INVALID_TAG);
+  if (rd(TLB_SUPER_FILLS_OFF) == 0) return;
+  for (let i: u32 = 0; i < 3 * TLB_ENTRIES; i++) {
+    const level = <u64>load<u8>(H + TLB_LEVEL_OFF + <usize>i);
+    if (level == 0) continue;
+    const e = H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE);
+    const tag = load<u64>(e);
+    if (tag != INVALID_TAG && ((tag ^ va) >> (12 + 9 * level)) == 0) store<u64>(e, INVALID_TAG);
+  }
 }
 
 @inline export function tlbIndex(va: u64): usize {
@@ -58,10 +81,13 @@ export function tlbFlushAll(): void {
 }
 
 export function tlbFill(arrayOff: u32, va: u64, ctx: u64, hostPage: usize): void {
-  const e = H + <usize>arrayOff + tlbIndex(va);
+  const idx = tlbIndex(va);
+  const e = H + <usize>arrayOff + idx;
   const vpage = va & ~(<u64>0xfff);
   store<u64>(e, vpage | ctx);
   store<u64>(e, (<u64>hostPage) - vpage, 8);
+  store<u8>(H + TLB_LEVEL_OFF + <usize>((arrayOff - TLB_OFF) / TLB_ENTRY_SIZE) + (idx >> 4), <u8>walkLevel);
+  if (walkLevel != 0) wr(TLB_SUPER_FILLS_OFF, rd(TLB_SUPER_FILLS_OFF) + 1);
 }
 
 /** Fetch fills also record the guest-physical page (translations are keyed by it). */

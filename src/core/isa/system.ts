@@ -2,14 +2,14 @@
 // 3.3) and the Zicsr instructions (csr.ts). Returns the next pc.
 
 import {
-  rd, wr, raise, illegal, H,
+  rd, wr, raise, illegal, H, getX,
   PRIV_OFF, MSTATUS_OFF, SBI_MODE_OFF, RUN_REASON_OFF, WAITING_OFF,
   PRV_U, PRV_S, PRV_M, MSTATUS_TSR, MSTATUS_TVM, MSTATUS_TW,
   CAUSE_USER_ECALL, CAUSE_SUPERVISOR_ECALL, CAUSE_MACHINE_ECALL, CAUSE_BREAKPOINT,
 } from "../hart";
 import { execCsr } from "../csr";
 import { mret, sret, interruptWakeup } from "../trap";
-import { tlbFlushAll } from "../tlb";
+import { tlbFlushAll, tlbFlushPage } from "../tlb";
 import { EXIT_SBI, EXIT_WFI } from "../exit";
 
 /** Set when the instruction completed but run() must exit after retiring it. */
@@ -31,7 +31,8 @@ export function execSystem(insn: u32, pc: u64): u64 {
   if ((insn >> 25) == 0x09 && ((insn >> 7) & 31) == 0) {
     // SFENCE.VMA: illegal in U-mode, and in S-mode when TVM is set (spec 3.1.6.5).
     if (priv == PRV_U || (priv == PRV_S && (ms & MSTATUS_TVM) != 0)) { illegal(insn); return pc; }
-    tlbFlushAll();
+    const rs1 = (insn >> 15) & 31;
+    if (rs1 != 0) tlbFlushPage(getX(rs1)); else tlbFlushAll();
     return pc + 4;
   }
   switch (insn) {

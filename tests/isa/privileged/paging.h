@@ -132,6 +132,26 @@ u_done:
   li t0, -1; bne s1, t0, fail
   li t0, PAGE(1); la s4, 3f; jalr t0; j fail              /* an RW page is not executable */
 3: li t0, 12; bne s1, t0, fail; li t0, PAGE(1); bne s2, t0, fail
+  /* SFENCE.VMA with an address (4.2.1), from S: a changed 4 KiB PTE is seen
+   * after a fence naming its page */
+  li TESTNUM, 27
+  li t0, PAGE(1); ld a0, 8(t0)
+  SET_LEAF(1, V|R|W|A|D, DPAGE)
+  li t0, PAGE(1); sfence.vma t0, zero
+  ld a0, 8(t0); li t1, 0x1234; bne a0, t1, fail
+  /* ...and a superpage is gone for all its pages after a fence naming one:
+   * root[3] aliases the image's superpage, two of its pages are read, it is
+   * unmapped, the fence names the first page, the second must fault */
+  li TESTNUM, 28
+  la a2, ROOT; ld t0, ((0x80000000 >> TOP_SHIFT) & 511) * 8(a2); sd t0, 3 * 8(a2); sfence.vma
+  li t2, (1 << TOP_SHIFT) - 1; li t5, 3 << TOP_SHIFT
+  la t3, DPAGE; and t3, t3, t2; add t3, t3, t5
+  la t4, DPAGE2; and t4, t4, t2; add t4, t4, t5
+  ld a0, 8(t3); ld a1, 8(t4); li t1, 0x5678; bne a1, t1, fail
+  sd zero, 3 * 8(a2)
+  sfence.vma t3, zero
+  li s1, -1; la s4, 9f; ld a1, 8(t4); j fail
+9: li t0, 13; bne s1, t0, fail; addi t0, t4, 8; bne s2, t0, fail
   j pass
 
   .balign 4
