@@ -234,7 +234,10 @@ function runInterpreted(budget: u32): i32 {
 }
 
 /** The interpreter with translated code: at block starts, enter translated
- *  code when there is some (counting entries towards translation otherwise). */
+ *  code when there is some (counting entries towards translation otherwise).
+ *  Between block starts the loop does what runInterpreted's does and one
+ *  compare more: its per-instruction cost is most of what the code that is
+ *  not (yet) translated costs. */
 function runWithTranslation(budget: u32): i32 {
   let pc = rd(PC_OFF);
   let left = budget;
@@ -243,15 +246,20 @@ function runWithTranslation(budget: u32): i32 {
   let deadline = nextTimerDeadline();
   let reason: i32 = EXIT_BUDGET;
   let trapsInARow: u32 = 0;
-  // Look for translated code only where a block can start: after a jump, a
-  // trap, a system instruction or translated code, not in straight-line code
-  // the interpreter is already running.
-  let lookup = true;
-  let lookupAfterNext = false;
   // A completed MMIO access must be consumed by re-executing its instruction
   // before anything else runs (an interrupt handler must not see it).
   let mmioCompletion = rd(RUN_MMIO_DONE_OFF) != 0;
   if (mmioCompletion) clearIrqCheck(); else requestIrqCheck();
+  // Look for translated code only where a block can start: after a taken
+  // jump or branch, a trap or translated code, not in straight-line code the
+  // interpreter is already running. A step of pc larger than `seqStep` ends
+  // a block. The instruction translated code handed back (or the MMIO access
+  // to complete) must run here first, or the lookup would find the same code
+  // again: for that one instruction `seqStep` is 0, so that any step ends it.
+  // (A taken branch to pc+2 or pc+4 passes for straight-line code: that only
+  // means one lookup fewer.)
+  let lookup = !mmioCompletion;
+  let seqStep: u64 = mmioCompletion ? 0 : 4;
 
   while (true) {
     if (irqCheckNeeded) {
@@ -261,11 +269,11 @@ function runWithTranslation(budget: u32): i32 {
       deadline = nextTimerDeadline();
       if (deadline <= rd(TIME_OFF)) deadline = 0xffffffffffffffff;
       const irq = pendingInterrupt();
-      if (irq >= 0) { pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc); lookup = true; }
+      if (irq >= 0) { pc = enterTrap(INTERRUPT_BIT | <u64>irq, 0, pc); lookup = true; seqStep = 4; }
     }
     if (left == 0) break;
 
-    if (lookup && !mmioCompletion) {
+    if (lookup) {
       lookup = false;
       const fn = jitFind(pc);
       if (fn != 0) {
@@ -291,8 +299,7 @@ function runWithTranslation(budget: u32): i32 {
             if (t >= deadline) requestIrqCheck();
           }
         }
-        if ((r & JIT_NEED_INTERP) != 0) { countBail(); lookupAfterNext = true; } else lookup = true;
-        clearStoreKilledCode();
+        if ((r & JIT_NEED_INTERP) != 0) { countBail(); seqStep = 0; } else lookup = true;
         if (htifHit) {
           reason = <i32>load<i64>(H, RUN_REASON_OFF);
           break;
@@ -307,7 +314,6 @@ function runWithTranslation(budget: u32): i32 {
       mmioCompletion = false;
       wr(RUN_MMIO_DONE_OFF, 0);
       requestIrqCheck();
-      lookup = true;
     }
 
     if (status != STATUS_OK) {
@@ -315,6 +321,7 @@ function runWithTranslation(budget: u32): i32 {
         clearStatus();
         pc = enterTrap(trapCause, trapTval, pc);
         lookup = true;
+        seqStep = 4;
         if (++trapsInARow >= TRAP_STORM_LIMIT) {
           store<i64>(H, <i64>EXIT_HALT, RUN_REASON_OFF);
           wr(RUN_ADDR_OFF, pc);
@@ -328,7 +335,10 @@ function runWithTranslation(budget: u32): i32 {
       break;
     }
     trapsInARow = 0;
-    const pc_ = pc;
+    if (next - pc > seqStep) {
+      lookup = true;
+      seqStep = 4;
+    }
     pc = next;
     countRetired();
     left--;
@@ -341,15 +351,6 @@ function runWithTranslation(budget: u32): i32 {
     if (exitAfterRetire || htifHit) {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);
       break;
-    }
-    // Where translated code may start: after a control transfer, a SYSTEM
-    // or MISC-MEM instruction (translated code stops before those), an
-    // instruction translated code gave back, or a store into translated code.
-    const op = insn & 0x7f;
-    if (next != pc_ + ((insn & 3) == 3 ? 4 : 2) || op == 0x73 || op == 0x0f || lookupAfterNext || storeKilledCode) {
-      lookup = true;
-      lookupAfterNext = false;
-      clearStoreKilledCode();
     }
   }
   wr(PC_OFF, pc);
