@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
 import { rType, iType, sType, addi, slli, li, Asm } from "./testing/rv-encode.js";
+import { bareImage } from "./testing/bare.js";
 
 const CODE = 0x8000_0000n;
 const DATA = 0x8010_0000n;
@@ -56,15 +57,7 @@ function program(): ElfImage {
   a.j(0, "spin");
   const code = a.bytes();
   const d = data();
-  return {
-    entry: CODE,
-    segments: [
-      { paddr: CODE, vaddr: CODE, data: code, memsz: BigInt(code.length) },
-      { paddr: DATA, vaddr: DATA, data: d, memsz: BigInt(d.length) },
-      { paddr: TOHOST, vaddr: TOHOST, data: new Uint8Array(16), memsz: 16n },
-    ],
-    symbol: (name) => (name === "tohost" ? TOHOST : undefined),
-  };
+  return bareImage([[CODE, code], [DATA, d]], TOHOST);
 }
 
 function run(jit: boolean): { s0: bigint; s1: bigint; instructions: bigint } {

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
 import { rType, iType, sType, addi, li, Asm } from "./testing/rv-encode.js";
+import { bareImage } from "./testing/bare.js";
 
 const CODE = 0x8000_0000n;
 const TOHOST = 0x8020_0000n;
@@ -51,14 +52,7 @@ function program(): { img: ElfImage; expected: bigint } {
   a.w(addi(A0, A0, 5), jalr(0, RA, 0));
   const code = a.bytes();
   return {
-    img: {
-      entry: CODE,
-      segments: [
-        { paddr: CODE, vaddr: CODE, data: code, memsz: BigInt(code.length) },
-        { paddr: TOHOST, vaddr: TOHOST, data: new Uint8Array(16), memsz: 16n },
-      ],
-      symbol: (name) => (name === "tohost" ? TOHOST : undefined),
-    },
+    img: bareImage([[CODE, code]], TOHOST),
     expected,
   };
 }

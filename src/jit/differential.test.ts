@@ -26,6 +26,7 @@ import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
 import { rType, iType, sType, bType, uType, jType, addi, addiw, slli, lui, csrrw, csrrs, FENCE_I, li, Asm } from "./testing/rv-encode.js";
+import { Rng } from "./testing/bare.js";
 
 const CODE = 0x8000_0000n;
 const DATA = 0x8010_0000n;
@@ -40,39 +41,6 @@ const ESCAPED = (63n << 1n) | 1n;
 const SEEDS = Array.from({ length: 24 }, (_, i) => 0x1000 + i * 7919);
 /** Slices per program before it counts as stuck (a program retires ~1500 instructions). */
 const MAX_STEPS = 4000;
-
-// ---- deterministic PRNG (mulberry32) ----------------------------------------
-
-class Rng {
-  private a: number;
-  constructor(seed: number) {
-    this.a = seed >>> 0;
-  }
-  u32(): number {
-    this.a = (this.a + 0x6d2b79f5) >>> 0;
-    let t = this.a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  /** 0 .. n-1 */
-  int(n: number): number {
-    return this.u32() % n;
-  }
-  /** lo .. hi inclusive */
-  range(lo: number, hi: number): number {
-    return lo + this.int(hi - lo + 1);
-  }
-  chance(p: number): boolean {
-    return this.u32() / 4294967296 < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
-  u64(): bigint {
-    return (BigInt(this.u32()) << 32n) | BigInt(this.u32());
-  }
-}
 
 // ---- instruction encoders ------------------------------------------------------
 

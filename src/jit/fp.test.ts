@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
 import { rType, iType, sType, addi, li, csrrs, Asm } from "./testing/rv-encode.js";
+import { Rng, bareImage } from "./testing/bare.js";
 
 const CODE = 0x8000_0000n;
 const TABLE = 0x8010_0000n;
@@ -37,23 +38,6 @@ const csrrwi = (rd: number, csr: number, uimm: number) => iType(csr, uimm, 5, rd
 const BNE = 1;
 
 // ---- operands ----------------------------------------------------------------------
-
-class Rng {
-  constructor(private a: number) {}
-  u32(): number {
-    this.a = (this.a + 0x6d2b79f5) >>> 0;
-    let t = this.a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  int(n: number): number {
-    return this.u32() % n;
-  }
-  u64(): bigint {
-    return (BigInt(this.u32()) << 32n) | BigInt(this.u32());
-  }
-}
 
 const bits = (x: number) => {
   const v = new DataView(new ArrayBuffer(8));
@@ -194,15 +178,7 @@ function program(triples: [bigint, bigint, bigint][], nxFirst: boolean): ElfImag
     v.setBigUint64(i * 24 + 8, y, true);
     v.setBigUint64(i * 24 + 16, z, true);
   });
-  return {
-    entry: CODE,
-    segments: [
-      { paddr: CODE, vaddr: CODE, data: code, memsz: BigInt(code.length) },
-      { paddr: TABLE, vaddr: TABLE, data: table, memsz: BigInt(table.length) },
-      { paddr: TOHOST, vaddr: TOHOST, data: new Uint8Array(16), memsz: 16n },
-    ],
-    symbol: (name) => (name === "tohost" ? TOHOST : undefined),
-  };
+  return bareImage([[CODE, code], [TABLE, table]], TOHOST);
 }
 
 function run(img: ElfImage, jit: boolean, n: number): Uint8Array {
@@ -264,15 +240,7 @@ test("FP loads check mstatus.FS: illegal while Off, and make the state Dirty", (
   const code = a.bytes();
   const table = new Uint8Array(8);
   new DataView(table.buffer).setFloat64(0, 1.5, true);
-  const img: ElfImage = {
-    entry: CODE,
-    segments: [
-      { paddr: CODE, vaddr: CODE, data: code, memsz: BigInt(code.length) },
-      { paddr: TABLE, vaddr: TABLE, data: table, memsz: 8n },
-      { paddr: TOHOST, vaddr: TOHOST, data: new Uint8Array(16), memsz: 16n },
-    ],
-    symbol: (name) => (name === "tohost" ? TOHOST : undefined),
-  };
+  const img = bareImage([[CODE, code], [TABLE, table]], TOHOST);
   for (const jit of [false, true]) {
     const out = new DataView(run(img, jit, 1).buffer);
     const engine = jit ? "translated" : "interpreted";

@@ -19,6 +19,7 @@ import assert from "node:assert/strict";
 import { BareMachine } from "../vmm/bare-machine.js";
 import type { ElfImage } from "../loader/elf.js";
 import { rType, iType, sType, addi, slli, lui, csrrw, csrrs, FENCE_I, li, Asm as BaseAsm } from "./testing/rv-encode.js";
+import { bareImage } from "./testing/bare.js";
 
 const CODE = 0x8000_0000n;
 const TOHOST = 0x8020_0000n;
@@ -87,14 +88,7 @@ function epilogue(a: Asm, expected: bigint): void {
 
 function image(a: Asm): ElfImage {
   const code = a.bytes();
-  return {
-    entry: CODE,
-    segments: [
-      { paddr: CODE, vaddr: CODE, data: code, memsz: BigInt(code.length) },
-      { paddr: TOHOST, vaddr: TOHOST, data: new Uint8Array(16), memsz: 16n },
-    ],
-    symbol: (name) => (name === "tohost" ? TOHOST : undefined),
-  };
+  return bareImage([[CODE, code]], TOHOST);
 }
 
 // How the program writes the new instruction (in t1, or s5) to the address in a register.
