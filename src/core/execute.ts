@@ -117,13 +117,15 @@ export const JIT_STOPPED: i32 = 2;
  * bookkeeping in between. This is QEMU's lookup_and_goto_ptr, with a return
  * to this loop where QEMU jumps (a wasm tail call would need the generated
  * modules to import the function table, and V8 in Node 20 then keeps every
- * such module alive for as long as the table lives). Returns what a region
- * returns, summed over the chain: retired << 2 | flags of the last one.
+ * such module alive for as long as the table lives). `fn` is what jitFind
+ * and jitChainTarget return: table slot | block to start at << 16. Returns
+ * what a region returns, summed over the chain: retired << 2 | flags of the
+ * last one.
  */
 function runRegions(fn: u32, pc: u64, limit: u32): i32 {
   let done: u32 = 0;
   while (true) {
-    const r = call_indirect<i32>(fn, <u32>H, pc & PAGE_MASK, limit - done);
+    const r = call_indirect<i32>(fn & 0xffff, <u32>H, pc & PAGE_MASK, limit - done, fn >>> 16);
     const n = <u32>(r >>> 2);
     done += n;
     if ((r & 3) != 0 || n == 0 || done >= limit) return <i32>(done << 2) | (r & 3);

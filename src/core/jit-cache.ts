@@ -41,10 +41,19 @@ export const AREA_QUEUE: u32 = 128; //      AREA_QUEUE_CAP u64 entry addresses (
 export const AREA_QUEUE_CAP: u32 = 64;
 export const AREA_TABLE: u32 = 1024; //     buckets of 4 entries
 export const BUCKET_WAYS: u32 = 4;
-export const ENTRY_SIZE: u32 = 32; //       key u64 | fn u32 | hits u32 | gen u32 | unused
+export const ENTRY_SIZE: u32 = 32; //       key u64 | fn u32 | hits u32 | gen u32 | block u32 | unused
 export const ENTRY_FN: u32 = 8;
 export const ENTRY_HITS: u32 = 12;
 export const ENTRY_GEN: u32 = 16;
+// A region has one function for all its blocks: an entry names the function
+// and which of its blocks to start at (0 for the block it was made for).
+export const ENTRY_BLOCK: u32 = 20;
+
+/** What jitFind and jitChainTarget return: the table slot (below 2^16, see
+ *  jit.ts) and the block, as slot | block << 16; 0 for none. */
+@inline function target(ent: usize, fn: u32): u32 {
+  return fn | (load<u32>(ent, ENTRY_BLOCK) << 16);
+}
 
 /** hits values that are states, not counts. */
 export const HITS_QUEUED: u32 = 0xffffffff;
@@ -59,6 +68,8 @@ export const PAGE_CODE: u32 = 1;
 const PAGE_INVAL_MAX: u32 = 127;
 
 const PAGE_MASK: u64 = ~(<u64>0xfff);
+/** The guest-physical address in a key. */
+const GPA_MASK: u64 = ((<u64>1) << 56) - 1;
 
 // ---- host-side interface -----------------------------------------------------
 
@@ -192,7 +203,7 @@ export function jitFind(pc: u64): u32 {
       const fn = load<u32>(ent, ENTRY_FN);
       const hits = load<u32>(ent, ENTRY_HITS);
       if (fn != 0 || hits == HITS_NEVER) {
-        if (entryCurrent(a, ent, gpa)) return fn;
+        if (entryCurrent(a, ent, gpa)) return fn != 0 ? target(ent, fn) : 0;
         store<u32>(ent, 0, ENTRY_FN); // its code was overwritten: count again
         store<u32>(ent, 0, ENTRY_HITS);
         countHit(a, ent, 0);
@@ -201,7 +212,7 @@ export function jitFind(pc: u64): u32 {
       }
       // A batch may just have been compiled, this entry with it.
       const now = load<u32>(ent, ENTRY_FN);
-      return now != 0 && load<u64>(ent) == key && entryCurrent(a, ent, gpa) ? now : 0;
+      return now != 0 && load<u64>(ent) == key && entryCurrent(a, ent, gpa) ? target(ent, now) : 0;
     }
     if (k == 0) {
       if (victimHits != 0) { victim = ent; victimHits = 0; }
@@ -217,9 +228,10 @@ export function jitFind(pc: u64): u32 {
   store<u32>(victim, 0, ENTRY_FN);
   store<u32>(victim, 0, ENTRY_HITS);
   store<u32>(victim, 0, ENTRY_GEN);
+  store<u32>(victim, 0, ENTRY_BLOCK);
   countHit(a, victim, 0);
   const now = load<u32>(victim, ENTRY_FN);
-  return now != 0 && load<u64>(victim) == key ? now : 0;
+  return now != 0 && load<u64>(victim) == key ? target(victim, now) : 0;
 }
 
 /**
@@ -241,9 +253,47 @@ export function jitChainTarget(pc: u64): u32 {
     const fn = load<u32>(ent, ENTRY_FN);
     if (fn == 0 || !entryCurrent(a, ent, gpa)) return 0;
     store<u64>(a + <usize>AREA_STAT_CHAINED, areaU64(a, AREA_STAT_CHAINED) + 1);
-    return fn;
+    return target(ent, fn);
   }
   return 0;
+}
+
+/**
+ * The host translated a region whose block `block` starts at the code `key`
+ * names: make that block an entry too, unless the key already has a
+ * translation or is queued for one. Taking a way from a counting entry or
+ * an empty one; with none free the block stays reachable only inside its
+ * region. This is how code already translated as part of another region
+ * runs translated from its first visit instead of after `threshold` visits
+ * and a translation of its own.
+ */
+export function jitLink(key: u64, fn: u32, block: u32, gen: u32): void {
+  const a = area();
+  const bucket = bucketOf(a, key);
+  let victim: usize = 0;
+  let victimHits: u32 = HITS_NEVER;
+  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
+    const ent = bucket + <usize>(w * ENTRY_SIZE);
+    const k = load<u64>(ent);
+    if (k == key) {
+      const hits = load<u32>(ent, ENTRY_HITS);
+      if ((load<u32>(ent, ENTRY_FN) != 0 && entryCurrent(a, ent, key & GPA_MASK)) || hits == HITS_QUEUED) return;
+      victim = ent;
+      break;
+    }
+    if (k == 0) {
+      if (victimHits != 0) { victim = ent; victimHits = 0; }
+    } else if (load<u32>(ent, ENTRY_FN) == 0) {
+      const hits = load<u32>(ent, ENTRY_HITS);
+      if (hits < victimHits) { victim = ent; victimHits = hits; }
+    }
+  }
+  if (victim == 0) return;
+  store<u64>(victim, key);
+  store<u32>(victim, fn, ENTRY_FN);
+  store<u32>(victim, 0, ENTRY_HITS);
+  store<u32>(victim, gen, ENTRY_GEN);
+  store<u32>(victim, block, ENTRY_BLOCK);
 }
 
 export function countEntered(retired: u32): void {

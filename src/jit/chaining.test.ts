@@ -105,3 +105,39 @@ test("a chain stops exactly where the slice ends (7-instruction slices)", () => 
   assert.equal(sliced.instructions, interp.instructions);
   assert.ok(sliced.m.jit!.stats().chained > 0);
 });
+
+/** A loop calling g (next page) and then, through a register, the middle of
+ *  g; `direct` false leaves out the second call. */
+function twoEntries(direct: boolean): ElfImage {
+  const G = CODE + 0x1000n;
+  const a = new Asm();
+  a.w(addi(S1, 0, 0), ...li(S2, 200n), addi(A0, 0, 0), addi(S0, 0, 0));
+  a.label("loop");
+  a.j(RA, "g");
+  if (direct) a.w(...li(S4, G + 8n), jalr(RA, S4, 0));
+  a.w(addi(S1, S1, 1));
+  a.b(BLT, S1, S2, "loop");
+  a.w(...li(T0, TOHOST), addi(T1, 0, 1), sd(T1, 0, T0));
+  a.label("spin");
+  a.j(0, "spin");
+  a.org(0x1000);
+  a.label("g"); //         g: a0 += 1, then its middle: s0 += 2
+  a.w(addi(A0, A0, 1));
+  a.b(BEQ, A0, 0, "ret"); // never taken: ends the first block
+  a.w(addi(S0, S0, 2)); //   G + 8: the middle, a block of g's region
+  a.label("ret");
+  a.w(jalr(0, RA, 0));
+  return bareImage([[CODE, a.bytes()]], TOHOST);
+}
+
+test("a block translated inside another region is entered there, without a translation of its own", () => {
+  const regions = (direct: boolean) => {
+    const m = new BareMachine(twoEntries(direct), { memBytes: 4 << 20, console: () => {}, jit: { threshold: 1 }, maxInsns: 1_000_000n });
+    assert.deepEqual(m.run(), { kind: "exit", code: 0 });
+    assert.equal(BigInt.asUintN(64, m.core.fn.getX(m.vcpu.hart, S0)), direct ? 800n : 400n, "s0: two per call of g, two per call of its middle");
+    return m.jit!.stats().regions;
+  };
+  // The direct call adds code to the loop (a new block after it returns) but
+  // g's middle needs no region: it already is a block of g's.
+  assert.equal(regions(true) - regions(false), 1);
+});

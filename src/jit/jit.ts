@@ -44,6 +44,8 @@ interface Install {
   ent: number;
   key: bigint;
   gen: number;
+  starts: number[];
+  entryBlock: number;
 }
 
 export interface JitStats {
@@ -95,7 +97,8 @@ export class Jit {
   constructor(private readonly core: Core, private readonly pool: FramePool, private readonly p2m: P2m, opts: JitOptions = {}) {
     this.threshold = Math.max(1, opts.threshold ?? DEFAULT_THRESHOLD);
     this.batch = Math.max(1, opts.batch ?? (this.threshold === 1 ? 1 : DEFAULT_BATCH));
-    this.maxRegions = opts.maxRegions ?? DEFAULT_MAX_REGIONS;
+    // The core packs a table slot into 16 bits (jit-cache.ts target()).
+    this.maxRegions = Math.min(opts.maxRegions ?? DEFAULT_MAX_REGIONS, 0xffff);
     this.maxCodeBytes = opts.maxCodeBytes ?? DEFAULT_MAX_CODE_BYTES;
     const k = core.k as unknown as Record<string, number>;
     this.k = k;
@@ -197,9 +200,9 @@ export class Jit {
         marked.add(host);
       }
       funcs.push(region.func);
-      installs.push({ ent, key, gen });
+      installs.push({ ent, key, gen, starts: region.starts, entryBlock: region.entryBlock });
       this.s.regions++;
-      this.s.blocks += region.blocks;
+      this.s.blocks += region.starts.length;
       this.s.instructions += region.insns;
     }
     for (const host of marked) for (const h of this.harts) this.core.fn.jitDropStores(h, host);
@@ -231,15 +234,21 @@ export class Jit {
       if (v.getBigUint64(it.ent, true) !== it.key || v.getUint32(it.ent + this.k.ENTRY_HITS, true) !== this.k.HITS_QUEUED >>> 0) return;
       const slot = ++this.slotsUsed;
       table.set(slot, inst.exports[`f${i}`] as Function);
-      this.setEntry(it.ent, slot, 0, it.gen);
+      this.setEntry(it.ent, slot, 0, it.gen, it.entryBlock);
+      // The region's other blocks become entries too (same page, same mode).
+      const page = it.key & ~0xfffn;
+      it.starts.forEach((off, block) => {
+        if (block !== it.entryBlock) this.core.fn.jitLink(page | BigInt(off), slot, block, it.gen);
+      });
     });
   }
 
-  private setEntry(ent: number, fn: number, hits: number, gen: number): void {
+  private setEntry(ent: number, fn: number, hits: number, gen: number, block = 0): void {
     const v = this.pool.view;
     v.setUint32(ent + this.k.ENTRY_FN, fn, true);
     v.setUint32(ent + this.k.ENTRY_HITS, hits >>> 0, true);
     v.setUint32(ent + this.k.ENTRY_GEN, gen >>> 0, true);
+    v.setUint32(ent + this.k.ENTRY_BLOCK, block, true);
   }
 
   /** Drop every translation. Queued entries stay (the queue names them). */

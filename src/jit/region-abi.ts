@@ -35,18 +35,19 @@ export const F_LOAD = 0, F_STORE = 1, F_EXEC = 2, F_MULH = 3;
  *  (translate.ts's SUPPORT_FUNCS, in this order). */
 export const F_FMA = HELPERS.length;
 
-export const REGION_TYPE: FuncType = { params: [I32, I64, I32], results: [I32] };
+export const REGION_TYPE: FuncType = { params: [I32, I64, I32, I32], results: [I32] };
 
-// Locals: parameters, then x1..x31, then scratch.
-export const L_H = 0, L_PCBASE = 1, L_LIMIT = 2;
-export const xLocal = (r: number) => 2 + r; // x1 -> 3 ... x31 -> 33
-export const L_LEFT = 34, L_ID = 35, L_RES = 36;
+// Locals: parameters (the block to start at is L_ID, the dispatch variable),
+// then x1..x31, then scratch.
+export const L_H = 0, L_PCBASE = 1, L_LIMIT = 2, L_ID = 3;
+export const xLocal = (r: number) => 3 + r; // x1 -> 4 ... x31 -> 34
+export const L_LEFT = 35, L_RES = 36;
 export const L_ENT = 37, L_FPOK = 38, L_HOST = 39;
 export const L_PCOUT = 40;
 export const L_VA = 41, L_CTXL = 42, L_CTXS = 43;
 /** f64 scratch for translate-fp.ts: L_F0 .. L_F0 + F64_LOCALS - 1. */
 export const L_F0 = 44, F64_LOCALS = 3;
-export const LOCALS: [number, number][] = [[31, I64], [6, I32], [4, I64], [F64_LOCALS, F64]];
+export const LOCALS: [number, number][] = [[31, I64], [5, I32], [4, I64], [F64_LOCALS, F64]];
 
 export type Kind = "alu" | "load" | "store" | "fp" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
 

@@ -11,11 +11,14 @@
 // Floating point: see translate-fp.ts.
 //
 // Calling convention (the core's dispatcher, src/core/execute.ts):
-//   (param h i32) (param pcBase i64) (param limit i32) (result i32)
+//   (param h i32) (param pcBase i64) (param limit i32) (param block i32) (result i32)
 // h is the hart block, pcBase the virtual address of the page the region was
 // entered at (so one translation serves every virtual alias of the physical
-// page), limit the instructions it may retire. It stores the next pc at
-// h+PC_OFF and returns retired << 2 | flags (JIT_NEED_INTERP, JIT_STOPPED).
+// page), limit the instructions it may retire, block the one to start at: every
+// block of a region is an entry point (the host links each into the cache),
+// so code translated as part of one region needs no translation of its own.
+// It stores the next pc at h+PC_OFF and returns retired << 2 | flags
+// (JIT_NEED_INTERP, JIT_STOPPED).
 //
 // Exactness: a block runs only if its whole length fits in what is left of
 // `limit`, so instret, the timer and interrupt points match the interpreter
@@ -172,7 +175,10 @@ const accessOffset = (it: Insn) => (it.kind === "load" ? immI(it.insn) : immS(it
 
 export interface Region {
   func: Func;
-  blocks: number;
+  /** Page offsets of the blocks, in block id order. */
+  starts: number[];
+  /** Id of the block the region was made for. */
+  entryBlock: number;
   insns: number;
 }
 
@@ -227,7 +233,6 @@ class RegionWriter implements InsnWriter {
     body.get(L_H).mem(Op.i64_load, this.k.CTX_STORE_OFF, 3).set(L_CTXS);
     body.get(L_LIMIT).set(L_LEFT);
     if (this.fpUsed) this.fpGate(body);
-    if (entryId !== 0) body.i32(entryId).set(L_ID);
     // block $exit; block $exitPc; block $out; loop $L; block $B(n-1) ... block $B0; br_table
     body.block().block().block().loop();
     for (let i = 0; i < n; i++) body.block();
@@ -255,7 +260,7 @@ class RegionWriter implements InsnWriter {
     body.get(L_H).get(L_PCOUT).mem(Op.i64_store, this.k.PC_OFF, 3);
     body.get(L_RES);
     const insns = blocks.reduce((s, b) => s + b.body.length + (b.term ? 1 : 0), 0);
-    return { func: { type: { params: [I32, I64, I32], results: [I32] }, locals: LOCALS, code: body, exportName }, blocks: n, insns };
+    return { func: { type: REGION_TYPE, locals: LOCALS, code: body, exportName }, starts: blocks.map((b) => b.start), entryBlock: entryId, insns };
   }
 
   /** L_FPOK for translate-fp.ts: 0 when mstatus.FS is not Dirty, else

@@ -36,6 +36,7 @@ export interface CoreExports {
   // Binary translation (src/jit/).
   setJitCache(h: number, area: number): void;
   jitDropStores(h: number, hostPage: number): void;
+  jitLink(key: bigint, fn: number, block: number, gen: number): void;
   expandC(c: number): number;
 }
 
