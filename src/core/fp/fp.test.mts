@@ -95,6 +95,40 @@ function randomOperand(next: () => bigint, f32: boolean): bigint {
   return (sign << 63n) | ((1023n + ((r >> 20n) % 70n)) << 52n) | frac;
 }
 
+const f64Bits = (x: number) => { const d = new DataView(new ArrayBuffer(8)); d.setFloat64(0, x); return d.getBigUint64(0); };
+const f64Of = (b: bigint) => { const d = new DataView(new ArrayBuffer(8)); d.setBigUint64(0, b); return d.getFloat64(0); };
+
+/** Fused multiply-adds whose result an unfused or badly fused computation gets
+ *  wrong: addends cancelling the product (the result is the product's rounding
+ *  error), sitting half an ulp of the product away (a tie if the product were
+ *  rounded first), or small-mantissa products (1 + i ulp)(1 + j ulp) whose
+ *  lowest bits decide a tie; products from overflow to deep underflow. */
+function fmaHardCases(next: () => bigint): [bigint, bigint, bigint][] {
+  const out: [bigint, bigint, bigint][] = [];
+  const one = 0x3ff0000000000000n;
+  for (let i = 1n; i <= 4n; i++) {
+    for (let j = 1n; j <= 4n; j++) {
+      out.push([one | i, one | j, 0x3ca0000000000000n], [one | i, one | j, 0xbca0000000000000n], [one | i, one | j, 0xbcb0000000000001n]);
+    }
+  }
+  for (let k = 0; k < 300; k++) {
+    const ep = Number(next() % 2100n) - 1075; // the product's exponent
+    const ea = Math.max(-1022, Math.min(1023, Math.floor(ep / 2) + Number(next() % 41n) - 20));
+    const eb = Math.max(-1022, Math.min(1023, ep - ea));
+    const a = ((next() & 1n) << 63n) | (BigInt(ea + 1023) << 52n) | (next() & 0xfffffffffffffn);
+    const b = ((next() & 1n) << 63n) | (BigInt(eb + 1023) << 52n) | (next() & 0xfffffffffffffn);
+    const p = f64Of(a) * f64Of(b);
+    if (!Number.isFinite(p) || p === 0) { out.push([a, b, next()]); continue; }
+    const pb = f64Bits(p), pe = Number((pb >> 52n) & 0x7ffn);
+    switch (k % 3) {
+      case 0: out.push([a, b, f64Bits(-p)]); break;
+      case 1: out.push([a, b, (f64Bits(-p) + (next() % 5n) - 2n) & 0xffffffffffffffffn]); break;
+      default: out.push([a, b, ((next() & 1n) << 63n) | (BigInt(Math.max(1, pe - 53)) << 52n)]);
+    }
+  }
+  return out;
+}
+
 interface Case { op: string; f32: boolean; rm: number; a: bigint; b: bigint; c: bigint; insn: number; kind: Kind | "cvt"; }
 
 function buildCases(): Case[] {
@@ -122,6 +156,7 @@ function buildCases(): Case[] {
           const few = special.filter((_, i) => i % 3 === 0);
           for (const a of few) for (const b of few) for (const c of few) add(a, b, c);
         }
+        if (op.arity === 3 && !f32) for (const [a, b, c] of fmaHardCases(next)) add(a, b, c);
         const randomCount = op.arity === 3 ? 400 : 250;
         for (let k = 0; k < randomCount; k++) {
           const a = randomOperand(next, f32);

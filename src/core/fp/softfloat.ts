@@ -286,6 +286,45 @@ function mulFast(a: u64, b: u64, f32: bool): u64 {
   return reinterpret<u64>(p);
 }
 
+/**
+ * Binary64 FMA in RNE from f64 arithmetic: Dekker's two-product, TwoSum and a
+ * round-to-odd sum of the error terms before the one final rounding (Boldo and
+ * Melquiond, "Emulation of a FMA and correctly rounded sums", IEEE TC 2008),
+ * for normal a and b of magnitude 2^-450..2^451 and c = 0 or 2^-900..2^901,
+ * where nothing overflows or underflows. The result is exact when both error
+ * terms left over are zero; a result below 2^-962 (it could be tiny) goes to
+ * the softfloat. The translator emits the same computation (src/jit/translate-fp.ts).
+ */
+function fmaFast(a: u64, b: u64, c: u64, negProduct: bool, negAddend: bool): u64 {
+  if (((a >> 52) & 0x7ff) - 573 > 900 || ((b >> 52) & 0x7ff) - 573 > 900) return NO_FAST_PATH;
+  if ((c << 1) != 0 && ((c >> 52) & 0x7ff) - 123 > 1800) return NO_FAST_PATH;
+  let x = reinterpret<f64>(a);
+  const y = reinterpret<f64>(b);
+  let z = reinterpret<f64>(c);
+  if (negProduct) x = -x;
+  if (negAddend) z = -z;
+  const p = x * y;
+  let t = x * 134217729.0;
+  const xh = t - (t - x), xl = x - xh;
+  t = y * 134217729.0;
+  const yh = t - (t - y), yl = y - yh;
+  const ul = (((xh * yh - p) + xh * yl) + xl * yh) + xl * yl;
+  const th = z + p;
+  t = th - z;
+  const tl = (z - (th - t)) + (p - t);
+  let v = tl + ul;
+  t = v - tl;
+  const e2 = (tl - (v - t)) + (ul - t);
+  const vb = reinterpret<u64>(v);
+  if (e2 != 0 && (vb & 1) == 0) v = reinterpret<f64>(vb + (((reinterpret<u64>(e2) ^ vb) >> 63) == 0 ? 1 : <u64>-1));
+  const r = th + v;
+  if (((reinterpret<u64>(r) >> 52) & 0x7ff) < 61) return NO_FAST_PATH;
+  t = r - th;
+  const e1 = (th - (r - t)) + (v - t);
+  if (e1 != 0 || e2 != 0) raiseFlags(NX);
+  return reinterpret<u64>(r);
+}
+
 export function add(a: u64, b: u64, f32: bool): u64 {
   if (rm == RNE) {
     const r = addFast(a, b, false, f32);
@@ -411,6 +450,10 @@ function shr128Jam(hi: u64, lo: u64, n: i32): void {
 /** a * b + c with one rounding. negProduct / negAddend implement fmsub, fnmadd,
  *  fnmsub (spec 11.6): they flip signs before the exact computation. */
 export function fma(a: u64, b: u64, c: u64, negProduct: bool, negAddend: bool, f32: bool): u64 {
+  if (rm == RNE && !f32) {
+    const r = fmaFast(a, b, c, negProduct, negAddend);
+    if (r != NO_FAST_PATH) return r;
+  }
   unpack(a, f32, ua);
   unpack(b, f32, ub);
   unpack(c, f32, uc);
