@@ -238,7 +238,7 @@ export class Jit {
       // The region's other blocks become entries too (same page, same mode).
       const page = it.key & ~0xfffn;
       it.starts.forEach((off, block) => {
-        if (block !== it.entryBlock) this.core.fn.jitLink(page | BigInt(off), slot, block, it.gen);
+        if (block !== it.entryBlock && off >= 0) this.core.fn.jitLink(page | BigInt(off), slot, block, it.gen);
       });
     });
   }

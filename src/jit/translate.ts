@@ -54,8 +54,6 @@ const OUT_PENDING_SHIFT = 13;
 const OUT_FLAGS_SHIFT = 24;
 const outCode = (off: number, pending: number, flags: number) => off | (pending << OUT_PENDING_SHIFT) | (flags << OUT_FLAGS_SHIFT);
 
-
-
 interface Block {
   start: number;
   body: Insn[];
@@ -175,7 +173,8 @@ const accessOffset = (it: Insn) => (it.kind === "load" ? immI(it.insn) : immS(it
 
 export interface Region {
   func: Func;
-  /** Page offsets of the blocks, in block id order. */
+  /** Page offsets of the blocks, in block id order; -1 for a block that
+   *  only hands its first instruction to the interpreter (no use as an entry). */
   starts: number[];
   /** Id of the block the region was made for. */
   entryBlock: number;
@@ -260,7 +259,7 @@ class RegionWriter implements InsnWriter {
     body.get(L_H).get(L_PCOUT).mem(Op.i64_store, this.k.PC_OFF, 3);
     body.get(L_RES);
     const insns = blocks.reduce((s, b) => s + b.body.length + (b.term ? 1 : 0), 0);
-    return { func: { type: REGION_TYPE, locals: LOCALS, code: body, exportName }, starts: blocks.map((b) => b.start), entryBlock: entryId, insns };
+    return { func: { type: REGION_TYPE, locals: LOCALS, code: body, exportName }, starts: blocks.map((b) => (b.body.length === 0 && b.end === "stop" ? -1 : b.start)), entryBlock: entryId, insns };
   }
 
   /** L_FPOK for translate-fp.ts: 0 when mstatus.FS is not Dirty, else
