@@ -174,6 +174,37 @@ function countHit(a: usize, ent: usize, hits: u32): void {
   if (len >= areaU64(a, AREA_BATCH) || len >= <u64>AREA_QUEUE_CAP) hostCompile(H);
 }
 
+/** The way of `bucket` that holds `key`, or 0. */
+@inline function wayOf(bucket: usize, key: u64): usize {
+  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
+    const ent = bucket + <usize>(w * ENTRY_SIZE);
+    if (load<u64>(ent) == key) return ent;
+  }
+  return 0;
+}
+
+/** The way of `bucket` to give to a new key (see evictRank), or 0 when every
+ *  way must stay. */
+function victimWay(bucket: usize): usize {
+  let victim: usize = 0;
+  let best: u32 = HITS_NEVER;
+  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
+    const ent = bucket + <usize>(w * ENTRY_SIZE);
+    const rank = evictRank(ent);
+    if (rank < best) { victim = ent; best = rank; }
+  }
+  return victim;
+}
+
+/** How readily a way may be given to another key: 0 when empty, else the
+ *  hits of a counting entry; HITS_NEVER or more for ways that stay until the
+ *  host flushes the cache: translated ones (it owns the functions they name),
+ *  untranslatable ones, and queued ones (the queue names them). */
+@inline function evictRank(ent: usize): u32 {
+  if (load<u64>(ent) == 0) return 0;
+  return load<u32>(ent, ENTRY_FN) == 0 ? load<u32>(ent, ENTRY_HITS) : HITS_NEVER;
+}
+
 /**
  * The translated function for the block starting at `pc`, as a table index, or 0
  * (interpret). Counts the hit when there is none yet. Requires the JIT on.
@@ -194,35 +225,23 @@ export function jitFind(pc: u64): u32 {
   }
   const key = keyOf(gpa);
   const bucket = bucketOf(a, key);
-  let victim: usize = 0;
-  let victimHits: u32 = HITS_NEVER;
-  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
-    const ent = bucket + <usize>(w * ENTRY_SIZE);
-    const k = load<u64>(ent);
-    if (k == key) {
-      const fn = load<u32>(ent, ENTRY_FN);
-      const hits = load<u32>(ent, ENTRY_HITS);
-      if (fn != 0 || hits == HITS_NEVER) {
-        if (entryCurrent(a, ent, gpa)) return fn != 0 ? target(ent, fn) : 0;
-        store<u32>(ent, 0, ENTRY_FN); // its code was overwritten: count again
-        store<u32>(ent, 0, ENTRY_HITS);
-        countHit(a, ent, 0);
-      } else if (hits != HITS_QUEUED) {
-        countHit(a, ent, hits);
-      }
-      // A batch may just have been compiled, this entry with it.
-      const now = load<u32>(ent, ENTRY_FN);
-      return now != 0 && load<u64>(ent) == key && entryCurrent(a, ent, gpa) ? target(ent, now) : 0;
+  const ent = wayOf(bucket, key);
+  if (ent != 0) {
+    const fn = load<u32>(ent, ENTRY_FN);
+    const hits = load<u32>(ent, ENTRY_HITS);
+    if (fn != 0 || hits == HITS_NEVER) {
+      if (entryCurrent(a, ent, gpa)) return fn != 0 ? target(ent, fn) : 0;
+      store<u32>(ent, 0, ENTRY_FN); // its code was overwritten: count again
+      store<u32>(ent, 0, ENTRY_HITS);
+      countHit(a, ent, 0);
+    } else if (hits != HITS_QUEUED) {
+      countHit(a, ent, hits);
     }
-    if (k == 0) {
-      if (victimHits != 0) { victim = ent; victimHits = 0; }
-    } else if (load<u32>(ent, ENTRY_FN) == 0) {
-      // Counting entries are the ones to give up; decided ones stay until the
-      // host flushes the cache (it owns the functions they name).
-      const hits = load<u32>(ent, ENTRY_HITS);
-      if (hits < victimHits) { victim = ent; victimHits = hits; }
-    }
+    // A batch may just have been compiled, this entry with it.
+    const now = load<u32>(ent, ENTRY_FN);
+    return now != 0 && load<u64>(ent) == key && entryCurrent(a, ent, gpa) ? target(ent, now) : 0;
   }
+  const victim = victimWay(bucket);
   if (victim == 0) return 0;
   store<u64>(victim, key);
   store<u32>(victim, 0, ENTRY_FN);
@@ -246,16 +265,12 @@ export function jitChainTarget(pc: u64): u32 {
   const gpa = fetchGpa(pc);
   if (gpa == NO_GPA) return 0;
   const key = keyOf(gpa);
-  const bucket = bucketOf(a, key);
-  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
-    const ent = bucket + <usize>(w * ENTRY_SIZE);
-    if (load<u64>(ent) != key) continue;
-    const fn = load<u32>(ent, ENTRY_FN);
-    if (fn == 0 || !entryCurrent(a, ent, gpa)) return 0;
-    store<u64>(a + <usize>AREA_STAT_CHAINED, areaU64(a, AREA_STAT_CHAINED) + 1);
-    return target(ent, fn);
-  }
-  return 0;
+  const ent = wayOf(bucketOf(a, key), key);
+  if (ent == 0) return 0;
+  const fn = load<u32>(ent, ENTRY_FN);
+  if (fn == 0 || !entryCurrent(a, ent, gpa)) return 0;
+  store<u64>(a + <usize>AREA_STAT_CHAINED, areaU64(a, AREA_STAT_CHAINED) + 1);
+  return target(ent, fn);
 }
 
 /**
@@ -270,25 +285,14 @@ export function jitChainTarget(pc: u64): u32 {
 export function jitLink(key: u64, fn: u32, block: u32, gen: u32): void {
   const a = area();
   const bucket = bucketOf(a, key);
-  let victim: usize = 0;
-  let victimHits: u32 = HITS_NEVER;
-  for (let w: u32 = 0; w < BUCKET_WAYS; w++) {
-    const ent = bucket + <usize>(w * ENTRY_SIZE);
-    const k = load<u64>(ent);
-    if (k == key) {
-      const hits = load<u32>(ent, ENTRY_HITS);
-      if ((load<u32>(ent, ENTRY_FN) != 0 && entryCurrent(a, ent, key & GPA_MASK)) || hits == HITS_QUEUED) return;
-      victim = ent;
-      break;
-    }
-    if (k == 0) {
-      if (victimHits != 0) { victim = ent; victimHits = 0; }
-    } else if (load<u32>(ent, ENTRY_FN) == 0) {
-      const hits = load<u32>(ent, ENTRY_HITS);
-      if (hits < victimHits) { victim = ent; victimHits = hits; }
-    }
+  let victim = wayOf(bucket, key);
+  if (victim != 0) {
+    const translated = load<u32>(victim, ENTRY_FN) != 0 && entryCurrent(a, victim, key & GPA_MASK);
+    if (translated || load<u32>(victim, ENTRY_HITS) == HITS_QUEUED) return;
+  } else {
+    victim = victimWay(bucket);
+    if (victim == 0) return;
   }
-  if (victim == 0) return;
   store<u64>(victim, key);
   store<u32>(victim, fn, ENTRY_FN);
   store<u32>(victim, 0, ENTRY_HITS);
