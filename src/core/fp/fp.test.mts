@@ -129,6 +129,21 @@ function fmaHardCases(next: () => bigint): [bigint, bigint, bigint][] {
   return out;
 }
 
+/** [x * y, y] with x * y exact in binary64 (26-bit significands), over a
+ *  wide exponent range, and the same product one ulp off (inexact): quotients
+ *  and, with `square` (y = x), square roots that are exact or just not. */
+function exactProducts(next: () => bigint, square = false): [bigint, bigint][] {
+  const out: [bigint, bigint][] = [];
+  for (let k = 0; k < 60; k++) {
+    const ex = Number(next() % 1200n) - 600, ey = square ? ex : Number(next() % 1200n) - 600;
+    const x = Number((next() >> 38n) | 1n) * 2 ** (ex - 25);
+    const y = square ? x : Number((next() >> 38n) | 1n) * 2 ** (ey - 25) * (next() & 1n ? -1 : 1);
+    const p = f64Bits(x * y);
+    out.push([p, f64Bits(y)], [p + 1n, f64Bits(y)]);
+  }
+  return out;
+}
+
 interface Case { op: string; f32: boolean; rm: number; a: bigint; b: bigint; c: bigint; insn: number; kind: Kind | "cvt"; }
 
 function buildCases(): Case[] {
@@ -157,6 +172,8 @@ function buildCases(): Case[] {
           for (const a of few) for (const b of few) for (const c of few) add(a, b, c);
         }
         if (op.arity === 3 && !f32) for (const [a, b, c] of fmaHardCases(next)) add(a, b, c);
+        if (op.name === "div" && !f32) for (const [a, b] of exactProducts(next)) add(a, b);
+        if (op.name === "sqrt" && !f32) for (const [a] of exactProducts(next, true)) add(a);
         const randomCount = op.arity === 3 ? 400 : 250;
         for (let k = 0; k < randomCount; k++) {
           const a = randomOperand(next, f32);

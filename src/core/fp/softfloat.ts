@@ -219,6 +219,9 @@ function addUnpacked(a: Unpacked, b: Unpacked, f32: bool): u64 {
 //    correctly rounded (53 >= 2 * 24 + 2); the binary64 product is exact.
 //  - Binary64 products: exact iff the product of the significands' odd parts
 //    fits in 53 bits.
+//  - Binary64 quotients and square roots: exact iff multiplying back (made
+//    exact by Dekker's two-product) gives the operand.
+//  - Binary64 fused multiply-adds: see fmaFast.
 // Overflow and results at or below the smallest normal go to the softfloat.
 
 const NO_FAST_PATH: u64 = 1; // never a result the fast paths return (a subnormal)
@@ -286,6 +289,47 @@ function mulFast(a: u64, b: u64, f32: bool): u64 {
   return reinterpret<u64>(p);
 }
 
+/** Whether the biased exponent of binary64 `bits` is in lo..hi. */
+@inline function exponentIn(bits: u64, lo: u64, hi: u64): bool {
+  return ((bits >> 52) & 0x7ff) - lo <= hi - lo;
+}
+
+/** x * y - p exactly, p being x * y rounded (Dekker's two-product with
+ *  Veltkamp's splitting by 2^27 + 1), for x and y of magnitude 2^-450..2^451:
+ *  there no step overflows or underflows. */
+@inline function productError(x: f64, y: f64, p: f64): f64 {
+  let t = x * 134217729.0;
+  const xh = t - (t - x), xl = x - xh;
+  t = y * 134217729.0;
+  const yh = t - (t - y), yl = y - yh;
+  return (((xh * yh - p) + xh * yl) + xl * yh) + xl * yl;
+}
+
+/** Binary64 division in RNE by the host's: exact (no NX) when quotient times
+ *  divisor gives the dividend back exactly. Operands and quotient of
+ *  magnitude 2^-450..2^451 only, so nothing is tiny and the check cannot
+ *  overflow. */
+function divFast(a: u64, b: u64): u64 {
+  if (!exponentIn(a, 573, 1473) || !exponentIn(b, 573, 1473)) return NO_FAST_PATH;
+  const x = reinterpret<f64>(a), y = reinterpret<f64>(b);
+  const q = x / y;
+  if (!exponentIn(reinterpret<u64>(q), 573, 1473)) return NO_FAST_PATH;
+  const p = q * y;
+  if (p != x || productError(q, y, p) != 0) raiseFlags(NX);
+  return reinterpret<u64>(q);
+}
+
+/** Binary64 square root in RNE by the host's: exact when the root squared
+ *  gives the radicand back exactly. Positive radicands of 2^-900..2^902. */
+function sqrtFast(a: u64): u64 {
+  if ((a >> 63) != 0 || !exponentIn(a, 123, 1923)) return NO_FAST_PATH;
+  const x = reinterpret<f64>(a);
+  const r = Math.sqrt(x);
+  const p = r * r;
+  if (p != x || productError(r, r, p) != 0) raiseFlags(NX);
+  return reinterpret<u64>(r);
+}
+
 /**
  * Binary64 FMA in RNE from f64 arithmetic: Dekker's two-product, TwoSum and a
  * round-to-odd sum of the error terms before the one final rounding (Boldo and
@@ -296,21 +340,17 @@ function mulFast(a: u64, b: u64, f32: bool): u64 {
  * the softfloat. The translator emits the same computation (src/jit/translate-fp.ts).
  */
 function fmaFast(a: u64, b: u64, c: u64, negProduct: bool, negAddend: bool): u64 {
-  if (((a >> 52) & 0x7ff) - 573 > 900 || ((b >> 52) & 0x7ff) - 573 > 900) return NO_FAST_PATH;
-  if ((c << 1) != 0 && ((c >> 52) & 0x7ff) - 123 > 1800) return NO_FAST_PATH;
+  if (!exponentIn(a, 573, 1473) || !exponentIn(b, 573, 1473)) return NO_FAST_PATH;
+  if ((c << 1) != 0 && !exponentIn(c, 123, 1923)) return NO_FAST_PATH;
   let x = reinterpret<f64>(a);
   const y = reinterpret<f64>(b);
   let z = reinterpret<f64>(c);
   if (negProduct) x = -x;
   if (negAddend) z = -z;
   const p = x * y;
-  let t = x * 134217729.0;
-  const xh = t - (t - x), xl = x - xh;
-  t = y * 134217729.0;
-  const yh = t - (t - y), yl = y - yh;
-  const ul = (((xh * yh - p) + xh * yl) + xl * yh) + xl * yl;
+  const ul = productError(x, y, p);
   const th = z + p;
-  t = th - z;
+  let t = th - z;
   const tl = (z - (th - t)) + (p - t);
   let v = tl + ul;
   t = v - tl;
@@ -372,6 +412,10 @@ export function mul(a: u64, b: u64, f32: bool): u64 {
 // ---- div ----------------------------------------------------------------------------
 
 export function div(a: u64, b: u64, f32: bool): u64 {
+  if (rm == RNE && !f32) {
+    const r = divFast(a, b);
+    if (r != NO_FAST_PATH) return r;
+  }
   unpack(a, f32, ua);
   unpack(b, f32, ub);
   if (isNaNClass(ua.cls) || isNaNClass(ub.cls)) return nanResult(ua, ub, f32);
@@ -406,6 +450,10 @@ export function div(a: u64, b: u64, f32: bool): u64 {
 // ---- sqrt ---------------------------------------------------------------------------
 
 export function sqrt(a: u64, f32: bool): u64 {
+  if (rm == RNE && !f32) {
+    const r = sqrtFast(a);
+    if (r != NO_FAST_PATH) return r;
+  }
   unpack(a, f32, ua);
   if (isNaNClass(ua.cls)) return nanResult(ua, ua, f32);
   if (ua.cls == CLASS_ZERO) return a; // sqrt(-0) = -0
