@@ -67,16 +67,14 @@ export interface InsnWriter {
   depth: number;
   /** Set when the region has an instruction gated on the FP state (L_FPOK). */
   fpUsed: boolean;
-  readonly toOut: number;
   getX(r: number): void;
   setX(r: number): void;
-  open(result?: number): void;
-  close(): void;
-  tlbProbe(arrayOff: number, size: number, ctxLocal: number): void;
-  hostAddr(arrayOff: number): void;
-  /** The exit code leaving instruction `index` of the block to the interpreter. */
-  bailCode(it: Insn, index: number): number;
-  helperCall(f: number, it: Insn, index: number): void;
+  /** Leaves the value load `it` (I-type address) reads, `width` as an
+   *  integer load's funct3 (0..6) says: inline TLB probe, core slow path. */
+  loadValue(it: Insn, index: number, width: number): void;
+  /** Stores what `value` pushes as store `it` (S-type address, width in
+   *  funct3) says: inline TLB probe, core slow path. */
+  storeValue(it: Insn, index: number, value: () => void): void;
   /** The core's execute() for this one instruction; xReads/xWrite: the x
    *  registers it reads and writes (0: none), when not those its fields name. */
   execHelper(it: Insn, index: number, xReads?: number[], xWrite?: number): void;

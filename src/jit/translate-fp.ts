@@ -26,17 +26,18 @@
 // rounded sums: proved algorithms using rounding to odd", IEEE TC 57(4),
 // 2008), correct when nothing over- or underflows, which the exponent checks
 // before it guarantee. It is one function per module (fmaFunc), called
-// from each FMA: inline it was 400 bytes of wasm per instruction.
+// from each FMA: inline it was 400 bytes of wasm per instruction. The core's
+// interpreter runs the same computation (softfloat.ts fmaFast); calling that
+// from generated code instead (an import from the core's instance) was tried
+// and made nbody 17% slower, so the two copies stay, each tested against the
+// host's FMA (fp.test.mts) or against the other (fp.test.ts).
 //
 // Everything else (single precision, directed rounding, conversions to
 // integers, FMIN/FMAX, FCLASS) calls the core's execute like other
 // instructions the translator leaves alone.
 
-import { Code, Op, I64, F64, type Func } from "./wasm-emitter.js";
-import {
-  F_LOAD, F_STORE, F_FMA, L_H, L_ENT, L_FPOK, L_VA, L_CTXL, L_CTXS, L_F0,
-  type InsnWriter, type Insn,
-} from "./region-abi.js";
+import { Code, Op, F64, type Func } from "./wasm-emitter.js";
+import { F_FMA, L_H, L_FPOK, L_F0, type InsnWriter, type Insn } from "./region-abi.js";
 
 /** L_FPOK bits. */
 const FP_FS_DIRTY = 1, FP_NX = 2, FP_FRM_RNE = 4;
@@ -78,7 +79,7 @@ function nativeFp(w: InsnWriter, it: Insn, index: number): boolean {
   if (op === 0x07 || op === 0x27) {
     const f3 = f3Of(i);
     if (f3 !== 2 && f3 !== 3) return false;
-    gated(w, FP_FS_DIRTY, it, index, (slow) => (op === 0x07 ? fpLoad(w, it, index, f3 === 3) : fpStore(w, it, index, f3 === 3)));
+    gated(w, FP_FS_DIRTY, it, index, (slow) => (op === 0x07 ? fpLoad(w, it, index, f3 === 3) : fpStore(w, it, index)));
     return true;
   }
   if (((i >>> 25) & 3) !== 1) return false; // single precision: softfloat
@@ -182,42 +183,16 @@ function exponent(w: InsnWriter, l: number): void {
 
 /** FLD / FLW: the integer load's inline TLB probe; FLW NaN-boxes (11.2). */
 function fpLoad(w: InsnWriter, it: Insn, index: number, double: boolean): void {
-  const { c, k } = w;
-  const i = it.insn, size = double ? 8 : 4;
-  w.getX(rs1Of(i));
-  c.i64((i | 0) >> 20).op(Op.i64_add).set(L_VA);
-  c.get(L_H);
-  w.tlbProbe(k.TLB_LOAD_OFF, size, L_CTXL);
-  w.open(I64);
-  w.hostAddr(k.TLB_LOAD_OFF);
-  c.mem(double ? Op.i64_load : Op.i64_load32_u, 0, 0);
-  c.else();
-  c.get(L_VA).i32(size).call(F_LOAD);
-  c.i32(w.bailCode(it, index)).set(L_ENT);
-  c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2).op(Op.br_if).u32(w.toOut);
-  w.close();
-  if (!double) c.i64(NAN_BOX).op(Op.i64_or);
-  storeFBits(w, rdOf(i));
+  w.c.get(L_H);
+  w.loadValue(it, index, double ? 3 : 6); // 6: 32 bits zero-extended (LWU)
+  if (!double) w.c.i64(NAN_BOX).op(Op.i64_or);
+  storeFBits(w, rdOf(it.insn));
 }
 
 /** FSD / FSW: raw bits, as the integer store (a miss goes through jitStore,
  *  which also catches stores into translated code). */
-function fpStore(w: InsnWriter, it: Insn, index: number, double: boolean): void {
-  const { c, k } = w;
-  const i = it.insn, size = double ? 8 : 4;
-  w.getX(rs1Of(i));
-  c.i64((((i | 0) >> 25) << 5) | ((i >>> 7) & 31)).op(Op.i64_add).set(L_VA);
-  w.tlbProbe(k.TLB_STORE_OFF, size, L_CTXS);
-  w.open();
-  w.hostAddr(k.TLB_STORE_OFF);
-  fBits(w, rs2Of(i));
-  c.mem(double ? Op.i64_store : Op.i64_store32, 0, 0);
-  c.else();
-  c.get(L_VA);
-  fBits(w, rs2Of(i));
-  c.i32(size);
-  w.helperCall(F_STORE, it, index);
-  w.close();
+function fpStore(w: InsnWriter, it: Insn, index: number): void {
+  w.storeValue(it, index, () => fBits(w, rs2Of(it.insn)));
 }
 
 // ---- arithmetic ----

@@ -278,18 +278,18 @@ class RegionWriter implements InsnWriter {
   private get toLoop(): number {
     return this.blocks.length - 1 - this.cur + this.depth;
   }
-  get toOut(): number {
+  private get toOut(): number {
     return this.blocks.length - this.cur + this.depth;
   }
   private get toExitPc(): number {
     return this.blocks.length - this.cur + 1 + this.depth;
   }
 
-  open(result?: number): void {
+  private open(result?: number): void {
     this.c.if(result);
     this.depth++;
   }
-  close(): void {
+  private close(): void {
     this.c.end();
     this.depth--;
   }
@@ -416,7 +416,7 @@ class RegionWriter implements InsnWriter {
   /** Inline TLB probe for `size` bytes at L_VA: leaves the hit condition; sets
    *  L_ENT to the entry's address minus the array offset. An access crossing
    *  the page end compares its last byte's page with the tag and misses. */
-  tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
+  private tlbProbe(arrayOff: number, size: number, ctxLocal: number): void {
     const { c } = this;
     // ((va >> 12) & (TLB_ENTRIES - 1)) * 16, from the low 32 bits of va.
     c.get(L_VA).op(Op.i32_wrap_i64).i32(8).op(Op.i32_shr_u).i32((this.k.TLB_ENTRIES - 1) << 4).op(Op.i32_and)
@@ -426,39 +426,43 @@ class RegionWriter implements InsnWriter {
     if (size > 1) c.i64(size - 1).op(Op.i64_add);
     c.i64(-4096).op(Op.i64_and).get(ctxLocal).op(Op.i64_or).op(Op.i64_eq);
   }
-  hostAddr(arrayOff: number): void {
+  private hostAddr(arrayOff: number): void {
     this.c.get(L_VA).get(L_ENT).mem(Op.i64_load, arrayOff + 8, 3).op(Op.i64_add).op(Op.i32_wrap_i64);
   }
 
   private load(it: Insn, index: number): void {
+    this.loadValue(it, index, f3Of(it.insn));
+    this.setX(rdOf(it.insn));
+  }
+  loadValue(it: Insn, index: number, width: number): void {
     const { c, k } = this;
-    const i = it.insn;
-    this.getX(rs1Of(i));
-    c.i64(immI(i)).op(Op.i64_add).set(L_VA);
-    this.tlbProbe(k.TLB_LOAD_OFF, accessSize(it), L_CTXL);
+    this.getX(rs1Of(it.insn));
+    c.i64(immI(it.insn)).op(Op.i64_add).set(L_VA);
+    this.tlbProbe(k.TLB_LOAD_OFF, 1 << (width & 3), L_CTXL);
     this.open(I64);
     this.hostAddr(k.TLB_LOAD_OFF);
-    c.mem(LOAD_OPS[f3Of(i)], 0, 0);
+    c.mem(LOAD_OPS[width], 0, 0);
     c.else();
     c.get(L_VA);
-    this.loadMiss(it, index);
+    this.loadMiss(it, index, width);
     this.close();
-    this.setX(rdOf(i));
   }
   /** The access at the address on the stack through the core's slow path. */
-  private loadMiss(it: Insn, index: number): void {
+  private loadMiss(it: Insn, index: number, width: number): void {
     const { c, k } = this;
-    const f3 = f3Of(it.insn);
-    c.i32(accessSize(it)).call(F_LOAD);
+    c.i32(1 << (width & 3)).call(F_LOAD);
     // The helper's value stays on the stack below the branch condition.
     c.i32(this.bailCode(it, index)).set(L_ENT);
     c.get(L_H).mem(Op.i32_load, k.JIT_BAIL_OFF, 2).op(Op.br_if).u32(this.toOut);
-    if (f3 === 0) c.op(Op.i64_extend8_s);
-    else if (f3 === 1) c.op(Op.i64_extend16_s);
-    else if (f3 === 2) c.op(Op.i64_extend32_s);
+    if (width === 0) c.op(Op.i64_extend8_s);
+    else if (width === 1) c.op(Op.i64_extend16_s);
+    else if (width === 2) c.op(Op.i64_extend32_s);
   }
 
   private store(it: Insn, index: number): void {
+    this.storeValue(it, index, () => this.getX(rs2Of(it.insn)));
+  }
+  storeValue(it: Insn, index: number, value: () => void): void {
     const { c, k } = this;
     const i = it.insn;
     this.getX(rs1Of(i));
@@ -466,11 +470,11 @@ class RegionWriter implements InsnWriter {
     this.tlbProbe(k.TLB_STORE_OFF, accessSize(it), L_CTXS);
     this.open();
     this.hostAddr(k.TLB_STORE_OFF);
-    this.getX(rs2Of(i));
+    value();
     c.mem(STORE_OPS[f3Of(i)], 0, 0);
     c.else();
     c.get(L_VA);
-    this.getX(rs2Of(i));
+    value();
     c.i32(accessSize(it));
     this.helperCall(F_STORE, it, index);
     this.close();
@@ -533,7 +537,7 @@ class RegionWriter implements InsnWriter {
       // The base register is unchanged until the group's last access.
       c.get(L_VA).i64(accessOffset(it) - lo).op(Op.i64_add);
       if (isLoad) {
-        this.loadMiss(it, first + j);
+        this.loadMiss(it, first + j, f3Of(i));
         this.setX(rdOf(i));
       } else {
         this.getX(rs2Of(i));
@@ -544,7 +548,7 @@ class RegionWriter implements InsnWriter {
     this.close();
   }
 
-  bailCode(it: Insn, index: number): number {
+  private bailCode(it: Insn, index: number): number {
     return outCode(it.off, this.blockLen - index, this.k.JIT_NEED_INTERP);
   }
 
@@ -553,7 +557,7 @@ class RegionWriter implements InsnWriter {
    *  instruction did nothing and the interpreter must run it, the second when
    *  it completed but overwrote translated code (possibly this region's), so
    *  the region stops right after it. */
-  helperCall(f: number, it: Insn, index: number, afterCall?: () => void): void {
+  private helperCall(f: number, it: Insn, index: number, afterCall?: () => void): void {
     const pending = this.blockLen - index;
     this.c.i32(outCode(it.off, pending, this.k.JIT_NEED_INTERP)).i32(outCode(it.off + it.len, pending - 1, this.k.JIT_STOPPED));
     this.c.call(f);
