@@ -1,6 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FramePool, FRAME_SIZE, OutOfHostMemory, FramePoolError, WASM_PAGE_SIZE, CORE_MIN_PAGES } from "./frame-pool.js";
+import {
+  FramePool, FRAME_SIZE, OutOfHostMemory, FramePoolError, WASM_PAGE_SIZE, CORE_MIN_PAGES, OWNER_HOST, OWNER_FREE, FIRST_VM_OWNER, MAX_OWNER,
+} from "./frame-pool.js";
 
 test("frames start above the reserved area, page aligned, and never repeat while in use", () => {
   const pool = new FramePool(5000); // reserved area not a multiple of a frame
@@ -72,4 +74,109 @@ test("the pool stops at its limit with OutOfHostMemory", () => {
   for (let i = 0; i < frames; i++) pool.alloc();
   assert.throws(() => pool.alloc(), OutOfHostMemory);
   assert.throws(() => pool.allocContiguous(2), /out of host memory/);
+});
+
+test("a limit below the memory's maximum is enforced, and the memory never grows past it", () => {
+  const pool = new FramePool({ reservedBytes: 1 << 16, limitBytes: (4 << 20) + 5 * FRAME_SIZE + 123 });
+  assert.equal(pool.limitBytes, (4 << 20) + 5 * FRAME_SIZE, "rounded down to a frame");
+  const frames = (pool.limitBytes - pool.base) / FRAME_SIZE;
+  assert.equal(pool.stats().framesNeverUsed, frames);
+  pool.allocContiguous(3);
+  for (let i = 3; i < frames; i++) pool.alloc();
+  assert.throws(() => pool.alloc(), OutOfHostMemory);
+  assert.throws(() => pool.allocContiguous(2, FIRST_VM_OWNER), OutOfHostMemory);
+  assert.ok(pool.committedBytes <= Math.ceil(pool.limitBytes / WASM_PAGE_SIZE) * WASM_PAGE_SIZE);
+  assert.deepEqual(pool.stats(), { framesInUse: frames, framesFree: 0, framesNeverUsed: 0 });
+});
+
+test("every frame has an owner, charged for it; the host by default", () => {
+  const pool = new FramePool(1 << 16);
+  const vm = FIRST_VM_OWNER + 3;
+  const h = pool.alloc();
+  const a = pool.alloc(vm);
+  const run = pool.allocContiguous(4, vm);
+  assert.equal(pool.ownerOf(h), OWNER_HOST);
+  assert.equal(pool.ownerOf(a), vm);
+  assert.equal(pool.ownerOf(run + 3 * FRAME_SIZE), vm);
+  assert.equal(pool.framesOwnedBy(OWNER_HOST), 1);
+  assert.equal(pool.framesOwnedBy(vm), 5);
+  pool.free(a);
+  assert.equal(pool.ownerOf(a), OWNER_FREE);
+  assert.equal(pool.framesOwnedBy(vm), 4);
+  assert.throws(() => pool.alloc(OWNER_FREE), FramePoolError);
+  assert.throws(() => pool.alloc(MAX_OWNER + 1), FramePoolError);
+  assert.throws(() => pool.ownerOf(pool.base - FRAME_SIZE), FramePoolError);
+});
+
+test("a retained frame returns to the pool with its last reference", () => {
+  const pool = new FramePool(1 << 16);
+  const f = pool.alloc(FIRST_VM_OWNER);
+  assert.equal(pool.refCount(f), 1);
+  assert.equal(pool.retain(f), 2);
+  pool.bytes[f] = 7;
+  pool.free(f);
+  assert.equal(pool.refCount(f), 1);
+  assert.ok(pool.isAllocated(f));
+  assert.equal(pool.bytes[f], 7, "still the holder's data");
+  pool.free(f);
+  assert.equal(pool.refCount(f), 0);
+  assert.ok(!pool.isAllocated(f));
+  assert.equal(pool.bytes[f], 0);
+  assert.throws(() => pool.retain(f), FramePoolError, "a free frame cannot be retained");
+});
+
+test("freeContiguous changes nothing when one of the frames is not allocated", () => {
+  const pool = new FramePool(1 << 16);
+  const run = pool.allocContiguous(3);
+  pool.free(run + FRAME_SIZE);
+  assert.throws(() => pool.freeContiguous(run, 3), FramePoolError);
+  assert.equal(pool.framesInUse, 2);
+  assert.ok(pool.isAllocated(run) && pool.isAllocated(run + 2 * FRAME_SIZE));
+});
+
+test("releaseOwner returns exactly the owner's frames, zeroed, whatever their references", () => {
+  const pool = new FramePool(1 << 16);
+  const [doomed, kept] = [FIRST_VM_OWNER, FIRST_VM_OWNER + 1];
+  const frames: { addr: number; owner: number }[] = [];
+  for (let i = 0; i < 5000; i++) {
+    const owner = i % 3 === 0 ? kept : doomed;
+    const count = i % 50 === 0 ? 4 : 1;
+    const addr = pool.allocContiguous(count, owner);
+    for (let k = 0; k < count; k++) frames.push({ addr: addr + k * FRAME_SIZE, owner });
+  }
+  for (const { addr, owner } of frames) pool.bytes.fill(owner, addr, addr + FRAME_SIZE);
+  const doomedFrames = frames.filter((f) => f.owner === doomed);
+  pool.retain(doomedFrames[7].addr);
+  assert.equal(pool.releaseOwner(doomed), doomedFrames.length);
+  assert.equal(pool.framesOwnedBy(doomed), 0);
+  assert.equal(pool.framesInUse, frames.length - doomedFrames.length);
+  assert.equal(pool.releaseOwner(doomed), 0, "nothing left the second time");
+  for (const { addr, owner } of frames) {
+    const page = pool.bytes.subarray(addr, addr + FRAME_SIZE);
+    if (owner === kept) assert.ok(pool.isAllocated(addr) && page.every((b) => b === kept), "the other owner keeps its frames");
+    else assert.ok(!pool.isAllocated(addr) && page.every((b) => b === 0), "released frames are zero");
+  }
+  const again = new Set(Array.from({ length: doomedFrames.length }, () => pool.alloc(FIRST_VM_OWNER + 2)));
+  assert.deepEqual(again, new Set(doomedFrames.map((f) => f.addr)), "reused before any new frame");
+});
+
+test("attach gives a second FramePool object over the same books and memory", () => {
+  const pool = new FramePool(1 << 16);
+  const handle = structuredClone(pool.handle());
+  const other = FramePool.attach(handle);
+  assert.equal(other.base, pool.base);
+  assert.equal(other.limitBytes, pool.limitBytes);
+  const a = pool.alloc();
+  const b = other.alloc(FIRST_VM_OWNER);
+  assert.notEqual(a, b);
+  assert.equal(pool.ownerOf(b), FIRST_VM_OWNER);
+  other.bytes[b] = 9;
+  assert.equal(pool.bytes[b], 9);
+  for (let i = 0; i < 10_000; i++) other.alloc(); // grows the memory through the other object
+  assert.equal(pool.framesInUse, 10_002);
+  const last = pool.base + 10_001 * FRAME_SIZE;
+  other.bytes[last] = 5;
+  assert.equal(pool.bytes[last], 5, "views follow a growth made through another object");
+  other.free(a);
+  assert.ok(!pool.isAllocated(a));
 });

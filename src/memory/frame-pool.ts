@@ -1,20 +1,41 @@
 // The host frame pool: all memory that guests run on, in 4 KiB frames.
 //
 // It is one shared WebAssembly.Memory (DESIGN.md: one pool, so vCPU worker
-// threads can later run on it in parallel). The CPU core's own static data sits
-// at the bottom of that memory, below `reservedBytes` (at least the core's
-// coreDataEnd()); every byte above is handed out here, as frames. VMs own frames
-// only through their p2m; hart state blocks and p2m tables are frames too.
+// threads run on it in parallel). The CPU core's own static data sits at the
+// bottom of that memory, below `reservedBytes` (at least the core's
+// coreDataEnd()); every byte above is handed out here, as frames. VMs own
+// frames only through their p2m; hart state blocks and p2m tables are frames too.
 //
-// Allocation: single frames come from a stack of freed frames before new ones;
-// runs of contiguous frames (p2m tables, hart blocks) come first-fit from the
-// freed frames, else from the top. When the top passes the end of the memory,
-// the memory grows, by at least GROW_STEP_PAGES so a guest touching its RAM
-// page by page does not grow it page by page. Frames are zeroed when freed, so
-// the next owner never sees the previous owner's data.
+// Every thread can allocate and free: the books (frame-ledger.ts) are in a
+// SharedArrayBuffer beside the memory, guarded by a futex mutex
+// (shared-mutex.ts). The thread that creates the pool passes handle() to its
+// workers, which call FramePool.attach(handle) to work on the same pool.
+//
+// Each frame has an owner (the host, a VM, a share group) charged for it, and
+// a reference count: alloc() gives one reference, retain() adds one, free()
+// drops one, and the frame returns to the pool when none is left.
+// releaseOwner() takes back everything an owner holds (a VM destroyed).
+//
+// Allocation: single frames come from a stack of freed frames (LIFO: the most
+// recently freed frame is the likeliest still in cache), else from the top,
+// frames never handed out. Runs of contiguous frames (p2m tables, hart blocks,
+// JIT areas) come first-fit from the freed frames, else from the top. When the
+// top passes the end of the memory, the memory grows, by at least
+// GROW_STEP_PAGES so a guest touching its RAM page by page does not grow it
+// page by page.
+//
+// Frames are zeroed when freed, not when allocated: allocation is the hot path
+// (a boot takes 16,000 first-touch faults, each waiting for its frame), frames
+// from the top are zero already, and a dead VM's data does not linger in free
+// memory. Zeroing happens outside the lock, while the frame is on no list, so
+// nobody can be handed it half-zeroed.
 
 import type { HostAddress } from "./address.js";
 import { PAGE_SIZE, hex } from "./address.js";
+import { FrameLedger, MAX_OWNER, OWNER_FREE, OWNER_HOST, type FrameOwner } from "./frame-ledger.js";
+import { frameZeroer } from "./frame-zeroer.js";
+
+export { OWNER_FREE, OWNER_HOST, FIRST_VM_OWNER, MAX_OWNER, type FrameOwner } from "./frame-ledger.js";
 
 export const FRAME_SIZE = PAGE_SIZE;
 /** A WebAssembly page is 64 KiB; a 32-bit memory has at most 65536 of them (4 GiB). */
@@ -26,6 +47,10 @@ export const CORE_MIN_PAGES = 32;
 /** Grow by at least 16 MiB at a time: growing is a system call and, for a
  *  shared memory, replaces the buffer every view is made from. */
 const GROW_STEP_PAGES = 256;
+/** Frames releaseOwner() looks at per hold of the lock. */
+const RELEASE_CHUNK_FRAMES = 4096;
+/** Tries at taking a free run found without the lock before taking new frames instead. */
+const RUN_TRIES = 3;
 
 /** The pool cannot provide the frames asked for (its memory is at its limit). */
 export class OutOfHostMemory extends Error {
@@ -35,7 +60,7 @@ export class OutOfHostMemory extends Error {
   }
 }
 
-/** Misuse of the pool (double free, bad count): a hypervisor bug. */
+/** Misuse of the pool (double free, bad count, bad owner): a hypervisor bug. */
 export class FramePoolError extends Error {
   override readonly name = "FramePoolError";
 }
@@ -43,64 +68,114 @@ export class FramePoolError extends Error {
 export interface FramePoolOptions {
   /** Bytes at the bottom of the memory that hold the core's data (rounded up to a frame). */
   reservedBytes: number;
-  /** An existing shared memory (a worker thread's view of the pool); created when absent. */
-  memory?: WebAssembly.Memory;
   /** Upper bound of the memory in 64 KiB pages (default and at most 65536). */
   maxPages?: number;
+  /** Most bytes the pool spans, reserved area included (rounded down to a
+   *  frame); frames past it are refused with OutOfHostMemory. Default: all of maxPages. */
+  limitBytes?: number;
+}
+
+/** Everything another thread needs to work on the same pool; structured-cloneable
+ *  (postMessage, workerData). */
+export interface FramePoolHandle {
+  readonly memory: WebAssembly.Memory;
+  readonly ledger: SharedArrayBuffer;
+}
+
+/** Where the pool's frames are; the three add up to all the frames it may hand out. */
+export interface FramePoolStats {
+  /** Held by some owner. */
+  framesInUse: number;
+  /** Freed, zeroed, waiting for reuse. */
+  framesFree: number;
+  /** Between the top and the limit: never handed out. */
+  framesNeverUsed: number;
 }
 
 export class FramePool {
   readonly memory: WebAssembly.Memory;
   /** Address of the first frame the pool manages. */
   readonly base: HostAddress;
-  private readonly maxBytes: number;
-  /** One byte per frame of the whole possible memory: 1 = in use. Index = address / FRAME_SIZE. */
-  private readonly used: Uint8Array;
-  /** Freed frames available for reuse. May hold frames a contiguous allocation
-   *  took since they were pushed: `used` is the truth, checked on pop. */
-  private readonly freeStack: number[] = [];
-  private freeCount = 0;
-  /** Frames at or above this address have never been handed out. */
-  private top: HostAddress;
-  private inUse = 0;
+  private readonly ledger: FrameLedger;
+  private readonly refs: Int32Array;
+  private readonly zero: (address: number, length: number) => void;
   private bytesView: Uint8Array;
   private dataView: DataView;
+  private wordsView: Int32Array;
+  /** Length of the three views: a number, because a view's own byteLength costs
+   *  30 ns on a WebAssembly memory's buffer, too much for every access. */
+  private viewedBytes: number;
 
-  /** `new FramePool(reservedBytes)` or `new FramePool({ reservedBytes, memory, maxPages })`. */
-  constructor(options: number | FramePoolOptions) {
-    const o: FramePoolOptions = typeof options === "number" ? { reservedBytes: options } : options;
-    const maxPages = Math.min(o.maxPages ?? WASM_MAX_PAGES, WASM_MAX_PAGES);
-    this.maxBytes = maxPages * WASM_PAGE_SIZE;
-    this.base = Math.ceil(o.reservedBytes / FRAME_SIZE) * FRAME_SIZE;
-    if (this.base >= this.maxBytes) throw new FramePoolError(`reserved area of ${o.reservedBytes} bytes leaves no room for frames`);
-    this.memory =
-      o.memory ??
-      new WebAssembly.Memory({
-        initial: Math.max(CORE_MIN_PAGES, Math.ceil(this.base / WASM_PAGE_SIZE)),
-        maximum: maxPages,
+  /** `new FramePool(reservedBytes)` or `new FramePool({ reservedBytes, maxPages, limitBytes })`:
+   *  a new, empty pool on a new memory. */
+  constructor(options: number | FramePoolOptions, attachTo?: FramePoolHandle) {
+    if (attachTo !== undefined) {
+      this.memory = attachTo.memory;
+      this.ledger = new FrameLedger(attachTo.ledger);
+    } else {
+      const o: FramePoolOptions = typeof options === "number" ? { reservedBytes: options } : options;
+      const maxPages = Math.min(o.maxPages ?? WASM_MAX_PAGES, WASM_MAX_PAGES);
+      const limitBytes = Math.min(o.limitBytes ?? Infinity, maxPages * WASM_PAGE_SIZE);
+      const baseFrame = Math.ceil(o.reservedBytes / FRAME_SIZE);
+      const limitFrames = Math.floor(limitBytes / FRAME_SIZE);
+      if (baseFrame >= limitFrames) throw new FramePoolError(`reserved area of ${o.reservedBytes} bytes leaves no room for frames`);
+      const initial = Math.max(CORE_MIN_PAGES, Math.ceil((baseFrame * FRAME_SIZE) / WASM_PAGE_SIZE));
+      this.memory = new WebAssembly.Memory({
+        initial,
+        maximum: Math.max(initial, Math.ceil(limitBytes / WASM_PAGE_SIZE)),
         shared: true,
       });
-    this.top = this.base;
-    this.used = new Uint8Array(this.maxBytes / FRAME_SIZE);
+      this.ledger = FrameLedger.create(baseFrame, limitFrames, initial);
+    }
+    this.base = this.ledger.baseFrame * FRAME_SIZE;
+    this.refs = this.ledger.refs;
+    this.zero = frameZeroer(this.memory);
+    this.viewedBytes = this.memory.buffer.byteLength;
     this.bytesView = new Uint8Array(this.memory.buffer);
     this.dataView = new DataView(this.memory.buffer);
+    this.wordsView = new Int32Array(this.memory.buffer);
   }
 
-  /** The whole memory as bytes. Growing replaces the underlying buffer, so get
-   *  this again after anything that may allocate; never keep it across one. */
+  /** This thread's FramePool object over the pool another thread made (its handle()). */
+  static attach(handle: FramePoolHandle): FramePool {
+    return new FramePool(0, handle);
+  }
+
+  /** Plain data naming this pool, to post to another thread for attach(). */
+  handle(): FramePoolHandle {
+    return { memory: this.memory, ledger: this.ledger.buffer };
+  }
+
+  /** The whole memory as bytes. Growing (by any thread) replaces the underlying
+   *  buffer, so get this again after anything that may allocate; never keep it across one. */
   get bytes(): Uint8Array {
-    if (this.bytesView.byteLength !== this.memory.buffer.byteLength) this.refreshViews();
+    if (this.viewedBytes < this.ledger.committedPages * WASM_PAGE_SIZE) this.refreshViews();
     return this.bytesView;
   }
 
   /** The whole memory as a DataView (same caveat as `bytes`). */
   get view(): DataView {
-    if (this.dataView.byteLength !== this.memory.buffer.byteLength) this.refreshViews();
+    if (this.viewedBytes < this.ledger.committedPages * WASM_PAGE_SIZE) this.refreshViews();
     return this.dataView;
   }
 
+  /** The whole memory as 32-bit words, for Atomics on structures other threads
+   *  use (p2m entries); index = address / 4. Same caveat as `bytes`. Words are in
+   *  the host's byte order, little-endian like WebAssembly's on every host Node runs on. */
+  get words(): Int32Array {
+    if (this.viewedBytes < this.ledger.committedPages * WASM_PAGE_SIZE) this.refreshViews();
+    return this.wordsView;
+  }
+
+  /** Frames held now, by every owner. */
   get framesInUse(): number {
-    return this.inUse;
+    return this.ledger.inUse;
+  }
+
+  /** A snapshot of the books; exact when no other thread is changing them. */
+  stats(): FramePoolStats {
+    const ledger = this.ledger;
+    return { framesInUse: ledger.inUse, framesFree: ledger.freeDepth, framesNeverUsed: ledger.limitFrames - ledger.top };
   }
 
   /** Bytes the memory spans now (it grows on demand). */
@@ -108,103 +183,234 @@ export class FramePool {
     return this.memory.buffer.byteLength;
   }
 
+  /** The pool never spans more than this, reserved area included. */
   get limitBytes(): number {
-    return this.maxBytes;
+    return this.ledger.limitFrames * FRAME_SIZE;
   }
 
   isAllocated(addr: HostAddress): boolean {
-    return addr % FRAME_SIZE === 0 && addr >= this.base && addr < this.top && this.used[addr / FRAME_SIZE] === 1;
+    if (!Number.isInteger(addr) || addr % FRAME_SIZE !== 0 || addr < this.base) return false;
+    const frame = addr / FRAME_SIZE;
+    return frame < this.ledger.top && Atomics.load(this.refs, frame) > 0;
   }
 
-  /** One zeroed frame. */
-  alloc(): HostAddress {
-    while (this.freeStack.length > 0) {
-      const addr = this.freeStack.pop()!;
-      const index = addr / FRAME_SIZE;
-      if (this.used[index] === 0) {
-        this.used[index] = 1;
-        this.freeCount--;
-        this.inUse++;
-        return addr;
+  /** Who holds the frame at `addr`; OWNER_FREE when nobody does. */
+  ownerOf(addr: HostAddress): FrameOwner {
+    const frame = this.frameOf(addr);
+    return Atomics.load(this.refs, frame) > 0 ? this.ledger.ownerOf(frame) : OWNER_FREE;
+  }
+
+  /** References to the frame at `addr`; 0 when it is free. */
+  refCount(addr: HostAddress): number {
+    return Atomics.load(this.refs, this.frameOf(addr));
+  }
+
+  /** Frames `owner` holds now (what it is charged for). */
+  framesOwnedBy(owner: FrameOwner): number {
+    checkOwner(owner);
+    return this.ledger.framesOwnedBy(owner);
+  }
+
+  /** One zeroed frame, held by `owner` with one reference. */
+  alloc(owner: FrameOwner = OWNER_HOST): HostAddress {
+    checkOwner(owner);
+    const ledger = this.ledger;
+    let frame: number;
+    ledger.lock.lock();
+    try {
+      frame = ledger.popFree();
+      if (frame < 0) frame = this.takeFresh(1);
+      if (frame >= 0) ledger.assign(frame, owner);
+    } finally {
+      ledger.lock.unlock();
+    }
+    if (frame < 0) throw new OutOfHostMemory(1, this.limitBytes);
+    return frame * FRAME_SIZE;
+  }
+
+  /** `count` zeroed frames at consecutive addresses, each held by `owner`; returns the first. */
+  allocContiguous(count: number, owner: FrameOwner = OWNER_HOST): HostAddress {
+    if (!Number.isInteger(count) || count < 1) throw new FramePoolError(`bad frame count ${count}`);
+    checkOwner(owner);
+    if (count === 1) return this.alloc(owner);
+    const ledger = this.ledger;
+    for (let tries = 0; tries < RUN_TRIES; tries++) {
+      const first = this.findFreeRun(count);
+      if (first < 0) break;
+      if (this.takeFreeRun(first, count, owner)) return first * FRAME_SIZE;
+      // another thread took part of the run between the scan and the lock: look again
+    }
+    let first: number;
+    ledger.lock.lock();
+    try {
+      first = this.takeFresh(count);
+      for (let i = 0; first >= 0 && i < count; i++) ledger.assign(first + i, owner);
+    } finally {
+      ledger.lock.unlock();
+    }
+    if (first < 0) throw new OutOfHostMemory(count, this.limitBytes);
+    return first * FRAME_SIZE;
+  }
+
+  /** One more reference to a held frame (sharing it); returns the new count. */
+  retain(addr: HostAddress): number {
+    const frame = this.frameOf(addr);
+    for (;;) {
+      const refs = Atomics.load(this.refs, frame);
+      if (refs <= 0) throw new FramePoolError(`retaining frame ${hex(addr)}, which is not allocated`);
+      if (refs === 0x7fffffff) throw new FramePoolError(`frame ${hex(addr)} has too many references`);
+      if (Atomics.compareExchange(this.refs, frame, refs, refs + 1) === refs) return refs + 1;
+    }
+  }
+
+  /** Drop one reference to the frame at `addr` (an allocation is one); with the
+   *  last one it is zeroed and returned to the pool. */
+  free(addr: HostAddress): void {
+    const frame = this.frameOf(addr);
+    if (this.dropReference(frame) > 0) return;
+    this.zero(addr, FRAME_SIZE);
+    this.ledger.lock.lock();
+    this.ledger.pushFree(frame);
+    this.ledger.lock.unlock();
+  }
+
+  /** free() each of `count` frames from `addr`. Nothing changes when one of them is not allocated. */
+  freeContiguous(addr: HostAddress, count: number): void {
+    if (!Number.isInteger(count) || count < 1) throw new FramePoolError(`bad frame count ${count}`);
+    const first = this.frameOf(addr);
+    for (let i = 0; i < count; i++) {
+      if (first + i >= this.ledger.limitFrames || Atomics.load(this.refs, first + i) <= 0) {
+        throw new FramePoolError(`freeing frame ${hex(addr + i * FRAME_SIZE)}, which is not allocated`);
       }
     }
-    return this.allocFromTop(1);
-  }
-
-  /** `count` zeroed frames at consecutive addresses; returns the first. */
-  allocContiguous(count: number): HostAddress {
-    if (!Number.isInteger(count) || count < 1) throw new FramePoolError(`bad frame count ${count}`);
-    if (count === 1) return this.alloc();
-    const reused = this.findFreeRun(count);
-    if (reused === undefined) return this.allocFromTop(count);
-    this.used.fill(1, reused / FRAME_SIZE, reused / FRAME_SIZE + count);
-    this.freeCount -= count;
-    this.inUse += count;
-    return reused;
-  }
-
-  free(addr: HostAddress): void {
-    this.freeContiguous(addr, 1);
-  }
-
-  /** Return frames to the pool; they are zeroed now, so no later owner can read them. */
-  freeContiguous(addr: HostAddress, count: number): void {
+    const unreferenced: number[] = [];
     for (let i = 0; i < count; i++) {
-      const frame = addr + i * FRAME_SIZE;
-      if (!this.isAllocated(frame)) throw new FramePoolError(`freeing frame ${hex(frame)}, which is not allocated`);
+      if (this.dropReference(first + i) === 0) unreferenced.push(first + i);
     }
-    this.bytes.fill(0, addr, addr + count * FRAME_SIZE);
-    for (let i = 0; i < count; i++) {
-      const frame = addr + i * FRAME_SIZE;
-      this.used[frame / FRAME_SIZE] = 0;
-      this.freeStack.push(frame);
-    }
-    this.freeCount += count;
-    this.inUse -= count;
+    this.recycle(unreferenced);
   }
 
-  private allocFromTop(count: number): HostAddress {
-    const addr = this.top;
-    const end = addr + count * FRAME_SIZE;
-    if (end > this.maxBytes) throw new OutOfHostMemory(count, this.maxBytes);
-    this.ensureCommitted(end, count);
-    this.used.fill(1, addr / FRAME_SIZE, end / FRAME_SIZE);
-    this.top = end;
-    this.inUse += count;
-    return addr; // memory never handed out is still zero (fresh from grow())
-  }
-
-  /** First-fit among freed frames below `top`. Contiguous runs are rare (one p2m
-   *  table per VM, one block per hart), so a linear scan is fine. */
-  private findFreeRun(count: number): HostAddress | undefined {
-    if (this.freeCount < count) return undefined;
-    const first = this.base / FRAME_SIZE;
-    const last = this.top / FRAME_SIZE;
-    let runStart = first;
-    for (let i = first; i < last; i++) {
-      if (this.used[i] === 1) runStart = i + 1;
-      else if (i - runStart + 1 === count) return runStart * FRAME_SIZE;
+  /**
+   * Take back every frame `owner` holds, whatever its reference count (a VM
+   * destroyed: DESIGN.md, "destroying a VM returns all of them"), zeroed
+   * before reuse. Returns how many. Stop the owner's vCPUs first: a frame the
+   * owner allocates while this runs may be missed. Frames a VM shares with
+   * others belong to their share group, not to the VM, so they survive it.
+   */
+  releaseOwner(owner: FrameOwner): number {
+    checkOwner(owner);
+    const ledger = this.ledger;
+    const seized: number[] = [];
+    let released = 0;
+    for (let start = ledger.baseFrame; start < ledger.top && ledger.framesOwnedBy(owner) > 0; start += RELEASE_CHUNK_FRAMES) {
+      ledger.lock.lock();
+      try {
+        ledger.seizeOwned(owner, start, Math.min(start + RELEASE_CHUNK_FRAMES, ledger.top), seized);
+      } finally {
+        ledger.lock.unlock();
+      }
+      this.recycle(seized);
+      released += seized.length;
+      seized.length = 0;
     }
-    return undefined;
+    return released;
   }
 
-  private ensureCommitted(end: number, frames: number): void {
-    const have = this.memory.buffer.byteLength;
-    if (end <= have) return;
-    const havePages = have / WASM_PAGE_SIZE;
+  /** Zero frames nobody references any more and put them back on the free stack. */
+  private recycle(frames: readonly number[]): void {
+    if (frames.length === 0) return;
+    for (const frame of frames) this.zero(frame * FRAME_SIZE, FRAME_SIZE);
+    this.ledger.lock.lock();
+    for (const frame of frames) this.ledger.pushFree(frame);
+    this.ledger.lock.unlock();
+  }
+
+  /** One reference fewer on a held frame; returns how many are left. */
+  private dropReference(frame: number): number {
+    for (;;) {
+      const refs = Atomics.load(this.refs, frame);
+      if (refs <= 0) throw new FramePoolError(`freeing frame ${hex(frame * FRAME_SIZE)}, which is not allocated`);
+      if (Atomics.compareExchange(this.refs, frame, refs, refs - 1) === refs) return refs - 1;
+    }
+  }
+
+  /** Frame number of `addr`, which must be a frame the pool can hand out. */
+  private frameOf(addr: HostAddress): number {
+    if (!Number.isInteger(addr) || addr % FRAME_SIZE !== 0 || addr < this.base || addr >= this.limitBytes) {
+      throw new FramePoolError(`${hex(addr)} is not a frame of the pool`);
+    }
+    return addr / FRAME_SIZE;
+  }
+
+  /** With the lock held: `count` frames from the top, the memory grown to
+   *  cover them; -1 past the limit or when the host will not commit more. */
+  private takeFresh(count: number): number {
+    const first = this.ledger.top;
+    if (first + count > this.ledger.limitFrames || !this.commitUpTo((first + count) * FRAME_SIZE)) return -1;
+    return this.ledger.takeFromTop(count);
+  }
+
+  /** With the lock held: grow the memory to span `end` bytes. */
+  private commitUpTo(end: number): boolean {
+    const havePages = this.ledger.committedPages;
     const needPages = Math.ceil(end / WASM_PAGE_SIZE) - havePages;
-    const growPages = Math.min(Math.max(needPages, GROW_STEP_PAGES), this.maxBytes / WASM_PAGE_SIZE - havePages);
+    if (needPages <= 0) return true;
+    const limitPages = Math.ceil(this.limitBytes / WASM_PAGE_SIZE);
     try {
-      this.memory.grow(growPages);
+      this.memory.grow(Math.max(needPages, Math.min(GROW_STEP_PAGES, limitPages - havePages)));
     } catch {
-      throw new OutOfHostMemory(frames, this.maxBytes); // the host refused to commit more
+      try {
+        this.memory.grow(needPages); // the memory's maximum is nearer than the step
+      } catch {
+        return false; // the host refused to commit more
+      }
     }
-    this.refreshViews();
+    this.ledger.setCommittedPages(this.memory.buffer.byteLength / WASM_PAGE_SIZE);
+    return true;
+  }
+
+  /** First-fit among freed frames below the top, without the lock (the result
+   *  is checked under it). Contiguous runs are rare (one p2m table per VM, one
+   *  block per hart), so a linear scan is fine. -1 when there is none. */
+  private findFreeRun(count: number): number {
+    const ledger = this.ledger;
+    if (ledger.freeDepth < count) return -1;
+    const top = ledger.top;
+    let runStart = ledger.baseFrame;
+    for (let frame = runStart; frame < top; frame++) {
+      if (!ledger.isStacked(frame)) runStart = frame + 1;
+      else if (frame - runStart + 1 === count) return runStart;
+    }
+    return -1;
+  }
+
+  /** Take the free run at `first` if all of it is still free. */
+  private takeFreeRun(first: number, count: number, owner: FrameOwner): boolean {
+    const ledger = this.ledger;
+    ledger.lock.lock();
+    try {
+      for (let i = 0; i < count; i++) if (!ledger.isStacked(first + i)) return false;
+      for (let i = 0; i < count; i++) {
+        ledger.unstack(first + i);
+        ledger.assign(first + i, owner);
+      }
+      return true;
+    } finally {
+      ledger.lock.unlock();
+    }
   }
 
   private refreshViews(): void {
+    this.viewedBytes = this.memory.buffer.byteLength;
     this.bytesView = new Uint8Array(this.memory.buffer);
     this.dataView = new DataView(this.memory.buffer);
+    this.wordsView = new Int32Array(this.memory.buffer);
+  }
+}
+
+function checkOwner(owner: FrameOwner): void {
+  if (!Number.isInteger(owner) || owner <= OWNER_FREE || owner > MAX_OWNER) {
+    throw new FramePoolError(`bad frame owner ${owner}: owners are 1 (the host) to ${MAX_OWNER}`);
   }
 }
 
