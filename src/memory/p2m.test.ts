@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FramePool, FRAME_SIZE } from "./frame-pool.js";
+import { FramePool, FRAME_SIZE, FIRST_VM_OWNER, OWNER_HOST, type FrameOwner } from "./frame-pool.js";
 import { P2m, P2mFault, P2M_PRESENT, P2M_WRITABLE } from "./p2m.js";
 
 const RAM = 0x8000_0000n;
@@ -57,4 +57,71 @@ test("release returns RAM and table frames to the pool", () => {
   p2m.release();
   assert.equal(pool.framesInUse, 0);
   assert.throws(() => p2m.entry(0), /after release/);
+});
+
+test("a VM's p2m charges its table and RAM to the VM's owner id", () => {
+  const pool = new FramePool(1 << 16);
+  const vm = FIRST_VM_OWNER + 1;
+  const p2m = new P2m(pool, RAM, 64 * FRAME_SIZE, { owner: vm });
+  p2m.populate(0);
+  p2m.populate(63);
+  assert.equal(pool.ownerOf(p2m.table), vm);
+  assert.equal(pool.ownerOf(p2m.frameAt(63)!), vm);
+  assert.equal(pool.framesOwnedBy(vm), 1 + 2);
+  assert.equal(pool.framesOwnedBy(OWNER_HOST), 0);
+  assert.equal(pool.releaseOwner(vm), 3, "destroying the VM takes back table and RAM");
+});
+
+test("an attached p2m shares the table and the populated count, and allocates nothing", () => {
+  const pool = new FramePool(1 << 16);
+  const p2m = new P2m(pool, RAM, 16 * FRAME_SIZE, { owner: FIRST_VM_OWNER });
+  const inUse = pool.framesInUse;
+  const other = P2m.attach(FramePool.attach(pool.handle()), structuredClone(p2m.handle()));
+  assert.equal(pool.framesInUse, inUse);
+  assert.equal(other.table, p2m.table);
+  assert.equal(other.start, p2m.start);
+  assert.equal(other.owner, FIRST_VM_OWNER);
+  const f = other.hostFrame(RAM + 0x5000n);
+  assert.equal(p2m.peekFrame(RAM + 0x5000n), f);
+  assert.equal(p2m.hostFrame(RAM + 0x5000n), f);
+  assert.equal(p2m.populated, 1);
+  assert.equal(other.populated, 1);
+  assert.throws(() => P2m.attach(pool, { ...p2m.handle(), table: pool.base + 100 * FRAME_SIZE }), P2mFault);
+});
+
+test("populate that loses the race to another thread keeps the winner's frame and frees its own", () => {
+  // Another thread's populate lands while this one is inside alloc(): the
+  // compare-and-swap sees the entry changed, and the frame just allocated goes back.
+  class RacingPool extends FramePool {
+    rival?: P2m;
+    override alloc(owner?: FrameOwner): number {
+      const rival = this.rival;
+      this.rival = undefined;
+      rival?.populate(2);
+      return super.alloc(owner);
+    }
+  }
+  const pool = new RacingPool(1 << 16);
+  const mine = new P2m(pool, RAM, 4 * FRAME_SIZE);
+  const theirs = P2m.attach(pool, mine.handle());
+  const changes: number[] = [];
+  mine.onChange((index) => changes.push(index));
+  pool.rival = theirs;
+  const frame = mine.populate(2);
+  assert.equal(frame, theirs.frameAt(2), "the winner's frame");
+  assert.equal(mine.frameAt(2), frame);
+  assert.equal(mine.populated, 1);
+  assert.equal(pool.framesInUse, 1 + 1, "table + one RAM frame: the loser's went back");
+  assert.equal(pool.stats().framesFree, 1);
+  assert.deepEqual(changes, [], "this object changed no mapping");
+});
+
+test("onChange hears a new mapping made through the same object", () => {
+  const pool = new FramePool(1 << 16);
+  const p2m = new P2m(pool, RAM, 4 * FRAME_SIZE);
+  const changes: number[] = [];
+  p2m.onChange((index, count) => changes.push(index, count));
+  p2m.populate(3);
+  p2m.populate(3);
+  assert.deepEqual(changes, [3, 1]);
 });

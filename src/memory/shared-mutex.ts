@@ -48,14 +48,4 @@ export class SharedMutex {
       Atomics.notify(this.words, this.index, 1);
     }
   }
-
-  /** Run `body` holding the lock (released when it throws too). */
-  with<T>(body: () => T): T {
-    this.lock();
-    try {
-      return body();
-    } finally {
-      this.unlock();
-    }
-  }
 }
