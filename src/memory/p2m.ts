@@ -73,7 +73,7 @@ export class P2m {
   private readonly changeListeners: ((index: number, count: number) => void)[] = [];
 
   /** A window of `bytes` of RAM at guest-physical `base` (both page-aligned),
-   *  with a new, empty table. (`existingTable` is for attach().) */
+   *  with a new, empty table. (`existing` is attach()'s: a table and counters to share.) */
   constructor(pool: FramePool, base: GuestAddress, bytes: number, options: P2mOptions = {}, existing?: Pick<P2mHandle, "table" | "counters">) {
     if (!isPageAligned(base) || base < 0n) throw new P2mFault(`RAM base ${hex(base)} is not 4 KiB aligned`);
     if (!Number.isSafeInteger(bytes) || bytes < FRAME_SIZE || bytes % FRAME_SIZE !== 0) {
@@ -97,6 +97,7 @@ export class P2m {
     return new P2m(pool, handle.baseGfn << SHIFT, handle.count * FRAME_SIZE, { owner: handle.owner }, handle);
   }
 
+  /** Plain data naming this p2m, to post to another thread for attach(). */
   handle(): P2mHandle {
     return { table: this.table, baseGfn: this.baseGfn, count: this.count, owner: this.owner, counters: this.counters.buffer as SharedArrayBuffer };
   }
