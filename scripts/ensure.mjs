@@ -1,8 +1,9 @@
 // Makes a fresh clone runnable: installs npm dependencies, the Debian packages
 // the image pull needs (xz for Debian's .ko.xz kernel modules), with --test also
-// those the test suite uses (riscv64 cross compiler for the bare-metal ISA
-// programs, dtc, cpio), with --bench-io the riscv64 Linux cross compiler and
-// C library for the I/O benchmark's static guest helper, then builds.
+// those the test suite uses (riscv64 cross compilers: bare-metal for the ISA
+// programs, Linux with its C library for the guest's SMP test programs; dtc,
+// cpio), with --bench-io the riscv64 Linux cross compiler and C library for
+// the I/O benchmark's static guest helper, then builds.
 // Each step is skipped when already done, so running it every time is cheap.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -42,6 +43,9 @@ const testTools = {
   cpio: "cpio",
   "qemu-img": "qemu-utils", // disk image interop tests (qemu-img, qemu-io)
   "riscv64-linux-gnu-readelf": "binutils-riscv64-linux-gnu", // reads the kernel modules tsvisor rewrites
+  // static riscv64 Linux programs the SMP tests run in the guest (src/host/testing/guest/)
+  "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu",
+  "/usr/riscv64-linux-gnu/lib/libc.a": "libc6-dev-riscv64-cross",
 };
 const benchIoTools = {
   "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu", // bench/programs/iobench.c, static
