@@ -15,7 +15,8 @@ import { jitFind, jitChainTarget, flushCompileQueue, countEntered, countBail } f
 import { updateTlbContext } from "./tlb";
 import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
 import { beginRunCounting, countRetired, retiredThisRunAdd, foldCounters, retiredThisRun } from "./counters";
-import { EXIT_BUDGET, EXIT_HALT } from "./exit";
+import { EXIT_BUDGET, EXIT_HALT, EXIT_KICK } from "./exit";
+import { requestsPending, takeRequests, kick, postRequestTo, REQ_EXIT } from "./requests";
 import { execLoad, execStore, execOpImm, execOpImm32, execOp, execOp32, execBranch, jalTarget, immI } from "./isa/rv64i";
 import { execAtomic } from "./isa/a";
 import { expandCompressed } from "./isa/c";
@@ -129,10 +130,27 @@ function runRegions(fn: u32, pc: u64, limit: u32): i32 {
     const n = <u32>(r >>> 2);
     done += n;
     if ((r & 3) != 0 || n == 0 || done >= limit) return <i32>(done << 2) | (r & 3);
+    // A request (requests.ts) waits for the dispatcher; translated code left
+    // it at a region boundary (which its own backward branches also poll).
+    if (requestsPending()) return <i32>(done << 2);
     pc = rd(PC_OFF);
     fn = jitChainTarget(pc);
     if (fn == 0) return <i32>(done << 2);
   }
+}
+
+/** At a tick boundary, every TICK_INSNS instructions: act on the requests
+ *  of other threads (requests.ts); true when run() must end with EXIT_KICK
+ *  now. An instruction that ends run() itself (an SBI call, WFI, HTIF) goes
+ *  first: its exit is reported and the kick waits in the word for the next
+ *  run() entry. */
+@inline function kickedAtTick(): bool {
+  if (!requestsPending() || !takeRequests()) return false;
+  if (exitAfterRetire || htifHit) {
+    postRequestTo(H, REQ_EXIT);
+    return false;
+  }
+  return true;
 }
 
 /** Instructions that can retire before time reaches `deadline` (after which an
@@ -155,10 +173,13 @@ export function runHart(budget: u32): i32 {
   updateTlbContext();
   wr(WAITING_OFF, 0);
   const jitOn = rd(JIT_CACHE_OFF) != 0;
-  const reason = jitOn ? runWithTranslation(budget) : runInterpreted(budget);
+  // Requests posted while the hart was not running, before the first instruction.
+  let reason: i32 = EXIT_KICK;
+  if (!(requestsPending() && takeRequests())) reason = jitOn ? runWithTranslation(budget) : runInterpreted(budget);
   foldCounters();
   wr(RUN_INSNS_OFF, retiredThisRun);
   if (reason == EXIT_BUDGET) store<i64>(H, <i64>EXIT_BUDGET, RUN_REASON_OFF);
+  else if (reason == EXIT_KICK) kick();
   // A slice end is a good moment to compile a part-filled batch (other exits
   // come too often: batches would be small and each module has a fixed cost).
   if (jitOn && reason == EXIT_BUDGET) flushCompileQueue();
@@ -224,6 +245,10 @@ function runInterpreted(budget: u32): i32 {
       const t = rd(TIME_OFF) + 1;
       wr(TIME_OFF, t);
       if (t >= deadline) requestIrqCheck();
+      if (kickedAtTick()) {
+        reason = EXIT_KICK;
+        break;
+      }
     }
     if (exitAfterRetire || htifHit) {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);
@@ -306,6 +331,10 @@ function runWithTranslation(budget: u32): i32 {
           reason = <i32>load<i64>(H, RUN_REASON_OFF);
           break;
         }
+        if (requestsPending() && takeRequests()) {
+          reason = EXIT_KICK;
+          break;
+        }
         continue;
       }
     }
@@ -349,6 +378,10 @@ function runWithTranslation(budget: u32): i32 {
       const t = rd(TIME_OFF) + 1;
       wr(TIME_OFF, t);
       if (t >= deadline) requestIrqCheck();
+      if (kickedAtTick()) {
+        reason = EXIT_KICK;
+        break;
+      }
     }
     if (exitAfterRetire || htifHit) {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);

@@ -106,7 +106,7 @@ export class Jit {
       PC_OFF: k.PC_OFF, F_OFF: k.F_OFF, FFLAGS_OFF: k.FFLAGS_OFF, FRM_OFF: k.FRM_OFF, MSTATUS_OFF: k.MSTATUS_OFF,
       CTX_LOAD_OFF: k.CTX_LOAD_OFF, CTX_STORE_OFF: k.CTX_STORE_OFF, JIT_BAIL_OFF: k.JIT_BAIL_OFF,
       TLB_LOAD_OFF: k.TLB_LOAD_OFF, TLB_STORE_OFF: k.TLB_STORE_OFF, TLB_ENTRIES: k.TLB_ENTRIES,
-      JIT_NEED_INTERP: k.JIT_NEED_INTERP, JIT_STOPPED: k.JIT_STOPPED,
+      JIT_NEED_INTERP: k.JIT_NEED_INTERP, JIT_STOPPED: k.JIT_STOPPED, REQ_OFF: k.REQ_OFF,
     };
     const fn = core.fn as unknown as Record<string, unknown>;
     this.helpers = Object.fromEntries(HELPERS.map((h) => [h.name, fn[h.name]]));

@@ -19,6 +19,8 @@ export interface CoreLayout {
   TLB_ENTRIES: number;
   JIT_NEED_INTERP: number;
   JIT_STOPPED: number;
+  /** The hart's request word (src/core/requests.ts), polled at backward branches. */
+  REQ_OFF: number;
 }
 
 /** The core's helpers, imported by every generated module, in this order. */

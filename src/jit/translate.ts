@@ -27,6 +27,10 @@
 // fault, MMIO exit, misaligned atomic...) the region returns with pc at the
 // instruction and JIT_NEED_INTERP: the instruction changed nothing, and the
 // interpreter re-executes it and takes the trap or exit precisely.
+//
+// Requests from other threads (src/core/requests.ts): every backward branch
+// inside a region polls the hart's request word, and a pending request leaves
+// the region at the branch target as a budget end does (see pollRequests).
 
 import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
 import { translateFp, fmaFunc } from "./translate-fp.js";
@@ -323,6 +327,7 @@ class RegionWriter implements InsnWriter {
    *  by falling through. */
   private goto(off: number, last = false): void {
     const id = off >= 0 && off < PAGE ? this.ids.get(off) : undefined;
+    if (id !== undefined && id <= this.cur) this.pollRequests(off);
     if (id !== undefined && this.selfLoop && id === this.cur) {
       this.c.br(this.depth - 1); // to the loop around this block
     } else if (id !== undefined && last && id === this.cur + 1 && this.depth === (this.selfLoop ? 1 : 0)) {
@@ -332,6 +337,18 @@ class RegionWriter implements InsnWriter {
     } else {
       this.exitTo(() => this.pcAt(off));
     }
+  }
+  /** Before a backward branch inside the region (blocks are in address
+   *  order, so every loop here has one): when another thread posted a
+   *  request (src/core/requests.ts), leave at the branch target with the
+   *  block retired, as a budget end does, and let the core act on it. A
+   *  guest spinning in one translated loop notices within one iteration;
+   *  the atomic load is also one the compiler may not hoist out of it. */
+  private pollRequests(off: number): void {
+    this.c.get(L_H).atomicLoad32(this.k.REQ_OFF);
+    this.open();
+    this.out(off, 0, 0);
+    this.close();
   }
   /** Give instruction `i` of the block (not retired) to the interpreter. */
   private bail(i: number): void {

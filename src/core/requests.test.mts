@@ -1,0 +1,73 @@
+// Requests posted to a hart's request word (requests.ts): what each does, on
+// one thread. Requests
+// noticed while run() executes on another thread: cross-thread.test.mts.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createHart, RAM_BASE } from "./testing/hart-harness.mjs";
+
+const I = (op: number, rd: number, f3: number, rs1: number, imm: number) =>
+  (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
+const AUIPC = (rd: number, imm20: number) => ((imm20 << 12) | (rd << 7) | 0x17) >>> 0;
+const ld = (rd: number, rs1: number, imm: number) => I(0x03, rd, 3, rs1, imm);
+const addi = (rd: number, rs1: number, imm: number) => I(0x13, rd, 0, rs1, imm);
+const JSELF = 0x0000006f;
+const MIP_SSIP = 1n << 1n;
+
+const req = (t: ReturnType<typeof createHart>) => t.dv.getUint32(t.hart + t.core.REQ_OFF.value, true);
+
+test("REQ_EXIT posted before run() ends it before the first instruction with EXIT_KICK", () => {
+  const t = createHart([addi(5, 5, 1), JSELF]);
+  const c = t.core;
+  c.postRequest(t.hart, c.REQ_EXIT.value);
+  assert.equal(t.run(), c.EXIT_KICK.value);
+  assert.equal(t.rec("RUN_REASON_OFF"), BigInt(c.EXIT_KICK.value));
+  assert.equal(t.rec("RUN_INSNS_OFF"), 0n);
+  assert.equal(t.pc(), RAM_BASE);
+  assert.equal(req(t), 0, "the hart took the request");
+  assert.equal(t.run(1), c.EXIT_BUDGET.value, "and runs on");
+  assert.equal(t.x(5), 1n);
+});
+
+test("REQ_SSIP sets mip.SSIP on the hart's own thread, and wakes a hart waiting for it", () => {
+  const t = createHart([JSELF]);
+  const c = t.core;
+  c.csrWrite(t.hart, 0x304, MIP_SSIP); // mie.SSIE
+  assert.equal(Boolean(c.wakeupPending(t.hart)), false);
+  // The host may also post with Atomics on the shared buffer.
+  Atomics.or(new Int32Array(t.dv.buffer), (t.hart + c.REQ_OFF.value) >> 2, c.REQ_SSIP.value);
+  assert.equal(t.csr(0x344) & MIP_SSIP, 0n, "not before the hart runs");
+  assert.equal(Boolean(c.wakeupPending(t.hart)), true, "a waiting IPI wakes the hart");
+  t.run(0);
+  assert.equal(t.csr(0x344) & MIP_SSIP, MIP_SSIP);
+  assert.equal(req(t), 0);
+});
+
+test("REQ_TLB_FLUSH flushes the TLB: a page the hypervisor remapped becomes visible", () => {
+  // a0 = 0x8000_4000 (pc-relative); ld a1, 0(a0), run again after the remap.
+  const t = createHart([AUIPC(10, 4), ld(11, 10, 0), JSELF]);
+  const c = t.core;
+  t.dv.setBigUint64(t.ram + 4 * 4096, 0x1111n, true);
+  t.dv.setBigUint64(t.ram + 5 * 4096, 0x2222n, true);
+  t.run(2);
+  assert.equal(t.x(11), 0x1111n);
+  // Guest page 4 now maps host frame 5 (as a remap, migration or sharing would).
+  t.dv.setUint32(t.p2m + 16, t.dv.getUint32(t.p2m + 20, true), true);
+  c.setPc(t.hart, RAM_BASE + 4n);
+  t.run(1);
+  assert.equal(t.x(11), 0x1111n, "the TLB still maps the old frame");
+  c.setPc(t.hart, RAM_BASE + 4n);
+  c.postRequest(t.hart, c.REQ_TLB_FLUSH.value);
+  t.run(1);
+  assert.equal(t.x(11), 0x2222n);
+});
+
+test("setIrqLine stores the level and posts REQ_IRQ; a reset keeps the line and REQ_EXIT only", () => {
+  const t = createHart([JSELF]);
+  const c = t.core;
+  c.setIrqLine(t.hart, c.IRQ_LINE_SEIP.value, 1);
+  assert.equal(req(t), c.REQ_IRQ.value);
+  c.postRequest(t.hart, c.REQ_EXIT.value | c.REQ_SSIP.value);
+  c.hartReset(t.hart, 0n, RAM_BASE);
+  assert.equal(req(t), c.REQ_EXIT.value);
+  assert.equal(t.csr(0x344) & (1n << 9n), 1n << 9n, "the PLIC's line is still high after the reset");
+});
