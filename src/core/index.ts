@@ -10,7 +10,7 @@
 import * as hart from "./hart";
 import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF,
   SBI_MODE_OFF, HTIF_TOHOST_OFF, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF,
-  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF, MIE_OFF } from "./hart";
+  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF, TIME_FLOOR_OFF, MIE_OFF } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 import { csrReadRaw, csrWriteRaw, csrSetBits } from "./csr";
 import { resetHart } from "./reset";
@@ -22,11 +22,12 @@ import { mulh, mulhu, mulhsu } from "./isa/m";
 import { expandCompressed } from "./isa/c";
 import { nextTimerDeadline, interruptWakeup } from "./trap";
 import { postRequestTo, requestedSsip, REQ_IRQ } from "./requests";
+import { hostSetTime } from "./time";
 
 export {
   X_OFF, F_OFF, FFLAGS_OFF, FRM_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, SATP_OFF, TIME_OFF, MCYCLE_OFF, MINSTRET_OFF,
   RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF, RUN_INSNS_OFF,
-  REQ_OFF, HART_STATE_SIZE,
+  REQ_OFF, TIME_FLOOR_OFF, HART_STATE_SIZE,
 } from "./hart";
 export {
   EXIT_BUDGET, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SBI, EXIT_WFI, EXIT_P2M_FAULT, EXIT_HTIF, EXIT_HALT, EXIT_KICK,
@@ -119,9 +120,20 @@ export function setIrqLine(h: usize, line: u32, level: u32): void {
 // The platform timer (ACLINT MTIMER mtime) as this hart sees it. It advances by
 // one every TICK_INSNS retired instructions, so time is a pure function of the
 // instruction stream (deterministic); a hypervisor that wants wall-clock time
-// sets it from the host clock between runs.
+// sets it from the host clock between runs. With a shared time floor
+// (setTimeShared) setTime never moves time backwards (time.ts).
 export function getTime(h: usize): u64 { return load<u64>(h, TIME_OFF); }
-export function setTime(h: usize, t: u64): void { store<u64>(h, t, TIME_OFF); }
+export function setTime(h: usize, t: u64): void { hostSetTime(h, t); }
+
+/** Share the VM's u64 time floor at host address `addr` (8-byte aligned, as
+ *  wasm atomics require; 0: none, each hart's time is its own): every guest
+ *  read of `time` on a hart with the floor is at least any read another hart
+ *  completed before it (time.ts). False, and nothing changed, when misaligned. */
+export function setTimeShared(h: usize, addr: usize): bool {
+  if ((addr & 7) != 0) return false;
+  store<u64>(h, <u64>addr, TIME_FLOOR_OFF);
+  return true;
+}
 export function getMtimecmp(h: usize): u64 { return load<u64>(h, MTIMECMP_OFF); }
 export function setMtimecmp(h: usize, v: u64): void { store<u64>(h, v, MTIMECMP_OFF); }
 export function setTickInsns(h: usize, n: u32): void {

@@ -1,5 +1,5 @@
-// Requests posted to a hart's request word (requests.ts): what each does, on
-// one thread. Requests
+// Requests posted to a hart's request word (requests.ts), the VM's shared
+// time floor (time.ts): what each does, on one thread. Requests
 // noticed while run() executes on another thread: cross-thread.test.mts.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -10,6 +10,7 @@ const I = (op: number, rd: number, f3: number, rs1: number, imm: number) =>
 const AUIPC = (rd: number, imm20: number) => ((imm20 << 12) | (rd << 7) | 0x17) >>> 0;
 const ld = (rd: number, rs1: number, imm: number) => I(0x03, rd, 3, rs1, imm);
 const addi = (rd: number, rs1: number, imm: number) => I(0x13, rd, 0, rs1, imm);
+const RDTIME = (rd: number) => I(0x73, rd, 2, 0, 0xc01); // csrrs rd, time, x0
 const JSELF = 0x0000006f;
 const MIP_SSIP = 1n << 1n;
 
@@ -70,4 +71,44 @@ test("setIrqLine stores the level and posts REQ_IRQ; a reset keeps the line and 
   c.hartReset(t.hart, 0n, RAM_BASE);
   assert.equal(req(t), c.REQ_EXIT.value);
   assert.equal(t.csr(0x344) & (1n << 9n), 1n << 9n, "the PLIC's line is still high after the reset");
+});
+
+/** Two harts on one memory sharing the RAM of the first. */
+function twoHarts(code: number[]) {
+  const a = createHart(code);
+  const c = a.core;
+  const size = Math.ceil(c.hartStateSize() / 4096) * 4096;
+  const b = a.ram + 16 * 4096;
+  const floor = b + size;
+  c.hartReset(b, 1n, RAM_BASE);
+  c.setP2m(b, a.p2m, RAM_BASE >> 12n, 16n);
+  return { a, b, floor, c };
+}
+
+test("with a shared time floor, a time read is never below one another hart completed before it", () => {
+  const { a, b, floor, c } = twoHarts([RDTIME(10), JSELF]);
+  const u64 = (v: bigint) => BigInt.asUintN(64, v);
+  assert.equal(c.setTimeShared(a.hart, floor + 4), 0, "a misaligned floor is refused");
+  assert.equal(c.setTimeShared(a.hart, floor), 1);
+  assert.equal(c.setTimeShared(b, floor), 1);
+  c.setTime(a.hart, 1_000_000n);
+  c.setTime(b, 5n);
+  a.run(1);
+  assert.equal(a.x(10), 1_000_000n);
+  assert.equal(c.run(b, 1), c.EXIT_BUDGET.value);
+  assert.ok(u64(c.getX(b, 10)) >= 1_000_000n, `hart 1 read ${u64(c.getX(b, 10))} after hart 0 read 1000000`);
+  assert.ok(u64(c.getTime(b)) >= 1_000_000n, "and its own time moved up with it");
+  c.setTime(b, 7n);
+  assert.ok(u64(c.getTime(b)) >= 1_000_000n, "the host cannot move time backwards either");
+});
+
+test("without a time floor, each hart's time is its own (single hart, deterministic mode)", () => {
+  const { a, b, c } = twoHarts([RDTIME(10), JSELF]);
+  c.setTime(a.hart, 1_000_000n);
+  c.setTime(b, 5n);
+  a.run(1);
+  c.run(b, 1);
+  assert.equal(BigInt.asUintN(64, c.getX(b, 10)), 5n);
+  c.setTime(b, 3n);
+  assert.equal(BigInt.asUintN(64, c.getTime(b)), 3n);
 });

@@ -27,7 +27,11 @@ export interface CoreExports {
   /** Atomically OR REQ_* bits into hart `h`'s request word (any thread). */
   postRequest(h: number, bits: number): void;
   getTime(h: number): bigint;
+  /** With a time floor shared, never moves time backwards. */
   setTime(h: number, t: bigint): void;
+  /** Share the VM's u64 time floor at host address `addr` (8-aligned; 0 = none).
+   *  Returns 0 (nothing changed) when misaligned. */
+  setTimeShared(h: number, addr: number): number;
   getMtimecmp(h: number): bigint;
   setMtimecmp(h: number, v: bigint): void;
   setTickInsns(h: number, n: number): void;
@@ -54,6 +58,8 @@ export interface CoreConstants {
   /** Request word (u32 at hart + REQ_OFF) and its bits: re-check interrupts,
    *  set mip.SSIP, flush the TLB, end run() with EXIT_KICK. */
   REQ_OFF: number; REQ_IRQ: number; REQ_SSIP: number; REQ_TLB_FLUSH: number; REQ_EXIT: number;
+  /** Hart block field holding the host address of the shared time floor. */
+  TIME_FLOOR_OFF: number;
   MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
   P2M_PRESENT: number; P2M_WRITABLE: number;
   IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;
