@@ -8,7 +8,7 @@
 import {
   H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP,
   PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
-  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF,
+  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF, REQ_OFF,
 } from "./hart";
 import { fetch, htifHit, clearHtifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
 import { jitFind, jitChainTarget, flushCompileQueue, countEntered, countBail } from "./jit-cache";
@@ -48,9 +48,10 @@ import { getX, setX } from "./hart";
       setX((insn >> 7) & 31, pc + len);
       return jalTarget(insn, pc);
     }
-    case 0x0f: // MISC-MEM: FENCE (incl. PAUSE), FENCE.I. Memory is coherent and
-      // there is no instruction cache to flush in the interpreter.
+    case 0x0f: // MISC-MEM: FENCE (incl. PAUSE, FENCE.TSO), FENCE.I. There is
+      // no instruction cache to flush in the interpreter.
       if (((insn >> 12) & 7) > 1) illegal(insn);
+      else if (fenceNeedsBarrier(insn)) fullBarrier();
       break;
     case 0x73: return execSystem(insn, pc);
     case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53:
@@ -60,6 +61,33 @@ import { getX, setX } from "./hart";
       illegal(insn);
   }
   return pc + len;
+}
+
+/**
+ * Does this FENCE order something the host does not already order? Harts on
+ * other threads see our plain loads and stores in the host's order: wasm's
+ * plain accesses to shared memory compile to plain moves, and x86 is TSO,
+ * which keeps every order RVWMO's FENCE can ask for (unprivileged spec
+ * 20191213, 2.7 "Memory Ordering Instructions" and chapter 14 RVWMO) except
+ * an earlier store before a later load. Only a FENCE whose predecessor set
+ * has W (PW, bit 24) and successor set has R (SR, bit 21) asks for that, and
+ * only then do we pay for atomic.fence (an MFENCE). FENCE.TSO (fm = 1000)
+ * orders everything but W before R, so it needs nothing either. (PI, PO, SI,
+ * SO: device accesses are VM exits, complete before the next instruction.)
+ */
+export function fenceNeedsBarrier(insn: u32): bool {
+  if (((insn >> 12) & 7) != 0 || (insn >> 28) == 8) return false;
+  return (insn & (1 << 24)) != 0 && (insn & (1 << 21)) != 0;
+}
+
+/** A store-load barrier. Not atomic.fence(): AssemblyScript 0.28 emits it in
+ *  a form binaryen 131 rejects ("Atomic fence cannot be unordered"). A
+ *  sequentially consistent read-modify-write that changes nothing (an OR of
+ *  0 into the hart's own request word) is one too: V8 compiles it to a
+ *  LOCK-prefixed instruction on x64, a full barrier as MFENCE is. Translated
+ *  code, whose bytes we write ourselves, uses atomic.fence. */
+@inline function fullBarrier(): void {
+  atomic.or<u32>(H + <usize>REQ_OFF, 0);
 }
 
 // Expansions of the 65536 possible 16-bit instructions, filled on first use:

@@ -1,9 +1,10 @@
 // Requests posted to a hart's request word (requests.ts), the VM's shared
-// time floor (time.ts): what each does, on one thread. Requests
+// time floor (time.ts) and FENCE: what each does, on one thread. Requests
 // noticed while run() executes on another thread: cross-thread.test.mts.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHart, RAM_BASE } from "./testing/hart-harness.mjs";
+import { translateRegion, fenceNeedsBarrier, type CoreLayout } from "../jit/translate.js";
 
 const I = (op: number, rd: number, f3: number, rs1: number, imm: number) =>
   (((imm & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op) >>> 0;
@@ -12,6 +13,9 @@ const ld = (rd: number, rs1: number, imm: number) => I(0x03, rd, 3, rs1, imm);
 const addi = (rd: number, rs1: number, imm: number) => I(0x13, rd, 0, rs1, imm);
 const RDTIME = (rd: number) => I(0x73, rd, 2, 0, 0xc01); // csrrs rd, time, x0
 const JSELF = 0x0000006f;
+/** FENCE pred, succ (bits: I 8, O 4, R 2, W 1); fm 8 is FENCE.TSO. */
+const FENCE = (pred: number, succ: number, fm = 0) => ((fm << 28) | (pred << 24) | (succ << 20) | 0x0f) >>> 0;
+const R = 2, W = 1;
 const MIP_SSIP = 1n << 1n;
 
 const req = (t: ReturnType<typeof createHart>) => t.dv.getUint32(t.hart + t.core.REQ_OFF.value, true);
@@ -111,4 +115,26 @@ test("without a time floor, each hart's time is its own (single hart, determinis
   assert.equal(BigInt.asUintN(64, c.getX(b, 10)), 5n);
   c.setTime(b, 3n);
   assert.equal(BigInt.asUintN(64, c.getTime(b)), 3n);
+});
+
+test("only a FENCE ordering W before R needs a host barrier; translated code emits atomic.fence for it", () => {
+  assert.equal(fenceNeedsBarrier(FENCE(R | W, R | W)), true);
+  assert.equal(fenceNeedsBarrier(FENCE(W, R)), true);
+  assert.equal(fenceNeedsBarrier(0x0ff0000f), true, "fence iorw, iorw");
+  assert.equal(fenceNeedsBarrier(FENCE(R, R | W)), false, "acquire: TSO keeps it");
+  assert.equal(fenceNeedsBarrier(FENCE(R | W, W)), false, "release: TSO keeps it");
+  assert.equal(fenceNeedsBarrier(FENCE(R | W, R | W, 8)), false, "FENCE.TSO");
+  const t = createHart();
+  const k = Object.fromEntries(Object.entries(t.core).filter(([, v]) => v instanceof WebAssembly.Global).map(([n, v]) => [n, Number((v as WebAssembly.Global).value)]));
+  const region = (fence: number) => {
+    const page = new Uint8Array(4096);
+    const dv = new DataView(page.buffer);
+    [addi(5, 5, 1), fence, addi(6, 6, 1), JSELF].forEach((w, i) => dv.setUint32(4 * i, w, true));
+    const r = translateRegion(page, 0, (c) => t.core.expandC(c), k as unknown as CoreLayout, "f");
+    return Buffer.from(r!.func.code.toUint8Array());
+  };
+  const atomicFence = Buffer.from([0xfe, 0x03, 0x00]);
+  assert.ok(region(FENCE(R | W, R | W)).includes(atomicFence));
+  assert.ok(!region(FENCE(R | W, W)).includes(atomicFence));
+  assert.ok(!region(FENCE(R | W, R | W, 8)).includes(atomicFence));
 });

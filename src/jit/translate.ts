@@ -82,6 +82,12 @@ const immB = (i: number) => (((i | 0) >> 31) << 12) | (((i >>> 7) & 1) << 11) | 
 const immU = (i: number) => (i & 0xfffff000) | 0;
 const immJ = (i: number) => (((i | 0) >> 31) << 20) | (((i >>> 12) & 255) << 12) | (((i >>> 20) & 1) << 11) | (((i >>> 21) & 1023) << 1);
 
+/** FENCE with W in its predecessor set (PW, bit 24) and R in its successor
+ *  set (SR, bit 21), not FENCE.TSO (fm = 1000): the one order TSO lacks. */
+export function fenceNeedsBarrier(i: number): boolean {
+  return i >>> 28 !== 8 && (i & (1 << 24)) !== 0 && (i & (1 << 21)) !== 0;
+}
+
 function classify(i: number): Kind {
   const f3 = f3Of(i), f7 = f7Of(i);
   switch (i & 0x7f) {
@@ -109,11 +115,12 @@ function classify(i: number): Kind {
     case 0x63: return f3 === 2 || f3 === 3 ? "stop" : "branch";
     case 0x6f: return "jal";
     case 0x67: return f3 === 0 ? "jalr" : "stop";
-    // FENCE orders memory for other harts and devices; the harts of a VM run
-    // in one thread on one memory, so it has nothing to do. FENCE.I neither:
-    // every store to a page with translations invalidates them when it happens
-    // (as QEMU TCG does), which is stronger than FENCE.I asks for.
-    case 0x0f: return f3 <= 1 ? "nop" : "stop";
+    // FENCE: only W before R needs a barrier on the host (see the core's
+    // fenceNeedsBarrier, src/core/execute.ts: x86 is TSO; unprivileged spec
+    // 2.7 and chapter 14 RVWMO); other FENCEs are free. FENCE.I has nothing
+    // to do: every store to a page with translations invalidates them when it
+    // happens (as QEMU TCG does), which is stronger than FENCE.I asks for.
+    case 0x0f: return f3 > 1 ? "stop" : f3 === 0 && fenceNeedsBarrier(i) ? "fence" : "nop";
     case 0x2f: return "exec"; // A
     case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: return "fp"; // F, D
     default: return "stop"; // SYSTEM, and encodings that are illegal
@@ -425,6 +432,7 @@ class RegionWriter implements InsnWriter {
       case "fp": translateFp(this, it, index); return;
       case "exec": if (!translateZb(this, it.insn)) this.execHelper(it, index); return;
       case "nop": return;
+      case "fence": this.c.fence(); return;
     }
     throw new Error(`internal error: ${it.kind} inside a block`);
   }

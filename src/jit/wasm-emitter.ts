@@ -38,7 +38,7 @@ export const Op = {
 } as const;
 
 /** Atomic opcodes after Op.atomic_prefix (threads proposal, "Atomic Memory Accesses"). */
-export const AtomicOp = { i32_load: 0x10 } as const;
+export const AtomicOp = { fence: 0x03, i32_load: 0x10 } as const;
 
 /** Growable byte buffer with the LEB128 encodings of spec 5.2.2. */
 export class Bytes {
@@ -179,6 +179,10 @@ export class Code extends Bytes {
   /** i32.atomic.load (sequentially consistent; the address must be 4-aligned). */
   atomicLoad32(offset: number): this {
     return this.byte(Op.atomic_prefix).byte(AtomicOp.i32_load).u32(2).u32(offset);
+  }
+  /** atomic.fence (a full barrier: MFENCE on x64). */
+  fence(): this {
+    return this.byte(Op.atomic_prefix).byte(AtomicOp.fence).byte(0);
   }
 }
 
