@@ -43,7 +43,7 @@ function buildCore() {
 
 function buildTs() {
   const stamp = join(root, "dist", ".stamp");
-  const src = Math.max(newest(join(root, "src"), [".ts"]), newest(join(root, "bench"), [".ts"]), newest(join(root, "tests"), [".ts"]), mtime(join(root, "tsconfig.json")));
+  const src = Math.max(newest(join(root, "src"), [".ts", ".mts"]), newest(join(root, "bench"), [".ts"]), newest(join(root, "tests"), [".ts"]), mtime(join(root, "tsconfig.json")));
   if (mtime(stamp) > src) return;
   process.stderr.write("compiling TypeScript\n");
   execFileSync(bin("tsc"), ["-p", "tsconfig.json"], { cwd: root, stdio: "inherit" });

@@ -18,6 +18,7 @@ import {
 import { updateTlbContext, tlbFlushAll } from "./tlb";
 import { mipValue, requestIrqCheck, MENVCFG_STCE } from "./trap";
 import { counterValue, writeCounter, writeCountInhibit } from "./counters";
+import { guestTime } from "./time";
 import { SATP_MODE_BARE, SATP_MODE_SV39, SATP_MODE_SV48, SATP_MODE_SV57 } from "./mmu";
 
 // misa: RV64 (MXL = 2) with I, M, A, F, D, C, S, U (spec 3.1.1). Read-only.
@@ -236,7 +237,14 @@ export function execCsr(insn: u32): void {
     // Sstc: stimecmp needs menvcfg.STCE and mcounteren.TM in S-mode.
     if ((rd(MENVCFG_OFF) & MENVCFG_STCE) == 0 || (rd(MCOUNTEREN_OFF) & 2) == 0) { illegal(insn); return; }
   }
-  const old = csrReadRaw(csr);
+  // The guest's reads of `time` keep the harts of a VM coherent (time.ts).
+  let old: u64;
+  if (csr == 0xc01) {
+    csrMissing = false;
+    old = guestTime();
+  } else {
+    old = csrReadRaw(csr);
+  }
   if (csrMissing) { illegal(insn); return; }
   if (writes) {
     const src: u64 = (f3 & 4) != 0 ? <u64>rs1 : getX(rs1);

@@ -8,14 +8,15 @@
 import {
   H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP,
   PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
-  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF,
+  RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF, REQ_OFF,
 } from "./hart";
 import { fetch, htifHit, clearHtifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
 import { jitFind, jitChainTarget, flushCompileQueue, countEntered, countBail } from "./jit-cache";
 import { updateTlbContext } from "./tlb";
 import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
 import { beginRunCounting, countRetired, retiredThisRunAdd, foldCounters, retiredThisRun } from "./counters";
-import { EXIT_BUDGET, EXIT_HALT } from "./exit";
+import { EXIT_BUDGET, EXIT_HALT, EXIT_KICK } from "./exit";
+import { requestsPending, takeRequests, kick, postRequestTo, REQ_EXIT } from "./requests";
 import { execLoad, execStore, execOpImm, execOpImm32, execOp, execOp32, execBranch, jalTarget, immI } from "./isa/rv64i";
 import { execAtomic } from "./isa/a";
 import { expandCompressed } from "./isa/c";
@@ -47,9 +48,10 @@ import { getX, setX } from "./hart";
       setX((insn >> 7) & 31, pc + len);
       return jalTarget(insn, pc);
     }
-    case 0x0f: // MISC-MEM: FENCE (incl. PAUSE), FENCE.I. Memory is coherent and
-      // there is no instruction cache to flush in the interpreter.
+    case 0x0f: // MISC-MEM: FENCE (incl. PAUSE, FENCE.TSO), FENCE.I. There is
+      // no instruction cache to flush in the interpreter.
       if (((insn >> 12) & 7) > 1) illegal(insn);
+      else if (fenceNeedsBarrier(insn)) fullBarrier();
       break;
     case 0x73: return execSystem(insn, pc);
     case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53:
@@ -59,6 +61,33 @@ import { getX, setX } from "./hart";
       illegal(insn);
   }
   return pc + len;
+}
+
+/**
+ * Does this FENCE order something the host does not already order? Harts on
+ * other threads see our plain loads and stores in the host's order: wasm's
+ * plain accesses to shared memory compile to plain moves, and x86 is TSO,
+ * which keeps every order RVWMO's FENCE can ask for (unprivileged spec
+ * 20191213, 2.7 "Memory Ordering Instructions" and chapter 14 RVWMO) except
+ * an earlier store before a later load. Only a FENCE whose predecessor set
+ * has W (PW, bit 24) and successor set has R (SR, bit 21) asks for that, and
+ * only then do we pay for atomic.fence (an MFENCE). FENCE.TSO (fm = 1000)
+ * orders everything but W before R, so it needs nothing either. (PI, PO, SI,
+ * SO: device accesses are VM exits, complete before the next instruction.)
+ */
+export function fenceNeedsBarrier(insn: u32): bool {
+  if (((insn >> 12) & 7) != 0 || (insn >> 28) == 8) return false;
+  return (insn & (1 << 24)) != 0 && (insn & (1 << 21)) != 0;
+}
+
+/** A store-load barrier. Not atomic.fence(): AssemblyScript 0.28 emits it in
+ *  a form binaryen 131 rejects ("Atomic fence cannot be unordered"). A
+ *  sequentially consistent read-modify-write that changes nothing (an OR of
+ *  0 into the hart's own request word) is one too: V8 compiles it to a
+ *  LOCK-prefixed instruction on x64, a full barrier as MFENCE is. Translated
+ *  code, whose bytes we write ourselves, uses atomic.fence. */
+@inline function fullBarrier(): void {
+  atomic.or<u32>(H + <usize>REQ_OFF, 0);
 }
 
 // Expansions of the 65536 possible 16-bit instructions, filled on first use:
@@ -129,10 +158,27 @@ function runRegions(fn: u32, pc: u64, limit: u32): i32 {
     const n = <u32>(r >>> 2);
     done += n;
     if ((r & 3) != 0 || n == 0 || done >= limit) return <i32>(done << 2) | (r & 3);
+    // A request (requests.ts) waits for the dispatcher; translated code left
+    // it at a region boundary (which its own backward branches also poll).
+    if (requestsPending()) return <i32>(done << 2);
     pc = rd(PC_OFF);
     fn = jitChainTarget(pc);
     if (fn == 0) return <i32>(done << 2);
   }
+}
+
+/** At a tick boundary, every TICK_INSNS instructions: act on the requests
+ *  of other threads (requests.ts); true when run() must end with EXIT_KICK
+ *  now. An instruction that ends run() itself (an SBI call, WFI, HTIF) goes
+ *  first: its exit is reported and the kick waits in the word for the next
+ *  run() entry. */
+@inline function kickedAtTick(): bool {
+  if (!requestsPending() || !takeRequests()) return false;
+  if (exitAfterRetire || htifHit) {
+    postRequestTo(H, REQ_EXIT);
+    return false;
+  }
+  return true;
 }
 
 /** Instructions that can retire before time reaches `deadline` (after which an
@@ -155,10 +201,13 @@ export function runHart(budget: u32): i32 {
   updateTlbContext();
   wr(WAITING_OFF, 0);
   const jitOn = rd(JIT_CACHE_OFF) != 0;
-  const reason = jitOn ? runWithTranslation(budget) : runInterpreted(budget);
+  // Requests posted while the hart was not running, before the first instruction.
+  let reason: i32 = EXIT_KICK;
+  if (!(requestsPending() && takeRequests())) reason = jitOn ? runWithTranslation(budget) : runInterpreted(budget);
   foldCounters();
   wr(RUN_INSNS_OFF, retiredThisRun);
   if (reason == EXIT_BUDGET) store<i64>(H, <i64>EXIT_BUDGET, RUN_REASON_OFF);
+  else if (reason == EXIT_KICK) kick();
   // A slice end is a good moment to compile a part-filled batch (other exits
   // come too often: batches would be small and each module has a fixed cost).
   if (jitOn && reason == EXIT_BUDGET) flushCompileQueue();
@@ -224,6 +273,10 @@ function runInterpreted(budget: u32): i32 {
       const t = rd(TIME_OFF) + 1;
       wr(TIME_OFF, t);
       if (t >= deadline) requestIrqCheck();
+      if (kickedAtTick()) {
+        reason = EXIT_KICK;
+        break;
+      }
     }
     if (exitAfterRetire || htifHit) {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);
@@ -306,6 +359,10 @@ function runWithTranslation(budget: u32): i32 {
           reason = <i32>load<i64>(H, RUN_REASON_OFF);
           break;
         }
+        if (requestsPending() && takeRequests()) {
+          reason = EXIT_KICK;
+          break;
+        }
         continue;
       }
     }
@@ -349,6 +406,10 @@ function runWithTranslation(budget: u32): i32 {
       const t = rd(TIME_OFF) + 1;
       wr(TIME_OFF, t);
       if (t >= deadline) requestIrqCheck();
+      if (kickedAtTick()) {
+        reason = EXIT_KICK;
+        break;
+      }
     }
     if (exitAfterRetire || htifHit) {
       reason = <i32>load<i64>(H, RUN_REASON_OFF);

@@ -24,6 +24,9 @@ export const EXIT_HTIF: i32 = 7;
 /** The hart cannot continue (for example a trap vector that cannot be fetched
  *  keeps faulting); RUN_ADDR holds the pc. */
 export const EXIT_HALT: i32 = 8;
+/** Another thread posted REQ_EXIT to the hart (requests.ts): run() ended as
+ *  soon as it noticed, at an instruction boundary (pc and RUN_INSNS exact). */
+export const EXIT_KICK: i32 = 9;
 
 // RUN_WRITE values for p2m faults.
 export const ACCESS_READ: u64 = 0;

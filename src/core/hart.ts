@@ -89,6 +89,12 @@ export const JIT_BAIL_OFF: u32 = 960;
 // TLB entries filled from superpage PTEs since the last full flush (tlb.ts).
 export const TLB_SUPER_FILLS_OFF: u32 = 968;
 
+// Cross-thread requests (requests.ts): a u32 of REQ_* bits other threads set
+// with an atomic OR while the hart may be running on another worker thread.
+export const REQ_OFF: u32 = 976;
+// Host address of the VM's shared u64 time floor (time.ts), 0 = none.
+export const TIME_FLOOR_OFF: u32 = 984;
+
 // Software TLB (tlb.ts): three direct-mapped arrays (fetch, load, store).
 export const TLB_OFF: u32 = 1024;
 export const TLB_ENTRIES: u32 = 256;

@@ -10,7 +10,7 @@
 import * as hart from "./hart";
 import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF,
   SBI_MODE_OFF, HTIF_TOHOST_OFF, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF,
-  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF } from "./hart";
+  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF, TIME_FLOOR_OFF, MIE_OFF } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 import { csrReadRaw, csrWriteRaw, csrSetBits } from "./csr";
 import { resetHart } from "./reset";
@@ -21,16 +21,19 @@ import { tlbDropStoresTo } from "./tlb";
 import { mulh, mulhu, mulhsu } from "./isa/m";
 import { expandCompressed } from "./isa/c";
 import { nextTimerDeadline, interruptWakeup } from "./trap";
+import { postRequestTo, requestedSsip, REQ_IRQ } from "./requests";
+import { hostSetTime } from "./time";
 
 export {
   X_OFF, F_OFF, FFLAGS_OFF, FRM_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, SATP_OFF, TIME_OFF, MCYCLE_OFF, MINSTRET_OFF,
   RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF, RUN_INSNS_OFF,
-  HART_STATE_SIZE,
+  REQ_OFF, TIME_FLOOR_OFF, HART_STATE_SIZE,
 } from "./hart";
 export {
-  EXIT_BUDGET, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SBI, EXIT_WFI, EXIT_P2M_FAULT, EXIT_HTIF, EXIT_HALT,
+  EXIT_BUDGET, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SBI, EXIT_WFI, EXIT_P2M_FAULT, EXIT_HTIF, EXIT_HALT, EXIT_KICK,
   MMIO_COMPLETED, MMIO_NO_DEVICE,
 } from "./exit";
+export { REQ_IRQ, REQ_SSIP, REQ_TLB_FLUSH, REQ_EXIT } from "./requests";
 export { P2M_PRESENT, P2M_WRITABLE } from "./p2m";
 
 /** First byte the hypervisor may use: everything below holds the core's data
@@ -87,28 +90,50 @@ export function setP2m(h: usize, table: usize, baseGfn: u64, count: u64): void {
   tlbFlush(h);
 }
 
-/** Drop every cached translation (after the hypervisor changed the p2m). */
+/** Drop every cached translation (after the hypervisor changed the p2m).
+ *  Only on the thread that runs the hart; from any other, post REQ_TLB_FLUSH. */
 export function tlbFlush(h: usize): void {
   setCurrentHart(h);
   tlbFlushAll();
 }
 
+/** Post REQ_* bits to hart `h` (requests.ts); callable from any thread, also
+ *  while the hart runs on another one. Same as Atomics.or on an Int32Array
+ *  over the shared buffer at index (h + REQ_OFF) / 4. */
+export function postRequest(h: usize, bits: u32): void {
+  postRequestTo(h, bits);
+}
+
 // Interrupt lines from devices: the PLIC's M and S context outputs (MEIP, SEIP)
-// and the ACLINT MSWI bit (MSIP). Values: 0 low, 1 high.
+// and the ACLINT MSWI bit (MSIP). Values: 0 low, 1 high. Callable from any
+// thread: the level is stored atomically, then REQ_IRQ makes a running hart
+// look at it (the store comes first, so the hart that takes the request sees it).
 export const IRQ_LINE_MSIP: u32 = 3;
 export const IRQ_LINE_SEIP: u32 = 9;
 export const IRQ_LINE_MEIP: u32 = 11;
 export function setIrqLine(h: usize, line: u32, level: u32): void {
   const off = line == IRQ_LINE_MEIP ? LINE_MEIP_OFF : line == IRQ_LINE_SEIP ? LINE_SEIP_OFF : LINE_MSIP_OFF;
-  store<u64>(h + <usize>off, level != 0 ? 1 : 0);
+  atomic.store<u64>(h + <usize>off, level != 0 ? 1 : 0);
+  postRequestTo(h, REQ_IRQ);
 }
 
 // The platform timer (ACLINT MTIMER mtime) as this hart sees it. It advances by
 // one every TICK_INSNS retired instructions, so time is a pure function of the
 // instruction stream (deterministic); a hypervisor that wants wall-clock time
-// sets it from the host clock between runs.
+// sets it from the host clock between runs. With a shared time floor
+// (setTimeShared) setTime never moves time backwards (time.ts).
 export function getTime(h: usize): u64 { return load<u64>(h, TIME_OFF); }
-export function setTime(h: usize, t: u64): void { store<u64>(h, t, TIME_OFF); }
+export function setTime(h: usize, t: u64): void { hostSetTime(h, t); }
+
+/** Share the VM's u64 time floor at host address `addr` (8-byte aligned, as
+ *  wasm atomics require; 0: none, each hart's time is its own): every guest
+ *  read of `time` on a hart with the floor is at least any read another hart
+ *  completed before it (time.ts). False, and nothing changed, when misaligned. */
+export function setTimeShared(h: usize, addr: usize): bool {
+  if ((addr & 7) != 0) return false;
+  store<u64>(h, <u64>addr, TIME_FLOOR_OFF);
+  return true;
+}
 export function getMtimecmp(h: usize): u64 { return load<u64>(h, MTIMECMP_OFF); }
 export function setMtimecmp(h: usize, v: u64): void { store<u64>(h, v, MTIMECMP_OFF); }
 export function setTickInsns(h: usize, n: u32): void {
@@ -121,8 +146,12 @@ export function setTickInsns(h: usize, n: u32): void {
  *  (mtimecmp, and stimecmp when Sstc is enabled); u64 max when none. */
 export function timerDeadline(h: usize): u64 { setCurrentHart(h); return nextTimerDeadline(); }
 
-/** Would a pending-and-enabled interrupt end a WFI now (spec 3.3.3)? */
-export function wakeupPending(h: usize): bool { setCurrentHart(h); return interruptWakeup(); }
+/** Would a pending-and-enabled interrupt end a WFI now (spec 3.3.3)? An IPI
+ *  waiting in the request word (REQ_SSIP) counts: run() entry sets mip.SSIP. */
+export function wakeupPending(h: usize): bool {
+  setCurrentHart(h);
+  return interruptWakeup() || (requestedSsip(h) & load<u64>(h, MIE_OFF)) != 0;
+}
 
 /** Is the hart waiting in WFI (the last exit was EXIT_WFI and it has not run since)? */
 export function isWaiting(h: usize): bool { return load<u64>(h, WAITING_OFF) != 0; }

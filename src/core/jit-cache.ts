@@ -96,17 +96,25 @@ function pageWord(a: usize, gpa: u64): usize {
 
 /** A store is about to change guest-physical page `gpa`: if translations were
  *  made from it, retire them (new generation, CODE cleared) and return true.
- *  Called on every store slow path, so the CODE-free case is cheap. */
+ *  Called on every store slow path, so the CODE-free case is cheap. The word
+ *  is shared with the other threads running harts of the VM (their caches
+ *  share the page map) and with the host (jit.ts): the update is a
+ *  compare-and-swap, so two invalidations are never one bump. */
 export function storeHitsCode(gpa: u64): bool {
   const a = area();
   if (a == 0) return false;
   const p = pageWord(a, gpa);
   if (p == 0) return false;
-  const w = load<u32>(p);
-  if ((w & PAGE_CODE) == 0) return false;
-  let n = (w >> 1) & PAGE_INVAL_MAX;
-  if (n < PAGE_INVAL_MAX) n++;
-  store<u32>(p, (((w >> 8) + 1) << 8) | (n << 1));
+  let w = atomic.load<u32>(p);
+  while (true) {
+    // CODE already cleared: another thread retired them first.
+    if ((w & PAGE_CODE) == 0) return false;
+    let n = (w >> 1) & PAGE_INVAL_MAX;
+    if (n < PAGE_INVAL_MAX) n++;
+    const seen = atomic.cmpxchg<u32>(p, w, (((w >> 8) + 1) << 8) | (n << 1));
+    if (seen == w) break;
+    w = seen;
+  }
   store<u64>(a + <usize>AREA_STAT_INVALIDATIONS, areaU64(a, AREA_STAT_INVALIDATIONS) + 1);
   return true;
 }

@@ -1,18 +1,31 @@
 // Hart reset (privileged spec 3.4): M-mode, MIE and MPRV clear, misa at its
 // value, pc at the reset vector. The hypervisor's configuration of the hart
-// (p2m, SBI mode, HTIF address, tick rate, translation cache) survives a reset.
+// (p2m, SBI mode, HTIF address, tick rate, translation cache, time floor)
+// survives a reset. The request word is a mailbox other threads OR into, so it
+// is never overwritten: a reset drops the requests aimed at the old state
+// (its TLB is flushed, its mip cleared, lines are re-read at run() entry)
+// with an atomic AND, and keeps REQ_EXIT, which is aimed at the host's run loop.
 
 import {
   H, wr, X_OFF, P2M_TABLE_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, MHARTID_OFF, MTIMECMP_OFF, STIMECMP_OFF,
   TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, JIT_CACHE_OFF, PRV_M, MSTATUS_XLEN64, rd,
+  REQ_OFF, TIME_FLOOR_OFF, LINE_MEIP_OFF, RES_VALID_OFF,
 } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
+import { REQ_EXIT } from "./requests";
 
 export function resetHart(hartId: u64, resetPc: u64): void {
   const jitCache = rd(JIT_CACHE_OFF);
-  memory.fill(H + X_OFF, 0, P2M_TABLE_OFF - X_OFF);
-  memory.fill(H + RUN_REASON_OFF, 0, TLB_OFF - RUN_REASON_OFF);
+  // The interrupt lines are wires other threads drive (setIrqLine): a hart
+  // reset does not change their level, nor write them under a device's feet.
+  memory.fill(H + X_OFF, 0, LINE_MEIP_OFF - X_OFF);
+  memory.fill(H + RES_VALID_OFF, 0, P2M_TABLE_OFF - RES_VALID_OFF);
+  const timeFloor = rd(TIME_FLOOR_OFF);
+  memory.fill(H + RUN_REASON_OFF, 0, REQ_OFF - RUN_REASON_OFF);
+  memory.fill(H + REQ_OFF + 8, 0, TLB_OFF - REQ_OFF - 8);
+  atomic.and<u32>(H + REQ_OFF, REQ_EXIT);
   wr(JIT_CACHE_OFF, jitCache);
+  wr(TIME_FLOOR_OFF, timeFloor);
   wr(PC_OFF, resetPc);
   wr(PRIV_OFF, PRV_M);
   // XLEN is 64 in every mode (UXL = SXL = 2).

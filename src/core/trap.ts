@@ -3,7 +3,7 @@
 // 3.3.2 xRET, 4.1.1 sstatus; Sstc for stimecmp).
 
 import {
-  rd, wr,
+  H, rd, wr,
   PRIV_OFF, MSTATUS_OFF, MEDELEG_OFF, MIDELEG_OFF, MIE_OFF, MIP_OFF, MTVEC_OFF, MEPC_OFF, MCAUSE_OFF,
   MTVAL_OFF, STVEC_OFF, SEPC_OFF, SCAUSE_OFF, STVAL_OFF, MENVCFG_OFF, STIMECMP_OFF, MTIMECMP_OFF, TIME_OFF,
   LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, RES_VALID_OFF,
@@ -38,9 +38,10 @@ export function clearIrqCheck(): void {
 export function mipValue(): u64 {
   let v = rd(MIP_OFF);
   const t = rd(TIME_OFF);
-  if (rd(LINE_MEIP_OFF) != 0) v |= 1 << IRQ_MEI;
-  if (rd(LINE_SEIP_OFF) != 0) v |= 1 << IRQ_SEI;
-  if (rd(LINE_MSIP_OFF) != 0) v |= 1 << IRQ_MSI;
+  // The lines are written by other threads (index.ts setIrqLine).
+  if (atomic.load<u64>(H + <usize>LINE_MEIP_OFF) != 0) v |= 1 << IRQ_MEI;
+  if (atomic.load<u64>(H + <usize>LINE_SEIP_OFF) != 0) v |= 1 << IRQ_SEI;
+  if (atomic.load<u64>(H + <usize>LINE_MSIP_OFF) != 0) v |= 1 << IRQ_MSI;
   if (t >= rd(MTIMECMP_OFF)) v |= 1 << IRQ_MTI;
   if ((rd(MENVCFG_OFF) & MENVCFG_STCE) != 0) {
     v &= ~((<u64>1) << IRQ_STI);

@@ -106,7 +106,7 @@ export class Jit {
       PC_OFF: k.PC_OFF, F_OFF: k.F_OFF, FFLAGS_OFF: k.FFLAGS_OFF, FRM_OFF: k.FRM_OFF, MSTATUS_OFF: k.MSTATUS_OFF,
       CTX_LOAD_OFF: k.CTX_LOAD_OFF, CTX_STORE_OFF: k.CTX_STORE_OFF, JIT_BAIL_OFF: k.JIT_BAIL_OFF,
       TLB_LOAD_OFF: k.TLB_LOAD_OFF, TLB_STORE_OFF: k.TLB_STORE_OFF, TLB_ENTRIES: k.TLB_ENTRIES,
-      JIT_NEED_INTERP: k.JIT_NEED_INTERP, JIT_STOPPED: k.JIT_STOPPED,
+      JIT_NEED_INTERP: k.JIT_NEED_INTERP, JIT_STOPPED: k.JIT_STOPPED, REQ_OFF: k.REQ_OFF,
     };
     const fn = core.fn as unknown as Record<string, unknown>;
     this.helpers = Object.fromEntries(HELPERS.map((h) => [h.name, fn[h.name]]));
@@ -146,18 +146,35 @@ export class Jit {
     };
   }
 
+  /** The page map as u32 words (Atomics): harts on other threads update
+   *  the same words (the core's storeHitsCode). Little-endian, as the host. */
+  private pageWords(): Uint32Array {
+    const buf = this.pool.memory.buffer;
+    if (this.words?.buffer !== buf) this.words = new Uint32Array(buf);
+    return this.words;
+  }
+  private words: Uint32Array | undefined;
+
   /** Guest frames [index, index + count) of the p2m window changed (DMA wrote
-   *  them, or their mapping changed): their translations must not run again. */
+   *  them, or their mapping changed): their translations must not run again.
+   *  A compare-and-swap per word, as the core's storeHitsCode does. */
   invalidatePages(index: number, count: number): void {
     const v = this.pool.view;
+    const words = this.pageWords();
     let killed = 0;
     for (let i = Math.max(0, index); i < Math.min(this.p2m.count, index + count); i++) {
-      const at = this.pageMap + i * 4;
-      const w = v.getUint32(at, true);
-      if ((w & this.k.PAGE_CODE) === 0) continue;
-      const n = Math.min(((w >>> 1) & 127) + 1, 127);
-      v.setUint32(at, ((((w >>> 8) + 1) << 8) | (n << 1)) >>> 0, true);
-      killed++;
+      const at = (this.pageMap >>> 2) + i;
+      let w = Atomics.load(words, at);
+      for (;;) {
+        if ((w & this.k.PAGE_CODE) === 0) break;
+        const n = Math.min(((w >>> 1) & 127) + 1, 127);
+        const seen = Atomics.compareExchange(words, at, w, ((((w >>> 8) + 1) << 8) | (n << 1)) >>> 0);
+        if (seen === w) {
+          killed++;
+          break;
+        }
+        w = seen;
+      }
     }
     if (killed > 0) {
       const at = this.area + this.k.AREA_STAT_INVALIDATIONS;
@@ -196,7 +213,9 @@ export class Jit {
       // From now on a store to the page must retire this translation, even
       // before it is installed: CODE on, and out of every store TLB.
       if ((word & k.PAGE_CODE) === 0) {
-        v.setUint32(at, (word | k.PAGE_CODE) >>> 0, true);
+        // An atomic OR: a generation bump another thread makes meanwhile stays
+        // (and makes this translation old before it is ever entered).
+        Atomics.or(this.pageWords(), at >>> 2, k.PAGE_CODE);
         marked.add(host);
       }
       funcs.push(region.func);
@@ -265,8 +284,7 @@ export class Jit {
     }
     for (let i = 0; i < this.p2m.count; i++) {
       const at = this.pageMap + i * 4;
-      const w = v.getUint32(at, true);
-      if (w & k.PAGE_CODE) v.setUint32(at, (w & ~k.PAGE_CODE) >>> 0, true);
+      if (v.getUint32(at, true) & k.PAGE_CODE) Atomics.and(this.pageWords(), at >>> 2, ~k.PAGE_CODE >>> 0);
     }
     const table = this.core.table;
     for (let i = 1; i <= this.slotsUsed; i++) table.set(i, null);

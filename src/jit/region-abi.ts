@@ -19,6 +19,8 @@ export interface CoreLayout {
   TLB_ENTRIES: number;
   JIT_NEED_INTERP: number;
   JIT_STOPPED: number;
+  /** The hart's request word (src/core/requests.ts), polled at backward branches. */
+  REQ_OFF: number;
 }
 
 /** The core's helpers, imported by every generated module, in this order. */
@@ -49,7 +51,7 @@ export const L_VA = 41, L_CTXL = 42, L_CTXS = 43;
 export const L_F0 = 44, F64_LOCALS = 3;
 export const LOCALS: [number, number][] = [[31, I64], [5, I32], [4, I64], [F64_LOCALS, F64]];
 
-export type Kind = "alu" | "load" | "store" | "fp" | "exec" | "nop" | "branch" | "jal" | "jalr" | "stop";
+export type Kind = "alu" | "load" | "store" | "fp" | "exec" | "nop" | "fence" | "branch" | "jal" | "jalr" | "stop";
 
 export interface Insn {
   off: number;

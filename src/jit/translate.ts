@@ -27,6 +27,10 @@
 // fault, MMIO exit, misaligned atomic...) the region returns with pc at the
 // instruction and JIT_NEED_INTERP: the instruction changed nothing, and the
 // interpreter re-executes it and takes the trap or exit precisely.
+//
+// Requests from other threads (src/core/requests.ts): every backward branch
+// inside a region polls the hart's request word, and a pending request leaves
+// the region at the branch target as a budget end does (see pollRequests).
 
 import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
 import { translateFp, fmaFunc } from "./translate-fp.js";
@@ -78,6 +82,12 @@ const immB = (i: number) => (((i | 0) >> 31) << 12) | (((i >>> 7) & 1) << 11) | 
 const immU = (i: number) => (i & 0xfffff000) | 0;
 const immJ = (i: number) => (((i | 0) >> 31) << 20) | (((i >>> 12) & 255) << 12) | (((i >>> 20) & 1) << 11) | (((i >>> 21) & 1023) << 1);
 
+/** FENCE with W in its predecessor set (PW, bit 24) and R in its successor
+ *  set (SR, bit 21), not FENCE.TSO (fm = 1000): the one order TSO lacks. */
+export function fenceNeedsBarrier(i: number): boolean {
+  return i >>> 28 !== 8 && (i & (1 << 24)) !== 0 && (i & (1 << 21)) !== 0;
+}
+
 function classify(i: number): Kind {
   const f3 = f3Of(i), f7 = f7Of(i);
   switch (i & 0x7f) {
@@ -105,11 +115,12 @@ function classify(i: number): Kind {
     case 0x63: return f3 === 2 || f3 === 3 ? "stop" : "branch";
     case 0x6f: return "jal";
     case 0x67: return f3 === 0 ? "jalr" : "stop";
-    // FENCE orders memory for other harts and devices; the harts of a VM run
-    // in one thread on one memory, so it has nothing to do. FENCE.I neither:
-    // every store to a page with translations invalidates them when it happens
-    // (as QEMU TCG does), which is stronger than FENCE.I asks for.
-    case 0x0f: return f3 <= 1 ? "nop" : "stop";
+    // FENCE: only W before R needs a barrier on the host (see the core's
+    // fenceNeedsBarrier, src/core/execute.ts: x86 is TSO; unprivileged spec
+    // 2.7 and chapter 14 RVWMO); other FENCEs are free. FENCE.I has nothing
+    // to do: every store to a page with translations invalidates them when it
+    // happens (as QEMU TCG does), which is stronger than FENCE.I asks for.
+    case 0x0f: return f3 > 1 ? "stop" : f3 === 0 && fenceNeedsBarrier(i) ? "fence" : "nop";
     case 0x2f: return "exec"; // A
     case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: return "fp"; // F, D
     default: return "stop"; // SYSTEM, and encodings that are illegal
@@ -323,6 +334,7 @@ class RegionWriter implements InsnWriter {
    *  by falling through. */
   private goto(off: number, last = false): void {
     const id = off >= 0 && off < PAGE ? this.ids.get(off) : undefined;
+    if (id !== undefined && id <= this.cur) this.pollRequests(off);
     if (id !== undefined && this.selfLoop && id === this.cur) {
       this.c.br(this.depth - 1); // to the loop around this block
     } else if (id !== undefined && last && id === this.cur + 1 && this.depth === (this.selfLoop ? 1 : 0)) {
@@ -332,6 +344,18 @@ class RegionWriter implements InsnWriter {
     } else {
       this.exitTo(() => this.pcAt(off));
     }
+  }
+  /** Before a backward branch inside the region (blocks are in address
+   *  order, so every loop here has one): when another thread posted a
+   *  request (src/core/requests.ts), leave at the branch target with the
+   *  block retired, as a budget end does, and let the core act on it. A
+   *  guest spinning in one translated loop notices within one iteration;
+   *  the atomic load is also one the compiler may not hoist out of it. */
+  private pollRequests(off: number): void {
+    this.c.get(L_H).atomicLoad32(this.k.REQ_OFF);
+    this.open();
+    this.out(off, 0, 0);
+    this.close();
   }
   /** Give instruction `i` of the block (not retired) to the interpreter. */
   private bail(i: number): void {
@@ -408,6 +432,7 @@ class RegionWriter implements InsnWriter {
       case "fp": translateFp(this, it, index); return;
       case "exec": if (!translateZb(this, it.insn)) this.execHelper(it, index); return;
       case "nop": return;
+      case "fence": this.c.fence(); return;
     }
     throw new Error(`internal error: ${it.kind} inside a block`);
   }

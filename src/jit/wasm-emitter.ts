@@ -33,7 +33,12 @@ export const Op = {
   f64_convert_i32_s: 0xb7, f64_convert_i32_u: 0xb8, f64_convert_i64_s: 0xb9, f64_convert_i64_u: 0xba,
   i64_reinterpret_f64: 0xbd, f64_reinterpret_i64: 0xbf,
   i64_extend8_s: 0xc2, i64_extend16_s: 0xc3, i64_extend32_s: 0xc4,
+  /** Prefix of the threads proposal's atomic instructions. */
+  atomic_prefix: 0xfe,
 } as const;
+
+/** Atomic opcodes after Op.atomic_prefix (threads proposal, "Atomic Memory Accesses"). */
+export const AtomicOp = { fence: 0x03, i32_load: 0x10 } as const;
 
 /** Growable byte buffer with the LEB128 encodings of spec 5.2.2. */
 export class Bytes {
@@ -170,6 +175,14 @@ export class Code extends Bytes {
   }
   call(f: number): this {
     return this.byte(Op.call).u32(f);
+  }
+  /** i32.atomic.load (sequentially consistent; the address must be 4-aligned). */
+  atomicLoad32(offset: number): this {
+    return this.byte(Op.atomic_prefix).byte(AtomicOp.i32_load).u32(2).u32(offset);
+  }
+  /** atomic.fence (a full barrier: MFENCE on x64). */
+  fence(): this {
+    return this.byte(Op.atomic_prefix).byte(AtomicOp.fence).byte(0);
   }
 }
 

@@ -22,9 +22,16 @@ export interface CoreExports {
   csrSet(h: number, csr: number, bits: bigint): void;
   setP2m(h: number, table: number, baseGfn: bigint, count: bigint): void;
   tlbFlush(h: number): void;
+  /** Callable from any thread: stores the level atomically and posts REQ_IRQ. */
   setIrqLine(h: number, line: number, level: number): void;
+  /** Atomically OR REQ_* bits into hart `h`'s request word (any thread). */
+  postRequest(h: number, bits: number): void;
   getTime(h: number): bigint;
+  /** With a time floor shared, never moves time backwards. */
   setTime(h: number, t: bigint): void;
+  /** Share the VM's u64 time floor at host address `addr` (8-aligned; 0 = none).
+   *  Returns 0 (nothing changed) when misaligned. */
+  setTimeShared(h: number, addr: number): number;
   getMtimecmp(h: number): bigint;
   setMtimecmp(h: number, v: bigint): void;
   setTickInsns(h: number, n: number): void;
@@ -46,6 +53,13 @@ export interface CoreConstants {
   RUN_WRITE_OFF: number; RUN_MMIO_DONE_OFF: number; RUN_INSNS_OFF: number;
   EXIT_BUDGET: number; EXIT_MMIO_READ: number; EXIT_MMIO_WRITE: number; EXIT_SBI: number; EXIT_WFI: number;
   EXIT_P2M_FAULT: number; EXIT_HTIF: number; EXIT_HALT: number;
+  /** run() ended because REQ_EXIT was posted. */
+  EXIT_KICK: number;
+  /** Request word (u32 at hart + REQ_OFF) and its bits: re-check interrupts,
+   *  set mip.SSIP, flush the TLB, end run() with EXIT_KICK. */
+  REQ_OFF: number; REQ_IRQ: number; REQ_SSIP: number; REQ_TLB_FLUSH: number; REQ_EXIT: number;
+  /** Hart block field holding the host address of the shared time floor. */
+  TIME_FLOOR_OFF: number;
   MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
   P2M_PRESENT: number; P2M_WRITABLE: number;
   IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;
@@ -55,6 +69,8 @@ export interface CoreConstants {
 export interface Core {
   fn: CoreExports;
   k: CoreConstants;
+  /** The shared memory it runs on (another thread's instance can share it). */
+  memory: WebAssembly.Memory;
   /** The core's function table: translated code is installed here (src/jit/). */
   table: WebAssembly.Table;
   /** Who translates when the core's compile queue is full (none: the queue is dropped). */
@@ -111,6 +127,7 @@ export function instantiateCore(memory: WebAssembly.Memory): Core {
   return {
     fn: ex as unknown as CoreExports,
     k: k as unknown as CoreConstants,
+    memory,
     table,
     setCompiler: (c) => {
       compiler = c;

@@ -11,6 +11,7 @@ import { execCsr } from "../csr";
 import { mret, sret, interruptWakeup } from "../trap";
 import { tlbFlushAll, tlbFlushPage } from "../tlb";
 import { EXIT_SBI, EXIT_WFI } from "../exit";
+import { requestsPending, takeRequests, kick } from "../requests";
 
 /** Set when the instruction completed but run() must exit after retiring it. */
 export let exitAfterRetire: bool = false;
@@ -58,6 +59,13 @@ export function execSystem(insn: u32, pc: u64): u64 {
       // Illegal in U-mode, and below M when TW is set: we treat the time limit
       // of spec 3.1.6.5 as zero.
       if (priv == PRV_U || (priv < PRV_M && (ms & MSTATUS_TW) != 0)) { illegal(insn); return pc; }
+      // An IPI or line change waiting in the request word wakes the hart as
+      // surely as one already in mip: take them before deciding to sleep.
+      if (requestsPending() && takeRequests()) {
+        kick();
+        exitAfterRetire = true;
+        return pc + 4;
+      }
       if (!interruptWakeup()) {
         store<i64>(H, <i64>EXIT_WFI, RUN_REASON_OFF);
         wr(WAITING_OFF, 1);
