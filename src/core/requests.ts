@@ -11,6 +11,7 @@
 //   - at run() entry, before the first instruction;
 //   - in the interpreter loops at every tick boundary (TICK_INSNS instructions);
 //   - between chained regions and after translated code returns;
+//   - at WFI, before deciding to sleep (isa/system.ts);
 //   - in translated code at every backward branch (translate.ts), which leaves
 //     the region at the branch target as a budget end does.
 // State only the hart's own thread may write (mip, the TLB) is changed here,
