@@ -19,6 +19,7 @@ import type { FramePool } from "../memory/frame-pool.js";
 import { FRAME_SIZE, WASM_MAX_PAGES } from "../memory/frame-pool.js";
 import type { P2m } from "../memory/p2m.js";
 import { encodeModule, type Func } from "./wasm-emitter.js";
+import { CodePageMap } from "./code-page-map.js";
 import { translateRegion, HELPERS, SUPPORT_FUNCS, type CoreLayout } from "./translate.js";
 
 export interface JitOptions {
@@ -29,6 +30,16 @@ export interface JitOptions {
   batch?: number;
   maxRegions?: number;
   maxCodeBytes?: number;
+}
+
+/** A pCPU worker's cache for a VM that other workers may run too. */
+export interface JitSharing {
+  /** Host address of the VM's CodePageMap. */
+  pageMap: number;
+  /** Every hart block of the VM. */
+  harts: number[];
+  /** The frame owner the cache's area is charged to. */
+  owner?: number;
 }
 
 export const DEFAULT_THRESHOLD = 2000;
@@ -81,9 +92,12 @@ export class Jit {
   private readonly maxCodeBytes: number;
   private readonly area: number;
   private readonly areaFrames: number;
-  private readonly pageMap: number;
-  private readonly pageMapFrames: number;
+  private readonly pageMap: CodePageMap;
+  /** Harts whose store TLBs must drop pages that get translations: all the VM's. */
   private readonly harts: number[] = [];
+  /** Whether the page map is this cache's alone (inline) or the VM's, shared with
+   *  other pCPU workers' caches. */
+  private readonly sharedMap: boolean;
   private readonly layout: CoreLayout;
   private readonly helpers: Record<string, unknown>;
   private readonly k: Record<string, number>;
@@ -94,7 +108,10 @@ export class Jit {
     regions: 0, blocks: 0, instructions: 0, batches: 0, compileMs: 0, codeBytes: 0, flushes: 0,
   };
 
-  constructor(private readonly core: Core, private readonly pool: FramePool, private readonly p2m: P2m, opts: JitOptions = {}) {
+  /** `shared`: the cache is one pCPU worker's for a VM whose harts may run on
+   *  other workers too: the VM's page map, all its harts, its frame owner. */
+  constructor(private readonly core: Core, private readonly pool: FramePool, private readonly p2m: P2m, opts: JitOptions = {},
+    shared?: JitSharing) {
     this.threshold = Math.max(1, opts.threshold ?? DEFAULT_THRESHOLD);
     this.batch = Math.max(1, opts.batch ?? (this.threshold === 1 ? 1 : DEFAULT_BATCH));
     // The core packs a table slot into 16 bits (jit-cache.ts target()).
@@ -112,19 +129,26 @@ export class Jit {
     this.helpers = Object.fromEntries(HELPERS.map((h) => [h.name, fn[h.name]]));
 
     this.areaFrames = Math.ceil((k.AREA_TABLE + BUCKETS * k.BUCKET_WAYS * k.ENTRY_SIZE) / FRAME_SIZE);
-    this.area = pool.allocContiguous(this.areaFrames);
-    this.pageMapFrames = Math.max(1, Math.ceil((p2m.count * 4) / FRAME_SIZE));
-    this.pageMap = pool.allocContiguous(this.pageMapFrames);
+    this.area = pool.allocContiguous(this.areaFrames, shared?.owner);
+    this.sharedMap = shared !== undefined;
+    this.pageMap = shared ? CodePageMap.attach(pool, p2m, shared.pageMap) : CodePageMap.create(pool, p2m);
+    if (shared) this.harts.push(...shared.harts);
     const v = pool.view;
     const set = (off: number, val: number | bigint) => v.setBigUint64(this.area + off, BigInt(val), true);
     set(k.AREA_BUCKET_MASK, BUCKETS - 1);
     set(k.AREA_THRESHOLD, this.threshold);
     set(k.AREA_BATCH, Math.min(this.batch, k.AREA_QUEUE_CAP));
-    set(k.AREA_PAGEMAP, this.pageMap);
+    set(k.AREA_PAGEMAP, this.pageMap.address);
     set(k.AREA_PAGEMAP_BASE, p2m.baseGfn);
     set(k.AREA_PAGEMAP_COUNT, p2m.count);
     core.setCompiler(() => this.compile());
-    p2m.onChange((index, count) => this.invalidatePages(index, count));
+  }
+
+  /** Run hart `h` on this cache (a pCPU worker, before each turn of a vCPU:
+   *  the core instance compiles into whichever cache its hart uses). */
+  use(h: number): void {
+    this.core.fn.setJitCache(h, this.area);
+    this.core.setCompiler(() => this.compile());
   }
 
   /** Let hart block `h` use this cache. */
@@ -142,44 +166,14 @@ export class Jit {
       chained: get(this.k.AREA_STAT_CHAINED),
       translatedInstructions: get(this.k.AREA_STAT_INSNS),
       exitsToInterpreter: get(this.k.AREA_STAT_BAILS),
-      invalidations: get(this.k.AREA_STAT_INVALIDATIONS),
+      invalidations: get(this.k.AREA_STAT_INVALIDATIONS) + this.pageMap.invalidations,
     };
   }
 
-  /** The page map as u32 words (Atomics): harts on other threads update
-   *  the same words (the core's storeHitsCode). Little-endian, as the host. */
-  private pageWords(): Uint32Array {
-    const buf = this.pool.memory.buffer;
-    if (this.words?.buffer !== buf) this.words = new Uint32Array(buf);
-    return this.words;
-  }
-  private words: Uint32Array | undefined;
-
   /** Guest frames [index, index + count) of the p2m window changed (DMA wrote
-   *  them, or their mapping changed): their translations must not run again.
-   *  A compare-and-swap per word, as the core's storeHitsCode does. */
+   *  them, or their mapping changed): their translations must not run again. */
   invalidatePages(index: number, count: number): void {
-    const v = this.pool.view;
-    const words = this.pageWords();
-    let killed = 0;
-    for (let i = Math.max(0, index); i < Math.min(this.p2m.count, index + count); i++) {
-      const at = (this.pageMap >>> 2) + i;
-      let w = Atomics.load(words, at);
-      for (;;) {
-        if ((w & this.k.PAGE_CODE) === 0) break;
-        const n = Math.min(((w >>> 1) & 127) + 1, 127);
-        const seen = Atomics.compareExchange(words, at, w, ((((w >>> 8) + 1) << 8) | (n << 1)) >>> 0);
-        if (seen === w) {
-          killed++;
-          break;
-        }
-        w = seen;
-      }
-    }
-    if (killed > 0) {
-      const at = this.area + this.k.AREA_STAT_INVALIDATIONS;
-      v.setBigUint64(at, v.getBigUint64(at, true) + BigInt(killed), true);
-    }
+    this.pageMap.invalidate(index, count);
   }
 
   /** Translate the queued entries (the core calls this through its `jit.compile` import). */
@@ -204,8 +198,7 @@ export class Jit {
       const index = this.p2m.indexOf(gpa);
       const host = index < 0 ? undefined : this.p2m.frameAt(index);
       if (host === undefined) { this.setEntry(ent, 0, 0, 0); continue; } // unmapped since: count again
-      const at = this.pageMap + index * 4;
-      const word = v.getUint32(at, true);
+      const word = this.pageMap.word(index);
       const gen = word >>> 8;
       if (((word >>> 1) & 127) >= THRASH_LIMIT) { this.setEntry(ent, 0, k.HITS_NEVER, gen); continue; }
       const region = translateRegion(this.pool.bytes.subarray(host, host + FRAME_SIZE), Number(gpa & 0xfffn), expandC, this.layout, `f${funcs.length}`);
@@ -213,9 +206,9 @@ export class Jit {
       // From now on a store to the page must retire this translation, even
       // before it is installed: CODE on, and out of every store TLB.
       if ((word & k.PAGE_CODE) === 0) {
-        // An atomic OR: a generation bump another thread makes meanwhile stays
-        // (and makes this translation old before it is ever entered).
-        Atomics.or(this.pageWords(), at >>> 2, k.PAGE_CODE);
+        // A generation bump another thread makes meanwhile stays (and makes
+        // this translation old before it is ever entered).
+        this.pageMap.markCode(index);
         marked.add(host);
       }
       funcs.push(region.func);
@@ -282,10 +275,7 @@ export class Jit {
       v.setBigUint64(ent, 0n, true);
       this.setEntry(ent, 0, 0, 0);
     }
-    for (let i = 0; i < this.p2m.count; i++) {
-      const at = this.pageMap + i * 4;
-      if (v.getUint32(at, true) & k.PAGE_CODE) Atomics.and(this.pageWords(), at >>> 2, ~k.PAGE_CODE >>> 0);
-    }
+    if (!this.sharedMap) this.pageMap.clearCode();
     const table = this.core.table;
     for (let i = 1; i <= this.slotsUsed; i++) table.set(i, null);
     this.slotsUsed = 0;
@@ -298,7 +288,7 @@ export class Jit {
     for (const h of this.harts) this.core.fn.setJitCache(h, 0);
     this.core.setCompiler(undefined);
     this.pool.freeContiguous(this.area, this.areaFrames);
-    this.pool.freeContiguous(this.pageMap, this.pageMapFrames);
+    this.pageMap.release();
   }
 }
 
