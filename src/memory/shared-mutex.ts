@@ -48,4 +48,14 @@ export class SharedMutex {
       Atomics.notify(this.words, this.index, 1);
     }
   }
+
+  /** Run `body` holding the lock. */
+  with<T>(body: () => T): T {
+    this.lock();
+    try {
+      return body();
+    } finally {
+      this.unlock();
+    }
+  }
 }
