@@ -42,6 +42,8 @@ export class Vcpu {
   readonly hart: number;
   readonly stats = new ExitStats();
   private readonly memory: WebAssembly.Memory;
+  private readonly pool: FramePool;
+  private readonly hartFrames: number;
   private view: DataView;
 
   constructor(
@@ -51,9 +53,12 @@ export class Vcpu {
     private readonly p2m: P2m,
     private readonly bus: MmioBus,
     private readonly idle: IdlePolicy = "advance-time",
+    owner?: number,
   ) {
     this.memory = pool.memory;
-    this.hart = pool.allocContiguous(Math.ceil(core.fn.hartStateSize() / 4096));
+    this.pool = pool;
+    this.hartFrames = Math.ceil(core.fn.hartStateSize() / 4096);
+    this.hart = pool.allocContiguous(this.hartFrames, owner);
     this.view = new DataView(this.memory.buffer);
     core.fn.setP2m(this.hart, p2m.table, p2m.baseGfn, BigInt(p2m.count));
   }
@@ -64,6 +69,16 @@ export class Vcpu {
     if (this.view.byteLength !== this.memory.buffer.byteLength) this.view = new DataView(this.memory.buffer);
     return this.view;
   }
+  /** A field of the run record (RUN_*_OFF), e.g. an exit's reason or address. */
+  runRecord(off: number): bigint {
+    return this.rec(off);
+  }
+
+  /** Give the hart block back to the pool; the vCPU is unusable after. */
+  release(): void {
+    this.pool.freeContiguous(this.hart, this.hartFrames);
+  }
+
   private rec(off: number): bigint {
     return this.record().getBigUint64(this.hart + off, true);
   }
@@ -136,6 +151,10 @@ export class Vcpu {
         case k.EXIT_BUDGET:
           this.stats.count("time-slice");
           return { kind: "budget" };
+        case k.EXIT_KICK:
+          // REQ_EXIT: only a host posts it; alone in a thread, end the slice.
+          this.stats.count("preempt");
+          return { kind: "budget" };
         default:
           throw new Error(`internal error: unknown exit reason ${reason}`);
       }
@@ -152,7 +171,7 @@ export class Vcpu {
 
   /** MMIO exit: route to the device, or complete as "no device" so the guest
    *  takes an access fault (a bus error), never the hypervisor. */
-  private handleMmioExit(write: boolean): void {
+  handleMmioExit(write: boolean): void {
     const { k } = this.core;
     const addr = this.rec(k.RUN_ADDR_OFF);
     const size = Number(this.rec(k.RUN_SIZE_OFF));

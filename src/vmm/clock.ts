@@ -17,11 +17,12 @@ export const REALTIME_TICK_INSNS = 100;
 const NS_PER_TICK = BigInt(1e9 / VIRT_TIMEBASE_HZ);
 
 export class RealtimeClock {
-  private readonly start = process.hrtime.bigint();
+  /** process.hrtime.bigint() when the clock read 0 (every thread's hrtime is the same clock). */
+  readonly startNs = process.hrtime.bigint();
 
   /** Ticks since the machine was created. */
   now(): bigint {
-    return (process.hrtime.bigint() - this.start) / NS_PER_TICK;
+    return (process.hrtime.bigint() - this.startNs) / NS_PER_TICK;
   }
 
   /** Milliseconds of host time until the clock reads `ticks` (0 if passed). */

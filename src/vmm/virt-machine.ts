@@ -1,12 +1,18 @@
 // The `virt` machine for Linux guests: QEMU's riscv `virt` memory map and
-// devices (arch/riscv/layout.ts), a device tree written by tsvisor, N harts
-// time-sliced in this thread, and the SBI implemented as hypercalls, so the
-// kernel boots with no firmware in the guest.
+// devices (arch/riscv/layout.ts), a device tree written by tsvisor, N harts,
+// and the SBI implemented as hypercalls, so the kernel boots with no firmware
+// in the guest.
 //
-// Data flow: a hart runs until an exit (vcpu.ts); MMIO goes to the device on
-// the bus; SBI calls come here and go to the handlers in arch/riscv/sbi, which
-// act on the machine through the SbiPlatform below; devices raise interrupts
-// through the PLIC into the harts' external-interrupt lines.
+// Data flow: a hart runs until an exit; MMIO goes to the device on the bus;
+// SBI calls come here and go to the handlers in arch/riscv/sbi, which act on
+// the machine through the SbiPlatform below; devices raise interrupts through
+// the PLIC into the harts' external-interrupt lines.
+//
+// Two ways to run it: inside a host (src/host/), whose pCPU workers run the
+// harts in parallel and hand this machine the exits only it can handle
+// (serviceExit, on the main thread); or alone in this thread, harts
+// time-sliced by runRound (the unit tests' way, deterministic enough to
+// single-step a scenario).
 
 import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js";
 import { FramePool } from "../memory/frame-pool.js";
@@ -28,6 +34,8 @@ import type { KernelImage } from "../arch/riscv/boot-image.js";
 import { handleSbiCall, HartState, SbiStats, type SbiPlatform, type SbiCaller, type SbiOutcome } from "../arch/riscv/sbi/sbi.js";
 import { RealtimeClock, REALTIME_TICK_INSNS } from "./clock.js";
 import { MachineError } from "./bare-machine.js";
+import { CodePageMap } from "../jit/code-page-map.js";
+import { OWNER_HOST } from "../memory/frame-pool.js";
 import { PanicWatch } from "./panic-watch.js";
 import type { VirtioDevice } from "../devices/virtio/virtio.js";
 import { VirtioMmio, VIRTIO_MMIO_SIZE } from "../devices/virtio/mmio.js";
@@ -57,7 +65,35 @@ export interface VirtMachineConfig {
   warn?(message: string): void;
   /** Binary translation (undefined or false: interpreter only). */
   jit?: JitOptions | false;
+  /** Parts a host owns and shares among its VMs. Absent: the machine makes
+   *  its own pool and core and runs alone in this thread (runRound). */
+  host?: MachineHostParts;
+  /** Something outside hart `index` may have made it runnable (an interrupt
+   *  line, an IPI, HSM hart_start): the host wakes it if it sleeps. */
+  kickHart?(index: number): void;
+  /** HSM hart_start made hart `index` runnable. */
+  hartStarted?(index: number): void;
+  /** The guest ended (power-off, reboot, panic, a halted hart). */
+  onEnd?(end: VmEnd): void;
 }
+
+export interface MachineHostParts {
+  pool: FramePool;
+  /** The main thread's core instance: it reads and writes hart blocks of
+   *  vCPUs that are not running (or that wait in an exit mailbox). */
+  core: Core;
+  /** The pool owner every frame of this VM is charged to. */
+  owner: number;
+}
+
+/** What a vCPU does after the machine handled its exit. */
+export type ExitAnswer =
+  | { kind: "resume" }
+  /** Resume once these harts have acted on a posted request (SBI remote
+   *  fences return only when the targets have flushed, as under KVM). */
+  | { kind: "resume-after"; harts: number[]; request: number }
+  | { kind: "stop" }
+  | { kind: "block" };
 
 /** How the guest ended. */
 export type VmEnd =
@@ -65,13 +101,15 @@ export type VmEnd =
   /** The guest reported a failure status through the test finisher. */
   | { kind: "exit-status"; code: number }
   | { kind: "reboot" }
-  | { kind: "panic"; message: string };
+  | { kind: "panic"; message: string }
+  /** A hart cannot go on (its trap handler faults on every instruction). */
+  | { kind: "error"; message: string };
 
 export type RoundResult = { kind: "busy" } | { kind: "idle" } | { kind: "ended"; end: VmEnd };
 
 // CSR numbers (privileged spec 2.2).
 const CSR_MEDELEG = 0x302, CSR_MIDELEG = 0x303, CSR_MCOUNTEREN = 0x306, CSR_MENVCFG = 0x30a;
-const CSR_SCOUNTEREN = 0x106, CSR_STIMECMP = 0x14d, CSR_MIP = 0x344;
+const CSR_SCOUNTEREN = 0x106, CSR_STIMECMP = 0x14d;
 /** Exceptions the guest kernel handles itself: everything but ECALL from S and M
  *  (hypercalls) and the reserved causes, since there is no M-mode firmware to
  *  take them (OpenSBI delegates a subset because it emulates the rest). */
@@ -79,7 +117,6 @@ const MEDELEG_ALL_BUT_ECALL_S = 0xb1ffn;
 /** Supervisor software, timer and external interrupts go to S-mode. */
 const MIDELEG_S_INTERRUPTS = 0x222n;
 const MENVCFG_STCE = 1n << 63n;
-const MIP_SSIP = 1n << 1n;
 const PRV_S = 1;
 const A0 = 10, A1 = 11;
 
@@ -91,14 +128,21 @@ interface HartSlot {
 
 export class VirtMachine {
   readonly core: Core;
+  readonly pool: FramePool;
+  readonly p2m: P2m;
   readonly harts: HartSlot[];
+  /** Host address of the VM's time floor (coherent time across harts, core csr.ts), 0 with one hart. */
+  readonly timeFloor: number;
+  /** The page map of translated code every translation cache of this VM shares. */
+  readonly codePageMap: CodePageMap | undefined;
+  readonly owner: number;
   readonly uart: Uart16550;
   readonly layout: BootLayout;
   readonly sbiStats = new SbiStats();
   private readonly ram: GuestMemory;
   private readonly plic: Plic;
   private readonly rtc: GoldfishRtc;
-  private readonly clock = new RealtimeClock();
+  readonly clock = new RealtimeClock();
   private readonly panicWatch = new PanicWatch();
   private readonly platform: SbiPlatform;
   private readonly consoleIn: number[] = [];
@@ -113,16 +157,29 @@ export class VirtMachine {
     if (!Number.isInteger(cfg.harts) || cfg.harts < 1 || cfg.harts > L.VIRT_MAX_HARTS) {
       throw new MachineError(`--cpus must be 1..${L.VIRT_MAX_HARTS}`);
     }
-    const pool = new FramePool(CORE_RESERVED_BYTES);
-    this.core = instantiateCore(pool.memory);
-    const p2m = new P2m(pool, L.VIRT_RAM_BASE, cfg.memBytes);
+    const pool = cfg.host?.pool ?? new FramePool(CORE_RESERVED_BYTES);
+    this.pool = pool;
+    this.owner = cfg.host?.owner ?? OWNER_HOST;
+    this.core = cfg.host?.core ?? instantiateCore(pool.memory);
+    const p2m = new P2m(pool, L.VIRT_RAM_BASE, cfg.memBytes, { owner: this.owner });
+    this.p2m = p2m;
     this.ram = new GuestMemory(p2m, pool.memory);
     const bus = new MmioBus();
     this.harts = [];
     for (let id = 0; id < cfg.harts; id++) {
-      this.harts.push({ id, vcpu: new Vcpu(this.core, pool, id, p2m, bus, "exit"), state: HartState.Stopped });
+      this.harts.push({ id, vcpu: new Vcpu(this.core, pool, id, p2m, bus, "exit", this.owner), state: HartState.Stopped });
     }
-    if (cfg.jit) {
+    this.timeFloor = 0;
+    if (cfg.harts > 1) {
+      // One clock per VM: a time read on any hart is never below one another
+      // hart completed before it (core csr.ts explains why this matters).
+      this.timeFloor = pool.alloc(this.owner);
+      for (const s of this.harts) this.core.fn.setTimeShared(s.vcpu.hart, this.timeFloor);
+    }
+    if (cfg.jit && cfg.host) {
+      // The host's workers translate; they share this map of translated pages.
+      this.codePageMap = CodePageMap.create(pool, p2m, this.owner);
+    } else if (cfg.jit) {
       this.jit = new Jit(this.core, pool, p2m, cfg.jit);
       for (const s of this.harts) this.jit.attachHart(s.vcpu.hart);
     }
@@ -130,8 +187,9 @@ export class VirtMachine {
     const { fn, k } = this.core;
     this.plic = new Plic(2 * cfg.harts, (context, level) => {
       // Context 2h is hart h's M-mode, 2h+1 its S-mode (plic.ts).
-      const h = this.harts[context >> 1].vcpu.hart;
-      fn.setIrqLine(h, context & 1 ? k.IRQ_LINE_SEIP : k.IRQ_LINE_MEIP, level ? 1 : 0);
+      const index = context >> 1;
+      fn.setIrqLine(this.harts[index].vcpu.hart, context & 1 ? k.IRQ_LINE_SEIP : k.IRQ_LINE_MEIP, level ? 1 : 0);
+      if (level) cfg.kickHart?.(index);
     });
     const console = (bytes: Uint8Array) => {
       this.panicWatch.feed(bytes);
@@ -147,7 +205,7 @@ export class VirtMachine {
     });
     bus.register(L.VIRT_TEST_BASE, L.VIRT_TEST_SIZE, new Syscon((e) => this.onPowerEvent(e)));
     bus.register(L.VIRT_RTC_BASE, L.VIRT_RTC_SIZE, this.rtc);
-    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, new Aclint(this.core, this.harts.map((s) => s.vcpu.hart)));
+    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, new Aclint(this.core, this.harts.map((s) => s.vcpu.hart), (i) => cfg.kickHart?.(i)));
     bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
     bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
 
@@ -225,6 +283,86 @@ export class VirtMachine {
     const panic = this.panicWatch.message;
     this.end = end.kind === "reboot" && panic !== undefined ? { kind: "panic", message: panic } : end;
     for (const s of this.harts) s.vcpu.requestStop();
+    this.cfg.onEnd?.(this.end);
+  }
+
+  /** How the guest ended, once it has. */
+  get ended(): VmEnd | undefined {
+    return this.end;
+  }
+
+  // ---- inside a host: exits handed over by the pCPU workers -------------------------------
+
+  /**
+   * Handle the exit hart `index` left in its run record (MMIO, SBI, a halted
+   * hart): its worker waits in the exit mailbox meanwhile, so the hart block
+   * is ours to read and write. Returns what the vCPU does next.
+   */
+  serviceExit(index: number): ExitAnswer {
+    const slot = this.harts[index];
+    const { k } = this.core;
+    if (this.end) return { kind: "stop" };
+    const reason = Number(slot.vcpu.runRecord(k.RUN_REASON_OFF));
+    let answer: ExitAnswer;
+    switch (reason) {
+      case k.EXIT_MMIO_READ:
+      case k.EXIT_MMIO_WRITE:
+        slot.vcpu.handleMmioExit(reason === k.EXIT_MMIO_WRITE);
+        answer = { kind: "resume" };
+        break;
+      case k.EXIT_SBI:
+        answer = this.serviceSbi(slot);
+        break;
+      case k.EXIT_P2M_FAULT: {
+        const gpa = slot.vcpu.runRecord(k.RUN_ADDR_OFF);
+        this.finish({ kind: "error", message: `hart ${index}: guest-physical address 0x${gpa.toString(16)} cannot be mapped` });
+        answer = { kind: "stop" };
+        break;
+      }
+      default: {
+        const pc = slot.vcpu.runRecord(k.RUN_ADDR_OFF);
+        this.finish({ kind: "error", message: `hart ${index} halted: its trap handler at 0x${pc.toString(16)} faults on every instruction` });
+        answer = { kind: "stop" };
+      }
+    }
+    this.afterExit();
+    return this.end ? { kind: "stop" } : answer;
+  }
+
+  /** Device work an exit may have made due: UART input once its driver
+   *  listens, virtio queues a backend asked to have polled. */
+  afterExit(): void {
+    this.feedUart();
+    this.rtc.poll();
+    if (this.pollRequested) {
+      this.pollRequested = false;
+      for (const t of this.virtio) t.poll();
+    }
+  }
+
+  private serviceSbi(slot: HartSlot): ExitAnswer {
+    this.fenceTargets = undefined;
+    const keepRunning = this.handleSbi(slot);
+    const fence = this.fenceTargets as { harts: number[]; request: number } | undefined;
+    if (!keepRunning) return slot.state === HartState.Suspended ? { kind: "block" } : { kind: "stop" };
+    return fence ? { kind: "resume-after", ...fence } : { kind: "resume" };
+  }
+
+  /** Targets of the SBI remote fence being handled (serviceSbi waits for them). */
+  private fenceTargets: { harts: number[]; request: number } | undefined;
+
+  /** Give every frame of the VM back to the pool (zeroed): its p2m, RAM, hart
+   *  blocks and translation areas. No hart may run afterwards. */
+  release(): void {
+    this.jit?.release();
+    if (this.cfg.host) {
+      this.pool.releaseOwner(this.owner);
+      return;
+    }
+    this.codePageMap?.release();
+    for (const s of this.harts) s.vcpu.release();
+    if (this.timeFloor) this.pool.free(this.timeFloor);
+    this.p2m.release();
   }
 
   /** Host keyboard or pipe input for the guest console. */
@@ -335,7 +473,7 @@ export class VirtMachine {
   }
 
   private sbiPlatform(console: (bytes: Uint8Array) => void): SbiPlatform {
-    const { fn } = this.core;
+    const { fn, k } = this.core;
     const hartOf = (id: number) => this.harts[id].vcpu.hart;
     return {
       hartCount: this.harts.length,
@@ -343,20 +481,30 @@ export class VirtMachine {
       sendIpi: (ids) => {
         for (const id of ids) {
           // An IPI is a supervisor software interrupt at the target (SBI
-          // spec v2.0, 7.1 sbi_send_ipi): set sip.SSIP as a CSRRS would.
-          // Not a csrRead-then-csrWrite of mip: a read returns SEIP OR-ed with
-          // the PLIC's line, and writing that back latched SEIP on for good
-          // (privileged spec 3.1.9), so the hart took external interrupts
-          // with nothing to claim forever and never its timer or IPIs.
-          fn.csrSet(hartOf(id), CSR_MIP, MIP_SSIP);
+          // spec v2.0, 7.1 sbi_send_ipi): sip.SSIP, set by the target's own
+          // thread when it sees the request (the target may be running on
+          // another worker, and mip is its to write). Never a read-then-write
+          // of mip here: a read returns SEIP OR-ed with the PLIC's line, and
+          // writing that back latched SEIP on for good (privileged spec 3.1.9).
+          fn.postRequest(hartOf(id), k.REQ_SSIP);
+          this.cfg.kickHart?.(id);
         }
       },
       remoteFence: (ids, kind) => {
-        // The interpreter keeps no translated code, so FENCE.I has nothing to drop.
-        if (kind === "sfence.vma") for (const id of ids) fn.tlbFlush(hartOf(id));
+        // FENCE.I: translations are keyed by guest-physical page and retired
+        // when the page is written, so there is nothing to drop. SFENCE.VMA:
+        // the target flushes its TLB when it sees the request; the caller
+        // resumes once every target has (SBI spec v2.0, chapter 8: the call
+        // returns when the fence is done on the remote harts).
+        if (kind !== "sfence.vma") return;
+        for (const id of ids) fn.postRequest(hartOf(id), k.REQ_TLB_FLUSH);
+        this.fenceTargets = { harts: [...ids], request: k.REQ_TLB_FLUSH };
       },
       hartState: (id) => this.harts[id].state,
-      startHart: (id, pc, opaque) => this.startHart(this.harts[id], pc, opaque),
+      startHart: (id, pc, opaque) => {
+        this.startHart(this.harts[id], pc, opaque);
+        this.cfg.hartStarted?.(id);
+      },
       isRam: (gpa, len) => this.ram.isRam(gpa, len),
       readGuest: (gpa, len) => this.ram.read(gpa, len),
       writeGuest: (gpa, bytes) => this.ram.write(gpa, bytes),

@@ -22,7 +22,8 @@ export class Aclint implements MmioDevice {
    *  bits wired to zero, bit 0 reflected in mip.MSIP; so it reads back. */
   private readonly msip: Uint8Array;
 
-  constructor(private readonly core: Core, private readonly harts: number[]) {
+  /** `kick(i)`: hart i's MSIP line rose (it may sleep on another thread). */
+  constructor(private readonly core: Core, private readonly harts: number[], private readonly kick?: (index: number) => void) {
     this.msip = new Uint8Array(harts.length);
   }
 
@@ -42,6 +43,7 @@ export class Aclint implements MmioDevice {
       const index = (offset - MSIP_BASE) >> 2;
       this.msip[index] = Number(value & 1n);
       this.core.fn.setIrqLine(this.harts[index], this.core.k.IRQ_LINE_MSIP, this.msip[index]);
+      if (this.msip[index]) this.kick?.(index);
       return;
     }
     const reg = this.reg64(offset);

@@ -1,0 +1,80 @@
+// The exit mailbox between a pCPU worker and the main thread (the I/O side),
+// as KVM's run record is between the kernel and the VMM: the worker leaves
+// an exit the main thread must handle (MMIO, SBI, a halted hart) in the
+// vCPU's run record in shared memory, posts, and sleeps until the answer;
+// the main thread handles it with the devices and answers. One Int32 word
+// per vCPU (in the scheduler's table) carries the state; one host-wide
+// doorbell word wakes the main thread, which waits on it asynchronously
+// (Atomics.waitAsync) so its event loop keeps serving host I/O.
+
+import { H_DOORBELL, type Scheduler } from "./scheduler.js";
+
+// ES2024's Atomics.waitAsync (in Node since 16); TypeScript's ES2022 lib lacks it.
+const waitAsync = (Atomics as unknown as {
+  waitAsync(a: Int32Array, i: number, v: number): { async: boolean; value: Promise<string> | string };
+}).waitAsync;
+
+export enum Mailbox {
+  Empty = 0,
+  /** The worker posted an exit and waits. */
+  Posted = 1,
+  /** Answers: go on running the vCPU... */
+  Resume = 2,
+  /** ...or end its turn: HSM stopped it, or its VM ended or is pausing... */
+  Stop = 3,
+  /** ...or it suspended (HSM suspend): block until an interrupt. */
+  Block = 4,
+}
+
+export type Answer = Mailbox.Resume | Mailbox.Stop | Mailbox.Block;
+
+/** Worker side: post vCPU `v`'s exit and wait for the answer. */
+export function postExitAndWait(sched: Scheduler, v: number): Answer {
+  const w = sched.words;
+  const i = sched.mailboxIndex(v);
+  Atomics.store(w, i, Mailbox.Posted);
+  Atomics.add(w, H_DOORBELL, 1);
+  Atomics.notify(w, H_DOORBELL);
+  while (Atomics.load(w, i) === Mailbox.Posted) Atomics.wait(w, i, Mailbox.Posted);
+  const answer = Atomics.load(w, i) as Answer;
+  Atomics.store(w, i, Mailbox.Empty);
+  return answer;
+}
+
+/** Main-thread side: answer vCPU `v`'s posted exit. */
+export function answerExit(sched: Scheduler, v: number, answer: Answer): void {
+  const i = sched.mailboxIndex(v);
+  Atomics.store(sched.words, i, answer);
+  Atomics.notify(sched.words, i);
+}
+
+export function isPosted(sched: Scheduler, v: number): boolean {
+  return Atomics.load(sched.words, sched.mailboxIndex(v)) === Mailbox.Posted;
+}
+
+/**
+ * Main thread: call `serve` whenever the doorbell rings, until `stop()`.
+ * The doorbell's value changes with every post; waiting for it to differ
+ * from the value seen before the last scan loses no post.
+ */
+export function serveDoorbell(sched: Scheduler, serve: () => void): { stop(): void } {
+  let running = true;
+  const w = sched.words;
+  const loop = async () => {
+    while (running) {
+      const seen = Atomics.load(w, H_DOORBELL);
+      serve();
+      if (!running) break;
+      const r = waitAsync(w, H_DOORBELL, seen);
+      if (r.async) await r.value;
+    }
+  };
+  void loop();
+  return {
+    stop() {
+      running = false;
+      Atomics.add(w, H_DOORBELL, 1);
+      Atomics.notify(w, H_DOORBELL);
+    },
+  };
+}

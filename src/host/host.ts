@@ -1,0 +1,160 @@
+// The host: one frame pool, the pCPU workers, the scheduler and the table
+// of VMs (DESIGN.md, "The host layer"). The typed API that `tsvisor run`,
+// the coming control plane and the tests all drive:
+//
+//   const host = await Host.create({ pcpus: 2 });
+//   const vm = host.createVm({ name: "a", kernel, initrd, cmdline, cpus: 2, memBytes: 256 << 20,
+//                              consoleOut: (b) => process.stdout.write(b) });
+//   vm.start();
+//   const end = await vm.waitForEnd();   // { kind: "poweroff" } ...
+//   await host.close();
+//
+// The main thread is the I/O side: device models and backends run here, and
+// so does the exit service, which answers the exits workers post to it.
+
+import { availableParallelism } from "node:os";
+import { FramePool, FIRST_VM_OWNER, MAX_OWNER, WASM_PAGE_SIZE, WASM_MAX_PAGES } from "../memory/frame-pool.js";
+import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js";
+import { Scheduler, VcpuState, MAX_PCPUS } from "./scheduler.js";
+import { serveDoorbell, isPosted } from "./exit-mailbox.js";
+import { PcpuPool } from "./pcpu-pool.js";
+import { monoNs } from "./pcpu-protocol.js";
+import { Vm, HostError, type VmConfig } from "./vm.js";
+
+export { Vm, HostError, type VmConfig } from "./vm.js";
+export type { VmState, VmStats, RunEnd } from "./vm.js";
+
+export interface HostOptions {
+  /** pCPU worker threads (default: one per host core, see README "The host engine"). */
+  pcpus?: number;
+  /** Upper bound of the frame pool, shared by all VMs (default and at most 4 GiB). */
+  memLimitBytes?: number;
+  /** Size of the scheduler's shared table (default 1024 vCPUs, 256 VMs: about 100 KiB). */
+  maxVcpus?: number;
+  maxVms?: number;
+}
+
+export interface HostInfo {
+  pcpus: number;
+  vms: number;
+  pool: { limitBytes: number; committedBytes: number; framesInUse: number };
+}
+
+/** The host's side of a vCPU the exit service may be asked about. */
+export interface VcpuRef {
+  vm: Vm;
+  index: number;
+}
+
+export class Host {
+  readonly pool: FramePool;
+  /** The main thread's core instance: reads and writes hart blocks of vCPUs that are not running. */
+  readonly core: Core;
+  readonly sched: Scheduler;
+  readonly pcpus: PcpuPool;
+  private readonly vmsByName = new Map<string, Vm>();
+  /** Scheduler vCPU slot -> its VM and hart index. */
+  readonly vcpus = new Map<number, VcpuRef>();
+  private readonly usedOwners = new Set<number>();
+  private readonly doorbell: { stop(): void };
+  /** Keeps the process alive while the host is open: the workers, their
+   *  ports and the doorbell wait do not (a host is a server until closed). */
+  private readonly keepAlive = setInterval(() => {}, 1 << 30);
+  private fatal: Error | undefined;
+  private closed = false;
+
+  static async create(opts: HostOptions = {}): Promise<Host> {
+    return new Host(opts);
+  }
+
+  private constructor(opts: HostOptions) {
+    const pcpus = opts.pcpus ?? availableParallelism();
+    if (!Number.isInteger(pcpus) || pcpus < 1 || pcpus > MAX_PCPUS) throw new HostError(`pcpus must be 1..${MAX_PCPUS}`);
+    const limit = opts.memLimitBytes ?? WASM_MAX_PAGES * WASM_PAGE_SIZE;
+    if (!Number.isSafeInteger(limit) || limit < 16 << 20 || limit > WASM_MAX_PAGES * WASM_PAGE_SIZE) {
+      throw new HostError("the host memory limit must be 16 MiB .. 4 GiB");
+    }
+    this.pool = new FramePool({ reservedBytes: CORE_RESERVED_BYTES, maxPages: Math.floor(limit / WASM_PAGE_SIZE) });
+    this.core = instantiateCore(this.pool.memory);
+    this.sched = Scheduler.create(pcpus, opts.maxVcpus ?? 1024, opts.maxVms ?? 256);
+    this.pcpus = new PcpuPool(pcpus, this.pool, this.sched, (e) => this.onFatal(e));
+    this.doorbell = serveDoorbell(this.sched, () => this.serveExits());
+  }
+
+  get vms(): Vm[] {
+    return [...this.vmsByName.values()];
+  }
+
+  vm(name: string): Vm | undefined {
+    return this.vmsByName.get(name);
+  }
+
+  info(): HostInfo {
+    return {
+      pcpus: this.pcpus.count,
+      vms: this.vmsByName.size,
+      pool: { limitBytes: this.pool.limitBytes, committedBytes: this.pool.committedBytes, framesInUse: this.pool.framesInUse },
+    };
+  }
+
+  /** Define a VM (state "created"; start() boots it). */
+  createVm(config: VmConfig): Vm {
+    if (this.closed) throw new HostError("the host is closed");
+    if (this.fatal) throw new HostError(`the host failed: ${this.fatal.message}`);
+    const name = config.name ?? `vm${this.vmsByName.size}`;
+    if (this.vmsByName.has(name)) throw new HostError(`a VM named '${name}' exists already`);
+    const vm = new Vm(this, name, config, this.allocOwner());
+    this.vmsByName.set(name, vm);
+    return vm;
+  }
+
+  /** Called by Vm.destroy(). */
+  forget(vm: Vm): void {
+    this.vmsByName.delete(vm.name);
+    this.usedOwners.delete(vm.owner);
+  }
+
+  private allocOwner(): number {
+    for (let o = FIRST_VM_OWNER; o <= MAX_OWNER; o++) {
+      if (!this.usedOwners.has(o)) {
+        this.usedOwners.add(o);
+        return o;
+      }
+    }
+    throw new HostError("too many VMs");
+  }
+
+  /** Wake vCPU slot `v` if it sleeps; preempt a running one that deserves its pCPU less. */
+  kick(v: number, start = false): void {
+    const victim = this.sched.wake(v, monoNs(), start);
+    if (victim >= 0) this.core.fn.postRequest(this.sched.hartOf(victim), this.core.k.REQ_EXIT);
+  }
+
+  /** Answer every posted exit (the doorbell rang). */
+  private serveExits(): void {
+    for (const [v, ref] of this.vcpus) {
+      if (isPosted(this.sched, v)) ref.vm.serviceExit(v, ref.index);
+    }
+  }
+
+  /** Is vCPU slot `v` on a pCPU right now? */
+  isRunning(v: number): boolean {
+    return this.sched.stateOf(v) === VcpuState.Running;
+  }
+
+  private onFatal(e: Error): void {
+    if (this.fatal) return;
+    this.fatal = e;
+    for (const vm of this.vms) vm.hostFailed(e);
+  }
+
+  /** Destroy every VM and stop the workers. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const vm of this.vms) await vm.destroy();
+    this.doorbell.stop();
+    await this.pcpus.close();
+    clearInterval(this.keepAlive);
+  }
+}

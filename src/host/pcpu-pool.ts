@@ -1,0 +1,103 @@
+// The host's pCPU workers as the main thread sees them: starting and
+// stopping them, telling them about VMs, and asking what only they know.
+
+import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
+import type { FramePool } from "../memory/frame-pool.js";
+import type { JitStats } from "../jit/jit.js";
+import type { Scheduler } from "./scheduler.js";
+import type { PcpuMessage, PcpuReply, VmDescriptor } from "./pcpu-protocol.js";
+import type { PcpuWorkerData } from "./pcpu-worker.js";
+
+interface PcpuThread {
+  worker: Worker;
+  port: MessagePort;
+}
+
+export class PcpuPool {
+  private readonly threads: PcpuThread[] = [];
+  private nextToken = 1;
+  private readonly waiting = new Map<number, (reply: PcpuReply) => void>();
+  private closed = false;
+
+  /** `onFatal`: a worker died (a hypervisor bug): the host cannot go on. */
+  constructor(count: number, pool: FramePool, private readonly sched: Scheduler, onFatal: (e: Error) => void) {
+    for (let pcpu = 0; pcpu < count; pcpu++) {
+      const { port1, port2 } = new MessageChannel();
+      const data: PcpuWorkerData = { pcpu, pool: pool.handle(), sched: sched.handle, port: port2 };
+      const worker = new Worker(new URL("./pcpu-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
+      worker.on("error", (e) => {
+        if (!this.closed) onFatal(new Error(`pCPU ${pcpu} failed: ${e.message}`));
+      });
+      worker.on("exit", (code) => {
+        if (!this.closed) onFatal(new Error(`pCPU ${pcpu} exited (status ${code})`));
+      });
+      port1.on("message", (reply: PcpuReply) => {
+        const resolve = this.waiting.get(reply.token);
+        if (resolve) {
+          this.waiting.delete(reply.token);
+          resolve(reply);
+        }
+      });
+      // The ports must not keep the process alive on their own: the host's
+      // VMs do that while they run.
+      port1.unref();
+      worker.unref();
+      this.threads.push({ worker, port: port1 });
+    }
+  }
+
+  get count(): number {
+    return this.threads.length;
+  }
+
+  /** Post to every worker and wake them (a sleeping worker drains its port when woken). */
+  private broadcast(msg: PcpuMessage): void {
+    for (const t of this.threads) t.port.postMessage(msg);
+    this.sched.tickleIdle();
+  }
+
+  private ask(make: (token: number) => PcpuMessage): Promise<PcpuReply[]> {
+    return Promise.all(
+      this.threads.map((t) => {
+        const token = this.nextToken++;
+        return new Promise<PcpuReply>((resolve) => {
+          this.waiting.set(token, resolve);
+          t.port.postMessage(make(token));
+          this.sched.tickleIdle();
+        });
+      }),
+    );
+  }
+
+  addVm(vm: VmDescriptor): void {
+    this.broadcast({ kind: "add-vm", vm });
+  }
+
+  /** Every worker forgets the VM and frees its translation cache for it. */
+  async dropVm(id: number): Promise<void> {
+    await this.ask((token) => ({ kind: "drop-vm", id, token }));
+  }
+
+  /** The VM's translation counts, summed over the workers' caches. */
+  async jitStats(id: number): Promise<JitStats | undefined> {
+    const replies = await this.ask((token) => ({ kind: "jit-stats", id, token }));
+    let sum: JitStats | undefined;
+    for (const r of replies) {
+      if (r.kind !== "jit-stats" || !r.stats) continue;
+      if (!sum) sum = { ...r.stats };
+      else for (const key of Object.keys(sum) as (keyof JitStats)[]) sum[key] += r.stats[key];
+    }
+    return sum;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.broadcast({ kind: "quit" });
+    await Promise.all(this.threads.map((t) => new Promise<void>((resolve) => {
+      t.worker.once("exit", () => resolve());
+      // A worker stuck waiting in an exit mailbox cannot see "quit".
+      setTimeout(() => void t.worker.terminate(), 2000).unref();
+    })));
+    for (const t of this.threads) t.port.close();
+  }
+}

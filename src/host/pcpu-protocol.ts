@@ -1,0 +1,40 @@
+// What the main thread and the pCPU workers tell each other besides the
+// shared tables: VMs coming and going, and questions only a worker can
+// answer (its translation cache's counts). Messages travel on a
+// MessagePort the worker drains with receiveMessageOnPort whenever it
+// wakes, so a worker that sleeps in Atomics.wait still gets them.
+
+import type { JitOptions, JitStats } from "../jit/jit.js";
+import type { P2mHandle } from "../memory/p2m.js";
+
+/** Host monotonic time in nanoseconds, the same clock on every thread
+ *  (CLOCK_MONOTONIC; performance.now() has a per-thread origin). */
+export function monoNs(): number {
+  return Number(process.hrtime.bigint());
+}
+
+/** A VM as a worker needs to know it: plain data, cloned to every worker. */
+export interface VmDescriptor {
+  /** The VM's slot in the scheduler's table. */
+  id: number;
+  /** The frame pool owner its frames are charged to. */
+  owner: number;
+  p2m: P2mHandle;
+  /** Host addresses of its hart blocks, by hart index. */
+  harts: number[];
+  /** process.hrtime.bigint() when the VM's clock read 0. */
+  clockStartNs: bigint;
+  jit: JitOptions | false;
+  /** The VM's page map of translated code (shared by every worker's cache). */
+  pageMap: number;
+}
+
+export type PcpuMessage =
+  | { kind: "add-vm"; vm: VmDescriptor }
+  | { kind: "drop-vm"; id: number; token: number }
+  | { kind: "jit-stats"; id: number; token: number }
+  | { kind: "quit" };
+
+export type PcpuReply =
+  | { kind: "dropped"; id: number; token: number }
+  | { kind: "jit-stats"; token: number; stats: JitStats | undefined };

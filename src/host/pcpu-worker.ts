@@ -1,0 +1,223 @@
+// A pCPU: one worker thread with its own core instance and translation
+// caches over the host's shared memory, running whichever vCPU the scheduler
+// gives it (DESIGN.md, "The host layer").
+//
+// It handles the exits that need nothing but the vCPU's own VM memory here
+// (p2m faults: allocate on first touch; WFI: block; the end of a budget) and
+// hands every other exit (MMIO, SBI, a halted hart) to the main thread
+// through the exit mailbox, waiting for the answer, as a KVM vCPU thread
+// returns to its VMM. It never touches devices or host resources.
+
+import { workerData, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
+import { instantiateCore, asU64, type Core } from "../vcpu/core.js";
+import { FramePool, type FramePoolHandle } from "../memory/frame-pool.js";
+import { P2m } from "../memory/p2m.js";
+import { Jit } from "../jit/jit.js";
+import { Scheduler, H_IDLE_SEQ, exitIndex, type SchedulerHandle } from "./scheduler.js";
+import { postExitAndWait, Mailbox } from "./exit-mailbox.js";
+import { monoNs, type PcpuMessage, type VmDescriptor } from "./pcpu-protocol.js";
+
+export interface PcpuWorkerData {
+  pcpu: number;
+  pool: FramePoolHandle;
+  sched: SchedulerHandle;
+  port: MessagePort;
+}
+
+/** Instructions per run() call inside a slice: the worker looks at the clock
+ *  (slice end, guest time) between calls. About 0.3 ms of translated code. */
+const RUN_BUDGET = 100_000;
+/** Guest timer ticks per nanosecond: the virt machine's 10 MHz timebase. */
+const NS_PER_TICK = 100n;
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+
+/** One VM as this worker sees it: its p2m and (lazily) this worker's translation cache. */
+class VmContext {
+  readonly p2m: P2m;
+  private jit: Jit | undefined;
+  constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool) {
+    this.p2m = P2m.attach(pool, d.p2m);
+  }
+
+  /** Point hart `h` at this worker's translation cache for the VM. */
+  prepareHart(h: number): void {
+    if (this.d.jit === false) return;
+    if (!this.jit) this.jit = new Jit(this.core, this.pool, this.p2m, this.d.jit, { pageMap: this.d.pageMap, owner: this.d.owner, harts: this.d.harts });
+    this.jit.use(h);
+  }
+
+  jitStats() {
+    return this.jit?.stats();
+  }
+
+  release(): void {
+    this.jit?.release();
+    this.jit = undefined;
+  }
+
+  /** Guest timer ticks now (the VM's clock, shared by all its harts). */
+  ticksNow(): bigint {
+    return (process.hrtime.bigint() - this.d.clockStartNs) / NS_PER_TICK;
+  }
+
+  /** Host monotonic ns at which the VM clock reads `ticks`. */
+  nsAt(ticks: bigint): number {
+    return Number(this.d.clockStartNs + ticks * NS_PER_TICK);
+  }
+}
+
+class Pcpu {
+  private readonly core: Core;
+  private readonly pool: FramePool;
+  private readonly sched: Scheduler;
+  private readonly vms = new Map<number, VmContext>();
+  private quit = false;
+
+  constructor(private readonly data: PcpuWorkerData) {
+    this.pool = FramePool.attach(data.pool);
+    this.core = instantiateCore(this.pool.memory);
+    this.sched = new Scheduler(data.sched);
+  }
+
+  loop(): void {
+    const w = this.sched.words;
+    for (;;) {
+      const seq = Atomics.load(w, H_IDLE_SEQ);
+      this.drainMessages();
+      if (this.quit) return;
+      const pick = this.sched.pick(this.data.pcpu, monoNs());
+      if (pick.kind === "idle") {
+        const ms = pick.idleNs === Infinity ? undefined : Math.max(pick.idleNs / 1e6, 0.05);
+        Atomics.wait(w, H_IDLE_SEQ, seq, ms);
+        continue;
+      }
+      this.runTurn(pick.vcpu, monoNs() + pick.sliceNs);
+    }
+  }
+
+  private drainMessages(): void {
+    for (;;) {
+      const m = receiveMessageOnPort(this.data.port);
+      if (!m) return;
+      const msg = m.message as PcpuMessage;
+      switch (msg.kind) {
+        case "add-vm":
+          this.vms.set(msg.vm.id, new VmContext(msg.vm, this.core, this.pool));
+          break;
+        case "drop-vm":
+          this.vms.get(msg.id)?.release();
+          this.vms.delete(msg.id);
+          this.data.port.postMessage({ kind: "dropped", id: msg.id, token: msg.token });
+          break;
+        case "jit-stats":
+          this.data.port.postMessage({ kind: "jit-stats", token: msg.token, stats: this.vms.get(msg.id)?.jitStats() });
+          break;
+        case "quit":
+          this.quit = true;
+          break;
+      }
+    }
+  }
+
+  /** Run vCPU `v` until `sliceEnd` (host ns) or until its turn ends otherwise. */
+  private runTurn(v: number, sliceEnd: number): void {
+    const { fn, k } = this.core;
+    const sched = this.sched;
+    if (!this.vms.has(sched.vmOf(v))) this.drainMessages();
+    const ctx = this.vms.get(sched.vmOf(v));
+    const h = sched.hartOf(v);
+    if (!ctx) {
+      // Its VM is being torn down (the worker already forgot it): leave it.
+      sched.release(v, monoNs(), { kind: "stopped" });
+      return;
+    }
+    ctx.prepareHart(h);
+    let noProgress = 0;
+    for (;;) {
+      const now = ctx.ticksNow();
+      if (asU64(fn.getTime(h)) < now) fn.setTime(h, now);
+      const reason = fn.run(h, RUN_BUDGET);
+      const view = this.pool.view;
+      const retired = Number(view.getBigUint64(h + k.RUN_INSNS_OFF, true));
+      sched.addInstructions(v, retired);
+      noProgress = retired === 0 ? noProgress + 1 : 0;
+      switch (reason) {
+        case k.EXIT_P2M_FAULT: {
+          sched.countExit(v, exitIndex("p2m-fault"));
+          const gpa = view.getBigUint64(h + k.RUN_ADDR_OFF, true);
+          const write = view.getBigUint64(h + k.RUN_WRITE_OFF, true) === 1n;
+          if (!ctx.p2m.resolveFault(gpa, write)) {
+            if (!this.toMainThread(v)) return;
+          }
+          break;
+        }
+        case k.EXIT_WFI: {
+          sched.countExit(v, exitIndex("wfi"));
+          if (fn.wakeupPending(h)) break;
+          const deadline = asU64(fn.timerDeadline(h));
+          const deadlineNs = deadline === U64_MAX ? Infinity : ctx.nsAt(deadline);
+          // A request posted since run() returned (an interrupt line, an IPI)
+          // keeps it runnable: the scheduler checks the word under its lock.
+          sched.release(v, monoNs(), { kind: "blocked", deadlineNs, wakePending: () => this.requestPending(h) || fn.wakeupPending(h) !== 0 });
+          return;
+        }
+        case k.EXIT_BUDGET:
+          break;
+        case k.EXIT_KICK:
+          sched.countExit(v, exitIndex("preempt"));
+          sched.release(v, monoNs(), { kind: "runnable" });
+          return;
+        case k.EXIT_MMIO_READ:
+        case k.EXIT_MMIO_WRITE:
+          sched.countExit(v, exitIndex("mmio"));
+          if (!this.toMainThread(v)) return;
+          break;
+        case k.EXIT_SBI:
+          sched.countExit(v, exitIndex("sbi"));
+          if (!this.toMainThread(v)) return;
+          break;
+        default:
+          // EXIT_HALT and anything unexpected: the main thread ends the VM.
+          sched.countExit(v, exitIndex("halt"));
+          if (!this.toMainThread(v)) return;
+          break;
+      }
+      if (noProgress >= 100_000) {
+        // A trap handler whose first instruction exits and then faults
+        // restarts forever one exit at a time (vcpu.ts NO_PROGRESS_LIMIT).
+        view.setBigUint64(h + k.RUN_REASON_OFF, BigInt(k.EXIT_HALT), true);
+        if (!this.toMainThread(v)) return;
+        noProgress = 0;
+      }
+      if (monoNs() >= sliceEnd) {
+        sched.countExit(v, exitIndex("time-slice"));
+        sched.release(v, monoNs(), { kind: "runnable" });
+        return;
+      }
+    }
+  }
+
+  private i32 = new Int32Array(0);
+  private requestPending(h: number): boolean {
+    if (this.i32.byteLength !== this.pool.memory.buffer.byteLength) this.i32 = new Int32Array(this.pool.memory.buffer);
+    return Atomics.load(this.i32, (h + this.core.k.REQ_OFF) >> 2) !== 0;
+  }
+
+  /** Hand the exit in v's run record to the main thread; false when the turn ends. */
+  private toMainThread(v: number): boolean {
+    const answer = postExitAndWait(this.sched, v);
+    const now = monoNs();
+    switch (answer) {
+      case Mailbox.Resume:
+        return true;
+      case Mailbox.Block:
+        this.sched.release(v, now, { kind: "blocked", deadlineNs: Infinity });
+        return false;
+      case Mailbox.Stop:
+        this.sched.release(v, now, { kind: "stopped" });
+        return false;
+    }
+  }
+}
+
+new Pcpu(workerData as PcpuWorkerData).loop();

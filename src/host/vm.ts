@@ -1,0 +1,400 @@
+// A VM in a host: its configuration, its lifecycle and its machine while it
+// runs. The machine (vmm/virt-machine.ts: RAM, devices, SBI) is built at
+// each start and released at each stop; the VM keeps its name, config and
+// scheduling parameters across them.
+//
+// Lifecycle: created -> running <-> paused -> stopped -> (start) running ...,
+// and destroyed at the end. Every request has an answer in every state:
+// pausing a paused VM does nothing, starting a stopped VM boots it again,
+// destroying a running VM stops it first; what cannot be done (resuming a
+// stopped VM, anything on a destroyed one) throws HostError with the reason.
+
+import { VirtMachine, type VmEnd, type ExitAnswer } from "../vmm/virt-machine.js";
+import type { KernelImage } from "../arch/riscv/boot-image.js";
+import type { VirtioDevice } from "../devices/virtio/virtio.js";
+import type { JitOptions, JitStats } from "../jit/jit.js";
+import { ExitStats } from "../vcpu/exit-stats.js";
+import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
+import { FRAME_SIZE } from "../memory/frame-pool.js";
+import { VmRunState, VcpuState, DEFAULT_WEIGHT, MAX_WEIGHT, EXIT_NAMES, type VcpuAccounting } from "./scheduler.js";
+import { answerExit, isPosted, Mailbox } from "./exit-mailbox.js";
+import { monoNs } from "./pcpu-protocol.js";
+import type { Host } from "./host.js";
+
+export class HostError extends Error {
+  override readonly name = "HostError";
+}
+
+export interface VmConfig {
+  name?: string;
+  kernel: KernelImage;
+  initrd?: Uint8Array;
+  cmdline: string;
+  cpus: number;
+  memBytes: number;
+  /** Binary translation (default on with default options; false: interpreter only). */
+  jit?: JitOptions | false;
+  /** virtio devices backed by host resources (disks, network cards), in slot
+   *  order. The caller owns them: they outlive a stop and a start. */
+  virtio?: VirtioDevice[];
+  console?: "ttyS0" | "hvc0";
+  consoleSize?: { cols: number; rows: number };
+  /** Guest console output. */
+  consoleOut(bytes: Uint8Array): void;
+  /** A line worth showing on the host (a guest driver error). */
+  warn?(message: string): void;
+  /** Scheduling: weight 1..65535 (default 256), cap in percent of one pCPU
+   *  (0 = none, 150 = one and a half pCPUs), the pCPUs its vCPUs may run on. */
+  weight?: number;
+  capPct?: number;
+  affinity?: number[];
+}
+
+const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity"]);
+
+export type VmState = "created" | "running" | "paused" | "stopped" | "destroyed";
+
+/** How a run of the VM ended: the guest's way, or the host's (stop, destroy, a host failure). */
+export type RunEnd = VmEnd | { kind: "stopped"; reason: string };
+
+export interface VcpuStats extends Omit<VcpuAccounting, "state"> {
+  state: "stopped" | "runnable" | "running" | "blocked";
+}
+
+export interface VmStats {
+  state: VmState;
+  vcpus: VcpuStats[];
+  /** Guest RAM frames backed by host memory, in bytes. */
+  residentBytes: number;
+  uptimeMs: number;
+}
+
+/** How often the main thread looks at device state nothing else prompts it
+ *  to (the RTC alarm, UART input): the old single-thread runner's idle bound. */
+const DEVICE_POLL_MS = 50;
+
+export class Vm {
+  private _state: VmState = "created";
+  private machine: VirtMachine | undefined;
+  /** Scheduler slots: of the VM, and of each hart by index. */
+  private schedVm = -1;
+  private slots: number[] = [];
+  private weight: number;
+  private capPct: number;
+  private affinity: bigint;
+  private endResolvers: ((end: RunEnd) => void)[] = [];
+  private lastEnd: RunEnd | undefined;
+  private stopping: Promise<void> | undefined;
+  private devicePoll: NodeJS.Timeout | undefined;
+  private startedAt = 0;
+  /** Exits waiting for remote harts to act on a request (SBI remote fences). */
+  private fenceWaits: { v: number; harts: number[]; request: number }[] = [];
+  private fenceTimer: NodeJS.Immediate | undefined;
+  private lastStats: { exits: ExitStats; jit: JitStats | undefined } | undefined;
+
+  constructor(private readonly host: Host, readonly name: string, readonly config: VmConfig, readonly owner: number) {
+    validateConfig(config, host);
+    this.weight = config.weight ?? DEFAULT_WEIGHT;
+    this.capPct = config.capPct ?? 0;
+    this.affinity = affinityMask(config.affinity, host.pcpus.count);
+  }
+
+  get state(): VmState {
+    return this._state;
+  }
+
+  /** The running machine (undefined unless running or paused). */
+  get vmm(): VirtMachine | undefined {
+    return this.machine;
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------------
+
+  /** Boot the VM (again, when stopped). Running or paused: nothing to do. */
+  start(): void {
+    this.checkAlive();
+    if (this._state === "running" || this._state === "paused") return;
+    const { host, config } = this;
+    const machine = new VirtMachine({
+      memBytes: config.memBytes, harts: config.cpus, kernel: config.kernel, initrd: config.initrd, cmdline: config.cmdline,
+      jit: config.jit ?? {}, consoleOut: config.consoleOut, virtio: config.virtio, console: config.console,
+      consoleSize: config.consoleSize, warn: config.warn,
+      host: { pool: host.pool, core: host.core, owner: this.owner },
+      kickHart: (i) => this.slots.length && host.kick(this.slots[i]),
+      hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
+      wake: () => setImmediate(() => this.machine?.afterExit()),
+      onEnd: (end) => void this.teardown(end),
+    });
+    this.machine = machine;
+    this.lastEnd = undefined;
+    this.lastStats = undefined;
+    this.schedVm = host.sched.addVm(this.weight, this.capPct);
+    this.slots = machine.harts.map((slot, index) => host.sched.addVcpu(this.schedVm, index, slot.vcpu.hart, this.affinity));
+    this.slots.forEach((v, index) => host.vcpus.set(v, { vm: this, index }));
+    host.pcpus.addVm({
+      id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
+      clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
+      pageMap: machine.codePageMap?.address ?? 0,
+    });
+    host.sched.setVmState(this.schedVm, VmRunState.Running);
+    host.kick(this.slots[0], true); // the boot hart; the others wait for HSM hart_start
+    this.devicePoll = setInterval(() => this.machine?.afterExit(), DEVICE_POLL_MS);
+    this.startedAt = monoNs();
+    this._state = "running";
+  }
+
+  /** Stop running the vCPUs; resolves once none is on a pCPU. */
+  async pause(): Promise<void> {
+    this.checkAlive();
+    if (this._state !== "running") return;
+    this._state = "paused";
+    this.host.sched.setVmState(this.schedVm, VmRunState.Paused);
+    await this.offPcpus();
+  }
+
+  resume(): void {
+    this.checkAlive();
+    if (this._state === "running") return;
+    if (this._state !== "paused") throw new HostError(`VM '${this.name}' is ${this._state}, not paused: start it instead`);
+    this._state = "running";
+    this.host.sched.setVmState(this.schedVm, VmRunState.Running);
+  }
+
+  /** Power the VM off now (virsh destroy): no guest shutdown. */
+  async stop(reason = "stopped by the host"): Promise<void> {
+    this.checkAlive();
+    if (this._state === "created" || this._state === "stopped") return;
+    await this.teardown({ kind: "stopped", reason });
+  }
+
+  /** Stop the VM if it runs and forget it; its frames are back in the pool. */
+  async destroy(): Promise<void> {
+    if (this._state === "destroyed") return;
+    await this.stop("destroyed");
+    this._state = "destroyed";
+    this.host.forget(this);
+  }
+
+  /** Resolves when the current (or next) run ends. */
+  waitForEnd(): Promise<RunEnd> {
+    if (this.lastEnd && this._state === "stopped") return Promise.resolve(this.lastEnd);
+    return new Promise((resolve) => this.endResolvers.push(resolve));
+  }
+
+  /** The host cannot go on (a pCPU worker died). */
+  hostFailed(e: Error): void {
+    if (this._state === "running" || this._state === "paused") this.finishEnd({ kind: "error", message: e.message });
+  }
+
+  // ---- scheduling parameters (take effect at once, also while running) -------------------
+
+  setWeight(weight: number): void {
+    this.checkAlive();
+    checkWeight(weight);
+    this.weight = weight;
+    if (this.schedVm >= 0) this.host.sched.setWeight(this.schedVm, weight);
+  }
+
+  setCap(capPct: number): void {
+    this.checkAlive();
+    checkCap(capPct, this.host);
+    this.capPct = capPct;
+    if (this.schedVm >= 0) this.host.sched.setCap(this.schedVm, capPct);
+  }
+
+  /** pCPUs the VM's vCPUs may run on (undefined or empty: all). */
+  setAffinity(pcpus: number[] | undefined): void {
+    this.checkAlive();
+    this.affinity = affinityMask(pcpus, this.host.pcpus.count);
+    for (const v of this.slots) this.host.sched.setAffinity(v, this.affinity);
+    // A vCPU running where it may no longer run leaves at its next check.
+    for (const v of this.slots) {
+      if (this.host.isRunning(v)) this.host.core.fn.postRequest(this.host.sched.hartOf(v), this.host.core.k.REQ_EXIT);
+    }
+  }
+
+  get scheduling(): { weight: number; capPct: number; affinity: number[] } {
+    const affinity: number[] = [];
+    for (let p = 0; p < this.host.pcpus.count; p++) if ((this.affinity >> BigInt(p)) & 1n) affinity.push(p);
+    return { weight: this.weight, capPct: this.capPct, affinity };
+  }
+
+  // ---- statistics ---------------------------------------------------------------------------
+
+  stats(): VmStats {
+    const now = monoNs();
+    const names = ["stopped", "runnable", "running", "blocked"] as const;
+    const vcpus = this.slots.map((v) => {
+      const a = this.host.sched.accounting(v, now);
+      const state = a.state === VcpuState.Runnable ? names[1] : a.state === VcpuState.Running ? names[2] : a.state === VcpuState.Blocked ? names[3] : names[0];
+      return { ...a, state };
+    });
+    return {
+      state: this._state,
+      vcpus,
+      residentBytes: (this.machine?.p2m.populated ?? 0) * FRAME_SIZE,
+      uptimeMs: this._state === "running" || this._state === "paused" ? (now - this.startedAt) / 1e6 : 0,
+    };
+  }
+
+  /** VM exits (by reason, by device, SBI calls) of the current or last run. */
+  exitStats(): ExitStats {
+    if (this.lastStats) return this.lastStats.exits;
+    const total = this.machine?.stats() ?? new ExitStats();
+    const now = monoNs();
+    for (const v of this.slots) {
+      const a = this.host.sched.accounting(v, now);
+      total.instructions += BigInt(a.instructions);
+      for (const name of EXIT_NAMES) if (a.exits[name]) total.byReason.set(name, (total.byReason.get(name) ?? 0) + a.exits[name]);
+    }
+    return total;
+  }
+
+  /** Binary translation counts of the current or last run, summed over the pCPUs. */
+  async jitStats(): Promise<JitStats | undefined> {
+    if (this.lastStats) return this.lastStats.jit;
+    return this.schedVm >= 0 ? this.host.pcpus.jitStats(this.schedVm) : undefined;
+  }
+
+  // ---- the exit service (main thread) --------------------------------------------------------
+
+  /** vCPU slot `v` (hart `index`) posted an exit. */
+  serviceExit(v: number, index: number): void {
+    // An exit already handled whose answer waits (a remote fence) is still
+    // posted: handling it again would run the SBI call twice.
+    if (this.fenceWaits.some((w) => w.v === v)) return;
+    const machine = this.machine;
+    if (!machine || this.stopping) return answerExit(this.host.sched, v, Mailbox.Stop);
+    let answer: ExitAnswer;
+    try {
+      answer = machine.serviceExit(index);
+    } catch (e) {
+      // A device model bug must not take the host down: this VM ends.
+      void this.teardown({ kind: "error", message: `internal error handling an exit of hart ${index}: ${(e as Error).message}` });
+      return answerExit(this.host.sched, v, Mailbox.Stop);
+    }
+    switch (answer.kind) {
+      case "resume":
+        return answerExit(this.host.sched, v, Mailbox.Resume);
+      case "stop":
+        return answerExit(this.host.sched, v, Mailbox.Stop);
+      case "block":
+        return answerExit(this.host.sched, v, Mailbox.Block);
+      case "resume-after":
+        this.fenceWaits.push({ v, harts: answer.harts, request: answer.request });
+        for (const h of answer.harts) this.host.kick(this.slots[h]);
+        this.checkFences();
+    }
+  }
+
+  /** Answer the exits waiting for remote harts once every target has acted
+   *  on the request, or runs no guest code now: off the pCPUs, or waiting in
+   *  its own exit mailbox (it acts on the request before it runs again).
+   *  Two harts fencing each other at once both wait in their mailboxes. */
+  private checkFences(): void {
+    this.fenceTimer = undefined;
+    const words = this.host.pool.words;
+    const reqOff = this.host.core.k.REQ_OFF;
+    this.fenceWaits = this.fenceWaits.filter((w) => {
+      const done = this.stopping !== undefined || w.harts.every((i) => {
+        const v = this.slots[i];
+        const pending = (Atomics.load(words, (this.host.sched.hartOf(v) + reqOff) >> 2) & w.request) !== 0;
+        return !pending || !this.host.isRunning(v) || isPosted(this.host.sched, v);
+      });
+      if (done) answerExit(this.host.sched, w.v, this.stopping ? Mailbox.Stop : Mailbox.Resume);
+      return !done;
+    });
+    if (this.fenceWaits.length > 0) this.fenceTimer = setImmediate(() => this.checkFences());
+  }
+
+  // ---- teardown ----------------------------------------------------------------------------------
+
+  /** End the current run: take the vCPUs off the pCPUs, drop the workers'
+   *  caches, give every frame back. Safe to call more than once. */
+  private teardown(end: RunEnd): Promise<void> {
+    if (!this.stopping) this.stopping = this.doTeardown(end);
+    return this.stopping;
+  }
+
+  private async doTeardown(end: RunEnd): Promise<void> {
+    const { host } = this;
+    host.sched.setVmState(this.schedVm, VmRunState.Paused);
+    await this.offPcpus();
+    if (this.fenceTimer) clearImmediate(this.fenceTimer);
+    this.checkFences();
+    const jit = await host.pcpus.jitStats(this.schedVm);
+    this.lastStats = undefined;
+    const exits = this.exitStats();
+    await host.pcpus.dropVm(this.schedVm);
+    host.sched.removeVm(this.schedVm, this.slots);
+    for (const v of this.slots) host.vcpus.delete(v);
+    clearInterval(this.devicePoll);
+    this.machine?.release();
+    this.machine = undefined;
+    this.slots = [];
+    this.schedVm = -1;
+    this.lastStats = { exits, jit };
+    this.stopping = undefined;
+    this.finishEnd(end);
+  }
+
+  private finishEnd(end: RunEnd): void {
+    this._state = this._state === "destroyed" ? "destroyed" : "stopped";
+    this.lastEnd = end;
+    const resolvers = this.endResolvers;
+    this.endResolvers = [];
+    for (const r of resolvers) r(end);
+  }
+
+  /** Resolves once no vCPU of this VM is on a pCPU (they are kicked off). */
+  private async offPcpus(): Promise<void> {
+    const { host } = this;
+    for (;;) {
+      const running = this.slots.filter((v) => host.isRunning(v));
+      if (running.length === 0) return;
+      for (const v of running) host.core.fn.postRequest(host.sched.hartOf(v), host.core.k.REQ_EXIT);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  private checkAlive(): void {
+    if (this._state === "destroyed") throw new HostError(`VM '${this.name}' is destroyed`);
+  }
+}
+
+// ---- validation -----------------------------------------------------------------------------
+
+function validateConfig(c: VmConfig, host: Host): void {
+  for (const key of Object.keys(c)) if (!CONFIG_KEYS.has(key)) throw new HostError(`unknown VM option '${key}'`);
+  if (c.name !== undefined && (typeof c.name !== "string" || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(c.name))) {
+    throw new HostError(`VM name '${c.name}': 1 to 63 letters, digits, '.', '_' or '-', not starting with a symbol`);
+  }
+  if (!Number.isInteger(c.cpus) || c.cpus < 1 || c.cpus > VIRT_MAX_HARTS) throw new HostError(`cpus must be 1..${VIRT_MAX_HARTS}, got ${c.cpus}`);
+  if (!Number.isSafeInteger(c.memBytes) || c.memBytes < 1 << 20 || c.memBytes % FRAME_SIZE !== 0) {
+    throw new HostError("memory must be a whole number of 4 KiB pages, at least 1 MiB");
+  }
+  if (c.memBytes > host.pool.limitBytes) {
+    throw new HostError(`memory ${c.memBytes >> 20} MiB is larger than the host's pool (${Math.floor(host.pool.limitBytes / (1 << 20))} MiB)`);
+  }
+  if (c.weight !== undefined) checkWeight(c.weight);
+  if (c.capPct !== undefined) checkCap(c.capPct, host);
+}
+
+function checkWeight(w: number): void {
+  if (!Number.isInteger(w) || w < 1 || w > MAX_WEIGHT) throw new HostError(`weight must be 1..${MAX_WEIGHT}, got ${w}`);
+}
+
+function checkCap(cap: number, host: Host): void {
+  const max = 100 * host.pcpus.count;
+  if (!Number.isInteger(cap) || cap < 0 || cap > max) throw new HostError(`cap must be 0 (none) .. ${max} percent, got ${cap}`);
+}
+
+function affinityMask(pcpus: number[] | undefined, count: number): bigint {
+  if (!pcpus || pcpus.length === 0) return (1n << BigInt(count)) - 1n;
+  let mask = 0n;
+  for (const p of pcpus) {
+    if (!Number.isInteger(p) || p < 0 || p >= count) throw new HostError(`affinity: pCPU ${p} does not exist (the host has 0..${count - 1})`);
+    mask |= 1n << BigInt(p);
+  }
+  return mask;
+}
