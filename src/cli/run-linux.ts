@@ -10,8 +10,7 @@ import { formatJitStats, type JitOptions } from "../jit/jit.js";
 import { readFileSync } from "node:fs";
 import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
 import { BootLayoutError } from "../arch/riscv/boot.js";
-import { VirtMachine, type VmEnd } from "../vmm/virt-machine.js";
-import { runMachine, type RunControl } from "../vmm/vm-runner.js";
+import { Host, type Vm, type RunEnd } from "../host/host.js";
 import { pullDebianImage } from "../images/debian.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
@@ -35,6 +34,8 @@ export interface LinuxRunOptions {
   nets?: string[];
   /** The console init uses: the UART (default) or a virtio console. */
   console?: "ttyS0" | "hvc0";
+  /** pCPU worker threads of the embedded host (default: one per host core). */
+  pcpus?: number;
 }
 
 /** Default kernel command line: the UART console, quiet boot, and restart on
@@ -131,41 +132,52 @@ async function runVm(
   opts: LinuxRunOptions, kernel: ReturnType<typeof parseKernelImage>, initrd: Uint8Array, cmdline: string,
   devices: VmDevices, interactive: boolean, stdinAsFile: boolean,
 ): Promise<number> {
-  let control: RunControl | undefined;
+  // An embedded host with one VM: the same engine `tsvisor host` runs many on.
+  let stopRun: ((reason: string) => void) | undefined;
+  let vm: Vm | undefined;
   const host = new HostConsole({ interactive, forwardStdin: !stdinAsFile }, {
-    quit: () => control?.stop("quit"),
-    inputReady: () => control?.wake(),
+    quit: () => stopRun?.("quit"),
+    inputReady: () => setImmediate(() => vm?.vmm?.afterExit()),
   });
-  const onSignal = (signal: NodeJS.Signals) => control?.stop(signal);
+  const onSignal = (signal: NodeJS.Signals) => stopRun?.(signal);
   for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(s, onSignal);
-  const timer = opts.timeoutMs !== undefined ? setTimeout(() => control?.stop("timeout"), opts.timeoutMs) : undefined;
+  const hostStopped = new Promise<string>((resolve) => (stopRun = resolve));
+  const timer = opts.timeoutMs !== undefined ? setTimeout(() => stopRun?.("timeout"), opts.timeoutMs) : undefined;
+  const engine = await Host.create({ pcpus: opts.pcpus });
 
   try {
+    vm = engine.createVm({
+      name: "run", memBytes: opts.memBytes, cpus: opts.cpus, kernel, initrd, cmdline, jit: opts.jit,
+      consoleOut: (b) => host.output(b),
+      virtio: devices.devices,
+      console: opts.console,
+      consoleSize: terminalSize(),
+      warn: (m) => warnLine(m, interactive),
+    });
     for (;;) {
-      let vm: VirtMachine;
       try {
-        vm = new VirtMachine({
-          memBytes: opts.memBytes, harts: opts.cpus, kernel, initrd, cmdline, jit: opts.jit,
-          consoleOut: (b) => host.output(b),
-          virtio: devices.devices,
-          console: opts.console,
-          consoleSize: terminalSize(),
-          wake: () => control?.wake(),
-          warn: (m) => warnLine(m, interactive),
-        });
+        vm.start();
       } catch (e) {
         if (e instanceof BootLayoutError) throw new LinuxRunError(e.message);
         throw e;
       }
-      host.attach(vm);
+      const machine = vm.vmm!;
+      host.attach(machine);
       const onResize = () => {
         const size = terminalSize();
-        if (size) vm.consoleResize(size.cols, size.rows);
+        if (size) vm?.vmm?.consoleResize(size.cols, size.rows);
       };
       process.stdout.on("resize", onResize);
-      const outcome = await runMachine(vm, (c) => (control = c)).finally(() => process.stdout.off("resize", onResize));
+      const outcome = await Promise.race([
+        vm.waitForEnd().then((end) => ({ kind: "guest" as const, end })),
+        hostStopped.then((reason) => ({ kind: "host" as const, reason })),
+      ]).finally(() => process.stdout.off("resize", onResize));
+      if (outcome.kind === "host") await vm.stop(outcome.reason);
       host.flush();
-      if (opts.stats) process.stderr.write(`${vm.stats().format()}\n${vm.virtioStats()}\n${vm.jit ? formatJitStats(vm.jit.stats()) + "\n" : ""}`);
+      if (opts.stats) {
+        const jit = await vm.jitStats();
+        process.stderr.write(`${vm.exitStats().format()}\n${machine.virtioStats()}\n${jit ? formatJitStats(jit) + "\n" : ""}`);
+      }
       if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
       const status = guestEnd(outcome.end, interactive);
       if (status !== undefined) return status;
@@ -176,6 +188,7 @@ async function runVm(
     if (timer) clearTimeout(timer);
     for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
     host.detach();
+    await engine.close();
   }
 }
 
@@ -191,8 +204,14 @@ function terminalSize(): { cols: number; rows: number } | undefined {
 }
 
 /** Exit status for a guest-side end; undefined to boot again (reboot). */
-function guestEnd(end: VmEnd, interactive: boolean): number | undefined {
+function guestEnd(end: RunEnd, interactive: boolean): number | undefined {
   switch (end.kind) {
+    case "error":
+      process.stderr.write(`tsvisor: ${end.message}\n`);
+      return EXIT_GUEST_FAILED;
+    case "stopped":
+      process.stderr.write(`tsvisor: ${end.reason}\n`);
+      return EXIT_GUEST_FAILED;
     case "poweroff":
       return 0;
     case "exit-status":
