@@ -7,7 +7,7 @@
 // maxWeight / weight times real time (the heaviest VM burns 1:1), so over
 // time each VM gets pCPU time in proportion to its weight. A pCPU picks the
 // runnable vCPU with the most credit; when the best candidate has none left,
-// every vCPU gets CREDIT_INIT more, capped at CREDIT_INIT (credit2's reset).
+// every vCPU gets CREDIT_INIT more (credit2's reset; see resetCredit).
 // A vCPU that blocks keeps its credit, so one that mostly sleeps (an
 // interactive or I/O-bound guest) wins the pCPU when it wakes.
 //
@@ -393,11 +393,17 @@ export class Scheduler {
     return w;
   }
 
+  /** Everyone gets CREDIT_INIT more. Only vCPUs that are not competing
+   *  (blocked, stopped) are clipped to CREDIT_INIT, so a sleeper cannot
+   *  bank credit; clipping the competitors too would erase the lead a
+   *  heavier VM earned (measured: 256/256/512 came out 33/33/35 %). */
   private resetCredit(): void {
     for (let v = 0; v < this.handle.maxVcpus; v++) {
-      if (this.state(v) === VcpuState.Free) continue;
+      const s = this.state(v);
+      if (s === VcpuState.Free) continue;
       const i = this.vf(v, VF_CREDIT);
-      this.f64[i] = Math.min(CREDIT_INIT_NS, this.f64[i] + CREDIT_INIT_NS);
+      this.f64[i] += CREDIT_INIT_NS;
+      if (s === VcpuState.Blocked || s === VcpuState.Stopped) this.f64[i] = Math.min(CREDIT_INIT_NS, this.f64[i]);
     }
   }
 
