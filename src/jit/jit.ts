@@ -102,7 +102,8 @@ export class Jit {
   private readonly helpers: Record<string, unknown>;
   private readonly k: Record<string, number>;
   /** Table slots handed out since the last flush (slot 0 means "none"). */
-  private slotsUsed = 0;
+  private readonly slots: number[] = [];
+  private readonly tableSlots: TableSlots;
   private liveCodeBytes = 0;
   private readonly s: Omit<JitStats, "entered" | "chained" | "translatedInstructions" | "exitsToInterpreter" | "invalidations"> = {
     regions: 0, blocks: 0, instructions: 0, batches: 0, compileMs: 0, codeBytes: 0, flushes: 0,
@@ -119,6 +120,7 @@ export class Jit {
     this.maxCodeBytes = opts.maxCodeBytes ?? DEFAULT_MAX_CODE_BYTES;
     const k = core.k as unknown as Record<string, number>;
     this.k = k;
+    this.tableSlots = tableSlotsOf(core);
     this.layout = {
       PC_OFF: k.PC_OFF, F_OFF: k.F_OFF, FFLAGS_OFF: k.FFLAGS_OFF, FRM_OFF: k.FRM_OFF, MSTATUS_OFF: k.MSTATUS_OFF,
       CTX_LOAD_OFF: k.CTX_LOAD_OFF, CTX_STORE_OFF: k.CTX_STORE_OFF, JIT_BAIL_OFF: k.JIT_BAIL_OFF,
@@ -182,7 +184,7 @@ export class Jit {
     const v = this.pool.view;
     const n = Number(v.getBigUint64(this.area + k.AREA_QUEUE_LEN, true));
     if (n === 0) return;
-    if (this.slotsUsed + n > this.maxRegions || this.liveCodeBytes > this.maxCodeBytes) this.flush();
+    if (this.slots.length + n > this.maxRegions || this.liveCodeBytes > this.maxCodeBytes) this.flush();
     const started = performance.now();
     const queued: number[] = [];
     for (let i = 0; i < n; i++) queued.push(Number(v.getBigUint64(this.area + k.AREA_QUEUE + i * 8, true)));
@@ -241,10 +243,13 @@ export class Jit {
     const v = this.pool.view;
     const inst = new WebAssembly.Instance(mod, { env: { memory: this.pool.memory }, core: this.helpers as WebAssembly.ModuleImports });
     const table = this.core.table;
-    if (table.length < this.slotsUsed + installs.length + 1) table.grow(Math.max(1024, this.slotsUsed + installs.length + 1 - table.length));
     installs.forEach((it, i) => {
       if (v.getBigUint64(it.ent, true) !== it.key || v.getUint32(it.ent + this.k.ENTRY_HITS, true) !== this.k.HITS_QUEUED >>> 0) return;
-      const slot = ++this.slotsUsed;
+      const slot = this.tableSlots.alloc(table);
+      // The table is full of other VMs' code (this worker's caches share
+      // it): count the entry again, later.
+      if (slot === undefined) return this.setEntry(it.ent, 0, 0, it.gen);
+      this.slots.push(slot);
       table.set(slot, inst.exports[`f${i}`] as Function);
       this.setEntry(it.ent, slot, 0, it.gen, it.entryBlock);
       // The region's other blocks become entries too (same page, same mode).
@@ -277,19 +282,57 @@ export class Jit {
     }
     if (!this.sharedMap) this.pageMap.clearCode();
     const table = this.core.table;
-    for (let i = 1; i <= this.slotsUsed; i++) table.set(i, null);
-    this.slotsUsed = 0;
+    for (const slot of this.slots) {
+      table.set(slot, null);
+      this.tableSlots.free(slot);
+    }
+    this.slots.length = 0;
     this.liveCodeBytes = 0;
     this.s.flushes++;
   }
 
   /** Give the cache's frames back (the VM is going away). */
   release(): void {
+    for (const slot of this.slots) {
+      this.core.table.set(slot, null);
+      this.tableSlots.free(slot);
+    }
+    this.slots.length = 0;
     for (const h of this.harts) this.core.fn.setJitCache(h, 0);
     this.core.setCompiler(undefined);
     this.pool.freeContiguous(this.area, this.areaFrames);
     this.pageMap.release();
   }
+}
+
+/**
+ * The slots of one core instance's function table. Every translation cache
+ * on that instance (a pCPU worker has one per VM it ran) installs its code
+ * in the same table, so slots are handed out here, not per cache: two
+ * caches counting their own slots from 1 overwrote each other's code (a
+ * second VM on a worker ran the first one's). The core packs a slot into
+ * 16 bits (jit-cache.ts target()); slot 0 means "none".
+ */
+class TableSlots {
+  private readonly freed: number[] = [];
+  private next = 1;
+
+  alloc(table: WebAssembly.Table): number | undefined {
+    const slot = this.freed.pop() ?? (this.next <= 0xffff ? this.next++ : undefined);
+    if (slot !== undefined && slot >= table.length) table.grow(Math.max(1024, slot + 1 - table.length));
+    return slot;
+  }
+
+  free(slot: number): void {
+    this.freed.push(slot);
+  }
+}
+
+const tableSlots = new WeakMap<Core, TableSlots>();
+function tableSlotsOf(core: Core): TableSlots {
+  let s = tableSlots.get(core);
+  if (!s) tableSlots.set(core, (s = new TableSlots()));
+  return s;
 }
 
 /** The `--stats` lines for the translation cache. */
