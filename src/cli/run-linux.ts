@@ -83,7 +83,7 @@ async function readAllStdin(limit: number): Promise<Uint8Array> {
 
 /** The initrd with the command archive appended (4-byte aligned, as the
  *  initramfs format pads archives). */
-function withCommand(initrd: Uint8Array, argv: string[], stdin: Uint8Array | undefined): Uint8Array {
+export function withCommand(initrd: Uint8Array, argv: string[], stdin: Uint8Array | undefined): Uint8Array {
   const extra = commandArchive(argv, stdin);
   const pad = (4 - (initrd.length % 4)) % 4;
   const out = new Uint8Array(initrd.length + pad + extra.length);
