@@ -95,6 +95,11 @@ test("bad input gives one clear line and a non-zero status, before anything boot
       assert.equal(r.status, 2);
       oneErrorLine(r, /--cpus: expected 1\.\.8/);
     }
+    for (const pcpus of ["0", "65", "x"]) {
+      const r = run("--pcpus", pcpus, "--", "true");
+      assert.equal(r.status, 2);
+      oneErrorLine(r, /--pcpus: expected 1\.\.64/);
+    }
     const stray = run("uname");
     assert.equal(stray.status, 2);
     oneErrorLine(stray, /put the guest command after --/);

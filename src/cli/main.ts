@@ -41,6 +41,7 @@ options for run:
   --initrd FILE           an initramfs instead of tsvisor's
   --append "ARGS"         kernel command line (default: "${DEFAULT_CMDLINE}")
   --cpus N                harts, 1..${VIRT_MAX_HARTS} (default 1)
+  --pcpus N               host worker threads that run them, 1..64 (default: one per host core)
   --mem SIZE              guest RAM, e.g. 256M, 1G (default 512M; 256M with --bare)
   --max-insns N           bare-metal only: stop after N guest instructions (status 124)
   --timeout SECONDS       stop after this much wall-clock time (exit status 124)
@@ -85,6 +86,7 @@ function parseRunArgs(argv: string[]) {
         initrd: { type: "string" },
         append: { type: "string" },
         cpus: { type: "string" },
+        pcpus: { type: "string" },
         mem: { type: "string" },
         "max-insns": { type: "string" },
         timeout: { type: "string" },
@@ -101,6 +103,11 @@ function parseRunArgs(argv: string[]) {
     // Node's messages go on with advice about "--"; the first sentence says it.
     throw new UsageError((e as Error).message.split(/\.\s/)[0]);
   }
+}
+
+function parsePcpus(text: string): number {
+  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > 64) throw new UsageError(`--pcpus: expected 1..64, got '${text}'`);
+  return Number(text);
 }
 
 function parseCpus(text: string): number {
@@ -135,6 +142,7 @@ async function runCommand(argv: string[]): Promise<number> {
       append: v.append,
       memBytes: v.mem !== undefined ? parseSize("--mem", v.mem) : 512 << 20,
       cpus: v.cpus !== undefined ? parseCpus(v.cpus) : 1,
+      pcpus: v.pcpus !== undefined ? parsePcpus(v.pcpus) : undefined,
       stats: v.stats ?? false,
       timeoutMs,
       command,
@@ -144,7 +152,7 @@ async function runCommand(argv: string[]): Promise<number> {
       jit,
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus", "disk", "net", "console"] as const) {
+  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "console"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");
