@@ -13,6 +13,7 @@ import { instantiateCore, asU64, type Core } from "../vcpu/core.js";
 import { FramePool, type FramePoolHandle } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
 import { Jit } from "../jit/jit.js";
+import { RealtimeClock } from "../vmm/clock.js";
 import { Scheduler, H_IDLE_SEQ, exitIndex, type SchedulerHandle } from "./scheduler.js";
 import { postExitAndWait, Mailbox } from "./exit-mailbox.js";
 import { monoNs, type PcpuMessage, type VmDescriptor } from "./pcpu-protocol.js";
@@ -27,16 +28,16 @@ export interface PcpuWorkerData {
 /** Instructions per run() call inside a slice: the worker looks at the clock
  *  (slice end, guest time) between calls. About 0.3 ms of translated code. */
 const RUN_BUDGET = 100_000;
-/** Guest timer ticks per nanosecond: the virt machine's 10 MHz timebase. */
-const NS_PER_TICK = 100n;
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
 
 /** One VM as this worker sees it: its p2m and (lazily) this worker's translation cache. */
 class VmContext {
   readonly p2m: P2m;
+  private readonly clock: RealtimeClock;
   private jit: Jit | undefined;
   constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool) {
     this.p2m = P2m.attach(pool, d.p2m);
+    this.clock = new RealtimeClock(d.clockStartNs);
   }
 
   /** Point hart `h` at this worker's translation cache for the VM. */
@@ -57,12 +58,12 @@ class VmContext {
 
   /** Guest timer ticks now (the VM's clock, shared by all its harts). */
   ticksNow(): bigint {
-    return (process.hrtime.bigint() - this.d.clockStartNs) / NS_PER_TICK;
+    return this.clock.now();
   }
 
   /** Host monotonic ns at which the VM clock reads `ticks`. */
   nsAt(ticks: bigint): number {
-    return Number(this.d.clockStartNs + ticks * NS_PER_TICK);
+    return this.clock.hostNsAt(ticks);
   }
 }
 
@@ -197,10 +198,8 @@ class Pcpu {
     }
   }
 
-  private i32 = new Int32Array(0);
   private requestPending(h: number): boolean {
-    if (this.i32.byteLength !== this.pool.memory.buffer.byteLength) this.i32 = new Int32Array(this.pool.memory.buffer);
-    return Atomics.load(this.i32, (h + this.core.k.REQ_OFF) >> 2) !== 0;
+    return Atomics.load(this.pool.words, (h + this.core.k.REQ_OFF) >> 2) !== 0;
   }
 
   /** Hand the exit in v's run record to the main thread; false when the turn ends. */

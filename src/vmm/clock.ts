@@ -17,12 +17,19 @@ export const REALTIME_TICK_INSNS = 100;
 const NS_PER_TICK = BigInt(1e9 / VIRT_TIMEBASE_HZ);
 
 export class RealtimeClock {
-  /** process.hrtime.bigint() when the clock read 0 (every thread's hrtime is the same clock). */
-  readonly startNs = process.hrtime.bigint();
+  /** `startNs`: process.hrtime.bigint() when the clock read 0 (default: now).
+   *  Every thread's hrtime is the same clock, so a pCPU worker makes its
+   *  view of a VM's clock from the VM's start. */
+  constructor(readonly startNs = process.hrtime.bigint()) {}
 
   /** Ticks since the machine was created. */
   now(): bigint {
     return (process.hrtime.bigint() - this.startNs) / NS_PER_TICK;
+  }
+
+  /** Host monotonic nanoseconds (process.hrtime) at which the clock reads `ticks`. */
+  hostNsAt(ticks: bigint): number {
+    return Number(this.startNs + ticks * NS_PER_TICK);
   }
 
   /** Milliseconds of host time until the clock reads `ticks` (0 if passed). */

@@ -386,12 +386,7 @@ export class VirtMachine {
   runRound(sliceInsns: number): RoundResult {
     const { fn } = this.core;
     if (this.end) return { kind: "ended", end: this.end };
-    this.feedUart();
-    this.rtc.poll();
-    if (this.pollRequested) {
-      this.pollRequested = false;
-      for (const t of this.virtio) t.poll();
-    }
+    this.afterExit();
     const now = this.clock.now();
     let ran = false;
     for (const slot of this.harts) {
