@@ -28,13 +28,24 @@ export enum Mailbox {
 
 export type Answer = Mailbox.Resume | Mailbox.Stop | Mailbox.Block;
 
+/** Loads of the mailbox before the worker sleeps on it (about 20 us). */
+const SPIN_BEFORE_WAIT = 4000;
+
+/** Wake the main thread: an exit was posted or a queue doorbell rung. */
+export function ringHostDoorbell(sched: Scheduler): void {
+  Atomics.add(sched.words, H_DOORBELL, 1);
+  Atomics.notify(sched.words, H_DOORBELL);
+}
+
 /** Worker side: post vCPU `v`'s exit and wait for the answer. */
 export function postExitAndWait(sched: Scheduler, v: number): Answer {
   const w = sched.words;
   const i = sched.mailboxIndex(v);
   Atomics.store(w, i, Mailbox.Posted);
-  Atomics.add(w, H_DOORBELL, 1);
-  Atomics.notify(w, H_DOORBELL);
+  ringHostDoorbell(sched);
+  // Most answers come within tens of microseconds: spin a little before
+  // sleeping, which saves the futex wake-up on the way back.
+  for (let spin = 0; spin < SPIN_BEFORE_WAIT && Atomics.load(w, i) === Mailbox.Posted; spin++) {}
   while (Atomics.load(w, i) === Mailbox.Posted) Atomics.wait(w, i, Mailbox.Posted);
   const answer = Atomics.load(w, i) as Answer;
   Atomics.store(w, i, Mailbox.Empty);

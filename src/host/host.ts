@@ -132,6 +132,9 @@ export class Host {
 
   /** Answer every posted exit (the doorbell rang). */
   private serveExits(): void {
+    // Queue notifications first: an exit a vCPU posted after ringing one
+    // (reading InterruptStatus, say) sees the device after the notification.
+    for (const vm of this.vmsByName.values()) vm.vmm?.serviceDoorbells();
     for (const [v, ref] of this.vcpus) {
       if (isPosted(this.sched, v)) ref.vm.serviceExit(v, ref.index);
     }

@@ -4,6 +4,7 @@
 // MessagePort the worker drains with receiveMessageOnPort whenever it
 // wakes, so a worker that sleeps in Atomics.wait still gets them.
 
+import type { DoorbellArea } from "../vmm/queue-doorbell.js";
 import type { JitOptions, JitStats } from "../jit/jit.js";
 import type { P2mHandle } from "../memory/p2m.js";
 
@@ -27,6 +28,8 @@ export interface VmDescriptor {
   jit: JitOptions | false;
   /** The VM's page map of translated code (shared by every worker's cache). */
   pageMap: number;
+  /** Its virtio queue doorbells (vmm/queue-doorbell.ts). */
+  doorbells: DoorbellArea | undefined;
 }
 
 export type PcpuMessage =

@@ -15,7 +15,8 @@ import { P2m } from "../memory/p2m.js";
 import { Jit } from "../jit/jit.js";
 import { RealtimeClock } from "../vmm/clock.js";
 import { Scheduler, H_IDLE_SEQ, exitIndex, type SchedulerHandle } from "./scheduler.js";
-import { postExitAndWait, Mailbox } from "./exit-mailbox.js";
+import { postExitAndWait, ringHostDoorbell, Mailbox } from "./exit-mailbox.js";
+import { ringQueueDoorbell } from "../vmm/queue-doorbell.js";
 import { monoNs, type PcpuMessage, type VmDescriptor } from "./pcpu-protocol.js";
 
 export interface PcpuWorkerData {
@@ -170,6 +171,10 @@ class Pcpu {
           return;
         case k.EXIT_MMIO_READ:
         case k.EXIT_MMIO_WRITE:
+          if (reason === k.EXIT_MMIO_WRITE && this.ringDoorbell(ctx, h)) {
+            sched.countExit(v, exitIndex("doorbell"));
+            break;
+          }
           sched.countExit(v, exitIndex("mmio"));
           if (!this.toMainThread(v)) return;
           break;
@@ -196,6 +201,19 @@ class Pcpu {
         return;
       }
     }
+  }
+
+  /** A virtio queue notification: record it, complete the write, go on (ioeventfd). */
+  private ringDoorbell(ctx: VmContext, h: number): boolean {
+    const { k } = this.core;
+    const view = this.pool.view;
+    const gpa = view.getBigUint64(h + k.RUN_ADDR_OFF, true);
+    const size = Number(view.getBigUint64(h + k.RUN_SIZE_OFF, true));
+    const value = view.getBigUint64(h + k.RUN_DATA_OFF, true);
+    if (!ringQueueDoorbell(ctx.d.doorbells, this.pool.words, gpa, size, value)) return false;
+    view.setBigUint64(h + k.RUN_MMIO_DONE_OFF, k.MMIO_COMPLETED, true);
+    ringHostDoorbell(this.sched);
+    return true;
   }
 
   private requestPending(h: number): boolean {

@@ -135,6 +135,7 @@ export class Vm {
       id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
       clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
       pageMap: machine.codePageMap?.address ?? 0,
+      doorbells: machine.doorbells,
     });
     host.sched.setVmState(this.schedVm, VmRunState.Running);
     host.kick(this.slots[0], true); // the boot hart; the others wait for HSM hart_start

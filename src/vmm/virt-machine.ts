@@ -32,6 +32,7 @@ import { virtFdt } from "../arch/riscv/virt-fdt.js";
 import { planBoot, type BootLayout } from "../arch/riscv/boot.js";
 import type { KernelImage } from "../arch/riscv/boot-image.js";
 import { handleSbiCall, HartState, SbiStats, type SbiPlatform, type SbiCaller, type SbiOutcome } from "../arch/riscv/sbi/sbi.js";
+import { takeQueueDoorbells, QUEUE_NOTIFY_OFFSET, type DoorbellArea } from "./queue-doorbell.js";
 import { RealtimeClock, REALTIME_TICK_INSNS } from "./clock.js";
 import { MachineError } from "./bare-machine.js";
 import { CodePageMap } from "../jit/code-page-map.js";
@@ -135,6 +136,8 @@ export class VirtMachine {
   readonly timeFloor: number;
   /** The page map of translated code every translation cache of this VM shares. */
   readonly codePageMap: CodePageMap | undefined;
+  /** With a host: the virtio transports' queue doorbells its workers ring (host/queue-doorbell.ts). */
+  readonly doorbells: DoorbellArea | undefined;
   readonly owner: number;
   readonly uart: Uart16550;
   readonly layout: BootLayout;
@@ -225,6 +228,8 @@ export class VirtMachine {
       bus.register(L.virtioSlotBase(slot), VIRTIO_MMIO_SIZE, transport);
       this.virtio.push(transport);
     });
+    // Queue notifications from vCPUs on worker threads arrive as doorbells, not exits.
+    this.doorbells = cfg.host ? { words: pool.alloc(this.owner), slots: this.virtio.length } : undefined;
 
     this.platform = this.sbiPlatform(console);
     this.layout = this.loadGuest();
@@ -327,6 +332,21 @@ export class VirtMachine {
     }
     this.afterExit();
     return this.end ? { kind: "stop" } : answer;
+  }
+
+  /** Hand the queue notifications workers recorded to their transports
+   *  (the QueueNotify writes, taken off the exit path). */
+  serviceDoorbells(): void {
+    const area = this.doorbells;
+    if (!area || this.end) return;
+    let any = false;
+    for (let slot = 0; slot < area.slots; slot++) {
+      for (const q of takeQueueDoorbells(area, this.pool.words, slot)) {
+        this.virtio[slot].write(QUEUE_NOTIFY_OFFSET, 4, BigInt(q));
+        any = true;
+      }
+    }
+    if (any) this.afterExit();
   }
 
   /** Device work an exit may have made due: UART input once its driver
