@@ -6,7 +6,7 @@
 // Debian's riscv64-unknown-elf-gcc (installed by `npm test`'s setup), cached
 // under build/bare/ and rebuilt when a source is newer.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseKernelImage, type KernelImage } from "../../arch/riscv/boot-image.js";
@@ -25,7 +25,7 @@ const mtime = (p: string) => (existsSync(p) ? statSync(p).mtimeMs : 0);
 export function buildBareKernel(src: string): KernelImage {
   const name = basename(src).replace(/\.c$/, "");
   const out = join(OUT_DIR, `${name}.Image`);
-  const inputs = [src, ...["head.S", "bare.h", "link.ld"].map((f) => join(BARE_DIR, f))];
+  const inputs = [src, ...readdirSync(BARE_DIR).map((f) => join(BARE_DIR, f))];
   if (mtime(out) <= Math.max(...inputs.map(mtime))) {
     mkdirSync(OUT_DIR, { recursive: true });
     const elf = join(OUT_DIR, `${name}.${process.pid}.elf`);
@@ -38,6 +38,7 @@ export function buildBareKernel(src: string): KernelImage {
     const tmp = `${out}.${process.pid}.tmp`;
     const oc = spawnSync(OBJCOPY, ["-O", "binary", elf, tmp], { encoding: "utf8" });
     if (oc.status !== 0) throw new Error(`objcopy ${elf} failed:\n${oc.stderr}`);
+    rmSync(elf, { force: true });
     renameSync(tmp, out); // whole or not at all
   }
   return parseKernelImage(new Uint8Array(readFileSync(out)));
