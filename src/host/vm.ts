@@ -90,7 +90,7 @@ export class Vm {
   /** Exits waiting for remote harts to act on a request (SBI remote fences). */
   private fenceWaits: { v: number; harts: number[]; request: number }[] = [];
   private fenceTimer: NodeJS.Immediate | undefined;
-  private lastStats: { exits: ExitStats; jit: JitStats | undefined } | undefined;
+  private lastStats: { exits: ExitStats; jit: JitStats | undefined; vcpus: VcpuStats[] } | undefined;
 
   constructor(private readonly host: Host, readonly name: string, readonly config: VmConfig, readonly owner: number) {
     validateConfig(config, host);
@@ -225,6 +225,10 @@ export class Vm {
   stats(): VmStats {
     const now = monoNs();
     const names = ["stopped", "runnable", "running", "blocked"] as const;
+    if (this.slots.length === 0 && this.lastStats) {
+      // Between runs: what the last run's vCPUs did, all stopped now.
+      return { state: this._state, vcpus: this.lastStats.vcpus, residentBytes: 0, uptimeMs: 0 };
+    }
     const vcpus = this.slots.map((v) => {
       const a = this.host.sched.accounting(v, now);
       const state = a.state === VcpuState.Runnable ? names[1] : a.state === VcpuState.Running ? names[2] : a.state === VcpuState.Blocked ? names[3] : names[0];
@@ -326,6 +330,7 @@ export class Vm {
     const jit = await host.pcpus.jitStats(this.schedVm);
     this.lastStats = undefined;
     const exits = this.exitStats();
+    const vcpus = this.stats().vcpus.map((c) => ({ ...c, state: "stopped" as const }));
     await host.pcpus.dropVm(this.schedVm);
     host.sched.removeVm(this.schedVm, this.slots);
     for (const v of this.slots) host.vcpus.delete(v);
@@ -334,7 +339,7 @@ export class Vm {
     this.machine = undefined;
     this.slots = [];
     this.schedVm = -1;
-    this.lastStats = { exits, jit };
+    this.lastStats = { exits, jit, vcpus };
     this.stopping = undefined;
     this.finishEnd(end);
   }
