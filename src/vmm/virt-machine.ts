@@ -208,7 +208,7 @@ export class VirtMachine {
     });
     bus.register(L.VIRT_TEST_BASE, L.VIRT_TEST_SIZE, new Syscon((e) => this.onPowerEvent(e)));
     bus.register(L.VIRT_RTC_BASE, L.VIRT_RTC_SIZE, this.rtc);
-    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, new Aclint(this.core, this.harts.map((s) => s.vcpu.hart), (i) => cfg.kickHart?.(i)));
+    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, new Aclint(this.core, this.harts.map((s) => s.vcpu.hart), (i) => cfg.kickHart?.(i), () => this.clock.now()));
     bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
     bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
 

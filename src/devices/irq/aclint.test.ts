@@ -75,3 +75,14 @@ test("registers of harts that do not exist read as zero and ignore writes", () =
   assert.equal(cmp.get(H0), 0xffff_ffff_ffff_ffffn);
   assert.equal(clint.read(0x0004, 4), 0n);
 });
+
+test("mtime with a VM clock: reads the clock, never below the time a hart already has", () => {
+  const { core, time } = fakeCore([H0, H1]);
+  let clock = 5_000n;
+  const clint = new Aclint(core, [H0, H1], undefined, () => clock);
+  time.set(H0, 4_000n); // hart 0 runs elsewhere and has not caught up
+  assert.equal(clint.read(0xbff8, 8), 5_000n);
+  assert.equal(clint.read(0xbffc, 4), 0n, "upper half");
+  clock = 3_000n;
+  assert.equal(clint.read(0xbff8, 8), 4_000n, "never below a hart's time");
+});

@@ -22,8 +22,16 @@ export class Aclint implements MmioDevice {
    *  bits wired to zero, bit 0 reflected in mip.MSIP; so it reads back. */
   private readonly msip: Uint8Array;
 
-  /** `kick(i)`: hart i's MSIP line rose (it may sleep on another thread). */
-  constructor(private readonly core: Core, private readonly harts: number[], private readonly kick?: (index: number) => void) {
+  /** `kick(i)`: hart i's MSIP line rose (it may sleep on another thread).
+   *  `now()`: the VM's real-time clock, when it has one; mtime reads it, as
+   *  harts running on other threads keep their own copies of the time that
+   *  only catch up with it between their runs. */
+  constructor(
+    private readonly core: Core,
+    private readonly harts: number[],
+    private readonly kick?: (index: number) => void,
+    private readonly now?: () => bigint,
+  ) {
     this.msip = new Uint8Array(harts.length);
   }
 
@@ -63,7 +71,11 @@ export class Aclint implements MmioDevice {
     const aligned = offset & ~7;
     if (aligned === MTIME) {
       return {
-        get: () => asU64(f.getTime(this.harts[0])),
+        get: () => {
+          const local = asU64(f.getTime(this.harts[0]));
+          const now = this.now?.() ?? 0n;
+          return now > local ? now : local;
+        },
         // mtime is one platform-wide counter: every hart sees the same value.
         set: (v) => this.harts.forEach((h) => f.setTime(h, v)),
       };
