@@ -24,6 +24,10 @@ import { Vm, HostError, type VmConfig } from "./vm.js";
 export { Vm, HostError, type VmConfig } from "./vm.js";
 export type { VmState, VmStats, RunEnd } from "./vm.js";
 
+/** How often the main thread looks at device state nothing else prompts it
+ *  to: the old single-thread runner's idle bound. */
+const DEVICE_POLL_MS = 50;
+
 export interface HostOptions {
   /** pCPU worker threads (default: one per host core, see README "The host engine"). */
   pcpus?: number;
@@ -60,6 +64,12 @@ export class Host {
   /** Keeps the process alive while the host is open: the workers, their
    *  ports and the doorbell wait do not (a host is a server until closed). */
   private readonly keepAlive = setInterval(() => {}, 1 << 30);
+  /** One timer for all VMs' device work nothing else prompts (an RTC alarm,
+   *  UART input waiting for its driver): 20 wake-ups a second for the host,
+   *  not for each VM. */
+  private readonly devicePoll = setInterval(() => {
+    for (const vm of this.vmsByName.values()) vm.pollDevices();
+  }, DEVICE_POLL_MS);
   private fatal: Error | undefined;
   private closed = false;
 
@@ -159,5 +169,6 @@ export class Host {
     this.doorbell.stop();
     await this.pcpus.close();
     clearInterval(this.keepAlive);
+    clearInterval(this.devicePoll);
   }
 }

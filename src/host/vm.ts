@@ -69,9 +69,6 @@ export interface VmStats {
   uptimeMs: number;
 }
 
-/** How often the main thread looks at device state nothing else prompts it
- *  to (the RTC alarm, UART input): the old single-thread runner's idle bound. */
-const DEVICE_POLL_MS = 50;
 
 export class Vm {
   private _state: VmState = "created";
@@ -85,7 +82,6 @@ export class Vm {
   private endResolvers: ((end: RunEnd) => void)[] = [];
   private lastEnd: RunEnd | undefined;
   private stopping: Promise<void> | undefined;
-  private devicePoll: NodeJS.Timeout | undefined;
   private startedAt = 0;
   /** Exits waiting for remote harts to act on a request (SBI remote fences). */
   private fenceWaits: { v: number; harts: number[]; request: number }[] = [];
@@ -139,7 +135,6 @@ export class Vm {
     });
     host.sched.setVmState(this.schedVm, VmRunState.Running);
     host.kick(this.slots[0], true); // the boot hart; the others wait for HSM hart_start
-    this.devicePoll = setInterval(() => this.machine?.afterExit(), DEVICE_POLL_MS);
     this.startedAt = monoNs();
     this._state = "running";
   }
@@ -218,6 +213,11 @@ export class Vm {
     const affinity: number[] = [];
     for (let p = 0; p < this.host.pcpus.count; p++) if ((this.affinity >> BigInt(p)) & 1n) affinity.push(p);
     return { weight: this.weight, capPct: this.capPct, affinity };
+  }
+
+  /** Device work nothing else prompts (the host's periodic poll). */
+  pollDevices(): void {
+    if (this._state === "running") this.machine?.afterExit();
   }
 
   // ---- statistics ---------------------------------------------------------------------------
@@ -334,7 +334,6 @@ export class Vm {
     await host.pcpus.dropVm(this.schedVm);
     host.sched.removeVm(this.schedVm, this.slots);
     for (const v of this.slots) host.vcpus.delete(v);
-    clearInterval(this.devicePoll);
     this.machine?.release();
     this.machine = undefined;
     this.slots = [];
