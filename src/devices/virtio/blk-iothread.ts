@@ -165,11 +165,16 @@ export class IoThreadBlk implements VirtioDevice {
     this.ctx = undefined;
     this.queues = [];
     this.sendStop();
-    while (this.stopPending()) {
-      const seen = Atomics.load(this.ctl, C_ACK);
-      if (!this.stopPending()) break;
-      const r = waitAsync(this.ctl, C_ACK, seen, STOP_POLL_MS);
-      if (r.async) await r.value;
+    if (!this.stopPending()) return this.stopped();
+    // A pending Atomics.waitAsync does not keep the process alive; the thread does, while we wait for it.
+    this.worker.ref();
+    try {
+      while (this.stopPending()) {
+        const r = waitAsync(this.ctl, C_ACK, Atomics.load(this.ctl, C_ACK), STOP_POLL_MS);
+        if (r.async) await r.value;
+      }
+    } finally {
+      if (!this.closing) this.worker.unref();
     }
     this.stopped();
   }
