@@ -20,7 +20,7 @@
 // most, the rest stay in the ring) is on the main thread, as QEMU drains a
 // device's in-flight requests on reset.
 
-import { Worker, MessageChannel } from "node:worker_threads";
+import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
 import { DiskImageError } from "../../backends/disk/types.js";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_BLOCK } from "./virtio.js";
@@ -66,11 +66,13 @@ export class IoThreadBlk implements VirtioDevice {
   private closing: Promise<void> | undefined;
   private closedReply: ((error: string | undefined) => void) | undefined;
   private readonly exited: Promise<void>;
+  /** The configuration space, as the thread's VirtioBlk computed it. */
+  private readonly config: Uint8Array;
 
   private constructor(
     readonly name: string,
     private readonly worker: Worker,
-    private readonly port: import("node:worker_threads").MessagePort,
+    private readonly port: MessagePort,
     control: SharedArrayBuffer,
     stats: SharedArrayBuffer,
     ready: Extract<FromIoThread, { kind: "ready" }>,
@@ -88,8 +90,6 @@ export class IoThreadBlk implements VirtioDevice {
     worker.unref();
     void this.serveInterrupts();
   }
-
-  private readonly config: Uint8Array;
 
   /**
    * Start the I/O thread and open the disk there. Rejects with the disk's
