@@ -124,7 +124,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
   } finally {
     // Disks are flushed here, on every way out (a qcow2 image writes back
     // its refcounts), so an ended run leaves a clean image.
-    devices.close();
+    await devices.close();
   }
 }
 

@@ -4,9 +4,9 @@
 // close() releases them when tsvisor ends.
 
 import { createHash } from "node:crypto";
-import { openDisk, DiskImageError, type CacheMode, type DiskImage } from "../backends/disk/disk.js";
+import { DiskImageError, type CacheMode } from "../backends/disk/disk.js";
 import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec } from "../backends/net/net-backend.js";
-import { VirtioBlk } from "../devices/virtio/blk.js";
+import { IoThreadBlk } from "../devices/virtio/blk-iothread.js";
 import { VirtioNet } from "../devices/virtio/net.js";
 import type { VirtioDevice } from "../devices/virtio/virtio.js";
 import { UsageError } from "./size.js";
@@ -59,41 +59,46 @@ export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[]): void 
 }
 
 export class VmDevices {
-  private constructor(
-    readonly devices: VirtioDevice[],
-    private readonly disks: DiskImage[],
-    private readonly nets: NetBackend[],
-  ) {}
+  private constructor(readonly devices: VirtioDevice[]) {}
 
-  /** Open every disk and network backend; on any failure, close what was opened and throw one line. */
+  /** Open every disk (each on its I/O thread, devices/virtio/blk-iothread.ts) and
+   *  network backend; on any failure, close what was opened and throw one line. */
   static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void): Promise<VmDevices> {
-    const disks: DiskImage[] = [];
+    const disks: IoThreadBlk[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
     try {
       const parsedDisks = diskSpecs.map(parseDiskSpec);
       const parsedNets = netSpecs.map(parseNetOption);
-      parsedDisks.forEach((d, i) => {
-        const disk = openDisk(d.path, { format: d.format, readOnly: d.readOnly, cache: d.cache });
+      for (const [i, d] of parsedDisks.entries()) {
+        const disk = await IoThreadBlk.open({ path: d.path, format: d.format, readOnly: d.readOnly, cache: d.cache }, { name: `blk${i}`, serial: `tsvisor-disk${i}` });
         disks.push(disk);
-        devices.push(new VirtioBlk(disk, { name: `blk${i}`, serial: `tsvisor-disk${i}` }));
-      });
+        devices.push(disk);
+      }
       for (const [i, spec] of parsedNets.entries()) {
         const backend = await openNetBackend(spec, { warn });
         nets.push(backend);
         devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac ?? defaultMac(netSpecs[i], i) }));
       }
-      return new VmDevices(devices, disks, nets);
+      return new VmDevices(devices);
     } catch (e) {
-      for (const d of disks) d.close();
+      await Promise.allSettled(disks.map((d) => d.close()));
       for (const n of nets) n.close();
       throw e;
     }
   }
 
   /** Flushes and closes the disks (a qcow2 image writes its refcounts back), closes the sockets and taps. */
-  close(): void {
-    for (const d of this.devices) d.close?.();
+  async close(): Promise<void> {
+    const errors: unknown[] = [];
+    for (const d of this.devices) {
+      try {
+        await d.close?.();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    if (errors.length) throw errors[0];
   }
 }
 

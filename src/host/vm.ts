@@ -35,7 +35,11 @@ export interface VmConfig {
   /** Binary translation (default on with default options; false: interpreter only). */
   jit?: JitOptions | false;
   /** virtio devices backed by host resources (disks, network cards), in slot
-   *  order. The caller owns them: they outlive a stop and a start. */
+   *  order. The caller owns them: they outlive a stop and a start, and are
+   *  handed back quiesced (no I/O thread touching guest memory) when the VM
+   *  stops or is destroyed; the caller closes them. Disks in a host belong on
+   *  an I/O thread (devices/virtio/blk-iothread.ts), so no disk wait stalls
+   *  the main thread and with it every VM's exits. */
   virtio?: VirtioDevice[];
   console?: "ttyS0" | "hvc0";
   consoleSize?: { cols: number; rows: number };
@@ -325,6 +329,9 @@ export class Vm {
     const { host } = this;
     host.sched.setVmState(this.schedVm, VmRunState.Paused);
     await this.offPcpus();
+    // Device I/O threads finish the request in hand and let go of guest
+    // memory before its frames go back to the pool.
+    await this.machine?.quiesceDevices();
     if (this.fenceTimer) clearImmediate(this.fenceTimer);
     this.checkFences();
     const jit = await host.pcpus.jitStats(this.schedVm);

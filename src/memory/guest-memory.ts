@@ -10,8 +10,18 @@
 
 import type { GuestAddress } from "./address.js";
 import { hex } from "./address.js";
-import { FRAME_SIZE } from "./frame-pool.js";
-import { P2m, P2mFault } from "./p2m.js";
+import { FRAME_SIZE, type FramePoolHandle } from "./frame-pool.js";
+import { P2m, P2mFault, type P2mHandle } from "./p2m.js";
+
+/** A VM's RAM as plain data, posted to another thread (an I/O thread) that
+ *  works on it there: the pool and the p2m to attach, and the VM's page map
+ *  of translated code (0: none), which that thread's writes must retire
+ *  translations in, as DMA from this thread does (jit/code-page-map.ts). */
+export interface SharedGuestMemory {
+  readonly pool: FramePoolHandle;
+  readonly p2m: P2mHandle;
+  readonly codePageMap: number;
+}
 
 /** An access outside guest RAM. A P2mFault, so one handler covers both. */
 export class GuestMemoryError extends P2mFault {

@@ -215,9 +215,14 @@ export class VirtMachine {
     if (cfg.console === "hvc0") this.hvc = new VirtioConsole({ name: "console0", output: console, size: cfg.consoleSize });
     const devices = [...(cfg.virtio ?? []), ...(this.hvc ? [this.hvc] : []), new VirtioRng("rng0")];
     if (devices.length > L.VIRT_VIRTIO_SLOTS) throw new MachineError(`too many virtio devices: ${devices.length}, the virt machine has ${L.VIRT_VIRTIO_SLOTS} slots`);
+    // Inside a host, a device may serve its queues on a thread of its own
+    // (blk-iothread.ts): the RAM as that thread attaches it, with the page
+    // map its writes retire translations in.
+    const shared = cfg.host ? { pool: pool.handle(), p2m: p2m.handle(), codePageMap: this.codePageMap?.address ?? 0 } : undefined;
     devices.forEach((device, slot) => {
       const transport = new VirtioMmio(device, {
         mem: this.ram,
+        shared,
         setIrq: (level) => this.plic.setLevel(L.VIRT_VIRTIO_IRQ_BASE + slot, level),
         requestPoll: () => {
           this.pollRequested = true;
@@ -371,8 +376,15 @@ export class VirtMachine {
   /** Targets of the SBI remote fence being handled (serviceSbi waits for them). */
   private fenceTargets: { harts: number[]; request: number } | undefined;
 
+  /** Before release(): devices that touch guest memory on other threads (an
+   *  I/O thread's request in flight) let go of it. The main thread serves on meanwhile. */
+  async quiesceDevices(): Promise<void> {
+    await Promise.all(this.virtio.map((t) => t.device.quiesce?.()));
+  }
+
   /** Give every frame of the VM back to the pool (zeroed): its p2m, RAM, hart
-   *  blocks and translation areas. No hart may run afterwards. */
+   *  blocks and translation areas. No hart may run afterwards, and no device
+   *  thread may touch guest memory (quiesceDevices()). */
   release(): void {
     this.jit?.release();
     if (this.cfg.host) {
@@ -535,6 +547,7 @@ export class VirtMachine {
     const lines = ["virtio queues:"];
     const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
     for (const t of this.virtio) {
+      t.device.syncStats?.();
       t.queueStats.forEach((q, i) => {
         if (q.notifications === 0 && q.requests === 0) return;
         lines.push(`  ${`${t.name} q${i}`.padEnd(14)} ${q.notifications} notifies, ${q.requests} requests, ${q.interrupts} interrupts, ${mib(q.bytesRead)} from guest, ${mib(q.bytesWritten)} to guest` +

@@ -95,6 +95,9 @@ export interface VirtioBlkOptions {
   name: string;
   /** What GET_ID answers (the guest's /sys/block/vdX/serial), at most 20 bytes of UTF-8. */
   serial: string;
+  /** Checked before each request of a batch: true stops the batch there, the
+   *  rest staying in the ring (an I/O thread being told to stop, blk-iothread.ts). */
+  stopRequested?(): boolean;
 }
 
 export interface BlkStats {
@@ -134,8 +137,11 @@ export class VirtioBlk implements VirtioDevice {
   private negotiated = 0n;
   private bounce: Uint8Array | undefined;
 
+  private readonly stopRequested: () => boolean;
+
   constructor(private readonly disk: DiskImage, opts: VirtioBlkOptions) {
     this.name = opts.name;
+    this.stopRequested = opts.stopRequested ?? (() => false);
     const serial = new TextEncoder().encode(opts.serial);
     if (serial.length > VIRTIO_BLK_ID_BYTES) throw new RangeError(`${opts.name}: serial '${opts.serial}' is longer than ${VIRTIO_BLK_ID_BYTES} bytes`);
     this.id.set(serial);
@@ -184,7 +190,7 @@ export class VirtioBlk implements VirtioDevice {
     const q = index === 0 ? this.queues[0] : undefined;
     if (!q) return;
     try {
-      for (let chain = q.pop(); chain; chain = q.pop()) this.handle(q, chain);
+      for (let chain = q.pop(); chain; chain = this.stopRequested() ? undefined : q.pop()) this.handle(q, chain);
     } finally {
       q.notifyDriver();
     }
@@ -200,12 +206,7 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   statsLines(): string[] {
-    const s = this.stats;
-    return [
-      `${this.name} (${basename(this.disk.path)}, ${this.disk.format}${this.disk.readOnly ? ", read-only" : ""}): ` +
-        `${s.reads} reads ${formatBytes(s.bytesRead)}, ${s.writes} writes ${formatBytes(s.bytesWritten)}, ` +
-        `${s.flushes} flushes, ${s.discards} discards, ${s.writeZeroes} write-zeroes, ${s.errors} errors`,
-    ];
+    return [blkStatsLine(this.name, this.disk, this.stats)];
   }
 
   /** One request: do it, put the status in the last writable byte, give the chain back. */
@@ -387,6 +388,13 @@ export class VirtioBlk implements VirtioDevice {
     this.stats.errors++;
     this.lastError = why;
   }
+}
+
+/** The `--stats` line of a block device. */
+export function blkStatsLine(name: string, disk: Pick<DiskImage, "path" | "format" | "readOnly">, s: BlkStats): string {
+  return `${name} (${basename(disk.path)}, ${disk.format}${disk.readOnly ? ", read-only" : ""}): ` +
+    `${s.reads} reads ${formatBytes(s.bytesRead)}, ${s.writes} writes ${formatBytes(s.bytesWritten)}, ` +
+    `${s.flushes} flushes, ${s.discards} discards, ${s.writeZeroes} write-zeroes, ${s.errors} errors`;
 }
 
 /** A read that failed after some data reached the guest. */

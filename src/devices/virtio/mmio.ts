@@ -20,9 +20,9 @@
 // wide; the configuration space takes 8, 16 and 32-bit accesses.
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
-import { GuestMemoryError, type GuestMemory } from "../../memory/guest-memory.js";
+import { GuestMemoryError, type GuestMemory, type SharedGuestMemory } from "../../memory/guest-memory.js";
 import {
-  type VirtioDevice,
+  type VirtioDevice, type VirtioContext,
   STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
   VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX,
 } from "./virtio.js";
@@ -61,6 +61,8 @@ interface QueueRegs {
 
 export interface VirtioMmioHost {
   mem: GuestMemory;
+  /** The same RAM for devices that serve their queues on another thread (virtio.ts VirtioContext.shared). */
+  shared?: SharedGuestMemory;
   setIrq(level: boolean): void;
   /** The device has asynchronous work: have the machine call poll() soon. */
   requestPoll(): void;
@@ -212,8 +214,10 @@ export class VirtioMmio implements MmioDevice {
       // the device must leave its rings alone, whatever a notify or poll() asks:
       // the queue object goes, and a later QueueReady = 1 makes a new one from
       // the registers as they are then (another size, other rings).
+      const wasReady = q.ready;
       q.ready = false;
       this.queues[index] = undefined;
+      if (wasReady) this.device.queueStopped?.(index);
       return;
     }
     if (q.ready) return;
@@ -277,11 +281,16 @@ export class VirtioMmio implements MmioDevice {
     }
   }
 
-  private context() {
+  private context(): VirtioContext {
     return {
       mem: this.host.mem,
+      shared: this.host.shared,
       configChanged: () => this.configChanged(),
       requestPoll: () => this.host.requestPoll(),
+      usedBuffer: () => {
+        if (this.status & STATUS_DRIVER_OK) this.usedBufferInterrupt();
+      },
+      needsReset: (why) => this.needsReset(why),
     };
   }
 }

@@ -183,6 +183,11 @@ export class VirtQueue {
     return this.cfg.size;
   }
 
+  /** Where the queue lives and what was negotiated for it (another thread builds its own VirtQueue from this). */
+  get config(): Readonly<QueueConfig> {
+    return this.cfg;
+  }
+
   /**
    * The next available request, or undefined when the driver has made none.
    * Malformed chains are completed with length 0 and skipped (counted in

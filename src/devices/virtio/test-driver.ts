@@ -7,7 +7,7 @@
 
 import { FramePool, FRAME_SIZE } from "../../memory/frame-pool.js";
 import { P2m } from "../../memory/p2m.js";
-import { GuestMemory } from "../../memory/guest-memory.js";
+import { GuestMemory, type SharedGuestMemory } from "../../memory/guest-memory.js";
 import { VirtioMmio } from "./mmio.js";
 import type { VirtioDevice } from "./virtio.js";
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1 } from "./virtio.js";
@@ -17,8 +17,14 @@ export const TEST_RAM = 0x8000_0000n;
 
 /** Guest RAM of `bytes` for device tests. */
 export function testGuestMemory(bytes = 4 << 20): GuestMemory {
+  return testSharedGuestMemory(bytes).mem;
+}
+
+/** Guest RAM, and the same as another thread attaches it. */
+export function testSharedGuestMemory(bytes = 4 << 20): { mem: GuestMemory; shared: SharedGuestMemory } {
   const pool = new FramePool(1 << 16);
-  return new GuestMemory(new P2m(pool, TEST_RAM, Math.ceil(bytes / FRAME_SIZE) * FRAME_SIZE));
+  const p2m = new P2m(pool, TEST_RAM, Math.ceil(bytes / FRAME_SIZE) * FRAME_SIZE);
+  return { mem: new GuestMemory(p2m), shared: { pool: pool.handle(), p2m: p2m.handle(), codePageMap: 0 } };
 }
 
 export interface Buffer {
@@ -37,6 +43,8 @@ export interface TestDriverLayout {
   heapEnd?: bigint;
   /** The memory the transport and device use, when a test watches their accesses apart from the driver's own. */
   deviceMem?: GuestMemory;
+  /** The same memory for a device that serves its queues on another thread (blk-iothread.ts). */
+  shared?: SharedGuestMemory;
 }
 
 /** Where a test driver puts one queue and its buffers. */
@@ -65,6 +73,7 @@ export class TestDriver {
   constructor(readonly device: VirtioDevice, readonly mem: GuestMemory = testGuestMemory(), layout: TestDriverLayout = {}) {
     this.transport = new VirtioMmio(device, {
       mem: layout.deviceMem ?? mem,
+      shared: layout.shared,
       setIrq: (level) => (this.irq = level),
       requestPoll: () => this.polls++,
       warn: (m) => this.warnings.push(m),

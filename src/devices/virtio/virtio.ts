@@ -6,7 +6,7 @@
 // A device model sees its queues (queue.ts) and guest memory through the
 // bounds-checked accessor, never raw host memory.
 
-import type { GuestMemory } from "../../memory/guest-memory.js";
+import type { GuestMemory, SharedGuestMemory } from "../../memory/guest-memory.js";
 import type { VirtQueue } from "./queue.js";
 
 /** Device IDs (virtio 1.2, 5 "Device Types"). */
@@ -55,8 +55,19 @@ export interface VirtioDevice {
   reset(): void;
   /** Host-side work that arrived asynchronously (network input): process it now. */
   poll?(): void;
-  /** Release host resources (files, sockets) when the VM ends. */
-  close?(): void;
+  /** The driver stopped queue `index` (QueueReady = 0, 4.2.2.2): from the
+   *  return on, the device must not touch its rings (a device whose queues
+   *  another thread serves stops that thread's work on it first). */
+  queueStopped?(index: number): void;
+  /** The VM's RAM is about to be given back: stop touching guest memory
+   *  (an I/O thread finishes the request in flight). reset() follows before
+   *  the device is used again. */
+  quiesce?(): Promise<void>;
+  /** Release host resources (files, sockets) when the device is done with. */
+  close?(): void | Promise<void>;
+  /** Bring the transport's queue counts up to date (a device whose queues
+   *  another thread serves keeps them there); called before they are read. */
+  syncStats?(): void;
   /** Per-device lines for `--stats` beyond the per-queue counts. */
   statsLines?(): string[];
 }
@@ -68,4 +79,13 @@ export interface VirtioContext {
   configChanged(): void;
   /** Ask the machine to call poll() soon, waking an idle VM (asynchronous host input). */
   requestPoll(): void;
+  /** Raise the used-buffer interrupt for queue `index`: for a device whose
+   *  queues another thread serves (its own VirtQueue decided the driver wants it). */
+  usedBuffer(index: number): void;
+  /** The driver broke the device's rings (seen on another thread): set
+   *  DEVICE_NEEDS_RESET and tell the driver (2.1.2). */
+  needsReset(why: string): void;
+  /** The VM's RAM as plain data another thread can attach (undefined when
+   *  the machine cannot share it). */
+  readonly shared?: SharedGuestMemory;
 }

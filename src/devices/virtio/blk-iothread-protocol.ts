@@ -1,0 +1,60 @@
+// What a virtio-blk device's main-thread side (blk-iothread.ts) and its I/O
+// thread (blk-iothread-worker.ts) share: control words in a SharedArrayBuffer
+// for what happens often (a queue kick, an interrupt, the stop handshake),
+// messages on a MessagePort for what happens seldom (a queue going live, the
+// disk's description, a broken ring, closing).
+
+import type { CacheMode } from "../../backends/disk/types.js";
+import type { FramePoolHandle } from "../../memory/frame-pool.js";
+import type { P2mHandle } from "../../memory/p2m.js";
+import type { QueueConfig } from "./queue.js";
+import type { MessagePort } from "node:worker_threads";
+
+/** Control words (Int32Array indices). */
+export const C_SEQ = 0;      // main thread: bumped and notified with every event for the I/O thread
+export const C_KICK = 1;     // main thread: a QueueNotify for the request queue is waiting
+export const C_STOP = 2;     // main thread: stop after the request in hand (a quiesce is coming)
+export const C_ACK = 3;      // I/O thread: quiesces done so far (notified)
+export const C_IRQ = 4;      // I/O thread: the driver wants the used-buffer interrupt
+export const C_IRQ_SEQ = 5;  // I/O thread: bumped and notified with C_IRQ, and when the thread ends
+export const C_ALIVE = 6;    // I/O thread: 1 while its loop runs
+export const CONTROL_WORDS = 8;
+
+/** Counters (Float64Array indices) the I/O thread publishes after each batch:
+ *  the request queue's since it went live, then the device's since it opened. */
+export const QUEUE_STAT_KEYS = ["requests", "bytesRead", "bytesWritten", "badChains", "interrupts"] as const;
+export const BLK_STAT_KEYS = ["reads", "bytesRead", "writes", "bytesWritten", "flushes", "discards", "writeZeroes", "getIds", "errors"] as const;
+export const BLK_STATS_AT = QUEUE_STAT_KEYS.length;
+export const STAT_WORDS = QUEUE_STAT_KEYS.length + BLK_STAT_KEYS.length;
+
+export interface IoThreadDiskSpec {
+  path: string;
+  format?: "raw" | "qcow2";
+  readOnly?: boolean;
+  cache?: CacheMode;
+}
+
+export interface IoThreadData {
+  control: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+  port: MessagePort;
+  disk: IoThreadDiskSpec;
+  name: string;
+  serial: string;
+}
+
+export type ToIoThread =
+  /** The request queue is live: serve it in this RAM (`pool` when it is not the one attached before). */
+  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; features: bigint; queue: QueueConfig }
+  /** Leave guest memory alone (C_STOP is set): drop the queue, count C_ACK up. */
+  | { kind: "quiesce" }
+  /** Close the disk and end. */
+  | { kind: "close" };
+
+export type FromIoThread =
+  | { kind: "ready"; features: bigint; config: Uint8Array; disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean } }
+  | { kind: "open-failed"; message: string; diskError: boolean }
+  /** The driver broke the rings (or the device failed) while the thread served
+   *  its `activation`th queue: the transport sets DEVICE_NEEDS_RESET. */
+  | { kind: "needs-reset"; why: string; activation: number }
+  | { kind: "closed"; error?: string };

@@ -1,0 +1,183 @@
+// A virtio-blk device's I/O thread (as QEMU's iothreads, Cloud Hypervisor's
+// per-device threads): it owns the disk image and, while the driver runs,
+// its own VirtQueue over the VM's RAM (the host's frame pool and the VM's
+// p2m, attached here), and runs the request logic of blk.ts unchanged: it
+// pops chains, does the reads, writes and flushes, pushes used entries and
+// decides with EVENT_IDX whether the driver wants an interrupt. So a slow
+// write or fsync waits here, never on the main thread, whose event loop
+// serves every VM's exits. The main thread's side is blk-iothread.ts.
+//
+// The thread sleeps on the control word C_SEQ; the main thread bumps it with
+// every event (a kick, a message). Messages are taken between requests
+// only, so when the thread acknowledges a quiesce it has finished the
+// request in hand and will not touch guest memory again until the next
+// activate.
+
+import { workerData, receiveMessageOnPort } from "node:worker_threads";
+import { openDisk, DiskImageError, type DiskImage } from "../../backends/disk/disk.js";
+import { FramePool } from "../../memory/frame-pool.js";
+import { P2m } from "../../memory/p2m.js";
+import { GuestMemory, GuestMemoryError } from "../../memory/guest-memory.js";
+import { CodePageMap } from "../../jit/code-page-map.js";
+import { VirtioBlk } from "./blk.js";
+import { VirtQueue, QueueStats, QueueBroken, ChainError } from "./queue.js";
+import type { VirtioContext } from "./virtio.js";
+import {
+  C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
+  type IoThreadData, type ToIoThread, type FromIoThread,
+} from "./blk-iothread-protocol.js";
+
+/** Bytes of the configuration space handed to the main thread (blk.ts's is 0x3c). */
+const CONFIG_BYTES = 0x40;
+
+class IoThread {
+  private readonly ctl: Int32Array;
+  private readonly stats: Float64Array;
+  private pool: FramePool | undefined;
+  private queue: VirtQueue | undefined;
+  private queueStats = new QueueStats();
+  /** The rings failed: nothing more until the driver resets the device. */
+  private broken = false;
+  /** Queues served so far (the main thread counts them too). */
+  private activations = 0;
+
+  constructor(private readonly data: IoThreadData, private readonly disk: DiskImage, private readonly blk: VirtioBlk) {
+    this.ctl = new Int32Array(data.control);
+    this.stats = new Float64Array(data.stats);
+  }
+
+  run(): void {
+    const { ctl } = this;
+    for (;;) {
+      const seq = Atomics.load(ctl, C_SEQ);
+      let serve = false;
+      for (let m = receiveMessageOnPort(this.data.port); m; m = receiveMessageOnPort(this.data.port)) {
+        const msg = m.message as ToIoThread;
+        if (msg.kind === "close") return this.close();
+        // A queue going live is served once at once: a kick that came with it
+        // may have been taken (and dropped) before the message was.
+        if (msg.kind === "activate") serve = this.activate(msg);
+        else this.quiesce();
+      }
+      if (Atomics.exchange(ctl, C_KICK, 0) !== 0) serve = true;
+      if (serve) this.serve();
+      Atomics.wait(ctl, C_SEQ, seq);
+    }
+  }
+
+  private activate(msg: Extract<ToIoThread, { kind: "activate" }>): boolean {
+    if (msg.pool) this.pool = FramePool.attach(msg.pool);
+    if (!this.pool) throw new Error("activate without a frame pool");
+    const p2m = P2m.attach(this.pool, msg.p2m);
+    // Disk reads land in guest pages: retire code translated from them, as DMA on the main thread does.
+    if (msg.codePageMap) CodePageMap.attach(this.pool, p2m, msg.codePageMap);
+    const mem = new GuestMemory(p2m);
+    this.queueStats = new QueueStats();
+    this.queue = new VirtQueue(0, msg.queue, mem, () => this.interrupt(), this.queueStats);
+    const ctx: VirtioContext = { mem, configChanged() {}, requestPoll() {}, usedBuffer() {}, needsReset() {} };
+    this.blk.activate(ctx, [this.queue], msg.features);
+    this.broken = false;
+    this.activations++;
+    return true;
+  }
+
+  private quiesce(): void {
+    this.blk.reset();
+    this.queue = undefined;
+    this.publishStats();
+    Atomics.add(this.ctl, C_ACK, 1);
+    Atomics.notify(this.ctl, C_ACK);
+  }
+
+  /** Every request available now (blk.ts notify), unless told to stop. */
+  private serve(): void {
+    if (!this.queue || this.broken || Atomics.load(this.ctl, C_STOP) !== 0) return;
+    try {
+      this.blk.notify(0);
+    } catch (e) {
+      // The transport's guarded() on the main thread judges the same errors the same way (mmio.ts).
+      this.broken = true;
+      const why = e instanceof QueueBroken ? e.message
+        : e instanceof ChainError || e instanceof GuestMemoryError ? `${e.message} (not handled by the device)`
+        : `internal error in its I/O thread: ${(e as Error).stack ?? String(e)}`;
+      this.post({ kind: "needs-reset", why, activation: this.activations });
+    }
+    this.publishStats();
+  }
+
+  /** The driver wants the used-buffer interrupt: the main thread raises it. */
+  private interrupt(): void {
+    Atomics.store(this.ctl, C_IRQ, 1);
+    Atomics.add(this.ctl, C_IRQ_SEQ, 1);
+    Atomics.notify(this.ctl, C_IRQ_SEQ);
+  }
+
+  private publishStats(): void {
+    QUEUE_STAT_KEYS.forEach((k, i) => (this.stats[i] = this.queueStats[k]));
+    BLK_STAT_KEYS.forEach((k, i) => (this.stats[BLK_STATS_AT + i] = this.blk.stats[k]));
+  }
+
+  private close(): void {
+    this.blk.reset();
+    this.queue = undefined;
+    let error: string | undefined;
+    try {
+      this.disk.close();
+    } catch (e) {
+      error = (e as Error).message;
+    }
+    this.post({ kind: "closed", error });
+  }
+
+  private post(msg: FromIoThread): void {
+    this.data.port.postMessage(msg);
+  }
+}
+
+function main(): void {
+  const data = workerData as IoThreadData;
+  const ctl = new Int32Array(data.control);
+  const post = (msg: FromIoThread) => data.port.postMessage(msg);
+  let disk: DiskImage;
+  let blk: VirtioBlk;
+  try {
+    disk = openDisk(data.disk.path, { format: data.disk.format, readOnly: data.disk.readOnly, cache: data.disk.cache });
+  } catch (e) {
+    post({ kind: "open-failed", message: (e as Error).message, diskError: e instanceof DiskImageError });
+    data.port.close();
+    return;
+  }
+  try {
+    blk = new VirtioBlk(disk, { name: data.name, serial: data.serial, stopRequested: () => Atomics.load(ctl, C_STOP) !== 0 });
+  } catch (e) {
+    disk.close();
+    post({ kind: "open-failed", message: (e as Error).message, diskError: false });
+    data.port.close();
+    return;
+  }
+  const config = new Uint8Array(CONFIG_BYTES);
+  for (let i = 0; i < CONFIG_BYTES; i++) config[i] = blk.readConfig(i, 1);
+  Atomics.store(ctl, C_ALIVE, 1);
+  post({ kind: "ready", features: blk.features, config, disk: { path: disk.path, format: disk.format, readOnly: disk.readOnly } });
+  try {
+    new IoThread(data, disk, blk).run();
+  } catch (e) {
+    // A bug here: the disk is closed all the same (whatever was flushed stays), the main thread hears of it.
+    try {
+      disk.close();
+    } catch {
+      // the error that ended the thread is the one to report
+    }
+    throw e;
+  } finally {
+    // Whoever waits for this thread (a quiesce, the interrupt loop) stops waiting.
+    Atomics.store(ctl, C_ALIVE, 0);
+    Atomics.add(ctl, C_ACK, 1);
+    Atomics.notify(ctl, C_ACK);
+    Atomics.add(ctl, C_IRQ_SEQ, 1);
+    Atomics.notify(ctl, C_IRQ_SEQ);
+    data.port.close();
+  }
+}
+
+main();

@@ -1,0 +1,297 @@
+// virtio-blk with its requests served on an I/O thread (blk-iothread-worker.ts),
+// so the main thread, which serves every VM's exits in a host, never waits
+// for a disk. This is the device the transport sees on the main thread: it
+// answers features and configuration space itself (the I/O thread's VirtioBlk
+// computed them when it opened the disk), hands the request queue to the
+// thread when the driver makes it live, turns QueueNotify into a kick of the
+// thread, and raises the used-buffer interrupt the thread asks for.
+//
+//   main thread (transport, this)            I/O thread (VirtioBlk, its VirtQueue)
+//   activate / new queue  -- "activate" -->  attach pool + p2m, build the queue
+//   notify(0)             -- C_KICK ----->   pop, read/write/flush, push
+//   usedBuffer(0)         <-- C_IRQ -----    notifyDriver (EVENT_IDX decides)
+//   reset / queue stopped -- C_STOP + "quiesce", wait for C_ACK (synchronous)
+//   VM teardown           -- the same, awaited (quiesce())
+//   close                 -- "close": the thread closes the disk and ends
+//
+// A reset returns only once the thread has finished the request in hand and
+// dropped the queue: the driver takes reset as complete when its status
+// write returns (virtio 1.2, 2.4 and 4.2.3.1), so that wait (one request at
+// most, the rest stay in the ring) is on the main thread, as QEMU drains a
+// device's in-flight requests on reset.
+
+import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
+import { DiskImageError } from "../../backends/disk/types.js";
+import type { VirtioDevice, VirtioContext } from "./virtio.js";
+import { VIRTIO_ID_BLOCK } from "./virtio.js";
+import type { VirtQueue, QueueStats } from "./queue.js";
+import { QUEUE_SIZE, blkStatsLine, type BlkStats, type VirtioBlkOptions } from "./blk.js";
+import {
+  C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, CONTROL_WORDS, STAT_WORDS,
+  QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
+  type IoThreadData, type IoThreadDiskSpec, type FromIoThread, type ToIoThread,
+} from "./blk-iothread-protocol.js";
+
+export type { IoThreadDiskSpec } from "./blk-iothread-protocol.js";
+
+// ES2024's Atomics.waitAsync (in Node since 16); TypeScript's ES2022 lib lacks it.
+const waitAsync = (Atomics as unknown as {
+  waitAsync(a: Int32Array, i: number, v: number, t?: number): { async: boolean; value: Promise<string> | string };
+}).waitAsync;
+
+/** How long a synchronous stop waits between looks at whether the thread still lives. */
+const STOP_POLL_MS = 100;
+
+export class IoThreadBlk implements VirtioDevice {
+  readonly deviceId = VIRTIO_ID_BLOCK;
+  readonly queueMaxSizes = [QUEUE_SIZE];
+  readonly features: bigint;
+
+  private readonly ctl: Int32Array;
+  private readonly stats: Float64Array;
+  private ctx: VirtioContext | undefined;
+  private queues: readonly (VirtQueue | undefined)[] = [];
+  private negotiated = 0n;
+  /** The queue the thread serves now (undefined: it touches no guest memory). */
+  private served: VirtQueue | undefined;
+  /** The pool memory the thread has attached (sent once per pool). */
+  private attachedPool: WebAssembly.Memory | undefined;
+  /** The transport's counts of the last queue served, and their values when it went live. */
+  private statsOf: QueueStats | undefined;
+  private statsBase: Record<(typeof QUEUE_STAT_KEYS)[number], number> | undefined;
+  private stopsSent = 0;
+  /** Queues handed to the thread so far: a message about an earlier one is stale. */
+  private activations = 0;
+  private ended: string | undefined;
+  private closing: Promise<void> | undefined;
+  private closedReply: ((error: string | undefined) => void) | undefined;
+  private readonly exited: Promise<void>;
+  /** The configuration space, as the thread's VirtioBlk computed it. */
+  private readonly config: Uint8Array;
+
+  private constructor(
+    readonly name: string,
+    private readonly worker: Worker,
+    private readonly port: MessagePort,
+    control: SharedArrayBuffer,
+    stats: SharedArrayBuffer,
+    ready: Extract<FromIoThread, { kind: "ready" }>,
+    private readonly disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean },
+  ) {
+    this.ctl = new Int32Array(control);
+    this.stats = new Float64Array(stats);
+    this.features = ready.features;
+    this.config = ready.config;
+    this.exited = new Promise((resolve) => worker.once("exit", () => resolve()));
+    worker.on("exit", () => this.threadEnded(`${this.name}: its I/O thread ended`));
+    worker.on("error", (e) => this.threadEnded(`${this.name}: its I/O thread failed: ${e.message}`));
+    port.on("message", (msg: FromIoThread) => this.onMessage(msg));
+    port.unref();
+    worker.unref();
+    void this.serveInterrupts();
+  }
+
+  /**
+   * Start the I/O thread and open the disk there. Rejects with the disk's
+   * own DiskImageError (no such file, a bad qcow2 header) as openDisk would.
+   */
+  static async open(disk: IoThreadDiskSpec, opts: Omit<VirtioBlkOptions, "stopRequested">): Promise<IoThreadBlk> {
+    const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
+    const stats = new SharedArrayBuffer(STAT_WORDS * 8);
+    const { port1, port2 } = new MessageChannel();
+    const data: IoThreadData = { control, stats, port: port2, disk, name: opts.name, serial: opts.serial };
+    const worker = new Worker(new URL("./blk-iothread-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
+    const first = await new Promise<FromIoThread | Error>((resolve) => {
+      port1.once("message", resolve);
+      worker.once("error", resolve);
+      worker.once("exit", (code) => resolve(new Error(`${opts.name}: its I/O thread exited (status ${code}) before opening ${disk.path}`)));
+    });
+    if (first instanceof Error || first.kind !== "ready") {
+      port1.close();
+      await worker.terminate();
+      if (first instanceof Error) throw first;
+      if (first.kind === "open-failed") throw first.diskError ? new DiskImageError(first.message) : new RangeError(first.message);
+      throw new Error(`${opts.name}: unexpected first message from its I/O thread: ${first.kind}`);
+    }
+    return new IoThreadBlk(opts.name, worker, port1, control, stats, first, first.disk);
+  }
+
+  // ---- what the transport asks --------------------------------------------------------
+
+  readConfig(offset: number, size: number): number {
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) {
+      const at = offset + i;
+      v = v * 256 + (at >= 0 && at < this.config.length ? this.config[at] : 0);
+    }
+    return v;
+  }
+
+  /** Nothing in this configuration space is writable (as blk.ts). */
+  writeConfig(): void {}
+
+  activate(ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[], features: bigint): void {
+    this.ctx = ctx;
+    this.queues = queues;
+    this.negotiated = features;
+    if (!ctx.shared) return ctx.needsReset(`${this.name}: its I/O thread needs the VM's RAM shared (a VM in a host)`);
+    if (this.ended) return ctx.needsReset(this.ended);
+    const q = queues[0];
+    if (q) this.serve(q);
+  }
+
+  notify(index: number): void {
+    // The queue is looked up each time, as blk.ts does: the driver may have set it up again since.
+    const q = index === 0 ? this.queues[0] : undefined;
+    if (!q || !this.ctx?.shared || this.ended) return;
+    if (q !== this.served) this.serve(q);
+    Atomics.store(this.ctl, C_KICK, 1);
+    this.wake();
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+    this.queues = [];
+    this.negotiated = 0n;
+    this.stopSync();
+  }
+
+  queueStopped(index: number): void {
+    if (index === 0) this.stopSync();
+  }
+
+  /** The VM's RAM goes away: the thread finishes its request in hand and lets go (awaited, the main thread serves on). */
+  async quiesce(): Promise<void> {
+    this.ctx = undefined;
+    this.queues = [];
+    this.sendStop();
+    if (!this.stopPending()) return this.stopped();
+    // A pending Atomics.waitAsync does not keep the process alive; the thread does, while we wait for it.
+    this.worker.ref();
+    try {
+      while (this.stopPending()) {
+        const r = waitAsync(this.ctl, C_ACK, Atomics.load(this.ctl, C_ACK), STOP_POLL_MS);
+        if (r.async) await r.value;
+      }
+    } finally {
+      if (!this.closing) this.worker.unref();
+    }
+    this.stopped();
+  }
+
+  /** Wait for the request in flight, close the disk in the thread and end it. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  syncStats(): void {
+    if (!this.statsOf || !this.statsBase) return;
+    QUEUE_STAT_KEYS.forEach((k, i) => (this.statsOf![k] = this.statsBase![k] + this.stats[i]));
+  }
+
+  statsLines(): string[] {
+    const s = {} as BlkStats;
+    BLK_STAT_KEYS.forEach((k, i) => (s[k] = this.stats[BLK_STATS_AT + i]));
+    return [blkStatsLine(this.name, this.disk, s)];
+  }
+
+  // ---- the thread ------------------------------------------------------------------------
+
+  /** Hand queue `q` to the thread (after it has let go of any other). */
+  private serve(q: VirtQueue): void {
+    const shared = this.ctx!.shared!;
+    if (this.served) this.stopSync();
+    this.waitStoppedSync();
+    // The thread is idle: its counters and the stop word are ours to reset.
+    this.stats.fill(0, 0, QUEUE_STAT_KEYS.length);
+    this.statsOf = q.stats;
+    this.statsBase = Object.fromEntries(QUEUE_STAT_KEYS.map((k) => [k, q.stats[k]])) as typeof this.statsBase;
+    Atomics.store(this.ctl, C_STOP, 0);
+    const pool = shared.pool.memory === this.attachedPool ? undefined : shared.pool;
+    this.attachedPool = shared.pool.memory;
+    this.post({ kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, features: this.negotiated, queue: { ...q.config } });
+    this.served = q;
+    this.activations++;
+  }
+
+  /** Tell the thread to let go of guest memory (no wait). */
+  private sendStop(): void {
+    if (!this.served) return;
+    this.served = undefined;
+    Atomics.store(this.ctl, C_STOP, 1);
+    this.post({ kind: "quiesce" });
+    this.stopsSent++;
+  }
+
+  private stopPending(): boolean {
+    return Atomics.load(this.ctl, C_ACK) < this.stopsSent && Atomics.load(this.ctl, C_ALIVE) === 1;
+  }
+
+  private stopSync(): void {
+    this.sendStop();
+    this.waitStoppedSync();
+  }
+
+  /** Block until every stop sent is acknowledged: the thread is between requests, holding no queue. */
+  private waitStoppedSync(): void {
+    if (!this.stopPending()) return;
+    while (this.stopPending()) Atomics.wait(this.ctl, C_ACK, Atomics.load(this.ctl, C_ACK), STOP_POLL_MS);
+    this.stopped();
+  }
+
+  /** After a stop: an interrupt the thread asked for before it is moot; the counts are final. */
+  private stopped(): void {
+    Atomics.store(this.ctl, C_IRQ, 0);
+    this.syncStats();
+  }
+
+  private post(msg: ToIoThread): void {
+    this.port.postMessage(msg);
+    this.wake();
+  }
+
+  private wake(): void {
+    Atomics.add(this.ctl, C_SEQ, 1);
+    Atomics.notify(this.ctl, C_SEQ);
+  }
+
+  /** Raise the used-buffer interrupt whenever the thread asks (until it ends). */
+  private async serveInterrupts(): Promise<void> {
+    for (;;) {
+      const seen = Atomics.load(this.ctl, C_IRQ_SEQ);
+      if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0 && this.served) this.ctx?.usedBuffer(0);
+      if (Atomics.load(this.ctl, C_ALIVE) !== 1) return;
+      const r = waitAsync(this.ctl, C_IRQ_SEQ, seen);
+      if (r.async) await r.value;
+    }
+  }
+
+  private onMessage(msg: FromIoThread): void {
+    if (msg.kind === "needs-reset") {
+      if (this.served && msg.activation === this.activations) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
+    } else if (msg.kind === "closed") {
+      this.closedReply?.(msg.error);
+    }
+  }
+
+  private threadEnded(why: string): void {
+    if (this.ended) return;
+    this.ended = why;
+    this.closedReply?.(undefined);
+    if (!this.closing && this.served) this.ctx?.needsReset(why);
+  }
+
+  private async doClose(): Promise<void> {
+    if (this.ended) return;
+    await this.quiesce();
+    // Until the thread has closed the disk, the process must not end under it.
+    this.worker.ref();
+    const reply = new Promise<string | undefined>((resolve) => (this.closedReply = resolve));
+    this.post({ kind: "close" });
+    const error = await reply;
+    await this.exited;
+    this.port.close();
+    if (error) throw new DiskImageError(error);
+  }
+}
