@@ -10,9 +10,11 @@
 //   fair      3 VMs running CPU hogs under weights 256/256/512 on 2 pCPUs
 //             (expected shares 25/25/50 %), then a VM capped at 30 % of one
 //             pCPU among hogs: shares and errors in percentage points.
-//   density   idle Debian guests (64 MiB, booted to a shell command that
+//   density   idle Debian guests (128 MiB, booted to a shell command that
 //             sleeps) started until N run or the pool is full: host memory
-//             and CPU while they idle.
+//             and CPU while they idle. (The issue asks for 64 MiB guests; the
+//             stock kernel and initramfs need 79 MiB to load and run out of
+//             memory unpacking the initramfs below 128 MiB.)
 //   boot      one Debian guest booting to poweroff (`true`) through the
 //             engine, best of 3 (bench:boot times the same through the CLI).
 //
@@ -233,7 +235,7 @@ async function fair(): Promise<void> {
   const host = await Host.create({ pcpus });
   try {
     const weights = [256, 256, 512];
-    const guests = await Promise.all(weights.map((weight, i) => linuxGuest(host, `w${i}`, HOG, { weight, memBytes: 64 * MiB })));
+    const guests = await Promise.all(weights.map((weight, i) => linuxGuest(host, `w${i}`, HOG, { weight, memBytes: 128 * MiB })));
     for (const g of guests) g.vm.start();
     await Promise.all(guests.map((g) => g.sees("hog-ready")));
     const s = await measureShares(guests.map((g) => g.vm));
@@ -243,8 +245,8 @@ async function fair(): Promise<void> {
     say(`  of one pCPU each: ${s.ofOnePcpu.map(pct).join(" / ")}`);
     for (const g of guests) await g.vm.destroy();
 
-    const capped = await linuxGuest(host, "cap30", HOG, { capPct: 30, memBytes: 64 * MiB });
-    const hogs = await Promise.all([0, 1].map((i) => linuxGuest(host, `hog${i}`, HOG, { memBytes: 64 * MiB })));
+    const capped = await linuxGuest(host, "cap30", HOG, { capPct: 30, memBytes: 128 * MiB });
+    const hogs = await Promise.all([0, 1].map((i) => linuxGuest(host, `hog${i}`, HOG, { memBytes: 128 * MiB })));
     for (const g of [capped, ...hogs]) g.vm.start();
     await Promise.all([capped, ...hogs].map((g) => g.sees("hog-ready")));
     const c = await measureShares([capped, ...hogs].map((g) => g.vm));
@@ -257,8 +259,10 @@ async function fair(): Promise<void> {
 
 // ---- density ---------------------------------------------------------------------------------
 
+const DENSITY_MEM = 128 * MiB;
+
 async function density(): Promise<void> {
-  say(`## Density (idle Debian guests, 64 MiB, 1 vCPU, booted to 'sleep'; pCPUs ${pcpus})`);
+  say(`## Density (idle Debian guests, 128 MiB, 1 vCPU, booted to 'sleep'; pCPUs ${pcpus})`);
   const host = await Host.create({ pcpus });
   const guests: Guest[] = [];
   let stoppedBy = "";
@@ -268,7 +272,11 @@ async function density(): Promise<void> {
     // a pCPU and trip the guests' own stall detectors.
     const inFlight = new Set<Promise<void>>();
     for (let i = 0; i < densityVms && !stoppedBy; i++) {
-      const g = await linuxGuest(host, `idle${i}`, ["sh", "-c", "echo idle-ready; exec sleep 1000000"], { memBytes: 64 * MiB });
+      if (host.pool.limitBytes - host.pool.framesInUse * 4096 < DENSITY_MEM) {
+        stoppedBy = `the pool (${(host.pool.limitBytes / MiB).toFixed(0)} MiB) has no room for another guest's RAM`;
+        break;
+      }
+      const g = await linuxGuest(host, `idle${i}`, ["sh", "-c", "echo idle-ready; exec sleep 1000000"], { memBytes: DENSITY_MEM });
       try {
         g.vm.start();
       } catch (e) {
