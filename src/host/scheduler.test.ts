@@ -80,6 +80,85 @@ test("affinity: a VM pinned to pCPU 1 only ever runs there", () => {
   assert.ok(points(shares[0], 0.5) < 1, `pinned VM (2 vCPUs on one pCPU) got ${(shares[0] * 100).toFixed(1)} % of the host`);
 });
 
+/** Hogs on `pcpus` through phases of simulated time; before each, `change`
+ *  may re-pin or pause VMs (by index). Every turn runs `overrunNs` past its
+ *  slice, as real ones do (a worker looks at the clock between run() calls).
+ *  Returns each VM's pCPU time per phase, in pCPUs (1 = one pCPU the whole phase). */
+function simulatePhases(
+  pcpus: number, vms: SimVm[], overrunNs: number,
+  phases: { seconds: number; change?: (ctl: { affinity(vm: number, mask: bigint): void; pause(vm: number, paused: boolean): void }) => void }[],
+): number[][] {
+  const sched = Scheduler.create(pcpus, 64, 16);
+  const ids: number[] = [];
+  const vcpusOf: number[][] = [];
+  const vcpuVm = new Map<number, number>();
+  vms.forEach((vm, i) => {
+    ids.push(sched.addVm(vm.weight, vm.cap ?? 0));
+    vcpusOf.push([]);
+    for (let c = 0; c < vm.vcpus; c++) {
+      const v = sched.addVcpu(ids[i], c, 0, vm.affinity ?? (1n << BigInt(pcpus)) - 1n);
+      vcpusOf[i].push(v);
+      vcpuVm.set(v, i);
+      sched.wake(v, 0, true);
+    }
+    sched.setVmState(ids[i], VmRunState.Running);
+  });
+  const ctl = {
+    affinity: (vm: number, mask: bigint) => vcpusOf[vm].forEach((v) => sched.setAffinity(v, mask)),
+    pause: (vm: number, paused: boolean) => sched.setVmState(ids[vm], paused ? VmRunState.Paused : VmRunState.Running),
+  };
+  const pc = Array.from({ length: pcpus }, () => ({ at: 0, vcpu: -1, start: 0 }));
+  const out: number[][] = [];
+  let from = 0;
+  for (const phase of phases) {
+    phase.change?.(ctl);
+    const ran = vms.map(() => 0);
+    const end = from + phase.seconds * 1e9;
+    for (;;) {
+      const p = pc.reduce((best, x, i) => (x.at < pc[best].at ? i : best), 0);
+      const cur = pc[p];
+      if (cur.at >= end) break;
+      if (cur.vcpu >= 0) {
+        ran[vcpuVm.get(cur.vcpu)!] += cur.at - Math.max(cur.start, from); // a turn across phases counts in the last
+        sched.release(cur.vcpu, cur.at, { kind: "runnable" });
+        cur.vcpu = -1;
+      }
+      const pick = sched.pick(p, cur.at);
+      if (pick.kind === "idle") {
+        cur.at += Math.min(pick.idleNs, 1e6) || 1e5;
+        continue;
+      }
+      cur.vcpu = pick.vcpu;
+      cur.start = cur.at;
+      cur.at += pick.sliceNs + overrunNs;
+    }
+    out.push(ran.map((ns) => ns / (end - from)));
+    from = end;
+  }
+  return out;
+}
+
+test("credit neither piles up nor sinks without end: hogs pinned apart for long, then put together, share at once", () => {
+  // Two hogs pinned to pCPU 0 beside a free one for 20 s (turns 2 ms over their
+  // slices); then one of them and the free one move to pCPU 1.
+  const [pinned, moved] = simulatePhases(2, [{ weight: 256, vcpus: 1, affinity: 0b01n }, { weight: 256, vcpus: 1, affinity: 0b01n }, { weight: 256, vcpus: 1 }], 2e6, [
+    { seconds: 20 },
+    { seconds: 1, change: (c) => (c.affinity(0, 0b10n), c.affinity(2, 0b10n)) },
+  ]);
+  [0.5, 0.5, 1].forEach((want, i) => assert.ok(points(pinned[i], want) < 2, `pinned: VM ${i} got ${pinned[i].toFixed(3)} pCPUs, want ${want}`));
+  [0.5, 1, 0.5].forEach((want, i) => assert.ok(points(moved[i], want) < 5, `in the first second after the move: VM ${i} got ${moved[i].toFixed(3)} pCPUs, want ${want}`));
+});
+
+test("a VM paused for long does not keep the pCPU from the others when it resumes", () => {
+  const [, paused, resumed] = simulatePhases(1, [{ weight: 256, vcpus: 1 }, { weight: 256, vcpus: 1 }], 0, [
+    { seconds: 1 },
+    { seconds: 20, change: (c) => c.pause(0, true) },
+    { seconds: 1, change: (c) => c.pause(0, false) },
+  ]);
+  assert.ok(paused[0] === 0 && points(paused[1], 1) < 1, `while paused: ${paused}`);
+  resumed.forEach((got, i) => assert.ok(points(got, 0.5) < 5, `after resume: VM ${i} got ${got.toFixed(3)} of the pCPU, want 0.5`));
+});
+
 test("a paused VM is not picked; a blocked vCPU sleeps until its deadline", () => {
   const sched = Scheduler.create(1, 8, 4);
   const vm = sched.addVm(256, 0);

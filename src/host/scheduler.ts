@@ -7,7 +7,8 @@
 // maxWeight / weight times real time (the heaviest VM burns 1:1), so over
 // time each VM gets pCPU time in proportion to its weight. A pCPU picks the
 // runnable vCPU with the most credit; when the best candidate has none left,
-// every vCPU gets CREDIT_INIT more (credit2's reset; see resetCredit).
+// every vCPU gets CREDIT_INIT more, within bounds (credit2's reset; see
+// resetCredit).
 // A vCPU that blocks keeps its credit, so one that mostly sleeps (an
 // interactive or I/O-bound guest) wins the pCPU when it wakes.
 //
@@ -28,6 +29,12 @@ export const CREDIT_INIT_NS = 10_000_000;
 export const MIN_SLICE_NS = 500_000;
 export const MAX_SLICE_NS = 10_000_000;
 export const RATELIMIT_NS = 1_000_000;
+/** The most credit a competing vCPU keeps through a reset (resetCredit):
+ *  credit2 clips at CREDIT_INIT plus 0.5 ms of carry-over; on the simulated
+ *  clock (scheduler.test.ts) weights hold with any bound from CREDIT_INIT
+ *  plus 10 ms up (plus 5 ms gave 256/256/512 28/28/43 %), so this leaves
+ *  two maximum slices. */
+export const CREDIT_MAX_NS = CREDIT_INIT_NS + 2 * MAX_SLICE_NS;
 /** Caps are enforced over 10 ms periods, as credit2 refills its budgets. */
 export const CAP_PERIOD_NS = 10_000_000;
 /** A runnable vCPU waits this long for the idle pCPU it last ran on before
@@ -326,7 +333,7 @@ export class Scheduler {
         return { kind: "idle", idleNs: Math.max(0, wakeAt - now) };
       }
       this.words[idleWord] = 0;
-      if (bestCredit <= 0) this.resetCredit();
+      if (bestCredit <= 0) this.resetCredit(bestCredit);
       const credit = this.f64[this.vf(best, VF_CREDIT)];
       // credit2's slice: until the chosen vCPU's credit would fall to the next
       // candidate's, within the minimum and maximum timer, and never past the cap.
@@ -393,17 +400,32 @@ export class Scheduler {
     return w;
   }
 
-  /** Everyone gets CREDIT_INIT more. Only vCPUs that are not competing
-   *  (blocked, stopped) are clipped to CREDIT_INIT, so a sleeper cannot
-   *  bank credit; clipping the competitors too would erase the lead a
-   *  heavier VM earned (measured: 256/256/512 came out 33/33/35 %). */
-  private resetCredit(): void {
+  /** credit2's reset: everyone gets CREDIT_INIT more (as many times as it
+   *  takes to put the best candidate, at `bestCredit`, back in the black:
+   *  turns overrun their slices, since a worker looks at the clock only
+   *  between run() calls and a turn waiting in an exit runs on, so a vCPU
+   *  alone on its pCPUs sinks a little at every turn), and nobody keeps
+   *  more than a bound: vCPUs that are not competing (blocked, stopped)
+   *  CREDIT_INIT, so a sleeper cannot bank credit; the others
+   *  CREDIT_MAX_NS (clipping those to CREDIT_INIT too erased the lead a
+   *  heavier VM earned: 256/256/512 came out 33/33/35 %).
+   *  Without both bounds a reset, which comes from whichever pCPU finds its
+   *  best candidate out of credit, gave 10 ms to vCPUs that could not be
+   *  that candidate (their affinity keeps them on other pCPUs, or their VM
+   *  is paused) and took nothing from one that sank: put next to others, or
+   *  resumed, the rich one kept their pCPU for as long as it had banked and
+   *  the poor one waited for as long as it had sunk. Measured with Debian
+   *  guests: two hogs pinned to pCPU 0 beside a free one for 12 s, then one
+   *  moved to pCPU 1: the free one got 0.2 % of a pCPU in the next 8 s
+   *  (0 % for 4 s with the upper bound alone: it stood at -11 s). */
+  private resetCredit(bestCredit: number): void {
+    const add = (1 + Math.floor(-bestCredit / CREDIT_INIT_NS)) * CREDIT_INIT_NS;
     for (let v = 0; v < this.handle.maxVcpus; v++) {
       const s = this.state(v);
       if (s === VcpuState.Free) continue;
       const i = this.vf(v, VF_CREDIT);
-      this.f64[i] += CREDIT_INIT_NS;
-      if (s === VcpuState.Blocked || s === VcpuState.Stopped) this.f64[i] = Math.min(CREDIT_INIT_NS, this.f64[i]);
+      const max = s === VcpuState.Blocked || s === VcpuState.Stopped ? CREDIT_INIT_NS : CREDIT_MAX_NS;
+      this.f64[i] = Math.min(max, this.f64[i] + add);
     }
   }
 

@@ -173,11 +173,15 @@ export class Vm {
     await this.stop("destroyed");
     this._state = "destroyed";
     this.host.forget(this);
+    // Never started: whoever waits for its first run's end (and whoever asks
+    // later) learns it was destroyed.
+    if (!this.lastEnd) this.finishEnd({ kind: "stopped", reason: "destroyed" });
   }
 
-  /** Resolves when the current (or next) run ends. */
+  /** Resolves when the current (or next) run ends; on a stopped or destroyed
+   *  VM, with how its last run ended. */
   waitForEnd(): Promise<RunEnd> {
-    if (this.lastEnd && this._state === "stopped") return Promise.resolve(this.lastEnd);
+    if (this.lastEnd && (this._state === "stopped" || this._state === "destroyed")) return Promise.resolve(this.lastEnd);
     return new Promise((resolve) => this.endResolvers.push(resolve));
   }
 
