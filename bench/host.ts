@@ -192,7 +192,7 @@ async function smp(): Promise<void> {
   say(`## SMP scaling (Debian guest, 2 threads of an integer kernel, pCPUs ${pcpus})`);
   const binary = buildParallel();
   const host = await Host.create({ pcpus });
-  const rounds = "6000";
+  const rounds = "30000";
   try {
     const ms: Record<number, number> = {};
     for (const cpus of [1, 2]) {

@@ -63,6 +63,9 @@ export function isPosted(sched: Scheduler, v: number): boolean {
   return Atomics.load(sched.words, sched.mailboxIndex(v)) === Mailbox.Posted;
 }
 
+/** Loads of the doorbell after a pass before waiting for it (a few microseconds). */
+const DOORBELL_SPIN = 2000;
+
 /** The longest the exit service keeps the main thread without a break. */
 const MAX_BUSY_MS = 2;
 
@@ -80,6 +83,10 @@ export function serveDoorbell(sched: Scheduler, serve: () => void): { stop(): vo
       const seen = Atomics.load(w, H_DOORBELL);
       serve();
       if (!running) break;
+      // A vCPU that just got its answer often exits again within microseconds
+      // (a driver polling a register, a claim then a complete): look for that
+      // a moment before going back to the event loop's far slower wake-up.
+      for (let spin = 0; spin < DOORBELL_SPIN && Atomics.load(w, H_DOORBELL) === seen; spin++) {}
       const r = waitAsync(w, H_DOORBELL, seen);
       if (r.async) {
         await r.value;
