@@ -147,7 +147,7 @@ async function latency(): Promise<void> {
 
     const machine = vm.vmm!;
     const gpa = BigInt(/ready (0x[0-9a-f]+)/.exec(text)![1]);
-    const probe = (machine.p2m.hostFrame(gpa) + Number(gpa & 0xfffn)) >> 2;
+    const probe = (machine.p2m.hostFrame(gpa) + Number(gpa & 0xfffn)) >>> 2;
     const words = host.pool.words;
     const IRQS = probe, DONE = probe + 1, MODE = probe + 2;
     for (const [mode, label] of [[0, "vCPU spinning in translated code"], [1, "vCPU blocked in WFI"]] as const) {

@@ -217,7 +217,7 @@ class Pcpu {
   }
 
   private requestPending(h: number): boolean {
-    return Atomics.load(this.pool.words, (h + this.core.k.REQ_OFF) >> 2) !== 0;
+    return Atomics.load(this.pool.words, (h + this.core.k.REQ_OFF) >>> 2) !== 0;
   }
 
   /** Hand the exit in v's run record to the main thread; false when the turn ends. */

@@ -311,7 +311,7 @@ export class Vm {
     this.fenceWaits = this.fenceWaits.filter((w) => {
       const done = this.stopping !== undefined || w.harts.every((i) => {
         const v = this.slots[i];
-        const pending = (Atomics.load(words, (this.host.sched.hartOf(v) + reqOff) >> 2) & w.request) !== 0;
+        const pending = (Atomics.load(words, (this.host.sched.hartOf(v) + reqOff) >>> 2) & w.request) !== 0;
         return !pending || !this.host.isRunning(v) || isPosted(this.host.sched, v);
       });
       if (done) answerExit(this.host.sched, w.v, this.stopping ? Mailbox.Stop : Mailbox.Resume);

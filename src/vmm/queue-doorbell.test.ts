@@ -28,3 +28,11 @@ test("anything else stays an ordinary exit for the transport to judge", () => {
   assert.equal(ringQueueDoorbell(area, mem, virtioSlotBase(0) - 0x1000n + 0x50n, 4, 0n), false); // below the window
   for (let s = 0; s < 3; s++) assert.deepEqual(takeQueueDoorbells(area, mem, s), []);
 });
+
+test("doorbell words above 2 GiB of host memory (a big host's pool) are found", () => {
+  // Untouched pages of a shared buffer cost no host memory.
+  const big = new Int32Array(new SharedArrayBuffer(2 ** 31 + 4096));
+  const high = { words: 2 ** 31 + 64, slots: 1 };
+  assert.equal(ringQueueDoorbell(high, big, notify(0), 4, 1n), true);
+  assert.deepEqual(takeQueueDoorbells(high, big, 0), [1]);
+});

@@ -32,13 +32,13 @@ export function ringQueueDoorbell(area: DoorbellArea | undefined, mem: Int32Arra
   if (off < 0n || off % VIRT_VIRTIO_STRIDE !== BigInt(QUEUE_NOTIFY_OFFSET)) return false;
   const slot = Number(off / VIRT_VIRTIO_STRIDE);
   if (slot >= area.slots) return false;
-  Atomics.or(mem, (area.words >> 2) + slot, 1 << Number(value));
+  Atomics.or(mem, (area.words >>> 2) + slot, 1 << Number(value));
   return true;
 }
 
 /** Main-thread side: the queues notified in `slot` since the last call, as indices. */
 export function takeQueueDoorbells(area: DoorbellArea, mem: Int32Array, slot: number): number[] {
-  const bits = Atomics.exchange(mem, (area.words >> 2) + slot, 0);
+  const bits = Atomics.exchange(mem, (area.words >>> 2) + slot, 0);
   const queues: number[] = [];
   for (let q = 0; bits >>> q !== 0 && q < MAX_QUEUES; q++) if (bits & (1 << q)) queues.push(q);
   return queues;
