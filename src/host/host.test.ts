@@ -8,6 +8,8 @@ import { Host, HostError, type Vm } from "./host.js";
 import { pullDebianImage } from "../images/debian.js";
 import { parseKernelImage } from "../arch/riscv/boot-image.js";
 import { withCommand, DEFAULT_CMDLINE } from "../cli/run-linux.js";
+import { buildBareKernel, bareProgram, haveBareCompiler } from "./testing/bare-kernel.js";
+import { FRAME_SIZE, OWNER_HOST } from "../memory/frame-pool.js";
 
 const image = await pullDebianImage({ progress: () => {} });
 const kernel = parseKernelImage(new Uint8Array(readFileSync(image.kernelPath)));
@@ -91,6 +93,26 @@ test("bad VM configs are refused with one line", async () => {
     assert.throws(() => host.createVm({ ...base, bogus: 1 } as never), /unknown VM option 'bogus'/);
     host.createVm({ ...base, name: "x" });
     assert.throws(() => host.createVm({ ...base, name: "x" }), /exists already/);
+  } finally {
+    await host.close();
+  }
+});
+
+test("a VM placed above 2 GiB of the pool runs (host addresses past the signed 32-bit range)", { skip: !haveBareCompiler() && "riscv64-unknown-elf-gcc not installed" }, async () => {
+  const host = await Host.create({ pcpus: 1 });
+  try {
+    // The host holds the first 2 GiB (untouched pages: no host memory), so
+    // the VM's hart blocks, doorbells and RAM all come from above.
+    host.pool.allocContiguous(2 ** 31 / FRAME_SIZE, OWNER_HOST);
+    let text = "";
+    const vm = host.createVm({ name: "high", kernel: buildBareKernel(bareProgram("fill")), cmdline: "", cpus: 2, memBytes: 64 << 20, consoleOut: (b) => { text += Buffer.from(b).toString(); } });
+    vm.start();
+    const deadline = Date.now() + 60_000;
+    while (!/filled words=\d+/.test(text)) {
+      assert.ok(Date.now() < deadline && vm.state === "running", `the VM did not run: ${text} ${JSON.stringify(vm.state === "stopped" ? await vm.waitForEnd() : "")}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await vm.stop();
   } finally {
     await host.close();
   }

@@ -152,7 +152,8 @@ export class Scheduler {
 
   /** Index in `words` of vCPU `v`'s exit mailbox (exit-mailbox.ts). */
   mailboxIndex(v: number): number { return this.vi(v, VI_MAILBOX); }
-  hartOf(v: number): number { return this.words[this.vi(v, VI_HART)]; }
+  /** Host address of v's hart block (stored in an Int32 word: read back unsigned, pools pass 2 GiB). */
+  hartOf(v: number): number { return this.words[this.vi(v, VI_HART)] >>> 0; }
   vmOf(v: number): number { return this.words[this.vi(v, VI_VM)]; }
   hartIndexOf(v: number): number { return this.words[this.vi(v, VI_INDEX)]; }
   stateOf(v: number): VcpuState { return this.state(v); }
