@@ -150,6 +150,11 @@ export class Host {
     }
   }
 
+  /** The host cannot run guests any more (a pCPU worker died). */
+  get failed(): boolean {
+    return this.fatal !== undefined;
+  }
+
   /** Is vCPU slot `v` on a pCPU right now? */
   isRunning(v: number): boolean {
     return this.sched.stateOf(v) === VcpuState.Running;

@@ -11,12 +11,17 @@ import type { PcpuWorkerData } from "./pcpu-worker.js";
 interface PcpuThread {
   worker: Worker;
   port: MessagePort;
+  /** Settles when the thread has ended (quit, or died). */
+  exited: Promise<void>;
+  alive: boolean;
 }
 
 export class PcpuPool {
   private readonly threads: PcpuThread[] = [];
   private nextToken = 1;
-  private readonly waiting = new Map<number, (reply: PcpuReply) => void>();
+  /** Questions asked and not answered yet, by token. A thread that dies
+   *  answers its own with "gone", so nobody waits for a dead thread. */
+  private readonly waiting = new Map<number, { thread: PcpuThread; resolve(reply: PcpuReply): void }>();
   private closed = false;
 
   /** `onFatal`: a worker died (a hypervisor bug): the host cannot go on. */
@@ -25,24 +30,33 @@ export class PcpuPool {
       const { port1, port2 } = new MessageChannel();
       const data: PcpuWorkerData = { pcpu, pool: pool.handle(), sched: sched.handle, port: port2 };
       const worker = new Worker(new URL("./pcpu-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
+      let markExited!: () => void;
+      const thread: PcpuThread = { worker, port: port1, alive: true, exited: new Promise<void>((r) => (markExited = r)) };
       worker.on("error", (e) => {
         if (!this.closed) onFatal(new Error(`pCPU ${pcpu} failed: ${e.message}`));
       });
       worker.on("exit", (code) => {
+        thread.alive = false;
+        markExited();
+        for (const [token, w] of this.waiting) {
+          if (w.thread !== thread) continue;
+          this.waiting.delete(token);
+          w.resolve({ kind: "gone", token });
+        }
         if (!this.closed) onFatal(new Error(`pCPU ${pcpu} exited (status ${code})`));
       });
       port1.on("message", (reply: PcpuReply) => {
-        const resolve = this.waiting.get(reply.token);
-        if (resolve) {
+        const w = this.waiting.get(reply.token);
+        if (w) {
           this.waiting.delete(reply.token);
-          resolve(reply);
+          w.resolve(reply);
         }
       });
       // The ports must not keep the process alive on their own: the host's
       // VMs do that while they run.
       port1.unref();
       worker.unref();
-      this.threads.push({ worker, port: port1 });
+      this.threads.push(thread);
     }
   }
 
@@ -58,10 +72,10 @@ export class PcpuPool {
 
   private ask(make: (token: number) => PcpuMessage): Promise<PcpuReply[]> {
     return Promise.all(
-      this.threads.map((t) => {
+      this.threads.filter((t) => t.alive).map((t) => {
         const token = this.nextToken++;
         return new Promise<PcpuReply>((resolve) => {
-          this.waiting.set(token, resolve);
+          this.waiting.set(token, { thread: t, resolve });
           t.port.postMessage(make(token));
           this.sched.tickleIdle();
         });
@@ -93,11 +107,11 @@ export class PcpuPool {
   async close(): Promise<void> {
     this.closed = true;
     this.broadcast({ kind: "quit" });
-    await Promise.all(this.threads.map((t) => new Promise<void>((resolve) => {
-      t.worker.once("exit", () => resolve());
+    await Promise.all(this.threads.map((t) => {
       // A worker stuck waiting in an exit mailbox cannot see "quit".
-      setTimeout(() => void t.worker.terminate(), 2000).unref();
-    })));
+      if (t.alive) setTimeout(() => void t.worker.terminate(), 2000).unref();
+      return t.exited;
+    }));
     for (const t of this.threads) t.port.close();
   }
 }

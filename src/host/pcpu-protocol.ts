@@ -40,4 +40,6 @@ export type PcpuMessage =
 
 export type PcpuReply =
   | { kind: "dropped"; id: number; token: number }
-  | { kind: "jit-stats"; token: number; stats: JitStats | undefined };
+  | { kind: "jit-stats"; token: number; stats: JitStats | undefined }
+  /** Not from a worker: the pool's answer for a worker that died meanwhile. */
+  | { kind: "gone"; token: number };

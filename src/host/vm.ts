@@ -367,7 +367,8 @@ export class Vm {
     const { host } = this;
     for (;;) {
       const running = this.slots.filter((v) => host.isRunning(v));
-      if (running.length === 0) return;
+      // A dead worker never takes its vCPU off: nothing runs any more anyway.
+      if (running.length === 0 || host.failed) return;
       for (const v of running) host.core.fn.postRequest(host.sched.hartOf(v), host.core.k.REQ_EXIT);
       await new Promise((r) => setTimeout(r, 1));
     }
