@@ -1,0 +1,192 @@
+// `tsvisor host`: the daemon. One engine Host, the VM table (daemon.ts), and
+// the HTTP/1.1 JSON API (routes.ts) on a Unix socket that only its owner may
+// use (mode 0600). Logs one line per event on stderr; SIGTERM or SIGINT
+// stops every VM (disks flushed and closed), removes the socket, exits 0.
+import { createServer, type IncomingMessage, type ServerResponse, type Server } from "node:http";
+import { connect } from "node:net";
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { dirname } from "node:path";
+import { Host, HostError } from "../host/host.js";
+import { ApiError } from "./errors.js";
+import { Daemon } from "./daemon.js";
+import { StateStore } from "./store.js";
+import { match, type Reply } from "./routes.js";
+
+/** Request bodies larger than this get 413: a VM definition is a few hundred bytes. */
+export const MAX_BODY = 64 << 10;
+
+export class DaemonError extends Error {}
+
+export interface DaemonOptions {
+  socket: string;
+  stateDir: string;
+  pcpus?: number;
+  memLimitBytes?: number;
+}
+
+export function logLine(line: string): void {
+  process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+}
+
+/** Is a server answering on this socket? */
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+/** Refuses a socket in use; removes a stale one. */
+async function claimSocket(path: string): Promise<void> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new DaemonError(`${path} exists and is not a socket`);
+  if (await socketAnswers(path)) throw new DaemonError(`a host is already running on ${path}`);
+  unlinkSync(path);
+  logLine(`removed the stale socket ${path}`);
+}
+
+/** Runs the daemon until SIGTERM or SIGINT; resolves with the exit status. */
+export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  await claimSocket(opts.socket);
+  let engine: Host;
+  try {
+    engine = await Host.create({ pcpus: opts.pcpus, memLimitBytes: opts.memLimitBytes });
+  } catch (e) {
+    if (e instanceof HostError) throw new DaemonError(e.message);
+    throw e;
+  }
+  let store: StateStore;
+  try {
+    store = new StateStore(opts.stateDir);
+  } catch (e) {
+    await engine.close();
+    throw new DaemonError(`state directory ${opts.stateDir}: ${(e as Error).message}`);
+  }
+  const daemon = new Daemon(engine, store, logLine);
+  const server = createServer((req, res) => void serve(daemon, req, res));
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 0; // wait and logs -f are long-lived
+  try {
+    await listen(server, opts.socket);
+  } catch (e) {
+    await engine.close();
+    throw new DaemonError(`cannot listen on ${opts.socket}: ${(e as Error).message}`);
+  }
+  const ino = lstatSync(opts.socket).ino;
+  logLine(`host listening on ${opts.socket} (${daemon.limits.pcpus} pCPUs, pool ${daemon.limits.poolBytes >> 20} MiB, state in ${opts.stateDir})`);
+  daemon.restore();
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once("SIGTERM", resolve);
+    process.once("SIGINT", resolve);
+  });
+  logLine(`${signal}: stopping every VM`);
+  server.close();
+  await daemon.stopAll(`the host stopped (${signal})`);
+  await engine.close();
+  server.closeAllConnections();
+  try {
+    if (lstatSync(opts.socket).ino === ino) unlinkSync(opts.socket);
+  } catch {
+    // gone already
+  }
+  logLine("host stopped");
+  return 0;
+}
+
+/** Listens with a umask that makes the socket 0600 from its first moment. */
+function listen(server: Server, path: string): Promise<void> {
+  const old = process.umask(0o177);
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(path, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  }).finally(() => {
+    process.umask(old);
+    chmodSync(path, 0o600);
+  });
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent || res.destroyed) return;
+  const text = JSON.stringify(body) + "\n";
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The request body as JSON (undefined when empty); 413 past MAX_BODY, 400 when not JSON. */
+function readJson(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers["content-length"] ?? 0);
+    if (declared > MAX_BODY) return reject(new ApiError(413, `the body is larger than ${MAX_BODY >> 10} KiB`));
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new ApiError(413, `the body is larger than ${MAX_BODY >> 10} KiB`));
+        req.pause();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("error", reject);
+    req.on("end", () => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      if (text.trim() === "") return resolve(undefined);
+      try {
+        resolve(JSON.parse(text));
+      } catch (e) {
+        reject(new ApiError(400, `malformed JSON: ${(e as Error).message}`));
+      }
+    });
+  });
+}
+
+async function serve(daemon: Daemon, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const method = req.method ?? "GET";
+  const url = new URL(req.url ?? "/", "http://host");
+  let routePath = url.pathname;
+  let vmName = "-";
+  let audited = method !== "GET" && method !== "HEAD";
+  res.once("close", () => {
+    // Node gives no SO_PEERCRED for Unix sockets; the socket's mode 0600
+    // limits peers to the host's own user (and root).
+    if (audited) {
+      logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) ${method} ${routePath} vm=${vmName} status=${res.statusCode}${res.writableFinished ? "" : " (client gone)"}`);
+    }
+  });
+  try {
+    const { route, params } = match(method, url.pathname);
+    routePath = route.path;
+    audited = route.mutating;
+    if (params.name !== undefined) vmName = params.name;
+    const body = route.mutating ? await readJson(req) : undefined;
+    if (route.method === "POST" && route.path === "/v1/vms" && typeof body === "object" && body && "name" in body) {
+      vmName = String((body as { name: unknown }).name);
+    }
+    const reply: Reply = await route.handler({ daemon, params, query: url.searchParams, body, req, res });
+    if (reply !== "streamed") sendJson(res, reply.status, reply.body);
+  } catch (e) {
+    if (e instanceof ApiError) {
+      if (e.status === 413) res.setHeader("connection", "close");
+      sendJson(res, e.status, { error: e.message });
+    } else {
+      const msg = e instanceof Error ? e.message : String(e);
+      daemon.log(`internal error on ${method} ${url.pathname}: ${msg}`);
+      sendJson(res, 500, { error: `internal error: ${msg}` });
+    }
+  }
+}
