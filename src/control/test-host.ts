@@ -15,9 +15,10 @@ export class TestHost {
   }
 
   /** Starts a host and waits until it listens (or ends: then `exited` says how). */
-  static async start(dir: string, args: string[] = [], env: NodeJS.ProcessEnv = process.env): Promise<TestHost> {
-    const socket = join(dir, "host.sock");
-    const all = ["host", "--socket", socket, "--state-dir", join(dir, "state"), "--pcpus", "1", "--mem", "1G", ...args];
+  static async start(dir: string, args: string[] = ["--pcpus", "1", "--mem", "1G"], opts: { env?: NodeJS.ProcessEnv; socket?: string } = {}): Promise<TestHost> {
+    const env = opts.env ?? process.env;
+    const socket = opts.socket ?? join(dir, "host.sock");
+    const all = ["host", ...(opts.socket ? [] : ["--socket", socket]), "--state-dir", join(dir, "state"), ...args];
     const proc = spawn(process.execPath, [bin, ...all], { stdio: ["ignore", "ignore", "pipe"], env });
     const host = new TestHost(proc, socket);
     await Promise.race([host.exited, host.waitFor(/host listening/)]);
