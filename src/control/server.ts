@@ -17,6 +17,9 @@ export const MAX_BODY = 64 << 10;
 
 export class DaemonError extends Error {}
 
+/** The client went away before its request was whole: nothing to answer. */
+class ClientGone extends Error {}
+
 export interface DaemonOptions {
   socket: string;
   stateDir: string;
@@ -142,7 +145,8 @@ function readJson(req: IncomingMessage): Promise<unknown> {
       }
       chunks.push(c);
     });
-    req.on("error", reject);
+    req.on("error", () => reject(new ClientGone()));
+    req.on("aborted", () => reject(new ClientGone()));
     req.on("end", () => {
       const text = Buffer.concat(chunks).toString("utf8");
       if (text.trim() === "") return resolve(undefined);
@@ -165,7 +169,7 @@ async function serve(daemon: Daemon, req: IncomingMessage, res: ServerResponse):
     // Node gives no SO_PEERCRED for Unix sockets; the socket's mode 0600
     // limits peers to the host's own user (and root).
     if (audited) {
-      logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) ${method} ${routePath} vm=${vmName} status=${res.statusCode}${res.writableFinished ? "" : " (client gone)"}`);
+      logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) ${method} ${routePath} vm=${vmName.length > 64 ? `${vmName.slice(0, 64)}...` : vmName} status=${res.statusCode}${res.writableFinished ? "" : " (client gone)"}`);
     }
   });
   try {
@@ -180,6 +184,10 @@ async function serve(daemon: Daemon, req: IncomingMessage, res: ServerResponse):
     const reply: Reply = await route.handler({ daemon, params, query: url.searchParams, body, req, res });
     if (reply !== "streamed") sendJson(res, reply.status, reply.body);
   } catch (e) {
+    if (e instanceof ClientGone) {
+      res.destroy();
+      return;
+    }
     if (e instanceof ApiError) {
       if (e.status === 413) res.setHeader("connection", "close");
       sendJson(res, e.status, { error: e.message });
