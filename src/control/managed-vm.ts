@@ -250,6 +250,11 @@ export class ManagedVm {
 
   // ---- statistics ---------------------------------------------------------------------------
 
+  /** Per-queue virtio counts of the running machine (none when not running). */
+  virtioQueueCounts() {
+    return this.vm?.vmm?.virtioQueueCounts() ?? [];
+  }
+
   stats(): StatsView {
     if (this.vm && (this._state === "running" || this._state === "paused")) return this.statsOf(this.vm);
     const zero = { uptimeSeconds: 0, cpuPercent: 0, residentBytes: 0 };

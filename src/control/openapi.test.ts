@@ -82,6 +82,7 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     await call("PATCH", "/v1/vms/{name}", "v", { weight: 10, capPct: 50, affinity: [0] });
     await call("GET", "/v1/vms/{name}/stats", "v");
     await call("GET", "/v1/vms/{name}/logs", "v");
+    await call("GET", "/metrics", undefined);
     await call("POST", "/v1/vms/{name}/pause", "v");
     await call("POST", "/v1/vms/{name}/resume", "v");
     await call("DELETE", "/v1/vms/{name}", "v");
@@ -109,7 +110,7 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
         assert.equal(r.status, 405, `${m} ${path}`);
       }
     }
-    for (const path of ["/", "/v1", "/v2/vms", "/v1/vms/v/console", "/v1/metrics", "/metrics", "/v1/vms/v/start/now", "/v1/host/x"]) {
+    for (const path of ["/", "/v1", "/v2/vms", "/v1/vms/v/console", "/v1/metrics", "/metrics/x", "/v1/vms/v/start/now", "/v1/host/x"]) {
       for (const m of METHODS) assert.equal((await host.api(m.toUpperCase(), path)).status, 404, `${m} ${path}`);
     }
   } finally {

@@ -4,6 +4,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { ApiError } from "./errors.js";
 import type { Daemon } from "./daemon.js";
+import { metricsText, OPENMETRICS_TYPE } from "./metrics.js";
 
 export interface Ctx {
   daemon: Daemon;
@@ -37,6 +38,15 @@ function noFields(body: unknown): void {
 }
 
 export const ROUTES: Route[] = [
+  {
+    method: "GET", path: "/metrics", mutating: false,
+    handler: ({ daemon, res }) => {
+      const text = metricsText(daemon);
+      res.writeHead(200, { "content-type": OPENMETRICS_TYPE, "content-length": Buffer.byteLength(text) });
+      res.end(text);
+      return "streamed";
+    },
+  },
   { method: "GET", path: "/v1/host", mutating: false, handler: ({ daemon }) => ok(daemon.hostInfo()) },
   { method: "GET", path: "/v1/vms", mutating: false, handler: ({ daemon }) => ok({ vms: daemon.list().map((vm) => daemon.view(vm)) }) },
   {
