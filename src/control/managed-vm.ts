@@ -11,6 +11,8 @@ import { DEFAULT_CMDLINE, withCommand } from "../cli/run-linux.js";
 import { VmDevices } from "../cli/vm-devices.js";
 import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
+import { ConsoleHub } from "./console-hub.js";
+import type { Duplex } from "node:stream";
 import type { VmDefinition, VmPatch } from "./definition.js";
 
 export type ManagedState = "created" | "starting" | "running" | "paused" | "stopping" | "stopped";
@@ -60,6 +62,7 @@ export function describeEnd(end: RunEnd): string {
 export class ManagedVm {
   private _state: ManagedState = "created";
   readonly log = new LogRing();
+  readonly console = new ConsoleHub();
   private vm: Vm | undefined;
   private devices: VmDevices | undefined;
   private outcome: RunOutcome | undefined;
@@ -109,7 +112,10 @@ export class ManagedVm {
       const vm = this.engine.createVm({
         name: this.name, kernel, initrd, cmdline, cpus: this.def.cpus, memBytes: this.def.memBytes,
         virtio: devices.devices, console: this.def.console,
-        consoleOut: (b) => this.log.append(b),
+        consoleOut: (b) => {
+          this.log.append(b);
+          this.console.output(b);
+        },
         warn: (m) => this.event(`vm ${this.name}: ${m}`),
         weight: this.def.weight, capPct: this.def.capPct, affinity: this.def.affinity,
       });
@@ -183,6 +189,7 @@ export class ManagedVm {
     this.outcome = { end, exitStatus: exitStatusOf(end) };
     this.runDone = undefined;
     this.log.endFollowers();
+    this.console.closeAll();
     this.event(`vm ${this.name} stopped: ${describeEnd(end)}`);
     const waiters = this.waiters;
     this.waiters = [];
@@ -246,6 +253,23 @@ export class ManagedVm {
       this.vm?.setAffinity(patch.affinity);
     }
     if (patch.autostart !== undefined) this.def.autostart = patch.autostart;
+  }
+
+  /** A console viewer (the writer when `wantWrite` and none is); 409 unless running or paused. */
+  attachConsole(socket: Duplex, wantWrite: boolean): boolean {
+    if (this._state !== "running" && this._state !== "paused") {
+      throw new ApiError(409, `VM '${this.name}' is ${this._state}: its console exists only while it runs`);
+    }
+    return this.console.attach(socket, wantWrite, {
+      input: (bytes) => {
+        const machine = this.vm?.vmm;
+        if (!machine) return 0;
+        machine.consoleInput(bytes);
+        setImmediate(() => this.vm?.vmm?.afterExit());
+        return machine.consoleBacklog;
+      },
+      backlog: () => this.vm?.vmm?.consoleBacklog ?? 0,
+    });
   }
 
   // ---- statistics ---------------------------------------------------------------------------

@@ -83,6 +83,7 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     await call("GET", "/v1/vms/{name}/stats", "v");
     await call("GET", "/v1/vms/{name}/logs", "v");
     await call("GET", "/metrics", undefined);
+    await call("GET", "/v1/vms/{name}/console", "v"); // 426: the stream is an upgrade (console.test.ts)
     await call("POST", "/v1/vms/{name}/pause", "v");
     await call("POST", "/v1/vms/{name}/resume", "v");
     await call("DELETE", "/v1/vms/{name}", "v");
@@ -101,7 +102,7 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     await call("GET", "/v1/vms/{name}/logs", "nobody", undefined, "?follow=sometimes");
 
     // Every documented operation was answered at least once.
-    for (const r of ROUTES) assert.ok([...seen].some((s) => s.startsWith(`${r.method} ${r.path} 2`)), `${r.method} ${r.path} never succeeded`);
+    for (const r of ROUTES.filter((r) => !r.path.endsWith("/console"))) assert.ok([...seen].some((s) => s.startsWith(`${r.method} ${r.path} 2`)), `${r.method} ${r.path} never succeeded`);
 
     // Nothing undocumented answers: other methods on documented paths (405), other paths (404).
     for (const [path, item] of Object.entries(doc.paths)) {
@@ -110,7 +111,7 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
         assert.equal(r.status, 405, `${m} ${path}`);
       }
     }
-    for (const path of ["/", "/v1", "/v2/vms", "/v1/vms/v/console", "/v1/metrics", "/metrics/x", "/v1/vms/v/start/now", "/v1/host/x"]) {
+    for (const path of ["/", "/v1", "/v2/vms", "/v1/metrics", "/metrics/x", "/v1/vms/v/start/now", "/v1/host/x"]) {
       for (const m of METHODS) assert.equal((await host.api(m.toUpperCase(), path)).status, 404, `${m} ${path}`);
     }
   } finally {

@@ -27,6 +27,9 @@ export interface Route {
   handler(ctx: Ctx): Promise<Reply> | Reply;
 }
 
+/** The Upgrade token of the console stream. */
+export const CONSOLE_PROTOCOL = "tsvisor-console";
+
 const ok = (body: unknown, status = 200): Reply => ({ status, body });
 
 /** Action routes take no body but an empty object. */
@@ -112,6 +115,14 @@ export const ROUTES: Route[] = [
       });
       req.socket.on("close", unfollow);
       return "streamed";
+    },
+  },
+  {
+    // The stream itself is an HTTP upgrade (server.ts); a plain GET is told so.
+    method: "GET", path: "/v1/vms/{name}/console", mutating: false,
+    handler: ({ daemon, params }) => {
+      daemon.get(params.name);
+      throw new ApiError(426, `the console is a byte stream: ask with 'Connection: Upgrade' and 'Upgrade: ${CONSOLE_PROTOCOL}'`);
     },
   },
   {

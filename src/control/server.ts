@@ -2,7 +2,7 @@
 // the HTTP/1.1 JSON API (routes.ts) on a Unix socket that only its owner may
 // use (mode 0600). Logs one line per event on stderr; SIGTERM or SIGINT
 // stops every VM (disks flushed and closed), removes the socket, exits 0.
-import { createServer, type IncomingMessage, type ServerResponse, type Server } from "node:http";
+import { createServer, STATUS_CODES, type IncomingMessage, type ServerResponse, type Server } from "node:http";
 import { connect } from "node:net";
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
@@ -10,7 +10,8 @@ import { Host, HostError } from "../host/host.js";
 import { ApiError } from "./errors.js";
 import { Daemon } from "./daemon.js";
 import { StateStore } from "./store.js";
-import { match, type Reply } from "./routes.js";
+import { match, CONSOLE_PROTOCOL, type Reply } from "./routes.js";
+import type { Duplex } from "node:stream";
 
 /** Request bodies larger than this get 413: a VM definition is a few hundred bytes. */
 export const MAX_BODY = 64 << 10;
@@ -77,6 +78,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   }
   const daemon = new Daemon(engine, store, logLine);
   const server = createServer((req, res) => void serve(daemon, req, res));
+  server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => upgrade(daemon, req, socket, head));
   server.headersTimeout = 10_000;
   server.requestTimeout = 0; // wait and logs -f are long-lived
   try {
@@ -120,6 +122,37 @@ function listen(server: Server, path: string): Promise<void> {
     process.umask(old);
     chmodSync(path, 0o600);
   });
+}
+
+/** GET /v1/vms/{name}/console with Upgrade: tsvisor-console: the socket becomes
+ *  the console's byte stream (?write=false: a viewer that never types). */
+function upgrade(daemon: Daemon, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  const url = new URL(req.url ?? "/", "http://host");
+  let vmName = "-";
+  const refuse = (status: number, message: string) => {
+    const text = JSON.stringify({ error: message }) + "\n";
+    socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+  };
+  socket.on("error", () => socket.destroy());
+  try {
+    const { route, params } = match(req.method ?? "GET", url.pathname);
+    if (route.path !== "/v1/vms/{name}/console") throw new ApiError(400, `${url.pathname} takes no upgrade`);
+    if ((req.headers.upgrade ?? "").toLowerCase() !== CONSOLE_PROTOCOL) throw new ApiError(400, `the console speaks '${CONSOLE_PROTOCOL}', not '${req.headers.upgrade}'`);
+    vmName = params.name;
+    const vm = daemon.get(params.name);
+    const write = url.searchParams.get("write");
+    if (write !== null && write !== "true" && write !== "false") throw new ApiError(400, `write: expected true or false, got '${write}'`);
+    if (head.length > 0) socket.unshift(head); // bytes the client sent right after its request
+    // Attached and answered in one go: no console output can come between.
+    const writes = vm.attachConsole(socket, write !== "false");
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CONSOLE_PROTOCOL}\r\nconnection: Upgrade\r\ntsvisor-console-mode: ${writes ? "read-write" : "read-only"}\r\n\r\n`);
+    logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) GET /v1/vms/{name}/console vm=${vmName} status=101 (${writes ? "writer" : "viewer"})`);
+    socket.on("close", () => logLine(`vm ${vmName}: console ${writes ? "writer" : "viewer"} left`));
+  } catch (e) {
+    const status = e instanceof ApiError ? e.status : 500;
+    refuse(status, e instanceof Error ? e.message : String(e));
+    logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) GET ${url.pathname} (upgrade) vm=${vmName} status=${status}`);
+  }
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -6,6 +6,7 @@ import { UsageError, parseSize } from "../cli/size.js";
 import { call, rawRequest, ApiFailure } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
 import { runDaemon } from "./server.js";
+import { attachConsole } from "./console-client.js";
 import { describeEnd, type StatsView, type RunOutcome } from "./managed-vm.js";
 import type { VmView } from "./daemon.js";
 
@@ -18,6 +19,7 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
   vm info NAME [--json]   state, config, CPU seconds per vCPU, exits, memory
   vm set NAME [--weight W] [--cap PCT] [--pin CPUS]       scheduling, also while it runs
   vm logs NAME [-f]       the console output the host kept (the last MiB)
+  vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
   vm wait NAME            wait until it stops; exit with its command's status
                           (every vm command: --host PATH, else $TSVISOR_HOST)
 `;
@@ -80,8 +82,9 @@ export async function vmCommand(argv: string[]): Promise<number> {
     case "set": return set(rest);
     case "logs": return logs(rest);
     case "wait": return wait(rest);
-    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, wait");
-    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, wait)`);
+    case "console": return consoleCmd(rest);
+    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait");
+    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait)`);
   }
 }
 
@@ -218,6 +221,11 @@ async function logs(argv: string[]): Promise<number> {
     if (!process.stdout.write(c as Buffer)) await new Promise((r) => process.stdout.once("drain", r));
   }
   return 0;
+}
+
+async function consoleCmd(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, { "read-only": { type: "boolean" } }, "vm console");
+  return attachConsole(clientSocketPath(v.host as string | undefined), oneName(positionals, "vm console"), v["read-only"] === true);
 }
 
 async function wait(argv: string[]): Promise<number> {
