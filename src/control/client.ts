@@ -1,5 +1,6 @@
 // The API's client side: one request to the host daemon over its socket.
 import { request, type IncomingMessage } from "node:http";
+import { hostTarget } from "./auth.js";
 
 export class HostUnreachable extends Error {}
 /** The host answered with an error: its message, and the status. */
@@ -18,9 +19,10 @@ export interface ClientResponse {
 export function rawRequest(socket: string, method: string, path: string, body?: unknown): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const text = body === undefined ? undefined : JSON.stringify(body);
+    const target = hostTarget(socket);
     const req = request({
-      socketPath: socket, method, path,
-      headers: text === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(text) },
+      ...target, method, path,
+      headers: { ...target.headers, ...(text === undefined ? {} : { "content-type": "application/json", "content-length": String(Buffer.byteLength(text)) }) },
     }, resolve);
     req.on("error", (e: NodeJS.ErrnoException) => {
       if (e.code === "ENOENT" || e.code === "ECONNREFUSED") reject(new HostUnreachable(`no host is running on ${socket} (start one with \`tsvisor host\`)`));

@@ -6,15 +6,17 @@ import { request } from "node:http";
 import type { Socket } from "node:net";
 import { ApiFailure, HostUnreachable } from "./client.js";
 import { CONSOLE_PROTOCOL } from "./routes.js";
+import { hostTarget } from "./auth.js";
 
 const CTRL_A = 0x01;
 
 export function attachConsole(socketPath: string, name: string, readOnly: boolean): Promise<number> {
   return new Promise((resolve, reject) => {
+    const target = hostTarget(socketPath);
     const req = request({
-      socketPath, method: "GET",
+      ...target, method: "GET",
       path: `/v1/vms/${encodeURIComponent(name)}/console${readOnly ? "?write=false" : ""}`,
-      headers: { connection: "Upgrade", upgrade: CONSOLE_PROTOCOL },
+      headers: { ...target.headers, connection: "Upgrade", upgrade: CONSOLE_PROTOCOL },
     });
     req.on("error", (e: NodeJS.ErrnoException) => {
       reject(e.code === "ENOENT" || e.code === "ECONNREFUSED" ? new HostUnreachable(`no host is running on ${socketPath} (start one with \`tsvisor host\`)`) : new HostUnreachable(`${socketPath}: ${e.message}`));

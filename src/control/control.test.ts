@@ -232,3 +232,42 @@ test("bad input: 400, 404, 405, 409 and 413 with one JSON error each; the host g
     assert.equal(await host.stop(), 0);
   }
 });
+
+test("--listen HOST:PORT serves the API on TCP only with the bearer token, kept 0600 in the state directory", { skip }, async () => {
+  const dir = newDir();
+  const host = await TestHost.start(dir, ["--pcpus", "1", "--mem", "1G", "--listen", "127.0.0.1:0"]);
+  try {
+    const m = /also listening on (http:\/\/127\.0\.0\.1:\d+), bearer token in (\S+)/.exec(host.stderr);
+    assert.ok(m, host.stderr);
+    const [, url, file] = m;
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    const token = readFileSync(file, "utf8").trim();
+    const get = (auth?: string) => fetch(`${url}/v1/host`, { headers: auth ? { authorization: auth } : {} });
+    assert.equal((await get()).status, 401);
+    assert.equal((await get("Bearer nope")).status, 401);
+    const ok = await get(`Bearer ${token}`);
+    assert.equal(ok.status, 200);
+    assert.equal(((await ok.json()) as { pcpus: number }).pcpus, 1);
+    // The Unix socket needs no token (its mode guards it).
+    assert.equal((await host.api("GET", "/v1/host")).status, 200);
+    // tsvisor vm with --host http://... and $TSVISOR_TOKEN.
+    const { spawnSync } = await import("node:child_process");
+    const bin = join(root, "bin", "tsvisor.js");
+    const withToken = spawnSync(process.execPath, [bin, "vm", "ls", "--host", url], { encoding: "utf8", env: { ...process.env, TSVISOR_TOKEN: token } });
+    assert.equal(withToken.status, 0, withToken.stderr);
+    assert.match(withToken.stdout, /^NAME/);
+    const without = spawnSync(process.execPath, [bin, "vm", "ls", "--host", url], { encoding: "utf8", env: { ...process.env, TSVISOR_TOKEN: "" } });
+    assert.equal(without.status, 1);
+    oneErrorLine(without, /needs 'Authorization: Bearer <token>'/);
+  } finally {
+    assert.equal(await host.stop(), 0);
+  }
+  // A restarted host keeps the same token.
+  const again = await TestHost.start(dir, ["--pcpus", "1", "--mem", "1G", "--listen", "127.0.0.1:0"]);
+  try {
+    assert.match(again.stderr, /bearer token in/);
+  } finally {
+    assert.equal(await again.stop(), 0);
+  }
+  oneErrorLine(await tsvisor(["host", "--listen", "nowhere", "--socket", join(dir, "x.sock")]), /--listen: expected HOST:PORT/);
+});

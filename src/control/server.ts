@@ -3,13 +3,14 @@
 // use (mode 0600). Logs one line per event on stderr; SIGTERM or SIGINT
 // stops every VM (disks flushed and closed), removes the socket, exits 0.
 import { createServer, STATUS_CODES, type IncomingMessage, type ServerResponse, type Server } from "node:http";
-import { connect } from "node:net";
+import { connect, type AddressInfo } from "node:net";
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { Host, HostError } from "../host/host.js";
 import { ApiError } from "./errors.js";
 import { Daemon } from "./daemon.js";
 import { StateStore } from "./store.js";
+import { authorized, loadOrCreateToken, tokenFile } from "./auth.js";
 import { match, CONSOLE_PROTOCOL, type Reply } from "./routes.js";
 import type { Duplex } from "node:stream";
 
@@ -26,6 +27,8 @@ export interface DaemonOptions {
   stateDir: string;
   pcpus?: number;
   memLimitBytes?: number;
+  /** Also serve the API on this TCP address, behind a bearer token. */
+  listen?: { host: string; port: number };
 }
 
 export function logLine(line: string): void {
@@ -81,9 +84,22 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => upgrade(daemon, req, socket, head));
   server.headersTimeout = 10_000;
   server.requestTimeout = 0; // wait and logs -f are long-lived
+  let tcp: Server | undefined;
+  if (opts.listen) {
+    try {
+      tcp = await listenTcp(daemon, opts.listen, loadOrCreateToken(opts.stateDir));
+    } catch (e) {
+      await engine.close();
+      throw new DaemonError(`cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(e as Error).message}`);
+    }
+    const at = tcp.address() as AddressInfo;
+    const host = at.family === "IPv6" ? `[${at.address}]` : at.address;
+    logLine(`also listening on http://${host}:${at.port}, bearer token in ${tokenFile(opts.stateDir)}`);
+  }
   try {
     await listen(server, opts.socket);
   } catch (e) {
+    tcp?.close();
     await engine.close();
     throw new DaemonError(`cannot listen on ${opts.socket}: ${(e as Error).message}`);
   }
@@ -97,9 +113,11 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   });
   logLine(`${signal}: stopping every VM`);
   server.close();
+  tcp?.close();
   await daemon.stopAll(`the host stopped (${signal})`);
   await engine.close();
   server.closeAllConnections();
+  tcp?.closeAllConnections();
   try {
     if (lstatSync(opts.socket).ino === ino) unlinkSync(opts.socket);
   } catch {
@@ -107,6 +125,31 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   }
   logLine("host stopped");
   return 0;
+}
+
+/** The API on a TCP port: every request must carry the bearer token (401 otherwise). */
+function listenTcp(daemon: Daemon, at: { host: string; port: number }, token: string): Promise<Server> {
+  const tcp = createServer((req, res) => {
+    if (authorized(req, token)) return void serve(daemon, req, res);
+    req.resume();
+    res.setHeader("www-authenticate", 'Bearer realm="tsvisor"');
+    sendJson(res, 401, { error: "this port needs 'Authorization: Bearer <token>' (the token is in the host's state directory, api-token)" });
+    logLine(`audit peer=${req.socket.remoteAddress ?? "?"} ${req.method} ${req.url} status=401 (no or wrong token)`);
+  });
+  tcp.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (authorized(req, token)) return upgrade(daemon, req, socket, head);
+    const text = JSON.stringify({ error: "this port needs 'Authorization: Bearer <token>'" }) + "\n";
+    socket.end(`HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+  });
+  tcp.headersTimeout = 10_000;
+  tcp.requestTimeout = 0;
+  return new Promise((resolve, reject) => {
+    tcp.once("error", reject);
+    tcp.listen(at.port, at.host, () => {
+      tcp.off("error", reject);
+      resolve(tcp);
+    });
+  });
 }
 
 /** Listens with a umask that makes the socket 0600 from its first moment. */

@@ -10,8 +10,9 @@ import { attachConsole } from "./console-client.js";
 import { describeEnd, type StatsView, type RunOutcome } from "./managed-vm.js";
 import type { VmView } from "./daemon.js";
 
-export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR]
-                          run the host daemon in the foreground (API on a Unix socket)
+export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR] [--listen HOST:PORT]
+                          run the host daemon in the foreground (API on a Unix socket;
+                          --listen: also on TCP, behind a bearer token)
   vm create NAME [options of run] [--weight W] [--cap PCT] [--pin CPUS]
             [--autostart] [--start] [-- CMD ARGS...]     define a VM on the host
   vm start|pause|resume|stop|rm NAME
@@ -21,7 +22,8 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
   vm wait NAME            wait until it stops; exit with its command's status
-                          (every vm command: --host PATH, else $TSVISOR_HOST)
+                          (every vm command: --host PATH or http://HOST:PORT, else
+                          $TSVISOR_HOST; the token of a TCP host from $TSVISOR_TOKEN)
 `;
 
 type Opts = Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }>;
@@ -60,7 +62,7 @@ function oneName(positionals: string[], what: string): string {
 const vmPath = (name: string, rest = "") => `/v1/vms/${encodeURIComponent(name)}${rest}`;
 
 export async function hostCommand(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parse(argv, { socket: { type: "string" }, pcpus: { type: "string" }, mem: { type: "string" }, "state-dir": { type: "string" } }, "host");
+  const { values: v, positionals } = parse(argv, { socket: { type: "string" }, pcpus: { type: "string" }, mem: { type: "string" }, "state-dir": { type: "string" }, listen: { type: "string" } }, "host");
   if (positionals.length > 0) throw new UsageError(`host: unexpected argument '${positionals[0]}'`);
   if (v.host !== undefined) throw new UsageError("host: --socket sets the daemon's socket (--host is for clients)");
   return runDaemon({
@@ -68,7 +70,15 @@ export async function hostCommand(argv: string[]): Promise<number> {
     stateDir: resolve((v["state-dir"] as string | undefined) ?? defaultStateDir()),
     pcpus: v.pcpus !== undefined ? intFlag("--pcpus", v.pcpus as string, 1, 64) : undefined,
     memLimitBytes: v.mem !== undefined ? parseSize("--mem", v.mem as string) : undefined,
+    listen: v.listen !== undefined ? parseListen(v.listen as string) : undefined,
   });
+}
+
+/** "127.0.0.1:8080", "[::1]:8080" */
+function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+  if (!m || Number(m[3]) > 65535) throw new UsageError(`--listen: expected HOST:PORT, e.g. 127.0.0.1:8080, got '${text}'`);
+  return { host: m[1] ?? m[2], port: Number(m[3]) };
 }
 
 export async function vmCommand(argv: string[]): Promise<number> {
