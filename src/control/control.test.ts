@@ -31,6 +31,10 @@ test("the socket: mode 0600, a second host refuses, a stale socket is replaced, 
     const second = await tsvisor(["host", "--socket", host.socket, "--state-dir", join(dir, "state2"), "--pcpus", "1"]);
     assert.equal(second.status, 1);
     oneErrorLine(second, /a host is already running on .*host\.sock/);
+    writeFileSync(join(dir, "file"), "");
+    const blocked = await tsvisor(["host", "--socket", join(dir, "file", "h.sock"), "--state-dir", join(dir, "state3")]);
+    assert.equal(blocked.status, 1);
+    oneErrorLine(blocked, /cannot make the socket's directory .*file: a file that is not a directory is in the way/);
   } finally {
     // Killed without its cleanup: the socket file stays, stale.
     host.proc.kill("SIGKILL");

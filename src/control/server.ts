@@ -49,7 +49,13 @@ function socketAnswers(path: string): Promise<boolean> {
 
 /** Refuses a socket in use; removes a stale one. */
 async function claimSocket(path: string): Promise<void> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === "EEXIST" || code === "ENOTDIR" ? "a file that is not a directory is in the way" : code === "EACCES" ? "permission denied" : (e as Error).message;
+    throw new DaemonError(`cannot make the socket's directory ${dirname(path)}: ${why}`);
+  }
   let st;
   try {
     st = lstatSync(path);
