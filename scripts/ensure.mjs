@@ -46,6 +46,8 @@ const testTools = {
   // static riscv64 Linux programs the SMP tests run in the guest (src/host/testing/guest/)
   "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu",
   "/usr/riscv64-linux-gnu/lib/libc.a": "libc6-dev-riscv64-cross",
+  // the OpenMetrics parser the host daemon's /metrics test checks its text with
+  "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py": "python3-prometheus-client",
 };
 const benchIoTools = {
   "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu", // bench/programs/iobench.c, static

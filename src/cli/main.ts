@@ -19,9 +19,12 @@ import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
 import { ImageError } from "../images/errors.js";
 import { diskCommand, DISK_HELP } from "./disk.js";
+import { hostCommand, vmCommand, VM_HELP } from "../control/vm-cli.js";
+import { HostUnreachable, ApiFailure } from "../control/client.js";
+import { DaemonError } from "../control/server.js";
 import { parseJitFlags, JitFlagError, formatJitStats, DEFAULT_THRESHOLD, type JitOptions } from "../jit/jit.js";
 
-const VERSION = "0.1.0";
+import { VERSION } from "./version.js";
 const EXIT_ERROR = 1;
 const EXIT_USAGE = 2;
 const EXIT_LIMIT = 124; // as timeout(1)
@@ -35,7 +38,7 @@ commands:
   run --bare FILE.elf     run a bare-metal RV64 ELF in M-mode (HTIF console and exit code)
   run --demo              run the bundled bare-metal demo guest
   image pull [--force]    fetch the Debian kernel and build the initramfs now
-${DISK_HELP}
+${DISK_HELP}${VM_HELP}
 options for run:
   --kernel FILE           a RISC-V Linux Image (also gzip or EFI zboot) instead of Debian's
   --initrd FILE           an initramfs instead of tsvisor's
@@ -243,8 +246,11 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`tsvisor ${VERSION}\n`);
       return;
     }
-    if (command !== "run" && command !== "image" && command !== "disk") throw new UsageError(`unknown command '${command}' (try --help)`);
-    const status = command === "run" ? await runCommand(rest) : command === "disk" ? diskCommand(rest) : await imageCommand(rest);
+    const commands: Record<string, (argv: string[]) => number | Promise<number>> = {
+      run: runCommand, image: imageCommand, disk: diskCommand, host: hostCommand, vm: vmCommand,
+    };
+    if (!Object.hasOwn(commands, command)) throw new UsageError(`unknown command '${command}' (try --help)`);
+    const status = await commands[command](rest);
     // Output went out synchronously; exit now rather than wait for stdin,
     // which may still be open, to end.
     process.exit(status);
@@ -253,7 +259,8 @@ export async function main(argv: string[]): Promise<void> {
     if (e instanceof UsageError) fail(e.message, EXIT_USAGE);
     if (
       e instanceof ElfError || e instanceof MachineError || e instanceof GuestFault || e instanceof P2mFault ||
-      e instanceof OutOfHostMemory || e instanceof LinuxRunError || e instanceof ImageError
+      e instanceof OutOfHostMemory || e instanceof LinuxRunError || e instanceof ImageError ||
+      e instanceof HostUnreachable || e instanceof ApiFailure || e instanceof DaemonError
     ) {
       fail(e.message, EXIT_ERROR);
     }

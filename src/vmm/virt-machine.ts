@@ -543,6 +543,17 @@ export class VirtMachine {
   }
 
   /** Per-queue and per-device virtio counts for `--stats`. */
+  /** Per-queue virtio counts of every device, for metrics. */
+  virtioQueueCounts(): { device: string; queue: number; requests: number; bytesRead: number; bytesWritten: number; notifications: number; interrupts: number }[] {
+    return this.virtio.flatMap((t) => {
+      t.device.syncStats?.();
+      return t.queueStats.map((q, queue) => ({
+        device: t.name, queue, requests: q.requests, bytesRead: q.bytesRead, bytesWritten: q.bytesWritten,
+        notifications: q.notifications, interrupts: q.interrupts,
+      }));
+    });
+  }
+
   virtioStats(): string {
     const lines = ["virtio queues:"];
     const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;

@@ -1,0 +1,318 @@
+// A VM as the host daemon keeps it: its definition, the console output of
+// its runs, and while it runs an engine VM (host/vm.ts) with its devices.
+// Each start reads the kernel and initrd and opens the disks and network
+// cards; each end (the guest's or a stop) destroys the engine VM and closes
+// the devices, so a stopped VM's qcow2 disks are flushed and clean.
+import { readFileSync } from "node:fs";
+import { parseKernelImage } from "../arch/riscv/boot-image.js";
+import type { Host, Vm, RunEnd } from "../host/host.js";
+import { pullDebianImage } from "../images/debian.js";
+import { DEFAULT_CMDLINE, withCommand } from "../cli/run-linux.js";
+import { VmDevices } from "../cli/vm-devices.js";
+import { ApiError } from "./errors.js";
+import { LogRing } from "./log-ring.js";
+import { ConsoleHub } from "./console-hub.js";
+import type { Duplex } from "node:stream";
+import type { VmDefinition, VmPatch } from "./definition.js";
+
+export type ManagedState = "created" | "starting" | "running" | "paused" | "stopping" | "stopped";
+
+/** How a run ended, and the status `vm wait` exits with (as `run -- CMD`). */
+export interface RunOutcome {
+  end: RunEnd;
+  exitStatus: number;
+}
+
+export interface VcpuView {
+  index: number;
+  state: string;
+  runSeconds: number;
+  waitSeconds: number;
+  instructions: number;
+  exits: Record<string, number>;
+}
+
+export interface StatsView {
+  state: ManagedState;
+  uptimeSeconds: number;
+  cpuPercent: number;
+  residentBytes: number;
+  instructions: number;
+  vcpus: VcpuView[];
+  exits: Record<string, number>;
+}
+
+export function exitStatusOf(end: RunEnd): number {
+  if (end.kind === "poweroff") return 0;
+  if (end.kind === "exit-status") return Math.min(end.code, 255);
+  return 1;
+}
+
+export function describeEnd(end: RunEnd): string {
+  switch (end.kind) {
+    case "poweroff": return "powered off";
+    case "exit-status": return `the guest command exited with status ${end.code}`;
+    case "reboot": return "rebooted";
+    case "panic": return `guest kernel panic: ${end.message}`;
+    case "error": return `error: ${end.message}`;
+    case "stopped": return end.reason;
+  }
+}
+
+export class ManagedVm {
+  private _state: ManagedState = "created";
+  readonly log = new LogRing();
+  readonly console = new ConsoleHub();
+  private vm: Vm | undefined;
+  private devices: VmDevices | undefined;
+  private outcome: RunOutcome | undefined;
+  private waiters: ((o: RunOutcome) => void)[] = [];
+  private startedAt = 0;
+  private stopReason: string | undefined;
+  private runDone: Promise<void> | undefined;
+  private lastStats: StatsView | undefined;
+
+  /** `restored`: brought back from the state directory, so "stopped" rather than "created". */
+  constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false) {
+    if (restored) this._state = "stopped";
+  }
+
+  get name(): string {
+    return this.def.name;
+  }
+
+  get state(): ManagedState {
+    return this._state;
+  }
+
+  get lastOutcome(): RunOutcome | undefined {
+    return this.outcome;
+  }
+
+  // ---- lifecycle --------------------------------------------------------------------------
+
+  /** Boot; resolves once it runs. Already starting, running or paused: nothing to do. */
+  async start(): Promise<void> {
+    const before = this._state;
+    if (before === "starting" || before === "running" || before === "paused") return;
+    if (before === "stopping") throw new ApiError(409, `VM '${this.name}' is stopping: start it once it has stopped`);
+    this._state = "starting";
+    this.stopReason = undefined;
+    this.outcome = undefined;
+    this.event(`vm ${this.name} starting`);
+    let devices: VmDevices | undefined;
+    try {
+      const { kernel, initrd, cmdline } = await this.bootFiles();
+      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`));
+      if (this.stopReason !== undefined) {
+        await devices.close();
+        this.finish({ kind: "stopped", reason: this.stopReason });
+        return;
+      }
+      const vm = this.engine.createVm({
+        name: this.name, kernel, initrd, cmdline, cpus: this.def.cpus, memBytes: this.def.memBytes,
+        virtio: devices.devices, console: this.def.console,
+        consoleOut: (b) => {
+          this.log.append(b);
+          this.console.output(b);
+        },
+        warn: (m) => this.event(`vm ${this.name}: ${m}`),
+        weight: this.def.weight, capPct: this.def.capPct, affinity: this.def.affinity,
+      });
+      try {
+        vm.start();
+      } catch (e) {
+        await vm.destroy();
+        throw e;
+      }
+      this.vm = vm;
+      this.devices = devices;
+      this.startedAt = Date.now();
+      this._state = "running";
+      this.event(`vm ${this.name} running`);
+      this.runDone = this.watch(vm);
+    } catch (e) {
+      if (devices && !this.vm) await devices.close().catch(() => {});
+      this._state = before;
+      const msg = e instanceof Error ? e.message : String(e);
+      this.event(`vm ${this.name} failed to start: ${msg}`);
+      throw new ApiError(409, `cannot start VM '${this.name}': ${msg}`);
+    }
+  }
+
+  /** The kernel, initrd (with the guest command) and command line of a boot. */
+  private async bootFiles() {
+    const d = this.def;
+    // A kernel of one's own without an initrd boots without one, unless a
+    // guest command needs tsvisor's init: then the Debian image's initrd.
+    const needPull = d.kernel === undefined || (d.initrd === undefined && d.command !== undefined);
+    const pulled = needPull ? await pullDebianImage({ progress: (line) => this.event(`vm ${this.name}: ${line}`) }) : undefined;
+    const kernelPath = d.kernel ?? pulled!.kernelPath;
+    const initrdPath = d.initrd ?? pulled?.initrdPath;
+    let kernel;
+    try {
+      kernel = parseKernelImage(readFile(kernelPath, "kernel"));
+    } catch (e) {
+      throw new Error(`${(e as Error).message.startsWith("kernel ") ? "" : `kernel ${kernelPath}: `}${(e as Error).message}`);
+    }
+    let initrd = initrdPath !== undefined ? readFile(initrdPath, "initrd") : undefined;
+    if (d.command) initrd = withCommand(initrd!, d.command, undefined);
+    let cmdline = d.append ?? DEFAULT_CMDLINE;
+    if (d.console === "hvc0") cmdline += " tsvisor.console=hvc0";
+    return { kernel, initrd, cmdline };
+  }
+
+  /** Waits for the run's end; a guest without a command that reboots boots again. */
+  private async watch(vm: Vm): Promise<void> {
+    let end: RunEnd;
+    for (;;) {
+      end = await vm.waitForEnd();
+      if (end.kind !== "reboot" || this.def.command !== undefined || this.stopReason !== undefined) break;
+      this.event(`vm ${this.name} rebooting`);
+      vm.start();
+    }
+    this._state = "stopping";
+    this.lastStats = this.statsOf(vm);
+    await vm.destroy();
+    this.vm = undefined;
+    try {
+      await this.devices?.close();
+    } catch (e) {
+      this.event(`vm ${this.name}: closing its devices failed: ${(e as Error).message}`);
+    }
+    this.devices = undefined;
+    this.finish(end);
+  }
+
+  private finish(end: RunEnd): void {
+    this._state = "stopped";
+    this.outcome = { end, exitStatus: exitStatusOf(end) };
+    this.runDone = undefined;
+    this.log.endFollowers();
+    this.console.closeAll();
+    this.event(`vm ${this.name} stopped: ${describeEnd(end)}`);
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w(this.outcome);
+  }
+
+  /** Power off now (virsh destroy); resolves when it has stopped and its disks are closed. */
+  async stop(reason = "stopped by the host"): Promise<void> {
+    const s = this._state;
+    if (s === "created" || s === "stopped") return;
+    if (this.stopReason === undefined) this.stopReason = reason;
+    if (s === "starting") {
+      await this.waitForEnd();
+      return;
+    }
+    const done = this.runDone;
+    if (this.vm && s !== "stopping") {
+      this._state = "stopping";
+      await this.vm.stop(reason);
+    }
+    await done;
+  }
+
+  async pause(): Promise<void> {
+    if (this._state === "paused") return;
+    if (this._state !== "running" || !this.vm) throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running VM can be paused`);
+    await this.vm.pause();
+    this._state = "paused";
+    this.event(`vm ${this.name} paused`);
+  }
+
+  resume(): void {
+    if (this._state === "running") return;
+    if (this._state !== "paused" || !this.vm) throw new ApiError(409, `VM '${this.name}' is ${this._state}, not paused: start it instead`);
+    this.vm.resume();
+    this._state = "running";
+    this.event(`vm ${this.name} resumed`);
+  }
+
+  /** Resolves with how the current (or last) run ended. */
+  waitForEnd(): Promise<RunOutcome> {
+    if (this._state === "stopped" && this.outcome) return Promise.resolve(this.outcome);
+    if (this._state === "created" || this._state === "stopped") {
+      return Promise.reject(new ApiError(409, `VM '${this.name}' is ${this._state} and has no run to wait for: start it first`));
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Scheduling (at once, also while running) and autostart. */
+  update(patch: VmPatch): void {
+    if (patch.weight !== undefined) {
+      this.def.weight = patch.weight;
+      this.vm?.setWeight(patch.weight);
+    }
+    if (patch.capPct !== undefined) {
+      this.def.capPct = patch.capPct;
+      this.vm?.setCap(patch.capPct);
+    }
+    if (patch.affinity !== undefined) {
+      this.def.affinity = patch.affinity;
+      this.vm?.setAffinity(patch.affinity);
+    }
+    if (patch.autostart !== undefined) this.def.autostart = patch.autostart;
+  }
+
+  /** A console viewer (the writer when `wantWrite` and none is); 409 unless running or paused. */
+  attachConsole(socket: Duplex, wantWrite: boolean): boolean {
+    if (this._state !== "running" && this._state !== "paused") {
+      throw new ApiError(409, `VM '${this.name}' is ${this._state}: its console exists only while it runs`);
+    }
+    return this.console.attach(socket, wantWrite, {
+      input: (bytes) => {
+        const machine = this.vm?.vmm;
+        if (!machine) return 0;
+        machine.consoleInput(bytes);
+        setImmediate(() => this.vm?.vmm?.afterExit());
+        return machine.consoleBacklog;
+      },
+      backlog: () => this.vm?.vmm?.consoleBacklog ?? 0,
+    });
+  }
+
+  // ---- statistics ---------------------------------------------------------------------------
+
+  /** Per-queue virtio counts of the running machine (none when not running). */
+  virtioQueueCounts() {
+    return this.vm?.vmm?.virtioQueueCounts() ?? [];
+  }
+
+  stats(): StatsView {
+    if (this.vm && (this._state === "running" || this._state === "paused")) return this.statsOf(this.vm);
+    const zero = { uptimeSeconds: 0, cpuPercent: 0, residentBytes: 0 };
+    if (this.lastStats) return { ...this.lastStats, ...zero, state: this._state };
+    return { state: this._state, ...zero, instructions: 0, vcpus: [], exits: {} };
+  }
+
+  private statsOf(vm: Vm): StatsView {
+    const s = vm.stats();
+    const exits = vm.exitStats();
+    const uptimeSeconds = (Date.now() - this.startedAt) / 1000;
+    const runSeconds = s.vcpus.reduce((sum, c) => sum + c.runNs, 0) / 1e9;
+    return {
+      state: this._state,
+      uptimeSeconds,
+      cpuPercent: uptimeSeconds > 0 ? Math.round((1000 * runSeconds) / uptimeSeconds) / 10 : 0,
+      residentBytes: s.residentBytes,
+      instructions: Number(exits.instructions),
+      vcpus: s.vcpus.map((c, index) => ({
+        index, state: c.state, runSeconds: c.runNs / 1e9, waitSeconds: c.waitNs / 1e9, instructions: c.instructions,
+        exits: Object.fromEntries(Object.entries(c.exits).filter(([, n]) => n > 0)),
+      })),
+      exits: Object.fromEntries(exits.byReason),
+    };
+  }
+}
+
+function readFile(path: string, what: string): Uint8Array {
+  try {
+    const b = readFileSync(path);
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a directory" : err.code === "EACCES" ? "permission denied" : err.message;
+    throw new Error(`${what} ${path}: ${why}`);
+  }
+}

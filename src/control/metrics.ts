@@ -1,0 +1,77 @@
+// GET /metrics: the host and its VMs in the OpenMetrics 1.0 text format
+// (names prefixed tsvisor_, units in the names and in # UNIT, counters as
+// _total, # EOF at the end). Written here rather than with prom-client: the
+// values already live in the engine and are read at scrape time, so a
+// registry of metric objects would only be filled and emptied again on each
+// scrape, and the format is a page of code.
+import type { Daemon } from "./daemon.js";
+
+export const OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Record<string, string | number>;
+
+class Family {
+  readonly samples: string[] = [];
+  constructor(readonly name: string, readonly type: "counter" | "gauge", readonly help: string, readonly unit?: string) {}
+
+  add(labels: Labels, value: number): void {
+    const suffix = this.type === "counter" ? "_total" : "";
+    const l = Object.entries(labels).map(([k, v]) => `${k}="${String(v).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`).join(",");
+    this.samples.push(`${this.name}${suffix}${l ? `{${l}}` : ""} ${Number.isFinite(value) ? value : 0}`);
+  }
+
+  text(): string {
+    const head = [`# TYPE ${this.name} ${this.type}`];
+    if (this.unit) head.push(`# UNIT ${this.name} ${this.unit}`);
+    head.push(`# HELP ${this.name} ${this.help}`);
+    return [...head, ...this.samples].join("\n") + "\n";
+  }
+}
+
+export function metricsText(daemon: Daemon): string {
+  const info = daemon.hostInfo();
+  const F = (name: string, type: "counter" | "gauge", help: string, unit?: string) => new Family(`tsvisor_${name}`, type, help, unit);
+  const pcpus = F("host_pcpus", "gauge", "pCPU worker threads.");
+  pcpus.add({}, info.pcpus);
+  const poolLimit = F("pool_limit_bytes", "gauge", "Upper bound of the frame pool all VMs share.", "bytes");
+  poolLimit.add({}, info.pool.limitBytes);
+  const frames = F("pool_frames", "gauge", "4 KiB frames of the pool by state: used, free (committed host memory not in use), uncommitted (below the limit, not yet taken from the host).");
+  const committed = Math.floor(info.pool.committedBytes / 4096);
+  const used = Math.floor(info.pool.usedBytes / 4096);
+  frames.add({ state: "used" }, used);
+  frames.add({ state: "free" }, Math.max(0, committed - used));
+  frames.add({ state: "uncommitted" }, Math.max(0, Math.floor(info.pool.limitBytes / 4096) - committed));
+
+  const up = F("vm_running", "gauge", "1 while the VM runs or is paused, else 0.");
+  const resident = F("vm_resident_bytes", "gauge", "Guest RAM backed by host frames.", "bytes");
+  const memory = F("vm_memory_bytes", "gauge", "Guest RAM size.", "bytes");
+  const run = F("vcpu_run_seconds", "counter", "Time the vCPU ran on a pCPU, in this run of its VM.", "seconds");
+  const wait = F("vcpu_wait_seconds", "counter", "Time the vCPU was runnable but not running, in this run of its VM.", "seconds");
+  const insns = F("vcpu_instructions", "counter", "Guest instructions the vCPU executed, in this run of its VM.");
+  const exits = F("vm_exits", "counter", "VM exits by reason, in this run of the VM.");
+  const requests = F("virtio_requests", "counter", "Requests served per virtio device queue, in this run of the VM.");
+  const bytesIn = F("virtio_read_bytes", "counter", "Bytes the device read from guest memory, per queue.", "bytes");
+  const bytesOut = F("virtio_written_bytes", "counter", "Bytes the device wrote to guest memory, per queue.", "bytes");
+  for (const vm of daemon.list()) {
+    const s = vm.stats();
+    const live = s.state === "running" || s.state === "paused";
+    up.add({ vm: vm.name }, live ? 1 : 0);
+    memory.add({ vm: vm.name }, vm.def.memBytes);
+    if (!live) continue;
+    resident.add({ vm: vm.name }, s.residentBytes);
+    for (const c of s.vcpus) {
+      run.add({ vm: vm.name, vcpu: c.index }, c.runSeconds);
+      wait.add({ vm: vm.name, vcpu: c.index }, c.waitSeconds);
+      insns.add({ vm: vm.name, vcpu: c.index }, c.instructions);
+    }
+    for (const [reason, n] of Object.entries(s.exits)) exits.add({ vm: vm.name, reason }, n);
+    for (const q of vm.virtioQueueCounts()) {
+      const labels = { vm: vm.name, device: q.device, queue: q.queue };
+      requests.add(labels, q.requests);
+      bytesIn.add(labels, q.bytesRead);
+      bytesOut.add(labels, q.bytesWritten);
+    }
+  }
+  const all = [pcpus, poolLimit, frames, up, memory, resident, run, wait, insns, exits, requests, bytesIn, bytesOut];
+  return all.map((f) => f.text()).join("") + "# EOF\n";
+}
