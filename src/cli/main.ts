@@ -44,7 +44,8 @@ options for run:
   --initrd FILE           an initramfs instead of tsvisor's
   --append "ARGS"         kernel command line (default: "${DEFAULT_CMDLINE}")
   --cpus N                harts, 1..${VIRT_MAX_HARTS} (default 1)
-  --pcpus N               host worker threads that run them, 1..64 (default: one per host core)
+  --pcpus N               host worker threads that run them, 1..64 (default: one
+                          per vCPU, at most one per host core)
   --mem SIZE              guest RAM, e.g. 256M, 1G (default 512M; 256M with --bare)
   --max-insns N           bare-metal only: stop after N guest instructions (status 124)
   --timeout SECONDS       stop after this much wall-clock time (exit status 124)

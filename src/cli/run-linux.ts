@@ -6,6 +6,7 @@
 // concatenated archives; images/init.ts is the guest side), and the guest's
 // init reports its exit status through the test finisher.
 
+import { availableParallelism } from "node:os";
 import { formatJitStats, type JitOptions } from "../jit/jit.js";
 import { readFileSync } from "node:fs";
 import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
@@ -143,7 +144,10 @@ async function runVm(
   for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(s, onSignal);
   const hostStopped = new Promise<string>((resolve) => (stopRun = resolve));
   const timer = opts.timeoutMs !== undefined ? setTimeout(() => stopRun?.("timeout"), opts.timeoutMs) : undefined;
-  const engine = await Host.create({ pcpus: opts.pcpus });
+  // One worker per vCPU, at most one per host core: a second worker for a
+  // lone vCPU only adds a translation cache it wanders into (bench:boot:
+  // 18 % slower with two workers than with one).
+  const engine = await Host.create({ pcpus: opts.pcpus ?? Math.min(availableParallelism(), opts.cpus) });
 
   try {
     vm = engine.createVm({

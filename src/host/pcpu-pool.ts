@@ -1,6 +1,7 @@
 // The host's pCPU workers as the main thread sees them: starting and
 // stopping them, telling them about VMs, and asking what only they know.
 
+import { coreModule } from "../vcpu/core.js";
 import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
 import type { FramePool } from "../memory/frame-pool.js";
 import type { JitStats } from "../jit/jit.js";
@@ -28,7 +29,7 @@ export class PcpuPool {
   constructor(count: number, pool: FramePool, private readonly sched: Scheduler, onFatal: (e: Error) => void) {
     for (let pcpu = 0; pcpu < count; pcpu++) {
       const { port1, port2 } = new MessageChannel();
-      const data: PcpuWorkerData = { pcpu, pool: pool.handle(), sched: sched.handle, port: port2 };
+      const data: PcpuWorkerData = { pcpu, pool: pool.handle(), sched: sched.handle, port: port2, coreModule: coreModule() };
       const worker = new Worker(new URL("./pcpu-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
       let markExited!: () => void;
       const thread: PcpuThread = { worker, port: port1, alive: true, exited: new Promise<void>((r) => (markExited = r)) };

@@ -24,6 +24,8 @@ export interface PcpuWorkerData {
   pool: FramePoolHandle;
   sched: SchedulerHandle;
   port: MessagePort;
+  /** The host's compiled core: one compilation (and one tier-up) for all threads. */
+  coreModule: WebAssembly.Module;
 }
 
 /** Instructions per run() call inside a slice: the worker looks at the clock
@@ -77,7 +79,7 @@ class Pcpu {
 
   constructor(private readonly data: PcpuWorkerData) {
     this.pool = FramePool.attach(data.pool);
-    this.core = instantiateCore(this.pool.memory);
+    this.core = instantiateCore(this.pool.memory, data.coreModule);
     this.sched = new Scheduler(data.sched);
   }
 

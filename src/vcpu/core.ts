@@ -90,8 +90,9 @@ export function coreWasmPath(): string {
   return join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "build", "core.wasm");
 }
 
-/** One core instance on `memory` (all harts of a thread share an instance). */
-export function instantiateCore(memory: WebAssembly.Memory): Core {
+/** The compiled core, for another thread to instantiate (a worker given it
+ *  shares this compilation and V8's optimized code instead of making its own). */
+export function coreModule(): WebAssembly.Module {
   if (!compiled) {
     let bytes: Buffer;
     try {
@@ -101,9 +102,17 @@ export function instantiateCore(memory: WebAssembly.Memory): Core {
     }
     compiled = new WebAssembly.Module(new Uint8Array(bytes));
   }
+  return compiled;
+}
+
+/** One core instance on `memory` (all harts of a thread share an instance);
+ *  `module`: the compiled core another thread passed on (coreModule()). */
+export function instantiateCore(memory: WebAssembly.Memory, module?: WebAssembly.Module): Core {
+  if (module) compiled ??= module;
+  const mod = coreModule();
   const table = new WebAssembly.Table({ element: "anyfunc", initial: 1 });
   let compiler: (() => void) | undefined;
-  const inst = new WebAssembly.Instance(compiled, {
+  const inst = new WebAssembly.Instance(mod, {
     env: {
       memory,
       table,
