@@ -74,6 +74,9 @@ export interface VmStats {
 }
 
 
+/** Bytes of guest image copied per event-loop turn at start (a few ms each). */
+const LOAD_STEP_BYTES = 2 << 20;
+
 export class Vm {
   private _state: VmState = "created";
   private machine: VirtMachine | undefined;
@@ -138,9 +141,21 @@ export class Vm {
       doorbells: machine.doorbells,
     });
     host.sched.setVmState(this.schedVm, VmRunState.Running);
-    host.kick(this.slots[0], true); // the boot hart; the others wait for HSM hart_start
     this.startedAt = monoNs();
     this._state = "running";
+    void this.loadThenBoot(machine);
+  }
+
+  /** Copy the guest's kernel and initrd into its RAM a piece per event-loop
+   *  turn (45 MB for the stock guest: done at once, it held every other VM's
+   *  exits for up to a second), then let the boot hart run; the others wait
+   *  for HSM hart_start. */
+  private async loadThenBoot(machine: VirtMachine): Promise<void> {
+    while (!machine.loadGuestStep(LOAD_STEP_BYTES)) {
+      await new Promise((resolve) => setImmediate(resolve));
+      if (this.machine !== machine || this.stopping) return; // stopped or destroyed meanwhile
+    }
+    if (this.machine === machine && !this.stopping) this.host.kick(this.slots[0], true);
   }
 
   /** Stop running the vCPUs; resolves once none is on a pCPU. */

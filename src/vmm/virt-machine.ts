@@ -237,13 +237,36 @@ export class VirtMachine {
     this.doorbells = cfg.host ? { words: pool.alloc(this.owner), slots: this.virtio.length } : undefined;
 
     this.platform = this.sbiPlatform(console);
-    this.layout = this.loadGuest();
+    this.layout = this.planGuest();
+    // In a host, the main thread serves every VM's exits: the images go in
+    // a piece at a time (loadGuestStep) between its other work. Alone, at once.
+    if (!cfg.host) while (!this.loadGuestStep(Infinity));
     const boot = this.harts[0];
     this.startHart(boot, this.layout.kernelAddr, this.layout.fdtAddr);
   }
 
-  /** Put kernel, initrd and device tree in RAM (Linux RISC-V boot protocol). */
-  private loadGuest(): BootLayout {
+  /** What is still to be copied into RAM before the boot hart may run. */
+  private pendingLoad: { gpa: bigint; bytes: Uint8Array }[] = [];
+
+  /**
+   * Copy up to `maxBytes` more of kernel, initrd and device tree into RAM;
+   * true once all of it is there (the boot hart must not run before).
+   */
+  loadGuestStep(maxBytes: number): boolean {
+    let budget = maxBytes;
+    while (this.pendingLoad.length > 0 && budget > 0) {
+      const piece = this.pendingLoad[0];
+      const n = Math.min(piece.bytes.length, budget);
+      this.ram.write(piece.gpa, piece.bytes.subarray(0, n));
+      budget -= n;
+      if (n === piece.bytes.length) this.pendingLoad.shift();
+      else this.pendingLoad[0] = { gpa: piece.gpa + BigInt(n), bytes: piece.bytes.subarray(n) };
+    }
+    return this.pendingLoad.length === 0;
+  }
+
+  /** Where kernel, initrd and device tree go (Linux RISC-V boot protocol); queue their copies. */
+  private planGuest(): BootLayout {
     const { cfg } = this;
     const ramSize = BigInt(cfg.memBytes);
     const fdtFor = (initrd?: { start: bigint; end: bigint }) =>
@@ -251,9 +274,9 @@ export class VirtMachine {
     // The blob's size does not depend on the initrd addresses (fixed-width cells).
     const sizing = fdtFor(cfg.initrd ? { start: 0n, end: 0n } : undefined);
     const layout = planBoot(L.VIRT_RAM_BASE, ramSize, cfg.kernel, cfg.initrd?.length, sizing.length);
-    this.ram.write(layout.kernelAddr, cfg.kernel.bytes);
-    if (cfg.initrd && layout.initrd) this.ram.write(layout.initrd.start, cfg.initrd);
-    this.ram.write(layout.fdtAddr, fdtFor(layout.initrd));
+    this.pendingLoad = [{ gpa: layout.kernelAddr, bytes: cfg.kernel.bytes }];
+    if (cfg.initrd && layout.initrd) this.pendingLoad.push({ gpa: layout.initrd.start, bytes: cfg.initrd });
+    this.pendingLoad.push({ gpa: layout.fdtAddr, bytes: fdtFor(layout.initrd) });
     return layout;
   }
 
