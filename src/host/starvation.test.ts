@@ -19,8 +19,10 @@ const READY_MS = 180_000;
 const VICTIM_MS = 120_000;
 /** The longest the main thread's event loop may stall while guests run.
  *  Serving an exit takes microseconds; the rest is other processes on the
- *  machine and the garbage collector. */
-const MAX_STALL_MS = 500;
+ *  machine, the garbage collector and, on CI's 2-core VMs, the VM's own
+ *  host (alone this test measures 140-160 ms; once in a full suite, 587). A
+ *  main thread held by a storm stays held: seconds, not hundreds of ms. */
+const MAX_STALL_MS = 1000;
 
 /** The longest gap between ticks of a 10 ms interval on the main thread,
  *  leaving out the calls run through except() (vm.start() has its own test below). */
