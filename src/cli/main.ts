@@ -19,9 +19,9 @@ import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
 import { ImageError } from "../images/errors.js";
 import { diskCommand, DISK_HELP } from "./disk.js";
-import { hostCommand, vmCommand, VM_HELP } from "../control/vm-cli.js";
-import { HostUnreachable, ApiFailure } from "../control/client.js";
-import { DaemonError } from "../control/server.js";
+import { hostCommand, vmCommand, VM_HELP } from "../api/vm-cli.js";
+import { HostUnreachable, ApiFailure } from "../api/client.js";
+import { DaemonError } from "../api/server.js";
 import { parseJitFlags, JitFlagError, formatJitStats, DEFAULT_THRESHOLD, type JitOptions } from "../jit/jit.js";
 
 import { VERSION } from "./version.js";

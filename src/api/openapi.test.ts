@@ -13,7 +13,7 @@ import { ROUTES } from "./routes.js";
 import { TestHost } from "./test-host.js";
 
 const skip = haveBareCompiler() ? false : "needs riscv64-unknown-elf-gcc (npm test installs it)";
-const doc = JSON.parse(readFileSync(join(root, "src", "control", "openapi.json"), "utf8"));
+const doc = JSON.parse(readFileSync(join(root, "src", "api", "openapi.json"), "utf8"));
 const dir = mkdtempSync(join(tmpdir(), "tsvisor-openapi-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const METHODS = ["get", "post", "put", "patch", "delete"];
