@@ -108,7 +108,7 @@ test("a VM placed above 2 GiB of the pool runs (host addresses past the signed 3
     const vm = host.createVm({ name: "high", kernel: buildBareKernel(bareProgram("fill")), cmdline: "", cpus: 2, memBytes: 64 << 20, consoleOut: (b) => { text += Buffer.from(b).toString(); } });
     vm.start();
     const deadline = Date.now() + 60_000;
-    while (!/filled words=\d+/.test(text)) {
+    while (!/filled words=\d+\n/.test(text)) {
       assert.ok(Date.now() < deadline && vm.state === "running", `the VM did not run: ${text} ${JSON.stringify(vm.state === "stopped" ? await vm.waitForEnd() : "")}`);
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -59,13 +59,13 @@ function framesOf(host: Host, owner: number): Set<number> {
 test("a guest's secret stays in its own frames: another guest and the next owner of its frames never see it", { skip: noCompiler, timeout: 300_000 }, async () => {
   const host = await Host.create({ pcpus: 2, memLimitBytes: 256 << 20 });
   try {
-    const a = await runUntil(host, "secret-owner", "fill", /filled words=(\d+)/);
+    const a = await runUntil(host, "secret-owner", "fill", /filled words=(\d+)\n/);
     assert.ok(Number(a.line[1]) > (RAM - (1 << 20)) / 8, "the owner filled less than its RAM");
     const holders = secretFramesByOwner(host);
     assert.deepEqual([...holders.keys()], [a.vm.owner], "the secret is in frames of another owner");
     assert.ok(holders.get(a.vm.owner)! >= (RAM >> 12) - 512, "fewer frames hold the secret than the guest wrote");
 
-    const b = await runUntil(host, "neighbour", "scan", /scanned words=(\d+) found=(\d+)/);
+    const b = await runUntil(host, "neighbour", "scan", /scanned words=(\d+) found=(\d+)\n/);
     assert.ok(Number(b.line[1]) > (RAM - (1 << 20)) / 8);
     assert.equal(b.line[2], "0", "a neighbour read the secret");
     await b.vm.destroy();
@@ -74,7 +74,7 @@ test("a guest's secret stays in its own frames: another guest and the next owner
     await a.vm.destroy();
     assert.equal(secretFramesByOwner(host).size, 0, "the secret outlived its VM in the pool");
 
-    const c = await runUntil(host, "next-owner", "scan", /scanned words=(\d+) found=(\d+)/);
+    const c = await runUntil(host, "next-owner", "scan", /scanned words=(\d+) found=(\d+)\n/);
     const reused = [...framesOf(host, c.vm.owner)].filter((f) => ownersFrames.has(f)).length;
     assert.ok(reused > 1000, `the next VM got only ${reused} of the first one's frames: the test proves nothing`);
     assert.equal(c.line[2], "0", "the next owner of the frames read the secret");
