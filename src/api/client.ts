@@ -24,13 +24,29 @@ export function rawRequest(socket: string, method: string, path: string, body?: 
       ...target, method, path,
       headers: { ...target.headers, ...(text === undefined ? {} : { "content-type": "application/json", "content-length": String(Buffer.byteLength(text)) }) },
     }, resolve);
-    req.on("error", (e: NodeJS.ErrnoException) => {
-      if (e.code === "ENOENT" || e.code === "ECONNREFUSED") reject(new HostUnreachable(`no host is running on ${socket} (start one with \`tsvisor host\`)`));
-      else if (e.code === "EACCES") reject(new HostUnreachable(`${socket}: permission denied (the host's socket is its owner's only)`));
-      else reject(new HostUnreachable(`${socket}: ${e.message}`));
-    });
+    req.on("error", (e: NodeJS.ErrnoException) => reject(unreachable(socket, e)));
     req.end(text);
   });
+}
+
+/** Why the host at `socket` could not be reached, in one line. */
+export function unreachable(socket: string, e: NodeJS.ErrnoException): HostUnreachable {
+  if (e.code === "ENOENT" || e.code === "ECONNREFUSED") return new HostUnreachable(`no host is running on ${socket} (start one with \`tsvisor host\`)`);
+  if (e.code === "EACCES") return new HostUnreachable(`${socket}: permission denied (the host's socket is its owner's only)`);
+  return new HostUnreachable(`${socket}: ${e.message}`);
+}
+
+/** A response with an error status as ApiFailure: the host's JSON `error`, else the status. */
+export async function failureOf(res: IncomingMessage): Promise<ApiFailure> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  let msg = `status ${res.statusCode}`;
+  try {
+    msg = JSON.parse(Buffer.concat(chunks).toString()).error ?? msg;
+  } catch {
+    // keep the status
+  }
+  return new ApiFailure(res.statusCode ?? 0, msg);
 }
 
 /** A JSON request; an error status becomes ApiFailure with the host's message. */

@@ -4,7 +4,7 @@
 // Ctrl-A Ctrl-A sends Ctrl-A. Ends by itself when the VM stops.
 import { request } from "node:http";
 import type { Socket } from "node:net";
-import { ApiFailure, HostUnreachable } from "./client.js";
+import { failureOf, unreachable } from "./client.js";
 import { CONSOLE_PROTOCOL } from "./routes.js";
 import { hostTarget } from "./auth.js";
 
@@ -18,20 +18,8 @@ export function attachConsole(socketPath: string, name: string, readOnly: boolea
       path: `/v1/vms/${encodeURIComponent(name)}/console${readOnly ? "?write=false" : ""}`,
       headers: { ...target.headers, connection: "Upgrade", upgrade: CONSOLE_PROTOCOL },
     });
-    req.on("error", (e: NodeJS.ErrnoException) => {
-      reject(e.code === "ENOENT" || e.code === "ECONNREFUSED" ? new HostUnreachable(`no host is running on ${socketPath} (start one with \`tsvisor host\`)`) : new HostUnreachable(`${socketPath}: ${e.message}`));
-    });
-    req.on("response", async (res) => {
-      const chunks: Buffer[] = [];
-      for await (const c of res) chunks.push(c as Buffer);
-      let msg = `status ${res.statusCode}`;
-      try {
-        msg = JSON.parse(Buffer.concat(chunks).toString()).error ?? msg;
-      } catch {
-        // keep the status
-      }
-      reject(new ApiFailure(res.statusCode ?? 0, msg));
-    });
+    req.on("error", (e: NodeJS.ErrnoException) => reject(unreachable(socketPath, e)));
+    req.on("response", async (res) => reject(await failureOf(res)));
     req.on("upgrade", (res, socket: Socket, head: Buffer) => {
       const writes = res.headers["tsvisor-console-mode"] === "read-write";
       const stdin = process.stdin;

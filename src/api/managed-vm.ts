@@ -3,11 +3,10 @@
 // Each start reads the kernel and initrd and opens the disks and network
 // cards; each end (the guest's or a stop) destroys the engine VM and closes
 // the devices, so a stopped VM's qcow2 disks are flushed and clean.
-import { readFileSync } from "node:fs";
 import { parseKernelImage } from "../arch/riscv/boot-image.js";
 import type { Host, Vm, RunEnd } from "../host/host.js";
 import { pullDebianImage } from "../images/debian.js";
-import { DEFAULT_CMDLINE, withCommand } from "../cli/run-linux.js";
+import { DEFAULT_CMDLINE, withCommand, readInput } from "../cli/run-linux.js";
 import { VmDevices } from "../cli/vm-devices.js";
 import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
@@ -151,11 +150,11 @@ export class ManagedVm {
     const initrdPath = d.initrd ?? pulled?.initrdPath;
     let kernel;
     try {
-      kernel = parseKernelImage(readFile(kernelPath, "kernel"));
+      kernel = parseKernelImage(readInput(kernelPath, "kernel"));
     } catch (e) {
       throw new Error(`${(e as Error).message.startsWith("kernel ") ? "" : `kernel ${kernelPath}: `}${(e as Error).message}`);
     }
-    let initrd = initrdPath !== undefined ? readFile(initrdPath, "initrd") : undefined;
+    let initrd = initrdPath !== undefined ? readInput(initrdPath, "initrd") : undefined;
     if (d.command) initrd = withCommand(initrd!, d.command, undefined);
     let cmdline = d.append ?? DEFAULT_CMDLINE;
     if (d.console === "hvc0") cmdline += " tsvisor.console=hvc0";
@@ -303,16 +302,5 @@ export class ManagedVm {
       })),
       exits: Object.fromEntries(exits.byReason),
     };
-  }
-}
-
-function readFile(path: string, what: string): Uint8Array {
-  try {
-    const b = readFileSync(path);
-    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    const why = err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a directory" : err.code === "EACCES" ? "permission denied" : err.message;
-    throw new Error(`${what} ${path}: ${why}`);
   }
 }

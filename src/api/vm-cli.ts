@@ -3,7 +3,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { UsageError, parseSize } from "../cli/size.js";
-import { call, rawRequest, ApiFailure } from "./client.js";
+import { call, rawRequest, failureOf, ApiFailure } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";
@@ -217,15 +217,7 @@ async function logs(argv: string[]): Promise<number> {
   const name = oneName(positionals, "vm logs");
   const res = await rawRequest(clientSocketPath(v.host as string | undefined), "GET", vmPath(name, `/logs${v.follow ? "?follow=true" : ""}`));
   if ((res.statusCode ?? 500) >= 400) {
-    const chunks: Buffer[] = [];
-    for await (const c of res) chunks.push(c as Buffer);
-    let msg = `status ${res.statusCode}`;
-    try {
-      msg = JSON.parse(Buffer.concat(chunks).toString()).error ?? msg;
-    } catch {
-      // keep the status
-    }
-    throw new ApiFailure(res.statusCode ?? 0, msg);
+    throw await failureOf(res);
   }
   for await (const c of res) {
     if (!process.stdout.write(c as Buffer)) await new Promise((r) => process.stdout.once("drain", r));

@@ -52,7 +52,8 @@ export const EXIT_TIMEOUT = 124;
 
 export class LinuxRunError extends Error {}
 
-function readInput(path: string, what: string): Uint8Array {
+/** A kernel or initrd file's bytes; a file that cannot be read is one line ("kernel PATH: no such file"). */
+export function readInput(path: string, what: string): Uint8Array {
   try {
     const b = readFileSync(path);
     return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
