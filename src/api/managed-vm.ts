@@ -101,8 +101,11 @@ export class ManagedVm {
     this.event(`vm ${this.name} starting`);
     let devices: VmDevices | undefined;
     try {
-      const { kernel, initrd, cmdline } = await this.bootFiles();
-      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`));
+      const boot = await this.bootFiles();
+      const { kernel, initrd } = boot;
+      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      const dhcp = devices.dhcpInterfaces();
+      const cmdline = dhcp.length > 0 && this.def.append === undefined ? `${boot.cmdline} tsvisor.dhcp=${dhcp.join(",")}` : boot.cmdline;
       if (this.stopReason !== undefined) {
         await devices.close();
         this.finish({ kind: "stopped", reason: this.stopReason });

@@ -15,6 +15,7 @@ import { OutOfHostMemory } from "../memory/frame-pool.js";
 import { UsageError, parseSize, parseCount, parseSeconds } from "./size.js";
 import { writeAllSync, OutputClosed } from "./console-output.js";
 import { runLinux, LinuxRunError, DEFAULT_CMDLINE } from "./run-linux.js";
+import { resolveNetSpecs } from "./vm-devices.js";
 import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
 import { ImageError } from "../images/errors.js";
@@ -53,8 +54,17 @@ options for run:
                           format=raw|qcow2 (default: probed), readonly,
                           cache=writeback|writethrough|unsafe (default writeback)
   --net SPEC[,mac=MAC]    a virtio network card (eth0, eth1, ...; repeatable); SPEC:
+                          user[,hostfwd=tcp:HOSTPORT:GUESTPORT]... user-mode NAT
+                            (the default: 10.0.2.15/24, gateway and host 10.0.2.2,
+                            DNS 10.0.2.3; net=, host=, dns=, dhcpstart= change them)
+                          switch=NAME[,vlan=ID] a port on the host's virtual switch;
+                            ,nat gives the switch a NAT uplink, ,vxlan=VNI,remote=IP
+                            a VXLAN tunnel to another host (UDP port 4789)
                           tap=NAME, socket=listen:PATH, socket=connect:PATH,
                           socket=udp:HOST:PORT,peer=HOST:PORT
+                          none: no network card at all
+  -p HOSTPORT:GUESTPORT   forward a TCP port of the host's 127.0.0.1 into the guest
+                          (through the first user-mode network; repeatable)
   --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
                           or virtio-console, which moves output in batches
   --jit on|off            binary translation of hot guest code to WebAssembly
@@ -97,6 +107,7 @@ function parseRunArgs(argv: string[]) {
         stats: { type: "boolean" },
         disk: { type: "string", multiple: true },
         net: { type: "string", multiple: true },
+        publish: { type: "string", short: "p", multiple: true },
         console: { type: "string" },
         jit: { type: "string" },
         "jit-threshold": { type: "string" },
@@ -151,12 +162,12 @@ async function runCommand(argv: string[]): Promise<number> {
       timeoutMs,
       command,
       disks: v.disk ?? [],
-      nets: v.net ?? [],
+      nets: resolveNetSpecs(v.net, v.publish),
       console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
       jit,
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "console"] as const) {
+  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

@@ -121,6 +121,10 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;
   }
+  // init brings the user-mode network's cards up by DHCP (images/init.ts);
+  // a user's own --append keeps the guest's network as the user sets it.
+  const dhcp = devices.dhcpInterfaces();
+  if (dhcp.length > 0 && opts.append === undefined) cmdline += ` tsvisor.dhcp=${dhcp.join(",")}`;
   try {
     return await runVm(opts, kernel, initrd, cmdline, devices, interactive, stdinAsFile);
   } finally {

@@ -36,7 +36,11 @@ export function parseDiskSpec(spec: string): DiskSpec {
   return out;
 }
 
-/** A stable, locally administered MAC per network spec (QEMU's 52:54:00 prefix), so a VM keeps its address across runs. */
+/**
+ * A stable, locally administered MAC per network spec (QEMU's 52:54:00
+ * prefix), so a VM keeps its address across runs. A host daemon seeds it
+ * with the VM's name, so two VMs with the same spec on one switch differ.
+ */
 export function defaultMac(spec: string, index: number): Uint8Array {
   const h = createHash("sha256").update(`${index}:${spec}`).digest();
   return Uint8Array.of(0x52, 0x54, 0x00, h[0], h[1], h[2]);
@@ -58,12 +62,44 @@ export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[]): void 
   netSpecs.forEach(parseNetOption);
 }
 
+/**
+ * The cards `tsvisor run` gives a guest: `--net` as given; none with
+ * `--net none`; else one on the user-mode network, as QEMU does. Each
+ * `-p HOSTPORT:GUESTPORT` becomes a hostfwd of the first card with a NAT.
+ */
+export function resolveNetSpecs(nets: string[] | undefined, publish: string[] = []): string[] {
+  if (nets?.includes("none")) {
+    if (nets.length > 1) throw new UsageError("--net none leaves the guest without a network: it cannot go with other --net options");
+    if (publish.length > 0) throw new UsageError("-p needs a network: drop --net none");
+    return [];
+  }
+  const specs = nets && nets.length > 0 ? [...nets] : ["user"];
+  if (publish.length === 0) return specs;
+  const natIndex = specs.findIndex((s) => {
+    const b = parseNetOption(s).backend;
+    return b.kind === "user" || (b.kind === "switch" && b.nat !== undefined);
+  });
+  if (natIndex < 0) throw new UsageError("-p forwards a host port through the user-mode network: add --net user (or switch=NAME,nat)");
+  for (const p of publish) {
+    const m = /^(?:([\d.]+):)?(\d+):(\d+)$/.exec(p);
+    if (!m) throw new UsageError(`-p ${p}: expected HOSTPORT:GUESTPORT or HOSTADDR:HOSTPORT:GUESTPORT`);
+    specs[natIndex] += `,hostfwd=tcp:${m[1] ?? ""}:${m[2]}-:${m[3]}`;
+  }
+  parseNetOption(specs[natIndex]);
+  return specs;
+}
+
 export class VmDevices {
-  private constructor(readonly devices: VirtioDevice[]) {}
+  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = []) {}
+
+  /** The guest interfaces (eth0, ...) whose network answers DHCP: init brings them up (images/init.ts). */
+  dhcpInterfaces(): string[] {
+    return this.nets.flatMap((n, i) => (n.providesDhcp ? [`eth${i}`] : []));
+  }
 
   /** Open every disk (each on its I/O thread, devices/virtio/blk-iothread.ts) and
    *  network backend; on any failure, close what was opened and throw one line. */
-  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void): Promise<VmDevices> {
+  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string): Promise<VmDevices> {
     const disks: IoThreadBlk[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
@@ -75,12 +111,14 @@ export class VmDevices {
         disks.push(disk);
         devices.push(disk);
       }
-      for (const [i, spec] of parsedNets.entries()) {
+      for (const [i, parsed] of parsedNets.entries()) {
+        // The backend knows the card's address too: a switch port lets it send from no other.
+        const spec = { ...parsed, mac: parsed.mac ?? defaultMac(`${macSeed ?? ""}${netSpecs[i]}`, i) };
         const backend = await openNetBackend(spec, { warn });
         nets.push(backend);
-        devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac ?? defaultMac(netSpecs[i], i) }));
+        devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac }));
       }
-      return new VmDevices(devices);
+      return new VmDevices(devices, nets);
     } catch (e) {
       await Promise.allSettled(disks.map((d) => d.close()));
       for (const n of nets) n.close();

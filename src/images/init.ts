@@ -18,6 +18,11 @@
 //   reboot in it work as on any busybox system.
 // - `tsvisor.marker=TEXT` on the kernel command line makes init print TEXT
 //   once it runs (the boot benchmark's "reached userspace" point).
+// - `tsvisor.dhcp=eth0[,eth1...]` makes init bring those interfaces up with
+//   busybox's udhcpc before the command or shell starts: the user-mode
+//   network (`--net user`, tsvisor run's default) answers DHCP with the
+//   guest's address, route and DNS server. Cards on other backends stay down
+//   for the user to configure.
 // - `tsvisor.console=hvc0` (`tsvisor run --console hvc0`) moves the command
 //   or the shell to the virtio console once its driver is up. The kernel
 //   keeps ttyS0 as its console: hvc0 appears only after virtio_mmio is
@@ -43,10 +48,12 @@ echo /sbin/modprobe > /proc/sys/kernel/modprobe
 hostname tsvisor
 
 tty=
+dhcp=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     tsvisor.marker=*) echo "\${word#tsvisor.marker=}" ;;
     tsvisor.console=*) tty="\${word#tsvisor.console=}" ;;
+    tsvisor.dhcp=*) dhcp="\${word#tsvisor.dhcp=}" ;;
     TERM=*) export "$word" ;;
   esac
 done
@@ -56,6 +63,29 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
   modprobe virtio_mmio
   for alias in /sys/bus/virtio/devices/*/modalias; do
     [ -e "$alias" ] && modprobe -q "$(cat "$alias")"
+  done
+fi
+
+ip link set lo up
+if [ -n "$dhcp" ]; then
+  mkdir -p /etc /usr/share/udhcpc
+  # udhcpc's hook (busybox networking/udhcp): it sets the address, the default route and resolv.conf.
+  cat > /usr/share/udhcpc/default.script <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface" 2>/dev/null; ip link set "$interface" up ;;
+  bound|renew)
+    ifconfig "$interface" "$ip" netmask "\${subnet:-255.255.255.0}" up
+    for r in $router; do route add default gw "$r" dev "$interface" 2>/dev/null; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done ;;
+esac
+exit 0
+EOF
+  chmod 755 /usr/share/udhcpc/default.script
+  for ifc in $(echo "$dhcp" | tr , ' '); do
+    ip link set "$ifc" up 2>/dev/null
+    udhcpc -i "$ifc" -q -n -t 4 -T 1 >/dev/null 2>&1 || echo "tsvisor init: no DHCP answer on $ifc" >&2
   done
 fi
 

@@ -11,6 +11,8 @@
 // This module imports no backend statically (they are loaded when opened), so
 // the backends can import the error and the types from here without a cycle.
 
+import type { UserNetConfig } from "../../net/nat/user-net.js";
+
 /** A user-facing failure: the message is one line, printed as is. */
 export class NetBackendError extends Error {
   constructor(message: string) {
@@ -55,6 +57,8 @@ export interface NetBackend {
    */
   setRxPaused(paused: boolean): void;
   readonly stats: NetStats;
+  /** The network behind this backend answers DHCP (the user-mode NAT, a switch with a NAT uplink). */
+  readonly providesDhcp?: boolean;
   /** Releases the host resources (socket, relay process, socket file). Idempotent. */
   close(): void;
 }
@@ -66,9 +70,22 @@ export interface HostPort {
 }
 
 export type NetBackendSpec =
+  | { kind: "user"; config: UserNetConfig }
+  | {
+      kind: "switch"; name: string; vlan: number | undefined; nat: UserNetConfig | undefined; vxlan: VxlanSpec | undefined;
+      /** Per-port limits in each direction: bytes and frames per second. */
+      bandwidth: number | undefined; packetRate: number | undefined;
+    }
   | { kind: "tap"; ifname: string }
   | { kind: "unix"; mode: "listen" | "connect"; path: string }
   | { kind: "udp"; local: HostPort; peer: HostPort };
+
+/** A switch's VXLAN uplink (RFC 7348): its VNI, the tunnel's other ends, the local UDP address. */
+export interface VxlanSpec {
+  vni: number;
+  remotes: HostPort[];
+  local: HostPort | undefined;
+}
 
 export interface NetSpec {
   backend: NetBackendSpec;
@@ -109,6 +126,10 @@ export function formatHostPort(a: HostPort): string {
 export function describeNetSpec(spec: NetSpec): string {
   const b = spec.backend;
   switch (b.kind) {
+    case "user":
+      return "user";
+    case "switch":
+      return `switch:${b.name}${b.vlan === undefined ? "" : `,vlan=${b.vlan}`}`;
     case "tap":
       return `tap:${b.ifname}`;
     case "unix":
@@ -124,6 +145,10 @@ export async function openNetBackend(spec: NetSpec, opts: OpenOptions = {}): Pro
   const description = describeNetSpec(spec);
   const o = { warn: opts.warn ?? defaultWarn, connectRetryMs: opts.connectRetryMs ?? 30_000 };
   switch (b.kind) {
+    case "user":
+      return (await import("../../net/nat/user-backend.js")).openUserNetBackend(description, b.config, o);
+    case "switch":
+      return (await import("../../net/switch-attach.js")).openSwitchBackend(description, b, spec.mac, o);
     case "tap":
       return (await import("./tap.js")).openTap(description, b.ifname, o);
     case "unix":
