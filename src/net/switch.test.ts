@@ -355,3 +355,39 @@ test("switch: seeded fuzz: random frames never throw, never cross VLANs, never g
   for (const p of ports) assert.ok(b.sw.macTable.filter((e) => e.port === p.name && !e.static).length <= 32);
   assert.ok(ports[0].counters.drops["spoofed-ip"] > 0 && ports[6].counters.drops["rate-limit-in"] > 0);
 });
+
+test("switch backend: two virtio-net cards on a named switch exchange frames; refusals are counted on both sides", async () => {
+  const { getOrCreateSwitch, openSwitchPort, releaseSwitch, switches } = await import("./switch-backend.js");
+  const { NetBackendError } = await import("../backends/net/net-backend.js");
+  const sw = getOrCreateSwitch(`test-${process.pid}`, { agingMs: 1000 });
+  assert.equal(getOrCreateSwitch(sw.name), sw, "created on first use, then shared");
+  assert.equal(switches.get(sw.name), sw);
+  const vm1 = openSwitchPort(sw, { name: "vm1", mac: mac(1) });
+  const vm2 = openSwitchPort(sw, { name: "vm2", mac: mac(2), vlan: undefined });
+  assert.equal(vm1.description, `switch:${sw.name}:vm1`);
+  const at2: Uint8Array[] = [];
+  vm2.onFrame = (f) => void at2.push(f);
+  const sent = frame(mac(2), mac(1), 100);
+  vm1.send(sent);
+  sent.fill(0); // the switch copied it
+  assert.deepEqual(at2.map((f) => f.length), [114]);
+  assert.equal(at2[0][11], 1);
+  vm1.send(frame(mac(2), mac(3))); // not vm1's MAC
+  assert.deepEqual([vm1.stats.txFrames, vm1.stats.txDropped, vm1.port.counters.drops["spoofed-mac"]], [1, 1, 1]);
+  vm2.setRxPaused(true);
+  vm1.send(frame(mac(2), mac(1)));
+  assert.deepEqual([at2.length, vm2.stats.rxDropped, vm2.port.counters.drops["port-busy"]], [1, 1, 1]);
+  vm2.setRxPaused(false);
+  vm1.send(frame(BROADCAST_MAC, mac(1)));
+  assert.equal(at2.length, 2);
+  assert.equal(vm2.stats.rxFrames, 2);
+  assert.throws(() => openSwitchPort(sw, { name: "vm1", mac: mac(9) }), (e: Error) => e instanceof NetBackendError && /vm1: switch .* already has a port named vm1$/.test(e.message));
+  assert.throws(() => openSwitchPort(sw, { name: "vm3", mac: mac(2) }), /MAC 52:54:00:00:00:02 is already port vm2's/);
+  assert.equal(releaseSwitch(sw.name), false, "ports remain");
+  vm1.close();
+  vm2.close();
+  vm2.close();
+  assert.equal(sw.ports.length, 0);
+  assert.ok(releaseSwitch(sw.name));
+  assert.equal(switches.get(sw.name), undefined);
+});
