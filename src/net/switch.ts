@@ -161,7 +161,7 @@ export class SwitchPort {
   /** @internal Created by VirtualSwitch.attach. */
   constructor(private readonly owner: VirtualSwitch, opts: PortOptions, now: Clock) {
     this.name = opts.name;
-    this.mac = opts.mac && opts.mac.slice(0, 6);
+    this.mac = opts.mac && Uint8Array.from(opts.mac.subarray(0, 6));
     this.vlan = opts.vlan;
     this.deliverFn = opts.deliver;
     this.ingressLimiter = opts.rateLimit?.ingress && new RateLimiter(opts.rateLimit.ingress, now);
@@ -319,8 +319,9 @@ export class VirtualSwitch {
       port.counters.drops[refused]++;
       return false;
     }
-    // Copy once: the sender may reuse its buffer, and the receivers may keep theirs.
-    const copy = frame.slice();
+    // Copy once: the sender may reuse its buffer, and the receivers may keep
+    // theirs. (Not frame.slice(): on a Node Buffer that is a view, not a copy.)
+    const copy = new Uint8Array(frame);
     port.counters.inFrames++;
     port.counters.inBytes += copy.length;
     const segment = segmentOf(port.vlan);
