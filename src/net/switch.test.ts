@@ -391,3 +391,14 @@ test("switch backend: two virtio-net cards on a named switch exchange frames; re
   assert.ok(releaseSwitch(sw.name));
   assert.equal(switches.get(sw.name), undefined);
 });
+
+test("switch: a frame given as a Node Buffer is copied, not viewed (Buffer.slice would share memory)", () => {
+  const b = new Bench();
+  const a = b.port("a");
+  const received: Uint8Array[] = [];
+  b.sw.attach({ name: "keeper", deliver: (f) => void received.push(f) });
+  const buffer = Buffer.from(frame(BROADCAST_MAC, mac(1)));
+  a.input(buffer);
+  buffer.fill(0);
+  assert.equal(received[0][0], 0xff);
+});

@@ -123,6 +123,30 @@ test("vxlan: wrong VNI, clear I flag, short datagrams and strangers are dropped 
   assert.equal(sw.ports.length, 1, "the uplink left the switch");
 });
 
+test("vxlan: remote MACs are learned within a bound and forgotten after the aging time", async () => {
+  const [port, peerPort, silentPort] = [await freeUdpPort("127.0.0.1"), await freeUdpPort("127.0.0.2"), await freeUdpPort("127.0.0.3")];
+  let time = 0;
+  const { sw, vm } = hostWithVm("aging", mac(1));
+  const uplink = await openVxlanUplink(sw, {
+    vni: 9, local: { host: "127.0.0.1", port }, maxLearnedMacs: 4, agingMs: 1000, now: () => time, warn: () => {},
+    remotes: [{ host: "127.0.0.2", port: peerPort }, { host: "127.0.0.3", port: silentPort }],
+  });
+  try {
+    for (let i = 10; i < 20; i++) await sendDatagram("127.0.0.2", { host: "127.0.0.1", port }, vxlanDatagram(9, frame(BROADCAST_MAC, mac(i), i)));
+    await waitFor("ten frames in", () => uplink.counters.inFrames === 10);
+    assert.deepEqual(uplink.learnedMacs.map((e) => e.mac), [16, 17, 18, 19].map((i) => macString(mac(i))), "the four most recent");
+    vm.input(frame(mac(19), mac(1), 1));
+    assert.equal(uplink.counters.outDatagrams, 1, "to the remote that has mac 19");
+    time += 1000;
+    assert.deepEqual(uplink.learnedMacs, []);
+    // The switch (on its own clock) still sends mac 19's frames to the uplink; the uplink no longer knows which remote has it.
+    vm.input(frame(mac(19), mac(1), 2));
+    assert.equal(uplink.counters.outDatagrams, 3, "forgotten: to every remote");
+  } finally {
+    uplink.close();
+  }
+});
+
 test("vxlan: opening errors are one line", async () => {
   const port = await freeUdpPort("127.0.0.1");
   const sw = new VirtualSwitch("errors");
@@ -134,6 +158,7 @@ test("vxlan: opening errors are one line", async () => {
     );
     await assert.rejects(openVxlanUplink(sw, { vni: 1 << 24, local: { host: "127.0.0.1", port: 0 }, remotes: [{ host: "127.0.0.2", port }] }), /VNI must be/);
     await assert.rejects(openVxlanUplink(sw, { vni: 3, local: { host: "127.0.0.1", port: 0 }, remotes: [] }), /no remote/);
+    await assert.rejects(openVxlanUplink(sw, { vni: 3, local: { host: "127.0.0.1", port: 0 }, remotes: [{ host: "127.0.0.2", port }], maxLearnedMacs: NaN }), /learned MAC limit/);
     await assert.rejects(
       openVxlanUplink(sw, { vni: 1, local: { host: "127.0.0.1", port: 0 }, remotes: [{ host: "127.0.0.2", port }] }),
       /already has a port named vxlan1/,

@@ -259,6 +259,10 @@ export async function openVxlanUplink(sw: VirtualSwitch, opts: VxlanUplinkOption
     throw new NetBackendError(`${where}: the VNI must be a whole number from 0 to 16777215`);
   }
   if (opts.remotes.length === 0) throw new NetBackendError(`${where}: no remote given`);
+  if (opts.maxLearnedMacs !== undefined && !(Number.isInteger(opts.maxLearnedMacs) && opts.maxLearnedMacs >= 1)) {
+    throw new NetBackendError(`${where}: the learned MAC limit must be a whole number >= 1`);
+  }
+  if (opts.agingMs !== undefined && !(opts.agingMs > 0)) throw new NetBackendError(`${where}: the aging time must be > 0`);
   for (const a of [opts.local, ...opts.remotes]) {
     if (!(Number.isInteger(a.port) && a.port >= 0 && a.port <= 65535)) throw new NetBackendError(`${where}: bad UDP port in ${formatHostPort(a)}`);
   }
