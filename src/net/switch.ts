@@ -187,7 +187,8 @@ export class SwitchPort {
 
   /**
    * From now on the port's ARP must carry `ip` as sender address and its IPv4
-   * packets `ip` as source (DHCP from 0.0.0.0 stays allowed, for renewing).
+   * packets `ip` as source. DHCP from 0.0.0.0 stays allowed: a client that
+   * restarts asks again from there (RFC 2131 4.4, INIT and INIT-REBOOT).
    * undefined lifts the restriction. Only for a VM's port (one with a MAC).
    */
   allowIp(ip: number | string | undefined): void {

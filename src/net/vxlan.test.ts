@@ -231,7 +231,7 @@ async function commandWorks(file: string, args: string[]): Promise<boolean> {
   }
 }
 
-test("vxlan: a Linux vxlan device in a network namespace pings a station on the switch", { timeout: 60_000 }, async (t) => {
+test("vxlan: a Linux vxlan device in a network namespace pings (when ping is installed) and exchanges UDP with a station on the switch", { timeout: 60_000 }, async (t) => {
   if (process.platform !== "linux" || process.getuid?.() !== 0) {
     t.skip("needs root on Linux to create a network namespace");
     return;
