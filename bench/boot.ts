@@ -87,7 +87,7 @@ async function main(): Promise<void> {
     console.log(`Boot of Debian's ${image.kernelVersion} kernel to init's marker and to poweroff, ${harts} hart(s), 512 MiB, best of ${runs}`);
     console.log(`host: ${hostCpus()[0]?.model ?? "unknown CPU"}, Node ${process.version}`);
     const tsvisor = (jit: string) => () =>
-      timeBoot(process.execPath, [bin, "run", "--jit", jit, "--cpus", String(harts), "--mem", "512M", "--append", cmdline, "--", "true"]);
+      timeBoot(process.execPath, [bin, "run", "--jit", jit, "--cpus", String(harts), "--mem", "512M", "--net", "none", "--append", cmdline, "--", "true"]);
     const interp = await best("tsvisor --jit off", runs, tsvisor("off"));
     const ts = await best("tsvisor --jit on", runs, tsvisor("on"));
 

@@ -32,186 +32,31 @@
 //   node dist/bench/io.js --seq-mib 32 --rand-seconds 3 --net-mib 16 --verbose
 //   node dist/bench/io.js --only disk|net --no-qemu
 
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir, cpus as hostCpus } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
 import { parseArgs } from "node:util";
 import { pullDebianImage } from "../src/images/debian.js";
-import { commandArchive } from "../src/images/initramfs.js";
-import { DEFAULT_CMDLINE } from "../src/cli/run-linux.js";
+import { GuestRunner, QEMU, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, results, type Engine, type Image, type Row } from "./guest-run.js";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const bin = join(root, "bin", "tsvisor.js");
-const QEMU = "qemu-system-riscv64";
-const CC = "riscv64-linux-gnu-gcc";
 const DISK_MIB = 256;
 const MEM = "512M";
-/** A guest that takes longer than this is stuck. */
-const RUN_TIMEOUT_MS = 600_000;
 /** Every figure is the best of this many runs inside one boot: the host is
  *  often shared, and a neighbour's burst should not be the figure. */
 const ROUNDS = 2;
 const rounds = () => Array.from({ length: ROUNDS }, (_, i) => i + 1).join(" ");
-
-type Engine = "tsvisor" | "qemu";
 
 function fail(message: string): never {
   process.stderr.write(`bench:io: ${message}\n`);
   process.exit(1);
 }
 
-function log(message: string): void {
-  process.stderr.write(`  ${message}\n`);
-}
-
-const mtime = (path: string) => (existsSync(path) ? statSync(path).mtimeMs : 0);
-
-/** bench/out/iobench: the guest helper, rebuilt when its source is newer. */
-function buildHelper(): Uint8Array {
-  const src = join(root, "bench", "programs", "iobench.c");
-  const out = join(root, "bench", "out", "iobench");
-  if (mtime(out) <= mtime(src)) {
-    mkdirSync(dirname(out), { recursive: true });
-    const r = spawnSync(CC, ["-static", "-O2", "-s", "-Wall", "-Wextra", "-o", out, src], { encoding: "utf8" });
-    if (r.error) fail(`${CC} not found: install Debian's gcc-riscv64-linux-gnu and libc6-dev-riscv64-cross (npm run bench:io installs them)`);
-    if (r.status !== 0) fail(`building ${src} failed:\n${r.stderr}`);
-  }
-  return readFileSync(out);
-}
-
-// ---- running one guest ------------------------------------------------------
-
-interface GuestSpec {
-  engine: Engine;
-  /** The shell script init runs (sh -c SCRIPT). */
-  script: string;
-  /** Becomes /tsvisor/stdin. */
-  stdin: Uint8Array;
-  disk?: { path: string; format: "raw" | "qcow2" };
-  net?: { role: "listen" | "connect"; path: string; mac: string };
-}
-
-interface Image {
-  kernelPath: string;
-  initrd: Uint8Array;
-}
-
-let verbose = false;
+let runner: GuestRunner;
 let scratch = "";
-let initrdCount = 0;
-/** Guests still running: stopped when their partner fails, and on exit. */
-const live = new Set<ChildProcess>();
-process.on("exit", () => {
-  for (const c of live) c.kill("SIGTERM");
-});
-
-/** tsvisor's command line for a guest; stdin is piped in by the caller. */
-function tsvisorArgs(g: GuestSpec): string[] {
-  const args = [bin, "run", "--mem", MEM, "--console", "hvc0"];
-  if (g.disk) args.push("--disk", `${g.disk.path},format=${g.disk.format}`);
-  if (g.net) args.push("--net", `socket=${g.net.role}:${g.net.path}`);
-  return [...args, "--", "sh", "-c", g.script];
-}
-
-/** QEMU's command line: the initrd tsvisor would build (image initramfs +
- *  command archive with the stdin file), written to a file. */
-function qemuArgs(g: GuestSpec, image: Image): string[] {
-  const extra = commandArchive(["sh", "-c", g.script], g.stdin);
-  const pad = (4 - (image.initrd.length % 4)) % 4;
-  const initrd = join(scratch, `initrd-${++initrdCount}.cpio`);
-  writeFileSync(initrd, Buffer.concat([image.initrd, Buffer.alloc(pad), extra]));
-  const args = [
-    "-M", "virt", "-smp", "1", "-m", MEM, "-nographic", "-no-reboot",
-    // virtio 1.x on the mmio transport, as tsvisor offers (QEMU defaults to legacy)
-    "-global", "virtio-mmio.force-legacy=false",
-    "-kernel", image.kernelPath, "-initrd", initrd, "-append", DEFAULT_CMDLINE,
-  ];
-  if (g.disk) args.push("-drive", `file=${g.disk.path},if=none,id=d0,format=${g.disk.format},cache=writeback`, "-device", "virtio-blk-device,drive=d0");
-  if (g.net) {
-    const server = g.net.role === "listen" ? "on" : "off";
-    args.push("-netdev", `stream,id=n0,server=${server},addr.type=unix,addr.path=${g.net.path}`, "-device", `virtio-net-device,netdev=n0,mac=${g.net.mac}`);
-  }
-  return args;
-}
-
-/** Boots the guest, runs the script, resolves with its console output. */
-function runGuest(g: GuestSpec, image: Image, label: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const [cmd, args] = g.engine === "tsvisor" ? [process.execPath, tsvisorArgs(g)] : [QEMU, qemuArgs(g, image)];
-    const child = spawn(cmd, args, { stdio: [g.engine === "tsvisor" ? "pipe" : "ignore", "pipe", "pipe"] });
-    live.add(child);
-    let out = "";
-    let err = "";
-    child.stdout!.on("data", (d: Buffer) => {
-      out += d.toString("latin1");
-      if (verbose) process.stderr.write(d.toString("latin1").replace(/^(?=.)/gm, `    ${label}| `));
-    });
-    child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
-    if (child.stdin) {
-      child.stdin.on("error", () => {}); // an early exit is reported by close
-      child.stdin.end(g.stdin);
-    }
-    const timer = setTimeout(() => child.kill("SIGTERM"), RUN_TIMEOUT_MS);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      live.delete(child);
-      clearTimeout(timer);
-      const failed = out.split("\n").find((l) => l.startsWith("BENCH-FAIL"));
-      if (code !== 0 || failed) {
-        const tail = (out + err).trim().split("\n").slice(-8).join("\n");
-        return reject(new Error(`${label}: ${cmd === QEMU ? "qemu" : "tsvisor"} exited with ${signal ?? `status ${code}`}${failed ? ` (${failed})` : ""}:\n${tail}`));
-      }
-      resolve(out);
-    });
-  });
-}
-
-/** "BENCH key word value word value..." lines -> key -> {word: value}. */
-function results(out: string): Map<string, Record<string, string>> {
-  const m = new Map<string, Record<string, string>>();
-  for (const line of out.split(/\r?\n/)) {
-    const words = line.trim().split(/\s+/);
-    if (words[0] !== "BENCH" || words.length < 2) continue;
-    const rec: Record<string, string> = {};
-    for (let i = 2; i + 1 < words.length; i += 2) rec[words[i]] = words[i + 1];
-    m.set(words[1], rec);
-  }
-  return m;
-}
-
-function field(r: Map<string, Record<string, string>>, key: string, word: string, label: string): number {
-  const v = Number(r.get(key)?.[word]);
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`${label}: no ${key} ${word} figure in the guest's output`);
-  return v;
-}
 
 // ---- guest scripts ----------------------------------------------------------
-
-/** Shell prelude: the helper at /tmp/p, fail() that reports and stops, and
- *  settle(): waits until the guest's CPU is at least 90% idle over half a
- *  second. Right after init starts the command, the Debian kernel still runs
- *  a crypto self-test in the background (cryptomgr_test, ~3 s of guest CPU
- *  under tsvisor's interpreter); measuring then would halve the figures. */
-function prelude(helperFrom: string): string {
-  return `${helperFrom}
-chmod +x /tmp/p
-fail() { echo "BENCH-FAIL $1"; cat /tmp/t 2>/dev/null; exit 1; }
-settle() {
-  n=0
-  while [ $n -lt 60 ]; do
-    read -r _ _ _ _ a _ < /proc/stat
-    sleep 0.5
-    read -r _ _ _ _ b _ < /proc/stat
-    [ $((b - a)) -ge 45 ] && break
-    n=$((n + 1))
-  done
-  echo "BENCH settle waits $n"
-}
-`;
-}
 
 /** ROUNDS rounds; round i writes and reads its own fresh region (so on qcow2
  *  every sequential write allocates), the random I/O stays in the first one. */
@@ -293,7 +138,11 @@ async function diskRun(engine: Engine, format: "raw" | "qcow2", image: Image, he
   }
   const label = `${engine} ${format}`;
   const start = performance.now();
-  const out = await runGuest({ engine, script: diskScript(seqMiB, randSeconds), stdin: helper, disk: { path, format } }, image, label);
+  const out = await runner.run({
+    engine, script: diskScript(seqMiB, randSeconds), stdin: helper, mem: MEM,
+    tsvisorArgs: ["--disk", `${path},format=${format}`, "--net", "none"],
+    qemuArgs: ["-drive", `file=${path},if=none,id=d0,format=${format},cache=writeback`, "-device", "virtio-blk-device,drive=d0"],
+  }, image, label);
   rmSync(path, { force: true });
   const r = results(out);
   const bytes = seqMiB * 1048576;
@@ -321,6 +170,14 @@ async function waitForFile(path: string, ms: number, stop: () => boolean): Promi
   }
 }
 
+/** A card on the Unix socket backend, both engines (QEMU: -netdev stream). */
+function socketNet(role: "listen" | "connect", path: string, mac: string): { tsvisorArgs: string[]; qemuArgs: string[] } {
+  return {
+    tsvisorArgs: ["--net", `socket=${role}:${path}`],
+    qemuArgs: ["-netdev", `stream,id=n0,server=${role === "listen" ? "on" : "off"},addr.type=unix,addr.path=${path}`, "-device", `virtio-net-device,netdev=n0,mac=${mac}`],
+  };
+}
+
 async function netRun(engine: Engine, image: Image, helper: Uint8Array, netMiB: number): Promise<number> {
   const payload = randomBytes(netMiB << 20);
   const md5 = createHash("md5").update(payload).digest("hex");
@@ -328,27 +185,26 @@ async function netRun(engine: Engine, image: Image, helper: Uint8Array, netMiB: 
   rmSync(sock, { force: true });
   const start = performance.now();
   let receiverDone = false;
-  const receiver = runGuest({
-    engine, script: receiverScript(), stdin: helper,
-    net: { role: "listen", path: sock, mac: "52:54:00:12:34:01" },
+  const receiver = runner.run({
+    engine, script: receiverScript(), stdin: helper, mem: MEM, ...socketNet("listen", sock, "52:54:00:12:34:01"),
   }, image, `${engine} receiver`).finally(() => (receiverDone = true));
   receiver.catch(() => {}); // awaited below
   try {
     await waitForFile(sock, 30_000, () => receiverDone);
   } catch (e) {
-    for (const c of live) c.kill("SIGTERM");
+    runner.stopAll();
     await receiver; // its own failure says more
     throw e;
   }
-  const sender = runGuest({
-    engine, script: senderScript(helper.length), stdin: Buffer.concat([helper, payload]),
-    net: { role: "connect", path: sock, mac: "52:54:00:12:34:02" },
+  const sender = runner.run({
+    engine, script: senderScript(helper.length), stdin: Buffer.concat([helper, payload]), mem: MEM,
+    ...socketNet("connect", sock, "52:54:00:12:34:02"),
   }, image, `${engine} sender`);
   // One side failing leaves the other waiting for its peer: stop it.
   let first: unknown;
   const both = [receiver, sender].map((p) => p.catch((e: unknown) => {
     first ??= e;
-    for (const c of live) c.kill("SIGTERM");
+    runner.stopAll();
     return "";
   }));
   const [rOut, sOut] = await Promise.all(both);
@@ -371,25 +227,6 @@ async function netRun(engine: Engine, image: Image, helper: Uint8Array, netMiB: 
 
 // ---- report -----------------------------------------------------------------
 
-interface Row {
-  what: string;
-  unit: string;
-  ts: number;
-  qemu?: number;
-}
-
-function printTable(rows: Row[], withQemu: boolean): void {
-  const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
-  const w = Math.max(...rows.map((r) => `${r.what} (${r.unit})`.length));
-  const head = `${"".padEnd(w)} ${"tsvisor".padStart(10)}${withQemu ? ` ${"QEMU TCG".padStart(10)} ${"tsvisor/QEMU".padStart(13)}` : ""}`;
-  console.log(head);
-  for (const r of rows) {
-    let line = `${`${r.what} (${r.unit})`.padEnd(w)} ${fmt(r.ts).padStart(10)}`;
-    if (withQemu && r.qemu !== undefined) line += ` ${fmt(r.qemu).padStart(10)} ${(r.ts / r.qemu).toFixed(2).padStart(12)}x`;
-    console.log(line);
-  }
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -408,15 +245,19 @@ async function main(): Promise<void> {
   if (!(randSeconds > 0)) fail("--rand-seconds: a positive number");
   if (!(Number.isInteger(netMiB) && netMiB >= 1 && netMiB <= 100)) fail("--net-mib: 1..100 (the payload travels in the initrd)");
   if (values.only !== undefined && values.only !== "disk" && values.only !== "net") fail("--only: disk or net");
-  verbose = values.verbose;
-
-  const helper = buildHelper();
+  let helper: Uint8Array;
+  try {
+    helper = buildHelper();
+  } catch (e) {
+    fail((e as Error).message);
+  }
   const pulled = await pullDebianImage({ progress: (l) => process.stderr.write(`${l}\n`) });
   const image: Image = { kernelPath: pulled.kernelPath, initrd: readFileSync(pulled.initrdPath) };
-  const withQemu = !values["no-qemu"] && spawnSync("sh", ["-c", `command -v ${QEMU}`]).status === 0;
+  const withQemu = !values["no-qemu"] && qemuInstalled();
   const engines: Engine[] = withQemu ? ["tsvisor", "qemu"] : ["tsvisor"];
   // Short: a Unix socket path has at most 107 bytes.
   scratch = mkdtempSync(join(tmpdir(), "tsvisor-io-"));
+  runner = new GuestRunner(scratch, values.verbose);
 
   console.log(`virtio I/O inside the guest: Debian ${pulled.kernelVersion} kernel, busybox initramfs, 1 hart, ${MEM}`);
   console.log(`host: ${hostCpus()[0]?.model ?? "unknown CPU"} x${hostCpus().length}, Node ${process.version}`);

@@ -1,5 +1,6 @@
 // `tsvisor vm ...` and `tsvisor host`: the command line over the API.
 // Output is for people; --json (ls, info) gives the API's objects.
+import { resolveNetSpecs } from "../cli/vm-devices.js";
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { UsageError, parseSize } from "../cli/size.js";
@@ -105,6 +106,7 @@ async function create(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(own, {
     kernel: { type: "string" }, initrd: { type: "string" }, append: { type: "string" },
     cpus: { type: "string" }, mem: { type: "string" }, disk: { type: "string", multiple: true }, net: { type: "string", multiple: true },
+    publish: { type: "string", short: "p", multiple: true },
     console: { type: "string" }, weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" },
     autostart: { type: "boolean" }, start: { type: "boolean" },
   }, "vm create");
@@ -117,7 +119,8 @@ async function create(argv: string[]): Promise<number> {
   if (v.cpus !== undefined) body.cpus = intFlag("--cpus", v.cpus as string, 1, 8);
   if (v.mem !== undefined) body.memBytes = parseSize("--mem", v.mem as string);
   if (v.disk !== undefined) body.disks = (v.disk as string[]).map((d) => { const [p, ...o] = d.split(","); return [p ? resolve(p) : p, ...o].join(","); });
-  if (v.net !== undefined) body.nets = v.net;
+  // As `tsvisor run`: the user-mode network unless --net says otherwise.
+  body.nets = resolveNetSpecs(v.net as string[] | undefined, v.publish as string[] | undefined);
   if (v.console !== undefined) body.console = v.console;
   if (v.weight !== undefined) body.weight = intFlag("--weight", v.weight as string, 1, 65535);
   if (v.cap !== undefined) body.capPct = intFlag("--cap", v.cap as string, 0, 6400);

@@ -185,7 +185,8 @@ async function runVm(
       host.flush();
       if (opts.stats) {
         const jit = await vm.jitStats();
-        process.stderr.write(`${vm.exitStats().format()}\n${machine.virtioStats()}\n${jit ? formatJitStats(jit) + "\n" : ""}`);
+        const net = devices.netStatsLines().map((l) => `${l}\n`).join("");
+        process.stderr.write(`${vm.exitStats().format()}\n${machine.virtioStats()}\n${net}${jit ? formatJitStats(jit) + "\n" : ""}`);
       }
       if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
       const status = guestEnd(outcome.end, interactive);

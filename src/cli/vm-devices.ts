@@ -5,7 +5,10 @@
 
 import { createHash } from "node:crypto";
 import { DiskImageError, type CacheMode } from "../backends/disk/disk.js";
-import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec } from "../backends/net/net-backend.js";
+import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec, type NetStats } from "../backends/net/net-backend.js";
+import type { PortCounters, SwitchPort } from "../net/switch.js";
+import type { UserNet, UserNetStats } from "../net/nat/user-net.js";
+import { ipv4String } from "../net/packet.js";
 import { IoThreadBlk } from "../devices/virtio/blk-iothread.js";
 import { VirtioNet } from "../devices/virtio/net.js";
 import type { VirtioDevice } from "../devices/virtio/virtio.js";
@@ -89,8 +92,49 @@ export function resolveNetSpecs(nets: string[] | undefined, publish: string[] = 
   return specs;
 }
 
+export interface NetCardInfo extends NetStats {
+  name: string;
+  backend: string;
+  port?: { name: string; allowedIp?: string } & PortCounters;
+  nat?: UserNetStats & { tcp: unknown; udpFlows: number; dhcpLeases: string[] };
+}
+
 export class VmDevices {
   private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = []) {}
+
+  /**
+   * Per card: its backend, counters, and for a switch port the port's own
+   * counters and drops by reason (what anti-spoofing and rate limits refused).
+   */
+  netInfo(): NetCardInfo[] {
+    return this.nets.map((n, i) => {
+      const port = (n as { port?: SwitchPort }).port;
+      const nat = (n as { net?: UserNet }).net;
+      return {
+        name: `eth${i}`,
+        backend: n.description,
+        ...n.stats,
+        port: port && { name: port.name, allowedIp: port.allowedIp === undefined ? undefined : ipv4String(port.allowedIp), ...port.counters },
+        nat: nat && { ...nat.stats, tcp: nat.tcp.stats, udpFlows: nat.udp.stats.flows, dhcpLeases: nat.dhcp.leases().map((l) => `${l.mac}=${ipv4String(l.ip)}`) },
+      };
+    });
+  }
+
+  /** `--stats` lines for the cards' host side. */
+  netStatsLines(): string[] {
+    const lines: string[] = [];
+    for (const n of this.nets) {
+      const port = (n as { port?: SwitchPort }).port;
+      if (port) lines.push(`  ${n.description}: ${port.describeCounters()}`);
+      const nat = (n as { net?: UserNet }).net;
+      if (nat) {
+        const drops = Object.entries(nat.stats.drops).map(([r, k]) => `${r}=${k}`).join(" ");
+        lines.push(`  ${n.description}: NAT in ${nat.stats.framesIn} frames, out ${nat.stats.framesOut} frames, ` +
+          `${nat.tcp.stats.connectionsTotal ?? 0} TCP connections, ${nat.udp.stats.flowsOpened} UDP flows${drops ? `, dropped ${drops}` : ""}`);
+      }
+    }
+    return lines.length ? ["network:", ...lines] : [];
+  }
 
   /** The guest interfaces (eth0, ...) whose network answers DHCP: init brings them up (images/init.ts). */
   dhcpInterfaces(): string[] {
@@ -114,7 +158,7 @@ export class VmDevices {
       for (const [i, parsed] of parsedNets.entries()) {
         // The backend knows the card's address too: a switch port lets it send from no other.
         const spec = { ...parsed, mac: parsed.mac ?? defaultMac(`${macSeed ?? ""}${netSpecs[i]}`, i) };
-        const backend = await openNetBackend(spec, { warn });
+        const backend = await openNetBackend(spec, { warn, portName: `${macSeed ?? "vm"}/net${i}` });
         nets.push(backend);
         devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac }));
       }

@@ -112,6 +112,8 @@ export interface OpenOptions {
   warn?: WarnFn;
   /** How long `socket=connect:` keeps retrying while nobody listens (default 30 s). */
   connectRetryMs?: number;
+  /** The card's port name on a switch (unique there), e.g. "web/net0". */
+  portName?: string;
 }
 
 export const defaultWarn: WarnFn = (line) => {
@@ -143,7 +145,7 @@ export function describeNetSpec(spec: NetSpec): string {
 export async function openNetBackend(spec: NetSpec, opts: OpenOptions = {}): Promise<NetBackend> {
   const b = spec.backend;
   const description = describeNetSpec(spec);
-  const o = { warn: opts.warn ?? defaultWarn, connectRetryMs: opts.connectRetryMs ?? 30_000 };
+  const o = { warn: opts.warn ?? defaultWarn, connectRetryMs: opts.connectRetryMs ?? 30_000, portName: opts.portName };
   switch (b.kind) {
     case "user":
       return (await import("../../net/nat/user-backend.js")).openUserNetBackend(description, b.config, o);
