@@ -63,6 +63,7 @@ export interface TcpCounters {
   segmentsOut: number;
   bytesFromGuest: number;
   bytesToGuest: number;
+  outOfOrderKept: number;
   outOfOrderDropped: number;
 }
 
@@ -85,6 +86,8 @@ export interface ConnectionOwner {
 
 /** RFC 6298 2.1: the RTO before any round trip has been measured. */
 const INITIAL_RTO_MS = 1000;
+/** Segments kept after a hole (their bytes are bounded by the window already). */
+const MAX_OUT_OF_ORDER_SEGMENTS = 256;
 /** RFC 6928: an initial congestion window of 10 segments. */
 const INITIAL_CWND_SEGMENTS = 10;
 
@@ -144,6 +147,8 @@ export class TcpConnection {
   private rcvAdvEdge = 0;
   private rcvWindowScale = 0;
   private guestFinReceived = false;
+  /** Guest segments that arrived after a hole, by sequence number. */
+  private outOfOrder: { seq: number; data: Uint8Array; fin: boolean }[] = [];
 
   // Congestion control (RFC 5681) and NewReno recovery (RFC 6582).
   private cwnd: number;
@@ -419,8 +424,9 @@ export class TcpConnection {
       return;
     }
 
-    // Seventh: the data. Only what is in order is taken (out-of-order data is
-    // dropped: the guest retransmits it), and only up to the window's edge.
+    // Seventh: the data, up to the window's edge. Data after a hole is kept
+    // (bounded by the window we offered) so that one retransmission fills the
+    // hole: without SACK the guest learns of one loss per round trip only.
     let data = seg.payload;
     let seq = seg.seq;
     let fin = (seg.flags & TCP_FIN) !== 0;
@@ -434,26 +440,21 @@ export class TcpConnection {
       data = data.subarray(0, room);
       fin = false; // the FIN lies beyond what we take
     }
+    if (this.guestFinReceived) data = data.subarray(0, 0); // nothing after a FIN
     if (seq !== this.rcvNxt) {
       if (data.length > 0 || fin) {
-        counters.outOfOrderDropped++;
+        this.keepOutOfOrder(seq, data, fin);
         this.sendAck(); // a duplicate ACK: the guest's fast retransmit starts on three
       }
       return;
     }
-    if (data.length > 0 && !this.guestFinReceived) {
-      this.rcvNxt = seqAdd(this.rcvNxt, data.length);
-      this.bytesFromGuest += data.length;
-      counters.bytesFromGuest += data.length;
-      if (!this.socket.writable) {
-        // The host closed both ways; like a closed socket, answer data with a reset.
-        this.abort();
-        return;
-      }
-      // Copied: the frame's memory is not ours to keep.
-      this.socket.write(Buffer.from(data));
+    if (data.length > 0) {
+      if (!this.deliver(data)) return;
+      // Segments kept after the hole may continue the stream now.
+      fin = this.drainOutOfOrder() || fin;
+      if (this.isClosed()) return;
       this.unackedSegments++;
-      if (this.unackedSegments >= 2) this.sendAck();
+      if (this.unackedSegments >= 2 || this.outOfOrder.length > 0) this.sendAck();
       else this.owner.scheduleAck(this);
     }
 
@@ -477,6 +478,56 @@ export class TcpConnection {
     } else if (fin && this.state === "TIME-WAIT") {
       this.sendAck(); // the guest missed our ACK of its FIN
     }
+  }
+
+  /** Passes in-order guest data to the host socket; false when the connection ended instead. */
+  private deliver(data: Uint8Array): boolean {
+    if (!this.socket.writable) {
+      // The host closed both ways; like a closed socket, answer data with a reset.
+      this.abort();
+      return false;
+    }
+    this.rcvNxt = seqAdd(this.rcvNxt, data.length);
+    this.bytesFromGuest += data.length;
+    this.owner.counters.bytesFromGuest += data.length;
+    // Copied: the frame's memory is not ours to keep.
+    this.socket.write(Buffer.from(data));
+    return true;
+  }
+
+  /**
+   * Keeps a segment that arrived after a hole, sorted by sequence number. It
+   * lies inside the window we offered, so the bytes kept stay within rcvBuf;
+   * the count is bounded too (tiny segments).
+   */
+  private keepOutOfOrder(seq: number, data: Uint8Array, fin: boolean): void {
+    const counters = this.owner.counters;
+    let i = this.outOfOrder.length;
+    while (i > 0 && seqGt(this.outOfOrder[i - 1].seq, seq)) i--;
+    if (i > 0 && this.outOfOrder[i - 1].seq === seq) return; // a duplicate
+    if (this.outOfOrder.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
+      counters.outOfOrderDropped++;
+      return;
+    }
+    this.outOfOrder.splice(i, 0, { seq, data: data.slice(), fin });
+    counters.outOfOrderKept++;
+  }
+
+  /** Delivers the kept segments that now follow rcvNxt; true when one of them carried the FIN. */
+  private drainOutOfOrder(): boolean {
+    let fin = false;
+    while (this.outOfOrder.length > 0 && seqLe(this.outOfOrder[0].seq, this.rcvNxt)) {
+      const next = this.outOfOrder.shift()!;
+      const skip = seqDiff(this.rcvNxt, next.seq);
+      if (skip > next.data.length) continue; // wholly old
+      const rest = next.data.subarray(skip);
+      if (rest.length > 0 && !this.deliver(rest)) return false;
+      if (next.fin) {
+        fin = true;
+        this.outOfOrder = [];
+      }
+    }
+    return fin;
   }
 
   /** (A method, so TypeScript does not narrow `state` across calls that change it.) */
@@ -570,6 +621,11 @@ export class TcpConnection {
     } else if (this.dupAcks > 3 && this.inRecovery) {
       this.cwnd += mss; // each dup ACK means a segment left the network
       this.output();
+    } else if (this.dupAcks < 3 && !this.inRecovery) {
+      // RFC 3042 limited transmit: a new segment on each of the first two
+      // duplicate ACKs, so a small window still yields the three that start
+      // fast retransmit instead of waiting for the timer.
+      this.output();
     }
   }
 
@@ -631,7 +687,8 @@ export class TcpConnection {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendQueue.length - offset;
       const flight = seqDiff(this.sndNxt, this.sndUna);
-      const usable = Math.min(this.sndWnd, this.cwnd) - flight;
+      const limitedTransmit = !this.inRecovery && this.dupAcks < 3 ? this.dupAcks * this.sndMss : 0;
+      const usable = Math.min(this.sndWnd, this.cwnd + limitedTransmit) - flight;
       if (unsent > 0) {
         const len = Math.min(unsent, this.sndMss, usable);
         // RFC 9293 3.8.6.2.1 sender SWS avoidance: a full segment, all that is
@@ -801,6 +858,7 @@ export class TcpConnection {
     this.state = "CLOSED";
     this.retransmitAt = this.persistAt = this.deadline = 0;
     this.sendQueue.clear();
+    this.outOfOrder = [];
     if (!this.socket.destroyed) this.socket.destroy();
     this.owner.removed(this);
   }

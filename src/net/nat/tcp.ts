@@ -80,6 +80,9 @@ export interface TcpNatStats {
   segmentsOut: number;
   bytesFromGuest: number;
   bytesToGuest: number;
+  /** Guest segments kept after a hole until it was filled. */
+  outOfOrderKept: number;
+  /** Guest segments after a hole dropped because too many were kept. */
   outOfOrderDropped: number;
   /** Segments for no connection that were not a SYN (answered with RST unless they were one). */
   noConnection: number;
@@ -107,7 +110,7 @@ export class TcpNat {
   private readonly owner: ConnectionOwner;
   private readonly counters: TcpCounters = {
     resetsToGuest: 0, resetsFromGuest: 0, retransmits: 0, fastRetransmits: 0, timeouts: 0,
-    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderDropped: 0,
+    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderKept: 0, outOfOrderDropped: 0,
   };
   private readonly extra = {
     connectionsTotal: 0, refused: 0, refusedTableFull: 0, segmentsIn: 0, noConnection: 0,
