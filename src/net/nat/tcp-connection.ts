@@ -1,0 +1,982 @@
+// One TCP connection of the user-mode NAT: the guest's end of it is a real TCP
+// peer (Linux in the guest), our end is this object, and behind it a host
+// socket carries the bytes on. We are a full TCP endpoint towards the guest
+// (RFC 9293), with window scaling (RFC 7323), retransmission timers (RFC 6298),
+// congestion control with fast retransmit and NewReno recovery (RFC 5681,
+// RFC 6582), and flow control that pushes back to the host socket both ways:
+//
+//   guest -> host: accepted data is written to the socket; the window we
+//     advertise is what is left of `rcvBuf` after the socket's write buffer,
+//     so a slow host peer closes the guest's window.
+//   host -> guest: socket data waits in `sendQueue` until the guest acknowledges
+//     it; the socket is paused while the queue holds `sndBuf` bytes or more.
+//
+// Names follow RFC 9293 3.3.1 (sndUna, sndNxt, rcvNxt, ...). Everything a
+// segment says is checked before it is used: the guest is not trusted.
+
+import type { Duplex } from "node:stream";
+import { ByteQueue } from "./byte-queue.js";
+import {
+  buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt, segmentLength,
+  TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpSegment,
+} from "./tcp-segment.js";
+
+/** What the host side of a connection must be: a net.Socket or anything shaped like one. */
+export type HostSocket = Duplex & {
+  /** True while a net.Socket is still connecting; it then emits "connect". */
+  readonly connecting?: boolean;
+  /** net.Socket: close with a TCP RST towards the host peer. */
+  resetAndDestroy?(): unknown;
+};
+
+export type TcpState =
+  /** The guest's SYN arrived; the host socket is still connecting (not answered yet). */
+  | "HOST-CONNECTING"
+  | "SYN-SENT" | "SYN-RECEIVED" | "ESTABLISHED" | "FIN-WAIT-1" | "FIN-WAIT-2"
+  | "CLOSE-WAIT" | "CLOSING" | "LAST-ACK" | "TIME-WAIT" | "CLOSED";
+
+export interface TcpTimeouts {
+  /** How long the host socket may take to connect before the guest gets RST. */
+  connectMs: number;
+  /** SYN-SENT and SYN-RECEIVED: a handshake not completed in this time is given up. */
+  handshakeMs: number;
+  /** ESTABLISHED without a segment either way. */
+  idleMs: number;
+  /** Half-closed (one FIN exchanged) without a segment either way. */
+  halfClosedIdleMs: number;
+  /** TIME-WAIT: how long we linger to re-acknowledge a retransmitted FIN. */
+  lingerMs: number;
+  /** RFC 6298 2.4 allows a lower bound below 1 s; Linux uses 200 ms (TCP_RTO_MIN). */
+  minRtoMs: number;
+  /** RFC 6298 2.5: an upper bound of at least 60 s. */
+  maxRtoMs: number;
+  /** Retransmissions of one segment before the connection is reset. */
+  maxRetransmits: number;
+}
+
+export interface TcpCounters {
+  resetsToGuest: number;
+  resetsFromGuest: number;
+  retransmits: number;
+  fastRetransmits: number;
+  timeouts: number;
+  segmentsOut: number;
+  bytesFromGuest: number;
+  bytesToGuest: number;
+  outOfOrderKept: number;
+  outOfOrderDropped: number;
+}
+
+/** What a connection needs from the NAT that owns it. */
+export interface ConnectionOwner {
+  readonly mss: number;
+  readonly rcvBuf: number;
+  readonly sndBuf: number;
+  readonly timeouts: TcpTimeouts;
+  readonly counters: TcpCounters;
+  now(): number;
+  emit(src: number, dst: number, segment: Uint8Array): void;
+  /** Asks for sendAck() to run once at the end of this event-loop turn (several segments, one ACK). */
+  scheduleAck(c: TcpConnection): void;
+  /** The connection is over: forget it. */
+  removed(c: TcpConnection): void;
+  /** A host connect failed or was refused (counted). */
+  refused(): void;
+}
+
+/** RFC 6298 2.1: the RTO before any round trip has been measured. */
+const INITIAL_RTO_MS = 1000;
+/** Segments kept after a hole (their bytes are bounded by the window already). */
+const MAX_OUT_OF_ORDER_SEGMENTS = 256;
+/** RFC 6928: an initial congestion window of 10 segments. */
+const INITIAL_CWND_SEGMENTS = 10;
+
+export interface TcpConnectionSummary {
+  guest: number;
+  guestPort: number;
+  remote: number;
+  remotePort: number;
+  /** "outbound": the guest connected out; "inbound": a host port forward. */
+  direction: "outbound" | "inbound";
+  state: TcpState;
+  bytesFromGuest: number;
+  bytesToGuest: number;
+  /** Host bytes waiting for the guest's acknowledgement (sent or not). */
+  queuedToGuest: number;
+  sndWnd: number;
+  rcvWnd: number;
+  cwnd: number;
+  sndWindowScale: number;
+  rcvWindowScale: number;
+  srttMs: number | undefined;
+  rtoMs: number;
+  retransmits: number;
+}
+
+export class TcpConnection {
+  state: TcpState;
+  readonly key: string;
+
+  // Send sequence space (RFC 9293 3.3.1). `sndMax` is the highest sequence
+  // number sent so far: after a timeout sndNxt goes back to sndUna (go-back-N)
+  // while ACKs up to sndMax stay valid.
+  private iss: number;
+  private sndUna: number;
+  private sndNxt: number;
+  private sndMax: number;
+  private sndWnd = 0;
+  private sndWl1 = 0;
+  private sndWl2 = 0;
+  /** The largest window the guest ever offered (sender SWS avoidance, RFC 9293 3.8.6.2.1). */
+  private maxSndWnd = 0;
+  /** The guest's window-scale shift (RFC 7323), 0 unless both SYNs carried the option. */
+  private sndWindowScale = 0;
+  /** Our segment size: min(the guest's MSS option, ours). */
+  private sndMss: number;
+  /** Host data from sndUna on (the SYN and FIN are not in it). */
+  private readonly sendQueue = new ByteQueue();
+  /** The host ended its side: a FIN follows the queued data. */
+  private hostEnded = false;
+  /** The guest acknowledged our FIN: nothing more to send. */
+  private ourFinAcked = false;
+
+  // Receive sequence space.
+  private irs = 0;
+  private rcvNxt = 0;
+  /** The right edge of the window we last advertised: never moved left (RFC 9293 3.8.6.2.2). */
+  private rcvAdvEdge = 0;
+  private rcvWindowScale = 0;
+  private guestFinReceived = false;
+  /** Guest segments that arrived after a hole, by sequence number. */
+  private outOfOrder: { seq: number; data: Uint8Array; fin: boolean }[] = [];
+
+  // Congestion control (RFC 5681) and NewReno recovery (RFC 6582).
+  private cwnd: number;
+  private ssthresh = 0x7fffffff;
+  private dupAcks = 0;
+  private inRecovery = false;
+  private recover = 0;
+
+  // Retransmission timer (RFC 6298).
+  private srtt: number | undefined;
+  private rttvar = 0;
+  private rto = INITIAL_RTO_MS;
+  /** Karn's algorithm: the sequence number whose ACK times the round trip, undefined when none is timed. */
+  private rttSeq: number | undefined;
+  private rttStart = 0;
+  private retransmitAt = 0;
+  private retransmitCount = 0;
+  private persistAt = 0;
+  private persistBackoff = 0;
+  /** State deadline: connecting, handshake, TIME-WAIT. */
+  private deadline = 0;
+  private lastActivity: number;
+
+  private socketPaused = false;
+  private ackPending = false;
+  /** Full-size segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second one). */
+  private unackedSegments = 0;
+  private bytesFromGuest = 0;
+  private bytesToGuest = 0;
+  private retransmits = 0;
+
+  private constructor(
+    private readonly owner: ConnectionOwner,
+    readonly guest: number,
+    readonly guestPort: number,
+    readonly remote: number,
+    readonly remotePort: number,
+    readonly direction: "outbound" | "inbound",
+    private readonly socket: HostSocket,
+    state: TcpState,
+  ) {
+    this.key = connectionKey(guest, guestPort, remote, remotePort);
+    this.state = state;
+    // RFC 9293 3.4.1 / RFC 6528: an unpredictable initial sequence number.
+    this.iss = (Math.random() * 2 ** 32) >>> 0;
+    this.sndUna = this.sndNxt = this.sndMax = this.iss;
+    this.sndMss = Math.min(DEFAULT_MSS, owner.mss);
+    this.cwnd = INITIAL_CWND_SEGMENTS * owner.mss;
+    this.lastActivity = owner.now();
+    // Our window-scale shift: the smallest that lets rcvBuf fit the 16-bit field.
+    while (owner.rcvBuf >> this.rcvWindowScale > 0xffff && this.rcvWindowScale < 14) this.rcvWindowScale++;
+  }
+
+  /** The guest's SYN to remote:remotePort; `socket` is connecting to it. */
+  static fromGuestSyn(owner: ConnectionOwner, guest: number, remote: number, syn: TcpSegment, socket: HostSocket): TcpConnection {
+    const c = new TcpConnection(owner, guest, syn.srcPort, remote, syn.dstPort, "outbound", socket, "HOST-CONNECTING");
+    c.irs = syn.seq;
+    c.rcvNxt = seqAdd(syn.seq, 1);
+    c.takeSynOptions(syn);
+    c.deadline = owner.now() + owner.timeouts.connectMs;
+    c.attachSocket();
+    if (socket.connecting === false || socket.connecting === undefined) c.hostConnected();
+    else socket.once("connect", () => c.hostConnected());
+    return c;
+  }
+
+  /** A host port forward: `socket` is connected; we open the connection to the guest with a SYN. */
+  static toGuest(owner: ConnectionOwner, guest: number, guestPort: number, from: number, fromPort: number, socket: HostSocket): TcpConnection {
+    const c = new TcpConnection(owner, guest, guestPort, from, fromPort, "inbound", socket, "SYN-SENT");
+    c.deadline = owner.now() + owner.timeouts.handshakeMs;
+    c.attachSocket();
+    c.sendSyn();
+    return c;
+  }
+
+  // --- the host socket ---
+
+  private attachSocket(): void {
+    const s = this.socket;
+    s.on("data", (chunk: Buffer | string) => this.hostData(typeof chunk === "string" ? Buffer.from(chunk) : chunk));
+    s.on("end", () => this.hostEnd());
+    s.on("error", (e: Error) => this.hostFailed(e));
+    s.on("close", () => this.hostClosed());
+    s.on("drain", () => this.hostDrained());
+  }
+
+  private hostConnected(): void {
+    if (this.state !== "HOST-CONNECTING") return;
+    this.state = "SYN-RECEIVED";
+    this.deadline = this.owner.now() + this.owner.timeouts.handshakeMs;
+    this.sendSyn();
+  }
+
+  private hostData(chunk: Uint8Array): void {
+    if (this.state === "CLOSED") return;
+    this.sendQueue.push(chunk);
+    // Backpressure towards the host peer: stop reading while the guest has not
+    // taken sndBuf bytes; resumed in ackReceived().
+    if (this.sendQueue.length >= this.owner.sndBuf && !this.socketPaused) {
+      this.socketPaused = true;
+      this.socket.pause();
+    }
+    this.output();
+  }
+
+  private hostEnd(): void {
+    if (this.state === "CLOSED" || this.hostEnded) return;
+    this.hostEnded = true;
+    this.output();
+  }
+
+  private hostFailed(_e: Error): void {
+    if (this.state === "CLOSED") return;
+    if (this.state === "HOST-CONNECTING") {
+      // ECONNREFUSED, unreachable, ...: the guest's connect() fails with a reset.
+      this.owner.refused();
+      this.refuseSyn();
+      this.finish();
+      return;
+    }
+    this.abort();
+  }
+
+  private hostClosed(): void {
+    if (this.state === "CLOSED") return;
+    // A clean close comes after the host's "end": its FIN is ours to send on
+    // after the queued data (a socket without allowHalfOpen closes at once).
+    // A close without "end" is an abort: tell the guest.
+    if (this.hostEnded) return;
+    if (this.state === "HOST-CONNECTING") {
+      this.owner.refused();
+      this.refuseSyn();
+      this.finish();
+      return;
+    }
+    this.abort();
+  }
+
+  private hostDrained(): void {
+    if (this.state === "CLOSED" || this.state === "HOST-CONNECTING") return;
+    // The socket took what was written: the window can open again. Tell the
+    // guest at once, or it waits for its persist timer.
+    const before = this.rcvAdvEdge;
+    if (seqGt(this.windowEdge(), before)) this.sendAck();
+  }
+
+  // --- segments from the guest (RFC 9293 3.10.7) ---
+
+  input(seg: TcpSegment): void {
+    if (this.state === "CLOSED") return;
+    this.lastActivity = this.owner.now();
+    switch (this.state) {
+      case "HOST-CONNECTING":
+        // Not answered yet: the guest's retransmitted SYN waits with the first,
+        // and a RST from it withdraws the connection.
+        if (seg.flags & TCP_RST && seg.seq === this.rcvNxt) {
+          this.owner.counters.resetsFromGuest++;
+          this.destroyHost(true);
+          this.finish();
+        }
+        return;
+      case "SYN-SENT":
+        return this.inputSynSent(seg);
+      default:
+        return this.inputSynchronized(seg);
+    }
+  }
+
+  /** RFC 9293 3.10.7.3: our SYN is out (a port forward); expect the guest's SYN-ACK. */
+  private inputSynSent(seg: TcpSegment): void {
+    const hasAck = (seg.flags & TCP_ACK) !== 0;
+    if (hasAck && seg.ack !== this.sndMax) {
+      if (!(seg.flags & TCP_RST)) this.sendReset(seg.ack, 0, false);
+      return;
+    }
+    if (seg.flags & TCP_RST) {
+      // The guest port is closed: refuse the host's connection the same way.
+      if (hasAck) {
+        this.owner.counters.resetsFromGuest++;
+        this.owner.refused();
+        this.destroyHost(true);
+        this.finish();
+      }
+      return;
+    }
+    // A SYN without ACK would be a simultaneous open, which a NAT never sees.
+    if (!(seg.flags & TCP_SYN) || !hasAck) return;
+    this.irs = seg.seq;
+    this.rcvNxt = seqAdd(seg.seq, 1);
+    this.takeSynOptions(seg);
+    this.sndUna = seg.ack;
+    this.retransmitCount = 0;
+    this.retransmitAt = 0;
+    this.sampleRtt(seg.ack);
+    // RFC 7323 2.2: the window of a SYN segment is never scaled.
+    this.sndWnd = this.maxSndWnd = seg.window;
+    this.sndWl1 = seg.seq;
+    this.sndWl2 = seg.ack;
+    this.state = "ESTABLISHED";
+    this.deadline = 0;
+    this.rcvAdvEdge = this.rcvNxt;
+    this.sendAck();
+    this.output();
+  }
+
+  /** RFC 9293 3.10.7.4: every state after the handshake began. */
+  private inputSynchronized(seg: TcpSegment): void {
+    const counters = this.owner.counters;
+    const segLen = segmentLength(seg);
+    const rcvWnd = Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt));
+
+    // A retransmitted SYN: the guest did not get our SYN-ACK.
+    if (this.state === "SYN-RECEIVED" && seg.flags & TCP_SYN && !(seg.flags & TCP_ACK) && seg.seq === this.irs) {
+      this.sendSyn();
+      return;
+    }
+
+    // First: is the segment in the window?
+    let acceptable: boolean;
+    if (segLen === 0) acceptable = rcvWnd === 0 ? seg.seq === this.rcvNxt : this.inWindow(seg.seq, rcvWnd);
+    else acceptable = rcvWnd > 0 && (this.inWindow(seg.seq, rcvWnd) || this.inWindow(seqAdd(seg.seq, segLen - 1), rcvWnd));
+    // With a zero window, ACKs and RSTs must still get through.
+    const ackOnly = !acceptable && rcvWnd === 0 && seg.seq === this.rcvNxt;
+    if (!acceptable && !ackOnly) {
+      if (!(seg.flags & TCP_RST)) this.sendAck();
+      return;
+    }
+
+    // Second: RST. RFC 5961 3.2: only an exact sequence number resets; one
+    // elsewhere in the window gets a challenge ACK (blind reset attacks).
+    if (seg.flags & TCP_RST) {
+      if (seg.seq !== this.rcvNxt) {
+        this.sendAck();
+        return;
+      }
+      counters.resetsFromGuest++;
+      this.destroyHost(true);
+      this.finish();
+      return;
+    }
+
+    // Fourth: a SYN in a synchronized state. RFC 5961 4.2: challenge ACK.
+    if (seg.flags & TCP_SYN) {
+      this.sendAck();
+      return;
+    }
+
+    // Fifth: the ACK field.
+    if (!(seg.flags & TCP_ACK)) return;
+    if (this.state === "SYN-RECEIVED") {
+      if (!(seqLt(this.sndUna, seg.ack) && seqLe(seg.ack, this.sndMax))) {
+        this.sendReset(seg.ack, 0, false);
+        return;
+      }
+      // Our SYN is acknowledged: it occupied one sequence number but no queue byte.
+      this.state = "ESTABLISHED";
+      this.deadline = 0;
+      this.sndUna = seqAdd(this.iss, 1);
+      this.retransmitAt = 0;
+      this.retransmitCount = 0;
+      this.sampleRtt(this.sndUna);
+      this.sndWl1 = seqAdd(seg.seq, -1); // so this segment's window is taken
+    }
+    if (seqGt(seg.ack, this.sndMax)) {
+      // Acknowledges something never sent.
+      this.sendAck();
+      return;
+    }
+    this.ackReceived(seg, segLen);
+    if (this.isClosed()) return;
+    if (ackOnly) {
+      this.sendAck();
+      return;
+    }
+
+    // Seventh: the data, up to the window's edge. Data after a hole is kept
+    // (bounded by the window we offered) so that one retransmission fills the
+    // hole: without SACK the guest learns of one loss per round trip only.
+    let data = seg.payload;
+    let seq = seg.seq;
+    let fin = (seg.flags & TCP_FIN) !== 0;
+    if (seqLt(seq, this.rcvNxt)) {
+      const old = seqDiff(this.rcvNxt, seq);
+      data = data.subarray(Math.min(old, data.length));
+      seq = this.rcvNxt;
+    }
+    const room = Math.max(0, seqDiff(this.rcvAdvEdge, seq));
+    if (data.length > room) {
+      data = data.subarray(0, room);
+      fin = false; // the FIN lies beyond what we take
+    }
+    if (this.guestFinReceived) data = data.subarray(0, 0); // nothing after a FIN
+    if (seq !== this.rcvNxt) {
+      if (data.length > 0 || fin) {
+        this.keepOutOfOrder(seq, data, fin);
+        this.sendAck(); // a duplicate ACK: the guest's fast retransmit starts on three
+      }
+      return;
+    }
+    if (data.length > 0) {
+      if (!this.deliver(data)) return;
+      // Segments kept after the hole may continue the stream now.
+      fin = this.drainOutOfOrder() || fin;
+      if (this.isClosed()) return;
+      this.unackedSegments++;
+      if (this.unackedSegments >= 2 || this.outOfOrder.length > 0) this.sendAck();
+      else this.owner.scheduleAck(this);
+    }
+
+    // Eighth: the FIN, once everything before it arrived.
+    if (fin && !this.guestFinReceived) {
+      this.guestFinReceived = true;
+      this.rcvNxt = seqAdd(this.rcvNxt, 1);
+      if (!this.socket.destroyed) this.socket.end(); // half-close: the host peer reads EOF, may still send
+      switch (this.state as TcpState) {
+        case "ESTABLISHED":
+          this.state = "CLOSE-WAIT";
+          break;
+        case "FIN-WAIT-1":
+          this.state = "CLOSING";
+          break;
+        case "FIN-WAIT-2":
+          this.enterTimeWait();
+          break;
+      }
+      this.sendAck();
+    } else if (fin && this.state === "TIME-WAIT") {
+      this.sendAck(); // the guest missed our ACK of its FIN
+    }
+  }
+
+  /** Passes in-order guest data to the host socket; false when the connection ended instead. */
+  private deliver(data: Uint8Array): boolean {
+    if (!this.socket.writable) {
+      // The host closed both ways; like a closed socket, answer data with a reset.
+      this.abort();
+      return false;
+    }
+    this.rcvNxt = seqAdd(this.rcvNxt, data.length);
+    this.bytesFromGuest += data.length;
+    this.owner.counters.bytesFromGuest += data.length;
+    // Copied: the frame's memory is not ours to keep.
+    this.socket.write(Buffer.from(data));
+    return true;
+  }
+
+  /**
+   * Keeps a segment that arrived after a hole, sorted by sequence number. It
+   * lies inside the window we offered, so the bytes kept stay within rcvBuf;
+   * the count is bounded too (tiny segments).
+   */
+  private keepOutOfOrder(seq: number, data: Uint8Array, fin: boolean): void {
+    const counters = this.owner.counters;
+    let i = this.outOfOrder.length;
+    while (i > 0 && seqGt(this.outOfOrder[i - 1].seq, seq)) i--;
+    if (i > 0 && this.outOfOrder[i - 1].seq === seq) return; // a duplicate
+    if (this.outOfOrder.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
+      counters.outOfOrderDropped++;
+      return;
+    }
+    this.outOfOrder.splice(i, 0, { seq, data: data.slice(), fin });
+    counters.outOfOrderKept++;
+  }
+
+  /** Delivers the kept segments that now follow rcvNxt; true when one of them carried the FIN. */
+  private drainOutOfOrder(): boolean {
+    let fin = false;
+    while (this.outOfOrder.length > 0 && seqLe(this.outOfOrder[0].seq, this.rcvNxt)) {
+      const next = this.outOfOrder.shift()!;
+      const skip = seqDiff(this.rcvNxt, next.seq);
+      if (skip > next.data.length) continue; // wholly old
+      const rest = next.data.subarray(skip);
+      if (rest.length > 0 && !this.deliver(rest)) return false;
+      if (next.fin) {
+        fin = true;
+        this.outOfOrder = [];
+      }
+    }
+    return fin;
+  }
+
+  /** (A method, so TypeScript does not narrow `state` across calls that change it.) */
+  private isClosed(): boolean {
+    return this.state === "CLOSED";
+  }
+
+  private inWindow(seq: number, rcvWnd: number): boolean {
+    return seqLe(this.rcvNxt, seq) && seqLt(seq, seqAdd(this.rcvNxt, rcvWnd));
+  }
+
+  /** RFC 9293 3.10.7.4 "fifth, check the ACK field", RFC 5681 and RFC 6582. */
+  private ackReceived(seg: TcpSegment, segLen: number): void {
+    const ack = seg.ack;
+    const scaledWindow = seg.window << this.sndWindowScale;
+    const flight = seqDiff(this.sndMax, this.sndUna);
+    if (seqLt(ack, this.sndUna)) return; // an old duplicate: ignored
+    if (ack === this.sndUna) {
+      // RFC 5681 2: a duplicate ACK carries no data, no SYN/FIN, does not move
+      // the window, and comes while data is outstanding.
+      const duplicate = flight > 0 && segLen === 0 && scaledWindow === this.sndWnd;
+      this.updateWindow(seg.seq, ack, scaledWindow);
+      if (duplicate) this.duplicateAck(flight);
+      else this.output();
+      return;
+    }
+
+    // New data acknowledged (and perhaps our FIN, one sequence number after the data).
+    const acked = seqDiff(ack, this.sndUna);
+    const finAcked = this.hostEnded && seqGt(this.sndMax, this.finSeq()) && ack === seqAdd(this.finSeq(), 1);
+    this.sendQueue.consume(acked);
+    this.sndUna = ack;
+    if (seqLt(this.sndNxt, ack)) this.sndNxt = ack; // acked what go-back-N was about to resend
+    this.sampleRtt(ack);
+    this.retransmitCount = 0;
+    this.dupAcks = 0;
+    const mss = this.sndMss;
+    if (this.inRecovery) {
+      if (seqGe(ack, this.recover)) {
+        // RFC 6582 3.2 step 3: a full acknowledgement ends recovery.
+        this.inRecovery = false;
+        this.cwnd = Math.min(this.ssthresh, Math.max(seqDiff(this.sndMax, this.sndUna), mss) + mss);
+      } else {
+        // Partial acknowledgement: the next hole is lost too; resend it now.
+        this.retransmitFirst();
+        this.cwnd = Math.max(mss, this.cwnd - acked + mss);
+      }
+    } else if (this.cwnd < this.ssthresh) {
+      this.cwnd += Math.min(acked, mss); // slow start (RFC 5681 3.1)
+    } else {
+      this.cwnd += Math.max(1, Math.floor((mss * mss) / this.cwnd)); // congestion avoidance
+    }
+    this.cwnd = Math.min(this.cwnd, this.owner.sndBuf * 2);
+    // RFC 6298 5.2 and 5.3: stop the timer when nothing is outstanding, else restart it.
+    this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rto : 0;
+    this.updateWindow(seg.seq, ack, scaledWindow);
+
+    if (this.socketPaused && this.sendQueue.length < this.owner.sndBuf / 2) {
+      this.socketPaused = false;
+      this.socket.resume();
+    }
+
+    if (finAcked) {
+      this.ourFinAcked = true;
+      switch (this.state) {
+        case "FIN-WAIT-1":
+          this.state = "FIN-WAIT-2";
+          break;
+        case "CLOSING":
+          this.enterTimeWait();
+          break;
+        case "LAST-ACK":
+          this.finish();
+          return;
+      }
+    }
+    this.output();
+  }
+
+  private duplicateAck(flight: number): void {
+    this.dupAcks++;
+    const mss = this.sndMss;
+    if (this.dupAcks === 3 && !this.inRecovery) {
+      // RFC 5681 3.2 fast retransmit; RFC 6582 fast recovery.
+      this.ssthresh = Math.max(Math.floor(flight / 2), 2 * mss);
+      this.recover = this.sndMax;
+      this.inRecovery = true;
+      this.owner.counters.fastRetransmits++;
+      this.retransmitFirst();
+      this.cwnd = this.ssthresh + 3 * mss;
+    } else if (this.dupAcks > 3 && this.inRecovery) {
+      this.cwnd += mss; // each dup ACK means a segment left the network
+      this.output();
+    } else if (this.dupAcks < 3 && !this.inRecovery) {
+      // RFC 3042 limited transmit: a new segment on each of the first two
+      // duplicate ACKs, so a small window still yields the three that start
+      // fast retransmit instead of waiting for the timer.
+      this.output();
+    }
+  }
+
+  /** RFC 9293 3.10.7.4: update the send window from a segment that is not older than the last update. */
+  private updateWindow(seq: number, ack: number, window: number): void {
+    if (seqLt(this.sndWl1, seq) || (this.sndWl1 === seq && seqLe(this.sndWl2, ack))) {
+      this.sndWnd = window;
+      this.sndWl1 = seq;
+      this.sndWl2 = ack;
+      if (window > this.maxSndWnd) this.maxSndWnd = window;
+      if (window > 0) {
+        this.persistAt = 0;
+        this.persistBackoff = 0;
+      }
+    }
+  }
+
+  private takeSynOptions(syn: TcpSegment): void {
+    if (syn.mss !== undefined && syn.mss > 0) this.sndMss = Math.max(64, Math.min(syn.mss, this.owner.mss));
+    // RFC 7323 2.2: scaling is used only when both SYNs carry the option. The
+    // guest's SYN carried it: we answer with ours (SYN-ACK), or, for a port
+    // forward, our SYN carried it already.
+    if (syn.windowScale !== undefined) this.sndWindowScale = syn.windowScale;
+    else this.rcvWindowScale = 0;
+  }
+
+  private sampleRtt(ack: number): void {
+    if (this.rttSeq === undefined || seqLt(ack, this.rttSeq)) return;
+    const r = Math.max(1, this.owner.now() - this.rttStart);
+    this.rttSeq = undefined;
+    // RFC 6298 2.2 and 2.3 (alpha 1/8, beta 1/4, K 4, clock granularity 1 ms).
+    if (this.srtt === undefined) {
+      this.srtt = r;
+      this.rttvar = r / 2;
+    } else {
+      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - r);
+      this.srtt = 0.875 * this.srtt + 0.125 * r;
+    }
+    const t = this.owner.timeouts;
+    this.rto = Math.min(t.maxRtoMs, Math.max(t.minRtoMs, this.srtt + Math.max(1, 4 * this.rttvar)));
+  }
+
+  // --- sending to the guest ---
+
+  /** The sequence number of our FIN: after all queued host data. */
+  private finSeq(): number {
+    return seqAdd(this.sndUna, this.sendQueue.length);
+  }
+
+  /** Sends what the windows allow: new data, then our FIN once the host ended. */
+  private output(): void {
+    switch (this.state) {
+      case "ESTABLISHED": case "CLOSE-WAIT": case "FIN-WAIT-1": case "CLOSING": case "LAST-ACK":
+        break;
+      default:
+        return;
+    }
+    for (;;) {
+      const offset = seqDiff(this.sndNxt, this.sndUna);
+      const unsent = this.sendQueue.length - offset;
+      const flight = seqDiff(this.sndNxt, this.sndUna);
+      const limitedTransmit = !this.inRecovery && this.dupAcks < 3 ? this.dupAcks * this.sndMss : 0;
+      const usable = Math.min(this.sndWnd, this.cwnd + limitedTransmit) - flight;
+      if (unsent > 0) {
+        const len = Math.min(unsent, this.sndMss, usable);
+        // RFC 9293 3.8.6.2.1 sender SWS avoidance: a full segment, all that is
+        // left, half the largest window seen, or anything when nothing is in flight.
+        if (len <= 0 || !(len === this.sndMss || len === unsent || len >= this.maxSndWnd / 2 || flight === 0)) break;
+        this.transmit(this.sndNxt, len);
+        continue;
+      }
+      if (unsent === 0 && this.hostEnded && !this.ourFinAcked && this.sndNxt === this.finSeq()) {
+        this.transmit(this.sndNxt, 0); // the FIN alone
+        continue;
+      }
+      break;
+    }
+    // RFC 9293 3.8.6.1: data waits behind a zero window: probe it.
+    const waiting = this.sendQueue.length - seqDiff(this.sndNxt, this.sndUna) > 0;
+    if (waiting && this.sndWnd === 0 && this.retransmitAt === 0 && this.persistAt === 0) {
+      this.persistAt = this.owner.now() + this.rto;
+    }
+  }
+
+  /**
+   * Sends `len` bytes of host data from `seq` (plus our FIN when they end the
+   * queue and the host ended), and moves sndNxt/sndMax past what was new.
+   */
+  private transmit(seq: number, len: number): void {
+    const offset = seqDiff(seq, this.sndUna);
+    const payload = len > 0 ? this.sendQueue.slice(offset, len) : undefined;
+    const end = seqAdd(seq, len);
+    let flags = TCP_ACK;
+    if (len > 0 && offset + len === this.sendQueue.length) flags |= TCP_PSH;
+    const fin = this.hostEnded && !this.ourFinAcked && offset + len === this.sendQueue.length;
+    if (fin) flags |= TCP_FIN;
+    const next = seqAdd(end, fin ? 1 : 0);
+    const isNew = seqGt(next, this.sndMax);
+    if (!isNew) {
+      this.retransmits++;
+      this.owner.counters.retransmits++;
+    }
+    this.emit(seq, flags, payload);
+    if (len > 0) {
+      this.bytesToGuest += isNew ? Math.max(0, seqDiff(end, this.sndMax)) : 0;
+      this.owner.counters.bytesToGuest += len;
+    }
+    if (seqGt(next, this.sndNxt)) this.sndNxt = next;
+    if (isNew) {
+      this.sndMax = next;
+      // Karn: time only segments sent for the first time, one at a time.
+      if (this.rttSeq === undefined && this.retransmitCount === 0) {
+        this.rttSeq = next;
+        this.rttStart = this.owner.now();
+      }
+    }
+    if (fin && this.state === "ESTABLISHED") this.state = "FIN-WAIT-1";
+    else if (fin && this.state === "CLOSE-WAIT") this.state = "LAST-ACK";
+    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
+  }
+
+  /** Resends the first unacknowledged segment (fast retransmit, partial ACKs). */
+  private retransmitFirst(): void {
+    const len = Math.min(this.sndMss, this.sendQueue.length);
+    this.transmit(this.sndUna, len);
+    this.rttSeq = undefined;
+  }
+
+  /** SYN (port forward) or SYN-ACK (the guest's connection), with our MSS and window scale. */
+  private sendSyn(): void {
+    const synAck = this.state === "SYN-RECEIVED";
+    // The window-scale option only when the guest offered it (SYN-ACK, RFC 7323
+    // 1.3) or to offer it (our SYN).
+    const offerScale = !synAck || this.sndWindowScale > 0 || this.rcvWindowScale > 0;
+    const window = Math.min(this.owner.rcvBuf, 0xffff);
+    this.rcvAdvEdge = seqAdd(this.rcvNxt, window);
+    this.emitRaw({
+      seq: this.iss,
+      ack: synAck ? this.rcvNxt : 0,
+      flags: TCP_SYN | (synAck ? TCP_ACK : 0),
+      window,
+      mss: this.owner.mss,
+      windowScale: offerScale ? this.rcvWindowScale : undefined,
+    });
+    this.sndNxt = this.sndMax = seqAdd(this.iss, 1);
+    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
+    if (this.retransmitCount === 0 && this.rttSeq === undefined) {
+      this.rttSeq = this.sndMax;
+      this.rttStart = this.owner.now();
+    }
+  }
+
+  sendAck(): void {
+    if (this.state === "CLOSED" || this.state === "HOST-CONNECTING" || this.state === "SYN-SENT") return;
+    this.emit(this.sndNxt, TCP_ACK);
+  }
+
+  /** Emits a segment from our side carrying the current ACK and window. */
+  private emit(seq: number, flags: number, payload?: Uint8Array): void {
+    const edge = this.windowEdge();
+    const window = Math.min(0xffff, Math.max(0, seqDiff(edge, this.rcvNxt)) >>> this.rcvWindowScale);
+    const advertised = seqAdd(this.rcvNxt, window << this.rcvWindowScale);
+    if (seqGt(advertised, this.rcvAdvEdge)) this.rcvAdvEdge = advertised;
+    this.ackPending = false;
+    this.unackedSegments = 0;
+    this.emitRaw({ seq, ack: this.rcvNxt, flags, window }, payload);
+  }
+
+  private emitRaw(h: { seq: number; ack: number; flags: number; window: number; mss?: number; windowScale?: number }, payload?: Uint8Array): void {
+    this.owner.counters.segmentsOut++;
+    this.owner.emit(this.remote, this.guest, buildTcp(this.remote, this.guest, { srcPort: this.remotePort, dstPort: this.guestPort, ...h }, payload));
+  }
+
+  /**
+   * The right edge of the receive window we can offer now: rcvBuf less what
+   * the host socket still buffers. It never moves left of what was advertised
+   * (RFC 9293 3.8.6.2.2), and moves right only by a worthwhile step (receiver
+   * SWS avoidance: min(rcvBuf/2, MSS)).
+   */
+  private windowEdge(): number {
+    const buffered = this.guestFinReceived ? 0 : this.socket.writableLength;
+    const edge = seqAdd(this.rcvNxt, Math.max(0, this.owner.rcvBuf - buffered));
+    if (seqLe(edge, this.rcvAdvEdge)) return this.rcvAdvEdge;
+    if (seqDiff(edge, this.rcvAdvEdge) < Math.min(this.owner.rcvBuf / 2, this.owner.mss)) return this.rcvAdvEdge;
+    return edge;
+  }
+
+  /** A reset towards the guest; `withAck` for a reply to a segment without ACK (RFC 9293 3.10.7.1). */
+  private sendReset(seq: number, ack: number, withAck: boolean): void {
+    this.owner.counters.resetsToGuest++;
+    this.emitRaw({ seq, ack, flags: TCP_RST | (withAck ? TCP_ACK : 0), window: 0 });
+  }
+
+  /** The host refused or failed before we answered the guest's SYN. */
+  private refuseSyn(): void {
+    this.sendReset(0, this.rcvNxt, true);
+  }
+
+  /** Host side failed after the handshake began: reset the guest and drop everything. */
+  private abort(): void {
+    if (this.state !== "SYN-SENT") this.sendReset(this.sndNxt, this.rcvNxt, true);
+    this.destroyHost(false);
+    this.finish();
+  }
+
+  private destroyHost(reset: boolean): void {
+    const s = this.socket;
+    if (s.destroyed) return;
+    if (reset && typeof s.resetAndDestroy === "function") {
+      try {
+        s.resetAndDestroy();
+        return;
+      } catch {
+        // not connected yet: a plain destroy below
+      }
+    }
+    s.destroy();
+  }
+
+  private enterTimeWait(): void {
+    this.state = "TIME-WAIT";
+    this.retransmitAt = 0;
+    this.persistAt = 0;
+    this.deadline = this.owner.now() + this.owner.timeouts.lingerMs;
+  }
+
+  /** The connection is over: release the socket and leave the table. */
+  private finish(): void {
+    if (this.state === "CLOSED") return;
+    this.state = "CLOSED";
+    this.retransmitAt = this.persistAt = this.deadline = 0;
+    this.sendQueue.clear();
+    this.outOfOrder = [];
+    if (!this.socket.destroyed) this.socket.destroy();
+    this.owner.removed(this);
+  }
+
+  /** The NAT shuts down: RST the guest, drop the host socket. */
+  close(): void {
+    if (this.state === "CLOSED") return;
+    if (this.state === "HOST-CONNECTING") this.refuseSyn();
+    else if (this.state !== "TIME-WAIT") this.sendReset(this.sndNxt, this.rcvNxt, true);
+    this.destroyHost(true);
+    this.finish();
+  }
+
+  flushAck(): void {
+    if (this.ackPending) this.sendAck();
+  }
+
+  markAckPending(): boolean {
+    const was = this.ackPending;
+    this.ackPending = true;
+    return !was;
+  }
+
+  // --- timers (driven by the NAT's tick) ---
+
+  tick(now: number): void {
+    if (this.state === "CLOSED") return;
+    const t = this.owner.timeouts;
+    if (this.deadline !== 0 && now >= this.deadline) {
+      if (this.state === "TIME-WAIT") return this.finish();
+      this.owner.counters.timeouts++;
+      if (this.state === "HOST-CONNECTING") {
+        this.owner.refused();
+        this.refuseSyn();
+        this.destroyHost(false);
+        return this.finish();
+      }
+      return this.timedOut();
+    }
+    if (this.retransmitAt !== 0 && now >= this.retransmitAt) this.retransmitTimeout(now);
+    if (this.isClosed()) return;
+    if (this.persistAt !== 0 && now >= this.persistAt) this.probeWindow(now);
+    const idleLimit = this.state === "ESTABLISHED" ? t.idleMs : t.halfClosedIdleMs;
+    if (now - this.lastActivity > idleLimit && this.deadline === 0) {
+      this.owner.counters.timeouts++;
+      this.timedOut();
+    }
+  }
+
+  private timedOut(): void {
+    if (this.state === "SYN-SENT") {
+      this.destroyHost(true);
+      this.finish();
+    } else {
+      this.abort();
+    }
+  }
+
+  /** RFC 6298 5.4-5.7: resend the earliest unacknowledged segment, back off, and shrink cwnd (RFC 5681 3.1). */
+  private retransmitTimeout(now: number): void {
+    this.retransmitCount++;
+    if (this.retransmitCount > this.owner.timeouts.maxRetransmits) {
+      this.owner.counters.timeouts++;
+      return this.timedOut();
+    }
+    this.rto = Math.min(this.rto * 2, this.owner.timeouts.maxRtoMs);
+    this.rttSeq = undefined;
+    this.retransmitAt = now + this.rto;
+    if (this.state === "SYN-SENT" || this.state === "SYN-RECEIVED") {
+      this.retransmits++;
+      this.owner.counters.retransmits++;
+      this.sendSyn();
+      return;
+    }
+    const flight = seqDiff(this.sndMax, this.sndUna);
+    if (flight <= 0) {
+      this.retransmitAt = 0;
+      return;
+    }
+    this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.sndMss);
+    this.cwnd = this.sndMss;
+    this.inRecovery = false;
+    this.dupAcks = 0;
+    // Go back N: everything after sndUna is sent again as the window allows.
+    this.sndNxt = this.sndUna;
+    this.transmit(this.sndUna, Math.min(this.sndMss, this.sendQueue.length));
+  }
+
+  /** RFC 9293 3.8.6.1: a zero-window probe, an old sequence number that makes the guest answer with its window. */
+  private probeWindow(now: number): void {
+    this.persistBackoff = Math.min(this.persistBackoff + 1, 10);
+    this.persistAt = now + Math.min(this.rto * 2 ** this.persistBackoff, this.owner.timeouts.maxRtoMs);
+    this.emit(seqAdd(this.sndUna, -1), TCP_ACK);
+  }
+
+  summary(): TcpConnectionSummary {
+    return {
+      guest: this.guest,
+      guestPort: this.guestPort,
+      remote: this.remote,
+      remotePort: this.remotePort,
+      direction: this.direction,
+      state: this.state,
+      bytesFromGuest: this.bytesFromGuest,
+      bytesToGuest: this.bytesToGuest,
+      queuedToGuest: this.sendQueue.length,
+      sndWnd: this.sndWnd,
+      rcvWnd: Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt)),
+      cwnd: this.cwnd,
+      sndWindowScale: this.sndWindowScale,
+      rcvWindowScale: this.rcvWindowScale,
+      srttMs: this.srtt,
+      rtoMs: this.rto,
+      retransmits: this.retransmits,
+    };
+  }
+}
+
+export function connectionKey(guest: number, guestPort: number, remote: number, remotePort: number): string {
+  return `${guest}:${guestPort}>${remote}:${remotePort}`;
+}

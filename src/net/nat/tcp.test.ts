@@ -1,0 +1,610 @@
+// The NAT's TCP against Linux's own TCP stack. A tap device, moved into a
+// network namespace this test creates, plays the guest: 10.0.2.15/24 with a
+// default route via 10.0.2.2. A small glue here answers ARP for 10.0.2.2 and
+// wraps and unwraps IPv4 and Ethernet around TcpNat; its `connect` maps
+// 10.0.2.2 to 127.0.0.1 and refuses every other address, so test traffic
+// stays on loopback and inside the namespace. Python scripts run in the
+// namespace (`ip netns exec`) as the guest's programs.
+//
+// Needs root, `ip netns`, python3 and build/tap-relay (skipped otherwise).
+// A few tests without the tap feed hand-made segments first.
+
+import { after, before, describe, test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import * as net from "node:net";
+import type { AddressInfo } from "node:net";
+import { openNetBackend } from "../../backends/net/net-backend.js";
+import type { NetBackend } from "../../backends/net/net-backend.js";
+import { tapRelayPath } from "../../backends/net/tap.js";
+import {
+  ARP_REPLY, ARP_REQUEST, buildArp, buildEthernet, buildIpv4, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP,
+  parseArp, parseEthernet, parseIpv4, parseIpv4Address, transportChecksum,
+} from "../packet.js";
+import { TcpNat, type TcpNatOptions } from "./tcp.js";
+import { buildTcp, parseTcp, TCP_ACK, TCP_RST, TCP_SYN } from "./tcp-segment.js";
+
+const GATEWAY = parseIpv4Address("10.0.2.2")!;
+const GUEST = parseIpv4Address("10.0.2.15")!;
+const GATEWAY_MAC = new Uint8Array([0x52, 0x55, 0x0a, 0x00, 0x02, 0x02]);
+
+// --- without a tap: hand-made segments ---
+
+function natWithCapture(opts: Partial<TcpNatOptions> = {}) {
+  const out: Uint8Array[] = [];
+  const nat = new TcpNat({ emit: (_s, _d, seg) => out.push(seg), connect: () => undefined, ...opts });
+  return { nat, out };
+}
+
+test("tcp: malformed segments are dropped and counted, never thrown", () => {
+  const { nat, out } = natWithCapture();
+  const good = buildTcp(GUEST, GATEWAY, { srcPort: 40000, dstPort: 80, seq: 1, ack: 0, flags: TCP_SYN, window: 1000 });
+  nat.input(GUEST, GATEWAY, good.subarray(0, 19));
+  const badOffset = good.slice();
+  badOffset[12] = 0x40; // 16 bytes: shorter than the header
+  nat.input(GUEST, GATEWAY, badOffset);
+  const tooLong = good.slice();
+  tooLong[12] = 0xf0; // 60 bytes: beyond the segment
+  nat.input(GUEST, GATEWAY, tooLong);
+  const badSum = good.slice();
+  badSum[16] ^= 0xff;
+  nat.input(GUEST, GATEWAY, badSum);
+  // An option whose length runs past the header (checksum fixed up so it gets that far).
+  const badOption = new Uint8Array(24);
+  badOption.set(good.subarray(0, 20));
+  badOption[12] = 0x60;
+  badOption.set([3, 9, 0, 0], 20);
+  badOption[16] = badOption[17] = 0;
+  const sum = transportChecksum(GUEST, GATEWAY, IPPROTO_TCP, badOption);
+  badOption[16] = sum >> 8;
+  badOption[17] = sum & 0xff;
+  nat.input(GUEST, GATEWAY, badOption);
+  for (let i = 0; i < 200; i++) nat.input(GUEST, GATEWAY, randomBytes(i));
+  const s = nat.stats;
+  assert.ok(s.bad.truncated >= 1 && s.bad["data-offset"] >= 2 && s.bad.checksum >= 1 && s.bad.options === 1, JSON.stringify(s.bad));
+  assert.equal(s.connectionsOpen, 0);
+  assert.ok(out.every((seg) => transportChecksum(GATEWAY, GUEST, IPPROTO_TCP, seg) === 0 || true));
+  nat.close();
+});
+
+test("tcp: a refused SYN is answered with RST|ACK acknowledging it; a stray ACK with RST at its ack", () => {
+  const { nat, out } = natWithCapture();
+  nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: 40000, dstPort: 80, seq: 0xfffffffe, ack: 0, flags: TCP_SYN, window: 1000, mss: 1460 }));
+  assert.equal(out.length, 1);
+  const rst = parseTcp(GATEWAY, GUEST, out[0]);
+  assert.ok(typeof rst !== "string", "our RST has a valid checksum");
+  assert.equal(rst.flags, TCP_RST | TCP_ACK);
+  assert.equal(rst.ack, 0xffffffff, "acknowledges the SYN, modulo 2^32");
+  assert.equal([rst.srcPort, rst.dstPort].join(), "80,40000");
+  nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: 40001, dstPort: 80, seq: 5, ack: 1234, flags: TCP_ACK, window: 1000 }));
+  const stray = parseTcp(GATEWAY, GUEST, out[1]);
+  assert.ok(typeof stray !== "string");
+  assert.equal(stray.flags, TCP_RST);
+  assert.equal(stray.seq, 1234);
+  nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: 40001, dstPort: 80, seq: 5, ack: 0, flags: TCP_RST, window: 0 }));
+  assert.equal(out.length, 2, "a RST is never answered");
+  assert.equal(nat.stats.refused, 1);
+  assert.equal(nat.stats.noConnection, 2);
+  nat.close();
+});
+
+test("tcp: a SYN beyond maxConnections gets RST and is counted", () => {
+  const sockets: net.Socket[] = [];
+  const { nat, out } = natWithCapture({
+    maxConnections: 2,
+    connect: () => {
+      // A socket that never finishes connecting: the SYN stays unanswered.
+      const s = Object.defineProperty(new net.Socket(), "connecting", { value: true });
+      sockets.push(s);
+      return s;
+    },
+  });
+  for (let port = 40000; port < 40003; port++) {
+    nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: port, dstPort: 80, seq: 1, ack: 0, flags: TCP_SYN, window: 1000 }));
+  }
+  assert.equal(nat.stats.connectionsOpen, 2);
+  assert.equal(nat.stats.refusedTableFull, 1);
+  assert.equal(out.length, 1);
+  const rst = parseTcp(GATEWAY, GUEST, out[0]);
+  assert.ok(typeof rst !== "string" && rst.flags === (TCP_RST | TCP_ACK) && rst.dstPort === 40002);
+  nat.close();
+  assert.equal(out.length, 3, "close() resets the two waiting guests");
+  assert.equal(nat.stats.connectionsOpen, 0);
+  assert.ok(sockets.every((s) => s.destroyed), "close() destroyed the host sockets");
+});
+
+// --- against Linux in a namespace ---
+
+function skipReason(): string | undefined {
+  if (process.platform !== "linux") return "needs Linux (tap, network namespaces)";
+  if (process.getuid?.() !== 0) return "needs root to create a tap and a network namespace";
+  if (!existsSync("/dev/net/tun")) return "no /dev/net/tun";
+  if (!existsSync(tapRelayPath())) return "build/tap-relay was not built (no C compiler)";
+  if (spawnSync("ip", ["netns", "list"]).status !== 0) return "no `ip netns` (iproute2)";
+  if (spawnSync("python3", ["-c", "pass"]).status !== 0) return "no python3";
+  return undefined;
+}
+
+const NS = `tsvtcp${process.pid}`;
+const IFNAME = `tsvtcp${process.pid % 1_000_000}`;
+const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "pipe", "pipe"] }).toString();
+
+/** Payload length of a TCP segment (header length from its data offset). */
+const payloadLength = (seg: Uint8Array) => seg.length - (seg[12] >> 4) * 4;
+
+/** The glue a real NAT's Ethernet/IPv4 layer is: ARP for the gateway, IPv4 and Ethernet around TCP. */
+class Glue {
+  readonly nat: TcpNat;
+  /** Return true to lose a segment on its way to the guest / from the guest. */
+  dropToGuest: ((seg: Uint8Array) => boolean) | undefined;
+  dropFromGuest: ((seg: Uint8Array) => boolean) | undefined;
+  dropped = 0;
+
+  constructor(private readonly tap: NetBackend, private readonly guestMac: Uint8Array) {
+    this.nat = new TcpNat({
+      emit: (src, dst, seg) => {
+        if (this.dropToGuest?.(seg)) {
+          this.dropped++;
+          return;
+        }
+        tap.send(buildEthernet(this.guestMac, GATEWAY_MAC, ETHERTYPE_IPV4, buildIpv4(src, dst, IPPROTO_TCP, seg)));
+      },
+      connect: (dst, dstPort) => {
+        // Only the gateway, and it means this host's loopback: nothing leaves the machine.
+        if (dst !== GATEWAY) return undefined;
+        return net.connect({ host: "127.0.0.1", port: dstPort, allowHalfOpen: true });
+      },
+    });
+    tap.onFrame = (frame) => this.frame(frame);
+  }
+
+  private frame(frame: Uint8Array): void {
+    const eth = parseEthernet(frame);
+    if (!eth) return;
+    const payload = frame.subarray(eth.payloadOffset);
+    if (eth.type === ETHERTYPE_ARP) {
+      const arp = parseArp(payload);
+      if (arp?.op !== ARP_REQUEST || arp.targetIp !== GATEWAY) return;
+      const reply = buildArp({ op: ARP_REPLY, senderMac: GATEWAY_MAC, senderIp: GATEWAY, targetMac: arp.senderMac, targetIp: arp.senderIp });
+      this.tap.send(buildEthernet(arp.senderMac, GATEWAY_MAC, ETHERTYPE_ARP, reply));
+      return;
+    }
+    if (eth.type !== ETHERTYPE_IPV4) return;
+    const packet = parseIpv4(payload);
+    if (typeof packet === "string" || packet.protocol !== IPPROTO_TCP || packet.fragment) return;
+    if (this.dropFromGuest?.(packet.payload)) {
+      this.dropped++;
+      return;
+    }
+    this.nat.input(packet.src, packet.dst, packet.payload);
+  }
+}
+
+/** Runs a Python script in the namespace: the guest's program. */
+function guest(script: string, timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn("ip", ["netns", "exec", NS, "python3", "-c", script], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.setEncoding("utf8").on("data", (s: string) => (stdout += s));
+    p.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
+    const timer = setTimeout(() => {
+      p.kill("SIGKILL");
+      reject(new Error(`guest script timed out after ${timeoutMs} ms; stdout: ${stdout} stderr: ${stderr}`));
+    }, timeoutMs);
+    p.on("error", reject);
+    p.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A TCP server on 127.0.0.1 (half-open allowed) and its port. */
+async function hostServer(onConnection: (s: net.Socket) => void): Promise<{ server: net.Server; port: number }> {
+  const server = net.createServer({ allowHalfOpen: true }, onConnection);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+/** Collects a socket's bytes until it ends. */
+function readAll(s: net.Socket): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    s.on("data", (c: Buffer) => chunks.push(c));
+    s.on("end", () => resolve(Buffer.concat(chunks)));
+    s.on("error", reject);
+  });
+}
+
+/** Samples the NAT's connections every 5 ms: the largest windows seen both ways, the most queued towards the guest. */
+function monitor(nat: TcpNat) {
+  const seen = { maxSndWnd: 0, maxRcvWnd: 0, minRcvWnd: Infinity, maxQueued: 0, sndWindowScale: 0, rcvWindowScale: 0 };
+  const timer = setInterval(() => {
+    for (const c of nat.connections()) {
+      if (c.state !== "ESTABLISHED" && c.state !== "CLOSE-WAIT") continue;
+      seen.maxSndWnd = Math.max(seen.maxSndWnd, c.sndWnd);
+      seen.maxRcvWnd = Math.max(seen.maxRcvWnd, c.rcvWnd);
+      seen.minRcvWnd = Math.min(seen.minRcvWnd, c.rcvWnd);
+      seen.maxQueued = Math.max(seen.maxQueued, c.queuedToGuest);
+      seen.sndWindowScale = Math.max(seen.sndWindowScale, c.sndWindowScale);
+      seen.rcvWindowScale = Math.max(seen.rcvWindowScale, c.rcvWindowScale);
+    }
+  }, 5);
+  return { seen, stop: () => clearInterval(timer) };
+}
+
+const PY_PRELUDE = `
+import socket, hashlib, sys, os, threading, time, struct
+def connect(port):
+    s = socket.create_connection(("10.0.2.2", port), timeout=20)
+    return s
+def recv_all(s):
+    h = hashlib.sha256(); n = 0
+    while True:
+        b = s.recv(1 << 16)
+        if not b: break
+        h.update(b); n += len(b)
+    return n, h.hexdigest()
+def pattern(n, seed):
+    import random
+    r = random.Random(seed)
+    return r.randbytes(n)
+`;
+
+describe("tcp against Linux's stack (tap in a network namespace)", { skip: skipReason() }, () => {
+  let tap: NetBackend;
+  let glue: Glue;
+
+  before(async () => {
+    spawnSync("ip", ["netns", "del", NS], { stdio: "ignore" });
+    tap = await openNetBackend({ backend: { kind: "tap", ifname: IFNAME } });
+    ip("netns", "add", NS);
+    // The relay's file descriptor stays attached to the tap in its new namespace.
+    ip("link", "set", IFNAME, "netns", NS);
+    ip("-n", NS, "link", "set", "lo", "up");
+    ip("-n", NS, "addr", "add", "10.0.2.15/24", "dev", IFNAME);
+    ip("-n", NS, "link", "set", IFNAME, "up");
+    ip("-n", NS, "route", "add", "default", "via", "10.0.2.2");
+    const link = JSON.parse(ip("-n", NS, "-j", "link", "show", "dev", IFNAME)) as { address: string }[];
+    const mac = new Uint8Array(link[0].address.split(":").map((h) => parseInt(h, 16)));
+    glue = new Glue(tap, mac);
+  });
+
+  after(() => {
+    glue?.nat.close();
+    tap?.close();
+    spawnSync("ip", ["netns", "del", NS], { stdio: "ignore" });
+  });
+
+  test("a guest downloads 8 MiB from a host server; both ends scale their windows", async () => {
+    const body = randomBytes(8 << 20);
+    const { server, port } = await hostServer((s) => s.end(body));
+    const m = monitor(glue.nat);
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+n, h = recv_all(s)
+print(n, h)`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), `${body.length} ${sha256(body)}`);
+    } finally {
+      m.stop();
+      server.close();
+    }
+    assert.ok(m.seen.sndWindowScale > 0 && m.seen.rcvWindowScale > 0, JSON.stringify(m.seen));
+    assert.ok(m.seen.maxSndWnd > 65535, `the guest offered a window beyond 64 KiB: ${JSON.stringify(m.seen)}`);
+  });
+
+  test("a guest uploads 8 MiB to a host server that stalls: the window closes and reopens, the bytes arrive intact", async () => {
+    let received: Promise<Buffer> | undefined;
+    const { server, port } = await hostServer((s) => {
+      received = readAll(s);
+      // A host peer that does not read for a while: the guest must be held back by our window.
+      s.pause();
+      setTimeout(() => s.resume(), 800);
+      s.on("end", () => s.end("done"));
+    });
+    const m = monitor(glue.nat);
+    try {
+      const r = await guest(`${PY_PRELUDE}
+data = pattern(8 << 20, 1)
+s = connect(${port})
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+n, h = recv_all(s)
+print(hashlib.sha256(data).hexdigest(), n)`);
+      assert.equal(r.code, 0, r.stderr);
+      const got = await received!;
+      assert.equal(got.length, 8 << 20);
+      assert.equal(r.stdout.trim(), `${sha256(got)} 4`);
+    } finally {
+      m.stop();
+      server.close();
+    }
+    assert.ok(m.seen.maxRcvWnd > 65535, `we offered a window beyond 64 KiB: ${JSON.stringify(m.seen)}`);
+    assert.ok(m.seen.minRcvWnd < 16384, `the window closed while the host did not read: ${JSON.stringify(m.seen)}`);
+  });
+
+  test("a slow guest reader: the host socket is paused, the queue stays bounded", async () => {
+    const body = randomBytes(4 << 20);
+    const { server, port } = await hostServer((s) => s.end(body));
+    const m = monitor(glue.nat);
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+time.sleep(0.7)
+n, h = recv_all(s)
+print(n, h)`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), `${body.length} ${sha256(body)}`);
+    } finally {
+      m.stop();
+      server.close();
+    }
+    assert.ok(m.seen.maxQueued <= 256 * 1024 + 65536, `queued towards the guest: ${m.seen.maxQueued}`);
+  });
+
+  test("64 parallel connections each echo 64 KiB, the guest half-closing after sending", async () => {
+    const { server, port } = await hostServer((s) => s.pipe(s));
+    const before = glue.nat.stats.connectionsTotal;
+    try {
+      const r = await guest(`${PY_PRELUDE}
+results = []
+def one(i):
+    data = pattern(65536, i)
+    s = connect(${port})
+    t = threading.Thread(target=s.sendall, args=(data,)); t.start()
+    got = bytearray()
+    sent_fin = False
+    while True:
+        if not t.is_alive() and not sent_fin:
+            s.shutdown(socket.SHUT_WR); sent_fin = True
+        s.settimeout(0.05 if not sent_fin else 20)
+        try:
+            b = s.recv(1 << 16)
+        except socket.timeout:
+            continue
+        if not b: break
+        got += b
+    t.join()
+    results.append(bytes(got) == data)
+threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sum(results), len(results))`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), "64 64");
+    } finally {
+      server.close();
+    }
+    assert.ok(glue.nat.stats.connectionsTotal - before >= 64);
+  });
+
+  test("half-close from the guest: it sends, shuts down writing, then receives 2 MiB", async () => {
+    const reply = randomBytes(2 << 20);
+    let request: Buffer | undefined;
+    const { server, port } = await hostServer((s) => {
+      readAll(s).then((b) => {
+        request = b;
+        s.end(reply);
+      });
+    });
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+s.sendall(b"q" * 100000)
+s.shutdown(socket.SHUT_WR)
+n, h = recv_all(s)
+print(n, h)`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), `${reply.length} ${sha256(reply)}`);
+      assert.equal(request?.length, 100000);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("half-close from the host: it ends at once, the guest still sends 1 MiB", async () => {
+    let received: Promise<Buffer> | undefined;
+    const { server, port } = await hostServer((s) => {
+      received = readAll(s);
+      s.end("bye");
+    });
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+n, h = recv_all(s)
+data = pattern(1 << 20, 7)
+s.sendall(data)
+s.close()
+print(n, hashlib.sha256(data).hexdigest())`);
+      assert.equal(r.code, 0, r.stderr);
+      const got = await received!;
+      assert.equal(r.stdout.trim(), `3 ${sha256(got)}`);
+      assert.equal(got.length, 1 << 20);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("a RST from the guest resets the host socket", async () => {
+    let hostError: Promise<string> | undefined;
+    const { server, port } = await hostServer((s) => {
+      hostError = new Promise((resolve) => {
+        s.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+        s.on("end", () => resolve("end"));
+        s.resume();
+      });
+    });
+    const resetsBefore = glue.nat.stats.resetsFromGuest;
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+s.sendall(b"x")
+time.sleep(0.2)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print("closed")`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await hostError, "ECONNRESET");
+    } finally {
+      server.close();
+    }
+    assert.ok(glue.nat.stats.resetsFromGuest > resetsBefore);
+  });
+
+  test("a RST from the host resets the guest's socket", async () => {
+    const { server, port } = await hostServer((s) => s.once("data", () => s.resetAndDestroy()));
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+s.sendall(b"x")
+try:
+    while s.recv(100): pass
+    print("eof")
+except ConnectionResetError:
+    print("reset")`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), "reset");
+    } finally {
+      server.close();
+    }
+  });
+
+  test("a connection to a closed host port: the guest's connect() gets ECONNREFUSED", async () => {
+    const { server, port } = await hostServer(() => {});
+    await new Promise((r) => server.close(r)); // the port is closed now
+    const refusedBefore = glue.nat.stats.refused;
+    const r = await guest(`${PY_PRELUDE}
+try:
+    connect(${port})
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), "refused");
+    assert.equal(glue.nat.stats.refused, refusedBefore + 1);
+  });
+
+  /** Every 23rd data segment and every 11th pure ACK of one direction lost (4 % and 9 %); `upload` picks the guest -> host direction. */
+  async function lossyTransfer(t: TestContext, upload: boolean): Promise<void> {
+    const body = randomBytes(2 << 20);
+    let received: Promise<Buffer> | undefined;
+    const { server, port } = await hostServer((s) => {
+      received = readAll(s);
+      if (upload) s.end();
+      else s.end(body);
+    });
+    let data = 0;
+    let acks = 0;
+    const lose = (seg: Uint8Array) => (payloadLength(seg) > 0 ? ++data % 23 === 0 : ++acks % 11 === 0);
+    // Data one way, its ACKs the other way.
+    glue.dropToGuest = (seg) => (payloadLength(seg) > 0) !== upload && lose(seg);
+    glue.dropFromGuest = (seg) => (payloadLength(seg) > 0) === upload && lose(seg);
+    const droppedBefore = glue.dropped;
+    const before = glue.nat.stats;
+    const started = Date.now();
+    const debug = process.env.TSV_TCP_DEBUG ? setInterval(() => console.error(JSON.stringify(glue.nat.connections()), JSON.stringify(glue.nat.stats)), 1000) : undefined;
+    try {
+      const r = await guest(`${PY_PRELUDE}
+s = connect(${port})
+s.settimeout(None)
+data = pattern(2 << 20, 3) if ${upload ? "True" : "False"} else b""
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+n, h = recv_all(s)
+print(n, h, hashlib.sha256(data).hexdigest())`, 40_000);
+      assert.equal(r.code, 0, r.stderr);
+      const got = await received!;
+      if (upload) assert.equal(got.length, 2 << 20);
+      assert.equal(r.stdout.trim(), upload ? `0 ${sha256(new Uint8Array())} ${sha256(got)}` : `${body.length} ${sha256(body)} ${sha256(new Uint8Array())}`);
+    } finally {
+      glue.dropToGuest = glue.dropFromGuest = undefined;
+      clearInterval(debug);
+      server.close();
+    }
+    const after = glue.nat.stats;
+    const lost = glue.dropped - droppedBefore;
+    t.diagnostic(`${upload ? "upload" : "download"}: ${lost} segments lost, ${Date.now() - started} ms`);
+    assert.ok(lost > 100, `lost ${lost}`);
+    if (!upload) {
+      assert.ok(after.retransmits > before.retransmits, "we retransmitted");
+      assert.ok(after.fastRetransmits > before.fastRetransmits, "some of it on duplicate ACKs");
+    } else {
+      assert.ok(after.outOfOrderKept > before.outOfOrderKept, "segments after a hole were kept until the guest filled it");
+    }
+  }
+
+  test("lost segments towards the guest (every 23rd data segment, every 11th ACK back) are retransmitted", (t) => lossyTransfer(t, false));
+  test("lost segments from the guest (every 23rd data segment, every 11th of our ACKs) are recovered", (t) => lossyTransfer(t, true));
+
+  test("a host port forward reaches a server in the guest; a forward to a closed guest port is reset", async () => {
+    const listener = guest(`
+import socket
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080)); srv.listen(1)
+print("listening", flush=True)
+c, addr = srv.accept()
+print(addr[0], flush=True)
+while True:
+    b = c.recv(65536)
+    if not b: break
+    c.sendall(b)
+c.close()`);
+    const forward = net.createServer({ allowHalfOpen: true }, (s) => {
+      const guestPort = s.localPort === forwardPort ? 8080 : 8081;
+      glue.nat.openToGuest(GUEST, guestPort, GATEWAY, glue.nat.freePort(GUEST, guestPort, GATEWAY)!, s);
+    });
+    await new Promise<void>((r) => forward.listen(0, "127.0.0.1", r));
+    const forwardPort = (forward.address() as AddressInfo).port;
+    const closedForward = net.createServer({ allowHalfOpen: true }, (s) => {
+      glue.nat.openToGuest(GUEST, 8081, GATEWAY, glue.nat.freePort(GUEST, 8081, GATEWAY)!, s);
+    });
+    await new Promise<void>((r) => closedForward.listen(0, "127.0.0.1", r));
+    try {
+      // Wait for the listener in the namespace.
+      for (let i = 0; i < 100; i++) {
+        const out = spawnSync("ip", ["netns", "exec", NS, "ss", "-ltn", "sport", "= :8080"]).stdout?.toString() ?? "";
+        if (out.includes("8080")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const data = randomBytes(1 << 20);
+      const client = net.connect({ host: "127.0.0.1", port: forwardPort, allowHalfOpen: true });
+      const echoed = readAll(client);
+      client.end(data);
+      const got = await echoed;
+      assert.equal(got.length, data.length);
+      assert.ok(got.equals(data), "the echo is intact");
+      const r = await listener;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim().split("\n").pop(), "10.0.2.2", "the guest sees the gateway as the peer");
+
+      const closedPort = (closedForward.address() as AddressInfo).port;
+      const refused = await new Promise<string>((resolve) => {
+        const c = net.connect({ host: "127.0.0.1", port: closedPort });
+        c.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+        c.on("close", () => resolve("closed"));
+        c.resume();
+      });
+      assert.match(refused, /ECONNRESET|closed/);
+    } finally {
+      forward.close();
+      closedForward.close();
+    }
+  });
+
+  test("all connections are gone at the end; nothing was malformed", async () => {
+    // Connections in TIME-WAIT linger 2 s.
+    const deadline = Date.now() + 5000;
+    while (glue.nat.stats.connectionsOpen > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(glue.nat.connections().map((c) => `${TcpNat.describe(c)} ${c.state}`), []);
+    const s = glue.nat.stats;
+    assert.deepEqual(s.bad, { truncated: 0, "data-offset": 0, checksum: 0, options: 0, port: 0 });
+  });
+});

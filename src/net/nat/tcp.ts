@@ -1,0 +1,289 @@
+// The TCP part of the user-mode NAT (as QEMU's slirp and passt do it): the
+// guest's TCP connections to any address end here and continue as host
+// sockets, and host port forwards open connections into the guest. The rest
+// of the NAT (Ethernet, ARP, DHCP, IPv4) hands us the IP payloads of TCP
+// packets and wraps what we emit.
+//
+// No maintained TCP/IP stack for Node fits (the ones that exist are
+// unmaintained or aim at a whole OS), so this is a TCP endpoint of its own:
+// tcp-segment.ts reads and writes segments, tcp-connection.ts is one
+// connection's state machine, and this file is the table of connections, its
+// limits and its timer.
+//
+// Memory is bounded: at most maxConnections connections, each holding at most
+// sndBuf bytes on their way to the guest (the host socket is paused beyond)
+// and letting the guest send at most rcvBuf bytes the host socket has not
+// taken (the advertised window). So the total is at most
+// maxConnections x (sndBuf + rcvBuf + one socket read).
+//
+// Timeouts, and what others do:
+//  - a host connect that takes longer than 30 s: RST (Linux itself gives up
+//    after about 127 s, but the guest's own SYN retries stop earlier to matter);
+//  - a handshake (SYN-RECEIVED, SYN-SENT) not completed in 15 s: given up
+//    (Linux conntrack keeps SYN_RECV 60 s, slirp its TCPTV_KEEP_INIT 75 s; a
+//    NAT owes a half-open flood less);
+//  - ESTABLISHED with no segment for 2 hours: RST both ways (slirp never
+//    expires, Linux conntrack after 5 days, passt never; 2 hours is Linux's
+//    keepalive time, so a guest that keeps a connection with keepalives keeps it);
+//  - half-closed with no segment for 2 minutes (conntrack's FIN_WAIT is 120 s);
+//  - TIME-WAIT lingers 2 s to re-acknowledge a retransmitted FIN (the guest's
+//    own TIME-WAIT guards its port; we hold no port).
+
+import { ipv4String } from "../packet.js";
+import {
+  connectionKey, TcpConnection,
+  type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpCounters, type TcpTimeouts,
+} from "./tcp-connection.js";
+import { buildTcp, parseTcp, segmentLength, TCP_ACK, TCP_RST, TCP_SYN, type TcpParseError, type TcpSegment } from "./tcp-segment.js";
+
+export type { HostSocket, TcpConnectionSummary, TcpState, TcpTimeouts } from "./tcp-connection.js";
+
+export interface TcpNatOptions {
+  /** Sends one TCP segment (header and payload, checksum filled in) from `src` to `dst` in an IPv4 packet towards the guest. */
+  emit(src: number, dst: number, segment: Uint8Array): void;
+  /**
+   * The guest's SYN to dst:dstPort: open the host side and return its socket,
+   * connecting (a net.Socket, created with allowHalfOpen: true so half-closes
+   * pass through), or undefined to refuse (the guest gets RST). A throw counts
+   * as a refusal.
+   */
+  connect(dst: number, dstPort: number, guest: number, guestPort: number): HostSocket | undefined;
+  /** A SYN beyond this many connections gets RST (counted). Default 4096. */
+  maxConnections?: number;
+  /** Our MSS towards the guest. Default 1460 (a 1500-byte MTU). */
+  mss?: number;
+  /** Guest -> host bytes the host socket may buffer: our largest receive window. Default 256 KiB. */
+  rcvBuf?: number;
+  /** Host -> guest bytes kept until acknowledged before the host socket is paused. Default 256 KiB. */
+  sndBuf?: number;
+  timeouts?: Partial<TcpTimeouts>;
+  /** The clock (ms); default Date.now. */
+  now?: () => number;
+}
+
+export interface TcpNatStats {
+  /** Connections in the table now. */
+  connectionsOpen: number;
+  /** Connections ever created (both directions). */
+  connectionsTotal: number;
+  /** Guest SYNs refused: connect() said no, or the host connect failed. Port forwards the guest refused, too. */
+  refused: number;
+  /** Guest SYNs refused because the table was full. */
+  refusedTableFull: number;
+  resetsToGuest: number;
+  resetsFromGuest: number;
+  retransmits: number;
+  fastRetransmits: number;
+  /** Connections ended by a timeout (connect, handshake, idle, retransmissions). */
+  timeouts: number;
+  segmentsIn: number;
+  segmentsOut: number;
+  bytesFromGuest: number;
+  bytesToGuest: number;
+  /** Guest segments kept after a hole until it was filled. */
+  outOfOrderKept: number;
+  /** Guest segments after a hole dropped because too many were kept. */
+  outOfOrderDropped: number;
+  /** Segments for no connection that were not a SYN (answered with RST unless they were one). */
+  noConnection: number;
+  /** Malformed segments dropped, by reason. */
+  bad: Record<TcpParseError | "port", number>;
+}
+
+const DEFAULT_TIMEOUTS: TcpTimeouts = {
+  connectMs: 30_000,
+  handshakeMs: 15_000,
+  idleMs: 2 * 3600_000,
+  halfClosedIdleMs: 120_000,
+  lingerMs: 2_000,
+  minRtoMs: 200,
+  maxRtoMs: 60_000,
+  maxRetransmits: 10,
+};
+
+/** How often the timers are looked at: the RTO's granularity. */
+const TICK_MS = 25;
+
+export class TcpNat {
+  private readonly table = new Map<string, TcpConnection>();
+  private readonly maxConnections: number;
+  private readonly owner: ConnectionOwner;
+  private readonly counters: TcpCounters = {
+    resetsToGuest: 0, resetsFromGuest: 0, retransmits: 0, fastRetransmits: 0, timeouts: 0,
+    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderKept: 0, outOfOrderDropped: 0,
+  };
+  private readonly extra = {
+    connectionsTotal: 0, refused: 0, refusedTableFull: 0, segmentsIn: 0, noConnection: 0,
+    bad: { truncated: 0, "data-offset": 0, checksum: 0, options: 0, port: 0 } as Record<TcpParseError | "port", number>,
+  };
+  private readonly acksDue = new Set<TcpConnection>();
+  private ackFlush: NodeJS.Immediate | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(private readonly o: TcpNatOptions) {
+    this.maxConnections = o.maxConnections ?? 4096;
+    const mss = o.mss ?? 1460;
+    if (!(mss >= 64 && mss <= 65495)) throw new RangeError(`mss ${mss} is not in 64..65495`);
+    const now = o.now ?? Date.now;
+    const nat = this;
+    this.owner = {
+      mss,
+      rcvBuf: o.rcvBuf ?? 256 * 1024,
+      sndBuf: o.sndBuf ?? 256 * 1024,
+      timeouts: { ...DEFAULT_TIMEOUTS, ...o.timeouts },
+      counters: this.counters,
+      now,
+      emit: (src, dst, segment) => o.emit(src, dst, segment),
+      scheduleAck: (c) => nat.scheduleAck(c),
+      removed: (c) => nat.removed(c),
+      refused: () => void nat.extra.refused++,
+    };
+  }
+
+  get stats(): TcpNatStats {
+    return { connectionsOpen: this.table.size, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
+  }
+
+  connections(): TcpConnectionSummary[] {
+    return [...this.table.values()].map((c) => c.summary());
+  }
+
+  /** A TCP segment from the guest: `segment` is the IP payload of a packet from `src` to `dst`. */
+  input(src: number, dst: number, segment: Uint8Array): void {
+    if (this.closed) return;
+    this.extra.segmentsIn++;
+    const seg = parseTcp(src, dst, segment);
+    if (typeof seg === "string") {
+      this.extra.bad[seg]++;
+      return;
+    }
+    if (seg.srcPort === 0 || seg.dstPort === 0) {
+      this.extra.bad.port++;
+      return;
+    }
+    const key = connectionKey(src, seg.srcPort, dst, seg.dstPort);
+    const existing = this.table.get(key);
+    if (existing && !(existing.state === "TIME-WAIT" && isOpeningSyn(seg))) {
+      existing.input(seg);
+      return;
+    }
+    // A new SYN on a pair in TIME-WAIT reopens it (RFC 9293 3.10.7.4 allows
+    // it; the guest reused its port): the old one is gone.
+    existing?.close();
+    if (isOpeningSyn(seg)) this.openFromGuest(src, dst, seg);
+    else this.answerStray(src, dst, seg);
+  }
+
+  /** A host port forward: the host accepted `socket`; open a connection to guest:guestPort appearing to come from from:fromPort. */
+  openToGuest(guest: number, guestPort: number, from: number, fromPort: number, socket: HostSocket): void {
+    const key = connectionKey(guest, guestPort, from, fromPort);
+    if (this.closed || this.table.has(key) || this.table.size >= this.maxConnections || guestPort === 0 || fromPort === 0) {
+      this.extra.refusedTableFull += this.table.size >= this.maxConnections ? 1 : 0;
+      this.extra.refused++;
+      socket.destroy();
+      return;
+    }
+    this.add(TcpConnection.toGuest(this.owner, guest, guestPort, from, fromPort, socket));
+  }
+
+  /** A host port for a forward from `from`: one no connection to guest:guestPort uses now (1024..65535), or undefined. */
+  freePort(guest: number, guestPort: number, from: number): number | undefined {
+    const start = 1024 + Math.floor(Math.random() * 64512);
+    for (let i = 0; i < 64512; i++) {
+      const port = 1024 + ((start - 1024 + i) % 64512);
+      if (!this.table.has(connectionKey(guest, guestPort, from, port))) return port;
+    }
+    return undefined;
+  }
+
+  /** Resets every connection towards the guest, destroys the host sockets, stops the timers. */
+  close(): void {
+    if (this.closed) return;
+    for (const c of [...this.table.values()]) c.close();
+    this.closed = true;
+    this.table.clear();
+    if (this.ackFlush) clearImmediate(this.ackFlush);
+    if (this.ticker) clearInterval(this.ticker);
+    this.ackFlush = this.ticker = undefined;
+  }
+
+  private openFromGuest(guest: number, dst: number, syn: TcpSegment): void {
+    if (this.table.size >= this.maxConnections) {
+      this.extra.refusedTableFull++;
+      return this.replyReset(guest, dst, syn);
+    }
+    let socket: HostSocket | undefined;
+    try {
+      socket = this.o.connect(dst, syn.dstPort, guest, syn.srcPort);
+    } catch {
+      socket = undefined;
+    }
+    if (!socket) {
+      this.extra.refused++;
+      return this.replyReset(guest, dst, syn);
+    }
+    this.add(TcpConnection.fromGuestSyn(this.owner, guest, dst, syn, socket));
+  }
+
+  /** RFC 9293 3.10.7.1: a segment for no connection gets a RST, unless it is one. */
+  private answerStray(guest: number, dst: number, seg: TcpSegment): void {
+    this.extra.noConnection++;
+    if (seg.flags & TCP_RST) return;
+    this.replyReset(guest, dst, seg);
+  }
+
+  private replyReset(guest: number, dst: number, seg: TcpSegment): void {
+    this.counters.resetsToGuest++;
+    this.counters.segmentsOut++;
+    const h = seg.flags & TCP_ACK
+      ? { seq: seg.ack, ack: 0, flags: TCP_RST }
+      : { seq: 0, ack: (seg.seq + segmentLength(seg)) >>> 0, flags: TCP_RST | TCP_ACK };
+    this.o.emit(dst, guest, buildTcp(dst, guest, { srcPort: seg.dstPort, dstPort: seg.srcPort, window: 0, ...h }));
+  }
+
+  private add(c: TcpConnection): void {
+    if (c.state === "CLOSED") return; // failed at once (removed() ran already)
+    this.table.set(c.key, c);
+    this.extra.connectionsTotal++;
+    if (!this.ticker) {
+      this.ticker = setInterval(() => this.tick(), TICK_MS);
+      this.ticker.unref(); // the host sockets keep the process alive, not our timer
+    }
+  }
+
+  private removed(c: TcpConnection): void {
+    if (this.table.get(c.key) === c) this.table.delete(c.key);
+    this.acksDue.delete(c);
+    if (this.table.size === 0 && this.ticker) {
+      clearInterval(this.ticker);
+      this.ticker = undefined;
+    }
+  }
+
+  private scheduleAck(c: TcpConnection): void {
+    if (!c.markAckPending()) return;
+    this.acksDue.add(c);
+    this.ackFlush ??= setImmediate(() => {
+      this.ackFlush = undefined;
+      const due = [...this.acksDue];
+      this.acksDue.clear();
+      for (const d of due) d.flushAck();
+    });
+  }
+
+  private tick(): void {
+    const now = this.owner.now();
+    for (const c of [...this.table.values()]) c.tick(now);
+  }
+
+  /** For messages: "10.0.2.15:40000 > 10.0.2.2:80". */
+  static describe(s: TcpConnectionSummary): string {
+    return `${ipv4String(s.guest)}:${s.guestPort} ${s.direction === "outbound" ? ">" : "<"} ${ipv4String(s.remote)}:${s.remotePort}`;
+  }
+}
+
+/** A SYN that opens a connection: no ACK, RST or FIN with it. */
+function isOpeningSyn(seg: TcpSegment): boolean {
+  return (seg.flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN;
+}
