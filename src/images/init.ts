@@ -68,9 +68,10 @@ fi
 
 ip link set lo up
 if [ -n "$dhcp" ]; then
-  mkdir -p /etc /usr/share/udhcpc
-  # udhcpc's hook (busybox networking/udhcp): it sets the address, the default route and resolv.conf.
-  cat > /usr/share/udhcpc/default.script <<'EOF'
+  mkdir -p /etc/udhcpc
+  # udhcpc's hook (busybox networking/udhcp), where Debian's busybox looks
+  # for it: it sets the address, the default route and resolv.conf.
+  cat > /etc/udhcpc/default.script <<'EOF'
 #!/bin/sh
 case "$1" in
   deconfig) ip addr flush dev "$interface" 2>/dev/null; ip link set "$interface" up ;;
@@ -82,10 +83,10 @@ case "$1" in
 esac
 exit 0
 EOF
-  chmod 755 /usr/share/udhcpc/default.script
+  chmod 755 /etc/udhcpc/default.script
   for ifc in $(echo "$dhcp" | tr , ' '); do
     ip link set "$ifc" up 2>/dev/null
-    udhcpc -i "$ifc" -q -n -t 4 -T 1 >/dev/null 2>&1 || echo "tsvisor init: no DHCP answer on $ifc" >&2
+    udhcpc -i "$ifc" -s /etc/udhcpc/default.script -q -n -t 4 -T 1 >/dev/null 2>&1 || echo "tsvisor init: no DHCP answer on $ifc" >&2
   done
 fi
 
