@@ -61,7 +61,7 @@ function numBuffers(hdr: Uint8Array): number {
   return hdr[10] | (hdr[11] << 8);
 }
 
-test("virtio-net config space: MAC, link up, one queue pair; features without offloads", () => {
+test("virtio-net config space: MAC, link up, one queue pair; features: checksum and TSO offloads, no ECN/UFO", () => {
   const be = new FakeBackend();
   const d = new TestDriver(new VirtioNet(be, { name: "net0", mac: MAC }));
   assert.equal(d.reg(0x008), 1, "network device");
@@ -71,10 +71,14 @@ test("virtio-net config space: MAC, link up, one queue pair; features without of
   assert.equal(Number(d.transport.read(0x108, 2)), 1, "max_virtqueue_pairs");
   assert.equal(Number(d.transport.read(0x100, 4)), 0x12005452);
   const f = d.deviceFeatures();
-  // MAC, MRG_RXBUF, STATUS and nothing else of the device's own bits: no checksum, TSO, MTU or control queue
+  // MAC, MRG_RXBUF, STATUS, CSUM (0), GUEST_CSUM (1), GUEST_TSO4/6 (7, 8), HOST_TSO4/6 (11, 12) and
+  // nothing else of the device's own bits: no ECN, UFO, MTU or control queue
   // (device-specific bits are 0 to 23 and 50 and up: 6 "Reserved Feature Bits")
-  assert.equal(f & 0xff_ffffn, VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_STATUS);
+  assert.equal(f & 0xff_ffffn, VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_STATUS | 0b1_1001_1000_0011n);
   assert.equal(f >> 50n, 0n, "no high device bits (RSS, SPEED_DUPLEX, ...)");
+  // offloads: false offers none of them
+  const plain = new TestDriver(new VirtioNet(new FakeBackend(), { name: "net1", mac: MAC, offloads: false }));
+  assert.equal(plain.deviceFeatures() & 0xff_ffffn, VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_STATUS);
   assert.equal(d.reg(0x034), 256);
   assert.throws(() => new VirtioNet(be, { name: "net1", mac: new Uint8Array(5) }));
 });
