@@ -525,9 +525,12 @@ export class VirtioNet implements VirtioDevice {
     const b = this.backend.stats;
     const dropped = s.rxDropped + b.txDropped + b.rxDropped;
     const errors = s.rxErrors + s.txErrors;
+    // The offload counters only once there is something to count (a guest without offloads sees the old line).
+    const offload = s.txSuperFrames + s.rxSuperFrames + s.rxSegmented === 0 ? "" :
+      `; offload: tx ${s.txSuperFrames} super-frames segmented, rx ${s.rxSuperFrames} whole, ${s.rxSegmented} segmented`;
     return [
       `${this.name} (${this.backend.description}): rx ${s.rxFrames} frames ${formatBytes(s.rxBytes)}, ` +
-        `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors`,
+        `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors${offload}`,
     ];
   }
 }
