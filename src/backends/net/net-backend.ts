@@ -66,15 +66,22 @@ export interface FrameMeta {
   dataValid?: boolean;
 }
 
-/** Which receive offloads the guest's driver accepted; without them the device does the work in software. */
-export interface GuestOffloads {
-  /** Partial checksums and DATA_VALID (VIRTIO_NET_F_GUEST_CSUM). */
+/**
+ * Which offloads one side takes: the guest's driver on receive (GUEST_CSUM,
+ * GUEST_TSO4, GUEST_TSO6: setGuestOffloads), a backend on transmit
+ * (txOffloads). Without them the device does the work in software.
+ */
+export interface Offloads {
+  /** Partial checksums (FrameMeta.needsCsum) and DATA_VALID. */
   csum: boolean;
-  /** TCP over IPv4 super-frames (VIRTIO_NET_F_GUEST_TSO4). */
+  /** TCP over IPv4 super-frames. */
   tso4: boolean;
-  /** TCP over IPv6 super-frames (VIRTIO_NET_F_GUEST_TSO6). */
+  /** TCP over IPv6 super-frames. */
   tso6: boolean;
 }
+
+/** What the guest's driver accepted on receive (VIRTIO_NET_F_GUEST_CSUM, GUEST_TSO4, GUEST_TSO6). */
+export type GuestOffloads = Offloads;
 
 export interface NetBackend {
   /** For stats and messages: "tap:tap0", "socket:udp:127.0.0.1:5001->127.0.0.1:5002", ... */
@@ -83,8 +90,17 @@ export interface NetBackend {
    * Guest -> host: one whole Ethernet frame (no virtio header), without FCS.
    * Never blocks; may drop (counted) when the host side is congested or not
    * connected. The backend copies the frame: the caller may reuse it at once.
+   * `meta` comes only with what txOffloads says the backend takes: a TCP
+   * super-frame (its headers checked by the device) or a partial checksum.
    */
-  send(frame: Uint8Array): void;
+  send(frame: Uint8Array, meta?: FrameMeta): void;
+  /**
+   * What the backend takes whole on transmit (a switch port to another VM,
+   * a tap with a vnet header); read for every frame, so it may change.
+   * Absent (every backend today): the device segments super-frames and
+   * finishes checksums before send(), and never passes meta.
+   */
+  readonly txOffloads?: Offloads;
   /**
    * Host -> guest: called from the Node event loop with one whole Ethernet
    * frame each time. Set once by the device. The frame stays valid after the

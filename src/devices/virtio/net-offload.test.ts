@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  completeChecksum, segmentTcp, prepareTx, prepareRx, parseNetHdr, buildNetHdr, parseTcpFrame,
+  completeChecksum, segmentTcp, prepareTx, prepareTxWhole, prepareRx, parseNetHdr, buildNetHdr, parseTcpFrame,
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
   VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_GSO_ECN, MAX_GSO_SEGMENTS,
   type NetHdr,
@@ -267,6 +267,11 @@ test("net-offload: seeded fuzz: mutated headers and frames give segments or a re
       flags: next() & 3, gsoType: [1, 4, 0, 3, 5, 0x81, next() & 0xff][next() % 7], gsoSize: [1448, 0, 1, 0xffff, next() & 0xffff][next() % 5],
       hdrLen: next() % 5000, csumStart: next() % 200, csumOffset: next() % 40,
     });
+    // A backend that takes super-frames whole is only ever given one that could be cut.
+    const whole = prepareTxWhole(h, cut, ALL, ALL);
+    if (whole !== undefined && typeof whole !== "string" && whole.gsoType) {
+      assert.ok(Array.isArray(segmentTcp(cut, whole.gsoType, whole.gsoSize!)), `iteration ${i}`);
+    }
     const out = prepareTx(h, cut.slice(), ALL);
     if (typeof out === "string") continue;
     ok++;
@@ -348,4 +353,26 @@ test("net-offload receive: partial checksums pass to a GUEST_CSUM driver and are
   assert.deepEqual(plain, [{ frame: f, hdr: undefined }]);
   assert.equal(prepareRx(new Uint8Array(MAX_FRAME_BYTES + 1), undefined, ALL), "frame-length");
   assert.equal(prepareRx(new Uint8Array(10), {}, ALL), "frame-length");
+});
+
+test("net-offload: prepareTxWhole passes what a backend takes, checked as segmenting would, and leaves the rest to prepareTx", () => {
+  const sup = tcpFrame({ payload: payload(3000), partial: true });
+  const sup6 = tcpFrame({ ipv6: true, payload: payload(3000), partial: true });
+  const tso4 = hdr({ flags: 1, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1448, hdrLen: 54, csumStart: 34, csumOffset: 16 });
+  assert.deepEqual(prepareTxWhole(tso4, sup, ALL, ALL), { gsoType: 1, gsoSize: 1448, needsCsum: true, csumStart: 34, csumOffset: 16 });
+  assert.deepEqual(prepareTxWhole({ ...tso4, gsoType: 4 | VIRTIO_NET_HDR_GSO_ECN }, sup6, ALL, ALL), { gsoType: 4, gsoSize: 1448, needsCsum: true, csumStart: 54, csumOffset: 16 });
+  assert.equal(prepareTxWhole(tso4, sup, ALL, { csum: true, tso4: false, tso6: true }), undefined, "the backend does not take TSO4");
+  assert.equal(prepareTxWhole(tso4, sup, { csum: true, tso4: false, tso6: false }, ALL), undefined, "not negotiated: prepareTx refuses it");
+  assert.equal(prepareTxWhole(tso4, sup, NONE, ALL), undefined);
+  assert.equal(prepareTxWhole({ ...tso4, gsoSize: 0 }, sup, ALL, ALL), "gso-size");
+  assert.equal(prepareTxWhole({ ...tso4, gsoSize: 1 }, sup, ALL, ALL), "too-many-segments");
+  assert.equal(prepareTxWhole({ ...tso4, hdrLen: sup.length + 1 }, sup, ALL, ALL), "hdr-len");
+  assert.equal(prepareTxWhole(tso4, sup.subarray(0, 60), ALL, ALL), "ip-length", "truncated");
+  assert.equal(prepareTxWhole(tso4, sup6, ALL, ALL), "not-ip");
+  assert.equal(prepareTxWhole({ ...tso4, gsoType: VIRTIO_NET_HDR_GSO_UDP }, sup, ALL, ALL), undefined, "left to prepareTx, which refuses it");
+  const csum = hdr({ flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, csumStart: 34, csumOffset: 16 });
+  assert.deepEqual(prepareTxWhole(csum, sup, ALL, ALL), { needsCsum: true, csumStart: 34, csumOffset: 16 });
+  assert.equal(prepareTxWhole(csum, sup, ALL, { csum: false, tso4: true, tso6: true }), undefined);
+  assert.equal(prepareTxWhole({ ...csum, csumStart: sup.length - 1 }, sup, ALL, ALL), "csum-range");
+  assert.equal(prepareTxWhole(hdr({}), sup, ALL, ALL), undefined, "nothing to offload: an ordinary frame");
 });

@@ -26,6 +26,7 @@ import {
 } from "../../net/packet.js";
 import {
   GSO_NONE, GSO_TCPV4, GSO_TCPV6, MAX_FRAME_BYTES, MAX_GSO_FRAME_BYTES, type FrameMeta, type GuestOffloads,
+  type Offloads,
 } from "../../backends/net/net-backend.js";
 
 /** struct virtio_net_hdr flags (5.1.6). */
@@ -187,6 +188,16 @@ export function parseTcpFrame(frame: Uint8Array, gsoType: number): TcpFrame | Of
   return { ipv6, l3, l4, hdrLen: l4 + tcpLen, end };
 }
 
+/** How many segments of `gsoSize` payload bytes frame `t` becomes, or why it cannot be cut so. */
+function segmentCount(t: TcpFrame, gsoSize: number): number | OffloadError {
+  if (gsoSize < 1) return "gso-size";
+  const payload = t.end - t.hdrLen;
+  const count = Math.max(1, Math.ceil(payload / gsoSize));
+  if (count > MAX_GSO_SEGMENTS) return "too-many-segments";
+  if (t.hdrLen + Math.min(gsoSize, payload) > MAX_FRAME_BYTES) return "segment-too-large";
+  return count;
+}
+
 /** The TCP pseudo-header sum of `frame` for a TCP length of `tcpLength`, folded to 16 bits. */
 function tcpPseudoSum(frame: Uint8Array, t: TcpFrame, tcpLength: number): number {
   return fold(t.ipv6
@@ -203,11 +214,8 @@ function tcpPseudoSum(frame: Uint8Array, t: TcpFrame, tcpLength: number): number
 export function segmentTcp(frame: Uint8Array, gsoType: number, gsoSize: number): Uint8Array[] | OffloadError {
   const t = parseTcpFrame(frame, gsoType);
   if (typeof t === "string") return t;
-  if (gsoSize < 1) return "gso-size";
-  const payload = t.end - t.hdrLen;
-  const count = Math.max(1, Math.ceil(payload / gsoSize));
-  if (count > MAX_GSO_SEGMENTS) return "too-many-segments";
-  if (t.hdrLen + Math.min(gsoSize, payload) > MAX_FRAME_BYTES) return "segment-too-large";
+  const count = segmentCount(t, gsoSize);
+  if (typeof count === "string") return count;
   const { l3, l4, hdrLen, ipv6 } = t;
   const seq = readU32(frame, l4 + 4);
   const flags = frame[l4 + 13];
@@ -252,11 +260,7 @@ export function segmentTcp(frame: Uint8Array, gsoType: number, gsoSize: number):
 // --- transmit: guest -> backend ---
 
 /** The transmit offloads the driver accepted (VIRTIO_NET_F_CSUM, HOST_TSO4, HOST_TSO6). */
-export interface HostOffloads {
-  csum: boolean;
-  tso4: boolean;
-  tso6: boolean;
-}
+export type HostOffloads = Offloads;
 
 /**
  * What the backend is given for one frame the guest transmitted behind
@@ -288,6 +292,36 @@ export function prepareTx(h: NetHdr, frame: Uint8Array, negotiated: HostOffloads
     if (err) return err;
   }
   return [frame];
+}
+
+/**
+ * For a backend that takes some offloads whole (NetBackend.txOffloads): the
+ * FrameMeta to send one transmitted frame with, unchanged; undefined when
+ * the backend does not take what the frame asks for (prepareTx then
+ * segments it or finishes its checksum, or says what is wrong with it), or
+ * why the frame is refused. A super-frame is checked as thoroughly as
+ * segmenting it would (headers, gso_size, segment count and size), so a
+ * backend is never handed one that could not be cut; its meta says where its
+ * TCP checksum is (the field holds the guest's pseudo-header sum).
+ */
+export function prepareTxWhole(h: NetHdr, frame: Uint8Array, negotiated: HostOffloads, backend: Offloads): FrameMeta | OffloadError | undefined {
+  if (!(negotiated.csum || negotiated.tso4 || negotiated.tso6) || frame.length < MIN_FRAME_BYTES) return undefined;
+  const gsoType = h.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
+  if (gsoType !== GSO_NONE) {
+    const takes = gsoType === GSO_TCPV4 ? negotiated.tso4 && backend.tso4 : gsoType === GSO_TCPV6 && negotiated.tso6 && backend.tso6;
+    if (!takes) return undefined;
+    if (frame.length > MAX_GSO_FRAME_BYTES) return "frame-length";
+    if (h.hdrLen > frame.length) return "hdr-len";
+    const t = parseTcpFrame(frame, gsoType);
+    if (typeof t === "string") return t;
+    const count = segmentCount(t, h.gsoSize);
+    if (typeof count === "string") return count;
+    return { gsoType, gsoSize: h.gsoSize, needsCsum: true, csumStart: t.l4, csumOffset: TCP_CSUM_OFFSET };
+  }
+  if (!(h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) || !backend.csum) return undefined;
+  if (frame.length > MAX_FRAME_BYTES) return "frame-length";
+  if (h.csumStart + h.csumOffset + 2 > frame.length) return "csum-range";
+  return { needsCsum: true, csumStart: h.csumStart, csumOffset: h.csumOffset };
 }
 
 // --- receive: backend -> guest ---

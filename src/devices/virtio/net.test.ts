@@ -10,7 +10,7 @@ import {
 import { VIRTIO_NET_HDR_F_DATA_VALID } from "./net-offload.js";
 import { VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC } from "./virtio.js";
 import type { FrameMeta, GuestOffloads, NetBackend, NetStats } from "../../backends/net/net-backend.js";
-import { tcpFrame, payload, transportChecksumOk, ipv4HeaderOk, TCP } from "./net-test-frames.js";
+import { tcpFrame, payload, transportChecksumOk, ipv4HeaderOk, refSum, TCP } from "./net-test-frames.js";
 
 class FakeBackend implements NetBackend {
   readonly description = "fake:test";
@@ -404,9 +404,9 @@ test("virtio-net TSO: a 64 KiB super-frame in one chain reaches the backend as M
   }
   assert.equal(got, data.length);
   assert.equal(net.stats.txFrames, 45);
-  assert.equal(net.stats.txSuperFrames, 1);
+  assert.equal(net.stats.txSegmented, 1);
   assert.equal(net.stats.txErrors, 0);
-  assert.match(net.statsLines()[0], /tx 45 frames .*; offload: tx 1 super-frames/);
+  assert.match(net.statsLines()[0], /tx 45 frames .*; super-frames: tx 1 segmented, 0 whole, rx 0 whole, 0 segmented$/);
   // the same over IPv6
   const sup6 = tcpFrame({ ipv6: true, payload: payload(10000, 2), partial: true });
   d.add(TX, [{ data: netHdr({ flags: 1, gsoType: 4, hdrLen: 74, gsoSize: 1428, csumStart: 54, csumOffset: 16 }) }, { data: sup6 }]);
@@ -424,7 +424,7 @@ test("virtio-net CSUM: the device finishes a partial checksum; without CSUM nego
   assert.equal(be.sent.length, 2);
   assert.ok(transportChecksumOk(be.sent[0]));
   assert.deepEqual(be.sent[1], f);
-  assert.equal(net.stats.txSuperFrames, 0);
+  assert.equal(net.stats.txSegmented, 0);
   // not negotiated: flags are not looked at (a driver sets them to zero, 5.1.6.2.1)
   const plain = setup(BASE);
   plain.d.add(TX, [{ data: netHdr({ flags: 1, gsoType: 1, gsoSize: 1, csumStart: 34, csumOffset: 16 }) }, { data: f }]);
@@ -561,4 +561,100 @@ test("virtio-net receive: backend partial checksums and DATA_VALID follow GUEST_
   assert.deepEqual(readHeader(plain.d, h).subarray(0, 10), new Uint8Array(10));
   assert.ok(transportChecksumOk(plain.d.mem.read(plain.d.bufferAddr(RX, h, 0) + 12n, f.length)));
   assert.ok(!transportChecksumOk(f), "the backend's frame is not changed");
+});
+
+/** One end of an in-process cable that carries super-frames and partial checksums whole, as a switch port could. */
+class CableEnd implements NetBackend {
+  readonly description = "cable";
+  peer: CableEnd | undefined;
+  onFrame: ((frame: Uint8Array, meta?: FrameMeta) => void) | undefined;
+  readonly stats: NetStats = { txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, txDropped: 0, rxDropped: 0 };
+  metas: (FrameMeta | undefined)[] = [];
+  constructor(public txOffloads: GuestOffloads = { csum: true, tso4: true, tso6: true }) {}
+  send(frame: Uint8Array, meta?: FrameMeta): void {
+    this.metas.push(meta);
+    this.peer?.onFrame?.(Uint8Array.from(frame), meta && { ...meta });
+  }
+  setRxPaused(): void {}
+  close(): void {}
+}
+
+function cable(aFeatures: bigint, bFeatures: bigint): { a: TestDriver; b: TestDriver; netA: VirtioNet; netB: VirtioNet; endA: CableEnd } {
+  const endA = new CableEnd();
+  const endB = new CableEnd();
+  endA.peer = endB;
+  endB.peer = endA;
+  const netA = new VirtioNet(endA, { name: "net0", mac: MAC });
+  const netB = new VirtioNet(endB, { name: "net1", mac: MAC });
+  const a = new TestDriver(netA);
+  const b = new TestDriver(netB);
+  a.start(aFeatures, 64);
+  b.start(bFeatures, 64);
+  return { a, b, netA, netB, endA };
+}
+
+test("virtio-net end to end: a 64 KiB send is one descriptor chain on both sides when the backend carries super-frames", () => {
+  const { a, b, netA, netB, endA } = cable(HOST_TSO, GUEST_TSO | VIRTIO_NET_F_MRG_RXBUF);
+  const heads = Array.from({ length: 20 }, () => b.add(RX, [{ writeLen: 4096 }]));
+  b.kick(RX);
+  const data = payload(64000, 3);
+  const sup = tcpFrame({ payload: data, partial: true, seq: 99 });
+  a.add(TX, [{ data: netHdr({ flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16 }) }, { data: sup }]);
+  a.kick(TX);
+  assert.deepEqual(endA.metas, [{ gsoType: 1, gsoSize: 1448, needsCsum: true, csumStart: 34, csumOffset: 16 }]);
+  assert.equal(netA.stats.txFrames, 1);
+  assert.equal(netA.stats.txSuperFrames, 1);
+  b.transport.poll();
+  const used = b.used(RX);
+  assert.equal(used.length, 16, "64054 bytes and the header over 4 KiB buffers");
+  const hdr = readHeader(b, heads[0]);
+  assert.deepEqual([...hdr.subarray(0, 10)], [1, 1, 54, 0, 1448 & 0xff, 1448 >> 8, 34, 0, 16, 0]);
+  assert.equal(numBuffers(hdr), 16);
+  assert.equal(netB.stats.rxFrames, 1);
+  assert.equal(netB.stats.rxSuperFrames, 1);
+  // the receiving driver finishes the checksum: the result is the frame with a valid TCP checksum
+  const got = new Uint8Array(sup.length);
+  let at = 0;
+  for (const [i, u] of used.entries()) {
+    const skip = i === 0 ? VIRTIO_NET_HDR_SIZE : 0;
+    got.set(b.mem.read(b.bufferAddr(RX, u.id, 0) + BigInt(skip), u.len - skip), at);
+    at += u.len - skip;
+  }
+  const c = ~refSum(got, 34) & 0xffff;
+  got[50] = c >> 8;
+  got[51] = c & 0xff;
+  assert.ok(transportChecksumOk(got));
+  assert.deepEqual(got.subarray(54), data);
+  // a partial checksum goes whole as well, and a receiver without GUEST_CSUM gets it finished
+  const other = cable(HOST_TSO, BASE);
+  other.b.add(RX, [{ writeLen: 1526 }]);
+  const small = tcpFrame({ payload: payload(900), partial: true });
+  other.a.add(TX, [{ data: netHdr({ flags: 1, csumStart: 34, csumOffset: 16 }) }, { data: small }]);
+  other.a.kick(TX);
+  assert.deepEqual(other.endA.metas, [{ needsCsum: true, csumStart: 34, csumOffset: 16 }]);
+  other.b.transport.poll();
+  const [u] = other.b.used(RX);
+  assert.deepEqual(readHeader(other.b, u.id).subarray(0, 10), new Uint8Array(10));
+  assert.ok(transportChecksumOk(other.b.mem.read(other.b.bufferAddr(RX, u.id, 0) + 12n, small.length)));
+});
+
+test("virtio-net end to end: a backend that does not take TSO6 gets segments; hostile super-frames never reach it", () => {
+  const { a, netA, endA } = cable(HOST_TSO, GUEST_TSO);
+  endA.txOffloads = { csum: true, tso4: true, tso6: false };
+  const sup6 = tcpFrame({ ipv6: true, payload: payload(5000), partial: true });
+  a.add(TX, [{ data: netHdr({ flags: 1, gsoType: 4, gsoSize: 1428, csumStart: 54, csumOffset: 16 }) }, { data: sup6 }]);
+  const sup = tcpFrame({ payload: payload(5000), partial: true });
+  for (const h of [
+    netHdr({ flags: 1, gsoType: 1, gsoSize: 0 }),
+    netHdr({ flags: 1, gsoType: 1, gsoSize: 1 }),
+    netHdr({ flags: 1, gsoType: 1, gsoSize: 1448, hdrLen: 9999 }),
+    netHdr({ flags: 1, gsoType: 3, gsoSize: 1448 }),
+    netHdr({ flags: 1, csumStart: 5040, csumOffset: 16 }), // the field would end 4 bytes past the frame
+  ]) a.add(TX, [{ data: h }, { data: sup }]);
+  a.add(TX, [{ data: netHdr({ flags: 1, gsoType: 1, gsoSize: 1448 }) }, { data: sup.subarray(0, 50) }]);
+  a.kick(TX);
+  assert.equal(endA.metas.length, 4, "the IPv6 super-frame as 4 segments");
+  assert.ok(endA.metas.every((m) => m === undefined));
+  assert.equal(netA.stats.txSegmented, 1);
+  assert.equal(netA.stats.txErrors, 6);
 });

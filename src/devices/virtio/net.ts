@@ -57,7 +57,7 @@ import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { MAX_GSO_FRAME_BYTES, type FrameMeta, type GuestOffloads, type NetBackend } from "../../backends/net/net-backend.js";
 import { formatBytes } from "./format-bytes.js";
 import {
-  MIN_FRAME_BYTES, VIRTIO_NET_HDR_SIZE, parseNetHdr, prepareRx, prepareTx, segmentsForGuest,
+  MIN_FRAME_BYTES, VIRTIO_NET_HDR_SIZE, parseNetHdr, prepareRx, prepareTx, prepareTxWhole, segmentsForGuest,
   type HostOffloads, type RxFrame,
 } from "./net-offload.js";
 
@@ -117,6 +117,8 @@ export class NetDeviceStats {
   /** Transmit requests refused: runt or giant frames, unreadable chains, bad offload headers. */
   txErrors = 0;
   /** Guest super-frames (TSO) the device cut into segments; each segment counts in txFrames. */
+  txSegmented = 0;
+  /** Guest super-frames handed whole to a backend that takes them (txOffloads; each one txFrame). */
   txSuperFrames = 0;
   /** Backend super-frames delivered whole to a guest that accepted GUEST_TSO (each one rxFrame). */
   rxSuperFrames = 0;
@@ -270,12 +272,29 @@ export class VirtioNet implements VirtioDevice {
   /** One transmit request (header and frame, read from the chain): its frame or segments to the backend. */
   private sendFrame(bytes: Uint8Array): void {
     const frame = bytes.subarray(VIRTIO_NET_HDR_SIZE);
-    const out = prepareTx(parseNetHdr(bytes), frame, this.hostOffloads);
+    const h = parseNetHdr(bytes);
+    const takes = this.backend.txOffloads;
+    if (takes) {
+      // A backend that takes super-frames or partial checksums gets them whole.
+      const meta = prepareTxWhole(h, frame, this.hostOffloads, takes);
+      if (typeof meta === "string") {
+        this.stats.txErrors++;
+        return;
+      }
+      if (meta) {
+        if (meta.gsoType) this.stats.txSuperFrames++;
+        this.stats.txFrames++;
+        this.stats.txBytes += frame.length;
+        this.backend.send(frame, meta);
+        return;
+      }
+    }
+    const out = prepareTx(h, frame, this.hostOffloads);
     if (typeof out === "string") {
       this.stats.txErrors++;
       return;
     }
-    if (out.length > 1 || out[0] !== frame) this.stats.txSuperFrames++;
+    if (out.length > 1 || out[0] !== frame) this.stats.txSegmented++;
     for (const f of out) {
       this.stats.txFrames++;
       this.stats.txBytes += f.length;
@@ -526,8 +545,8 @@ export class VirtioNet implements VirtioDevice {
     const dropped = s.rxDropped + b.txDropped + b.rxDropped;
     const errors = s.rxErrors + s.txErrors;
     // The offload counters only once there is something to count (a guest without offloads sees the old line).
-    const offload = s.txSuperFrames + s.rxSuperFrames + s.rxSegmented === 0 ? "" :
-      `; offload: tx ${s.txSuperFrames} super-frames segmented, rx ${s.rxSuperFrames} whole, ${s.rxSegmented} segmented`;
+    const offload = s.txSegmented + s.txSuperFrames + s.rxSuperFrames + s.rxSegmented === 0 ? "" :
+      `; super-frames: tx ${s.txSegmented} segmented, ${s.txSuperFrames} whole, rx ${s.rxSuperFrames} whole, ${s.rxSegmented} segmented`;
     return [
       `${this.name} (${this.backend.description}): rx ${s.rxFrames} frames ${formatBytes(s.rxBytes)}, ` +
         `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors${offload}`,
