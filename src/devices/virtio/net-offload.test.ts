@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  completeChecksum, segmentTcp, prepareTx, prepareTxWhole, prepareRx, parseNetHdr, buildNetHdr, parseTcpFrame,
+  completeChecksum, segmentTcp, prepareTx, prepareTxWhole, prepareRx, transportChecksumValid, parseNetHdr, buildNetHdr, parseTcpFrame,
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
   VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_GSO_ECN, MAX_GSO_SEGMENTS,
   type NetHdr,
@@ -375,4 +375,47 @@ test("net-offload: prepareTxWhole passes what a backend takes, checked as segmen
   assert.equal(prepareTxWhole(csum, sup, ALL, { csum: false, tso4: true, tso6: true }), undefined);
   assert.equal(prepareTxWhole({ ...csum, csumStart: sup.length - 1 }, sup, ALL, ALL), "csum-range");
   assert.equal(prepareTxWhole(hdr({}), sup, ALL, ALL), undefined, "nothing to offload: an ordinary frame");
+});
+
+test("net-offload receive: the device verifies TCP/UDP checksums of plain frames and says DATA_VALID to a GUEST_CSUM driver", () => {
+  const finished = (f: Uint8Array, start: number, off: number) => (completeChecksum(f, start, off), f);
+  const good = [
+    tcpFrame({ payload: payload(1400) }),
+    tcpFrame({ ipv6: true, payload: payload(1000) }),
+    tcpFrame({ vlan: 5, payload: payload(33), ipOptions: [1, 1, 1, 0] }),
+    tcpFrame({ payload: new Uint8Array(0) }),
+    finished(partialUdp(payload(99)), 34, 6),
+  ];
+  for (const [i, f] of good.entries()) {
+    assert.ok(transportChecksumValid(f), `good frame ${i}`);
+    const out = prepareRx(f, undefined, ALL);
+    assert.ok(Array.isArray(out));
+    assert.equal(out[0].hdr?.[0], VIRTIO_NET_HDR_F_DATA_VALID, `good frame ${i}`);
+    assert.equal(out[0].frame, f, "not copied");
+    const plain = prepareRx(f, undefined, NONE);
+    assert.ok(Array.isArray(plain));
+    assert.equal(plain[0].hdr, undefined, "flags stay zero without GUEST_CSUM");
+  }
+  const corrupt = (f: Uint8Array, at: number) => ((f = f.slice()), (f[at] ^= 0x40), f);
+  const padded = new Uint8Array(good[0].length + 6);
+  padded.set(good[0]);
+  assert.ok(transportChecksumValid(padded), "Ethernet padding after the packet is not summed");
+  const noUdpSum = finished(partialUdp(payload(10)), 34, 6);
+  noUdpSum[40] = noUdpSum[41] = 0;
+  const bad = [
+    corrupt(good[0], 100), // payload
+    corrupt(good[1], 30), // IPv6 source address
+    corrupt(good[4], 50),
+    noUdpSum, // UDP without a checksum: left to the guest
+    tcpFrame({ payload: payload(100), fragWord: 0x2000 }), // a fragment
+    tcpFrame({ payload: payload(100), protocol: 1 }),
+    good[0].subarray(0, 100), // truncated
+    new Uint8Array(60), // not IP
+    good[0].subarray(0, 10),
+  ];
+  for (const [i, f] of bad.entries()) {
+    assert.equal(transportChecksumValid(f), false, `bad frame ${i}`);
+    const out = prepareRx(f, undefined, ALL);
+    assert.ok(Array.isArray(out) ? out[0].hdr === undefined : out === "frame-length", `bad frame ${i}: no DATA_VALID`);
+  }
 });

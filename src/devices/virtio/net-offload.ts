@@ -21,7 +21,7 @@
 // fragments are not segmented (refused).
 
 import {
-  parseEthernet, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, internetChecksum,
+  parseEthernet, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP, internetChecksum,
   pseudoHeaderSum, pseudoHeaderSumIpv6, readU32, writeU32,
 } from "../../net/packet.js";
 import {
@@ -130,6 +130,52 @@ export function completeChecksum(frame: Uint8Array, csumStart: number, csumOffse
 function fold(sum: number): number {
   while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
   return sum;
+}
+
+/**
+ * Whether the frame is TCP or UDP over IPv4 or IPv6 (no extension headers,
+ * not a fragment) with a transport checksum that verifies: what a NIC's
+ * receive checksum offload checks before it says DATA_VALID. A UDP datagram
+ * without a checksum, one whose length is not the IP payload's, and
+ * anything else are false (the guest checks those itself).
+ */
+export function transportChecksumValid(frame: Uint8Array): boolean {
+  const eth = parseEthernet(frame);
+  if (!eth) return false;
+  const l3 = eth.payloadOffset;
+  let l4: number;
+  let end: number;
+  let protocol: number;
+  let pseudo: number;
+  if (eth.type === ETHERTYPE_IPV4) {
+    if (frame.length < l3 + 20 || frame[l3] >> 4 !== 4) return false;
+    const ihl = (frame[l3] & 0x0f) * 4;
+    const total = (frame[l3 + 2] << 8) | frame[l3 + 3];
+    if (ihl < 20 || total < ihl || l3 + total > frame.length) return false;
+    if ((frame[l3 + 6] & 0x3f) !== 0 || frame[l3 + 7] !== 0) return false;
+    protocol = frame[l3 + 9];
+    l4 = l3 + ihl;
+    end = l3 + total;
+    pseudo = pseudoHeaderSum(readU32(frame, l3 + 12), readU32(frame, l3 + 16), protocol, end - l4);
+  } else if (eth.type === ETHERTYPE_IPV6) {
+    if (frame.length < l3 + 40 || frame[l3] >> 4 !== 6) return false;
+    protocol = frame[l3 + 6];
+    l4 = l3 + 40;
+    end = l4 + ((frame[l3 + 4] << 8) | frame[l3 + 5]);
+    if (end > frame.length) return false;
+    pseudo = pseudoHeaderSumIpv6(frame, l3 + 8, protocol, end - l4);
+  } else {
+    return false;
+  }
+  if (protocol === IPPROTO_TCP) {
+    if (end - l4 < 20) return false;
+  } else if (protocol === IPPROTO_UDP) {
+    if (end - l4 < 8 || ((frame[l4 + 4] << 8) | frame[l4 + 5]) !== end - l4) return false;
+    if (frame[l4 + 6] === 0 && frame[l4 + 7] === 0) return false;
+  } else {
+    return false;
+  }
+  return internetChecksum(frame.subarray(l4, end), pseudo) === 0;
 }
 
 // --- TCP frames ---
@@ -347,7 +393,11 @@ export interface RxFrame {
  *   fully checksummed (DATA_VALID with GUEST_CSUM: the device made them);
  * - a partial checksum goes as is (NEEDS_CSUM) with GUEST_CSUM, and is
  *   finished here without;
- * - dataValid becomes DATA_VALID with GUEST_CSUM (flags stay zero without, 5.1.6.4.1).
+ * - dataValid becomes DATA_VALID with GUEST_CSUM (flags stay zero without, 5.1.6.4.1);
+ * - any other TCP or UDP frame gets DATA_VALID with GUEST_CSUM when its
+ *   checksum verifies here (transportChecksumValid; 5.1.6.4.1: the device
+ *   MUST have validated it), so the guest's kernel does not sum every byte
+ *   again in interpreted code; a bad checksum is left for the guest to see.
  * Frame lengths are checked here, so the device needs only the outer bound.
  */
 export function prepareRx(frame: Uint8Array, meta: FrameMeta | undefined, guest: GuestOffloads): RxFrame[] | OffloadError {
@@ -355,7 +405,7 @@ export function prepareRx(frame: Uint8Array, meta: FrameMeta | undefined, guest:
   if (frame.length < MIN_FRAME_BYTES) return "frame-length";
   if (!meta) {
     if (frame.length > MAX_FRAME_BYTES) return "frame-length";
-    return [{ frame, hdr: undefined }];
+    return [{ frame, hdr: validated(frame, guest) }];
   }
   if (gsoType !== GSO_NONE) {
     if (frame.length > MAX_GSO_FRAME_BYTES) return "frame-length";
@@ -390,7 +440,12 @@ export function prepareRx(frame: Uint8Array, meta: FrameMeta | undefined, guest:
     return [{ frame: copy, hdr: undefined }];
   }
   if (meta.dataValid && guest.csum) return [{ frame, hdr: buildNetHdr({ flags: VIRTIO_NET_HDR_F_DATA_VALID }) }];
-  return [{ frame, hdr: undefined }];
+  return [{ frame, hdr: validated(frame, guest) }];
+}
+
+/** A DATA_VALID header for a frame whose checksum the device verified, for a driver that reads flags. */
+function validated(frame: Uint8Array, guest: GuestOffloads): Uint8Array | undefined {
+  return guest.csum && transportChecksumValid(frame) ? buildNetHdr({ flags: VIRTIO_NET_HDR_F_DATA_VALID }) : undefined;
 }
 
 /** A super-frame cut here for the guest: ordinary frames, DATA_VALID when the driver reads flags. */
