@@ -25,10 +25,17 @@
 //   backend each one. hdr_len is not relied on (5.1.6.2.2), only checked to
 //   lie in the frame. HOST_ECN (13) and UFO/USO are not offered: a UDP
 //   gso_type, or a TCP one not negotiated, is a transmit error.
+//   A backend that takes super-frames or partial checksums itself
+//   (NetBackend.txOffloads: a switch port to another VM) gets them whole,
+//   send(frame, meta), after the same checks, so a 64 KiB send can stay one
+//   descriptor chain from one guest to the other.
 // - VIRTIO_NET_F_GUEST_CSUM (1): frames from the backend may reach the guest
 //   with a partial checksum (NEEDS_CSUM) or DATA_VALID (checksum known good)
-//   when the backend's FrameMeta says so. Without it the device finishes a
-//   partial checksum itself and the flags stay zero (5.1.6.4.1).
+//   when the backend's FrameMeta says so; any other TCP or UDP frame gets
+//   DATA_VALID when the device verified its checksum (receive checksum
+//   offload, as a NIC's), so the guest's kernel does not sum it again.
+//   Without GUEST_CSUM the device finishes a partial checksum itself and
+//   the flags stay zero (5.1.6.4.1).
 // - VIRTIO_NET_F_GUEST_TSO4 (7), GUEST_TSO6 (8) (each needs GUEST_CSUM,
 //   5.1.3.1): a backend's super-frame reaches the guest whole, with
 //   NEEDS_CSUM, gso_type, gso_size and hdr_len (5.1.6.4.1). Without them, or
