@@ -658,3 +658,32 @@ test("virtio-net end to end: a backend that does not take TSO6 gets segments; ho
   assert.equal(netA.stats.txSegmented, 1);
   assert.equal(netA.stats.txErrors, 6);
 });
+
+test("virtio-net GUEST_TSO with MRG_RXBUF: a super-frame larger than the whole ring's buffers is cut, not dropped", () => {
+  const { d, net, be } = setup(GUEST_TSO | VIRTIO_NET_F_MRG_RXBUF, 16);
+  for (let i = 0; i < 16; i++) d.add(RX, [{ writeLen: 1526 }]);
+  d.kick(RX);
+  const sup = tcpFrame({ payload: payload(40000, 2) });
+  be.deliver(sup, { gsoType: 1, gsoSize: 1448 });
+  d.transport.poll();
+  const check = (used: { id: number; len: number }[]) => {
+    for (const u of used) {
+      const hdr = readHeader(d, u.id);
+      assert.equal(hdr[0], VIRTIO_NET_HDR_F_DATA_VALID);
+      assert.equal(numBuffers(hdr), 1);
+      assert.ok(transportChecksumOk(d.mem.read(d.bufferAddr(RX, u.id, 0) + 12n, u.len - 12)));
+    }
+  };
+  const first = d.used(RX);
+  assert.equal(first.length, 16, "16 of its 28 segments, one buffer each");
+  check(first); // before the driver reuses the descriptors
+  for (let i = 0; i < 16; i++) d.add(RX, [{ writeLen: 1526 }]);
+  d.kick(RX);
+  const rest = d.used(RX);
+  assert.equal(rest.length, 12);
+  check(rest);
+  assert.equal(net.stats.rxDropped, 0);
+  assert.equal(net.stats.rxSegmented, 1);
+  assert.equal(net.stats.rxSuperFrames, 0);
+  assert.equal(net.rxBacklog, 0);
+});
