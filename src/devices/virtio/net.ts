@@ -43,9 +43,11 @@
 //   The backend learns what the driver accepted (setGuestOffloads), so it
 //   need not build super-frames for a guest that cannot take them.
 // Without MRG_RXBUF a driver that accepts GUEST_TSO is to post buffers of
-// 65562 bytes (1.2's figure; 5.1.6.3.1, a SHOULD): the device does not count
-// on it, and cuts a super-frame that fits no buffer it is given into
-// segments rather than drop it.
+// at least 65562 bytes (5.1.6.3.1 in 1.2; later drafts say 65601, the
+// largest IPv6 packet and the header), but only as a SHOULD: the device does
+// not count on it, and cuts a super-frame that fits no buffer it is given
+// (with MRG_RXBUF: not even all the ring's buffers) into segments rather
+// than drop it.
 //
 // Receive: frames from the backend wait in a bounded backlog (a NIC's receive
 // FIFO: beyond it frames are dropped and counted) until the machine calls
