@@ -158,7 +158,7 @@ export const MAX_FRAME_BYTES = 65535 + 18;
 /**
  * The largest super-frame (FrameMeta.gsoType, or a guest's GSO transmit):
  * an IPv6 header (40 bytes) and the largest payload it can say (65535 bytes)
- * behind an Ethernet header with one VLAN tag (virtio 1.2, 5.1.6.3 counts
+ * behind an Ethernet header with one VLAN tag (the virtio spec, 5.1.6.3, counts
  * 14 + 40 + 65535 = 65589 bytes without the tag).
  */
 export const MAX_GSO_FRAME_BYTES = 18 + 40 + 65535;
