@@ -237,6 +237,15 @@ export function pseudoHeaderSum(src: number, dst: number, protocol: number, leng
   return (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + protocol + length;
 }
 
+/**
+ * The sum of the IPv6 pseudo-header TCP and UDP checksums cover (RFC 8200
+ * 8.1): source and destination address (`p` from `offset`: the 32 bytes at
+ * offset 8 of an IPv6 header), the upper-layer length as 32 bits, the next header.
+ */
+export function pseudoHeaderSumIpv6(p: Uint8Array, offset: number, protocol: number, length: number): number {
+  return onesSum(p.subarray(offset, offset + 32)) + (length >>> 16) + (length & 0xffff) + protocol;
+}
+
 /** The TCP or UDP checksum of `segment` (its checksum field included in the sum). */
 export function transportChecksum(src: number, dst: number, protocol: number, segment: Uint8Array): number {
   return internetChecksum(segment, pseudoHeaderSum(src, dst, protocol, segment.length));

@@ -33,6 +33,58 @@ export interface NetStats {
   rxDropped: number;
 }
 
+/**
+ * Segmentation types of a super-frame, as virtio_net_hdr's gso_type (virtio
+ * 1.2, 5.1.6): a TCP segment larger than the link's MTU that is to be cut
+ * into gsoSize-byte segments before it goes on a wire.
+ */
+export const GSO_NONE = 0;
+export const GSO_TCPV4 = 1;
+export const GSO_TCPV6 = 4;
+
+/**
+ * What a backend knows about a host -> guest frame beyond its bytes (a tap
+ * with a vnet header, a peer that forwards a guest's super-frames whole, a
+ * user-mode TCP stack that builds them). All of it is optional: a frame
+ * without meta is an ordinary, fully checksummed frame. The device turns it
+ * into whatever the guest's driver accepted (GuestOffloads); a frame whose
+ * meta does not fit the frame is dropped and counted.
+ */
+export interface FrameMeta {
+  /** GSO_NONE (the default), GSO_TCPV4 or GSO_TCPV6: a TCP super-frame. */
+  gsoType?: number;
+  /** With a gsoType: the payload bytes of each segment (the MSS), at least 1. */
+  gsoSize?: number;
+  /**
+   * The transport checksum is partial: the field at csumStart + csumOffset
+   * holds the pseudo-header sum, and the ones' complement sum from csumStart
+   * to the end of the frame completes it (as VIRTIO_NET_HDR_F_NEEDS_CSUM).
+   * A super-frame's checksums are made by the device anyway.
+   */
+  needsCsum?: boolean;
+  csumStart?: number;
+  csumOffset?: number;
+  /** The checksums are known good (VIRTIO_NET_HDR_F_DATA_VALID): the guest need not check them. */
+  dataValid?: boolean;
+}
+
+/**
+ * Which offloads one side takes: the guest's driver on receive (GUEST_CSUM,
+ * GUEST_TSO4, GUEST_TSO6: setGuestOffloads), a backend on transmit
+ * (txOffloads). Without them the device does the work in software.
+ */
+export interface Offloads {
+  /** Partial checksums (FrameMeta.needsCsum) and DATA_VALID. */
+  csum: boolean;
+  /** TCP over IPv4 super-frames. */
+  tso4: boolean;
+  /** TCP over IPv6 super-frames. */
+  tso6: boolean;
+}
+
+/** What the guest's driver accepted on receive (VIRTIO_NET_F_GUEST_CSUM, GUEST_TSO4, GUEST_TSO6). */
+export type GuestOffloads = Offloads;
+
 export interface NetBackend {
   /** For stats and messages: "tap:tap0", "socket:udp:127.0.0.1:5001->127.0.0.1:5002", ... */
   readonly description: string;
@@ -40,14 +92,33 @@ export interface NetBackend {
    * Guest -> host: one whole Ethernet frame (no virtio header), without FCS.
    * Never blocks; may drop (counted) when the host side is congested or not
    * connected. The backend copies the frame: the caller may reuse it at once.
+   * `meta` comes only with what txOffloads says the backend takes: a TCP
+   * super-frame (its headers checked by the device) or a partial checksum.
    */
-  send(frame: Uint8Array): void;
+  send(frame: Uint8Array, meta?: FrameMeta): void;
+  /**
+   * What the backend takes whole on transmit (a switch port to another VM,
+   * a tap with a vnet header); read for every frame, so it may change.
+   * Absent (every backend today): the device segments super-frames and
+   * finishes checksums before send(), and never passes meta.
+   */
+  readonly txOffloads?: Offloads;
   /**
    * Host -> guest: called from the Node event loop with one whole Ethernet
    * frame each time. Set once by the device. The frame stays valid after the
-   * call (the backend does not reuse its memory).
+   * call (the backend does not reuse its memory). `meta`, when given, says
+   * the frame is a super-frame or carries a partial checksum (FrameMeta);
+   * a backend that never passes it delivers ordinary frames, as before.
    */
-  onFrame: ((frame: Uint8Array) => void) | undefined;
+  onFrame: ((frame: Uint8Array, meta?: FrameMeta) => void) | undefined;
+  /**
+   * Told by the device which receive offloads the guest accepted, when the
+   * driver starts (DRIVER_OK) and again, all false, when it is reset. A
+   * backend may then hand super-frames or partial checksums the guest takes
+   * whole, and avoid work for one that does not; the device converts
+   * whatever it gets either way. Optional: backends without meta ignore it.
+   */
+  setGuestOffloads?(offloads: GuestOffloads): void;
   /**
    * Flow control for host -> guest: while paused, onFrame is not called. The
    * device pauses when the guest has no receive buffers left and resumes when
@@ -100,6 +171,14 @@ export interface NetSpec {
  * unbounded memory.
  */
 export const MAX_FRAME_BYTES = 65535 + 18;
+
+/**
+ * The largest super-frame (FrameMeta.gsoType, or a guest's GSO transmit):
+ * an IPv6 header (40 bytes) and the largest payload it can say (65535 bytes)
+ * behind an Ethernet header with one VLAN tag (the virtio spec, 5.1.6.3, counts
+ * 14 + 40 + 65535 = 65589 bytes without the tag).
+ */
+export const MAX_GSO_FRAME_BYTES = 18 + 40 + 65535;
 
 /** Bytes a backend may have queued towards the host before it drops frames. */
 export const MAX_QUEUED_BYTES = 1 << 20;

@@ -1,7 +1,7 @@
 // virtio-net, the network card (virtio 1.2, 5.1 "Network Device"): one
 // receive queue (host -> guest) and one transmit queue (guest -> host), no
-// control queue, no multiqueue, no offloads. Frames go to and come from a
-// NetBackend (tap, Unix or UDP socket: src/backends/net/).
+// control queue, no multiqueue. Frames go to and come from a NetBackend (tap,
+// Unix or UDP socket: src/backends/net/).
 //
 // Every frame on either queue is preceded by a 12-byte struct virtio_net_hdr
 // (5.1.6): with VERSION_1 it always includes num_buffers, merged buffers or not.
@@ -9,8 +9,45 @@
 //   offset 0 flags u8   1 gso_type u8   2 hdr_len u16   4 gso_size u16
 //          6 csum_start u16   8 csum_offset u16   10 num_buffers u16
 //
-// No checksum or segmentation feature is offered, so on receive the header is
-// all zeros apart from num_buffers, and on transmit it is skipped.
+// Offloads (5.1.3 feature bits, 5.1.6.2 transmission, 5.1.6.4 reception; the
+// checksum and segmentation code is net-offload.ts). All are offered unless
+// the options say `offloads: false`; each is used only if the driver accepts it.
+// - VIRTIO_NET_F_CSUM (0): the driver may leave a transport checksum partial
+//   (flags NEEDS_CSUM, the pseudo-header sum in the field); the device
+//   finishes it (the sum from csum_start to the end of the frame, stored at
+//   csum_start + csum_offset) before the backend sees the frame. A range
+//   beyond the frame is a transmit error.
+// - VIRTIO_NET_F_HOST_TSO4 (11), HOST_TSO6 (12): the driver may hand one TCP
+//   super-frame of up to 64 KiB (gso_type TCPV4/TCPV6, gso_size = MSS) in one
+//   descriptor chain instead of ~45 frames; the device cuts it into
+//   MSS-sized segments with their own IP lengths, IPv4 ids and header
+//   checksums, TCP sequence numbers, flags and checksums, and gives the
+//   backend each one. hdr_len is not relied on (5.1.6.2.2), only checked to
+//   lie in the frame. HOST_ECN (13) and UFO/USO are not offered: a UDP
+//   gso_type, or a TCP one not negotiated, is a transmit error.
+//   A backend that takes super-frames or partial checksums itself
+//   (NetBackend.txOffloads: a switch port to another VM) gets them whole,
+//   send(frame, meta), after the same checks, so a 64 KiB send can stay one
+//   descriptor chain from one guest to the other.
+// - VIRTIO_NET_F_GUEST_CSUM (1): frames from the backend may reach the guest
+//   with a partial checksum (NEEDS_CSUM) or DATA_VALID (checksum known good)
+//   when the backend's FrameMeta says so; any other TCP or UDP frame gets
+//   DATA_VALID when the device verified its checksum (receive checksum
+//   offload, as a NIC's), so the guest's kernel does not sum it again.
+//   Without GUEST_CSUM the device finishes a partial checksum itself and
+//   the flags stay zero (5.1.6.4.1).
+// - VIRTIO_NET_F_GUEST_TSO4 (7), GUEST_TSO6 (8) (each needs GUEST_CSUM,
+//   5.1.3.1): a backend's super-frame reaches the guest whole, with
+//   NEEDS_CSUM, gso_type, gso_size and hdr_len (5.1.6.4.1). Without them, or
+//   with CWR set (GUEST_ECN is not offered), the device segments it first.
+//   The backend learns what the driver accepted (setGuestOffloads), so it
+//   need not build super-frames for a guest that cannot take them.
+// Without MRG_RXBUF a driver that accepts GUEST_TSO is to post buffers of
+// at least 65562 bytes (5.1.6.3.1 in 1.2; later drafts say 65601, the
+// largest IPv6 packet and the header), but only as a SHOULD: the device does
+// not count on it, and cuts a super-frame that fits no buffer it is given
+// (with MRG_RXBUF: not even all the ring's buffers) into segments rather
+// than drop it.
 //
 // Receive: frames from the backend wait in a bounded backlog (a NIC's receive
 // FIFO: beyond it frames are dropped and counted) until the machine calls
@@ -26,23 +63,36 @@ import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_NET } from "./virtio.js";
 import { ChainError, type DescriptorChain, type VirtQueue } from "./queue.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
-import { MAX_FRAME_BYTES, type NetBackend } from "../../backends/net/net-backend.js";
+import { MAX_GSO_FRAME_BYTES, type FrameMeta, type GuestOffloads, type NetBackend } from "../../backends/net/net-backend.js";
 import { formatBytes } from "./format-bytes.js";
+import {
+  MIN_FRAME_BYTES, VIRTIO_NET_HDR_SIZE, parseNetHdr, prepareRx, prepareTx, prepareTxWhole, segmentsForGuest,
+  type HostOffloads, type RxFrame,
+} from "./net-offload.js";
 
 /** Feature bits (5.1.3). */
+export const VIRTIO_NET_F_CSUM = 1n << 0n;
+export const VIRTIO_NET_F_GUEST_CSUM = 1n << 1n;
 export const VIRTIO_NET_F_MAC = 1n << 5n;
+export const VIRTIO_NET_F_GUEST_TSO4 = 1n << 7n;
+export const VIRTIO_NET_F_GUEST_TSO6 = 1n << 8n;
+export const VIRTIO_NET_F_HOST_TSO4 = 1n << 11n;
+export const VIRTIO_NET_F_HOST_TSO6 = 1n << 12n;
 export const VIRTIO_NET_F_MRG_RXBUF = 1n << 15n;
 export const VIRTIO_NET_F_STATUS = 1n << 16n;
 
 /** Config status bits (5.1.4). */
 export const VIRTIO_NET_S_LINK_UP = 1;
 
+/** The offloads offered unless `offloads: false` (see the top of this file). */
+export const VIRTIO_NET_OFFLOAD_FEATURES = VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM |
+  VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6 | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+
 /** struct virtio_net_hdr with num_buffers (5.1.6). */
-export const VIRTIO_NET_HDR_SIZE = 12;
+export { VIRTIO_NET_HDR_SIZE };
 const NUM_BUFFERS_OFFSET = 10;
 
-/** The smallest frame: an Ethernet header (destination, source, type). */
-const MIN_FRAME_BYTES = 14;
+const NO_OFFLOADS: GuestOffloads & HostOffloads = { csum: false, tso4: false, tso6: false };
 
 const RX_QUEUE = 0;
 const TX_QUEUE = 1;
@@ -57,6 +107,8 @@ export interface VirtioNetOptions {
   name: string;
   /** The guest's MAC address, 6 bytes. */
   mac: Uint8Array;
+  /** Offer checksum and segmentation offload (default true); false offers none of them. */
+  offloads?: boolean;
 }
 
 /** Device-side counters (the backend keeps its own). */
@@ -71,15 +123,23 @@ export class NetDeviceStats {
   rxDropped = 0;
   /** Malformed receive buffers (device-readable, too small for the header) given back empty. */
   rxErrors = 0;
-  /** Transmit requests refused: runt or giant frames, unreadable chains. */
+  /** Transmit requests refused: runt or giant frames, unreadable chains, bad offload headers. */
   txErrors = 0;
+  /** Guest super-frames (TSO) the device cut into segments; each segment counts in txFrames. */
+  txSegmented = 0;
+  /** Guest super-frames handed whole to a backend that takes them (txOffloads; each one txFrame). */
+  txSuperFrames = 0;
+  /** Backend super-frames delivered whole to a guest that accepted GUEST_TSO (each one rxFrame). */
+  rxSuperFrames = 0;
+  /** Backend super-frames cut into segments for the guest (each segment one rxFrame). */
+  rxSegmented = 0;
 }
 
 export class VirtioNet implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_NET;
   readonly name: string;
   readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE];
-  readonly features = VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS | VIRTIO_NET_F_MRG_RXBUF;
+  readonly features: bigint;
   readonly stats = new NetDeviceStats();
 
   private readonly mac: Uint8Array;
@@ -88,8 +148,11 @@ export class VirtioNet implements VirtioDevice {
   /** The transport's live queue array (a queue made ready late shows up in it, a stopped one goes). */
   private queues: readonly (VirtQueue | undefined)[] | undefined;
   private mergeable = false;
-  /** Frames from the host waiting for receive buffers, oldest first. */
-  private backlog: Uint8Array[] = [];
+  /** The offloads the driver accepted, each way. */
+  private hostOffloads: HostOffloads = NO_OFFLOADS;
+  private guestOffloads: GuestOffloads = NO_OFFLOADS;
+  /** Frames from the host waiting for receive buffers, oldest first, with their headers. */
+  private backlog: RxFrame[] = [];
   private backlogHead = 0;
   private backlogBytes = 0;
   /** Receive buffers taken from the ring but not filled yet (waiting for enough of them). */
@@ -106,7 +169,9 @@ export class VirtioNet implements VirtioDevice {
     if (opts.mac.length !== 6) throw new Error(`${opts.name}: a MAC address has 6 bytes, not ${opts.mac.length}`);
     this.name = opts.name;
     this.mac = Uint8Array.from(opts.mac);
-    backend.onFrame = (frame) => this.receive(frame);
+    this.features = VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS | VIRTIO_NET_F_MRG_RXBUF |
+      (opts.offloads === false ? 0n : VIRTIO_NET_OFFLOAD_FEATURES);
+    backend.onFrame = (frame, meta) => this.receive(frame, meta);
   }
 
   get description(): string {
@@ -152,12 +217,21 @@ export class VirtioNet implements VirtioDevice {
     this.ctx = ctx;
     this.queues = queues;
     this.mergeable = (features & VIRTIO_NET_F_MRG_RXBUF) !== 0n;
+    const has = (bit: bigint) => (features & bit) !== 0n;
+    this.hostOffloads = { csum: has(VIRTIO_NET_F_CSUM), tso4: has(VIRTIO_NET_F_HOST_TSO4), tso6: has(VIRTIO_NET_F_HOST_TSO6) };
+    // GUEST_TSO4/6 require GUEST_CSUM (5.1.3.1): a driver that broke the rule gets no super-frames.
+    const csum = has(VIRTIO_NET_F_GUEST_CSUM);
+    this.guestOffloads = { csum, tso4: csum && has(VIRTIO_NET_F_GUEST_TSO4), tso6: csum && has(VIRTIO_NET_F_GUEST_TSO6) };
+    this.backend.setGuestOffloads?.({ ...this.guestOffloads });
   }
 
   reset(): void {
+    const wasActive = this.ctx !== undefined;
     this.ctx = undefined;
     this.queues = undefined;
     this.mergeable = false;
+    this.hostOffloads = this.guestOffloads = NO_OFFLOADS;
+    if (wasActive && !this.closed) this.backend.setGuestOffloads?.({ ...NO_OFFLOADS });
     this.dropBacklog();
     this.held = [];
     this.heldFrom = undefined;
@@ -187,42 +261,85 @@ export class VirtioNet implements VirtioDevice {
     if (!q) return;
     for (let chain = q.pop(); chain; chain = q.pop()) {
       const len = chain.readableLength - VIRTIO_NET_HDR_SIZE;
-      if (len < MIN_FRAME_BYTES || len > MAX_FRAME_BYTES) {
+      if (len < MIN_FRAME_BYTES || len > MAX_GSO_FRAME_BYTES) {
         this.stats.txErrors++;
       } else {
-        let frame: Uint8Array | undefined;
+        let bytes: Uint8Array | undefined;
         try {
-          frame = chain.read(VIRTIO_NET_HDR_SIZE, len);
+          bytes = chain.read(0, VIRTIO_NET_HDR_SIZE + len);
         } catch (e) {
           if (!(e instanceof ChainError || e instanceof GuestMemoryError)) throw e;
           this.stats.txErrors++;
         }
-        if (frame) {
-          this.stats.txFrames++;
-          this.stats.txBytes += len;
-          this.backend.send(frame);
-        }
+        if (bytes) this.sendFrame(bytes);
       }
       q.push(chain, 0);
     }
     q.notifyDriver();
   }
 
+  /** One transmit request (header and frame, read from the chain): its frame or segments to the backend. */
+  private sendFrame(bytes: Uint8Array): void {
+    const frame = bytes.subarray(VIRTIO_NET_HDR_SIZE);
+    const h = parseNetHdr(bytes);
+    const takes = this.backend.txOffloads;
+    if (takes) {
+      // A backend that takes super-frames or partial checksums gets them whole.
+      const meta = prepareTxWhole(h, frame, this.hostOffloads, takes);
+      if (typeof meta === "string") {
+        this.stats.txErrors++;
+        return;
+      }
+      if (meta) {
+        if (meta.gsoType) this.stats.txSuperFrames++;
+        this.stats.txFrames++;
+        this.stats.txBytes += frame.length;
+        this.backend.send(frame, meta);
+        return;
+      }
+    }
+    const out = prepareTx(h, frame, this.hostOffloads);
+    if (typeof out === "string") {
+      this.stats.txErrors++;
+      return;
+    }
+    if (out.length > 1 || out[0] !== frame) this.stats.txSegmented++;
+    for (const f of out) {
+      this.stats.txFrames++;
+      this.stats.txBytes += f.length;
+      this.backend.send(f);
+    }
+  }
+
   // --- receive: host -> guest ---
 
-  /** From the backend (the event loop): queue the frame and have the machine poll. */
-  private receive(frame: Uint8Array): void {
+  /**
+   * From the backend (the event loop): turn the frame into what the guest
+   * accepts (net-offload.ts prepareRx), queue it and have the machine poll.
+   */
+  private receive(frame: Uint8Array, meta?: FrameMeta): void {
     if (!this.ctx || this.closed) {
       this.stats.rxDropped++; // the driver is not running: nobody listens
       return;
     }
-    if (frame.length < MIN_FRAME_BYTES || frame.length > MAX_FRAME_BYTES
-      || this.rxBacklog >= RX_BACKLOG_FRAMES || this.backlogBytes + frame.length > RX_BACKLOG_BYTES) {
+    if (frame.length < MIN_FRAME_BYTES || frame.length > MAX_GSO_FRAME_BYTES) {
       this.stats.rxDropped++;
       return;
     }
-    this.backlog.push(frame);
-    this.backlogBytes += frame.length;
+    const entries = prepareRx(frame, meta, this.guestOffloads);
+    if (typeof entries === "string") {
+      this.stats.rxDropped++;
+      return;
+    }
+    if (meta?.gsoType && entries[0].gsoType === undefined) this.stats.rxSegmented++;
+    for (const e of entries) {
+      if (this.rxBacklog >= RX_BACKLOG_FRAMES || this.backlogBytes + e.frame.length > RX_BACKLOG_BYTES) {
+        this.stats.rxDropped++;
+        continue;
+      }
+      this.backlog.push(e);
+      this.backlogBytes += e.frame.length;
+    }
     this.updateFlowControl();
     this.ctx.requestPoll();
   }
@@ -240,10 +357,11 @@ export class VirtioNet implements VirtioDevice {
     }
     try {
       while (this.rxBacklog > 0) {
-        const frame = this.backlog[this.backlogHead];
-        const done = this.mergeable ? this.deliverMerged(q, frame) : this.deliverSingle(q, frame);
-        if (!done) break; // wait for more buffers
-        this.shiftBacklog();
+        const entry = this.backlog[this.backlogHead];
+        const done = this.mergeable ? this.deliverMerged(q, entry) : this.deliverSingle(q, entry);
+        if (done === "wait") break; // wait for more buffers
+        if (done === "done") this.shiftBacklog();
+        // "again": the entry was replaced by its segments; go on with the first
       }
     } finally {
       // pop() gives bad chains back by itself: interrupt for those too.
@@ -253,29 +371,53 @@ export class VirtioNet implements VirtioDevice {
   }
 
   /**
-   * Without MRG_RXBUF: header and frame in one buffer. Returns false when
-   * there is no buffer (the frame waits), true when the frame is done with
-   * (delivered, or dropped because the buffer is too small).
+   * Without MRG_RXBUF: header and frame in one buffer. Returns "wait" when
+   * there is no buffer (the frame waits), "done" when the frame is done with
+   * (delivered, or dropped because the buffer is too small), "again" when a
+   * super-frame too big for the buffer was replaced by its segments.
    */
-  private deliverSingle(q: VirtQueue, frame: Uint8Array): boolean {
+  private deliverSingle(q: VirtQueue, entry: RxFrame): "done" | "wait" | "again" {
+    const { frame } = entry;
     const chain = this.nextRxChain(q);
-    if (!chain) return false;
+    if (!chain) return "wait";
     if (chain.writableLength < VIRTIO_NET_HDR_SIZE + frame.length) {
       // Too small for this frame; it may fit the next one.
       this.held.unshift(chain);
-      this.stats.rxDropped++;
-      return true;
+      return this.splitOrDrop(entry);
     }
-    const hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+    const hdr = entry.hdr ?? new Uint8Array(VIRTIO_NET_HDR_SIZE);
     hdr[NUM_BUFFERS_OFFSET] = 1; // 5.1.6.4: 1 when MRG_RXBUF is not negotiated
-    if (!this.fill(q, chain, [hdr, frame])) return true;
+    hdr[NUM_BUFFERS_OFFSET + 1] = 0;
+    if (!this.fill(q, chain, [hdr, frame])) return "done";
     this.stats.rxFrames++;
     this.stats.rxBytes += frame.length;
-    return true;
+    if (entry.gsoType !== undefined) this.stats.rxSuperFrames++;
+    return "done";
+  }
+
+  /**
+   * A frame that fits no buffer the driver gives: a super-frame is replaced
+   * by its segments at the head of the backlog ("again"; 5.1.6.3.1 asks a
+   * driver that accepts GUEST_TSO without MRG_RXBUF for 64 KiB buffers, but
+   * only as a SHOULD), anything else is dropped ("done").
+   */
+  private splitOrDrop(entry: RxFrame): "done" | "again" {
+    if (entry.gsoType !== undefined) {
+      const segs = segmentsForGuest(entry.frame, entry.gsoType, entry.gsoSize ?? 0, this.guestOffloads);
+      if (typeof segs !== "string") {
+        this.stats.rxSegmented++;
+        this.backlog.splice(this.backlogHead, 1, ...segs);
+        this.backlogBytes += segs.reduce((n, s) => n + s.frame.length, 0) - entry.frame.length;
+        return "again";
+      }
+    }
+    this.stats.rxDropped++;
+    return "done";
   }
 
   /** With MRG_RXBUF: take buffers until the header and frame fit, then fill them in order. */
-  private deliverMerged(q: VirtQueue, frame: Uint8Array): boolean {
+  private deliverMerged(q: VirtQueue, entry: RxFrame): "done" | "wait" | "again" {
+    const { frame } = entry;
     const need = VIRTIO_NET_HDR_SIZE + frame.length;
     let have = 0;
     let n = 0;
@@ -284,24 +426,19 @@ export class VirtioNet implements VirtioDevice {
         const chain = this.takeRxChain(q);
         if (!chain) {
           // All the ring's descriptors are ours and still too few: the frame
-          // can never fit. Drop it and keep the buffers for the next ones.
-          if (this.held.length >= q.size) {
-            this.stats.rxDropped++;
-            return true;
-          }
-          return false;
+          // can never fit. Drop it (or cut it, a super-frame) and keep the
+          // buffers for the next ones.
+          if (this.held.length >= q.size) return this.splitOrDrop(entry);
+          return "wait";
         }
         this.held.push(chain);
       }
       have += this.held[n].writableLength;
       n++;
     }
-    if (n > 0xffff) {
-      this.stats.rxDropped++;
-      return true;
-    }
+    if (n > 0xffff) return this.splitOrDrop(entry);
     const chains = this.held.splice(0, n);
-    const hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+    const hdr = entry.hdr ?? new Uint8Array(VIRTIO_NET_HDR_SIZE);
     hdr[NUM_BUFFERS_OFFSET] = n & 0xff;
     hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;
     // Fill every buffer first, then give them back together (consecutive in the used ring).
@@ -324,12 +461,13 @@ export class VirtioNet implements VirtioDevice {
       if (!(e instanceof ChainError || e instanceof GuestMemoryError)) throw e;
       this.stats.rxErrors++;
       for (const chain of chains) q.push(chain, 0);
-      return true;
+      return "done";
     }
     chains.forEach((chain, i) => q.push(chain, lens[i]));
     this.stats.rxFrames++;
     this.stats.rxBytes += frame.length;
-    return true;
+    if (entry.gsoType !== undefined) this.stats.rxSuperFrames++;
+    return "done";
   }
 
   /** The oldest held buffer, or a new one from the ring. */
@@ -370,10 +508,10 @@ export class VirtioNet implements VirtioDevice {
   }
 
   private shiftBacklog(): void {
-    const frame = this.backlog[this.backlogHead];
-    this.backlog[this.backlogHead] = undefined as unknown as Uint8Array;
+    const entry = this.backlog[this.backlogHead];
+    this.backlog[this.backlogHead] = undefined as unknown as RxFrame;
     this.backlogHead++;
-    this.backlogBytes -= frame.length;
+    this.backlogBytes -= entry.frame.length;
     if (this.backlogHead === this.backlog.length) {
       this.backlog = [];
       this.backlogHead = 0;
@@ -415,9 +553,12 @@ export class VirtioNet implements VirtioDevice {
     const b = this.backend.stats;
     const dropped = s.rxDropped + b.txDropped + b.rxDropped;
     const errors = s.rxErrors + s.txErrors;
+    // The offload counters only once there is something to count (a guest without offloads sees the old line).
+    const offload = s.txSegmented + s.txSuperFrames + s.rxSuperFrames + s.rxSegmented === 0 ? "" :
+      `; super-frames: tx ${s.txSegmented} segmented, ${s.txSuperFrames} whole, rx ${s.rxSuperFrames} whole, ${s.rxSegmented} segmented`;
     return [
       `${this.name} (${this.backend.description}): rx ${s.rxFrames} frames ${formatBytes(s.rxBytes)}, ` +
-        `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors`,
+        `tx ${s.txFrames} frames ${formatBytes(s.txBytes)}, ${dropped} dropped, ${errors} errors${offload}`,
     ];
   }
 }
