@@ -68,7 +68,7 @@ async function natRun(engine: Engine, image: Image, helper: Uint8Array, mib: num
   const url = `http://10.0.2.2:${port}`;
   const script = `${prelude("cat /tsvisor/stdin > /tmp/p")}
 settle
-dd if=/dev/zero of=/tmp/up bs=1M count=${mib} 2>/dev/null
+yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c ${mib << 20} > /tmp/up  # busybox wget posts a file as a string: no NULs
 for i in ${rounds()}; do
   /tmp/p time wget -q -O /dev/null ${url}/blob 2>/tmp/t || fail download
   echo "BENCH down$i $(grep ^elapsed /tmp/t)"

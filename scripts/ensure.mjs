@@ -48,6 +48,10 @@ const testTools = {
   "/usr/riscv64-linux-gnu/lib/libc.a": "libc6-dev-riscv64-cross",
   // the OpenMetrics parser the host daemon's /metrics test checks its text with
   "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py": "python3-prometheus-client",
+  // the network tests' namespaces, veth pairs and Linux vxlan devices, and what they check with
+  ip: "iproute2",
+  ethtool: "ethtool",
+  ping: "iputils-ping",
 };
 const benchIoTools = {
   "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu", // bench/programs/iobench.c, static

@@ -7,7 +7,7 @@ import { parseKernelImage } from "../arch/riscv/boot-image.js";
 import type { Host, Vm, RunEnd } from "../host/host.js";
 import { pullDebianImage } from "../images/debian.js";
 import { DEFAULT_CMDLINE, withCommand, readInput } from "../cli/run-linux.js";
-import { VmDevices } from "../cli/vm-devices.js";
+import { VmDevices, type NetCardInfo } from "../cli/vm-devices.js";
 import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
 import { ConsoleHub } from "./console-hub.js";
@@ -39,6 +39,8 @@ export interface StatsView {
   instructions: number;
   vcpus: VcpuView[];
   exits: Record<string, number>;
+  /** Per network card: backend, frames and bytes, and on a switch the port's counters and drops by reason. */
+  nets: NetCardInfo[];
 }
 
 export function exitStatusOf(end: RunEnd): number {
@@ -285,7 +287,7 @@ export class ManagedVm {
     if (this.vm && (this._state === "running" || this._state === "paused")) return this.statsOf(this.vm);
     const zero = { uptimeSeconds: 0, cpuPercent: 0, residentBytes: 0 };
     if (this.lastStats) return { ...this.lastStats, ...zero, state: this._state };
-    return { state: this._state, ...zero, instructions: 0, vcpus: [], exits: {} };
+    return { state: this._state, ...zero, instructions: 0, vcpus: [], exits: {}, nets: [] };
   }
 
   private statsOf(vm: Vm): StatsView {
@@ -304,6 +306,7 @@ export class ManagedVm {
         exits: Object.fromEntries(Object.entries(c.exits).filter(([, n]) => n > 0)),
       })),
       exits: Object.fromEntries(exits.byReason),
+      nets: this.devices?.netInfo() ?? [],
     };
   }
 }

@@ -52,6 +52,9 @@ export function metricsText(daemon: Daemon): string {
   const requests = F("virtio_requests", "counter", "Requests served per virtio device queue, in this run of the VM.");
   const bytesIn = F("virtio_read_bytes", "counter", "Bytes the device read from guest memory, per queue.", "bytes");
   const bytesOut = F("virtio_written_bytes", "counter", "Bytes the device wrote to guest memory, per queue.", "bytes");
+  const netFrames = F("net_frames", "counter", "Frames through each network card's host side, by direction (to the guest, from the guest), in this run of the VM.");
+  const netBytes = F("net_bytes", "counter", "Bytes through each network card's host side, by direction, in this run of the VM.", "bytes");
+  const netDrops = F("net_port_drops", "counter", "Frames a card's switch port dropped, by reason (spoofed-mac, spoofed-ip, vlan-tag, rate-limit-in, ...), in this run of the VM.");
   for (const vm of daemon.list()) {
     const s = vm.stats();
     const live = s.state === "running" || s.state === "paused";
@@ -65,6 +68,13 @@ export function metricsText(daemon: Daemon): string {
       insns.add({ vm: vm.name, vcpu: c.index }, c.instructions);
     }
     for (const [reason, n] of Object.entries(s.exits)) exits.add({ vm: vm.name, reason }, n);
+    for (const n of s.nets) {
+      netFrames.add({ vm: vm.name, card: n.name, direction: "to_guest" }, n.rxFrames);
+      netFrames.add({ vm: vm.name, card: n.name, direction: "from_guest" }, n.txFrames);
+      netBytes.add({ vm: vm.name, card: n.name, direction: "to_guest" }, n.rxBytes);
+      netBytes.add({ vm: vm.name, card: n.name, direction: "from_guest" }, n.txBytes);
+      for (const [reason, k] of Object.entries(n.port?.drops ?? {})) netDrops.add({ vm: vm.name, card: n.name, reason }, k);
+    }
     for (const q of vm.virtioQueueCounts()) {
       const labels = { vm: vm.name, device: q.device, queue: q.queue };
       requests.add(labels, q.requests);
@@ -72,6 +82,6 @@ export function metricsText(daemon: Daemon): string {
       bytesOut.add(labels, q.bytesWritten);
     }
   }
-  const all = [pcpus, poolLimit, frames, up, memory, resident, run, wait, insns, exits, requests, bytesIn, bytesOut];
+  const all = [pcpus, poolLimit, frames, up, memory, resident, run, wait, insns, exits, requests, bytesIn, bytesOut, netFrames, netBytes, netDrops];
   return all.map((f) => f.text()).join("") + "# EOF\n";
 }

@@ -199,6 +199,15 @@ async function info(argv: string[]): Promise<number> {
   }
   const exits = Object.entries(stats.exits).sort((a, b) => b[1] - a[1]);
   if (exits.length) lines.push(`exits:      ${exits.map(([r, n]) => `${r} ${n}`).join(", ")}`);
+  for (const n of stats.nets ?? []) {
+    lines.push(`${n.name}:       ${n.backend}: to guest ${n.rxFrames} frames ${n.rxBytes} B, from guest ${n.txFrames} frames ${n.txBytes} B`);
+    if (n.port) {
+      const drops = Object.entries(n.port.drops).filter(([, k]) => k > 0).map(([r, k]) => `${r} ${k}`);
+      lines.push(`  port ${n.port.name}${n.port.allowedIp ? ` (${n.port.allowedIp} only)` : ""}: in ${n.port.inFrames} frames, out ${n.port.outFrames} frames` +
+        `, dropped ${drops.length ? drops.join(", ") : "none"}`);
+    }
+    if (n.nat) lines.push(`  NAT: ${n.nat.framesIn} frames in, ${n.nat.framesOut} out, UDP flows ${n.nat.udpFlows}, leases ${n.nat.dhcpLeases.join(" ") || "none"}`);
+  }
   process.stdout.write(lines.join("\n") + "\n");
   return 0;
 }

@@ -108,7 +108,6 @@ export class UserNet {
   private readonly neighbours = new Map<number, Uint8Array>();
   private readonly pending = new Map<number, Uint8Array[]>();
   private readonly servers: Server[] = [];
-  private nextForwardPort = 1024;
   private closed = false;
 
   private constructor(readonly config: UserNetConfig) {
@@ -339,11 +338,12 @@ export class UserNet {
   // --- port forwards into the guest ---
 
   private async listen(fwd: HostForward): Promise<void> {
-    const server = createServer({ pauseOnConnect: true }, (socket) => {
+    const server = createServer((socket) => {
       const guest = fwd.guestAddress ?? this.dhcpAddressForForward();
       // The connection appears to come from the gateway, on a port of its own, as in slirp.
-      this.nextForwardPort = this.nextForwardPort >= 65535 ? 1024 : this.nextForwardPort + 1;
-      this.tcp.openToGuest(guest, fwd.guestPort, this.config.gateway, this.nextForwardPort, socket);
+      const port = this.tcp.freePort(guest, fwd.guestPort, this.config.gateway);
+      if (port === undefined) socket.destroy();
+      else this.tcp.openToGuest(guest, fwd.guestPort, this.config.gateway, port, socket);
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", (e: NodeJS.ErrnoException) => {
