@@ -18,7 +18,7 @@ import type { Duplex } from "node:stream";
 import { ByteQueue } from "./byte-queue.js";
 import {
   buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt, segmentLength,
-  TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpSegment,
+  TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpHeaderFields, type TcpSegment,
 } from "./tcp-segment.js";
 
 /** What the host side of a connection must be: a net.Socket or anything shaped like one. */
@@ -131,6 +131,10 @@ export class TcpConnection {
   private maxSndWnd = 0;
   /** The guest's window-scale shift (RFC 7323), 0 unless both SYNs carried the option. */
   private sndWindowScale = 0;
+  /** RFC 2018: the guest offered SACK, so our ACKs tell it which data after a hole we hold. */
+  private sackPermitted = false;
+  /** The highest right edge of the guest's SACK blocks (a new one marks a duplicate ACK). */
+  private highSacked = 0;
   /** Our segment size: min(the guest's MSS option, ours). */
   private sndMss: number;
   /** Host data from sndUna on (the SYN and FIN are not in it). */
@@ -149,6 +153,7 @@ export class TcpConnection {
   private guestFinReceived = false;
   /** Guest segments that arrived after a hole, by sequence number. */
   private outOfOrder: { seq: number; data: Uint8Array; fin: boolean }[] = [];
+  private lastOutOfOrderSeq = 0;
 
   // Congestion control (RFC 5681) and NewReno recovery (RFC 6582).
   private cwnd: number;
@@ -510,6 +515,7 @@ export class TcpConnection {
       return;
     }
     this.outOfOrder.splice(i, 0, { seq, data: data.slice(), fin });
+    this.lastOutOfOrderSeq = seq;
     counters.outOfOrderKept++;
   }
 
@@ -547,8 +553,10 @@ export class TcpConnection {
     if (seqLt(ack, this.sndUna)) return; // an old duplicate: ignored
     if (ack === this.sndUna) {
       // RFC 5681 2: a duplicate ACK carries no data, no SYN/FIN, does not move
-      // the window, and comes while data is outstanding.
-      const duplicate = flight > 0 && segLen === 0 && scaledWindow === this.sndWnd;
+      // the window, and comes while data is outstanding. Linux grows its
+      // window while it holds data after a hole, so with SACK an ACK that
+      // reports newly held data counts as duplicate too (as RFC 6675 2 counts it).
+      const duplicate = flight > 0 && segLen === 0 && (scaledWindow === this.sndWnd || this.newSackInfo(seg));
       this.updateWindow(seg.seq, ack, scaledWindow);
       if (duplicate) this.duplicateAck(flight);
       else this.output();
@@ -629,6 +637,19 @@ export class TcpConnection {
     }
   }
 
+  /** Whether a SACK block reports data beyond all reported before (and beyond sndUna: not a D-SACK). */
+  private newSackInfo(seg: TcpSegment): boolean {
+    let news = false;
+    for (const [left, right] of seg.sackBlocks) {
+      if (seqLe(right, this.sndUna) || seqGt(right, this.sndMax) || !seqLt(left, right)) continue;
+      if (seqGt(right, this.highSacked) || seqLt(this.highSacked, this.sndUna)) {
+        this.highSacked = right;
+        news = true;
+      }
+    }
+    return news;
+  }
+
   /** RFC 9293 3.10.7.4: update the send window from a segment that is not older than the last update. */
   private updateWindow(seq: number, ack: number, window: number): void {
     if (seqLt(this.sndWl1, seq) || (this.sndWl1 === seq && seqLe(this.sndWl2, ack))) {
@@ -650,6 +671,10 @@ export class TcpConnection {
     // forward, our SYN carried it already.
     if (syn.windowScale !== undefined) this.sndWindowScale = syn.windowScale;
     else this.rcvWindowScale = 0;
+    // RFC 2018 2: we send SACK blocks only to a peer that said it reads them
+    // (we ignore the blocks it sends us: RFC 2018 allows it, the data stays
+    // queued until cumulatively acknowledged anyway).
+    this.sackPermitted = syn.sackPermitted;
   }
 
   private sampleRtt(ack: number): void {
@@ -769,6 +794,7 @@ export class TcpConnection {
       window,
       mss: this.owner.mss,
       windowScale: offerScale ? this.rcvWindowScale : undefined,
+      sackPermitted: !synAck || this.sackPermitted,
     });
     this.sndNxt = this.sndMax = seqAdd(this.iss, 1);
     if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
@@ -791,10 +817,32 @@ export class TcpConnection {
     if (seqGt(advertised, this.rcvAdvEdge)) this.rcvAdvEdge = advertised;
     this.ackPending = false;
     this.unackedSegments = 0;
-    this.emitRaw({ seq, ack: this.rcvNxt, flags, window }, payload);
+    const sackBlocks = this.sackPermitted && this.outOfOrder.length > 0 ? this.sackBlocks() : undefined;
+    this.emitRaw({ seq, ack: this.rcvNxt, flags, window, sackBlocks }, payload);
   }
 
-  private emitRaw(h: { seq: number; ack: number; flags: number; window: number; mss?: number; windowScale?: number }, payload?: Uint8Array): void {
+  /**
+   * RFC 2018 4: the data held after holes as [left, right) blocks, the block
+   * with the latest arrival first, then the others in order; at most 4 fit
+   * (without timestamps: 4 + 4 x 8 bytes of options).
+   */
+  private sackBlocks(): [number, number][] {
+    const blocks: [number, number][] = [];
+    for (const k of this.outOfOrder) {
+      const end = seqAdd(k.seq, k.data.length);
+      const last = blocks[blocks.length - 1];
+      if (last && seqLe(k.seq, last[1])) {
+        if (seqGt(end, last[1])) last[1] = end;
+      } else if (k.data.length > 0) {
+        blocks.push([k.seq, end]);
+      }
+    }
+    const latest = blocks.findIndex(([l, r]) => seqLe(l, this.lastOutOfOrderSeq) && seqLt(this.lastOutOfOrderSeq, r));
+    if (latest > 0) blocks.unshift(...blocks.splice(latest, 1));
+    return blocks.slice(0, 4);
+  }
+
+  private emitRaw(h: Omit<TcpHeaderFields, "srcPort" | "dstPort">, payload?: Uint8Array): void {
     this.owner.counters.segmentsOut++;
     this.owner.emit(this.remote, this.guest, buildTcp(this.remote, this.guest, { srcPort: this.remotePort, dstPort: this.guestPort, ...h }, payload));
   }
