@@ -65,6 +65,7 @@ export interface TcpCounters {
   bytesToGuest: number;
   outOfOrderKept: number;
   outOfOrderDropped: number;
+  windowProbes: number;
 }
 
 /** What a connection needs from the NAT that owns it. */
@@ -82,6 +83,12 @@ export interface ConnectionOwner {
   removed(c: TcpConnection): void;
   /** A host connect failed or was refused (counted). */
   refused(): void;
+  /** Host bytes queued towards the guest changed by `delta` (all connections together have a budget). */
+  queued(delta: number): void;
+  /** All connections together hold their budget of host bytes: read no more. */
+  overBudget(): boolean;
+  /** Call resumeReading() on `c` when the budget has room again. */
+  waitForBudget(c: TcpConnection): void;
 }
 
 /** RFC 6298 2.1: the RTO before any round trip has been measured. */
@@ -250,13 +257,25 @@ export class TcpConnection {
   private hostData(chunk: Uint8Array): void {
     if (this.state === "CLOSED") return;
     this.sendQueue.push(chunk);
+    this.owner.queued(chunk.length);
     // Backpressure towards the host peer: stop reading while the guest has not
-    // taken sndBuf bytes; resumed in ackReceived().
-    if (this.sendQueue.length >= this.owner.sndBuf && !this.socketPaused) {
+    // taken sndBuf bytes, or all connections together hold their budget;
+    // resumed as the guest acknowledges.
+    if (!this.socketPaused && (this.sendQueue.length >= this.owner.sndBuf || this.owner.overBudget())) {
       this.socketPaused = true;
       this.socket.pause();
+      if (this.owner.overBudget()) this.owner.waitForBudget(this);
     }
     this.output();
+  }
+
+  /** Reads from the host socket again once the guest took enough of what we hold. */
+  resumeReading(): void {
+    if (!this.socketPaused || this.state === "CLOSED") return;
+    if (this.sendQueue.length >= this.owner.sndBuf / 2) return;
+    if (this.owner.overBudget()) return this.owner.waitForBudget(this);
+    this.socketPaused = false;
+    this.socket.resume();
   }
 
   private hostEnd(): void {
@@ -566,7 +585,7 @@ export class TcpConnection {
     // New data acknowledged (and perhaps our FIN, one sequence number after the data).
     const acked = seqDiff(ack, this.sndUna);
     const finAcked = this.hostEnded && seqGt(this.sndMax, this.finSeq()) && ack === seqAdd(this.finSeq(), 1);
-    this.sendQueue.consume(acked);
+    this.owner.queued(-this.sendQueue.consume(acked));
     this.sndUna = ack;
     if (seqLt(this.sndNxt, ack)) this.sndNxt = ack; // acked what go-back-N was about to resend
     this.sampleRtt(ack);
@@ -593,10 +612,7 @@ export class TcpConnection {
     this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rto : 0;
     this.updateWindow(seg.seq, ack, scaledWindow);
 
-    if (this.socketPaused && this.sendQueue.length < this.owner.sndBuf / 2) {
-      this.socketPaused = false;
-      this.socket.resume();
-    }
+    this.resumeReading();
 
     if (finAcked) {
       this.ourFinAcked = true;
@@ -905,6 +921,7 @@ export class TcpConnection {
     if (this.state === "CLOSED") return;
     this.state = "CLOSED";
     this.retransmitAt = this.persistAt = this.deadline = 0;
+    this.owner.queued(-this.sendQueue.length);
     this.sendQueue.clear();
     this.outOfOrder = [];
     if (!this.socket.destroyed) this.socket.destroy();
@@ -997,6 +1014,7 @@ export class TcpConnection {
 
   /** RFC 9293 3.8.6.1: a zero-window probe, an old sequence number that makes the guest answer with its window. */
   private probeWindow(now: number): void {
+    this.owner.counters.windowProbes++;
     this.persistBackoff = Math.min(this.persistBackoff + 1, 10);
     this.persistAt = now + Math.min(this.rto * 2 ** this.persistBackoff, this.owner.timeouts.maxRtoMs);
     this.emit(seqAdd(this.sndUna, -1), TCP_ACK);

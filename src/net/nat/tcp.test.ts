@@ -15,6 +15,7 @@ import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import * as net from "node:net";
+import { Duplex } from "node:stream";
 import type { AddressInfo } from "node:net";
 import { openNetBackend } from "../../backends/net/net-backend.js";
 import type { NetBackend } from "../../backends/net/net-backend.js";
@@ -113,6 +114,120 @@ test("tcp: a SYN beyond maxConnections gets RST and is counted", () => {
   assert.equal(out.length, 3, "close() resets the two waiting guests");
   assert.equal(nat.stats.connectionsOpen, 0);
   assert.ok(sockets.every((s) => s.destroyed), "close() destroyed the host sockets");
+});
+
+/** A host socket stand-in: what the NAT writes is collected, `push` plays the host peer sending. */
+function fakeSocket(connecting = false) {
+  const written: Buffer[] = [];
+  const s = new Duplex({
+    read() {},
+    write(chunk: Buffer, _e, cb) {
+      written.push(chunk);
+      cb();
+    },
+  });
+  Object.defineProperty(s, "connecting", { value: connecting });
+  return Object.assign(s, { written });
+}
+
+const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The guest's side of a handshake with `nat`, by hand; returns the segments and our ISS. */
+function handshake(nat: TcpNat, out: Uint8Array[], guestPort: number) {
+  const from = (h: { seq: number; ack: number; flags: number; window?: number }, payload?: Uint8Array) =>
+    nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: guestPort, dstPort: 80, window: 65535, ...h }, payload));
+  from({ seq: 1000, ack: 0, flags: TCP_SYN });
+  const synAck = parseTcp(GATEWAY, GUEST, out[out.length - 1]);
+  assert.ok(typeof synAck !== "string" && synAck.flags === (TCP_SYN | TCP_ACK) && synAck.ack === 1001);
+  from({ seq: 1001, ack: (synAck.seq + 1) >>> 0, flags: TCP_ACK });
+  return { from, iss: synAck.seq };
+}
+
+const lastSegment = (out: Uint8Array[]) => {
+  const s = parseTcp(GATEWAY, GUEST, out[out.length - 1]);
+  assert.ok(typeof s !== "string");
+  return s;
+};
+
+test("tcp: a host connect that never completes: the guest gets RST after connectMs", async () => {
+  const socket = fakeSocket(true);
+  const { nat, out } = natWithCapture({ connect: () => socket, timeouts: { connectMs: 100 } });
+  nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: 40000, dstPort: 80, seq: 7, ack: 0, flags: TCP_SYN, window: 1000 }));
+  assert.equal(out.length, 0, "no answer while the host connects");
+  await wait(250);
+  assert.equal(lastSegment(out).flags, TCP_RST | TCP_ACK);
+  assert.equal(lastSegment(out).ack, 8);
+  assert.ok(socket.destroyed);
+  assert.equal(nat.stats.timeouts, 1);
+  assert.equal(nat.stats.connectionsOpen, 0);
+});
+
+test("tcp: a handshake the guest never completes is given up after handshakeMs", async () => {
+  const socket = fakeSocket();
+  const { nat, out } = natWithCapture({ connect: () => socket, timeouts: { handshakeMs: 150 } });
+  nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: 40000, dstPort: 80, seq: 7, ack: 0, flags: TCP_SYN, window: 1000 }));
+  assert.equal(lastSegment(out).flags, TCP_SYN | TCP_ACK);
+  await wait(300);
+  assert.equal(lastSegment(out).flags & TCP_RST, TCP_RST);
+  assert.ok(socket.destroyed);
+  assert.equal(nat.stats.connectionsOpen, 0);
+});
+
+test("tcp: unacknowledged data is retransmitted with backoff, then the connection is reset", async () => {
+  const socket = fakeSocket();
+  const { nat, out } = natWithCapture({ connect: () => socket, timeouts: { minRtoMs: 20, maxRetransmits: 3 } });
+  handshake(nat, out, 40000);
+  socket.push(Buffer.from("hello"));
+  await wait(20);
+  const first = lastSegment(out);
+  assert.equal(Buffer.from(first.payload).toString(), "hello");
+  await wait(600); // 20 + 40 + 80 + 160 ms of backoff, then give up
+  const s = nat.stats;
+  assert.equal(s.retransmits, 3);
+  assert.equal(lastSegment(out).flags & TCP_RST, TCP_RST);
+  assert.ok(socket.destroyed);
+  assert.equal(s.connectionsOpen, 0);
+});
+
+test("tcp: an idle connection is reset after idleMs; the guest's data reached the host before", async () => {
+  const socket = fakeSocket();
+  const { nat, out } = natWithCapture({ connect: () => socket, timeouts: { idleMs: 150 } });
+  const { from, iss } = handshake(nat, out, 40000);
+  from({ seq: 1001, ack: (iss + 1) >>> 0, flags: TCP_ACK }, new TextEncoder().encode("GET /"));
+  await wait(10);
+  assert.equal(Buffer.concat(socket.written).toString(), "GET /");
+  assert.equal(lastSegment(out).ack, 1006, "the data is acknowledged");
+  assert.equal(nat.connections()[0].state, "ESTABLISHED");
+  await wait(300);
+  assert.equal(lastSegment(out).flags & TCP_RST, TCP_RST);
+  assert.ok(socket.destroyed);
+  assert.equal(nat.stats.timeouts, 1);
+});
+
+test("tcp: host sockets pause when all connections together hold sndBudget bytes, and resume", async () => {
+  const sockets = [fakeSocket(), fakeSocket()];
+  let n = 0;
+  const { nat, out } = natWithCapture({ connect: () => sockets[n++], sndBudget: 100_000 });
+  const a = handshake(nat, out, 40000);
+  handshake(nat, out, 40001);
+  sockets[0].push(Buffer.alloc(60_000, 1));
+  sockets[1].push(Buffer.alloc(60_000, 2));
+  await wait(10);
+  assert.equal(nat.stats.queuedToGuest, 120_000);
+  assert.ok(sockets[0].isPaused() || sockets[1].isPaused(), "the socket that crossed the budget was paused");
+  assert.ok(sockets[1].isPaused());
+  // The guest acknowledges all that connection A sends, until A holds nothing: the budget has room again.
+  for (let i = 0; i < 20 && nat.stats.queuedToGuest > 60_000; i++) {
+    let end = 0;
+    for (const raw of out) {
+      const seg = parseTcp(GATEWAY, GUEST, raw);
+      if (typeof seg !== "string" && seg.dstPort === 40000) end = Math.max(end, seg.seq + seg.payload.length - a.iss);
+    }
+    a.from({ seq: 1001, ack: (a.iss + end) >>> 0, flags: TCP_ACK });
+  }
+  assert.equal(nat.stats.queuedToGuest, 60_000);
+  assert.ok(!sockets[1].isPaused(), "resumed");
+  nat.close();
 });
 
 // --- against Linux in a namespace ---
@@ -334,6 +449,7 @@ print(hashlib.sha256(data).hexdigest(), n)`);
     const body = randomBytes(4 << 20);
     const { server, port } = await hostServer((s) => s.end(body));
     const m = monitor(glue.nat);
+    const probesBefore = glue.nat.stats.windowProbes;
     try {
       const r = await guest(`${PY_PRELUDE}
 s = connect(${port})
@@ -348,6 +464,7 @@ print(n, h)`);
       server.close();
     }
     assert.ok(m.seen.maxQueued <= 256 * 1024 + 65536, `queued towards the guest: ${m.seen.maxQueued}`);
+    assert.ok(glue.nat.stats.windowProbes > probesBefore, "the guest's zero window was probed");
   });
 
   test("64 parallel connections each echo 64 KiB, the guest half-closing after sending", async () => {

@@ -11,10 +11,12 @@
 // limits and its timer.
 //
 // Memory is bounded: at most maxConnections connections, each holding at most
-// sndBuf bytes on their way to the guest (the host socket is paused beyond)
-// and letting the guest send at most rcvBuf bytes the host socket has not
-// taken (the advertised window). So the total is at most
-// maxConnections x (sndBuf + rcvBuf + one socket read).
+// sndBuf bytes on their way to the guest (the host socket is paused beyond),
+// all of them together at most sndBudget (then every socket that reads is
+// paused), and each letting the guest send at most rcvBuf bytes the host
+// socket has not taken (the advertised window, which also bounds the data
+// kept after holes). So the total is at most
+// sndBudget + maxConnections x (rcvBuf + one socket read).
 //
 // Timeouts, and what others do:
 //  - a host connect that takes longer than 30 s: RST (Linux itself gives up
@@ -56,6 +58,8 @@ export interface TcpNatOptions {
   rcvBuf?: number;
   /** Host -> guest bytes kept until acknowledged before the host socket is paused. Default 256 KiB. */
   sndBuf?: number;
+  /** Host -> guest bytes all connections together keep before host sockets are paused. Default 64 MiB. */
+  sndBudget?: number;
   timeouts?: Partial<TcpTimeouts>;
   /** The clock (ms); default Date.now. */
   now?: () => number;
@@ -84,6 +88,10 @@ export interface TcpNatStats {
   outOfOrderKept: number;
   /** Guest segments after a hole dropped because too many were kept. */
   outOfOrderDropped: number;
+  /** Zero-window probes sent to the guest (RFC 9293 3.8.6.1). */
+  windowProbes: number;
+  /** Host bytes held for the guest, all connections together. */
+  queuedToGuest: number;
   /** Segments for no connection that were not a SYN (answered with RST unless they were one). */
   noConnection: number;
   /** Malformed segments dropped, by reason. */
@@ -110,13 +118,17 @@ export class TcpNat {
   private readonly owner: ConnectionOwner;
   private readonly counters: TcpCounters = {
     resetsToGuest: 0, resetsFromGuest: 0, retransmits: 0, fastRetransmits: 0, timeouts: 0,
-    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderKept: 0, outOfOrderDropped: 0,
+    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderKept: 0, outOfOrderDropped: 0, windowProbes: 0,
   };
   private readonly extra = {
     connectionsTotal: 0, refused: 0, refusedTableFull: 0, segmentsIn: 0, noConnection: 0,
     bad: { truncated: 0, "data-offset": 0, checksum: 0, options: 0, port: 0 } as Record<TcpParseError | "port", number>,
   };
   private readonly acksDue = new Set<TcpConnection>();
+  /** Host bytes held for the guest by all connections, against sndBudget. */
+  private queuedToGuest = 0;
+  private readonly sndBudget: number;
+  private readonly waitingForBudget = new Set<TcpConnection>();
   private ackFlush: NodeJS.Immediate | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private closed = false;
@@ -126,6 +138,7 @@ export class TcpNat {
     const mss = o.mss ?? 1460;
     if (!(mss >= 64 && mss <= 65495)) throw new RangeError(`mss ${mss} is not in 64..65495`);
     const now = o.now ?? Date.now;
+    this.sndBudget = o.sndBudget ?? 64 << 20;
     const nat = this;
     this.owner = {
       mss,
@@ -138,11 +151,14 @@ export class TcpNat {
       scheduleAck: (c) => nat.scheduleAck(c),
       removed: (c) => nat.removed(c),
       refused: () => void nat.extra.refused++,
+      queued: (delta) => nat.queued(delta),
+      overBudget: () => nat.queuedToGuest >= nat.sndBudget,
+      waitForBudget: (c) => void nat.waitingForBudget.add(c),
     };
   }
 
   get stats(): TcpNatStats {
-    return { connectionsOpen: this.table.size, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
+    return { connectionsOpen: this.table.size, queuedToGuest: this.queuedToGuest, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
   }
 
   connections(): TcpConnectionSummary[] {
@@ -255,9 +271,21 @@ export class TcpNat {
   private removed(c: TcpConnection): void {
     if (this.table.get(c.key) === c) this.table.delete(c.key);
     this.acksDue.delete(c);
+    this.waitingForBudget.delete(c);
     if (this.table.size === 0 && this.ticker) {
       clearInterval(this.ticker);
       this.ticker = undefined;
+    }
+  }
+
+  private queued(delta: number): void {
+    this.queuedToGuest += delta;
+    // Resume the sockets paused for the budget once a quarter of it is free,
+    // so they do not flap on every acknowledgement.
+    if (this.waitingForBudget.size > 0 && this.queuedToGuest < this.sndBudget * 0.75) {
+      const waiting = [...this.waitingForBudget];
+      this.waitingForBudget.clear();
+      for (const c of waiting) c.resumeReading();
     }
   }
 
