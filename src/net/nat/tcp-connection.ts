@@ -14,111 +14,17 @@
 // Names follow RFC 9293 3.3.1 (sndUna, sndNxt, rcvNxt, ...). Everything a
 // segment says is checked before it is used: the guest is not trusted.
 
-import type { Duplex } from "node:stream";
 import { ByteQueue } from "./byte-queue.js";
 import {
   buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt, segmentLength,
   TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpHeaderFields, type TcpSegment,
 } from "./tcp-segment.js";
+import { ReassemblyQueue } from "./tcp-reassembly.js";
+import { RttEstimator } from "./tcp-rtt.js";
+import { connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpState } from "./tcp-types.js";
 
-/** What the host side of a connection must be: a net.Socket or anything shaped like one. */
-export type HostSocket = Duplex & {
-  /** True while a net.Socket is still connecting; it then emits "connect". */
-  readonly connecting?: boolean;
-  /** net.Socket: close with a TCP RST towards the host peer. */
-  resetAndDestroy?(): unknown;
-};
-
-export type TcpState =
-  /** The guest's SYN arrived; the host socket is still connecting (not answered yet). */
-  | "HOST-CONNECTING"
-  | "SYN-SENT" | "SYN-RECEIVED" | "ESTABLISHED" | "FIN-WAIT-1" | "FIN-WAIT-2"
-  | "CLOSE-WAIT" | "CLOSING" | "LAST-ACK" | "TIME-WAIT" | "CLOSED";
-
-export interface TcpTimeouts {
-  /** How long the host socket may take to connect before the guest gets RST. */
-  connectMs: number;
-  /** SYN-SENT and SYN-RECEIVED: a handshake not completed in this time is given up. */
-  handshakeMs: number;
-  /** ESTABLISHED without a segment either way. */
-  idleMs: number;
-  /** Half-closed (one FIN exchanged) without a segment either way. */
-  halfClosedIdleMs: number;
-  /** TIME-WAIT: how long we linger to re-acknowledge a retransmitted FIN. */
-  lingerMs: number;
-  /** RFC 6298 2.4 allows a lower bound below 1 s; Linux uses 200 ms (TCP_RTO_MIN). */
-  minRtoMs: number;
-  /** RFC 6298 2.5: an upper bound of at least 60 s. */
-  maxRtoMs: number;
-  /** Retransmissions of one segment before the connection is reset. */
-  maxRetransmits: number;
-}
-
-export interface TcpCounters {
-  resetsToGuest: number;
-  resetsFromGuest: number;
-  retransmits: number;
-  fastRetransmits: number;
-  timeouts: number;
-  segmentsOut: number;
-  bytesFromGuest: number;
-  bytesToGuest: number;
-  outOfOrderKept: number;
-  outOfOrderDropped: number;
-  windowProbes: number;
-}
-
-/** What a connection needs from the NAT that owns it. */
-export interface ConnectionOwner {
-  readonly mss: number;
-  readonly rcvBuf: number;
-  readonly sndBuf: number;
-  readonly timeouts: TcpTimeouts;
-  readonly counters: TcpCounters;
-  now(): number;
-  emit(src: number, dst: number, segment: Uint8Array): void;
-  /** Asks for sendAck() to run once at the end of this event-loop turn (several segments, one ACK). */
-  scheduleAck(c: TcpConnection): void;
-  /** The connection is over: forget it. */
-  removed(c: TcpConnection): void;
-  /** A host connect failed or was refused (counted). */
-  refused(): void;
-  /** Host bytes queued towards the guest changed by `delta` (all connections together have a budget). */
-  queued(delta: number): void;
-  /** All connections together hold their budget of host bytes: read no more. */
-  overBudget(): boolean;
-  /** Call resumeReading() on `c` when the budget has room again. */
-  waitForBudget(c: TcpConnection): void;
-}
-
-/** RFC 6298 2.1: the RTO before any round trip has been measured. */
-const INITIAL_RTO_MS = 1000;
-/** Segments kept after a hole (their bytes are bounded by the window already). */
-const MAX_OUT_OF_ORDER_SEGMENTS = 256;
 /** RFC 6928: an initial congestion window of 10 segments. */
 const INITIAL_CWND_SEGMENTS = 10;
-
-export interface TcpConnectionSummary {
-  guest: number;
-  guestPort: number;
-  remote: number;
-  remotePort: number;
-  /** "outbound": the guest connected out; "inbound": a host port forward. */
-  direction: "outbound" | "inbound";
-  state: TcpState;
-  bytesFromGuest: number;
-  bytesToGuest: number;
-  /** Host bytes waiting for the guest's acknowledgement (sent or not). */
-  queuedToGuest: number;
-  sndWnd: number;
-  rcvWnd: number;
-  cwnd: number;
-  sndWindowScale: number;
-  rcvWindowScale: number;
-  srttMs: number | undefined;
-  rtoMs: number;
-  retransmits: number;
-}
 
 export class TcpConnection {
   state: TcpState;
@@ -159,8 +65,7 @@ export class TcpConnection {
   private rcvWindowScale = 0;
   private guestFinReceived = false;
   /** Guest segments that arrived after a hole, by sequence number. */
-  private outOfOrder: { seq: number; data: Uint8Array; fin: boolean }[] = [];
-  private lastOutOfOrderSeq = 0;
+  private readonly reassembly = new ReassemblyQueue();
 
   // Congestion control (RFC 5681) and NewReno recovery (RFC 6582).
   private cwnd: number;
@@ -170,12 +75,7 @@ export class TcpConnection {
   private recover = 0;
 
   // Retransmission timer (RFC 6298).
-  private srtt: number | undefined;
-  private rttvar = 0;
-  private rto = INITIAL_RTO_MS;
-  /** Karn's algorithm: the sequence number whose ACK times the round trip, undefined when none is timed. */
-  private rttSeq: number | undefined;
-  private rttStart = 0;
+  private readonly rtt: RttEstimator;
   private retransmitAt = 0;
   private retransmitCount = 0;
   private persistAt = 0;
@@ -210,6 +110,7 @@ export class TcpConnection {
     this.sndMss = Math.min(DEFAULT_MSS, owner.mss);
     this.cwnd = INITIAL_CWND_SEGMENTS * owner.mss;
     this.lastActivity = owner.now();
+    this.rtt = new RttEstimator(owner.timeouts.minRtoMs, owner.timeouts.maxRtoMs);
     // Our window-scale shift: the smallest that lets rcvBuf fit the 16-bit field.
     while (owner.rcvBuf >> this.rcvWindowScale > 0xffff && this.rcvWindowScale < 14) this.rcvWindowScale++;
   }
@@ -366,7 +267,7 @@ export class TcpConnection {
     this.sndUna = seg.ack;
     this.retransmitCount = 0;
     this.retransmitAt = 0;
-    this.sampleRtt(seg.ack);
+    this.rtt.acknowledged(seg.ack, this.owner.now());
     // RFC 7323 2.2: the window of a SYN segment is never scaled.
     this.sndWnd = this.maxSndWnd = seg.window;
     this.sndWl1 = seg.seq;
@@ -433,7 +334,7 @@ export class TcpConnection {
       this.sndUna = seqAdd(this.iss, 1);
       this.retransmitAt = 0;
       this.retransmitCount = 0;
-      this.sampleRtt(this.sndUna);
+      this.rtt.acknowledged(this.sndUna, this.owner.now());
       this.sndWl1 = seqAdd(seg.seq, -1); // so this segment's window is taken
     }
     if (seqGt(seg.ack, this.sndMax)) {
@@ -467,7 +368,8 @@ export class TcpConnection {
     if (this.guestFinReceived) data = data.subarray(0, 0); // nothing after a FIN
     if (seq !== this.rcvNxt) {
       if (data.length > 0 || fin) {
-        this.keepOutOfOrder(seq, data, fin);
+        if (this.reassembly.keep(seq, data, fin)) this.owner.counters.outOfOrderKept++;
+        else this.owner.counters.outOfOrderDropped++;
         this.sendAck(); // a duplicate ACK: the guest's fast retransmit starts on three
       }
       return;
@@ -475,10 +377,10 @@ export class TcpConnection {
     if (data.length > 0) {
       if (!this.deliver(data)) return;
       // Segments kept after the hole may continue the stream now.
-      fin = this.drainOutOfOrder() || fin;
+      fin = this.reassembly.drain(this.rcvNxt, (more) => (this.deliver(more) ? this.rcvNxt : undefined)) || fin;
       if (this.isClosed()) return;
       this.unackedSegments++;
-      if (this.unackedSegments >= 2 || this.outOfOrder.length > 0) this.sendAck();
+      if (this.unackedSegments >= 2 || this.reassembly.length > 0) this.sendAck();
       else this.owner.scheduleAck(this);
     }
 
@@ -519,42 +421,6 @@ export class TcpConnection {
     return true;
   }
 
-  /**
-   * Keeps a segment that arrived after a hole, sorted by sequence number. It
-   * lies inside the window we offered, so the bytes kept stay within rcvBuf;
-   * the count is bounded too (tiny segments).
-   */
-  private keepOutOfOrder(seq: number, data: Uint8Array, fin: boolean): void {
-    const counters = this.owner.counters;
-    let i = this.outOfOrder.length;
-    while (i > 0 && seqGt(this.outOfOrder[i - 1].seq, seq)) i--;
-    if (i > 0 && this.outOfOrder[i - 1].seq === seq) return; // a duplicate
-    if (this.outOfOrder.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
-      counters.outOfOrderDropped++;
-      return;
-    }
-    this.outOfOrder.splice(i, 0, { seq, data: data.slice(), fin });
-    this.lastOutOfOrderSeq = seq;
-    counters.outOfOrderKept++;
-  }
-
-  /** Delivers the kept segments that now follow rcvNxt; true when one of them carried the FIN. */
-  private drainOutOfOrder(): boolean {
-    let fin = false;
-    while (this.outOfOrder.length > 0 && seqLe(this.outOfOrder[0].seq, this.rcvNxt)) {
-      const next = this.outOfOrder.shift()!;
-      const skip = seqDiff(this.rcvNxt, next.seq);
-      if (skip > next.data.length) continue; // wholly old
-      const rest = next.data.subarray(skip);
-      if (rest.length > 0 && !this.deliver(rest)) return false;
-      if (next.fin) {
-        fin = true;
-        this.outOfOrder = [];
-      }
-    }
-    return fin;
-  }
-
   /** (A method, so TypeScript does not narrow `state` across calls that change it.) */
   private isClosed(): boolean {
     return this.state === "CLOSED";
@@ -588,7 +454,7 @@ export class TcpConnection {
     this.owner.queued(-this.sendQueue.consume(acked));
     this.sndUna = ack;
     if (seqLt(this.sndNxt, ack)) this.sndNxt = ack; // acked what go-back-N was about to resend
-    this.sampleRtt(ack);
+    this.rtt.acknowledged(ack, this.owner.now());
     this.retransmitCount = 0;
     this.dupAcks = 0;
     const mss = this.sndMss;
@@ -609,7 +475,7 @@ export class TcpConnection {
     }
     this.cwnd = Math.min(this.cwnd, this.owner.sndBuf * 2);
     // RFC 6298 5.2 and 5.3: stop the timer when nothing is outstanding, else restart it.
-    this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rto : 0;
+    this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rtt.rto : 0;
     this.updateWindow(seg.seq, ack, scaledWindow);
 
     this.resumeReading();
@@ -693,22 +559,6 @@ export class TcpConnection {
     this.sackPermitted = syn.sackPermitted;
   }
 
-  private sampleRtt(ack: number): void {
-    if (this.rttSeq === undefined || seqLt(ack, this.rttSeq)) return;
-    const r = Math.max(1, this.owner.now() - this.rttStart);
-    this.rttSeq = undefined;
-    // RFC 6298 2.2 and 2.3 (alpha 1/8, beta 1/4, K 4, clock granularity 1 ms).
-    if (this.srtt === undefined) {
-      this.srtt = r;
-      this.rttvar = r / 2;
-    } else {
-      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - r);
-      this.srtt = 0.875 * this.srtt + 0.125 * r;
-    }
-    const t = this.owner.timeouts;
-    this.rto = Math.min(t.maxRtoMs, Math.max(t.minRtoMs, this.srtt + Math.max(1, 4 * this.rttvar)));
-  }
-
   // --- sending to the guest ---
 
   /** The sequence number of our FIN: after all queued host data. */
@@ -747,7 +597,7 @@ export class TcpConnection {
     // RFC 9293 3.8.6.1: data waits behind a zero window: probe it.
     const waiting = this.sendQueue.length - seqDiff(this.sndNxt, this.sndUna) > 0;
     if (waiting && this.sndWnd === 0 && this.retransmitAt === 0 && this.persistAt === 0) {
-      this.persistAt = this.owner.now() + this.rto;
+      this.persistAt = this.owner.now() + this.rtt.rto;
     }
   }
 
@@ -778,21 +628,18 @@ export class TcpConnection {
     if (isNew) {
       this.sndMax = next;
       // Karn: time only segments sent for the first time, one at a time.
-      if (this.rttSeq === undefined && this.retransmitCount === 0) {
-        this.rttSeq = next;
-        this.rttStart = this.owner.now();
-      }
+      if (this.retransmitCount === 0) this.rtt.start(next, this.owner.now());
     }
     if (fin && this.state === "ESTABLISHED") this.state = "FIN-WAIT-1";
     else if (fin && this.state === "CLOSE-WAIT") this.state = "LAST-ACK";
-    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
+    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rtt.rto;
   }
 
   /** Resends the first unacknowledged segment (fast retransmit, partial ACKs). */
   private retransmitFirst(): void {
     const len = Math.min(this.sndMss, this.sendQueue.length);
     this.transmit(this.sndUna, len);
-    this.rttSeq = undefined;
+    this.rtt.cancel();
   }
 
   /** SYN (port forward) or SYN-ACK (the guest's connection), with our MSS and window scale. */
@@ -813,11 +660,8 @@ export class TcpConnection {
       sackPermitted: !synAck || this.sackPermitted,
     });
     this.sndNxt = this.sndMax = seqAdd(this.iss, 1);
-    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
-    if (this.retransmitCount === 0 && this.rttSeq === undefined) {
-      this.rttSeq = this.sndMax;
-      this.rttStart = this.owner.now();
-    }
+    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rtt.rto;
+    if (this.retransmitCount === 0) this.rtt.start(this.sndMax, this.owner.now());
   }
 
   sendAck(): void {
@@ -833,29 +677,8 @@ export class TcpConnection {
     if (seqGt(advertised, this.rcvAdvEdge)) this.rcvAdvEdge = advertised;
     this.ackPending = false;
     this.unackedSegments = 0;
-    const sackBlocks = this.sackPermitted && this.outOfOrder.length > 0 ? this.sackBlocks() : undefined;
+    const sackBlocks = this.sackPermitted && this.reassembly.length > 0 ? this.reassembly.sackBlocks() : undefined;
     this.emitRaw({ seq, ack: this.rcvNxt, flags, window, sackBlocks }, payload);
-  }
-
-  /**
-   * RFC 2018 4: the data held after holes as [left, right) blocks, the block
-   * with the latest arrival first, then the others in order; at most 4 fit
-   * (without timestamps: 4 + 4 x 8 bytes of options).
-   */
-  private sackBlocks(): [number, number][] {
-    const blocks: [number, number][] = [];
-    for (const k of this.outOfOrder) {
-      const end = seqAdd(k.seq, k.data.length);
-      const last = blocks[blocks.length - 1];
-      if (last && seqLe(k.seq, last[1])) {
-        if (seqGt(end, last[1])) last[1] = end;
-      } else if (k.data.length > 0) {
-        blocks.push([k.seq, end]);
-      }
-    }
-    const latest = blocks.findIndex(([l, r]) => seqLe(l, this.lastOutOfOrderSeq) && seqLt(this.lastOutOfOrderSeq, r));
-    if (latest > 0) blocks.unshift(...blocks.splice(latest, 1));
-    return blocks.slice(0, 4);
   }
 
   private emitRaw(h: Omit<TcpHeaderFields, "srcPort" | "dstPort">, payload?: Uint8Array): void {
@@ -923,7 +746,7 @@ export class TcpConnection {
     this.retransmitAt = this.persistAt = this.deadline = 0;
     this.owner.queued(-this.sendQueue.length);
     this.sendQueue.clear();
-    this.outOfOrder = [];
+    this.reassembly.clear();
     if (!this.socket.destroyed) this.socket.destroy();
     this.owner.removed(this);
   }
@@ -989,9 +812,8 @@ export class TcpConnection {
       this.owner.counters.timeouts++;
       return this.timedOut();
     }
-    this.rto = Math.min(this.rto * 2, this.owner.timeouts.maxRtoMs);
-    this.rttSeq = undefined;
-    this.retransmitAt = now + this.rto;
+    this.rtt.backOff();
+    this.retransmitAt = now + this.rtt.rto;
     if (this.state === "SYN-SENT" || this.state === "SYN-RECEIVED") {
       this.retransmits++;
       this.owner.counters.retransmits++;
@@ -1016,7 +838,7 @@ export class TcpConnection {
   private probeWindow(now: number): void {
     this.owner.counters.windowProbes++;
     this.persistBackoff = Math.min(this.persistBackoff + 1, 10);
-    this.persistAt = now + Math.min(this.rto * 2 ** this.persistBackoff, this.owner.timeouts.maxRtoMs);
+    this.persistAt = now + Math.min(this.rtt.rto * 2 ** this.persistBackoff, this.owner.timeouts.maxRtoMs);
     this.emit(seqAdd(this.sndUna, -1), TCP_ACK);
   }
 
@@ -1036,13 +858,9 @@ export class TcpConnection {
       cwnd: this.cwnd,
       sndWindowScale: this.sndWindowScale,
       rcvWindowScale: this.rcvWindowScale,
-      srttMs: this.srtt,
-      rtoMs: this.rto,
+      srttMs: this.rtt.srtt,
+      rtoMs: this.rtt.rto,
       retransmits: this.retransmits,
     };
   }
-}
-
-export function connectionKey(guest: number, guestPort: number, remote: number, remotePort: number): string {
-  return `${guest}:${guestPort}>${remote}:${remotePort}`;
 }

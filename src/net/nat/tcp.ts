@@ -32,13 +32,13 @@
 //    own TIME-WAIT guards its port; we hold no port).
 
 import { ipv4String } from "../packet.js";
+import { TcpConnection } from "./tcp-connection.js";
 import {
-  connectionKey, TcpConnection,
-  type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpCounters, type TcpTimeouts,
-} from "./tcp-connection.js";
+  connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpCounters, type TcpTimeouts,
+} from "./tcp-types.js";
 import { buildTcp, parseTcp, segmentLength, TCP_ACK, TCP_RST, TCP_SYN, type TcpParseError, type TcpSegment } from "./tcp-segment.js";
 
-export type { HostSocket, TcpConnectionSummary, TcpState, TcpTimeouts } from "./tcp-connection.js";
+export type { HostSocket, TcpConnectionSummary, TcpState, TcpTimeouts } from "./tcp-types.js";
 
 export interface TcpNatOptions {
   /** Sends one TCP segment (header and payload, checksum filled in) from `src` to `dst` in an IPv4 packet towards the guest. */
