@@ -16,15 +16,14 @@
 
 import { ByteQueue } from "./byte-queue.js";
 import {
-  buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt, segmentLength,
+  buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGt, seqLe, seqLt, segmentLength,
   TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpHeaderFields, type TcpSegment,
 } from "./tcp-segment.js";
 import { ReassemblyQueue } from "./tcp-reassembly.js";
 import { RttEstimator } from "./tcp-rtt.js";
+import { NewReno } from "./tcp-congestion.js";
 import { connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpState } from "./tcp-types.js";
 
-/** RFC 6928: an initial congestion window of 10 segments. */
-const INITIAL_CWND_SEGMENTS = 10;
 
 export class TcpConnection {
   state: TcpState;
@@ -68,11 +67,7 @@ export class TcpConnection {
   private readonly reassembly = new ReassemblyQueue();
 
   // Congestion control (RFC 5681) and NewReno recovery (RFC 6582).
-  private cwnd: number;
-  private ssthresh = 0x7fffffff;
-  private dupAcks = 0;
-  private inRecovery = false;
-  private recover = 0;
+  private readonly congestion: NewReno;
 
   // Retransmission timer (RFC 6298).
   private readonly rtt: RttEstimator;
@@ -104,11 +99,10 @@ export class TcpConnection {
   ) {
     this.key = connectionKey(guest, guestPort, remote, remotePort);
     this.state = state;
-    // RFC 9293 3.4.1 / RFC 6528: an unpredictable initial sequence number.
-    this.iss = (Math.random() * 2 ** 32) >>> 0;
-    this.sndUna = this.sndNxt = this.sndMax = this.iss;
+    this.iss = owner.initialSequence() >>> 0;
+    this.sndUna = this.sndNxt = this.sndMax = this.highSacked = this.iss;
     this.sndMss = Math.min(DEFAULT_MSS, owner.mss);
-    this.cwnd = INITIAL_CWND_SEGMENTS * owner.mss;
+    this.congestion = new NewReno(this.sndMss, owner.sndBuf * 2);
     this.lastActivity = owner.now();
     this.rtt = new RttEstimator(owner.timeouts.minRtoMs, owner.timeouts.maxRtoMs);
     // Our window-scale shift: the smallest that lets rcvBuf fit the 16-bit field.
@@ -443,8 +437,13 @@ export class TcpConnection {
       // reports newly held data counts as duplicate too (as RFC 6675 2 counts it).
       const duplicate = flight > 0 && segLen === 0 && (scaledWindow === this.sndWnd || this.newSackInfo(seg));
       this.updateWindow(seg.seq, ack, scaledWindow);
-      if (duplicate) this.duplicateAck(flight);
-      else this.output();
+      const action = duplicate ? this.congestion.duplicateAck(flight, this.sndMax) : "send";
+      if (action === "retransmit") {
+        this.owner.counters.fastRetransmits++;
+        this.retransmitFirst();
+      } else if (action === "send") {
+        this.output();
+      }
       return;
     }
 
@@ -456,24 +455,7 @@ export class TcpConnection {
     if (seqLt(this.sndNxt, ack)) this.sndNxt = ack; // acked what go-back-N was about to resend
     this.rtt.acknowledged(ack, this.owner.now());
     this.retransmitCount = 0;
-    this.dupAcks = 0;
-    const mss = this.sndMss;
-    if (this.inRecovery) {
-      if (seqGe(ack, this.recover)) {
-        // RFC 6582 3.2 step 3: a full acknowledgement ends recovery.
-        this.inRecovery = false;
-        this.cwnd = Math.min(this.ssthresh, Math.max(seqDiff(this.sndMax, this.sndUna), mss) + mss);
-      } else {
-        // Partial acknowledgement: the next hole is lost too; resend it now.
-        this.retransmitFirst();
-        this.cwnd = Math.max(mss, this.cwnd - acked + mss);
-      }
-    } else if (this.cwnd < this.ssthresh) {
-      this.cwnd += Math.min(acked, mss); // slow start (RFC 5681 3.1)
-    } else {
-      this.cwnd += Math.max(1, Math.floor((mss * mss) / this.cwnd)); // congestion avoidance
-    }
-    this.cwnd = Math.min(this.cwnd, this.owner.sndBuf * 2);
+    if (this.congestion.newAck(ack, acked, seqDiff(this.sndMax, this.sndUna))) this.retransmitFirst();
     // RFC 6298 5.2 and 5.3: stop the timer when nothing is outstanding, else restart it.
     this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rtt.rto : 0;
     this.updateWindow(seg.seq, ack, scaledWindow);
@@ -497,34 +479,14 @@ export class TcpConnection {
     this.output();
   }
 
-  private duplicateAck(flight: number): void {
-    this.dupAcks++;
-    const mss = this.sndMss;
-    if (this.dupAcks === 3 && !this.inRecovery) {
-      // RFC 5681 3.2 fast retransmit; RFC 6582 fast recovery.
-      this.ssthresh = Math.max(Math.floor(flight / 2), 2 * mss);
-      this.recover = this.sndMax;
-      this.inRecovery = true;
-      this.owner.counters.fastRetransmits++;
-      this.retransmitFirst();
-      this.cwnd = this.ssthresh + 3 * mss;
-    } else if (this.dupAcks > 3 && this.inRecovery) {
-      this.cwnd += mss; // each dup ACK means a segment left the network
-      this.output();
-    } else if (this.dupAcks < 3 && !this.inRecovery) {
-      // RFC 3042 limited transmit: a new segment on each of the first two
-      // duplicate ACKs, so a small window still yields the three that start
-      // fast retransmit instead of waiting for the timer.
-      this.output();
-    }
-  }
-
   /** Whether a SACK block reports data beyond all reported before (and beyond sndUna: not a D-SACK). */
   private newSackInfo(seg: TcpSegment): boolean {
     let news = false;
+    // Sequence numbers compare only within 2^31 of each other: keep highSacked near sndUna.
+    if (seqLt(this.highSacked, this.sndUna)) this.highSacked = this.sndUna;
     for (const [left, right] of seg.sackBlocks) {
       if (seqLe(right, this.sndUna) || seqGt(right, this.sndMax) || !seqLt(left, right)) continue;
-      if (seqGt(right, this.highSacked) || seqLt(this.highSacked, this.sndUna)) {
+      if (seqGt(right, this.highSacked)) {
         this.highSacked = right;
         news = true;
       }
@@ -548,6 +510,7 @@ export class TcpConnection {
 
   private takeSynOptions(syn: TcpSegment): void {
     if (syn.mss !== undefined && syn.mss > 0) this.sndMss = Math.max(64, Math.min(syn.mss, this.owner.mss));
+    this.congestion.setMss(this.sndMss);
     // RFC 7323 2.2: scaling is used only when both SYNs carry the option. The
     // guest's SYN carried it: we answer with ours (SYN-ACK), or, for a port
     // forward, our SYN carried it already.
@@ -578,8 +541,7 @@ export class TcpConnection {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendQueue.length - offset;
       const flight = seqDiff(this.sndNxt, this.sndUna);
-      const limitedTransmit = !this.inRecovery && this.dupAcks < 3 ? this.dupAcks * this.sndMss : 0;
-      const usable = Math.min(this.sndWnd, this.cwnd + limitedTransmit) - flight;
+      const usable = Math.min(this.sndWnd, this.congestion.sendWindow()) - flight;
       if (unsent > 0) {
         const len = Math.min(unsent, this.sndMss, usable);
         // RFC 9293 3.8.6.2.1 sender SWS avoidance: a full segment, all that is
@@ -825,10 +787,7 @@ export class TcpConnection {
       this.retransmitAt = 0;
       return;
     }
-    this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.sndMss);
-    this.cwnd = this.sndMss;
-    this.inRecovery = false;
-    this.dupAcks = 0;
+    this.congestion.timeout(flight);
     // Go back N: everything after sndUna is sent again as the window allows.
     this.sndNxt = this.sndUna;
     this.transmit(this.sndUna, Math.min(this.sndMss, this.sendQueue.length));
@@ -855,7 +814,7 @@ export class TcpConnection {
       queuedToGuest: this.sendQueue.length,
       sndWnd: this.sndWnd,
       rcvWnd: Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt)),
-      cwnd: this.cwnd,
+      cwnd: this.congestion.cwnd,
       sndWindowScale: this.sndWindowScale,
       rcvWindowScale: this.rcvWindowScale,
       srttMs: this.rtt.srtt,

@@ -60,6 +60,8 @@ export interface ConnectionOwner {
   readonly timeouts: TcpTimeouts;
   readonly counters: TcpCounters;
   now(): number;
+  /** Our initial sequence number for a new connection. */
+  initialSequence(): number;
   emit(src: number, dst: number, segment: Uint8Array): void;
   /** Asks for sendAck() to run once at the end of this event-loop turn (several segments, one ACK). */
   scheduleAck(c: TcpConnection): void;

@@ -12,7 +12,7 @@
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes, randomInt } from "node:crypto";
 import { existsSync } from "node:fs";
 import * as net from "node:net";
 import { Duplex } from "node:stream";
@@ -256,9 +256,12 @@ class Glue {
   dropToGuest: ((seg: Uint8Array) => boolean) | undefined;
   dropFromGuest: ((seg: Uint8Array) => boolean) | undefined;
   dropped = 0;
+  /** Our initial sequence number for the next connections (random when undefined). */
+  iss: number | undefined;
 
   constructor(private readonly tap: NetBackend, private readonly guestMac: Uint8Array) {
     this.nat = new TcpNat({
+      initialSequence: () => this.iss ?? randomInt(0, 2 ** 32),
       emit: (src, dst, seg) => {
         if (this.dropToGuest?.(seg)) {
           this.dropped++;
@@ -396,7 +399,11 @@ describe("tcp against Linux's stack (tap in a network namespace)", { skip: skipR
     spawnSync("ip", ["netns", "del", NS], { stdio: "ignore" });
   });
 
-  test("a guest downloads 8 MiB from a host server; both ends scale their windows", async () => {
+  /** Our sequence numbers wrap around 2^32 early in a transfer. */
+  const NEAR_WRAP = 2 ** 32 - 100_000;
+
+  test("a guest downloads 8 MiB from a host server (our sequence numbers wrap); both ends scale their windows", async () => {
+    glue.iss = NEAR_WRAP;
     const body = randomBytes(8 << 20);
     const { server, port } = await hostServer((s) => s.end(body));
     const m = monitor(glue.nat);
@@ -408,6 +415,7 @@ print(n, h)`);
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout.trim(), `${body.length} ${sha256(body)}`);
     } finally {
+      glue.iss = undefined;
       m.stop();
       server.close();
     }
@@ -630,6 +638,7 @@ except ConnectionRefusedError:
     glue.dropToGuest = (seg) => (payloadLength(seg) > 0) !== upload && lose(seg);
     glue.dropFromGuest = (seg) => (payloadLength(seg) > 0) === upload && lose(seg);
     const droppedBefore = glue.dropped;
+    glue.iss = NEAR_WRAP;
     const before = glue.nat.stats;
     const started = Date.now();
     try {
@@ -647,6 +656,7 @@ print(n, h, hashlib.sha256(data).hexdigest())`, 40_000);
       assert.equal(r.stdout.trim(), upload ? `0 ${sha256(new Uint8Array())} ${sha256(got)}` : `${body.length} ${sha256(body)} ${sha256(new Uint8Array())}`);
     } finally {
       glue.dropToGuest = glue.dropFromGuest = undefined;
+      glue.iss = undefined;
       server.close();
     }
     const after = glue.nat.stats;

@@ -31,6 +31,7 @@
 //  - TIME-WAIT lingers 2 s to re-acknowledge a retransmitted FIN (the guest's
 //    own TIME-WAIT guards its port; we hold no port).
 
+import { randomInt } from "node:crypto";
 import { ipv4String } from "../packet.js";
 import { TcpConnection } from "./tcp-connection.js";
 import {
@@ -63,6 +64,12 @@ export interface TcpNatOptions {
   timeouts?: Partial<TcpTimeouts>;
   /** The clock (ms); default Date.now. */
   now?: () => number;
+  /**
+   * Our initial sequence numbers; default unpredictable (RFC 9293 3.4.1, RFC
+   * 6528: random, as nothing here needs them to grow with time). Tests choose
+   * them to make the sequence space wrap around.
+   */
+  initialSequence?: () => number;
 }
 
 export interface TcpNatStats {
@@ -147,6 +154,7 @@ export class TcpNat {
       timeouts: { ...DEFAULT_TIMEOUTS, ...o.timeouts },
       counters: this.counters,
       now,
+      initialSequence: o.initialSequence ?? (() => randomInt(0, 2 ** 32)),
       emit: (src, dst, segment) => o.emit(src, dst, segment),
       scheduleAck: (c) => nat.scheduleAck(c),
       removed: (c) => nat.removed(c),
