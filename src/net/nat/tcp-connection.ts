@@ -24,7 +24,6 @@ import { RttEstimator } from "./tcp-rtt.js";
 import { NewReno } from "./tcp-congestion.js";
 import { connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpState } from "./tcp-types.js";
 
-
 export class TcpConnection {
   state: TcpState;
   readonly key: string;
@@ -43,6 +42,8 @@ export class TcpConnection {
   private maxSndWnd = 0;
   /** The guest's window-scale shift (RFC 7323), 0 unless both SYNs carried the option. */
   private sndWindowScale = 0;
+  /** The guest's SYN carried the window-scale option: our SYN-ACK carries ours. */
+  private guestScales = false;
   /** RFC 2018: the guest offered SACK, so our ACKs tell it which data after a hole we hold. */
   private sackPermitted = false;
   /** The highest right edge of the guest's SACK blocks (a new one marks a duplicate ACK). */
@@ -81,7 +82,7 @@ export class TcpConnection {
 
   private socketPaused = false;
   private ackPending = false;
-  /** Full-size segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second one). */
+  /** Data segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second full-sized one). */
   private unackedSegments = 0;
   private bytesFromGuest = 0;
   private bytesToGuest = 0;
@@ -514,6 +515,7 @@ export class TcpConnection {
     // RFC 7323 2.2: scaling is used only when both SYNs carry the option. The
     // guest's SYN carried it: we answer with ours (SYN-ACK), or, for a port
     // forward, our SYN carried it already.
+    this.guestScales = syn.windowScale !== undefined;
     if (syn.windowScale !== undefined) this.sndWindowScale = syn.windowScale;
     else this.rcvWindowScale = 0;
     // RFC 2018 2: we send SACK blocks only to a peer that said it reads them
@@ -609,7 +611,7 @@ export class TcpConnection {
     const synAck = this.state === "SYN-RECEIVED";
     // The window-scale option only when the guest offered it (SYN-ACK, RFC 7323
     // 1.3) or to offer it (our SYN).
-    const offerScale = !synAck || this.sndWindowScale > 0 || this.rcvWindowScale > 0;
+    const offerScale = !synAck || this.guestScales;
     const window = Math.min(this.owner.rcvBuf, 0xffff);
     this.rcvAdvEdge = seqAdd(this.rcvNxt, window);
     this.emitRaw({

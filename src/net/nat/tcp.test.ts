@@ -230,6 +230,59 @@ test("tcp: host sockets pause when all connections together hold sndBudget bytes
   nat.close();
 });
 
+/** A small seeded PRNG (mulberry32), so a failing fuzz run can be repeated. */
+function prng(seed: number) {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+test("tcp: seeded fuzz: hostile segments on open connections are handled, never thrown; memory stays bounded", () => {
+  const random = prng(13);
+  const int = (n: number) => Math.floor(random() * n);
+  for (let round = 0; round < 20; round++) {
+    const socket = fakeSocket();
+    const { nat, out } = natWithCapture({ connect: () => socket, rcvBuf: 65536 });
+    const { from, iss } = handshake(nat, out, 40000 + round);
+    socket.push(Buffer.alloc(100_000, 7)); // something to send, retransmit, acknowledge
+    for (let i = 0; i < 1500; i++) {
+      const near = (base: number, spread: number) => (base + int(2 * spread) - spread) >>> 0;
+      const flags = int(64);
+      const seq = random() < 0.8 ? near(1001 + i * 100, 70_000) : int(2 ** 32);
+      const ack = random() < 0.8 ? near(iss + 1 + i * 50, 70_000) : int(2 ** 32);
+      const payload = new Uint8Array(random() < 0.5 ? 0 : int(1500));
+      const seg = buildTcp(GUEST, GATEWAY, {
+        srcPort: 40000 + round, dstPort: 80, seq, ack, flags, window: int(65536),
+        mss: random() < 0.1 ? int(65536) : undefined, windowScale: random() < 0.1 ? int(256) : undefined,
+        sackBlocks: random() < 0.3 ? [[near(iss, 100_000), near(iss, 100_000)]] : undefined,
+      }, payload);
+      if (random() < 0.1) {
+        // Garbage options (checksum fixed up, so they reach the option parser).
+        const off = 20 + int(Math.max(1, (seg[12] >> 4) * 4 - 20));
+        if (off < seg.length) seg[off] = int(256);
+        seg[16] = seg[17] = 0;
+        const sum = transportChecksum(GUEST, GATEWAY, IPPROTO_TCP, seg);
+        seg[16] = sum >> 8;
+        seg[17] = sum & 0xff;
+      }
+      nat.input(GUEST, GATEWAY, seg);
+      if (i % 500 === 0) from({ seq: 1001, ack: (iss + 1) >>> 0, flags: TCP_ACK });
+    }
+    const c = nat.connections()[0];
+    if (c) {
+      assert.ok(c.queuedToGuest <= 256 * 1024);
+      assert.ok(c.rcvWnd <= 65536 + 1460);
+    }
+    const written = socket.written.reduce((n, b) => n + b.length, 0);
+    assert.ok(written <= 1500 * 1500, "never more written than sent");
+    assert.ok(out.every((seg) => transportChecksum(GATEWAY, GUEST, IPPROTO_TCP, seg) === 0), "everything we sent is well-formed");
+    nat.close();
+  }
+});
+
 // --- against Linux in a namespace ---
 
 function skipReason(): string | undefined {
