@@ -62,11 +62,12 @@ test("tcp: malformed segments are dropped and counted, never thrown", () => {
   badOption[16] = sum >> 8;
   badOption[17] = sum & 0xff;
   nat.input(GUEST, GATEWAY, badOption);
-  for (let i = 0; i < 200; i++) nat.input(GUEST, GATEWAY, randomBytes(i));
+  const random = prng(1);
+  for (let i = 0; i < 200; i++) nat.input(GUEST, GATEWAY, Uint8Array.from({ length: i }, () => Math.floor(random() * 256)));
   const s = nat.stats;
   assert.ok(s.bad.truncated >= 1 && s.bad["data-offset"] >= 2 && s.bad.checksum >= 1 && s.bad.options === 1, JSON.stringify(s.bad));
-  assert.equal(s.connectionsOpen, 0);
-  assert.ok(out.every((seg) => transportChecksum(GATEWAY, GUEST, IPPROTO_TCP, seg) === 0 || true));
+  assert.equal(s.bad.truncated + s.bad["data-offset"] + s.bad.checksum + s.bad.options + s.bad.port, s.segmentsIn, "every one was dropped");
+  assert.equal(out.length, 0, "and none answered");
   nat.close();
 });
 
