@@ -25,7 +25,7 @@ import {
   parseArp, parseEthernet, parseIpv4, parseIpv4Address, transportChecksum,
 } from "../packet.js";
 import { TcpNat, type TcpNatOptions } from "./tcp.js";
-import { buildTcp, parseTcp, TCP_ACK, TCP_RST, TCP_SYN } from "./tcp-segment.js";
+import { buildTcp, parseTcp, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from "./tcp-segment.js";
 
 const GATEWAY = parseIpv4Address("10.0.2.2")!;
 const GUEST = parseIpv4Address("10.0.2.15")!;
@@ -203,6 +203,51 @@ test("tcp: an idle connection is reset after idleMs; the guest's data reached th
   assert.equal(lastSegment(out).flags & TCP_RST, TCP_RST);
   assert.ok(socket.destroyed);
   assert.equal(nat.stats.timeouts, 1);
+});
+
+test("tcp: closing both ways by hand: CLOSE-WAIT, LAST-ACK, gone; FIN-WAIT-1, FIN-WAIT-2, TIME-WAIT, reopened by a new SYN", async () => {
+  const sockets = [fakeSocket(), fakeSocket(), fakeSocket()];
+  let n = 0;
+  const { nat, out } = natWithCapture({ connect: () => sockets[n++] });
+  const state = () => nat.connections()[0]?.state;
+
+  // The guest closes first.
+  const a = handshake(nat, out, 40000);
+  a.from({ seq: 1001, ack: (a.iss + 1) >>> 0, flags: TCP_ACK | TCP_FIN });
+  assert.equal(state(), "CLOSE-WAIT");
+  assert.ok(sockets[0].writableEnded, "the guest's FIN ended the host socket's writing side");
+  assert.equal(lastSegment(out).ack, 1002);
+  sockets[0].push(null); // the host ends too
+  await wait(10);
+  const fin = lastSegment(out);
+  assert.equal(fin.flags & TCP_FIN, TCP_FIN);
+  assert.equal(state(), "LAST-ACK");
+  a.from({ seq: 1002, ack: (fin.seq + 1) >>> 0, flags: TCP_ACK });
+  assert.equal(nat.stats.connectionsOpen, 0);
+
+  // The host closes first, after some data.
+  const b = handshake(nat, out, 40001);
+  sockets[1].push(Buffer.from("bye"));
+  sockets[1].push(null);
+  await wait(10);
+  const fromUs = out.map((raw) => parseTcp(GATEWAY, GUEST, raw)).filter((x) => typeof x !== "string" && x.dstPort === 40001);
+  assert.ok(fromUs.some((x) => typeof x !== "string" && Buffer.from(x.payload).toString() === "bye"));
+  const ourFin = lastSegment(out);
+  assert.equal(ourFin.flags & TCP_FIN, TCP_FIN, "the FIN follows the data");
+  assert.equal((ourFin.seq + ourFin.payload.length) >>> 0, (b.iss + 4) >>> 0, "the FIN's sequence number is after the 3 bytes");
+  assert.equal(state(), "FIN-WAIT-1");
+  b.from({ seq: 1001, ack: (b.iss + 5) >>> 0, flags: TCP_ACK });
+  assert.equal(state(), "FIN-WAIT-2");
+  b.from({ seq: 1001, ack: (b.iss + 5) >>> 0, flags: TCP_ACK }, new TextEncoder().encode("more"));
+  assert.equal(Buffer.concat(sockets[1].written).toString(), "more", "the guest still sends after the host's FIN");
+  b.from({ seq: 1005, ack: (b.iss + 5) >>> 0, flags: TCP_ACK | TCP_FIN });
+  assert.equal(state(), "TIME-WAIT");
+  // The guest reuses its port at once: the SYN replaces the lingering connection.
+  nat.input(GUEST, GATEWAY, buildTcp(GUEST, GATEWAY, { srcPort: 40001, dstPort: 80, seq: 9000, ack: 0, flags: TCP_SYN, window: 1000 }));
+  assert.equal(lastSegment(out).flags, TCP_SYN | TCP_ACK);
+  assert.equal(lastSegment(out).ack, 9001);
+  assert.equal(state(), "SYN-RECEIVED");
+  nat.close();
 });
 
 test("tcp: host sockets pause when all connections together hold sndBudget bytes, and resume", async () => {

@@ -4,11 +4,18 @@
 // of the NAT (Ethernet, ARP, DHCP, IPv4) hands us the IP payloads of TCP
 // packets and wraps what we emit.
 //
-// No maintained TCP/IP stack for Node fits (the ones that exist are
-// unmaintained or aim at a whole OS), so this is a TCP endpoint of its own:
-// tcp-segment.ts reads and writes segments, tcp-connection.ts is one
-// connection's state machine, and this file is the table of connections, its
-// limits and its timer.
+// No maintained TCP/IP stack for Node fits. Looked at: tcpip.js (gVisor's
+// netstack compiled to WebAssembly: a Go runtime in every VMM process, and a
+// socket API for its own addresses rather than a way to terminate connections
+// to any address) and picotcp.js (PicoTCP in WebAssembly, unmaintained since
+// 2019). So this is a TCP endpoint of its own, in files of one concern each:
+//   tcp-segment.ts     segments and sequence-number arithmetic
+//   tcp-connection.ts  one connection's state machine (RFC 9293)
+//   tcp-reassembly.ts  guest data after a hole, and our SACK blocks (RFC 2018)
+//   tcp-rtt.ts         the retransmission timeout (RFC 6298)
+//   tcp-congestion.ts  slow start, fast retransmit, NewReno (RFC 5681, 6582)
+//   tcp-types.ts       what they share
+//   tcp.ts (this)      the table of connections, its limits and its timer
 //
 // Memory is bounded: at most maxConnections connections, each holding at most
 // sndBuf bytes on their way to the guest (the host socket is paused beyond),
