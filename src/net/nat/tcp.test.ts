@@ -400,12 +400,15 @@ class Glue {
 }
 
 /** Runs a Python script in the namespace: the guest's program. */
-function guest(script: string, timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function guest(script: string, timeoutMs = 30_000, onOutput?: (stdoutSoFar: string) => void): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const p = spawn("ip", ["netns", "exec", NS, "python3", "-c", script], { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    p.stdout.setEncoding("utf8").on("data", (s: string) => (stdout += s));
+    p.stdout.setEncoding("utf8").on("data", (s: string) => {
+      stdout += s;
+      onOutput?.(stdout);
+    });
     p.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
     const timer = setTimeout(() => {
       p.kill("SIGKILL");
@@ -779,6 +782,8 @@ print(n, h, hashlib.sha256(data).hexdigest())`, 40_000);
   test("lost segments from the guest (every 13th data segment, every 7th of our ACKs) are recovered", (t) => lossyTransfer(t, true, 13, 7));
 
   test("a host port forward reaches a server in the guest; a forward to a closed guest port is reset", async () => {
+    let markListening: () => void = () => {};
+    const listening = new Promise<void>((r) => (markListening = r));
     const listener = guest(`
 import socket
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -790,7 +795,7 @@ while True:
     b = c.recv(65536)
     if not b: break
     c.sendall(b)
-c.close()`);
+c.close()`, 30_000, (so) => so.includes("listening") && markListening());
     const forward = net.createServer({ allowHalfOpen: true }, (s) => {
       const guestPort = s.localPort === forwardPort ? 8080 : 8081;
       glue.nat.openToGuest(GUEST, guestPort, GATEWAY, glue.nat.freePort(GUEST, guestPort, GATEWAY)!, s);
@@ -802,12 +807,7 @@ c.close()`);
     });
     await new Promise<void>((r) => closedForward.listen(0, "127.0.0.1", r));
     try {
-      // Wait for the listener in the namespace.
-      for (let i = 0; i < 100; i++) {
-        const out = spawnSync("ip", ["netns", "exec", NS, "ss", "-ltn", "sport", "= :8080"]).stdout?.toString() ?? "";
-        if (out.includes("8080")) break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await listening;
       const data = randomBytes(1 << 20);
       const client = net.connect({ host: "127.0.0.1", port: forwardPort, allowHalfOpen: true });
       const echoed = readAll(client);
