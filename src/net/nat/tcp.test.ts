@@ -7,7 +7,9 @@
 // namespace (`ip netns exec`) as the guest's programs.
 //
 // Needs root, `ip netns`, python3 and build/tap-relay (skipped otherwise).
-// A few tests without the tap feed hand-made segments first.
+// Tests without the tap come first: hand-made segments and stand-in host
+// sockets (malformed input, refusals, timeouts, both closing orders, the
+// memory budget, a seeded fuzz).
 
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";

@@ -17,6 +17,15 @@
 //   tcp-types.ts       what they share
 //   tcp.ts (this)      the table of connections, its limits and its timer
 //
+// Using it: the NAT's IPv4 layer calls input() with the payload of every TCP
+// packet from the guest (reassembled if fragmented, its checksum completed if
+// the guest offloaded it: input() verifies it), and sends what emit() gives
+// it. connect() opens host sockets for the guest's SYNs (net.connect with
+// allowHalfOpen: true); a host port forward's server (allowHalfOpen: true)
+// hands each accepted socket to openToGuest(), with freePort() choosing the
+// source port the guest sees. Segments larger than the MSS from the guest
+// (TSO) are accepted; `mss` may be raised when the guest takes large segments.
+//
 // Memory is bounded: at most maxConnections connections, each holding at most
 // sndBuf bytes on their way to the guest (the host socket is paused beyond),
 // all of them together at most sndBudget (then every socket that reads is
