@@ -81,6 +81,8 @@ export class TcpConnection {
   private lastActivity: number;
 
   private socketPaused = false;
+  /** What this connection counts against the owner's receive budget (see recommit()). */
+  private committed = 0;
   private ackPending = false;
   /** Data segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second full-sized one). */
   private unackedSegments = 0;
@@ -211,6 +213,7 @@ export class TcpConnection {
     if (this.state === "CLOSED" || this.state === "HOST-CONNECTING") return;
     // The socket took what was written: the window can open again. Tell the
     // guest at once, or it waits for its persist timer.
+    this.recommit();
     const before = this.rcvAdvEdge;
     if (seqGt(this.windowEdge(), before)) this.sendAck();
   }
@@ -413,6 +416,7 @@ export class TcpConnection {
     this.owner.counters.bytesFromGuest += data.length;
     // Copied: the frame's memory is not ours to keep.
     this.socket.write(Buffer.from(data));
+    this.recommit();
     return true;
   }
 
@@ -612,7 +616,10 @@ export class TcpConnection {
     // The window-scale option only when the guest offered it (SYN-ACK, RFC 7323
     // 1.3) or to offer it (our SYN).
     const offerScale = !synAck || this.guestScales;
-    const window = Math.min(this.owner.rcvBuf, 0xffff);
+    // The SYN's window is never scaled (RFC 7323 2.2), and counts against the receive budget too.
+    const budgetLeft = this.owner.rcvBudget - (this.owner.rcvCommitted() - this.committed);
+    const window = Math.min(this.owner.rcvBuf, 0xffff, Math.max(this.owner.mss, budgetLeft));
+    if (window < Math.min(this.owner.rcvBuf, 0xffff)) this.owner.waitForRcvRoom(this);
     this.rcvAdvEdge = seqAdd(this.rcvNxt, window);
     this.emitRaw({
       seq: this.iss,
@@ -623,6 +630,7 @@ export class TcpConnection {
       windowScale: offerScale ? this.rcvWindowScale : undefined,
       sackPermitted: !synAck || this.sackPermitted,
     });
+    this.recommit();
     this.sndNxt = this.sndMax = seqAdd(this.iss, 1);
     if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rtt.rto;
     if (this.retransmitCount === 0) this.rtt.start(this.sndMax, this.owner.now());
@@ -643,6 +651,7 @@ export class TcpConnection {
     this.unackedSegments = 0;
     const sackBlocks = this.sackPermitted && this.reassembly.length > 0 ? this.reassembly.sackBlocks() : undefined;
     this.emitRaw({ seq, ack: this.rcvNxt, flags, window, sackBlocks }, payload);
+    this.recommit();
   }
 
   private emitRaw(h: Omit<TcpHeaderFields, "srcPort" | "dstPort">, payload?: Uint8Array): void {
@@ -657,11 +666,39 @@ export class TcpConnection {
    * SWS avoidance: min(rcvBuf/2, MSS)).
    */
   private windowEdge(): number {
-    const buffered = this.guestFinReceived ? 0 : this.socket.writableLength;
-    const edge = seqAdd(this.rcvNxt, Math.max(0, this.owner.rcvBuf - buffered));
+    const buffered = this.hostBuffered();
+    let room = Math.max(0, this.owner.rcvBuf - buffered);
+    // All connections together promise at most rcvBudget: what the others
+    // hold or were offered is not ours to offer.
+    const budgetLeft = this.owner.rcvBudget - (this.owner.rcvCommitted() - this.committed) - buffered;
+    if (budgetLeft < room) {
+      room = Math.max(0, budgetLeft);
+      this.owner.waitForRcvRoom(this);
+    }
+    const edge = seqAdd(this.rcvNxt, room);
     if (seqLe(edge, this.rcvAdvEdge)) return this.rcvAdvEdge;
     if (seqDiff(edge, this.rcvAdvEdge) < Math.min(this.owner.rcvBuf / 2, this.owner.mss)) return this.rcvAdvEdge;
     return edge;
+  }
+
+  /** Guest bytes the host socket has not taken yet. */
+  private hostBuffered(): number {
+    return this.guestFinReceived || this.socket.destroyed ? 0 : this.socket.writableLength;
+  }
+
+  /** Tells the owner what this connection holds or promised towards the host: its offered window and the socket's buffer. */
+  private recommit(): void {
+    const now = this.state === "CLOSED" ? 0 : Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt)) + this.hostBuffered();
+    if (now === this.committed) return;
+    const delta = now - this.committed;
+    this.committed = now;
+    this.owner.rcvCommit(delta);
+  }
+
+  /** The receive budget has room again: offer the guest a larger window if that is now worth it. */
+  windowMayOpen(): void {
+    if (this.state === "CLOSED" || this.state === "HOST-CONNECTING" || this.state === "SYN-SENT") return;
+    if (seqGt(this.windowEdge(), this.rcvAdvEdge)) this.sendAck();
   }
 
   /** A reset towards the guest; `withAck` for a reply to a segment without ACK (RFC 9293 3.10.7.1). */
@@ -712,6 +749,7 @@ export class TcpConnection {
     this.sendQueue.clear();
     this.reassembly.clear();
     if (!this.socket.destroyed) this.socket.destroy();
+    this.recommit();
     this.owner.removed(this);
   }
 

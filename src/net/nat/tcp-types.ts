@@ -75,6 +75,14 @@ export interface ConnectionOwner {
   overBudget(): boolean;
   /** Call resumeReading() on `c` when the budget has room again. */
   waitForBudget(c: TcpConnection): void;
+  /** Guest -> host bytes all connections together may hold in host sockets or offer in windows. */
+  readonly rcvBudget: number;
+  /** What all connections hold or offered against rcvBudget now. */
+  rcvCommitted(): number;
+  /** A connection's share of rcvBudget changed by `delta`. */
+  rcvCommit(delta: number): void;
+  /** Call windowMayOpen() on `c` when rcvBudget has room again. */
+  waitForRcvRoom(c: TcpConnection): void;
 }
 
 export interface TcpConnectionSummary {

@@ -288,6 +288,28 @@ function prng(seed: number) {
   };
 }
 
+test("tcp: all connections together offer the guest at most rcvBudget; a window held small opens when room comes back", async () => {
+  const sockets = [fakeSocket(), fakeSocket()];
+  let n = 0;
+  const { nat, out } = natWithCapture({ connect: () => sockets[n++], rcvBuf: 65535, rcvBudget: 100_000 });
+  const a = handshake(nat, out, 40000);
+  assert.equal(nat.stats.committedFromGuest, 65535);
+  handshake(nat, out, 40001);
+  const synAckB = out.map((raw) => parseTcp(GATEWAY, GUEST, raw)).find((x) => typeof x !== "string" && x.dstPort === 40001 && x.flags & TCP_SYN);
+  assert.ok(synAckB && typeof synAckB !== "string");
+  assert.equal(synAckB.window, 100_000 - 65535, "B is offered what A left of the budget");
+  assert.ok(nat.stats.committedFromGuest <= 100_000);
+  // A goes away: B's window opens without the guest asking.
+  a.from({ seq: 1001, ack: 0, flags: TCP_RST });
+  assert.equal(nat.stats.connectionsOpen, 1);
+  await wait(10);
+  const update = lastSegment(out);
+  assert.equal(update.dstPort, 40001);
+  assert.equal(update.window, 65535);
+  nat.close();
+  assert.equal(nat.stats.committedFromGuest, 0, "closing released every promise");
+});
+
 test("tcp: seeded fuzz: hostile segments on open connections are handled, never thrown; memory stays bounded", () => {
   const random = prng(13);
   const int = (n: number) => Math.floor(random() * n);
@@ -842,5 +864,7 @@ c.close()`, 30_000, (so) => so.includes("listening") && markListening());
     assert.deepEqual(glue.nat.connections().map((c) => `${TcpNat.describe(c)} ${c.state}`), []);
     const s = glue.nat.stats;
     assert.deepEqual(s.bad, { truncated: 0, "data-offset": 0, checksum: 0, options: 0, port: 0 });
+    assert.equal(s.queuedToGuest, 0, "the send budget's account balances");
+    assert.equal(s.committedFromGuest, 0, "the receive budget's account balances");
   });
 });

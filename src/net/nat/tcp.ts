@@ -29,10 +29,11 @@
 // Memory is bounded: at most maxConnections connections, each holding at most
 // sndBuf bytes on their way to the guest (the host socket is paused beyond),
 // all of them together at most sndBudget (then every socket that reads is
-// paused), and each letting the guest send at most rcvBuf bytes the host
+// paused); and each letting the guest send at most rcvBuf bytes the host
 // socket has not taken (the advertised window, which also bounds the data
-// kept after holes). So the total is at most
-// sndBudget + maxConnections x (rcvBuf + one socket read).
+// kept after holes), all of them together at most rcvBudget (windows offered
+// plus bytes in host socket buffers). So the total is about
+// sndBudget + rcvBudget + maxConnections x (one socket read).
 //
 // Timeouts, and what others do:
 //  - a host connect that takes longer than 30 s: RST (Linux itself gives up
@@ -77,6 +78,8 @@ export interface TcpNatOptions {
   sndBuf?: number;
   /** Host -> guest bytes all connections together keep before host sockets are paused. Default 64 MiB. */
   sndBudget?: number;
+  /** Guest -> host bytes all connections together may have in host socket buffers or offered windows. Default 64 MiB. */
+  rcvBudget?: number;
   timeouts?: Partial<TcpTimeouts>;
   /** The clock (ms); default Date.now. */
   now?: () => number;
@@ -115,6 +118,8 @@ export interface TcpNatStats {
   windowProbes: number;
   /** Host bytes held for the guest, all connections together. */
   queuedToGuest: number;
+  /** Guest bytes in host socket buffers or offered in windows, all connections together (against rcvBudget). */
+  committedFromGuest: number;
   /** Segments for no connection that were not a SYN (answered with RST unless they were one). */
   noConnection: number;
   /** Malformed segments dropped, by reason. */
@@ -152,6 +157,10 @@ export class TcpNat {
   private queuedToGuest = 0;
   private readonly sndBudget: number;
   private readonly waitingForBudget = new Set<TcpConnection>();
+  /** Guest bytes held in host sockets or offered in windows, all connections together, against rcvBudget. */
+  private rcvCommitted = 0;
+  private readonly rcvBudget: number;
+  private readonly waitingForRcvRoom = new Set<TcpConnection>();
   private ackFlush: NodeJS.Immediate | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private closed = false;
@@ -162,6 +171,7 @@ export class TcpNat {
     if (!(mss >= 64 && mss <= 65495)) throw new RangeError(`mss ${mss} is not in 64..65495`);
     const now = o.now ?? Date.now;
     this.sndBudget = o.sndBudget ?? 64 << 20;
+    this.rcvBudget = o.rcvBudget ?? 64 << 20;
     const nat = this;
     this.owner = {
       mss,
@@ -178,11 +188,15 @@ export class TcpNat {
       queued: (delta) => nat.queued(delta),
       overBudget: () => nat.queuedToGuest >= nat.sndBudget,
       waitForBudget: (c) => void nat.waitingForBudget.add(c),
+      rcvBudget: this.rcvBudget,
+      rcvCommitted: () => nat.rcvCommitted,
+      rcvCommit: (delta) => nat.rcvCommit(delta),
+      waitForRcvRoom: (c) => void nat.waitingForRcvRoom.add(c),
     };
   }
 
   get stats(): TcpNatStats {
-    return { connectionsOpen: this.table.size, queuedToGuest: this.queuedToGuest, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
+    return { connectionsOpen: this.table.size, queuedToGuest: this.queuedToGuest, committedFromGuest: this.rcvCommitted, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
   }
 
   connections(): TcpConnectionSummary[] {
@@ -296,6 +310,7 @@ export class TcpNat {
     if (this.table.get(c.key) === c) this.table.delete(c.key);
     this.acksDue.delete(c);
     this.waitingForBudget.delete(c);
+    this.waitingForRcvRoom.delete(c);
     if (this.table.size === 0 && this.ticker) {
       clearInterval(this.ticker);
       this.ticker = undefined;
@@ -310,6 +325,18 @@ export class TcpNat {
       const waiting = [...this.waitingForBudget];
       this.waitingForBudget.clear();
       for (const c of waiting) c.resumeReading();
+    }
+  }
+
+  private rcvCommit(delta: number): void {
+    this.rcvCommitted += delta;
+    // Wake the connections whose windows the budget held small, once a quarter of it is free.
+    if (delta < 0 && this.waitingForRcvRoom.size > 0 && this.rcvCommitted < this.rcvBudget * 0.75) {
+      const waiting = [...this.waitingForRcvRoom];
+      this.waitingForRcvRoom.clear();
+      setImmediate(() => {
+        for (const c of waiting) c.windowMayOpen();
+      });
     }
   }
 
