@@ -618,7 +618,7 @@ export class TcpConnection {
     const offerScale = !synAck || this.guestScales;
     // The SYN's window is never scaled (RFC 7323 2.2), and counts against the receive budget too.
     const budgetLeft = this.owner.rcvBudget - (this.owner.rcvCommitted() - this.committed);
-    const window = Math.min(this.owner.rcvBuf, 0xffff, Math.max(this.owner.mss, budgetLeft));
+    const window = Math.min(this.owner.rcvBuf, 0xffff, Math.max(this.owner.mss, this.fairShare(), budgetLeft));
     if (window < Math.min(this.owner.rcvBuf, 0xffff)) this.owner.waitForRcvRoom(this);
     this.rcvAdvEdge = seqAdd(this.rcvNxt, window);
     this.emitRaw({
@@ -668,17 +668,24 @@ export class TcpConnection {
   private windowEdge(): number {
     const buffered = this.hostBuffered();
     let room = Math.max(0, this.owner.rcvBuf - buffered);
-    // All connections together promise at most rcvBudget: what the others
-    // hold or were offered is not ours to offer.
+    // All connections together promise about rcvBudget: what the others hold
+    // or were offered is not ours to offer. But every connection keeps its
+    // fair share (rcvBudget / maxConnections), or idle connections holding
+    // old offers would starve a busy one; so the total stays below 2 x rcvBudget.
     const budgetLeft = this.owner.rcvBudget - (this.owner.rcvCommitted() - this.committed) - buffered;
     if (budgetLeft < room) {
-      room = Math.max(0, budgetLeft);
+      room = Math.min(room, Math.max(0, budgetLeft, this.fairShare() - buffered));
       this.owner.waitForRcvRoom(this);
     }
     const edge = seqAdd(this.rcvNxt, room);
     if (seqLe(edge, this.rcvAdvEdge)) return this.rcvAdvEdge;
     if (seqDiff(edge, this.rcvAdvEdge) < Math.min(this.owner.rcvBuf / 2, this.owner.mss)) return this.rcvAdvEdge;
     return edge;
+  }
+
+  /** The part of the receive budget each connection may count on. */
+  private fairShare(): number {
+    return Math.floor(this.owner.rcvBudget / this.owner.maxConnections);
   }
 
   /** Guest bytes the host socket has not taken yet. */

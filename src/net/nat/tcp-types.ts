@@ -77,6 +77,7 @@ export interface ConnectionOwner {
   waitForBudget(c: TcpConnection): void;
   /** Guest -> host bytes all connections together may hold in host sockets or offer in windows. */
   readonly rcvBudget: number;
+  readonly maxConnections: number;
   /** What all connections hold or offered against rcvBudget now. */
   rcvCommitted(): number;
   /** A connection's share of rcvBudget changed by `delta`. */

@@ -310,6 +310,17 @@ test("tcp: all connections together offer the guest at most rcvBudget; a window 
   assert.equal(nat.stats.committedFromGuest, 0, "closing released every promise");
 });
 
+test("tcp: with the receive budget taken, a new connection still gets its fair share (rcvBudget / maxConnections)", () => {
+  const sockets = [fakeSocket(), fakeSocket()];
+  let n = 0;
+  const { nat, out } = natWithCapture({ connect: () => sockets[n++], rcvBuf: 65535, rcvBudget: 20_000, maxConnections: 2 });
+  handshake(nat, out, 40000);
+  assert.equal(lastSegment(out).window, 20_000, "A takes the whole budget");
+  handshake(nat, out, 40001);
+  assert.equal(lastSegment(out).window, 10_000, "B still gets its share");
+  nat.close();
+});
+
 test("tcp: seeded fuzz: hostile segments on open connections are handled, never thrown; memory stays bounded", () => {
   const random = prng(13);
   const int = (n: number) => Math.floor(random() * n);

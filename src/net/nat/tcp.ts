@@ -31,9 +31,10 @@
 // all of them together at most sndBudget (then every socket that reads is
 // paused); and each letting the guest send at most rcvBuf bytes the host
 // socket has not taken (the advertised window, which also bounds the data
-// kept after holes), all of them together at most rcvBudget (windows offered
-// plus bytes in host socket buffers). So the total is about
-// sndBudget + rcvBudget + maxConnections x (one socket read).
+// kept after holes), all of them together about rcvBudget (windows offered
+// plus bytes in host socket buffers; at most twice that, as each connection
+// keeps a fair share). So the total is at most about
+// sndBudget + 2 x rcvBudget + maxConnections x (one socket read).
 //
 // Timeouts, and what others do:
 //  - a host connect that takes longer than 30 s: RST (Linux itself gives up
@@ -78,7 +79,7 @@ export interface TcpNatOptions {
   sndBuf?: number;
   /** Host -> guest bytes all connections together keep before host sockets are paused. Default 64 MiB. */
   sndBudget?: number;
-  /** Guest -> host bytes all connections together may have in host socket buffers or offered windows. Default 64 MiB. */
+  /** Guest -> host bytes all connections together may have in host socket buffers or offered windows (each keeps rcvBudget / maxConnections at least). Default 64 MiB. */
   rcvBudget?: number;
   timeouts?: Partial<TcpTimeouts>;
   /** The clock (ms); default Date.now. */
@@ -189,6 +190,7 @@ export class TcpNat {
       overBudget: () => nat.queuedToGuest >= nat.sndBudget,
       waitForBudget: (c) => void nat.waitingForBudget.add(c),
       rcvBudget: this.rcvBudget,
+      maxConnections: this.maxConnections,
       rcvCommitted: () => nat.rcvCommitted,
       rcvCommit: (delta) => nat.rcvCommit(delta),
       waitForRcvRoom: (c) => void nat.waitingForRcvRoom.add(c),
