@@ -22,6 +22,7 @@ import {
 import { ReassemblyQueue } from "./tcp-reassembly.js";
 import { RttEstimator } from "./tcp-rtt.js";
 import { NewReno } from "./tcp-congestion.js";
+import { ReceiveWindow } from "./tcp-receive-window.js";
 import { connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpState } from "./tcp-types.js";
 
 export class TcpConnection {
@@ -61,8 +62,7 @@ export class TcpConnection {
   private irs = 0;
   private rcvNxt = 0;
   /** The right edge of the window we last advertised: never moved left (RFC 9293 3.8.6.2.2). */
-  private rcvAdvEdge = 0;
-  private rcvWindowScale = 0;
+  private readonly window: ReceiveWindow;
   private guestFinReceived = false;
   /** Guest segments that arrived after a hole, by sequence number. */
   private readonly reassembly = new ReassemblyQueue();
@@ -81,8 +81,6 @@ export class TcpConnection {
   private lastActivity: number;
 
   private socketPaused = false;
-  /** What this connection counts against the owner's receive budget (see recommit()). */
-  private committed = 0;
   private ackPending = false;
   /** Data segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second full-sized one). */
   private unackedSegments = 0;
@@ -108,8 +106,7 @@ export class TcpConnection {
     this.congestion = new NewReno(this.sndMss, owner.sndBuf * 2);
     this.lastActivity = owner.now();
     this.rtt = new RttEstimator(owner.timeouts.minRtoMs, owner.timeouts.maxRtoMs);
-    // Our window-scale shift: the smallest that lets rcvBuf fit the 16-bit field.
-    while (owner.rcvBuf >> this.rcvWindowScale > 0xffff && this.rcvWindowScale < 14) this.rcvWindowScale++;
+    this.window = new ReceiveWindow(owner, () => owner.waitForRcvRoom(this));
   }
 
   /** The guest's SYN to remote:remotePort; `socket` is connecting to it. */
@@ -214,8 +211,7 @@ export class TcpConnection {
     // The socket took what was written: the window can open again. Tell the
     // guest at once, or it waits for its persist timer.
     this.recommit();
-    const before = this.rcvAdvEdge;
-    if (seqGt(this.windowEdge(), before)) this.sendAck();
+    if (this.window.wouldOpen(this.rcvNxt, this.hostBuffered())) this.sendAck();
   }
 
   // --- segments from the guest (RFC 9293 3.10.7) ---
@@ -272,7 +268,7 @@ export class TcpConnection {
     this.sndWl2 = seg.ack;
     this.state = "ESTABLISHED";
     this.deadline = 0;
-    this.rcvAdvEdge = this.rcvNxt;
+    this.window.edge = this.rcvNxt;
     this.sendAck();
     this.output();
   }
@@ -281,7 +277,7 @@ export class TcpConnection {
   private inputSynchronized(seg: TcpSegment): void {
     const counters = this.owner.counters;
     const segLen = segmentLength(seg);
-    const rcvWnd = Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt));
+    const rcvWnd = this.window.size(this.rcvNxt);
 
     // A retransmitted SYN: the guest did not get our SYN-ACK.
     if (this.state === "SYN-RECEIVED" && seg.flags & TCP_SYN && !(seg.flags & TCP_ACK) && seg.seq === this.irs) {
@@ -358,7 +354,7 @@ export class TcpConnection {
       data = data.subarray(Math.min(old, data.length));
       seq = this.rcvNxt;
     }
-    const room = Math.max(0, seqDiff(this.rcvAdvEdge, seq));
+    const room = Math.max(0, seqDiff(this.window.edge, seq));
     if (data.length > room) {
       data = data.subarray(0, room);
       fin = false; // the FIN lies beyond what we take
@@ -521,7 +517,7 @@ export class TcpConnection {
     // forward, our SYN carried it already.
     this.guestScales = syn.windowScale !== undefined;
     if (syn.windowScale !== undefined) this.sndWindowScale = syn.windowScale;
-    else this.rcvWindowScale = 0;
+    else this.window.scale = 0;
     // RFC 2018 2: we send SACK blocks only to a peer that said it reads them
     // (we ignore the blocks it sends us: RFC 2018 allows it, the data stays
     // queued until cumulatively acknowledged anyway).
@@ -616,18 +612,14 @@ export class TcpConnection {
     // The window-scale option only when the guest offered it (SYN-ACK, RFC 7323
     // 1.3) or to offer it (our SYN).
     const offerScale = !synAck || this.guestScales;
-    // The SYN's window is never scaled (RFC 7323 2.2), and counts against the receive budget too.
-    const budgetLeft = this.owner.rcvBudget - (this.owner.rcvCommitted() - this.committed);
-    const window = Math.min(this.owner.rcvBuf, 0xffff, Math.max(this.owner.mss, this.fairShare(), budgetLeft));
-    if (window < Math.min(this.owner.rcvBuf, 0xffff)) this.owner.waitForRcvRoom(this);
-    this.rcvAdvEdge = seqAdd(this.rcvNxt, window);
+    const window = this.window.synWindow(this.rcvNxt);
     this.emitRaw({
       seq: this.iss,
       ack: synAck ? this.rcvNxt : 0,
       flags: TCP_SYN | (synAck ? TCP_ACK : 0),
       window,
       mss: this.owner.mss,
-      windowScale: offerScale ? this.rcvWindowScale : undefined,
+      windowScale: offerScale ? this.window.scale : undefined,
       sackPermitted: !synAck || this.sackPermitted,
     });
     this.recommit();
@@ -643,10 +635,7 @@ export class TcpConnection {
 
   /** Emits a segment from our side carrying the current ACK and window. */
   private emit(seq: number, flags: number, payload?: Uint8Array): void {
-    const edge = this.windowEdge();
-    const window = Math.min(0xffff, Math.max(0, seqDiff(edge, this.rcvNxt)) >>> this.rcvWindowScale);
-    const advertised = seqAdd(this.rcvNxt, window << this.rcvWindowScale);
-    if (seqGt(advertised, this.rcvAdvEdge)) this.rcvAdvEdge = advertised;
+    const window = this.window.advertise(this.rcvNxt, this.hostBuffered());
     this.ackPending = false;
     this.unackedSegments = 0;
     const sackBlocks = this.sackPermitted && this.reassembly.length > 0 ? this.reassembly.sackBlocks() : undefined;
@@ -659,53 +648,20 @@ export class TcpConnection {
     this.owner.emit(this.remote, this.guest, buildTcp(this.remote, this.guest, { srcPort: this.remotePort, dstPort: this.guestPort, ...h }, payload));
   }
 
-  /**
-   * The right edge of the receive window we can offer now: rcvBuf less what
-   * the host socket still buffers. It never moves left of what was advertised
-   * (RFC 9293 3.8.6.2.2), and moves right only by a worthwhile step (receiver
-   * SWS avoidance: min(rcvBuf/2, MSS)).
-   */
-  private windowEdge(): number {
-    const buffered = this.hostBuffered();
-    let room = Math.max(0, this.owner.rcvBuf - buffered);
-    // All connections together promise about rcvBudget: what the others hold
-    // or were offered is not ours to offer. But every connection keeps its
-    // fair share (rcvBudget / maxConnections), or idle connections holding
-    // old offers would starve a busy one; so the total stays below 2 x rcvBudget.
-    const budgetLeft = this.owner.rcvBudget - (this.owner.rcvCommitted() - this.committed) - buffered;
-    if (budgetLeft < room) {
-      room = Math.min(room, Math.max(0, budgetLeft, this.fairShare() - buffered));
-      this.owner.waitForRcvRoom(this);
-    }
-    const edge = seqAdd(this.rcvNxt, room);
-    if (seqLe(edge, this.rcvAdvEdge)) return this.rcvAdvEdge;
-    if (seqDiff(edge, this.rcvAdvEdge) < Math.min(this.owner.rcvBuf / 2, this.owner.mss)) return this.rcvAdvEdge;
-    return edge;
-  }
-
-  /** The part of the receive budget each connection may count on. */
-  private fairShare(): number {
-    return Math.floor(this.owner.rcvBudget / this.owner.maxConnections);
-  }
-
   /** Guest bytes the host socket has not taken yet. */
   private hostBuffered(): number {
     return this.guestFinReceived || this.socket.destroyed ? 0 : this.socket.writableLength;
   }
 
-  /** Tells the owner what this connection holds or promised towards the host: its offered window and the socket's buffer. */
+  /** Tells the receive budget what this connection holds or promised towards the host. */
   private recommit(): void {
-    const now = this.state === "CLOSED" ? 0 : Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt)) + this.hostBuffered();
-    if (now === this.committed) return;
-    const delta = now - this.committed;
-    this.committed = now;
-    this.owner.rcvCommit(delta);
+    this.window.commit(this.rcvNxt, this.hostBuffered(), this.state === "CLOSED");
   }
 
   /** The receive budget has room again: offer the guest a larger window if that is now worth it. */
   windowMayOpen(): void {
     if (this.state === "CLOSED" || this.state === "HOST-CONNECTING" || this.state === "SYN-SENT") return;
-    if (seqGt(this.windowEdge(), this.rcvAdvEdge)) this.sendAck();
+    if (this.window.wouldOpen(this.rcvNxt, this.hostBuffered())) this.sendAck();
   }
 
   /** A reset towards the guest; `withAck` for a reply to a segment without ACK (RFC 9293 3.10.7.1). */
@@ -860,10 +816,10 @@ export class TcpConnection {
       bytesToGuest: this.bytesToGuest,
       queuedToGuest: this.sendQueue.length,
       sndWnd: this.sndWnd,
-      rcvWnd: Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt)),
+      rcvWnd: this.window.size(this.rcvNxt),
       cwnd: this.congestion.cwnd,
       sndWindowScale: this.sndWindowScale,
-      rcvWindowScale: this.rcvWindowScale,
+      rcvWindowScale: this.window.scale,
       srttMs: this.rtt.srtt,
       rtoMs: this.rtt.rto,
       retransmits: this.retransmits,

@@ -9,13 +9,15 @@
 // socket API for its own addresses rather than a way to terminate connections
 // to any address) and picotcp.js (PicoTCP in WebAssembly, unmaintained since
 // 2019). So this is a TCP endpoint of its own, in files of one concern each:
-//   tcp-segment.ts     segments and sequence-number arithmetic
-//   tcp-connection.ts  one connection's state machine (RFC 9293)
-//   tcp-reassembly.ts  guest data after a hole, and our SACK blocks (RFC 2018)
-//   tcp-rtt.ts         the retransmission timeout (RFC 6298)
-//   tcp-congestion.ts  slow start, fast retransmit, NewReno (RFC 5681, 6582)
-//   tcp-types.ts       what they share
-//   tcp.ts (this)      the table of connections, its limits and its timer
+//   tcp-segment.ts         segments and sequence-number arithmetic
+//   tcp-connection.ts      one connection's state machine (RFC 9293)
+//   tcp-reassembly.ts      guest data after a hole, and our SACK blocks (RFC 2018)
+//   tcp-receive-window.ts  the window we offer, within the shared budget
+//   tcp-rtt.ts             the retransmission timeout (RFC 6298)
+//   tcp-congestion.ts      slow start, fast retransmit, NewReno (RFC 5681, 6582)
+//   byte-queue.ts          host bytes kept until the guest acknowledges them
+//   tcp-types.ts           what they share
+//   tcp.ts (this)          the table of connections, its limits and its timer
 //
 // Using it: the NAT's IPv4 layer calls input() with the payload of every TCP
 // packet from the guest (reassembled if fragmented, its checksum completed if
