@@ -366,7 +366,7 @@ export class TcpNat {
   }
 }
 
-/** A SYN that opens a connection: no ACK, RST or FIN with it. */
+/** A SYN that opens a connection: no ACK or RST with it. */
 function isOpeningSyn(seg: TcpSegment): boolean {
   return (seg.flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN;
 }
