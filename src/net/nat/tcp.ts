@@ -45,8 +45,9 @@
 //    (Linux conntrack keeps SYN_RECV 60 s, slirp its TCPTV_KEEP_INIT 75 s; a
 //    NAT owes a half-open flood less);
 //  - ESTABLISHED with no segment for 2 hours: RST both ways (slirp never
-//    expires, Linux conntrack after 5 days, passt never; 2 hours is Linux's
-//    keepalive time, so a guest that keeps a connection with keepalives keeps it);
+//    expires them unless its keepalives are on, Linux conntrack after 5
+//    days; 2 hours is Linux's keepalive time, so a guest that keeps a
+//    connection with keepalives keeps it);
 //  - half-closed with no segment for 2 minutes (conntrack's FIN_WAIT is 120 s);
 //  - TIME-WAIT lingers 2 s to re-acknowledge a retransmitted FIN (the guest's
 //    own TIME-WAIT guards its port; we hold no port).
