@@ -18,21 +18,23 @@ export class ByteQueue {
     this.bytes += chunk.length;
   }
 
-  /** Drops `n` bytes (at most all of them) from the front. */
-  consume(n: number): void {
+  /** Drops `n` bytes (at most all of them) from the front; returns how many it dropped. */
+  consume(n: number): number {
     n = Math.min(n, this.bytes);
+    const dropped = n;
     this.bytes -= n;
     while (n > 0) {
       const first = this.chunks[0];
       const left = first.length - this.headOffset;
       if (n < left) {
         this.headOffset += n;
-        return;
+        return dropped;
       }
       n -= left;
       this.chunks.shift();
       this.headOffset = 0;
     }
+    return dropped;
   }
 
   /** `length` bytes from `offset` (the caller keeps within the queue): a view when one chunk holds them, else a copy. */

@@ -14,104 +14,16 @@
 // Names follow RFC 9293 3.3.1 (sndUna, sndNxt, rcvNxt, ...). Everything a
 // segment says is checked before it is used: the guest is not trusted.
 
-import type { Duplex } from "node:stream";
 import { ByteQueue } from "./byte-queue.js";
 import {
-  buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt, segmentLength,
-  TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpSegment,
+  buildTcp, DEFAULT_MSS, seqAdd, seqDiff, seqGt, seqLe, seqLt, segmentLength,
+  TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpHeaderFields, type TcpSegment,
 } from "./tcp-segment.js";
-
-/** What the host side of a connection must be: a net.Socket or anything shaped like one. */
-export type HostSocket = Duplex & {
-  /** True while a net.Socket is still connecting; it then emits "connect". */
-  readonly connecting?: boolean;
-  /** net.Socket: close with a TCP RST towards the host peer. */
-  resetAndDestroy?(): unknown;
-};
-
-export type TcpState =
-  /** The guest's SYN arrived; the host socket is still connecting (not answered yet). */
-  | "HOST-CONNECTING"
-  | "SYN-SENT" | "SYN-RECEIVED" | "ESTABLISHED" | "FIN-WAIT-1" | "FIN-WAIT-2"
-  | "CLOSE-WAIT" | "CLOSING" | "LAST-ACK" | "TIME-WAIT" | "CLOSED";
-
-export interface TcpTimeouts {
-  /** How long the host socket may take to connect before the guest gets RST. */
-  connectMs: number;
-  /** SYN-SENT and SYN-RECEIVED: a handshake not completed in this time is given up. */
-  handshakeMs: number;
-  /** ESTABLISHED without a segment either way. */
-  idleMs: number;
-  /** Half-closed (one FIN exchanged) without a segment either way. */
-  halfClosedIdleMs: number;
-  /** TIME-WAIT: how long we linger to re-acknowledge a retransmitted FIN. */
-  lingerMs: number;
-  /** RFC 6298 2.4 allows a lower bound below 1 s; Linux uses 200 ms (TCP_RTO_MIN). */
-  minRtoMs: number;
-  /** RFC 6298 2.5: an upper bound of at least 60 s. */
-  maxRtoMs: number;
-  /** Retransmissions of one segment before the connection is reset. */
-  maxRetransmits: number;
-}
-
-export interface TcpCounters {
-  resetsToGuest: number;
-  resetsFromGuest: number;
-  retransmits: number;
-  fastRetransmits: number;
-  timeouts: number;
-  segmentsOut: number;
-  bytesFromGuest: number;
-  bytesToGuest: number;
-  outOfOrderKept: number;
-  outOfOrderDropped: number;
-}
-
-/** What a connection needs from the NAT that owns it. */
-export interface ConnectionOwner {
-  readonly mss: number;
-  readonly rcvBuf: number;
-  readonly sndBuf: number;
-  readonly timeouts: TcpTimeouts;
-  readonly counters: TcpCounters;
-  now(): number;
-  emit(src: number, dst: number, segment: Uint8Array): void;
-  /** Asks for sendAck() to run once at the end of this event-loop turn (several segments, one ACK). */
-  scheduleAck(c: TcpConnection): void;
-  /** The connection is over: forget it. */
-  removed(c: TcpConnection): void;
-  /** A host connect failed or was refused (counted). */
-  refused(): void;
-}
-
-/** RFC 6298 2.1: the RTO before any round trip has been measured. */
-const INITIAL_RTO_MS = 1000;
-/** Segments kept after a hole (their bytes are bounded by the window already). */
-const MAX_OUT_OF_ORDER_SEGMENTS = 256;
-/** RFC 6928: an initial congestion window of 10 segments. */
-const INITIAL_CWND_SEGMENTS = 10;
-
-export interface TcpConnectionSummary {
-  guest: number;
-  guestPort: number;
-  remote: number;
-  remotePort: number;
-  /** "outbound": the guest connected out; "inbound": a host port forward. */
-  direction: "outbound" | "inbound";
-  state: TcpState;
-  bytesFromGuest: number;
-  bytesToGuest: number;
-  /** Host bytes waiting for the guest's acknowledgement (sent or not). */
-  queuedToGuest: number;
-  sndWnd: number;
-  rcvWnd: number;
-  cwnd: number;
-  sndWindowScale: number;
-  rcvWindowScale: number;
-  srttMs: number | undefined;
-  rtoMs: number;
-  retransmits: number;
-}
+import { ReassemblyQueue } from "./tcp-reassembly.js";
+import { RttEstimator } from "./tcp-rtt.js";
+import { NewReno } from "./tcp-congestion.js";
+import { ReceiveWindow } from "./tcp-receive-window.js";
+import { connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpState } from "./tcp-types.js";
 
 export class TcpConnection {
   state: TcpState;
@@ -131,6 +43,12 @@ export class TcpConnection {
   private maxSndWnd = 0;
   /** The guest's window-scale shift (RFC 7323), 0 unless both SYNs carried the option. */
   private sndWindowScale = 0;
+  /** The guest's SYN carried the window-scale option: our SYN-ACK carries ours. */
+  private guestScales = false;
+  /** RFC 2018: the guest offered SACK, so our ACKs tell it which data after a hole we hold. */
+  private sackPermitted = false;
+  /** The highest right edge of the guest's SACK blocks (a new one marks a duplicate ACK). */
+  private highSacked = 0;
   /** Our segment size: min(the guest's MSS option, ours). */
   private sndMss: number;
   /** Host data from sndUna on (the SYN and FIN are not in it). */
@@ -144,26 +62,16 @@ export class TcpConnection {
   private irs = 0;
   private rcvNxt = 0;
   /** The right edge of the window we last advertised: never moved left (RFC 9293 3.8.6.2.2). */
-  private rcvAdvEdge = 0;
-  private rcvWindowScale = 0;
+  private readonly window: ReceiveWindow;
   private guestFinReceived = false;
   /** Guest segments that arrived after a hole, by sequence number. */
-  private outOfOrder: { seq: number; data: Uint8Array; fin: boolean }[] = [];
+  private readonly reassembly = new ReassemblyQueue();
 
   // Congestion control (RFC 5681) and NewReno recovery (RFC 6582).
-  private cwnd: number;
-  private ssthresh = 0x7fffffff;
-  private dupAcks = 0;
-  private inRecovery = false;
-  private recover = 0;
+  private readonly congestion: NewReno;
 
   // Retransmission timer (RFC 6298).
-  private srtt: number | undefined;
-  private rttvar = 0;
-  private rto = INITIAL_RTO_MS;
-  /** Karn's algorithm: the sequence number whose ACK times the round trip, undefined when none is timed. */
-  private rttSeq: number | undefined;
-  private rttStart = 0;
+  private readonly rtt: RttEstimator;
   private retransmitAt = 0;
   private retransmitCount = 0;
   private persistAt = 0;
@@ -174,7 +82,7 @@ export class TcpConnection {
 
   private socketPaused = false;
   private ackPending = false;
-  /** Full-size segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second one). */
+  /** Data segments received since our last ACK (RFC 9293 3.8.6.3: ACK at least every second full-sized one). */
   private unackedSegments = 0;
   private bytesFromGuest = 0;
   private bytesToGuest = 0;
@@ -192,14 +100,13 @@ export class TcpConnection {
   ) {
     this.key = connectionKey(guest, guestPort, remote, remotePort);
     this.state = state;
-    // RFC 9293 3.4.1 / RFC 6528: an unpredictable initial sequence number.
-    this.iss = (Math.random() * 2 ** 32) >>> 0;
-    this.sndUna = this.sndNxt = this.sndMax = this.iss;
+    this.iss = owner.initialSequence() >>> 0;
+    this.sndUna = this.sndNxt = this.sndMax = this.highSacked = this.iss;
     this.sndMss = Math.min(DEFAULT_MSS, owner.mss);
-    this.cwnd = INITIAL_CWND_SEGMENTS * owner.mss;
+    this.congestion = new NewReno(this.sndMss, owner.sndBuf * 2);
     this.lastActivity = owner.now();
-    // Our window-scale shift: the smallest that lets rcvBuf fit the 16-bit field.
-    while (owner.rcvBuf >> this.rcvWindowScale > 0xffff && this.rcvWindowScale < 14) this.rcvWindowScale++;
+    this.rtt = new RttEstimator(owner.timeouts.minRtoMs, owner.timeouts.maxRtoMs);
+    this.window = new ReceiveWindow(owner, () => owner.waitForRcvRoom(this));
   }
 
   /** The guest's SYN to remote:remotePort; `socket` is connecting to it. */
@@ -245,13 +152,25 @@ export class TcpConnection {
   private hostData(chunk: Uint8Array): void {
     if (this.state === "CLOSED") return;
     this.sendQueue.push(chunk);
+    this.owner.queued(chunk.length);
     // Backpressure towards the host peer: stop reading while the guest has not
-    // taken sndBuf bytes; resumed in ackReceived().
-    if (this.sendQueue.length >= this.owner.sndBuf && !this.socketPaused) {
+    // taken sndBuf bytes, or all connections together hold their budget;
+    // resumed as the guest acknowledges.
+    if (!this.socketPaused && (this.sendQueue.length >= this.owner.sndBuf || this.owner.overBudget())) {
       this.socketPaused = true;
       this.socket.pause();
+      if (this.owner.overBudget()) this.owner.waitForBudget(this);
     }
     this.output();
+  }
+
+  /** Reads from the host socket again once the guest took enough of what we hold. */
+  resumeReading(): void {
+    if (!this.socketPaused || this.state === "CLOSED") return;
+    if (this.sendQueue.length >= this.owner.sndBuf / 2) return;
+    if (this.owner.overBudget()) return this.owner.waitForBudget(this);
+    this.socketPaused = false;
+    this.socket.resume();
   }
 
   private hostEnd(): void {
@@ -291,8 +210,8 @@ export class TcpConnection {
     if (this.state === "CLOSED" || this.state === "HOST-CONNECTING") return;
     // The socket took what was written: the window can open again. Tell the
     // guest at once, or it waits for its persist timer.
-    const before = this.rcvAdvEdge;
-    if (seqGt(this.windowEdge(), before)) this.sendAck();
+    this.recommit();
+    if (this.window.wouldOpen(this.rcvNxt, this.hostBuffered())) this.sendAck();
   }
 
   // --- segments from the guest (RFC 9293 3.10.7) ---
@@ -342,14 +261,14 @@ export class TcpConnection {
     this.sndUna = seg.ack;
     this.retransmitCount = 0;
     this.retransmitAt = 0;
-    this.sampleRtt(seg.ack);
+    this.rtt.acknowledged(seg.ack, this.owner.now());
     // RFC 7323 2.2: the window of a SYN segment is never scaled.
     this.sndWnd = this.maxSndWnd = seg.window;
     this.sndWl1 = seg.seq;
     this.sndWl2 = seg.ack;
     this.state = "ESTABLISHED";
     this.deadline = 0;
-    this.rcvAdvEdge = this.rcvNxt;
+    this.window.edge = this.rcvNxt;
     this.sendAck();
     this.output();
   }
@@ -358,7 +277,7 @@ export class TcpConnection {
   private inputSynchronized(seg: TcpSegment): void {
     const counters = this.owner.counters;
     const segLen = segmentLength(seg);
-    const rcvWnd = Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt));
+    const rcvWnd = this.window.size(this.rcvNxt);
 
     // A retransmitted SYN: the guest did not get our SYN-ACK.
     if (this.state === "SYN-RECEIVED" && seg.flags & TCP_SYN && !(seg.flags & TCP_ACK) && seg.seq === this.irs) {
@@ -409,7 +328,7 @@ export class TcpConnection {
       this.sndUna = seqAdd(this.iss, 1);
       this.retransmitAt = 0;
       this.retransmitCount = 0;
-      this.sampleRtt(this.sndUna);
+      this.rtt.acknowledged(this.sndUna, this.owner.now());
       this.sndWl1 = seqAdd(seg.seq, -1); // so this segment's window is taken
     }
     if (seqGt(seg.ack, this.sndMax)) {
@@ -435,7 +354,7 @@ export class TcpConnection {
       data = data.subarray(Math.min(old, data.length));
       seq = this.rcvNxt;
     }
-    const room = Math.max(0, seqDiff(this.rcvAdvEdge, seq));
+    const room = Math.max(0, seqDiff(this.window.edge, seq));
     if (data.length > room) {
       data = data.subarray(0, room);
       fin = false; // the FIN lies beyond what we take
@@ -443,7 +362,8 @@ export class TcpConnection {
     if (this.guestFinReceived) data = data.subarray(0, 0); // nothing after a FIN
     if (seq !== this.rcvNxt) {
       if (data.length > 0 || fin) {
-        this.keepOutOfOrder(seq, data, fin);
+        if (this.reassembly.keep(seq, data, fin)) this.owner.counters.outOfOrderKept++;
+        else this.owner.counters.outOfOrderDropped++;
         this.sendAck(); // a duplicate ACK: the guest's fast retransmit starts on three
       }
       return;
@@ -451,10 +371,10 @@ export class TcpConnection {
     if (data.length > 0) {
       if (!this.deliver(data)) return;
       // Segments kept after the hole may continue the stream now.
-      fin = this.drainOutOfOrder() || fin;
+      fin = this.reassembly.drain(this.rcvNxt, (more) => (this.deliver(more) ? this.rcvNxt : undefined)) || fin;
       if (this.isClosed()) return;
       this.unackedSegments++;
-      if (this.unackedSegments >= 2 || this.outOfOrder.length > 0) this.sendAck();
+      if (this.unackedSegments >= 2 || this.reassembly.length > 0) this.sendAck();
       else this.owner.scheduleAck(this);
     }
 
@@ -492,42 +412,8 @@ export class TcpConnection {
     this.owner.counters.bytesFromGuest += data.length;
     // Copied: the frame's memory is not ours to keep.
     this.socket.write(Buffer.from(data));
+    this.recommit();
     return true;
-  }
-
-  /**
-   * Keeps a segment that arrived after a hole, sorted by sequence number. It
-   * lies inside the window we offered, so the bytes kept stay within rcvBuf;
-   * the count is bounded too (tiny segments).
-   */
-  private keepOutOfOrder(seq: number, data: Uint8Array, fin: boolean): void {
-    const counters = this.owner.counters;
-    let i = this.outOfOrder.length;
-    while (i > 0 && seqGt(this.outOfOrder[i - 1].seq, seq)) i--;
-    if (i > 0 && this.outOfOrder[i - 1].seq === seq) return; // a duplicate
-    if (this.outOfOrder.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
-      counters.outOfOrderDropped++;
-      return;
-    }
-    this.outOfOrder.splice(i, 0, { seq, data: data.slice(), fin });
-    counters.outOfOrderKept++;
-  }
-
-  /** Delivers the kept segments that now follow rcvNxt; true when one of them carried the FIN. */
-  private drainOutOfOrder(): boolean {
-    let fin = false;
-    while (this.outOfOrder.length > 0 && seqLe(this.outOfOrder[0].seq, this.rcvNxt)) {
-      const next = this.outOfOrder.shift()!;
-      const skip = seqDiff(this.rcvNxt, next.seq);
-      if (skip > next.data.length) continue; // wholly old
-      const rest = next.data.subarray(skip);
-      if (rest.length > 0 && !this.deliver(rest)) return false;
-      if (next.fin) {
-        fin = true;
-        this.outOfOrder = [];
-      }
-    }
-    return fin;
   }
 
   /** (A method, so TypeScript does not narrow `state` across calls that change it.) */
@@ -547,48 +433,35 @@ export class TcpConnection {
     if (seqLt(ack, this.sndUna)) return; // an old duplicate: ignored
     if (ack === this.sndUna) {
       // RFC 5681 2: a duplicate ACK carries no data, no SYN/FIN, does not move
-      // the window, and comes while data is outstanding.
-      const duplicate = flight > 0 && segLen === 0 && scaledWindow === this.sndWnd;
+      // the window, and comes while data is outstanding. Linux grows its
+      // window while it holds data after a hole, so with SACK an ACK that
+      // reports newly held data counts as duplicate too (as RFC 6675 2 counts it).
+      const duplicate = flight > 0 && segLen === 0 && (scaledWindow === this.sndWnd || this.newSackInfo(seg));
       this.updateWindow(seg.seq, ack, scaledWindow);
-      if (duplicate) this.duplicateAck(flight);
-      else this.output();
+      const action = duplicate ? this.congestion.duplicateAck(flight, this.sndMax) : "send";
+      if (action === "retransmit") {
+        this.owner.counters.fastRetransmits++;
+        this.retransmitFirst();
+      } else if (action === "send") {
+        this.output();
+      }
       return;
     }
 
     // New data acknowledged (and perhaps our FIN, one sequence number after the data).
     const acked = seqDiff(ack, this.sndUna);
     const finAcked = this.hostEnded && seqGt(this.sndMax, this.finSeq()) && ack === seqAdd(this.finSeq(), 1);
-    this.sendQueue.consume(acked);
+    this.owner.queued(-this.sendQueue.consume(acked));
     this.sndUna = ack;
     if (seqLt(this.sndNxt, ack)) this.sndNxt = ack; // acked what go-back-N was about to resend
-    this.sampleRtt(ack);
+    this.rtt.acknowledged(ack, this.owner.now());
     this.retransmitCount = 0;
-    this.dupAcks = 0;
-    const mss = this.sndMss;
-    if (this.inRecovery) {
-      if (seqGe(ack, this.recover)) {
-        // RFC 6582 3.2 step 3: a full acknowledgement ends recovery.
-        this.inRecovery = false;
-        this.cwnd = Math.min(this.ssthresh, Math.max(seqDiff(this.sndMax, this.sndUna), mss) + mss);
-      } else {
-        // Partial acknowledgement: the next hole is lost too; resend it now.
-        this.retransmitFirst();
-        this.cwnd = Math.max(mss, this.cwnd - acked + mss);
-      }
-    } else if (this.cwnd < this.ssthresh) {
-      this.cwnd += Math.min(acked, mss); // slow start (RFC 5681 3.1)
-    } else {
-      this.cwnd += Math.max(1, Math.floor((mss * mss) / this.cwnd)); // congestion avoidance
-    }
-    this.cwnd = Math.min(this.cwnd, this.owner.sndBuf * 2);
+    if (this.congestion.newAck(ack, acked, seqDiff(this.sndMax, this.sndUna))) this.retransmitFirst();
     // RFC 6298 5.2 and 5.3: stop the timer when nothing is outstanding, else restart it.
-    this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rto : 0;
+    this.retransmitAt = seqDiff(this.sndMax, this.sndUna) > 0 ? this.owner.now() + this.rtt.rto : 0;
     this.updateWindow(seg.seq, ack, scaledWindow);
 
-    if (this.socketPaused && this.sendQueue.length < this.owner.sndBuf / 2) {
-      this.socketPaused = false;
-      this.socket.resume();
-    }
+    this.resumeReading();
 
     if (finAcked) {
       this.ourFinAcked = true;
@@ -607,26 +480,19 @@ export class TcpConnection {
     this.output();
   }
 
-  private duplicateAck(flight: number): void {
-    this.dupAcks++;
-    const mss = this.sndMss;
-    if (this.dupAcks === 3 && !this.inRecovery) {
-      // RFC 5681 3.2 fast retransmit; RFC 6582 fast recovery.
-      this.ssthresh = Math.max(Math.floor(flight / 2), 2 * mss);
-      this.recover = this.sndMax;
-      this.inRecovery = true;
-      this.owner.counters.fastRetransmits++;
-      this.retransmitFirst();
-      this.cwnd = this.ssthresh + 3 * mss;
-    } else if (this.dupAcks > 3 && this.inRecovery) {
-      this.cwnd += mss; // each dup ACK means a segment left the network
-      this.output();
-    } else if (this.dupAcks < 3 && !this.inRecovery) {
-      // RFC 3042 limited transmit: a new segment on each of the first two
-      // duplicate ACKs, so a small window still yields the three that start
-      // fast retransmit instead of waiting for the timer.
-      this.output();
+  /** Whether a SACK block reports data beyond all reported before (and beyond sndUna: not a D-SACK). */
+  private newSackInfo(seg: TcpSegment): boolean {
+    let news = false;
+    // Sequence numbers compare only within 2^31 of each other: keep highSacked near sndUna.
+    if (seqLt(this.highSacked, this.sndUna)) this.highSacked = this.sndUna;
+    for (const [left, right] of seg.sackBlocks) {
+      if (seqLe(right, this.sndUna) || seqGt(right, this.sndMax) || !seqLt(left, right)) continue;
+      if (seqGt(right, this.highSacked)) {
+        this.highSacked = right;
+        news = true;
+      }
     }
+    return news;
   }
 
   /** RFC 9293 3.10.7.4: update the send window from a segment that is not older than the last update. */
@@ -645,27 +511,17 @@ export class TcpConnection {
 
   private takeSynOptions(syn: TcpSegment): void {
     if (syn.mss !== undefined && syn.mss > 0) this.sndMss = Math.max(64, Math.min(syn.mss, this.owner.mss));
+    this.congestion.setMss(this.sndMss);
     // RFC 7323 2.2: scaling is used only when both SYNs carry the option. The
     // guest's SYN carried it: we answer with ours (SYN-ACK), or, for a port
     // forward, our SYN carried it already.
+    this.guestScales = syn.windowScale !== undefined;
     if (syn.windowScale !== undefined) this.sndWindowScale = syn.windowScale;
-    else this.rcvWindowScale = 0;
-  }
-
-  private sampleRtt(ack: number): void {
-    if (this.rttSeq === undefined || seqLt(ack, this.rttSeq)) return;
-    const r = Math.max(1, this.owner.now() - this.rttStart);
-    this.rttSeq = undefined;
-    // RFC 6298 2.2 and 2.3 (alpha 1/8, beta 1/4, K 4, clock granularity 1 ms).
-    if (this.srtt === undefined) {
-      this.srtt = r;
-      this.rttvar = r / 2;
-    } else {
-      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - r);
-      this.srtt = 0.875 * this.srtt + 0.125 * r;
-    }
-    const t = this.owner.timeouts;
-    this.rto = Math.min(t.maxRtoMs, Math.max(t.minRtoMs, this.srtt + Math.max(1, 4 * this.rttvar)));
+    else this.window.scale = 0;
+    // RFC 2018 2: we send SACK blocks only to a peer that said it reads them
+    // (we ignore the blocks it sends us: RFC 2018 allows it, the data stays
+    // queued until cumulatively acknowledged anyway).
+    this.sackPermitted = syn.sackPermitted;
   }
 
   // --- sending to the guest ---
@@ -687,8 +543,7 @@ export class TcpConnection {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendQueue.length - offset;
       const flight = seqDiff(this.sndNxt, this.sndUna);
-      const limitedTransmit = !this.inRecovery && this.dupAcks < 3 ? this.dupAcks * this.sndMss : 0;
-      const usable = Math.min(this.sndWnd, this.cwnd + limitedTransmit) - flight;
+      const usable = Math.min(this.sndWnd, this.congestion.sendWindow()) - flight;
       if (unsent > 0) {
         const len = Math.min(unsent, this.sndMss, usable);
         // RFC 9293 3.8.6.2.1 sender SWS avoidance: a full segment, all that is
@@ -706,7 +561,7 @@ export class TcpConnection {
     // RFC 9293 3.8.6.1: data waits behind a zero window: probe it.
     const waiting = this.sendQueue.length - seqDiff(this.sndNxt, this.sndUna) > 0;
     if (waiting && this.sndWnd === 0 && this.retransmitAt === 0 && this.persistAt === 0) {
-      this.persistAt = this.owner.now() + this.rto;
+      this.persistAt = this.owner.now() + this.rtt.rto;
     }
   }
 
@@ -737,21 +592,18 @@ export class TcpConnection {
     if (isNew) {
       this.sndMax = next;
       // Karn: time only segments sent for the first time, one at a time.
-      if (this.rttSeq === undefined && this.retransmitCount === 0) {
-        this.rttSeq = next;
-        this.rttStart = this.owner.now();
-      }
+      if (this.retransmitCount === 0) this.rtt.start(next, this.owner.now());
     }
     if (fin && this.state === "ESTABLISHED") this.state = "FIN-WAIT-1";
     else if (fin && this.state === "CLOSE-WAIT") this.state = "LAST-ACK";
-    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
+    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rtt.rto;
   }
 
   /** Resends the first unacknowledged segment (fast retransmit, partial ACKs). */
   private retransmitFirst(): void {
     const len = Math.min(this.sndMss, this.sendQueue.length);
     this.transmit(this.sndUna, len);
-    this.rttSeq = undefined;
+    this.rtt.cancel();
   }
 
   /** SYN (port forward) or SYN-ACK (the guest's connection), with our MSS and window scale. */
@@ -759,23 +611,21 @@ export class TcpConnection {
     const synAck = this.state === "SYN-RECEIVED";
     // The window-scale option only when the guest offered it (SYN-ACK, RFC 7323
     // 1.3) or to offer it (our SYN).
-    const offerScale = !synAck || this.sndWindowScale > 0 || this.rcvWindowScale > 0;
-    const window = Math.min(this.owner.rcvBuf, 0xffff);
-    this.rcvAdvEdge = seqAdd(this.rcvNxt, window);
+    const offerScale = !synAck || this.guestScales;
+    const window = this.window.synWindow(this.rcvNxt);
     this.emitRaw({
       seq: this.iss,
       ack: synAck ? this.rcvNxt : 0,
       flags: TCP_SYN | (synAck ? TCP_ACK : 0),
       window,
       mss: this.owner.mss,
-      windowScale: offerScale ? this.rcvWindowScale : undefined,
+      windowScale: offerScale ? this.window.scale : undefined,
+      sackPermitted: !synAck || this.sackPermitted,
     });
+    this.recommit();
     this.sndNxt = this.sndMax = seqAdd(this.iss, 1);
-    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rto;
-    if (this.retransmitCount === 0 && this.rttSeq === undefined) {
-      this.rttSeq = this.sndMax;
-      this.rttStart = this.owner.now();
-    }
+    if (this.retransmitAt === 0) this.retransmitAt = this.owner.now() + this.rtt.rto;
+    if (this.retransmitCount === 0) this.rtt.start(this.sndMax, this.owner.now());
   }
 
   sendAck(): void {
@@ -785,32 +635,33 @@ export class TcpConnection {
 
   /** Emits a segment from our side carrying the current ACK and window. */
   private emit(seq: number, flags: number, payload?: Uint8Array): void {
-    const edge = this.windowEdge();
-    const window = Math.min(0xffff, Math.max(0, seqDiff(edge, this.rcvNxt)) >>> this.rcvWindowScale);
-    const advertised = seqAdd(this.rcvNxt, window << this.rcvWindowScale);
-    if (seqGt(advertised, this.rcvAdvEdge)) this.rcvAdvEdge = advertised;
+    const window = this.window.advertise(this.rcvNxt, this.hostBuffered());
     this.ackPending = false;
     this.unackedSegments = 0;
-    this.emitRaw({ seq, ack: this.rcvNxt, flags, window }, payload);
+    const sackBlocks = this.sackPermitted && this.reassembly.length > 0 ? this.reassembly.sackBlocks() : undefined;
+    this.emitRaw({ seq, ack: this.rcvNxt, flags, window, sackBlocks }, payload);
+    this.recommit();
   }
 
-  private emitRaw(h: { seq: number; ack: number; flags: number; window: number; mss?: number; windowScale?: number }, payload?: Uint8Array): void {
+  private emitRaw(h: Omit<TcpHeaderFields, "srcPort" | "dstPort">, payload?: Uint8Array): void {
     this.owner.counters.segmentsOut++;
     this.owner.emit(this.remote, this.guest, buildTcp(this.remote, this.guest, { srcPort: this.remotePort, dstPort: this.guestPort, ...h }, payload));
   }
 
-  /**
-   * The right edge of the receive window we can offer now: rcvBuf less what
-   * the host socket still buffers. It never moves left of what was advertised
-   * (RFC 9293 3.8.6.2.2), and moves right only by a worthwhile step (receiver
-   * SWS avoidance: min(rcvBuf/2, MSS)).
-   */
-  private windowEdge(): number {
-    const buffered = this.guestFinReceived ? 0 : this.socket.writableLength;
-    const edge = seqAdd(this.rcvNxt, Math.max(0, this.owner.rcvBuf - buffered));
-    if (seqLe(edge, this.rcvAdvEdge)) return this.rcvAdvEdge;
-    if (seqDiff(edge, this.rcvAdvEdge) < Math.min(this.owner.rcvBuf / 2, this.owner.mss)) return this.rcvAdvEdge;
-    return edge;
+  /** Guest bytes the host socket has not taken yet. */
+  private hostBuffered(): number {
+    return this.guestFinReceived || this.socket.destroyed ? 0 : this.socket.writableLength;
+  }
+
+  /** Tells the receive budget what this connection holds or promised towards the host. */
+  private recommit(): void {
+    this.window.commit(this.rcvNxt, this.hostBuffered(), this.state === "CLOSED");
+  }
+
+  /** The receive budget has room again: offer the guest a larger window if that is now worth it. */
+  windowMayOpen(): void {
+    if (this.state === "CLOSED" || this.state === "HOST-CONNECTING" || this.state === "SYN-SENT") return;
+    if (this.window.wouldOpen(this.rcvNxt, this.hostBuffered())) this.sendAck();
   }
 
   /** A reset towards the guest; `withAck` for a reply to a segment without ACK (RFC 9293 3.10.7.1). */
@@ -857,9 +708,11 @@ export class TcpConnection {
     if (this.state === "CLOSED") return;
     this.state = "CLOSED";
     this.retransmitAt = this.persistAt = this.deadline = 0;
+    this.owner.queued(-this.sendQueue.length);
     this.sendQueue.clear();
-    this.outOfOrder = [];
+    this.reassembly.clear();
     if (!this.socket.destroyed) this.socket.destroy();
+    this.recommit();
     this.owner.removed(this);
   }
 
@@ -924,9 +777,8 @@ export class TcpConnection {
       this.owner.counters.timeouts++;
       return this.timedOut();
     }
-    this.rto = Math.min(this.rto * 2, this.owner.timeouts.maxRtoMs);
-    this.rttSeq = undefined;
-    this.retransmitAt = now + this.rto;
+    this.rtt.backOff();
+    this.retransmitAt = now + this.rtt.rto;
     if (this.state === "SYN-SENT" || this.state === "SYN-RECEIVED") {
       this.retransmits++;
       this.owner.counters.retransmits++;
@@ -938,10 +790,7 @@ export class TcpConnection {
       this.retransmitAt = 0;
       return;
     }
-    this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.sndMss);
-    this.cwnd = this.sndMss;
-    this.inRecovery = false;
-    this.dupAcks = 0;
+    this.congestion.timeout(flight);
     // Go back N: everything after sndUna is sent again as the window allows.
     this.sndNxt = this.sndUna;
     this.transmit(this.sndUna, Math.min(this.sndMss, this.sendQueue.length));
@@ -949,8 +798,9 @@ export class TcpConnection {
 
   /** RFC 9293 3.8.6.1: a zero-window probe, an old sequence number that makes the guest answer with its window. */
   private probeWindow(now: number): void {
+    this.owner.counters.windowProbes++;
     this.persistBackoff = Math.min(this.persistBackoff + 1, 10);
-    this.persistAt = now + Math.min(this.rto * 2 ** this.persistBackoff, this.owner.timeouts.maxRtoMs);
+    this.persistAt = now + Math.min(this.rtt.rto * 2 ** this.persistBackoff, this.owner.timeouts.maxRtoMs);
     this.emit(seqAdd(this.sndUna, -1), TCP_ACK);
   }
 
@@ -966,17 +816,13 @@ export class TcpConnection {
       bytesToGuest: this.bytesToGuest,
       queuedToGuest: this.sendQueue.length,
       sndWnd: this.sndWnd,
-      rcvWnd: Math.max(0, seqDiff(this.rcvAdvEdge, this.rcvNxt)),
-      cwnd: this.cwnd,
+      rcvWnd: this.window.size(this.rcvNxt),
+      cwnd: this.congestion.cwnd,
       sndWindowScale: this.sndWindowScale,
-      rcvWindowScale: this.rcvWindowScale,
-      srttMs: this.srtt,
-      rtoMs: this.rto,
+      rcvWindowScale: this.window.scale,
+      srttMs: this.rtt.srtt,
+      rtoMs: this.rtt.rto,
       retransmits: this.retransmits,
     };
   }
-}
-
-export function connectionKey(guest: number, guestPort: number, remote: number, remotePort: number): string {
-  return `${guest}:${guestPort}>${remote}:${remotePort}`;
 }

@@ -31,6 +31,10 @@ export interface TcpSegment {
   /** Options that matter to us; only read from SYN segments by the connection. */
   mss: number | undefined;
   windowScale: number | undefined;
+  /** SACK-permitted (RFC 2018 2): the peer understands SACK blocks in our ACKs. */
+  sackPermitted: boolean;
+  /** SACK blocks (RFC 2018 3): [left, right) of data the peer holds after a hole; empty when none. */
+  sackBlocks: [number, number][];
   /** The data (a view into the packet). */
   payload: Uint8Array;
 }
@@ -49,6 +53,8 @@ export function parseTcp(src: number, dst: number, p: Uint8Array): TcpSegment | 
   if (transportChecksum(src, dst, IPPROTO_TCP, p) !== 0) return "checksum";
   let mss: number | undefined;
   let windowScale: number | undefined;
+  let sackPermitted = false;
+  const sackBlocks: [number, number][] = [];
   // RFC 9293 3.2: options are kind (1 byte) [length (1 byte, counting kind and
   // length) data]; kinds 0 (end) and 1 (no-op) are a single byte.
   for (let i = TCP_HEADER_LEN; i < dataOffset; ) {
@@ -63,6 +69,10 @@ export function parseTcp(src: number, dst: number, p: Uint8Array): TcpSegment | 
     if (length < 2 || i + length > dataOffset) return "options";
     if (kind === 2 && length === 4) mss = (p[i + 2] << 8) | p[i + 3];
     else if (kind === 3 && length === 3) windowScale = Math.min(p[i + 2], MAX_WINDOW_SCALE);
+    else if (kind === 4 && length === 2) sackPermitted = true;
+    else if (kind === 5 && length >= 10 && (length - 2) % 8 === 0) {
+      for (let b = i + 2; b < i + length; b += 8) sackBlocks.push([readU32(p, b), readU32(p, b + 4)]);
+    }
     i += length;
   }
   return {
@@ -74,6 +84,8 @@ export function parseTcp(src: number, dst: number, p: Uint8Array): TcpSegment | 
     window: (p[14] << 8) | p[15],
     mss,
     windowScale,
+    sackPermitted,
+    sackBlocks,
     payload: p.subarray(dataOffset),
   };
 }
@@ -89,6 +101,10 @@ export interface TcpHeaderFields {
   mss?: number;
   /** SYN segments only: our window-scale option (RFC 7323 2.2). */
   windowScale?: number;
+  /** SYN segments only: SACK-permitted (RFC 2018 2). */
+  sackPermitted?: boolean;
+  /** SACK blocks (RFC 2018 3): [left edge, right edge) of data received after a hole; at most 4. */
+  sackBlocks?: readonly (readonly [number, number])[];
 }
 
 /** A TCP segment from `src` to `dst` with its checksum filled in. */
@@ -96,6 +112,9 @@ export function buildTcp(src: number, dst: number, h: TcpHeaderFields, payload?:
   let optionsLength = 0;
   if (h.mss !== undefined) optionsLength += 4;
   if (h.windowScale !== undefined) optionsLength += 4; // NOP + 3 bytes, keeps 4-byte alignment
+  if (h.sackPermitted) optionsLength += 4; // NOP NOP + 2 bytes
+  const sackBlocks = h.sackBlocks?.slice(0, 4) ?? [];
+  if (sackBlocks.length > 0) optionsLength += 4 + 8 * sackBlocks.length; // NOP NOP kind length + 8 per block
   const headerLength = TCP_HEADER_LEN + optionsLength;
   const p = new Uint8Array(headerLength + (payload?.length ?? 0));
   p[0] = h.srcPort >> 8;
@@ -116,6 +135,19 @@ export function buildTcp(src: number, dst: number, h: TcpHeaderFields, payload?:
   if (h.windowScale !== undefined) {
     p.set([1, 3, 3, h.windowScale], i);
     i += 4;
+  }
+  if (h.sackPermitted) {
+    p.set([1, 1, 4, 2], i);
+    i += 4;
+  }
+  if (sackBlocks.length > 0) {
+    p.set([1, 1, 5, 2 + 8 * sackBlocks.length], i);
+    i += 4;
+    for (const [left, right] of sackBlocks) {
+      writeU32(p, i, left >>> 0);
+      writeU32(p, i + 4, right >>> 0);
+      i += 8;
+    }
   }
   if (payload) p.set(payload, headerLength);
   const sum = transportChecksum(src, dst, IPPROTO_TCP, p);

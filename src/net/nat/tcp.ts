@@ -4,17 +4,39 @@
 // of the NAT (Ethernet, ARP, DHCP, IPv4) hands us the IP payloads of TCP
 // packets and wraps what we emit.
 //
-// No maintained TCP/IP stack for Node fits (the ones that exist are
-// unmaintained or aim at a whole OS), so this is a TCP endpoint of its own:
-// tcp-segment.ts reads and writes segments, tcp-connection.ts is one
-// connection's state machine, and this file is the table of connections, its
-// limits and its timer.
+// No maintained TCP/IP stack for Node fits. Looked at: tcpip.js (gVisor's
+// netstack compiled to WebAssembly: a Go runtime in every VMM process, and a
+// socket API for its own addresses rather than a way to terminate connections
+// to any address) and picotcp.js (PicoTCP in WebAssembly, unmaintained since
+// 2019). So this is a TCP endpoint of its own, in files of one concern each:
+//   tcp-segment.ts         segments and sequence-number arithmetic
+//   tcp-connection.ts      one connection's state machine (RFC 9293)
+//   tcp-reassembly.ts      guest data after a hole, and our SACK blocks (RFC 2018)
+//   tcp-receive-window.ts  the window we offer, within the shared budget
+//   tcp-rtt.ts             the retransmission timeout (RFC 6298)
+//   tcp-congestion.ts      slow start, fast retransmit, NewReno (RFC 5681, 6582)
+//   byte-queue.ts          host bytes kept until the guest acknowledges them
+//   tcp-types.ts           what they share
+//   tcp.ts (this)          the table of connections, its limits and its timer
+//
+// Using it: the NAT's IPv4 layer calls input() with the payload of every TCP
+// packet from the guest (reassembled if fragmented, its checksum completed if
+// the guest offloaded it: input() verifies it), and sends what emit() gives
+// it. connect() opens host sockets for the guest's SYNs (net.connect with
+// allowHalfOpen: true); a host port forward's server (allowHalfOpen: true)
+// hands each accepted socket to openToGuest(), with freePort() choosing the
+// source port the guest sees. Segments larger than the MSS from the guest
+// (TSO) are accepted; `mss` may be raised when the guest takes large segments.
 //
 // Memory is bounded: at most maxConnections connections, each holding at most
-// sndBuf bytes on their way to the guest (the host socket is paused beyond)
-// and letting the guest send at most rcvBuf bytes the host socket has not
-// taken (the advertised window). So the total is at most
-// maxConnections x (sndBuf + rcvBuf + one socket read).
+// sndBuf bytes on their way to the guest (the host socket is paused beyond),
+// all of them together at most sndBudget (then every socket that reads is
+// paused); and each letting the guest send at most rcvBuf bytes the host
+// socket has not taken (the advertised window, which also bounds the data
+// kept after holes), all of them together about rcvBudget (windows offered
+// plus bytes in host socket buffers; at most twice that, as each connection
+// keeps a fair share). So the total is at most about
+// sndBudget + 2 x rcvBudget + maxConnections x (one socket read).
 //
 // Timeouts, and what others do:
 //  - a host connect that takes longer than 30 s: RST (Linux itself gives up
@@ -23,20 +45,22 @@
 //    (Linux conntrack keeps SYN_RECV 60 s, slirp its TCPTV_KEEP_INIT 75 s; a
 //    NAT owes a half-open flood less);
 //  - ESTABLISHED with no segment for 2 hours: RST both ways (slirp never
-//    expires, Linux conntrack after 5 days, passt never; 2 hours is Linux's
-//    keepalive time, so a guest that keeps a connection with keepalives keeps it);
+//    expires them unless its keepalives are on, Linux conntrack after 5
+//    days; 2 hours is Linux's keepalive time, so a guest that keeps a
+//    connection with keepalives keeps it);
 //  - half-closed with no segment for 2 minutes (conntrack's FIN_WAIT is 120 s);
 //  - TIME-WAIT lingers 2 s to re-acknowledge a retransmitted FIN (the guest's
 //    own TIME-WAIT guards its port; we hold no port).
 
+import { randomInt } from "node:crypto";
 import { ipv4String } from "../packet.js";
+import { TcpConnection } from "./tcp-connection.js";
 import {
-  connectionKey, TcpConnection,
-  type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpCounters, type TcpTimeouts,
-} from "./tcp-connection.js";
+  connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpCounters, type TcpTimeouts,
+} from "./tcp-types.js";
 import { buildTcp, parseTcp, segmentLength, TCP_ACK, TCP_RST, TCP_SYN, type TcpParseError, type TcpSegment } from "./tcp-segment.js";
 
-export type { HostSocket, TcpConnectionSummary, TcpState, TcpTimeouts } from "./tcp-connection.js";
+export type { HostSocket, TcpConnectionSummary, TcpState, TcpTimeouts } from "./tcp-types.js";
 
 export interface TcpNatOptions {
   /** Sends one TCP segment (header and payload, checksum filled in) from `src` to `dst` in an IPv4 packet towards the guest. */
@@ -56,9 +80,19 @@ export interface TcpNatOptions {
   rcvBuf?: number;
   /** Host -> guest bytes kept until acknowledged before the host socket is paused. Default 256 KiB. */
   sndBuf?: number;
+  /** Host -> guest bytes all connections together keep before host sockets are paused. Default 64 MiB. */
+  sndBudget?: number;
+  /** Guest -> host bytes all connections together may have in host socket buffers or offered windows (each keeps rcvBudget / maxConnections at least). Default 64 MiB. */
+  rcvBudget?: number;
   timeouts?: Partial<TcpTimeouts>;
   /** The clock (ms); default Date.now. */
   now?: () => number;
+  /**
+   * Our initial sequence numbers; default unpredictable (RFC 9293 3.4.1, RFC
+   * 6528: random, as nothing here needs them to grow with time). Tests choose
+   * them to make the sequence space wrap around.
+   */
+  initialSequence?: () => number;
 }
 
 export interface TcpNatStats {
@@ -84,6 +118,12 @@ export interface TcpNatStats {
   outOfOrderKept: number;
   /** Guest segments after a hole dropped because too many were kept. */
   outOfOrderDropped: number;
+  /** Zero-window probes sent to the guest (RFC 9293 3.8.6.1). */
+  windowProbes: number;
+  /** Host bytes held for the guest, all connections together. */
+  queuedToGuest: number;
+  /** Guest bytes in host socket buffers or offered in windows, all connections together (against rcvBudget). */
+  committedFromGuest: number;
   /** Segments for no connection that were not a SYN (answered with RST unless they were one). */
   noConnection: number;
   /** Malformed segments dropped, by reason. */
@@ -110,13 +150,21 @@ export class TcpNat {
   private readonly owner: ConnectionOwner;
   private readonly counters: TcpCounters = {
     resetsToGuest: 0, resetsFromGuest: 0, retransmits: 0, fastRetransmits: 0, timeouts: 0,
-    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderKept: 0, outOfOrderDropped: 0,
+    segmentsOut: 0, bytesFromGuest: 0, bytesToGuest: 0, outOfOrderKept: 0, outOfOrderDropped: 0, windowProbes: 0,
   };
   private readonly extra = {
     connectionsTotal: 0, refused: 0, refusedTableFull: 0, segmentsIn: 0, noConnection: 0,
     bad: { truncated: 0, "data-offset": 0, checksum: 0, options: 0, port: 0 } as Record<TcpParseError | "port", number>,
   };
   private readonly acksDue = new Set<TcpConnection>();
+  /** Host bytes held for the guest by all connections, against sndBudget. */
+  private queuedToGuest = 0;
+  private readonly sndBudget: number;
+  private readonly waitingForBudget = new Set<TcpConnection>();
+  /** Guest bytes held in host sockets or offered in windows, all connections together, against rcvBudget. */
+  private rcvCommitted = 0;
+  private readonly rcvBudget: number;
+  private readonly waitingForRcvRoom = new Set<TcpConnection>();
   private ackFlush: NodeJS.Immediate | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private closed = false;
@@ -126,6 +174,8 @@ export class TcpNat {
     const mss = o.mss ?? 1460;
     if (!(mss >= 64 && mss <= 65495)) throw new RangeError(`mss ${mss} is not in 64..65495`);
     const now = o.now ?? Date.now;
+    this.sndBudget = o.sndBudget ?? 64 << 20;
+    this.rcvBudget = o.rcvBudget ?? 64 << 20;
     const nat = this;
     this.owner = {
       mss,
@@ -134,15 +184,24 @@ export class TcpNat {
       timeouts: { ...DEFAULT_TIMEOUTS, ...o.timeouts },
       counters: this.counters,
       now,
+      initialSequence: o.initialSequence ?? (() => randomInt(0, 2 ** 32)),
       emit: (src, dst, segment) => o.emit(src, dst, segment),
       scheduleAck: (c) => nat.scheduleAck(c),
       removed: (c) => nat.removed(c),
       refused: () => void nat.extra.refused++,
+      queued: (delta) => nat.queued(delta),
+      overBudget: () => nat.queuedToGuest >= nat.sndBudget,
+      waitForBudget: (c) => void nat.waitingForBudget.add(c),
+      rcvBudget: this.rcvBudget,
+      maxConnections: this.maxConnections,
+      rcvCommitted: () => nat.rcvCommitted,
+      rcvCommit: (delta) => nat.rcvCommit(delta),
+      waitForRcvRoom: (c) => void nat.waitingForRcvRoom.add(c),
     };
   }
 
   get stats(): TcpNatStats {
-    return { connectionsOpen: this.table.size, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
+    return { connectionsOpen: this.table.size, queuedToGuest: this.queuedToGuest, committedFromGuest: this.rcvCommitted, ...this.counters, ...this.extra, bad: { ...this.extra.bad } };
   }
 
   connections(): TcpConnectionSummary[] {
@@ -255,9 +314,34 @@ export class TcpNat {
   private removed(c: TcpConnection): void {
     if (this.table.get(c.key) === c) this.table.delete(c.key);
     this.acksDue.delete(c);
+    this.waitingForBudget.delete(c);
+    this.waitingForRcvRoom.delete(c);
     if (this.table.size === 0 && this.ticker) {
       clearInterval(this.ticker);
       this.ticker = undefined;
+    }
+  }
+
+  private queued(delta: number): void {
+    this.queuedToGuest += delta;
+    // Resume the sockets paused for the budget once a quarter of it is free,
+    // so they do not flap on every acknowledgement.
+    if (this.waitingForBudget.size > 0 && this.queuedToGuest < this.sndBudget * 0.75) {
+      const waiting = [...this.waitingForBudget];
+      this.waitingForBudget.clear();
+      for (const c of waiting) c.resumeReading();
+    }
+  }
+
+  private rcvCommit(delta: number): void {
+    this.rcvCommitted += delta;
+    // Wake the connections whose windows the budget held small, once a quarter of it is free.
+    if (delta < 0 && this.waitingForRcvRoom.size > 0 && this.rcvCommitted < this.rcvBudget * 0.75) {
+      const waiting = [...this.waitingForRcvRoom];
+      this.waitingForRcvRoom.clear();
+      setImmediate(() => {
+        for (const c of waiting) c.windowMayOpen();
+      });
     }
   }
 
@@ -283,7 +367,7 @@ export class TcpNat {
   }
 }
 
-/** A SYN that opens a connection: no ACK, RST or FIN with it. */
+/** A SYN that opens a connection: no ACK or RST with it. */
 function isOpeningSyn(seg: TcpSegment): boolean {
   return (seg.flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN;
 }
