@@ -4,10 +4,10 @@
 // say it cannot) and shutdown() (release its host resources), and hands
 // received frames to deliver().
 
-import { MAX_FRAME_BYTES, type NetBackend, type NetStats, type WarnFn } from "./net-backend.js";
+import { MAX_FRAME_BYTES, type FrameMeta, type NetBackend, type NetStats, type WarnFn } from "./net-backend.js";
 
 export abstract class NetBackendBase implements NetBackend {
-  onFrame: ((frame: Uint8Array) => void) | undefined = undefined;
+  onFrame: ((frame: Uint8Array, meta?: FrameMeta) => void) | undefined = undefined;
   readonly stats: NetStats = { txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, txDropped: 0, rxDropped: 0 };
   protected rxPaused = false;
   protected closed = false;
@@ -36,7 +36,7 @@ export abstract class NetBackendBase implements NetBackend {
   }
 
   /** Hands one received frame to the device (or counts it dropped when nobody listens). */
-  protected deliver(frame: Uint8Array): void {
+  protected deliver(frame: Uint8Array, meta?: FrameMeta): void {
     if (this.closed) return;
     if (!this.onFrame) {
       this.stats.rxDropped++;
@@ -44,7 +44,7 @@ export abstract class NetBackendBase implements NetBackend {
     }
     this.stats.rxFrames++;
     this.stats.rxBytes += frame.length;
-    this.onFrame(frame);
+    this.onFrame(frame, meta);
   }
 
   protected warn(message: string): void {

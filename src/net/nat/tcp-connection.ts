@@ -25,6 +25,12 @@ import { NewReno } from "./tcp-congestion.js";
 import { ReceiveWindow } from "./tcp-receive-window.js";
 import { connectionKey, type ConnectionOwner, type HostSocket, type TcpConnectionSummary, type TcpState } from "./tcp-types.js";
 
+/**
+ * The most host data in one super-segment: what fits an IPv4 packet (65535
+ * bytes) behind a 20-byte IP header and a TCP header with options (60 bytes).
+ */
+export const SUPER_SEGMENT_BYTES = 65535 - 20 - 60;
+
 export class TcpConnection {
   state: TcpState;
   readonly key: string;
@@ -545,10 +551,13 @@ export class TcpConnection {
       const flight = seqDiff(this.sndNxt, this.sndUna);
       const usable = Math.min(this.sndWnd, this.congestion.sendWindow()) - flight;
       if (unsent > 0) {
-        const len = Math.min(unsent, this.sndMss, usable);
+        // A card that takes super-segments gets whole MSS multiples in one (the guest sees them as GRO does).
+        const most = this.owner.superSegments ? Math.max(this.sndMss, SUPER_SEGMENT_BYTES - (SUPER_SEGMENT_BYTES % this.sndMss)) : this.sndMss;
+        let len = Math.min(unsent, most, usable);
+        if (len > this.sndMss && len < unsent) len -= len % this.sndMss;
         // RFC 9293 3.8.6.2.1 sender SWS avoidance: a full segment, all that is
         // left, half the largest window seen, or anything when nothing is in flight.
-        if (len <= 0 || !(len === this.sndMss || len === unsent || len >= this.maxSndWnd / 2 || flight === 0)) break;
+        if (len <= 0 || !(len >= this.sndMss || len === unsent || len >= this.maxSndWnd / 2 || flight === 0)) break;
         this.transmit(this.sndNxt, len);
         continue;
       }
@@ -645,7 +654,8 @@ export class TcpConnection {
 
   private emitRaw(h: Omit<TcpHeaderFields, "srcPort" | "dstPort">, payload?: Uint8Array): void {
     this.owner.counters.segmentsOut++;
-    this.owner.emit(this.remote, this.guest, buildTcp(this.remote, this.guest, { srcPort: this.remotePort, dstPort: this.guestPort, ...h }, payload));
+    const segment = buildTcp(this.remote, this.guest, { srcPort: this.remotePort, dstPort: this.guestPort, ...h }, payload);
+    this.owner.emit(this.remote, this.guest, segment, payload && payload.length > this.sndMss ? this.sndMss : undefined);
   }
 
   /** Guest bytes the host socket has not taken yet. */

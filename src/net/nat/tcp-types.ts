@@ -62,7 +62,10 @@ export interface ConnectionOwner {
   now(): number;
   /** Our initial sequence number for a new connection. */
   initialSequence(): number;
-  emit(src: number, dst: number, segment: Uint8Array): void;
+  /** `gsoSize`: the segment is a super-segment the guest's card takes whole (GUEST_TSO), to be cut at this size. */
+  emit(src: number, dst: number, segment: Uint8Array, gsoSize?: number): void;
+  /** The guest's card takes TCP super-segments (virtio-net GUEST_TSO4): send up to SUPER_SEGMENT_BYTES at once. */
+  readonly superSegments: boolean;
   /** Asks for sendAck() to run once at the end of this event-loop turn (several segments, one ACK). */
   scheduleAck(c: TcpConnection): void;
   /** The connection is over: forget it. */

@@ -63,8 +63,13 @@ import { buildTcp, parseTcp, segmentLength, TCP_ACK, TCP_RST, TCP_SYN, type TcpP
 export type { HostSocket, TcpConnectionSummary, TcpState, TcpTimeouts } from "./tcp-types.js";
 
 export interface TcpNatOptions {
-  /** Sends one TCP segment (header and payload, checksum filled in) from `src` to `dst` in an IPv4 packet towards the guest. */
-  emit(src: number, dst: number, segment: Uint8Array): void;
+  /**
+   * Sends one TCP segment (header and payload, checksum filled in) from `src`
+   * to `dst` in an IPv4 packet towards the guest. With `gsoSize` it is a
+   * super-segment (only after setSuperSegments(true)): the guest's card takes
+   * it whole as if it had been received in segments of gsoSize bytes.
+   */
+  emit(src: number, dst: number, segment: Uint8Array, gsoSize?: number): void;
   /**
    * The guest's SYN to dst:dstPort: open the host side and return its socket,
    * connecting (a net.Socket, created with allowHalfOpen: true so half-closes
@@ -168,6 +173,7 @@ export class TcpNat {
   private ackFlush: NodeJS.Immediate | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private closed = false;
+  private superSegments = false;
 
   constructor(private readonly o: TcpNatOptions) {
     this.maxConnections = o.maxConnections ?? 4096;
@@ -185,7 +191,10 @@ export class TcpNat {
       counters: this.counters,
       now,
       initialSequence: o.initialSequence ?? (() => randomInt(0, 2 ** 32)),
-      emit: (src, dst, segment) => o.emit(src, dst, segment),
+      emit: (src, dst, segment, gsoSize) => o.emit(src, dst, segment, gsoSize),
+      get superSegments() {
+        return nat.superSegments;
+      },
       scheduleAck: (c) => nat.scheduleAck(c),
       removed: (c) => nat.removed(c),
       refused: () => void nat.extra.refused++,
@@ -257,6 +266,15 @@ export class TcpNat {
   }
 
   /** Resets every connection towards the guest, destroys the host sockets, stops the timers. */
+  /**
+   * Whether the guest's card takes super-segments (virtio-net GUEST_TSO4 and
+   * GUEST_CSUM): then up to SUPER_SEGMENT_BYTES of host data go out as one,
+   * which the guest's stack takes as one GRO'd packet, instead of 45 frames.
+   */
+  setSuperSegments(on: boolean): void {
+    this.superSegments = on;
+  }
+
   close(): void {
     if (this.closed) return;
     for (const c of [...this.table.values()]) c.close();

@@ -108,6 +108,7 @@ test("-p HOSTPORT:GUESTPORT: a connection to the host's port reaches a server in
   let stderr = "";
   child.stdout.on("data", (d: Buffer) => (stdout += d));
   child.stderr.on("data", (d: Buffer) => (stderr += d));
+  child.stdin.end(); // a piped stdin is read to its end before the guest boots
   const exited = new Promise<number | null>((r) => child.on("close", r));
   try {
     const deadline = Date.now() + 300_000;

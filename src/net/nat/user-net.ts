@@ -92,8 +92,12 @@ export interface UserNetStats {
 export class UserNetError extends Error {}
 
 export class UserNet {
-  /** Frames towards the guest (or the switch the NAT is an uplink of). */
-  onFrame: ((frame: Uint8Array) => void) | undefined;
+  /**
+   * Frames towards the guest (or the switch the NAT is an uplink of). With
+   * `gsoSize` the frame is a TCP super-frame, sent only after
+   * tcp.setSuperSegments(true): the guest's card cuts it, or takes it whole.
+   */
+  onFrame: ((frame: Uint8Array, gsoSize?: number) => void) | undefined;
   /** Called when DHCP binds an address to a card or the lease ends (for the switch's anti-spoofing). */
   onLease: ((mac: Uint8Array, ip: number | undefined) => void) | undefined;
   readonly stats: UserNetStats = { framesIn: 0, bytesIn: 0, framesOut: 0, bytesOut: 0, arpReplies: 0, icmpEchoReplies: 0, drops: {} };
@@ -131,11 +135,12 @@ export class UserNet {
       toGuest: (host) => this.toGuest(host),
     });
     this.tcp = new TcpNat({
-      emit: (src, dst, segment) => this.sendIp(src, dst, IPPROTO_TCP, segment),
+      emit: (src, dst, segment, gsoSize) => this.sendIp(src, dst, IPPROTO_TCP, segment, gsoSize),
       connect: (dst, dstPort) => {
         const host = this.toHost(dst);
         if (host === undefined) return undefined;
-        const socket = new Socket();
+        // Half-open: the guest's FIN ends only our writing side (RFC 9293 3.6).
+        const socket = new Socket({ allowHalfOpen: true });
         socket.connect({ host, port: dstPort });
         return socket;
       },
@@ -259,21 +264,23 @@ export class UserNet {
   // --- towards the guest ---
 
   /** An IPv4 packet to `dst` on the virtual network, to its MAC (asking for it by ARP first if unknown). */
-  private sendIp(src: number, dst: number, protocol: number, payload: Uint8Array): void {
+  private sendIp(src: number, dst: number, protocol: number, payload: Uint8Array, gsoSize?: number): void {
     if (this.closed) return;
     if (20 + payload.length > this.config.mtu && protocol !== IPPROTO_TCP) {
       for (const fragment of fragmentIpv4(src, dst, protocol, payload, this.config.mtu)) this.sendPacket(dst, fragment);
       return;
     }
-    this.sendPacket(dst, buildIpv4(src, dst, protocol, payload));
+    this.sendPacket(dst, buildIpv4(src, dst, protocol, payload), gsoSize);
   }
 
-  private sendPacket(dst: number, packet: Uint8Array): void {
+  private sendPacket(dst: number, packet: Uint8Array, gsoSize?: number): void {
     const mac = this.neighbours.get(dst);
     if (mac) {
-      this.output(buildEthernet(mac, this.mac, ETHERTYPE_IPV4, packet));
+      this.output(buildEthernet(mac, this.mac, ETHERTYPE_IPV4, packet), gsoSize);
       return;
     }
+    // A super-segment never waits for ARP: the guest it goes to has talked to us.
+    if (gsoSize !== undefined) return this.drop("neighbour-unknown");
     let queue = this.pending.get(dst);
     if (!queue) {
       if (this.pending.size >= MAX_NEIGHBOURS) return this.drop("neighbour-unknown");
@@ -299,10 +306,10 @@ export class UserNet {
     }
   }
 
-  private output(frame: Uint8Array): void {
+  private output(frame: Uint8Array, gsoSize?: number): void {
     this.stats.framesOut++;
     this.stats.bytesOut += frame.length;
-    this.onFrame?.(frame);
+    this.onFrame?.(frame, gsoSize);
   }
 
   // --- addresses ---
@@ -338,7 +345,7 @@ export class UserNet {
   // --- port forwards into the guest ---
 
   private async listen(fwd: HostForward): Promise<void> {
-    const server = createServer((socket) => {
+    const server = createServer({ allowHalfOpen: true }, (socket) => {
       const guest = fwd.guestAddress ?? this.dhcpAddressForForward();
       // The connection appears to come from the gateway, on a port of its own, as in slirp.
       const port = this.tcp.freePort(guest, fwd.guestPort, this.config.gateway);
