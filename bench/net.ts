@@ -195,7 +195,9 @@ async function daemonPair(image: Image, helper: Uint8Array, mib: number): Promis
   let daemonErr = "";
   daemon.stderr.on("data", (d) => (daemonErr += d));
   const vm = (...args: string[]) => {
-    const r = spawnSync(process.execPath, [bin, "vm", ...args, "--host", socket], { encoding: "utf8", maxBuffer: 64 << 20 });
+    const dashes = args.indexOf("--");
+    const withHost = dashes < 0 ? [...args, "--host", socket] : [...args.slice(0, dashes), "--host", socket, ...args.slice(dashes)];
+    const r = spawnSync(process.execPath, [bin, "vm", ...withHost], { encoding: "utf8", maxBuffer: 64 << 20 });
     if (r.status !== 0 && args[0] !== "wait") throw new Error(`tsvisor vm ${args.join(" ")}: ${r.stderr.trim()}\n${daemonErr}`);
     return r.stdout;
   };
@@ -231,12 +233,17 @@ async function daemonPair(image: Image, helper: Uint8Array, mib: number): Promis
   }
 }
 
-/** A script without the stdin helper: `/tmp/p time CMD` becomes a shell function timing by /proc/uptime (10 ms steps). */
+/** A script without the stdin helper: /tmp/p becomes a shell script that times by /proc/uptime (10 ms steps). */
 function uptimeTimed(script: string): string {
-  const timer = `up() { cut -d' ' -f1 /proc/uptime; }
-ptime() { a=$(up); "$@"; s=$?; b=$(up); echo "elapsed $(echo "$b $a" | awk '{printf "%.2f", $1 - $2}')" >&2; return $s; }
+  const timer = `cat > /tmp/p <<'EOF'
+#!/bin/sh
+shift
+a=$(cut -d' ' -f1 /proc/uptime); "$@"; s=$?; b=$(cut -d' ' -f1 /proc/uptime)
+echo "elapsed $(echo "$b $a" | awk '{printf "%.2f", $1 - $2}')" >&2
+exit $s
+EOF
 `;
-  return script.replace(/^cat \/tsvisor\/stdin > \/tmp\/p\nchmod \+x \/tmp\/p\n/, timer).replaceAll("/tmp/p time", "ptime");
+  return script.replace(/^cat \/tsvisor\/stdin > \/tmp\/p\n/, timer);
 }
 
 /** VM to VM through a tunnel: tsvisor's VXLAN between two processes; QEMU's UDP socket backend. */
