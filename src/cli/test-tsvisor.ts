@@ -46,3 +46,19 @@ export function pullImage(): void {
   const r = spawnSync(process.execPath, [bin, "image", "pull"], { encoding: "utf8", timeout: 900_000 });
   assert.equal(r.status, 0, `image pull failed: ${r.stderr}`);
 }
+
+/** The run ended with status 0; its stdout. */
+export function ok(r: Run, what = "tsvisor"): string {
+  assert.equal(r.status, 0, `${what}: status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
+  return r.stdout;
+}
+
+/** The value of each `key=value` line a guest printed. */
+export function reported(stdout: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of stdout.split("\n")) {
+    const m = /^([a-z][\w-]*)=(.*)$/.exec(line.trim());
+    if (m) out[m[1]] = m[2];
+  }
+  return out;
+}

@@ -8,27 +8,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { tsvisor, oneErrorLine, pullImage, bin, type Run } from "./test-tsvisor.js";
+import { tsvisor, oneErrorLine, pullImage, bin, ok, reported, type Run } from "./test-tsvisor.js";
 
 before(pullImage);
 
 const sha256 = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
 const hasQemuImg = spawnSync("qemu-img", ["--version"]).status === 0;
 
-function ok(r: Run, what: string): string {
-  assert.equal(r.status, 0, `${what}: status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
-  return r.stdout;
-}
 
-/** The value of each `key=value` line the guest printed. */
-function reported(stdout: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of stdout.split("\n")) {
-    const m = /^([a-z][\w-]*)=(.*)$/.exec(line.trim());
-    if (m) out[m[1]] = m[2];
-  }
-  return out;
-}
 
 function checkImage(path: string): void {
   ok(spawnSync(process.execPath, [bin, "disk", "check", path], { encoding: "utf8" }) as Run, `tsvisor disk check ${path}`);

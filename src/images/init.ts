@@ -86,7 +86,8 @@ EOF
   chmod 755 /etc/udhcpc/default.script
   for ifc in $(echo "$dhcp" | tr , ' '); do
     ip link set "$ifc" up 2>/dev/null
-    udhcpc -i "$ifc" -s /etc/udhcpc/default.script -q -n -t 4 -T 1 >/dev/null 2>&1 || echo "tsvisor init: no DHCP answer on $ifc" >&2
+    # Without -q udhcpc stays, in the background once it has the lease, and renews it (RFC 2131 4.4.5).
+    udhcpc -i "$ifc" -s /etc/udhcpc/default.script -n -t 4 -T 1 >/dev/null 2>&1 || echo "tsvisor init: no DHCP answer on $ifc" >&2
   done
 fi
 

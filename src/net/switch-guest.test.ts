@@ -12,19 +12,11 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { AddressInfo } from "node:net";
-import { pullImage } from "../cli/test-tsvisor.js";
+import { pullImage, reported } from "../cli/test-tsvisor.js";
 import { TestHost } from "../api/test-host.js";
 
 before(pullImage);
 
-function reported(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const m = /^([a-z][\w-]*)=(.*)$/.exec(line.trim());
-    if (m) out[m[1]] = m[2];
-  }
-  return out;
-}
 
 test("VMs on a switch: DHCP from its NAT, TCP between VLAN 10's VMs, nothing across to VLAN 20, a spoofed MAC dropped and counted", { timeout: 600_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-switch-"));

@@ -9,60 +9,20 @@
 
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createSocket } from "node:dgram";
-import { promisify } from "node:util";
-import type { AddressInfo } from "node:net";
 import { tsvisor, pullImage } from "../cli/test-tsvisor.js";
-
-const run = promisify(execFile);
-
-async function works(file: string, args: string[]): Promise<boolean> {
-  try {
-    await run(file, args);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { openVxlanLab } from "./testing/vxlan-lab.js";
 
 before(pullImage);
 
 test("a guest on a VXLAN switch pings a Linux vxlan device and exchanges TCP data with a server behind it", { timeout: 600_000 }, async (t) => {
-  if (process.platform !== "linux" || process.getuid?.() !== 0) return t.skip("needs root on Linux to create a network namespace");
-  const id = `${process.pid}`.slice(-6);
-  const ns = `tsvisor-vg-${id}`;
-  const [vethRoot, vethNs] = [`tsvg${id}r`, `tsvg${id}n`];
-  const x = (process.pid + 7) % 250;
-  const [rootAddr, nsAddr] = [`10.202.${x}.1`, `10.202.${x}.2`];
-  const [guestOverlay, linuxOverlay] = [`192.168.${x}.1`, `192.168.${x}.2`];
-  const vni = 5200 + x;
-  const ip = (...args: string[]) => run("ip", args);
-  if (!(await works("ip", ["netns", "add", ns]))) return t.skip("`ip netns add` is not available here");
+  const lab = await openVxlanLab(t, 2);
+  if (!lab) return;
+  const { ns, rootAddr, nsAddr, port, vni, linuxOverlay } = lab;
+  const guestOverlay = lab.tsvisorOverlay;
   let server: ReturnType<typeof spawn> | undefined;
   try {
-    await ip("link", "add", vethRoot, "type", "veth", "peer", "name", vethNs);
-    await ip("link", "set", vethNs, "netns", ns);
-    await ip("addr", "add", `${rootAddr}/30`, "dev", vethRoot);
-    await ip("link", "set", vethRoot, "up");
-    await ip("-n", ns, "addr", "add", `${nsAddr}/30`, "dev", vethNs);
-    await ip("-n", ns, "link", "set", vethNs, "up");
-    // veth leaves checksums to "hardware" that is not there: a TCP segment the
-    // vxlan device sends would reach tsvisor's UDP socket with only the
-    // pseudo-header in its checksum field (CHECKSUM_PARTIAL is not resolved
-    // for a local socket). A physical NIC fills it in; here the kernel must.
-    if (!(await works("ip", ["netns", "exec", ns, "ethtool", "-K", vethNs, "tx", "off"]))) return t.skip("needs ethtool to turn off the veth's checksum offload");
-    const s = createSocket("udp4");
-    await new Promise<void>((r) => s.bind(0, rootAddr, r));
-    const port = (s.address() as AddressInfo).port;
-    await new Promise<void>((r) => s.close(() => r()));
-    if (!(await works("ip", ["-n", ns, "link", "add", "vx0", "type", "vxlan", "id", `${vni}`, "dstport", `${port}`, "remote", rootAddr, "local", nsAddr]))) {
-      return t.skip("the kernel has no vxlan support");
-    }
-    await ip("-n", ns, "addr", "add", `${linuxOverlay}/24`, "dev", "vx0");
-    await ip("-n", ns, "link", "set", "vx0", "up");
-
     // The server behind the Linux vxlan device: answers each connection with the byte count and sha256 of what it got.
     const code = `require("node:net").createServer((c) => {
         const h = require("node:crypto").createHash("sha256"); let n = 0;
@@ -90,7 +50,6 @@ test("a guest on a VXLAN switch pings a Linux vxlan device and exchanges TCP dat
     assert.match(r.stdout, new RegExp(`^tcp=${payload.length} ${sha}$`, "m"), r.stdout);
   } finally {
     server?.kill();
-    await works("ip", ["link", "del", vethRoot]);
-    await works("ip", ["netns", "del", ns]);
+    await lab.close();
   }
 });

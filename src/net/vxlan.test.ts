@@ -19,6 +19,7 @@ import {
   parseEthernet, parseIpv4, parseIpv4Address,
 } from "./packet.js";
 import { waitFor } from "../backends/net/testing.js";
+import { commandWorks, openVxlanLab } from "./testing/vxlan-lab.js";
 
 const run = promisify(execFile);
 
@@ -222,56 +223,14 @@ class Responder {
   }
 }
 
-async function commandWorks(file: string, args: string[]): Promise<boolean> {
-  try {
-    await run(file, args);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 test("vxlan: a Linux vxlan device in a network namespace pings (when ping is installed) and exchanges UDP with a station on the switch", { timeout: 60_000 }, async (t) => {
-  if (process.platform !== "linux" || process.getuid?.() !== 0) {
-    t.skip("needs root on Linux to create a network namespace");
-    return;
-  }
-  const id = `${process.pid}`.slice(-6);
-  const ns = `tsvisor-vx-${id}`;
-  const vethRoot = `tsvx${id}r`;
-  const vethNs = `tsvx${id}n`;
-  const x = process.pid % 250;
-  const rootAddr = `10.201.${x}.1`;
-  const nsAddr = `10.201.${x}.2`;
-  const overlayLinux = `192.168.${x}.2`;
-  const overlayResponder = `192.168.${x}.1`;
-  const vni = 4200 + x;
-  const ip = (...args: string[]) => run("ip", args);
-  const inNs = (...args: string[]) => run("ip", ["netns", "exec", ns, ...args], { timeout: 20_000 });
-
-  if (!(await commandWorks("ip", ["netns", "add", ns]))) {
-    t.skip("`ip netns add` is not available here");
-    return;
-  }
+  const lab = await openVxlanLab(t, 1);
+  if (!lab) return;
+  const { rootAddr, nsAddr, port, vni, linuxMac, inNs } = lab;
+  const [overlayLinux, overlayResponder] = [lab.linuxOverlay, lab.tsvisorOverlay];
   let uplink: VxlanUplink | undefined;
   try {
-    await ip("link", "add", vethRoot, "type", "veth", "peer", "name", vethNs);
-    await ip("link", "set", vethNs, "netns", ns);
-    await ip("addr", "add", `${rootAddr}/30`, "dev", vethRoot);
-    await ip("link", "set", vethRoot, "up");
-    await ip("-n", ns, "addr", "add", `${nsAddr}/30`, "dev", vethNs);
-    await ip("-n", ns, "link", "set", vethNs, "up");
-    await ip("-n", ns, "link", "set", "lo", "up");
-    const port = await freeUdpPort(rootAddr);
-    if (!(await commandWorks("ip", ["-n", ns, "link", "add", "vx0", "type", "vxlan", "id", `${vni}`, "dstport", `${port}`, "remote", rootAddr, "local", nsAddr]))) {
-      t.skip("the kernel has no vxlan support");
-      return;
-    }
-    await ip("-n", ns, "addr", "add", `${overlayLinux}/24`, "dev", "vx0");
-    await ip("-n", ns, "link", "set", "vx0", "up");
-    const linuxMac = JSON.parse((await ip("-n", ns, "-j", "link", "show", "vx0")).stdout)[0].address as string;
-
-    const sw = new VirtualSwitch(`interop-${id}`);
+    const sw = new VirtualSwitch(`interop-${lab.ns}`);
     uplink = await openVxlanUplink(sw, { vni, local: { host: rootAddr, port }, remotes: [{ host: nsAddr, port }] });
     const responderMac = new Uint8Array([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
     const responder = new Responder(sw, responderMac, parseIpv4Address(overlayResponder)!);
@@ -307,7 +266,6 @@ test("vxlan: a Linux vxlan device in a network namespace pings (when ping is ins
     t.diagnostic(`${uplink.port.describeCounters()}; ${responder.port.describeCounters()}; linux ${ipv4String(parseIpv4Address(overlayLinux)!)} = ${linuxMac}`);
   } finally {
     uplink?.close();
-    await commandWorks("ip", ["link", "del", vethRoot]);
-    await commandWorks("ip", ["netns", "del", ns]);
+    await lab.close();
   }
 });

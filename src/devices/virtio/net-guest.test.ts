@@ -8,23 +8,11 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { tsvisor, pullImage, type Run } from "../../cli/test-tsvisor.js";
+import { tsvisor, pullImage, ok, reported } from "../../cli/test-tsvisor.js";
 
 before(pullImage);
 
-function ok(r: Run, what: string): string {
-  assert.equal(r.status, 0, `${what}: status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
-  return r.stdout;
-}
 
-function reported(stdout: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of stdout.split("\n")) {
-    const m = /^([a-z][\w-]*)=(.*)$/.exec(line.trim());
-    if (m) out[m[1]] = m[2];
-  }
-  return out;
-}
 
 /** Feature bit `n` of a /sys/bus/virtio/devices/X/features string (bit 0 first). */
 const bit = (features: string, n: number) => features[n] === "1";

@@ -11,7 +11,7 @@ import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import { connect, createServer as createTcpServer, type AddressInfo } from "node:net";
-import { tsvisor, pullImage, bin, type Run } from "../../cli/test-tsvisor.js";
+import { tsvisor, pullImage, bin, ok, reported } from "../../cli/test-tsvisor.js";
 
 before(pullImage);
 
@@ -20,19 +20,7 @@ const BIG = Buffer.alloc(4 << 20);
 for (let i = 0; i < BIG.length; i += 4) BIG.writeUInt32LE((i * 2654435761) >>> 0, i);
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
-function reported(stdout: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of stdout.split("\n")) {
-    const m = /^([a-z][\w-]*)=(.*)$/.exec(line.trim());
-    if (m) out[m[1]] = m[2];
-  }
-  return out;
-}
 
-function ok(r: Run): string {
-  assert.equal(r.status, 0, `status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
-  return r.stdout;
-}
 
 async function webServer(): Promise<{ server: Server; port: number; uploads: string[] }> {
   const uploads: string[] = [];
