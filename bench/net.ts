@@ -191,7 +191,7 @@ async function switchRun(engine: Engine, image: Image, helper: Uint8Array, mib: 
 /** Two VMs of one `tsvisor host` on switch `lan`; the figures from their logs. */
 async function daemonPair(image: Image, helper: Uint8Array, mib: number): Promise<PairFigures> {
   const socket = join(scratch, "host.sock");
-  const daemon = spawn(process.execPath, [bin, "host", "--socket", socket, "--mem", "1G"], { stdio: ["ignore", "ignore", "pipe"] });
+  const daemon = spawn(process.execPath, [bin, "host", "--socket", socket, "--state-dir", join(scratch, "state"), "--mem", "1G"], { stdio: ["ignore", "ignore", "pipe"] });
   let daemonErr = "";
   daemon.stderr.on("data", (d) => (daemonErr += d));
   const vm = (...args: string[]) => {

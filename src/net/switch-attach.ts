@@ -15,7 +15,7 @@
 // and from then on that card's port accepts ARP and IPv4 only from that
 // address (anti-spoofing, src/net/switch.ts).
 
-import { NetBackendError, type NetBackend, type NetBackendSpec, type NetStats, type OpenOptions } from "../backends/net/net-backend.js";
+import { NetBackendError, type FrameMeta, type NetBackend, type NetBackendSpec, type NetStats, type Offloads, type OpenOptions } from "../backends/net/net-backend.js";
 import { macKey } from "./packet.js";
 import { getOrCreateSwitch, openSwitchPort, releaseSwitch } from "./switch-backend.js";
 import type { SwitchPort, VirtualSwitch } from "./switch.js";
@@ -42,9 +42,10 @@ class SwitchCard implements NetBackend {
   get description(): string { return this.inner.description; }
   get stats(): NetStats { return this.inner.stats; }
   get onFrame() { return this.inner.onFrame; }
-  set onFrame(f: ((frame: Uint8Array) => void) | undefined) { this.inner.onFrame = f; }
+  set onFrame(f: ((frame: Uint8Array, meta?: FrameMeta) => void) | undefined) { this.inner.onFrame = f; }
   get port(): SwitchPort { return this.inner.port; }
-  send(frame: Uint8Array): void { this.inner.send(frame); }
+  get txOffloads(): Offloads | undefined { return this.inner.txOffloads; }
+  send(frame: Uint8Array, meta?: FrameMeta): void { this.inner.send(frame, meta); }
   setRxPaused(paused: boolean): void { this.inner.setRxPaused(paused); }
   close(): void {
     if (this.closed) return;

@@ -5,7 +5,7 @@
 // Switches live in a process-wide registry by name, created on first use: in
 // `tsvisor run` the VMs of that process share them, in a host daemon its VMs do.
 
-import { NetBackendError, defaultWarn, type NetBackend, type WarnFn } from "../backends/net/net-backend.js";
+import { NetBackendError, defaultWarn, type FrameMeta, type NetBackend, type Offloads, type WarnFn } from "../backends/net/net-backend.js";
 import { NetBackendBase } from "../backends/net/backend-base.js";
 import { VirtualSwitch, type PortRateLimits, type SwitchOptions, type SwitchPort } from "./switch.js";
 
@@ -43,8 +43,12 @@ export interface SwitchPortBackendOptions {
   warn?: WarnFn;
 }
 
+/** A card takes and sends super-frames and partial checksums (the device cuts them for a guest that does not). */
+const CARD_OFFLOADS: Offloads = { csum: true, tso4: true, tso6: true };
+
 class SwitchBackend extends NetBackendBase {
   readonly port: SwitchPort;
+  readonly txOffloads = CARD_OFFLOADS;
 
   constructor(sw: VirtualSwitch, opts: SwitchPortBackendOptions) {
     super(`switch:${sw.name}:${opts.name}`, opts.warn ?? defaultWarn);
@@ -53,18 +57,30 @@ class SwitchBackend extends NetBackendBase {
       mac: opts.mac,
       vlan: opts.vlan,
       rateLimit: opts.rateLimit,
-      deliver: (frame) => this.fromSwitch(frame),
+      offloads: CARD_OFFLOADS,
+      deliver: (frame, meta) => this.fromSwitch(frame, meta),
     });
   }
 
+  /** Guest -> switch, a super-frame or partial checksum whole (the card checked its headers). */
+  override send(frame: Uint8Array, meta?: FrameMeta): void {
+    if (!meta) return super.send(frame);
+    if (this.closed || !this.port.input(frame, meta)) {
+      this.stats.txDropped++;
+      return;
+    }
+    this.stats.txFrames++;
+    this.stats.txBytes += frame.length;
+  }
+
   /** Switch -> guest. While the guest has no receive buffers the frame is dropped, as on a full wire. */
-  private fromSwitch(frame: Uint8Array): boolean {
+  private fromSwitch(frame: Uint8Array, meta?: FrameMeta): boolean {
     if (this.closed) return false;
     if (this.rxPaused || !this.onFrame) {
       this.stats.rxDropped++;
       return false;
     }
-    this.deliver(frame);
+    this.deliver(frame, meta);
     return true;
   }
 

@@ -8,7 +8,8 @@ import {
   ARP_REQUEST, BROADCAST_MAC, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_UDP,
   addVlanTag, buildArp, buildEthernet, buildIpv4, buildUdp, macString, parseIpv4Address,
 } from "./packet.js";
-import { MAX_FRAME_BYTES } from "../backends/net/net-backend.js";
+import { GSO_TCPV4, MAX_FRAME_BYTES, type FrameMeta } from "../backends/net/net-backend.js";
+import { tcpFrame, payload, transportChecksumOk, ipv4HeaderOk } from "../devices/virtio/net-test-frames.js";
 
 /** 52:54:00:00:<hi>:<lo>, a locally administered unicast MAC. */
 function mac(n: number): Uint8Array {
@@ -401,4 +402,32 @@ test("switch: a frame given as a Node Buffer is copied, not viewed (Buffer.slice
   a.input(buffer);
   buffer.fill(0);
   assert.equal(received[0][0], 0xff);
+});
+
+test("super-frames cross whole between cards that take them; a port without offloads gets them cut, with checksums made", () => {
+  const sw = new VirtualSwitch("gso");
+  const all = { csum: true, tso4: true, tso6: true };
+  const toB: [Uint8Array, FrameMeta | undefined][] = [];
+  const toUplink: Uint8Array[] = [];
+  const a = sw.attach({ name: "a", mac: mac(1), offloads: all, deliver: () => {} });
+  sw.attach({ name: "b", mac: mac(2), offloads: all, deliver: (f, m) => void toB.push([f, m]) });
+  const uplink = sw.attach({ name: "uplink", deliver: (f, m) => void toUplink.push(m ? new Uint8Array(0) : f) });
+  // 20,000 bytes of TCP as the guest hands them to its card: one frame, the checksum left partial.
+  const sup = tcpFrame({ payload: payload(20_000, 3), partial: true });
+  const meta: FrameMeta = { gsoType: GSO_TCPV4, gsoSize: 1448, needsCsum: true, csumStart: 34, csumOffset: 16 };
+  assert.equal(a.input(sup, meta), true); // to b, a card: whole
+  assert.equal(toB.length, 1);
+  assert.deepEqual(toB[0][1], meta);
+  assert.equal(toB[0][0].length, sup.length);
+  assert.equal(toUplink.length, 0);
+  const unknown = Uint8Array.from(sup);
+  unknown.set(mac(9), 0); // a destination nobody has: flooded, whole to b, cut for the uplink
+  assert.equal(a.input(unknown, meta), true);
+  assert.equal(toB.length, 2);
+  assert.equal(toUplink.length, Math.ceil(20_000 / 1448));
+  for (const f of toUplink) assert.ok(f.length <= 14 + 20 + 20 + 1448 && transportChecksumOk(f) && ipv4HeaderOk(f));
+  assert.equal(uplink.counters.outFrames, toUplink.length);
+  // A port may not send what it does not say it takes.
+  assert.equal(uplink.input(sup, meta), false);
+  assert.equal(uplink.counters.drops.malformed, 1);
 });

@@ -24,7 +24,9 @@
 // The switch keeps no timers: aging is done lazily on the injectable clock, so
 // an idle switch costs nothing and tests drive time by hand.
 
-import { MAX_FRAME_BYTES } from "../backends/net/net-backend.js";
+import { GSO_TCPV4, GSO_TCPV6, MAX_FRAME_BYTES, MAX_GSO_FRAME_BYTES, type FrameMeta, type Offloads } from "../backends/net/net-backend.js";
+// The same cutting and checksum completion the card does for a guest without offloads.
+import { completeChecksum, segmentTcp } from "../devices/virtio/net-offload.js";
 import {
   ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, IPPROTO_UDP,
   ipv4String, isMulticastMac, macKey, macString, parseArp, parseIpv4Address, readU32,
@@ -99,11 +101,19 @@ export interface PortOptions {
   vlan?: number;
   rateLimit?: PortRateLimits;
   /**
+   * What the port takes whole (a VM's card takes super-frames and partial
+   * checksums, FrameMeta): a frame that arrives with such metadata reaches
+   * ports that take it as it is, and others as ordinary frames, cut and
+   * checksummed once per frame. Absent: ordinary frames only.
+   */
+  offloads?: Offloads;
+  /**
    * Switch -> port: one frame, valid after the call but shared with the other
    * ports a flood reaches, so it must not be modified. Returning false says
-   * the receiver could not take it (counted as "port-busy").
+   * the receiver could not take it (counted as "port-busy"). `meta` comes
+   * only to a port whose `offloads` take it.
    */
-  deliver(frame: Uint8Array): boolean | void;
+  deliver(frame: Uint8Array, meta?: FrameMeta): boolean | void;
 }
 
 export interface SwitchOptions {
@@ -154,7 +164,8 @@ export class SwitchPort {
   /** @internal */
   readonly egressLimiter: RateLimiter | undefined;
   /** @internal */
-  readonly deliverFn: (frame: Uint8Array) => boolean | void;
+  readonly deliverFn: (frame: Uint8Array, meta?: FrameMeta) => boolean | void;
+  readonly offloads: Offloads | undefined;
   private allowed: number | undefined;
   private detached = false;
 
@@ -164,6 +175,7 @@ export class SwitchPort {
     this.mac = opts.mac && Uint8Array.from(opts.mac.subarray(0, 6));
     this.vlan = opts.vlan;
     this.deliverFn = opts.deliver;
+    this.offloads = opts.offloads;
     this.ingressLimiter = opts.rateLimit?.ingress && new RateLimiter(opts.rateLimit.ingress, now);
     this.egressLimiter = opts.rateLimit?.egress && new RateLimiter(opts.rateLimit.egress, now);
   }
@@ -204,10 +216,18 @@ export class SwitchPort {
     this.allowed = value >>> 0;
   }
 
-  /** Port -> switch: one Ethernet frame (copied). False when the switch refused it (counted). */
-  input(frame: Uint8Array): boolean {
+  /**
+   * Port -> switch: one Ethernet frame (copied). False when the switch
+   * refused it (counted). `meta` only from a port whose `offloads` say it
+   * sends such frames (a VM's card, which checked the super-frame's headers).
+   */
+  input(frame: Uint8Array, meta?: FrameMeta): boolean {
     if (this.detached) return false;
-    return this.owner.receive(this, frame);
+    if (meta && !takes(this.offloads, meta)) {
+      this.counters.drops.malformed++;
+      return false;
+    }
+    return this.owner.receive(this, frame, meta);
   }
 
   /** Leaves the switch; its MAC entries go with it. Idempotent. */
@@ -314,8 +334,8 @@ export class VirtualSwitch {
   // --- the path of a frame ---
 
   /** @internal SwitchPort.input: checks, learns, forwards. */
-  receive(port: SwitchPort, frame: Uint8Array): boolean {
-    const refused = this.checkIngress(port, frame);
+  receive(port: SwitchPort, frame: Uint8Array, meta?: FrameMeta): boolean {
+    const refused = this.checkIngress(port, frame, meta);
     if (refused) {
       port.counters.drops[refused]++;
       return false;
@@ -327,23 +347,24 @@ export class VirtualSwitch {
     port.counters.inBytes += copy.length;
     const segment = segmentOf(port.vlan);
     this.learn(port, segment, copy);
+    const out = new Outgoing(copy, meta);
     if (isMulticastMac(copy, 0)) {
-      this.flood(port, segment, copy);
+      this.flood(port, segment, out);
       return true;
     }
     const target = this.lookupEntry(segment, macKey(copy, 0));
-    if (!target) this.flood(port, segment, copy);
+    if (!target) this.flood(port, segment, out);
     else if (target.port === port) port.counters.drops["own-port"]++;
-    else this.send(target.port, copy);
+    else this.send(target.port, out);
     return true;
   }
 
   /** Every reason to refuse a frame from `port`, cheapest first; undefined to accept it. */
-  private checkIngress(port: SwitchPort, frame: Uint8Array): DropReason | undefined {
+  private checkIngress(port: SwitchPort, frame: Uint8Array, meta: FrameMeta | undefined): DropReason | undefined {
     // A frame without FCS may be shorter than Ethernet's 60-byte minimum (virtio
     // does not pad; Linux sends 42-byte ARP), so "runt" is only what has no header.
     if (frame.length < ETH_HLEN) return "runt";
-    if (frame.length > MAX_FRAME_BYTES) return "oversized";
+    if (frame.length > (meta?.gsoType ? MAX_GSO_FRAME_BYTES : MAX_FRAME_BYTES)) return "oversized";
     // Policed before any other look at the frame, as OVS polices all that arrives at an interface.
     if (port.ingressLimiter && !port.ingressLimiter.allow(frame.length)) return "rate-limit-in";
     const type = (frame[12] << 8) | frame[13];
@@ -382,24 +403,32 @@ export class VirtualSwitch {
     return undefined;
   }
 
-  private flood(ingress: SwitchPort, segment: number, frame: Uint8Array): void {
+  private flood(ingress: SwitchPort, segment: number, out: Outgoing): void {
     const members = this.segments.get(segment);
     if (!members) return;
     // A copy of the list: a receiver may detach a port (or itself) while we deliver.
-    for (const p of members.slice()) if (p !== ingress && p.attached) this.send(p, frame);
+    for (const p of members.slice()) if (p !== ingress && p.attached) this.send(p, out);
   }
 
-  private send(port: SwitchPort, frame: Uint8Array): void {
-    if (port.egressLimiter && !port.egressLimiter.allow(frame.length)) {
+  private send(port: SwitchPort, out: Outgoing): void {
+    if (port.egressLimiter && !port.egressLimiter.allow(out.frame.length)) {
       port.counters.drops["rate-limit-out"]++;
       return;
     }
-    if (port.deliverFn(frame) === false) {
-      port.counters.drops["port-busy"]++;
+    const whole = !out.meta || takes(port.offloads, out.meta);
+    const frames = whole ? [out.frame] : out.plain();
+    if (!frames) {
+      port.counters.drops.malformed++;
       return;
     }
-    port.counters.outFrames++;
-    port.counters.outBytes += frame.length;
+    for (const frame of frames) {
+      if (port.deliverFn(frame, whole ? out.meta : undefined) === false) {
+        port.counters.drops["port-busy"]++;
+        continue;
+      }
+      port.counters.outFrames++;
+      port.counters.outBytes += frame.length;
+    }
   }
 
   // --- the filtering database ---
@@ -513,6 +542,42 @@ export class VirtualSwitch {
       if (own?.port === port) this.forget(own);
     }
   }
+}
+
+/** Whether a port with `offloads` takes a frame with `meta` as it is. */
+function takes(offloads: Offloads | undefined, meta: FrameMeta): boolean {
+  if (!offloads) return false;
+  if (meta.gsoType === GSO_TCPV4) return offloads.tso4 && offloads.csum;
+  if (meta.gsoType === GSO_TCPV6) return offloads.tso6 && offloads.csum;
+  if (meta.gsoType) return false;
+  return !meta.needsCsum || offloads.csum;
+}
+
+/**
+ * A frame on its way out of the switch, with what it carries beyond its bytes;
+ * its ordinary form (segments with complete checksums) is made at most once,
+ * for the first port that needs it.
+ */
+class Outgoing {
+  private segments: Uint8Array[] | undefined | null;
+  constructor(readonly frame: Uint8Array, readonly meta: FrameMeta | undefined) {}
+
+  /** The frame as ordinary frames; undefined when it cannot be cut (counted by the caller). */
+  plain(): Uint8Array[] | undefined {
+    if (this.segments === undefined) this.segments = ordinaryFrames(this.frame, this.meta!) ?? null;
+    return this.segments ?? undefined;
+  }
+}
+
+/** A super-frame cut, or a partial checksum completed (on a copy): what a port without offloads takes. */
+function ordinaryFrames(frame: Uint8Array, meta: FrameMeta): Uint8Array[] | undefined {
+  if (meta.gsoType) {
+    const segments = segmentTcp(frame, meta.gsoType, meta.gsoSize ?? 0);
+    return typeof segments === "string" ? undefined : segments;
+  }
+  if (!meta.needsCsum) return [frame];
+  const copy = Uint8Array.from(frame);
+  return completeChecksum(copy, meta.csumStart ?? 0, meta.csumOffset ?? 0) === undefined ? [copy] : undefined;
 }
 
 function oldest(entries: Set<Entry>): Entry {
