@@ -59,7 +59,8 @@ options for run:
                             DNS 10.0.2.3; net=, host=, dns=, dhcpstart= change them)
                           switch=NAME[,vlan=ID] a port on the host's virtual switch;
                             ,nat gives the switch a NAT uplink, ,vxlan=VNI,remote=IP
-                            a VXLAN tunnel to another host (UDP port 4789)
+                            a VXLAN tunnel to another host (UDP port 4789),
+                            ,bw=RATE,pps=RATE rate limits (bytes/s, frames/s)
                           tap=NAME, socket=listen:PATH, socket=connect:PATH,
                           socket=udp:HOST:PORT,peer=HOST:PORT
                           none: no network card at all
