@@ -171,6 +171,27 @@ settle() {
 `;
 }
 
+/** The VMs of a VM-to-VM transfer: their addresses on eth0 and the port the receiver listens on. */
+export const PAIR = { receiverIp: "10.0.0.1", senderIp: "10.0.0.2", port: 5000 };
+
+/**
+ * The listening VM of a VM-to-VM transfer: one `nc -l` per round; the -e
+ * program gets the socket as stdin/stdout, times the copy to tmpfs until the
+ * sender's end of stream, then answers with `reply` run on what arrived
+ * (/tmp/r). `after` runs once the rounds are done.
+ */
+export function receiverScript(rounds: string, reply: string, after = ""): string {
+  return `${prelude("cat /tsvisor/stdin > /tmp/p")}
+ifconfig eth0 ${PAIR.receiverIp} netmask 255.255.255.0 up || fail ifconfig
+settle
+for i in ${rounds}; do
+  nc -l -p ${PAIR.port} -e sh -c '/tmp/p time cat > /tmp/r 2>/tmp/t; ${reply}' || fail nc-listen
+  echo "BENCH recv$i $(grep ^elapsed /tmp/t) bytes $(wc -c < /tmp/r)"
+  rm -f /tmp/r
+done
+${after}`;
+}
+
 export interface Row {
   what: string;
   unit: string;

@@ -39,7 +39,7 @@ import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parseArgs } from "node:util";
 import { pullDebianImage } from "../src/images/debian.js";
-import { GuestRunner, QEMU, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, results, type Engine, type Image, type Row } from "./guest-run.js";
+import { GuestRunner, PAIR, QEMU, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, receiverScript, results, type Engine, type Image, type Row } from "./guest-run.js";
 
 const DISK_MIB = 256;
 const MEM = "512M";
@@ -79,24 +79,7 @@ done
 `;
 }
 
-const RECEIVER_IP = "10.0.0.1";
-const SENDER_IP = "10.0.0.2";
-const PORT = 5000;
-
-/** The listening VM: one nc -l per round; the -e program gets the socket as
- *  stdin/stdout, times the copy to tmpfs until the sender's end of stream,
- *  then answers with the md5 of what arrived. */
-function receiverScript(): string {
-  return `${prelude("cat /tsvisor/stdin > /tmp/p")}
-ifconfig eth0 ${RECEIVER_IP} netmask 255.255.255.0 up || fail ifconfig
-settle
-for i in ${rounds()}; do
-  nc -l -p ${PORT} -e sh -c '/tmp/p time cat > /tmp/r 2>/tmp/t; md5sum < /tmp/r' || fail nc-listen
-  echo "BENCH recv$i $(grep ^elapsed /tmp/t) bytes $(wc -c < /tmp/r)"
-  rm -f /tmp/r
-done
-`;
-}
+const { receiverIp: RECEIVER_IP, senderIp: SENDER_IP, port: PORT } = PAIR;
 
 /** The connecting VM: stdin is the helper followed by the payload. It waits
  *  for the receiver to answer ping, then sends the payload once per round,
@@ -186,7 +169,7 @@ async function netRun(engine: Engine, image: Image, helper: Uint8Array, netMiB: 
   const start = performance.now();
   let receiverDone = false;
   const receiver = runner.run({
-    engine, script: receiverScript(), stdin: helper, mem: MEM, ...socketNet("listen", sock, "52:54:00:12:34:01"),
+    engine, script: receiverScript(rounds(), "md5sum < /tmp/r"), stdin: helper, mem: MEM, ...socketNet("listen", sock, "52:54:00:12:34:01"),
   }, image, `${engine} receiver`).finally(() => (receiverDone = true));
   receiver.catch(() => {}); // awaited below
   try {

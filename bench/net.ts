@@ -30,7 +30,7 @@ import { tmpdir, cpus as hostCpus } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { pullDebianImage } from "../src/images/debian.js";
-import { GuestRunner, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, results, type Engine, type Image, type Row } from "./guest-run.js";
+import { GuestRunner, PAIR, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, receiverScript, results, type Engine, type Image, type Row } from "./guest-run.js";
 
 const MEM = "256M";
 const ROUNDS = 2;
@@ -98,22 +98,9 @@ done
 
 // ---- VM to VM ---------------------------------------------------------------
 
-const RECEIVER_IP = "10.0.0.1";
-const SENDER_IP = "10.0.0.2";
-const PORT = 5000;
-
-function receiverScript(): string {
-  return `${prelude("cat /tsvisor/stdin > /tmp/p")}
-ifconfig eth0 ${RECEIVER_IP} netmask 255.255.255.0 up || fail ifconfig
-settle
-for i in ${rounds()}; do
-  nc -l -p ${PORT} -e sh -c '/tmp/p time cat > /tmp/r 2>/tmp/t; wc -c < /tmp/r' || fail nc-listen
-  echo "BENCH recv$i $(grep ^elapsed /tmp/t) bytes $(wc -c < /tmp/r)"
-  rm -f /tmp/r
-done
-nc -l -p ${PORT} -e true
-`;
-}
+const { receiverIp: RECEIVER_IP, senderIp: SENDER_IP, port: PORT } = PAIR;
+/** The receiver answers with the byte count, and a last connection tells it the sender is done. */
+const countingReceiver = () => receiverScript(rounds(), "wc -c < /tmp/r", `nc -l -p ${PORT} -e true\n`);
 
 function senderScript(mib: number): string {
   return `${prelude("cat /tsvisor/stdin > /tmp/p")}
@@ -141,7 +128,7 @@ interface PairFigures {
 async function pairRun(label: string, image: Image, helper: Uint8Array, mib: number,
   receiver: { engine: Engine; tsvisorArgs: string[]; qemuArgs: string[] }, sender: typeof receiver,
   startReceiver: (run: () => Promise<string>) => Promise<string> = (run) => run()): Promise<PairFigures> {
-  const rx = startReceiver(() => runner.run({ ...receiver, script: receiverScript(), stdin: helper, mem: MEM }, image, `${label} receiver`));
+  const rx = startReceiver(() => runner.run({ ...receiver, script: countingReceiver(), stdin: helper, mem: MEM }, image, `${label} receiver`));
   // The receiver is up (its socket listens) before the sender connects; a tunnel needs no order.
   await new Promise((r) => setTimeout(r, 300));
   const tx = runner.run({ ...sender, script: senderScript(mib), stdin: helper, mem: MEM }, image, `${label} sender`);
@@ -204,7 +191,7 @@ async function daemonPair(image: Image, helper: Uint8Array, mib: number): Promis
   try {
     for (let i = 0; i < 100 && spawnSync(process.execPath, [bin, "vm", "ls", "--host", socket]).status !== 0; i++) await new Promise((r) => setTimeout(r, 100));
     // A daemon's VM has no stdin file to carry the timing helper: these scripts time with the guest's /proc/uptime.
-    const rx = uptimeTimed(receiverScript());
+    const rx = uptimeTimed(countingReceiver());
     const tx = uptimeTimed(senderScript(mib));
     vm("create", "rx", "--mem", MEM, "--console", "hvc0", "--net", "switch=lan,mac=52:54:00:12:34:01", "--", "sh", "-c", rx);
     vm("create", "tx", "--mem", MEM, "--console", "hvc0", "--net", "switch=lan,mac=52:54:00:12:34:02", "--", "sh", "-c", tx);

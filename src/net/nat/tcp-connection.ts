@@ -187,14 +187,9 @@ export class TcpConnection {
 
   private hostFailed(_e: Error): void {
     if (this.state === "CLOSED") return;
-    if (this.state === "HOST-CONNECTING") {
-      // ECONNREFUSED, unreachable, ...: the guest's connect() fails with a reset.
-      this.owner.refused();
-      this.refuseSyn();
-      this.finish();
-      return;
-    }
-    this.abort();
+    // ECONNREFUSED, unreachable, ...: the guest's connect() fails with a reset.
+    if (this.state === "HOST-CONNECTING") this.refuseConnect();
+    else this.abort();
   }
 
   private hostClosed(): void {
@@ -203,13 +198,15 @@ export class TcpConnection {
     // after the queued data (a socket without allowHalfOpen closes at once).
     // A close without "end" is an abort: tell the guest.
     if (this.hostEnded) return;
-    if (this.state === "HOST-CONNECTING") {
-      this.owner.refused();
-      this.refuseSyn();
-      this.finish();
-      return;
-    }
-    this.abort();
+    if (this.state === "HOST-CONNECTING") this.refuseConnect();
+    else this.abort();
+  }
+
+  /** The host side never connected: the guest's SYN is answered with a reset. */
+  private refuseConnect(): void {
+    this.owner.refused();
+    this.refuseSyn();
+    this.finish();
   }
 
   private hostDrained(): void {
