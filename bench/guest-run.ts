@@ -6,10 +6,12 @@
 // CLOCK_MONOTONIC) and the figures table.
 
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { commandArchive } from "../src/images/initramfs.js";
+import { pullDebianImage } from "../src/images/debian.js";
 import { DEFAULT_CMDLINE } from "../src/cli/run-linux.js";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -38,6 +40,36 @@ export interface GuestSpec {
   qemuArgs: string[];
   /** Words added to the kernel command line (both engines). */
   append?: string;
+}
+
+/** What a guest benchmark needs before its first guest: the timing helper, the image, the engines, a scratch directory and a runner. */
+export interface GuestBench {
+  helper: Uint8Array;
+  image: Image;
+  kernelVersion: string;
+  withQemu: boolean;
+  engines: Engine[];
+  scratch: string;
+  runner: GuestRunner;
+}
+
+/**
+ * Builds the helper, pulls the image, finds QEMU (unless `noQemu`), makes a
+ * scratch directory named after `name` (short: a Unix socket path in it has
+ * at most 107 bytes). Throws with a one-line reason.
+ */
+export async function prepareGuestBench(name: string, noQemu: boolean, verbose: boolean): Promise<GuestBench> {
+  const helper = buildHelper();
+  const pulled = await pullDebianImage({ progress: (l) => process.stderr.write(`${l}\n`) });
+  const withQemu = !noQemu && qemuInstalled();
+  const scratch = mkdtempSync(join(tmpdir(), `tsvisor-${name}-`));
+  return {
+    helper, withQemu, scratch,
+    image: { kernelPath: pulled.kernelPath, initrd: readFileSync(pulled.initrdPath) },
+    kernelVersion: pulled.kernelVersion,
+    engines: withQemu ? ["tsvisor", "qemu"] : ["tsvisor"],
+    runner: new GuestRunner(scratch, verbose),
+  };
 }
 
 export const qemuInstalled = () => spawnSync("sh", ["-c", `command -v ${QEMU}`]).status === 0;

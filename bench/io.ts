@@ -33,13 +33,12 @@
 //   node dist/bench/io.js --only disk|net --no-qemu
 
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
-import { tmpdir, cpus as hostCpus } from "node:os";
+import { existsSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { cpus as hostCpus } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parseArgs } from "node:util";
-import { pullDebianImage } from "../src/images/debian.js";
-import { GuestRunner, PAIR, QEMU, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, receiverScript, results, type Engine, type Image, type Row } from "./guest-run.js";
+import { GuestRunner, PAIR, QEMU, bin, field, log, prelude, prepareGuestBench, printTable, receiverScript, results, type Engine, type GuestBench, type Image, type Row } from "./guest-run.js";
 
 const DISK_MIB = 256;
 const MEM = "512M";
@@ -228,21 +227,16 @@ async function main(): Promise<void> {
   if (!(randSeconds > 0)) fail("--rand-seconds: a positive number");
   if (!(Number.isInteger(netMiB) && netMiB >= 1 && netMiB <= 100)) fail("--net-mib: 1..100 (the payload travels in the initrd)");
   if (values.only !== undefined && values.only !== "disk" && values.only !== "net") fail("--only: disk or net");
-  let helper: Uint8Array;
+  let bench: GuestBench;
   try {
-    helper = buildHelper();
+    bench = await prepareGuestBench("io", values["no-qemu"], values.verbose);
   } catch (e) {
     fail((e as Error).message);
   }
-  const pulled = await pullDebianImage({ progress: (l) => process.stderr.write(`${l}\n`) });
-  const image: Image = { kernelPath: pulled.kernelPath, initrd: readFileSync(pulled.initrdPath) };
-  const withQemu = !values["no-qemu"] && qemuInstalled();
-  const engines: Engine[] = withQemu ? ["tsvisor", "qemu"] : ["tsvisor"];
-  // Short: a Unix socket path has at most 107 bytes.
-  scratch = mkdtempSync(join(tmpdir(), "tsvisor-io-"));
-  runner = new GuestRunner(scratch, values.verbose);
+  const { helper, image, withQemu, engines } = bench;
+  ({ scratch, runner } = bench);
 
-  console.log(`virtio I/O inside the guest: Debian ${pulled.kernelVersion} kernel, busybox initramfs, 1 hart, ${MEM}`);
+  console.log(`virtio I/O inside the guest: Debian ${bench.kernelVersion} kernel, busybox initramfs, 1 hart, ${MEM}`);
   console.log(`host: ${hostCpus()[0]?.model ?? "unknown CPU"} x${hostCpus().length}, Node ${process.version}`);
   const rows: Row[] = [];
   try {

@@ -22,15 +22,14 @@
 //   node dist/bench/net.js --mib 16 --only nat|switch|vxlan --no-qemu --verbose
 
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { createSocket } from "node:dgram";
-import { tmpdir, cpus as hostCpus } from "node:os";
+import { cpus as hostCpus } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { pullDebianImage } from "../src/images/debian.js";
-import { GuestRunner, PAIR, bin, buildHelper, field, log, prelude, printTable, qemuInstalled, receiverScript, results, type Engine, type Image, type Row } from "./guest-run.js";
+import { GuestRunner, PAIR, bin, field, log, prelude, prepareGuestBench, printTable, receiverScript, results, type Engine, type GuestBench, type Image, type Row } from "./guest-run.js";
 
 const MEM = "256M";
 const ROUNDS = 2;
@@ -257,20 +256,16 @@ async function main(): Promise<void> {
   if (!(Number.isInteger(mib) && mib >= 1 && mib <= 64)) fail("--mib: 1..64 (the guest keeps the payload in tmpfs)");
   const only = values.only;
   if (only !== undefined && !["nat", "switch", "vxlan"].includes(only)) fail("--only: nat, switch or vxlan");
-  let helper: Uint8Array;
+  let bench: GuestBench;
   try {
-    helper = buildHelper();
+    bench = await prepareGuestBench("net", values["no-qemu"], values.verbose);
   } catch (e) {
     fail((e as Error).message);
   }
-  const pulled = await pullDebianImage({ progress: (l) => process.stderr.write(`${l}\n`) });
-  const image: Image = { kernelPath: pulled.kernelPath, initrd: readFileSync(pulled.initrdPath) };
-  const withQemu = !values["no-qemu"] && qemuInstalled();
-  const engines: Engine[] = withQemu ? ["tsvisor", "qemu"] : ["tsvisor"];
-  scratch = mkdtempSync(join(tmpdir(), "tsvisor-net-"));
-  runner = new GuestRunner(scratch, values.verbose);
+  const { helper, image, withQemu, engines } = bench;
+  ({ scratch, runner } = bench);
 
-  console.log(`network inside the guest: Debian ${pulled.kernelVersion} kernel, busybox initramfs, 1 hart, ${MEM}, ${mib} MiB transfers`);
+  console.log(`network inside the guest: Debian ${bench.kernelVersion} kernel, busybox initramfs, 1 hart, ${MEM}, ${mib} MiB transfers`);
   console.log(`host: ${hostCpus()[0]?.model ?? "unknown CPU"} x${hostCpus().length}, Node ${process.version}, ${new Date().toISOString().slice(0, 10)}`);
   const rows: Row[] = [];
   try {

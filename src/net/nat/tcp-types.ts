@@ -38,17 +38,22 @@ export interface TcpTimeouts {
   maxRetransmits: number;
 }
 
+/** What the connections count, all of them together (TcpNat.stats adds the table's own). */
 export interface TcpCounters {
   resetsToGuest: number;
   resetsFromGuest: number;
   retransmits: number;
   fastRetransmits: number;
+  /** Connections ended by a timeout (connect, handshake, idle, retransmissions). */
   timeouts: number;
   segmentsOut: number;
   bytesFromGuest: number;
   bytesToGuest: number;
+  /** Guest segments kept after a hole until it was filled. */
   outOfOrderKept: number;
+  /** Guest segments after a hole dropped because too many were kept. */
   outOfOrderDropped: number;
+  /** Zero-window probes sent to the guest (RFC 9293 3.8.6.1). */
   windowProbes: number;
 }
 

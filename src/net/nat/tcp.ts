@@ -100,7 +100,7 @@ export interface TcpNatOptions {
   initialSequence?: () => number;
 }
 
-export interface TcpNatStats {
+export interface TcpNatStats extends TcpCounters {
   /** Connections in the table now. */
   connectionsOpen: number;
   /** Connections ever created (both directions). */
@@ -109,22 +109,7 @@ export interface TcpNatStats {
   refused: number;
   /** Guest SYNs refused because the table was full. */
   refusedTableFull: number;
-  resetsToGuest: number;
-  resetsFromGuest: number;
-  retransmits: number;
-  fastRetransmits: number;
-  /** Connections ended by a timeout (connect, handshake, idle, retransmissions). */
-  timeouts: number;
   segmentsIn: number;
-  segmentsOut: number;
-  bytesFromGuest: number;
-  bytesToGuest: number;
-  /** Guest segments kept after a hole until it was filled. */
-  outOfOrderKept: number;
-  /** Guest segments after a hole dropped because too many were kept. */
-  outOfOrderDropped: number;
-  /** Zero-window probes sent to the guest (RFC 9293 3.8.6.1). */
-  windowProbes: number;
   /** Host bytes held for the guest, all connections together. */
   queuedToGuest: number;
   /** Guest bytes in host socket buffers or offered in windows, all connections together (against rcvBudget). */
