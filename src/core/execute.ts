@@ -10,9 +10,9 @@ import {
   PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
   RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF, REQ_OFF,
 } from "./hart";
-import { fetch, htifHit, clearHtifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
+import { fetch, fetchFromShared, htifHit, clearHtifHit, storeKilledCode, clearStoreKilledCode } from "./memory";
 import { jitFind, jitChainTarget, flushCompileQueue, countEntered, countBail } from "./jit-cache";
-import { updateTlbContext } from "./tlb";
+import { updateTlbContext, tlbFlushFetch } from "./tlb";
 import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
 import { beginRunCounting, countRetired, retiredThisRunAdd, foldCounters, retiredThisRun } from "./counters";
 import { EXIT_BUDGET, EXIT_HALT, EXIT_KICK } from "./exit";
@@ -49,8 +49,10 @@ import { getX, setX } from "./hart";
       return jalTarget(insn, pc);
     }
     case 0x0f: // MISC-MEM: FENCE (incl. PAUSE, FENCE.TSO), FENCE.I. There is
-      // no instruction cache to flush in the interpreter.
+      // no instruction cache to flush in the interpreter; FENCE.I drops fetch
+      // translations that may still name a frame whose sharing a store broke.
       if (((insn >> 12) & 7) > 1) illegal(insn);
+      else if (((insn >> 12) & 7) == 1 && fetchFromShared) tlbFlushFetch();
       else if (fenceNeedsBarrier(insn)) fullBarrier();
       break;
     case 0x73: return execSystem(insn, pc);

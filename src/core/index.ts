@@ -34,7 +34,7 @@ export {
   MMIO_COMPLETED, MMIO_NO_DEVICE,
 } from "./exit";
 export { REQ_IRQ, REQ_SSIP, REQ_TLB_FLUSH, REQ_EXIT } from "./requests";
-export { P2M_PRESENT, P2M_WRITABLE } from "./p2m";
+export { P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED } from "./p2m";
 
 /** First byte the hypervisor may use: everything below holds the core's data
  *  (static data, then the compressed-instruction decode table). */

@@ -23,7 +23,7 @@ import {
   HTIF_TOHOST_OFF, PRIV_OFF,
   CAUSE_MISALIGNED_LOAD, CAUSE_MISALIGNED_STORE,
 } from "./hart";
-import { p2mLookup, P2M_MMIO, P2M_FAULT } from "./p2m";
+import { p2mLookup, p2mLastShared, P2M_MMIO, P2M_FAULT } from "./p2m";
 import {
   ctxFetch, ctxLoad, ctxStore, dataPriv, tlbIndex, tlbFill, tlbFillFetch,
   TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF,
@@ -40,6 +40,9 @@ export let storeKilledCode: bool = false;
 export function clearStoreKilledCode(): void {
   storeKilledCode = false;
 }
+/** Set once a fetch entry mapped a shared frame: from then on FENCE.I drops
+ *  the fetch entries (execute.ts). */
+export let fetchFromShared: bool = false;
 /** Guest-physical address of the last atomic access (for the LR reservation). */
 export let lastAtomicGpa: u64 = 0;
 
@@ -170,7 +173,7 @@ export function loadSlow(va: u64, size: u32): u64 {
     const host = p2mLookup(gpa, false);
     if (host == P2M_MMIO) return mmioRead(va, gpa, size);
     if (host == P2M_FAULT) { p2mFaultExit(gpa, ACC_LOAD); return 0; }
-    tlbFill(TLB_LOAD_OFF, va, ctxLoad, host);
+    if (!p2mLastShared) tlbFill(TLB_LOAD_OFF, va, ctxLoad, host);
     return readHost(host + <usize>(gpa & 0xfff), size);
   }
   // Misaligned across two pages.
@@ -261,6 +264,9 @@ function fetchHalf(va: u64, fault: u64): usize {
   const host = p2mLookup(gpa, false);
   if (host == P2M_MMIO) { accessFault(fault, ACC_FETCH); return 0; }
   if (host == P2M_FAULT) { p2mFaultExit(gpa, ACC_FETCH); return 0; }
+  // A shared frame may be cached for fetches: after a store breaks the
+  // sharing, fetching the old bytes until FENCE.I is what Zifencei allows.
+  if (p2mLastShared) fetchFromShared = true;
   tlbFillFetch(va, ctxFetch, host, gpa);
   return host + <usize>(gpa & 0xfff);
 }

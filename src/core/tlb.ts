@@ -50,6 +50,14 @@ export function updateTlbContext(): void {
   wr(CTX_STORE_OFF, ctxStore);
 }
 
+/** Drop the fetch entries only (FENCE.I after a store broke a page's sharing:
+ *  fetches may have kept the shared frame, see p2m.ts). */
+export function tlbFlushFetch(): void {
+  for (let i: u32 = 0; i < TLB_ENTRIES; i++) {
+    store<u64>(H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE), INVALID_TAG);
+  }
+}
+
 export function tlbFlushAll(): void {
   for (let i: u32 = 0; i < 3 * TLB_ENTRIES; i++) {
     store<u64>(H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE), INVALID_TAG);

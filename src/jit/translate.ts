@@ -120,7 +120,8 @@ function classify(i: number): Kind {
     // 2.7 and chapter 14 RVWMO); other FENCEs are free. FENCE.I has nothing
     // to do: every store to a page with translations invalidates them when it
     // happens (as QEMU TCG does), which is stronger than FENCE.I asks for.
-    case 0x0f: return f3 > 1 ? "stop" : f3 === 0 && fenceNeedsBarrier(i) ? "fence" : "nop";
+    // FENCE.I stops: the interpreter runs it (it may drop fetch TLB entries, execute.ts).
+    case 0x0f: return f3 > 0 ? "stop" : fenceNeedsBarrier(i) ? "fence" : "nop";
     case 0x2f: return "exec"; // A
     case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: return "fp"; // F, D
     default: return "stop"; // SYSTEM, and encodings that are illegal

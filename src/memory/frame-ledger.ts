@@ -171,6 +171,13 @@ export class FrameLedger {
     this.header[IN_USE]++;
   }
 
+  /** A held frame changes hands (a VM's frame becomes its share group's). */
+  transfer(frame: number, owner: FrameOwner): void {
+    this.ownerFrames[this.owners[frame]]--;
+    this.owners[frame] = owner;
+    this.ownerFrames[owner]++;
+  }
+
   /**
    * Drop every reference to the frames of `owner` in [start, end) and list
    * them in `out`: they are then the caller's to zero and pushFree(). Owner and

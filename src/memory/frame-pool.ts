@@ -252,6 +252,20 @@ export class FramePool {
     return first * FRAME_SIZE;
   }
 
+  /** A held frame is charged to `owner` from now on (a page that becomes shared
+   *  belongs to its share group, so it outlives the VM it came from). */
+  transfer(addr: HostAddress, owner: FrameOwner): void {
+    checkOwner(owner);
+    const frame = this.frameOf(addr);
+    this.ledger.lock.lock();
+    try {
+      if (Atomics.load(this.refs, frame) <= 0) throw new FramePoolError(`transferring frame ${hex(addr)}, which is not allocated`);
+      this.ledger.transfer(frame, owner);
+    } finally {
+      this.ledger.lock.unlock();
+    }
+  }
+
   /** One more reference to a held frame (sharing it); returns the new count. */
   retain(addr: HostAddress): number {
     const frame = this.frameOf(addr);

@@ -5,8 +5,12 @@
 // whatever host frames back them, and nothing outside the VM's RAM window can
 // be named: such an access throws GuestMemoryError before touching anything.
 //
-// Writes allocate frames not touched yet (as the guest's own first touch would);
-// reads of such frames return zeros without allocating them.
+// Writes follow the p2m's rules as a guest store does (p2m.ts): a frame not
+// touched yet is allocated, a shared one is copied first, a compressed or
+// swapped one comes back. Reads allocate nothing: untouched and zero pages
+// read as zeros, compressed and swapped ones are read where they are. Each
+// frame piece is one access (enterAccess/exitAccess): the memory manager
+// never moves a page out from under a DMA in progress on another thread.
 
 import type { GuestAddress } from "./address.js";
 import { hex } from "./address.js";
@@ -53,24 +57,24 @@ export class GuestMemory {
   read(gpa: GuestAddress, len: number): Uint8Array {
     this.check(gpa, len);
     const out = new Uint8Array(len);
-    this.forEachFrame(gpa, len, false, (host, done, n) => {
-      if (host !== undefined) out.set(this.p2m.pool.bytes.subarray(host, host + n), done);
-      // else: a frame never touched reads as zero, and `out` is zero already
-    });
+    this.forEachPiece(gpa, len, (index, off, done, n) => this.p2m.readInto(index, off, n, out, done));
     return out;
   }
 
   write(gpa: GuestAddress, data: Uint8Array): void {
-    this.forEachFrame(gpa, data.length, true, (host, done, n) => {
-      this.p2m.pool.bytes.set(data.subarray(done, done + n), host!);
+    this.forEachPiece(gpa, data.length, (index, off, done, n) => {
+      const host = this.p2m.writableFrame(index) + off;
+      this.p2m.pool.bytes.set(data.subarray(done, done + n), host);
     });
     this.p2m.noteWritten(gpa, data.length);
   }
 
   /** Set `len` bytes to zero (frames never touched are zero already and stay unallocated). */
   zero(gpa: GuestAddress, len: number): void {
-    this.forEachFrame(gpa, len, false, (host, _done, n) => {
-      if (host !== undefined) this.p2m.pool.bytes.fill(0, host, host + n);
+    this.forEachPiece(gpa, len, (index, off, _done, n) => {
+      if (this.p2m.entry(index) === 0) return;
+      const host = this.p2m.writableFrame(index) + off;
+      this.p2m.pool.bytes.fill(0, host, host + n);
     });
     this.p2m.noteWritten(gpa, len);
   }
@@ -110,20 +114,24 @@ export class GuestMemory {
   }
 
   /**
-   * Walk [gpa, gpa + len) one frame piece at a time: `visit(host, done, n)` gets
-   * the host address of the piece (undefined for a frame not allocated when
-   * `allocate` is false), how many bytes came before it, and its length.
-   * The whole range is checked first, so a bad access changes nothing.
+   * Walk [gpa, gpa + len) one frame piece at a time: `visit(index, off, done, n)`
+   * gets the piece's window frame index, its offset in that frame, how many
+   * bytes came before it, and its length; each visit is one access. The
+   * whole range is checked first, so a bad access changes nothing.
    */
-  private forEachFrame(gpa: GuestAddress, len: number, allocate: boolean, visit: (host: number | undefined, done: number, n: number) => void): void {
+  private forEachPiece(gpa: GuestAddress, len: number, visit: (index: number, off: number, done: number, n: number) => void): void {
     this.check(gpa, len);
     let done = 0;
     while (done < len) {
       const at = gpa + BigInt(done);
       const off = Number(at % FRAME);
       const n = Math.min(FRAME_SIZE - off, len - done);
-      const frame = allocate ? this.p2m.hostFrame(at) : this.p2m.peekFrame(at);
-      visit(frame === undefined ? undefined : frame + off, done, n);
+      this.p2m.enterAccess();
+      try {
+        visit(this.p2m.indexOf(at), off, done, n);
+      } finally {
+        this.p2m.exitAccess();
+      }
       done += n;
     }
   }

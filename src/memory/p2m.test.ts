@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FramePool, FRAME_SIZE, FIRST_VM_OWNER, OWNER_HOST, type FrameOwner } from "./frame-pool.js";
-import { P2m, P2mFault, P2M_PRESENT, P2M_WRITABLE } from "./p2m.js";
+import { P2m, P2mFault, P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED } from "./p2m.js";
 
 const RAM = 0x8000_0000n;
 
@@ -23,7 +23,7 @@ test("first touch allocates a writable frame; the entry has the core's format", 
   const p2m = new P2m(pool, RAM, 16 * FRAME_SIZE);
   const frame = p2m.hostFrame(RAM + 0x3456n);
   assert.equal(frame % FRAME_SIZE, 0);
-  assert.equal(p2m.entry(3), (frame | P2M_PRESENT | P2M_WRITABLE) >>> 0);
+  assert.equal(p2m.entry(3), (frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED) >>> 0);
   assert.equal(p2m.hostFrame(RAM + 0x3000n), frame, "the same frame on the next touch");
   assert.equal(p2m.populated, 1);
   assert.equal(pool.view.getUint32(p2m.table + 3 * 4, true), p2m.entry(3), "the table lives in pool memory");

@@ -3,41 +3,77 @@
 // TLB miss (src/core/p2m.ts); guest-physical addresses outside the window are
 // device space, and accesses there become MMIO exits.
 //
-// The table is `count` little-endian u32 entries in frames from the pool:
-//   entry = page-aligned host address | P2M_PRESENT | P2M_WRITABLE
-// An entry without P2M_PRESENT is a frame not allocated yet: the guest's first
-// touch is a p2m-fault exit, and hostFrame()/resolveFault() allocate it
-// (DESIGN.md: allocate on first touch). Taking a mapping away or making it
-// read-only requires every vCPU using this p2m to flush its TLB; adding one does
-// not, because the core never caches a translation that faulted.
+// The table is `count` little-endian u32 entries in frames from the pool, in
+// the format of p2m-entry.ts: a present entry names a host frame (private and
+// writable, or shared and read-only); an absent one says where the page is
+// (nowhere yet, zero, ballooned, reported free, compressed, swapped, or busy
+// being moved). Every access the entry forbids is a p2m fault, which
+// resolveFault() settles by that state (DESIGN.md): a zeroed frame, a private
+// copy of a shared frame (copy-on-write), or the page's bytes brought back
+// from the page store. Host-side accesses (device DMA, loaders) go through
+// the same rules: writableFrame() breaks sharing first, readInto() reads a
+// compressed or swapped page without bringing it back.
 //
 // Several threads use one p2m at once (each vCPU's worker resolves its own
-// faults): each has its own P2m object over the same table (handle(), then
-// P2m.attach() in the other thread). Two vCPUs may fault on the same guest
-// frame together; each allocates a frame, and publishing the entry is a
-// compare-and-swap, so one mapping wins and the loser gives its frame back.
-// The count of populated frames is in a small SharedArrayBuffer of counters
-// the P2m objects share (not in the table: a word after the entries would cost
-// a whole frame more for every power-of-two RAM size). RAM and table frames are
-// charged to the VM's owner id.
+// faults; an I/O thread does DMA): each has its own P2m object over the same
+// table (handle(), then P2m.attach() in the other thread). Entries change only
+// by compare-and-swap, so two threads resolving the same fault agree on one
+// outcome and the loser gives back what it took. Moving a page out of a
+// present entry (the memory manager's reclaim and merge) happens with the
+// VM's vCPUs off their pCPUs, and only when no host accessor is inside an
+// access (enterAccess()/exitAccess(), counted in the shared counters): an
+// accessor finding a BUSY entry steps out while it waits.
+//
+// Counters shared by the P2m objects of all threads live in a small
+// SharedArrayBuffer (not in the table: a word after the entries would cost a
+// whole frame more for every power-of-two RAM size). RAM and table frames
+// are charged to the VM's owner id; a shared frame to its share group.
 
 import type { GuestAddress, HostAddress } from "./address.js";
 import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
 import { FramePool, FRAME_SIZE, OWNER_HOST, framesFor, type FrameOwner } from "./frame-pool.js";
+import {
+  Absent, P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED,
+  absentEntry, absentKind, entryFrame, entrySlot, isPresent, pageState, emptyCensus, type PageCensus,
+} from "./p2m-entry.js";
 
-/** Entry flags, as the core defines them (src/core/p2m.ts). */
-export const P2M_PRESENT = 1;
-export const P2M_WRITABLE = 2;
-const P2M_ADDRESS_MASK = 0xfffff000;
+export { P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED } from "./p2m-entry.js";
+
 const ENTRY_SIZE = 4;
-/** The shared counters: */
-const POPULATED = 0;
-const COUNTERS = 1;
+/** The shared counters, by index: */
+export const enum P2mCounter {
+  /** Present entries (private or shared mappings). */
+  Populated = 0,
+  /** Host accessors inside an access now (enterAccess). */
+  Accessors = 1,
+  /** Writes that broke a page's sharing (copy-on-write). */
+  CowBreaks = 2,
+  /** Pages brought back from the compressed store / the swap file by a fault. */
+  Decompressions = 3,
+  SwapIns = 4,
+  /** Host reads of a compressed or swapped page served without bringing it back. */
+  StoreReads = 5,
+  /** Times a thread waited for a BUSY entry. */
+  BusyWaits = 6,
+  /** A word nobody notifies: busy waits sleep on it. */
+  Sleep = 7,
+}
+const COUNTERS = 8;
 const SHIFT = BigInt(PAGE_SHIFT);
+/** How long a thread sleeps before looking at a BUSY entry again. */
+const BUSY_WAIT_MS = 0.05;
 
 /** A guest-physical address the p2m cannot map: outside the VM's RAM. */
 export class P2mFault extends Error {
   override readonly name: string = "P2mFault";
+}
+
+/** Where compressed and swapped pages are (the host's page store, attached in this thread). */
+export interface PageSource {
+  /** The page at `slot` of kind Compressed or Swapped, as its 4096 bytes, into `out`. */
+  readPage(kind: Absent.Compressed | Absent.Swapped, slot: number, out: Uint8Array): void;
+  /** The slot is no longer needed. */
+  freeSlot(kind: Absent.Compressed | Absent.Swapped, slot: number): void;
 }
 
 export interface P2mOptions {
@@ -67,10 +103,13 @@ export class P2m {
   private readonly tableFrames: number;
   /** Word index of entry 0 in pool.words. */
   private readonly firstWord: number;
-  /** Counters every thread's P2m object shares: [populated]. */
+  /** Counters every thread's P2m object shares (P2mCounter). */
   private readonly counters: Int32Array;
   private released = false;
   private readonly changeListeners: ((index: number, count: number) => void)[] = [];
+  private pages: PageSource | undefined;
+  /** Nesting of this thread's enterAccess(). */
+  private accessDepth = 0;
 
   /** A window of `bytes` of RAM at guest-physical `base` (both page-aligned),
    *  with a new, empty table. (`existing` is attach()'s: a table and counters to share.) */
@@ -100,6 +139,11 @@ export class P2m {
   /** Plain data naming this p2m, to post to another thread for attach(). */
   handle(): P2mHandle {
     return { table: this.table, baseGfn: this.baseGfn, count: this.count, owner: this.owner, counters: this.counters.buffer as SharedArrayBuffer };
+  }
+
+  /** Where this thread finds compressed and swapped pages (none: such entries cannot be resolved here). */
+  usePageSource(pages: PageSource | undefined): void {
+    this.pages = pages;
   }
 
   /**
@@ -132,9 +176,13 @@ export class P2m {
     return (this.baseGfn + BigInt(this.count)) << SHIFT;
   }
 
-  /** Frames of RAM allocated so far, by every thread (not counting the table). */
+  /** Present entries (private and shared mappings), by every thread. */
   get populated(): number {
-    return this.released ? 0 : Atomics.load(this.counters, POPULATED);
+    return this.released ? 0 : Atomics.load(this.counters, P2mCounter.Populated);
+  }
+
+  counter(c: P2mCounter): number {
+    return Atomics.load(this.counters, c);
   }
 
   /** Index of `gpa`'s frame in the window, or -1 outside it. */
@@ -159,41 +207,37 @@ export class P2m {
     return Atomics.load(this.pool.words, this.firstWord + index) >>> 0;
   }
 
-  /** Host frame backing window frame `index`, or undefined while not allocated. */
-  frameAt(index: number): HostAddress | undefined {
-    const e = this.entry(index);
-    return (e & P2M_PRESENT) !== 0 ? (e & P2M_ADDRESS_MASK) >>> 0 : undefined;
+  /** Replace entry `index` if it still is `expected` (the memory manager's one way to change entries). */
+  casEntry(index: number, expected: number, next: number): boolean {
+    this.checkIndex(index);
+    return Atomics.compareExchange(this.pool.words, this.firstWord + index, expected | 0, next | 0) === (expected | 0);
   }
 
-  /** Host frame backing `gpa`, or undefined while not allocated; throws outside RAM. */
+  /** Host frame mapped at window frame `index` (private or shared), or undefined while absent. */
+  frameAt(index: number): HostAddress | undefined {
+    const e = this.entry(index);
+    return isPresent(e) ? entryFrame(e) : undefined;
+  }
+
+  /** Host frame mapped at `gpa`, or undefined while absent; throws outside RAM. */
   peekFrame(gpa: GuestAddress): HostAddress | undefined {
     return this.frameAt(this.indexOrThrow(gpa));
   }
 
-  /** Host frame backing `gpa`, allocated (zeroed, writable) on first use; throws
-   *  P2mFault outside the window. */
+  /** Host frame backing `gpa`, private and writable (allocated, brought back or
+   *  unshared as needed); throws P2mFault outside the window. */
   hostFrame(gpa: GuestAddress): HostAddress {
-    return this.populate(this.indexOrThrow(gpa));
+    return this.writableFrame(this.indexOrThrow(gpa));
   }
 
-  /** Host frame for window frame `index`, allocated on first use. When another
-   *  thread populates it at the same time, both get the frame that won. */
+  /** Host frame for window frame `index`, private and writable. When another
+   *  thread resolves it at the same time, both get the frame that won. */
   populate(index: number): HostAddress {
-    this.checkIndex(index);
-    const word = this.firstWord + index;
-    let seen = Atomics.load(this.pool.words, word);
-    while ((seen & P2M_PRESENT) === 0) {
-      const frame = this.pool.alloc(this.owner); // may grow the memory: get pool.words again after
-      const was = Atomics.compareExchange(this.pool.words, word, seen, frame | P2M_PRESENT | P2M_WRITABLE);
-      if (was === seen) {
-        Atomics.add(this.counters, POPULATED, 1);
-        for (const l of this.changeListeners) l(index, 1);
-        return frame;
-      }
-      this.pool.free(frame); // another thread mapped it first (or changed the entry: look again)
-      seen = was;
-    }
-    return (seen & P2M_ADDRESS_MASK) >>> 0;
+    return this.writableFrame(index);
+  }
+
+  writableFrame(index: number): HostAddress {
+    return entryFrame(this.resolve(index, true));
   }
 
   /** Allocate every frame of the window now (no first-touch faults later). */
@@ -202,35 +246,201 @@ export class P2m {
   }
 
   /**
-   * Resolve a p2m fault the core reported at `gpa` (EXIT_P2M_FAULT): allocate the
-   * frame on first touch. Returns false when this p2m cannot resolve it: outside
-   * the window, or a write to a present read-only frame (copy-on-write does not
-   * exist yet), so the caller can end the VM with a clear message.
+   * Resolve a p2m fault the core reported at `gpa` (EXIT_P2M_FAULT) by the
+   * entry's state. Returns false outside the window (the caller ends the VM
+   * with a clear message). Throws OutOfHostMemory when no frame can be had,
+   * and the page store's error when a page cannot be read back: the entry is
+   * left as it was, so the fault can be retried once the host has memory.
    */
   resolveFault(gpa: GuestAddress, write: boolean): boolean {
     const index = this.indexOf(gpa);
     if (index < 0) return false;
-    const e = this.entry(index);
-    if ((e & P2M_PRESENT) === 0) {
-      this.populate(index);
-      return true;
-    }
-    return !write || (e & P2M_WRITABLE) !== 0; // already mapped: a stale fault, retrying is enough
+    this.resolve(index, write);
+    return true;
   }
 
-  /** Return every frame (RAM and table) to the pool. The p2m is unusable after,
-   *  through every thread's P2m object: vCPUs that used it must be stopped
-   *  first, and not run again until given another. (pool.releaseOwner(owner)
-   *  does the same for a VM in one sweep, with everything else it holds.) */
+  /**
+   * Copy `n` bytes at offset `off` of window frame `index` into `out` at
+   * `outOff`, for a host-side read. An absent page is not brought back for it:
+   * zero pages read as zero, and a compressed or swapped page is read from the
+   * store where it stays (a guest swapping out a page the host swapped reads
+   * it once, without it coming back into the pool: the double-paging case).
+   */
+  readInto(index: number, off: number, n: number, out: Uint8Array, outOff: number): void {
+    for (;;) {
+      const e = this.entry(index);
+      if (isPresent(e)) {
+        const at = entryFrame(e) + off;
+        out.set(this.pool.bytes.subarray(at, at + n), outOff);
+        return;
+      }
+      const kind = absentKind(e);
+      if (kind === Absent.Busy) {
+        this.waitBusy();
+        continue;
+      }
+      if (kind !== Absent.Compressed && kind !== Absent.Swapped) {
+        out.fill(0, outOff, outOff + n);
+        return;
+      }
+      const page = new Uint8Array(FRAME_SIZE);
+      try {
+        this.source().readPage(kind, entrySlot(e), page);
+      } catch (err) {
+        if (this.entry(index) === e) throw err;
+        continue; // brought back meanwhile (its slot freed under us): look again
+      }
+      // The slot may have been freed and reused while we read: only an entry
+      // still naming it vouches for the bytes.
+      if (this.entry(index) !== e) continue;
+      Atomics.add(this.counters, P2mCounter.StoreReads, 1);
+      out.set(page.subarray(off, off + n), outOff);
+      return;
+    }
+  }
+
+  /** A host accessor (device DMA on some thread) starts an access: the memory
+   *  manager moves no present page out from under it until exitAccess(). */
+  enterAccess(): void {
+    if (this.accessDepth++ === 0) Atomics.add(this.counters, P2mCounter.Accessors, 1);
+  }
+
+  exitAccess(): void {
+    if (--this.accessDepth === 0) Atomics.sub(this.counters, P2mCounter.Accessors, 1);
+  }
+
+  /** Host accessors inside an access now, on every thread. */
+  get activeAccessors(): number {
+    return Atomics.load(this.counters, P2mCounter.Accessors);
+  }
+
+  /** Guest frames by state (a scan of the table). */
+  census(): PageCensus {
+    const c = emptyCensus();
+    if (this.released) return c;
+    const words = this.pool.words;
+    for (let i = 0; i < this.count; i++) c[pageState(Atomics.load(words, this.firstWord + i) >>> 0)]++;
+    return c;
+  }
+
+  /** Add `delta` to the count of present entries (the memory manager mapped or unmapped some). */
+  notePopulated(delta: number): void {
+    Atomics.add(this.counters, P2mCounter.Populated, delta);
+  }
+
+  /** Return every frame (RAM and table) and every store slot. The p2m is
+   *  unusable after, through every thread's P2m object: vCPUs that used it
+   *  must be stopped first, and not run again until given another. */
   release(): void {
     if (this.released) return;
-    for (let i = 0; i < this.count; i++) {
-      const frame = this.frameAt(i);
-      if (frame !== undefined) this.pool.free(frame);
-    }
+    this.releaseRam(false);
     this.pool.freeContiguous(this.table, this.tableFrames);
-    Atomics.store(this.counters, POPULATED, 0);
+    Atomics.store(this.counters, P2mCounter.Populated, 0);
     this.released = true;
+  }
+
+  /**
+   * Let go of what pool.releaseOwner(owner) cannot take back: references to
+   * shared frames (their share group owns them) and store slots. Call it
+   * before releaseOwner() when a VM is destroyed that way.
+   */
+  releaseBorrowed(): void {
+    this.releaseRam(true);
+  }
+
+  private releaseRam(borrowedOnly: boolean): void {
+    for (let i = 0; i < this.count; i++) {
+      const e = this.entry(i);
+      if (isPresent(e)) {
+        if (!borrowedOnly || (e & P2M_SHARED) !== 0) this.pool.free(entryFrame(e));
+      } else {
+        const kind = absentKind(e);
+        if ((kind === Absent.Compressed || kind === Absent.Swapped) && this.pages) this.pages.freeSlot(kind, entrySlot(e));
+      }
+      if (borrowedOnly) Atomics.store(this.pool.words, this.firstWord + i, 0);
+    }
+  }
+
+  /** Make entry `index` allow a read (or a write); returns the present entry. */
+  private resolve(index: number, write: boolean): number {
+    this.checkIndex(index);
+    for (;;) {
+      const e = this.entry(index);
+      if (isPresent(e)) {
+        if (!write || (e & P2M_WRITABLE) !== 0) return e;
+        if ((e & P2M_SHARED) !== 0) this.breakSharing(index, e);
+        else this.casEntry(index, e, e | P2M_WRITABLE); // read-only for no reason left: allow it
+        continue;
+      }
+      const kind = absentKind(e);
+      if (kind === Absent.Busy) this.waitBusy();
+      else if (kind === Absent.Compressed || kind === Absent.Swapped) this.bringBack(index, e, kind);
+      else this.mapZeroFrame(index, e);
+    }
+  }
+
+  /** A zeroed private frame for a page that has none (first touch, zero, ballooned, reported). */
+  private mapZeroFrame(index: number, seen: number): void {
+    const frame = this.pool.alloc(this.owner); // may grow the memory: get pool.words again after
+    if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
+      Atomics.add(this.counters, P2mCounter.Populated, 1);
+      for (const l of this.changeListeners) l(index, 1);
+    } else {
+      this.pool.free(frame); // another thread mapped it first (or changed the entry: look again)
+    }
+  }
+
+  /** A store to a shared page: this VM gets a private copy; the shared frame loses a reference. */
+  private breakSharing(index: number, seen: number): void {
+    const shared = entryFrame(seen);
+    const frame = this.pool.alloc(this.owner);
+    const bytes = this.pool.bytes;
+    bytes.copyWithin(frame, shared, shared + FRAME_SIZE);
+    if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
+      this.pool.free(shared);
+      Atomics.add(this.counters, P2mCounter.CowBreaks, 1);
+    } else {
+      this.pool.free(frame);
+    }
+  }
+
+  /** A compressed or swapped page comes back into a new private frame. The
+   *  entry is BUSY meanwhile; on failure it is put back as it was. */
+  private bringBack(index: number, seen: number, kind: Absent.Compressed | Absent.Swapped): void {
+    if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
+    let frame: HostAddress;
+    try {
+      const source = this.source();
+      frame = this.pool.alloc(this.owner);
+      try {
+        source.readPage(kind, entrySlot(seen), this.pool.bytes.subarray(frame, frame + FRAME_SIZE));
+      } catch (err) {
+        this.pool.free(frame);
+        throw err;
+      }
+      source.freeSlot(kind, entrySlot(seen));
+    } catch (err) {
+      Atomics.store(this.pool.words, this.firstWord + index, seen | 0);
+      throw err;
+    }
+    Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED);
+    Atomics.add(this.counters, P2mCounter.Populated, 1);
+    Atomics.add(this.counters, kind === Absent.Compressed ? P2mCounter.Decompressions : P2mCounter.SwapIns, 1);
+  }
+
+  /** Another thread is moving the page: step out of any access (the mover
+   *  may be waiting for accessors to leave) and look again shortly. */
+  private waitBusy(): void {
+    Atomics.add(this.counters, P2mCounter.BusyWaits, 1);
+    const inside = this.accessDepth > 0;
+    if (inside) Atomics.sub(this.counters, P2mCounter.Accessors, 1);
+    Atomics.wait(this.counters, P2mCounter.Sleep, 0, BUSY_WAIT_MS);
+    if (inside) Atomics.add(this.counters, P2mCounter.Accessors, 1);
+  }
+
+  private source(): PageSource {
+    if (!this.pages) throw new P2mFault("a compressed or swapped page, and no page store on this thread");
+    return this.pages;
   }
 
   private indexOrThrow(gpa: GuestAddress): number {

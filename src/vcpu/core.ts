@@ -61,7 +61,7 @@ export interface CoreConstants {
   /** Hart block field holding the host address of the shared time floor. */
   TIME_FLOOR_OFF: number;
   MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
-  P2M_PRESENT: number; P2M_WRITABLE: number;
+  P2M_PRESENT: number; P2M_WRITABLE: number; P2M_ACCESSED: number; P2M_SHARED: number;
   IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;
   PC_OFF: number;
 }

@@ -193,8 +193,9 @@ export class Vcpu {
   /** p2m fault inside the RAM window: back the frame (allocate on first touch). */
   private handleP2mFault(): void {
     const gpa = this.rec(this.core.k.RUN_ADDR_OFF);
+    const write = this.rec(this.core.k.RUN_WRITE_OFF) === 1n;
     try {
-      this.p2m.hostFrame(gpa);
+      if (!this.p2m.resolveFault(gpa, write)) this.p2m.hostFrame(gpa); // outside RAM: hostFrame says so
     } catch (e) {
       if (e instanceof P2mFault) throw new GuestFault(e.message);
       throw e;
