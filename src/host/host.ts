@@ -20,6 +20,7 @@ import { serveDoorbell, isPosted } from "./exit-mailbox.js";
 import { PcpuPool } from "./pcpu-pool.js";
 import { monoNs } from "./pcpu-protocol.js";
 import { Vm, HostError, type VmConfig } from "./vm.js";
+import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
 
 export { Vm, HostError, type VmConfig } from "./vm.js";
 export type { VmState, VmStats, RunEnd } from "./vm.js";
@@ -31,8 +32,11 @@ const DEVICE_POLL_MS = 50;
 export interface HostOptions {
   /** pCPU worker threads (default: one per host core, see README "The host engine"). */
   pcpus?: number;
-  /** Upper bound of the frame pool, shared by all VMs (default and at most 4 GiB). */
+  /** Size of the frame pool, shared by all VMs (default and at most 4 GiB).
+   *  The VMs' memory may add up to more: the memory manager makes room. */
   memLimitBytes?: number;
+  /** The memory manager's mechanisms (memory/manager/memory-manager.ts). */
+  overcommit?: OvercommitOptions;
   /** Size of the scheduler's shared table (default 1024 vCPUs, 256 VMs: about 100 KiB). */
   maxVcpus?: number;
   maxVms?: number;
@@ -56,6 +60,8 @@ export class Host {
   readonly core: Core;
   readonly sched: Scheduler;
   readonly pcpus: PcpuPool;
+  /** Balloon, page sharing, compression and swap over the pool. */
+  readonly memory: MemoryManager;
   private readonly vmsByName = new Map<string, Vm>();
   /** Scheduler vCPU slot -> its VM and hart index. */
   readonly vcpus = new Map<number, VcpuRef>();
@@ -88,6 +94,7 @@ export class Host {
     this.core = instantiateCore(this.pool.memory);
     this.sched = Scheduler.create(pcpus, opts.maxVcpus ?? 1024, opts.maxVms ?? 256);
     this.pcpus = new PcpuPool(pcpus, this.pool, this.sched, (e) => this.onFatal(e));
+    this.memory = new MemoryManager(this.pool, opts.overcommit ?? {}, () => this.allocOwner());
     this.doorbell = serveDoorbell(this.sched, () => this.serveExits());
   }
 
@@ -175,5 +182,6 @@ export class Host {
     await this.pcpus.close();
     clearInterval(this.keepAlive);
     clearInterval(this.devicePoll);
+    this.memory.close();
   }
 }

@@ -4,6 +4,7 @@
 // MessagePort the worker drains with receiveMessageOnPort whenever it
 // wakes, so a worker that sleeps in Atomics.wait still gets them.
 
+import type { PageStoreHandle } from "../memory/manager/page-store.js";
 import type { DoorbellArea } from "../vmm/queue-doorbell.js";
 import type { JitOptions, JitStats } from "../jit/jit.js";
 import type { P2mHandle } from "../memory/p2m.js";
@@ -30,6 +31,8 @@ export interface VmDescriptor {
   pageMap: number;
   /** Its virtio queue doorbells (vmm/queue-doorbell.ts). */
   doorbells: DoorbellArea | undefined;
+  /** The host's page store, where faults find compressed and swapped pages. */
+  pages: PageStoreHandle | undefined;
 }
 
 export type PcpuMessage =

@@ -12,6 +12,7 @@ import { workerData, receiveMessageOnPort, type MessagePort } from "node:worker_
 import { instantiateCore, asU64, type Core } from "../vcpu/core.js";
 import { FramePool, type FramePoolHandle } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
+import { PageStore } from "../memory/manager/page-store.js";
 import { Jit } from "../jit/jit.js";
 import { RealtimeClock } from "../vmm/clock.js";
 import { Scheduler, H_IDLE_SEQ, exitIndex, type SchedulerHandle } from "./scheduler.js";
@@ -40,6 +41,7 @@ class VmContext {
   private jit: Jit | undefined;
   constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool) {
     this.p2m = P2m.attach(pool, d.p2m);
+    if (d.pages) this.p2m.usePageSource(PageStore.attach(d.pages));
     this.clock = new RealtimeClock(d.clockStartNs);
   }
 
@@ -150,9 +152,15 @@ class Pcpu {
           sched.countExit(v, exitIndex("p2m-fault"));
           const gpa = view.getBigUint64(h + k.RUN_ADDR_OFF, true);
           const write = view.getBigUint64(h + k.RUN_WRITE_OFF, true) === 1n;
-          if (!ctx.p2m.resolveFault(gpa, write)) {
-            if (!this.toMainThread(v)) return;
+          let resolved: boolean;
+          try {
+            resolved = ctx.p2m.resolveFault(gpa, write);
+          } catch {
+            // No frame to be had, or the page store failed: the main thread
+            // decides (the VM waits for memory, paused, with a message).
+            resolved = false;
           }
+          if (!resolved && !this.toMainThread(v)) return;
           break;
         }
         case k.EXIT_WFI: {

@@ -20,6 +20,7 @@ import { VmRunState, VcpuState, DEFAULT_WEIGHT, MAX_WEIGHT, EXIT_NAMES, type Vcp
 import { answerExit, isPosted, Mailbox } from "./exit-mailbox.js";
 import { monoNs } from "./pcpu-protocol.js";
 import type { Host } from "./host.js";
+import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.js";
 
 export class HostError extends Error {
   override readonly name = "HostError";
@@ -52,9 +53,13 @@ export interface VmConfig {
   weight?: number;
   capPct?: number;
   affinity?: number[];
+  /** Page sharing: the VM shares identical pages with the VMs of this group
+   *  (default: its own name, so only within itself; see memory/manager/page-sharing.ts
+   *  for why sharing across VMs is a choice). */
+  shareGroup?: string;
 }
 
-const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity"]);
+const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity", "shareGroup"]);
 
 export type VmState = "created" | "running" | "paused" | "stopped" | "destroyed";
 
@@ -71,6 +76,10 @@ export interface VmStats {
   /** Guest RAM frames backed by host memory, in bytes. */
   residentBytes: number;
   uptimeMs: number;
+  /** Guest pages by state, and the memory manager's counts (while it runs). */
+  memory?: VmMemoryStats;
+  /** Why the host paused it (it waits for host memory), if it did. */
+  pausedFor?: string;
 }
 
 
@@ -94,6 +103,12 @@ export class Vm {
   private fenceWaits: { v: number; harts: number[]; request: number }[] = [];
   private fenceTimer: NodeJS.Immediate | undefined;
   private lastStats: { exits: ExitStats; jit: JitStats | undefined; vcpus: VcpuStats[] } | undefined;
+  /** The VM as the host's memory manager sees it, while it runs. */
+  private managed: MemoryVm | undefined;
+  /** The memory manager holds the vCPUs off their pCPUs (holdVcpus), this many times. */
+  private holds = 0;
+  private holdWaiters: (() => void)[] = [];
+  private pausedFor: string | undefined;
 
   constructor(private readonly host: Host, readonly name: string, readonly config: VmConfig, readonly owner: number) {
     validateConfig(config, host);
@@ -134,11 +149,18 @@ export class Vm {
     this.schedVm = host.sched.addVm(this.weight, this.capPct);
     this.slots = machine.harts.map((slot, index) => host.sched.addVcpu(this.schedVm, index, slot.vcpu.hart, this.affinity));
     this.slots.forEach((v, index) => host.vcpus.set(v, { vm: this, index }));
+    this.managed = {
+      name: this.name, p2m: machine.p2m, shareGroup: config.shareGroup ?? `vm:${this.name}`,
+      holdVcpus: () => this.holdVcpus(), releaseVcpus: () => this.releaseVcpus(), flushTlbs: () => this.postToHarts(host.core.k.REQ_TLB_FLUSH),
+      balloon: () => machine.balloonControl(),
+    };
+    host.memory.add(this.managed);
     host.pcpus.addVm({
       id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
       clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
       pageMap: machine.codePageMap?.address ?? 0,
       doorbells: machine.doorbells,
+      pages: host.memory.store.handle(),
     });
     host.sched.setVmState(this.schedVm, VmRunState.Running);
     this.startedAt = monoNs();
@@ -172,7 +194,9 @@ export class Vm {
     if (this._state === "running") return;
     if (this._state !== "paused") throw new HostError(`VM '${this.name}' is ${this._state}, not paused: start it instead`);
     this._state = "running";
-    this.host.sched.setVmState(this.schedVm, VmRunState.Running);
+    this.pausedFor = undefined;
+    // Held by the memory manager: it lets the vCPUs go when done (releaseVcpus).
+    if (this.holds === 0) this.host.sched.setVmState(this.schedVm, VmRunState.Running);
   }
 
   /** Power the VM off now (virsh destroy): no guest shutdown. */
@@ -262,6 +286,8 @@ export class Vm {
       vcpus,
       residentBytes: (this.machine?.p2m.populated ?? 0) * FRAME_SIZE,
       uptimeMs: this._state === "running" || this._state === "paused" ? (now - this.startedAt) / 1e6 : 0,
+      memory: this.managed && this.host.memory.vmStats(this.managed),
+      pausedFor: this.pausedFor,
     };
   }
 
@@ -308,6 +334,10 @@ export class Vm {
         return answerExit(this.host.sched, v, Mailbox.Stop);
       case "block":
         return answerExit(this.host.sched, v, Mailbox.Block);
+      case "wait-memory":
+        this.waitForMemory(answer.message);
+        // It runs into the pause at once (run() takes REQ_EXIT first) and faults again after.
+        return answerExit(this.host.sched, v, Mailbox.Resume);
       case "resume-after":
         this.fenceWaits.push({ v, harts: answer.harts, request: answer.request });
         for (const h of answer.harts) this.host.kick(this.slots[h]);
@@ -335,6 +365,53 @@ export class Vm {
     if (this.fenceWaits.length > 0) this.fenceTimer = setImmediate(() => this.checkFences());
   }
 
+  // ---- the memory manager's side ------------------------------------------------------------------
+
+  /** Take every vCPU off its pCPU and keep it off until releaseVcpus();
+   *  false when the VM is going away (nothing is held then). */
+  private async holdVcpus(): Promise<boolean> {
+    if (!this.machine || this.stopping || this.schedVm < 0) return false;
+    this.holds++;
+    for (;;) {
+      this.host.sched.setVmState(this.schedVm, VmRunState.Paused);
+      await this.offPcpus();
+      if (!this.machine || this.stopping) {
+        this.unhold();
+        return false;
+      }
+      if (this.slots.every((v) => !this.host.isRunning(v))) return true;
+    }
+  }
+
+  /** The memory manager is done: every hart flushes its TLB before it runs again. */
+  private releaseVcpus(): void {
+    this.postToHarts(this.host.core.k.REQ_TLB_FLUSH);
+    this.unhold();
+  }
+
+  private unhold(): void {
+    if (--this.holds > 0) return;
+    if (this._state === "running" && this.schedVm >= 0 && !this.stopping) this.host.sched.setVmState(this.schedVm, VmRunState.Running);
+    const waiters = this.holdWaiters;
+    this.holdWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private postToHarts(request: number): void {
+    for (const v of this.slots) this.host.core.fn.postRequest(this.host.sched.hartOf(v), request);
+  }
+
+  /** A fault found no memory: pause, say why, and go on once the host has memory again. */
+  private waitForMemory(message: string): void {
+    if (this.pausedFor || !this.managed) return;
+    this.pausedFor = message;
+    (this.config.warn ?? ((m: string) => process.stderr.write(`tsvisor: ${m}\n`)))(`VM '${this.name}' paused: ${message}; it resumes when the host has free memory`);
+    void this.pause();
+    this.host.memory.waitForMemory(this.managed, () => {
+      if (this._state === "paused" && this.pausedFor) this.resume();
+    });
+  }
+
   // ---- teardown ----------------------------------------------------------------------------------
 
   /** End the current run: take the vCPUs off the pCPUs, drop the workers'
@@ -353,6 +430,11 @@ export class Vm {
     await this.machine?.quiesceDevices();
     if (this.fenceTimer) clearImmediate(this.fenceTimer);
     this.checkFences();
+    // The memory manager lets go of the VM before its frames go back.
+    while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
+    if (this.managed) host.memory.remove(this.managed);
+    this.managed = undefined;
+    this.pausedFor = undefined;
     const jit = await host.pcpus.jitStats(this.schedVm);
     this.lastStats = undefined;
     const exits = this.exitStats();

@@ -17,6 +17,7 @@
 import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js";
 import { FramePool } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
+import type { BalloonControl } from "../memory/manager/memory-manager.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { MmioBus } from "../bus/mmio-bus.js";
 import { Vcpu } from "../vcpu/vcpu.js";
@@ -94,7 +95,10 @@ export type ExitAnswer =
    *  fences return only when the targets have flushed, as under KVM). */
   | { kind: "resume-after"; harts: number[]; request: number }
   | { kind: "stop" }
-  | { kind: "block" };
+  | { kind: "block" }
+  /** No frame for a p2m fault (the host is out of memory, or a swapped page
+   *  cannot be read): the VM waits, paused, and the fault is retried after. */
+  | { kind: "wait-memory"; message: string };
 
 /** How the guest ended. */
 export type VmEnd =
@@ -347,7 +351,18 @@ export class VirtMachine {
         answer = this.serviceSbi(slot);
         break;
       case k.EXIT_P2M_FAULT: {
+        // The worker could not resolve it: outside RAM, or no frame or page to be had there.
         const gpa = slot.vcpu.runRecord(k.RUN_ADDR_OFF);
+        const write = slot.vcpu.runRecord(k.RUN_WRITE_OFF) === 1n;
+        try {
+          if (this.p2m.resolveFault(gpa, write)) {
+            answer = { kind: "resume" };
+            break;
+          }
+        } catch (e) {
+          answer = { kind: "wait-memory", message: `hart ${index} cannot get guest page 0x${gpa.toString(16)}: ${(e as Error).message}` };
+          break;
+        }
         this.finish({ kind: "error", message: `hart ${index}: guest-physical address 0x${gpa.toString(16)} cannot be mapped` });
         answer = { kind: "stop" };
         break;
@@ -399,6 +414,12 @@ export class VirtMachine {
   /** Targets of the SBI remote fence being handled (serviceSbi waits for them). */
   private fenceTargets: { harts: number[]; request: number } | undefined;
 
+  /** The VM's balloon as the host's memory manager drives it (undefined
+   *  while the machine has none, or its driver is not up). */
+  balloonControl(): BalloonControl | undefined {
+    return undefined;
+  }
+
   /** Before release(): devices that touch guest memory on other threads (an
    *  I/O thread's request in flight) let go of it. The main thread serves on meanwhile. */
   async quiesceDevices(): Promise<void> {
@@ -411,6 +432,7 @@ export class VirtMachine {
   release(): void {
     this.jit?.release();
     if (this.cfg.host) {
+      this.p2m.releaseBorrowed();
       this.pool.releaseOwner(this.owner);
       return;
     }

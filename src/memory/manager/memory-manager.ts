@@ -1,0 +1,276 @@
+// The host's memory manager (DESIGN.md, "The host layer"): one per host, on
+// the main thread, over the host's frame pool. It keeps the pool from running
+// dry when the VMs' memory adds up to more than the pool holds, with every
+// mechanism ESXi has, in ESXi's order of cost to the guest:
+//
+//   1. balloon: a guest that runs a balloon driver and reports free memory is
+//      asked for it first; the guest picks what to give (its free pages), so
+//      nothing it uses is touched. It takes seconds, so it is asked early;
+//   2. page sharing (page-sharing.ts): runs all the time at its own rate, and
+//      one pass more under pressure; costs the guest nothing until it writes
+//      a shared page;
+//   3. compression (reclaim.ts): cold pages, picked by the clock over
+//      accessed bits, into a bounded pool; a fault brings one back in
+//      microseconds;
+//   4. swap: pages that do not halve, and compressed pages pushed out of a
+//      full pool, go to the swap file; a fault costs a file read.
+//
+// Pressure is the pool's free frames below the low watermark; reclaim runs
+// until they are above the high one. A VM whose fault finds no frame at all
+// (everything full) waits paused, with a message, until memory is free again:
+// nothing is killed and no page is dropped (waitForMemory).
+
+import type { FramePool, FrameOwner } from "../frame-pool.js";
+import { FRAME_SIZE } from "../frame-pool.js";
+import { CompressedStore, SwapFile } from "../store/index.js";
+import { P2mCounter } from "../p2m.js";
+import type { PageCensus } from "../p2m-entry.js";
+import { PageSharing, type SharingOptions, type SharingStats } from "./page-sharing.js";
+import { Reclaimer, type ReclaimVm, type ReclaimCounts } from "./reclaim.js";
+import { PageStore } from "./page-store.js";
+
+export interface OvercommitOptions {
+  /** Page sharing (default on; within each VM unless VMs are put in one share group). */
+  sharing?: boolean | Partial<SharingOptions>;
+  /** Bytes of the compressed page pool (0: no compression). Default: 1/8 of the pool, at most 256 MiB. */
+  compressBytes?: number;
+  /** A swap file (default none). */
+  swap?: { path: string; bytes: number };
+  /** Take memory back from guests under pressure (default on). */
+  reclaim?: boolean;
+  /** Ask guests' balloon drivers first (default on). */
+  balloonFirst?: boolean;
+  /** Free frames below which reclaim starts, and up to which it goes (default 2 % and 4 % of the pool, at least 4 and 8 MiB). */
+  lowWaterBytes?: number;
+  highWaterBytes?: number;
+}
+
+/** What the manager needs of a VM's balloon (devices/virtio/balloon.ts). */
+export interface BalloonControl {
+  /** The guest's available memory as its driver last reported it. */
+  guestAvailableBytes(): number | undefined;
+  readonly targetBytes: number;
+  setTarget(bytes: number): void;
+}
+
+export interface MemoryVm extends ReclaimVm {
+  /** Undefined until the guest's driver is up. */
+  balloon(): BalloonControl | undefined;
+}
+
+export interface VmMemoryStats {
+  /** Guest frames by state. */
+  pages: PageCensus;
+  cowBreaks: number;
+  decompressions: number;
+  swapIns: number;
+  /** Host reads of compressed or swapped pages that left them there (double paging avoided). */
+  storeReads: number;
+}
+
+export interface HostMemoryStats {
+  poolBytes: number;
+  /** Frames by state over the whole pool. */
+  frames: { free: number; inUse: number; shared: number };
+  /** Sum of the VMs' RAM, and that over the pool: the overcommit. */
+  guestRamBytes: number;
+  overcommit: number;
+  compressed: { capacityBytes: number; usedBytes: number; storedBytes: number; pages: number } | undefined;
+  swap: { capacityBytes: number; usedBytes: number; path: string } | undefined;
+  sharing: (SharingStats & { enabled: boolean }) | undefined;
+  reclaim: ReclaimCounts & { enabled: boolean; lowWaterBytes: number; highWaterBytes: number; lastError: string | undefined };
+  /** VMs paused until memory is free. */
+  waiting: string[];
+  /** The process's resident memory (the pool's frozen high-water mark included, see README). */
+  processResidentBytes: number;
+}
+
+const TICK_MS = 50;
+const DEFAULT_SHARING: SharingOptions = { pagesPerPass: 2048, intervalMs: 100 };
+/** Pages stowed per held batch: a batch stops the VM's vCPUs for about a millisecond. */
+const RECLAIM_BATCH = 512;
+/** A guest keeps this much of its own free memory when the host asks its balloon. */
+const BALLOON_GUEST_MARGIN = 32 << 20;
+/** After asking balloons, how long to give them before the host reclaims itself. */
+const BALLOON_GRACE_MS = 2000;
+
+export class MemoryManager {
+  readonly store: PageStore;
+  private readonly sharing: PageSharing | undefined;
+  private readonly sharingRate: SharingOptions;
+  private readonly reclaimer: Reclaimer;
+  private readonly vms = new Set<MemoryVm>();
+  private readonly waiting = new Map<MemoryVm, () => void>();
+  private readonly lowWaterFrames: number;
+  private readonly highWaterFrames: number;
+  private readonly reclaimOn: boolean;
+  private readonly balloonFirst: boolean;
+  private readonly timer: NodeJS.Timeout;
+  private busy = false;
+  private lastSharingPass = 0;
+  private balloonAskedAt = -Infinity;
+
+  constructor(private readonly pool: FramePool, opts: OvercommitOptions, newOwner: () => FrameOwner) {
+    const poolBytes = pool.limitBytes;
+    const compressBytes = opts.compressBytes ?? Math.min(Math.floor(poolBytes / 8), 256 << 20);
+    const compressed = compressBytes >= FRAME_SIZE ? CompressedStore.create(compressBytes) : undefined;
+    const swap = opts.swap ? SwapFile.open(opts.swap.path, opts.swap.bytes) : undefined;
+    this.store = new PageStore(compressed, swap);
+    this.sharingRate = { ...DEFAULT_SHARING, ...(typeof opts.sharing === "object" ? opts.sharing : {}) };
+    this.sharing = opts.sharing === false ? undefined : new PageSharing(pool, newOwner);
+    this.reclaimOn = opts.reclaim ?? true;
+    this.balloonFirst = opts.balloonFirst ?? true;
+    this.reclaimer = new Reclaimer(pool, this.store, { compress: compressed !== undefined, swap: swap !== undefined });
+    const frames = poolBytes / FRAME_SIZE;
+    this.lowWaterFrames = Math.ceil((opts.lowWaterBytes ?? Math.max(poolBytes * 0.02, 4 << 20)) / FRAME_SIZE);
+    this.highWaterFrames = Math.min(Math.ceil((opts.highWaterBytes ?? Math.max(poolBytes * 0.04, 8 << 20)) / FRAME_SIZE), frames);
+    if (this.highWaterFrames < this.lowWaterFrames) this.highWaterFrames = this.lowWaterFrames;
+    this.timer = setInterval(() => void this.tick(), TICK_MS);
+    this.timer.unref();
+  }
+
+  add(vm: MemoryVm): void {
+    this.vms.add(vm);
+    vm.p2m.usePageSource(this.store);
+    this.sharing?.add(vm);
+    this.reclaimer.add(vm);
+  }
+
+  remove(vm: MemoryVm): void {
+    this.vms.delete(vm);
+    this.waiting.delete(vm);
+    this.sharing?.remove(vm);
+    this.reclaimer.remove(vm);
+  }
+
+  /** Free frames in the pool now (freed ones and ones never handed out). */
+  get freeFrames(): number {
+    const s = this.pool.stats();
+    return s.framesFree + s.framesNeverUsed;
+  }
+
+  /** `vm` found no frame for a fault: it stays paused until reclaim makes room, then `resume` is called. */
+  waitForMemory(vm: MemoryVm, resume: () => void): void {
+    this.waiting.set(vm, resume);
+    void this.tick();
+  }
+
+  vmStats(vm: MemoryVm): VmMemoryStats {
+    const p = vm.p2m;
+    return {
+      pages: p.census(),
+      cowBreaks: p.counter(P2mCounter.CowBreaks),
+      decompressions: p.counter(P2mCounter.Decompressions),
+      swapIns: p.counter(P2mCounter.SwapIns),
+      storeReads: p.counter(P2mCounter.StoreReads),
+    };
+  }
+
+  stats(): HostMemoryStats {
+    const s = this.pool.stats();
+    const guestRamBytes = [...this.vms].reduce((n, vm) => n + vm.p2m.count * FRAME_SIZE, 0);
+    const c = this.store.compressed?.stats();
+    const w = this.store.swap?.stats();
+    const sharing = this.sharing?.stats();
+    return {
+      poolBytes: this.pool.limitBytes,
+      frames: { free: s.framesFree + s.framesNeverUsed, inUse: s.framesInUse, shared: sharing?.sharedFrames ?? 0 },
+      guestRamBytes,
+      overcommit: guestRamBytes / this.pool.limitBytes,
+      compressed: c && { capacityBytes: c.capacityBytes, usedBytes: c.usedBytes, storedBytes: c.storedBytes, pages: c.objects },
+      swap: w && { capacityBytes: w.capacityBytes, usedBytes: w.usedSlots * FRAME_SIZE, path: w.path },
+      sharing: sharing && { ...sharing, enabled: true },
+      reclaim: {
+        ...this.reclaimer.counts, enabled: this.reclaimOn,
+        lowWaterBytes: this.lowWaterFrames * FRAME_SIZE, highWaterBytes: this.highWaterFrames * FRAME_SIZE,
+        lastError: this.reclaimer.lastError?.message,
+      },
+      waiting: [...this.waiting.keys()].map((v) => v.name),
+      processResidentBytes: process.memoryUsage.rss(),
+    };
+  }
+
+  /** Run one sharing pass now (tests, and bench:mem's density figures). */
+  async shareNow(pages = this.sharingRate.pagesPerPass): Promise<number> {
+    return this.sharing ? this.sharing.pass(pages) : 0;
+  }
+
+  /** Reclaim until the pool has `frames` free (tests and benchmarks); resolves to the pages taken. */
+  async reclaimNow(frames = this.highWaterFrames): Promise<number> {
+    let taken = 0;
+    for (let tries = 0; this.freeFrames < frames && tries < 1000; tries++) {
+      const n = await this.reclaimer.reclaim(RECLAIM_BATCH);
+      this.reclaimer.spillCompressed(this.spillTarget());
+      if (n === 0) break;
+      taken += n;
+    }
+    return taken;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.store.close();
+  }
+
+  private async tick(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const now = performance.now();
+      if (this.sharing && now - this.lastSharingPass >= this.sharingRate.intervalMs) {
+        this.lastSharingPass = now;
+        await this.sharing.pass(this.sharingRate.pagesPerPass);
+      }
+      this.reclaimer.spillCompressed(this.spillTarget());
+      if (this.freeFrames < this.lowWaterFrames || this.waiting.size > 0) await this.relievePressure();
+      if (this.freeFrames >= this.lowWaterFrames) this.wakeWaiting();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async relievePressure(): Promise<void> {
+    if (!this.reclaimOn) return;
+    const now = performance.now();
+    if (this.balloonFirst) {
+      if (now - this.balloonAskedAt >= BALLOON_GRACE_MS) this.askBalloons();
+      // Guests are giving memory back: unless the pool is nearly dry, let them.
+      const giving = now - this.balloonAskedAt < BALLOON_GRACE_MS;
+      if (giving && this.waiting.size === 0 && this.freeFrames > this.lowWaterFrames / 2) return;
+    }
+    if (this.sharing) await this.sharing.pass(this.sharingRate.pagesPerPass * 4);
+    for (let tries = 0; this.freeFrames < this.highWaterFrames && tries < 16; tries++) {
+      const n = await this.reclaimer.reclaim(RECLAIM_BATCH);
+      this.reclaimer.spillCompressed(this.spillTarget());
+      if (n === 0) break;
+    }
+  }
+
+  /** Raise the balloon targets of guests that report free memory; true when one was raised. */
+  private askBalloons(): boolean {
+    const need = (this.highWaterFrames - this.freeFrames) * FRAME_SIZE;
+    if (need <= 0) return false;
+    let asked = false;
+    const balloons = [...this.vms].map((vm) => vm.balloon()).filter((b): b is BalloonControl => b !== undefined);
+    for (const b of balloons) {
+      const spare = (b.guestAvailableBytes() ?? 0) - BALLOON_GUEST_MARGIN;
+      if (spare <= 0) continue;
+      const more = Math.min(spare, Math.ceil(need / balloons.length));
+      b.setTarget(b.targetBytes + Math.floor(more / FRAME_SIZE) * FRAME_SIZE);
+      asked = true;
+    }
+    if (asked) this.balloonAskedAt = performance.now();
+    return asked;
+  }
+
+  private spillTarget(): number {
+    const cap = this.store.compressed?.stats().capacityBytes ?? 0;
+    return Math.floor(cap * 0.9);
+  }
+
+  private wakeWaiting(): void {
+    const waiting = [...this.waiting];
+    this.waiting.clear();
+    for (const [, resume] of waiting) resume();
+  }
+}
