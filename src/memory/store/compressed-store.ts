@@ -12,6 +12,9 @@
 // the next larger class, so it would only waste metadata. The worst case is
 // an object just over a class's size (1366 bytes in a 2048-byte place: a third
 // wasted); on average it is about half a step between neighbouring classes.
+// Counting the bytes of full zpages that objects fill, these 20 classes fill
+// 86% for lengths spread evenly over 1..2048 and 92% over 20..600, against 81%
+// and 68% for 256-byte steps (and 83% and 80% for 128-byte steps).
 //
 // A slot (what put() returns, what the p2m keeps for a compressed page) is
 // zpage * 32 + object index: it must fit in the 27 bits a p2m entry leaves
