@@ -87,8 +87,9 @@ const QUEUE_SIZE = 128;
 export const MAX_PFNS_PER_BUFFER = 16384;
 /** One reported range at most (Linux reports pageblocks: 2 MiB with 4 KiB pages, 512 MiB with 64 KiB ones). */
 export const MAX_REPORT_RANGE = 1 << 30;
-/** Pages in one report at most (Linux reports 32 ranges at a time, PAGE_REPORTING_CAPACITY). */
-export const MAX_REPORT_PAGES = 1 << 20;
+/** Pages in one report at most, 1 GiB: Linux reports at most 32 ranges at a
+ *  time (PAGE_REPORTING_CAPACITY), 128 MiB on a RISC-V guest's 4 MiB blocks. */
+export const MAX_REPORT_PAGES = 1 << 18;
 
 // --- memory statistics (5.5.6.3, tags 5.5.6.4) ---------------------------------
 // A buffer of packed {le16 tag, le64 val} entries, 10 bytes each.
@@ -584,8 +585,9 @@ export class VirtioBalloon implements VirtioDevice {
     if (!q) return;
     try {
       for (let chain = q.pop(); chain; chain = q.pop()) {
-        // A second buffer while one is held: the older one is given back unread.
-        if (this.statsHeld) q.push(this.statsHeld.chain, 0);
+        // A second buffer while one is held: the older one is given back unread
+        // (unless it came on a queue since stopped: then it is not ours to give back).
+        if (this.statsHeld?.q === q) q.push(this.statsHeld.chain, 0);
         this.statsHeld = undefined;
         if (chain.writableLength > 0) {
           this.refused.malformed++;
