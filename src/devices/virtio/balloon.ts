@@ -1,6 +1,6 @@
 // virtio-balloon, the traditional memory balloon (virtio 1.2, 5.5 "Traditional
-// Memory Balloon Device"; section numbers below are 1.2's): how the host takes
-// memory back from a running guest, for overcommit. The host sets a target
+// Memory Balloon Device"; section numbers below are 1.2's, with their
+// titles): how the host takes memory back from a running guest, for overcommit. The host sets a target
 // (num_pages, in 4 KiB pages); the guest's driver allocates that many pages
 // and names them on the inflate queue, and the host gives their frames back to
 // its pool. When the target drops the driver names pages on the deflate queue
@@ -39,7 +39,7 @@ export interface BalloonMemory {
 /** A host-side request the balloon cannot do (a target outside guest RAM). */
 export class BalloonError extends Error {}
 
-// --- feature bits (5.5.3) ------------------------------------------------------
+// --- feature bits (5.5.3 "Feature bits") -------------------------------------
 
 /** Not offered: the driver would have to wait for the device before it uses a
  *  deflated page again. Nothing here needs that: a ballooned page the guest
@@ -47,12 +47,16 @@ export class BalloonError extends Error {}
  *  does), so the guest may deflate at once. */
 export const VIRTIO_BALLOON_F_MUST_TELL_HOST = 1n << 0n;
 export const VIRTIO_BALLOON_F_STATS_VQ = 1n << 1n;
-/** The guest may deflate on its own when it runs out of memory (5.5.6.1):
- *  better an overcommitted host than an OOM-killed guest. */
+/** The guest may deflate on its own when it runs out of memory (5.5.6.1
+ *  "Driver Requirements: Device Operation"): better an overcommitted host
+ *  than an OOM-killed guest. */
 export const VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 1n << 2n;
 /** Not offered: free page hinting serves live migration (which pages need not be copied). */
 export const VIRTIO_BALLOON_F_FREE_PAGE_HINT = 1n << 3n;
-/** Not offered: reported pages come back as zero pages, so there is no poison value to keep. */
+/** Not offered: with it the guest names a value its free pages must keep
+ *  (poison_val), and a discarded page comes back zero. Linux then reports
+ *  nothing from a guest that poisons or zeroes pages on free
+ *  (virtballoon_validate turns PAGE_REPORTING off), a price worth a simpler device. */
 export const VIRTIO_BALLOON_F_PAGE_POISON = 1n << 4n;
 export const VIRTIO_BALLOON_F_PAGE_REPORTING = 1n << 5n;
 
@@ -61,7 +65,7 @@ export const BALLOON_PAGE_SHIFT = 12;
 export const BALLOON_PAGE_SIZE = 1 << BALLOON_PAGE_SHIFT;
 const PAGE = BigInt(BALLOON_PAGE_SIZE);
 
-// --- configuration space (5.5.4) ---------------------------------------------
+// --- configuration space (5.5.4 "Device configuration layout") ---------------
 //   0  num_pages              le32  device: the target, in 4 KiB pages
 //   4  actual                 le32  driver: pages it has in the balloon
 //   8  free_page_hint_cmd_id  le32  FREE_PAGE_HINT only: reads 0
@@ -70,15 +74,15 @@ const CONFIG_NUM_PAGES = 0;
 const CONFIG_ACTUAL = 4;
 const CONFIG_SIZE = 16;
 
-// --- queues (5.5.2) ------------------------------------------------------------
+// --- queues (5.5.2 "Virtqueues") ---------------------------------------------
 //
 // The spec lists inflateq 0, deflateq 1, statsq 2, free_page_vq 3,
 // reporting_vq 4, each of the last three only with its feature. Over
 // virtio-mmio Linux numbers only the queues it sets up (vm_find_vqs skips the
 // unnamed ones without using up an index, and virtio_balloon's init_vqs names
-// statsq and reporting_vq only when their features were negotiated), as QEMU
-// expects: reporting_vq is queue 2 without STATS_VQ and 3 with it. FREE_PAGE_HINT
-// is never offered, so four queues cover every case, and activate() maps
+// statsq and reporting_vq only when their features were negotiated):
+// reporting_vq is queue 2 without STATS_VQ and 3 with it. FREE_PAGE_HINT is
+// never offered, so four queues cover every case, and activate() maps
 // index to role from the negotiated features.
 type Role = "inflate" | "deflate" | "stats" | "free-page-hint" | "reporting";
 const QUEUE_SIZE = 128;
@@ -91,7 +95,7 @@ export const MAX_REPORT_RANGE = 1 << 30;
  *  time (PAGE_REPORTING_CAPACITY), 128 MiB on a RISC-V guest's 4 MiB blocks. */
 export const MAX_REPORT_PAGES = 1 << 18;
 
-// --- memory statistics (5.5.6.3, tags 5.5.6.4) ---------------------------------
+// --- memory statistics (5.5.6.3 "Memory Statistics", 5.5.6.4 "... Tags") ----
 // A buffer of packed {le16 tag, le64 val} entries, 10 bytes each.
 const STAT_ENTRY = 10;
 /** Bytes of a stats buffer read at most: Linux sends 16 entries (160 bytes); the rest is ignored. */
@@ -242,7 +246,7 @@ export class VirtioBalloon implements VirtioDevice {
       (options.reporting ?? true ? VIRTIO_BALLOON_F_PAGE_REPORTING : 0n);
   }
 
-  // --- the host's side ---------------------------------------------------------
+  // --- the host's side -------------------------------------------------------
 
   /** The host wants `bytes` of guest RAM back (rounded to 4 KiB pages); 0 empties the balloon. */
   setTarget(bytes: number): void {
@@ -300,7 +304,7 @@ export class VirtioBalloon implements VirtioDevice {
     return lines;
   }
 
-  // --- configuration space (5.5.4) ---------------------------------------------
+  // --- configuration space (5.5.4) -------------------------------------------
 
   readConfig(offset: number, size: number): number {
     const b = new Uint8Array(CONFIG_SIZE);
@@ -322,7 +326,7 @@ export class VirtioBalloon implements VirtioDevice {
     }
   }
 
-  // --- the driver's side ----------------------------------------------------------
+  // --- the driver's side -----------------------------------------------------
 
   activate(ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[], features: bigint): void {
     this.ctx = ctx;
@@ -384,7 +388,7 @@ export class VirtioBalloon implements VirtioDevice {
     if (this.roles[index] === "stats") this.statsHeld = undefined;
   }
 
-  // --- inflate, deflate, report: one request at a time, in order ------------------
+  // --- inflate, deflate, report: one request at a time, in order -------------
 
   /** Take requests from the inflate, deflate and reporting queues in turn until they are empty or one has to wait. */
   private pump(): void {
@@ -414,7 +418,7 @@ export class VirtioBalloon implements VirtioDevice {
     }
   }
 
-  /** Inflate (5.5.6): the driver gives up these pages; the host frees their frames. */
+  /** Inflate (5.5.6 "Device Operation"): the driver gives up these pages; the host frees their frames. */
   private inflate(q: VirtQueue, chain: DescriptorChain): void {
     const pfns = this.readPfns(chain);
     if (!pfns) return q.push(chain, 0);
@@ -468,7 +472,7 @@ export class VirtioBalloon implements VirtioDevice {
   }
 
   /**
-   * Free page reporting (5.5.6.7): each buffer of the chain is a free range
+   * Free page reporting (5.5.6.7 "Free Page Reporting"): each buffer of the chain is a free range
    * of guest memory; the device may drop its contents and completes the chain
    * when done, after which the guest uses the pages again without a word (so
    * they are not ballooned: a touch gets a zero frame). Linux adds the ranges
@@ -479,16 +483,17 @@ export class VirtioBalloon implements VirtioDevice {
     const seen = new Set<number>();
     const take: number[] = [];
     for (const s of [...chain.readable, ...chain.writable]) {
-      if (s.addr % PAGE !== 0n || s.len % BALLOON_PAGE_SIZE !== 0 || s.len > MAX_REPORT_RANGE || seen.size + s.len / BALLOON_PAGE_SIZE > MAX_REPORT_PAGES) {
+      const pages = s.len / BALLOON_PAGE_SIZE;
+      if (s.addr % PAGE !== 0n || !Number.isInteger(pages) || s.len > MAX_REPORT_RANGE || seen.size + pages > MAX_REPORT_PAGES) {
         this.refused.badRange++;
         continue;
       }
       if (!this.memory.isRam(s.addr, s.len)) {
-        this.refused.outsideRam += s.len / BALLOON_PAGE_SIZE;
+        this.refused.outsideRam += pages;
         continue;
       }
       const first = Number(s.addr >> BigInt(BALLOON_PAGE_SHIFT));
-      for (let pfn = first; pfn < first + s.len / BALLOON_PAGE_SIZE; pfn++) {
+      for (let pfn = first; pfn < first + pages; pfn++) {
         if (seen.has(pfn)) this.refused.duplicate++;
         else if (this.ballooned.has(pfn)) this.refused.alreadyBallooned++; // its frame is gone already
         else {
@@ -572,7 +577,7 @@ export class VirtioBalloon implements VirtioDevice {
     }
   }
 
-  // --- memory statistics (5.5.6.3) ----------------------------------------------
+  // --- memory statistics (5.5.6.3) -------------------------------------------
   //
   // The driver adds one buffer of statistics at start. The device keeps it
   // and, when it wants fresh figures, gives it back (used length 0); the
