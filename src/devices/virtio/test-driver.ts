@@ -177,6 +177,17 @@ export class TestDriver {
     return head;
   }
 
+  /** Put a chain of descriptors pointing at the given guest addresses (nothing
+   *  is allocated or written: a balloon's free page report names guest pages). */
+  addSegments(index: number, segments: { addr: bigint; len: number; writable?: boolean }[]): number {
+    const q = this.queues[index];
+    const ids = segments.map(() => this.takeDesc(q));
+    segments.forEach((s, i) =>
+      this.writeDesc(q.desc, ids[i], s.addr, s.len, (s.writable ? VIRTQ_DESC_F_WRITE : 0) | (i < segments.length - 1 ? VIRTQ_DESC_F_NEXT : 0), ids[i + 1] ?? 0));
+    this.publish(index, ids[0]);
+    return ids[0];
+  }
+
   /** Make `head` available (raw: the fuzz tests pass any value). */
   publish(index: number, head: number): void {
     const q = this.queues[index];

@@ -14,6 +14,7 @@ export const VIRTIO_ID_NET = 1;
 export const VIRTIO_ID_BLOCK = 2;
 export const VIRTIO_ID_CONSOLE = 3;
 export const VIRTIO_ID_RNG = 4;
+export const VIRTIO_ID_BALLOON = 5;
 
 /** Device status bits (2.1). */
 export const STATUS_ACKNOWLEDGE = 1;
