@@ -10,7 +10,7 @@
 
 import { workerData, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import { instantiateCore, asU64, type Core } from "../vcpu/core.js";
-import { FramePool, type FramePoolHandle } from "../memory/frame-pool.js";
+import { FramePool, OutOfHostMemory, type FramePoolHandle } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
 import { PageStore } from "../memory/manager/page-store.js";
 import { Jit } from "../jit/jit.js";
@@ -48,7 +48,16 @@ class VmContext {
   /** Point hart `h` at this worker's translation cache for the VM. */
   prepareHart(h: number): void {
     if (this.d.jit === false) return;
-    if (!this.jit) this.jit = new Jit(this.core, this.pool, this.p2m, this.d.jit, { pageMap: this.d.pageMap, owner: this.d.owner, harts: this.d.harts });
+    if (!this.jit) {
+      try {
+        this.jit = new Jit(this.core, this.pool, this.p2m, this.d.jit, { pageMap: this.d.pageMap, owner: this.d.owner, harts: this.d.harts });
+      } catch (e) {
+        // The pool is full: the hart runs interpreted this turn (no cache,
+        // not another worker's), and the cache is tried again on the next.
+        if (e instanceof OutOfHostMemory) return this.core.fn.setJitCache(h, 0);
+        throw e;
+      }
+    }
     this.jit.use(h);
   }
 

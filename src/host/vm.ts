@@ -21,6 +21,8 @@ import { answerExit, isPosted, Mailbox } from "./exit-mailbox.js";
 import { monoNs } from "./pcpu-protocol.js";
 import type { Host } from "./host.js";
 import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.js";
+import { Absent } from "../memory/p2m-entry.js";
+import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
 
 export class HostError extends Error {
   override readonly name = "HostError";
@@ -57,9 +59,13 @@ export interface VmConfig {
    *  (default: its own name, so only within itself; see memory/manager/page-sharing.ts
    *  for why sharing across VMs is a choice). */
   shareGroup?: string;
+  /** A virtio-balloon (default on): the host can take memory back from the
+   *  guest (setBalloon, and under pressure), read its memory statistics every
+   *  statsIntervalMs, and the guest reports pages it frees. */
+  balloon?: boolean | { statsIntervalMs?: number };
 }
 
-const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity", "shareGroup"]);
+const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity", "shareGroup", "balloon"]);
 
 export type VmState = "created" | "running" | "paused" | "stopped" | "destroyed";
 
@@ -82,6 +88,9 @@ export interface VmStats {
   pausedFor?: string;
 }
 
+
+/** The largest VM: 64 GiB of guest RAM. */
+const MAX_VM_MEM_BYTES = 64 * 2 ** 30;
 
 /** Bytes of guest image copied per event-loop turn at start (a few ms each). */
 const LOAD_STEP_BYTES = 2 << 20;
@@ -142,6 +151,11 @@ export class Vm {
       hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
       wake: () => setImmediate(() => this.machine?.afterExit()),
       onEnd: (end) => void this.teardown(end),
+      balloon: config.balloon === false ? undefined : {
+        statsIntervalMs: typeof config.balloon === "object" ? config.balloon.statsIntervalMs : undefined,
+        discard: (indices, reason) => this.managed ? host.memory.discard(this.managed, indices, reason === "balloon" ? Absent.Ballooned : Absent.Reported) : Promise.resolve(),
+        reclaim: (indices) => this.managed && host.memory.undiscard(this.managed, indices),
+      },
     });
     this.machine = machine;
     this.lastEnd = undefined;
@@ -254,6 +268,27 @@ export class Vm {
     for (const v of this.slots) {
       if (this.host.isRunning(v)) this.host.core.fn.postRequest(this.host.sched.hartOf(v), this.host.core.k.REQ_EXIT);
     }
+  }
+
+  // ---- memory -------------------------------------------------------------------------------
+
+  /** Ask the guest's balloon to hold `bytes` of its RAM (0 empties it): the
+   *  host takes those frames back as the driver inflates. */
+  setBalloon(bytes: number): void {
+    this.checkAlive();
+    const balloon = this.machine?.balloon;
+    if (!balloon) throw new HostError(`VM '${this.name}' ${this.machine ? "has no balloon (created with balloon: false)" : "is not running"}`);
+    try {
+      balloon.setTarget(bytes);
+    } catch (e) {
+      if (e instanceof BalloonError) throw new HostError(e.message);
+      throw e;
+    }
+  }
+
+  /** The balloon's figures and the guest's memory statistics (undefined without a balloon). */
+  balloonStats(): BalloonStats | undefined {
+    return this.machine?.balloon?.stats();
   }
 
   get scheduling(): { weight: number; capPct: number; affinity: number[] } {
@@ -487,8 +522,11 @@ function validateConfig(c: VmConfig, host: Host): void {
   if (!Number.isSafeInteger(c.memBytes) || c.memBytes < 1 << 20 || c.memBytes % FRAME_SIZE !== 0) {
     throw new HostError("memory must be a whole number of 4 KiB pages, at least 1 MiB");
   }
-  if (c.memBytes > host.pool.limitBytes) {
-    throw new HostError(`memory ${c.memBytes >> 20} MiB is larger than the host's pool (${Math.floor(host.pool.limitBytes / (1 << 20))} MiB)`);
+  // A VM may have more memory than the pool holds (the memory manager makes
+  // room), but its p2m table (4 bytes per page) must fit with room to spare.
+  if (c.memBytes > MAX_VM_MEM_BYTES || c.memBytes / 1024 > host.pool.limitBytes / 8) {
+    const most = Math.min(MAX_VM_MEM_BYTES, host.pool.limitBytes * 128);
+    throw new HostError(`memory ${c.memBytes >> 20} MiB is too large for this host (at most ${Math.floor(most / (1 << 20))} MiB with a ${Math.floor(host.pool.limitBytes / (1 << 20))} MiB pool)`);
   }
   if (c.weight !== undefined) checkWeight(c.weight);
   if (c.capPct !== undefined) checkCap(c.capPct, host);

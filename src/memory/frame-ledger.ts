@@ -42,6 +42,7 @@ const FREE_DEPTH = 3;
 const BASE_FRAME = 4;
 const LIMIT_FRAMES = 5;
 const COMMITTED_PAGES = 6;
+const GUEST_RESERVE = 7;
 const HEADER_WORDS = 16;
 const OWNER_IDS = MAX_OWNER + 1;
 
@@ -104,6 +105,15 @@ export class FrameLedger {
    *  it is much cheaper than memory.buffer, a call into the runtime (40 ns). */
   get committedPages(): number {
     return Atomics.load(this.header, COMMITTED_PAGES);
+  }
+
+  /** Free frames guest pages may not take (allocGuest): the host's own needs. */
+  get guestReserve(): number {
+    return Atomics.load(this.header, GUEST_RESERVE);
+  }
+
+  set guestReserve(frames: number) {
+    Atomics.store(this.header, GUEST_RESERVE, frames);
   }
 
   get inUse(): number {

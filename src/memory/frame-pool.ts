@@ -228,6 +228,28 @@ export class FramePool {
     return frame * FRAME_SIZE;
   }
 
+  /**
+   * Frames a guest page may not take: when no more than this many are free,
+   * allocGuest() refuses, so the host's own allocations (translation caches,
+   * hart blocks of a VM starting) still succeed while guests fill the pool
+   * and the memory manager makes room. Every thread sees the same value.
+   */
+  get guestReserveFrames(): number {
+    return this.ledger.guestReserve;
+  }
+
+  set guestReserveFrames(frames: number) {
+    this.ledger.guestReserve = Math.max(0, Math.floor(frames));
+  }
+
+  /** A frame for a guest page (alloc(), short of the guest reserve). */
+  allocGuest(owner: FrameOwner): HostAddress {
+    const ledger = this.ledger;
+    const free = ledger.freeDepth + ledger.limitFrames - ledger.top;
+    if (free <= ledger.guestReserve) throw new OutOfHostMemory(1, this.limitBytes);
+    return this.alloc(owner);
+  }
+
   /** `count` zeroed frames at consecutive addresses, each held by `owner`; returns the first. */
   allocContiguous(count: number, owner: FrameOwner = OWNER_HOST): HostAddress {
     if (!Number.isInteger(count) || count < 1) throw new FramePoolError(`bad frame count ${count}`);

@@ -381,7 +381,7 @@ export class P2m {
 
   /** A zeroed private frame for a page that has none (first touch, zero, ballooned, reported). */
   private mapZeroFrame(index: number, seen: number): void {
-    const frame = this.pool.alloc(this.owner); // may grow the memory: get pool.words again after
+    const frame = this.pool.allocGuest(this.owner); // may grow the memory: get pool.words again after
     if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
       Atomics.add(this.counters, P2mCounter.Populated, 1);
       for (const l of this.changeListeners) l(index, 1);
@@ -393,7 +393,7 @@ export class P2m {
   /** A store to a shared page: this VM gets a private copy; the shared frame loses a reference. */
   private breakSharing(index: number, seen: number): void {
     const shared = entryFrame(seen);
-    const frame = this.pool.alloc(this.owner);
+    const frame = this.pool.allocGuest(this.owner);
     const bytes = this.pool.bytes;
     bytes.copyWithin(frame, shared, shared + FRAME_SIZE);
     if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
@@ -411,7 +411,7 @@ export class P2m {
     let frame: HostAddress;
     try {
       const source = this.source();
-      frame = this.pool.alloc(this.owner);
+      frame = this.pool.allocGuest(this.owner);
       try {
         source.readPage(kind, entrySlot(seen), this.pool.bytes.subarray(frame, frame + FRAME_SIZE));
       } catch (err) {

@@ -42,6 +42,7 @@ import { PanicWatch } from "./panic-watch.js";
 import type { VirtioDevice } from "../devices/virtio/virtio.js";
 import { VirtioMmio, VIRTIO_MMIO_SIZE } from "../devices/virtio/mmio.js";
 import { VirtioRng } from "../devices/virtio/rng.js";
+import { VirtioBalloon } from "../devices/virtio/balloon.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
 
 export interface VirtMachineConfig {
@@ -75,6 +76,13 @@ export interface VirtMachineConfig {
   kickHart?(index: number): void;
   /** HSM hart_start made hart `index` runnable. */
   hartStarted?(index: number): void;
+  /** A virtio-balloon, and what takes the pages its driver gives up (by
+   *  index in the RAM window). Absent: no balloon. */
+  balloon?: {
+    statsIntervalMs?: number;
+    discard(indices: number[], reason: "balloon" | "reported"): Promise<void>;
+    reclaim(indices: number[]): void;
+  };
   /** The guest ended (power-off, reboot, panic, a halted hart). */
   onEnd?(end: VmEnd): void;
 }
@@ -154,6 +162,8 @@ export class VirtMachine {
   private readonly platform: SbiPlatform;
   private readonly consoleIn: number[] = [];
   private readonly virtio: VirtioMmio[] = [];
+  /** The memory balloon (virtio-balloon), when the VM has one. */
+  readonly balloon: VirtioBalloon | undefined;
   private readonly hvc: VirtioConsole | undefined;
   private pollRequested = false;
   /** The translation cache (undefined with the JIT off). */
@@ -217,7 +227,18 @@ export class VirtMachine {
     bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
 
     if (cfg.console === "hvc0") this.hvc = new VirtioConsole({ name: "console0", output: console, size: cfg.consoleSize });
-    const devices = [...(cfg.virtio ?? []), ...(this.hvc ? [this.hvc] : []), new VirtioRng("rng0")];
+    if (cfg.balloon) {
+      const b = cfg.balloon;
+      const indices = (gpas: bigint[]) => gpas.map((g) => p2m.indexOf(g)).filter((i) => i >= 0);
+      this.balloon = new VirtioBalloon({
+        discard: (gpas, reason) => b.discard(indices(gpas), reason),
+        reclaim: (gpas) => b.reclaim(indices(gpas)),
+        isRam: (gpa, len) => this.ram.isRam(gpa, len),
+        ramBytes: cfg.memBytes,
+      }, { statsIntervalMs: b.statsIntervalMs });
+    }
+    // The balloon goes last: adding it leaves the other devices' slots (and names) as they were.
+    const devices = [...(cfg.virtio ?? []), ...(this.hvc ? [this.hvc] : []), new VirtioRng("rng0"), ...(this.balloon ? [this.balloon] : [])];
     if (devices.length > L.VIRT_VIRTIO_SLOTS) throw new MachineError(`too many virtio devices: ${devices.length}, the virt machine has ${L.VIRT_VIRTIO_SLOTS} slots`);
     // Inside a host, a device may serve its queues on a thread of its own
     // (blk-iothread.ts): the RAM as that thread attaches it, with the page
@@ -417,7 +438,15 @@ export class VirtMachine {
   /** The VM's balloon as the host's memory manager drives it (undefined
    *  while the machine has none, or its driver is not up). */
   balloonControl(): BalloonControl | undefined {
-    return undefined;
+    const b = this.balloon;
+    if (!b || b.guestStats().updatedAt === undefined) return undefined;
+    return {
+      guestAvailableBytes: () => b.guestStats().availableBytes ?? b.guestStats().freeBytes,
+      get targetBytes() {
+        return b.target;
+      },
+      setTarget: (bytes) => b.setTarget(Math.min(bytes, this.cfg.memBytes)),
+    };
   }
 
   /** Before release(): devices that touch guest memory on other threads (an

@@ -48,12 +48,8 @@ export interface Claim {
  *  (finish() or putBack()). Resolves false when the batch could not be held. */
 export async function withClaims(claims: Claim[], work: (claimed: Claim[]) => void): Promise<boolean> {
   const vms = [...new Set(claims.map((c) => c.vm))];
-  const held: ManagedVm[] = [];
-  try {
-    for (const vm of vms) {
-      if (!(await vm.holdVcpus())) return false;
-      held.push(vm);
-    }
+  let done = false;
+  await withVcpusHeld(vms, () => {
     const claimed: Claim[] = [];
     for (const c of claims) {
       const now = c.vm.p2m.entry(c.index);
@@ -65,9 +61,24 @@ export async function withClaims(claims: Claim[], work: (claimed: Claim[]) => vo
     }
     if (vms.some((vm) => vm.p2m.activeAccessors > 0)) {
       for (const c of claimed) putBack(c);
-      return false;
+      return;
     }
     work(claimed);
+    done = true;
+  });
+  return done;
+}
+
+/** Run `work` with every vCPU of `vms` off its pCPU; each hart flushes its
+ *  TLB before it runs again. Resolves false (work not run) when a VM stopped. */
+export async function withVcpusHeld(vms: readonly ManagedVm[], work: () => void): Promise<boolean> {
+  const held: ManagedVm[] = [];
+  try {
+    for (const vm of vms) {
+      if (!(await vm.holdVcpus())) return false;
+      held.push(vm);
+    }
+    work();
     return true;
   } finally {
     for (const vm of held) vm.releaseVcpus();

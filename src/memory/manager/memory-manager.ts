@@ -24,7 +24,8 @@ import type { FramePool, FrameOwner } from "../frame-pool.js";
 import { FRAME_SIZE } from "../frame-pool.js";
 import { CompressedStore, SwapFile } from "../store/index.js";
 import { P2mCounter } from "../p2m.js";
-import type { PageCensus } from "../p2m-entry.js";
+import { Absent, absentEntry, absentKind, entryFrame, entrySlot, isPresent, type PageCensus } from "../p2m-entry.js";
+import { withClaims, finish } from "./held-pages.js";
 import { PageSharing, type SharingOptions, type SharingStats } from "./page-sharing.js";
 import { Reclaimer, type ReclaimVm, type ReclaimCounts } from "./reclaim.js";
 import { PageStore } from "./page-store.js";
@@ -79,6 +80,8 @@ export interface HostMemoryStats {
   swap: { capacityBytes: number; usedBytes: number; path: string } | undefined;
   sharing: (SharingStats & { enabled: boolean }) | undefined;
   reclaim: ReclaimCounts & { enabled: boolean; lowWaterBytes: number; highWaterBytes: number; lastError: string | undefined };
+  /** Pages guests gave back through their balloons and free page reporting since the start. */
+  balloon: { inflated: number; reported: number; skipped: number };
   /** VMs paused until memory is free. */
   waiting: string[];
   /** The process's resident memory (the pool's frozen high-water mark included, see README). */
@@ -109,6 +112,7 @@ export class MemoryManager {
   private busy = false;
   private lastSharingPass = 0;
   private balloonAskedAt = -Infinity;
+  private readonly discards = { inflated: 0, reported: 0, skipped: 0 };
 
   constructor(private readonly pool: FramePool, opts: OvercommitOptions, newOwner: () => FrameOwner) {
     const poolBytes = pool.limitBytes;
@@ -125,6 +129,9 @@ export class MemoryManager {
     this.lowWaterFrames = Math.ceil((opts.lowWaterBytes ?? Math.max(poolBytes * 0.02, 4 << 20)) / FRAME_SIZE);
     this.highWaterFrames = Math.min(Math.ceil((opts.highWaterBytes ?? Math.max(poolBytes * 0.04, 8 << 20)) / FRAME_SIZE), frames);
     if (this.highWaterFrames < this.lowWaterFrames) this.highWaterFrames = this.lowWaterFrames;
+    // Half the low watermark stays for the host's own allocations (a VM's
+    // translation cache, a new VM's hart blocks) when guests fill the pool.
+    pool.guestReserveFrames = Math.floor(this.lowWaterFrames / 2);
     this.timer = setInterval(() => void this.tick(), TICK_MS);
     this.timer.unref();
   }
@@ -185,9 +192,52 @@ export class MemoryManager {
         lowWaterBytes: this.lowWaterFrames * FRAME_SIZE, highWaterBytes: this.highWaterFrames * FRAME_SIZE,
         lastError: this.reclaimer.lastError?.message,
       },
+      balloon: { ...this.discards },
       waiting: [...this.waiting.keys()].map((v) => v.name),
       processResidentBytes: process.memoryUsage.rss(),
     };
+  }
+
+  /**
+   * The guest gave these pages up (its balloon inflated, or it reported them
+   * free): their frames and store slots go back, and their entries say why
+   * (a touch maps a zeroed frame). Pages being moved at that moment by
+   * another thread are left as they are (counted as skipped): the guest
+   * does not use them either way.
+   */
+  async discard(vm: MemoryVm, indices: readonly number[], kind: Absent.Ballooned | Absent.Reported): Promise<void> {
+    let todo = [...indices];
+    for (let tries = 0; todo.length > 0 && tries < 20; tries++) {
+      const claims = todo
+        .map((index) => ({ vm, index, seen: vm.p2m.entry(index), ignoreAccessed: true }))
+        .filter((c) => isPresent(c.seen) || absentKind(c.seen) !== Absent.Busy);
+      const done = new Set<number>();
+      const held = await withClaims(claims, (claimed) => {
+        for (const c of claimed) {
+          const e = c.was!;
+          finish(c, absentEntry(kind));
+          if (isPresent(e)) {
+            this.pool.free(entryFrame(e)); // a shared frame loses one reference
+            vm.p2m.notePopulated(-1);
+          } else if (absentKind(e) === Absent.Compressed || absentKind(e) === Absent.Swapped) {
+            this.store.freeSlot(absentKind(e) as Absent.Compressed | Absent.Swapped, entrySlot(e));
+          }
+          done.add(c.index);
+        }
+      });
+      if (!held && !this.vms.has(vm)) return; // the VM stopped
+      todo = todo.filter((i) => !done.has(i));
+      if (todo.length > 0) await new Promise((r) => setTimeout(r, 1));
+    }
+    const n = indices.length - todo.length;
+    if (kind === Absent.Ballooned) this.discards.inflated += n;
+    else this.discards.reported += n;
+    this.discards.skipped += todo.length;
+  }
+
+  /** Balloon deflate: the guest has these pages again (a touch maps a zeroed frame). */
+  undiscard(vm: MemoryVm, indices: readonly number[]): void {
+    for (const index of indices) vm.p2m.casEntry(index, absentEntry(Absent.Ballooned), absentEntry(Absent.Untouched));
   }
 
   /** Run one sharing pass now (tests, and bench:mem's density figures). */

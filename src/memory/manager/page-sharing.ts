@@ -15,6 +15,13 @@
 // before anything changes, so a hash collision or a page written meanwhile
 // merges nothing.
 //
+// The group keeps one reference of its own on every shared frame, so a
+// frame never goes back to the pool when its last mapping breaks away: a
+// hart may still fetch instructions from it (fetch translations of shared
+// frames are cached, and may stay stale until FENCE.I, as Zifencei allows).
+// Frames no guest maps any more are freed in a later pass, with every VM of
+// the group held, so each hart has flushed its TLB before it runs again.
+//
 // Scope: a VM shares only with VMs of its share group (by default its own
 // name: sharing within the VM). Sharing across VMs saves the most (identical
 // guests run the same kernel), but it is a side channel: a VM can tell that
@@ -25,7 +32,7 @@
 import type { FramePool, FrameOwner } from "../frame-pool.js";
 import { FRAME_SIZE } from "../frame-pool.js";
 import { Absent, P2M_PRESENT, P2M_SHARED, absentEntry, entryFrame, isPresent } from "../p2m-entry.js";
-import { withClaims, finish, putBack, type Claim, type ManagedVm } from "./held-pages.js";
+import { withClaims, withVcpusHeld, finish, putBack, type Claim, type ManagedVm } from "./held-pages.js";
 
 const WORDS = FRAME_SIZE / 4;
 
@@ -90,11 +97,13 @@ export class PageSharing {
     // A hash that pointed at one of its pages would be compared against
     // whatever the frame holds later: forget the round's private pages.
     this.unstable.get(vm.shareGroup)?.clear();
+    this.releaseAll(); // its group's last VM: the group lets go of its frames
   }
 
   /** Look at up to `budget` pages, then merge what was found. Resolves to the pages merged or dropped. */
   async pass(budget: number): Promise<number> {
     const vms = [...this.cursors.values()];
+    await this.reapUnmapped();
     if (vms.length === 0) return 0;
     const candidates: Candidate[] = [];
     let left = budget;
@@ -125,9 +134,39 @@ export class PageSharing {
     return done;
   }
 
+  /** Free the shared frames no guest maps any more (only the group's reference is left). */
+  private async reapUnmapped(): Promise<void> {
+    for (const [group, stable] of this.stable) {
+      const owner = this.groupOwners.get(group)!;
+      const unmapped = [...stable].filter(([, f]) => this.pool.ownerOf(f) === owner && this.pool.refCount(f) === 1);
+      if (unmapped.length === 0) continue;
+      const vms = [...this.cursors.keys()].filter((vm) => vm.shareGroup === group);
+      const free = () => {
+        for (const [hash, f] of unmapped) {
+          if (this.pool.refCount(f) !== 1) continue; // merged into again meanwhile
+          this.pool.free(f);
+          stable.delete(hash);
+        }
+      };
+      if (vms.length === 0) free();
+      else await withVcpusHeld(vms, free);
+    }
+  }
+
+  /** Drop the group's reference to its frames, for groups with no VM left (the
+   *  VMs' own references go with their p2m). */
+  releaseAll(): void {
+    for (const [group, stable] of this.stable) {
+      const owner = this.groupOwners.get(group)!;
+      if ([...this.cursors.keys()].some((vm) => vm.shareGroup === group)) continue;
+      for (const f of stable.values()) if (this.pool.ownerOf(f) === owner && this.pool.refCount(f) > 0) this.pool.free(f);
+      stable.clear();
+    }
+  }
+
   stats(): SharingStats {
     let sharedFrames = 0;
-    for (const m of this.stable.values()) for (const f of m.values()) if (this.isLiveShared(f, undefined)) sharedFrames++;
+    for (const m of this.stable.values()) for (const f of m.values()) if (this.isLiveShared(f, undefined) && this.pool.refCount(f) > 1) sharedFrames++;
     let sharingPages = 0;
     for (const c of this.cursors.values()) sharingPages += c.vm.p2m.census().shared;
     return { sharedFrames, sharingPages, ...this.counts };
@@ -196,12 +235,9 @@ export class PageSharing {
     }
     if (c.kind === "stable") {
       const shared = c.shared!;
+      // The group's reference keeps it alive: only reapUnmapped() (on this thread) frees it.
       if (!this.isLiveShared(shared, c.vm.shareGroup) || !sameFrame(words, frame >>> 2, shared >>> 2)) return 0;
-      try {
-        this.pool.retain(shared);
-      } catch {
-        return 0; // its last mapping went meanwhile
-      }
+      this.pool.retain(shared);
       finish(mine, shared | P2M_PRESENT | P2M_SHARED);
       this.pool.free(frame);
       this.counts.merged++;
@@ -210,8 +246,10 @@ export class PageSharing {
     if (!theirs) return 0;
     const other = entryFrame(theirs.was!);
     if (other === frame || !sameFrame(words, frame >>> 2, other >>> 2)) return 0;
-    // My frame becomes the group's shared frame; theirs goes back to the pool.
+    // My frame becomes the group's shared frame (with the group's own
+    // reference, and one per mapping); theirs goes back to the pool.
     this.pool.transfer(frame, this.ownerOf(c.vm.shareGroup));
+    this.pool.retain(frame);
     this.pool.retain(frame);
     finish(mine, frame | P2M_PRESENT | P2M_SHARED);
     finish(theirs, frame | P2M_PRESENT | P2M_SHARED);
