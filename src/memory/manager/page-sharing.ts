@@ -63,13 +63,16 @@ interface Cursor {
 }
 
 interface Candidate {
-  kind: "zero" | "stable" | "pair";
+  /** "join": merge into the frame an earlier "pair" of this pass makes. */
+  kind: "zero" | "stable" | "pair" | "join";
   vm: ManagedVm;
   index: number;
   seen: number;
   hash: number;
   shared?: number;
   other?: { vm: ManagedVm; index: number; seen: number };
+  /** For "join": the pair it joins. */
+  pair?: Candidate;
 }
 
 export class PageSharing {
@@ -78,6 +81,10 @@ export class PageSharing {
   private readonly stable = new Map<string, Map<number, number>>();
   /** Per share group: hash -> a private page seen with it this round. */
   private unstable = new Map<string, Map<number, { vm: ManagedVm; index: number }>>();
+  /** Per share group: hash -> the pair found this pass (later pages with it join its frame). */
+  private readonly pairsThisPass = new Map<string, Map<number, Candidate>>();
+  /** The frame each pair of this pass became (apply). */
+  private readonly pairFrames = new Map<Candidate, number>();
   private readonly groupOwners = new Map<string, FrameOwner>();
   private vmTurn = 0;
   private readonly counts = { merged: 0, zeroPagesDropped: 0, fullScans: 0, pagesScanned: 0 };
@@ -114,7 +121,10 @@ export class PageSharing {
       left -= n;
       if (cur.next >= cur.vm.p2m.count) this.endRound(cur);
     }
+    this.pairsThisPass.clear();
     if (candidates.length === 0) return 0;
+    // Pairs first: the pages that join them need their frame.
+    candidates.sort((x, y) => Number(y.kind === "pair") - Number(x.kind === "pair"));
     let done = 0;
     // One claim per page: a page in two candidates stays in the first.
     const claims = new Map<string, Claim>();
@@ -131,6 +141,7 @@ export class PageSharing {
       for (const c of unique) done += this.apply(c, take(c.vm, c.index), c.other && take(c.other.vm, c.other.index));
       for (const c of byPage.values()) if (c.vm.p2m.entry(c.index) === absentEntry(Absent.Busy)) putBack(c); // not used after all
     });
+    this.pairFrames.clear();
     return done;
   }
 
@@ -177,6 +188,7 @@ export class PageSharing {
     const group = vm.shareGroup;
     const stable = this.mapFor(this.stable, group);
     const unstable = this.mapFor(this.unstable, group);
+    const pairs = this.mapFor(this.pairsThisPass, group);
     const words = this.pool.words;
     for (let i = cur.next, end = cur.next + n; i < end; i++) {
       const e = vm.p2m.entry(i);
@@ -197,12 +209,19 @@ export class PageSharing {
         out.push({ kind: "stable", vm, index: i, seen: e, hash, shared });
         continue;
       }
+      const pair = pairs.get(hash);
+      if (pair) {
+        out.push({ kind: "join", vm, index: i, seen: e, hash, pair });
+        continue;
+      }
       const twin = unstable.get(hash);
       if (twin && !(twin.vm === vm && twin.index === i) && this.cursors.has(twin.vm)) {
         const te = twin.vm.p2m.entry(twin.index);
         if (isPresent(te) && (te & P2M_SHARED) === 0) {
           unstable.delete(hash);
-          out.push({ kind: "pair", vm, index: i, seen: e, hash, other: { vm: twin.vm, index: twin.index, seen: te } });
+          const c: Candidate = { kind: "pair", vm, index: i, seen: e, hash, other: { vm: twin.vm, index: twin.index, seen: te } };
+          pairs.set(hash, c);
+          out.push(c);
           continue;
         }
       }
@@ -233,8 +252,9 @@ export class PageSharing {
       this.counts.zeroPagesDropped++;
       return 1;
     }
-    if (c.kind === "stable") {
-      const shared = c.shared!;
+    if (c.kind === "stable" || c.kind === "join") {
+      const shared = c.kind === "join" ? this.pairFrames.get(c.pair!) : c.shared!;
+      if (shared === undefined) return 0; // its pair did not merge
       // The group's reference keeps it alive: only reapUnmapped() (on this thread) frees it.
       if (!this.isLiveShared(shared, c.vm.shareGroup) || !sameFrame(words, frame >>> 2, shared >>> 2)) return 0;
       this.pool.retain(shared);
@@ -255,6 +275,7 @@ export class PageSharing {
     finish(theirs, frame | P2M_PRESENT | P2M_SHARED);
     this.pool.free(other);
     this.mapFor(this.stable, c.vm.shareGroup).set(c.hash, frame);
+    this.pairFrames.set(c, frame);
     this.counts.merged++;
     return 1;
   }
