@@ -194,7 +194,7 @@ test("bad input: 400, 404, 405, 409 and 413 with one JSON error each; the host g
       ["POST", "/v1/vms", { ...vm, name: "a/b" }, 400, /must not contain '\/'/],
       ["POST", "/v1/vms", { ...vm, name: "n", kernel: "rel/Image" }, 400, /absolute path/],
       ["POST", "/v1/vms", { ...vm, name: "n", disks: ["/x,format=vhd"] }, 400, /format=vhd/],
-      ["POST", "/v1/vms", { ...vm, name: "n", memBytes: 8 * 2 ** 30 }, 400, /larger than the host's pool/],
+      ["POST", "/v1/vms", { ...vm, name: "n", memBytes: 128 * 2 ** 30 }, 400, /too large for this host/],
       ["POST", "/v1/vms", { ...vm, name: "n", affinity: [5] }, 400, /pCPU 5 does not exist/],
       ["POST", "/v1/vms", vm, 409, /exists already/],
       ["GET", `/v1/vms/${"y".repeat(70)}`, undefined, 400, /at most 63/],

@@ -62,7 +62,7 @@ export interface VmConfig {
   /** A virtio-balloon (default on): the host can take memory back from the
    *  guest (setBalloon, and under pressure), read its memory statistics every
    *  statsIntervalMs, and the guest reports pages it frees. */
-  balloon?: boolean | { statsIntervalMs?: number };
+  balloon?: boolean | { statsIntervalMs?: number; reporting?: boolean };
 }
 
 const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity", "shareGroup", "balloon"]);
@@ -153,6 +153,7 @@ export class Vm {
       onEnd: (end) => void this.teardown(end),
       balloon: config.balloon === false ? undefined : {
         statsIntervalMs: typeof config.balloon === "object" ? config.balloon.statsIntervalMs : undefined,
+        reporting: typeof config.balloon === "object" ? config.balloon.reporting : undefined,
         discard: (indices, reason) => this.managed ? host.memory.discard(this.managed, indices, reason === "balloon" ? Absent.Ballooned : Absent.Reported) : Promise.resolve(),
         reclaim: (indices) => this.managed && host.memory.undiscard(this.managed, indices),
       },

@@ -80,6 +80,8 @@ export interface VirtMachineConfig {
    *  index in the RAM window). Absent: no balloon. */
   balloon?: {
     statsIntervalMs?: number;
+    /** Free page reporting (default on). */
+    reporting?: boolean;
     discard(indices: number[], reason: "balloon" | "reported"): Promise<void>;
     reclaim(indices: number[]): void;
   };
@@ -235,7 +237,7 @@ export class VirtMachine {
         reclaim: (gpas) => b.reclaim(indices(gpas)),
         isRam: (gpa, len) => this.ram.isRam(gpa, len),
         ramBytes: cfg.memBytes,
-      }, { statsIntervalMs: b.statsIntervalMs });
+      }, { statsIntervalMs: b.statsIntervalMs, reporting: b.reporting });
     }
     // The balloon goes last: adding it leaves the other devices' slots (and names) as they were.
     const devices = [...(cfg.virtio ?? []), ...(this.hvc ? [this.hvc] : []), new VirtioRng("rng0"), ...(this.balloon ? [this.balloon] : [])];

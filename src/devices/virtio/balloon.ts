@@ -337,6 +337,10 @@ export class VirtioBalloon implements VirtioDevice {
     // Never offered (so never negotiated), but it would come before reporting_vq.
     if (features & VIRTIO_BALLOON_F_FREE_PAGE_HINT) this.roles.push("free-page-hint");
     if (features & VIRTIO_BALLOON_F_PAGE_REPORTING) this.roles.push("reporting");
+    // Linux primes the stats queue with its first buffer, and kicks it, before
+    // it sets DRIVER_OK (virtballoon_probe: init_vqs, then virtio_device_ready),
+    // when the transport does not pass notifications on yet: look now.
+    this.takeStats();
   }
 
   notify(index: number): void {

@@ -29,7 +29,7 @@ export interface Guest {
   waitFor(re: RegExp, timeoutMs: number): Promise<void>;
 }
 
-export interface GuestOptions extends Partial<Pick<VmConfig, "cpus" | "memBytes" | "weight" | "capPct" | "affinity" | "virtio">> {
+export interface GuestOptions extends Partial<Pick<VmConfig, "cpus" | "memBytes" | "weight" | "capPct" | "affinity" | "virtio" | "balloon" | "shareGroup">> {
   /** The command's stdin, /tsvisor/stdin in the guest. */
   stdin?: Uint8Array;
 }
