@@ -31,8 +31,12 @@ import { Reclaimer, type ReclaimVm, type ReclaimCounts } from "./reclaim.js";
 import { PageStore } from "./page-store.js";
 
 export interface OvercommitOptions {
-  /** Page sharing (default on; within each VM unless VMs are put in one share group). */
-  sharing?: boolean | Partial<SharingOptions>;
+  /** Page sharing, within each VM unless VMs are put in one share group.
+   *  "auto" (the default, as ksmtuned runs KSM): the scanner runs while the
+   *  VMs' memory adds up to more than the pool or the pool is three-quarters
+   *  full, and rests otherwise (its passes briefly stop the VMs it merges in).
+   *  true: always; an object: always, at that rate; false: never. */
+  sharing?: boolean | "auto" | Partial<SharingOptions>;
   /** Bytes of the compressed page pool (0: no compression). Default: 1/8 of the pool, at most 256 MiB. */
   compressBytes?: number;
   /** A swap file (default none). */
@@ -78,7 +82,7 @@ export interface HostMemoryStats {
   overcommit: number;
   compressed: { capacityBytes: number; usedBytes: number; storedBytes: number; pages: number } | undefined;
   swap: { capacityBytes: number; usedBytes: number; path: string } | undefined;
-  sharing: (SharingStats & { enabled: boolean }) | undefined;
+  sharing: (SharingStats & { enabled: boolean; scanning: boolean }) | undefined;
   reclaim: ReclaimCounts & { enabled: boolean; lowWaterBytes: number; highWaterBytes: number; lastError: string | undefined };
   /** Pages guests gave back through their balloons and free page reporting since the start. */
   balloon: { inflated: number; reported: number; skipped: number };
@@ -107,6 +111,7 @@ export class MemoryManager {
   private readonly lowWaterFrames: number;
   private readonly highWaterFrames: number;
   private readonly reclaimOn: boolean;
+  private readonly sharingAuto: boolean;
   private readonly balloonFirst: boolean;
   private readonly timer: NodeJS.Timeout;
   private busy = false;
@@ -122,6 +127,7 @@ export class MemoryManager {
     this.store = new PageStore(compressed, swap);
     this.sharingRate = { ...DEFAULT_SHARING, ...(typeof opts.sharing === "object" ? opts.sharing : {}) };
     this.sharing = opts.sharing === false ? undefined : new PageSharing(pool, newOwner);
+    this.sharingAuto = opts.sharing === undefined || opts.sharing === "auto";
     this.reclaimOn = opts.reclaim ?? true;
     this.balloonFirst = opts.balloonFirst ?? true;
     this.reclaimer = new Reclaimer(pool, this.store, { compress: compressed !== undefined, swap: swap !== undefined });
@@ -186,7 +192,7 @@ export class MemoryManager {
       overcommit: guestRamBytes / this.pool.limitBytes,
       compressed: c && { capacityBytes: c.capacityBytes, usedBytes: c.usedBytes, storedBytes: c.storedBytes, pages: c.objects },
       swap: w && { capacityBytes: w.capacityBytes, usedBytes: w.usedSlots * FRAME_SIZE, path: w.path },
-      sharing: sharing && { ...sharing, enabled: true },
+      sharing: sharing && { ...sharing, enabled: true, scanning: this.sharingWanted() },
       reclaim: {
         ...this.reclaimer.counts, enabled: this.reclaimOn,
         lowWaterBytes: this.lowWaterFrames * FRAME_SIZE, highWaterBytes: this.highWaterFrames * FRAME_SIZE,
@@ -267,7 +273,7 @@ export class MemoryManager {
     this.busy = true;
     try {
       const now = performance.now();
-      if (this.sharing && now - this.lastSharingPass >= this.sharingRate.intervalMs) {
+      if (this.sharing && this.sharingWanted() && now - this.lastSharingPass >= this.sharingRate.intervalMs) {
         this.lastSharingPass = now;
         await this.sharing.pass(this.sharingRate.pagesPerPass);
       }
@@ -311,6 +317,15 @@ export class MemoryManager {
     }
     if (asked) this.balloonAskedAt = performance.now();
     return asked;
+  }
+
+  /** Should the scanner run now? */
+  private sharingWanted(): boolean {
+    if (!this.sharingAuto) return true;
+    let ram = 0;
+    for (const vm of this.vms) ram += vm.p2m.count;
+    const frames = this.pool.limitBytes / FRAME_SIZE;
+    return ram > frames || this.freeFrames < frames / 4;
   }
 
   private spillTarget(): number {
