@@ -201,6 +201,14 @@ export class FrameLedger {
     }
   }
 
+  /** A free frame taken off the stack (popFree) goes back on it, as it was. */
+  pushFreeUnowned(frame: number): void {
+    const depth = this.header[FREE_DEPTH];
+    this.freeStack[depth] = frame;
+    this.stackSlot[frame] = depth + 1;
+    this.header[FREE_DEPTH] = depth + 1;
+  }
+
   /** `frame` (its last reference dropped, zeroed) back on the free stack. */
   pushFree(frame: number): void {
     this.ownerFrames[this.owners[frame]]--;

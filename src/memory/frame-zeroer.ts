@@ -22,6 +22,10 @@ const ZERO_MODULE = new Uint8Array([
   0xfc, 0x0b, 0x00, 0x0b, // memory.fill, end
 ]);
 
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
 let compiled: WebAssembly.Module | undefined;
 
 /** zero(address, length) over `memory` (a shared WebAssembly memory). It sees
@@ -30,4 +34,53 @@ export function frameZeroer(memory: WebAssembly.Memory): (address: number, lengt
   compiled ??= new WebAssembly.Module(ZERO_MODULE);
   const instance = new WebAssembly.Instance(compiled, { env: { memory } });
   return instance.exports.zero as (address: number, length: number) => void;
+}
+
+// ---- giving free frames' pages back to the kernel ----------------------------------------
+
+interface ReleaseAddon {
+  release(buffer: SharedArrayBuffer, offset: number, length: number): number;
+}
+
+let addon: ReleaseAddon | null | undefined;
+
+/** build/release-pages.node (src/memory/native/), if it was built and works here. */
+function loadAddon(): ReleaseAddon | undefined {
+  if (addon !== undefined) return addon ?? undefined;
+  addon = null;
+  try {
+    const path = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "build", "release-pages.node");
+    const a = createRequire(import.meta.url)(path) as ReleaseAddon;
+    // The pages must read as zero afterwards (an anonymous private mapping,
+    // as V8 reserves WebAssembly memory on Linux): check once, on a scratch memory.
+    const scratch = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });
+    const bytes = new Uint8Array(scratch.buffer);
+    bytes.fill(0xa5);
+    if (a.release(scratch.buffer as unknown as SharedArrayBuffer, 65536, 4096) !== 0) return undefined;
+    if (bytes[65536] !== 0 || bytes[65536 + 4095] !== 0 || bytes[65535] !== 0xa5 || bytes[65536 + 4096] !== 0xa5) return undefined;
+    addon = a;
+  } catch {
+    // Not built (no C++ compiler or Node headers), another platform, or a
+    // page size that is not 4 KiB: frames are zeroed instead.
+  }
+  return addon ?? undefined;
+}
+
+/**
+ * release(address, length) over `memory`: the pages of [address, address +
+ * length) go back to the kernel and read as zero from then on, so the
+ * process's resident memory falls (DESIGN.md: reclaimed memory leaves the
+ * process where the platform allows). Undefined where that cannot be done.
+ * Returns false when the kernel refused (the caller zeroes instead).
+ */
+export function frameReleaser(memory: WebAssembly.Memory): ((address: number, length: number) => boolean) | undefined {
+  const a = loadAddon();
+  if (!a) return undefined;
+  return (address, length) => {
+    try {
+      return a.release(memory.buffer as unknown as SharedArrayBuffer, address, length) === 0;
+    } catch {
+      return false;
+    }
+  };
 }
