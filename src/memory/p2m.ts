@@ -110,6 +110,8 @@ export class P2m {
   private pages: PageSource | undefined;
   /** Nesting of this thread's enterAccess(). */
   private accessDepth = 0;
+  /** The resolve in progress is a host-side write's (it may use the guest reserve). */
+  private fromReserve = false;
 
   /** A window of `bytes` of RAM at guest-physical `base` (both page-aligned),
    *  with a new, empty table. (`existing` is attach()'s: a table and counters to share.) */
@@ -236,8 +238,11 @@ export class P2m {
     return this.writableFrame(index);
   }
 
+  /** For host-side writes: these may take frames from the guest reserve
+   *  (frame-pool.ts allocGuest), so a DMA in flight completes when guests
+   *  have filled the pool. */
   writableFrame(index: number): HostAddress {
-    return entryFrame(this.resolve(index, true));
+    return entryFrame(this.resolve(index, true, true));
   }
 
   /** Allocate every frame of the window now (no first-touch faults later). */
@@ -362,8 +367,9 @@ export class P2m {
   }
 
   /** Make entry `index` allow a read (or a write); returns the present entry. */
-  private resolve(index: number, write: boolean): number {
+  private resolve(index: number, write: boolean, host = false): number {
     this.checkIndex(index);
+    this.fromReserve = host;
     for (;;) {
       const e = this.entry(index);
       if (isPresent(e)) {
@@ -381,7 +387,7 @@ export class P2m {
 
   /** A zeroed private frame for a page that has none (first touch, zero, ballooned, reported). */
   private mapZeroFrame(index: number, seen: number): void {
-    const frame = this.pool.allocGuest(this.owner); // may grow the memory: get pool.words again after
+    const frame = this.allocFrame(); // may grow the memory: get pool.words again after
     if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
       Atomics.add(this.counters, P2mCounter.Populated, 1);
       for (const l of this.changeListeners) l(index, 1);
@@ -393,7 +399,7 @@ export class P2m {
   /** A store to a shared page: this VM gets a private copy; the shared frame loses a reference. */
   private breakSharing(index: number, seen: number): void {
     const shared = entryFrame(seen);
-    const frame = this.pool.allocGuest(this.owner);
+    const frame = this.allocFrame();
     const bytes = this.pool.bytes;
     bytes.copyWithin(frame, shared, shared + FRAME_SIZE);
     if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
@@ -411,7 +417,7 @@ export class P2m {
     let frame: HostAddress;
     try {
       const source = this.source();
-      frame = this.pool.allocGuest(this.owner);
+      frame = this.allocFrame();
       try {
         source.readPage(kind, entrySlot(seen), this.pool.bytes.subarray(frame, frame + FRAME_SIZE));
       } catch (err) {
@@ -436,6 +442,10 @@ export class P2m {
     if (inside) Atomics.sub(this.counters, P2mCounter.Accessors, 1);
     Atomics.wait(this.counters, P2mCounter.Sleep, 0, BUSY_WAIT_MS);
     if (inside) Atomics.add(this.counters, P2mCounter.Accessors, 1);
+  }
+
+  private allocFrame(): HostAddress {
+    return this.fromReserve ? this.pool.alloc(this.owner) : this.pool.allocGuest(this.owner);
   }
 
   private source(): PageSource {

@@ -21,6 +21,7 @@
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
 import { GuestMemoryError, type GuestMemory, type SharedGuestMemory } from "../../memory/guest-memory.js";
+import { OutOfHostMemory } from "../../memory/frame-pool.js";
 import {
   type VirtioDevice, type VirtioContext,
   STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
@@ -265,6 +266,9 @@ export class VirtioMmio implements MmioDevice {
       // still the guest's doing: it must not end the VM either. What the device
       // was in the middle of is unknown, so it needs a reset (2.1.2).
       if (e instanceof ChainError || e instanceof GuestMemoryError) return this.needsReset(`${e.message} (not handled by the device)`);
+      // No frame for a DMA even from the host's reserve: this device stops,
+      // the VM does not (README, "Memory overcommit").
+      if (e instanceof OutOfHostMemory) return this.needsReset(e.message);
       throw e;
     }
   }
