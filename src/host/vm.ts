@@ -146,7 +146,7 @@ export class Vm {
       memBytes: config.memBytes, harts: config.cpus, kernel: config.kernel, initrd: config.initrd, cmdline: config.cmdline,
       jit: config.jit ?? {}, consoleOut: config.consoleOut, virtio: config.virtio, console: config.console,
       consoleSize: config.consoleSize, warn: config.warn,
-      host: { pool: host.pool, core: host.core, owner: this.owner },
+      host: { pool: host.pool, core: host.core, owner: this.owner, pages: host.memory.store.handle() },
       kickHart: (i) => this.slots.length && host.kick(this.slots[i]),
       hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
       wake: () => setImmediate(() => this.machine?.afterExit()),

@@ -16,6 +16,7 @@ import type { GuestAddress } from "./address.js";
 import { hex } from "./address.js";
 import { FRAME_SIZE, type FramePoolHandle } from "./frame-pool.js";
 import { P2m, P2mFault, type P2mHandle } from "./p2m.js";
+import type { PageStoreHandle } from "./manager/page-store.js";
 
 /** A VM's RAM as plain data, posted to another thread (an I/O thread) that
  *  works on it there: the pool and the p2m to attach, and the VM's page map
@@ -25,6 +26,8 @@ export interface SharedGuestMemory {
   readonly pool: FramePoolHandle;
   readonly p2m: P2mHandle;
   readonly codePageMap: number;
+  /** The host's page store, where that thread finds compressed and swapped pages. */
+  readonly pages?: PageStoreHandle;
 }
 
 /** An access outside guest RAM. A P2mFault, so one handler covers both. */

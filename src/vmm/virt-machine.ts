@@ -18,6 +18,7 @@ import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js
 import { FramePool } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
 import type { BalloonControl } from "../memory/manager/memory-manager.js";
+import type { PageStoreHandle } from "../memory/manager/page-store.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { MmioBus } from "../bus/mmio-bus.js";
 import { Vcpu } from "../vcpu/vcpu.js";
@@ -96,6 +97,8 @@ export interface MachineHostParts {
   core: Core;
   /** The pool owner every frame of this VM is charged to. */
   owner: number;
+  /** The host's page store (device threads find compressed and swapped pages there). */
+  pages?: PageStoreHandle;
 }
 
 /** What a vCPU does after the machine handled its exit. */
@@ -245,7 +248,7 @@ export class VirtMachine {
     // Inside a host, a device may serve its queues on a thread of its own
     // (blk-iothread.ts): the RAM as that thread attaches it, with the page
     // map its writes retire translations in.
-    const shared = cfg.host ? { pool: pool.handle(), p2m: p2m.handle(), codePageMap: this.codePageMap?.address ?? 0 } : undefined;
+    const shared = cfg.host ? { pool: pool.handle(), p2m: p2m.handle(), codePageMap: this.codePageMap?.address ?? 0, pages: cfg.host.pages } : undefined;
     devices.forEach((device, slot) => {
       const transport = new VirtioMmio(device, {
         mem: this.ram,

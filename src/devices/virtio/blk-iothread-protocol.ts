@@ -4,6 +4,7 @@
 // messages on a MessagePort for what happens seldom (a queue going live, the
 // disk's description, a broken ring, closing).
 
+import type { PageStoreHandle } from "../../memory/manager/page-store.js";
 import type { CacheMode } from "../../backends/disk/types.js";
 import type { FramePoolHandle } from "../../memory/frame-pool.js";
 import type { P2mHandle } from "../../memory/p2m.js";
@@ -45,7 +46,7 @@ export interface IoThreadData {
 
 export type ToIoThread =
   /** The request queue is live: serve it in this RAM (`pool` when it is not the one attached before). */
-  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; features: bigint; queue: QueueConfig }
+  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig }
   /** Leave guest memory alone (C_STOP is set): drop the queue, count C_ACK up. */
   | { kind: "quiesce" }
   /** Close the disk and end. */

@@ -16,6 +16,7 @@
 import { workerData, receiveMessageOnPort } from "node:worker_threads";
 import { openDisk, DiskImageError, type DiskImage } from "../../backends/disk/disk.js";
 import { FramePool } from "../../memory/frame-pool.js";
+import { PageStore } from "../../memory/manager/page-store.js";
 import { P2m } from "../../memory/p2m.js";
 import { GuestMemory, GuestMemoryError } from "../../memory/guest-memory.js";
 import { CodePageMap } from "../../jit/code-page-map.js";
@@ -69,6 +70,7 @@ class IoThread {
     if (msg.pool) this.pool = FramePool.attach(msg.pool);
     if (!this.pool) throw new Error("activate without a frame pool");
     const p2m = P2m.attach(this.pool, msg.p2m);
+    if (msg.pages) p2m.usePageSource(PageStore.attach(msg.pages));
     // Disk reads land in guest pages: retire code translated from them, as DMA on the main thread does.
     if (msg.codePageMap) CodePageMap.attach(this.pool, p2m, msg.codePageMap);
     const mem = new GuestMemory(p2m);

@@ -210,7 +210,7 @@ export class IoThreadBlk implements VirtioDevice {
     Atomics.store(this.ctl, C_STOP, 0);
     const pool = shared.pool.memory === this.attachedPool ? undefined : shared.pool;
     this.attachedPool = shared.pool.memory;
-    this.post({ kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, features: this.negotiated, queue: { ...q.config } });
+    this.post({ kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, pages: shared.pages, features: this.negotiated, queue: { ...q.config } });
     this.served = q;
     this.activations++;
   }
