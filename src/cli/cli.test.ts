@@ -210,3 +210,30 @@ test("a reader that closes the pipe early ends the run quietly", { skip: !exists
   assert.equal(r.stdout, "A");
   assert.equal(r.stderr, "", "no stack trace, no message");
 });
+
+test("memory flags of run and host: bad values are one line, status 2", () => {
+  const elf = program(EXIT7);
+  failsWith(tsvisor("run", "--host-mem", "8M"), 2, /--host-mem: the host's pool must be 16M\.\.4G, got '8M'/);
+  failsWith(tsvisor("run", "--host-mem", "5G"), 2, /--host-mem: the host's pool must be 16M\.\.4G/);
+  failsWith(tsvisor("run", "--swap", "lots"), 2, /--swap: expected a size/);
+  failsWith(tsvisor("run", "--swap", "1K"), 2, /--swap: expected 4K\.\./);
+  failsWith(tsvisor("run", "--compress", "2K"), 2, /--compress: expected 0 \(off\) or 4K\.\.16G, got '2K'/);
+  failsWith(tsvisor("run", "--no-sharing=yes"), 2, /no-sharing/);
+  failsWith(tsvisor("run", "--sharing-rate", "1/1"), 2, /sharing-rate/);
+  for (const flag of [["--host-mem", "64M"], ["--swap", "16M"], ["--compress", "0"], ["--no-sharing"], ["--no-balloon"]]) {
+    failsWith(tsvisor("run", "--bare", elf, ...flag), 2, new RegExp(`${flag[0]} applies to Linux guests`));
+  }
+  failsWith(tsvisor("host", "--mem", "8M"), 2, /--mem: the host's pool must be 16M\.\.4G/);
+  failsWith(tsvisor("host", "--sharing-rate", "2048"), 2, /--sharing-rate: expected PAGES\/MS.*got '2048'/);
+  failsWith(tsvisor("host", "--sharing-rate", "0/100"), 2, /--sharing-rate: expected PAGES\/MS/);
+  failsWith(tsvisor("host", "--sharing-rate", "2048/100", "--no-sharing"), 2, /--sharing-rate and --no-sharing: choose one/);
+  failsWith(tsvisor("host", "--compress", "-1"), 2, /--compress/);
+  failsWith(tsvisor("host", "--no-reclaim=1"), 2, /no-reclaim/);
+  failsWith(tsvisor("host", "info", "now"), 2, /host info: unexpected argument 'now'/);
+  failsWith(tsvisor("vm", "set", "a", "--balloon", "much"), 2, /--balloon: expected a size/);
+  failsWith(tsvisor("vm", "create", "a", "--share-group", "x:y"), 2, /--share-group: 1 to 63 letters/);
+  const help = tsvisor("--help").stdout;
+  for (const flag of ["--host-mem", "--swap", "--compress", "--no-sharing", "--no-balloon", "--sharing-rate", "--no-reclaim", "--share-group", "--balloon SIZE", "host info"]) {
+    assert.ok(help.includes(flag), `--help names ${flag}`);
+  }
+});
