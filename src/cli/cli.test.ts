@@ -10,6 +10,8 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildElf, words, type BuildElf } from "../loader/elf-builder.js";
+import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
+import { readdirSync, mkdirSync } from "node:fs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const bin = join(root, "bin", "tsvisor.js");
@@ -237,3 +239,21 @@ test("memory flags of run and host: bad values are one line, status 2", () => {
     assert.ok(help.includes(flag), `--help names ${flag}`);
   }
 });
+
+test("run --host-mem below --mem, with --swap and --compress: the guest's patterns survive, the swap file's directory is gone at exit",
+  { skip: haveBareCompiler() ? false : "needs riscv64-unknown-elf-gcc" }, () => {
+    buildBareKernel(bareProgram("patterns"));
+    const image = join(root, "build", "bare", "patterns.Image");
+    const initrd = join(dir, "tiny.initrd");
+    writeFileSync(initrd, "none");
+    const tmp = join(dir, "tmp");
+    mkdirSync(tmp);
+    // patterns.c fills 60 MiB of its 64 MiB with zero, shared, compressible and
+    // random pages, waits 3 s, checks them all and powers off; the pool is 32 MiB.
+    const r = spawnSync(process.execPath, [bin, "run", "--kernel", image, "--initrd", initrd, "--append", "", "--mem", "64M",
+      "--host-mem", "32M", "--swap", "64M", "--compress", "8M", "--pcpus", "1"], { encoding: "utf8", timeout: 120_000, env: { ...process.env, TMPDIR: tmp } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /done errors=0/);
+    for (const line of r.stderr.split("\n").filter((l) => l.trim() !== "")) assert.match(line, /paused: .*it resumes when the host has free memory/);
+    assert.deepEqual(readdirSync(tmp), [], "the swap file's temporary directory is removed");
+  });
