@@ -3,7 +3,7 @@
 import { resolveNetSpecs } from "../cli/vm-devices.js";
 import { parseArgs } from "node:util";
 import { resolve, join } from "node:path";
-import { UsageError, parseSize } from "../cli/size.js";
+import { UsageError, parseSize, parseSizeOrZero } from "../cli/size.js";
 import { HOST_OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize, type OvercommitFlags } from "../cli/memory-flags.js";
 import { call, rawRequest, failureOf, ApiFailure } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
@@ -331,7 +331,7 @@ async function set(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(argv, { weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" }, balloon: { type: "string" } }, "vm set");
   const name = oneName(positionals, "vm set");
   const body: Record<string, unknown> = {};
-  if (v.balloon !== undefined) body.balloonBytes = /^\s*0+\s*[kKmMgG]?(i?[bB])?\s*$/.test(v.balloon as string) ? 0 : parseSize("--balloon", v.balloon as string);
+  if (v.balloon !== undefined) body.balloonBytes = parseSizeOrZero("--balloon", v.balloon as string);
   if (v.weight !== undefined) body.weight = intFlag("--weight", v.weight as string, 1, 65535);
   if (v.cap !== undefined) body.capPct = intFlag("--cap", v.cap as string, 0, 6400);
   if (v.pin !== undefined) body.affinity = (v.pin as string) === "all" ? [] : parsePin(v.pin as string);

@@ -2,7 +2,7 @@
 // `tsvisor host` and `tsvisor run`: the frame pool's size, a swap file, the
 // compressed page pool, page sharing and reclaim. Each wrong value is a
 // UsageError of one line naming the flag.
-import { UsageError, parseSize } from "./size.js";
+import { UsageError, parseSize, parseSizeOrZero } from "./size.js";
 import { MAX_STORE_BYTES } from "../memory/store/compressed-store.js";
 import { MAX_SWAP_BYTES } from "../memory/store/swap-file.js";
 import type { OvercommitOptions } from "../memory/manager/memory-manager.js";
@@ -51,8 +51,8 @@ export function parseSwapSize(text: string): number {
 
 /** --compress SIZE: 0 (no compression) or 4 KiB .. 16 GiB. */
 export function parseCompressSize(text: string): number {
-  if (/^\s*0+\s*([kKmMgG]?)(i?[bB])?\s*$/.test(text)) return 0;
-  const n = parseSize("--compress", text);
+  const n = parseSizeOrZero("--compress", text);
+  if (n === 0) return 0;
   if (n < 4096 || n > MAX_STORE_BYTES) throw new UsageError(`--compress: expected 0 (off) or 4K..${mibText(MAX_STORE_BYTES)}, got '${text}'`);
   return n;
 }
