@@ -359,6 +359,19 @@ test("memory: host flags, VMs larger than the pool, share groups, the balloon th
     assert.match(hi.stdout, /^swap: +none$/m);
     assert.match(hi.stdout, /^sharing: +off$/m);
     assert.match(hi.stdout, /^reclaim: +off/m);
+    // With nothing to make room, a guest that fills more than the pool waits paused, and says why.
+    buildBareKernel(bareProgram("patterns"));
+    const patterns = join(root, "build", "bare", "patterns.Image");
+    assert.equal((await bare.vm("create", "p", "--kernel", patterns, "--append", "", "--mem", "64M", "--start")).status, 0);
+    await bare.waitFor(/vm p: VM 'p' paused: .*out of host memory/);
+    const st = (await bare.api("GET", "/v1/vms/p/stats")).json;
+    assert.match(st.pausedFor, /out of host memory/);
+    assert.deepEqual((await bare.api("GET", "/v1/host")).json.memory.waiting, ["p"]);
+    assert.match((await bare.vm("info", "p")).stdout, /^paused: +by the host, waiting for memory: .*out of host memory/m);
+    assert.match((await tsvisor(["host", "info", "--host", bare.socket])).stdout, /^VMs: +1, waiting for memory: p$/m);
+    assert.match((await bare.api("GET", "/metrics")).text, /^tsvisor_host_vms_waiting_for_memory 1$/m);
+    assert.equal((await bare.vm("stop", "p")).status, 0, "a VM waiting for memory can be stopped");
+    assert.deepEqual((await bare.api("GET", "/v1/host")).json.memory.waiting, []);
   } finally {
     assert.equal(await bare.stop(), 0);
   }
