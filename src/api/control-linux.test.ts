@@ -63,6 +63,31 @@ test("done when: `tsvisor host &`, `vm create a --start -- uname -m`, `vm wait a
       await new Promise((r) => setTimeout(r, 200));
     }
     assert.equal(JSON.parse((await client(env, "vm", "info", "d", "--json")).stdout).state, "running");
+    // Issue 14: Linux's virtio_balloon driver reports the guest's memory
+    // statistics, and inflates to the target `vm set --balloon` gives.
+    let stats;
+    for (let i = 0; ; i++) {
+      stats = JSON.parse((await client(env, "vm", "info", "d", "--json")).stdout).stats;
+      if (stats.balloon?.guest?.updatedAt !== undefined) break;
+      assert.ok(i < 100, `no balloon statistics from the guest: ${JSON.stringify(stats.balloon)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(stats.balloon.guest.freeBytes > 0 && stats.balloon.guest.totalBytes <= 256 << 20, JSON.stringify(stats.balloon.guest));
+    assert.ok(stats.balloon.guest.ageSeconds >= 0);
+    const set = await client(env, "vm", "set", "d", "--balloon", "64M");
+    assert.equal(set.status, 0, set.stderr);
+    for (let i = 0; ; i++) {
+      stats = JSON.parse((await client(env, "vm", "info", "d", "--json")).stdout).stats;
+      if (stats.balloon.actualPages === (64 << 20) / 4096 && stats.memory.pages.ballooned > 0) break;
+      assert.ok(i < 150, `the balloon did not inflate: ${JSON.stringify(stats.balloon)} ${JSON.stringify(stats.memory)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const human = (await client(env, "vm", "info", "d")).stdout;
+    assert.match(human, /^balloon: +target 64\.0M, actual 64\.0M/m);
+    assert.match(human, /^guest: +free [\d.]+M, available [\d.]+M, total [\d.]+M, caches [\d.]+M.* \([\d.]+ s ago\)/m);
+    const metrics = await host.api("GET", "/metrics");
+    assert.match(metrics.text, /^tsvisor_balloon_actual_bytes\{vm="d"\} 67108864$/m);
+    assert.match(metrics.text, /^tsvisor_guest_memory_bytes\{vm="d",kind="free"\} \d+$/m);
     assert.ok(statSync(disk).size > 4 << 20, "the guest's writes reached the image");
     assert.equal(await host.stop("SIGTERM"), 0, host.stderr);
     exited = true;

@@ -194,7 +194,11 @@ test("bad input: 400, 404, 405, 409 and 413 with one JSON error each; the host g
       ["POST", "/v1/vms", { ...vm, name: "a/b" }, 400, /must not contain '\/'/],
       ["POST", "/v1/vms", { ...vm, name: "n", kernel: "rel/Image" }, 400, /absolute path/],
       ["POST", "/v1/vms", { ...vm, name: "n", disks: ["/x,format=vhd"] }, 400, /format=vhd/],
-      ["POST", "/v1/vms", { ...vm, name: "n", memBytes: 128 * 2 ** 30 }, 400, /too large for this host/],
+      ["POST", "/v1/vms", { ...vm, name: "n", memBytes: 200 * 2 ** 30 }, 400, /too large for this host \(at most 65536 MiB with a 1024 MiB pool\)/],
+      ["POST", "/v1/vms", { ...vm, name: "n", shareGroup: "a:b" }, 400, /shareGroup 'a:b'/],
+      ["POST", "/v1/vms", { ...vm, name: "n", balloon: "no" }, 400, /field 'balloon': expected a boolean/],
+      ["PATCH", "/v1/vms/ok", { balloonBytes: -1 }, 400, /balloonBytes: expected 0 or more/],
+      ["PATCH", "/v1/vms/ok", { balloonBytes: 1 << 20 }, 409, /VM 'ok' is created: its balloon exists only while it runs/],
       ["POST", "/v1/vms", { ...vm, name: "n", affinity: [5] }, 400, /pCPU 5 does not exist/],
       ["POST", "/v1/vms", vm, 409, /exists already/],
       ["GET", `/v1/vms/${"y".repeat(70)}`, undefined, 400, /at most 63/],
@@ -274,4 +278,101 @@ test("--listen HOST:PORT serves the API on TCP only with the bearer token, kept 
     assert.equal(await again.stop(), 0);
   }
   oneErrorLine(await tsvisor(["host", "--listen", "nowhere", "--socket", join(dir, "x.sock")]), /--listen: expected HOST:PORT/);
+});
+
+test("memory: host flags, VMs larger than the pool, share groups, the balloon through vm set, memory in stats, vm info and host info", { skip }, async () => {
+  const dir = newDir();
+  const host = await TestHost.start(dir, ["--pcpus", "1", "--mem", "64M", "--swap", "32M", "--compress", "8M", "--sharing-rate", "512/50"]);
+  try {
+    assert.match(host.stderr, /pool 64 MiB, compressed pool 8 MiB, swap 32 MiB, page sharing, reclaim/);
+    // More RAM than the pool: the memory manager makes room.
+    assert.equal((await host.vm(...bareVm("big", "--mem", "128M", "--share-group", "g1", "--start"))).status, 0);
+    assert.equal((await host.vm(...bareVm("nob", "--no-balloon", "--share-group", "g1", "--start"))).status, 0);
+    assert.equal((await host.vm(...bareVm("off"))).status, 0);
+    await host.waitFor(/vm nob running/);
+    const def = (await host.api("GET", "/v1/vms/big")).json.config;
+    assert.deepEqual([def.memBytes, def.shareGroup, def.balloon], [128 << 20, "g1", true]);
+    assert.equal((await host.api("GET", "/v1/vms/nob")).json.config.balloon, false);
+
+    // The balloon: refused on a stopped VM and on one without a balloon, one line each.
+    oneErrorLine(await host.vm("set", "off", "--balloon", "16M"), /VM 'off' is created: its balloon exists only while it runs/);
+    oneErrorLine(await host.vm("set", "nob", "--balloon", "16M"), /VM 'nob' has no balloon/);
+    oneErrorLine(await host.vm("set", "big", "--balloon", "1G"), /balloonBytes: .* is more than the VM's memory/);
+    const set = await host.vm("set", "big", "--balloon", "16M");
+    assert.equal(set.status, 0, set.stderr);
+    assert.equal((await host.vm("set", "big", "--balloon", "0")).status, 0);
+    assert.equal((await host.vm("set", "big", "--balloon", "16M")).status, 0);
+
+    const stats = (await host.api("GET", "/v1/vms/big/stats")).json;
+    const pages = stats.memory.pages;
+    for (const state of ["private", "shared", "untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy"]) assert.equal(typeof pages[state], "number", state);
+    const total = Object.values(pages as Record<string, number>).reduce((a, b) => a + b, 0);
+    assert.equal(total, (128 << 20) / 4096, "every guest page is in one state");
+    for (const k of ["cowBreaks", "decompressions", "swapIns", "storeReads"]) assert.equal(typeof stats.memory[k], "number", k);
+    assert.equal(stats.balloon.targetPages, (16 << 20) / 4096);
+    assert.equal(stats.balloon.actualPages, 0, "the bare guest runs no balloon driver");
+    assert.deepEqual(stats.balloon.guest, {});
+    assert.equal(stats.pausedFor, undefined);
+    const nob = (await host.api("GET", "/v1/vms/nob/stats")).json;
+    assert.ok(nob.memory && nob.balloon === undefined, JSON.stringify(nob));
+    assert.equal((await host.api("GET", "/v1/vms/off/stats")).json.memory, undefined);
+
+    const info = await host.vm("info", "big");
+    assert.equal(info.status, 0, info.stderr);
+    assert.match(info.stdout, /^pages: +private [\d.]+M, shared [\d.]+M, zero [\d.]+M, ballooned [\d.]+M, reported [\d.]+M, compressed [\d.]+M, swapped [\d.]+M, untouched [\d.]+M/m);
+    assert.match(info.stdout, /copy-on-write breaks \d+; brought back: decompressions \d+, swap-ins \d+/);
+    assert.match(info.stdout, /^balloon: +target 16\.0M, actual 0\.0M, held 0\.0M; pages inflated 0, deflated 0, reported 0; refused none/m);
+    assert.match(info.stdout, /^guest: +no memory statistics from the guest's balloon driver yet/m);
+    assert.match((await host.vm("info", "nob")).stdout, /^balloon: +none \(created with --no-balloon\)/m);
+
+    const h = (await host.api("GET", "/v1/host")).json;
+    assert.equal(h.memory.poolBytes, 64 << 20);
+    assert.equal(h.memory.guestRamBytes, (128 + 64) << 20);
+    assert.equal(h.memory.overcommit, 3);
+    assert.equal(h.memory.swap.capacityBytes, 32 << 20);
+    assert.equal(h.memory.swap.path, join(dir, "state", "swap"));
+    assert.equal(h.memory.compressed.capacityBytes, 8 << 20);
+    assert.equal(h.memory.sharing.enabled, true);
+    assert.equal(h.memory.reclaim.enabled, true);
+    assert.ok(h.memory.processResidentBytes > 0);
+    assert.deepEqual(h.memory.waiting, []);
+    const hi = await tsvisor(["host", "info", "--host", host.socket]);
+    assert.equal(hi.status, 0, hi.stderr);
+    for (const re of [/^pool: +64M: free [\d.]+M, in use [\d.]+M, shared [\d.]+M/m, /^overcommit: 3\.00 \(guest RAM 192M over the pool\)/m,
+      /^compressed: [\d.]+M used of 8M/m, /^swap: +[\d.]+M used of 32M \(.*state\/swap\)/m, /^sharing: +on: \d+ shared frames/m,
+      /^reclaim: +on, watermarks low [\d.]+M high [\d.]+M/m, /^resident: +\d+M/m]) {
+      assert.match(hi.stdout, re);
+    }
+    assert.equal(JSON.parse((await tsvisor(["host", "info", "--json", "--host", host.socket])).stdout).memory.poolBytes, 64 << 20);
+  } finally {
+    assert.equal(await host.stop(), 0);
+  }
+  assert.ok(!existsSync(join(dir, "state", "swap")), "the swap file is removed when the host stops");
+
+  // Everything off.
+  const bare = await TestHost.start(newDir(), ["--pcpus", "1", "--mem", "32M", "--compress", "0", "--no-sharing", "--no-reclaim"]);
+  try {
+    const m = (await bare.api("GET", "/v1/host")).json.memory;
+    assert.deepEqual([m.compressed, m.swap, m.sharing, m.reclaim.enabled], [undefined, undefined, undefined, false]);
+    const hi = await tsvisor(["host", "info", "--host", bare.socket]);
+    assert.match(hi.stdout, /^compressed: off$/m);
+    assert.match(hi.stdout, /^swap: +none$/m);
+    assert.match(hi.stdout, /^sharing: +off$/m);
+    assert.match(hi.stdout, /^reclaim: +off/m);
+    // With nothing to make room, a guest that fills more than the pool waits paused, and says why.
+    buildBareKernel(bareProgram("patterns"));
+    const patterns = join(root, "build", "bare", "patterns.Image");
+    assert.equal((await bare.vm("create", "p", "--kernel", patterns, "--append", "", "--mem", "64M", "--start")).status, 0);
+    await bare.waitFor(/vm p: VM 'p' paused: .*out of host memory/);
+    const st = (await bare.api("GET", "/v1/vms/p/stats")).json;
+    assert.match(st.pausedFor, /out of host memory/);
+    assert.deepEqual((await bare.api("GET", "/v1/host")).json.memory.waiting, ["p"]);
+    assert.match((await bare.vm("info", "p")).stdout, /^paused: +by the host, waiting for memory: .*out of host memory/m);
+    assert.match((await tsvisor(["host", "info", "--host", bare.socket])).stdout, /^VMs: +1, waiting for memory: p$/m);
+    assert.match((await bare.api("GET", "/metrics")).text, /^tsvisor_host_vms_waiting_for_memory 1$/m);
+    assert.equal((await bare.vm("stop", "p")).status, 0, "a VM waiting for memory can be stopped");
+    assert.deepEqual((await bare.api("GET", "/v1/host")).json.memory.waiting, []);
+  } finally {
+    assert.equal(await bare.stop(), 0);
+  }
 });

@@ -56,6 +56,7 @@ export class Daemon {
       pcpus: info.pcpus,
       vms: this.vms.size,
       pool: { limitBytes: info.pool.limitBytes, committedBytes: info.pool.committedBytes, usedBytes: info.pool.framesInUse * 4096 },
+      memory: this.engine.memory.stats(),
     };
   }
 

@@ -27,6 +27,10 @@ export interface VmDefinition {
   /** pCPUs the vCPUs may run on (empty: all). */
   affinity: number[];
   autostart: boolean;
+  /** Page sharing across VMs of one group (none: within this VM only). */
+  shareGroup?: string;
+  /** A virtio-balloon the host can take memory back through (default true). */
+  balloon: boolean;
 }
 
 export interface HostLimits {
@@ -52,10 +56,17 @@ type Kind = "string" | "int" | "bool" | "string[]" | "int[]";
 const CREATE_FIELDS: Record<string, Kind> = {
   name: "string", cpus: "int", memBytes: "int", kernel: "string", initrd: "string", append: "string",
   disks: "string[]", nets: "string[]", console: "string", command: "string[]",
-  weight: "int", capPct: "int", affinity: "int[]", autostart: "bool",
+  weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", shareGroup: "string", balloon: "bool",
 };
 
-const PATCH_FIELDS: Record<string, Kind> = { weight: "int", capPct: "int", affinity: "int[]", autostart: "bool" };
+const PATCH_FIELDS: Record<string, Kind> = { weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", balloonBytes: "int" };
+
+/** The engine's bounds on a VM's memory (host/vm.ts): at most 64 GiB, and its
+ *  p2m table (4 bytes a page) at most an eighth of the pool, so 128 times the pool. */
+const MAX_VM_MEM_BYTES = 64 * 2 ** 30;
+export function maxMemBytes(limits: HostLimits): number {
+  return Math.min(MAX_VM_MEM_BYTES, limits.poolBytes * 128);
+}
 
 /** The body is an object with only known fields, each of its type. */
 function checkFields(body: unknown, fields: Record<string, Kind>): Record<string, unknown> {
@@ -109,13 +120,16 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
     capPct: (b.capPct as number | undefined) ?? 0,
     affinity: (b.affinity as number[] | undefined) ?? [],
     autostart: (b.autostart as boolean | undefined) ?? false,
+    balloon: (b.balloon as boolean | undefined) ?? true,
   };
+  if (b.shareGroup !== undefined) def.shareGroup = checkShareGroup(b.shareGroup as string);
   for (const key of ["kernel", "initrd", "append"] as const) if (b[key] !== undefined) def[key] = b[key] as string;
   if (b.command !== undefined) def.command = b.command as string[];
   if (def.cpus < 1 || def.cpus > VIRT_MAX_HARTS) throw new ApiError(400, `cpus: expected 1..${VIRT_MAX_HARTS}, got ${def.cpus}`);
   if (def.memBytes < 1 << 20 || def.memBytes % 4096 !== 0) throw new ApiError(400, "memBytes: a whole number of 4 KiB pages, at least 1 MiB");
-  if (def.memBytes > limits.poolBytes) {
-    throw new ApiError(400, `memBytes: ${def.memBytes >> 20} MiB is larger than the host's pool (${Math.floor(limits.poolBytes / (1 << 20))} MiB)`);
+  // More than the pool is fine (the memory manager makes room), up to the engine's bound.
+  if (def.memBytes > maxMemBytes(limits)) {
+    throw new ApiError(400, `memBytes: ${Math.floor(def.memBytes / (1 << 20))} MiB is too large for this host (at most ${Math.floor(maxMemBytes(limits) / (1 << 20))} MiB with a ${Math.floor(limits.poolBytes / (1 << 20))} MiB pool)`);
   }
   if (def.console !== "ttyS0" && def.console !== "hvc0") throw new ApiError(400, `console: expected ttyS0 or hvc0, got '${def.console}'`);
   if (def.command !== undefined && def.command.length === 0) throw new ApiError(400, "command: empty (leave it out for a shell)");
@@ -133,11 +147,21 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
   return def;
 }
 
+/** A share group's name: as a VM's (1 to 63 letters, digits, '.', '_' or '-'). */
+export function checkShareGroup(group: string): string {
+  if (group === "" || group.length > MAX_NAME || !NAME_RE.test(group)) {
+    throw new ApiError(400, `shareGroup '${group}': 1 to ${MAX_NAME} letters, digits, '.', '_' or '-', not starting with a symbol`);
+  }
+  return group;
+}
+
 export interface VmPatch {
   weight?: number;
   capPct?: number;
   affinity?: number[];
   autostart?: boolean;
+  /** The balloon's target (running VMs only; not kept in the definition). */
+  balloonBytes?: number;
 }
 
 export function parsePatch(body: unknown, limits: HostLimits): VmPatch {
@@ -145,5 +169,6 @@ export function parsePatch(body: unknown, limits: HostLimits): VmPatch {
   if (b.weight !== undefined) checkWeight(b.weight);
   if (b.capPct !== undefined) checkCap(b.capPct, limits);
   if (b.affinity !== undefined) checkAffinity(b.affinity, limits);
+  if (b.balloonBytes !== undefined && b.balloonBytes < 0) throw new ApiError(400, `balloonBytes: expected 0 or more, got ${b.balloonBytes}`);
   return b;
 }

@@ -4,7 +4,9 @@
 // cards; each end (the guest's or a stop) destroys the engine VM and closes
 // the devices, so a stopped VM's qcow2 disks are flushed and clean.
 import { parseKernelImage } from "../arch/riscv/boot-image.js";
-import type { Host, Vm, RunEnd } from "../host/host.js";
+import { HostError, type Host, type Vm, type RunEnd } from "../host/host.js";
+import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
+import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
 import { DEFAULT_CMDLINE, withCommand, readInput } from "../cli/run-linux.js";
 import { VmDevices, type NetCardInfo } from "../cli/vm-devices.js";
@@ -41,6 +43,17 @@ export interface StatsView {
   exits: Record<string, number>;
   /** Per network card: backend, frames and bytes, and on a switch the port's counters and drops by reason. */
   nets: NetCardInfo[];
+  /** While it runs: guest pages by state and the memory manager's counts. */
+  memory?: VmMemoryStats;
+  /** While it runs with a balloon: its figures and the guest's own statistics. */
+  balloon?: BalloonView;
+  /** Why the host paused it (it waits for host memory), while it does. */
+  pausedFor?: string;
+}
+
+/** The balloon's figures; the guest's statistics with their age. */
+export interface BalloonView extends Omit<BalloonStats, "guest"> {
+  guest: BalloonGuestStats & { ageSeconds?: number };
 }
 
 export function exitStatusOf(end: RunEnd): number {
@@ -122,6 +135,7 @@ export class ManagedVm {
         },
         warn: (m) => this.event(`vm ${this.name}: ${m}`),
         weight: this.def.weight, capPct: this.def.capPct, affinity: this.def.affinity,
+        shareGroup: this.def.shareGroup, balloon: this.def.balloon,
       });
       try {
         vm.start();
@@ -242,8 +256,10 @@ export class ManagedVm {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
-  /** Scheduling (at once, also while running) and autostart. */
+  /** Scheduling (at once, also while running), autostart, and the balloon
+   *  (running VMs only: checked first, so a refused balloon changes nothing). */
   update(patch: VmPatch): void {
+    if (patch.balloonBytes !== undefined) this.setBalloon(patch.balloonBytes);
     if (patch.weight !== undefined) {
       this.def.weight = patch.weight;
       this.vm?.setWeight(patch.weight);
@@ -257,6 +273,23 @@ export class ManagedVm {
       this.vm?.setAffinity(patch.affinity);
     }
     if (patch.autostart !== undefined) this.def.autostart = patch.autostart;
+  }
+
+  private setBalloon(bytes: number): void {
+    if (!this.vm || (this._state !== "running" && this._state !== "paused")) {
+      throw new ApiError(409, `VM '${this.name}' is ${this._state}: its balloon exists only while it runs`);
+    }
+    if (!this.def.balloon) throw new ApiError(409, `VM '${this.name}' has no balloon (it was created with balloon false)`);
+    if (bytes > this.def.memBytes) {
+      throw new ApiError(400, `balloonBytes: ${bytes} is more than the VM's memory (${this.def.memBytes} bytes)`);
+    }
+    try {
+      this.vm.setBalloon(bytes);
+    } catch (e) {
+      if (e instanceof HostError) throw new ApiError(409, e.message);
+      throw e;
+    }
+    this.event(`vm ${this.name}: balloon target ${Math.round(bytes / (1 << 20))} MiB`);
   }
 
   /** A console viewer (the writer when `wantWrite` and none is); 409 unless running or paused. */
@@ -286,7 +319,11 @@ export class ManagedVm {
   stats(): StatsView {
     if (this.vm && (this._state === "running" || this._state === "paused")) return this.statsOf(this.vm);
     const zero = { uptimeSeconds: 0, cpuPercent: 0, residentBytes: 0 };
-    if (this.lastStats) return { ...this.lastStats, ...zero, state: this._state };
+    if (this.lastStats) {
+      // The last run's counts; its memory is gone.
+      const { memory: _m, balloon: _b, pausedFor: _p, ...last } = this.lastStats;
+      return { ...last, ...zero, state: this._state };
+    }
     return { state: this._state, ...zero, instructions: 0, vcpus: [], exits: {}, nets: [] };
   }
 
@@ -307,6 +344,15 @@ export class ManagedVm {
       })),
       exits: Object.fromEntries(exits.byReason),
       nets: this.devices?.netInfo() ?? [],
+      memory: s.memory,
+      balloon: balloonView(vm.balloonStats()),
+      pausedFor: s.pausedFor,
     };
   }
+}
+
+function balloonView(b: BalloonStats | undefined): BalloonView | undefined {
+  if (!b) return undefined;
+  const at = b.guest.updatedAt;
+  return { ...b, guest: { ...b.guest, ...(at !== undefined ? { ageSeconds: Math.max(0, (Date.now() - at) / 1000) } : {}) } };
 }

@@ -80,6 +80,8 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     await host.waitFor(/vm v running/);
     await call("GET", "/v1/vms/{name}", "v");
     await call("PATCH", "/v1/vms/{name}", "v", { weight: 10, capPct: 50, affinity: [0] });
+    await call("PATCH", "/v1/vms/{name}", "v", { balloonBytes: 4 << 20 });
+    await call("GET", "/v1/host", undefined); // with a running VM's memory
     await call("GET", "/v1/vms/{name}/stats", "v");
     await call("GET", "/v1/vms/{name}/logs", "v");
     await call("GET", "/metrics", undefined);
@@ -93,6 +95,7 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     await call("GET", "/v1/vms/{name}/stats", "v");
     await call("GET", "/v1/vms/{name}", "v");
     await call("POST", "/v1/vms/{name}/pause", "v");
+    await call("PATCH", "/v1/vms/{name}", "v", { balloonBytes: 0 }); // 409: not running
     await call("DELETE", "/v1/vms/{name}", "v");
     // Every operation on a VM: an unknown name (404), a bad one (400).
     for (const route of ROUTES.filter((r) => r.path.includes("{name}"))) {

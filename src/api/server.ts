@@ -7,6 +7,8 @@ import { connect, type AddressInfo } from "node:net";
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { Host, HostError } from "../host/host.js";
+import type { OvercommitOptions } from "../memory/manager/memory-manager.js";
+import { SwapError } from "../memory/store/errors.js";
 import { ApiError } from "./errors.js";
 import { Daemon } from "./daemon.js";
 import { StateStore } from "./store.js";
@@ -27,6 +29,8 @@ export interface DaemonOptions {
   stateDir: string;
   pcpus?: number;
   memLimitBytes?: number;
+  /** The memory manager's mechanisms (--swap, --compress, --no-sharing, --sharing-rate, --no-reclaim). */
+  overcommit?: OvercommitOptions;
   /** Also serve the API on this TCP address, behind a bearer token. */
   listen?: { host: string; port: number };
 }
@@ -73,9 +77,15 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   await claimSocket(opts.socket);
   let engine: Host;
   try {
-    engine = await Host.create({ pcpus: opts.pcpus, memLimitBytes: opts.memLimitBytes });
+    // The swap file lives in the state directory, which may not exist yet.
+    if (opts.overcommit?.swap) mkdirSync(dirname(opts.overcommit.swap.path), { recursive: true, mode: 0o700 });
   } catch (e) {
-    if (e instanceof HostError) throw new DaemonError(e.message);
+    throw new DaemonError(`state directory ${dirname(opts.overcommit!.swap!.path)}: ${(e as Error).message}`);
+  }
+  try {
+    engine = await Host.create({ pcpus: opts.pcpus, memLimitBytes: opts.memLimitBytes, overcommit: opts.overcommit });
+  } catch (e) {
+    if (e instanceof HostError || e instanceof SwapError || e instanceof RangeError) throw new DaemonError(e.message);
     throw e;
   }
   let store: StateStore;
@@ -110,7 +120,14 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     throw new DaemonError(`cannot listen on ${opts.socket}: ${(e as Error).message}`);
   }
   const ino = lstatSync(opts.socket).ino;
-  logLine(`host listening on ${opts.socket} (${daemon.limits.pcpus} pCPUs, pool ${daemon.limits.poolBytes >> 20} MiB, state in ${opts.stateDir})`);
+  const mem = engine.memory.stats();
+  const memory = [
+    mem.compressed ? `compressed pool ${mem.compressed.capacityBytes >> 20} MiB` : "no compression",
+    mem.swap ? `swap ${Math.floor(mem.swap.capacityBytes / (1 << 20))} MiB` : "no swap",
+    mem.sharing ? "page sharing" : "no page sharing",
+    mem.reclaim.enabled ? "reclaim" : "no reclaim",
+  ].join(", ");
+  logLine(`host listening on ${opts.socket} (${daemon.limits.pcpus} pCPUs, pool ${daemon.limits.poolBytes >> 20} MiB, ${memory}, state in ${opts.stateDir})`);
   daemon.restore();
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {

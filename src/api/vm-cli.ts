@@ -2,24 +2,42 @@
 // Output is for people; --json (ls, info) gives the API's objects.
 import { resolveNetSpecs } from "../cli/vm-devices.js";
 import { parseArgs } from "node:util";
-import { resolve } from "node:path";
-import { UsageError, parseSize } from "../cli/size.js";
+import { resolve, join } from "node:path";
+import { UsageError, parseSize, parseSizeOrZero } from "../cli/size.js";
+import { HOST_OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize, type OvercommitFlags } from "../cli/memory-flags.js";
 import { call, rawRequest, failureOf, ApiFailure } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";
 import { describeEnd, type StatsView, type RunOutcome } from "./managed-vm.js";
 import type { VmView } from "./daemon.js";
+import type { HostMemoryStats } from "../memory/manager/memory-manager.js";
 
 export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR] [--listen HOST:PORT]
+       [--swap SIZE] [--compress SIZE] [--no-sharing] [--sharing-rate PAGES/MS] [--no-reclaim]
                           run the host daemon in the foreground (API on a Unix socket;
-                          --listen: also on TCP, behind a bearer token)
+                          --listen: also on TCP, behind a bearer token). Memory:
+                          --mem the frame pool all VMs share, 16M..4G (default 4G;
+                          the VMs' memory may add up to more), --swap a swap file of
+                          that size in the state directory (default none), --compress
+                          the compressed page pool (0: off; default 1/8 of the pool,
+                          at most 256M), --no-sharing no page sharing, --sharing-rate
+                          pages looked at per pass and ms between passes (default
+                          2048/100), --no-reclaim never take memory back from guests
+  host info [--json]      the host: pool, frames, overcommit, compression, swap,
+                          sharing and reclaim counters, VMs waiting for memory
   vm create NAME [options of run] [--weight W] [--cap PCT] [--pin CPUS]
+            [--share-group NAME] [--no-balloon]
             [--autostart] [--start] [-- CMD ARGS...]     define a VM on the host
+                          (--share-group: share identical pages with the group's
+                          other VMs; default: within the VM only)
   vm start|pause|resume|stop|rm NAME
   vm ls [--json]          the host's VMs: name, state, vCPUs, memory, CPU %, uptime
-  vm info NAME [--json]   state, config, CPU seconds per vCPU, exits, memory
+  vm info NAME [--json]   state, config, CPU seconds per vCPU, exits, memory: pages
+                          by state, balloon, the guest's own memory statistics
   vm set NAME [--weight W] [--cap PCT] [--pin CPUS]       scheduling, also while it runs
+  vm set NAME --balloon SIZE      ask a running VM's balloon to hold SIZE of its RAM
+                          (0 gives it all back)
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
   vm wait NAME            wait until it stops; exit with its command's status
@@ -55,6 +73,11 @@ export function parsePin(text: string): number[] {
   return out;
 }
 
+function checkGroupFlag(text: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(text)) throw new UsageError(`--share-group: 1 to 63 letters, digits, '.', '_' or '-', not starting with a symbol, got '${text}'`);
+  return text;
+}
+
 function oneName(positionals: string[], what: string): string {
   if (positionals.length !== 1) throw new UsageError(`${what}: expected one VM name${positionals.length > 1 ? `, got '${positionals.join(" ")}'` : ""}`);
   return positionals[0];
@@ -63,14 +86,20 @@ function oneName(positionals: string[], what: string): string {
 const vmPath = (name: string, rest = "") => `/v1/vms/${encodeURIComponent(name)}${rest}`;
 
 export async function hostCommand(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parse(argv, { socket: { type: "string" }, pcpus: { type: "string" }, mem: { type: "string" }, "state-dir": { type: "string" }, listen: { type: "string" } }, "host");
+  if (argv[0] === "info") return hostInfo(argv.slice(1));
+  const { values: v, positionals } = parse(argv, {
+    socket: { type: "string" }, pcpus: { type: "string" }, mem: { type: "string" }, "state-dir": { type: "string" }, listen: { type: "string" },
+    ...HOST_OVERCOMMIT_OPTIONS,
+  }, "host");
   if (positionals.length > 0) throw new UsageError(`host: unexpected argument '${positionals[0]}'`);
   if (v.host !== undefined) throw new UsageError("host: --socket sets the daemon's socket (--host is for clients)");
+  const stateDir = resolve((v["state-dir"] as string | undefined) ?? defaultStateDir());
   return runDaemon({
     socket: resolve((v.socket as string | undefined) ?? defaultSocketPath()),
-    stateDir: resolve((v["state-dir"] as string | undefined) ?? defaultStateDir()),
+    stateDir,
     pcpus: v.pcpus !== undefined ? intFlag("--pcpus", v.pcpus as string, 1, 64) : undefined,
-    memLimitBytes: v.mem !== undefined ? parseSize("--mem", v.mem as string) : undefined,
+    memLimitBytes: v.mem !== undefined ? parsePoolSize("--mem", v.mem as string) : undefined,
+    overcommit: overcommitOptions(v as OvercommitFlags, () => join(stateDir, "swap")),
     listen: v.listen !== undefined ? parseListen(v.listen as string) : undefined,
   });
 }
@@ -109,6 +138,7 @@ async function create(argv: string[]): Promise<number> {
     publish: { type: "string", short: "p", multiple: true },
     console: { type: "string" }, weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" },
     autostart: { type: "boolean" }, start: { type: "boolean" },
+    "share-group": { type: "string" }, "no-balloon": { type: "boolean" },
   }, "vm create");
   const name = oneName(positionals, "vm create");
   if (command !== undefined && command.length === 0) throw new UsageError("vm create: no command after --");
@@ -126,6 +156,8 @@ async function create(argv: string[]): Promise<number> {
   if (v.cap !== undefined) body.capPct = intFlag("--cap", v.cap as string, 0, 6400);
   if (v.pin !== undefined) body.affinity = parsePin(v.pin as string);
   if (v.autostart) body.autostart = true;
+  if (v["share-group"] !== undefined) body.shareGroup = checkGroupFlag(v["share-group"] as string);
+  if (v["no-balloon"]) body.balloon = false;
   if (command !== undefined) body.command = command;
   const socket = clientSocketPath(v.host as string | undefined);
   await call(socket, "POST", "/v1/vms", body);
@@ -208,18 +240,102 @@ async function info(argv: string[]): Promise<number> {
     }
     if (n.nat) lines.push(`  NAT: ${n.nat.framesIn} frames in, ${n.nat.framesOut} out, UDP flows ${n.nat.udpFlows}, leases ${n.nat.dhcpLeases.join(" ") || "none"}`);
   }
+  lines.push(...memoryLines(stats, c.balloon !== false));
   process.stdout.write(lines.join("\n") + "\n");
   return 0;
 }
 
+const PAGE = 4096;
+/** Pages as MiB with one decimal. */
+const pagesMib = (pages: number) => `${((pages * PAGE) / (1 << 20)).toFixed(1)}M`;
+const bytesMib = (bytes: number) => `${(bytes / (1 << 20)).toFixed(1)}M`;
+const SHOWN_STATES = ["private", "shared", "zero", "ballooned", "reported", "compressed", "swapped", "untouched"] as const;
+
+/** `vm info`'s memory: pages by state, faults the memory manager served, the balloon, the guest's statistics. */
+export function memoryLines(stats: StatsView, hasBalloon: boolean): string[] {
+  const lines: string[] = [];
+  if (stats.pausedFor) lines.push(`paused:     by the host, waiting for memory: ${stats.pausedFor}`);
+  const m = stats.memory;
+  if (m) {
+    const states: string[] = SHOWN_STATES.map((st) => `${st} ${pagesMib(m.pages[st])}`);
+    if (m.pages.busy > 0) states.push(`busy ${pagesMib(m.pages.busy)}`);
+    lines.push(`pages:      ${states.join(", ")}`);
+    lines.push(`  copy-on-write breaks ${m.cowBreaks}; brought back: decompressions ${m.decompressions}, swap-ins ${m.swapIns}; store reads ${m.storeReads}`);
+  }
+  const b = stats.balloon;
+  if (b) {
+    const refused = Object.entries(b.refused).filter(([, n]) => n > 0).map(([r, n]) => `${r} ${n}`);
+    lines.push(`balloon:    target ${pagesMib(b.targetPages)}, actual ${pagesMib(b.actualPages)}, held ${pagesMib(b.balloonedPages)}; ` +
+      `pages inflated ${b.inflatedTotal}, deflated ${b.deflatedTotal}, reported ${b.reportedTotal}; refused ${refused.length ? refused.join(", ") : "none"}` +
+      `${b.discardErrors ? `, discard errors ${b.discardErrors}` : ""}`);
+    const g = b.guest;
+    if (g.updatedAt === undefined) {
+      lines.push("guest:      no memory statistics from the guest's balloon driver yet");
+    } else {
+      const mem = ([["free", g.freeBytes], ["available", g.availableBytes], ["total", g.totalBytes], ["caches", g.cachesBytes]] as const)
+        .filter(([, n]) => n !== undefined).map(([k, n]) => `${k} ${bytesMib(n!)}`);
+      const swap = g.swapIn !== undefined || g.swapOut !== undefined ? `; swap in ${bytesMib(g.swapIn ?? 0)}, out ${bytesMib(g.swapOut ?? 0)}` : "";
+      const faults = g.majorFaults !== undefined || g.minorFaults !== undefined ? `; faults major ${g.majorFaults ?? 0}, minor ${g.minorFaults ?? 0}` : "";
+      const age = g.ageSeconds !== undefined ? ` (${g.ageSeconds.toFixed(1)} s ago)` : "";
+      lines.push(`guest:      ${mem.join(", ") || "no figures"}${swap}${faults}${age}`);
+    }
+  } else if (stats.memory) {
+    lines.push(`balloon:    ${hasBalloon ? "not set up" : "none (created with --no-balloon)"}`);
+  }
+  return lines;
+}
+
+async function hostInfo(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, { json: { type: "boolean" } }, "host info");
+  if (positionals.length > 0) throw new UsageError(`host info: unexpected argument '${positionals[0]}'`);
+  const h = (await call(clientSocketPath(v.host as string | undefined), "GET", "/v1/host")) as HostView;
+  if (v.json) {
+    process.stdout.write(JSON.stringify(h, null, 2) + "\n");
+    return 0;
+  }
+  process.stdout.write(hostLines(h).join("\n") + "\n");
+  return 0;
+}
+
+export interface HostView {
+  version: string;
+  pcpus: number;
+  vms: number;
+  pool: { limitBytes: number; committedBytes: number; usedBytes: number };
+  memory: HostMemoryStats;
+}
+
+export function hostLines(h: HostView): string[] {
+  const m = h.memory;
+  const f = m.frames;
+  const lines = [
+    `version:    ${h.version}`,
+    `pCPUs:      ${h.pcpus}`,
+    `VMs:        ${h.vms}${m.waiting.length ? `, waiting for memory: ${m.waiting.join(", ")}` : ""}`,
+    `pool:       ${mib(m.poolBytes)}: free ${pagesMib(f.free)}, in use ${pagesMib(f.inUse)}, shared ${pagesMib(f.shared)} (${f.free}, ${f.inUse}, ${f.shared} frames)`,
+    `overcommit: ${m.overcommit.toFixed(2)} (guest RAM ${mib(m.guestRamBytes)} over the pool)`,
+    `compressed: ${m.compressed ? `${bytesMib(m.compressed.usedBytes)} used of ${mib(m.compressed.capacityBytes)}, ${m.compressed.pages} pages (${bytesMib(m.compressed.storedBytes)} stored)` : "off"}`,
+    `swap:       ${m.swap ? `${bytesMib(m.swap.usedBytes)} used of ${mib(m.swap.capacityBytes)} (${m.swap.path})` : "none"}`,
+  ];
+  const s = m.sharing;
+  lines.push(`sharing:    ${s ? `on: ${s.sharedFrames} shared frames mapped by ${s.sharingPages} guest pages; merged ${s.merged}, zero pages dropped ${s.zeroPagesDropped}, ${s.fullScans} full scans, ${s.pagesScanned} pages scanned` : "off"}`);
+  const r = m.reclaim;
+  lines.push(`reclaim:    ${r.enabled ? "on" : "off"}, watermarks low ${bytesMib(r.lowWaterBytes)} high ${bytesMib(r.highWaterBytes)}; pages zero ${r.zero}, compressed ${r.compressed}, swapped ${r.swapped}, moved to swap ${r.movedToSwap}; ${r.sweeps} sweeps` +
+    `${r.lastError ? `; last error: ${r.lastError}` : ""}`);
+  lines.push(`balloons:   pages inflated ${m.balloon.inflated}, reported ${m.balloon.reported}, skipped ${m.balloon.skipped}`);
+  lines.push(`resident:   ${mib(m.processResidentBytes)} (the host process)`);
+  return lines;
+}
+
 async function set(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parse(argv, { weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" } }, "vm set");
+  const { values: v, positionals } = parse(argv, { weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" }, balloon: { type: "string" } }, "vm set");
   const name = oneName(positionals, "vm set");
   const body: Record<string, unknown> = {};
+  if (v.balloon !== undefined) body.balloonBytes = parseSizeOrZero("--balloon", v.balloon as string);
   if (v.weight !== undefined) body.weight = intFlag("--weight", v.weight as string, 1, 65535);
   if (v.cap !== undefined) body.capPct = intFlag("--cap", v.cap as string, 0, 6400);
   if (v.pin !== undefined) body.affinity = (v.pin as string) === "all" ? [] : parsePin(v.pin as string);
-  if (Object.keys(body).length === 0) throw new UsageError("vm set: nothing to set (--weight, --cap, --pin)");
+  if (Object.keys(body).length === 0) throw new UsageError("vm set: nothing to set (--weight, --cap, --pin, --balloon)");
   await call(clientSocketPath(v.host as string | undefined), "PATCH", vmPath(name), body);
   return 0;
 }

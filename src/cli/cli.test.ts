@@ -10,6 +10,8 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildElf, words, type BuildElf } from "../loader/elf-builder.js";
+import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
+import { readdirSync, mkdirSync } from "node:fs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const bin = join(root, "bin", "tsvisor.js");
@@ -210,3 +212,48 @@ test("a reader that closes the pipe early ends the run quietly", { skip: !exists
   assert.equal(r.stdout, "A");
   assert.equal(r.stderr, "", "no stack trace, no message");
 });
+
+test("memory flags of run and host: bad values are one line, status 2", () => {
+  const elf = program(EXIT7);
+  failsWith(tsvisor("run", "--host-mem", "8M"), 2, /--host-mem: the host's pool must be 16M\.\.4G, got '8M'/);
+  failsWith(tsvisor("run", "--host-mem", "5G"), 2, /--host-mem: the host's pool must be 16M\.\.4G/);
+  failsWith(tsvisor("run", "--swap", "lots"), 2, /--swap: expected a size/);
+  failsWith(tsvisor("run", "--swap", "1K"), 2, /--swap: expected 4K\.\./);
+  failsWith(tsvisor("run", "--compress", "2K"), 2, /--compress: expected 0 \(off\) or 4K\.\.16G, got '2K'/);
+  failsWith(tsvisor("run", "--no-sharing=yes"), 2, /no-sharing/);
+  failsWith(tsvisor("run", "--sharing-rate", "1/1"), 2, /sharing-rate/);
+  for (const flag of [["--host-mem", "64M"], ["--swap", "16M"], ["--compress", "0"], ["--no-sharing"], ["--no-balloon"]]) {
+    failsWith(tsvisor("run", "--bare", elf, ...flag), 2, new RegExp(`${flag[0]} applies to Linux guests`));
+  }
+  failsWith(tsvisor("host", "--mem", "8M"), 2, /--mem: the host's pool must be 16M\.\.4G/);
+  failsWith(tsvisor("host", "--sharing-rate", "2048"), 2, /--sharing-rate: expected PAGES\/MS.*got '2048'/);
+  failsWith(tsvisor("host", "--sharing-rate", "0/100"), 2, /--sharing-rate: expected PAGES\/MS/);
+  failsWith(tsvisor("host", "--sharing-rate", "2048/100", "--no-sharing"), 2, /--sharing-rate and --no-sharing: choose one/);
+  failsWith(tsvisor("host", "--compress", "-1"), 2, /--compress/);
+  failsWith(tsvisor("host", "--no-reclaim=1"), 2, /no-reclaim/);
+  failsWith(tsvisor("host", "info", "now"), 2, /host info: unexpected argument 'now'/);
+  failsWith(tsvisor("vm", "set", "a", "--balloon", "much"), 2, /--balloon: expected a size/);
+  failsWith(tsvisor("vm", "create", "a", "--share-group", "x:y"), 2, /--share-group: 1 to 63 letters/);
+  const help = tsvisor("--help").stdout;
+  for (const flag of ["--host-mem", "--swap", "--compress", "--no-sharing", "--no-balloon", "--sharing-rate", "--no-reclaim", "--share-group", "--balloon SIZE", "host info"]) {
+    assert.ok(help.includes(flag), `--help names ${flag}`);
+  }
+});
+
+test("run --host-mem below --mem, with --swap and --compress: the guest's patterns survive, the swap file's directory is gone at exit",
+  { skip: haveBareCompiler() ? false : "needs riscv64-unknown-elf-gcc" }, () => {
+    buildBareKernel(bareProgram("patterns"));
+    const image = join(root, "build", "bare", "patterns.Image");
+    const initrd = join(dir, "tiny.initrd");
+    writeFileSync(initrd, "none");
+    const tmp = join(dir, "tmp");
+    mkdirSync(tmp);
+    // patterns.c fills 60 MiB of its 64 MiB with zero, shared, compressible and
+    // random pages, waits 3 s, checks them all and powers off; the pool is 32 MiB.
+    const r = spawnSync(process.execPath, [bin, "run", "--kernel", image, "--initrd", initrd, "--append", "", "--mem", "64M",
+      "--host-mem", "32M", "--swap", "64M", "--compress", "8M", "--pcpus", "1"], { encoding: "utf8", timeout: 120_000, env: { ...process.env, TMPDIR: tmp } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /done errors=0/);
+    for (const line of r.stderr.split("\n").filter((l) => l.trim() !== "")) assert.match(line, /paused: .*it resumes when the host has free memory/);
+    assert.deepEqual(readdirSync(tmp), [], "the swap file's temporary directory is removed");
+  });

@@ -16,6 +16,7 @@ import { UsageError, parseSize, parseCount, parseSeconds } from "./size.js";
 import { writeAllSync, OutputClosed } from "./console-output.js";
 import { runLinux, LinuxRunError, DEFAULT_CMDLINE } from "./run-linux.js";
 import { resolveNetSpecs } from "./vm-devices.js";
+import { OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize } from "./memory-flags.js";
 import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
 import { ImageError } from "../images/errors.js";
@@ -48,6 +49,15 @@ options for run:
   --pcpus N               host worker threads that run them, 1..64 (default: one
                           per vCPU, at most one per host core)
   --mem SIZE              guest RAM, e.g. 256M, 1G (default 512M; 256M with --bare)
+  --host-mem SIZE         the embedded host's frame pool, 16M..4G (default 4G);
+                          --mem may be larger: the memory manager makes room
+  --swap SIZE             a swap file of that size (in a temporary directory,
+                          removed at exit; default none)
+  --compress SIZE         the compressed page pool (0: off; default 1/8 of the
+                          pool, at most 256M)
+  --no-sharing            no page sharing (default: identical pages shared)
+  --no-balloon            no virtio-balloon device (default: one, which lets the
+                          host take free memory back from the guest)
   --max-insns N           bare-metal only: stop after N guest instructions (status 124)
   --timeout SECONDS       stop after this much wall-clock time (exit status 124)
   --disk PATH[,OPTS]      a virtio disk (vda, vdb, ... in order; repeatable); OPTS:
@@ -112,6 +122,9 @@ function parseRunArgs(argv: string[]) {
         console: { type: "string" },
         jit: { type: "string" },
         "jit-threshold": { type: "string" },
+        "host-mem": { type: "string" },
+        ...OVERCOMMIT_OPTIONS,
+        "no-balloon": { type: "boolean" },
       },
     });
     return { ...parsed, command };
@@ -166,9 +179,13 @@ async function runCommand(argv: string[]): Promise<number> {
       nets: resolveNetSpecs(v.net, v.publish),
       console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
       jit,
+      hostMemBytes: v["host-mem"] !== undefined ? parsePoolSize("--host-mem", v["host-mem"]) : undefined,
+      // The swap file's temporary directory is made by runLinux, once the guest is about to start.
+      overcommit: overcommitOptions(v, () => ""),
+      balloon: !v["no-balloon"],
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console"] as const) {
+  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

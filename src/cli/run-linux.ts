@@ -8,10 +8,14 @@
 
 import { availableParallelism } from "node:os";
 import { formatJitStats, type JitOptions } from "../jit/jit.js";
-import { readFileSync } from "node:fs";
+import { readFileSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { OvercommitOptions } from "../memory/manager/memory-manager.js";
+import { SwapError } from "../memory/store/errors.js";
 import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
 import { BootLayoutError } from "../arch/riscv/boot.js";
-import { Host, type Vm, type RunEnd } from "../host/host.js";
+import { Host, HostError, type Vm, type RunEnd } from "../host/host.js";
 import { pullDebianImage } from "../images/debian.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
@@ -37,6 +41,13 @@ export interface LinuxRunOptions {
   console?: "ttyS0" | "hvc0";
   /** pCPU worker threads of the embedded host (default: one per host core). */
   pcpus?: number;
+  /** The embedded host's frame pool (default 4 GiB); memBytes may be larger. */
+  hostMemBytes?: number;
+  /** The memory manager's mechanisms; a swap file's path is made here (a
+   *  temporary directory removed at exit), whatever `swap.path` says. */
+  overcommit?: OvercommitOptions;
+  /** A virtio-balloon (default true). */
+  balloon?: boolean;
 }
 
 /** Default kernel command line: the UART console, quiet boot, and restart on
@@ -152,16 +163,33 @@ async function runVm(
   // One worker per vCPU, at most one per host core: a second worker for a
   // lone vCPU only adds a translation cache it wanders into (bench:boot:
   // 18 % slower with two workers than with one).
-  const engine = await Host.create({ pcpus: opts.pcpus ?? Math.min(availableParallelism(), opts.cpus) });
+  let swapDir: string | undefined;
+  let engine: Host;
+  try {
+    let overcommit = opts.overcommit;
+    if (overcommit?.swap) {
+      swapDir = mkdtempSync(join(tmpdir(), "tsvisor-swap-"));
+      overcommit = { ...overcommit, swap: { ...overcommit.swap, path: join(swapDir, "swap") } };
+    }
+    engine = await Host.create({ pcpus: opts.pcpus ?? Math.min(availableParallelism(), opts.cpus), memLimitBytes: opts.hostMemBytes, overcommit });
+  } catch (e) {
+    if (swapDir) rmSync(swapDir, { recursive: true, force: true });
+    host.detach();
+    if (timer) clearTimeout(timer);
+    for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
+    if (e instanceof HostError || e instanceof SwapError || e instanceof RangeError) throw new LinuxRunError(e.message);
+    throw e;
+  }
 
   try {
-    vm = engine.createVm({
+    vm = createRunVm(engine, {
       name: "run", memBytes: opts.memBytes, cpus: opts.cpus, kernel, initrd, cmdline, jit: opts.jit,
       consoleOut: (b) => host.output(b),
       virtio: devices.devices,
       console: opts.console,
       consoleSize: terminalSize(),
       warn: (m) => warnLine(m, interactive),
+      ...(opts.balloon === false ? { balloon: false } : {}),
     });
     for (;;) {
       try {
@@ -199,6 +227,17 @@ async function runVm(
     for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
     host.detach();
     await engine.close();
+    if (swapDir) rmSync(swapDir, { recursive: true, force: true });
+  }
+}
+
+/** The VM; a configuration the engine refuses (memory too large for the pool) is one line. */
+function createRunVm(engine: Host, config: Parameters<Host["createVm"]>[0]): Vm {
+  try {
+    return engine.createVm(config);
+  } catch (e) {
+    if (e instanceof HostError) throw new LinuxRunError(e.message);
+    throw e;
   }
 }
 

@@ -15,6 +15,11 @@ export function parseSize(flag: string, text: string): number {
   return n;
 }
 
+/** As parseSize, and "0" (in any unit) is 0: for sizes where zero means none or off. */
+export function parseSizeOrZero(flag: string, text: string): number {
+  return /^\s*0+\s*([kKmMgG]?)(i?[bB])?\s*$/.test(text) ? 0 : parseSize(flag, text);
+}
+
 export function parseCount(flag: string, text: string): bigint {
   if (!/^\d+$/.test(text.trim())) throw new UsageError(`${flag}: expected a whole number, got '${text}'`);
   const n = BigInt(text.trim());

@@ -290,6 +290,19 @@ test("virtio-balloon holds the stats buffer and asks for fresh figures every sta
   assert.ok(dev.statsLines().length === 2);
 });
 
+test("virtio-balloon finds a stats buffer the driver kicked before DRIVER_OK (Linux's init_vqs does)", () => {
+  const dev = new VirtioBalloon(new FakeMemory(), { now: () => 5 });
+  const d = new TestDriver(dev);
+  assert.ok(d.negotiate(ALL));
+  for (let i = 0; i < dev.queueMaxSizes.length; i++) d.setupQueue(i, 16);
+  d.add(STATSQ, [{ data: statsBuffer([[4, 4096n]]) }]);
+  d.kick(STATSQ); // dropped by the transport: not DRIVER_OK yet
+  assert.deepEqual(dev.guestStats(), {});
+  d.driverOk();
+  assert.deepEqual(dev.guestStats(), { freeBytes: 4096, updatedAt: 5 });
+  assert.deepEqual(d.used(STATSQ), [], "held, to ask for fresh figures later");
+});
+
 test("virtio-balloon with statsIntervalMs 0 keeps the first stats buffer", () => {
   const { dev, d, tick } = setup({ statsIntervalMs: 0 });
   d.add(STATSQ, [{ data: statsBuffer([[5, 123n]]) }]);

@@ -337,10 +337,11 @@ export class VirtioBalloon implements VirtioDevice {
     // Never offered (so never negotiated), but it would come before reporting_vq.
     if (features & VIRTIO_BALLOON_F_FREE_PAGE_HINT) this.roles.push("free-page-hint");
     if (features & VIRTIO_BALLOON_F_PAGE_REPORTING) this.roles.push("reporting");
-    // Linux primes the stats queue with its first buffer, and kicks it, before
-    // it sets DRIVER_OK (virtballoon_probe: init_vqs, then virtio_device_ready),
-    // when the transport does not pass notifications on yet: look now.
-    this.takeStats();
+    // Linux adds and kicks its first stats buffer in init_vqs(), before its
+    // probe sets DRIVER_OK (drivers/virtio/virtio_balloon.c), and the transport
+    // drops notifications before DRIVER_OK (mmio.ts): without a look now the
+    // buffer would sit there unseen, and Linux sends no other until it is used.
+    if (this.roles.includes("stats")) this.takeStats();
   }
 
   notify(index: number): void {
