@@ -15,7 +15,7 @@ import type { VirtioDevice } from "../devices/virtio/virtio.js";
 import type { JitOptions, JitStats } from "../jit/jit.js";
 import { ExitStats } from "../vcpu/exit-stats.js";
 import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
-import { FRAME_SIZE } from "../memory/frame-pool.js";
+import { FRAME_SIZE, OutOfHostMemory } from "../memory/frame-pool.js";
 import { VmRunState, VcpuState, DEFAULT_WEIGHT, MAX_WEIGHT, EXIT_NAMES, type VcpuAccounting } from "./scheduler.js";
 import { answerExit, isPosted, Mailbox } from "./exit-mailbox.js";
 import { monoNs } from "./pcpu-protocol.js";
@@ -188,10 +188,26 @@ export class Vm {
    *  exits for up to a second), then let the boot hart run; the others wait
    *  for HSM hart_start. */
   private async loadThenBoot(machine: VirtMachine): Promise<void> {
-    while (!machine.loadGuestStep(LOAD_STEP_BYTES)) {
+    for (;;) {
+      let loaded: boolean;
+      try {
+        loaded = machine.loadGuestStep(LOAD_STEP_BYTES);
+      } catch (e) {
+        if (!(e instanceof OutOfHostMemory)) throw e;
+        // The pool is full: wait (said once) while the memory manager makes room, then go on.
+        if (!this.pausedFor) {
+          this.pausedFor = `loading its kernel and initrd: ${e.message}`;
+          (this.config.warn ?? ((m: string) => process.stderr.write(`tsvisor: ${m}\n`)))(`VM '${this.name}' waits for host memory, ${this.pausedFor}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        if (this.machine !== machine || this.stopping) return;
+        continue;
+      }
+      if (loaded) break;
       await new Promise((resolve) => setImmediate(resolve));
       if (this.machine !== machine || this.stopping) return; // stopped or destroyed meanwhile
     }
+    this.pausedFor = undefined;
     if (this.machine === machine && !this.stopping) this.host.kick(this.slots[0], true);
   }
 
