@@ -20,6 +20,7 @@
 //   --vms N          density guests (default 8)
 //   --only a,b       sections: density, reclaim, cost (default all)
 //   --configs abcde  density configurations (default all five)
+//   --squeeze MiB    the cost section's small pool (default 48)
 
 import { mkdtempSync, rmSync } from "node:fs";
 import { cpus as hostCpus, tmpdir, totalmem } from "node:os";
@@ -39,6 +40,7 @@ const { values: opts } = parseArgs({
     only: { type: "string", default: "density,reclaim,cost" },
     configs: { type: "string", default: "abcde" },
     pcpus: { type: "string", default: "2" },
+    squeeze: { type: "string", default: "48" },
   },
 });
 const nVms = Number(opts.vms);
@@ -269,27 +271,44 @@ const memFree = "awk '/^MemFree/{print $2}' /proc/meminfo";
 /** The balloon guest: fills and frees 200 MiB, waits for the host to inflate its balloon and
  *  deflate it again (it watches MemFree), then times taking 100 MiB back. */
 const BALLOON_SCRIPT = `
-t() { date +%s%N; }
-s=$(t); head -c 100M /dev/zero > /dev/shm/y; e=$(t); rm /dev/shm/y; echo "BENCH fresh100 ns $((e - s))"
-head -c 200M /dev/urandom > /dev/shm/x; rm /dev/shm/x; echo filled-and-freed
+t() { read u _ < /proc/uptime; echo \${u%.*}\${u#*.}; }
+s=$(t); dd if=/dev/zero of=/dev/shm/y bs=1M count=100 2>/dev/null; e=$(t); rm /dev/shm/y; echo "BENCH fresh100 cs $((e - s))"
+dd if=/dev/urandom of=/dev/shm/x bs=1M count=200 2>/dev/null; rm /dev/shm/x; echo filled-and-freed
 f0=$(${memFree})
 while [ $(${memFree}) -gt $((f0 - 150000)) ]; do sleep 0.2; done
 echo inflated
 while [ $(${memFree}) -lt $((f0 - 40000)) ]; do sleep 0.1; done
 echo deflated
-s=$(t); head -c 100M /dev/zero > /dev/shm/y; e=$(t); echo "BENCH regrow100 ns $((e - s))"
+s=$(t); dd if=/dev/zero of=/dev/shm/y bs=1M count=100 2>/dev/null; e=$(t); echo "BENCH regrow100 cs $((e - s))"
 while :; do sleep 1; done
 `;
 
-/** The compression guest: keeps 100 MiB of text (compressible, every page different) and 100 MiB of random bytes. */
+/** The compression guest: keeps 100 MiB of text (compressible) and 100 MiB of random bytes, each a
+ *  1 MiB piece written 100 times (quick to make; sharing is off in its host, so the copies stay apart). */
 const KEEP_SCRIPT = `
-seq 1 20000000 | head -c 100M > /dev/shm/text
-head -c 100M /dev/urandom > /dev/shm/random
+seq 1 200000 | head -c 1048576 > /tmp/t1
+head -c 1048576 /dev/urandom > /tmp/r1
+for i in $(seq 100); do cat /tmp/t1; done > /dev/shm/text
+for i in $(seq 100); do cat /tmp/r1; done > /dev/shm/random
+rm /tmp/t1 /tmp/r1
 echo kept
 while :; do sleep 1; done
 `;
 
-const guestNs = (g: Guest, key: string) => Number(new RegExp(`BENCH ${key} ns (\\d+)`).exec(g.output())?.[1] ?? NaN);
+/** A figure the guest timed with /proc/uptime (10 ms resolution), in ns. */
+/** Waits for `re` on g's console; fails at once if the guest stops. */
+async function until(g: Guest, re: RegExp, timeoutMs: number): Promise<void> {
+  let done = false;
+  const seen = g.waitFor(re, timeoutMs).then(() => { done = true; });
+  seen.catch(() => {});
+  while (!done) {
+    await Promise.race([seen, sleep(250)]);
+    if (!done && g.vm.state !== "running" && g.vm.state !== "paused") throw new Error(`${g.vm.name} ended (${g.vm.state}) before ${re}:\n${g.output().slice(-1500)}`);
+  }
+  await seen;
+}
+
+const guestNs = (g: Guest, key: string) => 1e7 * Number(new RegExp(`BENCH ${key} cs (\\d+)`).exec(g.output())?.[1] ?? NaN);
 
 async function waitUntil(what: string, cond: () => boolean, timeoutMs: number, stepMs = 20): Promise<number> {
   const t0 = monoNs();
@@ -315,7 +334,7 @@ async function reclaimSpeed(): Promise<void> {
       // Sample host frames while the guest fills and frees: reporting gives the freed pages back by itself.
       let peak = 0;
       const sampler = setInterval(() => { peak = Math.max(peak, host.memory.stats().frames.inUse); }, 50);
-      await g.waitFor(/filled-and-freed/, 300_000);
+      await until(g, /filled-and-freed/, 300_000);
       const tFreed = monoNs();
       const atFree = host.memory.stats().frames.inUse;
       peak = Math.max(peak, atFree);
@@ -344,17 +363,17 @@ async function reclaimSpeed(): Promise<void> {
       const inUse1 = host.memory.stats().frames.inUse;
       rows.push([`balloon inflate to ${mib(target)} MiB`, `${mib(target)} MiB in ${infS.toFixed(2)} s`, f1(mib(target) / infS)]);
       notes.push(`balloon: host frames ${mib(inUse0 * PAGE).toFixed(0)} -> ${mib(inUse1 * PAGE).toFixed(0)} MiB while it inflated (most of the guest's free memory had been reported already); ${((monoNs() - tInf) / 1e9).toFixed(2)} s from setBalloon`);
-      await g.waitFor(/inflated/, 60_000);
+      await until(g, /inflated/, 60_000);
 
       // Deflate and take 100 MiB back.
       g.vm.setBalloon(0);
       const defS = await waitUntil("the balloon to deflate", () => (g.vm.balloonStats()?.actualPages ?? 1) === 0, 120_000);
-      await g.waitFor(/BENCH regrow100/, 120_000);
+      await until(g, /BENCH regrow100/, 120_000);
       const regrow = guestNs(g, "regrow100") / 1e9;
       const fresh = guestNs(g, "fresh100") / 1e9;
       rows.push([`balloon deflate from ${mib(target)} MiB`, `${defS.toFixed(2)} s`, f1(mib(target) / defS)]);
       rows.push(["guest takes 100 MiB back (deflate + write 100 MiB)", `${(defS + regrow).toFixed(2)} s`, f1(100 / (defS + regrow))]);
-      notes.push(`writing 100 MiB into /dev/shm in the guest: ${regrow.toFixed(2)} s on pages given back by the balloon, ${fresh.toFixed(2)} s on never-touched pages at boot (the guest polls MemFree every 0.1 s before it starts, so the sum is up to 0.1 s pessimistic)`);
+      notes.push(`writing 100 MiB into /dev/shm in the guest: ${regrow.toFixed(2)} s on pages given back by the balloon, ${fresh.toFixed(2)} s on never-touched pages at boot (dd bs=1M; /proc/uptime, 10 ms resolution; the guest polls MemFree every 0.1 s before it starts, so the sum is up to 0.1 s pessimistic)`);
     } finally {
       await host.close();
     }
@@ -374,7 +393,7 @@ async function reclaimSpeed(): Promise<void> {
     try {
       const g = guest(host, "keep", ["sh", "-c", KEEP_SCRIPT], { memBytes: 384 * MiB, balloon: false });
       g.vm.start();
-      await g.waitFor(/kept/, 300_000);
+      await until(g, /kept/, 300_000);
       await sleep(3000);
       const s0 = host.memory.stats();
       const want = 200 * MiB / PAGE;
@@ -399,16 +418,19 @@ async function reclaimSpeed(): Promise<void> {
 
 // ---- cost ----------------------------------------------------------------------------------
 
-/** 64 MiB file (half random, half compressible text), settled, then read three times; repeated. */
+/** A 64 MiB file (1 MiB random, 1 MiB text, 32 times: half of it compressible), then read three
+ *  times, in three rounds. Sharing is off in its hosts so the repeated pieces are not merged. */
 const WALK_SCRIPT = `
-t() { date +%s%N; }
-head -c 32M /dev/urandom > /dev/shm/x
-seq 1 10000000 | head -c 32M >> /dev/shm/x
+t() { read u _ < /proc/uptime; echo \${u%.*}\${u#*.}; }
+seq 1 200000 | head -c 1048576 > /tmp/t1
+head -c 1048576 /dev/urandom > /tmp/r1
+for i in $(seq 32); do cat /tmp/r1 /tmp/t1; done > /dev/shm/x
+rm /tmp/t1 /tmp/r1
 echo filled
 sleep 3
 for round in 1 2 3; do
   s=$(t); for i in 1 2 3; do cat /dev/shm/x > /dev/null; done; e=$(t)
-  echo "BENCH walk$round ns $((e - s))"
+  echo "BENCH walk$round cs $((e - s))"
 done
 echo walk-done
 while :; do sleep 1; done
@@ -424,10 +446,10 @@ async function costRun(poolBytes: number, overcommit: OvercommitOptions, label: 
     let peak = 0;
     const sampler = setInterval(() => { peak = Math.max(peak, host.memory.stats().frames.inUse); }, 100);
     try {
-      await g.waitFor(/filled/, 400_000);
+      await until(g, /filled/, 400_000);
       const filledS = (monoNs() - t0) / 1e9;
       const atFill = host.memory.stats().frames.inUse;
-      await g.waitFor(/walk-done/, 600_000);
+      await until(g, /walk-done/, 600_000);
       const walks = [1, 2, 3].map((r) => guestNs(g, `walk${r}`) / 1e9);
       const s = host.memory.stats();
       const m = g.vm.stats().memory!;
@@ -441,16 +463,17 @@ async function costRun(poolBytes: number, overcommit: OvercommitOptions, label: 
 }
 
 async function cost(): Promise<void> {
-  say("## Cost: a Debian guest (256 MiB, 1 vCPU) reading a 64 MiB /dev/shm file (32 MiB random + 32 MiB text) 3 times, timed in the guest, 3 rounds");
-  const big = await costRun(1 << 30, {}, "pool 1 GiB, defaults (sharing, balloon; nothing to reclaim)");
-  // Squeeze the pool to about half of what the guest had resident once it filled the file.
-  const squeezed = Math.max(48 * MiB, Math.round(big.atFillMiB / 2) * MiB);
+  say("## Cost: a Debian guest (256 MiB, 1 vCPU) reading a 64 MiB /dev/shm file (32 MiB random + 32 MiB text) 3 times, timed in the guest, 3 rounds; sharing off, balloon on");
+  const big = await costRun(1 << 30, { sharing: false }, "pool 1 GiB, sharing off (nothing to reclaim)");
+  // The loop's working set is the 64 MiB file and a few MiB of kernel and shell: a 48 MiB pool
+  // (which also holds the host's own frames for the VM) keeps about half of it.
+  const squeezed = Number(opts.squeeze) * MiB;
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-bench-mem-"));
   tempDirs.push(dir);
   let small: Awaited<ReturnType<typeof costRun>> | undefined;
   let err = "";
   try {
-    small = await costRun(squeezed, { compressBytes: 32 * MiB, swap: { path: join(dir, "swap"), bytes: 512 * MiB } },
+    small = await costRun(squeezed, { sharing: false, compressBytes: 32 * MiB, swap: { path: join(dir, "swap"), bytes: 512 * MiB } },
       `pool ${mib(squeezed)} MiB, compression 32 MiB + swap`);
   } catch (e) {
     err = (e as Error).message.split("\n").slice(0, 12).join("\n");
