@@ -135,20 +135,6 @@ async function shareToFixpoint(host: Host): Promise<{ passes: number; ms: number
   return { passes, ms: (monoNs() - t0) / 1e6 };
 }
 
-/**
- * Work around an engine bug (reported with this benchmark): a VM's kernel and initrd are copied
- * into its RAM on the main thread (Vm.loadThenBoot -> VirtMachine.loadGuestStep), and a frame
- * allocation there that finds the pool full throws OutOfHostMemory out of an unawaited promise,
- * which ends the process, instead of waiting for reclaim as a vCPU's fault does. So before a
- * boot, make room by sharing and reclaiming now.
- */
-async function makeRoom(host: Host, bytes: number): Promise<void> {
-  const want = Math.ceil(bytes / PAGE);
-  const big = host.vms.reduce((n, vm) => n + Math.ceil(vm.config.memBytes / PAGE), 0);
-  for (let i = 0; i < 4 && host.memory.freeFrames < want; i++) await host.memory.shareNow(big);
-  if (host.memory.freeFrames < want) await host.memory.reclaimNow(want);
-}
-
 // ---- density ------------------------------------------------------------------------------
 
 const IDLE = ["sh", "-c", "echo idle-ready; while :; do sleep 1; done"];
@@ -207,7 +193,6 @@ async function densityRun(cfg: DensityConfig): Promise<DensityResult> {
             break;
           }
         }
-        if (cfg.overcommit.reclaim) await makeRoom(host, 128 * MiB);
         const g = guest(host, `idle${j}`, IDLE, { memBytes: DENSITY_MEM, shareGroup: cfg.shareGroup ? "all" : undefined, balloon: cfg.balloon });
         g.vm.start();
         batch.push(g);
@@ -276,7 +261,6 @@ async function density(): Promise<void> {
   ]);
   printTable(["configuration", "booted", "pool MiB", "boot s", "in use MiB", "MiB/guest", `x${nVms} MiB`, "share ratio", "saved vs (a)", "compr MiB"], rows);
   for (const r of results) if (r.note) say(`   ${r.cfg.what}: ${r.note}`);
-  if (results.some((r) => r.cfg.overcommit.reclaim)) say("   (e): before each boot the benchmark shares and reclaims until 128 MiB is free (makeRoom): loading a guest's image into a full pool crashes the host (engine bug)");
   if (base && base.booted < nVms) say(`   (a) booted only ${base.booted}: its "x${nVms}" column is ${base.booted}'s per-guest figure times ${nVms}, an extrapolation`);
   const e = results.find((r) => r.cfg.key === "e");
   if (e) say(`   target "${nVms} guests idle in under 512 MiB": ${e.booted === nVms && e.inUseMiB < 512 ? "met" : "not met"} (${e.booted} booted, ${e.inUseMiB.toFixed(0)} MiB in use)`);

@@ -86,7 +86,7 @@ test("bad VM configs are refused with one line", async () => {
     assert.throws(() => host.createVm({ ...base, cpus: 0 }), /cpus must be 1\.\./);
     assert.throws(() => host.createVm({ ...base, cpus: 99 }), /cpus must be/);
     // More memory than the pool is overcommit (the memory manager makes room), within bounds.
-    assert.throws(() => host.createVm({ ...base, memBytes: 16 << 30 }), /too large for this host \(at most 8192 MiB with a 64 MiB pool\)/);
+    assert.throws(() => host.createVm({ ...base, memBytes: 16 * 2 ** 30 }), /too large for this host \(at most 8192 MiB with a 64 MiB pool\)/);
     assert.throws(() => host.createVm({ ...base, weight: 0 }), /weight must be 1\.\.65535/);
     assert.throws(() => host.createVm({ ...base, capPct: 150 }), /cap must be/);
     assert.throws(() => host.createVm({ ...base, affinity: [3] }), /pCPU 3 does not exist/);
