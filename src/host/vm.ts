@@ -118,6 +118,9 @@ export class Vm {
   private holds = 0;
   private holdWaiters: (() => void)[] = [];
   private pausedFor: string | undefined;
+  /** Times a fault found no memory this run, and when that was last said. */
+  private memoryWaits = 0;
+  private lastMemoryWarnNs = -Infinity;
 
   constructor(private readonly host: Host, readonly name: string, readonly config: VmConfig, readonly owner: number) {
     validateConfig(config, host);
@@ -161,6 +164,7 @@ export class Vm {
     this.machine = machine;
     this.lastEnd = undefined;
     this.lastStats = undefined;
+    this.memoryWaits = 0;
     this.schedVm = host.sched.addVm(this.weight, this.capPct);
     this.slots = machine.harts.map((slot, index) => host.sched.addVcpu(this.schedVm, index, slot.vcpu.hart, this.affinity));
     this.slots.forEach((v, index) => host.vcpus.set(v, { vm: this, index }));
@@ -457,7 +461,14 @@ export class Vm {
   private waitForMemory(message: string): void {
     if (this.pausedFor || !this.managed) return;
     this.pausedFor = message;
-    (this.config.warn ?? ((m: string) => process.stderr.write(`tsvisor: ${m}\n`)))(`VM '${this.name}' paused: ${message}; it resumes when the host has free memory`);
+    this.memoryWaits++;
+    // Under lasting pressure a VM may wait many times a second: say so every 10 s, with the count.
+    const now = monoNs();
+    if (now - this.lastMemoryWarnNs >= 10e9) {
+      const again = this.memoryWaits > 1 ? ` (${this.memoryWaits} waits so far)` : "";
+      (this.config.warn ?? ((m: string) => process.stderr.write(`tsvisor: ${m}\n`)))(`VM '${this.name}' paused: ${message}; it resumes when the host has free memory${again}`);
+      this.lastMemoryWarnNs = now;
+    }
     void this.pause();
     this.host.memory.waitForMemory(this.managed, () => {
       if (this._state === "paused" && this.pausedFor) this.resume();
