@@ -76,15 +76,9 @@ export class PageStore implements PageSource {
         }
       }
     }
-    if (!allowSwap || !this.swap) return undefined;
-    const slot = this.swap.alloc();
+    if (!allowSwap) return undefined;
+    const slot = this.toSwap(page);
     if (slot < 0) return undefined;
-    try {
-      this.swap.write(slot, page);
-    } catch (e) {
-      this.swap.free(slot);
-      throw e;
-    }
     this.stowedRaw++;
     return { kind: Absent.Swapped, slot };
   }
@@ -93,17 +87,22 @@ export class PageStore implements PageSource {
    *  new swap slot, or -1 when the swap file is full. The caller frees the
    *  compressed slot once the entry names the swap slot. */
   moveToSwap(compressedSlot: number): number {
-    if (!this.swap || !this.compressed) return -1;
-    const data = this.compressed.read(compressedSlot);
-    const slot = this.swap.alloc();
+    if (!this.compressed) return -1;
+    const slot = this.toSwap(this.compressed.read(compressedSlot));
+    if (slot >= 0) this.movedToSwap++;
+    return slot;
+  }
+
+  /** `data` in a new swap slot: the slot, or -1 when there is no swap file or it is full. */
+  private toSwap(data: Uint8Array): number {
+    const slot = this.swap?.alloc() ?? -1;
     if (slot < 0) return -1;
     try {
-      this.swap.write(slot, data);
+      this.swap!.write(slot, data);
     } catch (e) {
-      this.swap.free(slot);
+      this.swap!.free(slot);
       throw e;
     }
-    this.movedToSwap++;
     return slot;
   }
 
