@@ -1,7 +1,8 @@
 // The host's memory manager (DESIGN.md, "The host layer"): one per host, on
 // the main thread, over the host's frame pool. It keeps the pool from running
 // dry when the VMs' memory adds up to more than the pool holds, with every
-// mechanism ESXi has, in ESXi's order of cost to the guest:
+// mechanism ESXi has, cheapest for the guest first (ESX lists sharing first:
+// like tsvisor's while overcommitted, it runs in the background all the time):
 //
 //   1. balloon: a guest that runs a balloon driver and reports free memory is
 //      asked for it first; the guest picks what to give (its free pages), so
