@@ -427,17 +427,7 @@ export class VirtioBalloon implements VirtioDevice {
   private inflate(q: VirtQueue, chain: DescriptorChain): void {
     const pfns = this.readPfns(chain);
     if (!pfns) return q.push(chain, 0);
-    const seen = new Set<number>();
-    const take: number[] = [];
-    for (const pfn of pfns) {
-      if (!this.memory.isRam(pfnToGpa(pfn), BALLOON_PAGE_SIZE)) this.refused.outsideRam++;
-      else if (seen.has(pfn)) this.refused.duplicate++;
-      else if (this.ballooned.has(pfn)) this.refused.alreadyBallooned++;
-      else {
-        seen.add(pfn);
-        take.push(pfn);
-      }
-    }
+    const take = this.acceptPfns(pfns, false);
     // Pages beyond num_pages are taken all the same: the driver may be
     // inflating towards a target the host has lowered since it looked, and
     // will deflate them once it sees the new one. The balloon cannot grow past
@@ -454,26 +444,35 @@ export class VirtioBalloon implements VirtioDevice {
   private deflate(q: VirtQueue, chain: DescriptorChain): void {
     const pfns = this.readPfns(chain);
     if (!pfns) return q.push(chain, 0);
-    const seen = new Set<number>();
-    const back: bigint[] = [];
-    for (const pfn of pfns) {
-      // Deflate without DEFLATE_ON_OOM below num_pages breaks a driver rule
-      // (5.5.6.1), but refusing it would not stop the guest from using the
-      // page: it is accepted like any other.
-      if (!this.memory.isRam(pfnToGpa(pfn), BALLOON_PAGE_SIZE)) this.refused.outsideRam++;
-      else if (seen.has(pfn)) this.refused.duplicate++;
-      else if (!this.ballooned.has(pfn)) this.refused.notBallooned++;
-      else {
-        seen.add(pfn);
-        this.ballooned.delete(pfn);
-        back.push(pfnToGpa(pfn));
-      }
-    }
+    // Deflate without DEFLATE_ON_OOM below num_pages breaks a driver rule
+    // (5.5.6.1), but refusing it would not stop the guest from using the
+    // page: it is accepted like any other.
+    const back = this.acceptPfns(pfns, true).map((pfn) => {
+      this.ballooned.delete(pfn);
+      return pfnToGpa(pfn);
+    });
     if (back.length > 0) {
       this.deflatedTotal += back.length;
       this.memory.reclaim(back);
     }
     q.push(chain, 0);
+  }
+
+  /** The PFNs of a request that are guest RAM, named once, and in the balloon
+   *  (deflate) or not (inflate) as `inBalloon` says; the others are counted by reason. */
+  private acceptPfns(pfns: number[], inBalloon: boolean): number[] {
+    const seen = new Set<number>();
+    const accepted: number[] = [];
+    for (const pfn of pfns) {
+      if (!this.memory.isRam(pfnToGpa(pfn), BALLOON_PAGE_SIZE)) this.refused.outsideRam++;
+      else if (seen.has(pfn)) this.refused.duplicate++;
+      else if (this.ballooned.has(pfn) !== inBalloon) this.refused[inBalloon ? "notBallooned" : "alreadyBallooned"]++;
+      else {
+        seen.add(pfn);
+        accepted.push(pfn);
+      }
+    }
+    return accepted;
   }
 
   /**

@@ -223,9 +223,9 @@ export class MemoryManager {
    * does not use them either way.
    */
   async discard(vm: MemoryVm, indices: readonly number[], kind: Absent.Ballooned | Absent.Reported): Promise<void> {
-    let todo = [...indices];
-    for (let tries = 0; todo.length > 0 && tries < 20; tries++) {
-      const claims = todo
+    let left = [...indices];
+    for (let tries = 0; left.length > 0 && tries < 20; tries++) {
+      const claims = left
         .map((index) => ({ vm, index, seen: vm.p2m.entry(index), ignoreAccessed: true }))
         .filter((c) => isPresent(c.seen) || absentKind(c.seen) !== Absent.Busy);
       const done = new Set<number>();
@@ -243,13 +243,13 @@ export class MemoryManager {
         }
       });
       if (!held && !this.vms.has(vm)) return; // the VM stopped
-      todo = todo.filter((i) => !done.has(i));
-      if (todo.length > 0) await new Promise((r) => setTimeout(r, 1));
+      left = left.filter((i) => !done.has(i));
+      if (left.length > 0) await new Promise((r) => setTimeout(r, 1));
     }
-    const n = indices.length - todo.length;
+    const n = indices.length - left.length;
     if (kind === Absent.Ballooned) this.discards.inflated += n;
     else this.discards.reported += n;
-    this.discards.skipped += todo.length;
+    this.discards.skipped += left.length;
   }
 
   /** Balloon deflate: the guest has these pages again (a touch maps a zeroed frame). */
