@@ -84,6 +84,19 @@ test("--help, --version and no arguments", () => {
   assert.equal(tsvisor().status, 2);
 });
 
+test("COMMAND --help shows that command's usage and exits 0", () => {
+  const run = tsvisor("run", "--help");
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /options for run:/);
+  assert.match(run.stdout, /--host-mem SIZE/);
+  assert.doesNotMatch(run.stdout, /disk create/);
+  const vm = tsvisor("vm", "-h");
+  assert.equal(vm.status, 0);
+  assert.match(vm.stdout, /vm set NAME/);
+  assert.doesNotMatch(vm.stdout, /options for run:/);
+  assert.match(tsvisor("host", "--help").stdout, /--sharing-rate PAGES\/MS/);
+});
+
 test("the program's HTIF exit code is the exit status", () => {
   const r = tsvisor("run", "--bare", program(EXIT7));
   assert.equal(r.status, 7, r.stderr);

@@ -263,6 +263,35 @@ async function imageCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `tsvisor COMMAND --help`: the usage lines of that command from HELP
+ *  (and, for run, its options), so there is one text to keep true. */
+function commandHelp(command: string): string {
+  const lines = HELP.split("\n");
+  const out: string[] = ["usage:"];
+  let inBlock = false;
+  let inRunOptions = false;
+  for (const line of lines) {
+    if (line === "") {
+      inBlock = false;
+      inRunOptions = false;
+      continue;
+    }
+    if (/^[a-z]/.test(line)) {
+      inRunOptions = command === "run" && line === "options for run:";
+      if (inRunOptions) out.push("", line);
+      continue;
+    }
+    if (inRunOptions) {
+      out.push(line);
+      continue;
+    }
+    // A command's block: its line at two spaces in, then lines indented deeper.
+    if (/^ {2}\S/.test(line)) inBlock = line.startsWith(`  ${command} `) || line === `  ${command}`;
+    if (inBlock) out.push(line);
+  }
+  return out.join("\n") + "\n";
+}
+
 export async function main(argv: string[]): Promise<void> {
   installTopLevelHandlers();
   try {
@@ -280,6 +309,10 @@ export async function main(argv: string[]): Promise<void> {
       run: runCommand, image: imageCommand, disk: diskCommand, host: hostCommand, vm: vmCommand,
     };
     if (!Object.hasOwn(commands, command)) throw new UsageError(`unknown command '${command}' (try --help)`);
+    if (rest[0] === "--help" || rest[0] === "-h") {
+      process.stdout.write(commandHelp(command));
+      return;
+    }
     const status = await commands[command](rest);
     // Output went out synchronously; exit now rather than wait for stdin,
     // which may still be open, to end.
