@@ -522,15 +522,8 @@ export class VirtioBalloon implements VirtioDevice {
       this.refused.malformed++;
       return undefined;
     }
-    let bytes: Uint8Array;
-    try {
-      bytes = chain.read(0, len);
-    } catch (e) {
-      if (!(e instanceof ChainError)) throw e;
-      this.refused.malformed++;
-      return undefined;
-    }
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const dv = this.readChain(chain, len);
+    if (!dv) return undefined;
     const out: number[] = [];
     for (let at = 0; at < len; at += 4) out.push(dv.getUint32(at, true));
     return out;
@@ -613,18 +606,24 @@ export class VirtioBalloon implements VirtioDevice {
     }
   }
 
-  private parseStats(chain: DescriptorChain): void {
-    const len = Math.min(chain.readableLength, MAX_STATS_BYTES);
-    if (chain.readableLength > len) this.refused.statsIgnored++;
-    let bytes: Uint8Array;
+  /** The first `len` readable bytes of a chain, or undefined (counted as
+   *  malformed) when guest memory refuses them. */
+  private readChain(chain: DescriptorChain, len: number): DataView | undefined {
     try {
-      bytes = chain.read(0, len);
+      const bytes = chain.read(0, len);
+      return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     } catch (e) {
       if (!(e instanceof ChainError)) throw e;
       this.refused.malformed++;
-      return;
+      return undefined;
     }
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  private parseStats(chain: DescriptorChain): void {
+    const len = Math.min(chain.readableLength, MAX_STATS_BYTES);
+    if (chain.readableLength > len) this.refused.statsIgnored++;
+    const dv = this.readChain(chain, len);
+    if (!dv) return;
     const g: BalloonGuestStats = {};
     for (let at = 0; at + STAT_ENTRY <= len; at += STAT_ENTRY) {
       const tag = dv.getUint16(at, true);
