@@ -16,6 +16,7 @@ import type { GuestAddress } from "./address.js";
 import { hex } from "./address.js";
 import { FRAME_SIZE, type FramePoolHandle } from "./frame-pool.js";
 import { P2m, P2mFault, type P2mHandle } from "./p2m.js";
+import { readsAsZero } from "./p2m-entry.js";
 import type { PageStoreHandle } from "./manager/page-store.js";
 
 /** A VM's RAM as plain data, posted to another thread (an I/O thread) that
@@ -72,10 +73,10 @@ export class GuestMemory {
     this.p2m.noteWritten(gpa, data.length);
   }
 
-  /** Set `len` bytes to zero (frames never touched are zero already and stay unallocated). */
+  /** Set `len` bytes to zero (pages that read as zero without a frame stay without one). */
   zero(gpa: GuestAddress, len: number): void {
     this.forEachPiece(gpa, len, (index, off, _done, n) => {
-      if (this.p2m.entry(index) === 0) return;
+      if (readsAsZero(this.p2m.entry(index))) return;
       const host = this.p2m.writableFrame(index) + off;
       this.p2m.pool.bytes.fill(0, host, host + n);
     });

@@ -49,6 +49,11 @@ export function absentKind(e: number): Absent {
   return ((e >>> 1) & 15) as Absent;
 }
 
+/** An absent entry whose page reads as zero without a frame (untouched, zero, ballooned, reported). */
+export function readsAsZero(e: number): boolean {
+  return !isPresent(e) && absentKind(e) <= Absent.Reported;
+}
+
 export function entrySlot(e: number): number {
   return e >>> 5;
 }

@@ -34,7 +34,7 @@ import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
 import { FramePool, FRAME_SIZE, OWNER_HOST, framesFor, type FrameOwner } from "./frame-pool.js";
 import {
   Absent, P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED,
-  absentEntry, absentKind, entryFrame, entrySlot, isPresent, pageState, emptyCensus, type PageCensus,
+  absentEntry, absentKind, entryFrame, entrySlot, isPresent, readsAsZero, pageState, emptyCensus, type PageCensus,
 } from "./p2m-entry.js";
 
 export { P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED } from "./p2m-entry.js";
@@ -279,14 +279,14 @@ export class P2m {
         out.set(this.pool.bytes.subarray(at, at + n), outOff);
         return;
       }
-      const kind = absentKind(e);
+      if (readsAsZero(e)) {
+        out.fill(0, outOff, outOff + n);
+        return;
+      }
+      const kind = absentKind(e) as Absent.Compressed | Absent.Swapped | Absent.Busy;
       if (kind === Absent.Busy) {
         this.waitBusy();
         continue;
-      }
-      if (kind !== Absent.Compressed && kind !== Absent.Swapped) {
-        out.fill(0, outOff, outOff + n);
-        return;
       }
       const page = new Uint8Array(FRAME_SIZE);
       try {
