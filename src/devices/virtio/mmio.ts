@@ -27,7 +27,8 @@ import {
   STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
   VIRTIO_F_VERSION_1, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX,
 } from "./virtio.js";
-import { VirtQueue, QueueBroken, ChainError, QueueStats, ringAreaSizes } from "./queue.js";
+import { VirtQueue, QueueBroken, ChainError, QueueStats, ringAreaSizes, type QueueIndices } from "./queue.js";
+import { SnapshotError, StateReader, u64, type Plain } from "../../snapshot/state.js";
 
 const MAGIC = 0x7472_6976; // "virt"
 const VERSION = 2;
@@ -44,6 +45,9 @@ const REG = {
   SHMSel: 0x0ac, SHMLenLow: 0x0b0, SHMLenHigh: 0x0b4, SHMBaseLow: 0x0b8, SHMBaseHigh: 0x0bc,
   ConfigGeneration: 0x0fc, Config: 0x100,
 } as const;
+
+/** Every status bit a device can show (2.1). */
+const STATUS_BITS = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK | STATUS_FEATURES_OK | STATUS_DEVICE_NEEDS_RESET | STATUS_FAILED;
 
 /** InterruptStatus bits (4.2.2). */
 const INT_USED_BUFFER = 1;
@@ -87,6 +91,8 @@ export class VirtioMmio implements MmioDevice {
   readonly queueStats: QueueStats[];
   notifiesIgnored = 0;
   needsResets = 0;
+  /** pauseIo() to resumeIo(), and a restored transport until resumeIo(): no device work. */
+  private ioPaused = false;
 
   constructor(readonly device: VirtioDevice, private readonly host: VirtioMmioHost) {
     this.name = device.name;
@@ -165,6 +171,7 @@ export class VirtioMmio implements MmioDevice {
 
   /** Deferred device work (network input): the machine calls this when asked. */
   poll(): void {
+    if (this.ioPaused) return;
     if (!(this.status & STATUS_DRIVER_OK) || this.status & STATUS_DEVICE_NEEDS_RESET) return;
     this.guarded(() => this.device.poll?.());
   }
@@ -222,22 +229,171 @@ export class VirtioMmio implements MmioDevice {
       return;
     }
     if (q.ready) return;
-    const max = this.device.queueMaxSizes[index];
-    const sizes = ringAreaSizes(q.num);
-    const problem =
-      q.num === 0 || q.num > max || (q.num & (q.num - 1)) !== 0 ? `size ${q.num} (a power of 2 up to ${max})` :
-      q.desc % 16n !== 0n || q.driver % 2n !== 0n || q.device % 4n !== 0n ? "misaligned ring" :
-      !this.host.mem.isRam(q.desc, sizes.desc) || !this.host.mem.isRam(q.driver, sizes.avail + 2) || !this.host.mem.isRam(q.device, sizes.used + 2)
-        ? "ring outside guest RAM" : undefined;
+    const problem = this.queueProblem(index, q);
     if (problem) return this.needsReset(`queue ${index}: ${problem}`);
     q.ready = true;
     const eventIdx = (this.driverFeatures & VIRTIO_F_EVENT_IDX) !== 0n;
     const indirect = (this.driverFeatures & VIRTIO_F_INDIRECT_DESC) !== 0n;
-    this.queues[index] = new VirtQueue(index, { size: q.num, descAddr: q.desc, availAddr: q.driver, usedAddr: q.device, eventIdx, indirect },
+    this.queues[index] = this.liveQueue(index, q, eventIdx, indirect);
+  }
+
+  /** Why queue `index` cannot go live with these registers (2.7, 4.2.3.2), or undefined. */
+  private queueProblem(index: number, q: QueueRegs): string | undefined {
+    const max = this.device.queueMaxSizes[index];
+    const sizes = ringAreaSizes(q.num);
+    return q.num === 0 || q.num > max || (q.num & (q.num - 1)) !== 0 ? `size ${q.num} (a power of 2 up to ${max})` :
+      q.desc % 16n !== 0n || q.driver % 2n !== 0n || q.device % 4n !== 0n ? "misaligned ring" :
+      !this.host.mem.isRam(q.desc, sizes.desc) || !this.host.mem.isRam(q.driver, sizes.avail + 2) || !this.host.mem.isRam(q.device, sizes.used + 2)
+        ? "ring outside guest RAM" : undefined;
+  }
+
+  private liveQueue(index: number, q: QueueRegs, eventIdx: boolean, indirect: boolean): VirtQueue {
+    return new VirtQueue(index, { size: q.num, descAddr: q.desc, availAddr: q.driver, usedAddr: q.device, eventIdx, indirect },
       this.host.mem, () => this.usedBufferInterrupt(), this.queueStats[index]);
   }
 
+  // ---- snapshots ----------------------------------------------------------------------
+
+  /**
+   * Stop device work for a snapshot: notifies and polls wait, the device
+   * finishes or parks what it has in flight (VirtioDevice.pauseIo). Resolves
+   * when no thread of the device touches guest memory.
+   */
+  async pauseIo(): Promise<void> {
+    this.ioPaused = true;
+    await this.device.pauseIo?.();
+  }
+
+  /**
+   * Go on after pauseIo() or restoreState(). Every live queue is looked at
+   * once (a notify the driver made while the device was paused, or in the
+   * original VM just before its snapshot, is not lost: a spurious one costs
+   * a look at the ring) and host input waiting is delivered.
+   */
+  resumeIo(): void {
+    if (!this.ioPaused) return;
+    this.ioPaused = false;
+    this.device.resumeIo?.();
+    if (!(this.status & STATUS_DRIVER_OK) || this.status & STATUS_DEVICE_NEEDS_RESET) return;
+    this.queues.forEach((q, i) => {
+      if (q && !(this.status & STATUS_DEVICE_NEEDS_RESET)) this.guarded(() => this.device.notify(i));
+    });
+    this.poll();
+  }
+
+  /**
+   * The transport's state and the device's, as plain data (after pauseIo(),
+   * so the indices are final). Counters (queueStats, notifiesIgnored,
+   * needsResets) are not saved: they describe one process's run, and a
+   * restored VM counts from zero.
+   */
+  saveState(): Plain {
+    return {
+      deviceId: this.device.deviceId,
+      status: this.status,
+      deviceFeaturesSel: this.deviceFeaturesSel,
+      driverFeaturesSel: this.driverFeaturesSel,
+      driverFeatures: u64(this.driverFeatures),
+      queueSel: this.queueSel,
+      interruptStatus: this.interruptStatus,
+      configGeneration: this.configGeneration,
+      queues: this.regs.map((q, i) => {
+        const live = this.queues[i];
+        const regs = { num: q.num, ready: q.ready, desc: u64(q.desc), driver: u64(q.driver), device: u64(q.device) };
+        if (!q.ready || !live) return regs;
+        return { ...regs, eventIdx: live.config.eventIdx, indirect: live.config.indirect, indices: live.saveState() };
+      }),
+      device: this.device.saveState?.() ?? null,
+    };
+  }
+
+  /**
+   * Apply saved state (untrusted: SnapshotError naming the field for anything
+   * that does not check out) to this freshly built transport, whose device is
+   * of the same type and configuration. Ready queues go live with their
+   * indices, under the checks QueueReady makes; a running driver's device is
+   * activated, then given its own state; the interrupt line follows
+   * InterruptStatus. I/O stays paused until resumeIo().
+   */
+  restoreState(r: StateReader): void {
+    const deviceId = r.int("deviceId", 0, 0xffff_ffff);
+    if (deviceId !== this.device.deviceId) {
+      throw new SnapshotError(`${r.path}.deviceId: a snapshot of device type ${deviceId}, this device is type ${this.device.deviceId}`);
+    }
+    const status = r.int("status", 0, 0xff);
+    r.check((status & ~STATUS_BITS) === 0, `status 0x${status.toString(16)} has bits no device sets`);
+    const driverFeatures = r.u64("driverFeatures");
+    const s = {
+      status,
+      deviceFeaturesSel: r.int("deviceFeaturesSel", 0, 0xffff_ffff),
+      driverFeaturesSel: r.int("driverFeaturesSel", 0, 0xffff_ffff),
+      driverFeatures,
+      queueSel: r.int("queueSel", 0, 0xffff_ffff),
+      interruptStatus: r.int("interruptStatus", 0, INT_USED_BUFFER | INT_CONFIG_CHANGE),
+      configGeneration: r.int("configGeneration", 0, 0xffff_ffff),
+    };
+    const needsReset = (status & STATUS_DEVICE_NEEDS_RESET) !== 0;
+    if (status & STATUS_FEATURES_OK) {
+      // Before FEATURES_OK the driver may write any bits (the device refuses them then); after it, only what was granted.
+      const unknown = driverFeatures & ~this.offeredFeatures;
+      if (unknown) throw new SnapshotError(`${r.path}.driverFeatures: bits 0x${unknown.toString(16)} were never offered`);
+      if (!(driverFeatures & VIRTIO_F_VERSION_1)) throw new SnapshotError(`${r.path}.driverFeatures: FEATURES_OK without VIRTIO_F_VERSION_1`);
+    } else if (status & STATUS_DRIVER_OK && !needsReset) {
+      throw new SnapshotError(`${r.path}.status: DRIVER_OK without FEATURES_OK (the device would need a reset)`);
+    }
+    const saved = r.array("queues", this.device.queueMaxSizes.length);
+    if (saved.length !== this.device.queueMaxSizes.length) {
+      throw new SnapshotError(`${r.path}.queues: ${saved.length} queues, this device has ${this.device.queueMaxSizes.length}`);
+    }
+    const regs: QueueRegs[] = [];
+    const live: ({ eventIdx: boolean; indirect: boolean; indices: QueueIndices } | undefined)[] = [];
+    saved.forEach((qr, i) => {
+      const q: QueueRegs = {
+        num: qr.int("num", 0, 0xffff_ffff), ready: qr.bool("ready"),
+        desc: qr.u64("desc"), driver: qr.u64("driver"), device: qr.u64("device"),
+      };
+      regs.push(q);
+      if (!q.ready) return live.push(undefined);
+      const problem = this.queueProblem(i, q);
+      if (problem) throw new SnapshotError(`${qr.path}: ready with ${problem}`);
+      live.push({ eventIdx: qr.bool("eventIdx"), indirect: qr.bool("indirect"), indices: VirtQueue.readIndices(qr.obj("indices"), q.num) });
+    });
+    const deviceState = this.device.restoreState ? r.obj("device") : undefined;
+
+    // Everything the transport keeps checked: apply it.
+    this.status = s.status;
+    this.deviceFeaturesSel = s.deviceFeaturesSel;
+    this.driverFeaturesSel = s.driverFeaturesSel;
+    this.driverFeatures = s.driverFeatures;
+    this.queueSel = s.queueSel;
+    this.interruptStatus = s.interruptStatus;
+    this.configGeneration = s.configGeneration;
+    this.regs = regs;
+    this.queues = live.map((l, i) => {
+      if (!l) return undefined;
+      const q = this.liveQueue(i, regs[i], l.eventIdx, l.indirect);
+      q.setIndices(l.indices);
+      return q;
+    });
+    // The device starts no I/O until resumeIo(); a fresh one has nothing in flight to wait for.
+    this.ioPaused = true;
+    this.device.pauseIo?.().catch(() => {});
+    try {
+      if (status & STATUS_DRIVER_OK && !needsReset) {
+        this.guarded(() => this.device.activate(this.context(), this.queues, this.driverFeatures));
+      }
+      if (deviceState) this.device.restoreState?.(deviceState);
+    } catch (e) {
+      // Nothing half-restored stays live: the device and transport go back to reset.
+      this.reset();
+      throw e;
+    }
+    this.updateIrq();
+  }
+
   private onNotify(index: number): void {
+    // Paused (no vCPU should run): resumeIo() looks at every queue.
+    if (this.ioPaused) return;
     const queue = this.queues[index];
     if (!(this.status & STATUS_DRIVER_OK) || this.status & STATUS_DEVICE_NEEDS_RESET || !queue || !this.regs[index].ready) {
       this.notifiesIgnored++;

@@ -19,6 +19,7 @@
 
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
+import { SnapshotError, type Plain, type StateReader } from "../../snapshot/state.js";
 
 /** Descriptor flags (2.7.5). */
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -59,6 +60,14 @@ export interface QueueConfig {
   eventIdx: boolean;
   /** VIRTIO_F_INDIRECT_DESC negotiated. */
   indirect: boolean;
+}
+
+/** A queue's free-running device-side counters: what a snapshot keeps of a live queue (its rings are in guest RAM). */
+export interface QueueIndices {
+  lastAvail: number;
+  usedIdx: number;
+  signalledUsed: number;
+  pendingUsed: boolean;
 }
 
 export class QueueStats {
@@ -181,6 +190,67 @@ export class VirtQueue {
 
   get size(): number {
     return this.cfg.size;
+  }
+
+  /** The device-side counters (another thread's queue starts from them, a snapshot saves them). */
+  get indices(): QueueIndices {
+    return { lastAvail: this.lastAvail, usedIdx: this.usedIdx, signalledUsed: this.signalledUsed, pendingUsed: this.pendingUsed };
+  }
+
+  /**
+   * Requests taken from the ring and not given back yet (popped, not pushed):
+   * what a device holds (net's receive buffers, balloon's stats buffer) or
+   * has in hand.
+   */
+  get inFlight(): number {
+    return (this.lastAvail - this.usedIdx) & 0xffff;
+  }
+
+  /** Plain state: the indices (the rings themselves are guest RAM, saved with it). */
+  saveState(): Plain {
+    return { ...this.indices };
+  }
+
+  /**
+   * Indices read back from a snapshot (untrusted): each a 16-bit counter, and
+   * no more requests in flight than the queue has entries. Throws SnapshotError.
+   */
+  static readIndices(r: StateReader, size: number): QueueIndices {
+    const ix: QueueIndices = {
+      lastAvail: r.int("lastAvail", 0, 0xffff),
+      usedIdx: r.int("usedIdx", 0, 0xffff),
+      signalledUsed: r.int("signalledUsed", 0, 0xffff),
+      pendingUsed: r.bool("pendingUsed"),
+    };
+    const inFlight = (ix.lastAvail - ix.usedIdx) & 0xffff;
+    r.check(inFlight <= size, `lastAvail ${ix.lastAvail} is ${inFlight} requests ahead of usedIdx ${ix.usedIdx}, more than the queue size ${size}`);
+    return ix;
+  }
+
+  /** Start from these indices (a restored queue, or the one another thread served): checked by readIndices or our own. */
+  setIndices(ix: QueueIndices): void {
+    const ok = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffff;
+    if (!ok(ix.lastAvail) || !ok(ix.usedIdx) || !ok(ix.signalledUsed) || ((ix.lastAvail - ix.usedIdx) & 0xffff) > this.cfg.size) {
+      throw new RangeError(`queue ${this.index}: bad indices ${JSON.stringify(ix)}`);
+    }
+    this.lastAvail = ix.lastAvail;
+    this.usedIdx = ix.usedIdx;
+    this.signalledUsed = ix.signalledUsed;
+    this.pendingUsed = ix.pendingUsed;
+  }
+
+  /**
+   * The chain at `head` parsed again from the descriptor table: a request a
+   * device had taken and not completed when its state was saved (the driver
+   * may not touch its descriptors until it is used, 2.7.13). Throws
+   * QueueBroken for a head out of range and ChainError for a malformed chain,
+   * as pop() would meet them.
+   */
+  chainAt(head: number): DescriptorChain {
+    if (!Number.isInteger(head) || head < 0 || head >= this.cfg.size) {
+      throw new QueueBroken(`queue ${this.index}: head index ${head} out of range (size ${this.cfg.size})`);
+    }
+    return this.parseChain(head);
   }
 
   /** Where the queue lives and what was negotiated for it (another thread builds its own VirtQueue from this). */
@@ -352,4 +422,35 @@ export class VirtQueue {
   private broken(e: unknown): unknown {
     return e instanceof GuestMemoryError ? new QueueBroken(`queue ${this.index}: ring outside guest RAM`) : e;
   }
+}
+
+// ---- restoring a device's hold on its queues (snapshots) ---------------------------
+
+/** Restore check for a device that holds no request once paused: nothing in flight on `q`. */
+export function checkNoneInFlight(r: StateReader, q: VirtQueue | undefined): void {
+  if (q && q.inFlight !== 0) {
+    throw new SnapshotError(`${r.path}: queue ${q.index} has ${q.inFlight} requests in flight, and this device holds none once paused`);
+  }
+}
+
+/**
+ * The chains a device held on `q` (saved as their heads under `key`), parsed
+ * again: distinct heads below the queue size, exactly as many as the queue
+ * has in flight, each a well-formed chain. Throws SnapshotError naming the field.
+ */
+export function readHeldChains(r: StateReader, key: string, q: VirtQueue): DescriptorChain[] {
+  const heads = r.ints(key, q.size, 0, q.size - 1);
+  const field = `${r.path}.${key}`;
+  if (new Set(heads).size !== heads.length) throw new SnapshotError(`${field}: a head is held twice`);
+  if (heads.length !== q.inFlight) {
+    throw new SnapshotError(`${field}: ${heads.length} requests held, but queue ${q.index} has ${q.inFlight} in flight`);
+  }
+  return heads.map((head, i) => {
+    try {
+      return q.chainAt(head);
+    } catch (e) {
+      if (e instanceof ChainError || e instanceof QueueBroken) throw new SnapshotError(`${field}[${i}]: ${e.message}`);
+      throw e;
+    }
+  });
 }

@@ -7,7 +7,8 @@
 import { randomFillSync } from "node:crypto";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_RNG } from "./virtio.js";
-import { ChainError, type VirtQueue } from "./queue.js";
+import { ChainError, checkNoneInFlight, type VirtQueue } from "./queue.js";
+import type { Plain, StateReader } from "../../snapshot/state.js";
 
 /** At most this much per request, so a guest asking for gigabytes gets it in pieces. */
 const MAX_REQUEST_BYTES = 64 * 1024;
@@ -54,5 +55,14 @@ export class VirtioRng implements VirtioDevice {
 
   reset(): void {
     this.queues = [];
+  }
+
+  /** Nothing of its own: every request is completed within its notify. */
+  saveState(): Plain {
+    return {};
+  }
+
+  restoreState(r: StateReader): void {
+    checkNoneInFlight(r, this.queues[0]);
   }
 }

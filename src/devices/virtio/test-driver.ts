@@ -11,6 +11,7 @@ import { GuestMemory, type SharedGuestMemory } from "../../memory/guest-memory.j
 import { VirtioMmio } from "./mmio.js";
 import type { VirtioDevice } from "./virtio.js";
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1 } from "./virtio.js";
+import { StateReader, type Plain } from "../../snapshot/state.js";
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT, DESC_SIZE, ringAreaSizes } from "./queue.js";
 
 export const TEST_RAM = 0x8000_0000n;
@@ -81,6 +82,33 @@ export class TestDriver {
     this.rings = layout.rings ?? TEST_RAM;
     this.heapStart = this.heap = layout.heap ?? TEST_RAM + 0x10_0000n;
     this.heapEnd = layout.heapEnd;
+  }
+
+  /**
+   * A driver for `device`, a new device restored from a snapshot: a new
+   * transport on the same guest memory, this driver's view of the rings and
+   * its heap carried over (as a guest's driver goes on after a restore).
+   */
+  static restored(device: VirtioDevice, from: TestDriver, layout: Pick<TestDriverLayout, "deviceMem" | "shared"> = {}): TestDriver {
+    const d = new TestDriver(device, from.mem, { ...layout, rings: from.rings, heap: from.heapStart, heapEnd: from.heapEnd });
+    d.queues = from.queues.map((q) => ({ ...q }));
+    d.heap = from.heap;
+    return d;
+  }
+
+  /** pauseIo, saveState, and the state through JSON as a snapshot file would carry it. */
+  async snapshot(): Promise<Plain> {
+    await this.transport.pauseIo();
+    return JSON.parse(JSON.stringify(this.transport.saveState())) as Plain;
+  }
+
+  /** Snapshot this driver's device, restore it into `device` (same configuration) and resume: the new driver. */
+  async snapshotInto(device: VirtioDevice, layout: Pick<TestDriverLayout, "deviceMem" | "shared"> = {}): Promise<TestDriver> {
+    const state = await this.snapshot();
+    const d = TestDriver.restored(device, this, layout);
+    d.transport.restoreState(new StateReader(state, device.name));
+    d.transport.resumeIo();
+    return d;
   }
 
   reg(offset: number): number {

@@ -8,6 +8,7 @@
 
 import type { GuestMemory, SharedGuestMemory } from "../../memory/guest-memory.js";
 import type { VirtQueue } from "./queue.js";
+import type { Plain, StateReader } from "../../snapshot/state.js";
 
 /** Device IDs (virtio 1.2, 5 "Device Types"). */
 export const VIRTIO_ID_NET = 1;
@@ -71,6 +72,39 @@ export interface VirtioDevice {
   syncStats?(): void;
   /** Per-device lines for `--stats` beyond the per-queue counts. */
   statsLines?(): string[];
+
+  // ---- snapshots (src/snapshot/state.ts): the transport drives these ----
+
+  /**
+   * The VM is pausing for a snapshot: finish or park the requests in flight
+   * and take no new ones until resumeIo(). Once it resolves no thread of the
+   * device touches guest memory (the snapshot copies RAM now) and saveState()
+   * sees the true ring indices. Host input (network frames, console bytes)
+   * may still arrive; it waits. Also called, without waiting, on a freshly
+   * built device before a restore activates it: nothing is in flight there,
+   * and it must start no I/O until resumeIo().
+   */
+  pauseIo?(): Promise<void>;
+  /** Go on after pauseIo() (or after a restore). */
+  resumeIo?(): void;
+  /**
+   * The device's own state beyond the transport's (which saves status,
+   * features and every queue's registers and indices): requests it holds, as
+   * head indices per queue, and state the driver or host set. Never the
+   * backend (disk, network), which the caller reopens from the VM's
+   * definition. Called after pauseIo().
+   */
+  saveState?(): Plain;
+  /**
+   * Apply saved state (untrusted: every value checked, SnapshotError naming
+   * the field otherwise) to a freshly built device. The transport calls it
+   * after it rebuilt the queues with their indices and, when the driver was
+   * running (DRIVER_OK without DEVICE_NEEDS_RESET), activate()d the device;
+   * otherwise the device is not active and held requests mean nothing (a
+   * reset comes before it is used). Held requests are taken again with
+   * VirtQueue.chainAt().
+   */
+  restoreState?(r: StateReader): void;
 }
 
 /** What the transport gives an active device. */
