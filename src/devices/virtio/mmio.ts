@@ -321,7 +321,7 @@ export class VirtioMmio implements MmioDevice {
       throw new SnapshotError(`${r.path}.deviceId: a snapshot of device type ${deviceId}, this device is type ${this.device.deviceId}`);
     }
     const status = r.int("status", 0, 0xff);
-    r.check((status & ~STATUS_BITS) === 0, `status 0x${status.toString(16)} has bits no device sets`);
+    if (status & ~STATUS_BITS) throw new SnapshotError(`${r.path}.status: 0x${status.toString(16)} has bits no device sets`);
     const driverFeatures = r.u64("driverFeatures");
     const s = {
       status,
