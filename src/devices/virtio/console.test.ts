@@ -151,3 +151,53 @@ test("virtio-console input backlog is bounded; keystrokes one at a time are kept
   assert.equal(dec(d2.mem.read(d2.bufferAddr(RX, a, 0), 5)) + dec(d2.mem.read(d2.bufferAddr(RX, b, 0), 12)), typed);
   assert.deepEqual(con2.statsLines(), ["console0: out 0 B, in 17 B, 0 B waiting, 0 bytes dropped"]);
 });
+
+import { SnapshotError, StateReader, bytes } from "../../snapshot/state.js";
+
+test("virtio-console snapshot: pending input survives, output and input go on after restore", async () => {
+  const { d, con, text } = setup({ size: { cols: 80, rows: 24 }, features: VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_SIZE });
+  d.add(TX, [{ data: enc("before ") }]);
+  d.kick(TX);
+  assert.equal(text(), "before ");
+  d.used(TX);
+  con.input(enc("typed ahead"));
+  // A receive buffer too small for all of it: the rest waits.
+  const r1 = d.add(RX, [{ writeLen: 5 }]);
+  d.kick(RX);
+  assert.deepEqual(d.used(RX), [{ id: r1, len: 5 }]);
+  const state = await d.snapshot();
+
+  const out2: string[] = [];
+  const con2 = new VirtioConsole({ name: "console0", output: (b) => out2.push(dec(b)), size: { cols: 100, rows: 30 } });
+  const d2 = TestDriver.restored(con2, d);
+  d2.ackInterrupts();
+  d2.transport.restoreState(new StateReader(state, "console0"));
+  d2.transport.resumeIo();
+  assert.equal(con2.inputBacklog, " ahead".length);
+  assert.equal(d2.reg(0x60) & 2, 2, "the guest hears that the terminal is another size now");
+  const r2 = d2.add(RX, [{ writeLen: 64 }]);
+  d2.kick(RX);
+  assert.deepEqual(d2.used(RX), [{ id: r2, len: 6 }]);
+  assert.equal(dec(d2.mem.read(d2.bufferAddr(RX, r2, 0), 6)), " ahead");
+  d2.add(TX, [{ data: enc("after") }]);
+  d2.kick(TX);
+  assert.equal(out2.join(""), "after");
+  assert.equal(d2.used(TX).length, 1);
+});
+
+test("virtio-console snapshot: tampered state is refused", async () => {
+  const { d } = setup();
+  const state = (await d.snapshot()) as { [k: string]: any };
+  const cases: [(s: any) => void, RegExp][] = [
+    [(s) => (s.device.input = bytes(new Uint8Array(CONSOLE_INPUT_LIMIT + 1))), /console0\.device\.input: 1048577 bytes, at most 1048576 allowed/],
+    [(s) => (s.device.input = "not base64!"), /console0\.device\.input: expected base64 bytes/],
+    [(s) => (s.device.cols = -1), /console0\.device\.cols: expected an integer 0\.\.65535/],
+    [(s) => (s.queues[1].indices.lastAvail = 1), /console0\.device: queue 1 has 1 requests in flight/],
+  ];
+  for (const [tamper, message] of cases) {
+    const bad = structuredClone(state);
+    tamper(bad);
+    const d2 = TestDriver.restored(new VirtioConsole({ name: "console0", output() {} }), d);
+    assert.throws(() => d2.transport.restoreState(new StateReader(bad, "console0")), (e: unknown) => e instanceof SnapshotError && message.test(e.message));
+  }
+});

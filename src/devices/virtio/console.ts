@@ -15,7 +15,8 @@
 
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_CONSOLE } from "./virtio.js";
-import { ChainError, type VirtQueue } from "./queue.js";
+import { ChainError, checkNoneInFlight, type VirtQueue } from "./queue.js";
+import { bytes, type Plain, type StateReader } from "../../snapshot/state.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { formatBytes } from "./format-bytes.js";
 
@@ -139,6 +140,33 @@ export class VirtioConsole implements VirtioDevice {
   reset(): void {
     this.ctx = undefined;
     this.queues = undefined;
+  }
+
+  /**
+   * Snapshot: the host input not yet delivered (at most CONSOLE_INPUT_LIMIT
+   * bytes) and the terminal size the guest was told. No request is ever held
+   * (both queues are served within a notify or poll); the counters are not
+   * saved (a restored VM counts from zero).
+   */
+  saveState(): Plain {
+    return { input: bytes(this.peekInput(this.inputBytes)), cols: this.cols, rows: this.rows };
+  }
+
+  restoreState(r: StateReader): void {
+    const input = r.bytes("input", CONSOLE_INPUT_LIMIT);
+    const cols = r.int("cols", 0, 0xffff);
+    const rows = r.int("rows", 0, 0xffff);
+    checkNoneInFlight(r, this.queues?.[RX_QUEUE]);
+    checkNoneInFlight(r, this.queues?.[TX_QUEUE]);
+    // The saved input goes first; anything typed since this device was built follows it, within the bound.
+    const later = this.peekInput(this.inputBytes).slice();
+    this.input_ = [];
+    this.inputOffset = 0;
+    this.inputBytes = 0;
+    if (input.length > 0) this.input(input);
+    if (later.length > 0) this.input(later);
+    // The terminal now may differ from the one the guest was told of: tell it.
+    if (this.features & VIRTIO_CONSOLE_F_SIZE && (cols !== this.cols || rows !== this.rows)) this.ctx?.configChanged();
   }
 
   notify(index: number): void {
