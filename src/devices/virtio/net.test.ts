@@ -687,3 +687,85 @@ test("virtio-net GUEST_TSO with MRG_RXBUF: a super-frame larger than the whole r
   assert.equal(net.stats.rxSuperFrames, 0);
   assert.equal(net.rxBacklog, 0);
 });
+
+import { SnapshotError, StateReader } from "../../snapshot/state.js";
+
+test("virtio-net snapshot: held receive buffers are taken again by head, the backlog is dropped, traffic goes on", async () => {
+  const { d, net, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF);
+  const t = d.add(TX, [{ data: new Uint8Array(VIRTIO_NET_HDR_SIZE) }, { data: frame(60, 2) }]);
+  d.kick(TX);
+  assert.deepEqual(d.used(TX), [{ id: t, len: 0 }]);
+  const a = d.add(RX, [{ writeLen: 1024 }]);
+  const b = d.add(RX, [{ writeLen: 1024 }]);
+  d.kick(RX);
+  be.deliver(frame(3000, 1));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [], "two buffers held, the frame waits");
+  assert.equal(net.rxBacklog, 1);
+  const state = (await d.snapshot()) as { [k: string]: any };
+  assert.deepEqual(state.device.rxHeld, [a, b]);
+  be.deliver(frame(100, 9));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [], "nothing is delivered while paused");
+
+  const be2 = new FakeBackend();
+  const net2 = new VirtioNet(be2, { name: "net0", mac: MAC });
+  const d2 = TestDriver.restored(net2, d);
+  d2.transport.restoreState(new StateReader(state, "net0"));
+  d2.transport.resumeIo();
+  assert.equal(net2.rxBacklog, 0, "the frame waiting at the snapshot was dropped");
+  assert.deepEqual(be2.offloads.at(-1), { csum: false, tso4: false, tso6: false }, "the reopened backend hears the guest's offloads");
+  be2.deliver(frame(3000, 3));
+  d2.transport.poll();
+  assert.deepEqual(d2.used(RX), [], "still two buffers held");
+  const c = d2.add(RX, [{ writeLen: 2048 }]);
+  d2.kick(RX);
+  assert.deepEqual(d2.used(RX), [{ id: a, len: 1024 }, { id: b, len: 1024 }, { id: c, len: 964 }]);
+  assert.equal(numBuffers(readHeader(d2, a)), 3);
+  assert.deepEqual(d2.mem.read(d2.bufferAddr(RX, a, 0) + BigInt(VIRTIO_NET_HDR_SIZE), 16), frame(3000, 3).subarray(0, 16));
+  const t2 = d2.add(TX, [{ data: new Uint8Array(VIRTIO_NET_HDR_SIZE) }, { data: frame(60, 4) }]);
+  d2.kick(TX);
+  assert.deepEqual(d2.used(TX), [{ id: t2, len: 0 }]);
+  assert.deepEqual(be2.sent, [frame(60, 4)]);
+  assert.deepEqual(d2.warnings, []);
+});
+
+test("virtio-net snapshot: without MRG_RXBUF posted buffers are used after restore", async () => {
+  const { d } = setup(BASE);
+  const a = d.add(RX, [{ writeLen: 2048 }]);
+  d.kick(RX);
+  const be2 = new FakeBackend();
+  const d2 = await d.snapshotInto(new VirtioNet(be2, { name: "net0", mac: MAC }));
+  be2.deliver(frame(200, 5));
+  d2.transport.poll();
+  assert.deepEqual(d2.used(RX), [{ id: a, len: VIRTIO_NET_HDR_SIZE + 200 }]);
+});
+
+test("virtio-net snapshot: tampered held heads are refused", async () => {
+  const { d, be } = setup(BASE | VIRTIO_NET_F_MRG_RXBUF);
+  d.add(RX, [{ writeLen: 1024 }]);
+  d.add(RX, [{ writeLen: 1024 }]);
+  d.kick(RX);
+  be.deliver(frame(3000, 1));
+  d.transport.poll();
+  const state = (await d.snapshot()) as { [k: string]: any };
+  const cases: [(s: any) => void, RegExp][] = [
+    [(s) => (s.device.rxHeld = [0, 16]), /net0\.device\.rxHeld\[1\]: expected an integer 0\.\.15, got 16/],
+    [(s) => (s.device.rxHeld = [0, 0]), /net0\.device\.rxHeld: a head is held twice/],
+    [(s) => (s.device.rxHeld = [0]), /net0\.device\.rxHeld: 1 requests held, but queue 0 has 2 in flight/],
+    [(s) => (s.queues[0].indices.lastAvail = 3), /net0\.device\.rxHeld: 2 requests held, but queue 0 has 3 in flight/],
+    [(s) => (s.device.rxHeld = [0, 2]), /net0\.device\.rxHeld\[1\]: head 2 is not a receive buffer/],
+    [(s) => (s.device.rxHeld = "0,1"), /net0\.device\.rxHeld: expected an array/],
+    [(s) => (s.device.linkUp = "up"), /net0\.device\.linkUp: expected true or false/],
+    [(s) => (s.driverFeatures = "0x100000000000000"), /net0\.driverFeatures: bits 0x100000000000000 were never offered/],
+  ];
+  // Descriptor 2 of the receive table: a device-readable buffer, never a held receive buffer.
+  d.writeDesc(d.queueLayout(RX).desc, 2, d.queueLayout(RX).desc, 16, 0, 0);
+  for (const [tamper, message] of cases) {
+    const bad = structuredClone(state);
+    tamper(bad);
+    const d2 = TestDriver.restored(new VirtioNet(new FakeBackend(), { name: "net0", mac: MAC }), d);
+    assert.throws(() => d2.transport.restoreState(new StateReader(bad, "net0")), (e: unknown) => e instanceof SnapshotError && message.test(e.message));
+    assert.equal(d2.status, 0);
+  }
+});

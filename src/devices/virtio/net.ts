@@ -61,7 +61,8 @@
 
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_NET } from "./virtio.js";
-import { ChainError, type DescriptorChain, type VirtQueue } from "./queue.js";
+import { ChainError, checkNoneInFlight, readHeldChains, type DescriptorChain, type VirtQueue } from "./queue.js";
+import { SnapshotError, type Plain, type StateReader } from "../../snapshot/state.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { MAX_GSO_FRAME_BYTES, type FrameMeta, type GuestOffloads, type NetBackend } from "../../backends/net/net-backend.js";
 import { formatBytes } from "./format-bytes.js";
@@ -161,6 +162,8 @@ export class VirtioNet implements VirtioDevice {
   private heldFrom: VirtQueue | undefined;
   private rxPaused = false;
   private closed = false;
+  /** pauseIo() to resumeIo(): the rings are left alone (frames from the backend wait in the backlog). */
+  private ioPaused = false;
 
   constructor(
     private readonly backend: NetBackend,
@@ -245,7 +248,59 @@ export class VirtioNet implements VirtioDevice {
     this.backend.close();
   }
 
+  // --- snapshots ---
+
+  /** Nothing is in hand between notifies: pausing only stops delivery, and frames from the backend wait. */
+  async pauseIo(): Promise<void> {
+    this.ioPaused = true;
+  }
+
+  resumeIo(): void {
+    this.ioPaused = false;
+    if (this.rxBacklog > 0) this.ctx?.requestPoll();
+  }
+
+  /**
+   * The receive buffers held (taken from the ring, waiting for enough of them
+   * for a frame) as their heads, and the link state the guest was told.
+   * Not saved:
+   * - the receive backlog: frames from the host not yet in guest buffers are
+   *   dropped at a snapshot, packet loss the guest's TCP recovers from (as
+   *   QEMU, which keeps no such queue across migration either);
+   * - mergeable buffers and the offloads: they follow from the negotiated
+   *   features, which the transport restores and hands to activate() again
+   *   (which tells the reopened backend the guest's offloads);
+   * - the counters (a restored VM counts from zero); the backend, reopened by the caller.
+   */
+  saveState(): Plain {
+    const q = this.queues?.[RX_QUEUE];
+    return { linkUp: this.linkUp, rxHeld: q && this.heldFrom === q ? this.held.map((c) => c.head) : [] };
+  }
+
+  restoreState(r: StateReader): void {
+    const linkUp = r.bool("linkUp");
+    const rx = this.queues?.[RX_QUEUE];
+    let held: DescriptorChain[] = [];
+    if (rx) {
+      held = readHeldChains(r, "rxHeld", rx);
+      held.forEach((c, i) => {
+        // Only such chains are ever held (takeRxChain).
+        if (c.readableLength !== 0 || c.writableLength < VIRTIO_NET_HDR_SIZE) {
+          throw new SnapshotError(`${r.path}.rxHeld[${i}]: head ${c.head} is not a receive buffer (${c.readableLength} readable, ${c.writableLength} writable bytes)`);
+        }
+      });
+    } else {
+      r.ints("rxHeld", QUEUE_SIZE, 0, QUEUE_SIZE - 1); // not running: nothing to hold, but the field must make sense
+    }
+    checkNoneInFlight(r, this.queues?.[TX_QUEUE]);
+    // The guest was told this link state already: no config interrupt.
+    this.linkUp = linkUp;
+    this.held = held;
+    this.heldFrom = rx;
+  }
+
   notify(index: number): void {
+    if (this.ioPaused) return;
     if (index === TX_QUEUE) this.transmit();
     else if (index === RX_QUEUE) this.deliver();
   }
@@ -347,7 +402,7 @@ export class VirtioNet implements VirtioDevice {
   /** Move backlog frames into receive buffers while there are buffers for them. */
   private deliver(): void {
     const q = this.queues?.[RX_QUEUE];
-    if (!q) return;
+    if (!q || this.ioPaused) return;
     if (this.heldFrom !== q) {
       // Buffers held from a queue the driver stopped since (QueueReady = 0,
       // perhaps then set up again: another queue) are not ours to fill or to
