@@ -495,3 +495,38 @@ test("virtio-blk: the request queue is the one live when notified (set up after 
   for (let i = 0; i < 5; i++) assert.deepEqual(readSectors(s, 3, 512), pattern(512, 1));
   assert.equal(s.d.status & 0x40, 0, "no DEVICE_NEEDS_RESET");
 });
+
+import { SnapshotError, StateReader } from "../../snapshot/state.js";
+
+test("virtio-blk snapshot: a request submitted before the snapshot completes after restore, and the indices go on", async () => {
+  const s = setup();
+  writeSectors(s, 0, pattern(1024, 1));
+  // Made available (the kick is lost with the old VM): the restored device serves it on resume.
+  const w = s.d.add(Q, [{ data: header(VIRTIO_BLK_T_OUT, 4) }, { data: pattern(512, 2) }, { writeLen: 1 }]);
+  const state = (await s.d.snapshot()) as { [k: string]: any };
+  assert.deepEqual(state.queues[0].indices, { lastAvail: 1, usedIdx: 1, signalledUsed: 1, pendingUsed: false });
+  const blk2 = new VirtioBlk(s.disk, { name: "blk0", serial: "tsvisor-disk0" });
+  const d2 = TestDriver.restored(blk2, s.d);
+  d2.transport.restoreState(new StateReader(state, "blk0"));
+  assert.deepEqual(d2.used(Q), [], "nothing happens before resumeIo");
+  d2.transport.resumeIo();
+  assert.deepEqual(d2.used(Q), [{ id: w, len: 1 }]);
+  const s2 = { d: d2, blk: blk2, disk: s.disk };
+  assert.deepEqual(readSectors(s2, 0, 1024), pattern(1024, 1));
+  assert.deepEqual(readSectors(s2, 4, 512), pattern(512, 2));
+  assert.equal(d2.mem.readU16(d2.queueLayout(Q).used + 2n), 4);
+  assert.deepEqual(d2.warnings, []);
+});
+
+test("virtio-blk snapshot: a request in flight in the state is refused (blk holds none once paused)", async () => {
+  const s = setup();
+  writeSectors(s, 0, pattern(512, 1));
+  const state = (await s.d.snapshot()) as { [k: string]: any };
+  state.queues[0].indices.lastAvail = 3;
+  const d2 = TestDriver.restored(new VirtioBlk(s.disk, { name: "blk0", serial: "x" }), s.d);
+  assert.throws(() => d2.transport.restoreState(new StateReader(state, "blk0")),
+    (e: unknown) => e instanceof SnapshotError && /blk0\.device: queue 0 has 2 requests in flight/.test(e.message));
+  state.queues[0].indices.lastAvail = 1;
+  state.queues[0].num = 512;
+  assert.throws(() => d2.transport.restoreState(new StateReader(state, "blk0")), /blk0\.queues\[0\]: ready with size 512 \(a power of 2 up to 256\)/);
+});

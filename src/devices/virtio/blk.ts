@@ -36,7 +36,8 @@
 import { basename } from "node:path";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_BLOCK } from "./virtio.js";
-import { ChainError, type DescriptorChain, type VirtQueue } from "./queue.js";
+import { ChainError, checkNoneInFlight, type DescriptorChain, type VirtQueue } from "./queue.js";
+import type { Plain, StateReader } from "../../snapshot/state.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { DiskImageError, type DiskImage } from "../../backends/disk/disk.js";
 import { formatBytes } from "./format-bytes.js";
@@ -203,6 +204,20 @@ export class VirtioBlk implements VirtioDevice {
 
   close(): void {
     this.disk.close();
+  }
+
+  /**
+   * Nothing of its own: every request taken is completed within its notify
+   * (pauseIo has nothing to wait for), the negotiated features are the
+   * transport's and come back through activate(), the disk is reopened by
+   * the caller. The counters are not saved (a restored VM counts from zero).
+   */
+  saveState(): Plain {
+    return {};
+  }
+
+  restoreState(r: StateReader): void {
+    checkNoneInFlight(r, this.queues[0]);
   }
 
   statsLines(): string[] {
