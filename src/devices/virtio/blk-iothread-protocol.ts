@@ -8,7 +8,7 @@ import type { PageStoreHandle } from "../../memory/manager/page-store.js";
 import type { CacheMode } from "../../backends/disk/types.js";
 import type { FramePoolHandle } from "../../memory/frame-pool.js";
 import type { P2mHandle } from "../../memory/p2m.js";
-import type { QueueConfig } from "./queue.js";
+import type { QueueConfig, QueueIndices } from "./queue.js";
 import type { MessagePort } from "node:worker_threads";
 
 /** Control words (Int32Array indices). */
@@ -19,7 +19,15 @@ export const C_ACK = 3;      // I/O thread: quiesces done so far (notified)
 export const C_IRQ = 4;      // I/O thread: the driver wants the used-buffer interrupt
 export const C_IRQ_SEQ = 5;  // I/O thread: bumped and notified with C_IRQ, and when the thread ends
 export const C_ALIVE = 6;    // I/O thread: 1 while its loop runs
-export const CONTROL_WORDS = 8;
+/** I/O thread, written before it counts C_ACK up for a quiesce that dropped a
+ *  queue: that queue's indices (so the main thread's VirtQueue, which a
+ *  snapshot saves, is up to date), C_IDX_STATE 1 (2: the rings had broken). */
+export const C_IDX_STATE = 7;
+export const C_LAST_AVAIL = 8;
+export const C_USED_IDX = 9;
+export const C_SIGNALLED_USED = 10;
+export const C_PENDING_USED = 11;
+export const CONTROL_WORDS = 12;
 
 /** Counters (Float64Array indices) the I/O thread publishes after each batch:
  *  the request queue's since it went live, then the device's since it opened. */
@@ -45,8 +53,8 @@ export interface IoThreadData {
 }
 
 export type ToIoThread =
-  /** The request queue is live: serve it in this RAM (`pool` when it is not the one attached before). */
-  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig }
+  /** The request queue is live: serve it in this RAM (`pool` when it is not the one attached before), from these indices. */
+  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig; indices: QueueIndices }
   /** Leave guest memory alone (C_STOP is set): drop the queue, count C_ACK up. */
   | { kind: "quiesce" }
   /** Close the disk and end. */

@@ -24,7 +24,7 @@ import { VirtioBlk } from "./blk.js";
 import { VirtQueue, QueueStats, QueueBroken, ChainError } from "./queue.js";
 import type { VirtioContext } from "./virtio.js";
 import {
-  C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
+  C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
   type IoThreadData, type ToIoThread, type FromIoThread,
 } from "./blk-iothread-protocol.js";
 
@@ -76,6 +76,8 @@ class IoThread {
     const mem = new GuestMemory(p2m);
     this.queueStats = new QueueStats();
     this.queue = new VirtQueue(0, msg.queue, mem, () => this.interrupt(), this.queueStats);
+    // From where the main thread's queue is: 0 for a new one, further on after a pause or a restore.
+    this.queue.setIndices(msg.indices);
     const ctx: VirtioContext = { mem, configChanged() {}, requestPoll() {}, usedBuffer() {}, needsReset() {} };
     this.blk.activate(ctx, [this.queue], msg.features);
     this.broken = false;
@@ -84,6 +86,16 @@ class IoThread {
   }
 
   private quiesce(): void {
+    const q = this.queue;
+    if (q) {
+      // Where the queue stands, for the main thread's copy of it (a snapshot saves that one).
+      const ix = q.indices;
+      Atomics.store(this.ctl, C_LAST_AVAIL, ix.lastAvail);
+      Atomics.store(this.ctl, C_USED_IDX, ix.usedIdx);
+      Atomics.store(this.ctl, C_SIGNALLED_USED, ix.signalledUsed);
+      Atomics.store(this.ctl, C_PENDING_USED, ix.pendingUsed ? 1 : 0);
+      Atomics.store(this.ctl, C_IDX_STATE, this.broken ? 2 : 1);
+    }
     this.blk.reset();
     this.queue = undefined;
     this.publishStats();

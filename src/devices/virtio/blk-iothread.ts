@@ -24,10 +24,12 @@ import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
 import { DiskImageError } from "../../backends/disk/types.js";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_BLOCK } from "./virtio.js";
-import type { VirtQueue, QueueStats } from "./queue.js";
+import { checkNoneInFlight, type VirtQueue, type QueueStats } from "./queue.js";
+import type { Plain, StateReader } from "../../snapshot/state.js";
 import { QUEUE_SIZE, blkStatsLine, type BlkStats, type VirtioBlkOptions } from "./blk.js";
 import {
   C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, CONTROL_WORDS, STAT_WORDS,
+  C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED,
   QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
   type IoThreadData, type IoThreadDiskSpec, type FromIoThread, type ToIoThread,
 } from "./blk-iothread-protocol.js";
@@ -54,6 +56,14 @@ export class IoThreadBlk implements VirtioDevice {
   private negotiated = 0n;
   /** The queue the thread serves now (undefined: it touches no guest memory). */
   private served: VirtQueue | undefined;
+  /** The queue last told to stop: the thread's indices go back into it once it has (stopped()). */
+  private stopping: VirtQueue | undefined;
+  /** pauseIo() to resumeIo(): the thread holds no queue and none is handed to it. */
+  private ioPaused = false;
+  /** pauseIo() waiting for the thread: an interrupt it asks for meanwhile is raised, not dropped. */
+  private pausing = false;
+  /** pauseIo() and resumeIo() calls so far: a pause that ends after a later call leaves things to it. */
+  private pauses = 0;
   /** The pool memory the thread has attached (sent once per pool). */
   private attachedPool: WebAssembly.Memory | undefined;
   /** The transport's counts of the last queue served, and their values when it went live. */
@@ -137,13 +147,13 @@ export class IoThreadBlk implements VirtioDevice {
     if (!ctx.shared) return ctx.needsReset(`${this.name}: its I/O thread needs the VM's RAM shared (a VM in a host)`);
     if (this.ended) return ctx.needsReset(this.ended);
     const q = queues[0];
-    if (q) this.serve(q);
+    if (q && !this.ioPaused) this.serve(q);
   }
 
   notify(index: number): void {
     // The queue is looked up each time, as blk.ts does: the driver may have set it up again since.
     const q = index === 0 ? this.queues[0] : undefined;
-    if (!q || !this.ctx?.shared || this.ended) return;
+    if (!q || !this.ctx?.shared || this.ended || this.ioPaused) return;
     if (q !== this.served) this.serve(q);
     Atomics.store(this.ctl, C_KICK, 1);
     this.wake();
@@ -165,7 +175,13 @@ export class IoThreadBlk implements VirtioDevice {
     this.ctx = undefined;
     this.queues = [];
     this.sendStop();
-    if (!this.stopPending()) return this.stopped();
+    await this.waitStopped();
+    this.stopped();
+  }
+
+  /** Until every stop sent is acknowledged (awaited: the main thread serves on). */
+  private async waitStopped(): Promise<void> {
+    if (!this.stopPending()) return;
     // A pending Atomics.waitAsync does not keep the process alive; the thread does, while we wait for it.
     this.worker.ref();
     try {
@@ -176,7 +192,52 @@ export class IoThreadBlk implements VirtioDevice {
     } finally {
       if (!this.closing) this.worker.unref();
     }
+  }
+
+  // ---- snapshots -----------------------------------------------------------------------
+
+  /**
+   * The thread finishes the request in hand (the rest stay in the ring), lets
+   * go of the queue and reports its indices, which go into the transport's
+   * VirtQueue (saved by the transport's saveState). An interrupt it asked
+   * for on the way is raised, so InterruptStatus is saved with it.
+   */
+  async pauseIo(): Promise<void> {
+    const mine = ++this.pauses;
+    this.ioPaused = true;
+    this.pausing = true;
+    this.sendStop();
+    await this.waitStopped();
+    // Resumed (or paused again) meanwhile: the thread may serve again, this pause is over.
+    if (mine !== this.pauses) return;
+    this.pausing = false;
+    if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0) this.ctx?.usedBuffer(0);
     this.stopped();
+  }
+
+  /** Hand the queue to the thread again, from the indices it reported (or the restored ones). */
+  resumeIo(): void {
+    if (!this.ioPaused) return;
+    this.pauses++;
+    this.ioPaused = false;
+    this.pausing = false;
+    const q = this.queues[0];
+    if (q && this.ctx?.shared && !this.ended) this.serve(q);
+  }
+
+  /**
+   * Nothing of its own: after pauseIo() the thread holds no request, and
+   * the queue's indices are the transport's VirtQueue's (the thread starts
+   * from them again on resume or restore). Negotiated features come back
+   * through activate(); the disk is reopened by the caller; counters are not saved.
+   */
+  saveState(): Plain {
+    if (this.served) throw new Error(`${this.name}: saveState() while its I/O thread serves the queue (pauseIo() first)`);
+    return {};
+  }
+
+  restoreState(r: StateReader): void {
+    checkNoneInFlight(r, this.queues[0]);
   }
 
   /** Wait for the request in flight, close the disk in the thread and end it. */
@@ -208,9 +269,13 @@ export class IoThreadBlk implements VirtioDevice {
     this.statsOf = q.stats;
     this.statsBase = Object.fromEntries(QUEUE_STAT_KEYS.map((k) => [k, q.stats[k]])) as typeof this.statsBase;
     Atomics.store(this.ctl, C_STOP, 0);
+    Atomics.store(this.ctl, C_IDX_STATE, 0);
     const pool = shared.pool.memory === this.attachedPool ? undefined : shared.pool;
     this.attachedPool = shared.pool.memory;
-    this.post({ kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, pages: shared.pages, features: this.negotiated, queue: { ...q.config } });
+    this.post({
+      kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, pages: shared.pages, features: this.negotiated,
+      queue: { ...q.config }, indices: q.indices,
+    });
     this.served = q;
     this.activations++;
   }
@@ -218,6 +283,7 @@ export class IoThreadBlk implements VirtioDevice {
   /** Tell the thread to let go of guest memory (no wait). */
   private sendStop(): void {
     if (!this.served) return;
+    this.stopping = this.served;
     this.served = undefined;
     Atomics.store(this.ctl, C_STOP, 1);
     this.post({ kind: "quiesce" });
@@ -244,6 +310,17 @@ export class IoThreadBlk implements VirtioDevice {
   private stopped(): void {
     Atomics.store(this.ctl, C_IRQ, 0);
     this.syncStats();
+    const q = this.stopping;
+    this.stopping = undefined;
+    const state = Atomics.exchange(this.ctl, C_IDX_STATE, 0);
+    if (!q || state === 0) return;
+    // The thread's queue went this far: the transport's copy (what a snapshot saves) follows.
+    q.setIndices({
+      lastAvail: Atomics.load(this.ctl, C_LAST_AVAIL), usedIdx: Atomics.load(this.ctl, C_USED_IDX),
+      signalledUsed: Atomics.load(this.ctl, C_SIGNALLED_USED), pendingUsed: Atomics.load(this.ctl, C_PENDING_USED) !== 0,
+    });
+    // Broken rings the thread's message has not told of yet (a pause came first): DEVICE_NEEDS_RESET now.
+    if (state === 2 && this.pausing) this.ctx?.needsReset(`${this.name}: its I/O thread found the request queue broken`);
   }
 
   private post(msg: ToIoThread): void {
@@ -260,7 +337,7 @@ export class IoThreadBlk implements VirtioDevice {
   private async serveInterrupts(): Promise<void> {
     for (;;) {
       const seen = Atomics.load(this.ctl, C_IRQ_SEQ);
-      if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0 && this.served) this.ctx?.usedBuffer(0);
+      if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0 && (this.served || this.pausing)) this.ctx?.usedBuffer(0);
       if (Atomics.load(this.ctl, C_ALIVE) !== 1) return;
       const r = waitAsync(this.ctl, C_IRQ_SEQ, seen);
       if (r.async) await r.value;
