@@ -497,3 +497,95 @@ test("virtio-balloon: a used ring broken under a discard sets DEVICE_NEEDS_RESET
   assert.ok(d.status & STATUS_DEVICE_NEEDS_RESET);
   assert.ok(d.warnings.some((w) => w.includes("needs a reset")));
 });
+
+import { SnapshotError, StateReader } from "../../snapshot/state.js";
+
+test("virtio-balloon snapshot: pauseIo lets the discard under way finish; target, balloon and held stats buffer come back", async () => {
+  const { dev, d, mem, tick } = setup({ statsIntervalMs: 1000 });
+  const stats = d.add(STATSQ, [{ data: statsBuffer([[4, 4096n]]) }]);
+  d.kick(STATSQ);
+  dev.setTarget(8 * 4096);
+  const a = d.add(INFLATEQ, [{ data: pfnBuffer(range(FREE_PFN, 4)) }]);
+  d.kick(INFLATEQ);
+  await settle();
+  assert.deepEqual(d.used(INFLATEQ), [{ id: a, len: 0 }]);
+  mem.manual = true;
+  const b = d.add(INFLATEQ, [{ data: pfnBuffer([FREE_PFN + 10]) }]);
+  d.kick(INFLATEQ);
+  const c = d.add(DEFLATEQ, [{ data: pfnBuffer([FREE_PFN]) }]);
+  d.kick(DEFLATEQ);
+  d.transport.write(0x104, 4, 4n); // the driver says what it holds (actual)
+  const pausing = d.transport.pauseIo();
+  mem.release();
+  await pausing;
+  await settle();
+  assert.deepEqual(d.used(INFLATEQ), [{ id: b, len: 0 }], "the request in hand completed");
+  assert.deepEqual(d.used(DEFLATEQ), [], "no new request taken while paused");
+  tick(5000);
+  d.transport.poll();
+  assert.deepEqual(d.used(STATSQ), [], "the stats buffer is not given back while paused");
+  const state = JSON.parse(JSON.stringify(d.transport.saveState()));
+  assert.deepEqual(state.device.ballooned, [FREE_PFN, 4, FREE_PFN + 10, 1]);
+  assert.deepEqual(state.device.statsHeld, [stats]);
+  assert.equal(state.device.numPages, 8);
+  assert.equal(state.device.actual, 4);
+  assert.equal(state.device.guest.freeBytes, 4096);
+
+  const mem2 = new FakeMemory();
+  let clock = 5_000_000;
+  const dev2 = new VirtioBalloon(mem2, { statsIntervalMs: 1000, now: () => clock });
+  const d2 = TestDriver.restored(dev2, d);
+  d2.transport.restoreState(new StateReader(state, "balloon0"));
+  assert.deepEqual(mem2.take(), [], "the memory manager's own state comes with guest memory, not from the balloon");
+  d2.transport.resumeIo();
+  assert.deepEqual(d2.used(DEFLATEQ), [{ id: c, len: 0 }], "the deflate made available before the snapshot is done");
+  assert.deepEqual(mem2.take(), [{ op: "reclaim", pfns: [FREE_PFN] }]);
+  assert.equal(dev2.target, 8 * 4096);
+  assert.equal(Number(d2.transport.read(0x104, 4)), 4);
+  assert.equal(dev2.stats().balloonedPages, 4);
+  assert.equal(dev2.guestStats().freeBytes, 4096);
+  d2.transport.poll();
+  assert.deepEqual(d2.used(STATSQ), [], "fresh figures are asked for an interval after the restore");
+  clock += 1000;
+  d2.transport.poll();
+  assert.deepEqual(d2.used(STATSQ), [{ id: stats, len: 0 }], "the held stats buffer is given back by head");
+  // A reset gives back what the restored balloon holds.
+  d2.setReg(0x70, 0);
+  assert.deepEqual(mem2.take(), [{ op: "reclaim", pfns: [FREE_PFN + 1, FREE_PFN + 2, FREE_PFN + 3, FREE_PFN + 10] }]);
+  assert.deepEqual(d2.warnings, []);
+});
+
+test("virtio-balloon snapshot: tampered state is refused", async () => {
+  const { dev, d } = setup({ statsIntervalMs: 1000 });
+  d.add(STATSQ, [{ data: statsBuffer([[4, 4096n]]) }]);
+  d.kick(STATSQ);
+  d.add(INFLATEQ, [{ data: pfnBuffer(range(FREE_PFN, 2)) }]);
+  d.kick(INFLATEQ);
+  await settle();
+  assert.equal(dev.stats().balloonedPages, 2);
+  const state = (await d.snapshot()) as { [k: string]: any };
+  const ramPages = RAM_BYTES / 4096;
+  const cases: [(s: any) => void, RegExp][] = [
+    [(s) => (s.device.ballooned = [1, 1]), /balloon0\.device\.ballooned\[0\]: pages 0x1\+1 are not guest RAM/],
+    [(s) => (s.device.ballooned = [FREE_PFN, 2, FREE_PFN + 1, 1]), /balloon0\.device\.ballooned\[2\]: ranges must be non-empty and in increasing order/],
+    [(s) => (s.device.ballooned = [FREE_PFN, 0]), /ranges must be non-empty/],
+    [(s) => (s.device.ballooned = [FREE_PFN]), /balloon0\.device\.ballooned: expected \[first PFN, count\] pairs/],
+    [(s) => (s.device.ballooned = [BASE_PFN, ramPages + 1]), /balloon0\.device\.ballooned: more pages than guest RAM has/],
+    [(s) => (s.device.ballooned = [-1, 1]), /balloon0\.device\.ballooned\[0\]: expected an integer 0\.\./],
+    [(s) => (s.device.numPages = ramPages + 1), /balloon0\.device\.numPages: expected an integer 0\.\.1024/],
+    [(s) => (s.device.statsHeld = [128]), /balloon0\.device\.statsHeld\[0\]: expected an integer 0\.\.15/],
+    [(s) => (s.device.statsHeld = []), /balloon0\.device\.statsHeld: 0 requests held, but queue 2 has 1 in flight/],
+    [(s) => (s.device.statsHeld = [0, 1]), /balloon0\.device\.statsHeld: 2 requests held, but queue 2 has 1/],
+    [(s) => (s.device.guest = { freeBytes: "lots" }), /balloon0\.device\.guest\.freeBytes: expected a number >= 0/],
+    [(s) => (s.queues[0].indices.lastAvail = 2), /balloon0\.device: queue 0 has 1 requests in flight/],
+    [(s) => delete s.device.actual, /balloon0\.device\.actual: missing/],
+  ];
+  for (const [tamper, message] of cases) {
+    const bad = structuredClone(state);
+    tamper(bad);
+    const mem2 = new FakeMemory();
+    const d2 = TestDriver.restored(new VirtioBalloon(mem2), d);
+    assert.throws(() => d2.transport.restoreState(new StateReader(bad, "balloon0")), (e: unknown) => e instanceof SnapshotError && message.test(e.message), message.source);
+    assert.deepEqual(mem2.take(), [], "nothing half-restored to give back");
+  }
+});

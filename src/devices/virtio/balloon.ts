@@ -19,7 +19,8 @@
 
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import { VIRTIO_ID_BALLOON } from "./virtio.js";
-import { ChainError, QueueBroken, type DescriptorChain, type VirtQueue } from "./queue.js";
+import { ChainError, QueueBroken, checkNoneInFlight, readHeldChains, type DescriptorChain, type VirtQueue } from "./queue.js";
+import { SnapshotError, type Plain, type StateReader } from "../../snapshot/state.js";
 import { GuestMemoryError } from "../../memory/guest-memory.js";
 import { formatBytes } from "./format-bytes.js";
 
@@ -203,6 +204,8 @@ export class VirtioBalloon implements VirtioDevice {
   private stopped = false;
   /** Bumped by reset() and quiesce(): work begun before must not touch the new rings. */
   private generation = 0;
+  /** pauseIo() to resumeIo(): no request is taken and no stats buffer given back (the one in hand completes). */
+  private ioPaused = false;
 
   /**
    * Pages in the balloon, by PFN: inflated (including the request whose
@@ -341,10 +344,11 @@ export class VirtioBalloon implements VirtioDevice {
     // probe sets DRIVER_OK (drivers/virtio/virtio_balloon.c), and the transport
     // drops notifications before DRIVER_OK (mmio.ts): without a look now the
     // buffer would sit there unseen, and Linux sends no other until it is used.
-    if (this.roles.includes("stats")) this.takeStats();
+    if (this.roles.includes("stats") && !this.ioPaused) this.takeStats();
   }
 
   notify(index: number): void {
+    if (this.ioPaused) return;
     const role = this.roles[index];
     if (role === "stats") this.takeStats();
     else if (role !== undefined) this.pump();
@@ -389,6 +393,96 @@ export class VirtioBalloon implements VirtioDevice {
     while (this.busy) await this.busy;
   }
 
+  // --- snapshots --------------------------------------------------------------
+
+  /** The discard under way ends and its request completes; no other is taken until resumeIo(). */
+  async pauseIo(): Promise<void> {
+    this.ioPaused = true;
+    while (this.busy) await this.busy;
+  }
+
+  /** The transport's resumeIo() then looks at every queue (pump, takeStats). */
+  resumeIo(): void {
+    this.ioPaused = false;
+  }
+
+  /**
+   * After pauseIo(): the target, what the driver says it holds (`actual`),
+   * the pages in the balloon (as [first PFN, count] pairs, flattened), the
+   * stats buffer held (its head) and the guest's last statistics. The memory
+   * manager's own record of those pages (their frames given back) is saved
+   * with guest memory, not here. Not saved: the counters (inflated, refused
+   * ...: a restored VM counts from zero), when stats were last requested
+   * (a clock of another process: the next request comes an interval after
+   * the restore), and the turn between queues (fairness only).
+   */
+  saveState(): Plain {
+    if (this.busy) throw new Error(`${this.name}: saveState() with a discard under way (pauseIo() first)`);
+    const pfns = [...this.ballooned].sort((a, b) => a - b);
+    const ranges: number[] = [];
+    for (const pfn of pfns) {
+      const n = ranges.length;
+      if (n > 0 && ranges[n - 2] + ranges[n - 1] === pfn) ranges[n - 1]++;
+      else ranges.push(pfn, 1);
+    }
+    const held = this.statsHeld;
+    const guest: { [key: string]: number } = {};
+    for (const key of GUEST_STAT_KEYS) if (this.guest[key] !== undefined) guest[key] = this.guest[key];
+    return {
+      numPages: this.numPages,
+      actual: this.actual,
+      ballooned: ranges,
+      statsHeld: held && this.queues[held.q.index] === held.q ? [held.chain.head] : [],
+      guest,
+    };
+  }
+
+  restoreState(r: StateReader): void {
+    // Everything is checked before anything is applied.
+    const numPages = r.int("numPages", 0, this.ramPages);
+    const actual = r.int("actual", 0, 0xffff_ffff);
+    const flat = r.ints("ballooned", 2 * this.ramPages, 0, 0xffff_ffff);
+    const field = `${r.path}.ballooned`;
+    if (flat.length % 2 !== 0) throw new SnapshotError(`${field}: expected [first PFN, count] pairs`);
+    const ballooned: number[] = [];
+    let end = 0;
+    for (let i = 0; i < flat.length; i += 2) {
+      const [first, count] = [flat[i], flat[i + 1]];
+      if (count === 0 || first < end) throw new SnapshotError(`${field}[${i}]: ranges must be non-empty and in increasing order`);
+      if (ballooned.length + count > this.ramPages) throw new SnapshotError(`${field}: more pages than guest RAM has (${this.ramPages})`);
+      if (!this.memory.isRam(pfnToGpa(first), count * BALLOON_PAGE_SIZE)) {
+        throw new SnapshotError(`${field}[${i}]: pages 0x${first.toString(16)}+${count} are not guest RAM`);
+      }
+      for (let pfn = first; pfn < first + count; pfn++) ballooned.push(pfn);
+      end = first + count;
+    }
+    const g = r.obj("guest");
+    const guest: BalloonGuestStats = {};
+    for (const key of GUEST_STAT_KEYS) if (g.has(key)) guest[key] = g.num(key, 0);
+    let statsHeld: { q: VirtQueue; chain: DescriptorChain } | undefined;
+    if (this.ctx) {
+      this.roles.forEach((role, index) => {
+        const q = this.queues[index];
+        if (role !== "stats") return checkNoneInFlight(r, q);
+        if (!q) return void r.ints("statsHeld", 0, 0, 0);
+        const chains = readHeldChains(r, "statsHeld", q);
+        if (chains.length > 1) throw new SnapshotError(`${r.path}.statsHeld: the device holds one stats buffer at most`);
+        if (chains[0] && chains[0].writableLength > 0) throw new SnapshotError(`${r.path}.statsHeld[0]: a stats buffer is device-readable only`);
+        if (chains[0]) statsHeld = { q, chain: chains[0] };
+      });
+    } else {
+      r.ints("statsHeld", 1, 0, 0xffff); // no driver running: nothing held, but the field must make sense
+    }
+
+    this.numPages = numPages;
+    this.actual = actual;
+    this.ballooned.clear();
+    for (const pfn of ballooned) this.ballooned.add(pfn);
+    this.guest = guest;
+    this.statsHeld = statsHeld;
+    this.lastStatsRequest = statsHeld ? this.now() : undefined;
+  }
+
   queueStopped(index: number): void {
     if (this.roles[index] === "stats") this.statsHeld = undefined;
   }
@@ -397,7 +491,7 @@ export class VirtioBalloon implements VirtioDevice {
 
   /** Take requests from the inflate, deflate and reporting queues in turn until they are empty or one has to wait. */
   private pump(): void {
-    if (this.busy || this.stopped || !this.ctx) return;
+    if (this.busy || this.stopped || !this.ctx || this.ioPaused) return;
     const touched = new Set<VirtQueue>();
     try {
       for (let progress = true; progress && !this.busy; ) {
@@ -651,7 +745,7 @@ export class VirtioBalloon implements VirtioDevice {
 
   private requestStatsIfDue(): void {
     const held = this.statsHeld;
-    if (!held || this.statsIntervalMs === 0 || this.stopped) return;
+    if (!held || this.statsIntervalMs === 0 || this.stopped || this.ioPaused) return;
     const now = this.now();
     if (this.lastStatsRequest !== undefined && now - this.lastStatsRequest < this.statsIntervalMs) return;
     this.statsHeld = undefined;
@@ -662,6 +756,12 @@ export class VirtioBalloon implements VirtioDevice {
     held.q.notifyDriver();
   }
 }
+
+/** The guest statistics a snapshot keeps (all of BalloonGuestStats). */
+const GUEST_STAT_KEYS = [
+  "swapIn", "swapOut", "majorFaults", "minorFaults", "freeBytes", "totalBytes", "availableBytes", "cachesBytes",
+  "hugetlbAllocations", "hugetlbFailures", "updatedAt",
+] as const satisfies readonly (keyof BalloonGuestStats)[];
 
 function pfnToGpa(pfn: number): bigint {
   return BigInt(pfn) << BigInt(BALLOON_PAGE_SHIFT);
