@@ -12,6 +12,9 @@
 //   usedBuffer(0)         <-- C_IRQ -----    notifyDriver (EVENT_IDX decides)
 //   reset / queue stopped -- C_STOP + "quiesce", wait for C_ACK (synchronous)
 //   VM teardown           -- the same, awaited (quiesce())
+//   snapshot pause        -- the same, awaited (pauseIo()); the thread writes its queue's
+//                            indices into control words, the main thread's VirtQueue takes them
+//   resume / restore      -- "activate" with the queue's indices: the thread goes on from them
 //   close                 -- "close": the thread closes the disk and ends
 //
 // A reset returns only once the thread has finished the request in hand and

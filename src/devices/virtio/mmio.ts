@@ -18,6 +18,11 @@
 // Only the modern interface: a driver that does not accept VIRTIO_F_VERSION_1
 // does not get FEATURES_OK (4.2.2.2 and 2.2.1). The registers are 32 bits
 // wide; the configuration space takes 8, 16 and 32-bit accesses.
+//
+// Snapshots (src/snapshot/state.ts): pauseIo() stops device work, saveState()
+// gives the registers, each live queue's indices and the device's own state
+// as plain data; restoreState() applies them, checked as untrusted input, to
+// a freshly built transport and device, which stay paused until resumeIo().
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
 import { GuestMemoryError, type GuestMemory, type SharedGuestMemory } from "../../memory/guest-memory.js";
