@@ -116,6 +116,12 @@ export function setIrqLine(h: usize, line: u32, level: u32): void {
   atomic.store<u64>(h + <usize>off, level != 0 ? 1 : 0);
   postRequestTo(h, REQ_IRQ);
 }
+/** The level of a device interrupt line as last set (0 or 1): the hart block
+ *  is the one place it lives (the ACLINT's msip register reads it back). */
+export function getIrqLine(h: usize, line: u32): u32 {
+  const off = line == IRQ_LINE_MEIP ? LINE_MEIP_OFF : line == IRQ_LINE_SEIP ? LINE_SEIP_OFF : LINE_MSIP_OFF;
+  return atomic.load<u64>(h + <usize>off) != 0 ? 1 : 0;
+}
 
 // The platform timer (ACLINT MTIMER mtime) as this hart sees it. It advances by
 // one every TICK_INSNS retired instructions, so time is a pure function of the

@@ -24,6 +24,8 @@ export interface CoreExports {
   tlbFlush(h: number): void;
   /** Callable from any thread: stores the level atomically and posts REQ_IRQ. */
   setIrqLine(h: number, line: number, level: number): void;
+  /** The line's level as last set (0 or 1), read atomically (any thread). */
+  getIrqLine(h: number, line: number): number;
   /** Atomically OR REQ_* bits into hart `h`'s request word (any thread). */
   postRequest(h: number, bits: number): void;
   getTime(h: number): bigint;
