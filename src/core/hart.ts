@@ -94,6 +94,10 @@ export const TLB_SUPER_FILLS_OFF: u32 = 968;
 export const REQ_OFF: u32 = 976;
 // Host address of the VM's shared u64 time floor (time.ts), 0 = none.
 export const TIME_FLOOR_OFF: u32 = 984;
+// Host address of the VM's dirty log (src/memory/dirty-log.ts), 0 = off: a
+// bitmap of u32 words, one bit per page of the p2m window, that every p2m
+// lookup for a write sets (p2m.ts). Kept across a hart reset.
+export const DIRTY_LOG_OFF: u32 = 992;
 
 // Software TLB (tlb.ts): three direct-mapped arrays (fetch, load, store).
 export const TLB_OFF: u32 = 1024;

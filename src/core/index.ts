@@ -10,7 +10,7 @@
 import * as hart from "./hart";
 import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF,
   SBI_MODE_OFF, HTIF_TOHOST_OFF, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF,
-  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF, TIME_FLOOR_OFF, MIE_OFF } from "./hart";
+  LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF, TIME_FLOOR_OFF, DIRTY_LOG_OFF, MIE_OFF } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 import { csrReadRaw, csrWriteRaw, csrSetBits } from "./csr";
 import { resetHart } from "./reset";
@@ -27,7 +27,7 @@ import { hostSetTime } from "./time";
 export {
   X_OFF, F_OFF, FFLAGS_OFF, FRM_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, SATP_OFF, TIME_OFF, MCYCLE_OFF, MINSTRET_OFF,
   RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF, RUN_INSNS_OFF,
-  REQ_OFF, TIME_FLOOR_OFF, HART_STATE_SIZE,
+  REQ_OFF, TIME_FLOOR_OFF, DIRTY_LOG_OFF, HART_STATE_SIZE,
 } from "./hart";
 export {
   EXIT_BUDGET, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SBI, EXIT_WFI, EXIT_P2M_FAULT, EXIT_HTIF, EXIT_HALT, EXIT_KICK,
@@ -116,6 +116,12 @@ export function setIrqLine(h: usize, line: u32, level: u32): void {
   atomic.store<u64>(h + <usize>off, level != 0 ? 1 : 0);
   postRequestTo(h, REQ_IRQ);
 }
+/** The level of a device interrupt line as last set (0 or 1): the hart block
+ *  is the one place it lives (the ACLINT's msip register reads it back). */
+export function getIrqLine(h: usize, line: u32): u32 {
+  const off = line == IRQ_LINE_MEIP ? LINE_MEIP_OFF : line == IRQ_LINE_SEIP ? LINE_SEIP_OFF : LINE_MSIP_OFF;
+  return atomic.load<u64>(h + <usize>off) != 0 ? 1 : 0;
+}
 
 // The platform timer (ACLINT MTIMER mtime) as this hart sees it. It advances by
 // one every TICK_INSNS retired instructions, so time is a pure function of the
@@ -134,6 +140,17 @@ export function setTimeShared(h: usize, addr: usize): bool {
   store<u64>(h, <u64>addr, TIME_FLOOR_OFF);
   return true;
 }
+/** Log this hart's writes to guest RAM in the VM's dirty bitmap at host
+ *  address `addr` (one bit per page of the p2m window, u32 words; 0: off).
+ *  Only stores that look up the p2m set bits, not store TLB hits: flush the
+ *  hart's TLB after turning the log on (and after clearing bits). False, and
+ *  nothing changed, when `addr` is not 4-byte aligned (wasm atomics). */
+export function setDirtyLog(h: usize, addr: usize): bool {
+  if ((addr & 3) != 0) return false;
+  store<u64>(h, <u64>addr, DIRTY_LOG_OFF);
+  return true;
+}
+
 export function getMtimecmp(h: usize): u64 { return load<u64>(h, MTIMECMP_OFF); }
 export function setMtimecmp(h: usize, v: u64): void { store<u64>(h, v, MTIMECMP_OFF); }
 export function setTickInsns(h: usize, n: u32): void {

@@ -8,7 +8,7 @@
 // guest-physical address outside the window is device space: accesses there
 // become MMIO exits, as a KVM memslot miss does.
 
-import { H, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF } from "./hart";
+import { H, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF, DIRTY_LOG_OFF } from "./hart";
 
 export const P2M_PRESENT: u32 = 1; // mapped and readable
 export const P2M_WRITABLE: u32 = 2; // writes allowed (clear for copy-on-write, dirty logging)
@@ -37,7 +37,16 @@ export function p2mLookup(gpa: u64, write: bool): usize {
   const at = <usize>load<u64>(H, P2M_TABLE_OFF) + ((<usize>idx) << 2);
   const e = atomic.load<u32>(at);
   if ((e & P2M_PRESENT) == 0) return P2M_FAULT;
-  if (write && (e & P2M_WRITABLE) == 0) return P2M_FAULT;
+  if (write) {
+    if ((e & P2M_WRITABLE) == 0) return P2M_FAULT;
+    // Dirty logging (hart.ts DIRTY_LOG_OFF): the page's bit in the VM's
+    // bitmap, atomically as other harts and the host set bits in the same
+    // words. Off, this is one load and a branch. Stores that hit the store
+    // TLB skip this lookup: the host flushes the TLBs when it starts the log
+    // or clears bits, so the first store to a page after that comes here.
+    const log = <usize>load<u64>(H, DIRTY_LOG_OFF);
+    if (log != 0) atomic.or<u32>(log + ((<usize>(idx >> 5)) << 2), (<u32>1) << (<u32>idx & 31));
+  }
   // A compare-and-swap, not a store: the host may be changing the entry
   // (taking the frame away) at this moment, and must not see it revived.
   if ((e & P2M_ACCESSED) == 0) atomic.cmpxchg<u32>(at, e, e | P2M_ACCESSED);

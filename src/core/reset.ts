@@ -9,7 +9,7 @@
 import {
   H, wr, X_OFF, P2M_TABLE_OFF, PC_OFF, PRIV_OFF, MSTATUS_OFF, MHARTID_OFF, MTIMECMP_OFF, STIMECMP_OFF,
   TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, JIT_CACHE_OFF, PRV_M, MSTATUS_XLEN64, rd,
-  REQ_OFF, TIME_FLOOR_OFF, LINE_MEIP_OFF, RES_VALID_OFF,
+  REQ_OFF, TIME_FLOOR_OFF, DIRTY_LOG_OFF, LINE_MEIP_OFF, RES_VALID_OFF,
 } from "./hart";
 import { tlbFlushAll, updateTlbContext } from "./tlb";
 import { REQ_EXIT } from "./requests";
@@ -21,11 +21,13 @@ export function resetHart(hartId: u64, resetPc: u64): void {
   memory.fill(H + X_OFF, 0, LINE_MEIP_OFF - X_OFF);
   memory.fill(H + RES_VALID_OFF, 0, P2M_TABLE_OFF - RES_VALID_OFF);
   const timeFloor = rd(TIME_FLOOR_OFF);
+  const dirtyLog = rd(DIRTY_LOG_OFF); // the host's logging outlives a guest's hart reset
   memory.fill(H + RUN_REASON_OFF, 0, REQ_OFF - RUN_REASON_OFF);
   memory.fill(H + REQ_OFF + 8, 0, TLB_OFF - REQ_OFF - 8);
   atomic.and<u32>(H + REQ_OFF, REQ_EXIT);
   wr(JIT_CACHE_OFF, jitCache);
   wr(TIME_FLOOR_OFF, timeFloor);
+  wr(DIRTY_LOG_OFF, dirtyLog);
   wr(PC_OFF, resetPc);
   wr(PRIV_OFF, PRV_M);
   // XLEN is 64 in every mode (UXL = SXL = 2).

@@ -69,6 +69,7 @@ export class GuestMemory {
     this.forEachPiece(gpa, data.length, (index, off, done, n) => {
       const host = this.p2m.writableFrame(index) + off;
       this.p2m.pool.bytes.set(data.subarray(done, done + n), host);
+      this.p2m.markDirty(index); // again, now the bytes are there (dirty-log.ts)
     });
     this.p2m.noteWritten(gpa, data.length);
   }
@@ -79,6 +80,7 @@ export class GuestMemory {
       if (readsAsZero(this.p2m.entry(index))) return;
       const host = this.p2m.writableFrame(index) + off;
       this.p2m.pool.bytes.fill(0, host, host + n);
+      this.p2m.markDirty(index);
     });
     this.p2m.noteWritten(gpa, len);
   }

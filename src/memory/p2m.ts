@@ -57,8 +57,10 @@ export const enum P2mCounter {
   BusyWaits = 6,
   /** A word nobody notifies: busy waits sleep on it. */
   Sleep = 7,
+  /** Host address (u32) of the dirty log's bitmap (dirty-log.ts), 0 = off. */
+  DirtyLog = 8,
 }
-const COUNTERS = 8;
+const COUNTERS = 9;
 const SHIFT = BigInt(PAGE_SHIFT);
 /** How long a thread sleeps before looking at a BUSY entry again. */
 const BUSY_WAIT_MS = 0.05;
@@ -242,7 +244,29 @@ export class P2m {
    *  (frame-pool.ts allocGuest), so a DMA in flight completes when guests
    *  have filled the pool. */
   writableFrame(index: number): HostAddress {
-    return entryFrame(this.resolve(index, true, true));
+    const frame = entryFrame(this.resolve(index, true, true));
+    this.markDirty(index);
+    return frame;
+  }
+
+  /** Host address of the dirty log's bitmap (dirty-log.ts) every thread's
+   *  P2m object sees, 0 while no log is on. */
+  get dirtyLog(): HostAddress {
+    return Atomics.load(this.counters, P2mCounter.DirtyLog) >>> 0;
+  }
+
+  /** Replace the published dirty log `expected` by `next` (0: none); false
+   *  when another thread changed it first. DirtyLog.start() and stop() use it. */
+  swapDirtyLog(expected: HostAddress, next: HostAddress): boolean {
+    return Atomics.compareExchange(this.counters, P2mCounter.DirtyLog, expected | 0, next | 0) === (expected | 0);
+  }
+
+  /** A host-side write to window frame `index`: set its bit in the dirty log
+   *  when one is on. writableFrame() does it before the write, GuestMemory
+   *  again after it (so a take() that ran in between cannot lose the write). */
+  markDirty(index: number): void {
+    const log = Atomics.load(this.counters, P2mCounter.DirtyLog);
+    if (log !== 0) Atomics.or(this.pool.words, (log >>> 2) + (index >>> 5), 1 << (index & 31));
   }
 
   /** Allocate every frame of the window now (no first-touch faults later). */

@@ -24,6 +24,8 @@ export interface CoreExports {
   tlbFlush(h: number): void;
   /** Callable from any thread: stores the level atomically and posts REQ_IRQ. */
   setIrqLine(h: number, line: number, level: number): void;
+  /** The line's level as last set (0 or 1), read atomically (any thread). */
+  getIrqLine(h: number, line: number): number;
   /** Atomically OR REQ_* bits into hart `h`'s request word (any thread). */
   postRequest(h: number, bits: number): void;
   getTime(h: number): bigint;
@@ -32,6 +34,10 @@ export interface CoreExports {
   /** Share the VM's u64 time floor at host address `addr` (8-aligned; 0 = none).
    *  Returns 0 (nothing changed) when misaligned. */
   setTimeShared(h: number, addr: number): number;
+  /** Log this hart's stores in the dirty bitmap at host address `addr` (one bit
+   *  per p2m window page, u32 words; 0 = off); flush its TLB after. Returns 0
+   *  (nothing changed) when `addr` is not 4-aligned. See memory/dirty-log.ts. */
+  setDirtyLog(h: number, addr: number): number;
   getMtimecmp(h: number): bigint;
   setMtimecmp(h: number, v: bigint): void;
   setTickInsns(h: number, n: number): void;
@@ -60,6 +66,8 @@ export interface CoreConstants {
   REQ_OFF: number; REQ_IRQ: number; REQ_SSIP: number; REQ_TLB_FLUSH: number; REQ_EXIT: number;
   /** Hart block field holding the host address of the shared time floor. */
   TIME_FLOOR_OFF: number;
+  /** Hart block field holding the host address of the dirty log (0 = off). */
+  DIRTY_LOG_OFF: number;
   MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
   P2M_PRESENT: number; P2M_WRITABLE: number; P2M_ACCESSED: number; P2M_SHARED: number;
   IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Aclint } from "./aclint.js";
 import type { Core } from "../../vcpu/core.js";
+import { SnapshotError, StateReader } from "../../snapshot/state.js";
 
 // A stand-in for the core: per-hart time, mtimecmp and MSIP line.
 function fakeCore(harts: number[]) {
@@ -13,6 +14,10 @@ function fakeCore(harts: number[]) {
       setIrqLine: (h: number, line: number, level: number) => {
         assert.equal(line, 3, "the MSIP line");
         msip.set(h, level);
+      },
+      getIrqLine: (h: number, line: number) => {
+        assert.equal(line, 3, "the MSIP line");
+        return msip.get(h)!;
       },
       getTime: (h: number) => BigInt.asIntN(64, time.get(h)!),
       setTime: (h: number, t: bigint) => void time.set(h, BigInt.asUintN(64, t)),
@@ -85,4 +90,23 @@ test("mtime with a VM clock: reads the clock, never below the time a hart alread
   assert.equal(clint.read(0xbffc, 4), 0n, "upper half");
   clock = 3_000n;
   assert.equal(clint.read(0xbff8, 8), 4_000n, "never below a hart's time");
+});
+
+test("msip has one home, the hart's MSIP line: a line set elsewhere (a restored hart block) reads back", () => {
+  const { core, msip } = fakeCore([H0, H1]);
+  const clint = new Aclint(core, [H0, H1]);
+  msip.set(H0, 1);
+  assert.equal(clint.read(0x0, 4), 1n);
+  clint.write(0x0, 4, 0n);
+  assert.equal(msip.get(H0), 0);
+  assert.equal(clint.read(0x0, 4), 0n);
+});
+
+test("snapshot: the ACLINT saves only its shape (its registers live in the harts) and refuses another", () => {
+  const { core } = fakeCore([H0, H1]);
+  const saved = JSON.parse(JSON.stringify(new Aclint(core, [H0, H1]).saveState()));
+  assert.deepEqual(saved, { harts: 2 });
+  new Aclint(core, [H0, H1]).restoreState(new StateReader(saved, "clint"));
+  assert.throws(() => new Aclint(core, [H0]).restoreState(new StateReader(saved, "clint")), (e: Error) => e instanceof SnapshotError && /^clint\.harts: /.test(e.message));
+  assert.throws(() => new Aclint(core, [H0]).restoreState(new StateReader(null, "clint")), SnapshotError);
 });

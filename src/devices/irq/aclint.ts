@@ -6,9 +6,12 @@
 //   +0xbff8            mtime     the platform timer
 // The compare and the interrupt lines live in the core (per hart), so the timer
 // check costs nothing per instruction here; this model only maps registers.
+// msip too is only the hart's MSIP line in its hart block (read back through
+// the core), so it has one home: a hart block saved or reset carries it.
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
 import { asU64, type Core } from "../../vcpu/core.js";
+import type { Plain, StateReader } from "../../snapshot/state.js";
 
 export const ACLINT_SIZE = 0x10000n;
 const MSIP_BASE = 0x0000;
@@ -17,10 +20,6 @@ const MTIME = 0xbff8;
 
 export class Aclint implements MmioDevice {
   readonly name = "clint";
-
-  /** Each hart's MSIP bit. ACLINT spec, MSWI chapter: a 32-bit WARL register, upper 31
-   *  bits wired to zero, bit 0 reflected in mip.MSIP; so it reads back. */
-  private readonly msip: Uint8Array;
 
   /** `kick(i)`: hart i's MSIP line rose (it may sleep on another thread).
    *  `now()`: the VM's real-time clock, when it has one; mtime reads it, as
@@ -31,13 +30,14 @@ export class Aclint implements MmioDevice {
     private readonly harts: number[],
     private readonly kick?: (index: number) => void,
     private readonly now?: () => bigint,
-  ) {
-    this.msip = new Uint8Array(harts.length);
-  }
+  ) {}
 
   read(offset: number, size: number): bigint {
     if (offset >= MSIP_BASE && offset < MSIP_BASE + 4 * this.harts.length) {
-      return (offset & 3) === 0 ? BigInt(this.msip[(offset - MSIP_BASE) >> 2]) : 0n;
+      // ACLINT spec, MSWI chapter: a 32-bit WARL register, upper 31 bits wired
+      // to zero, bit 0 reflected in mip.MSIP; so it reads back (from the hart block).
+      if ((offset & 3) !== 0) return 0n;
+      return BigInt(this.core.fn.getIrqLine(this.harts[(offset - MSIP_BASE) >> 2], this.core.k.IRQ_LINE_MSIP));
     }
     const reg = this.reg64(offset);
     if (reg === undefined) return 0n;
@@ -49,9 +49,9 @@ export class Aclint implements MmioDevice {
     if (offset >= MSIP_BASE && offset < MSIP_BASE + 4 * this.harts.length) {
       if ((offset & 3) !== 0) return;
       const index = (offset - MSIP_BASE) >> 2;
-      this.msip[index] = Number(value & 1n);
-      this.core.fn.setIrqLine(this.harts[index], this.core.k.IRQ_LINE_MSIP, this.msip[index]);
-      if (this.msip[index]) this.kick?.(index);
+      const level = Number(value & 1n);
+      this.core.fn.setIrqLine(this.harts[index], this.core.k.IRQ_LINE_MSIP, level);
+      if (level) this.kick?.(index);
       return;
     }
     const reg = this.reg64(offset);
@@ -64,6 +64,18 @@ export class Aclint implements MmioDevice {
     const shift = BigInt(8 * (offset & 4));
     const mask = 0xffff_ffffn << shift;
     reg.set((reg.get() & ~mask) | ((value & 0xffff_ffffn) << shift));
+  }
+
+  /** Nothing of its own: msip is each hart's MSIP line and mtimecmp/mtime
+   *  live in the hart blocks, all saved with the harts. The hart count is
+   *  saved so a snapshot cannot be restored onto an ACLINT of another shape. */
+  saveState(): Plain {
+    return { harts: this.harts.length };
+  }
+
+  /** Checks saveState()'s value; there is no output to drive (the lines are in the harts). */
+  restoreState(r: StateReader): void {
+    r.int("harts", this.harts.length, this.harts.length);
   }
 
   private reg64(offset: number): { get(): bigint; set(v: bigint): void } | undefined {

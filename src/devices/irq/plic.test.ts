@@ -3,6 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Plic, plicSize } from "./plic.js";
+import { SnapshotError, StateReader } from "../../snapshot/state.js";
 
 const prio = (s: number) => 4 * s;
 const enable = (c: number) => 0x2000 + 0x80 * c;
@@ -78,4 +79,55 @@ test("registers are WARL and bounded: priorities clip to 7, source 0 stays off, 
   assert.equal(r(claim(5)), 0);
   assert.equal(plic.read(prio(4), 8), 0n, "only 32-bit accesses");
   assert.throws(() => plic.setLevel(0, true), RangeError);
+});
+
+test("snapshot: mid-state survives a JSON round trip onto a new PLIC, outputs driven", () => {
+  const a = setup(2);
+  a.w(prio(3), 2);
+  a.w(prio(40), 5);
+  a.w(prio(100), 1);
+  a.w(enable(1), 1 << 3);
+  a.w(enable(1) + 4, 1 << 8); // source 40
+  a.w(enable(2) + 12, 1 << 4); // source 100 for hart 1's M context
+  a.w(threshold(3), 4);
+  a.plic.setLevel(3, true);
+  a.plic.setLevel(40, true);
+  a.plic.setLevel(100, true);
+  assert.equal(a.r(claim(1)), 40, "source 40 in service");
+  const saved = JSON.parse(JSON.stringify(a.plic.saveState()));
+
+  const b = setup(2);
+  b.plic.restoreState(new StateReader(saved, "plic"));
+  assert.deepEqual([0, 1, 2, 3].map((c) => b.lines.get(c)), [false, true, true, false], "every output driven");
+  for (const off of [prio(3), prio(40), prio(100), 0x1000, 0x1004, 0x100c, enable(1), enable(1) + 4, enable(2) + 12, threshold(3)]) {
+    assert.equal(b.r(off), a.r(off), `register ${off.toString(16)}`);
+  }
+  assert.equal(b.r(claim(1)), 3);
+  b.w(claim(1), 40); // completing the claimed source: its line is still high, pending again
+  assert.equal(b.r(0x1004) & (1 << 8), 1 << 8);
+  assert.equal(b.r(claim(1)), 40);
+});
+
+test("snapshot: tampered state is refused with a SnapshotError naming the field, nothing applied", () => {
+  const a = setup();
+  a.w(prio(5), 3);
+  const good = a.plic.saveState() as Record<string, unknown>;
+  const bad = (patch: Record<string, unknown>, match: RegExp) => {
+    const b = setup();
+    assert.throws(() => b.plic.restoreState(new StateReader({ ...good, ...patch }, "plic")), (e: Error) => e instanceof SnapshotError && match.test(e.message));
+    assert.equal(b.r(prio(5)), 0, "nothing applied");
+    assert.equal(b.lines.size, 0, "no output driven");
+  };
+  bad({ priority: [0, 8, ...Array(126).fill(0)] }, /^plic\.priority\[1\]: expected an integer 0\.\.7/);
+  bad({ priority: [1, ...Array(127).fill(0)] }, /^plic: priority: source 0/);
+  bad({ priority: [0, 1] }, /^plic: priority: 2 entries/);
+  bad({ pending: [0, 0, 0] }, /^plic: pending: 3 words/);
+  bad({ level: [0, -1, 0, 0] }, /^plic\.level\[1\]/);
+  bad({ pending: [1 << 4, 0, 0, 0], claimed: [1 << 4, 0, 0, 0] }, /both pending and claimed/);
+  bad({ enable: [0, 0, 0, 0] }, /^plic: enable: 4 words, this PLIC has 8/);
+  bad({ enable: [0, 0, 0, 0, 1, 0, 0, 0] }, /^plic: enable: source 0/);
+  bad({ threshold: [0, 9] }, /^plic\.threshold\[1\]/);
+  bad({ threshold: [0, 0, 0] }, /^plic\.threshold: 3 entries, at most 2/);
+  bad({ claimed: "x" }, /^plic\.claimed: expected an array/);
+  assert.throws(() => setup().plic.restoreState(new StateReader([], "plic")), SnapshotError);
 });

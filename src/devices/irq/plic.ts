@@ -14,6 +14,7 @@
 // completed (PLIC spec chapter "Interrupt Gateways").
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
+import type { Plain, StateReader } from "../../snapshot/state.js";
 
 export const PLIC_NUM_SOURCES = 127;
 export const PLIC_MAX_PRIORITY = 7;
@@ -102,6 +103,53 @@ export class Plic implements MmioDevice {
       else if (reg === 4) this.complete(c, v);
     }
     this.update();
+  }
+
+  /** Plain state: every register and the gateway's bits (u32 words of
+   *  source bits). The output callback is wiring, rebuilt by the machine. */
+  saveState(): Plain {
+    return {
+      priority: [...this.priority],
+      pending: [...this.pending],
+      claimed: [...this.claimed],
+      level: [...this.level],
+      enable: this.enable.flatMap((e) => [...e]), // context c's words at [c * WORDS, (c + 1) * WORDS)
+      threshold: [...this.threshold],
+    };
+  }
+
+  /** Restore saveState()'s value (untrusted: checked in full before anything
+   *  changes), then drive every context's output from it. */
+  restoreState(r: StateReader): void {
+    const words = (key: string) => {
+      const v = r.ints(key, WORDS, 0, 0xffff_ffff);
+      r.check(v.length === WORDS, `${key}: ${v.length} words, this PLIC has ${WORDS}`);
+      r.check((v[0] & 1) === 0, `${key}: source 0 does not exist`);
+      return v;
+    };
+    const priority = r.ints("priority", PLIC_NUM_SOURCES + 1, 0, PLIC_MAX_PRIORITY);
+    r.check(priority.length === PLIC_NUM_SOURCES + 1, `priority: ${priority.length} entries, this PLIC has ${PLIC_NUM_SOURCES + 1}`);
+    r.check(priority[0] === 0, "priority: source 0 does not exist");
+    const pending = words("pending");
+    const claimed = words("claimed");
+    const level = words("level");
+    r.check(pending.every((p, w) => (p & claimed[w]) === 0), "a source is both pending and claimed");
+    const enable = r.ints("enable", this.contexts * WORDS, 0, 0xffff_ffff);
+    r.check(enable.length === this.contexts * WORDS, `enable: ${enable.length} words, this PLIC has ${this.contexts * WORDS}`);
+    r.check(enable.every((e, i) => i % WORDS !== 0 || (e & 1) === 0), "enable: source 0 does not exist");
+    const threshold = r.ints("threshold", this.contexts, 0, PLIC_MAX_PRIORITY);
+    r.check(threshold.length === this.contexts, `threshold: ${threshold.length} contexts, this PLIC has ${this.contexts}`);
+    // Everything checked: apply.
+    this.priority.set(priority);
+    this.pending.set(pending);
+    this.claimed.set(claimed);
+    this.level.set(level);
+    this.enable.forEach((e, c) => e.set(enable.slice(c * WORDS, (c + 1) * WORDS)));
+    this.threshold.set(threshold);
+    for (let c = 0; c < this.contexts; c++) {
+      this.outputs[c] = this.best(c) !== 0;
+      this.output(c, this.outputs[c]);
+    }
   }
 
   /** Claim: the highest-priority pending source enabled for the context above

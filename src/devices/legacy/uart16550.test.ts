@@ -2,7 +2,8 @@
 // the THR-empty interrupt handshake, the divisor latch and loopback.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Uart16550 } from "./uart16550.js";
+import { Uart16550, UART_MAX_BACKLOG } from "./uart16550.js";
+import { SnapshotError, StateReader, bytes } from "../../snapshot/state.js";
 
 function setup() {
   const out: number[] = [];
@@ -83,4 +84,57 @@ test("accesses other than one byte are ignored", () => {
   uart.write(0, 4, 0x41n);
   assert.equal(out.length, 0);
   assert.equal(uart.read(5, 2), 0n);
+});
+
+test("snapshot: registers, FIFO, backlog and line survive a JSON round trip onto a new UART", () => {
+  const a = setup();
+  a.w(3, 0x80); a.w(0, 0x0c); a.w(1, 0x00); a.w(3, 0x03); // divisor 12, 8N1
+  a.w(2, 0x07);
+  a.w(4, 0x0b);
+  a.w(7, 0x5a);
+  a.w(1, 0x03); // RDA and THRE interrupts
+  a.uart.receive(new Uint8Array(20).map((_, i) => 0x41 + i)); // 16 in the FIFO, 4 waiting
+  assert.equal(a.r(0), 0x41);
+  assert.equal(a.line(), true);
+  const saved = JSON.parse(JSON.stringify(a.uart.saveState()));
+
+  const b = setup();
+  b.uart.restoreState(new StateReader(saved, "uart"));
+  assert.deepEqual(b.irq, [true], "the line driven to the restored level");
+  assert.equal(b.uart.rxWaiting, a.uart.rxWaiting);
+  for (const reg of [1, 3, 4, 5, 6, 7]) assert.equal(b.r(reg), a.r(reg), `register ${reg}`);
+  b.w(3, 0x83); a.w(3, 0x83);
+  assert.equal(b.r(0), a.r(0), "DLL");
+  assert.equal(b.r(1), a.r(1), "DLM");
+  b.w(3, 0x03); a.w(3, 0x03);
+  const drain = (u: ReturnType<typeof setup>) => { const got: number[] = []; while (u.r(5) & 1) got.push(u.r(0)); return got; };
+  const got = drain(b);
+  assert.deepEqual(got, drain(a));
+  assert.equal(got.length, 19);
+  // THR-empty was armed: IIR reports it, and reading it acknowledges it.
+  assert.equal(b.r(2) & 0x0f, 0x02);
+  assert.equal(b.line(), false);
+});
+
+test("snapshot: tampered state is refused with a SnapshotError naming the field, nothing applied", () => {
+  const a = setup();
+  a.w(7, 0x11);
+  const good = a.uart.saveState() as Record<string, unknown>;
+  const bad = (patch: Record<string, unknown>, match: RegExp) => {
+    const b = setup();
+    assert.throws(() => b.uart.restoreState(new StateReader({ ...good, ...patch }, "uart")), (e: Error) => e instanceof SnapshotError && match.test(e.message));
+    assert.equal(b.r(7), 0, "nothing applied");
+    assert.deepEqual(b.irq, [], "line untouched");
+  };
+  bad({ ier: 16 }, /^uart\.ier: expected an integer 0\.\.15/);
+  bad({ lcr: 256 }, /^uart\.lcr/);
+  bad({ fcr: 0x02 }, /^uart: fcr: 0x2 has bits/);
+  bad({ rx: bytes(new Uint8Array(17)) }, /^uart\.rx: /);
+  bad({ rx: "not base64!" }, /^uart\.rx: expected base64/);
+  bad({ backlog: bytes(new Uint8Array(UART_MAX_BACKLOG + 1)) }, /^uart\.backlog: /);
+  bad({ overrun: 1 }, /^uart\.overrun: expected true or false/);
+  bad({ irq: true }, /^uart: irq: true but the restored registers make the line low/);
+  bad({ ier: 2, thrIpending: true }, /^uart: irq: false but .* high/);
+  const { scr: _, ...noScr } = good;
+  assert.throws(() => setup().uart.restoreState(new StateReader(noScr, "uart")), /^SnapshotError: uart\.scr: missing/);
 });

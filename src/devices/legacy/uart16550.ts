@@ -10,6 +10,7 @@
 //   3: LCR                          7: SCR
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
+import { bytes, type Plain, type StateReader } from "../../snapshot/state.js";
 
 export const UART_SIZE = 0x100n;
 
@@ -31,6 +32,9 @@ const FCR_ENABLE = 0x01;
 const FCR_CLEAR_RX = 0x02;
 /** Bytes the receive FIFO holds; host input beyond it waits in `backlog`. */
 const RX_FIFO = 16;
+/** Most host input a snapshot keeps waiting beyond the FIFO (the host console
+ *  pauses its input at 64 KiB of backlog); a restore refuses more. */
+export const UART_MAX_BACKLOG = 1 << 20;
 
 export interface UartHost {
   /** A byte the guest transmitted. */
@@ -57,6 +61,47 @@ export class Uart16550 implements MmioDevice {
   private irq = false;
 
   constructor(private readonly host: UartHost) {}
+
+  /** Plain state: every register, the receive FIFO and the host input
+   *  waiting behind it (at most UART_MAX_BACKLOG bytes of it: the newest
+   *  beyond that are dropped, as an overrun would), the pending interrupt
+   *  sources and the line. The host callbacks are wiring. */
+  saveState(): Plain {
+    return {
+      ier: this.ier, lcr: this.lcr, mcr: this.mcr, fcr: this.fcr, scr: this.scr, dll: this.dll, dlm: this.dlm,
+      rx: bytes(Uint8Array.from(this.rx)),
+      backlog: bytes(Uint8Array.from(this.backlog.slice(0, UART_MAX_BACKLOG))),
+      overrun: this.overrun, thrIpending: this.thrIpending, irq: this.irq,
+    };
+  }
+
+  /** Restore saveState()'s value (untrusted: all checked before anything
+   *  changes), then drive the interrupt line to the restored level. */
+  restoreState(r: StateReader): void {
+    const ier = r.int("ier", 0, 0x0f);
+    const lcr = r.int("lcr", 0, 0xff);
+    const mcr = r.int("mcr", 0, 0x1f);
+    const fcr = r.int("fcr", 0, 0xff);
+    r.check((fcr & ~0xc9) === 0, `fcr: 0x${fcr.toString(16)} has bits the FCR does not keep`);
+    const scr = r.int("scr", 0, 0xff);
+    const dll = r.int("dll", 0, 0xff);
+    const dlm = r.int("dlm", 0, 0xff);
+    const rx = r.bytes("rx", RX_FIFO);
+    const backlog = r.bytes("backlog", UART_MAX_BACKLOG);
+    const overrun = r.bool("overrun");
+    const thrIpending = r.bool("thrIpending");
+    const irq = r.bool("irq");
+    // The line always follows the pending sources: a snapshot saying otherwise was altered.
+    const level = interruptId(ier, overrun, rx.length > 0, thrIpending) !== IIR_NONE;
+    r.check(irq === level, `irq: ${irq} but the restored registers make the line ${level ? "high" : "low"}`);
+    this.ier = ier; this.lcr = lcr; this.mcr = mcr; this.fcr = fcr; this.scr = scr; this.dll = dll; this.dlm = dlm;
+    this.rx = [...rx];
+    this.backlog = [...backlog];
+    this.overrun = overrun;
+    this.thrIpending = thrIpending;
+    this.irq = level;
+    this.host.setIrq(level);
+  }
 
   /** Bytes typed on the host side. */
   receive(bytes: Uint8Array): void {
@@ -152,10 +197,7 @@ export class Uart16550 implements MmioDevice {
   /** Highest-priority pending interrupt (datasheet table "Interrupt Control Functions"). */
   private iir(): number {
     const fifo = this.fcr & FCR_ENABLE ? IIR_FIFO_ENABLED : 0;
-    if ((this.ier & IER_RLS) && this.overrun) return IIR_RLS | fifo;
-    if ((this.ier & IER_RDA) && this.rx.length > 0) return IIR_RDA | fifo;
-    if ((this.ier & IER_THRE) && this.thrIpending) return IIR_THRE | fifo;
-    return IIR_NONE | fifo;
+    return interruptId(this.ier, this.overrun, this.rx.length > 0, this.thrIpending) | fifo;
   }
 
   private update(): void {
@@ -165,4 +207,12 @@ export class Uart16550 implements MmioDevice {
       this.host.setIrq(level);
     }
   }
+}
+
+/** IIR bits 3..0 for these enables and sources, highest priority first. */
+function interruptId(ier: number, overrun: boolean, rxData: boolean, thrIpending: boolean): number {
+  if ((ier & IER_RLS) && overrun) return IIR_RLS;
+  if ((ier & IER_RDA) && rxData) return IIR_RDA;
+  if ((ier & IER_THRE) && thrIpending) return IIR_THRE;
+  return IIR_NONE;
 }
