@@ -21,6 +21,7 @@ import { PcpuPool } from "./pcpu-pool.js";
 import { monoNs } from "./pcpu-protocol.js";
 import { Vm, HostError, type VmConfig } from "./vm.js";
 import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
+import { openSnapshot } from "../snapshot/snapshot.js";
 
 export { Vm, HostError, type VmConfig } from "./vm.js";
 export type { VmState, VmStats, RunEnd } from "./vm.js";
@@ -122,6 +123,37 @@ export class Host {
     if (this.vmsByName.has(name)) throw new HostError(`a VM named '${name}' exists already`);
     const vm = new Vm(this, name, config, this.allocOwner());
     this.vmsByName.set(name, vm);
+    return vm;
+  }
+
+  /**
+   * A VM brought back from a snapshot file (Vm.snapshot wrote it): its
+   * harts, clocks, devices and RAM as they were, on any host CPU. Its shape
+   * (vCPUs, memory, command line, console) comes from the snapshot; the
+   * caller gives what is host-side: the name (default the snapshot's), the
+   * devices' backends in the same slots as when it was taken, the console.
+   * The VM runs at once, or stays paused until resume() when `paused`.
+   * Throws SnapshotError when the file is not a usable snapshot or does not
+   * fit the devices given; nothing is left behind then.
+   */
+  restoreVm(path: string, config: Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel"> & { kernel?: VmConfig["kernel"]; paused?: boolean }): Vm {
+    const snap = openSnapshot(path);
+    const { paused, ...rest } = config;
+    let vm: Vm;
+    try {
+      vm = this.createVm({ ...rest, name: rest.name ?? snap.meta.vm.name, cpus: snap.meta.vm.cpus, memBytes: snap.meta.vm.memBytes, cmdline: snap.meta.vm.cmdline, console: snap.meta.vm.console });
+    } catch (e) {
+      snap.close();
+      throw e;
+    }
+    try {
+      vm.restoreFrom(snap, paused ?? false);
+    } catch (e) {
+      // Gone at once: a retry under the same name must not find it.
+      this.forget(vm);
+      void vm.destroy();
+      throw e;
+    }
     return vm;
   }
 

@@ -23,6 +23,10 @@ import type { Host } from "./host.js";
 import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.js";
 import { Absent } from "../memory/p2m-entry.js";
 import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
+import { absentEntry } from "../memory/p2m-entry.js";
+import { writeSnapshot, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
+import { SnapshotError, type Plain } from "../snapshot/state.js";
+import { DirtyLog } from "../memory/dirty-log.js";
 
 export class HostError extends Error {
   override readonly name = "HostError";
@@ -30,7 +34,8 @@ export class HostError extends Error {
 
 export interface VmConfig {
   name?: string;
-  kernel: KernelImage;
+  /** What start() boots; a VM restored from a snapshot (Host.restoreVm) may have none. */
+  kernel?: KernelImage;
   initrd?: Uint8Array;
   cmdline: string;
   cpus: number;
@@ -121,6 +126,16 @@ export class Vm {
   /** Times a fault found no memory this run, and when that was last said. */
   private memoryWaits = 0;
   private lastMemoryWarnNs = -Infinity;
+  /** A snapshot is being written (the memory manager keeps its hands off). */
+  private snapshotting = false;
+  /** This run's last snapshot: the parent of a diff snapshot. */
+  private lastSnapshot: { path: string; id: string } | undefined;
+  /** Pages written since lastSnapshot. */
+  private dirtyLog: DirtyLog | undefined;
+  /** The snapshot this run was restored from: its files stay open while the VM reads pages from them. */
+  private snapshotFiles: OpenedSnapshot | undefined;
+  /** Restored paused: resume() lets the harts go. */
+  private restoredWaiting = false;
 
   constructor(private readonly host: Host, readonly name: string, readonly config: VmConfig, readonly owner: number) {
     validateConfig(config, host);
@@ -144,12 +159,44 @@ export class Vm {
   start(): void {
     this.checkAlive();
     if (this._state === "running" || this._state === "paused") return;
+    if (!this.config.kernel) throw new HostError(`VM '${this.name}' has no kernel to boot (it was restored from a snapshot)`);
+    this.launch(undefined);
+  }
+
+  /**
+   * Bring the VM up from a snapshot (Host.restoreVm): its machine state
+   * checked and applied, its RAM left in the snapshot's files until touched.
+   * Paused afterwards when `paused`, else running. Throws SnapshotError when
+   * the snapshot does not fit this VM or does not check out (nothing is left
+   * running then).
+   */
+  restoreFrom(snap: OpenedSnapshot, paused: boolean): void {
+    this.checkAlive();
+    if (this._state !== "created" && this._state !== "stopped") throw new HostError(`VM '${this.name}' is ${this._state}: restore into a created or stopped VM`);
+    try {
+      this.launch(snap);
+    } catch (e) {
+      snap.close();
+      throw e;
+    }
+    this.snapshotFiles = snap;
+    if (!paused) this.releaseRestored();
+    else {
+      this._state = "paused";
+      this.host.sched.setVmState(this.schedVm, VmRunState.Paused);
+      this.restoredWaiting = true;
+    }
+  }
+
+  private launch(snap: OpenedSnapshot | undefined): void {
     const { host, config } = this;
+    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle() };
     const machine = new VirtMachine({
       memBytes: config.memBytes, harts: config.cpus, kernel: config.kernel, initrd: config.initrd, cmdline: config.cmdline,
       jit: config.jit ?? {}, consoleOut: config.consoleOut, virtio: config.virtio, console: config.console,
       consoleSize: config.consoleSize, warn: config.warn,
-      host: { pool: host.pool, core: host.core, owner: this.owner, pages: host.memory.store.handle() },
+      host: { pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle },
+      restore: snap && { guestTicks: snap.guestTicks },
       kickHart: (i) => this.slots.length && host.kick(this.slots[i]),
       hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
       wake: () => setImmediate(() => this.machine?.afterExit()),
@@ -161,6 +208,20 @@ export class Vm {
         reclaim: (indices) => this.managed && host.memory.undiscard(this.managed, indices),
       },
     });
+    if (snap) {
+      // Every page with bytes in the snapshot stays there until touched
+      // (memory.ts); the rest read as zero, as untouched pages do.
+      const p2m = machine.p2m;
+      p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
+      for (let i = 0; i < p2m.count; i++) if (snap.pages.hasBytes(i)) p2m.casEntry(i, 0, absentEntry(Absent.Snapshot, i));
+      try {
+        machine.restoreState(snap.machine);
+      } catch (e) {
+        machine.release();
+        if (e instanceof SnapshotError) throw e;
+        throw new SnapshotError(`restoring VM '${this.name}': ${(e as Error).message}`);
+      }
+    }
     this.machine = machine;
     this.lastEnd = undefined;
     this.lastStats = undefined;
@@ -174,17 +235,83 @@ export class Vm {
       balloon: () => machine.balloonControl(),
     };
     host.memory.add(this.managed);
+    if (snap) machine.p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
     host.pcpus.addVm({
       id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
       clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
       pageMap: machine.codePageMap?.address ?? 0,
       doorbells: machine.doorbells,
-      pages: host.memory.store.handle(),
+      pages: pagesHandle,
     });
-    host.sched.setVmState(this.schedVm, VmRunState.Running);
     this.startedAt = monoNs();
+    if (snap) return; // restoreFrom lets it run (or keeps it paused)
+    host.sched.setVmState(this.schedVm, VmRunState.Running);
     this._state = "running";
     void this.loadThenBoot(machine);
+  }
+
+  /** A restored VM's harts go: those the snapshot had running are made runnable. */
+  private releaseRestored(): void {
+    const machine = this.machine!;
+    this.restoredWaiting = false;
+    this._state = "running";
+    machine.resumeDevices();
+    this.host.sched.setVmState(this.schedVm, VmRunState.Running);
+    for (const i of machine.startedHarts) this.host.kick(this.slots[i], true);
+  }
+
+  // ---- snapshots ----------------------------------------------------------------------------
+
+  /**
+   * Write the VM's whole state to `path` (src/snapshot/): the vCPUs are taken
+   * off their pCPUs and device I/O is finished first, and the VM runs on
+   * afterwards unless `stayPaused` (or it was paused). `diff`: only the pages
+   * written since this VM's last snapshot, which becomes the parent.
+   */
+  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void } = {}): Promise<WrittenSnapshot> {
+    this.checkAlive();
+    const machine = this.machine;
+    if (!machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM has state to snapshot`);
+    if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted already`);
+    if (opts.diff && !this.lastSnapshot) throw new HostError(`VM '${this.name}' has no earlier snapshot in this run to take a diff against`);
+    this.snapshotting = true;
+    const wasRunning = this._state === "running";
+    try {
+      if (wasRunning) await this.pause();
+      // The memory manager finishes what it holds the vCPUs for, and starts nothing new (holdVcpus refuses).
+      while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
+      await machine.pauseDevices();
+      try {
+        if (machine.ended || this.stopping) throw new HostError(`VM '${this.name}' ended while being snapshotted`);
+        const dirty = opts.diff ? new Set(this.dirtyLog?.take() ?? []) : undefined;
+        const meta: Omit<SnapshotMeta, "tsvisor" | "id" | "createdAt"> = {
+          vm: { name: this.name, cpus: this.config.cpus, memBytes: this.config.memBytes, cmdline: this.config.cmdline, console: this.config.console ?? "ttyS0" },
+          ...(opts.diff && this.lastSnapshot ? { parent: this.lastSnapshot } : {}),
+          ...(opts.definition !== undefined ? { definition: opts.definition } : {}),
+        };
+        const written = await writeSnapshot(path, { meta, machine: machine.saveState(), p2m: machine.p2m, dirty, progress: opts.progress });
+        this.lastSnapshot = { path: written.path, id: written.id };
+        this.startDirtyLog();
+        return written;
+      } finally {
+        machine.resumeDevices();
+      }
+    } finally {
+      this.snapshotting = false;
+      if (wasRunning && !opts.stayPaused && this._state === "paused" && !this.stopping) this.resume();
+    }
+  }
+
+  /** Track the pages written from now on (for the next diff snapshot). The
+   *  harts are off their pCPUs: each flushes its TLB before it runs again, so
+   *  no store goes past the log through a cached translation. */
+  private startDirtyLog(): void {
+    const machine = this.machine!;
+    if (!this.dirtyLog) {
+      this.dirtyLog = DirtyLog.start(machine.p2m);
+      for (const s of machine.harts) this.host.core.fn.setDirtyLog(s.vcpu.hart, this.dirtyLog.address);
+    }
+    this.postToHarts(this.host.core.k.REQ_TLB_FLUSH);
   }
 
   /** Copy the guest's kernel and initrd into its RAM a piece per event-loop
@@ -228,6 +355,7 @@ export class Vm {
     this.checkAlive();
     if (this._state === "running") return;
     if (this._state !== "paused") throw new HostError(`VM '${this.name}' is ${this._state}, not paused: start it instead`);
+    if (this.restoredWaiting) return this.releaseRestored();
     this._state = "running";
     this.pausedFor = undefined;
     // Held by the memory manager: it lets the vCPUs go when done (releaseVcpus).
@@ -426,7 +554,7 @@ export class Vm {
   /** Take every vCPU off its pCPU and keep it off until releaseVcpus();
    *  false when the VM is going away (nothing is held then). */
   private async holdVcpus(): Promise<boolean> {
-    if (!this.machine || this.stopping || this.schedVm < 0) return false;
+    if (!this.machine || this.stopping || this.schedVm < 0 || this.snapshotting) return false;
     this.holds++;
     for (;;) {
       this.host.sched.setVmState(this.schedVm, VmRunState.Paused);
@@ -505,8 +633,14 @@ export class Vm {
     await host.pcpus.dropVm(this.schedVm);
     host.sched.removeVm(this.schedVm, this.slots);
     for (const v of this.slots) host.vcpus.delete(v);
+    this.dirtyLog?.stop();
+    this.dirtyLog = undefined;
     this.machine?.release();
     this.machine = undefined;
+    this.snapshotFiles?.close();
+    this.snapshotFiles = undefined;
+    this.lastSnapshot = undefined;
+    this.restoredWaiting = false;
     this.slots = [];
     this.schedVm = -1;
     this.lastStats = { exits, jit, vcpus };

@@ -33,7 +33,14 @@ export const enum Absent {
   Swapped = 5,
   /** Being moved by another thread (swapped in, reclaimed): wait and look again. */
   Busy = 6,
+  /** Still in the snapshot the VM was restored from (src/snapshot/): read
+   *  from the file when first touched, so restore time does not grow with
+   *  memory size. The slot is the page's index in the RAM window. */
+  Snapshot = 7,
 }
+
+/** Absent kinds whose bytes another store holds (p2m.ts PageSource). */
+export type StoredKind = Absent.Compressed | Absent.Swapped | Absent.Snapshot;
 
 export const MAX_SLOT = (1 << 27) - 1;
 
@@ -63,11 +70,11 @@ export function entryFrame(e: number): number {
 }
 
 /** A guest frame's state as the host reports it (`vm info`, the API, metrics). */
-export type PageState = "private" | "shared" | "untouched" | "zero" | "ballooned" | "reported" | "compressed" | "swapped" | "busy";
+export type PageState = "private" | "shared" | "untouched" | "zero" | "ballooned" | "reported" | "compressed" | "swapped" | "busy" | "snapshot";
 
-export const PAGE_STATES: readonly PageState[] = ["private", "shared", "untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy"];
+export const PAGE_STATES: readonly PageState[] = ["private", "shared", "untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy", "snapshot"];
 
-const ABSENT_STATES: readonly PageState[] = ["untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy"];
+const ABSENT_STATES: readonly PageState[] = ["untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy", "snapshot"];
 
 export function pageState(e: number): PageState {
   if (isPresent(e)) return (e & P2M_SHARED) !== 0 ? "shared" : "private";
@@ -78,5 +85,5 @@ export function pageState(e: number): PageState {
 export type PageCensus = Record<PageState, number>;
 
 export function emptyCensus(): PageCensus {
-  return { private: 0, shared: 0, untouched: 0, zero: 0, ballooned: 0, reported: 0, compressed: 0, swapped: 0, busy: 0 };
+  return { private: 0, shared: 0, untouched: 0, zero: 0, ballooned: 0, reported: 0, compressed: 0, swapped: 0, busy: 0, snapshot: 0 };
 }

@@ -34,7 +34,7 @@ import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
 import { FramePool, FRAME_SIZE, OWNER_HOST, framesFor, type FrameOwner } from "./frame-pool.js";
 import {
   Absent, P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED,
-  absentEntry, absentKind, entryFrame, entrySlot, isPresent, readsAsZero, pageState, emptyCensus, type PageCensus,
+  absentEntry, absentKind, entryFrame, entrySlot, isPresent, readsAsZero, pageState, emptyCensus, type PageCensus, type StoredKind,
 } from "./p2m-entry.js";
 
 export { P2M_PRESENT, P2M_WRITABLE, P2M_ACCESSED, P2M_SHARED } from "./p2m-entry.js";
@@ -72,10 +72,10 @@ export class P2mFault extends Error {
 
 /** Where compressed and swapped pages are (the host's page store, attached in this thread). */
 export interface PageSource {
-  /** The page at `slot` of kind Compressed or Swapped, as its 4096 bytes, into `out`. */
-  readPage(kind: Absent.Compressed | Absent.Swapped, slot: number, out: Uint8Array): void;
+  /** The page at `slot` of kind Compressed, Swapped or Snapshot, as its 4096 bytes, into `out`. */
+  readPage(kind: StoredKind, slot: number, out: Uint8Array): void;
   /** The slot is no longer needed. */
-  freeSlot(kind: Absent.Compressed | Absent.Swapped, slot: number): void;
+  freeSlot(kind: StoredKind, slot: number): void;
 }
 
 export interface P2mOptions {
@@ -307,7 +307,7 @@ export class P2m {
         out.fill(0, outOff, outOff + n);
         return;
       }
-      const kind = absentKind(e) as Absent.Compressed | Absent.Swapped | Absent.Busy;
+      const kind = absentKind(e) as StoredKind | Absent.Busy;
       if (kind === Absent.Busy) {
         this.waitBusy();
         continue;
@@ -404,7 +404,7 @@ export class P2m {
       }
       const kind = absentKind(e);
       if (kind === Absent.Busy) this.waitBusy();
-      else if (kind === Absent.Compressed || kind === Absent.Swapped) this.bringBack(index, e, kind);
+      else if (kind === Absent.Compressed || kind === Absent.Swapped || kind === Absent.Snapshot) this.bringBack(index, e, kind);
       else this.mapZeroFrame(index, e);
     }
   }
@@ -436,7 +436,7 @@ export class P2m {
 
   /** A compressed or swapped page comes back into a new private frame. The
    *  entry is BUSY meanwhile; on failure it is put back as it was. */
-  private bringBack(index: number, seen: number, kind: Absent.Compressed | Absent.Swapped): void {
+  private bringBack(index: number, seen: number, kind: StoredKind): void {
     if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
     let frame: HostAddress;
     try {
@@ -455,7 +455,7 @@ export class P2m {
     }
     Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED);
     Atomics.add(this.counters, P2mCounter.Populated, 1);
-    Atomics.add(this.counters, kind === Absent.Compressed ? P2mCounter.Decompressions : P2mCounter.SwapIns, 1);
+    if (kind !== Absent.Snapshot) Atomics.add(this.counters, kind === Absent.Compressed ? P2mCounter.Decompressions : P2mCounter.SwapIns, 1);
   }
 
   /** Another thread is moving the page: step out of any access (the mover
@@ -473,7 +473,7 @@ export class P2m {
   }
 
   private source(): PageSource {
-    if (!this.pages) throw new P2mFault("a compressed or swapped page, and no page store on this thread");
+    if (!this.pages) throw new P2mFault("a compressed, swapped or snapshot page, and no page store on this thread");
     return this.pages;
   }
 

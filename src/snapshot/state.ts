@@ -137,6 +137,13 @@ export class StateReader {
     return v;
   }
 
+  /** This value itself as a string of at most `maxLength` characters. */
+  asString(maxLength: number): string {
+    const v = this.value;
+    if (typeof v !== "string" || v.length > maxLength) this.fail("", `expected a string of at most ${maxLength} characters`);
+    return v;
+  }
+
   /** This value itself as a 64-bit value saved with u64(). */
   asU64(): bigint {
     const v = this.value;

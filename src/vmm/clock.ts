@@ -22,6 +22,11 @@ export class RealtimeClock {
    *  view of a VM's clock from the VM's start. */
   constructor(readonly startNs = process.hrtime.bigint()) {}
 
+  /** A clock that reads `ticks` now (a restored VM's, going on from its snapshot). */
+  static startingAt(ticks: bigint): RealtimeClock {
+    return new RealtimeClock(process.hrtime.bigint() - ticks * NS_PER_TICK);
+  }
+
   /** Ticks since the machine was created. */
   now(): bigint {
     return (process.hrtime.bigint() - this.startNs) / NS_PER_TICK;

@@ -45,11 +45,14 @@ import { VirtioMmio, VIRTIO_MMIO_SIZE } from "../devices/virtio/mmio.js";
 import { VirtioRng } from "../devices/virtio/rng.js";
 import { VirtioBalloon } from "../devices/virtio/balloon.js";
 import { VirtioConsole } from "../devices/virtio/console.js";
+import { SnapshotError, StateReader, bytes, u64, type Plain } from "../snapshot/state.js";
+import { saveHart, restoreHart } from "../snapshot/hart-state.js";
 
 export interface VirtMachineConfig {
   memBytes: number;
   harts: number;
-  kernel: KernelImage;
+  /** What boots (absent only when `restore` gives the machine's state instead). */
+  kernel?: KernelImage;
   initrd?: Uint8Array;
   cmdline: string;
   /** Guest console output (UART, virtio console and SBI debug console). */
@@ -88,6 +91,10 @@ export interface VirtMachineConfig {
   };
   /** The guest ended (power-off, reboot, panic, a halted hart). */
   onEnd?(end: VmEnd): void;
+  /** Resume a snapshot instead of booting: the machine's saved state (its
+   *  guest time sets the clock; restoreState() applies the rest once the
+   *  RAM's pages are in place). */
+  restore?: { guestTicks: bigint };
 }
 
 export interface MachineHostParts {
@@ -157,12 +164,14 @@ export class VirtMachine {
   readonly doorbells: DoorbellArea | undefined;
   readonly owner: number;
   readonly uart: Uart16550;
-  readonly layout: BootLayout;
+  /** Where kernel, initrd and device tree went (undefined for a restored machine). */
+  readonly layout: BootLayout | undefined;
   readonly sbiStats = new SbiStats();
   private readonly ram: GuestMemory;
   private readonly plic: Plic;
   private readonly rtc: GoldfishRtc;
-  readonly clock = new RealtimeClock();
+  private readonly aclint: Aclint;
+  readonly clock: RealtimeClock;
   private readonly panicWatch = new PanicWatch();
   private readonly platform: SbiPlatform;
   private readonly consoleIn: number[] = [];
@@ -179,6 +188,9 @@ export class VirtMachine {
     if (!Number.isInteger(cfg.harts) || cfg.harts < 1 || cfg.harts > L.VIRT_MAX_HARTS) {
       throw new MachineError(`--cpus must be 1..${L.VIRT_MAX_HARTS}`);
     }
+    // A restored guest's clock goes on from the snapshot's time (DESIGN.md:
+    // saved state includes the clocks), as if it had been paused meanwhile.
+    this.clock = cfg.restore ? RealtimeClock.startingAt(cfg.restore.guestTicks) : new RealtimeClock();
     const pool = cfg.host?.pool ?? new FramePool(CORE_RESERVED_BYTES);
     this.pool = pool;
     this.owner = cfg.host?.owner ?? OWNER_HOST;
@@ -227,7 +239,8 @@ export class VirtMachine {
     });
     bus.register(L.VIRT_TEST_BASE, L.VIRT_TEST_SIZE, new Syscon((e) => this.onPowerEvent(e)));
     bus.register(L.VIRT_RTC_BASE, L.VIRT_RTC_SIZE, this.rtc);
-    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, new Aclint(this.core, this.harts.map((s) => s.vcpu.hart), (i) => cfg.kickHart?.(i), () => this.clock.now()));
+    this.aclint = new Aclint(this.core, this.harts.map((s) => s.vcpu.hart), (i) => cfg.kickHart?.(i), () => this.clock.now());
+    bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, this.aclint);
     bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
     bus.register(L.VIRT_UART_BASE, L.VIRT_UART_SIZE, this.uart);
 
@@ -267,12 +280,102 @@ export class VirtMachine {
     this.doorbells = cfg.host ? { words: pool.alloc(this.owner), slots: this.virtio.length } : undefined;
 
     this.platform = this.sbiPlatform(console);
+    if (cfg.restore) {
+      this.layout = undefined;
+      return;
+    }
     this.layout = this.planGuest();
     // In a host, the main thread serves every VM's exits: the images go in
     // a piece at a time (loadGuestStep) between its other work. Alone, at once.
     if (!cfg.host) while (!this.loadGuestStep(Infinity));
     const boot = this.harts[0];
     this.startHart(boot, this.layout.kernelAddr, this.layout.fdtAddr);
+  }
+
+  // ---- snapshots (src/snapshot/) ------------------------------------------------------------
+
+  /** What a snapshot must match to be restored here: harts, RAM, devices by slot. */
+  configFingerprint(): Plain {
+    return {
+      harts: this.harts.length,
+      memBytes: this.cfg.memBytes,
+      console: this.cfg.console ?? "ttyS0",
+      devices: this.virtio.map((t) => `${t.name}:${t.device.deviceId}`),
+    };
+  }
+
+  /** Finish device I/O in flight and take no more until resumeDevices(): the
+   *  RAM and device state hold still for a snapshot. */
+  async pauseDevices(): Promise<void> {
+    this.serviceDoorbells();
+    await Promise.all(this.virtio.map((t) => t.pauseIo()));
+  }
+
+  resumeDevices(): void {
+    for (const t of this.virtio) t.resumeIo();
+    this.afterExit();
+  }
+
+  /** Everything but RAM, as plain data. No hart may run (they are off their
+   *  pCPUs) and the devices are paused (pauseDevices()). */
+  saveState(): Plain {
+    if (this.pendingLoad.length > 0) throw new SnapshotError("the VM is still loading its kernel: snapshot it once it runs");
+    const { fn } = this.core;
+    return {
+      config: this.configFingerprint(),
+      guestTicks: u64(this.clock.now()),
+      timeFloor: u64(this.timeFloor ? Atomics.load(new BigUint64Array(this.pool.memory.buffer, this.timeFloor, 1), 0) : 0n),
+      harts: this.harts.map((s) => ({ state: s.state, block: saveHart(this.core, s.vcpu.hart), time: u64(fn.getTime(s.vcpu.hart)) })),
+      plic: this.plic.saveState(),
+      aclint: this.aclint.saveState(),
+      uart: this.uart.saveState(),
+      rtc: this.rtc.saveState(),
+      consoleIn: bytes(Uint8Array.from(this.consoleIn)),
+      virtio: this.virtio.map((t) => t.saveState()),
+      ended: this.end ? true : false,
+    };
+  }
+
+  /** Apply saved state to this machine, built with `restore` from the same
+   *  configuration. Untrusted: any value out of range is a SnapshotError. */
+  restoreState(r: StateReader): void {
+    const config = r.obj("config");
+    const mine = this.configFingerprint() as Record<string, Plain>;
+    const harts = config.int("harts", 1, L.VIRT_MAX_HARTS);
+    if (harts !== mine.harts) throw new SnapshotError(`the snapshot is of a VM with ${harts} harts, this one has ${mine.harts}`);
+    const mem = config.num("memBytes");
+    if (mem !== mine.memBytes) throw new SnapshotError(`the snapshot is of a VM with ${mem / 2 ** 20} MiB of RAM, this one has ${(mine.memBytes as number) / 2 ** 20} MiB`);
+    const consoleKind = config.oneOf("console", ["ttyS0", "hvc0"]);
+    if (consoleKind !== mine.console) throw new SnapshotError(`the snapshot's console is ${consoleKind}, this VM's ${mine.console as string}`);
+    const devices = config.array("devices", L.VIRT_VIRTIO_SLOTS).map((d) => d.asString(64));
+    const myDevices = mine.devices as string[];
+    if (devices.join(",") !== myDevices.join(",")) throw new SnapshotError(`the snapshot's virtio devices are [${devices.join(", ")}], this VM's [${myDevices.join(", ")}]`);
+    if (r.bool("ended")) throw new SnapshotError("the snapshot is of a VM whose guest had ended");
+    const { fn } = this.core;
+    const saved = r.array("harts", L.VIRT_MAX_HARTS);
+    r.check(saved.length === this.harts.length, "hart count differs from the configuration");
+    saved.forEach((hr, i) => {
+      const slot = this.harts[i];
+      const state = hr.int("state", 0, HartState.Suspended) as HartState;
+      if (state === HartState.StartPending || state === HartState.StopPending) throw new SnapshotError(`${hr.path}.state: a transient HSM state`);
+      restoreHart(this.core, slot.vcpu.hart, i, hr.obj("block"));
+      fn.setTime(slot.vcpu.hart, hr.u64("time"));
+      slot.state = state;
+    });
+    if (this.timeFloor) Atomics.store(new BigUint64Array(this.pool.memory.buffer, this.timeFloor, 1), 0, r.u64("timeFloor"));
+    this.plic.restoreState(r.obj("plic"));
+    this.aclint.restoreState(r.obj("aclint"));
+    this.uart.restoreState(r.obj("uart"));
+    this.rtc.restoreState(r.obj("rtc"));
+    this.consoleIn.splice(0, this.consoleIn.length, ...r.bytes("consoleIn", 1 << 20));
+    const transports = r.array("virtio", L.VIRT_VIRTIO_SLOTS);
+    r.check(transports.length === this.virtio.length, "virtio device count differs from the configuration");
+    transports.forEach((t, i) => this.virtio[i].restoreState(t));
+  }
+
+  /** Harts that run once the restored VM is let go (the others wait for HSM or an interrupt). */
+  get startedHarts(): number[] {
+    return this.harts.filter((s) => s.state === HartState.Started).map((s) => s.id);
   }
 
   /** What is still to be copied into RAM before the boot hart may run. */
@@ -303,6 +406,7 @@ export class VirtMachine {
       virtFdt({ harts: cfg.harts, ramSize, bootargs: cfg.cmdline, initrd, virtioSlots: this.virtio.map((_, slot) => slot) });
     // The blob's size does not depend on the initrd addresses (fixed-width cells).
     const sizing = fdtFor(cfg.initrd ? { start: 0n, end: 0n } : undefined);
+    if (!cfg.kernel) throw new MachineError("no kernel to boot");
     const layout = planBoot(L.VIRT_RAM_BASE, ramSize, cfg.kernel, cfg.initrd?.length, sizing.length);
     this.pendingLoad = [{ gpa: layout.kernelAddr, bytes: cfg.kernel.bytes }];
     if (cfg.initrd && layout.initrd) this.pendingLoad.push({ gpa: layout.initrd.start, bytes: cfg.initrd });
@@ -386,6 +490,14 @@ export class VirtMachine {
             break;
           }
         } catch (e) {
+          // A page the snapshot file cannot give back (corrupted, cut short)
+          // will not come later: the VM ends, saying which. Anything else is
+          // the host out of memory for now: wait.
+          if (e instanceof SnapshotError) {
+            this.finish({ kind: "error", message: `hart ${index}: ${e.message}` });
+            answer = { kind: "stop" };
+            break;
+          }
           answer = { kind: "wait-memory", message: `hart ${index} cannot get guest page 0x${gpa.toString(16)}: ${(e as Error).message}` };
           break;
         }

@@ -10,13 +10,16 @@ import {
   CompressedStore, SwapFile, compressPage, decompressPage, isZeroPage,
   type CompressedStoreHandle, type SwapFileHandle,
 } from "../store/index.js";
-import { Absent } from "../p2m-entry.js";
+import { Absent, type StoredKind } from "../p2m-entry.js";
+import { SnapshotPages, type SnapshotPagesHandle } from "../../snapshot/memory.js";
 import type { PageSource } from "../p2m.js";
 import { FRAME_SIZE } from "../frame-pool.js";
 
 export interface PageStoreHandle {
   readonly compressed: CompressedStoreHandle | undefined;
   readonly swap: SwapFileHandle | undefined;
+  /** A VM restored from a snapshot: the pages still in its files. */
+  readonly snapshot?: SnapshotPagesHandle;
 }
 
 /** Where a page went (PageStore.stow). */
@@ -31,17 +34,29 @@ export class PageStore implements PageSource {
   constructor(
     readonly compressed: CompressedStore | undefined,
     readonly swap: SwapFile | undefined,
+    /** One VM's snapshot pages (a store per restored VM shares the host's two tiers). */
+    readonly snapshot?: SnapshotPages,
   ) {}
 
   static attach(h: PageStoreHandle): PageStore {
-    return new PageStore(h.compressed && CompressedStore.attach(h.compressed), h.swap && SwapFile.attach(h.swap));
+    return new PageStore(h.compressed && CompressedStore.attach(h.compressed), h.swap && SwapFile.attach(h.swap), h.snapshot && SnapshotPages.attach(h.snapshot));
   }
 
   handle(): PageStoreHandle {
-    return { compressed: this.compressed?.handle(), swap: this.swap?.handle() };
+    return { compressed: this.compressed?.handle(), swap: this.swap?.handle(), snapshot: this.snapshot?.handle() };
   }
 
-  readPage(kind: Absent.Compressed | Absent.Swapped, slot: number, out: Uint8Array): void {
+  /** The host's two tiers plus a restored VM's snapshot pages (its p2m's page source on this thread). */
+  withSnapshot(pages: SnapshotPages | undefined): PageStore {
+    return pages ? new PageStore(this.compressed, this.swap, pages) : this;
+  }
+
+  readPage(kind: StoredKind, slot: number, out: Uint8Array): void {
+    if (kind === Absent.Snapshot) {
+      if (!this.snapshot) throw new Error("a snapshot page, and no snapshot attached");
+      this.snapshot.read(slot, out);
+      return;
+    }
     if (kind === Absent.Compressed) {
       if (!this.compressed) throw new Error("a compressed page, and no compressed store");
       decompressPage(this.compressed.read(slot), out);
@@ -53,7 +68,9 @@ export class PageStore implements PageSource {
     else decompressPage(data, out);
   }
 
-  freeSlot(kind: Absent.Compressed | Absent.Swapped, slot: number): void {
+  freeSlot(kind: StoredKind, slot: number): void {
+    // A snapshot page stays in its file (clones and later restores read it too).
+    if (kind === Absent.Snapshot) return;
     if (kind === Absent.Compressed) this.compressed?.free(slot);
     else this.swap?.free(slot);
   }

@@ -1,0 +1,200 @@
+// Guest memory in a snapshot: a page map and the pages.
+//
+//   section "pagemap": u32 pages, u32 slots, u32 where[pages], u32 crc[slots]
+//     where = PAGE_ZERO (reads as zero: untouched, ballooned, all-zero bytes),
+//             PAGE_IN_PARENT (a diff snapshot: unchanged since its parent),
+//             or the page's slot in "pages"
+//   section "pages": slots x 4096 bytes, each checked by its CRC when read
+//
+// Restore reads only the map: every page with bytes becomes an absent p2m
+// entry of kind Snapshot (p2m-entry.ts), and the first touch of a page reads
+// it from the file on whichever thread touched it (a vCPU's worker, an I/O
+// thread, the main thread), the way Firecracker maps its memory file
+// MAP_PRIVATE and lets page faults load it. So restore time grows with the
+// page map (4 bytes a page), not with the memory.
+
+import { readSync } from "node:fs";
+import type { P2m } from "../memory/p2m.js";
+import { FRAME_SIZE } from "../memory/frame-pool.js";
+import { crc32 } from "./crc32.js";
+import { SnapshotError } from "./state.js";
+import type { SnapshotFile, SnapshotWriter } from "./format.js";
+
+export const PAGE_ZERO = 0xffff_ffff;
+export const PAGE_IN_PARENT = 0xffff_fffe;
+/** Pages written per file write (1 MiB). */
+const BATCH_PAGES = 256;
+
+export interface MemoryWriteResult {
+  pages: number;
+  /** Pages whose bytes are in this file. */
+  stored: number;
+  zero: number;
+  inParent: number;
+}
+
+/**
+ * Write the VM's RAM: every page (`dirty` undefined), or for a diff snapshot
+ * only the pages in `dirty`, the rest marked as in the parent. The vCPUs must
+ * be off their pCPUs and no device may be writing guest memory meanwhile.
+ */
+export async function writeMemory(w: SnapshotWriter, p2m: P2m, dirty?: Set<number>, progress?: (done: number, total: number) => void): Promise<MemoryWriteResult> {
+  const count = p2m.count;
+  const where = new Uint32Array(count);
+  const crcs: number[] = [];
+  const section = w.begin("pages", true);
+  const batch = new Uint8Array(BATCH_PAGES * FRAME_SIZE);
+  let inBatch = 0;
+  const result: MemoryWriteResult = { pages: count, stored: 0, zero: 0, inParent: 0 };
+  for (let i = 0; i < count; i++) {
+    if (dirty && !dirty.has(i)) {
+      where[i] = PAGE_IN_PARENT;
+      result.inParent++;
+      continue;
+    }
+    const page = batch.subarray(inBatch * FRAME_SIZE, (inBatch + 1) * FRAME_SIZE);
+    p2m.readInto(i, 0, FRAME_SIZE, page, 0);
+    if (isZero(page)) {
+      where[i] = PAGE_ZERO;
+      result.zero++;
+      continue;
+    }
+    where[i] = crcs.length;
+    crcs.push(crc32(page));
+    result.stored++;
+    if (++inBatch === BATCH_PAGES) {
+      await w.write(batch);
+      inBatch = 0;
+      progress?.(i + 1, count);
+    }
+  }
+  if (inBatch > 0) await w.write(batch.subarray(0, inBatch * FRAME_SIZE));
+  w.end(section);
+  const map = new Uint32Array(2 + count + crcs.length);
+  map[0] = count;
+  map[1] = crcs.length;
+  map.set(where, 2);
+  map.set(crcs, 2 + count);
+  await w.binary("pagemap", new Uint8Array(map.buffer));
+  progress?.(count, count);
+  return result;
+}
+
+function isZero(page: Uint8Array): boolean {
+  const words = new BigUint64Array(page.buffer, page.byteOffset, page.length / 8);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+  return true;
+}
+
+/** Plain data naming a VM's snapshot pages, for another thread's SnapshotPages.attach(). */
+export interface SnapshotPagesHandle {
+  /** Open descriptors (process-wide: every thread may read through them) and where each file's pages start. */
+  readonly files: { fd: number; path: string; pagesOffset: number }[];
+  /** Per guest page: which file, which slot, its CRC. */
+  readonly fileOf: SharedArrayBuffer;
+  readonly slotOf: SharedArrayBuffer;
+  readonly crcOf: SharedArrayBuffer;
+}
+
+/** Where each page of a restored VM's RAM is, across a snapshot and its parents. */
+export class SnapshotPages {
+  private readonly fileOf: Uint8Array;
+  private readonly slotOf: Uint32Array;
+  private readonly crcOf: Uint32Array;
+  /** Pages read from the files so far (this thread). */
+  loads = 0;
+
+  private constructor(private readonly h: SnapshotPagesHandle) {
+    this.fileOf = new Uint8Array(h.fileOf);
+    this.slotOf = new Uint32Array(h.slotOf);
+    this.crcOf = new Uint32Array(h.crcOf);
+  }
+
+  static attach(h: SnapshotPagesHandle): SnapshotPages {
+    return new SnapshotPages(h);
+  }
+
+  handle(): SnapshotPagesHandle {
+    return this.h;
+  }
+
+  /**
+   * The page map of `chain[0]` (a snapshot, then its parent, its parent's
+   * parent...), checked against the files: `pages` pages in each, every slot
+   * inside its file's pages section. The files stay open while the VM runs.
+   */
+  static fromChain(chain: SnapshotFile[], pages: number): SnapshotPages {
+    if (chain.length > 255) throw new SnapshotError("a chain of more than 255 diff snapshots");
+    const maps = chain.map((f) => readPageMap(f, pages));
+    const fileOf = new Uint8Array(new SharedArrayBuffer(pages));
+    const slotOf = new Uint32Array(new SharedArrayBuffer(pages * 4));
+    const crcOf = new Uint32Array(new SharedArrayBuffer(pages * 4));
+    for (let i = 0; i < pages; i++) {
+      let f = 0;
+      let w = maps[0].where[i];
+      while (w === PAGE_IN_PARENT) {
+        if (++f >= maps.length) throw new SnapshotError(`${chain[f - 1].path}: page ${i} is in the parent snapshot, and it has none`);
+        w = maps[f].where[i];
+      }
+      fileOf[i] = f;
+      slotOf[i] = w;
+      if (w !== PAGE_ZERO) crcOf[i] = maps[f].crc[w];
+    }
+    return new SnapshotPages({
+      files: chain.map((f, k) => ({ fd: f.fd, path: f.path, pagesOffset: maps[k].pagesOffset })),
+      fileOf: fileOf.buffer as SharedArrayBuffer, slotOf: slotOf.buffer as SharedArrayBuffer, crcOf: crcOf.buffer as SharedArrayBuffer,
+    });
+  }
+
+  /** Does page `index` have bytes in a file (else it reads as zero)? */
+  hasBytes(index: number): boolean {
+    return this.slotOf[index] !== PAGE_ZERO;
+  }
+
+  get pageCount(): number {
+    return this.slotOf.length;
+  }
+
+  /** Page `index`'s bytes into `out` (4096), checked against its CRC. */
+  read(index: number, out: Uint8Array): void {
+    if (!Number.isInteger(index) || index < 0 || index >= this.slotOf.length) throw new SnapshotError(`snapshot page ${index} outside the page map`);
+    const slot = this.slotOf[index];
+    if (slot === PAGE_ZERO) {
+      out.fill(0, 0, FRAME_SIZE);
+      return;
+    }
+    const file = this.h.files[this.fileOf[index]];
+    const at = file.pagesOffset + slot * FRAME_SIZE;
+    let done = 0;
+    while (done < FRAME_SIZE) {
+      const n = readSync(file.fd, out, done, FRAME_SIZE - done, at + done);
+      if (n === 0) throw new SnapshotError(`${file.path}: truncated (guest page ${index} is missing)`);
+      done += n;
+    }
+    if (crc32(out.subarray(0, FRAME_SIZE)) !== this.crcOf[index]) throw new SnapshotError(`${file.path}: guest page ${index} is corrupted (checksum mismatch)`);
+    this.loads++;
+  }
+}
+
+interface PageMap {
+  where: Uint32Array;
+  crc: Uint32Array;
+  pagesOffset: number;
+}
+
+function readPageMap(f: SnapshotFile, pages: number): PageMap {
+  const raw = f.binary("pagemap", 8 + 8 * pages);
+  if (raw.length < 8 || raw.length % 4 !== 0) throw new SnapshotError(`${f.path}: page map of ${raw.length} bytes`);
+  const words = new Uint32Array(raw.buffer, raw.byteOffset, raw.length / 4);
+  const [count, slots] = [words[0], words[1]];
+  if (count !== pages) throw new SnapshotError(`${f.path}: page map of ${count} pages, the VM has ${pages} (a different memory size)`);
+  if (words.length !== 2 + count + slots) throw new SnapshotError(`${f.path}: page map of ${raw.length} bytes for ${count} pages and ${slots} slots`);
+  const section = f.section("pages");
+  if (!section.perPageCrc || section.length < slots * FRAME_SIZE) throw new SnapshotError(`${f.path}: the pages section holds ${Math.floor(section.length / FRAME_SIZE)} pages, the map names ${slots}`);
+  const where = words.subarray(2, 2 + count);
+  for (let i = 0; i < count; i++) {
+    const w = where[i];
+    if (w !== PAGE_ZERO && w !== PAGE_IN_PARENT && w >= slots) throw new SnapshotError(`${f.path}: page ${i} names slot ${w}, there are ${slots}`);
+  }
+  return { where, crc: words.subarray(2 + count), pagesOffset: section.offset };
+}

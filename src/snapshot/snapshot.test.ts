@@ -1,0 +1,255 @@
+// Snapshots of running VMs, end to end: a bare SMP guest (host/testing/bare/
+// patterns.c) writes known patterns over its RAM, waits, then reads every
+// page back and counts errors. Snapshots taken while it writes and while it
+// waits are restored, on another host and as several clones, and the
+// restored guests finish with no errors: harts, clocks, interrupt
+// controllers, the UART and every page came back. Broken snapshots are
+// refused with one line naming what is wrong.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, readFileSync, writeFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Host, type Vm } from "../host/host.js";
+import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
+import { SnapshotFile, SnapshotWriter } from "./format.js";
+import { SnapshotError, type Plain } from "./state.js";
+import { readSnapshotMeta } from "./snapshot.js";
+
+const noCompiler = !haveBareCompiler() && "riscv64-unknown-elf-gcc not installed (npm test installs gcc-riscv64-unknown-elf)";
+const GUEST_RAM = 64 << 20;
+
+interface Guest {
+  vm: Vm;
+  output(): string;
+}
+
+function console_(): { out: (b: Uint8Array) => void; text: () => string } {
+  let text = "";
+  return { out: (b) => { text += Buffer.from(b).toString(); }, text: () => text };
+}
+
+function startPatterns(host: Host, name: string): Guest {
+  const c = console_();
+  const vm = host.createVm({ name, kernel: buildBareKernel(bareProgram("patterns")), cmdline: "", cpus: 2, memBytes: GUEST_RAM, consoleOut: c.out, warn: () => {} });
+  vm.start();
+  return { vm, output: c.text };
+}
+
+function restore(host: Host, path: string, name: string, paused = false): Guest {
+  const c = console_();
+  const vm = host.restoreVm(path, { name, consoleOut: c.out, warn: () => {}, paused });
+  return { vm, output: c.text };
+}
+
+async function until(what: string, ok: () => boolean, ms = 60_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function finishes(g: Guest): Promise<void> {
+  const end = await g.vm.waitForEnd();
+  assert.deepEqual(end, { kind: "poweroff" }, g.output());
+  assert.match(g.output(), /done errors=0\n/, `${g.vm.name} read back every page`);
+}
+
+async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-snapshot-"));
+  try {
+    await body(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("a snapshot taken while the guest writes its RAM, and one while it waits, both restore on another host and finish with every page intact", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const source = await Host.create({ pcpus: 2 });
+    const mid = join(dir, "mid.snap");
+    const waiting = join(dir, "waiting.snap");
+    try {
+      const g = startPatterns(source, "src");
+      // Mid-write: the harts are somewhere in their loops.
+      await until("the guest to run", () => g.vm.stats().vcpus.some((v) => v.instructions > 2_000_000));
+      const a = await g.vm.snapshot(mid);
+      assert.equal(a.memory.pages, GUEST_RAM / 4096);
+      assert.equal(g.vm.state, "running", "the VM runs on after a snapshot");
+      await until("'written'", () => g.output().includes("written"));
+      await g.vm.snapshot(waiting, { stayPaused: true });
+      assert.equal(g.vm.state, "paused");
+      g.vm.resume();
+      await finishes(g);
+    } finally {
+      await source.close();
+    }
+    const target = await Host.create({ pcpus: 2 });
+    try {
+      const [r1, r2] = [restore(target, mid, "from-mid"), restore(target, waiting, "from-waiting")];
+      await Promise.all([finishes(r1), finishes(r2)]);
+      // The restored guests went on where they were: one still had to print "written", the other not.
+      assert.match(r1.output(), /^written\n/);
+      assert.doesNotMatch(r2.output(), /written/);
+    } finally {
+      await target.close();
+    }
+  });
+});
+
+test("clones: three VMs restored from one snapshot run independently; restore is lazy; a paused restore waits for resume", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 2 });
+    try {
+      const g = startPatterns(host, "base");
+      await until("'written'", () => g.output().includes("written"));
+      const path = join(dir, "base.snap");
+      await g.vm.snapshot(path);
+      await g.vm.destroy();
+      const clones = [restore(host, path, "c1"), restore(host, path, "c2"), restore(host, path, "c3", true)];
+      // Nothing of the RAM was read yet: the pages wait in the file.
+      const paused = clones[2].vm;
+      assert.equal(paused.state, "paused");
+      const pages = paused.stats().memory!.pages;
+      assert.ok(pages.snapshot > 10_000 && pages.private < 64, JSON.stringify(pages));
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(clones[2].output(), "", "a paused restore runs nothing");
+      paused.resume();
+      await Promise.all(clones.map(finishes));
+      assert.throws(() => restore(host, path, "c1"), /exists already/);
+    } finally {
+      await host.close();
+    }
+  });
+});
+
+test("a diff snapshot holds only the pages written since the one before, and restores through it", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 2 });
+    try {
+      const g = startPatterns(host, "d");
+      await until("'written'", () => g.output().includes("written"));
+      const full = await g.vm.snapshot(join(dir, "full.snap"));
+      await new Promise((r) => setTimeout(r, 100));
+      const diff = await g.vm.snapshot(join(dir, "diff.snap"), { diff: true });
+      // While the guest only waits (and spins on the clock), few pages change.
+      assert.ok(diff.memory.inParent > full.memory.stored - 100, JSON.stringify(diff.memory));
+      assert.ok(statSync(join(dir, "diff.snap")).size < statSync(join(dir, "full.snap")).size / 10);
+      assert.equal(readSnapshotMeta(join(dir, "diff.snap")).parent?.id, full.id);
+      await g.vm.destroy();
+      await finishes(restore(host, join(dir, "diff.snap"), "from-diff"));
+      // A parent replaced since is found out.
+      await finishes(startAndSnapshot(host, join(dir, "full.snap")));
+      assert.throws(() => restore(host, join(dir, "diff.snap"), "orphan"), /not the parent this diff snapshot was taken against/);
+      assert.ok(host.vm("orphan") === undefined, "no VM left behind");
+    } finally {
+      await host.close();
+    }
+  });
+
+  function startAndSnapshot(host: Host, path: string): Guest {
+    const g = startPatterns(host, "other");
+    void until("'written'", () => g.output().includes("written")).then(() => g.vm.snapshot(path));
+    return g;
+  }
+});
+
+/** Rewrite a snapshot with its machine state edited (checksums made right again, so only the checks on values stand in the way). */
+async function rewrite(from: string, to: string, edit: (machine: Record<string, any>, meta: Record<string, any>) => void): Promise<void> {
+  const f = SnapshotFile.open(from);
+  const meta = f.json("meta") as Record<string, any>;
+  const machine = f.json("machine") as Record<string, any>;
+  edit(machine, meta);
+  const w = await SnapshotWriter.create(to);
+  await w.json("meta", meta as Plain);
+  await w.json("machine", machine as Plain);
+  const pages = f.section("pages");
+  const s = w.begin("pages", true);
+  await w.write(f.read(pages.offset, pages.length));
+  w.end(s);
+  await w.binary("pagemap", f.binary("pagemap", 1 << 30));
+  await w.finish();
+  f.close();
+}
+
+test("broken snapshots are refused with one line naming the problem, and nothing is left running", { skip: noCompiler, timeout: 120_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 1 });
+    try {
+      const g = startPatterns(host, "t");
+      await until("'written'", () => g.output().includes("written"));
+      const good = join(dir, "good.snap");
+      await g.vm.snapshot(good);
+      await g.vm.destroy();
+      const framesBefore = host.info().pool.framesInUse;
+      const bytes = readFileSync(good);
+      const cases: [string, (p: string) => Promise<void> | void, RegExp][] = [
+        ["not a snapshot", (p) => writeFileSync(p, "hello"), /too short|not a tsvisor snapshot/],
+        ["truncated", (p) => writeFileSync(p, bytes.subarray(0, bytes.length >> 1)), /outside the file|truncated/],
+        ["a flipped bit in the machine state", (p) => {
+          const b = Buffer.from(bytes);
+          const m = new SnapshotFile_(good).section("machine");
+          b[m.offset + 20] ^= 1;
+          writeFileSync(p, b);
+        }, /section 'machine' checksum mismatch/],
+        ["another format version", (p) => {
+          const b = Buffer.from(bytes);
+          b.writeUInt32LE(99, 8);
+          writeFileSync(p, b);
+        }, /format version 99|header checksum/],
+        ["another tsvisor version", (p) => rewrite(good, p, (_m, meta) => { meta.tsvisor = "9.9.9"; }), /written by tsvisor 9\.9\.9/],
+        ["an illegal privilege level", (p) => rewrite(good, p, (m) => {
+          const block = Buffer.from(m.harts[0].block.arch, "base64");
+          block.writeBigUInt64LE(2n, 520);
+          m.harts[0].block.arch = block.toString("base64");
+        }), /privilege level 2/],
+        ["another machine shape", (p) => rewrite(good, p, (m) => { m.config.harts = 3; }), /3 harts/],
+        ["a PLIC value of the wrong type", (p) => rewrite(good, p, (m) => { m.plic = "garbage"; }), /machine\.plic/],
+        ["a page map naming a slot past the pages", (p) => {
+          const b = Buffer.from(bytes);
+          const pm = new SnapshotFile_(good).section("pagemap");
+          b.writeUInt32LE(0x7fffffff, pm.offset + 8 + 4 * 2000);
+          writeFileSync(p, b);
+        }, /checksum mismatch/],
+      ];
+      for (const [what, make, message] of cases) {
+        const p = join(dir, `bad-${what.replace(/\W+/g, "-")}.snap`);
+        await make(p);
+        assert.throws(() => host.restoreVm(p, { name: "bad", consoleOut: () => {} }), (e: Error) => {
+          assert.ok(e instanceof SnapshotError || e.name === "HostError", `${what}: ${e.stack}`);
+          assert.match(e.message, message, what);
+          assert.ok(!e.message.includes("\n"), `${what}: one line`);
+          return true;
+        });
+        assert.ok(host.vm("bad") === undefined, `${what}: no VM left behind`);
+      }
+      assert.equal(host.info().pool.framesInUse, framesBefore, "every frame of the refused restores went back");
+      // A corrupted page is found when the guest touches it: the VM stops with the reason, the host goes on.
+      const b = Buffer.from(bytes);
+      const pagesAt = new SnapshotFile_(good).section("pages").offset;
+      b[pagesAt + 4096 * 100 + 7] ^= 0xff;
+      const corrupt = join(dir, "corrupt-page.snap");
+      writeFileSync(corrupt, b);
+      const r = restore(host, corrupt, "victim");
+      const end = await r.vm.waitForEnd();
+      assert.equal(end.kind, "error");
+      assert.match((end as { message: string }).message, /guest page \d+ is corrupted/);
+    } finally {
+      await host.close();
+    }
+  });
+});
+
+/** The section table of a snapshot file, for the tests' byte surgery. */
+class SnapshotFile_ {
+  private readonly f: SnapshotFile;
+  constructor(path: string) {
+    this.f = SnapshotFile.open(path);
+  }
+  section(tag: string) {
+    const s = this.f.section(tag);
+    this.f.close();
+    return s;
+  }
+}

@@ -1,0 +1,137 @@
+// Writing and opening whole snapshots: the sections of a VM (format.ts) in
+// the order restore needs them.
+//
+//   "meta"     who wrote it (tsvisor version), its id, its parent (a diff
+//              snapshot), the VM's shape, and what the caller adds (the
+//              daemon's VM definition, to rebuild the devices)
+//   "machine"  harts, clocks, interrupt controllers, UART, RTC, virtio
+//              devices with their queues (VirtMachine.saveState)
+//   "pagemap", "pages"  guest RAM (memory.ts)
+
+import { randomUUID } from "node:crypto";
+import { resolve } from "node:path";
+import { VERSION } from "../cli/version.js";
+import type { P2m } from "../memory/p2m.js";
+import { SnapshotWriter, SnapshotFile } from "./format.js";
+import { writeMemory, SnapshotPages, type MemoryWriteResult } from "./memory.js";
+import { SnapshotError, StateReader, type Plain } from "./state.js";
+
+/** What "meta" says. */
+export interface SnapshotMeta {
+  tsvisor: string;
+  id: string;
+  createdAt: string;
+  /** A diff snapshot's parent: its path when written and its id. */
+  parent?: { path: string; id: string };
+  vm: { name: string; cpus: number; memBytes: number; cmdline: string; console: "ttyS0" | "hvc0" };
+  /** The caller's own description of the VM (the daemon's VM definition). */
+  definition?: Plain;
+}
+
+export interface WriteSnapshotOptions {
+  meta: Omit<SnapshotMeta, "tsvisor" | "id" | "createdAt">;
+  machine: Plain;
+  p2m: P2m;
+  /** Diff snapshot: only these pages (the rest are the parent's). */
+  dirty?: Set<number>;
+  progress?(done: number, total: number): void;
+}
+
+export interface WrittenSnapshot {
+  path: string;
+  id: string;
+  bytes: number;
+  memory: MemoryWriteResult;
+}
+
+export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Promise<WrittenSnapshot> {
+  const id = randomUUID();
+  const meta: SnapshotMeta = { tsvisor: VERSION, id, createdAt: new Date().toISOString(), ...o.meta };
+  const w = await SnapshotWriter.create(path);
+  try {
+    await w.json("meta", meta as unknown as Plain);
+    await w.json("machine", o.machine);
+    const memory = await writeMemory(w, o.p2m, o.dirty, o.progress);
+    const bytes = w.bytesWritten;
+    await w.finish();
+    return { path: resolve(path), id, bytes, memory };
+  } catch (e) {
+    await w.abort();
+    throw e;
+  }
+}
+
+/** A snapshot opened for restore: its meta checked, its parents opened. */
+export interface OpenedSnapshot {
+  meta: SnapshotMeta;
+  /** The machine section, to check and apply (VirtMachine.restoreState). */
+  machine: StateReader;
+  guestTicks: bigint;
+  /** The snapshot, then its parents (a diff chain); they stay open while the VM runs. */
+  chain: SnapshotFile[];
+  pages: SnapshotPages;
+  close(): void;
+}
+
+const MAX_CHAIN = 64;
+
+export function openSnapshot(path: string): OpenedSnapshot {
+  const chain: SnapshotFile[] = [];
+  const close = () => {
+    for (const f of chain) f.close();
+  };
+  try {
+    const first = SnapshotFile.open(path);
+    chain.push(first);
+    const meta = readMeta(first);
+    let child = meta;
+    while (child.parent) {
+      if (chain.length >= MAX_CHAIN) throw new SnapshotError(`${path}: a chain of more than ${MAX_CHAIN} diff snapshots`);
+      const parent = SnapshotFile.open(child.parent.path);
+      chain.push(parent);
+      const pm = readMeta(parent);
+      if (pm.id !== child.parent.id) throw new SnapshotError(`${parent.path} is not the parent this diff snapshot was taken against (another snapshot was written there since)`);
+      if (pm.vm.memBytes !== meta.vm.memBytes || pm.vm.cpus !== meta.vm.cpus) throw new SnapshotError(`${parent.path} is of a VM with another shape than its diff`);
+      child = pm;
+    }
+    const machine = new StateReader(first.json("machine"), "machine");
+    const guestTicks = machine.u64("guestTicks");
+    const pages = SnapshotPages.fromChain(chain, meta.vm.memBytes / 4096);
+    return { meta, machine, guestTicks, chain, pages, close };
+  } catch (e) {
+    close();
+    throw e;
+  }
+}
+
+/** Only "meta", checked (`vm restore` reads it to rebuild the devices first). */
+export function readSnapshotMeta(path: string): SnapshotMeta {
+  const f = SnapshotFile.open(path);
+  try {
+    return readMeta(f);
+  } finally {
+    f.close();
+  }
+}
+
+function readMeta(f: SnapshotFile): SnapshotMeta {
+  const raw = f.json("meta");
+  const r = new StateReader(raw, "meta");
+  const tsvisor = r.str("tsvisor", 64);
+  if (tsvisor !== VERSION) throw new SnapshotError(`${f.path} was written by tsvisor ${tsvisor}; this is tsvisor ${VERSION}, which restores only its own snapshots`);
+  const vm = r.obj("vm");
+  const cpus = vm.int("cpus", 1, 512);
+  const memBytes = vm.int("memBytes", 4096, 2 ** 46);
+  if (memBytes % 4096 !== 0) throw new SnapshotError(`${f.path}: meta.vm.memBytes is not a whole number of pages`);
+  const meta: SnapshotMeta = {
+    tsvisor, id: r.str("id", 64), createdAt: r.str("createdAt", 64),
+    vm: { name: vm.str("name", 63), cpus, memBytes, cmdline: vm.str("cmdline", 65536), console: vm.oneOf("console", ["ttyS0", "hvc0"]) },
+  };
+  if (r.has("parent")) {
+    const p = r.obj("parent");
+    meta.parent = { path: p.str("path"), id: p.str("id", 64) };
+  }
+  // The caller checks its own part (the daemon validates a definition as it would a client's).
+  if (r.has("definition")) meta.definition = (raw as Record<string, Plain>).definition;
+  return meta;
+}
