@@ -141,7 +141,9 @@ export class Host {
     const { paused, ...rest } = config;
     let vm: Vm;
     try {
-      vm = this.createVm({ ...rest, name: rest.name ?? snap.meta.vm.name, cpus: snap.meta.vm.cpus, memBytes: snap.meta.vm.memBytes, cmdline: snap.meta.vm.cmdline, console: snap.meta.vm.console });
+      // Clones of one snapshot start out with the same pages: they may share
+      // them (under memory pressure the scanner merges them), unless told otherwise.
+      vm = this.createVm({ ...rest, shareGroup: rest.shareGroup ?? `snapshot:${snap.meta.id}`, name: rest.name ?? snap.meta.vm.name, cpus: snap.meta.vm.cpus, memBytes: snap.meta.vm.memBytes, cmdline: snap.meta.vm.cmdline, console: snap.meta.vm.console });
     } catch (e) {
       snap.close();
       throw e;

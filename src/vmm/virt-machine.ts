@@ -316,6 +316,11 @@ export class VirtMachine {
     this.afterExit();
   }
 
+  /** After a restore or a migration: each network card announces itself (virtio.ts announce). */
+  announceDevices(): void {
+    for (const t of this.virtio) t.device.announce?.();
+  }
+
   /** Everything but RAM, as plain data. No hart may run (they are off their
    *  pCPUs) and the devices are paused (pauseDevices()). */
   saveState(): Plain {

@@ -100,6 +100,23 @@ test("virtio-net link down/up changes the status field and raises a config inter
   assert.equal(Number(d.transport.read(0x106, 2)), 1);
 });
 
+test("virtio-net announce(): after a restore or migration the card sends a RARP broadcast from its MAC, as QEMU's announce-self", () => {
+  const { net, be } = setup();
+  net.announce(1);
+  assert.equal(be.sent.length, 1);
+  const f = be.sent[0];
+  assert.deepEqual([...f.subarray(0, 6)], [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+  assert.deepEqual([...f.subarray(6, 12)], [...MAC]);
+  assert.equal((f[12] << 8) | f[13], 0x8035, "EtherType RARP");
+  assert.equal((f[20] << 8) | f[21], 3, "reverse request");
+  assert.deepEqual([...f.subarray(22, 28)], [...MAC], "sender hardware address");
+  assert.equal(net.stats.announcements, 1);
+  // Before the driver is up (or after a reset) there is no one to announce.
+  const idle = new VirtioNet(new FakeBackend(), { name: "net1", mac: MAC });
+  idle.announce(1);
+  assert.equal(idle.stats.announcements, 0);
+});
+
 test("virtio-net transmit strips the header and hands the exact frame to the backend", () => {
   const { d, net, be } = setup(BASE | VIRTIO_F_INDIRECT_DESC);
   const f1 = frame(60, 1);

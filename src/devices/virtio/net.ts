@@ -128,6 +128,8 @@ export class NetDeviceStats {
   txErrors = 0;
   /** Guest super-frames (TSO) the device cut into segments; each segment counts in txFrames. */
   txSegmented = 0;
+  /** RARP frames sent for the guest after a restore or a migration (announce()). */
+  announcements = 0;
   /** Guest super-frames handed whole to a backend that takes them (txOffloads; each one txFrame). */
   txSuperFrames = 0;
   /** Backend super-frames delivered whole to a guest that accepted GUEST_TSO (each one rxFrame). */
@@ -212,6 +214,36 @@ export class VirtioNet implements VirtioDevice {
     if (up === this.linkUp) return;
     this.linkUp = up;
     this.ctx?.configChanged();
+  }
+
+  /**
+   * Tell the network this card is here now (after a restore or a migration
+   * moved it): a RARP broadcast from its MAC, as QEMU's announce-self sends
+   * for a guest without VIRTIO_NET_F_GUEST_ANNOUNCE, so switches learn the
+   * port it sits behind at once. `times` frames, 50 ms apart (QEMU's default
+   * is 5 rounds, 50 ms then growing); none while the driver is not up.
+   */
+  announce(times = 3): void {
+    if (!this.ctx || this.closed) return;
+    const frame = new Uint8Array(60); // the 42 bytes padded to the Ethernet minimum
+    frame.fill(0xff, 0, 6); // to everyone
+    frame.set(this.mac, 6);
+    const dv = new DataView(frame.buffer);
+    dv.setUint16(12, 0x8035); // RARP (RFC 903)
+    dv.setUint16(14, 1); // hardware type Ethernet
+    dv.setUint16(16, 0x0800); // protocol IPv4
+    frame[18] = 6;
+    frame[19] = 4;
+    dv.setUint16(20, 3); // reverse request
+    frame.set(this.mac, 22); // sender hardware address
+    frame.set(this.mac, 32); // target hardware address (the IP fields stay 0)
+    const send = (left: number) => {
+      if (!this.ctx || this.closed || left === 0) return;
+      this.backend.send(frame.slice());
+      this.stats.announcements++;
+      if (left > 1) setTimeout(() => send(left - 1), 50).unref();
+    };
+    send(times);
   }
 
   // --- lifecycle ---

@@ -65,6 +65,8 @@ export interface VirtioDevice {
    *  (an I/O thread finishes the request in flight). reset() follows before
    *  the device is used again. */
   quiesce?(): Promise<void>;
+  /** The VM was restored or migrated here: tell the network (virtio-net sends a RARP for its MAC). */
+  announce?(): void;
   /** Release host resources (files, sockets) when the device is done with. */
   close?(): void | Promise<void>;
   /** Bring the transport's queue counts up to date (a device whose queues
