@@ -23,7 +23,7 @@ import type { Host } from "./host.js";
 import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.js";
 import { Absent } from "../memory/p2m-entry.js";
 import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
-import { absentEntry } from "../memory/p2m-entry.js";
+import { PAGE_ZERO } from "../snapshot/memory.js";
 import { writeSnapshot, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
@@ -213,7 +213,7 @@ export class Vm {
       // (memory.ts); the rest read as zero, as untouched pages do.
       const p2m = machine.p2m;
       p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
-      for (let i = 0; i < p2m.count; i++) if (snap.pages.hasBytes(i)) p2m.casEntry(i, 0, absentEntry(Absent.Snapshot, i));
+      p2m.presetSnapshotPages(snap.pages.slotOf, PAGE_ZERO);
       try {
         machine.restoreState(snap.machine);
       } catch (e) {

@@ -352,6 +352,20 @@ export class P2m {
     return c;
   }
 
+  /**
+   * A restored VM's RAM before any hart runs: every page whose slot is not
+   * `none` becomes absent of kind Snapshot (read from the snapshot file when
+   * first touched, its slot being its own index). The table is fresh and no
+   * other thread uses it yet.
+   */
+  presetSnapshotPages(slotOf: Uint32Array, none: number): void {
+    if (slotOf.length !== this.count) throw new P2mFault(`a snapshot page map of ${slotOf.length} pages for a p2m of ${this.count}`);
+    const words = this.pool.words;
+    for (let i = 0; i < this.count; i++) {
+      if (slotOf[i] !== none) words[this.firstWord + i] = absentEntry(Absent.Snapshot, i);
+    }
+  }
+
   /** Add `delta` to the count of present entries (the memory manager mapped or unmapped some). */
   notePopulated(delta: number): void {
     Atomics.add(this.counters, P2mCounter.Populated, delta);
