@@ -33,6 +33,10 @@ import type { HostAddress } from "./address.js";
 import { framesFor } from "./frame-pool.js";
 import { P2m, P2mFault } from "./p2m.js";
 
+/** A VM's dirty page bitmap (see the header for the protocol). The core
+ *  logs a store only when it looks up the p2m, not on a store TLB hit: after
+ *  start() (once each hart has setDirtyLog) and after every take(), the
+ *  caller must flush every hart's TLB before relying on the log. */
 export class DirtyLog {
   /** Host address of the bitmap (what the core's setDirtyLog() takes). */
   readonly address: HostAddress;
