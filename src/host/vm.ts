@@ -180,6 +180,9 @@ export class Vm {
       throw e;
     }
     this.snapshotFiles = snap;
+    // A diff snapshot taken later holds what changed since this one.
+    this.lastSnapshot = { path: snap.chain[0].path, id: snap.meta.id };
+    this.startDirtyLog();
     if (!paused) this.releaseRestored();
     else {
       this._state = "paused";

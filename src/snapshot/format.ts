@@ -16,6 +16,7 @@
 
 import { open, type FileHandle } from "node:fs/promises";
 import { fstatSync, openSync, readSync, closeSync } from "node:fs";
+import { resolve as resolvePath } from "node:path";
 import { crc32 } from "./crc32.js";
 import { SnapshotError, type Plain } from "./state.js";
 
@@ -139,7 +140,7 @@ export class SnapshotFile {
       throw new SnapshotError(`cannot open snapshot ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
     }
     try {
-      const f = new SnapshotFile(path, fd, fstatSync(fd).size);
+      const f = new SnapshotFile(resolvePath(path), fd, fstatSync(fd).size);
       f.readTable();
       return f;
     } catch (e) {

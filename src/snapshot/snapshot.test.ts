@@ -138,7 +138,13 @@ test("a diff snapshot holds only the pages written since the one before, and res
       assert.ok(statSync(join(dir, "diff.snap")).size < statSync(join(dir, "full.snap")).size / 10);
       assert.equal(readSnapshotMeta(join(dir, "diff.snap")).parent?.id, full.id);
       await g.vm.destroy();
-      await finishes(restore(host, join(dir, "diff.snap"), "from-diff"));
+      // A restored VM's first diff snapshot is against the snapshot it came from.
+      const r = restore(host, join(dir, "diff.snap"), "from-diff");
+      const second = await r.vm.snapshot(join(dir, "diff2.snap"), { diff: true });
+      assert.equal(readSnapshotMeta(join(dir, "diff2.snap")).parent?.id, diff.id);
+      assert.ok(second.memory.stored < 1000, JSON.stringify(second.memory));
+      await finishes(r);
+      await finishes(restore(host, join(dir, "diff2.snap"), "from-diff2"));
       // A parent replaced since is found out.
       await finishes(startAndSnapshot(host, join(dir, "full.snap")));
       assert.throws(() => restore(host, join(dir, "diff.snap"), "orphan"), /not the parent this diff snapshot was taken against/);
