@@ -259,7 +259,7 @@ export class Vm {
     this.restoredWaiting = false;
     this._state = "running";
     machine.resumeDevices();
-    machine.announceDevices();
+    machine.restored();
     this.host.sched.setVmState(this.schedVm, VmRunState.Running);
     for (const i of machine.startedHarts) this.host.kick(this.slots[i], true);
   }

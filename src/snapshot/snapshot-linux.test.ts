@@ -5,7 +5,8 @@
 // mid-loop; the restored guest finishes the loop and checks every block on
 // the disk against its copy in RAM, and every page it fetched. Then the same
 // snapshot with a virtqueue tampered (a ring outside RAM, an index out of
-// range) is refused with one line.
+// range) is refused with one line. The restored kernel reseeds its random
+// number generator: the VM generation ID changed (devices/legacy/vmgenid.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
@@ -40,6 +41,8 @@ function workload(port: number): string[] {
     "  i=$((i+1))",
     "done",
     'echo "verify bad=$bad"',
+    // The restore gave the VM a new generation ID: the kernel reseeded its RNG (vmgenid).
+    'dmesg | grep -q "virtual machine fork" && echo "rng reseeded"',
   ].join("\n")];
 }
 
@@ -79,6 +82,7 @@ test("a Debian guest writing to RAM, a disk and the network is snapshotted mid-l
       assert.match(text, new RegExp(`step ${STEPS}\\n`), text);
       assert.doesNotMatch(text, /step 8\n/, "it went on from where it was, not from the start");
       assert.match(text, /verify bad=0\n/, text);
+      assert.match(text, /rng reseeded\n/, "Linux's vmgenid driver saw the restore");
 
       // Tampered queue state: refused with the field named, nothing left behind.
       const f = SnapshotFile.open(snap);

@@ -29,6 +29,7 @@ import { Plic, plicSize } from "../devices/irq/plic.js";
 import { Uart16550 } from "../devices/legacy/uart16550.js";
 import { GoldfishRtc } from "../devices/legacy/goldfish-rtc.js";
 import { Syscon, type PowerEvent } from "../devices/legacy/syscon.js";
+import { VmGenId } from "../devices/legacy/vmgenid.js";
 import * as L from "../arch/riscv/layout.js";
 import { virtFdt } from "../arch/riscv/virt-fdt.js";
 import { planBoot, type BootLayout } from "../arch/riscv/boot.js";
@@ -171,6 +172,8 @@ export class VirtMachine {
   private readonly plic: Plic;
   private readonly rtc: GoldfishRtc;
   private readonly aclint: Aclint;
+  /** The VM generation ID: a restored VM gets a new one, and its kernel reseeds its RNG. */
+  readonly vmgenid: VmGenId;
   readonly clock: RealtimeClock;
   private readonly panicWatch = new PanicWatch();
   private readonly platform: SbiPlatform;
@@ -239,6 +242,8 @@ export class VirtMachine {
     });
     bus.register(L.VIRT_TEST_BASE, L.VIRT_TEST_SIZE, new Syscon((e) => this.onPowerEvent(e)));
     bus.register(L.VIRT_RTC_BASE, L.VIRT_RTC_SIZE, this.rtc);
+    this.vmgenid = new VmGenId({ setIrq: (level) => this.plic.setLevel(L.VIRT_VMGENID_IRQ, level) });
+    bus.register(L.VIRT_VMGENID_BASE, L.VIRT_VMGENID_SIZE, this.vmgenid);
     this.aclint = new Aclint(this.core, this.harts.map((s) => s.vcpu.hart), (i) => cfg.kickHart?.(i), () => this.clock.now());
     bus.register(L.VIRT_CLINT_BASE, L.VIRT_CLINT_SIZE, this.aclint);
     bus.register(L.VIRT_PLIC_BASE, plicSize(cfg.harts), this.plic);
@@ -316,7 +321,14 @@ export class VirtMachine {
     this.afterExit();
   }
 
-  /** After a restore or a migration: each network card announces itself (virtio.ts announce). */
+  /** After a restore: a new VM generation (the guest reseeds its RNG: this
+   *  may be one of several clones), and each network card announces itself. */
+  restored(): void {
+    this.vmgenid.newGeneration();
+    this.announceDevices();
+  }
+
+  /** After a migration: each network card announces itself (virtio.ts announce). */
   announceDevices(): void {
     for (const t of this.virtio) t.device.announce?.();
   }
@@ -335,6 +347,7 @@ export class VirtMachine {
       aclint: this.aclint.saveState(),
       uart: this.uart.saveState(),
       rtc: this.rtc.saveState(),
+      vmgenid: this.vmgenid.saveState(),
       consoleIn: bytes(Uint8Array.from(this.consoleIn)),
       virtio: this.virtio.map((t) => t.saveState()),
       ended: this.end ? true : false,
@@ -372,6 +385,7 @@ export class VirtMachine {
     this.aclint.restoreState(r.obj("aclint"));
     this.uart.restoreState(r.obj("uart"));
     this.rtc.restoreState(r.obj("rtc"));
+    this.vmgenid.restoreState(r.obj("vmgenid"));
     this.consoleIn.splice(0, this.consoleIn.length, ...r.bytes("consoleIn", 1 << 20));
     const transports = r.array("virtio", L.VIRT_VIRTIO_SLOTS);
     r.check(transports.length === this.virtio.length, "virtio device count differs from the configuration");

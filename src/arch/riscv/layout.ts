@@ -5,6 +5,7 @@
 //               │ (unmapped)               │
 //   0x0010_0000 ├──────────────────────────┤ test / syscon finisher  4 KiB
 //   0x0010_1000 ├──────────────────────────┤ goldfish RTC  irq 11    4 KiB
+//   0x0010_2000 ├──────────────────────────┤ VM generation ID irq 12 16 B (tsvisor's; QEMU's virt has none)
 //   0x0200_0000 ├──────────────────────────┤ CLINT / ACLINT          64 KiB
 //   0x0c00_0000 ├──────────────────────────┤ PLIC (2 contexts / hart)
 //   0x1000_0000 ├──────────────────────────┤ UART 16550A  irq 10     256 B
@@ -18,6 +19,10 @@ export const VIRT_TEST_SIZE = 0x1000n;
 export const VIRT_RTC_BASE = 0x0010_1000n;
 export const VIRT_RTC_SIZE = 0x1000n;
 export const VIRT_RTC_IRQ = 11;
+/** VMGenID (devices/legacy/vmgenid.ts): where QEMU's virt has a hole, with the next free PLIC source. */
+export const VIRT_VMGENID_BASE = 0x0010_2000n;
+export const VIRT_VMGENID_SIZE = 0x10n;
+export const VIRT_VMGENID_IRQ = 12;
 export const VIRT_CLINT_BASE = 0x0200_0000n;
 export const VIRT_CLINT_SIZE = 0x1_0000n;
 export const VIRT_PLIC_BASE = 0x0c00_0000n;

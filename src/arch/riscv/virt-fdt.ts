@@ -2,7 +2,7 @@
 // QEMU's riscv `virt` machine describes itself to Linux (bindings from the
 // Linux kernel's Documentation/devicetree/bindings: riscv/cpus.yaml,
 // interrupt-controller/sifive,plic-1.0.0.yaml, timer/sifive,clint.yaml,
-// serial/8250.yaml, rtc/google,goldfish-rtc, power/reset/syscon-*.yaml,
+// serial/8250.yaml, rtc/google,goldfish-rtc, rng/microsoft,vmgenid, power/reset/syscon-*.yaml,
 // virtio/mmio.yaml).
 
 import { node, u32, u64, str, empty, writeFdt, type FdtNode } from "./fdt.js";
@@ -78,6 +78,13 @@ export function virtFdt(cfg: VirtFdtConfig): Uint8Array {
       reg: reg(L.VIRT_RTC_BASE, L.VIRT_RTC_SIZE),
       "interrupt-parent": u32(PLIC_PHANDLE),
       interrupts: u32(L.VIRT_RTC_IRQ),
+    }),
+    // Linux reseeds its RNG when this ID changes (a restore, a clone).
+    node(`vmgenid@${L.VIRT_VMGENID_BASE.toString(16)}`, {
+      compatible: str("microsoft,vmgenid"),
+      reg: reg(L.VIRT_VMGENID_BASE, L.VIRT_VMGENID_SIZE),
+      "interrupt-parent": u32(PLIC_PHANDLE),
+      interrupts: u32(L.VIRT_VMGENID_IRQ),
     }),
     node(`clint@${L.VIRT_CLINT_BASE.toString(16)}`, {
       compatible: str("sifive,clint0", "riscv,clint0"),
