@@ -15,6 +15,7 @@ import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
 import { ConsoleHub } from "./console-hub.js";
 import type { Duplex } from "node:stream";
+import { rmSync } from "node:fs";
 import type { VmDefinition, VmPatch } from "./definition.js";
 
 export type ManagedState = "created" | "starting" | "running" | "paused" | "stopping" | "stopped";
@@ -65,6 +66,8 @@ export interface SnapshotView {
   bytes: number;
   pages: { total: number; stored: number; zero: number; inParent: number };
   seconds: number;
+  /** With `disks: "overlay"`: each writable disk the snapshot names, and the overlay the VM goes on with. */
+  overlays?: { disk: string; overlay: string }[];
 }
 
 export function exitStatusOf(end: RunEnd): number {
@@ -223,8 +226,13 @@ export class ManagedVm {
   /**
    * Write a snapshot of the running (or paused) VM to `path` with its
    * definition in it; it runs on afterwards unless `stayPaused`.
+   * `disks: "overlay"`: before it goes on, each writable disk image the
+   * snapshot names is frozen and the VM continues on a new qcow2 overlay of
+   * it (VmDevices.freezeDisks), which its definition names from then on; so
+   * the images stay as the snapshot needs them. If that fails, the snapshot
+   * is deleted (its disks would not stay as it needs them) and 409 says why.
    */
-  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean }): Promise<SnapshotView> {
+  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; disks?: "overlay" }): Promise<SnapshotView> {
     const vm = this.vm;
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be snapshotted`);
@@ -232,9 +240,30 @@ export class ManagedVm {
     const t0 = performance.now();
     const wasRunning = this._state === "running";
     let written;
+    const devices = this.devices;
+    const overlays: { disk: string; overlay: string }[] = [];
+    // The definition as it is now: the images the snapshot's devices read.
+    const definition = JSON.parse(JSON.stringify(this.def)) as Plain;
+    let overlayFailed: Error | undefined;
+    const whilePaused = opts.disks === "overlay" && devices ? async (w: { id: string }) => {
+      try {
+        await devices.freezeDisks(w.id.slice(0, 8), (d) => {
+          this.def.disks[d.index] = d.spec;
+          overlays.push({ disk: d.frozen, overlay: d.overlay });
+          this.event(`vm ${this.name}: disk ${d.frozen} frozen; the VM goes on with ${d.overlay}`);
+        });
+      } catch (e) {
+        overlayFailed = e as Error;
+        throw e;
+      }
+    } : undefined;
     try {
-      written = await vm.snapshot(path, { diff: opts.diff, stayPaused: opts.stayPaused, definition: this.def as unknown as Plain });
+      written = await vm.snapshot(path, { diff: opts.diff, stayPaused: opts.stayPaused, definition, whilePaused });
     } catch (e) {
+      if (overlayFailed) {
+        rmSync(path, { force: true });
+        throw new ApiError(409, `freezing the disks of VM '${this.name}' failed, so the snapshot was deleted: ${overlayFailed.message}`);
+      }
       if (e instanceof HostError) throw new ApiError(409, e.message);
       if (e instanceof SnapshotError) throw new ApiError(422, e.message);
       throw e;
@@ -246,7 +275,10 @@ export class ManagedVm {
     const seconds = (performance.now() - t0) / 1000;
     const m = written.memory;
     this.event(`vm ${this.name}: snapshot written to ${written.path} (${m.stored} pages stored, ${seconds.toFixed(2)} s)`);
-    return { name: this.name, path: written.path, id: written.id, bytes: written.bytes, pages: { total: m.pages, stored: m.stored, zero: m.zero, inParent: m.inParent }, seconds };
+    return {
+      name: this.name, path: written.path, id: written.id, bytes: written.bytes, pages: { total: m.pages, stored: m.stored, zero: m.zero, inParent: m.inParent }, seconds,
+      ...(opts.disks === "overlay" ? { overlays } : {}),
+    };
   }
 
   /** The kernel, initrd (with the guest command) and command line of a boot. */

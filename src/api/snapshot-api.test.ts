@@ -60,11 +60,24 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
     assert.equal(r.json.pages.inParent, 0);
     assert.equal((await host.api("GET", "/v1/vms/p")).json.state, "paused");
 
-    // Through the CLI: a diff against it, with a relative path resolved by the CLI.
-    const cli = await host.vm("snapshot", "p", join(dir, "diff.snap"), "--diff");
+    // Through the CLI: a diff against it, the disk frozen and the VM going on with an overlay.
+    const cli = await host.vm("snapshot", "p", join(dir, "diff.snap"), "--diff", "--disks", "overlay");
     assert.equal(cli.status, 0, cli.stderr);
-    assert.match(cli.stdout, /^snapshot of p written to .*diff\.snap: 64\.0 MiB RAM, [\d.]+ MiB stored \(\d+ pages\), [\d.]+ s\n$/);
-    assert.equal((await host.api("GET", "/v1/vms/p")).json.state, "paused", "a paused VM stays paused");
+    const m = /^snapshot of p written to .*diff\.snap: 64\.0 MiB RAM, [\d.]+ MiB stored \(\d+ pages\), [\d.]+ s; (\S+) frozen, the VM goes on with (\S+)\n$/.exec(cli.stdout);
+    assert.ok(m, cli.stdout);
+    assert.equal(m[1], disk);
+    assert.match(m[2], /disk\.img\.[0-9a-f]{8}\.qcow2$/);
+    const overlay = readFileSync(m[2]);
+    assert.equal(overlay.subarray(0, 4).toString("latin1"), "QFI\xfb");
+    assert.ok(overlay.includes(Buffer.from(disk)), "the overlay is backed by the frozen image");
+    const after = (await host.api("GET", "/v1/vms/p")).json;
+    assert.equal(after.state, "paused", "a paused VM stays paused");
+    assert.deepEqual(after.config.disks, [`${m[2]},format=qcow2`], "its definition names the overlay");
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, "state", "vms", "p.json"), "utf8")).disks, [`${m[2]},format=qcow2`]);
+    // --disks takes only overlay.
+    const badDisks = await host.api("POST", "/v1/vms/p/snapshot", { path: full, disks: "copy" });
+    assert.equal(badDisks.status, 400, badDisks.text);
+    oneErrorLine(await host.vm("snapshot", "p", "x.snap", "--disks", "copy"), /--disks: expected overlay/);
 
     // Bad requests: one line each.
     for (const [body, re] of [
@@ -99,6 +112,7 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
     const cr = await host.vm("restore", join(dir, "diff.snap"), "--name", "r", "--paused");
     assert.equal(cr.status, 0, cr.stderr);
     assert.match(cr.stdout, /^VM r restored from .*diff\.snap \(paused\)\n$/);
+    assert.deepEqual((await host.api("GET", "/v1/vms/r")).json.config.disks, [disk], "the snapshot names the frozen image");
     assert.equal((await host.api("POST", "/v1/vms/r/resume")).status, 200);
 
     for (const name of ["q", "r"]) {

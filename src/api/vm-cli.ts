@@ -41,11 +41,14 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
   vm wait NAME            wait until it stops; exit with its command's status
-  vm snapshot NAME FILE [--diff] [--stay-paused]
+  vm snapshot NAME FILE [--diff] [--stay-paused] [--disks overlay]
                           write the running (or paused) VM's state, RAM and definition
                           to FILE; it runs on unless --stay-paused. --diff: only the
                           pages written since its last snapshot (the parent, which
-                          must stay where it is)
+                          must stay where it is). Disk images are not copied: with
+                          --disks overlay each writable image D is frozen as the
+                          snapshot needs it and the VM goes on with a new qcow2
+                          overlay D.ID.qcow2 backed by D (its definition names it)
   vm restore FILE [--name NAME] [--paused]
                           define a VM from a snapshot (its own definition, under NAME
                           if given) and bring it back running, or paused until resume;
@@ -384,14 +387,17 @@ async function wait(argv: string[]): Promise<number> {
 const mibText = (bytes: number) => `${(bytes / (1 << 20)).toFixed(1)} MiB`;
 
 async function snapshot(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parse(argv, { diff: { type: "boolean" }, "stay-paused": { type: "boolean" } }, "vm snapshot");
+  const { values: v, positionals } = parse(argv, { diff: { type: "boolean" }, "stay-paused": { type: "boolean" }, disks: { type: "string" } }, "vm snapshot");
   if (positionals.length !== 2) throw new UsageError("vm snapshot: expected NAME FILE");
+  if (v.disks !== undefined && v.disks !== "overlay") throw new UsageError(`vm snapshot: --disks: expected overlay, got '${v.disks as string}'`);
   const [name, file] = positionals;
   const body: Record<string, unknown> = { path: resolve(file) };
   if (v.diff) body.diff = true;
   if (v["stay-paused"]) body.stayPaused = true;
+  if (v.disks !== undefined) body.disks = v.disks;
   const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
-  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s\n`);
+  const overlays = (r.overlays ?? []).map((o) => `; ${o.disk} frozen, the VM goes on with ${o.overlay}`).join("");
+  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${overlays}\n`);
   return 0;
 }
 
