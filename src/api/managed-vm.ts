@@ -213,6 +213,11 @@ export class ManagedVm {
       this._state = paused ? "paused" : "running";
       this.event(`vm ${this.name} restored from ${path} (${this._state})`);
       this.runDone = this.watch(vm);
+      // Stopped while its devices opened: the stop waits for this run's end.
+      if (this.stopReason !== undefined) {
+        this._state = "stopping";
+        void vm.stop(this.stopReason);
+      }
     } catch (e) {
       if (devices && !this.vm) await devices.close().catch(() => {});
       this._state = before;
