@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { root, oneErrorLine } from "../cli/test-tsvisor.js";
 import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
 import { TestHost } from "./test-host.js";
+import { Host } from "../host/host.js";
 
 const skip = haveBareCompiler() ? false : "needs riscv64-unknown-elf-gcc (npm test installs it)";
 const base = mkdtempSync(join(tmpdir(), "tsvisor-snapapi-"));
@@ -148,6 +149,33 @@ test("restore refuses what is no usable snapshot with one line; the CLI's usage 
       assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
       oneErrorLine(r, new RegExp(`vm ${args[0]}`));
     }
+  } finally {
+    assert.equal(await host.stop(), 0, host.stderr);
+  }
+});
+
+test("a snapshot taken through the engine API (no definition in it) restores with one from its shape: no disks, no network cards", { skip, timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(base, "c-"));
+  const path = join(dir, "engine.snap");
+  const engine = await Host.create({ pcpus: 1, memLimitBytes: 256 << 20 });
+  try {
+    let out = "";
+    const vm = engine.createVm({ name: "e", kernel: buildBareKernel(bareProgram("patterns")), cmdline: "", cpus: 1, memBytes: 64 << 20, consoleOut: (b) => (out += Buffer.from(b).toString()), warn: () => {} });
+    vm.start();
+    await until("'written'", async () => out.includes("written"));
+    await vm.snapshot(path, { stayPaused: true });
+  } finally {
+    await engine.close();
+  }
+  const host = await TestHost.start(dir);
+  try {
+    const r = await host.api("POST", "/v1/restore", { path });
+    assert.equal(r.status, 201, r.text);
+    assert.equal(r.json.name, "e");
+    assert.deepEqual([r.json.config.disks, r.json.config.nets, r.json.config.kernel, r.json.config.append, r.json.memBytes], [[], [], undefined, "", 64 << 20]);
+    const w = await host.api("GET", "/v1/vms/e/wait");
+    assert.equal(w.json.exitStatus, 0, w.text);
+    assert.match(await logsOf(host, "e"), /done errors=0\n/);
   } finally {
     assert.equal(await host.stop(), 0, host.stderr);
   }
