@@ -4,7 +4,9 @@ import type { Host } from "../host/host.js";
 import { VERSION } from "../cli/version.js";
 import { ApiError } from "./errors.js";
 import { checkName, parseDefinition, parsePatch, type HostLimits, type VmDefinition } from "./definition.js";
-import { ManagedVm } from "./managed-vm.js";
+import { ManagedVm, type SnapshotView } from "./managed-vm.js";
+import { readSnapshotMeta, type SnapshotMeta } from "../snapshot/snapshot.js";
+import { SnapshotError } from "../snapshot/state.js";
 import { StateStore } from "./store.js";
 
 export interface VmView {
@@ -83,6 +85,78 @@ export class Daemon {
     return vm;
   }
 
+  /** POST /v1/vms/{name}/snapshot: `{ path, diff?, stayPaused?, disks?: "overlay" }`. */
+  async snapshot(vm: ManagedVm, body: unknown): Promise<SnapshotView> {
+    const b = fields(body, { path: "string", diff: "boolean", stayPaused: "boolean", disks: "string" });
+    const path = absolutePath(b.path);
+    if (b.disks !== undefined && b.disks !== "overlay") throw new ApiError(400, `disks: expected "overlay", got '${b.disks as string}'`);
+    const before = JSON.stringify(vm.def.disks);
+    try {
+      return await vm.snapshot(path, { diff: b.diff as boolean | undefined, stayPaused: b.stayPaused as boolean | undefined, disks: b.disks as "overlay" | undefined });
+    } finally {
+      // Disks switched to overlays (also when a later one failed): the definition names them now.
+      if (JSON.stringify(vm.def.disks) !== before) this.store.save(vm.def);
+    }
+  }
+
+  /**
+   * POST /v1/restore: `{ path, name?, paused? }`. The VM is defined by the
+   * definition stored in the snapshot (checked as a create request's: the
+   * file is not trusted), under `name` when given, and registered and
+   * persisted as a created VM is, running or paused. A snapshot taken
+   * through the engine API has none: then one from its shape, without disks
+   * or network cards.
+   */
+  async restoreSnapshot(body: unknown): Promise<ManagedVm> {
+    const b = fields(body, { path: "string", name: "string", paused: "boolean" });
+    const path = absolutePath(b.path);
+    const newName = b.name === undefined ? undefined : checkName(b.name);
+    let meta: SnapshotMeta;
+    try {
+      meta = readSnapshotMeta(path);
+    } catch (e) {
+      if (e instanceof SnapshotError) throw new ApiError(422, e.message);
+      throw e;
+    }
+    const def = this.definitionOf(meta, path, newName);
+    if (this.vms.has(def.name)) throw new ApiError(409, `a VM named '${def.name}' exists already`);
+    const vm = this.newVm(def);
+    // Its name is taken while its devices open; given back if the restore fails.
+    this.vms.set(def.name, vm);
+    try {
+      await vm.restoreFrom(path, b.paused === true);
+    } catch (e) {
+      this.vms.delete(def.name);
+      throw e;
+    }
+    this.store.save(def);
+    this.log(`vm ${def.name} defined from the snapshot ${path}`);
+    return vm;
+  }
+
+  /** The snapshot's VM definition, checked as a client's; 422 when it is not one or does not fit the snapshot. */
+  private definitionOf(meta: SnapshotMeta, path: string, name: string | undefined): VmDefinition {
+    const stored = meta.definition;
+    const v = meta.vm;
+    let def: VmDefinition;
+    try {
+      if (stored === undefined) {
+        def = parseDefinition({ name: name ?? v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console }, this.limits);
+      } else {
+        if (typeof stored !== "object" || stored === null || Array.isArray(stored)) throw new ApiError(422, "not an object");
+        def = parseDefinition(name === undefined ? stored : { ...stored, name }, this.limits);
+      }
+    } catch (e) {
+      // A name given was checked already: what is wrong is in the file.
+      if (e instanceof ApiError) throw new ApiError(422, `${path}: its VM definition: ${e.message}`);
+      throw e;
+    }
+    if (def.cpus !== v.cpus || def.memBytes !== v.memBytes || def.console !== v.console) {
+      throw new ApiError(422, `${path}: its VM definition (${def.cpus} vCPUs, ${def.memBytes} bytes, ${def.console}) does not fit the snapshot's VM (${v.cpus} vCPUs, ${v.memBytes} bytes, ${v.console})`);
+    }
+    return def;
+  }
+
   update(vm: ManagedVm, body: unknown): void {
     vm.update(parsePatch(body, this.limits));
     this.store.save(vm.def);
@@ -109,4 +183,23 @@ export class Daemon {
   async stopAll(reason: string): Promise<void> {
     await Promise.all(this.list().map((vm) => vm.stop(reason)));
   }
+}
+
+/** A request body of only these fields, each of its type (400 otherwise); `path` required. */
+function fields(body: unknown, known: Record<string, "string" | "boolean">): Record<string, unknown> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw new ApiError(400, "the body must be a JSON object");
+  const obj = body as Record<string, unknown>;
+  for (const [key, value] of Object.entries(obj)) {
+    const kind = known[key];
+    if (!kind) throw new ApiError(400, `unknown field '${key}' (known: ${Object.keys(known).join(", ")})`);
+    if (typeof value !== kind) throw new ApiError(400, `field '${key}': expected ${kind === "string" ? "a string" : "a boolean"}`);
+  }
+  if (obj.path === undefined) throw new ApiError(400, "path: the snapshot file is required");
+  return obj;
+}
+
+function absolutePath(path: unknown): string {
+  const p = path as string;
+  if (!p.startsWith("/")) throw new ApiError(400, `path: expected an absolute path, got '${p}'`);
+  return p;
 }

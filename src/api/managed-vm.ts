@@ -5,6 +5,7 @@
 // the devices, so a stopped VM's qcow2 disks are flushed and clean.
 import { parseKernelImage } from "../arch/riscv/boot-image.js";
 import { HostError, type Host, type Vm, type RunEnd } from "../host/host.js";
+import { SnapshotError, type Plain } from "../snapshot/state.js";
 import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
 import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
@@ -14,6 +15,7 @@ import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
 import { ConsoleHub } from "./console-hub.js";
 import type { Duplex } from "node:stream";
+import { rmSync } from "node:fs";
 import type { VmDefinition, VmPatch } from "./definition.js";
 
 export type ManagedState = "created" | "starting" | "running" | "paused" | "stopping" | "stopped";
@@ -54,6 +56,18 @@ export interface StatsView {
 /** The balloon's figures; the guest's statistics with their age. */
 export interface BalloonView extends Omit<BalloonStats, "guest"> {
   guest: BalloonGuestStats & { ageSeconds?: number };
+}
+
+/** What POST /v1/vms/{name}/snapshot answers. */
+export interface SnapshotView {
+  name: string;
+  path: string;
+  id: string;
+  bytes: number;
+  pages: { total: number; stored: number; zero: number; inParent: number };
+  seconds: number;
+  /** With `disks: "overlay"`: each writable disk the snapshot names, and the overlay the VM goes on with. */
+  overlays?: { disk: string; overlay: string }[];
 }
 
 export function exitStatusOf(end: RunEnd): number {
@@ -158,6 +172,120 @@ export class ManagedVm {
     }
   }
 
+  /**
+   * Bring the VM back from a snapshot file instead of booting it (POST
+   * /v1/restore): its devices opened from the definition as start() opens
+   * them, in the same slots, and the engine VM restored running (or paused).
+   * A file that is no usable snapshot, or whose devices differ from the
+   * definition's, is refused with 422 and nothing is left open.
+   */
+  async restoreFrom(path: string, paused: boolean): Promise<void> {
+    if (this._state !== "created" && this._state !== "stopped") throw new ApiError(409, `VM '${this.name}' is ${this._state}: restore into a stopped VM`);
+    const before = this._state;
+    this._state = "starting";
+    this.stopReason = undefined;
+    this.outcome = undefined;
+    this.event(`vm ${this.name} restoring from ${path}`);
+    let devices: VmDevices | undefined;
+    try {
+      // With a kernel of its own (no image pull needed), a guest that reboots
+      // boots that kernel cold, as a started VM does; without, a reboot ends the run.
+      const d = this.def;
+      const ownKernel = d.kernel !== undefined && !(d.initrd === undefined && d.command !== undefined);
+      const boot = ownKernel ? await this.bootFiles().catch((e: Error) => {
+        this.event(`vm ${this.name}: ${e.message}: a reboot will end its run`);
+        return undefined;
+      }) : undefined;
+      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      const vm = this.engine.restoreVm(path, {
+        name: this.name, kernel: boot?.kernel, initrd: boot?.initrd, paused,
+        virtio: devices.devices,
+        consoleOut: (b) => {
+          this.log.append(b);
+          this.console.output(b);
+        },
+        warn: (m) => this.event(`vm ${this.name}: ${m}`),
+        weight: d.weight, capPct: d.capPct, affinity: d.affinity, shareGroup: d.shareGroup, balloon: d.balloon,
+      });
+      this.vm = vm;
+      this.devices = devices;
+      this.startedAt = Date.now();
+      this._state = paused ? "paused" : "running";
+      this.event(`vm ${this.name} restored from ${path} (${this._state})`);
+      this.runDone = this.watch(vm);
+      // Stopped while its devices opened: the stop waits for this run's end.
+      if (this.stopReason !== undefined) {
+        this._state = "stopping";
+        void vm.stop(this.stopReason);
+      }
+    } catch (e) {
+      if (devices && !this.vm) await devices.close().catch(() => {});
+      this._state = before;
+      const msg = e instanceof Error ? e.message : String(e);
+      this.event(`vm ${this.name} failed to restore: ${msg}`);
+      if (e instanceof SnapshotError) throw new ApiError(422, msg);
+      throw new ApiError(409, `cannot restore VM '${this.name}': ${msg}`);
+    }
+  }
+
+  /**
+   * Write a snapshot of the running (or paused) VM to `path` with its
+   * definition in it; it runs on afterwards unless `stayPaused`.
+   * `disks: "overlay"`: before it goes on, each writable disk image the
+   * snapshot names is frozen and the VM continues on a new qcow2 overlay of
+   * it (VmDevices.freezeDisks), which its definition names from then on; so
+   * the images stay as the snapshot needs them. If that fails, the snapshot
+   * is deleted (its disks would not stay as it needs them) and 409 says why.
+   */
+  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; disks?: "overlay" }): Promise<SnapshotView> {
+    const vm = this.vm;
+    if (!vm || (this._state !== "running" && this._state !== "paused")) {
+      throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be snapshotted`);
+    }
+    const t0 = performance.now();
+    const wasRunning = this._state === "running";
+    let written;
+    const devices = this.devices;
+    const overlays: { disk: string; overlay: string }[] = [];
+    // The definition as it is now: the images the snapshot's devices read.
+    const definition = JSON.parse(JSON.stringify(this.def)) as Plain;
+    let overlayFailed: Error | undefined;
+    const whilePaused = opts.disks === "overlay" && devices ? async (w: { id: string }) => {
+      try {
+        await devices.freezeDisks(w.id.slice(0, 8), (d) => {
+          this.def.disks[d.index] = d.spec;
+          overlays.push({ disk: d.frozen, overlay: d.overlay });
+          this.event(`vm ${this.name}: disk ${d.frozen} frozen; the VM goes on with ${d.overlay}`);
+        });
+      } catch (e) {
+        overlayFailed = e as Error;
+        throw e;
+      }
+    } : undefined;
+    try {
+      written = await vm.snapshot(path, { diff: opts.diff, stayPaused: opts.stayPaused, definition, whilePaused });
+    } catch (e) {
+      if (overlayFailed) {
+        rmSync(path, { force: true });
+        throw new ApiError(409, `freezing the disks of VM '${this.name}' failed, so the snapshot was deleted: ${overlayFailed.message}`);
+      }
+      if (e instanceof HostError) throw new ApiError(409, e.message);
+      if (e instanceof SnapshotError) throw new ApiError(422, e.message);
+      throw e;
+    }
+    if (wasRunning && opts.stayPaused && this._state === "running" && vm.state === "paused") {
+      this._state = "paused";
+      this.event(`vm ${this.name} paused`);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const m = written.memory;
+    this.event(`vm ${this.name}: snapshot written to ${written.path} (${m.stored} pages stored, ${seconds.toFixed(2)} s)`);
+    return {
+      name: this.name, path: written.path, id: written.id, bytes: written.bytes, pages: { total: m.pages, stored: m.stored, zero: m.zero, inParent: m.inParent }, seconds,
+      ...(opts.disks === "overlay" ? { overlays } : {}),
+    };
+  }
+
   /** The kernel, initrd (with the guest command) and command line of a boot. */
   private async bootFiles() {
     const d = this.def;
@@ -186,6 +314,8 @@ export class ManagedVm {
     for (;;) {
       end = await vm.waitForEnd();
       if (end.kind !== "reboot" || this.def.command !== undefined || this.stopReason !== undefined) break;
+      // Restored from a snapshot without a kernel to boot: the reboot ends the run.
+      if (!vm.config.kernel) break;
       this.event(`vm ${this.name} rebooting`);
       vm.start();
     }

@@ -88,6 +88,21 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     await call("GET", "/v1/vms/{name}/console", "v"); // 426: the stream is an upgrade (console.test.ts)
     await call("POST", "/v1/vms/{name}/pause", "v");
     await call("POST", "/v1/vms/{name}/resume", "v");
+    // Snapshots: written (200), a bad body (400), a file that cannot be written (422);
+    // restored under another name (201), again (409), a file that is none (422).
+    const snap = join(dir, "v.snap");
+    await call("POST", "/v1/vms/{name}/snapshot", "v", { path: snap, stayPaused: true });
+    await call("POST", "/v1/vms/{name}/snapshot", "v", { path: "v.snap" });
+    await call("POST", "/v1/vms/{name}/snapshot", "v", { path: join(dir, "no-such-dir", "v.snap") });
+    const restored = await call("POST", "/v1/restore", undefined, { path: snap, name: "w", paused: true });
+    assert.equal(restored.status, 201, restored.text);
+    assert.equal((await call("POST", "/v1/restore", undefined, { path: snap, name: "w" })).status, 409);
+    assert.equal((await call("POST", "/v1/restore", undefined, { path: join(dir, "none.snap") })).status, 422);
+    await call("POST", "/v1/restore", undefined, { path: 1 });
+    await call("POST", "/v1/vms/{name}/stop", "w");
+    await call("POST", "/v1/vms/{name}/snapshot", "w", { path: snap }); // 409: stopped
+    await call("DELETE", "/v1/vms/{name}", "w");
+    await call("POST", "/v1/vms/{name}/resume", "v");
     await call("DELETE", "/v1/vms/{name}", "v");
     const waiting = call("GET", "/v1/vms/{name}/wait", "v");
     await call("POST", "/v1/vms/{name}/stop", "v");

@@ -85,6 +85,17 @@ export const ROUTES: Route[] = [
       return ok(daemon.view(vm));
     },
   })),
+  {
+    method: "POST", path: "/v1/vms/{name}/snapshot", mutating: true,
+    handler: async ({ daemon, params, body }) => {
+      const vm = daemon.get(params.name);
+      return ok(await daemon.snapshot(vm, body));
+    },
+  },
+  {
+    method: "POST", path: "/v1/restore", mutating: true,
+    handler: async ({ daemon, body }) => ok(daemon.view(await daemon.restoreSnapshot(body)), 201),
+  },
   { method: "GET", path: "/v1/vms/{name}/stats", mutating: false, handler: ({ daemon, params }) => ok({ name: params.name, ...daemon.get(params.name).stats() }) },
   {
     method: "GET", path: "/v1/vms/{name}/logs", mutating: false,

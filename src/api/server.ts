@@ -277,7 +277,7 @@ async function serve(daemon: Daemon, req: IncomingMessage, res: ServerResponse):
     audited = route.mutating;
     if (params.name !== undefined) vmName = params.name;
     const body = route.mutating ? await readJson(req) : undefined;
-    if (route.method === "POST" && route.path === "/v1/vms" && typeof body === "object" && body && "name" in body) {
+    if (route.method === "POST" && (route.path === "/v1/vms" || route.path === "/v1/restore") && typeof body === "object" && body && "name" in body) {
       vmName = String((body as { name: unknown }).name);
     }
     const reply: Reply = await route.handler({ daemon, params, query: url.searchParams, body, req, res });

@@ -9,7 +9,7 @@ import { call, rawRequest, failureOf, ApiFailure } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";
-import { describeEnd, type StatsView, type RunOutcome } from "./managed-vm.js";
+import { describeEnd, type StatsView, type RunOutcome, type SnapshotView } from "./managed-vm.js";
 import type { VmView } from "./daemon.js";
 import type { HostMemoryStats } from "../memory/manager/memory-manager.js";
 
@@ -41,6 +41,20 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
   vm wait NAME            wait until it stops; exit with its command's status
+  vm snapshot NAME FILE [--diff] [--stay-paused] [--disks overlay]
+                          write the running (or paused) VM's state, RAM and definition
+                          to FILE; it runs on unless --stay-paused. --diff: only the
+                          pages written since its last snapshot (the parent, which
+                          must stay where it is). Disk images are not copied: with
+                          --disks overlay each writable image D is frozen as the
+                          snapshot needs it and the VM goes on with a new qcow2
+                          overlay D.ID.qcow2 backed by D (its definition names it)
+  vm restore FILE [--name NAME] [--paused]
+                          define a VM from a snapshot (its own definition, under NAME
+                          if given) and bring it back running, or paused until resume;
+                          its disks are opened from that definition, so they must be
+                          as they were when it was taken. A restored VM that reboots
+                          boots its kernel cold (without one of its own: it stops)
                           (every vm command: --host PATH or http://HOST:PORT, else
                           $TSVISOR_HOST; the token of a TCP host from $TSVISOR_TOKEN)
 `;
@@ -123,8 +137,10 @@ export async function vmCommand(argv: string[]): Promise<number> {
     case "logs": return logs(rest);
     case "wait": return wait(rest);
     case "console": return consoleCmd(rest);
-    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait");
-    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait)`);
+    case "snapshot": return snapshot(rest);
+    case "restore": return restore(rest);
+    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore");
+    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore)`);
   }
 }
 
@@ -365,4 +381,34 @@ async function wait(argv: string[]): Promise<number> {
   const kind = outcome.end.kind;
   if (kind !== "poweroff" && kind !== "exit-status") process.stderr.write(`tsvisor: VM '${name}': ${describeEnd(outcome.end)}\n`);
   return outcome.exitStatus;
+}
+
+/** "64.0 MiB" */
+const mibText = (bytes: number) => `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+
+async function snapshot(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, { diff: { type: "boolean" }, "stay-paused": { type: "boolean" }, disks: { type: "string" } }, "vm snapshot");
+  if (positionals.length !== 2) throw new UsageError("vm snapshot: expected NAME FILE");
+  if (v.disks !== undefined && v.disks !== "overlay") throw new UsageError(`vm snapshot: --disks: expected overlay, got '${v.disks as string}'`);
+  const [name, file] = positionals;
+  const body: Record<string, unknown> = { path: resolve(file) };
+  if (v.diff) body.diff = true;
+  if (v["stay-paused"]) body.stayPaused = true;
+  if (v.disks !== undefined) body.disks = v.disks;
+  const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
+  const overlays = (r.overlays ?? []).map((o) => `; ${o.disk} frozen, the VM goes on with ${o.overlay}`).join("");
+  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${overlays}\n`);
+  return 0;
+}
+
+async function restore(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, { name: { type: "string" }, paused: { type: "boolean" } }, "vm restore");
+  if (positionals.length !== 1) throw new UsageError(`vm restore: expected one snapshot FILE${positionals.length > 1 ? `, got '${positionals.join(" ")}'` : ""}`);
+  const file = positionals[0];
+  const body: Record<string, unknown> = { path: resolve(file) };
+  if (v.name !== undefined) body.name = v.name;
+  if (v.paused) body.paused = true;
+  const view = (await call(clientSocketPath(v.host as string | undefined), "POST", "/v1/restore", body)) as VmView;
+  process.stdout.write(`VM ${view.name} restored from ${file} (${view.state})\n`);
+  return 0;
 }

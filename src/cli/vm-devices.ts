@@ -4,6 +4,8 @@
 // close() releases them when tsvisor ends.
 
 import { createHash } from "node:crypto";
+import { existsSync, rmSync } from "node:fs";
+import { createQcow2 } from "../backends/disk/qcow2/create.js";
 import { DiskImageError, type CacheMode } from "../backends/disk/disk.js";
 import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec, type NetStats } from "../backends/net/net-backend.js";
 import type { PortCounters, SwitchPort } from "../net/switch.js";
@@ -99,8 +101,47 @@ export interface NetCardInfo extends NetStats {
   nat?: UserNetStats & { tcp: unknown; udpFlows: number; dhcpLeases: string[] };
 }
 
+/** A disk frozen by VmDevices.freezeDisks: the image a snapshot names, and the overlay the VM goes on with. */
+export interface FrozenDisk {
+  /** Its place among the --disk specs. */
+  index: number;
+  frozen: string;
+  overlay: string;
+  /** The spec of the overlay (the frozen spec's cache mode kept). */
+  spec: string;
+}
+
 export class VmDevices {
-  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = []) {}
+  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = [], private readonly disks: { blk: IoThreadBlk; spec: DiskSpec }[] = []) {}
+
+  /**
+   * While the devices are paused (a snapshot): each writable disk's image D
+   * is closed, flushed, and left as it is; a new qcow2 overlay
+   * `D.<tag>.qcow2` backed by D takes the guest's writes from now on. Each
+   * one switched is told to `switched` at once (a later failure leaves it
+   * switched). Throws one line when an overlay exists already or does not open.
+   */
+  async freezeDisks(tag: string, switched: (d: FrozenDisk) => void): Promise<FrozenDisk[]> {
+    const out: FrozenDisk[] = [];
+    for (const [index, { blk, spec }] of this.disks.entries()) {
+      if (blk.image.readOnly) continue;
+      const frozen = blk.image.path;
+      const overlay = `${frozen}.${tag}.qcow2`;
+      if (existsSync(overlay)) throw new DiskImageError(`${overlay} exists already: not freezing ${frozen} under it`);
+      const size = (blk.readConfig(0, 4) + blk.readConfig(4, 4) * 2 ** 32) * 512;
+      createQcow2(overlay, { size, backingFile: frozen, backingFormat: blk.image.format });
+      try {
+        await blk.reopen({ path: overlay, format: "qcow2", readOnly: false, cache: spec.cache });
+      } catch (e) {
+        rmSync(overlay, { force: true });
+        throw e;
+      }
+      const d = { index, frozen, overlay, spec: `${overlay},format=qcow2${spec.cache ? `,cache=${spec.cache}` : ""}` };
+      switched(d);
+      out.push(d);
+    }
+    return out;
+  }
 
   /**
    * Per card: its backend, counters, and for a switch port the port's own
@@ -144,7 +185,7 @@ export class VmDevices {
   /** Open every disk (each on its I/O thread, devices/virtio/blk-iothread.ts) and
    *  network backend; on any failure, close what was opened and throw one line. */
   static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string): Promise<VmDevices> {
-    const disks: IoThreadBlk[] = [];
+    const disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
     try {
@@ -152,7 +193,7 @@ export class VmDevices {
       const parsedNets = netSpecs.map(parseNetOption);
       for (const [i, d] of parsedDisks.entries()) {
         const disk = await IoThreadBlk.open({ path: d.path, format: d.format, readOnly: d.readOnly, cache: d.cache }, { name: `blk${i}`, serial: `tsvisor-disk${i}` });
-        disks.push(disk);
+        disks.push({ blk: disk, spec: d });
         devices.push(disk);
       }
       for (const [i, parsed] of parsedNets.entries()) {
@@ -162,9 +203,9 @@ export class VmDevices {
         nets.push(backend);
         devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac }));
       }
-      return new VmDevices(devices, nets);
+      return new VmDevices(devices, nets, disks);
     } catch (e) {
-      await Promise.allSettled(disks.map((d) => d.close()));
+      await Promise.allSettled(disks.map((d) => d.blk.close()));
       for (const n of nets) n.close();
       throw e;
     }

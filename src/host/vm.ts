@@ -271,8 +271,11 @@ export class Vm {
    * off their pCPUs and device I/O is finished first, and the VM runs on
    * afterwards unless `stayPaused` (or it was paused). `diff`: only the pages
    * written since this VM's last snapshot, which becomes the parent.
+   * `whilePaused` runs once the file is written, before the devices and
+   * vCPUs go on (the daemon switches the disks to overlays there); what it
+   * throws is thrown, the snapshot written all the same.
    */
-  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void } = {}): Promise<WrittenSnapshot> {
+  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void; whilePaused?(written: WrittenSnapshot): Promise<void> } = {}): Promise<WrittenSnapshot> {
     this.checkAlive();
     const machine = this.machine;
     if (!machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM has state to snapshot`);
@@ -296,6 +299,7 @@ export class Vm {
         const written = await writeSnapshot(path, { meta, machine: machine.saveState(), p2m: machine.p2m, dirty, progress: opts.progress });
         this.lastSnapshot = { path: written.path, id: written.id };
         this.startDirtyLog();
+        await opts.whilePaused?.(written);
         return written;
       } finally {
         machine.resumeDevices();

@@ -57,6 +57,9 @@ export type ToIoThread =
   | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig; indices: QueueIndices }
   /** Leave guest memory alone (C_STOP is set): drop the queue, count C_ACK up. */
   | { kind: "quiesce" }
+  /** Between queues only: close the disk (flushed) and serve `disk` instead (of the same size);
+   *  if it does not open, the old one is opened again. */
+  | { kind: "reopen"; disk: IoThreadDiskSpec }
   /** Close the disk and end. */
   | { kind: "close" };
 
@@ -66,4 +69,6 @@ export type FromIoThread =
   /** The driver broke the rings (or the device failed) while the thread served
    *  its `activation`th queue: the transport sets DEVICE_NEEDS_RESET. */
   | { kind: "needs-reset"; why: string; activation: number }
-  | { kind: "closed"; error?: string };
+  | { kind: "closed"; error?: string }
+  /** After "reopen": the disk served now, and why the new one was not taken, if it was not. */
+  | { kind: "reopened"; disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean }; error?: string };

@@ -25,7 +25,7 @@ import { VirtQueue, QueueStats, QueueBroken, ChainError } from "./queue.js";
 import type { VirtioContext } from "./virtio.js";
 import {
   C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
-  type IoThreadData, type ToIoThread, type FromIoThread,
+  type IoThreadData, type IoThreadDiskSpec, type ToIoThread, type FromIoThread,
 } from "./blk-iothread-protocol.js";
 
 /** Bytes of the configuration space handed to the main thread (blk.ts's is 0x3c). */
@@ -42,7 +42,7 @@ class IoThread {
   /** Queues served so far (the main thread counts them too). */
   private activations = 0;
 
-  constructor(private readonly data: IoThreadData, private readonly disk: DiskImage, private readonly blk: VirtioBlk) {
+  constructor(private readonly data: IoThreadData, private disk: DiskImage, private readonly blk: VirtioBlk) {
     this.ctl = new Int32Array(data.control);
     this.stats = new Float64Array(data.stats);
   }
@@ -58,6 +58,7 @@ class IoThread {
         // A queue going live is served once at once: a kick that came with it
         // may have been taken (and dropped) before the message was.
         if (msg.kind === "activate") serve = this.activate(msg);
+        else if (msg.kind === "reopen") this.reopen(msg.disk);
         else this.quiesce();
       }
       if (Atomics.exchange(ctl, C_KICK, 0) !== 0) serve = true;
@@ -83,6 +84,32 @@ class IoThread {
     this.broken = false;
     this.activations++;
     return true;
+  }
+
+  /** The old image is closed first (flushed: a new overlay may read it as its backing file). */
+  private reopen(spec: IoThreadDiskSpec): void {
+    const old = this.disk;
+    const again = { path: old.path, format: old.format, readOnly: old.readOnly, cache: this.data.disk.cache };
+    let error: string | undefined;
+    let next: DiskImage | undefined;
+    try {
+      if (this.queue) throw new Error("reopen while a queue is served");
+      old.close();
+      try {
+        next = openDisk(spec.path, { format: spec.format, readOnly: spec.readOnly, cache: spec.cache });
+        this.blk.replaceDisk(next);
+      } catch (e) {
+        next?.close();
+        error = (e as Error).message;
+        next = openDisk(again.path, { format: again.format, readOnly: again.readOnly, cache: again.cache });
+        this.blk.replaceDisk(next);
+      }
+      this.disk = next;
+    } catch (e) {
+      error ??= (e as Error).message;
+    }
+    const d = this.disk;
+    this.post({ kind: "reopened", disk: { path: d.path, format: d.format, readOnly: d.readOnly }, error });
   }
 
   private quiesce(): void {

@@ -12,6 +12,7 @@ import { IoThreadBlk } from "./blk-iothread.js";
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK } from "./blk.js";
 import { STATUS_DEVICE_NEEDS_RESET, VIRTIO_F_EVENT_IDX } from "./virtio.js";
 import { openDisk, DiskImageError } from "../../backends/disk/disk.js";
+import { createQcow2 } from "../../backends/disk/qcow2/create.js";
 
 const Q = 0;
 const DISK_BYTES = 1 << 20;
@@ -248,4 +249,39 @@ test("virtio-blk on an I/O thread: pauseIo brings the thread's indices back; a r
     await blk.close();
     await blk2?.close();
   }
+}));
+
+test("virtio-blk on an I/O thread: reopen() between pauseIo and resumeIo moves the guest onto a qcow2 overlay; the old image stays as it was; a wrong-size image is refused and the old one served again", withDir(async (dir) => {
+  const path = join(dir, "d.raw");
+  writeFileSync(path, new Uint8Array(DISK_BYTES));
+  const { blk, d } = await started(path);
+  const overlay = join(dir, "d.raw.1.qcow2");
+  try {
+    const a = pattern(4096, 1);
+    assert.equal((await submit(d, [{ data: header(VIRTIO_BLK_T_OUT, 16) }, { data: a }, { writeLen: 1 }])).status, VIRTIO_BLK_S_OK);
+    await blk.pauseIo();
+    // Of another size: refused, the old image is served again.
+    const small = join(dir, "small.raw");
+    writeFileSync(small, new Uint8Array(DISK_BYTES / 2));
+    await assert.rejects(blk.reopen({ path: small, format: "raw" }), (e: Error) => e instanceof DiskImageError && /cannot replace/.test(e.message));
+    assert.equal(blk.image.path, path);
+    createQcow2(overlay, { size: DISK_BYTES, backingFile: path, backingFormat: "raw" });
+    await blk.reopen({ path: overlay, format: "qcow2" });
+    assert.deepEqual([blk.image.path, blk.image.format], [overlay, "qcow2"]);
+    blk.resumeIo();
+    // The guest reads what it wrote before (through the backing file) and writes into the overlay.
+    const r = await submit(d, [{ data: header(VIRTIO_BLK_T_IN, 16) }, { writeLen: 4096 }, { writeLen: 1 }]);
+    assert.equal(r.status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(d.mem.read(d.bufferAddr(Q, r.head, 1), 4096), a);
+    const b = pattern(4096, 2);
+    assert.equal((await submit(d, [{ data: header(VIRTIO_BLK_T_OUT, 16) }, { data: b }, { writeLen: 1 }])).status, VIRTIO_BLK_S_OK);
+  } finally {
+    await blk.close();
+  }
+  assert.deepEqual(new Uint8Array(readFileSync(path)).subarray(16 * 512, 16 * 512 + 4096), pattern(4096, 1), "the frozen image is unchanged");
+  const o = openDisk(overlay, {});
+  const got = new Uint8Array(4096);
+  o.read(16 * 512, got);
+  o.close();
+  assert.deepEqual(got, pattern(4096, 2));
 }));

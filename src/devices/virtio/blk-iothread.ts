@@ -78,6 +78,7 @@ export class IoThreadBlk implements VirtioDevice {
   private ended: string | undefined;
   private closing: Promise<void> | undefined;
   private closedReply: ((error: string | undefined) => void) | undefined;
+  private reopenReply: ((msg: Extract<FromIoThread, { kind: "reopened" }> | string) => void) | undefined;
   private readonly exited: Promise<void>;
   /** The configuration space, as the thread's VirtioBlk computed it. */
   private readonly config: Uint8Array;
@@ -89,7 +90,7 @@ export class IoThreadBlk implements VirtioDevice {
     control: SharedArrayBuffer,
     stats: SharedArrayBuffer,
     ready: Extract<FromIoThread, { kind: "ready" }>,
-    private readonly disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean },
+    private disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean },
   ) {
     this.ctl = new Int32Array(control);
     this.stats = new Float64Array(stats);
@@ -216,6 +217,36 @@ export class IoThreadBlk implements VirtioDevice {
     this.pausing = false;
     if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0) this.ctx?.usedBuffer(0);
     this.stopped();
+  }
+
+  /** The image the thread serves. */
+  get image(): { path: string; format: "raw" | "qcow2"; readOnly: boolean } {
+    return this.disk;
+  }
+
+  /**
+   * Between pauseIo() and resumeIo() (or before the driver runs): the thread
+   * closes its image, flushed, and serves `disk` (of the same size) instead.
+   * Rejects with DiskImageError when that does not open or fit; the old
+   * image is served again then.
+   */
+  async reopen(disk: IoThreadDiskSpec): Promise<void> {
+    if (this.served || this.stopPending()) throw new Error(`${this.name}: reopen() while its I/O thread serves the queue (pauseIo() first)`);
+    if (this.ended) throw new DiskImageError(this.ended);
+    if (this.reopenReply) throw new Error(`${this.name}: reopen() while one is under way`);
+    this.worker.ref();
+    try {
+      const reply = await new Promise<Extract<FromIoThread, { kind: "reopened" }> | string>((resolve) => {
+        this.reopenReply = resolve;
+        this.post({ kind: "reopen", disk });
+      });
+      if (typeof reply === "string") throw new DiskImageError(reply);
+      this.disk = reply.disk;
+      if (reply.error !== undefined) throw new DiskImageError(reply.error);
+    } finally {
+      this.reopenReply = undefined;
+      if (!this.closing) this.worker.unref();
+    }
   }
 
   /** Hand the queue to the thread again, from the indices it reported (or the restored ones). */
@@ -352,6 +383,8 @@ export class IoThreadBlk implements VirtioDevice {
       if (this.served && msg.activation === this.activations) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
     } else if (msg.kind === "closed") {
       this.closedReply?.(msg.error);
+    } else if (msg.kind === "reopened") {
+      this.reopenReply?.(msg);
     }
   }
 
@@ -359,6 +392,7 @@ export class IoThreadBlk implements VirtioDevice {
     if (this.ended) return;
     this.ended = why;
     this.closedReply?.(undefined);
+    this.reopenReply?.(why);
     if (!this.closing && this.served) this.ctx?.needsReset(why);
   }
 

@@ -140,7 +140,7 @@ export class VirtioBlk implements VirtioDevice {
 
   private readonly stopRequested: () => boolean;
 
-  constructor(private readonly disk: DiskImage, opts: VirtioBlkOptions) {
+  constructor(private disk: DiskImage, opts: VirtioBlkOptions) {
     this.name = opts.name;
     this.stopRequested = opts.stopRequested ?? (() => false);
     const serial = new TextEncoder().encode(opts.serial);
@@ -204,6 +204,18 @@ export class VirtioBlk implements VirtioDevice {
 
   close(): void {
     this.disk.close();
+  }
+
+  /**
+   * Serve another image from now on (a snapshot's disk frozen under a new
+   * overlay): between requests only, of the same size and writability, so
+   * what the driver negotiated and read from the configuration still holds.
+   */
+  replaceDisk(disk: DiskImage): void {
+    if (disk.virtualSize !== this.disk.virtualSize || disk.readOnly !== this.disk.readOnly) {
+      throw new DiskImageError(`${disk.path}: ${disk.virtualSize} bytes${disk.readOnly ? ", read-only" : ""} cannot replace ${this.disk.path} (${this.disk.virtualSize} bytes${this.disk.readOnly ? ", read-only" : ""})`);
+    }
+    this.disk = disk;
   }
 
   /**
