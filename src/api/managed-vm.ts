@@ -10,7 +10,8 @@ import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
 import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
 import { DEFAULT_CMDLINE, withCommand, readInput } from "../cli/run-linux.js";
-import { VmDevices, type NetCardInfo } from "../cli/vm-devices.js";
+import { VmDevices, defaultMac, type NetCardInfo } from "../cli/vm-devices.js";
+import { formatMac } from "../backends/net/net-spec.js";
 import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
 import { ConsoleHub } from "./console-hub.js";
@@ -248,7 +249,7 @@ export class ManagedVm {
     const devices = this.devices;
     const overlays: { disk: string; overlay: string }[] = [];
     // The definition as it is now: the images the snapshot's devices read.
-    const definition = JSON.parse(JSON.stringify(this.def)) as Plain;
+    const definition = JSON.parse(JSON.stringify({ ...this.def, nets: pinnedMacs(this.def.nets, this.name) })) as Plain;
     let overlayFailed: Error | undefined;
     const whilePaused = opts.disks === "overlay" && devices ? async (w: { id: string }) => {
       try {
@@ -485,4 +486,16 @@ function balloonView(b: BalloonStats | undefined): BalloonView | undefined {
   if (!b) return undefined;
   const at = b.guest.updatedAt;
   return { ...b, guest: { ...b.guest, ...(at !== undefined ? { ageSeconds: Math.max(0, (Date.now() - at) / 1000) } : {}) } };
+}
+
+/**
+ * Net specs with each card's MAC address written out: the guest's driver read
+ * the address at boot, so a VM restored under another name (whose default
+ * addresses derive from its name) must keep the snapshot's.
+ */
+function pinnedMacs(nets: string[], name: string): string[] {
+  return nets.map((spec, i) => {
+    if (/(^|,)mac=/.test(spec)) return spec;
+    return `${spec},mac=${formatMac(defaultMac(`${name}${spec}`, i))}`;
+  });
 }

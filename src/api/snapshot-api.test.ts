@@ -13,6 +13,7 @@ import { root, oneErrorLine } from "../cli/test-tsvisor.js";
 import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
 import { TestHost } from "./test-host.js";
 import { Host } from "../host/host.js";
+import { readSnapshotMeta } from "../snapshot/snapshot.js";
 
 const skip = haveBareCompiler() ? false : "needs riscv64-unknown-elf-gcc (npm test installs it)";
 const base = mkdtempSync(join(tmpdir(), "tsvisor-snapapi-"));
@@ -41,7 +42,7 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
   writeFileSync(disk, Buffer.alloc(1 << 20));
   const host = await TestHost.start(dir);
   try {
-    const created = await host.api("POST", "/v1/vms", { name: "p", kernel: patterns, append: "", memBytes: 64 << 20, cpus: 1, disks: [disk] });
+    const created = await host.api("POST", "/v1/vms", { name: "p", kernel: patterns, append: "", memBytes: 64 << 20, cpus: 1, disks: [disk], nets: ["user"] });
     assert.equal(created.status, 201, created.text);
     // Not running yet: nothing to snapshot.
     const early = await host.api("POST", "/v1/vms/p/snapshot", { path: join(dir, "early.snap") });
@@ -59,6 +60,8 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
     assert.equal(r.json.pages.total, (64 << 20) / 4096);
     assert.ok(r.json.pages.stored > 1000 && r.json.bytes > r.json.pages.stored * 4096, r.text);
     assert.equal(r.json.pages.inParent, 0);
+    // The card's MAC is written out: a restore under another name keeps the address the guest knows.
+    assert.match(String((readSnapshotMeta(full).definition as { nets: string[] }).nets[0]), /^user,mac=([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
     assert.equal((await host.api("GET", "/v1/vms/p")).json.state, "paused");
 
     // Through the CLI: a diff against it, the disk frozen and the VM going on with an overlay.
