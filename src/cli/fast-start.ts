@@ -1,0 +1,188 @@
+// Fast start for `tsvisor run -- CMD` (issue 15): a snapshot of the stock
+// guest, booted and waiting for a command, kept in the image cache and
+// restored instead of booting.
+//
+// Guest side: the snapshot's guest boots the stock kernel and initrd with
+// the same command line, vCPUs, memory, console and devices as the run, but
+// instead of the command archive (images/initramfs.ts commandArchive) it
+// gets the wait archive below, whose /tsvisor/argv (the fragment init
+// sources to set "$@", images/init.ts) prints WAIT_MARKER and then reads the
+// command from the console. So the image's init is unchanged (no image
+// rebuild) and the same initrd serves both ways.
+//
+// The message the host then types on the console is base64 blocks, each
+// a line with its count of lines, then the lines: the console is a tty in
+// canonical mode with echo off (init ran `stty -echo -onlcr`), a read()
+// returns at most one line, so `head -n COUNT` takes exactly one block and
+// leaves the rest unread (busybox sed reads a line ahead: it would not), and
+// base64 has no character the line discipline acts on (^C, ^D, ^S, ...).
+//   1. 64 fresh random bytes, written to /dev/urandom; then /tsvisor/reseed
+//      (a 74-byte static program, below) asks the kernel to reseed its CRNG
+//      from the input pool (ioctl RNDRESEEDCRNG): without it every guest
+//      restored from one snapshot would draw the same "random" numbers
+//      (writing to /dev/urandom only mixes into the input pool, which the
+//      CRNG reads at its next reseed, seconds away).
+//   2. A shell fragment: the host's time of day (`date -s @SECONDS`: the
+//      guest's clock otherwise goes on from when the snapshot was taken),
+//      `set --` with the command, and with a piped stdin a third block:
+//   3. the command's stdin, written to /tsvisor/stdin as the command archive does.
+// Then init goes on as for an archived command: the command runs on the
+// console, its status goes out through the finisher.
+//
+// Host side (run-linux.ts): the cache key (snapshotKey) names everything that
+// makes the booted guest what it is; a run whose key has a snapshot restores
+// it and types the message; one without boots with the wait archive, takes
+// the snapshot when WAIT_MARKER appears, then types the message into the
+// same guest.
+
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { CpioArchive } from "../images/cpio.js";
+import { INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, type ImageManifest } from "../images/image-cache.js";
+import { ARGV_PATH, STDIN_PATH } from "../images/init.js";
+import { shellQuote } from "../images/initramfs.js";
+import { VERSION } from "./version.js";
+
+/** Printed by the waiting guest (an OSC sequence: a terminal shows nothing
+ *  should it ever get through); the host hides it from the output. */
+export const WAIT_MARKER = "\x1b]9999;tsvisor-wait\x07";
+export const RESEED_PATH = "/tsvisor/reseed";
+const CMD_PATH = "/tsvisor/cmd";
+/** A piped stdin larger than this boots cold (the console moves it byte by byte). */
+export const FAST_STDIN_LIMIT = 1 << 20;
+
+export const WAIT_SCRIPT = `# tsvisor fast start (cli/fast-start.ts): wait for the command on the console.
+tsvisor_block() { read -r n; head -n "$n" | base64 -d; }
+printf '${WAIT_MARKER.replace("\x1b", "\\033").replace("\x07", "\\007")}'
+tsvisor_block > /dev/urandom
+${RESEED_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator" >&2
+tsvisor_block > ${CMD_PATH}
+. ${CMD_PATH}
+`;
+
+/**
+ * /tsvisor/reseed, a static RV64 ELF (riscv64-unknown-elf-as, ld -n -s):
+ *   li a0,-100; lla a1,path; li a2,0; li a7,56; ecall     # openat(AT_FDCWD, "/dev/urandom", O_RDONLY)
+ *   bltz a0,1f; li a1,0x5207; li a7,29; ecall             # ioctl(fd, RNDRESEEDCRNG)
+ *   snez a0,a0; li a7,93; ecall                           # exit(ioctl failed)
+ *   1: li a0,2; li a7,93; ecall
+ *   path: .asciz "/dev/urandom"
+ */
+const RESEED_ELF = Buffer.from(
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAABABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAABKAAAAAAAAAEoAAAAAAAAAAgAAAAAAAAATBcD5lwUAAJOFhQMBRpMIgANzAAAAY04FAJVlm4V1IPVIcwAAADM1oACTCNAFcwAAAAlFkwjQBXMAAAAvZGV2L3VyYW5kb20AAAAuc2hzdHJ0YWIALnRleHQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAABKAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAPoAAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
+  "base64",
+);
+
+/** The archive appended to the initrd of the guest that is snapshotted (instead of a command archive). */
+export function waitArchive(): Uint8Array {
+  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(RESEED_PATH.slice(1), RESEED_ELF, 0o755).toBytes();
+}
+
+function block(data: Uint8Array | string): string {
+  const b64 = Buffer.from(data).toString("base64");
+  let out = "";
+  let lines = 0;
+  for (let i = 0; i < b64.length; i += 76, lines++) out += `${b64.slice(i, i + 76)}\n`;
+  return `${lines}\n${out}`;
+}
+
+/** What the host types on the waiting guest's console: seed, command (and stdin). */
+export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now()): Uint8Array {
+  if (argv.length === 0) throw new Error("no command to run in the guest");
+  let fragment = `date -u -s @${Math.floor(nowMs / 1000)} >/dev/null 2>&1\nset -- ${argv.map(shellQuote).join(" ")}\n`;
+  if (stdin) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
+  return Buffer.from(block(randomBytes(64)) + block(fragment) + (stdin ? block(stdin) : ""));
+}
+
+/**
+ * Console output with WAIT_MARKER taken out (the guest prints it once); a
+ * prefix of it at the end of a chunk is held back until the next.
+ */
+export class MarkerFilter {
+  private held = "";
+  private seen = false;
+  constructor(private readonly out: (b: Uint8Array) => void, private readonly onMarker: () => void) {}
+
+  write(bytes: Uint8Array): void {
+    if (this.seen) return this.out(bytes);
+    const text = this.held + Buffer.from(bytes).toString("latin1");
+    this.held = "";
+    const at = text.indexOf(WAIT_MARKER);
+    if (at >= 0) {
+      this.seen = true;
+      const rest = text.slice(0, at) + text.slice(at + WAIT_MARKER.length);
+      if (rest) this.out(Buffer.from(rest, "latin1"));
+      this.onMarker();
+      return;
+    }
+    // Hold back the longest tail that could begin the marker.
+    let keep = 0;
+    for (let n = Math.min(WAIT_MARKER.length - 1, text.length); n > 0; n--) {
+      if (WAIT_MARKER.startsWith(text.slice(text.length - n))) {
+        keep = n;
+        break;
+      }
+    }
+    this.held = text.slice(text.length - keep);
+    const pass = text.slice(0, text.length - keep);
+    if (pass) this.out(Buffer.from(pass, "latin1"));
+  }
+}
+
+export interface SnapshotShape {
+  cmdline: string;
+  cpus: number;
+  memBytes: number;
+  console: string;
+  /** The --net specs (only "user" qualifies). */
+  nets: string[];
+  balloon: boolean;
+}
+
+/**
+ * The stock image as the cache key sees it, without reading the 45 MB of
+ * kernel and initrd: their SHA256s from the manifest (checked against the
+ * files when the snapshot was made, by the cold run's pull) and each file's
+ * size, mtime and inode, so a file changed since gives another key.
+ */
+export function imageIdentity(imageDir: string): string | undefined {
+  try {
+    const manifest = JSON.parse(readFileSync(join(imageDir, MANIFEST_FILE), "utf8")) as ImageManifest;
+    const files = ([KERNEL_FILE, INITRD_FILE] as const).map((name) => {
+      const s = statSync(join(imageDir, name));
+      return [name, manifest.files[name].sha256, s.size, s.mtimeMs, s.ino];
+    });
+    return JSON.stringify([manifest.recipe, files]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The snapshot's name: everything that makes the booted, waiting guest what it is. */
+export function snapshotKey(image: string, shape: SnapshotShape): string {
+  const parts = [
+    "tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive()),
+    shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon,
+  ];
+  return sha256hex(JSON.stringify(parts)).slice(0, 32);
+}
+
+export function snapshotPath(cacheDir: string, key: string): string {
+  return join(cacheDir, "snapshots", `${key}.snap`);
+}
+
+/** Why this run cannot start from a snapshot, or undefined if it can. */
+export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[] }): string | undefined {
+  if (!o.command) return "no command (interactive shell)";
+  if (o.kernel !== undefined || o.initrd !== undefined) return "--kernel/--initrd";
+  if (o.append !== undefined) return "--append";
+  if ((o.disks ?? []).length > 0) return "--disk";
+  const nets = o.nets ?? [];
+  if (nets.length > 1 || (nets.length === 1 && nets[0] !== "user")) return "a --net other than the default user-mode network";
+  return undefined;
+}
+
+function sha256hex(data: Uint8Array | string): string {
+  return createHash("sha256").update(data).digest("hex");
+}
