@@ -1,0 +1,93 @@
+// Fast start (fast-start.ts): `tsvisor run -- CMD` restores a snapshot of
+// the stock guest waiting for a command. The Debian tests use --mem 320M,
+// which no other test uses, so they start without a snapshot of their own
+// and leave none behind.
+import { test, before } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { defaultCacheDir } from "../images/image-cache.js";
+import { debianImageDir } from "../images/debian.js";
+import { DEFAULT_CMDLINE } from "./run-linux.js";
+import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, snapshotKey, snapshotPath } from "./fast-start.js";
+import { tsvisor, pullImage } from "./test-tsvisor.js";
+
+test("the wait marker is taken out of the console output, also when split across chunks", () => {
+  for (const cut of [0, 1, 5, WAIT_MARKER.length - 1, WAIT_MARKER.length]) {
+    let out = "";
+    let seen = 0;
+    const f = new MarkerFilter((b) => (out += Buffer.from(b).toString("latin1")), () => seen++);
+    const text = `boot\x1b[0m${WAIT_MARKER}after`;
+    const at = "boot\x1b[0m".length + cut;
+    f.write(Buffer.from(text.slice(0, at), "latin1"));
+    f.write(Buffer.from(text.slice(at), "latin1"));
+    assert.equal(out, "boot\x1b[0mafter");
+    assert.equal(seen, 1);
+  }
+});
+
+test("the command message: counted base64 blocks (seed, fragment, stdin) with nothing a tty line discipline acts on", () => {
+  const msg = Buffer.from(commandMessage(["sh", "-c", "echo 'it''s'"], Buffer.from([0, 3, 4, 0x13, 0xff]), 1_700_000_000_000)).toString("latin1");
+  assert.match(msg, /^[A-Za-z0-9+/=\n]*$/);
+  const lines = msg.split("\n").slice(0, -1);
+  const blocks: Buffer[] = [];
+  for (let i = 0; i < lines.length; ) {
+    const n = Number(lines[i]);
+    blocks.push(Buffer.from(lines.slice(i + 1, i + 1 + n).join(""), "base64"));
+    i += 1 + n;
+  }
+  assert.equal(blocks.length, 3);
+  assert.equal(blocks[0].length, 64);
+  assert.equal(blocks[1].toString(), "date -u -s @1700000000 >/dev/null 2>&1\nset -- 'sh' '-c' 'echo '\\''it'\\'''\\''s'\\'''\nblock > /tsvisor/stdin\n".replace("block", "tsvisor_block"));
+  assert.deepEqual([...blocks[2]], [0, 3, 4, 0x13, 0xff]);
+  assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString(), "a fresh seed each time");
+});
+
+const MEM = "320M";
+function thisSnapshot(): string {
+  const identity = imageIdentity(debianImageDir(defaultCacheDir()));
+  assert.ok(identity, "the image is pulled");
+  const shape = { cmdline: `${DEFAULT_CMDLINE} tsvisor.dhcp=eth0`, cpus: 1, memBytes: 320 << 20, console: "ttyS0", nets: ["user"], balloon: true };
+  return snapshotPath(defaultCacheDir(), snapshotKey(identity, shape));
+}
+
+before(pullImage);
+
+test("the first run makes the snapshot, later ones restore it (status, output, stdin), --no-snapshot boots cold, a broken snapshot is replaced with a note", async () => {
+  const path = thisSnapshot();
+  rmSync(path, { force: true });
+  try {
+    const first = await tsvisor(["run", "--mem", MEM, "--stats", "--", "echo", "hi"]);
+    assert.equal(first.status, 0, first.stderr);
+    assert.equal(first.stdout, "hi\n");
+    assert.match(first.stderr, /fast start: booted; snapshot .* written/);
+    assert.ok(existsSync(path), `${path} made`);
+
+    const second = await tsvisor(["run", "--mem", MEM, "--stats", "--", "sh", "-c", "read a; echo got $a; exit 3"], "piped\n");
+    assert.equal(second.status, 3, second.stderr);
+    assert.equal(second.stdout, "got piped\n");
+    assert.match(second.stderr, /fast start: restored /);
+
+    // Each restored guest has its own random numbers (fresh seed and a CRNG reseed).
+    const rand = await Promise.all([0, 1].map(() => tsvisor(["run", "--mem", MEM, "--", "sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])));
+    assert.equal(rand[0].status, 0, rand[0].stderr);
+    assert.notEqual(rand[0].stdout, rand[1].stdout);
+
+    const cold = await tsvisor(["run", "--mem", MEM, "--no-snapshot", "--stats", "--", "echo", "cold"]);
+    assert.equal(cold.status, 0, cold.stderr);
+    assert.equal(cold.stdout, "cold\n");
+    assert.doesNotMatch(cold.stderr, /fast start/);
+
+    writeFileSync(path, "not a snapshot");
+    const broken = await tsvisor(["run", "--mem", MEM, "--stats", "--", "echo", "again"]);
+    assert.equal(broken.status, 0, broken.stderr);
+    assert.equal(broken.stdout, "again\n");
+    assert.match(broken.stderr, /^tsvisor: the fast-start snapshot .* does not restore \(.*\); removed, booting cold$/m);
+    assert.match(broken.stderr, /fast start: booted; snapshot .* written/);
+    const after = await tsvisor(["run", "--mem", MEM, "--stats", "--", "true"]);
+    assert.equal(after.status, 0, after.stderr);
+    assert.match(after.stderr, /fast start: restored /);
+  } finally {
+    rmSync(path, { force: true });
+  }
+});
