@@ -37,7 +37,7 @@ test("the command message: counted base64 blocks (seed, fragment, stdin) with no
     i += 1 + n;
   }
   assert.equal(blocks.length, 3);
-  assert.equal(blocks[0].length, 64);
+  assert.equal(blocks[0].length, 32);
   assert.equal(blocks[1].toString(), "date -u -s @1700000000 >/dev/null 2>&1\nset -- 'sh' '-c' 'echo '\\''it'\\'''\\''s'\\'''\nblock > /tsvisor/stdin\n".replace("block", "tsvisor_block"));
   assert.deepEqual([...blocks[2]], [0, 3, 4, 0x13, 0xff]);
   assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString(), "a fresh seed each time");

@@ -16,7 +16,7 @@
 // returns at most one line, so `head -n COUNT` takes exactly one block and
 // leaves the rest unread (busybox sed reads a line ahead: it would not), and
 // base64 has no character the line discipline acts on (^C, ^D, ^S, ...).
-//   1. 64 fresh random bytes, written to /dev/urandom; then /tsvisor/reseed
+//   1. 32 fresh random bytes, written to /dev/urandom; then /tsvisor/reseed
 //      (a 74-byte static program, below) asks the kernel to reseed its CRNG
 //      from the input pool (ioctl RNDRESEEDCRNG): without it every guest
 //      restored from one snapshot would draw the same "random" numbers
@@ -51,6 +51,7 @@ export const RESEED_PATH = "/tsvisor/reseed";
 const CMD_PATH = "/tsvisor/cmd";
 /** A piped stdin larger than this boots cold: the console moves it at a few kB/s
  *  (300 kB took two minutes), the command archive of a cold boot at once. */
+export const SEED_BYTES = 32;
 export const FAST_STDIN_LIMIT = 2 << 10;
 
 export const WAIT_SCRIPT = `# tsvisor fast start (cli/fast-start.ts): wait for the command on the console.
@@ -93,7 +94,7 @@ export function commandMessage(argv: string[], stdin: Uint8Array | undefined, no
   if (argv.length === 0) throw new Error("no command to run in the guest");
   let fragment = `date -u -s @${Math.floor(nowMs / 1000)} >/dev/null 2>&1\nset -- ${argv.map(shellQuote).join(" ")}\n`;
   if (stdin) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
-  return Buffer.from(block(randomBytes(64)) + block(fragment) + (stdin ? block(stdin) : ""));
+  return Buffer.from(block(randomBytes(SEED_BYTES)) + block(fragment) + (stdin ? block(stdin) : ""));
 }
 
 /**
