@@ -26,21 +26,30 @@ test("the wait marker is taken out of the console output, also when split across
   }
 });
 
-test("the command message: counted base64 blocks (seed, fragment, stdin) with nothing a tty line discipline acts on", () => {
-  const msg = Buffer.from(commandMessage(["sh", "-c", "echo 'it''s'"], Buffer.from([0, 3, 4, 0x13, 0xff]), 1_700_000_000_000)).toString("latin1");
-  assert.match(msg, /^[A-Za-z0-9+/=\n]*$/);
-  const lines = msg.split("\n").slice(0, -1);
-  const blocks: Buffer[] = [];
-  for (let i = 0; i < lines.length; ) {
-    const n = Number(lines[i]);
-    blocks.push(Buffer.from(lines.slice(i + 1, i + 1 + n).join(""), "base64"));
-    i += 1 + n;
-  }
-  assert.equal(blocks.length, 3);
-  assert.equal(blocks[0].length, 32);
-  assert.equal(blocks[1].toString(), "date -u -s @1700000000 >/dev/null 2>&1\nset -- 'sh' '-c' 'echo '\\''it'\\'''\\''s'\\'''\nblock > /tsvisor/stdin\n".replace("block", "tsvisor_block"));
-  assert.deepEqual([...blocks[2]], [0, 3, 4, 0x13, 0xff]);
-  assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString(), "a fresh seed each time");
+test("the command message: counted base64 blocks (fragment with a seed, stdin) with nothing a tty line discipline acts on", () => {
+  const decode = (msg: string): Buffer[] => {
+    assert.match(msg, /^[A-Za-z0-9+/=\n]*$/);
+    const lines = msg.split("\n").slice(0, -1);
+    const blocks: Buffer[] = [];
+    for (let i = 0; i < lines.length; ) {
+      const n = Number(lines[i]);
+      blocks.push(Buffer.from(lines.slice(i + 1, i + 1 + n).join(""), "base64"));
+      i += 1 + n;
+    }
+    return blocks;
+  };
+  const blocks = decode(Buffer.from(commandMessage(["sh", "-c", "echo it's"], Buffer.from([0, 3, 4, 0x13, 0xff]), 1_700_000_000_000)).toString("latin1"));
+  assert.equal(blocks.length, 2);
+  const [fragment, seed] = blocks[0].toString().split("# ");
+  assert.equal(fragment, `date -u -s @1700000000 >/dev/null 2>&1\nset -- 'sh' '-c' 'echo it'\\''s'\ntsvisor_block > /tsvisor/stdin\n`);
+  assert.equal(Buffer.from(seed.trim(), "base64").length, 32);
+  assert.deepEqual([...blocks[1]], [0, 3, 4, 0x13, 0xff]);
+  // An empty stdin is made by the fragment; no stdin: none; a fresh seed each time.
+  const empty = decode(Buffer.from(commandMessage(["true"], new Uint8Array(0))).toString());
+  assert.equal(empty.length, 1);
+  assert.match(empty[0].toString(), /\n: > \/tsvisor\/stdin\n# /);
+  assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString())[0].toString(), /stdin/);
+  assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
 });
 
 const MEM = "320M";

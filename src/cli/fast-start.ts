@@ -10,22 +10,25 @@
 // command from the console. So the image's init is unchanged (no image
 // rebuild) and the same initrd serves both ways.
 //
-// The message the host then types on the console is base64 blocks, each
-// a line with its count of lines, then the lines: the console is a tty in
-// canonical mode with echo off (init ran `stty -echo -onlcr`), a read()
-// returns at most one line, so `head -n COUNT` takes exactly one block and
-// leaves the rest unread (busybox sed reads a line ahead: it would not), and
-// base64 has no character the line discipline acts on (^C, ^D, ^S, ...).
-//   1. 32 fresh random bytes, written to /dev/urandom; then /tsvisor/reseed
-//      (a 74-byte static program, below) asks the kernel to reseed its CRNG
-//      from the input pool (ioctl RNDRESEEDCRNG): without it every guest
-//      restored from one snapshot would draw the same "random" numbers
-//      (writing to /dev/urandom only mixes into the input pool, which the
-//      CRNG reads at its next reseed, seconds away).
-//   2. A shell fragment: the host's time of day (`date -s @SECONDS`: the
-//      guest's clock otherwise goes on from when the snapshot was taken),
-//      `set --` with the command, and with a piped stdin a third block:
-//   3. the command's stdin, written to /tsvisor/stdin as the command archive does.
+// The message the host then types on the console is one or two base64
+// blocks, each a line with its count of lines, then the lines: the console
+// is a tty in canonical mode with echo off (init ran `stty -echo -onlcr`), a
+// read() returns at most one line, so `head -n COUNT` takes exactly one block
+// and leaves the rest unread (busybox sed reads a line ahead: it would not),
+// and base64 has no character the line discipline acts on (^C, ^D, ^S, ...).
+// Every byte typed costs the guest MMIO exits and every program it starts
+// tens of milliseconds, so the message is short and the programs few:
+//   1. A shell fragment, written to /tsvisor/cmd: the host's time of day
+//      (`date -s @SECONDS`: the guest's clock otherwise goes on from when the
+//      snapshot was taken), `set --` with the command, and a comment with 32
+//      fresh random bytes. /tsvisor/seed (a 142-byte static program, below)
+//      writes the whole file to /dev/urandom and asks the kernel to reseed
+//      its CRNG from the input pool (ioctl RNDRESEEDCRNG): without it every
+//      guest restored from one snapshot would draw the same "random" numbers
+//      (a write to /dev/urandom only mixes into the input pool, which the
+//      CRNG reads at its next reseed, seconds away). Then init sources it.
+//   2. With a piped stdin, the command's stdin, written to /tsvisor/stdin as
+//      the command archive does (an empty one is made by the fragment).
 // Then init goes on as for an archived command: the command runs on the
 // console, its status goes out through the finisher.
 //
@@ -40,14 +43,14 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { CpioArchive } from "../images/cpio.js";
 import { INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, type ImageManifest } from "../images/image-cache.js";
-import { ARGV_PATH, STDIN_PATH } from "../images/init.js";
+import { ARGV_PATH, FINISHER_ADDR, STDIN_PATH } from "../images/init.js";
 import { shellQuote } from "../images/initramfs.js";
 import { VERSION } from "./version.js";
 
 /** Printed by the waiting guest (an OSC sequence: a terminal shows nothing
  *  should it ever get through); the host hides it from the output. */
 export const WAIT_MARKER = "\x1b]9999;tsvisor-wait\x07";
-export const RESEED_PATH = "/tsvisor/reseed";
+export const SEED_PATH = "/tsvisor/seed";
 const CMD_PATH = "/tsvisor/cmd";
 /** A piped stdin larger than this boots cold: the console moves it at a few kB/s
  *  (300 kB took two minutes), the command archive of a cold boot at once. */
@@ -56,29 +59,39 @@ export const FAST_STDIN_LIMIT = 2 << 10;
 
 export const WAIT_SCRIPT = `# tsvisor fast start (cli/fast-start.ts): wait for the command on the console.
 tsvisor_block() { read -r n; head -n "$n" | base64 -d; }
+# init's finish without its sync: a fast-start guest has no disks.
+finish() {
+  if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
+  devmem 0x${FINISHER_ADDR.toString(16)} 32 $value
+  echo "tsvisor init: could not report exit status $1 through the finisher" >&2
+  poweroff -f
+}
 printf '${WAIT_MARKER.replace("\x1b", "\\033").replace("\x07", "\\007")}'
-tsvisor_block > /dev/urandom
-${RESEED_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator" >&2
 tsvisor_block > ${CMD_PATH}
+${SEED_PATH} ${CMD_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator" >&2
 . ${CMD_PATH}
 `;
 
 /**
- * /tsvisor/reseed, a static RV64 ELF (riscv64-unknown-elf-as, ld -n -s):
- *   li a0,-100; lla a1,path; li a2,0; li a7,56; ecall     # openat(AT_FDCWD, "/dev/urandom", O_RDONLY)
- *   bltz a0,1f; li a1,0x5207; li a7,29; ecall             # ioctl(fd, RNDRESEEDCRNG)
- *   snez a0,a0; li a7,93; ecall                           # exit(ioctl failed)
- *   1: li a0,2; li a7,93; ecall
+ * /tsvisor/seed FILE, a static RV64 ELF (riscv64-unknown-elf-as, ld -n -s):
+ *   ld a1,16(sp); li a0,-100; li a2,0; li a7,56; ecall; bltz a0,1f   # openat(AT_FDCWD, FILE, O_RDONLY)
+ *   mv s0,a0; addi sp,sp,-2048; addi sp,sp,-2048
+ *   mv a0,s0; mv a1,sp; li a2,4096; li a7,63; ecall; bltz a0,1f      # read(fd, stack, 4096)
+ *   mv s1,a0; li a0,-100; lla a1,path; li a2,1; li a7,56; ecall      # openat(AT_FDCWD, "/dev/urandom", O_WRONLY)
+ *   bltz a0,1f; mv s2,a0; mv a1,sp; mv a2,s1; li a7,64; ecall        # write(urandom, stack, n)
+ *   bltz a0,1f; mv a0,s2; li a1,0x5207; li a7,29; ecall; bnez a0,1f  # ioctl(urandom, RNDRESEEDCRNG)
+ *   li a7,93; ecall                                                  # exit(0)
+ *   1: li a0,1; li a7,93; ecall                                      # exit(1)
  *   path: .asciz "/dev/urandom"
  */
-const RESEED_ELF = Buffer.from(
-  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAABABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAABKAAAAAAAAAEoAAAAAAAAAAgAAAAAAAAATBcD5lwUAAJOFhQMBRpMIgANzAAAAY04FAJVlm4V1IPVIcwAAADM1oACTCNAFcwAAAAlFkwjQBXMAAAAvZGV2L3VyYW5kb20AAAAuc2hzdHJ0YWIALnRleHQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAABKAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAPoAAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
+const SEED_ELF = Buffer.from(
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAFABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAACOAAAAAAAAAI4AAAAAAAAAAgAAAAAAAADCZRMFwPkBRpMIgANzAAAAY0MFBiqEEwEBgBMBAYAihYqFBWaTCPADcwAAAGNFBQSqhBMFwPmXBQAAk4WlBAVGkwiAA3MAAABjRwUCKomKhSaGkwgABHMAAABjTgUASoWVZZuFdSD1SHMAAAAJ5ZMI0AVzAAAABUWTCNAFcwAAAC9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAsAAAABAAAABgAAAAAAAACwAAEAAAAAALAAAAAAAAAAjgAAAAAAAAAAAAAAAAAAAAIAAAAAAAAAAAAAAAAAAAABAAAAAwAAAAAAAAAAAAAAAAAAAAAAAAA+AQAAAAAAABEAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAAAA",
   "base64",
 );
 
 /** The archive appended to the initrd of the guest that is snapshotted (instead of a command archive). */
 export function waitArchive(): Uint8Array {
-  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(RESEED_PATH.slice(1), RESEED_ELF, 0o755).toBytes();
+  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(SEED_PATH.slice(1), SEED_ELF, 0o755).toBytes();
 }
 
 function block(data: Uint8Array | string): string {
@@ -89,12 +102,14 @@ function block(data: Uint8Array | string): string {
   return `${lines}\n${out}`;
 }
 
-/** What the host types on the waiting guest's console: seed, command (and stdin). */
+/** What the host types on the waiting guest's console: the command fragment (with a seed), then a piped stdin. */
 export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now()): Uint8Array {
   if (argv.length === 0) throw new Error("no command to run in the guest");
   let fragment = `date -u -s @${Math.floor(nowMs / 1000)} >/dev/null 2>&1\nset -- ${argv.map(shellQuote).join(" ")}\n`;
-  if (stdin) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
-  return Buffer.from(block(randomBytes(SEED_BYTES)) + block(fragment) + (stdin ? block(stdin) : ""));
+  if (stdin?.length) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
+  else if (stdin) fragment += `: > ${STDIN_PATH}\n`;
+  fragment += `# ${randomBytes(SEED_BYTES).toString("base64")}\n`;
+  return Buffer.from(block(fragment) + (stdin?.length ? block(stdin) : ""));
 }
 
 /**
