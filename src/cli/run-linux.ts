@@ -258,10 +258,17 @@ async function runVm(
       warn: (m: string) => warnLine(m, interactive),
       ...(opts.balloon === false ? { balloon: false as const } : {}),
     };
+    let outputSeen = false;
     if (fast?.mode === "restore") {
       const t0 = performance.now();
       try {
-        vm = engine.restoreVm(fast.path, { ...common, jit: restoredJit(opts.jit), consoleOut: (b) => host.output(b), paused: true });
+        vm = engine.restoreVm(fast.path, {
+          ...common, jit: restoredJit(opts.jit), paused: true,
+          consoleOut: (b) => {
+            outputSeen = true;
+            host.output(b);
+          },
+        });
       } catch (e) {
         if (e instanceof SnapshotError) throw new RestoreFailed(e.message);
         throw e;
@@ -274,7 +281,11 @@ async function runVm(
       let consoleOut = (b: Uint8Array) => host.output(b);
       if (fast) {
         const snap = fast;
-        const filter = new MarkerFilter(consoleOut, () => setImmediate(() => void snapshotWaiting(vm!, snap, opts.stats, (m) => warnLine(m, interactive))));
+        const filter = new MarkerFilter(consoleOut, () => setImmediate(() => {
+          void snapshotWaiting(vm!, snap, opts.stats, (m) => warnLine(m, interactive)).then(() => {
+            if (vm?.vmm) host.attach(vm.vmm);
+          });
+        }));
         consoleOut = (b) => filter.write(b);
       }
       vm = createRunVm(engine, { ...common, memBytes: opts.memBytes, cpus: opts.cpus, kernel, initrd, cmdline, console: opts.console, consoleOut });
@@ -287,7 +298,9 @@ async function runVm(
         throw e;
       }
       const machine = vm.vmm!;
-      host.attach(machine);
+      // A terminal's input is forwarded once the waiting guest has its command
+      // (snapshotWaiting), not before: the wait would read it as the command.
+      if (fast?.mode !== "create") host.attach(machine);
       const onResize = () => {
         const size = terminalSize();
         if (size) vm?.vmm?.consoleResize(size.cols, size.rows);
@@ -305,6 +318,15 @@ async function runVm(
         process.stderr.write(`${vm.exitStats().format()}\n${machine.virtioStats()}\n${net}${jit ? formatJitStats(jit) + "\n" : ""}`);
       }
       if (outcome.kind === "host") return hostEnd(outcome.reason, opts);
+      if (fast?.mode === "restore" && outcome.end.kind === "error" && outcome.end.message.includes(fast.path)) {
+        // A page of the snapshot did not check out when the guest touched it
+        // (memory is read lazily). Before any output the command cannot have
+        // done much: boot cold instead; after, the run failed and says why.
+        if (!outputSeen) throw new RestoreFailed(outcome.end.message);
+        rmSync(fast.path, { force: true });
+        process.stderr.write(`tsvisor: ${outcome.end.message}; the fast-start snapshot is removed, the next run boots cold\n`);
+        return EXIT_GUEST_FAILED;
+      }
       const status = guestEnd(outcome.end, interactive);
       if (status !== undefined) return status;
       // An interactive guest that rebooted boots again, as on a real machine.
