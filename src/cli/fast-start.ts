@@ -10,25 +10,30 @@
 // command from the console. So the image's init is unchanged (no image
 // rebuild) and the same initrd serves both ways.
 //
-// The message the host then types on the console is one or two base64
-// blocks, each a line with its count of lines, then the lines: the console
-// is a tty in canonical mode with echo off (init ran `stty -echo -onlcr`), a
-// read() returns at most one line, so `head -n COUNT` takes exactly one block
-// and leaves the rest unread (busybox sed reads a line ahead: it would not),
-// and base64 has no character the line discipline acts on (^C, ^D, ^S, ...).
+// The message the host then types on the console is one or two blocks,
+// each a line "p COUNT" (plain text) or "b COUNT" (base64), then COUNT lines:
+// the console is a tty in canonical mode with echo off (init ran
+// `stty -echo -onlcr`), a read() returns at most one line, so the shell's
+// `read` and `head -n COUNT` take exactly one block and leave the rest unread
+// (busybox sed reads a line ahead: it would not). A line of printable ASCII
+// or of base64 has no byte the line discipline acts on (^C, ^D, ^S, DEL...).
 // Every byte typed costs the guest MMIO exits and every program it starts
 // tens of milliseconds, so the message is short and the programs few:
-//   1. A shell fragment, written to /tsvisor/cmd: the host's time of day
-//      (`date -s @SECONDS`: the guest's clock otherwise goes on from when the
-//      snapshot was taken), `set --` with the command, and a comment with 32
-//      fresh random bytes. /tsvisor/seed (a 142-byte static program, below)
-//      writes the whole file to /dev/urandom and asks the kernel to reseed
-//      its CRNG from the input pool (ioctl RNDRESEEDCRNG): without it every
-//      guest restored from one snapshot would draw the same "random" numbers
-//      (a write to /dev/urandom only mixes into the input pool, which the
-//      CRNG reads at its next reseed, seconds away). Then init sources it.
-//   2. With a piped stdin, the command's stdin, written to /tsvisor/stdin as
-//      the command archive does (an empty one is made by the fragment).
+//   1. A shell fragment, written to /tsvisor/cmd (as plain text when it is
+//      printable ASCII in lines under 4000 bytes, read by shell builtins:
+//      no program started; else base64): a comment with the host's time of
+//      day, `set --` with the command, and a comment with 32 fresh random
+//      bytes. /tsvisor/seed (a 206-byte static program, below) writes the
+//      whole file to /dev/urandom, asks the kernel to reseed its CRNG from
+//      the input pool (ioctl RNDRESEEDCRNG) and sets the clock from the first
+//      line. Without the reseed every guest restored from one snapshot would
+//      draw the same "random" numbers (a write to /dev/urandom only mixes
+//      into the input pool, which the CRNG reads at its next reseed, seconds
+//      away); without the clock, the guest's time of day would go on from
+//      when the snapshot was taken. Then init sources the fragment.
+//   2. With a piped stdin, the command's stdin in base64, written to
+//      /tsvisor/stdin as the command archive does (an empty one is made by
+//      the fragment).
 // Then init goes on as for an archived command: the command runs on the
 // console, its status goes out through the finisher.
 //
@@ -58,7 +63,14 @@ export const SEED_BYTES = 32;
 export const FAST_STDIN_LIMIT = 2 << 10;
 
 export const WAIT_SCRIPT = `# tsvisor fast start (cli/fast-start.ts): wait for the command on the console.
-tsvisor_block() { read -r n; head -n "$n" | base64 -d; }
+tsvisor_block() {
+  read -r kind n
+  if [ "$kind" = p ]; then
+    while [ "$n" -gt 0 ]; do IFS= read -r l; printf '%s\\n' "$l"; n=$((n - 1)); done
+  else
+    head -n "$n" | base64 -d
+  fi
+}
 # init's finish without its sync: a fast-start guest has no disks.
 finish() {
   if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
@@ -68,7 +80,7 @@ finish() {
 }
 printf '${WAIT_MARKER.replace("\x1b", "\\033").replace("\x07", "\\007")}'
 tsvisor_block > ${CMD_PATH}
-${SEED_PATH} ${CMD_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator" >&2
+${SEED_PATH} ${CMD_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator or set the clock" >&2
 . ${CMD_PATH}
 `;
 
@@ -80,12 +92,17 @@ ${SEED_PATH} ${CMD_PATH} || echo "tsvisor init: could not reseed the kernel's ra
  *   mv s1,a0; li a0,-100; lla a1,path; li a2,1; li a7,56; ecall      # openat(AT_FDCWD, "/dev/urandom", O_WRONLY)
  *   bltz a0,1f; mv s2,a0; mv a1,sp; mv a2,s1; li a7,64; ecall        # write(urandom, stack, n)
  *   bltz a0,1f; mv a0,s2; li a1,0x5207; li a7,29; ecall; bnez a0,1f  # ioctl(urandom, RNDRESEEDCRNG)
- *   li a7,93; ecall                                                  # exit(0)
+ *   addi t0,sp,1; li t1,0; li t3,10                                  # the digits after the file's first byte ("#")
+ *   2: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,3f
+ *   mul t1,t1,t3; add t1,t1,t2; addi t0,t0,1; j 2b
+ *   3: beqz t1,4f; addi a1,sp,-16; sd t1,0(a1); sd zero,8(a1)
+ *   li a0,0; li a7,112; ecall; bnez a0,1f                            # clock_settime(CLOCK_REALTIME, {seconds, 0})
+ *   4: li a0,0; li a7,93; ecall                                      # exit(0)
  *   1: li a0,1; li a7,93; ecall                                      # exit(1)
  *   path: .asciz "/dev/urandom"
  */
 const SEED_ELF = Buffer.from(
-  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAFABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAACOAAAAAAAAAI4AAAAAAAAAAgAAAAAAAADCZRMFwPkBRpMIgANzAAAAY0MFBiqEEwEBgBMBAYAihYqFBWaTCPADcwAAAGNFBQSqhBMFwPmXBQAAk4WlBAVGkwiAA3MAAABjRwUCKomKhSaGkwgABHMAAABjTgUASoWVZZuFdSD1SHMAAAAJ5ZMI0AVzAAAABUWTCNAFcwAAAC9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAsAAAABAAAABgAAAAAAAACwAAEAAAAAALAAAAAAAAAAjgAAAAAAAAAAAAAAAAAAAAIAAAAAAAAAAAAAAAAAAAABAAAAAwAAAAAAAAAAAAAAAAAAAAAAAAA+AQAAAAAAABEAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAAAA",
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAJABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAADKAAAAAAAAAMoAAAAAAAAAAgAAAAAAAADCZRMFwPkBRpMIgANzAAAAY0EFCiqEEwEBgBMBAYAihYqFBWaTCPADcwAAAGNDBQiqhBMFwPmXBQAAk4VlCAVGkwiAA3MAAABjRQUGKomKhSaGkwgABHMAAABjTAUESoWVZZuFdSD1SHMAAAA54ZMCEQABQylOg8MCAJODA/1j98MBMwPDAx6ThQL1t2MOAwCTBQH/I7BlACO0BQABRZMIAAdzAAAAEeUBRZMI0AVzAAAABUWTCNAFcwAAAC9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAALAAAAAQAAAAYAAAAAAAAAsAABAAAAAACwAAAAAAAAAMoAAAAAAAAAAAAAAAAAAAACAAAAAAAAAAAAAAAAAAAAAQAAAAMAAAAAAAAAAAAAAAAAAAAAAAAAegEAAAAAAAARAAAAAAAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAA==",
   "base64",
 );
 
@@ -99,17 +116,24 @@ function block(data: Uint8Array | string): string {
   let out = "";
   let lines = 0;
   for (let i = 0; i < b64.length; i += 76, lines++) out += `${b64.slice(i, i + 76)}\n`;
-  return `${lines}\n${out}`;
+  return `b ${lines}\n${out}`;
 }
 
-/** What the host types on the waiting guest's console: the command fragment (with a seed), then a piped stdin. */
+/** Text as a plain block when every line is printable ASCII and fits a tty line, else base64. */
+function textBlock(text: string): string {
+  const lines = text.endsWith("\n") ? text.slice(0, -1).split("\n") : text.split("\n");
+  if (lines.every((l) => /^[\x20-\x7e]*$/.test(l) && l.length < 4000)) return `p ${lines.length}\n${lines.join("\n")}\n`;
+  return block(text);
+}
+
+/** What the host types on the waiting guest's console: the command fragment (with the time and a seed), then a piped stdin. */
 export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now()): Uint8Array {
   if (argv.length === 0) throw new Error("no command to run in the guest");
-  let fragment = `date -u -s @${Math.floor(nowMs / 1000)} >/dev/null 2>&1\nset -- ${argv.map(shellQuote).join(" ")}\n`;
+  let fragment = `#${Math.floor(nowMs / 1000)}\nset -- ${argv.map(shellQuote).join(" ")}\n`;
   if (stdin?.length) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
   else if (stdin) fragment += `: > ${STDIN_PATH}\n`;
   fragment += `# ${randomBytes(SEED_BYTES).toString("base64")}\n`;
-  return Buffer.from(block(fragment) + (stdin?.length ? block(stdin) : ""));
+  return Buffer.from(textBlock(fragment) + (stdin?.length ? block(stdin) : ""));
 }
 
 /**
