@@ -4,12 +4,13 @@
 // and leave none behind.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultCacheDir } from "../images/image-cache.js";
 import { debianImageDir } from "../images/debian.js";
 import { DEFAULT_CMDLINE } from "./run-linux.js";
-import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, snapshotKey, snapshotPath } from "./fast-start.js";
+import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, pruneSnapshots, snapshotKey, snapshotPath } from "./fast-start.js";
 import { tsvisor, pullImage } from "./test-tsvisor.js";
 
 test("the wait marker is taken out of the console output, also when split across chunks", () => {
@@ -57,6 +58,25 @@ test("the command message: blocks (fragment with the time and a seed, stdin) wit
   assert.match(empty[0], /\n: > \/tsvisor\/stdin\n# /);
   assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString())[0], /stdin/);
   assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
+});
+
+test("a new snapshot prunes those of other generations (tsvisor, init, image), not other shapes of its own", () => {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-snapshots-"));
+  try {
+    const shape = { cmdline: "c", cpus: 1, memBytes: 1 << 29, console: "ttyS0", nets: ["user"], balloon: true };
+    const key = snapshotKey("image-a", shape);
+    const sibling = snapshotKey("image-a", { ...shape, cpus: 2 });
+    const old = snapshotKey("image-b", shape);
+    assert.equal(key.split("-")[0], sibling.split("-")[0]);
+    assert.notEqual(key, sibling);
+    assert.notEqual(key.split("-")[0], old.split("-")[0]);
+    for (const k of [key, sibling, old, "0123abcd"]) writeFileSync(join(dir, `${k}.snap`), "");
+    writeFileSync(join(dir, "other.txt"), "");
+    pruneSnapshots(dir, key);
+    assert.deepEqual(readdirSync(dir).sort(), [`${key}.snap`, `${sibling}.snap`, "other.txt"].sort());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 const MEM = "320M";

@@ -44,7 +44,7 @@
 // same guest.
 
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { CpioArchive } from "../images/cpio.js";
 import { INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, type ImageManifest } from "../images/image-cache.js";
@@ -200,17 +200,34 @@ export function imageIdentity(imageDir: string): string | undefined {
   }
 }
 
-/** The snapshot's name: everything that makes the booted, waiting guest what it is. */
+/**
+ * The snapshot's name: everything that makes the booted, waiting guest what
+ * it is. It starts with a generation (this tsvisor, its waiting init, the
+ * image) shared by the snapshots of every shape, so those of an older
+ * generation, which no run will use again, can be told apart (pruneSnapshots).
+ */
 export function snapshotKey(image: string, shape: SnapshotShape): string {
-  const parts = [
-    "tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive()),
-    shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon,
-  ];
-  return sha256hex(JSON.stringify(parts)).slice(0, 32);
+  const generation = sha256hex(JSON.stringify(["tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive())])).slice(0, 12);
+  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon];
+  return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
 }
 
 export function snapshotPath(cacheDir: string, key: string): string {
   return join(cacheDir, "snapshots", `${key}.snap`);
+}
+
+/** Removes the snapshots of other generations than `key`'s (another tsvisor, init or image): about 70 MB each. */
+export function pruneSnapshots(dir: string, key: string): void {
+  const generation = key.split("-")[0];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (name.endsWith(".snap") && !name.startsWith(`${generation}-`)) rmSync(join(dir, name), { force: true });
+  }
 }
 
 /** Why this run cannot start from a snapshot, or undefined if it can. */

@@ -10,7 +10,7 @@ import { availableParallelism } from "node:os";
 import { formatJitStats, type JitOptions } from "../jit/jit.js";
 import { readFileSync, mkdtempSync, rmSync, existsSync, renameSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import type { OvercommitOptions } from "../memory/manager/memory-manager.js";
 import { SwapError } from "../memory/store/errors.js";
 import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
@@ -20,7 +20,7 @@ import { pullDebianImage, debianImageDir } from "../images/debian.js";
 import { defaultCacheDir, makeDirectories } from "../images/image-cache.js";
 import { SnapshotError } from "../snapshot/state.js";
 import {
-  FAST_STDIN_LIMIT, MarkerFilter, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
+  FAST_STDIN_LIMIT, MarkerFilter, pruneSnapshots, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
@@ -354,6 +354,7 @@ async function snapshotWaiting(vm: Vm, fast: FastStart, stats: boolean, warn: (m
     const own = `${fast.path}.${process.pid}`;
     const written = await vm.snapshot(own, { stayPaused: true });
     renameSync(own, fast.path);
+    pruneSnapshots(dirname(fast.path), basename(fast.path, ".snap"));
     if (stats) process.stderr.write(`fast start: booted; snapshot ${fast.path} written (${(written.bytes / 2 ** 20).toFixed(0)} MiB) in ${(performance.now() - t0).toFixed(0)} ms\n`);
   } catch (e) {
     rmSync(`${fast.path}.${process.pid}.partial`, { force: true });
