@@ -141,7 +141,7 @@ export class GuestRunner {
   /** tsvisor's command line; stdin is piped in by run(). */
   private tsvisorArgs(g: GuestSpec): string[] {
     const append = g.append ? ["--append", `${DEFAULT_CMDLINE} ${g.append}`] : [];
-    return [bin, "run", "--mem", g.mem, "--console", "hvc0", ...append, ...g.tsvisorArgs, "--", "sh", "-c", g.script];
+    return [bin, "run", "--no-snapshot", "--mem", g.mem, "--console", "hvc0", ...append, ...g.tsvisorArgs, "--", "sh", "-c", g.script];
   }
 
   /** QEMU's command line: the initrd tsvisor would build (image initramfs +

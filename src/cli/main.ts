@@ -82,6 +82,10 @@ options for run:
                           (default on; off: the interpreter runs everything)
   --jit-threshold N       entries into a block before it is translated
                           (default ${DEFAULT_THRESHOLD}; 1 translates before the first run)
+  --no-snapshot           boot cold; by default \`run -- CMD\` restores a snapshot of
+                          the guest booted and waiting for a command, kept in the
+                          image cache (made by the first run; only with the stock
+                          image, no --append, --disk or --net but user, no -p)
   --stats                 print VM-exit counts, instructions executed,
                           virtio queue and translation counts at exit
 
@@ -125,6 +129,7 @@ function parseRunArgs(argv: string[]) {
         "host-mem": { type: "string" },
         ...OVERCOMMIT_OPTIONS,
         "no-balloon": { type: "boolean" },
+        "no-snapshot": { type: "boolean" },
       },
     });
     return { ...parsed, command };
@@ -183,9 +188,10 @@ async function runCommand(argv: string[]): Promise<number> {
       // The swap file's temporary directory is made by runLinux, once the guest is about to start.
       overcommit: overcommitOptions(v, () => ""),
       balloon: !v["no-balloon"],
+      snapshot: !v["no-snapshot"],
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon"] as const) {
+  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

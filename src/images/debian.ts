@@ -52,7 +52,7 @@ export interface PulledImage {
 export async function pullDebianImage(opts: PullOptions = {}): Promise<PulledImage> {
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const source: AptSource = { mirror: (opts.mirror ?? DEBIAN_MIRROR).replace(/\/+$/, ""), suite: opts.suite ?? DEBIAN_SUITE, component: "main", arch: "riscv64" };
-  const imageDir = join(cacheDir, "images", `debian-${source.suite}-${source.arch}`);
+  const imageDir = debianImageDir(cacheDir, source.suite);
   const say = opts.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
   const progress = (line: string) => say(`tsvisor image: ${line}`);
 
@@ -81,6 +81,11 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<PulledIma
   } finally {
     if (work) await rm(work, { recursive: true, force: true });
   }
+}
+
+/** Where pullDebianImage keeps the image of `suite` (riscv64). */
+export function debianImageDir(cacheDir: string, suite = DEBIAN_SUITE): string {
+  return join(cacheDir, "images", `debian-${suite}-riscv64`);
 }
 
 function result(dir: string, manifest: ImageManifest, fromCache: boolean): PulledImage {

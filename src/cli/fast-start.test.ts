@@ -1,0 +1,129 @@
+// Fast start (fast-start.ts): `tsvisor run -- CMD` restores a snapshot of
+// the stock guest waiting for a command. The Debian tests use --mem 320M,
+// which no other test uses, so they start without a snapshot of their own
+// and leave none behind.
+import { test, before } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { defaultCacheDir } from "../images/image-cache.js";
+import { debianImageDir } from "../images/debian.js";
+import { DEFAULT_CMDLINE } from "./run-linux.js";
+import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, pruneSnapshots, snapshotKey, snapshotPath } from "./fast-start.js";
+import { tsvisor, pullImage } from "./test-tsvisor.js";
+
+test("the wait marker is taken out of the console output, also when split across chunks", () => {
+  for (const cut of [0, 1, 5, WAIT_MARKER.length - 1, WAIT_MARKER.length]) {
+    let out = "";
+    let seen = 0;
+    const f = new MarkerFilter((b) => (out += Buffer.from(b).toString("latin1")), () => seen++);
+    const text = `boot\x1b[0m${WAIT_MARKER}after`;
+    const at = "boot\x1b[0m".length + cut;
+    f.write(Buffer.from(text.slice(0, at), "latin1"));
+    f.write(Buffer.from(text.slice(at), "latin1"));
+    assert.equal(out, "boot\x1b[0mafter");
+    assert.equal(seen, 1);
+  }
+});
+
+test("the command message: blocks (fragment with the time and a seed, stdin) with nothing a tty line discipline acts on", () => {
+  const decode = (msg: string): string[] => {
+    assert.match(msg, /^[\x20-\x7e\n]*$/);
+    const lines = msg.split("\n").slice(0, -1);
+    const blocks: string[] = [];
+    for (let i = 0; i < lines.length; ) {
+      const [kind, count] = lines[i].split(" ");
+      const body = lines.slice(i + 1, i + 1 + Number(count));
+      blocks.push(kind === "p" ? body.map((l) => `${l}\n`).join("") : Buffer.from(body.join(""), "base64").toString("latin1"));
+      i += 1 + Number(count);
+    }
+    return blocks;
+  };
+  const message = Buffer.from(commandMessage(["sh", "-c", "echo it's"], Buffer.from([0, 3, 4, 0x13, 0xff]), 1_700_000_000_000)).toString("latin1");
+  assert.match(message, /^p 4\n/, "printable: a plain block, read by shell builtins");
+  const blocks = decode(message);
+  assert.equal(blocks.length, 2);
+  const [fragment, seed] = blocks[0].split("# ");
+  assert.equal(fragment, `#1700000000\nset -- 'sh' '-c' 'echo it'\\''s'\ntsvisor_block > /tsvisor/stdin\n`);
+  assert.equal(Buffer.from(seed.trim(), "base64").length, 32);
+  assert.deepEqual([...Buffer.from(blocks[1], "latin1")], [0, 3, 4, 0x13, 0xff]);
+  // Control characters in the command: base64.
+  const ctl = Buffer.from(commandMessage(["printf", "\x03\x7f"], undefined)).toString("latin1");
+  assert.match(ctl, /^b \d+\n/);
+  assert.match(decode(ctl)[0], /set -- 'printf' '\x03\x7f'\n/);
+  // An empty stdin is made by the fragment; no stdin: none; a fresh seed each time.
+  const empty = decode(Buffer.from(commandMessage(["true"], new Uint8Array(0))).toString());
+  assert.equal(empty.length, 1);
+  assert.match(empty[0], /\n: > \/tsvisor\/stdin\n# /);
+  assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString())[0], /stdin/);
+  assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
+});
+
+test("a new snapshot prunes those of other generations (tsvisor, init, image), not other shapes of its own", () => {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-snapshots-"));
+  try {
+    const shape = { cmdline: "c", cpus: 1, memBytes: 1 << 29, console: "ttyS0", nets: ["user"], balloon: true };
+    const key = snapshotKey("image-a", shape);
+    const sibling = snapshotKey("image-a", { ...shape, cpus: 2 });
+    const old = snapshotKey("image-b", shape);
+    assert.equal(key.split("-")[0], sibling.split("-")[0]);
+    assert.notEqual(key, sibling);
+    assert.notEqual(key.split("-")[0], old.split("-")[0]);
+    for (const k of [key, sibling, old, "0123abcd"]) writeFileSync(join(dir, `${k}.snap`), "");
+    writeFileSync(join(dir, "other.txt"), "");
+    pruneSnapshots(dir, key);
+    assert.deepEqual(readdirSync(dir).sort(), [`${key}.snap`, `${sibling}.snap`, "other.txt"].sort());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+const MEM = "320M";
+function thisSnapshot(): string {
+  const identity = imageIdentity(debianImageDir(defaultCacheDir()));
+  assert.ok(identity, "the image is pulled");
+  const shape = { cmdline: `${DEFAULT_CMDLINE} tsvisor.dhcp=eth0`, cpus: 1, memBytes: 320 << 20, console: "ttyS0", nets: ["user"], balloon: true };
+  return snapshotPath(defaultCacheDir(), snapshotKey(identity, shape));
+}
+
+before(pullImage);
+
+test("the first run makes the snapshot, later ones restore it (status, output, stdin), --no-snapshot boots cold, a broken snapshot is replaced with a note", async () => {
+  const path = thisSnapshot();
+  rmSync(path, { force: true });
+  try {
+    const first = await tsvisor(["run", "--mem", MEM, "--stats", "--", "echo", "hi"]);
+    assert.equal(first.status, 0, first.stderr);
+    assert.equal(first.stdout, "hi\n");
+    assert.match(first.stderr, /fast start: booted; snapshot .* written/);
+    assert.ok(existsSync(path), `${path} made`);
+
+    const second = await tsvisor(["run", "--mem", MEM, "--stats", "--", "sh", "-c", "read a; echo got $a; exit 3"], "piped\n");
+    assert.equal(second.status, 3, second.stderr);
+    assert.equal(second.stdout, "got piped\n");
+    assert.match(second.stderr, /fast start: restored /);
+
+    // Each restored guest has its own random numbers (fresh seed and a CRNG reseed).
+    const rand = await Promise.all([0, 1].map(() => tsvisor(["run", "--mem", MEM, "--", "sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])));
+    assert.equal(rand[0].status, 0, rand[0].stderr);
+    assert.notEqual(rand[0].stdout, rand[1].stdout);
+
+    const cold = await tsvisor(["run", "--mem", MEM, "--no-snapshot", "--stats", "--", "echo", "cold"]);
+    assert.equal(cold.status, 0, cold.stderr);
+    assert.equal(cold.stdout, "cold\n");
+    assert.doesNotMatch(cold.stderr, /fast start/);
+
+    writeFileSync(path, "not a snapshot");
+    const broken = await tsvisor(["run", "--mem", MEM, "--stats", "--", "echo", "again"]);
+    assert.equal(broken.status, 0, broken.stderr);
+    assert.equal(broken.stdout, "again\n");
+    assert.match(broken.stderr, /^tsvisor: the fast-start snapshot .* does not restore \(.*\); removed, booting cold$/m);
+    assert.match(broken.stderr, /fast start: booted; snapshot .* written/);
+    const after = await tsvisor(["run", "--mem", MEM, "--stats", "--", "true"]);
+    assert.equal(after.status, 0, after.stderr);
+    assert.match(after.stderr, /fast start: restored /);
+  } finally {
+    rmSync(path, { force: true });
+  }
+});

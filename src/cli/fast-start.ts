@@ -1,0 +1,246 @@
+// Fast start for `tsvisor run -- CMD` (issue 15): a snapshot of the stock
+// guest, booted and waiting for a command, kept in the image cache and
+// restored instead of booting.
+//
+// Guest side: the snapshot's guest boots the stock kernel and initrd with
+// the same command line, vCPUs, memory, console and devices as the run, but
+// instead of the command archive (images/initramfs.ts commandArchive) it
+// gets the wait archive below, whose /tsvisor/argv (the fragment init
+// sources to set "$@", images/init.ts) prints WAIT_MARKER and then reads the
+// command from the console. So the image's init is unchanged (no image
+// rebuild) and the same initrd serves both ways.
+//
+// The message the host then types on the console is one or two blocks,
+// each a line "p COUNT" (plain text) or "b COUNT" (base64), then COUNT lines:
+// the console is a tty in canonical mode with echo off (init ran
+// `stty -echo -onlcr`), a read() returns at most one line, so the shell's
+// `read` and `head -n COUNT` take exactly one block and leave the rest unread
+// (busybox sed reads a line ahead: it would not). A line of printable ASCII
+// or of base64 has no byte the line discipline acts on (^C, ^D, ^S, DEL...).
+// Every byte typed costs the guest MMIO exits and every program it starts
+// tens of milliseconds, so the message is short and the programs few:
+//   1. A shell fragment, written to /tsvisor/cmd (as plain text when it is
+//      printable ASCII in lines under 4000 bytes, read by shell builtins:
+//      no program started; else base64): a comment with the host's time of
+//      day, `set --` with the command, and a comment with 32 fresh random
+//      bytes. /tsvisor/seed (a 206-byte static program, below) writes the
+//      whole file to /dev/urandom, asks the kernel to reseed its CRNG from
+//      the input pool (ioctl RNDRESEEDCRNG) and sets the clock from the first
+//      line. Without the reseed every guest restored from one snapshot would
+//      draw the same "random" numbers (a write to /dev/urandom only mixes
+//      into the input pool, which the CRNG reads at its next reseed, seconds
+//      away); without the clock, the guest's time of day would go on from
+//      when the snapshot was taken. Then init sources the fragment.
+//   2. With a piped stdin, the command's stdin in base64, written to
+//      /tsvisor/stdin as the command archive does (an empty one is made by
+//      the fragment).
+// Then init goes on as for an archived command: the command runs on the
+// console, its status goes out through the finisher.
+//
+// Host side (run-linux.ts): the cache key (snapshotKey) names everything that
+// makes the booted guest what it is; a run whose key has a snapshot restores
+// it and types the message; one without boots with the wait archive, takes
+// the snapshot when WAIT_MARKER appears, then types the message into the
+// same guest.
+
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { CpioArchive } from "../images/cpio.js";
+import { INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, type ImageManifest } from "../images/image-cache.js";
+import { ARGV_PATH, FINISHER_ADDR, STDIN_PATH } from "../images/init.js";
+import { shellQuote } from "../images/initramfs.js";
+import { VERSION } from "./version.js";
+
+/** Printed by the waiting guest (an OSC sequence: a terminal shows nothing
+ *  should it ever get through); the host hides it from the output. */
+export const WAIT_MARKER = "\x1b]9999;tsvisor-wait\x07";
+export const SEED_PATH = "/tsvisor/seed";
+const CMD_PATH = "/tsvisor/cmd";
+/** A piped stdin larger than this boots cold: the console moves it at a few kB/s
+ *  (300 kB took two minutes), the command archive of a cold boot at once. */
+export const SEED_BYTES = 32;
+export const FAST_STDIN_LIMIT = 2 << 10;
+
+export const WAIT_SCRIPT = `# tsvisor fast start (cli/fast-start.ts): wait for the command on the console.
+tsvisor_block() {
+  read -r kind n
+  if [ "$kind" = p ]; then
+    while [ "$n" -gt 0 ]; do IFS= read -r l; printf '%s\\n' "$l"; n=$((n - 1)); done
+  else
+    head -n "$n" | base64 -d
+  fi
+}
+# init's finish without its sync: a fast-start guest has no disks.
+finish() {
+  if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
+  devmem 0x${FINISHER_ADDR.toString(16)} 32 $value
+  echo "tsvisor init: could not report exit status $1 through the finisher" >&2
+  poweroff -f
+}
+printf '${WAIT_MARKER.replace("\x1b", "\\033").replace("\x07", "\\007")}'
+tsvisor_block > ${CMD_PATH}
+${SEED_PATH} ${CMD_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator or set the clock" >&2
+. ${CMD_PATH}
+`;
+
+/**
+ * /tsvisor/seed FILE, a static RV64 ELF (riscv64-unknown-elf-as, ld -n -s):
+ *   ld a1,16(sp); li a0,-100; li a2,0; li a7,56; ecall; bltz a0,1f   # openat(AT_FDCWD, FILE, O_RDONLY)
+ *   mv s0,a0; addi sp,sp,-2048; addi sp,sp,-2048
+ *   mv a0,s0; mv a1,sp; li a2,4096; li a7,63; ecall; bltz a0,1f      # read(fd, stack, 4096)
+ *   mv s1,a0; li a0,-100; lla a1,path; li a2,1; li a7,56; ecall      # openat(AT_FDCWD, "/dev/urandom", O_WRONLY)
+ *   bltz a0,1f; mv s2,a0; mv a1,sp; mv a2,s1; li a7,64; ecall        # write(urandom, stack, n)
+ *   bltz a0,1f; mv a0,s2; li a1,0x5207; li a7,29; ecall; bnez a0,1f  # ioctl(urandom, RNDRESEEDCRNG)
+ *   addi t0,sp,1; li t1,0; li t3,10                                  # the digits after the file's first byte ("#")
+ *   2: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,3f
+ *   mul t1,t1,t3; add t1,t1,t2; addi t0,t0,1; j 2b
+ *   3: beqz t1,4f; addi a1,sp,-16; sd t1,0(a1); sd zero,8(a1)
+ *   li a0,0; li a7,112; ecall; bnez a0,1f                            # clock_settime(CLOCK_REALTIME, {seconds, 0})
+ *   4: li a0,0; li a7,93; ecall                                      # exit(0)
+ *   1: li a0,1; li a7,93; ecall                                      # exit(1)
+ *   path: .asciz "/dev/urandom"
+ */
+const SEED_ELF = Buffer.from(
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAJABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAADKAAAAAAAAAMoAAAAAAAAAAgAAAAAAAADCZRMFwPkBRpMIgANzAAAAY0EFCiqEEwEBgBMBAYAihYqFBWaTCPADcwAAAGNDBQiqhBMFwPmXBQAAk4VlCAVGkwiAA3MAAABjRQUGKomKhSaGkwgABHMAAABjTAUESoWVZZuFdSD1SHMAAAA54ZMCEQABQylOg8MCAJODA/1j98MBMwPDAx6ThQL1t2MOAwCTBQH/I7BlACO0BQABRZMIAAdzAAAAEeUBRZMI0AVzAAAABUWTCNAFcwAAAC9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAALAAAAAQAAAAYAAAAAAAAAsAABAAAAAACwAAAAAAAAAMoAAAAAAAAAAAAAAAAAAAACAAAAAAAAAAAAAAAAAAAAAQAAAAMAAAAAAAAAAAAAAAAAAAAAAAAAegEAAAAAAAARAAAAAAAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAA==",
+  "base64",
+);
+
+/** The archive appended to the initrd of the guest that is snapshotted (instead of a command archive). */
+export function waitArchive(): Uint8Array {
+  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(SEED_PATH.slice(1), SEED_ELF, 0o755).toBytes();
+}
+
+function block(data: Uint8Array | string): string {
+  const b64 = Buffer.from(data).toString("base64");
+  let out = "";
+  let lines = 0;
+  for (let i = 0; i < b64.length; i += 76, lines++) out += `${b64.slice(i, i + 76)}\n`;
+  return `b ${lines}\n${out}`;
+}
+
+/** Text as a plain block when every line is printable ASCII and fits a tty line, else base64. */
+function textBlock(text: string): string {
+  const lines = text.endsWith("\n") ? text.slice(0, -1).split("\n") : text.split("\n");
+  if (lines.every((l) => /^[\x20-\x7e]*$/.test(l) && l.length < 4000)) return `p ${lines.length}\n${lines.join("\n")}\n`;
+  return block(text);
+}
+
+/** What the host types on the waiting guest's console: the command fragment (with the time and a seed), then a piped stdin. */
+export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now()): Uint8Array {
+  if (argv.length === 0) throw new Error("no command to run in the guest");
+  let fragment = `#${Math.floor(nowMs / 1000)}\nset -- ${argv.map(shellQuote).join(" ")}\n`;
+  if (stdin?.length) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
+  else if (stdin) fragment += `: > ${STDIN_PATH}\n`;
+  fragment += `# ${randomBytes(SEED_BYTES).toString("base64")}\n`;
+  return Buffer.from(textBlock(fragment) + (stdin?.length ? block(stdin) : ""));
+}
+
+/**
+ * Console output with WAIT_MARKER taken out (the guest prints it once); a
+ * prefix of it at the end of a chunk is held back until the next.
+ */
+export class MarkerFilter {
+  private held = "";
+  private seen = false;
+  constructor(private readonly out: (b: Uint8Array) => void, private readonly onMarker: () => void) {}
+
+  write(bytes: Uint8Array): void {
+    if (this.seen) return this.out(bytes);
+    const text = this.held + Buffer.from(bytes).toString("latin1");
+    this.held = "";
+    const at = text.indexOf(WAIT_MARKER);
+    if (at >= 0) {
+      this.seen = true;
+      const rest = text.slice(0, at) + text.slice(at + WAIT_MARKER.length);
+      if (rest) this.out(Buffer.from(rest, "latin1"));
+      this.onMarker();
+      return;
+    }
+    // Hold back the longest tail that could begin the marker.
+    let keep = 0;
+    for (let n = Math.min(WAIT_MARKER.length - 1, text.length); n > 0; n--) {
+      if (WAIT_MARKER.startsWith(text.slice(text.length - n))) {
+        keep = n;
+        break;
+      }
+    }
+    this.held = text.slice(text.length - keep);
+    const pass = text.slice(0, text.length - keep);
+    if (pass) this.out(Buffer.from(pass, "latin1"));
+  }
+}
+
+export interface SnapshotShape {
+  cmdline: string;
+  cpus: number;
+  memBytes: number;
+  console: string;
+  /** The --net specs (only "user" qualifies). */
+  nets: string[];
+  balloon: boolean;
+}
+
+/**
+ * The stock image as the cache key sees it, without reading the 45 MB of
+ * kernel and initrd: their SHA256s from the manifest (checked against the
+ * files when the snapshot was made, by the cold run's pull) and each file's
+ * size, mtime and inode, so a file changed since gives another key.
+ */
+export function imageIdentity(imageDir: string): string | undefined {
+  try {
+    const manifest = JSON.parse(readFileSync(join(imageDir, MANIFEST_FILE), "utf8")) as ImageManifest;
+    const files = ([KERNEL_FILE, INITRD_FILE] as const).map((name) => {
+      const s = statSync(join(imageDir, name));
+      return [name, manifest.files[name].sha256, s.size, s.mtimeMs, s.ino];
+    });
+    return JSON.stringify([manifest.recipe, files]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The snapshot's name: everything that makes the booted, waiting guest what
+ * it is. It starts with a generation (this tsvisor, its waiting init, the
+ * image) shared by the snapshots of every shape, so those of an older
+ * generation, which no run will use again, can be told apart (pruneSnapshots).
+ */
+export function snapshotKey(image: string, shape: SnapshotShape): string {
+  const generation = sha256hex(JSON.stringify(["tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive())])).slice(0, 12);
+  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon];
+  return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
+}
+
+export function snapshotPath(cacheDir: string, key: string): string {
+  return join(cacheDir, "snapshots", `${key}.snap`);
+}
+
+/** Removes the snapshots of other generations than `key`'s (another tsvisor, init or image): about 70 MB each. */
+export function pruneSnapshots(dir: string, key: string): void {
+  const generation = key.split("-")[0];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (name.endsWith(".snap") && !name.startsWith(`${generation}-`)) rmSync(join(dir, name), { force: true });
+  }
+}
+
+/** Why this run cannot start from a snapshot, or undefined if it can. */
+export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[] }): string | undefined {
+  if (!o.command) return "no command (interactive shell)";
+  if (o.kernel !== undefined || o.initrd !== undefined) return "--kernel/--initrd";
+  if (o.append !== undefined) return "--append";
+  if ((o.disks ?? []).length > 0) return "--disk";
+  const nets = o.nets ?? [];
+  if (nets.length > 1 || (nets.length === 1 && nets[0] !== "user")) return "a --net other than the default user-mode network";
+  return undefined;
+}
+
+function sha256hex(data: Uint8Array | string): string {
+  return createHash("sha256").update(data).digest("hex");
+}
