@@ -27,6 +27,10 @@ import { absentEntry } from "../memory/p2m-entry.js";
 import { writeSnapshot, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
+import type { P2m } from "../memory/p2m.js";
+import type { PageStoreHandle } from "../memory/manager/page-store.js";
+import type { StateReader } from "../snapshot/state.js";
+import { migrateVm, type MigrateTarget, type MigrateOptions, type MigrationResult, type MigrationSource } from "../snapshot/migration/sender.js";
 
 export class HostError extends Error {
   override readonly name = "HostError";
@@ -128,6 +132,10 @@ export class Vm {
   private lastMemoryWarnNs = -Infinity;
   /** A snapshot is being written (the memory manager keeps its hands off). */
   private snapshotting = false;
+  /** Vm.migrate() is under way (snapshots wait: they would take its dirty pages). */
+  private migrating = false;
+  /** A migration sent Go and heard nothing back: the devices stay paused until resume(). */
+  private devicesPausedByMigration = false;
   /** This run's last snapshot: the parent of a diff snapshot. */
   private lastSnapshot: { path: string; id: string } | undefined;
   /** Pages written since lastSnapshot. */
@@ -174,12 +182,29 @@ export class Vm {
     this.checkAlive();
     if (this._state !== "created" && this._state !== "stopped") throw new HostError(`VM '${this.name}' is ${this._state}: restore into a created or stopped VM`);
     try {
-      this.launch(snap);
+      this.launch({ snap, machine: snap.machine, guestTicks: snap.guestTicks });
     } catch (e) {
       snap.close();
       throw e;
     }
     this.snapshotFiles = snap;
+    this.afterRestore(paused);
+  }
+
+  /**
+   * A live migration's target (snapshot/migration/receiver.ts): the RAM came
+   * over the wire into `ram` (a p2m of this host's pool charged to this VM),
+   * the machine state is the source's. Paused afterwards: resume() lets it
+   * run. Throws SnapshotError when the state does not fit; `ram` is released then.
+   */
+  restoreMigrated(ram: P2m, machine: StateReader): void {
+    this.checkAlive();
+    if (this._state !== "created") throw new HostError(`VM '${this.name}' is ${this._state}: a migration arrives into a created VM`);
+    this.launch({ ram, machine, guestTicks: machine.u64("guestTicks") });
+    this.afterRestore(true);
+  }
+
+  private afterRestore(paused: boolean): void {
     if (!paused) this.releaseRestored();
     else {
       this._state = "paused";
@@ -188,15 +213,14 @@ export class Vm {
     }
   }
 
-  private launch(snap: OpenedSnapshot | undefined): void {
+  private newMachine(from: { ram?: P2m; guestTicks: bigint } | undefined, pagesHandle: PageStoreHandle): VirtMachine {
     const { host, config } = this;
-    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle() };
-    const machine = new VirtMachine({
+    return new VirtMachine({
       memBytes: config.memBytes, harts: config.cpus, kernel: config.kernel, initrd: config.initrd, cmdline: config.cmdline,
       jit: config.jit ?? {}, consoleOut: config.consoleOut, virtio: config.virtio, console: config.console,
       consoleSize: config.consoleSize, warn: config.warn,
-      host: { pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle },
-      restore: snap && { guestTicks: snap.guestTicks },
+      host: { pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle, p2m: from?.ram },
+      restore: from && { guestTicks: from.guestTicks },
       kickHart: (i) => this.slots.length && host.kick(this.slots[i]),
       hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
       wake: () => setImmediate(() => this.machine?.afterExit()),
@@ -208,14 +232,29 @@ export class Vm {
         reclaim: (indices) => this.managed && host.memory.undiscard(this.managed, indices),
       },
     });
-    if (snap) {
+  }
+
+  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; machine: StateReader; guestTicks: bigint } | undefined): void {
+    const snap = from?.snap;
+    const { host, config } = this;
+    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle() };
+    let machine: VirtMachine;
+    try {
+      machine = this.newMachine(from, pagesHandle);
+    } catch (e) {
+      from?.ram?.release(); // not taken over: no machine releases it
+      throw e;
+    }
+    if (from) {
       // Every page with bytes in the snapshot stays there until touched
       // (memory.ts); the rest read as zero, as untouched pages do.
       const p2m = machine.p2m;
-      p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
-      for (let i = 0; i < p2m.count; i++) if (snap.pages.hasBytes(i)) p2m.casEntry(i, 0, absentEntry(Absent.Snapshot, i));
+      if (snap) {
+        p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
+        for (let i = 0; i < p2m.count; i++) if (snap.pages.hasBytes(i)) p2m.casEntry(i, 0, absentEntry(Absent.Snapshot, i));
+      }
       try {
-        machine.restoreState(snap.machine);
+        machine.restoreState(from.machine);
       } catch (e) {
         machine.release();
         if (e instanceof SnapshotError) throw e;
@@ -244,7 +283,7 @@ export class Vm {
       pages: pagesHandle,
     });
     this.startedAt = monoNs();
-    if (snap) return; // restoreFrom lets it run (or keeps it paused)
+    if (from) return; // restoreFrom lets it run (or keeps it paused)
     host.sched.setVmState(this.schedVm, VmRunState.Running);
     this._state = "running";
     void this.loadThenBoot(machine);
@@ -273,6 +312,7 @@ export class Vm {
     const machine = this.machine;
     if (!machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM has state to snapshot`);
     if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted already`);
+    if (this.migrating) throw new HostError(`VM '${this.name}' is being migrated`);
     if (opts.diff && !this.lastSnapshot) throw new HostError(`VM '${this.name}' has no earlier snapshot in this run to take a diff against`);
     this.snapshotting = true;
     const wasRunning = this._state === "running";
@@ -300,6 +340,56 @@ export class Vm {
       this.snapshotting = false;
       if (wasRunning && !opts.stayPaused && this._state === "paused" && !this.stopping) this.resume();
     }
+  }
+
+  // ---- live migration (src/snapshot/migration/) ----------------------------------------------
+
+  /**
+   * Move the running VM to another host's migration listener
+   * (Host.listenForMigrations) while it runs: pre-copy rounds through the
+   * dirty log, then a short pause for the last pages and the machine state.
+   * The source VM is stopped once the target confirms it runs ("migrated to
+   * HOST:PORT"). See snapshot/migration/sender.ts for what happens on failure.
+   */
+  async migrate(to: MigrateTarget, opts: MigrateOptions = {}): Promise<MigrationResult> {
+    this.checkAlive();
+    if (!this.machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
+    if (this.migrating) throw new HostError(`VM '${this.name}' is being migrated already`);
+    if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted`);
+    this.migrating = true;
+    try {
+      return await migrateVm(this.migrationSource(this.machine), to, opts);
+    } finally {
+      this.migrating = false;
+    }
+  }
+
+  /** What the migration sender may do to this VM's current run. */
+  private migrationSource(machine: VirtMachine): MigrationSource {
+    return {
+      vm: this,
+      machine,
+      alive: () => this.machine === machine && !this.stopping,
+      dirtyLog: () => {
+        this.startDirtyLog();
+        return this.dirtyLog!;
+      },
+      holdVcpus: () => this.holdVcpus(),
+      releaseVcpus: () => this.releaseVcpus(),
+      quiesce: async () => {
+        while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
+      },
+      meta: () => ({ name: this.name, cpus: this.config.cpus, memBytes: this.config.memBytes, cmdline: this.config.cmdline, console: this.config.console ?? "ttyS0" }),
+      capPct: () => this.capPct,
+      maxCapPct: () => 100 * this.host.pcpus.count,
+      leaveDevicesPaused: () => {
+        this.devicesPausedByMigration = true;
+      },
+      forgetDiffBase: () => {
+        this.lastSnapshot = undefined;
+      },
+      end: (reason) => this.stop(reason),
+    };
   }
 
   /** Track the pages written from now on (for the next diff snapshot). The
@@ -356,6 +446,10 @@ export class Vm {
     if (this._state === "running") return;
     if (this._state !== "paused") throw new HostError(`VM '${this.name}' is ${this._state}, not paused: start it instead`);
     if (this.restoredWaiting) return this.releaseRestored();
+    if (this.devicesPausedByMigration) {
+      this.devicesPausedByMigration = false;
+      this.machine?.resumeDevices();
+    }
     this._state = "running";
     this.pausedFor = undefined;
     // Held by the memory manager: it lets the vCPUs go when done (releaseVcpus).
@@ -641,6 +735,7 @@ export class Vm {
     this.snapshotFiles = undefined;
     this.lastSnapshot = undefined;
     this.restoredWaiting = false;
+    this.devicesPausedByMigration = false;
     this.slots = [];
     this.schedVm = -1;
     this.lastStats = { exits, jit, vcpus };
