@@ -94,9 +94,9 @@ export class MigrationListener {
 
   private async serve(socket: Socket): Promise<void> {
     const from = `${socket.remoteAddress}:${socket.remotePort}`;
-    const peerName = `the source ${from}`;
-    const reader = new MessageReader(socket, `source ${from}`);
-    const writer = new MessageWriter(socket, `source ${from}`);
+    const peerName = "the source";
+    const reader = new MessageReader(socket, "the source");
+    const writer = new MessageWriter(socket, "the source");
     const idle = this.opts.idleTimeoutMs ?? 60_000;
     const next = async (cmd: Cmd, what: string) => expect(await reader.next(idle, what), cmd, peerName);
     let vm: Vm | undefined;
@@ -130,14 +130,17 @@ export class MigrationListener {
       // ---- pages, then the machine state ----
       let state: StateReader | undefined;
       let run = true;
+      let t0 = 0;
       for (;;) {
         const m = await reader.next(idle, "pages or the machine state");
         if (m.cmd === Cmd.Memory) {
           if (state) throw new MigrationError(`${peerName} sent pages after the machine state`);
-          applyPages(ram, m.payload);
+          if (applyPages(ram, m.payload) === 0) await writer.json(Cmd.Ack, {}); // end of a round
         } else if (m.cmd === Cmd.State) {
           if (state) throw new MigrationError(`${peerName} sent the machine state twice`);
+          t0 = performance.now();
           state = new StateReader(parseJson(m, peerName), "machine");
+          trace("state parsed", t0);
         } else {
           run = readJson(expect(m, Cmd.Complete, peerName), peerName).bool("run");
           if (!state) throw new MigrationError(`${peerName} sent Complete before the machine state`);
@@ -146,8 +149,11 @@ export class MigrationListener {
       }
       const taken = ram;
       ram = undefined; // restoreMigrated owns it now, whatever happens
+      trace("complete", t0);
       vm.restoreMigrated(taken, state);
+      trace("restored", t0);
       await writer.json(Cmd.Ready, {});
+      trace("ready sent", t0);
       await next(Cmd.Go, "Go");
       running = true;
       if (run) vm.resume();
@@ -164,4 +170,9 @@ export class MigrationListener {
       this.opts.onError?.(`migration from ${from} refused: ${reason}`);
     }
   }
+}
+
+const TRACE = process.env.TSVISOR_MIGRATION_TRACE === "1";
+function trace(what: string, since: number): void {
+  if (TRACE) process.stderr.write(`migration target: ${what} at ${(performance.now() - since).toFixed(2)} ms (t=${performance.now().toFixed(1)})\n`);
 }

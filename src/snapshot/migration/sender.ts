@@ -153,10 +153,10 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
 
   try {
     socket = await open(to.host, to.port);
-    const reader = new MessageReader(socket, `target ${where}`);
-    writer = new MessageWriter(socket, `target ${where}`);
+    const reader = new MessageReader(socket, "the target");
+    writer = new MessageWriter(socket, "the target");
     const w = writer;
-    const peerName = `the target ${where}`;
+    const peerName = "the target";
     const next = (cmd: Cmd, what: string, ms = REPLY_TIMEOUT_MS) => reader.next(ms, what).then((m) => expect(m, cmd, peerName));
 
     // ---- hello: both sides prove they know the token ----
@@ -180,7 +180,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     let inflight: Promise<void>[] = [];
     let inflightBytes = 0;
     /** Send pages `indices`, pacing to the limit; returns the seconds it took. */
-    const sendPages = async (indices: ArrayLike<number>, skipZero: boolean): Promise<number> => {
+    const sendPages = async (indices: ArrayLike<number>, skipZero: boolean, endRound = true): Promise<number> => {
       const start = performance.now();
       const startBytes = w.sent;
       for (let k = 0; k < indices.length;) {
@@ -205,6 +205,11 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       await Promise.all(inflight);
       inflight = [];
       inflightBytes = 0;
+      if (endRound) {
+        // The round ends when the target has written it all (not when the OS took it).
+        await w.send(Cmd.Memory, Buffer.alloc(4));
+        await next(Cmd.Ack, "it to write a round of pages");
+      }
       return (performance.now() - start) / 1000;
     };
 
@@ -256,18 +261,24 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     wasRunning = vm.state === "running";
     const pausedAt = performance.now();
     await vm.pause();
+    trace("pause", pausedAt);
     paused = true;
     await src.quiesce();
     await machine.pauseDevices();
+    trace("pauseDevices", pausedAt);
     check();
-    await sendPages(log.take(), false);
+    await sendPages(log.take(), false, false);
+    trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
+    trace("state", pausedAt);
     await w.json(Cmd.Complete, { run: wasRunning });
     await next(Cmd.Ready, "it to restore the VM");
+    trace("ready", pausedAt);
     check();
     goSent = true;
     await w.json(Cmd.Go, {});
     await next(Cmd.Resumed, "it to run the VM");
+    trace("resumed", pausedAt);
     const downtimeMs = performance.now() - pausedAt;
     opts.progress?.({ round: round + 1, sentBytes: w.sent, dirtyPages: 0, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs: downtimeMs, throttlePct: throttle });
     socket.end();
@@ -296,6 +307,11 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
   } finally {
     if (throttle > 0 && vm.state !== "destroyed") setThrottle(0);
   }
+}
+
+const TRACE = process.env.TSVISOR_MIGRATION_TRACE === "1";
+function trace(what: string, since: number): void {
+  if (TRACE) process.stderr.write(`migration: ${what} at ${(performance.now() - since).toFixed(2)} ms (t=${performance.now().toFixed(1)})\n`);
 }
 
 /** Bytes per second a run of sends achieved (the limit, when one is set and lower). */

@@ -12,7 +12,10 @@
 //   Memory     u32 count, then count entries: u32 word = page index (bits
 //              0..30, in the RAM window) | ZERO_PAGE (bit 31); an entry
 //              without ZERO_PAGE is followed by the page's 4096 bytes, one
-//              with it carries none (the page reads as zero)
+//              with it carries none (the page reads as zero). A Memory
+//              message of 0 pages ends a round: the target answers Ack once
+//              it has written every page before it (the source measures the
+//              link end to end, and starts the pause with nothing queued)
 //
 // The conversation (T = target, the listener; S = source):
 //
@@ -22,7 +25,8 @@
 //                                            the target proves it knows the token too (guest memory goes to no one else)
 //   S->T Config  {vm: {name, cpus, memBytes, cmdline, console}, definition?}
 //   T->S Ack     {}                          the VM is created (its name was free, it fits)
-//   S->T Memory* (pre-copy rounds; a page sent again overwrites)
+//   S->T Memory* (pre-copy rounds; a page sent again overwrites), each round
+//        ended by an empty Memory, T->S Ack {}
 //   S->T State   machine state (VirtMachine.saveState())
 //   S->T Complete {run}                       nothing more comes; run: the VM was running at the source
 //   T->S Ready   {}                          restored, paused, waiting for Go
@@ -110,14 +114,14 @@ export class MessageReader {
   next(timeoutMs = 60_000, waitingFor = "a message"): Promise<Message> {
     const m = this.queue.shift();
     if (m) {
-      if (this.queue.length < 4) this.socket.resume();
+      if (this.queue.length < 2) this.socket.resume();
       return Promise.resolve(m);
     }
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiter = undefined;
-        reject(new MigrationError(`${peer(this.peer)} sent nothing for ${Math.round(timeoutMs / 1000)} s while waiting for ${waitingFor}`));
+        reject(new MigrationError(`${this.peer} sent nothing for ${Math.round(timeoutMs / 1000)} s while waiting for ${waitingFor}`));
       }, timeoutMs);
       this.waiter = {
         resolve: (m) => {
@@ -174,7 +178,7 @@ export class MessageReader {
       return;
     }
     // Backpressure: the consumer is behind, let TCP hold the sender.
-    if (this.queue.length >= 8) this.socket.pause();
+    if (this.queue.length >= 2) this.socket.pause();
   }
 
   /** The first `n` buffered bytes (one copy at most). */
@@ -201,7 +205,6 @@ export class MessageReader {
   }
 }
 
-const peer = (p: string) => p;
 
 /** Messages onto a socket; `send` resolves once the bytes are with the OS
  *  (so the time a run of sends takes is the link's). */
