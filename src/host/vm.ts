@@ -30,6 +30,7 @@ import { DirtyLog } from "../memory/dirty-log.js";
 import type { P2m } from "../memory/p2m.js";
 import type { PageStoreHandle } from "../memory/manager/page-store.js";
 import type { StateReader } from "../snapshot/state.js";
+import type { RemotePages } from "../snapshot/migration/remote-pages.js";
 import { migrateVm, type MigrateTarget, type MigrateOptions, type MigrationResult, type MigrationSource } from "../snapshot/migration/sender.js";
 
 export class HostError extends Error {
@@ -136,6 +137,8 @@ export class Vm {
   private migrating = false;
   /** A migration sent Go and heard nothing back: the devices stay paused until resume(). */
   private devicesPausedByMigration = false;
+  /** Post-copy target: stops the thread still filling this VM's RAM. */
+  private stopRemote: (() => Promise<void>) | undefined;
   /** This run's last snapshot: the parent of a diff snapshot. */
   private lastSnapshot: { path: string; id: string } | undefined;
   /** Pages written since lastSnapshot. */
@@ -196,11 +199,15 @@ export class Vm {
    * over the wire into `ram` (a p2m of this host's pool charged to this VM),
    * the machine state is the source's. Paused afterwards: resume() lets it
    * run. Throws SnapshotError when the state does not fit; `ram` is released then.
+   * Post-copy: `remote` has the pages still at the source (entries of kind
+   * Remote); `stopRemote` stops the thread that fills them (teardown calls it
+   * first, and frees no frame before it is done).
    */
-  restoreMigrated(ram: P2m, machine: StateReader): void {
+  restoreMigrated(ram: P2m, machine: StateReader, remote?: RemotePages, stopRemote?: () => Promise<void>): void {
     this.checkAlive();
+    this.stopRemote = stopRemote;
     if (this._state !== "created") throw new HostError(`VM '${this.name}' is ${this._state}: a migration arrives into a created VM`);
-    this.launch({ ram, machine, guestTicks: machine.u64("guestTicks") });
+    this.launch({ ram, remote, machine, guestTicks: machine.u64("guestTicks") });
     this.afterRestore(true);
   }
 
@@ -234,10 +241,11 @@ export class Vm {
     });
   }
 
-  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; machine: StateReader; guestTicks: bigint } | undefined): void {
+  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; remote?: RemotePages; machine: StateReader; guestTicks: bigint } | undefined): void {
     const snap = from?.snap;
+    const remote = from?.remote;
     const { host, config } = this;
-    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle() };
+    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle(), remote: remote?.handle() };
     let machine: VirtMachine;
     try {
       machine = this.newMachine(from, pagesHandle);
@@ -249,6 +257,7 @@ export class Vm {
       // Every page with bytes in the snapshot stays there until touched
       // (memory.ts); the rest read as zero, as untouched pages do.
       const p2m = machine.p2m;
+      if (remote) p2m.usePageSource(host.memory.store.withSnapshot(undefined, remote));
       if (snap) {
         p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
         for (let i = 0; i < p2m.count; i++) if (snap.pages.hasBytes(i)) p2m.casEntry(i, 0, absentEntry(Absent.Snapshot, i));
@@ -274,7 +283,7 @@ export class Vm {
       balloon: () => machine.balloonControl(),
     };
     host.memory.add(this.managed);
-    if (snap) machine.p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
+    if (snap || remote) machine.p2m.usePageSource(host.memory.store.withSnapshot(snap?.pages, remote));
     host.pcpus.addVm({
       id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
       clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
@@ -708,6 +717,10 @@ export class Vm {
 
   private async doTeardown(end: RunEnd): Promise<void> {
     const { host } = this;
+    // Post-copy still under way: its thread lets go of the RAM, and vCPUs
+    // waiting for a page give up (they would never leave their pCPUs).
+    const remoteStopped = this.stopRemote?.();
+    this.stopRemote = undefined;
     host.sched.setVmState(this.schedVm, VmRunState.Paused);
     await this.offPcpus();
     // Device I/O threads finish the request in hand and let go of guest
@@ -729,6 +742,7 @@ export class Vm {
     for (const v of this.slots) host.vcpus.delete(v);
     this.dirtyLog?.stop();
     this.dirtyLog = undefined;
+    await remoteStopped;
     this.machine?.release();
     this.machine = undefined;
     this.snapshotFiles?.close();

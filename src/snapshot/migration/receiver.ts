@@ -12,12 +12,17 @@
 // Resumed: see sender.ts).
 
 import { createServer, type Server, type Socket } from "node:net";
+import { randomBytes } from "node:crypto";
+import { Worker } from "node:worker_threads";
 import type { Host, Vm, VmConfig } from "../../host/host.js";
 import { P2m } from "../../memory/p2m.js";
+import { Absent, absentEntry, entryFrame, isPresent } from "../../memory/p2m-entry.js";
+import { RemotePages } from "./remote-pages.js";
+import type { PostcopyWorkerData, FromPostcopyWorker } from "./postcopy-worker.js";
 import { VIRT_RAM_BASE } from "../../arch/riscv/layout.js";
 import { StateReader, type Plain } from "../state.js";
 import {
-  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, applyPages, checkToken, expect, mac, macMatches, newNonce, parseJson, readJson,
+  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, applyPages, checkToken, expect, mac, macMatches, newNonce, parseJson, readBitmap, readJson,
 } from "./stream.js";
 
 /** What the source says of the VM coming in. */
@@ -102,6 +107,8 @@ export class MigrationListener {
     let vm: Vm | undefined;
     let ram: P2m | undefined;
     let running = false;
+    let remote: RemotePages | undefined;
+    let copier: PostcopyCopier | undefined;
     try {
       // ---- hello ----
       const nonce = newNonce();
@@ -125,11 +132,20 @@ export class MigrationListener {
       const own = this.opts.config ? this.opts.config(incoming) : { consoleOut: () => {} };
       vm = this.host.createVm({ ...own, name: own.name ?? incoming.vm.name, cpus: incoming.vm.cpus, memBytes: incoming.vm.memBytes, cmdline: incoming.vm.cmdline, console: incoming.vm.console });
       ram = new P2m(this.host.pool, VIRT_RAM_BASE, incoming.vm.memBytes, { owner: vm.owner });
+      // Post-copy announced: the migration thread starts now (a thread takes
+      // tens of milliseconds to start: not in the pause).
+      const postcopyKey = randomBytes(32).toString("base64");
+      if (config.has("postcopy") && config.bool("postcopy")) {
+        remote = RemotePages.create();
+        copier = await PostcopyCopier.start({ pool: this.host.pool.handle(), p2m: ram.handle(), remote: remote.handle(), host: this.opts.host ?? "127.0.0.1", key: postcopyKey }, remote);
+      }
       await writer.json(Cmd.Ack, {});
 
       // ---- pages, then the machine state ----
       let state: StateReader | undefined;
       let run = true;
+      let pending: Uint32Array | undefined;
+      let postcopy = false;
       let t0 = 0;
       for (;;) {
         const m = await reader.next(idle, "pages or the machine state");
@@ -141,18 +157,32 @@ export class MigrationListener {
           t0 = performance.now();
           state = new StateReader(parseJson(m, peerName), "machine");
           trace("state parsed", t0);
+        } else if (m.cmd === Cmd.Pending) {
+          if (pending) throw new MigrationError(`${peerName} sent the pending pages twice`);
+          pending = readBitmap(m.payload, ram.count);
         } else {
-          run = readJson(expect(m, Cmd.Complete, peerName), peerName).bool("run");
+          const complete = readJson(expect(m, Cmd.Complete, peerName), peerName);
+          run = complete.bool("run");
+          postcopy = complete.has("postcopy") && complete.bool("postcopy");
           if (!state) throw new MigrationError(`${peerName} sent Complete before the machine state`);
+          if (postcopy !== (pending !== undefined)) throw new MigrationError(`${peerName} sent ${postcopy ? "a post-copy Complete without the pending pages" : "pending pages without post-copy"}`);
           break;
         }
       }
+      trace("complete", t0);
+      let ready: Plain = {};
+      if (pending) {
+        // Post-copy: the pages still at the source become Remote, and a thread of ours fetches them.
+        if (!copier) throw new MigrationError(`${peerName} sent pending pages without announcing post-copy in its Config`);
+        markRemote(ram, pending);
+        ready = { postcopy: { port: copier.port, key: postcopyKey } };
+      }
       const taken = ram;
       ram = undefined; // restoreMigrated owns it now, whatever happens
-      trace("complete", t0);
-      vm.restoreMigrated(taken, state);
+      const c = copier;
+      vm.restoreMigrated(taken, state, remote, c && (() => c.stop("the VM is stopping")));
       trace("restored", t0);
-      await writer.json(Cmd.Ready, {});
+      await writer.json(Cmd.Ready, ready);
       trace("ready sent", t0);
       await next(Cmd.Go, "Go");
       running = true;
@@ -160,15 +190,76 @@ export class MigrationListener {
       this.opts.onVm?.(vm);
       await writer.json(Cmd.Resumed, {}).catch(() => {}); // the VM is ours now, heard or not
       socket.end();
+      if (copier) {
+        // Post-copy: the guest runs while its last pages come; if the source goes, it is lost.
+        const end = await copier.finished;
+        if (end.kind === "failed") {
+          const message = `post-copy migration of VM '${vm.name}' from ${from} failed after it started here: ${end.reason}; the guest is lost`;
+          if (vm.state === "running" || vm.state === "paused") await vm.stop(message);
+          this.opts.onError?.(message);
+        }
+      }
     } catch (e) {
       const reason = (e as Error).message.replace(/\s+/g, " ");
       if (running) return; // after Go nothing undoes it
       writer.abandon(reason);
       socket.destroy();
+      if (!vm?.vmm) await copier?.stop("the migration failed"); // (a VM that has its machine stops it in teardown)
       ram?.release();
       if (vm) await vm.destroy();
       this.opts.onError?.(`migration from ${from} refused: ${reason}`);
     }
+  }
+}
+
+/** Post-copy: every pending page's entry becomes Remote (its frame, from an earlier round, goes back). */
+function markRemote(ram: P2m, pending: Uint32Array): void {
+  for (let w = 0; w < pending.length; w++) {
+    let bits = pending[w];
+    while (bits !== 0) {
+      const low = bits & -bits;
+      bits ^= low;
+      const i = w * 32 + 31 - Math.clz32(low);
+      const e = ram.entry(i);
+      if (isPresent(e)) {
+        ram.pool.free(entryFrame(e));
+        ram.notePopulated(-1);
+      }
+      ram.casEntry(i, e, absentEntry(Absent.Remote));
+    }
+  }
+}
+
+/** The post-copy worker thread (postcopy-worker.ts), seen from the main thread. */
+class PostcopyCopier {
+  readonly finished: Promise<{ kind: "done"; pages: number } | { kind: "failed"; reason: string }>;
+
+  private constructor(private readonly worker: Worker, private readonly remote: RemotePages, readonly port: number) {
+    this.finished = new Promise((resolve) => {
+      worker.on("message", (m: FromPostcopyWorker) => {
+        if (m.kind !== "listening") {
+          resolve(m);
+          void worker.terminate();
+        }
+      });
+      worker.on("error", (e) => resolve({ kind: "failed", reason: `the migration thread failed: ${e.message}` }));
+      worker.on("exit", () => resolve({ kind: "failed", reason: "the migration thread exited" }));
+    });
+  }
+
+  static async start(data: PostcopyWorkerData, remote: RemotePages): Promise<PostcopyCopier> {
+    const worker = new Worker(new URL("./postcopy-worker.js", import.meta.url), { workerData: data });
+    const port = await new Promise<number>((resolve, reject) => {
+      worker.once("message", (m: FromPostcopyWorker) => (m.kind === "listening" ? resolve(m.port) : reject(new MigrationError("the migration thread did not start"))));
+      worker.once("error", reject);
+    });
+    return new PostcopyCopier(worker, remote, port);
+  }
+
+  /** Waiters give up, the thread ends: nothing of it touches the RAM after. */
+  async stop(reason: string): Promise<void> {
+    this.remote.fail(reason);
+    await this.worker.terminate();
   }
 }
 

@@ -36,7 +36,7 @@ import { FRAME_SIZE } from "../../memory/frame-pool.js";
 import { readsAsZero } from "../../memory/p2m-entry.js";
 import type { Plain } from "../state.js";
 import {
-  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, checkToken, encodePages, expect, mac, macMatches, newNonce, pageBuffer, readJson,
+  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, checkToken, encodePages, expect, mac, macMatches, newNonce, pageBuffer, readJson, writeBitmap,
 } from "./stream.js";
 
 export interface MigrateTarget {
@@ -63,7 +63,9 @@ export interface MigrationProgress {
 export interface MigrateOptions {
   /** The pause the final phase may cost (default 300 ms, as QEMU and Cloud Hypervisor). */
   maxDowntimeMs?: number;
-  /** Not built yet: refused. */
+  /** Post-copy: right after round 0 the VM pauses here, its state goes over
+   *  and it runs on the target at once; the pages dirtied since round 0
+   *  follow while it runs, those it touches first (see the header). */
   postcopy?: boolean;
   /** Send no faster than this (default: as fast as the link takes). */
   bandwidthBytesPerSec?: number;
@@ -88,6 +90,8 @@ export interface MigrationResult {
   downtimeMs: number;
   /** The strongest throttle auto-converge applied (0: none). */
   maxThrottlePct: number;
+  /** Post-copy: pages sent after the VM ran on the target, those of them it asked for, and how long it took. */
+  postcopy?: { pages: number; fetched: number; ms: number };
 }
 
 /** What Vm hands the sender (vm.ts migrationSource()). */
@@ -120,7 +124,6 @@ const REPLY_TIMEOUT_MS = 30_000;
 export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: MigrateOptions): Promise<MigrationResult> {
   const where = `${to.host}:${to.port}`;
   const fail = (m: string) => new MigrationError(`migration of VM '${src.vm.name}' to ${where} failed: ${m}`);
-  if (opts.postcopy) throw fail("post-copy is not built yet (pre-copy only)");
   try {
     checkToken(to.token);
   } catch (e) {
@@ -139,6 +142,9 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
   let paused = false;
   let wasRunning = vm.state === "running";
   let goSent = false;
+  let postcopyRunning = false;
+  let pcSocket: Socket | undefined;
+  let pcBytes = 0;
   let socket: Socket | undefined;
   let writer: MessageWriter | undefined;
   const stats = { pages: 0, zero: 0 };
@@ -170,8 +176,60 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     if (!macMatches(to.token, "target", myNonce, ack.bytes("mac", 64))) throw new MigrationError("the target does not know the token (it answered with a wrong proof)");
 
     // ---- config ----
-    await w.json(Cmd.Config, { vm: src.meta(), ...(opts.definition !== undefined ? { definition: opts.definition } : {}) });
+    await w.json(Cmd.Config, { vm: src.meta(), postcopy: opts.postcopy === true, ...(opts.definition !== undefined ? { definition: opts.definition } : {}) });
     await next(Cmd.Ack, "the VM to be created there");
+
+    /** Post-copy: every pending page, those the target asks for first; resolves once it has them all. */
+    const pushPending = async (pc: { reader: MessageReader; writer: MessageWriter }, pending: number[]): Promise<NonNullable<MigrationResult["postcopy"]>> => {
+      const start = performance.now();
+      const sent = new Uint8Array(p2m.count);
+      const isPending = new Uint8Array(p2m.count);
+      for (const i of pending) isPending[i] = 1;
+      let fetched = 0;
+      let pages = 0;
+      const sendNow = async (indices: number[]) => {
+        for (let k = 0; k < indices.length;) {
+          check();
+          const run = encodePages(p2m, indices, k, false, buf);
+          k += run.used;
+          pages += run.pages;
+          await pc.writer.send(Cmd.Memory, Buffer.from(run.payload));
+          if (limit) {
+            const ahead = (pc.writer.sent / limit) * 1000 - (performance.now() - start);
+            if (ahead > 2) await new Promise((r) => setTimeout(r, ahead));
+          }
+        }
+      };
+      const serveFetches = async () => {
+        for (let m = pc.reader.poll(); m; m = pc.reader.poll()) {
+          const wanted = readFetch(expect(m, Cmd.Fetch, "the target's migration thread").payload, p2m.count).filter((i) => isPending[i] && !sent[i]);
+          for (const i of wanted) sent[i] = 1;
+          fetched += wanted.length;
+          await sendNow(wanted);
+        }
+      };
+      for (let k = 0; k < pending.length;) {
+        await serveFetches();
+        const batch: number[] = [];
+        while (k < pending.length && batch.length < 64) {
+          const i = pending[k++];
+          if (!sent[i]) {
+            sent[i] = 1;
+            batch.push(i);
+          }
+        }
+        await sendNow(batch);
+      }
+      await pc.writer.send(Cmd.Memory, Buffer.alloc(4));
+      for (;;) {
+        const m = await pc.reader.next(REPLY_TIMEOUT_MS, "it to map the last pages");
+        if (m.cmd === Cmd.Fetch) continue; // asked before the last pages came: it has them now
+        expect(m, Cmd.Ack, "the target's migration thread");
+        break;
+      }
+      pcBytes = pc.writer.sent;
+      return { pages, fetched, ms: performance.now() - start };
+    };
 
     const check = () => {
       if (!src.alive()) throw new MigrationError("the VM stopped during the migration");
@@ -238,7 +296,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
       const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE) / bandwidth) * 1000;
       opts.progress?.({ round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs, throttlePct: throttle });
-      if (expectedDowntimeMs <= maxDowntimeMs || round >= maxRounds || vm.state !== "running") break;
+      if (expectedDowntimeMs <= maxDowntimeMs || round >= maxRounds || vm.state !== "running" || opts.postcopy) break;
       round++;
       if (!(await src.holdVcpus())) throw new MigrationError("the VM stopped during the migration");
       const dirty = log.take();
@@ -267,30 +325,57 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     await machine.pauseDevices();
     trace("pauseDevices", pausedAt);
     check();
-    await sendPages(log.take(), false, false);
+    const last = log.take();
+    if (!opts.postcopy) await sendPages(last, false, false);
     trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
     trace("state", pausedAt);
-    await w.json(Cmd.Complete, { run: wasRunning });
-    await next(Cmd.Ready, "it to restore the VM");
+    if (opts.postcopy) await w.send(Cmd.Pending, writeBitmap(last, p2m.count));
+    await w.json(Cmd.Complete, opts.postcopy ? { run: wasRunning, postcopy: true } : { run: wasRunning });
+    const ready = readJson(await next(Cmd.Ready, "it to restore the VM"), peerName);
     trace("ready", pausedAt);
+    let pc: { reader: MessageReader; writer: MessageWriter; socket: Socket } | undefined;
+    if (opts.postcopy) {
+      // The second connection, to the target's migration thread, before Go: it must be there when the guest faults.
+      const p = ready.obj("postcopy");
+      const port = p.int("port", 1, 65535);
+      const key = p.bytes("key", 64);
+      const s = await open(to.host, port);
+      pcSocket = s;
+      pc = { socket: s, reader: new MessageReader(s, "the target's migration thread"), writer: new MessageWriter(s, "the target's migration thread") };
+      await pc.writer.json(Cmd.Hello, { key: Buffer.from(key).toString("base64") });
+      expect(await pc.reader.next(REPLY_TIMEOUT_MS, "it to take the post-copy connection"), Cmd.Ack, "the target's migration thread");
+    }
     check();
     goSent = true;
     await w.json(Cmd.Go, {});
     await next(Cmd.Resumed, "it to run the VM");
     trace("resumed", pausedAt);
     const downtimeMs = performance.now() - pausedAt;
+    let postcopy: MigrationResult["postcopy"];
+    if (pc) {
+      postcopyRunning = true;
+      socket.end();
+      postcopy = await pushPending(pc, last);
+    }
     opts.progress?.({ round: round + 1, sentBytes: w.sent, dirtyPages: 0, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs: downtimeMs, throttlePct: throttle });
     socket.end();
     const result: MigrationResult = {
-      target: where, rounds: round + 1, sentBytes: w.sent, pagesSent: stats.pages, zeroPagesSent: stats.zero,
-      totalMs: performance.now() - t0, downtimeMs, maxThrottlePct: maxThrottle,
+      target: where, rounds: round + 1, sentBytes: w.sent + pcBytes, pagesSent: stats.pages, zeroPagesSent: stats.zero,
+      totalMs: performance.now() - t0, downtimeMs, maxThrottlePct: maxThrottle, ...(postcopy ? { postcopy } : {}),
     };
     await src.end(`migrated to ${where}`);
     await vm.destroy();
     return result;
   } catch (e) {
     const reason = (e as Error).message.replace(/\s+/g, " ");
+    pcSocket?.destroy();
+    if (postcopyRunning) {
+      // The guest runs there, part of its memory still here: neither copy can go on (as QEMU).
+      src.leaveDevicesPaused();
+      socket?.destroy();
+      throw fail(`post-copy broke off after the VM started on the target (${reason}); the guest is lost: its memory is split between the two hosts. The paused copy here is stale: do not resume it, destroy it`);
+    }
     if (goSent) {
       // The target may run it: this copy must not (see the header).
       src.leaveDevicesPaused();
@@ -312,6 +397,20 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
 const TRACE = process.env.TSVISOR_MIGRATION_TRACE === "1";
 function trace(what: string, since: number): void {
   if (TRACE) process.stderr.write(`migration: ${what} at ${(performance.now() - since).toFixed(2)} ms (t=${performance.now().toFixed(1)})\n`);
+}
+
+/** A Fetch payload: u32 count, then the page indices, each checked. */
+function readFetch(payload: Buffer, pages: number): number[] {
+  if (payload.length < 4) throw new MigrationError("a Fetch message without its count");
+  const n = payload.readUInt32LE(0);
+  if (payload.length !== 4 + 4 * n) throw new MigrationError(`a Fetch message of ${payload.length} bytes for ${n} pages`);
+  const out: number[] = [];
+  for (let k = 0; k < n; k++) {
+    const i = payload.readUInt32LE(4 + 4 * k);
+    if (i >= pages) throw new MigrationError(`a Fetch for page ${i}, the VM has ${pages}`);
+    out.push(i);
+  }
+  return out;
 }
 
 /** Bytes per second a run of sends achieved (the limit, when one is set and lower). */

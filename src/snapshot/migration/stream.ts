@@ -23,7 +23,7 @@
 //   S->T Hello   {version, nonce, mac}       mac = HMAC-SHA256(token, "tsvisor-migration source" || T's nonce)
 //   T->S Ack     {mac}                       mac = HMAC-SHA256(token, "tsvisor-migration target" || S's nonce):
 //                                            the target proves it knows the token too (guest memory goes to no one else)
-//   S->T Config  {vm: {name, cpus, memBytes, cmdline, console}, definition?}
+//   S->T Config  {vm: {name, cpus, memBytes, cmdline, console}, postcopy, definition?}
 //   T->S Ack     {}                          the VM is created (its name was free, it fits)
 //   S->T Memory* (pre-copy rounds; a page sent again overwrites), each round
 //        ended by an empty Memory, T->S Ack {}
@@ -33,6 +33,16 @@
 //   S->T Go      {}
 //   T->S Resumed {}                          it runs (or stays paused when run was false)
 //   either way, any time before Go: Abandon {reason}, then the connection closes.
+//
+// Post-copy (Vm.migrate's postcopy): after round 0 the source pauses and sends
+//   S->T State, Pending (bitmap: u32 words, page i = bit i & 31 of word i >> 5,
+//        the pages the target does not have right yet), Complete {run, postcopy: true}
+//   T->S Ready   {postcopy: {port, key}}     the target's migration thread listens there
+//   S connects a second connection to that port: S->T Hello {key}, T->S Ack {}
+//   S->T Go, T->S Resumed (main connection, which then closes)
+//   on the second connection: S->T Memory* (every pending page, those asked
+//   for first), T->S Fetch* (pages a thread waits for), S->T an empty Memory
+//   when all are sent, T->S Ack {} once every page is mapped.
 //
 // The peer is untrusted: every length, count and index is checked, JSON
 // fields through StateReader; a message out of place is refused.
@@ -58,11 +68,16 @@ export const enum Cmd {
   Go = 8,
   Resumed = 9,
   Abandon = 10,
+  /** Post-copy: the pages still at the source (a bitmap, S->T). */
+  Pending = 11,
+  /** Post-copy: pages a thread of the target waits for (u32 count, u32 indices; T->S). */
+  Fetch = 12,
 }
 
 export const CMD_NAMES: Record<number, string> = {
   [Cmd.Hello]: "Hello", [Cmd.Config]: "Config", [Cmd.Memory]: "Memory", [Cmd.State]: "State", [Cmd.Complete]: "Complete",
   [Cmd.Ack]: "Ack", [Cmd.Ready]: "Ready", [Cmd.Go]: "Go", [Cmd.Resumed]: "Resumed", [Cmd.Abandon]: "Abandon",
+  [Cmd.Pending]: "Pending", [Cmd.Fetch]: "Fetch",
 };
 
 /** Pages in one Memory message at most (1 MiB of page bytes). */
@@ -74,6 +89,8 @@ const ENTRY_BYTES = 4 + FRAME_SIZE;
 const MAX_PAYLOAD: Record<number, number> = {
   [Cmd.Hello]: 4096, [Cmd.Config]: 1 << 20, [Cmd.Memory]: 4 + MAX_RUN_PAGES * ENTRY_BYTES, [Cmd.State]: 64 << 20,
   [Cmd.Complete]: 4096, [Cmd.Ack]: 4096, [Cmd.Ready]: 4096, [Cmd.Go]: 4096, [Cmd.Resumed]: 4096, [Cmd.Abandon]: 4096,
+  // 64 GiB of RAM at most: 2^24 pages, a bit each.
+  [Cmd.Pending]: 1 << 21, [Cmd.Fetch]: 4 + 4 * 1024,
 };
 
 /** A migration failed: one line saying why. */
@@ -135,6 +152,14 @@ export class MessageReader {
       };
       this.socket.resume();
     });
+  }
+
+  /** A message already received, without waiting (undefined: none yet). */
+  poll(): Message | undefined {
+    if (this.failure && this.queue.length === 0) throw this.failure;
+    const m = this.queue.shift();
+    if (m && this.queue.length < 2) this.socket.resume();
+    return m;
   }
 
   fail(e: Error): void {
@@ -381,4 +406,43 @@ function isZero(b: Buffer, at: number): boolean {
   }
   for (let i = at; i < at + FRAME_SIZE; i++) if (b[i] !== 0) return false;
   return true;
+}
+
+/** A Pending payload: the bitmap of `pages` pages, checked. */
+export function readBitmap(payload: Buffer, pages: number): Uint32Array {
+  const words = Math.ceil(pages / 32);
+  if (payload.length !== words * 4) throw new MigrationError(`a Pending bitmap of ${payload.length} bytes for ${pages} pages`);
+  const bits = new Uint32Array(words);
+  for (let i = 0; i < words; i++) bits[i] = payload.readUInt32LE(i * 4);
+  const tail = pages % 32;
+  if (tail && bits[words - 1] >>> tail) throw new MigrationError("a Pending bitmap names pages past the VM's RAM");
+  return bits;
+}
+
+export function writeBitmap(indices: number[], pages: number): Buffer {
+  const b = Buffer.alloc(Math.ceil(pages / 32) * 4);
+  for (const i of indices) b.writeUInt32LE((b.readUInt32LE((i >>> 5) * 4) | (1 << (i & 31))) >>> 0, (i >>> 5) * 4);
+  return b;
+}
+
+/** Post-copy: write a Memory payload's pages into the entries still Remote
+ *  (a page sent twice, requested and pushed, lands once). Returns the pages mapped. */
+export function fillRemotePages(p2m: P2m, payload: Buffer): { count: number; mapped: number } {
+  if (payload.length < 4) throw new MigrationError("a Memory message without its page count");
+  const count = payload.readUInt32LE(0);
+  if (count > MAX_RUN_PAGES) throw new MigrationError(`a Memory message of ${count} pages (at most ${MAX_RUN_PAGES})`);
+  let at = 4;
+  let mapped = 0;
+  for (let n = 0; n < count; n++) {
+    if (at + 4 > payload.length) throw new MigrationError(`a Memory message cut short at page ${n} of ${count}`);
+    const word = payload.readUInt32LE(at);
+    const index = (word & ~ZERO_PAGE) >>> 0;
+    if (index >= p2m.count) throw new MigrationError(`a Memory message names page ${index}, the VM has ${p2m.count}`);
+    const zero = (word & ZERO_PAGE) !== 0;
+    if (!zero && at + ENTRY_BYTES > payload.length) throw new MigrationError(`a Memory message cut short in page ${index}`);
+    if (p2m.fillRemote(index, zero ? undefined : payload.subarray(at + 4, at + ENTRY_BYTES))) mapped++;
+    at += zero ? 4 : ENTRY_BYTES;
+  }
+  if (at !== payload.length) throw new MigrationError(`a Memory message with ${payload.length - at} bytes after its ${count} pages`);
+  return { count, mapped };
 }
