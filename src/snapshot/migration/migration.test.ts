@@ -135,7 +135,6 @@ test("a wrong token is refused with one line on both sides, and nothing is creat
     await assert.rejects(vm.migrate({ host: "127.0.0.1", port: l.port, token: TOKEN }), /wrong token/);
     await impostor.close();
     await assert.rejects(vm.migrate({ host: "127.0.0.1", port: t.port, token: "short" }), /at least 8/);
-    await assert.rejects(vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }, { postcopy: true }), /post-copy is not built yet/);
     assert.equal(vm.state, "running");
   } finally {
     await source.close();
@@ -292,6 +291,62 @@ test("Resumed lost after Go: the target runs the VM, the source keeps its copy p
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(g.vm.state, "paused", "the source copy never ran again");
     await g.vm.destroy();
+  } finally {
+    await source.close();
+    await t.host.close();
+  }
+});
+
+test("post-copy: the VM runs on the target right after round 0, the pages it dirtied since follow (those it touches first), and it finishes intact; mid-write too", { skip: noCompiler, timeout: 240_000 }, async () => {
+  const source = await Host.create({ pcpus: 2 });
+  const t = await targetHost();
+  try {
+    const busy = startGuest(source, "pc-busy", "dirty");
+    await until("'written'", () => busy.output().includes("written"));
+    await new Promise((r) => setTimeout(r, 200));
+    const r = await busy.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }, { postcopy: true });
+    console.log(`post-copy of the busy guest: downtime ${r.downtimeMs.toFixed(1)} ms, then ${r.postcopy?.pages} pages in ${r.postcopy?.ms.toFixed(0)} ms (${r.postcopy?.fetched} asked for first), total ${r.totalMs.toFixed(0)} ms`);
+    assert.ok(r.postcopy && r.postcopy.pages >= 1000, "the hot pages came after the switch");
+    assert.equal(busy.vm.state, "destroyed");
+    const moved = t.arrived.get("pc-busy")!;
+    await finishes(moved.vm, () => busy.output() + moved.output());
+
+    // Mid-write: the harts are somewhere in their loops over 60 MiB.
+    const writing = startGuest(source, "pc-mid");
+    await until("the guest to run", () => writing.vm.stats().vcpus.some((v) => v.instructions > 2_000_000));
+    const r2 = await writing.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }, { postcopy: true });
+    console.log(`post-copy mid-write: downtime ${r2.downtimeMs.toFixed(1)} ms, then ${r2.postcopy?.pages} pages (${r2.postcopy?.fetched} asked for first)`);
+    const moved2 = t.arrived.get("pc-mid")!;
+    await finishes(moved2.vm, () => writing.output() + moved2.output());
+    assert.match(writing.output() + moved2.output(), /written/);
+    assert.deepEqual(t.errors, []);
+  } finally {
+    await source.close();
+    await t.host.close();
+  }
+});
+
+test("post-copy broken off after the switch (the source VM destroyed): the guest is lost on both sides, each says so in one line", { skip: noCompiler, timeout: 240_000 }, async () => {
+  const source = await Host.create({ pcpus: 2 });
+  const t = await targetHost();
+  try {
+    const g = startGuest(source, "doomed", "dirty");
+    await until("'written'", () => g.output().includes("written"));
+    const migration = g.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }, { postcopy: true, bandwidthBytesPerSec: 24 << 20 });
+    migration.catch(() => {}); // looked at below
+    await until("the VM to run on the target", () => t.arrived.has("doomed"), 120_000);
+    await g.vm.destroy(); // the source goes away with pages the target has not got
+    await assert.rejects(migration, (e: Error) => {
+      assert.ok(!e.message.includes("\n"), e.message);
+      assert.match(e.message, /post-copy broke off after the VM started on the target .*the guest is lost/);
+      return true;
+    });
+    const lost = t.arrived.get("doomed")!;
+    const end = await lost.vm.waitForEnd();
+    assert.notEqual(end.kind, "poweroff", JSON.stringify(end));
+    await until("the target's error", () => t.errors.length > 0, 10_000);
+    assert.match(t.errors[0], /^post-copy migration of VM 'doomed' from 127\.0\.0\.1:\d+ failed after it started here: .*the guest is lost$/);
+    assert.doesNotMatch(lost.output(), /done/);
   } finally {
     await source.close();
     await t.host.close();
