@@ -202,8 +202,7 @@ export class MigrationListener {
     } catch (e) {
       const reason = (e as Error).message.replace(/\s+/g, " ");
       if (running) return; // after Go nothing undoes it
-      writer.abandon(reason);
-      socket.destroy();
+      writer.abandon(reason); // says why, then closes
       if (!vm?.vmm) await copier?.stop("the migration failed"); // (a VM that has its machine stops it in teardown)
       ram?.release();
       if (vm) await vm.destroy();

@@ -27,6 +27,21 @@
 //     stays PAUSED, its devices too, and migrate() rejects saying so: never
 //     two running copies. Resume it by hand (vm.resume()) only once sure the
 //     target does not run it.
+//
+// Post-copy (postcopy: true): after round 0 the VM pauses at once; State,
+// the bitmap of the pages dirtied since round 0 (Pending) and Complete go
+// over; the target maps those pages as Remote and opens a port for its
+// migration thread; the source connects there, sends Go, and once Resumed
+// pushes the pending pages on that second connection, pages the target's
+// threads wait for (Fetch) first. Downtime stays that of a pause with no
+// pages to send, whatever the dirty rate. The price (as QEMU's): from Go
+// until the target acknowledges the last page, the guest lives on both
+// hosts at once. If either side fails then (the connection breaks, the
+// source VM or host goes away, the target dies) the guest is lost: the
+// target's VM ends (a vCPU touching a missing page fails, and the target
+// stops it saying "the guest is lost"), and migrate() rejects saying the
+// same; the source's copy stays paused and is stale (the guest ran on the
+// target since): destroy it, never resume it.
 
 import { connect, type Socket } from "node:net";
 import type { Vm } from "../../host/vm.js";
@@ -382,8 +397,8 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       socket?.destroy();
       throw fail(`Go was sent but the target did not confirm it runs the VM (${reason}); the VM stays PAUSED here: resume it only if it does not run on ${where}`);
     }
-    writer?.abandon(reason);
-    socket?.destroy();
+    if (writer) writer.abandon(reason); // says why, then closes
+    else socket?.destroy();
     if (paused && src.alive()) {
       machine.resumeDevices();
       if (wasRunning && vm.state === "paused") vm.resume();

@@ -269,6 +269,7 @@ export class MessageWriter {
     const p = Buffer.from(JSON.stringify({ reason: reason.slice(0, 1000) }));
     this.socket.write(Buffer.concat([header(Cmd.Abandon, p.length), p]));
     this.socket.end();
+    this.socket.pause(); // read nothing more; the peer reads the reason, then the close
     setTimeout(() => this.socket.destroy(), 1000).unref();
   }
 }
