@@ -797,7 +797,7 @@ function validateConfig(c: VmConfig, host: Host): void {
   // room), but its p2m table (4 bytes per page) must fit with room to spare.
   if (c.memBytes > MAX_VM_MEM_BYTES || c.memBytes / 1024 > host.pool.limitBytes / 8) {
     const most = Math.min(MAX_VM_MEM_BYTES, host.pool.limitBytes * 128);
-    throw new HostError(`memory ${c.memBytes >> 20} MiB is too large for this host (at most ${Math.floor(most / (1 << 20))} MiB with a ${Math.floor(host.pool.limitBytes / (1 << 20))} MiB pool)`);
+    throw new HostError(`memory ${Math.floor(c.memBytes / 2 ** 20)} MiB is too large for this host (at most ${Math.floor(most / (1 << 20))} MiB with a ${Math.floor(host.pool.limitBytes / (1 << 20))} MiB pool)`);
   }
   if (c.weight !== undefined) checkWeight(c.weight);
   if (c.capPct !== undefined) checkCap(c.capPct, host);

@@ -352,3 +352,58 @@ test("post-copy broken off after the switch (the source VM destroyed): the guest
     await t.host.close();
   }
 });
+
+test("an untrusted source: malformed headers, lengths, page indices and messages out of place are refused with one line, and no VM is left", { timeout: 60_000 }, async () => {
+  const { MessageReader, MessageWriter, mac, header } = await import("./stream.js");
+  const t = await targetHost();
+  try {
+    /** Authenticate as a proper source would, send Config, then `evil` bytes. */
+    const attempt = async (evil: (s: Socket, w: InstanceType<typeof MessageWriter>) => Promise<void> | void, configured = true) => {
+      const s = connect({ host: "127.0.0.1", port: t.port });
+      await new Promise((r) => s.once("connect", r));
+      const reader = new MessageReader(s, "the target");
+      const w = new MessageWriter(s, "the target");
+      const hello = JSON.parse((await reader.next()).payload.toString());
+      await w.json(1, { version: 1, nonce: Buffer.alloc(32, 7).toString("base64"), mac: mac(TOKEN, "source", Buffer.from(hello.nonce, "base64")).toString("base64") });
+      await reader.next(); // Ack with the target's proof
+      if (configured) {
+        await w.json(2, { vm: { name: "evil", cpus: 1, memBytes: 16 << 20, cmdline: "", console: "ttyS0" } });
+        await reader.next(); // Ack: created
+      }
+      const before = t.errors.length;
+      await evil(s, w);
+      await until("the target to refuse", () => t.errors.length > before, 10_000);
+      s.destroy();
+      await until("no VM left", () => t.host.vms.length === 0, 10_000);
+      return t.errors[t.errors.length - 1];
+    };
+    const raw = (bytes: Buffer) => (s: Socket) => void s.write(bytes);
+    const memory = (body: Buffer) => Buffer.concat([header(3, body.length), body]);
+    const u32s = (...v: number[]) => Buffer.from(new Uint32Array(v).buffer);
+    const cases: [string, (s: Socket, w: InstanceType<typeof MessageWriter>) => Promise<void> | void, RegExp, boolean?][] = [
+      ["an unknown command", raw(header(99 as never, 0)), /unknown command 99/],
+      ["reserved bits set", raw(Buffer.concat([Buffer.from([3, 0, 1, 0]), Buffer.alloc(12)])), /reserved bits/],
+      ["a huge length", raw(Buffer.concat([Buffer.from([3, 0, 0, 0, 0, 0, 0, 0]), Buffer.from([0, 0, 0, 0, 0, 0, 0, 1])])), /Memory of \d+ bytes \(at most/],
+      ["a page past the RAM", raw(memory(Buffer.concat([u32s(1, 4096), Buffer.alloc(4096)]))), /names page 4096, the VM has 4096/],
+      ["a page cut short", raw(memory(Buffer.concat([u32s(1, 5), Buffer.alloc(100)]))), /cut short/],
+      ["more pages than the limit", raw(memory(u32s(100000))), /100000 pages/],
+      ["bytes after the pages", raw(memory(Buffer.concat([u32s(1, 0x80000005), Buffer.alloc(3)]))), /bytes after/],
+      ["Complete before State", (_s, w) => void w.json(5, { run: true }), /Complete before the machine state/],
+      ["a State that is not an object", (_s, w) => void w.send(4, Buffer.from("[1,2]")), /not a JSON object/],
+      ["a State that does not fit", async (_s, w) => {
+        await w.json(4, { config: { harts: 1 } });
+        await w.json(5, { run: true });
+      }, /machine\.|snapshot/],
+      ["Go before Ready", (_s, w) => void w.json(8, {}), /sent Go where Complete belongs/],
+      ["a VM too large for this host", (_s, w) => void w.json(2, { vm: { name: "big", cpus: 1, memBytes: 2 ** 40, cmdline: "", console: "ttyS0" } }), /too large/, false],
+    ];
+    for (const [what, evil, message, configured] of cases) {
+      const line = await attempt(evil, configured ?? true);
+      console.log(`${what}: ${line}`);
+      assert.match(line, message, what);
+      assert.ok(!line.includes("\n"), what);
+    }
+  } finally {
+    await t.host.close();
+  }
+});
