@@ -326,6 +326,30 @@ test("post-copy: the VM runs on the target right after round 0, the pages it dir
   }
 });
 
+test("post-copy \"auto\": pre-copy first; a dirty set that stops shrinking switches to post-copy, one that fits ends in pre-copy", { skip: noCompiler, timeout: 240_000 }, async () => {
+  const source = await Host.create({ pcpus: 2 });
+  const t = await targetHost();
+  try {
+    const busy = startGuest(source, "auto-busy", "dirty");
+    const idle = startGuest(source, "auto-idle");
+    await until("'written'", () => busy.output().includes("written") && idle.output().includes("written"));
+    const r = await busy.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }, { postcopy: "auto", maxDowntimeMs: 5 });
+    console.log(`auto, busy guest: post-copy after ${r.rounds} rounds, downtime ${r.downtimeMs.toFixed(1)} ms, then ${r.postcopy?.pages} pages`);
+    assert.ok(r.postcopy && r.rounds >= 2, JSON.stringify(r));
+    assert.equal(r.maxThrottlePct, 0, "post-copy instead of throttling");
+    const r2 = await idle.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }, { postcopy: "auto" });
+    assert.equal(r2.postcopy, undefined, "an idle guest needs no post-copy");
+    await Promise.all([busy, idle].map((before) => {
+      const g = t.arrived.get(before.vm.name)!;
+      return finishes(g.vm, () => before.output() + g.output());
+    }));
+    assert.deepEqual(t.errors, []);
+  } finally {
+    await source.close();
+    await t.host.close();
+  }
+});
+
 test("post-copy broken off after the switch (the source VM destroyed): the guest is lost on both sides, each says so in one line", { skip: noCompiler, timeout: 240_000 }, async () => {
   const source = await Host.create({ pcpus: 2 });
   const t = await targetHost();

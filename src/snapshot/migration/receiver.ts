@@ -176,6 +176,11 @@ export class MigrationListener {
         if (!copier) throw new MigrationError(`${peerName} sent pending pages without announcing post-copy in its Config`);
         markRemote(ram, pending);
         ready = { postcopy: { port: copier.port, key: postcopyKey } };
+      } else if (copier) {
+        // Announced, then not needed (it ended in pre-copy after all).
+        await copier.stop("post-copy was not used");
+        copier = undefined;
+        remote = undefined;
       }
       const taken = ram;
       ram = undefined; // restoreMigrated owns it now, whatever happens

@@ -78,10 +78,12 @@ export interface MigrationProgress {
 export interface MigrateOptions {
   /** The pause the final phase may cost (default 300 ms, as QEMU and Cloud Hypervisor). */
   maxDowntimeMs?: number;
-  /** Post-copy: right after round 0 the VM pauses here, its state goes over
-   *  and it runs on the target at once; the pages dirtied since round 0
-   *  follow while it runs, those it touches first (see the header). */
-  postcopy?: boolean;
+  /** Post-copy: right after round 0 (true), or once the dirty set stops
+   *  shrinking in pre-copy rounds ("auto": instead of auto-converge; a dirty
+   *  set that fits maxDowntimeMs ends in pre-copy as usual), the VM pauses
+   *  here, its state goes over and it runs on the target at once; the pages
+   *  dirtied since follow while it runs, those it touches first (see the header). */
+  postcopy?: boolean | "auto";
   /** Send no faster than this (default: as fast as the link takes). */
   bandwidthBytesPerSec?: number;
   /** Throttle the vCPUs when the dirty set does not shrink (default true). */
@@ -191,7 +193,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     if (!macMatches(to.token, "target", myNonce, ack.bytes("mac", 64))) throw new MigrationError("the target does not know the token (it answered with a wrong proof)");
 
     // ---- config ----
-    await w.json(Cmd.Config, { vm: src.meta(), postcopy: opts.postcopy === true, ...(opts.definition !== undefined ? { definition: opts.definition } : {}) });
+    await w.json(Cmd.Config, { vm: src.meta(), postcopy: opts.postcopy === true || opts.postcopy === "auto", ...(opts.definition !== undefined ? { definition: opts.definition } : {}) });
     await next(Cmd.Ack, "the VM to be created there");
 
     /** Post-copy: every pending page, those the target asks for first; resolves once it has them all. */
@@ -302,6 +304,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     let prevDirty = Infinity;
     let notShrinking = 0;
     let dirtyRate = 0;
+    let usePostcopy = false;
 
     // ---- dirty rounds ----
     for (;;) {
@@ -311,14 +314,20 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
       const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE) / bandwidth) * 1000;
       opts.progress?.({ round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs, throttlePct: throttle });
-      if (expectedDowntimeMs <= maxDowntimeMs || round >= maxRounds || vm.state !== "running" || opts.postcopy) break;
+      if (expectedDowntimeMs <= maxDowntimeMs || vm.state !== "running") break;
+      // Post-copy: at once after round 0, or ("auto") once pre-copy stops getting anywhere.
+      if (opts.postcopy === true || (opts.postcopy === "auto" && (notShrinking >= 1 || round >= maxRounds))) {
+        usePostcopy = true;
+        break;
+      }
+      if (round >= maxRounds) break;
       round++;
       if (!(await src.holdVcpus())) throw new MigrationError("the VM stopped during the migration");
       const dirty = log.take();
       src.releaseVcpus();
       lastTake = performance.now();
-      if (opts.autoConverge !== false) {
-        notShrinking = dirty.length > prevDirty * 0.9 ? notShrinking + 1 : 0;
+      notShrinking = dirty.length > prevDirty * 0.9 ? notShrinking + 1 : 0;
+      if (opts.autoConverge !== false && !opts.postcopy) {
         if (notShrinking >= 2 && throttle < 99) {
           setThrottle(throttle === 0 ? 20 : Math.min(99, throttle + 10));
           notShrinking = 0;
@@ -341,16 +350,16 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     trace("pauseDevices", pausedAt);
     check();
     const last = log.take();
-    if (!opts.postcopy) await sendPages(last, false, false);
+    if (!usePostcopy) await sendPages(last, false, false);
     trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
     trace("state", pausedAt);
-    if (opts.postcopy) await w.send(Cmd.Pending, writeBitmap(last, p2m.count));
-    await w.json(Cmd.Complete, opts.postcopy ? { run: wasRunning, postcopy: true } : { run: wasRunning });
+    if (usePostcopy) await w.send(Cmd.Pending, writeBitmap(last, p2m.count));
+    await w.json(Cmd.Complete, usePostcopy ? { run: wasRunning, postcopy: true } : { run: wasRunning });
     const ready = readJson(await next(Cmd.Ready, "it to restore the VM"), peerName);
     trace("ready", pausedAt);
     let pc: { reader: MessageReader; writer: MessageWriter; socket: Socket } | undefined;
-    if (opts.postcopy) {
+    if (usePostcopy) {
       // The second connection, to the target's migration thread, before Go: it must be there when the guest faults.
       const p = ready.obj("postcopy");
       const port = p.int("port", 1, 65535);
