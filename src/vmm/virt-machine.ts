@@ -365,7 +365,9 @@ export class VirtMachine {
       const slot = this.harts[i];
       const state = hr.int("state", 0, HartState.Suspended) as HartState;
       if (state === HartState.StartPending || state === HartState.StopPending) throw new SnapshotError(`${hr.path}.state: a transient HSM state`);
-      restoreHart(this.core, slot.vcpu.hart, i, hr.obj("block"));
+      // A stopped hart's registers mean nothing (HSM hart_start resets it),
+      // and one never started has a block never reset (mhartid 0): only its clock goes on.
+      if (state !== HartState.Stopped) restoreHart(this.core, slot.vcpu.hart, i, hr.obj("block"));
       fn.setTime(slot.vcpu.hart, hr.u64("time"));
       slot.state = state;
     });

@@ -314,9 +314,13 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
       const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE) / bandwidth) * 1000;
       opts.progress?.({ round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs, throttlePct: throttle });
-      if (expectedDowntimeMs <= maxDowntimeMs || vm.state !== "running") break;
       // Post-copy: at once after round 0, or ("auto") once pre-copy stops getting anywhere.
-      if (opts.postcopy === true || (opts.postcopy === "auto" && (notShrinking >= 1 || round >= maxRounds))) {
+      if (opts.postcopy === true && vm.state === "running") {
+        usePostcopy = true;
+        break;
+      }
+      if (expectedDowntimeMs <= maxDowntimeMs || vm.state !== "running") break;
+      if (opts.postcopy === "auto" && (notShrinking >= 1 || round >= maxRounds)) {
         usePostcopy = true;
         break;
       }
