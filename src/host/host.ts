@@ -22,6 +22,7 @@ import { monoNs } from "./pcpu-protocol.js";
 import { Vm, HostError, type VmConfig } from "./vm.js";
 import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
 import { openSnapshot } from "../snapshot/snapshot.js";
+import { MigrationListener, type ListenOptions } from "../snapshot/migration/receiver.js";
 
 export { Vm, HostError, type VmConfig } from "./vm.js";
 export type { VmState, VmStats, RunEnd } from "./vm.js";
@@ -78,6 +79,7 @@ export class Host {
     for (const vm of this.vmsByName.values()) vm.pollDevices();
   }, DEVICE_POLL_MS);
   private fatal: Error | undefined;
+  private readonly listeners = new Set<MigrationListener>();
   private closed = false;
 
   static async create(opts: HostOptions = {}): Promise<Host> {
@@ -159,6 +161,20 @@ export class Host {
     return vm;
   }
 
+  /**
+   * Take VMs live-migrated here (Vm.migrate on another host): a TCP listener
+   * on `host:port` (default 127.0.0.1) that accepts sources proving they know
+   * `token`. Each VM arrives paused until its last pages and state are in,
+   * then runs here (onVm); a migration that fails leaves nothing behind.
+   * Close the listener when done (host.close() does).
+   */
+  async listenForMigrations(opts: ListenOptions): Promise<MigrationListener> {
+    if (this.closed) throw new HostError("the host is closed");
+    const l = await MigrationListener.listen(this, opts);
+    this.listeners.add(l);
+    return l;
+  }
+
   /** Called by Vm.destroy(). */
   forget(vm: Vm): void {
     this.vmsByName.delete(vm.name);
@@ -211,6 +227,7 @@ export class Host {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const l of this.listeners) await l.close();
     for (const vm of this.vms) await vm.destroy();
     this.doorbell.stop();
     await this.pcpus.close();

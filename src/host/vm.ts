@@ -27,6 +27,11 @@ import { PAGE_ZERO } from "../snapshot/memory.js";
 import { writeSnapshot, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
+import type { P2m } from "../memory/p2m.js";
+import type { PageStoreHandle } from "../memory/manager/page-store.js";
+import type { StateReader } from "../snapshot/state.js";
+import type { RemotePages } from "../snapshot/migration/remote-pages.js";
+import { migrateVm, type MigrateTarget, type MigrateOptions, type MigrationResult, type MigrationSource } from "../snapshot/migration/sender.js";
 
 export class HostError extends Error {
   override readonly name = "HostError";
@@ -128,6 +133,12 @@ export class Vm {
   private lastMemoryWarnNs = -Infinity;
   /** A snapshot is being written (the memory manager keeps its hands off). */
   private snapshotting = false;
+  /** Vm.migrate() is under way (snapshots wait: they would take its dirty pages). */
+  private migrating = false;
+  /** A migration sent Go and heard nothing back: the devices stay paused until resume(). */
+  private devicesPausedByMigration = false;
+  /** Post-copy target: stops the thread still filling this VM's RAM. */
+  private stopRemote: (() => Promise<void>) | undefined;
   /** This run's last snapshot: the parent of a diff snapshot. */
   private lastSnapshot: { path: string; id: string } | undefined;
   /** Pages written since lastSnapshot. */
@@ -136,6 +147,9 @@ export class Vm {
   private snapshotFiles: OpenedSnapshot | undefined;
   /** Restored paused: resume() lets the harts go. */
   private restoredWaiting = false;
+  /** How the run began when not booted: a snapshot (possibly one of many
+   *  clones: a new VM generation) or a migration (the same VM, moved). */
+  private arrivedBy: "snapshot" | "migration" | undefined;
 
   constructor(private readonly host: Host, readonly name: string, readonly config: VmConfig, readonly owner: number) {
     validateConfig(config, host);
@@ -174,7 +188,7 @@ export class Vm {
     this.checkAlive();
     if (this._state !== "created" && this._state !== "stopped") throw new HostError(`VM '${this.name}' is ${this._state}: restore into a created or stopped VM`);
     try {
-      this.launch(snap);
+      this.launch({ snap, machine: snap.machine, guestTicks: snap.guestTicks });
     } catch (e) {
       snap.close();
       throw e;
@@ -183,6 +197,29 @@ export class Vm {
     // A diff snapshot taken later holds what changed since this one.
     this.lastSnapshot = { path: snap.chain[0].path, id: snap.meta.id };
     this.startDirtyLog();
+    this.arrivedBy = "snapshot";
+    this.afterRestore(paused);
+  }
+
+  /**
+   * A live migration's target (snapshot/migration/receiver.ts): the RAM came
+   * over the wire into `ram` (a p2m of this host's pool charged to this VM),
+   * the machine state is the source's. Paused afterwards: resume() lets it
+   * run. Throws SnapshotError when the state does not fit; `ram` is released then.
+   * Post-copy: `remote` has the pages still at the source (entries of kind
+   * Remote); `stopRemote` stops the thread that fills them (teardown calls it
+   * first, and frees no frame before it is done).
+   */
+  restoreMigrated(ram: P2m, machine: StateReader, remote?: RemotePages, stopRemote?: () => Promise<void>): void {
+    this.checkAlive();
+    this.stopRemote = stopRemote;
+    if (this._state !== "created") throw new HostError(`VM '${this.name}' is ${this._state}: a migration arrives into a created VM`);
+    this.launch({ ram, remote, machine, guestTicks: machine.u64("guestTicks") });
+    this.arrivedBy = "migration";
+    this.afterRestore(true);
+  }
+
+  private afterRestore(paused: boolean): void {
     if (!paused) this.releaseRestored();
     else {
       this._state = "paused";
@@ -191,15 +228,14 @@ export class Vm {
     }
   }
 
-  private launch(snap: OpenedSnapshot | undefined): void {
+  private newMachine(from: { ram?: P2m; guestTicks: bigint } | undefined, pagesHandle: PageStoreHandle): VirtMachine {
     const { host, config } = this;
-    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle() };
-    const machine = new VirtMachine({
+    return new VirtMachine({
       memBytes: config.memBytes, harts: config.cpus, kernel: config.kernel, initrd: config.initrd, cmdline: config.cmdline,
       jit: config.jit ?? {}, consoleOut: config.consoleOut, virtio: config.virtio, console: config.console,
       consoleSize: config.consoleSize, warn: config.warn,
-      host: { pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle },
-      restore: snap && { guestTicks: snap.guestTicks },
+      host: { pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle, p2m: from?.ram },
+      restore: from && { guestTicks: from.guestTicks },
       kickHart: (i) => this.slots.length && host.kick(this.slots[i]),
       hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
       wake: () => setImmediate(() => this.machine?.afterExit()),
@@ -211,14 +247,31 @@ export class Vm {
         reclaim: (indices) => this.managed && host.memory.undiscard(this.managed, indices),
       },
     });
-    if (snap) {
+  }
+
+  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; remote?: RemotePages; machine: StateReader; guestTicks: bigint } | undefined): void {
+    const snap = from?.snap;
+    const remote = from?.remote;
+    const { host, config } = this;
+    const pagesHandle = { ...host.memory.store.handle(), snapshot: snap?.pages.handle(), remote: remote?.handle() };
+    let machine: VirtMachine;
+    try {
+      machine = this.newMachine(from, pagesHandle);
+    } catch (e) {
+      from?.ram?.release(); // not taken over: no machine releases it
+      throw e;
+    }
+    if (from) {
       // Every page with bytes in the snapshot stays there until touched
       // (memory.ts); the rest read as zero, as untouched pages do.
       const p2m = machine.p2m;
-      p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
-      p2m.presetSnapshotPages(snap.pages.slotOf, PAGE_ZERO);
+      if (remote) p2m.usePageSource(host.memory.store.withSnapshot(undefined, remote));
+      if (snap) {
+        p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
+        p2m.presetSnapshotPages(snap.pages.slotOf, PAGE_ZERO);
+      }
       try {
-        machine.restoreState(snap.machine);
+        machine.restoreState(from.machine);
       } catch (e) {
         machine.release();
         if (e instanceof SnapshotError) throw e;
@@ -238,7 +291,7 @@ export class Vm {
       balloon: () => machine.balloonControl(),
     };
     host.memory.add(this.managed);
-    if (snap) machine.p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
+    if (snap || remote) machine.p2m.usePageSource(host.memory.store.withSnapshot(snap?.pages, remote));
     host.pcpus.addVm({
       id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
       clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
@@ -247,7 +300,7 @@ export class Vm {
       pages: pagesHandle,
     });
     this.startedAt = monoNs();
-    if (snap) return; // restoreFrom lets it run (or keeps it paused)
+    if (from) return; // restoreFrom lets it run (or keeps it paused)
     host.sched.setVmState(this.schedVm, VmRunState.Running);
     this._state = "running";
     void this.loadThenBoot(machine);
@@ -259,7 +312,10 @@ export class Vm {
     this.restoredWaiting = false;
     this._state = "running";
     machine.resumeDevices();
-    machine.restored();
+    // A migrated VM is the same VM: its cards announce where they are now. A
+    // restored one may be one of several copies: a new generation ID too.
+    if (this.arrivedBy === "migration") machine.announceDevices();
+    else machine.restored();
     this.host.sched.setVmState(this.schedVm, VmRunState.Running);
     for (const i of machine.startedHarts) this.host.kick(this.slots[i], true);
   }
@@ -280,6 +336,7 @@ export class Vm {
     const machine = this.machine;
     if (!machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM has state to snapshot`);
     if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted already`);
+    if (this.migrating) throw new HostError(`VM '${this.name}' is being migrated`);
     if (opts.diff && !this.lastSnapshot) throw new HostError(`VM '${this.name}' has no earlier snapshot in this run to take a diff against`);
     this.snapshotting = true;
     const wasRunning = this._state === "running";
@@ -308,6 +365,56 @@ export class Vm {
       this.snapshotting = false;
       if (wasRunning && !opts.stayPaused && this._state === "paused" && !this.stopping) this.resume();
     }
+  }
+
+  // ---- live migration (src/snapshot/migration/) ----------------------------------------------
+
+  /**
+   * Move the running VM to another host's migration listener
+   * (Host.listenForMigrations) while it runs: pre-copy rounds through the
+   * dirty log, then a short pause for the last pages and the machine state.
+   * The source VM is stopped once the target confirms it runs ("migrated to
+   * HOST:PORT"). See snapshot/migration/sender.ts for what happens on failure.
+   */
+  async migrate(to: MigrateTarget, opts: MigrateOptions = {}): Promise<MigrationResult> {
+    this.checkAlive();
+    if (!this.machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
+    if (this.migrating) throw new HostError(`VM '${this.name}' is being migrated already`);
+    if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted`);
+    this.migrating = true;
+    try {
+      return await migrateVm(this.migrationSource(this.machine), to, opts);
+    } finally {
+      this.migrating = false;
+    }
+  }
+
+  /** What the migration sender may do to this VM's current run. */
+  private migrationSource(machine: VirtMachine): MigrationSource {
+    return {
+      vm: this,
+      machine,
+      alive: () => this.machine === machine && !this.stopping,
+      dirtyLog: () => {
+        this.startDirtyLog();
+        return this.dirtyLog!;
+      },
+      holdVcpus: () => this.holdVcpus(),
+      releaseVcpus: () => this.releaseVcpus(),
+      quiesce: async () => {
+        while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
+      },
+      meta: () => ({ name: this.name, cpus: this.config.cpus, memBytes: this.config.memBytes, cmdline: this.config.cmdline, console: this.config.console ?? "ttyS0" }),
+      capPct: () => this.capPct,
+      maxCapPct: () => 100 * this.host.pcpus.count,
+      leaveDevicesPaused: () => {
+        this.devicesPausedByMigration = true;
+      },
+      forgetDiffBase: () => {
+        this.lastSnapshot = undefined;
+      },
+      end: (reason) => this.stop(reason),
+    };
   }
 
   /** Track the pages written from now on (for the next diff snapshot). The
@@ -364,6 +471,10 @@ export class Vm {
     if (this._state === "running") return;
     if (this._state !== "paused") throw new HostError(`VM '${this.name}' is ${this._state}, not paused: start it instead`);
     if (this.restoredWaiting) return this.releaseRestored();
+    if (this.devicesPausedByMigration) {
+      this.devicesPausedByMigration = false;
+      this.machine?.resumeDevices();
+    }
     this._state = "running";
     this.pausedFor = undefined;
     // Held by the memory manager: it lets the vCPUs go when done (releaseVcpus).
@@ -622,6 +733,10 @@ export class Vm {
 
   private async doTeardown(end: RunEnd): Promise<void> {
     const { host } = this;
+    // Post-copy still under way: its thread lets go of the RAM, and vCPUs
+    // waiting for a page give up (they would never leave their pCPUs).
+    const remoteStopped = this.stopRemote?.();
+    this.stopRemote = undefined;
     host.sched.setVmState(this.schedVm, VmRunState.Paused);
     await this.offPcpus();
     // Device I/O threads finish the request in hand and let go of guest
@@ -643,12 +758,14 @@ export class Vm {
     for (const v of this.slots) host.vcpus.delete(v);
     this.dirtyLog?.stop();
     this.dirtyLog = undefined;
+    await remoteStopped;
     this.machine?.release();
     this.machine = undefined;
     this.snapshotFiles?.close();
     this.snapshotFiles = undefined;
     this.lastSnapshot = undefined;
     this.restoredWaiting = false;
+    this.devicesPausedByMigration = false;
     this.slots = [];
     this.schedVm = -1;
     this.lastStats = { exits, jit, vcpus };
@@ -696,7 +813,7 @@ function validateConfig(c: VmConfig, host: Host): void {
   // room), but its p2m table (4 bytes per page) must fit with room to spare.
   if (c.memBytes > MAX_VM_MEM_BYTES || c.memBytes / 1024 > host.pool.limitBytes / 8) {
     const most = Math.min(MAX_VM_MEM_BYTES, host.pool.limitBytes * 128);
-    throw new HostError(`memory ${c.memBytes >> 20} MiB is too large for this host (at most ${Math.floor(most / (1 << 20))} MiB with a ${Math.floor(host.pool.limitBytes / (1 << 20))} MiB pool)`);
+    throw new HostError(`memory ${Math.floor(c.memBytes / 2 ** 20)} MiB is too large for this host (at most ${Math.floor(most / (1 << 20))} MiB with a ${Math.floor(host.pool.limitBytes / (1 << 20))} MiB pool)`);
   }
   if (c.weight !== undefined) checkWeight(c.weight);
   if (c.capPct !== undefined) checkCap(c.capPct, host);

@@ -37,6 +37,10 @@ export const enum Absent {
    *  from the file when first touched, so restore time does not grow with
    *  memory size. The slot is the page's index in the RAM window. */
   Snapshot = 7,
+  /** Still at the source of a post-copy live migration (src/snapshot/migration/):
+   *  a thread touching it asks for it and waits until it arrives (the
+   *  entry stays Remote until the migration's thread maps it). */
+  Remote = 8,
 }
 
 /** Absent kinds whose bytes another store holds (p2m.ts PageSource). */
@@ -70,11 +74,11 @@ export function entryFrame(e: number): number {
 }
 
 /** A guest frame's state as the host reports it (`vm info`, the API, metrics). */
-export type PageState = "private" | "shared" | "untouched" | "zero" | "ballooned" | "reported" | "compressed" | "swapped" | "busy" | "snapshot";
+export type PageState = "private" | "shared" | "untouched" | "zero" | "ballooned" | "reported" | "compressed" | "swapped" | "busy" | "snapshot" | "remote";
 
-export const PAGE_STATES: readonly PageState[] = ["private", "shared", "untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy", "snapshot"];
+export const PAGE_STATES: readonly PageState[] = ["private", "shared", "untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy", "snapshot", "remote"];
 
-const ABSENT_STATES: readonly PageState[] = ["untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy", "snapshot"];
+const ABSENT_STATES: readonly PageState[] = ["untouched", "zero", "ballooned", "reported", "compressed", "swapped", "busy", "snapshot", "remote"];
 
 export function pageState(e: number): PageState {
   if (isPresent(e)) return (e & P2M_SHARED) !== 0 ? "shared" : "private";
@@ -85,5 +89,5 @@ export function pageState(e: number): PageState {
 export type PageCensus = Record<PageState, number>;
 
 export function emptyCensus(): PageCensus {
-  return { private: 0, shared: 0, untouched: 0, zero: 0, ballooned: 0, reported: 0, compressed: 0, swapped: 0, busy: 0, snapshot: 0 };
+  return { private: 0, shared: 0, untouched: 0, zero: 0, ballooned: 0, reported: 0, compressed: 0, swapped: 0, busy: 0, snapshot: 0, remote: 0 };
 }

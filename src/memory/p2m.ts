@@ -76,6 +76,10 @@ export interface PageSource {
   readPage(kind: StoredKind, slot: number, out: Uint8Array): void;
   /** The slot is no longer needed. */
   freeSlot(kind: StoredKind, slot: number): void;
+  /** Page `index` is still at a post-copy migration's source: ask for it and
+   *  wait (this thread blocks) until `stillRemote()` is false. Throws when it
+   *  will never come (the source is gone). */
+  awaitRemote?(index: number, stillRemote: () => boolean): void;
 }
 
 export interface P2mOptions {
@@ -307,9 +311,13 @@ export class P2m {
         out.fill(0, outOff, outOff + n);
         return;
       }
-      const kind = absentKind(e) as StoredKind | Absent.Busy;
+      const kind = absentKind(e) as StoredKind | Absent.Busy | Absent.Remote;
       if (kind === Absent.Busy) {
         this.waitBusy();
+        continue;
+      }
+      if (kind === Absent.Remote) {
+        this.awaitRemote(index, e);
         continue;
       }
       const page = new Uint8Array(FRAME_SIZE);
@@ -418,6 +426,7 @@ export class P2m {
       }
       const kind = absentKind(e);
       if (kind === Absent.Busy) this.waitBusy();
+      else if (kind === Absent.Remote) this.awaitRemote(index, e);
       else if (kind === Absent.Compressed || kind === Absent.Swapped || kind === Absent.Snapshot) this.bringBack(index, e, kind);
       else this.mapZeroFrame(index, e);
     }
@@ -470,6 +479,39 @@ export class P2m {
     Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED);
     Atomics.add(this.counters, P2mCounter.Populated, 1);
     if (kind !== Absent.Snapshot) Atomics.add(this.counters, kind === Absent.Compressed ? P2mCounter.Decompressions : P2mCounter.SwapIns, 1);
+  }
+
+  /** A post-copy migration's page not here yet: wait for it, out of any access. */
+  private awaitRemote(index: number, seen: number): void {
+    const source = this.source();
+    if (!source.awaitRemote) throw new P2mFault("a page still at a migration's source, and no link to it on this thread");
+    const inside = this.accessDepth > 0;
+    if (inside) Atomics.sub(this.counters, P2mCounter.Accessors, 1);
+    try {
+      source.awaitRemote(index, () => this.entry(index) === seen);
+    } finally {
+      if (inside) Atomics.add(this.counters, P2mCounter.Accessors, 1);
+    }
+  }
+
+  /**
+   * A post-copy migration's page arrived: map a new private frame holding
+   * `bytes` (undefined: it reads as zero) at `index` if the entry is still
+   * Remote. False when it no longer is (ballooned meanwhile).
+   */
+  fillRemote(index: number, bytes: Uint8Array | undefined): boolean {
+    const e = this.entry(index);
+    if (isPresent(e) || absentKind(e) !== Absent.Remote) return false;
+    if (!bytes) return this.casEntry(index, e, absentEntry(Absent.Untouched));
+    this.fromReserve = true;
+    const frame = this.allocFrame();
+    this.pool.bytes.set(bytes.subarray(0, FRAME_SIZE), frame);
+    if (!this.casEntry(index, e, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
+      this.pool.free(frame);
+      return false;
+    }
+    Atomics.add(this.counters, P2mCounter.Populated, 1);
+    return true;
   }
 
   /** Another thread is moving the page: step out of any access (the mover

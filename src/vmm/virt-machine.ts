@@ -107,6 +107,9 @@ export interface MachineHostParts {
   owner: number;
   /** The host's page store (device threads find compressed and swapped pages there). */
   pages?: PageStoreHandle;
+  /** RAM filled already, the machine takes it over (a live migration's
+   *  target, src/snapshot/migration/): a p2m of this pool, owner and size. */
+  p2m?: P2m;
 }
 
 /** What a vCPU does after the machine handled its exit. */
@@ -198,7 +201,11 @@ export class VirtMachine {
     this.pool = pool;
     this.owner = cfg.host?.owner ?? OWNER_HOST;
     this.core = cfg.host?.core ?? instantiateCore(pool.memory);
-    const p2m = new P2m(pool, L.VIRT_RAM_BASE, cfg.memBytes, { owner: this.owner });
+    const given = cfg.host?.p2m;
+    if (given && (given.pool !== pool || given.owner !== this.owner || given.count * 4096 !== cfg.memBytes || given.start !== L.VIRT_RAM_BASE)) {
+      throw new MachineError("the RAM handed to the machine is of another pool, owner, size or base");
+    }
+    const p2m = given ?? new P2m(pool, L.VIRT_RAM_BASE, cfg.memBytes, { owner: this.owner });
     this.p2m = p2m;
     this.ram = new GuestMemory(p2m, pool.memory);
     const bus = new MmioBus();

@@ -12,6 +12,7 @@ import {
 } from "../store/index.js";
 import { Absent, type StoredKind } from "../p2m-entry.js";
 import { SnapshotPages, type SnapshotPagesHandle } from "../../snapshot/memory.js";
+import { RemotePages, type RemotePagesHandle } from "../../snapshot/migration/remote-pages.js";
 import type { PageSource } from "../p2m.js";
 import { FRAME_SIZE } from "../frame-pool.js";
 
@@ -20,6 +21,8 @@ export interface PageStoreHandle {
   readonly swap: SwapFileHandle | undefined;
   /** A VM restored from a snapshot: the pages still in its files. */
   readonly snapshot?: SnapshotPagesHandle;
+  /** A VM arriving by post-copy migration: the pages still at the source. */
+  readonly remote?: RemotePagesHandle;
 }
 
 /** Where a page went (PageStore.stow). */
@@ -36,19 +39,26 @@ export class PageStore implements PageSource {
     readonly swap: SwapFile | undefined,
     /** One VM's snapshot pages (a store per restored VM shares the host's two tiers). */
     readonly snapshot?: SnapshotPages,
+    readonly remote?: RemotePages,
   ) {}
 
   static attach(h: PageStoreHandle): PageStore {
-    return new PageStore(h.compressed && CompressedStore.attach(h.compressed), h.swap && SwapFile.attach(h.swap), h.snapshot && SnapshotPages.attach(h.snapshot));
+    return new PageStore(h.compressed && CompressedStore.attach(h.compressed), h.swap && SwapFile.attach(h.swap), h.snapshot && SnapshotPages.attach(h.snapshot), h.remote && RemotePages.attach(h.remote));
   }
 
   handle(): PageStoreHandle {
-    return { compressed: this.compressed?.handle(), swap: this.swap?.handle(), snapshot: this.snapshot?.handle() };
+    return { compressed: this.compressed?.handle(), swap: this.swap?.handle(), snapshot: this.snapshot?.handle(), remote: this.remote?.handle() };
   }
 
-  /** The host's two tiers plus a restored VM's snapshot pages (its p2m's page source on this thread). */
-  withSnapshot(pages: SnapshotPages | undefined): PageStore {
-    return pages ? new PageStore(this.compressed, this.swap, pages) : this;
+  /** The host's two tiers plus a restored VM's snapshot pages, or a migrating
+   *  VM's pages still at its source (its p2m's page source on this thread). */
+  withSnapshot(pages: SnapshotPages | undefined, remote?: RemotePages): PageStore {
+    return pages || remote ? new PageStore(this.compressed, this.swap, pages, remote) : this;
+  }
+
+  awaitRemote(index: number, stillRemote: () => boolean): void {
+    if (!this.remote) throw new Error("a page still at a migration's source, and no link to it");
+    this.remote.await(index, stillRemote);
   }
 
   readPage(kind: StoredKind, slot: number, out: Uint8Array): void {
