@@ -11,9 +11,16 @@
 //   clones    N VMs restored from the one snapshot, left running 2 s: time per
 //             clone and host frames per clone (pages a clone touched since
 //             come from the file into its own frames).
+//   migrate   live migration between two hosts in this process over
+//             127.0.0.1: an idle guest (bare patterns.c, 64 MiB, waiting with
+//             60 MiB written) and a memory-writing one (bare dirty.c, 8 MiB
+//             rewritten without pause), pre-copy and post-copy: total time,
+//             data sent, rounds, throttle, downtime.
+//   faststart `tsvisor run -- true` from the cached snapshot (warm) and with
+//             --no-snapshot (cold), wall time from spawn to exit.
 //
 // Figures are printed, never asserted. Options:
-//   --only a,b    sections: snapshot, restore, clones (default all)
+//   --only a,b    sections: snapshot, restore, clones, migrate, faststart (default all)
 //   --clones N    (default 8)
 //   --runs N      restores to time (default 20)
 
@@ -24,11 +31,13 @@ import { parseArgs } from "node:util";
 import { Host, type Vm } from "../src/host/host.js";
 import { defineGuest } from "../src/host/testing/guests.js";
 import { monoNs } from "../src/host/pcpu-protocol.js";
+import { buildBareKernel, bareProgram } from "../src/host/testing/bare-kernel.js";
+import { benchFastStart } from "./fast-start.js";
 
 const MiB = 1 << 20;
 const { values: opts } = parseArgs({
   options: {
-    only: { type: "string", default: "snapshot,restore,clones" },
+    only: { type: "string", default: "snapshot,restore,clones,migrate,faststart" },
     clones: { type: "string", default: "8" },
     runs: { type: "string", default: "20" },
   },
@@ -36,7 +45,8 @@ const { values: opts } = parseArgs({
 const sections = new Set(opts.only.split(","));
 const nClones = Number(opts.clones);
 const runs = Number(opts.runs);
-for (const s of sections) if (!["snapshot", "restore", "clones"].includes(s)) fail(`unknown section '${s}' (snapshot, restore, clones)`);
+const ALL = ["snapshot", "restore", "clones", "migrate", "faststart"];
+for (const s of sections) if (!ALL.includes(s)) fail(`unknown section '${s}' (${ALL.join(", ")})`);
 if (!Number.isInteger(nClones) || nClones < 1) fail("--clones must be a positive integer");
 if (!Number.isInteger(runs) || runs < 1) fail("--runs must be a positive integer");
 
@@ -63,8 +73,53 @@ function instructions(vm: Vm): number {
   return vm.stats().vcpus.reduce((n, v) => n + v.instructions, 0);
 }
 
+async function migrations(): Promise<void> {
+  const TOKEN = "bench-migration-token";
+  const target = await Host.create({ pcpus: 2 });
+  const source = await Host.create({ pcpus: 2 });
+  try {
+    const l = await target.listenForMigrations({ port: 0, token: TOKEN, config: () => ({ consoleOut: () => {}, warn: () => {} }) });
+    const rows: string[] = [];
+    const cases: [string, string, Parameters<Vm["migrate"]>[1]][] = [
+      ["idle, pre-copy", "patterns", {}],
+      ["idle, post-copy", "patterns", { postcopy: true }],
+      ["writing 8 MiB, pre-copy (300 ms limit)", "dirty", {}],
+      ["writing 8 MiB, pre-copy (30 ms limit)", "dirty", { maxDowntimeMs: 30 }],
+      ["writing 8 MiB, post-copy", "dirty", { postcopy: true }],
+    ];
+    for (const [what, program, o] of cases) {
+      progress(`migrating: ${what}`);
+      let text = "";
+      const vm = source.createVm({ name: `m${rows.length}`, kernel: buildBareKernel(bareProgram(program)), cmdline: "", cpus: 2, memBytes: 64 * MiB, consoleOut: (b) => { text += Buffer.from(b).toString(); }, warn: () => {} });
+      vm.start();
+      while (!text.includes("written")) await sleep(10);
+      if (program === "dirty") await sleep(500);
+      const r = await vm.migrate({ host: "127.0.0.1", port: l.port, token: TOKEN }, o);
+      rows.push(`  ${what.padEnd(40)} ${f2(r.totalMs / 1000).padStart(6)} s  ${f2(r.sentBytes / MiB).padStart(7)} MiB  ${String(r.rounds).padStart(3)} rounds  throttle ${String(r.maxThrottlePct).padStart(2)} %  downtime ${f2(r.downtimeMs)} ms` +
+        (r.postcopy ? `  (post-copy: ${r.postcopy.pages} pages after the switch, ${r.postcopy.fetched} on demand, ${f2(r.postcopy.ms)} ms)` : ""));
+      for (const v of target.vms) await v.destroy();
+    }
+    say();
+    say("Live migration between two hosts in one process over 127.0.0.1 (64 MiB bare guests, 2 vCPUs; target downtime for an idle guest: under 30 ms)");
+    for (const r of rows) say(r);
+  } finally {
+    await source.close();
+    await target.close();
+  }
+}
+
 async function main(): Promise<void> {
   say(`bench:snapshot on ${hostCpus()[0]?.model ?? "?"} (${hostCpus().length} cores), Node ${process.version}, ${new Date().toISOString().slice(0, 10)}`);
+  if (sections.has("migrate")) await migrations();
+  if (sections.has("faststart")) {
+    progress("tsvisor run -- true, warm and cold");
+    const r = await benchFastStart(10);
+    say();
+    say("`tsvisor run -- true`, wall time from spawn to exit (target warm: under 150 ms)");
+    say(`  warm (restored from the cached snapshot), 10 runs: median ${f2(median(r.warmMs))} ms, best ${f2(Math.min(...r.warmMs))} ms`);
+    say(`  cold (--no-snapshot): ${f2(r.coldMs[0])} ms`);
+  }
+  if (!sections.has("snapshot") && !sections.has("restore") && !sections.has("clones")) return;
   const host = await Host.create({ pcpus: 2 });
   try {
     progress("booting a 256 MiB Debian guest");
