@@ -314,6 +314,8 @@ export class ManagedVm {
     } catch (e) {
       const msg = (e as Error).message.replace(/\s+/g, " ");
       this.event(`vm ${this.name}: ${msg}`);
+      // Left paused when the target may run it (no Resumed heard): say so in its state.
+      if (this._state === "running" && vm.state === "paused") this._state = "paused";
       if (e instanceof HostError) throw new ApiError(409, msg);
       if (e instanceof MigrationError) throw new ApiError(502, msg);
       throw e;
