@@ -33,13 +33,10 @@ async function until(what: string, ok: () => Promise<boolean>, ms = 30_000): Pro
 
 test("host --migration-listen needs a token", async () => {
   const dir = mkdtempSync(join(base, "t-"));
-  const env = { ...process.env };
-  delete env.TSVISOR_MIGRATION_TOKEN;
-  const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-    void TestHost.start(dir, ["--migration-listen", "127.0.0.1:0"], { env }).then(async (h) => resolve({ code: await h.exited, stderr: h.stderr }));
-  });
-  assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, /--migration-listen needs a token/);
+  delete process.env.TSVISOR_MIGRATION_TOKEN;
+  const host = await tsvisor(["host", "--socket", join(dir, "host.sock"), "--state-dir", join(dir, "state"), "--migration-listen", "127.0.0.1:0"]);
+  assert.equal(host.status, 2, host.stderr);
+  oneErrorLine(host, /--migration-listen needs a token: --migration-token TOKEN or \$TSVISOR_MIGRATION_TOKEN/);
   const cli = await tsvisor(["vm", "migrate", "p", "--to", "127.0.0.1:1", "--host", join(dir, "none.sock")]);
   assert.notEqual(cli.status, 0);
   oneErrorLine(cli, /token/);
@@ -106,6 +103,19 @@ test("a VM migrated through the API and the CLI finishes on the target with ever
     assert.match((await target.api("GET", "/v1/vms/p/logs")).text, /done errors=0/);
     await target.waitFor(/vm p defined: migrated here from/);
     await source.waitFor(/vm p: migration round 0/);
+
+    // Post-copy through the API: it runs on the target at once, its last pages follow.
+    assert.equal((await source.api("POST", "/v1/vms", { ...def, name: "q", disks: [] })).status, 201);
+    assert.equal((await source.api("POST", "/v1/vms/q/start")).status, 200);
+    await until("'written'", async () => (await source.api("GET", "/v1/vms/q/logs")).text.includes("written"));
+    const pc = await source.api("POST", "/v1/vms/q/migrate", { to, token: TOKEN, postcopy: true });
+    assert.equal(pc.status, 200, pc.text);
+    assert.equal(pc.json.name, "q");
+    assert.ok(pc.json.postcopy, pc.text);
+    assert.equal((await source.api("GET", "/v1/vms/q")).status, 404);
+    const qEnd = await target.api("GET", "/v1/vms/q/wait");
+    assert.equal(qEnd.json.exitStatus, 0, qEnd.text);
+    assert.match((await target.api("GET", "/v1/vms/q/logs")).text, /done errors=0/);
   } finally {
     assert.equal(await source.stop(), 0);
     assert.equal(await target.stop(), 0);

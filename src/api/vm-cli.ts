@@ -14,9 +14,12 @@ import type { VmView, MigrateView } from "./daemon.js";
 import type { HostMemoryStats } from "../memory/manager/memory-manager.js";
 
 export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR] [--listen HOST:PORT]
+       [--migration-listen HOST:PORT [--migration-token TOKEN]]
        [--swap SIZE] [--compress SIZE] [--no-sharing] [--sharing-rate PAGES/MS] [--no-reclaim]
                           run the host daemon in the foreground (API on a Unix socket;
-                          --listen: also on TCP, behind a bearer token). Memory:
+                          --listen: also on TCP, behind a bearer token;
+                          --migration-listen: take live-migrated VMs there from sources
+                          that know the token, else $TSVISOR_MIGRATION_TOKEN). Memory:
                           --mem the frame pool all VMs share, 16M..4G (default 4G;
                           the VMs' memory may add up to more), --swap a swap file of
                           that size in the state directory (default none), --compress
@@ -55,6 +58,13 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           its disks are opened from that definition, so they must be
                           as they were when it was taken. A restored VM that reboots
                           boots its kernel cold (without one of its own: it stops)
+  vm migrate NAME --to HOST:PORT [--token TOKEN] [--postcopy|--postcopy-auto]
+             [--max-downtime MS]
+                          live-migrate the running VM to the host whose --migration-listen
+                          is HOST:PORT (token: --token, else $TSVISOR_MIGRATION_TOKEN);
+                          its disks must be at the same paths there (not copied). Once
+                          it runs there it is stopped and removed here. Each round's
+                          progress is in this host's log
                           (every vm command: --host PATH or http://HOST:PORT, else
                           $TSVISOR_HOST; the token of a TCP host from $TSVISOR_TOKEN)
 `;
