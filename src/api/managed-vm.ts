@@ -362,6 +362,11 @@ export class ManagedVm {
     this._state = vm.state === "paused" ? "paused" : "running";
     this.event(`vm ${this.name} migrated here (${this._state})`);
     this.runDone = this.watch(vm);
+    // Stopped while it arrived: the stop waits for this run's end.
+    if (this.stopReason !== undefined) {
+      this._state = "stopping";
+      void vm.stop(this.stopReason);
+    }
   }
 
   /** The migration failed before the VM ran here: its devices closed again. */
@@ -369,7 +374,8 @@ export class ManagedVm {
     const devices = this.devices;
     this.devices = undefined;
     await devices?.close().catch(() => {});
-    this._state = "created";
+    // A stop that waited for the arrival hears it ended.
+    this.finish({ kind: "stopped", reason: "its migration here failed" });
   }
 
   /** The kernel, initrd (with the guest command) and command line of a boot. */
