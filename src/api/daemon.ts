@@ -8,6 +8,13 @@ import { ManagedVm, type SnapshotView } from "./managed-vm.js";
 import { readSnapshotMeta, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError } from "../snapshot/state.js";
 import { StateStore } from "./store.js";
+import type { MigrationListener, IncomingMigration } from "../snapshot/migration/receiver.js";
+import type { MigrationResult } from "../snapshot/migration/sender.js";
+
+/** What POST /v1/vms/{name}/migrate answers. */
+export interface MigrateView extends MigrationResult {
+  name: string;
+}
 
 export interface VmView {
   name: string;
@@ -23,6 +30,7 @@ export interface VmView {
 export class Daemon {
   private readonly vms = new Map<string, ManagedVm>();
   readonly limits: HostLimits;
+  private migrationListener: { listener: MigrationListener; address: string } | undefined;
 
   constructor(readonly engine: Host, private readonly store: StateStore, readonly log: (line: string) => void) {
     const info = engine.info();
@@ -59,7 +67,101 @@ export class Daemon {
       vms: this.vms.size,
       pool: { limitBytes: info.pool.limitBytes, committedBytes: info.pool.committedBytes, usedBytes: info.pool.framesInUse * 4096 },
       memory: this.engine.memory.stats(),
+      ...(this.migrationListener ? { migrationListen: this.migrationListener.address } : {}),
     };
+  }
+
+  /**
+   * `tsvisor host --migration-listen`: take VMs live-migrated here. The
+   * source's definition is checked as a create request's (a name in use
+   * refuses the migration), its devices are opened from it (disks by the
+   * same paths: storage both hosts see), and the arriving VM is registered
+   * under its name at once (the name is taken) and persisted once it runs.
+   * A migration that fails here leaves nothing behind. Resolves with the
+   * address it listens on.
+   */
+  async listenForMigrations(at: { host: string; port: number }, token: string): Promise<string> {
+    const arriving = new Map<IncomingMigration, ManagedVm>();
+    const listener = await this.engine.listenForMigrations({
+      host: at.host, port: at.port, token,
+      config: async (incoming) => {
+        const def = this.arrivingDefinition(incoming);
+        if (this.vms.has(def.name)) throw new Error(`a VM named '${def.name}' exists on this host already`);
+        const vm = this.newVm(def);
+        this.vms.set(def.name, vm);
+        arriving.set(incoming, vm);
+        return vm.openForMigration(incoming.from);
+      },
+      onVm: (engineVm) => {
+        for (const [incoming, vm] of arriving) {
+          if (vm.name !== engineVm.name) continue;
+          arriving.delete(incoming);
+          vm.adoptMigrated(engineVm);
+          this.store.save(vm.def);
+          this.log(`vm ${vm.name} defined: migrated here from ${incoming.from}`);
+          return;
+        }
+      },
+      onError: (line, incoming) => {
+        this.log(line);
+        const vm = incoming && arriving.get(incoming);
+        if (!vm) return;
+        arriving.delete(incoming);
+        this.vms.delete(vm.name);
+        void vm.abandonMigration();
+      },
+    });
+    const host = at.host.includes(":") ? `[${at.host}]` : at.host;
+    const address = `${host}:${listener.port}`;
+    this.migrationListener = { listener, address };
+    return address;
+  }
+
+  /** The incoming VM's definition (the source daemon's), checked as a client's and against the VM's shape. */
+  private arrivingDefinition(incoming: IncomingMigration): VmDefinition {
+    const v = incoming.vm;
+    const stored = incoming.definition;
+    let def: VmDefinition;
+    try {
+      // From the engine API (no daemon at the source): one from its shape, without devices.
+      def = parseDefinition(stored ?? { name: v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console }, this.limits);
+    } catch (e) {
+      throw new Error(`its VM definition: ${(e as Error).message}`);
+    }
+    if (def.cpus !== v.cpus || def.memBytes !== v.memBytes || def.console !== v.console) {
+      throw new Error(`its VM definition (${def.cpus} vCPUs, ${def.memBytes} bytes, ${def.console}) does not fit the VM sent (${v.cpus} vCPUs, ${v.memBytes} bytes, ${v.console})`);
+    }
+    return def;
+  }
+
+  /**
+   * POST /v1/vms/{name}/migrate: `{ to: "HOST:PORT", token, postcopy?, maxDowntimeMs? }`.
+   * Once it runs on the target, the VM is stopped here, its devices closed,
+   * and it is removed from this host (its definition too: the target has it).
+   */
+  async migrate(vm: ManagedVm, body: unknown): Promise<MigrateView> {
+    if (typeof body !== "object" || body === null || Array.isArray(body)) throw new ApiError(400, "the body must be a JSON object");
+    const b = body as Record<string, unknown>;
+    const known = ["to", "token", "postcopy", "maxDowntimeMs"];
+    for (const key of Object.keys(b)) if (!known.includes(key)) throw new ApiError(400, `unknown field '${key}' (known: ${known.join(", ")})`);
+    if (typeof b.to !== "string") throw new ApiError(400, "to: the target's migration listener, HOST:PORT, is required");
+    const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(b.to);
+    if (!m || Number(m[3]) < 1 || Number(m[3]) > 65535) throw new ApiError(400, `to: expected HOST:PORT, got '${b.to}'`);
+    if (typeof b.token !== "string" || b.token.length < 8) throw new ApiError(400, "token: the target's migration token (at least 8 characters) is required");
+    if (b.postcopy !== undefined && typeof b.postcopy !== "boolean" && b.postcopy !== "auto") throw new ApiError(400, `postcopy: expected true, false or "auto"`);
+    const maxDowntimeMs = b.maxDowntimeMs;
+    if (maxDowntimeMs !== undefined && (typeof maxDowntimeMs !== "number" || !Number.isInteger(maxDowntimeMs) || maxDowntimeMs < 1 || maxDowntimeMs > 600_000)) {
+      throw new ApiError(400, "maxDowntimeMs: expected an integer 1..600000");
+    }
+    const result = await vm.migrate({ host: m[1] ?? m[2], port: Number(m[3]), token: b.token }, {
+      postcopy: b.postcopy as boolean | "auto" | undefined, maxDowntimeMs: maxDowntimeMs as number | undefined,
+    });
+    if (this.vms.get(vm.name) === vm && vm.state === "stopped") {
+      this.store.remove(vm.name);
+      this.vms.delete(vm.name);
+    }
+    this.log(`vm ${vm.name} migrated to ${result.target} (${result.rounds} rounds, ${result.sentBytes} bytes, downtime ${result.downtimeMs.toFixed(0)} ms): removed from this host`);
+    return { name: vm.name, ...result };
   }
 
   list(): ManagedVm[] {

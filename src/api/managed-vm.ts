@@ -18,6 +18,9 @@ import { ConsoleHub } from "./console-hub.js";
 import type { Duplex } from "node:stream";
 import { rmSync } from "node:fs";
 import type { VmDefinition, VmPatch } from "./definition.js";
+import type { MigrateTarget, MigrationResult } from "../snapshot/migration/sender.js";
+import type { IncomingVmConfig } from "../snapshot/migration/receiver.js";
+import { MigrationError } from "../snapshot/migration/stream.js";
 
 export type ManagedState = "created" | "starting" | "running" | "paused" | "stopping" | "stopped";
 
@@ -285,6 +288,94 @@ export class ManagedVm {
       name: this.name, path: written.path, id: written.id, bytes: written.bytes, pages: { total: m.pages, stored: m.stored, zero: m.zero, inParent: m.inParent }, seconds,
       ...(opts.disks === "overlay" ? { overlays } : {}),
     };
+  }
+
+  /**
+   * Live-migrate the running (or paused) VM to another host's migration
+   * listener, with its definition (MACs pinned) for that host's daemon.
+   * Resolves once it runs there and this run has ended (its devices closed).
+   * 409 when it is not running; 502 when the migration failed (it runs on
+   * here, or stays paused when the engine could not tell: the message says).
+   */
+  async migrate(to: MigrateTarget, opts: { postcopy?: boolean | "auto"; maxDowntimeMs?: number }): Promise<MigrationResult> {
+    const vm = this.vm;
+    if (!vm || (this._state !== "running" && this._state !== "paused")) {
+      throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
+    }
+    const target = `${to.host.includes(":") ? `[${to.host}]` : to.host}:${to.port}`;
+    const definition = JSON.parse(JSON.stringify({ ...this.def, nets: pinnedMacs(this.def.nets, this.name) })) as Plain;
+    this.event(`vm ${this.name}: migrating to ${target}`);
+    let result: MigrationResult;
+    try {
+      result = await vm.migrate(to, {
+        ...opts, definition,
+        progress: (p) => this.event(`vm ${this.name}: migration round ${p.round}: ${(p.sentBytes / (1 << 20)).toFixed(1)} MiB sent, ${p.dirtyPages} pages dirty, expected downtime ${Math.round(p.expectedDowntimeMs)} ms${p.throttlePct ? `, throttled ${p.throttlePct}%` : ""}`),
+      });
+    } catch (e) {
+      const msg = (e as Error).message.replace(/\s+/g, " ");
+      this.event(`vm ${this.name}: ${msg}`);
+      // Left paused when the target may run it (no Resumed heard): say so in its state.
+      if (this._state === "running" && vm.state === "paused") this._state = "paused";
+      if (e instanceof HostError) throw new ApiError(409, msg);
+      if (e instanceof MigrationError) throw new ApiError(502, msg);
+      throw e;
+    }
+    // The engine stopped it ("migrated to ..."): wait until its devices are closed.
+    await this.runDone;
+    return result;
+  }
+
+  /**
+   * The target side of a live migration: this (created) VM's devices opened
+   * from its definition as start() opens them, and the engine config the
+   * migration listener creates the arriving VM with. Then adoptMigrated()
+   * once it runs here, or abandonMigration() when it does not come.
+   */
+  async openForMigration(from: string): Promise<IncomingVmConfig> {
+    if (this._state !== "created" && this._state !== "stopped") throw new ApiError(409, `VM '${this.name}' is ${this._state}`);
+    this._state = "starting";
+    this.stopReason = undefined;
+    this.outcome = undefined;
+    this.event(`vm ${this.name} arriving from ${from}`);
+    const d = this.def;
+    try {
+      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+    } catch (e) {
+      this._state = "created";
+      throw e;
+    }
+    return {
+      name: this.name, virtio: this.devices.devices,
+      consoleOut: (b) => {
+        this.log.append(b);
+        this.console.output(b);
+      },
+      warn: (m) => this.event(`vm ${this.name}: ${m}`),
+      weight: d.weight, capPct: d.capPct, affinity: d.affinity, shareGroup: d.shareGroup, balloon: d.balloon,
+    };
+  }
+
+  /** The migrated VM runs here now. */
+  adoptMigrated(vm: Vm): void {
+    this.vm = vm;
+    this.startedAt = Date.now();
+    this._state = vm.state === "paused" ? "paused" : "running";
+    this.event(`vm ${this.name} migrated here (${this._state})`);
+    this.runDone = this.watch(vm);
+    // Stopped while it arrived: the stop waits for this run's end.
+    if (this.stopReason !== undefined) {
+      this._state = "stopping";
+      void vm.stop(this.stopReason);
+    }
+  }
+
+  /** The migration failed before the VM ran here: its devices closed again. */
+  async abandonMigration(): Promise<void> {
+    const devices = this.devices;
+    this.devices = undefined;
+    await devices?.close().catch(() => {});
+    // A stop that waited for the arrival hears it ended.
+    this.finish({ kind: "stopped", reason: "its migration here failed" });
   }
 
   /** The kernel, initrd (with the guest command) and command line of a boot. */

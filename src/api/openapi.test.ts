@@ -99,7 +99,21 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     assert.equal((await call("POST", "/v1/restore", undefined, { path: snap, name: "w" })).status, 409);
     assert.equal((await call("POST", "/v1/restore", undefined, { path: join(dir, "none.snap") })).status, 422);
     await call("POST", "/v1/restore", undefined, { path: 1 });
+    // Migration to a second host (migrate-api.test.ts has more): a bad body (400), migrated (200),
+    // not running (409), refused by the target (502).
+    const target = await TestHost.start(join(dir, "target"), ["--pcpus", "1", "--mem", "1G", "--migration-listen", "127.0.0.1:0", "--migration-token", "openapi-token"]);
+    try {
+      const to = /taking migrated VMs on (\S+)/.exec(target.stderr)![1];
+      await call("POST", "/v1/vms/{name}/migrate", "w", { to });
+      assert.equal((await call("POST", "/v1/vms/{name}/migrate", "w", { to, token: "wrong-token" })).status, 502);
+      const moved = await call("POST", "/v1/vms/{name}/migrate", "w", { to, token: "openapi-token", maxDowntimeMs: 1000 });
+      assert.equal(moved.status, 200, moved.text);
+      await call("POST", "/v1/restore", undefined, { path: snap, name: "w", paused: true });
+    } finally {
+      assert.equal(await target.stop(), 0);
+    }
     await call("POST", "/v1/vms/{name}/stop", "w");
+    await call("POST", "/v1/vms/{name}/migrate", "w", { to: "127.0.0.1:1", token: "openapi-token" }); // 409: stopped
     await call("POST", "/v1/vms/{name}/snapshot", "w", { path: snap }); // 409: stopped
     await call("DELETE", "/v1/vms/{name}", "w");
     await call("POST", "/v1/vms/{name}/resume", "v");

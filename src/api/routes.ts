@@ -93,6 +93,13 @@ export const ROUTES: Route[] = [
     },
   },
   {
+    method: "POST", path: "/v1/vms/{name}/migrate", mutating: true,
+    handler: async ({ daemon, params, body }) => {
+      const vm = daemon.get(params.name);
+      return ok(await daemon.migrate(vm, body));
+    },
+  },
+  {
     method: "POST", path: "/v1/restore", mutating: true,
     handler: async ({ daemon, body }) => ok(daemon.view(await daemon.restoreSnapshot(body)), 201),
   },

@@ -33,6 +33,8 @@ export interface DaemonOptions {
   overcommit?: OvercommitOptions;
   /** Also serve the API on this TCP address, behind a bearer token. */
   listen?: { host: string; port: number };
+  /** Take live-migrated VMs on this TCP address (sources must know the token). */
+  migrationListen?: { host: string; port: number; token: string };
 }
 
 export function logLine(line: string): void {
@@ -111,6 +113,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     const at = tcp.address() as AddressInfo;
     const host = at.family === "IPv6" ? `[${at.address}]` : at.address;
     logLine(`also listening on http://${host}:${at.port}, bearer token in ${tokenFile(opts.stateDir)}`);
+  }
+  if (opts.migrationListen) {
+    const ml = opts.migrationListen;
+    try {
+      const address = await daemon.listenForMigrations(ml, ml.token);
+      logLine(`taking migrated VMs on ${address}`);
+    } catch (e) {
+      tcp?.close();
+      await engine.close();
+      throw new DaemonError(`cannot listen for migrations on ${ml.host}:${ml.port}: ${(e as Error).message}`);
+    }
   }
   try {
     await listen(server, opts.socket);

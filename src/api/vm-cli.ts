@@ -10,13 +10,16 @@ import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";
 import { describeEnd, type StatsView, type RunOutcome, type SnapshotView } from "./managed-vm.js";
-import type { VmView } from "./daemon.js";
+import type { VmView, MigrateView } from "./daemon.js";
 import type { HostMemoryStats } from "../memory/manager/memory-manager.js";
 
 export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR] [--listen HOST:PORT]
+       [--migration-listen HOST:PORT [--migration-token TOKEN]]
        [--swap SIZE] [--compress SIZE] [--no-sharing] [--sharing-rate PAGES/MS] [--no-reclaim]
                           run the host daemon in the foreground (API on a Unix socket;
-                          --listen: also on TCP, behind a bearer token). Memory:
+                          --listen: also on TCP, behind a bearer token;
+                          --migration-listen: take live-migrated VMs there from sources
+                          that know the token, else $TSVISOR_MIGRATION_TOKEN). Memory:
                           --mem the frame pool all VMs share, 16M..4G (default 4G;
                           the VMs' memory may add up to more), --swap a swap file of
                           that size in the state directory (default none), --compress
@@ -55,6 +58,13 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           its disks are opened from that definition, so they must be
                           as they were when it was taken. A restored VM that reboots
                           boots its kernel cold (without one of its own: it stops)
+  vm migrate NAME --to HOST:PORT [--token TOKEN] [--postcopy|--postcopy-auto]
+             [--max-downtime MS]
+                          live-migrate the running VM to the host whose --migration-listen
+                          is HOST:PORT (token: --token, else $TSVISOR_MIGRATION_TOKEN);
+                          its disks must be at the same paths there (not copied). Once
+                          it runs there it is stopped and removed here. Each round's
+                          progress is in this host's log
                           (every vm command: --host PATH or http://HOST:PORT, else
                           $TSVISOR_HOST; the token of a TCP host from $TSVISOR_TOKEN)
 `;
@@ -103,12 +113,23 @@ export async function hostCommand(argv: string[]): Promise<number> {
   if (argv[0] === "info") return hostInfo(argv.slice(1));
   const { values: v, positionals } = parse(argv, {
     socket: { type: "string" }, pcpus: { type: "string" }, mem: { type: "string" }, "state-dir": { type: "string" }, listen: { type: "string" },
+    "migration-listen": { type: "string" }, "migration-token": { type: "string" },
     ...HOST_OVERCOMMIT_OPTIONS,
   }, "host");
   if (positionals.length > 0) throw new UsageError(`host: unexpected argument '${positionals[0]}'`);
   if (v.host !== undefined) throw new UsageError("host: --socket sets the daemon's socket (--host is for clients)");
   const stateDir = resolve((v["state-dir"] as string | undefined) ?? defaultStateDir());
+  let migrationListen: { host: string; port: number; token: string } | undefined;
+  if (v["migration-listen"] !== undefined) {
+    const token = (v["migration-token"] as string | undefined) ?? process.env.TSVISOR_MIGRATION_TOKEN;
+    if (!token) throw new UsageError("host: --migration-listen needs a token: --migration-token TOKEN or $TSVISOR_MIGRATION_TOKEN");
+    if (token.length < 8) throw new UsageError("host: the migration token must be at least 8 characters");
+    migrationListen = { ...parseListen(v["migration-listen"] as string, "--migration-listen"), token };
+  } else if (v["migration-token"] !== undefined) {
+    throw new UsageError("host: --migration-token goes with --migration-listen HOST:PORT");
+  }
   return runDaemon({
+    migrationListen,
     socket: resolve((v.socket as string | undefined) ?? defaultSocketPath()),
     stateDir,
     pcpus: v.pcpus !== undefined ? intFlag("--pcpus", v.pcpus as string, 1, 64) : undefined,
@@ -119,9 +140,9 @@ export async function hostCommand(argv: string[]): Promise<number> {
 }
 
 /** "127.0.0.1:8080", "[::1]:8080" */
-function parseListen(text: string): { host: string; port: number } {
+function parseListen(text: string, flag = "--listen"): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
-  if (!m || Number(m[3]) > 65535) throw new UsageError(`--listen: expected HOST:PORT, e.g. 127.0.0.1:8080, got '${text}'`);
+  if (!m || Number(m[3]) > 65535) throw new UsageError(`${flag}: expected HOST:PORT, e.g. 127.0.0.1:8080, got '${text}'`);
   return { host: m[1] ?? m[2], port: Number(m[3]) };
 }
 
@@ -139,8 +160,9 @@ export async function vmCommand(argv: string[]): Promise<number> {
     case "console": return consoleCmd(rest);
     case "snapshot": return snapshot(rest);
     case "restore": return restore(rest);
-    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore");
-    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore)`);
+    case "migrate": return migrate(rest);
+    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore, migrate");
+    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore, migrate)`);
   }
 }
 
@@ -410,5 +432,25 @@ async function restore(argv: string[]): Promise<number> {
   if (v.paused) body.paused = true;
   const view = (await call(clientSocketPath(v.host as string | undefined), "POST", "/v1/restore", body)) as VmView;
   process.stdout.write(`VM ${view.name} restored from ${file} (${view.state})\n`);
+  return 0;
+}
+
+async function migrate(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, {
+    to: { type: "string" }, token: { type: "string" }, postcopy: { type: "boolean" }, "postcopy-auto": { type: "boolean" }, "max-downtime": { type: "string" },
+  }, "vm migrate");
+  const name = oneName(positionals, "vm migrate");
+  if (v.to === undefined) throw new UsageError("vm migrate: --to HOST:PORT (the target host's --migration-listen) is required");
+  const to = v.to as string;
+  parseListen(to, "--to");
+  const token = (v.token as string | undefined) ?? process.env.TSVISOR_MIGRATION_TOKEN;
+  if (!token) throw new UsageError("vm migrate: the target's migration token is needed: --token TOKEN or $TSVISOR_MIGRATION_TOKEN");
+  if (v.postcopy && v["postcopy-auto"]) throw new UsageError("vm migrate: --postcopy or --postcopy-auto, not both");
+  const body: Record<string, unknown> = { to, token };
+  if (v.postcopy) body.postcopy = true;
+  if (v["postcopy-auto"]) body.postcopy = "auto";
+  if (v["max-downtime"] !== undefined) body.maxDowntimeMs = intFlag("--max-downtime", v["max-downtime"] as string, 1, 600_000);
+  const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/migrate"), body)) as MigrateView;
+  process.stdout.write(`VM ${r.name} migrated to ${to}: ${r.rounds} rounds, ${mibText(r.sentBytes)} sent, downtime ${Math.round(r.downtimeMs)} ms, ${(r.totalMs / 1000).toFixed(1)} s\n`);
   return 0;
 }

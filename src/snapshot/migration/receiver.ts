@@ -45,12 +45,13 @@ export interface ListenOptions {
   token: string | Uint8Array;
   /** Turn the incoming VM's description into its host-side config (devices in
    *  the same slots as at the source); throw to refuse it. Default: no
-   *  devices of its own, console output dropped. */
-  config?(incoming: IncomingMigration): IncomingVmConfig;
+   *  devices of its own, console output dropped. May be async (devices to open). */
+  config?(incoming: IncomingMigration): IncomingVmConfig | Promise<IncomingVmConfig>;
   /** The VM runs here now (after Go). */
   onVm?(vm: Vm): void;
-  /** A migration was refused or failed here: one line. */
-  onError?(message: string): void;
+  /** A migration was refused or failed here: one line; `incoming` when
+   *  config() had been called for it (what it opened can be released). */
+  onError?(message: string, incoming?: IncomingMigration): void;
   /** A connection silent this long is dropped (default 60 s). */
   idleTimeoutMs?: number;
 }
@@ -109,6 +110,7 @@ export class MigrationListener {
     let running = false;
     let remote: RemotePages | undefined;
     let copier: PostcopyCopier | undefined;
+    let configured: IncomingMigration | undefined;
     try {
       // ---- hello ----
       const nonce = newNonce();
@@ -129,7 +131,8 @@ export class MigrationListener {
       };
       // The listener's config() checks its own part, as it would a client's.
       if (config.has("definition")) incoming.definition = parseJson(configMsg, peerName).definition;
-      const own = this.opts.config ? this.opts.config(incoming) : { consoleOut: () => {} };
+      configured = incoming;
+      const own = this.opts.config ? await this.opts.config(incoming) : { consoleOut: () => {} };
       vm = this.host.createVm({ ...own, name: own.name ?? incoming.vm.name, cpus: incoming.vm.cpus, memBytes: incoming.vm.memBytes, cmdline: incoming.vm.cmdline, console: incoming.vm.console });
       ram = new P2m(this.host.pool, VIRT_RAM_BASE, incoming.vm.memBytes, { owner: vm.owner });
       // Post-copy announced: the migration thread starts now (a thread takes
@@ -211,7 +214,7 @@ export class MigrationListener {
       if (!vm?.vmm) await copier?.stop("the migration failed"); // (a VM that has its machine stops it in teardown)
       ram?.release();
       if (vm) await vm.destroy();
-      this.opts.onError?.(`migration from ${from} refused: ${reason}`);
+      this.opts.onError?.(`migration from ${from} refused: ${reason}`, configured);
     }
   }
 }
