@@ -17,8 +17,9 @@ import { join } from "node:path";
 import { Host } from "../host/host.js";
 import { defineGuest } from "../host/testing/guests.js";
 import { VmDevices } from "../cli/vm-devices.js";
-import { SnapshotFile, SnapshotWriter } from "./format.js";
-import { SnapshotError, type Plain } from "./state.js";
+import { SnapshotFile } from "./format.js";
+import { SnapshotError } from "./state.js";
+import { rewriteSnapshot } from "./testing/rewrite.js";
 
 const STEPS = 24;
 
@@ -85,24 +86,16 @@ test("a Debian guest writing to RAM, a disk and the network is snapshotted mid-l
       assert.match(text, /rng reseeded\n/, "Linux's vmgenid driver saw the restore");
 
       // Tampered queue state: refused with the field named, nothing left behind.
-      const f = SnapshotFile.open(snap);
-      const meta = f.json("meta") as Plain;
-      const machine = f.json("machine") as Record<string, any>;
-      const blk = machine.virtio.findIndex((t: Record<string, any>) => t.deviceId === 2);
-      assert.ok(blk >= 0 && machine.virtio[blk].queues[0].ready, "the disk's queue was live");
+      const machine = SnapshotFile.open(snap);
+      const blk = (machine.json("machine") as { virtio: { deviceId: number; queues: { ready: boolean }[] }[] }).virtio.findIndex((t) => t.deviceId === 2);
+      assert.ok(blk >= 0, "the snapshot has the disk");
+      machine.close();
       const tamper = async (name: string, edit: (m: Record<string, any>) => void) => {
-        const copy = JSON.parse(JSON.stringify(machine));
-        edit(copy);
         const path = join(dir, `${name}.snap`);
-        const w = await SnapshotWriter.create(path);
-        await w.json("meta", meta);
-        await w.json("machine", copy);
-        const pages = f.section("pages");
-        const s = w.begin("pages", true);
-        await w.write(f.read(pages.offset, pages.length));
-        w.end(s);
-        await w.binary("pagemap", f.binary("pagemap", 1 << 30));
-        await w.finish();
+        await rewriteSnapshot(snap, path, (m) => {
+          assert.ok(m.virtio[blk].queues[0].ready, "the disk's queue was live");
+          edit(m);
+        });
         return path;
       };
       const outside = await tamper("ring-outside", (m) => { m.virtio[blk].queues[0].desc = "0x10000000"; });
@@ -121,7 +114,6 @@ test("a Debian guest writing to RAM, a disk and the network is snapshotted mid-l
           await devs.close();
         }
       }
-      f.close();
     } finally {
       await b.close();
     }

@@ -12,9 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Host, type Vm } from "../host/host.js";
 import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
-import { SnapshotFile, SnapshotWriter } from "./format.js";
-import { SnapshotError, type Plain } from "./state.js";
+import { SnapshotFile } from "./format.js";
+import { SnapshotError } from "./state.js";
 import { readSnapshotMeta } from "./snapshot.js";
+import { rewriteSnapshot } from "./testing/rewrite.js";
 
 const noCompiler = !haveBareCompiler() && "riscv64-unknown-elf-gcc not installed (npm test installs gcc-riscv64-unknown-elf)";
 const GUEST_RAM = 64 << 20;
@@ -161,24 +162,6 @@ test("a diff snapshot holds only the pages written since the one before, and res
   }
 });
 
-/** Rewrite a snapshot with its machine state edited (checksums made right again, so only the checks on values stand in the way). */
-async function rewrite(from: string, to: string, edit: (machine: Record<string, any>, meta: Record<string, any>) => void): Promise<void> {
-  const f = SnapshotFile.open(from);
-  const meta = f.json("meta") as Record<string, any>;
-  const machine = f.json("machine") as Record<string, any>;
-  edit(machine, meta);
-  const w = await SnapshotWriter.create(to);
-  await w.json("meta", meta as Plain);
-  await w.json("machine", machine as Plain);
-  const pages = f.section("pages");
-  const s = w.begin("pages", true);
-  await w.write(f.read(pages.offset, pages.length));
-  w.end(s);
-  await w.binary("pagemap", f.binary("pagemap", 1 << 30));
-  await w.finish();
-  f.close();
-}
-
 test("broken snapshots are refused with one line naming the problem, and nothing is left running", { skip: noCompiler, timeout: 120_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 1 });
@@ -204,14 +187,14 @@ test("broken snapshots are refused with one line naming the problem, and nothing
           b.writeUInt32LE(99, 8);
           writeFileSync(p, b);
         }, /format version 99|header checksum/],
-        ["another tsvisor version", (p) => rewrite(good, p, (_m, meta) => { meta.tsvisor = "9.9.9"; }), /written by tsvisor 9\.9\.9/],
-        ["an illegal privilege level", (p) => rewrite(good, p, (m) => {
+        ["another tsvisor version", (p) => rewriteSnapshot(good, p, (_m, meta) => { meta.tsvisor = "9.9.9"; }), /written by tsvisor 9\.9\.9/],
+        ["an illegal privilege level", (p) => rewriteSnapshot(good, p, (m) => {
           const block = Buffer.from(m.harts[0].block.arch, "base64");
           block.writeBigUInt64LE(2n, 520);
           m.harts[0].block.arch = block.toString("base64");
         }), /privilege level 2/],
-        ["another machine shape", (p) => rewrite(good, p, (m) => { m.config.harts = 3; }), /3 harts/],
-        ["a PLIC value of the wrong type", (p) => rewrite(good, p, (m) => { m.plic = "garbage"; }), /machine\.plic/],
+        ["another machine shape", (p) => rewriteSnapshot(good, p, (m) => { m.config.harts = 3; }), /3 harts/],
+        ["a PLIC value of the wrong type", (p) => rewriteSnapshot(good, p, (m) => { m.plic = "garbage"; }), /machine\.plic/],
         ["a page map naming a slot past the pages", (p) => {
           const b = Buffer.from(bytes);
           const pm = new SnapshotFile_(good).section("pagemap");
