@@ -41,6 +41,9 @@ export interface IoThreadDiskSpec {
   format?: "raw" | "qcow2";
   readOnly?: boolean;
   cache?: CacheMode;
+  /** The target of a migration with its disks copied: the image is opened
+   *  writable so "disk-write" can fill it, the guest sees it as readOnly says. */
+  importCopy?: boolean;
 }
 
 export interface IoThreadData {
@@ -60,6 +63,12 @@ export type ToIoThread =
   /** Between queues only: close the disk (flushed) and serve `disk` instead (of the same size);
    *  if it does not open, the old one is opened again. */
   | { kind: "reopen"; disk: IoThreadDiskSpec }
+  /** Record the chunks (2^chunkShift bytes) the guest changes from now on, in `bitmap`; null: stop. */
+  | { kind: "track-writes"; bitmap: SharedArrayBuffer | null; chunkShift: number }
+  /** Migration with disks copied (either side, between requests): read the disk, answered by "disk-done" with the bytes. */
+  | { kind: "disk-read"; id: number; offset: number; length: number }
+  /** The copy at the target, no queue served: write `data`, or `zeroes` bytes of zeros. */
+  | { kind: "disk-write"; id: number; offset: number; data?: Uint8Array; zeroes?: number }
   /** Close the disk and end. */
   | { kind: "close" };
 
@@ -70,5 +79,7 @@ export type FromIoThread =
    *  its `activation`th queue: the transport sets DEVICE_NEEDS_RESET. */
   | { kind: "needs-reset"; why: string; activation: number }
   | { kind: "closed"; error?: string }
+  /** A "disk-read" (with its bytes) or "disk-write" done, or why not. */
+  | { kind: "disk-done"; id: number; data?: Uint8Array; error?: string }
   /** After "reopen": the disk served now, and why the new one was not taken, if it was not. */
   | { kind: "reopened"; disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean }; error?: string };

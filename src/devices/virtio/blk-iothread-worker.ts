@@ -15,6 +15,7 @@
 
 import { workerData, receiveMessageOnPort } from "node:worker_threads";
 import { openDisk, DiskImageError, type DiskImage } from "../../backends/disk/disk.js";
+import { ReadOnlyView, WriteTrackedDisk } from "../../backends/disk/wrappers.js";
 import { FramePool } from "../../memory/frame-pool.js";
 import { PageStore } from "../../memory/manager/page-store.js";
 import { P2m } from "../../memory/p2m.js";
@@ -59,6 +60,9 @@ class IoThread {
         // may have been taken (and dropped) before the message was.
         if (msg.kind === "activate") serve = this.activate(msg);
         else if (msg.kind === "reopen") this.reopen(msg.disk);
+        else if (msg.kind === "track-writes") this.trackWrites(msg.bitmap, msg.chunkShift);
+        else if (msg.kind === "disk-read") this.diskRead(msg);
+        else if (msg.kind === "disk-write") this.diskWrite(msg);
         else this.quiesce();
       }
       if (Atomics.exchange(ctl, C_KICK, 0) !== 0) serve = true;
@@ -110,6 +114,37 @@ class IoThread {
     }
     const d = this.disk;
     this.post({ kind: "reopened", disk: { path: d.path, format: d.format, readOnly: d.readOnly }, error });
+  }
+
+  private trackWrites(bitmap: SharedArrayBuffer | null, chunkShift: number): void {
+    const bare = this.disk instanceof WriteTrackedDisk ? this.disk.inner : this.disk;
+    const next = bitmap ? new WriteTrackedDisk(bare, bitmap, chunkShift) : bare;
+    this.blk.replaceDisk(next);
+    this.disk = next;
+  }
+
+  private diskRead(msg: Extract<ToIoThread, { kind: "disk-read" }>): void {
+    try {
+      const data = new Uint8Array(msg.length);
+      this.disk.read(msg.offset, data);
+      this.data.port.postMessage({ kind: "disk-done", id: msg.id, data } satisfies FromIoThread, [data.buffer]);
+    } catch (e) {
+      this.post({ kind: "disk-done", id: msg.id, error: (e as Error).message });
+    }
+  }
+
+  /** Into the image under a ReadOnlyView (a copied read-only disk), never while the guest's queue is served. */
+  private diskWrite(msg: Extract<ToIoThread, { kind: "disk-write" }>): void {
+    try {
+      if (this.queue) throw new Error("disk-write while the request queue is served");
+      let image = this.disk instanceof WriteTrackedDisk ? this.disk.inner : this.disk;
+      if (image instanceof ReadOnlyView) image = image.inner;
+      if (msg.data) image.write(msg.offset, msg.data);
+      else image.writeZeroes(msg.offset, msg.zeroes ?? 0, true);
+      this.post({ kind: "disk-done", id: msg.id });
+    } catch (e) {
+      this.post({ kind: "disk-done", id: msg.id, error: (e as Error).message });
+    }
   }
 
   private quiesce(): void {
@@ -182,7 +217,9 @@ function main(): void {
   let disk: DiskImage;
   let blk: VirtioBlk;
   try {
-    disk = openDisk(data.disk.path, { format: data.disk.format, readOnly: data.disk.readOnly, cache: data.disk.cache });
+    const copyReadOnly = data.disk.importCopy === true && data.disk.readOnly === true;
+    disk = openDisk(data.disk.path, { format: data.disk.format, readOnly: copyReadOnly ? false : data.disk.readOnly, cache: data.disk.cache });
+    if (copyReadOnly) disk = new ReadOnlyView(disk);
   } catch (e) {
     post({ kind: "open-failed", message: (e as Error).message, diskError: e instanceof DiskImageError });
     data.port.close();

@@ -79,6 +79,9 @@ export class IoThreadBlk implements VirtioDevice {
   private closing: Promise<void> | undefined;
   private closedReply: ((error: string | undefined) => void) | undefined;
   private reopenReply: ((msg: Extract<FromIoThread, { kind: "reopened" }> | string) => void) | undefined;
+  /** disk-read / disk-write messages awaiting the thread's "disk-done". */
+  private readonly diskOps = new Map<number, { resolve(data: Uint8Array | undefined): void; reject(e: Error): void }>();
+  private nextDiskOp = 1;
   private readonly exited: Promise<void>;
   /** The configuration space, as the thread's VirtioBlk computed it. */
   private readonly config: Uint8Array;
@@ -249,6 +252,55 @@ export class IoThreadBlk implements VirtioDevice {
     }
   }
 
+  // ---- migration with the disk copied along (snapshot/migration/disk-copy.ts) ----
+
+  /** The disk's size in bytes (its capacity in the configuration space, virtio 1.2 5.2.4). */
+  get capacityBytes(): number {
+    return Number(new DataView(this.config.buffer, this.config.byteOffset).getBigUint64(0, true)) * 512;
+  }
+
+  /**
+   * From now on the thread sets a bit for every chunk of 2^chunkShift bytes
+   * the guest changes, once the change is in the image; the caller takes
+   * them with Atomics. stopTrackingWrites() ends it.
+   */
+  trackWrites(chunkShift: number): Int32Array {
+    const chunks = Math.ceil(this.capacityBytes / 2 ** chunkShift);
+    const bitmap = new SharedArrayBuffer(Math.max(1, Math.ceil(chunks / 32)) * 4);
+    this.post({ kind: "track-writes", bitmap, chunkShift });
+    return new Int32Array(bitmap);
+  }
+
+  stopTrackingWrites(): void {
+    if (!this.ended) this.post({ kind: "track-writes", bitmap: null, chunkShift: 0 });
+  }
+
+  /** The disk's bytes, read by the thread between requests (so never half a guest write). */
+  async readDisk(offset: number, length: number): Promise<Uint8Array> {
+    const data = await this.diskOp({ kind: "disk-read", id: 0, offset, length });
+    if (!data || data.length !== length) throw new DiskImageError(`${this.name}: its I/O thread read ${data?.length ?? 0} bytes of ${length}`);
+    return data;
+  }
+
+  /** Fill the image (a migration's copy, before the guest runs here); `data` is handed over to the thread. */
+  async writeDisk(offset: number, data: Uint8Array): Promise<void> {
+    await this.diskOp({ kind: "disk-write", id: 0, offset, data }, [data.buffer as ArrayBuffer]);
+  }
+
+  async writeDiskZeroes(offset: number, length: number): Promise<void> {
+    await this.diskOp({ kind: "disk-write", id: 0, offset, zeroes: length });
+  }
+
+  private diskOp(msg: Extract<ToIoThread, { kind: "disk-read" | "disk-write" }>, transfer: ArrayBuffer[] = []): Promise<Uint8Array | undefined> {
+    if (this.ended) return Promise.reject(new DiskImageError(this.ended));
+    const id = this.nextDiskOp++;
+    return new Promise((resolve, reject) => {
+      this.diskOps.set(id, { resolve, reject });
+      this.port.postMessage({ ...msg, id }, transfer);
+      this.wake();
+    });
+  }
+
   /** Hand the queue to the thread again, from the indices it reported (or the restored ones). */
   resumeIo(): void {
     if (!this.ioPaused) return;
@@ -385,6 +437,11 @@ export class IoThreadBlk implements VirtioDevice {
       this.closedReply?.(msg.error);
     } else if (msg.kind === "reopened") {
       this.reopenReply?.(msg);
+    } else if (msg.kind === "disk-done") {
+      const op = this.diskOps.get(msg.id);
+      this.diskOps.delete(msg.id);
+      if (msg.error !== undefined) op?.reject(new DiskImageError(`${this.name}: ${msg.error}`));
+      else op?.resolve(msg.data);
     }
   }
 
@@ -393,6 +450,8 @@ export class IoThreadBlk implements VirtioDevice {
     this.ended = why;
     this.closedReply?.(undefined);
     this.reopenReply?.(why);
+    for (const op of this.diskOps.values()) op.reject(new DiskImageError(why));
+    this.diskOps.clear();
     if (!this.closing && this.served) this.ctx?.needsReset(why);
   }
 
