@@ -18,6 +18,7 @@ import type { Host, Vm, VmConfig } from "../../host/host.js";
 import { P2m } from "../../memory/p2m.js";
 import { Absent, absentEntry, entryFrame, isPresent } from "../../memory/p2m-entry.js";
 import { RemotePages } from "./remote-pages.js";
+import { applyDisk, type DiskCopySink } from "./disk-copy.js";
 import type { PostcopyWorkerData, FromPostcopyWorker } from "./postcopy-worker.js";
 import { VIRT_RAM_BASE } from "../../arch/riscv/layout.js";
 import { StateReader, type Plain } from "../state.js";
@@ -32,10 +33,15 @@ export interface IncomingMigration {
   definition?: Plain;
   /** The source's address. */
   from: string;
+  /** Disks copied along (`--copy-disks`): their sizes, in the order of the definition's disks. */
+  disks?: { bytes: number }[];
 }
 
 /** The host-side parts of the incoming VM (its devices' backends, its console). */
-export type IncomingVmConfig = Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel">;
+export type IncomingVmConfig = Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel"> & {
+  /** With disks copied along: where each one's bytes go (its new image, opened by its device, empty), in the order announced. */
+  diskSinks?: readonly DiskCopySink[];
+};
 
 export interface ListenOptions {
   /** Address to listen on (default 127.0.0.1) and port (0: any free one, see listener.port). */
@@ -131,9 +137,17 @@ export class MigrationListener {
       };
       // The listener's config() checks its own part, as it would a client's.
       if (config.has("definition")) incoming.definition = parseJson(configMsg, peerName).definition;
+      if (config.has("disks")) incoming.disks = config.array("disks", 64).map((d) => ({ bytes: d.int("bytes", 0, 2 ** 53 - 1) }));
       configured = incoming;
-      const own = this.opts.config ? await this.opts.config(incoming) : { consoleOut: () => {} };
-      vm = this.host.createVm({ ...own, name: own.name ?? incoming.vm.name, cpus: incoming.vm.cpus, memBytes: incoming.vm.memBytes, cmdline: incoming.vm.cmdline, console: incoming.vm.console });
+      const own: IncomingVmConfig = this.opts.config ? await this.opts.config(incoming) : { consoleOut: () => {} };
+      const sinks = own.diskSinks ?? [];
+      const announced = incoming.disks ?? [];
+      if (sinks.length !== announced.length) throw new MigrationError(`${announced.length} disks are copied along, this host has ${sinks.length} to take them`);
+      sinks.forEach((sink, i) => {
+        if (sink.capacityBytes !== announced[i].bytes) throw new MigrationError(`copied disk ${i} has ${announced[i].bytes} bytes, its copy here (${sink.name}) ${sink.capacityBytes}`);
+      });
+      const { diskSinks: _sinks, ...vmOwn } = own;
+      vm = this.host.createVm({ ...vmOwn, name: own.name ?? incoming.vm.name, cpus: incoming.vm.cpus, memBytes: incoming.vm.memBytes, cmdline: incoming.vm.cmdline, console: incoming.vm.console });
       ram = new P2m(this.host.pool, VIRT_RAM_BASE, incoming.vm.memBytes, { owner: vm.owner });
       // Post-copy announced: the migration thread starts now (a thread takes
       // tens of milliseconds to start: not in the pause).
@@ -155,6 +169,9 @@ export class MigrationListener {
         if (m.cmd === Cmd.Memory) {
           if (state) throw new MigrationError(`${peerName} sent pages after the machine state`);
           if (applyPages(ram, m.payload) === 0) await writer.json(Cmd.Ack, {}); // end of a round
+        } else if (m.cmd === Cmd.Disk) {
+          if (state) throw new MigrationError(`${peerName} sent disk data after the machine state`);
+          await applyDisk(m.payload, sinks);
         } else if (m.cmd === Cmd.State) {
           if (state) throw new MigrationError(`${peerName} sent the machine state twice`);
           t0 = performance.now();

@@ -50,6 +50,7 @@ import type { DirtyLog } from "../../memory/dirty-log.js";
 import { FRAME_SIZE } from "../../memory/frame-pool.js";
 import { readsAsZero } from "../../memory/p2m-entry.js";
 import type { Plain } from "../state.js";
+import { DiskCopier, type DiskCopySource } from "./disk-copy.js";
 import {
   Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, checkToken, encodePages, expect, mac, macMatches, newNonce, pageBuffer, readJson, writeBitmap,
 } from "./stream.js";
@@ -73,6 +74,8 @@ export interface MigrationProgress {
   expectedDowntimeMs: number;
   /** Auto-converge's throttle now (0..99 %). */
   throttlePct: number;
+  /** Disks copied along: bytes the guest changed since they were last sent (whole chunks). */
+  dirtyDiskBytes?: number;
 }
 
 export interface MigrateOptions {
@@ -92,6 +95,10 @@ export interface MigrateOptions {
   maxRounds?: number;
   /** The caller's own description of the VM, handed to the target's listener (the daemon's definition). */
   definition?: Plain;
+  /** Copy these disks along (hosts without shared storage): their whole
+   *  content, then what the guest changes, in the same rounds (disk-copy.ts).
+   *  The target's listener gives a sink for each, in this order. */
+  disks?: readonly DiskCopySource[];
   progress?(p: MigrationProgress): void;
 }
 
@@ -109,6 +116,8 @@ export interface MigrationResult {
   maxThrottlePct: number;
   /** Post-copy: pages sent after the VM ran on the target, those of them it asked for, and how long it took. */
   postcopy?: { pages: number; fetched: number; ms: number };
+  /** Disks copied along: data bytes sent for them (zero runs not counted). */
+  diskBytes?: number;
 }
 
 /** What Vm hands the sender (vm.ts migrationSource()). */
@@ -164,6 +173,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
   let pcBytes = 0;
   let socket: Socket | undefined;
   let writer: MessageWriter | undefined;
+  let disks: DiskCopier | undefined;
   const stats = { pages: 0, zero: 0 };
 
   const setThrottle = (pct: number) => {
@@ -193,7 +203,12 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     if (!macMatches(to.token, "target", myNonce, ack.bytes("mac", 64))) throw new MigrationError("the target does not know the token (it answered with a wrong proof)");
 
     // ---- config ----
-    await w.json(Cmd.Config, { vm: src.meta(), postcopy: opts.postcopy === true || opts.postcopy === "auto", ...(opts.definition !== undefined ? { definition: opts.definition } : {}) });
+    const copying = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check()) : undefined;
+    await w.json(Cmd.Config, {
+      vm: src.meta(), postcopy: opts.postcopy === true || opts.postcopy === "auto",
+      ...(opts.definition !== undefined ? { definition: opts.definition } : {}),
+      ...(copying ? { disks: copying.announce() } : {}),
+    });
     await next(Cmd.Ack, "the VM to be created there");
 
     /** Post-copy: every pending page, those the target asks for first; resolves once it has them all. */
@@ -288,6 +303,13 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       return (performance.now() - start) / 1000;
     };
 
+    // ---- disks copied along: recording changes, then their whole content ----
+    if (copying) {
+      disks = copying;
+      copying.startTracking();
+      await copying.sendAll();
+    }
+
     // ---- round 0: everything that is not zero, the VM running ----
     if (!(await src.holdVcpus())) throw new MigrationError("the VM stopped during the migration");
     const log = src.dirtyLog();
@@ -312,8 +334,12 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       const dirtyNow = log.count();
       const sinceTake = (performance.now() - lastTake) / 1000;
       dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
-      const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE) / bandwidth) * 1000;
-      opts.progress?.({ round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs, throttlePct: throttle });
+      const dirtyDiskBytes = disks?.dirtyBytes() ?? 0;
+      const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE + dirtyDiskBytes) / bandwidth) * 1000;
+      opts.progress?.({
+        round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs, throttlePct: throttle,
+        ...(disks ? { dirtyDiskBytes } : {}),
+      });
       // Post-copy: at once after round 0, or ("auto") once pre-copy stops getting anywhere.
       if (opts.postcopy === true && vm.state === "running") {
         usePostcopy = true;
@@ -339,7 +365,9 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       }
       prevDirty = dirty.length;
       before = w.sent;
-      secs = await sendPages(dirty, false);
+      const diskStart = performance.now();
+      await disks?.sendChanged();
+      secs = (performance.now() - diskStart) / 1000 + (await sendPages(dirty, false));
       if (w.sent - before >= 1 << 20) bandwidth = measure(w.sent - before, secs, limit, bandwidth);
     }
 
@@ -354,6 +382,8 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     trace("pauseDevices", pausedAt);
     check();
     const last = log.take();
+    // Disks go whole before the target runs, post-copy or not.
+    await disks?.sendChanged();
     if (!usePostcopy) await sendPages(last, false, false);
     trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
@@ -391,6 +421,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     const result: MigrationResult = {
       target: where, rounds: round + 1, sentBytes: w.sent + pcBytes, pagesSent: stats.pages, zeroPagesSent: stats.zero,
       totalMs: performance.now() - t0, downtimeMs, maxThrottlePct: maxThrottle, ...(postcopy ? { postcopy } : {}),
+      ...(disks ? { diskBytes: disks.sentBytes } : {}),
     };
     await src.end(`migrated to ${where}`);
     await vm.destroy();
@@ -412,6 +443,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     }
     if (writer) writer.abandon(reason); // says why, then closes
     else socket?.destroy();
+    disks?.stopTracking();
     if (paused && src.alive()) {
       machine.resumeDevices();
       if (wasRunning && vm.state === "paused") vm.resume();

@@ -17,13 +17,19 @@
 //              it has written every page before it (the source measures the
 //              link end to end, and starts the pause with nothing queued)
 //
+//   Disk       a copied disk's bytes (Vm.migrate's disks, disk-copy.ts):
+//              u32 disk (its index in Config's disks), u32 flags (bit 0:
+//              zeroes, no data follows), u64 offset, u64 length, both
+//              multiples of 512, then the data. Sent before each round's
+//              pages and in the pause; the round's Ack covers them.
+//
 // The conversation (T = target, the listener; S = source):
 //
 //   T->S Hello   {version, nonce}            a random 32-byte nonce (base64)
 //   S->T Hello   {version, nonce, mac}       mac = HMAC-SHA256(token, "tsvisor-migration source" || T's nonce)
 //   T->S Ack     {mac}                       mac = HMAC-SHA256(token, "tsvisor-migration target" || S's nonce):
 //                                            the target proves it knows the token too (guest memory goes to no one else)
-//   S->T Config  {vm: {name, cpus, memBytes, cmdline, console}, postcopy, definition?}
+//   S->T Config  {vm: {name, cpus, memBytes, cmdline, console}, postcopy, definition?, disks?: [{bytes}]}
 //   T->S Ack     {}                          the VM is created (its name was free, it fits)
 //   S->T Memory* (pre-copy rounds; a page sent again overwrites), each round
 //        ended by an empty Memory, T->S Ack {}
@@ -72,13 +78,19 @@ export const enum Cmd {
   Pending = 11,
   /** Post-copy: pages a thread of the target waits for (u32 count, u32 indices; T->S). */
   Fetch = 12,
+  /** A copied disk's bytes (S->T). */
+  Disk = 13,
 }
 
 export const CMD_NAMES: Record<number, string> = {
   [Cmd.Hello]: "Hello", [Cmd.Config]: "Config", [Cmd.Memory]: "Memory", [Cmd.State]: "State", [Cmd.Complete]: "Complete",
   [Cmd.Ack]: "Ack", [Cmd.Ready]: "Ready", [Cmd.Go]: "Go", [Cmd.Resumed]: "Resumed", [Cmd.Abandon]: "Abandon",
-  [Cmd.Pending]: "Pending", [Cmd.Fetch]: "Fetch",
+  [Cmd.Pending]: "Pending", [Cmd.Fetch]: "Fetch", [Cmd.Disk]: "Disk",
 };
+
+/** Data bytes in one Disk message at most. */
+export const MAX_DISK_RUN = 4 << 20;
+export const DISK_HEADER_BYTES = 24;
 
 /** Pages in one Memory message at most (1 MiB of page bytes). */
 export const MAX_RUN_PAGES = 256;
@@ -90,7 +102,7 @@ const MAX_PAYLOAD: Record<number, number> = {
   [Cmd.Hello]: 4096, [Cmd.Config]: 1 << 20, [Cmd.Memory]: 4 + MAX_RUN_PAGES * ENTRY_BYTES, [Cmd.State]: 64 << 20,
   [Cmd.Complete]: 4096, [Cmd.Ack]: 4096, [Cmd.Ready]: 4096, [Cmd.Go]: 4096, [Cmd.Resumed]: 4096, [Cmd.Abandon]: 4096,
   // 64 GiB of RAM at most: 2^24 pages, a bit each.
-  [Cmd.Pending]: 1 << 21, [Cmd.Fetch]: 4 + 4 * 1024,
+  [Cmd.Pending]: 1 << 21, [Cmd.Fetch]: 4 + 4 * 1024, [Cmd.Disk]: DISK_HEADER_BYTES + MAX_DISK_RUN,
 };
 
 /** A migration failed: one line saying why. */
