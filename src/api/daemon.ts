@@ -1,6 +1,10 @@
 // The host daemon's VM table over one engine Host: create, look up, delete,
 // persist (state directory), restore at start, stop everything at the end.
+import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import type { Host } from "../host/host.js";
+import { parseDiskSpec } from "../cli/vm-devices.js";
+import { createQcow2 } from "../backends/disk/qcow2/create.js";
 import { VERSION } from "../cli/version.js";
 import { ApiError } from "./errors.js";
 import { checkName, parseDefinition, parsePatch, type HostLimits, type VmDefinition } from "./definition.js";
@@ -82,20 +86,28 @@ export class Daemon {
    */
   async listenForMigrations(at: { host: string; port: number }, token: string): Promise<string> {
     const arriving = new Map<IncomingMigration, ManagedVm>();
+    /** Images made here for disks copied along: removed when the migration fails. */
+    const copies = new Map<IncomingMigration, string[]>();
     const listener = await this.engine.listenForMigrations({
       host: at.host, port: at.port, token,
       config: async (incoming) => {
         const def = this.arrivingDefinition(incoming);
         if (this.vms.has(def.name)) throw new Error(`a VM named '${def.name}' exists on this host already`);
+        if (incoming.disks) {
+          const made: string[] = [];
+          copies.set(incoming, made);
+          def.disks = this.diskCopies(def, incoming.disks, made);
+        }
         const vm = this.newVm(def);
         this.vms.set(def.name, vm);
         arriving.set(incoming, vm);
-        return vm.openForMigration(incoming.from);
+        return vm.openForMigration(incoming.from, incoming.disks !== undefined);
       },
       onVm: (engineVm) => {
         for (const [incoming, vm] of arriving) {
           if (vm.name !== engineVm.name) continue;
           arriving.delete(incoming);
+          copies.delete(incoming);
           vm.adoptMigrated(engineVm);
           this.store.save(vm.def);
           this.log(`vm ${vm.name} defined: migrated here from ${incoming.from}`);
@@ -104,17 +116,45 @@ export class Daemon {
       },
       onError: (line, incoming) => {
         this.log(line);
+        const made = incoming && copies.get(incoming);
+        if (incoming) copies.delete(incoming);
         const vm = incoming && arriving.get(incoming);
-        if (!vm) return;
+        if (!vm) {
+          for (const f of made ?? []) rmSync(f, { force: true });
+          return;
+        }
         arriving.delete(incoming);
         this.vms.delete(vm.name);
-        void vm.abandonMigration();
+        void vm.abandonMigration().finally(() => {
+          for (const f of made ?? []) rmSync(f, { force: true });
+        });
       },
     });
     const host = at.host.includes(":") ? `[${at.host}]` : at.host;
     const address = `${host}:${listener.port}`;
     this.migrationListener = { listener, address };
     return address;
+  }
+
+  /**
+   * Disks copied along (`vm migrate --copy-disks`): a new, empty qcow2 image
+   * per disk in `<state dir>/disks/`, the size the source announced, which
+   * the migration fills; the disk specs name them instead of the source's
+   * paths (read-only and cache mode kept). Each image made goes into `made`.
+   */
+  private diskCopies(def: VmDefinition, announced: { bytes: number }[], made: string[]): string[] {
+    if (announced.length !== def.disks.length) throw new Error(`${announced.length} disks are copied along, its definition has ${def.disks.length}`);
+    const dir = join(this.store.stateDir, "disks");
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*$/, "");
+    return def.disks.map((spec, i) => {
+      const d = parseDiskSpec(spec);
+      const path = join(dir, `${def.name}-disk${i}-${stamp}.qcow2`);
+      if (existsSync(path)) throw new Error(`${path} exists already`);
+      createQcow2(path, { size: announced[i].bytes });
+      made.push(path);
+      return `${path},format=qcow2${d.readOnly ? ",readonly" : ""}${d.cache ? `,cache=${d.cache}` : ""}`;
+    });
   }
 
   /** The incoming VM's definition (the source daemon's), checked as a client's and against the VM's shape. */
@@ -142,7 +182,7 @@ export class Daemon {
   async migrate(vm: ManagedVm, body: unknown): Promise<MigrateView> {
     if (typeof body !== "object" || body === null || Array.isArray(body)) throw new ApiError(400, "the body must be a JSON object");
     const b = body as Record<string, unknown>;
-    const known = ["to", "token", "postcopy", "maxDowntimeMs"];
+    const known = ["to", "token", "postcopy", "maxDowntimeMs", "copyDisks"];
     for (const key of Object.keys(b)) if (!known.includes(key)) throw new ApiError(400, `unknown field '${key}' (known: ${known.join(", ")})`);
     if (typeof b.to !== "string") throw new ApiError(400, "to: the target's migration listener, HOST:PORT, is required");
     const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(b.to);
@@ -153,8 +193,9 @@ export class Daemon {
     if (maxDowntimeMs !== undefined && (typeof maxDowntimeMs !== "number" || !Number.isInteger(maxDowntimeMs) || maxDowntimeMs < 1 || maxDowntimeMs > 600_000)) {
       throw new ApiError(400, "maxDowntimeMs: expected an integer 1..600000");
     }
+    if (b.copyDisks !== undefined && typeof b.copyDisks !== "boolean") throw new ApiError(400, "copyDisks: expected true or false");
     const result = await vm.migrate({ host: m[1] ?? m[2], port: Number(m[3]), token: b.token }, {
-      postcopy: b.postcopy as boolean | "auto" | undefined, maxDowntimeMs: maxDowntimeMs as number | undefined,
+      postcopy: b.postcopy as boolean | "auto" | undefined, maxDowntimeMs: maxDowntimeMs as number | undefined, copyDisks: b.copyDisks === true,
     });
     if (this.vms.get(vm.name) === vm && vm.state === "stopped") {
       this.store.remove(vm.name);

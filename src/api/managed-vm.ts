@@ -297,7 +297,7 @@ export class ManagedVm {
    * 409 when it is not running; 502 when the migration failed (it runs on
    * here, or stays paused when the engine could not tell: the message says).
    */
-  async migrate(to: MigrateTarget, opts: { postcopy?: boolean | "auto"; maxDowntimeMs?: number }): Promise<MigrationResult> {
+  async migrate(to: MigrateTarget, opts: { postcopy?: boolean | "auto"; maxDowntimeMs?: number; copyDisks?: boolean }): Promise<MigrationResult> {
     const vm = this.vm;
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
@@ -307,8 +307,10 @@ export class ManagedVm {
     this.event(`vm ${this.name}: migrating to ${target}`);
     let result: MigrationResult;
     try {
+      const { copyDisks, ...engineOpts } = opts;
       result = await vm.migrate(to, {
-        ...opts, definition,
+        ...engineOpts, definition,
+        ...(copyDisks ? { disks: this.devices?.diskCopies() ?? [] } : {}),
         progress: (p) => this.event(`vm ${this.name}: migration round ${p.round}: ${(p.sentBytes / (1 << 20)).toFixed(1)} MiB sent, ${p.dirtyPages} pages dirty, expected downtime ${Math.round(p.expectedDowntimeMs)} ms${p.throttlePct ? `, throttled ${p.throttlePct}%` : ""}`),
       });
     } catch (e) {
@@ -331,7 +333,7 @@ export class ManagedVm {
    * migration listener creates the arriving VM with. Then adoptMigrated()
    * once it runs here, or abandonMigration() when it does not come.
    */
-  async openForMigration(from: string): Promise<IncomingVmConfig> {
+  async openForMigration(from: string, copyDisks = false): Promise<IncomingVmConfig> {
     if (this._state !== "created" && this._state !== "stopped") throw new ApiError(409, `VM '${this.name}' is ${this._state}`);
     this._state = "starting";
     this.stopReason = undefined;
@@ -339,13 +341,14 @@ export class ManagedVm {
     this.event(`vm ${this.name} arriving from ${from}`);
     const d = this.def;
     try {
-      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks });
     } catch (e) {
       this._state = "created";
       throw e;
     }
     return {
       name: this.name, virtio: this.devices.devices,
+      ...(copyDisks ? { diskSinks: this.devices.diskCopies() } : {}),
       consoleOut: (b) => {
         this.log.append(b);
         this.console.output(b);

@@ -7,7 +7,7 @@ import type { VmDefinition } from "./definition.js";
 export class StateStore {
   private readonly dir: string;
 
-  constructor(stateDir: string) {
+  constructor(readonly stateDir: string) {
     this.dir = join(stateDir, "vms");
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
   }

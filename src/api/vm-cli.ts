@@ -59,10 +59,12 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           as they were when it was taken. A restored VM that reboots
                           boots its kernel cold (without one of its own: it stops)
   vm migrate NAME --to HOST:PORT [--token TOKEN] [--postcopy|--postcopy-auto]
-             [--max-downtime MS]
+             [--max-downtime MS] [--copy-disks]
                           live-migrate the running VM to the host whose --migration-listen
                           is HOST:PORT (token: --token, else $TSVISOR_MIGRATION_TOKEN);
-                          its disks must be at the same paths there (not copied). Once
+                          its disks must be at the same paths there, unless --copy-disks:
+                          their content goes along, into new qcow2 images in the target's
+                          state directory (what the guest writes meanwhile too). Once
                           it runs there it is stopped and removed here. Each round's
                           progress is in this host's log
                           (every vm command: --host PATH or http://HOST:PORT, else
@@ -438,6 +440,7 @@ async function restore(argv: string[]): Promise<number> {
 async function migrate(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(argv, {
     to: { type: "string" }, token: { type: "string" }, postcopy: { type: "boolean" }, "postcopy-auto": { type: "boolean" }, "max-downtime": { type: "string" },
+    "copy-disks": { type: "boolean" },
   }, "vm migrate");
   const name = oneName(positionals, "vm migrate");
   if (v.to === undefined) throw new UsageError("vm migrate: --to HOST:PORT (the target host's --migration-listen) is required");
@@ -449,8 +452,10 @@ async function migrate(argv: string[]): Promise<number> {
   const body: Record<string, unknown> = { to, token };
   if (v.postcopy) body.postcopy = true;
   if (v["postcopy-auto"]) body.postcopy = "auto";
+  if (v["copy-disks"]) body.copyDisks = true;
   if (v["max-downtime"] !== undefined) body.maxDowntimeMs = intFlag("--max-downtime", v["max-downtime"] as string, 1, 600_000);
   const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/migrate"), body)) as MigrateView;
-  process.stdout.write(`VM ${r.name} migrated to ${to}: ${r.rounds} rounds, ${mibText(r.sentBytes)} sent, downtime ${Math.round(r.downtimeMs)} ms, ${(r.totalMs / 1000).toFixed(1)} s\n`);
+  const disks = r.diskBytes !== undefined ? ` (disks: ${mibText(r.diskBytes)})` : "";
+  process.stdout.write(`VM ${r.name} migrated to ${to}: ${r.rounds} rounds, ${mibText(r.sentBytes)} sent${disks}, downtime ${Math.round(r.downtimeMs)} ms, ${(r.totalMs / 1000).toFixed(1)} s\n`);
   return 0;
 }

@@ -143,6 +143,11 @@ export class VmDevices {
     return out;
   }
 
+  /** Live migration with the disks copied along: each disk's device, which reads (source) or fills (target) it. */
+  diskCopies(): IoThreadBlk[] {
+    return this.disks.map((d) => d.blk);
+  }
+
   /**
    * Per card: its backend, counters, and for a switch port the port's own
    * counters and drops by reason (what anti-spoofing and rate limits refused).
@@ -184,7 +189,7 @@ export class VmDevices {
 
   /** Open every disk (each on its I/O thread, devices/virtio/blk-iothread.ts) and
    *  network backend; on any failure, close what was opened and throw one line. */
-  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string): Promise<VmDevices> {
+  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string, opts: { importCopies?: boolean } = {}): Promise<VmDevices> {
     const disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
@@ -192,7 +197,7 @@ export class VmDevices {
       const parsedDisks = diskSpecs.map(parseDiskSpec);
       const parsedNets = netSpecs.map(parseNetOption);
       for (const [i, d] of parsedDisks.entries()) {
-        const disk = await IoThreadBlk.open({ path: d.path, format: d.format, readOnly: d.readOnly, cache: d.cache }, { name: `blk${i}`, serial: `tsvisor-disk${i}` });
+        const disk = await IoThreadBlk.open({ path: d.path, format: d.format, readOnly: d.readOnly, cache: d.cache, importCopy: opts.importCopies }, { name: `blk${i}`, serial: `tsvisor-disk${i}` });
         disks.push({ blk: disk, spec: d });
         devices.push(disk);
       }
