@@ -109,41 +109,7 @@ test("ext4 on a raw disk and on a qcow2 overlay survives a power cycle; the base
   }
 });
 
-/**
- * A 1.44 MB FAT12 floppy image (Microsoft's FAT specification: BPB in the
- * boot sector, two FATs, a 224-entry root directory) holding HELLO.TXT: the
- * host has no mkfs.vfat and Debian's busybox no mkdosfs.
- */
-function fat12Image(text: string): Buffer {
-  const b = Buffer.alloc(2880 * 512);
-  b.set([0xeb, 0x3c, 0x90], 0); // jmp short, nop
-  b.write("MSWIN4.1", 3, "latin1");
-  b.writeUInt16LE(512, 11); // bytes per sector
-  b[13] = 1; // sectors per cluster
-  b.writeUInt16LE(1, 14); // reserved sectors
-  b[16] = 2; // FATs
-  b.writeUInt16LE(224, 17); // root directory entries
-  b.writeUInt16LE(2880, 19); // sectors
-  b[21] = 0xf0; // media
-  b.writeUInt16LE(9, 22); // sectors per FAT
-  b.writeUInt16LE(18, 24); // sectors per track
-  b.writeUInt16LE(2, 26); // heads
-  b[38] = 0x29; // extended boot signature
-  b.writeUInt32LE(0x12345678, 39); // volume id
-  b.write("NO NAME    FAT12   ", 43, "latin1");
-  b.writeUInt16LE(0xaa55, 510);
-  // FAT entries 0 and 1 (media, end of chain), cluster 2 ends its chain.
-  for (const fat of [1, 10]) b.set([0xf0, 0xff, 0xff, 0xff, 0x0f], fat * 512);
-  const root = 19 * 512;
-  b.write("HELLO   TXT", root, "latin1");
-  b[root + 11] = 0x20; // archive
-  b.writeUInt16LE(2, root + 26); // first cluster
-  b.writeUInt32LE(Buffer.byteLength(text), root + 28);
-  b.write(text, 33 * 512, "latin1"); // cluster 2: after the root directory
-  return b;
-}
-
-test("mount without -t finds the filesystem, as on any Linux: ext4 and vfat made on the host", { timeout: 600_000 }, async () => {
+test("mount without -t finds the filesystem, as on any Linux: ext4 made on the host, vfat in the guest", { timeout: 600_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-mount-"));
   try {
     const files = join(dir, "files");
@@ -153,21 +119,22 @@ test("mount without -t finds the filesystem, as on any Linux: ext4 and vfat made
     writeFileSync(join(files, "greeting"), "hello from the host\n");
     const mkfs = spawnSync("mke2fs", ["-q", "-t", "ext4", "-d", files, ext4, "16M"], { encoding: "utf8" });
     assert.equal(mkfs.status, 0, `mke2fs: ${mkfs.stderr}`);
-    writeFileSync(vfat, fat12Image("hello on fat\n"));
+    writeFileSync(vfat, Buffer.alloc(0));
+    spawnSync("truncate", ["-s", "16M", vfat]);
     const r = reported(ok(await tsvisor(["run", "--disk", ext4, "--disk", vfat, "--", "sh", "-c", [
       "mkdir -p /mnt/a /mnt/b",
       "mount /dev/vda /mnt/a && echo ext4-type=$(grep ' /mnt/a ' /proc/mounts | cut -d' ' -f3)",
       "echo ext4-file=$(cat /mnt/a/greeting)",
+      "mkdosfs /dev/vdb >/dev/null 2>&1 || echo mkdosfs-failed=yes",
       // ext4, first in /etc/filesystems, is tried and refuses the disk.
       "mount /dev/vdb /mnt/b && echo vfat-type=$(grep ' /mnt/b ' /proc/mounts | cut -d' ' -f3)",
-      "echo vfat-file=$(cat /mnt/b/hello.txt)",
       "echo written > /mnt/b/new && umount /mnt/b && mount /dev/vdb /mnt/b && echo vfat-new=$(cat /mnt/b/new)",
       "umount /mnt/a && umount /mnt/b && echo unmounted=yes",
     ].join("; ")]), "mount without -t"));
     assert.equal(r["ext4-type"], "ext4", JSON.stringify(r));
     assert.equal(r["ext4-file"], "hello from the host");
+    assert.equal(r["mkdosfs-failed"], undefined);
     assert.equal(r["vfat-type"], "vfat", JSON.stringify(r));
-    assert.equal(r["vfat-file"], "hello on fat");
     assert.equal(r["vfat-new"], "written");
     assert.equal(r.unmounted, "yes");
   } finally {
