@@ -4,11 +4,12 @@
 // asks its guest several questions at once.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { HART_ISA_EXTENSIONS } from "../arch/riscv/isa.js";
+import { pullDebianImage } from "../images/debian.js";
 import { spawnSync } from "node:child_process";
 import { tsvisor, oneErrorLine, pullImage, bin, type Run } from "./test-tsvisor.js";
 
@@ -68,6 +69,21 @@ test("a guest kernel panic ends tsvisor with status 1 and the panic message", as
   const r = await tsvisor(["run", "--append", "console=ttyS0 quiet panic=-1 rdinit=/no/such/init root=/dev/nothing", "--", "true"]);
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /tsvisor: guest kernel panic: Kernel panic - not syncing: /);
+});
+
+test("a Debian kernel cut to half its size is refused with its path and both sizes, before anything boots", async () => {
+  const { kernelPath } = await pullDebianImage({ progress: () => {} });
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-linux-"));
+  try {
+    const whole = readFileSync(kernelPath);
+    const half = join(dir, "Image-half");
+    writeFileSync(half, whole.subarray(0, whole.length >> 1));
+    const r = spawnSync(process.execPath, [bin, "run", "--kernel", half, "--", "true"], { encoding: "utf8", timeout: 60_000 }) as Run;
+    assert.equal(r.status, 1, r.stderr);
+    oneErrorLine(r, new RegExp(`kernel .*Image-half: kernel image is cut short: its PE header says the file holds ${whole.length} bytes, it has ${whole.length >> 1}$`));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("bad input gives one clear line and a non-zero status, before anything boots", () => {

@@ -4,7 +4,7 @@
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -104,6 +104,39 @@ test("ext4 on a raw disk and on a qcow2 overlay survives a power cycle; the base
     assert.equal(third.greeting, "hello");
     assert.equal(sha256(base), baseBefore);
     checkImage(overlay);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("mount without -t finds the filesystem, as on any Linux: ext4 made on the host, vfat in the guest", { timeout: 600_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-mount-"));
+  try {
+    const files = join(dir, "files");
+    const ext4 = join(dir, "ext4.raw");
+    const vfat = join(dir, "vfat.raw");
+    mkdirSync(files);
+    writeFileSync(join(files, "greeting"), "hello from the host\n");
+    const mkfs = spawnSync("mke2fs", ["-q", "-t", "ext4", "-d", files, ext4, "16M"], { encoding: "utf8" });
+    assert.equal(mkfs.status, 0, `mke2fs: ${mkfs.stderr}`);
+    writeFileSync(vfat, Buffer.alloc(0));
+    spawnSync("truncate", ["-s", "16M", vfat]);
+    const r = reported(ok(await tsvisor(["run", "--disk", ext4, "--disk", vfat, "--", "sh", "-c", [
+      "mkdir -p /mnt/a /mnt/b",
+      "mount /dev/vda /mnt/a && echo ext4-type=$(grep ' /mnt/a ' /proc/mounts | cut -d' ' -f3)",
+      "echo ext4-file=$(cat /mnt/a/greeting)",
+      "mkdosfs /dev/vdb >/dev/null 2>&1 || echo mkdosfs-failed=yes",
+      // ext4, first in /etc/filesystems, is tried and refuses the disk.
+      "mount /dev/vdb /mnt/b && echo vfat-type=$(grep ' /mnt/b ' /proc/mounts | cut -d' ' -f3)",
+      "echo written > /mnt/b/new && umount /mnt/b && mount /dev/vdb /mnt/b && echo vfat-new=$(cat /mnt/b/new)",
+      "umount /mnt/a && umount /mnt/b && echo unmounted=yes",
+    ].join("; ")]), "mount without -t"));
+    assert.equal(r["ext4-type"], "ext4", JSON.stringify(r));
+    assert.equal(r["ext4-file"], "hello from the host");
+    assert.equal(r["mkdosfs-failed"], undefined);
+    assert.equal(r["vfat-type"], "vfat", JSON.stringify(r));
+    assert.equal(r["vfat-new"], "written");
+    assert.equal(r.unmounted, "yes");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ImageError } from "./errors.js";
 import { INIT_SCRIPT } from "./init.js";
-import { buildInitramfs, commandArchive, shellQuote } from "./initramfs.js";
+import { buildInitramfs, commandArchive, etcFilesystems, shellQuote } from "./initramfs.js";
 import { fakeRiscvExecutable, ko, withTree, xz } from "./test-fixtures.js";
 
 const VERSION = "6.12.0-test";
@@ -56,6 +56,7 @@ test("the initramfs holds init, busybox, the console, the modules and modprobe's
       assert.equal(readlinkSync(join(dir, "bin/sh")), "busybox");
       for (const d of ["dev", "proc", "sys", "tmp", "run", "root", "mnt", "sbin", "usr/bin", "usr/sbin"]) assert.ok(lstatSync(join(dir, d)).isDirectory(), d);
       assert.equal(lstatSync(join(dir, "tmp")).mode & 0o7777, 0o1777);
+      assert.equal(readFileSync(join(dir, "etc/filesystems"), "utf8"), "ext4\n", "the image's block filesystems, for mount without -t");
       const lib = join(dir, "lib/modules", VERSION);
       assert.deepEqual(new Uint8Array(readFileSync(join(lib, "kernel/fs/ext4/ext4.ko"))), ko("ext4", { depends: ["jbd2", "mbcache"], aliases: ["fs-ext4"] }));
       assert.equal(readFileSync(join(lib, "modules.dep"), "utf8"),
@@ -68,6 +69,11 @@ test("the initramfs holds init, busybox, the console, the modules and modprobe's
     const again = await buildInitramfs({ busybox, modulesRoot: root, kernelVersion: VERSION, modules: ["fs-ext4", "virtio_mmio", "virtio"] });
     assert.deepEqual(again.cpio, r.cpio, "reproducible");
   });
+});
+
+test("/etc/filesystems lists the block filesystems the modules provide, common first, without nodev ones", () => {
+  assert.equal(etcFilesystems(["fs-btrfs", "fs-overlay", "fs-9p", "fs-ext4", "fs-ext3", "fs-ext2", "fs-iso9660", "fs-vfat", "of:N*T*Cvirtio,mmio"]), "ext4\nvfat\niso9660\nbtrfs\n");
+  assert.equal(etcFilesystems([]), "");
 });
 
 test("bad inputs: not busybox for RISC-V, an absent module, a module of another kernel", async () => {

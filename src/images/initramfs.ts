@@ -2,8 +2,9 @@
 // /init, and the kernel modules a virt machine needs (virtio transport and
 // devices, the filesystems a user would mount), with modules.dep and
 // modules.alias so busybox's modprobe and the kernel's request_module() find
-// them. Written uncompressed (cpio newc): the kernel needs no decompressor
-// and the guest spends no instructions inflating it.
+// them, and /etc/filesystems so mount without -t finds their filesystems.
+// Written uncompressed (cpio newc): the kernel needs no decompressor and the
+// guest spends no instructions inflating it.
 
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -22,13 +23,20 @@ export const INITRAMFS_MODULES = [
   "isofs", "squashfs", "overlay", "xfs", "btrfs",
 ];
 
+/**
+ * Filesystems on a block device, in the order /etc/filesystems lists them
+ * (the common first: busybox's mount without -t tries each in turn).
+ * ext4's driver also mounts ext2 and ext3.
+ */
+export const BLOCK_FILESYSTEMS = ["ext4", "vfat", "iso9660", "squashfs", "xfs", "btrfs"];
+
 const DIRECTORIES: [string, number][] = [
   ["bin", 0o755], ["dev", 0o755], ["proc", 0o555], ["sys", 0o555], ["tmp", 0o1777], ["run", 0o755],
-  ["root", 0o700], ["mnt", 0o755], ["sbin", 0o755], ["usr/bin", 0o755], ["usr/sbin", 0o755],
+  ["root", 0o700], ["mnt", 0o755], ["etc", 0o755], ["sbin", 0o755], ["usr/bin", 0o755], ["usr/sbin", 0o755],
 ];
 
 /** Bump when buildInitramfs lays out the archive differently. */
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 
 /**
  * What decides the initramfs besides the packages: layout, init script,
@@ -72,6 +80,12 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<Initramfs>
   a.file("bin/busybox", opts.busybox, 0o755);
   a.symlink("bin/sh", "busybox");
   a.file(INIT_PATH.slice(1), INIT_SCRIPT, 0o755);
+  // busybox's mount without -t tries the types /etc/filesystems and then
+  // /proc/filesystems list (util-linux/mount.c, get_block_backed_filesystems);
+  // the kernel lists a filesystem only once its module is loaded, and loading
+  // them all at boot would cost seconds. Listed here, a type's first mount
+  // makes the kernel load its module (request_module("fs-NAME"), modprobe).
+  a.file("etc/filesystems", etcFilesystems(modules.flatMap((m) => m.info.aliases)), 0o644);
 
   const libDir = `lib/modules/${opts.kernelVersion}`;
   a.directory(libDir, 0o755);
@@ -88,6 +102,15 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<Initramfs>
   a.file(`${libDir}/modules.builtin`, builtinText);
   a.file(`${libDir}/modules.order`, filterModulesOrder(orderText, modules));
   return { cpio: a.toBytes(), modules: modules.map((m) => m.path) };
+}
+
+/**
+ * /etc/filesystems: the BLOCK_FILESYSTEMS some module of the image provides
+ * (an alias fs-NAME, MODULE_ALIAS_FS), one a line.
+ */
+export function etcFilesystems(aliases: string[]): string {
+  const provided = new Set(aliases.filter((a) => a.startsWith("fs-")).map((a) => a.slice(3)));
+  return BLOCK_FILESYSTEMS.filter((fs) => provided.has(fs)).map((fs) => `${fs}\n`).join("");
 }
 
 /**

@@ -79,3 +79,46 @@ test("images that are not bootable RISC-V kernels are refused with a reason", ()
   new DataView(truncated.buffer).setUint32(12, 1 << 30, true);
   fails(truncated, /outside the file/);
 });
+
+/**
+ * An EFI-stub Image laid out as Debian's (arch/riscv/kernel/efi-header.S):
+ * "PE\0\0" at 0x40, a 160-byte PE32+ optional header, then .text and .data,
+ * .data's raw data ending at the end of the file; image_size adds bss.
+ */
+function efiImage(): Uint8Array {
+  const text = 0x1000, data = 0x3000, end = 0x5000;
+  const bytes = image({ imageSize: BigInt(end + 0x2000), bodyBytes: end - 0x40 });
+  const dv = new DataView(bytes.buffer);
+  dv.setUint32(0x3c, 0x40, true);
+  bytes.set(new TextEncoder().encode("PE\0\0"), 0x40);
+  dv.setUint16(0x40 + 4, 0x5064, true); // IMAGE_FILE_MACHINE_RISCV64
+  dv.setUint16(0x40 + 6, 2, true); // NumberOfSections
+  dv.setUint16(0x40 + 20, 160, true); // SizeOfOptionalHeader
+  dv.setUint16(0x40 + 24, 0x20b, true); // PE32+
+  const section = (i: number, name: string, at: number, size: number) => {
+    const s = 0x40 + 24 + 160 + 40 * i;
+    bytes.set(new TextEncoder().encode(name), s);
+    dv.setUint32(s + 8, size, true); // VirtualSize
+    dv.setUint32(s + 12, at, true); // VirtualAddress
+    dv.setUint32(s + 16, size, true); // SizeOfRawData
+    dv.setUint32(s + 20, at, true); // PointerToRawData
+  };
+  section(0, ".text", text, data - text);
+  section(1, ".data", data, end - data);
+  return bytes;
+}
+
+test("an EFI-stub Image cut short of what its PE sections hold is refused with both sizes", () => {
+  const whole = efiImage();
+  assert.equal(parseKernelImage(whole).bytes.length, 0x5000);
+  // A signature appended after the sections is no harm.
+  const signed = new Uint8Array(whole.length + 0x100);
+  signed.set(whole);
+  assert.equal(parseKernelImage(signed).bytes.length, 0x5100);
+  fails(whole.slice(0, whole.length / 2), /^kernel image is cut short: its PE header says the file holds 20480 bytes, it has 10240$/);
+  fails(whole.slice(0, whole.length - 1), /cut short.* 20480 bytes, it has 20479$/);
+  // Cut inside the section table itself.
+  fails(whole.slice(0, 0x100), /cut short/);
+  // gzip-packed, the unpacked Image is checked the same way.
+  fails(gzipSync(whole.slice(0, 0x4000)), /cut short/);
+});

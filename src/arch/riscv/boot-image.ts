@@ -71,7 +71,38 @@ function parseRawImage(file: Uint8Array): Omit<KernelImage, "packaging"> {
     throw new KernelImageError(`kernel image header says ${imageSize} bytes but the file has ${file.length}: corrupt image`);
   }
   if (size > BigInt(MAX_DECOMPRESSED)) throw new KernelImageError(`kernel image claims ${size} bytes: corrupt image`);
+  // image_size counts bss, which the file does not hold, so only an EFI-stub
+  // image tells how long its file is: a cut-short one would boot into garbage.
+  const fileSize = peFileSize(file, dv);
+  if (fileSize !== undefined && file.length < fileSize) {
+    throw new KernelImageError(`kernel image is cut short: its PE header says the file holds ${fileSize} bytes, it has ${file.length}`);
+  }
   return { bytes: file, textOffset, imageSize: size, version: `${version >>> 16}.${version & 0xffff}` };
+}
+
+/**
+ * The length of an EFI-stub Image's file as its PE/COFF headers give it
+ * (Microsoft PE format: "PE\0\0" at the offset in 0x3c, the COFF header's
+ * NumberOfSections and SizeOfOptionalHeader, then 40-byte section headers with
+ * SizeOfRawData and PointerToRawData): the end of the last section's data
+ * (arch/riscv/kernel/efi-header.S: .data's raw data ends at the end of the
+ * Image). A signature may follow. Undefined when the image has no PE header.
+ */
+function peFileSize(file: Uint8Array, dv: DataView): number | undefined {
+  if (file[0] !== 0x4d || file[1] !== 0x5a) return undefined; // "MZ"
+  const pe = dv.getUint32(0x3c, true);
+  if (pe < HEADER_SIZE || pe + 24 > file.length || ascii(file, pe, 4) !== "PE\0\0") return undefined;
+  const sections = dv.getUint16(pe + 6, true);
+  const table = pe + 24 + dv.getUint16(pe + 20, true);
+  let end = table + 40 * sections;
+  if (end > file.length) return end;
+  for (let i = 0; i < sections; i++) {
+    const at = table + 40 * i;
+    const rawSize = dv.getUint32(at + 16, true);
+    const rawPointer = dv.getUint32(at + 20, true);
+    if (rawSize !== 0) end = Math.max(end, rawPointer + rawSize);
+  }
+  return end;
 }
 
 function zbootPayload(file: Uint8Array): Uint8Array | undefined {
