@@ -93,6 +93,9 @@ export interface MigrateOptions {
   /** The caller's own description of the VM, handed to the target's listener (the daemon's definition). */
   definition?: Plain;
   progress?(p: MigrationProgress): void;
+  /** The phase now, when it changes after the pre-copy rounds: "final" (the VM paused, its last pages and state
+   *  going over), "postcopy" (it runs on the target, its last pages follow). */
+  phase?(phase: "final" | "postcopy"): void;
 }
 
 export interface MigrationResult {
@@ -344,6 +347,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     }
 
     // ---- final phase: paused ----
+    opts.phase?.("final");
     wasRunning = vm.state === "running";
     const pausedAt = performance.now();
     await vm.pause();
@@ -383,6 +387,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     let postcopy: MigrationResult["postcopy"];
     if (pc) {
       postcopyRunning = true;
+      opts.phase?.("postcopy");
       socket.end();
       postcopy = await pushPending(pc, last);
     }
