@@ -77,27 +77,6 @@ test("a VM migrated through the API and the CLI finishes on the target with ever
     assert.equal((await source.api("POST", "/v1/vms/p/start")).status, 200);
     await until("'written'", async () => (await source.api("GET", "/v1/vms/p/logs")).text.includes("written"));
 
-    // A wrong token: refused, the VM runs on at the source, nothing is left at the target.
-    const wrong = await source.api("POST", "/v1/vms/p/migrate", { to, token: "not-the-token" });
-    assert.equal(wrong.status, 502, wrong.text);
-    assert.match(wrong.json.error, /authentication failed|token/);
-    assert.equal((await source.api("GET", "/v1/vms/p")).json.state, "running");
-    assert.equal((await target.api("GET", "/v1/vms/p")).status, 404);
-    const failed = await source.api("GET", "/v1/vms/p/migration");
-    assert.equal(failed.status, 200, failed.text);
-    assert.equal(failed.json.state, "failed", failed.text);
-    assert.equal(failed.json.target, to);
-    assert.equal(failed.json.error, wrong.json.error);
-    assert.equal(failed.json.result, undefined);
-
-    // A name in use at the target: refused with that reason, the VM runs on.
-    assert.equal((await target.api("POST", "/v1/vms", { ...def, disks: [] })).status, 201);
-    const clash = await source.api("POST", "/v1/vms/p/migrate", { to, token: TOKEN });
-    assert.equal(clash.status, 502, clash.text);
-    assert.match(clash.json.error, /a VM named 'p' exists on this host already/);
-    assert.equal((await source.api("GET", "/v1/vms/p")).json.state, "running");
-    assert.equal((await target.api("DELETE", "/v1/vms/p")).status, 200);
-
     // Through the CLI (the token from the environment).
     process.env.TSVISOR_MIGRATION_TOKEN = TOKEN;
     const r = await tsvisor(["vm", "migrate", "p", "--to", to, "--max-downtime", "500", "--host", source.socket]);
@@ -128,6 +107,39 @@ test("a VM migrated through the API and the CLI finishes on the target with ever
     assert.match((await target.api("GET", "/v1/vms/p/logs")).text, /done errors=0/);
     await target.waitFor(/vm p defined: migrated here from/);
     await source.waitFor(/vm p: migration round 0/);
+
+    // Refusals, on a guest that runs long enough for them (the dirty one: 30 s;
+    // the patterns guest checks its RAM 3 s after "written", on a busy machine
+    // before the migrations above and these would be done).
+    const rDef = { ...def, name: "r", kernel: dirty, cpus: 2, disks: [] };
+    assert.equal((await source.api("POST", "/v1/vms", rDef)).status, 201);
+    assert.equal((await source.api("POST", "/v1/vms/r/start")).status, 200);
+    // A wrong token: refused, the VM runs on at the source, nothing is left at the target.
+    const wrong = await source.api("POST", "/v1/vms/r/migrate", { to, token: "not-the-token" });
+    assert.equal(wrong.status, 502, wrong.text);
+    assert.match(wrong.json.error, /authentication failed|token/);
+    assert.equal((await source.api("GET", "/v1/vms/r")).json.state, "running");
+    assert.equal((await target.api("GET", "/v1/vms/r")).status, 404);
+    const failed = await source.api("GET", "/v1/vms/r/migration");
+    assert.equal(failed.status, 200, failed.text);
+    assert.equal(failed.json.state, "failed", failed.text);
+    assert.equal(failed.json.target, to);
+    assert.equal(failed.json.error, wrong.json.error);
+    assert.equal(failed.json.result, undefined);
+
+    // A name in use at the target: refused with that reason, the VM runs on.
+    assert.equal((await target.api("POST", "/v1/vms", rDef)).status, 201);
+    const clash = await source.api("POST", "/v1/vms/r/migrate", { to, token: TOKEN });
+    assert.equal(clash.status, 502, clash.text);
+    assert.match(clash.json.error, /a VM named 'r' exists on this host already/);
+    assert.equal((await source.api("GET", "/v1/vms/r")).json.state, "running");
+    assert.equal((await target.api("DELETE", "/v1/vms/r")).status, 200);
+
+    const clashed = await source.api("GET", "/v1/vms/r/migration");
+    assert.equal(clashed.json.state, "failed", clashed.text);
+    assert.equal(clashed.json.error, clash.json.error, "the last migration's");
+    assert.equal((await source.api("POST", "/v1/vms/r/stop")).status, 200);
+    assert.equal((await source.api("DELETE", "/v1/vms/r")).status, 200);
 
     // Post-copy through the API: it runs on the target at once, its last pages follow.
     assert.equal((await source.api("POST", "/v1/vms", { ...def, name: "q", disks: [] })).status, 201);
