@@ -8,7 +8,7 @@ import { createQcow2 } from "../backends/disk/qcow2/create.js";
 import { VERSION } from "../cli/version.js";
 import { ApiError } from "./errors.js";
 import { checkName, parseDefinition, parsePatch, type HostLimits, type VmDefinition } from "./definition.js";
-import { ManagedVm, type SnapshotView } from "./managed-vm.js";
+import { ManagedVm, type SnapshotView, type MigrationStatus } from "./managed-vm.js";
 import { readSnapshotMeta, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError } from "../snapshot/state.js";
 import { StateStore } from "./store.js";
@@ -33,6 +33,8 @@ export interface VmView {
 
 export class Daemon {
   private readonly vms = new Map<string, ManagedVm>();
+  /** The last migration of each VM that left this host by one, until a VM of its name is defined here again. */
+  private readonly departed = new Map<string, MigrationStatus>();
   readonly limits: HostLimits;
   private migrationListener: { listener: MigrationListener; address: string } | undefined;
 
@@ -60,6 +62,7 @@ export class Daemon {
   }
 
   private newVm(def: VmDefinition, restored = false): ManagedVm {
+    this.departed.delete(def.name);
     return new ManagedVm(def, this.engine, this.log, restored);
   }
 
@@ -198,11 +201,28 @@ export class Daemon {
       postcopy: b.postcopy as boolean | "auto" | undefined, maxDowntimeMs: maxDowntimeMs as number | undefined, copyDisks: b.copyDisks === true,
     });
     if (this.vms.get(vm.name) === vm && vm.state === "stopped") {
+      // GET /v1/vms/{name}/migration still answers for it.
+      this.departed.set(vm.name, vm.migration!);
+      if (this.departed.size > 256) this.departed.delete(this.departed.keys().next().value!);
       this.store.remove(vm.name);
       this.vms.delete(vm.name);
     }
     this.log(`vm ${vm.name} migrated to ${result.target} (${result.rounds} rounds, ${result.sentBytes} bytes, downtime ${result.downtimeMs.toFixed(0)} ms): removed from this host`);
     return { name: vm.name, ...result };
+  }
+
+  /**
+   * GET /v1/vms/{name}/migration: the VM's current or last migration from
+   * this host, also once it has left (until a VM of its name is defined here
+   * again); 404 when there is none.
+   */
+  migrationStatus(name: string): MigrationStatus {
+    checkName(name);
+    const vm = this.vms.get(name);
+    const status = vm ? vm.migration : this.departed.get(name);
+    if (status) return status;
+    if (!vm) throw new ApiError(404, `no VM named '${name}'`);
+    throw new ApiError(404, `VM '${name}' has not been migrated from this host`);
   }
 
   list(): ManagedVm[] {

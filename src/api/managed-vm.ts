@@ -18,7 +18,7 @@ import { ConsoleHub } from "./console-hub.js";
 import type { Duplex } from "node:stream";
 import { rmSync } from "node:fs";
 import type { VmDefinition, VmPatch } from "./definition.js";
-import type { MigrateTarget, MigrationResult } from "../snapshot/migration/sender.js";
+import type { MigrateTarget, MigrationResult, MigrationProgress } from "../snapshot/migration/sender.js";
 import type { IncomingVmConfig } from "../snapshot/migration/receiver.js";
 import { MigrationError } from "../snapshot/migration/stream.js";
 
@@ -74,6 +74,25 @@ export interface SnapshotView {
   overlays?: { disk: string; overlay: string }[];
 }
 
+/** GET /v1/vms/{name}/migration: this VM's current or last migration from this host (as QEMU's query-migrate). */
+export interface MigrationStatus {
+  name: string;
+  state: "active" | "completed" | "failed";
+  /** Where to, HOST:PORT. */
+  target: string;
+  /** When it started (ISO 8601). */
+  startedAt: string;
+  /** While active: "precopy" (rounds while it runs), "final" (paused, the last pages and state going over),
+   *  "postcopy" (it runs on the target, its last pages follow). */
+  phase?: "precopy" | "final" | "postcopy";
+  /** The latest round's figures (none before round 0 is sent). */
+  progress?: MigrationProgress;
+  /** Completed: how it went. */
+  result?: { rounds: number; sentBytes: number; downtimeMs: number; totalMs: number };
+  /** Failed: why, in one line. */
+  error?: string;
+}
+
 export function exitStatusOf(end: RunEnd): number {
   if (end.kind === "poweroff") return 0;
   if (end.kind === "exit-status") return Math.min(end.code, 255);
@@ -103,6 +122,7 @@ export class ManagedVm {
   private stopReason: string | undefined;
   private runDone: Promise<void> | undefined;
   private lastStats: StatsView | undefined;
+  private _migration: MigrationStatus | undefined;
 
   /** `restored`: brought back from the state directory, so "stopped" rather than "created". */
   constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false) {
@@ -115,6 +135,11 @@ export class ManagedVm {
 
   get state(): ManagedState {
     return this._state;
+  }
+
+  /** Its current or last migration from this host; undefined when it never migrated. */
+  get migration(): MigrationStatus | undefined {
+    return this._migration && { ...this._migration };
   }
 
   get lastOutcome(): RunOutcome | undefined {
@@ -302,19 +327,32 @@ export class ManagedVm {
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
     }
+    // Its status stays that of the migration under way.
+    if (this._migration?.state === "active") throw new ApiError(409, `VM '${this.name}' is being migrated already`);
     const target = `${to.host.includes(":") ? `[${to.host}]` : to.host}:${to.port}`;
     const definition = JSON.parse(JSON.stringify({ ...this.def, nets: pinnedMacs(this.def.nets, this.name) })) as Plain;
     this.event(`vm ${this.name}: migrating to ${target}`);
+    const status: MigrationStatus = { name: this.name, state: "active", target, startedAt: new Date().toISOString(), phase: "precopy" };
+    this._migration = status;
     let result: MigrationResult;
     try {
       const { copyDisks, ...engineOpts } = opts;
       result = await vm.migrate(to, {
         ...engineOpts, definition,
         ...(copyDisks ? { disks: this.devices?.diskCopies() ?? [] } : {}),
-        progress: (p) => this.event(`vm ${this.name}: migration round ${p.round}: ${(p.sentBytes / (1 << 20)).toFixed(1)} MiB sent, ${p.dirtyPages} pages dirty, expected downtime ${Math.round(p.expectedDowntimeMs)} ms${p.throttlePct ? `, throttled ${p.throttlePct}%` : ""}`),
+        progress: (p) => {
+          status.progress = { ...p };
+          this.event(`vm ${this.name}: migration round ${p.round}: ${(p.sentBytes / (1 << 20)).toFixed(1)} MiB sent, ${p.dirtyPages} pages dirty, expected downtime ${Math.round(p.expectedDowntimeMs)} ms${p.throttlePct ? `, throttled ${p.throttlePct}%` : ""}`);
+        },
+        phase: (phase) => {
+          status.phase = phase;
+        },
       });
     } catch (e) {
       const msg = (e as Error).message.replace(/\s+/g, " ");
+      status.state = "failed";
+      status.error = msg;
+      delete status.phase;
       this.event(`vm ${this.name}: ${msg}`);
       // Left paused when the target may run it (no Resumed heard): say so in its state.
       if (this._state === "running" && vm.state === "paused") this._state = "paused";
@@ -322,6 +360,9 @@ export class ManagedVm {
       if (e instanceof MigrationError) throw new ApiError(502, msg);
       throw e;
     }
+    status.state = "completed";
+    delete status.phase;
+    status.result = { rounds: result.rounds, sentBytes: result.sentBytes, downtimeMs: result.downtimeMs, totalMs: result.totalMs };
     // The engine stopped it ("migrated to ..."): wait until its devices are closed.
     await this.runDone;
     return result;

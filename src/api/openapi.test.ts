@@ -105,9 +105,12 @@ test("the server answers as documented: statuses and bodies, and nothing undocum
     try {
       const to = /taking migrated VMs on (\S+)/.exec(target.stderr)![1];
       await call("POST", "/v1/vms/{name}/migrate", "w", { to });
+      assert.equal((await call("GET", "/v1/vms/{name}/migration", "w")).status, 404); // never migrated
       assert.equal((await call("POST", "/v1/vms/{name}/migrate", "w", { to, token: "wrong-token" })).status, 502);
+      assert.equal((await call("GET", "/v1/vms/{name}/migration", "w")).json.state, "failed");
       const moved = await call("POST", "/v1/vms/{name}/migrate", "w", { to, token: "openapi-token", maxDowntimeMs: 1000 });
       assert.equal(moved.status, 200, moved.text);
+      assert.equal((await call("GET", "/v1/vms/{name}/migration", "w")).json.state, "completed"); // gone, its migration answers
       await call("POST", "/v1/restore", undefined, { path: snap, name: "w", paused: true });
     } finally {
       assert.equal(await target.stop(), 0);

@@ -99,6 +99,7 @@ export const ROUTES: Route[] = [
       return ok(await daemon.migrate(vm, body));
     },
   },
+  { method: "GET", path: "/v1/vms/{name}/migration", mutating: false, handler: ({ daemon, params }) => ok(daemon.migrationStatus(params.name)) },
   {
     method: "POST", path: "/v1/restore", mutating: true,
     handler: async ({ daemon, body }) => ok(daemon.view(await daemon.restoreSnapshot(body)), 201),

@@ -100,6 +100,9 @@ export interface MigrateOptions {
    *  The target's listener gives a sink for each, in this order. */
   disks?: readonly DiskCopySource[];
   progress?(p: MigrationProgress): void;
+  /** The phase now, when it changes after the pre-copy rounds: "final" (the VM paused, its last pages and state
+   *  going over), "postcopy" (it runs on the target, its last pages follow). */
+  phase?(phase: "final" | "postcopy"): void;
 }
 
 export interface MigrationResult {
@@ -372,6 +375,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     }
 
     // ---- final phase: paused ----
+    opts.phase?.("final");
     wasRunning = vm.state === "running";
     const pausedAt = performance.now();
     await vm.pause();
@@ -413,6 +417,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     let postcopy: MigrationResult["postcopy"];
     if (pc) {
       postcopyRunning = true;
+      opts.phase?.("postcopy");
       socket.end();
       postcopy = await pushPending(pc, last);
     }
