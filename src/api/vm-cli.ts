@@ -479,6 +479,7 @@ export function migrationProgressLine(s: MigrationStatus): string {
   const p = s.progress!;
   const phase = s.phase === "final" ? "; final phase, paused" : s.phase === "postcopy" ? "; post-copy, running on the target" : "";
   return `migrating ${s.name}: round ${p.round}, ${mibText(p.sentBytes)} sent, ${p.dirtyPages} pages dirty (${rateText(p.dirtyRateBytesPerSec)}), ` +
+    (p.dirtyDiskBytes !== undefined ? `${mibText(p.dirtyDiskBytes)} of disk changed, ` : "") +
     `link ${rateText(p.bandwidthBytesPerSec)}, expected downtime ${Math.round(p.expectedDowntimeMs)} ms, throttle ${p.throttlePct}%${phase}`;
 }
 
