@@ -339,7 +339,7 @@ export class ManagedVm {
       const { copyDisks, ...engineOpts } = opts;
       result = await vm.migrate(to, {
         ...engineOpts, definition,
-        ...(copyDisks ? { disks: this.devices?.diskCopies() ?? [] } : {}),
+        ...(copyDisks ? { disks: this.devices?.diskCopies() ?? [] } : { releaseStorage: async () => this.devices?.reopenDisks() }),
         progress: (p) => {
           status.progress = { ...p };
           this.event(`vm ${this.name}: migration round ${p.round}: ${(p.sentBytes / (1 << 20)).toFixed(1)} MiB sent, ${p.dirtyPages} pages dirty, expected downtime ${Math.round(p.expectedDowntimeMs)} ms${p.throttlePct ? `, throttled ${p.throttlePct}%` : ""}`);
@@ -389,7 +389,7 @@ export class ManagedVm {
     }
     return {
       name: this.name, virtio: this.devices.devices,
-      ...(copyDisks ? { diskSinks: this.devices.diskCopies() } : {}),
+      ...(copyDisks ? { diskSinks: this.devices.diskCopies() } : { acquireStorage: async () => this.devices?.reopenDisks() }),
       consoleOut: (b) => {
         this.log.append(b);
         this.console.output(b);

@@ -143,6 +143,22 @@ export class VmDevices {
     return out;
   }
 
+  /**
+   * Live migration over storage both hosts share: each writable disk is
+   * closed (flushed: a qcow2 image writes back the clusters it held in
+   * reserve and the refcounts it had yet to drop) and opened again, so what
+   * this process holds of its metadata is what the file says. The source
+   * does it in the pause, before the target runs; the target after that,
+   * before its guest touches the disk. Devices paused or not yet driven.
+   */
+  async reopenDisks(): Promise<void> {
+    for (const { blk, spec } of this.disks) {
+      if (blk.image.readOnly) continue;
+      const { path, format } = blk.image;
+      await blk.reopen({ path, format, readOnly: false, cache: spec.cache });
+    }
+  }
+
   /** Live migration with the disks copied along: each disk's device, which reads (source) or fills (target) it. */
   diskCopies(): IoThreadBlk[] {
     return this.disks.map((d) => d.blk);

@@ -41,6 +41,10 @@ export interface IncomingMigration {
 export type IncomingVmConfig = Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel"> & {
   /** With disks copied along: where each one's bytes go (its new image, opened by its device, empty), in the order announced. */
   diskSinks?: readonly DiskCopySink[];
+  /** After Complete, before the VM is restored: read the storage both hosts
+   *  share afresh (opened at Config, it was written by the source since;
+   *  MigrateOptions.releaseStorage has made it whole). Throwing refuses the migration. */
+  acquireStorage?(): Promise<void>;
 };
 
 export interface ListenOptions {
@@ -146,7 +150,7 @@ export class MigrationListener {
       sinks.forEach((sink, i) => {
         if (sink.capacityBytes !== announced[i].bytes) throw new MigrationError(`copied disk ${i} has ${announced[i].bytes} bytes, its copy here (${sink.name}) ${sink.capacityBytes}`);
       });
-      const { diskSinks: _sinks, ...vmOwn } = own;
+      const { diskSinks: _sinks, acquireStorage: _acquire, ...vmOwn } = own;
       vm = this.host.createVm({ ...vmOwn, name: own.name ?? incoming.vm.name, cpus: incoming.vm.cpus, memBytes: incoming.vm.memBytes, cmdline: incoming.vm.cmdline, console: incoming.vm.console });
       ram = new P2m(this.host.pool, VIRT_RAM_BASE, incoming.vm.memBytes, { owner: vm.owner });
       // Post-copy announced: the migration thread starts now (a thread takes
@@ -190,6 +194,13 @@ export class MigrationListener {
         }
       }
       trace("complete", t0);
+      if (own.acquireStorage) {
+        try {
+          await own.acquireStorage();
+        } catch (e) {
+          throw new MigrationError(`reopening its disks here: ${(e as Error).message}`);
+        }
+      }
       let ready: Plain = {};
       if (pending) {
         // Post-copy: the pages still at the source become Remote, and a thread of ours fetches them.

@@ -99,6 +99,12 @@ export interface MigrateOptions {
    *  content, then what the guest changes, in the same rounds (disk-copy.ts).
    *  The target's listener gives a sink for each, in this order. */
   disks?: readonly DiskCopySource[];
+  /** In the pause, once the devices have stopped: leave the storage both
+   *  hosts share whole for the target (the daemon reopens each disk it does
+   *  not copy, so a qcow2 image writes back the clusters and refcount
+   *  changes it held). The target reads it afresh (IncomingVmConfig's
+   *  acquireStorage) before the VM runs there. */
+  releaseStorage?(): Promise<void>;
   progress?(p: MigrationProgress): void;
   /** The phase now, when it changes after the pre-copy rounds: "final" (the VM paused, its last pages and state
    *  going over), "postcopy" (it runs on the target, its last pages follow). */
@@ -388,6 +394,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     const last = log.take();
     // Disks go whole before the target runs, post-copy or not.
     await disks?.sendChanged();
+    await opts.releaseStorage?.();
     if (!usePostcopy) await sendPages(last, false, false);
     trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
