@@ -87,12 +87,12 @@ export class Daemon {
    * A migration that fails here leaves nothing behind. Resolves with the
    * address it listens on.
    */
-  async listenForMigrations(at: { host: string; port: number }, token: string): Promise<string> {
+  async listenForMigrations(at: { host: string; port: number }, token: string, tls = false): Promise<string> {
     const arriving = new Map<IncomingMigration, ManagedVm>();
     /** Images made here for disks copied along: removed when the migration fails. */
     const copies = new Map<IncomingMigration, string[]>();
     const listener = await this.engine.listenForMigrations({
-      host: at.host, port: at.port, token,
+      host: at.host, port: at.port, token, tls,
       config: async (incoming) => {
         const def = this.arrivingDefinition(incoming);
         if (this.vms.has(def.name)) throw new Error(`a VM named '${def.name}' exists on this host already`);
@@ -185,7 +185,7 @@ export class Daemon {
   async migrate(vm: ManagedVm, body: unknown): Promise<MigrateView> {
     if (typeof body !== "object" || body === null || Array.isArray(body)) throw new ApiError(400, "the body must be a JSON object");
     const b = body as Record<string, unknown>;
-    const known = ["to", "token", "postcopy", "maxDowntimeMs", "copyDisks"];
+    const known = ["to", "token", "postcopy", "maxDowntimeMs", "copyDisks", "tls"];
     for (const key of Object.keys(b)) if (!known.includes(key)) throw new ApiError(400, `unknown field '${key}' (known: ${known.join(", ")})`);
     if (typeof b.to !== "string") throw new ApiError(400, "to: the target's migration listener, HOST:PORT, is required");
     const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(b.to);
@@ -197,7 +197,8 @@ export class Daemon {
       throw new ApiError(400, "maxDowntimeMs: expected an integer 1..600000");
     }
     if (b.copyDisks !== undefined && typeof b.copyDisks !== "boolean") throw new ApiError(400, "copyDisks: expected true or false");
-    const result = await vm.migrate({ host: m[1] ?? m[2], port: Number(m[3]), token: b.token }, {
+    if (b.tls !== undefined && typeof b.tls !== "boolean") throw new ApiError(400, "tls: expected true or false");
+    const result = await vm.migrate({ host: m[1] ?? m[2], port: Number(m[3]), token: b.token, tls: b.tls === true }, {
       postcopy: b.postcopy as boolean | "auto" | undefined, maxDowntimeMs: maxDowntimeMs as number | undefined, copyDisks: b.copyDisks === true,
     });
     if (this.vms.get(vm.name) === vm && vm.state === "stopped") {

@@ -35,7 +35,7 @@ async function until(what: string, ok: () => Promise<boolean>, ms = 30_000): Pro
   }
 }
 
-test("host --migration-listen needs a token", async () => {
+test("host --migration-listen needs a token; --migration-tls needs --migration-listen", async () => {
   const dir = mkdtempSync(join(base, "t-"));
   delete process.env.TSVISOR_MIGRATION_TOKEN;
   const host = await tsvisor(["host", "--socket", join(dir, "host.sock"), "--state-dir", join(dir, "state"), "--migration-listen", "127.0.0.1:0"]);
@@ -43,7 +43,9 @@ test("host --migration-listen needs a token", async () => {
   oneErrorLine(host, /--migration-listen needs a token: --migration-token TOKEN or \$TSVISOR_MIGRATION_TOKEN/);
   const cli = await tsvisor(["vm", "migrate", "p", "--to", "127.0.0.1:1", "--host", join(dir, "none.sock")]);
   assert.notEqual(cli.status, 0);
-  oneErrorLine(cli, /token/);
+  oneErrorLine(cli, /token/);  const tls = await tsvisor(["host", "--socket", join(dir, "host.sock"), "--state-dir", join(dir, "state"), "--migration-tls"]);
+  assert.equal(tls.status, 2, tls.stderr);
+  oneErrorLine(tls, /--migration-tls goes with --migration-listen HOST:PORT/);
 });
 
 test("a VM migrated through the API and the CLI finishes on the target with every page intact, and is gone from the source", { skip, timeout: 60_000 }, async () => {

@@ -129,14 +129,15 @@ test("a Debian guest writing a qcow2 disk on storage both hosts share moves with
   assert.equal((await tsvisor(["disk", "create", "--size", "25G", disk])).status, 0);
   const empty = join(dir, "empty.raw");
   writeFileSync(empty, Buffer.alloc(1 << 20));
+  // Over TLS too (`--migration-tls` there, `--tls` here).
   const source = await TestHost.start(join(dir, "src"));
-  const target = await TestHost.start(join(dir, "dst"), ["--pcpus", "1", "--mem", "1G", "--migration-listen", "127.0.0.1:0", "--migration-token", TOKEN]);
+  const target = await TestHost.start(join(dir, "dst"), ["--pcpus", "1", "--mem", "1G", "--migration-listen", "127.0.0.1:0", "--migration-token", TOKEN, "--migration-tls"]);
   try {
-    const to = /taking migrated VMs on (127\.0\.0\.1:\d+)/.exec(target.stderr)![1];
+    const to = /taking migrated VMs on (127\.0\.0\.1:\d+) \(TLS\)/.exec(target.stderr)![1];
     const made = await source.vm("create", "s", "--disk", disk, "--disk", `${empty},format=raw,readonly`, "--mem", "128M", "--net", "none", "--start", "--", "sh", "-c", guest(8192));
     assert.equal(made.status, 0, made.stderr);
     await until("the guest to write a few chunks", async () => /chunk 3\b/.test((await source.api("GET", "/v1/vms/s/logs")).text));
-    const r = await source.vm("migrate", "s", "--to", to, "--token", TOKEN);
+    const r = await source.vm("migrate", "s", "--to", to, "--token", TOKEN, "--tls");
     assert.equal(r.status, 0, `${r.stderr}\n${source.stderr}\n${target.stderr}`);
     assert.doesNotMatch(r.stdout, /disks:/);
     assert.equal((await target.api("GET", "/v1/vms/s")).json.config.disks[0], disk);

@@ -34,7 +34,7 @@ export interface DaemonOptions {
   /** Also serve the API on this TCP address, behind a bearer token. */
   listen?: { host: string; port: number };
   /** Take live-migrated VMs on this TCP address (sources must know the token). */
-  migrationListen?: { host: string; port: number; token: string };
+  migrationListen?: { host: string; port: number; token: string; tls?: boolean };
 }
 
 export function logLine(line: string): void {
@@ -117,8 +117,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   if (opts.migrationListen) {
     const ml = opts.migrationListen;
     try {
-      const address = await daemon.listenForMigrations(ml, ml.token);
-      logLine(`taking migrated VMs on ${address}`);
+      const address = await daemon.listenForMigrations(ml, ml.token, ml.tls === true);
+      logLine(`taking migrated VMs on ${address}${ml.tls ? " (TLS)" : ""}`);
     } catch (e) {
       tcp?.close();
       await engine.close();

@@ -15,12 +15,13 @@ import type { VmView, MigrateView } from "./daemon.js";
 import type { HostMemoryStats } from "../memory/manager/memory-manager.js";
 
 export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR] [--listen HOST:PORT]
-       [--migration-listen HOST:PORT [--migration-token TOKEN]]
+       [--migration-listen HOST:PORT [--migration-token TOKEN] [--migration-tls]]
        [--swap SIZE] [--compress SIZE] [--no-sharing] [--sharing-rate PAGES/MS] [--no-reclaim]
                           run the host daemon in the foreground (API on a Unix socket;
                           --listen: also on TCP, behind a bearer token;
                           --migration-listen: take live-migrated VMs there from sources
-                          that know the token, else $TSVISOR_MIGRATION_TOKEN). Memory:
+                          that know the token, else $TSVISOR_MIGRATION_TOKEN;
+                          --migration-tls: only over TLS, keyed by the token). Memory:
                           --mem the frame pool all VMs share, 16M..4G (default 4G;
                           the VMs' memory may add up to more), --swap a swap file of
                           that size in the state directory (default none), --compress
@@ -60,12 +61,13 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           as they were when it was taken. A restored VM that reboots
                           boots its kernel cold (without one of its own: it stops)
   vm migrate NAME --to HOST:PORT [--token TOKEN] [--postcopy|--postcopy-auto]
-             [--max-downtime MS] [--copy-disks]
+             [--max-downtime MS] [--copy-disks] [--tls]
                           live-migrate the running VM to the host whose --migration-listen
                           is HOST:PORT (token: --token, else $TSVISOR_MIGRATION_TOKEN);
                           its disks must be at the same paths there, unless --copy-disks:
                           their content goes along, into new qcow2 images in the target's
-                          state directory (what the guest writes meanwhile too). Once
+                          state directory (what the guest writes meanwhile too).
+                          --tls: encrypted, for a target host with --migration-tls. Once
                           it runs there it is stopped and removed here. Each round's
                           progress is shown on stderr (and is in this host's log)
                           (every vm command: --host PATH or http://HOST:PORT, else
@@ -116,20 +118,20 @@ export async function hostCommand(argv: string[]): Promise<number> {
   if (argv[0] === "info") return hostInfo(argv.slice(1));
   const { values: v, positionals } = parse(argv, {
     socket: { type: "string" }, pcpus: { type: "string" }, mem: { type: "string" }, "state-dir": { type: "string" }, listen: { type: "string" },
-    "migration-listen": { type: "string" }, "migration-token": { type: "string" },
+    "migration-listen": { type: "string" }, "migration-token": { type: "string" }, "migration-tls": { type: "boolean" },
     ...HOST_OVERCOMMIT_OPTIONS,
   }, "host");
   if (positionals.length > 0) throw new UsageError(`host: unexpected argument '${positionals[0]}'`);
   if (v.host !== undefined) throw new UsageError("host: --socket sets the daemon's socket (--host is for clients)");
   const stateDir = resolve((v["state-dir"] as string | undefined) ?? defaultStateDir());
-  let migrationListen: { host: string; port: number; token: string } | undefined;
+  let migrationListen: { host: string; port: number; token: string; tls: boolean } | undefined;
   if (v["migration-listen"] !== undefined) {
     const token = (v["migration-token"] as string | undefined) ?? process.env.TSVISOR_MIGRATION_TOKEN;
     if (!token) throw new UsageError("host: --migration-listen needs a token: --migration-token TOKEN or $TSVISOR_MIGRATION_TOKEN");
     if (token.length < 8) throw new UsageError("host: the migration token must be at least 8 characters");
-    migrationListen = { ...parseListen(v["migration-listen"] as string, "--migration-listen"), token };
-  } else if (v["migration-token"] !== undefined) {
-    throw new UsageError("host: --migration-token goes with --migration-listen HOST:PORT");
+    migrationListen = { ...parseListen(v["migration-listen"] as string, "--migration-listen"), token, tls: v["migration-tls"] === true };
+  } else if (v["migration-token"] !== undefined || v["migration-tls"]) {
+    throw new UsageError(`host: ${v["migration-tls"] ? "--migration-tls" : "--migration-token"} goes with --migration-listen HOST:PORT`);
   }
   return runDaemon({
     migrationListen,
@@ -441,7 +443,7 @@ async function restore(argv: string[]): Promise<number> {
 async function migrate(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(argv, {
     to: { type: "string" }, token: { type: "string" }, postcopy: { type: "boolean" }, "postcopy-auto": { type: "boolean" }, "max-downtime": { type: "string" },
-    "copy-disks": { type: "boolean" },
+    "copy-disks": { type: "boolean" }, tls: { type: "boolean" },
   }, "vm migrate");
   const name = oneName(positionals, "vm migrate");
   if (v.to === undefined) throw new UsageError("vm migrate: --to HOST:PORT (the target host's --migration-listen) is required");
@@ -454,6 +456,7 @@ async function migrate(argv: string[]): Promise<number> {
   if (v.postcopy) body.postcopy = true;
   if (v["postcopy-auto"]) body.postcopy = "auto";
   if (v["copy-disks"]) body.copyDisks = true;
+  if (v.tls) body.tls = true;
   if (v["max-downtime"] !== undefined) body.maxDowntimeMs = intFlag("--max-downtime", v["max-downtime"] as string, 1, 600_000);
   const socket = clientSocketPath(v.host as string | undefined);
   const stopWatching = watchMigration(socket, name);

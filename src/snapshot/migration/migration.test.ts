@@ -45,13 +45,13 @@ async function finishes(vm: Vm, output: () => string): Promise<void> {
 }
 
 /** A target host with a listener whose arriving VMs print into `arrived`. */
-async function targetHost(): Promise<{ host: Host; port: number; arrived: Map<string, Guest>; errors: string[] }> {
+async function targetHost(opts: { tls?: boolean } = {}): Promise<{ host: Host; port: number; arrived: Map<string, Guest>; errors: string[] }> {
   const host = await Host.create({ pcpus: 2 });
   const arrived = new Map<string, Guest>();
   const consoles = new Map<string, () => string>();
   const errors: string[] = [];
   const l = await host.listenForMigrations({
-    port: 0, token: TOKEN,
+    port: 0, token: TOKEN, tls: opts.tls,
     config: (incoming) => {
       const c = console_();
       consoles.set(incoming.vm.name, c.text);
@@ -103,15 +103,18 @@ test("pre-copy of a guest that keeps rewriting 8 MiB: auto-converge throttles it
     for (const p of rounds) console.log(`  round ${p.round}: dirty ${p.dirtyPages} pages, ${(p.dirtyRateBytesPerSec / 2 ** 20).toFixed(1)} MiB/s dirtied, link ${(p.bandwidthBytesPerSec / 2 ** 20).toFixed(0)} MiB/s, expected downtime ${p.expectedDowntimeMs.toFixed(1)} ms, throttle ${p.throttlePct} %`);
     assert.ok(rounds.some((p) => p.dirtyPages > 500), "the guest dirtied pages between rounds");
     // Auto-converge acts once the dirty set failed to shrink below 90 % twice
-    // in a row; on a quick link the rounds may converge before that.
-    let stalls = 0;
-    let stalled = false;
-    for (let i = 1; i < rounds.length && rounds[i].dirtyPages > 0; i++) {
-      stalls = rounds[i].dirtyPages > rounds[i - 1].dirtyPages * 0.9 ? stalls + 1 : 0;
-      if (stalls >= 2) stalled = true;
+    // in a row (as the sender counts it, at each take); on a quick link the
+    // rounds converge before that. A throttle comes only after such a stall,
+    // at 20 % first; without one the last round fitted.
+    const firstThrottled = rounds.findIndex((p) => p.throttlePct > 0);
+    if (r.maxThrottlePct > 0) {
+      assert.ok(firstThrottled >= 2, "not before two rounds to compare");
+      assert.equal(rounds[firstThrottled].throttlePct, 20, "20 % first, as QEMU's");
+      const before = rounds.slice(0, firstThrottled);
+      assert.ok(before.slice(1).some((p, i) => p.dirtyPages > before[i].dirtyPages * 0.8), "the dirty set had stopped shrinking");
+    } else {
+      assert.ok(r.downtimeMs < 1000, "it converged without a throttle");
     }
-    if (stalled) assert.ok(r.maxThrottlePct >= 20, "auto-converge throttled the guest");
-    else assert.ok(r.downtimeMs < 1000, "it converged without a throttle");
     assert.ok(r.rounds >= 2);
     const moved = t.arrived.get("busy");
     assert.ok(moved);
@@ -154,6 +157,72 @@ test("a wrong token is refused with one line on both sides, and nothing is creat
     return buildBareKernel(bareProgram("halt"));
   }
 });
+
+test("over TLS (both sides `tls`): pre-copy and post-copy arrive intact, nothing readable crosses the wire, a wrong token or a plain peer is refused with one line", { skip: noCompiler, timeout: 240_000 }, async () => {
+  const source = await Host.create({ pcpus: 2 });
+  const t = await targetHost({ tls: true });
+  const wire = await recordingProxy(t.port);
+  let plain: Awaited<ReturnType<typeof targetHost>> | undefined;
+  try {
+    const g = startGuest(source, "sealed");
+    await until("'written'", () => g.output().includes("written"));
+    const r = await g.vm.migrate({ host: "127.0.0.1", port: wire.port, token: TOKEN, tls: true });
+    console.log(`pre-copy over TLS: ${(r.sentBytes / 2 ** 20).toFixed(1)} MiB in ${r.totalMs.toFixed(0)} ms, downtime ${r.downtimeMs.toFixed(1)} ms`);
+    await finishes(t.arrived.get("sealed")!.vm, () => g.output() + t.arrived.get("sealed")!.output());
+    // The plain stream starts with the target's Hello, JSON with its version: not on this wire.
+    const seen = wire.bytes();
+    assert.ok(seen.length > 16 << 20, "the pages went through the proxy");
+    assert.equal(seen.indexOf(Buffer.from('"version"')), -1, "no plaintext message on the wire");
+
+    const busy = startGuest(source, "sealed-pc", "dirty");
+    await until("'written'", () => busy.output().includes("written"));
+    const pc = await busy.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN, tls: true }, { postcopy: true });
+    assert.ok(pc.postcopy && pc.postcopy.pages > 0, "pages came over the post-copy connection");
+    await finishes(t.arrived.get("sealed-pc")!.vm, () => busy.output() + t.arrived.get("sealed-pc")!.output());
+
+    const other = startGuest(source, "refused", "halt"); // waits for ever: still there after the refusals
+    await assert.rejects(other.vm.migrate({ host: "127.0.0.1", port: t.port, token: "not the token", tls: true }),
+      (e: Error) => /^migration of VM 'refused' to 127\.0\.0\.1:\d+ failed: authentication failed: /.test(e.message) && !e.message.includes("\n"));
+    await assert.rejects(other.vm.migrate({ host: "127.0.0.1", port: t.port, token: TOKEN }), /failed: .*TLS/);
+    await until("the target's lines", () => t.errors.length >= 2);
+    assert.match(t.errors[0], /^migration from 127\.0\.0\.1:\d+ refused: authentication failed: /);
+    assert.match(t.errors[1], /^migration from 127\.0\.0\.1:\d+ refused: authentication failed: no TLS handshake within 10 s/);
+    // A TLS source at a plain listener is refused too.
+    plain = await targetHost();
+    await assert.rejects(other.vm.migrate({ host: "127.0.0.1", port: plain.port, token: TOKEN, tls: true }), /failed: /);
+    assert.equal(other.vm.state, "running");
+    assert.equal(t.host.vm("refused"), undefined);
+  } finally {
+    wire.close();
+    await source.close();
+    await t.host.close();
+    await plain?.host.close();
+  }
+});
+
+/** Forwards connections to `port` and keeps every byte the source sent. */
+async function recordingProxy(port: number): Promise<{ port: number; bytes(): Buffer; close(): void }> {
+  const chunks: Buffer[] = [];
+  const sockets: Socket[] = [];
+  const server = createServer((a) => {
+    const b = connect({ host: "127.0.0.1", port });
+    sockets.push(a, b);
+    a.on("data", (d: Buffer) => chunks.push(Buffer.from(d)));
+    a.pipe(b);
+    b.pipe(a);
+    a.on("error", () => b.destroy());
+    b.on("error", () => a.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return {
+    port: (server.address() as { port: number }).port,
+    bytes: () => Buffer.concat(chunks),
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
 
 // ---- a proxy that cuts the connection -------------------------------------------------------
 

@@ -12,13 +12,13 @@
 // workerData: { pool, p2m, remote, host, key (base64) }
 
 import { parentPort, workerData } from "node:worker_threads";
-import { createServer, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { timingSafeEqual } from "node:crypto";
 import { FramePool, type FramePoolHandle } from "../../memory/frame-pool.js";
 import { P2m, type P2mHandle } from "../../memory/p2m.js";
 import { Absent, absentKind, isPresent } from "../../memory/p2m-entry.js";
 import { RemotePages, type RemotePagesHandle } from "./remote-pages.js";
-import { Cmd, MessageReader, MessageWriter, MigrationError, expect, fillRemotePages, readJson } from "./stream.js";
+import { Cmd, MessageReader, MessageWriter, MigrationError, createMigrationServer, expect, fillRemotePages, readJson } from "./stream.js";
 
 export interface PostcopyWorkerData {
   pool: FramePoolHandle;
@@ -26,6 +26,8 @@ export interface PostcopyWorkerData {
   remote: RemotePagesHandle;
   host: string;
   key: string;
+  /** TLS with the key as its pre-shared key (the main connection was TLS too). */
+  tls: boolean;
 }
 
 export type FromPostcopyWorker = { kind: "listening"; port: number } | { kind: "done"; pages: number } | { kind: "failed"; reason: string };
@@ -37,10 +39,11 @@ const remote = RemotePages.attach(d.remote);
 const post = (m: FromPostcopyWorker) => parentPort!.postMessage(m);
 let finished = false;
 
-const server = createServer((s) => {
+// A handshake refused (not the source) is not the one connection: it waits on for the source's.
+const server = createMigrationServer(d.tls ? Buffer.from(d.key, "base64") : undefined, (s) => {
   server.close(); // one connection only
   void serve(s);
-});
+}, () => {});
 server.listen(0, d.host, () => {
   const a = server.address();
   post({ kind: "listening", port: typeof a === "object" && a ? a.port : 0 });

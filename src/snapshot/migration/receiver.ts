@@ -11,7 +11,7 @@
 // happens to the connection (the source stays paused when it hears no
 // Resumed: see sender.ts).
 
-import { createServer, type Server, type Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import { randomBytes } from "node:crypto";
 import { Worker } from "node:worker_threads";
 import type { Host, Vm, VmConfig } from "../../host/host.js";
@@ -23,7 +23,7 @@ import type { PostcopyWorkerData, FromPostcopyWorker } from "./postcopy-worker.j
 import { VIRT_RAM_BASE } from "../../arch/riscv/layout.js";
 import { StateReader, type Plain } from "../state.js";
 import {
-  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, applyPages, checkToken, expect, mac, macMatches, newNonce, parseJson, readBitmap, readJson,
+  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, applyPages, checkToken, createMigrationServer, expect, mac, macMatches, newNonce, parseJson, readBitmap, readJson, tlsKey,
 } from "./stream.js";
 
 /** What the source says of the VM coming in. */
@@ -53,6 +53,8 @@ export interface ListenOptions {
   port: number;
   /** The shared secret: sources must prove they know it, and this side proves it too. */
   token: string | Uint8Array;
+  /** TLS with a key from the token (sources must use `tls` too): the stream encrypted (stream.ts). */
+  tls?: boolean;
   /** Turn the incoming VM's description into its host-side config (devices in
    *  the same slots as at the source); throw to refuse it. Default: no
    *  devices of its own, console output dropped. May be async (devices to open). */
@@ -74,9 +76,10 @@ export class MigrationListener {
 
   static async listen(host: Host, opts: ListenOptions): Promise<MigrationListener> {
     checkToken(opts.token);
-    const server = createServer();
-    const l = new MigrationListener(host, server, opts);
-    server.on("connection", (s) => l.accept(s));
+    const psk = opts.tls ? tlsKey(opts.token) : undefined;
+    let l: MigrationListener | undefined;
+    const server = createMigrationServer(psk, (s) => l?.accept(s), (from, why) => opts.onError?.(`migration from ${from} refused: ${why}`));
+    l = new MigrationListener(host, server, opts);
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(opts.port, opts.host ?? "127.0.0.1", () => {
@@ -158,7 +161,7 @@ export class MigrationListener {
       const postcopyKey = randomBytes(32).toString("base64");
       if (config.has("postcopy") && config.bool("postcopy")) {
         remote = RemotePages.create();
-        copier = await PostcopyCopier.start({ pool: this.host.pool.handle(), p2m: ram.handle(), remote: remote.handle(), host: this.opts.host ?? "127.0.0.1", key: postcopyKey }, remote);
+        copier = await PostcopyCopier.start({ pool: this.host.pool.handle(), p2m: ram.handle(), remote: remote.handle(), host: this.opts.host ?? "127.0.0.1", key: postcopyKey, tls: this.opts.tls === true }, remote);
       }
       await writer.json(Cmd.Ack, {});
 

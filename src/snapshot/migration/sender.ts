@@ -43,7 +43,7 @@
 // same; the source's copy stays paused and is stale (the guest ran on the
 // target since): destroy it, never resume it.
 
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import type { Vm } from "../../host/vm.js";
 import type { VirtMachine } from "../../vmm/virt-machine.js";
 import type { DirtyLog } from "../../memory/dirty-log.js";
@@ -52,7 +52,7 @@ import { readsAsZero } from "../../memory/p2m-entry.js";
 import type { Plain } from "../state.js";
 import { DiskCopier, type DiskCopySource } from "./disk-copy.js";
 import {
-  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, checkToken, encodePages, expect, mac, macMatches, newNonce, pageBuffer, readJson, writeBitmap,
+  Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, checkToken, connectMigration, encodePages, expect, mac, macMatches, newNonce, pageBuffer, readJson, tlsKey, writeBitmap,
 } from "./stream.js";
 
 export interface MigrateTarget {
@@ -60,6 +60,8 @@ export interface MigrateTarget {
   port: number;
   /** The shared secret the target's listener was given. */
   token: string | Uint8Array;
+  /** TLS with a key from the token (the listener must have `tls` too): the stream encrypted. */
+  tls?: boolean;
 }
 
 export interface MigrationProgress {
@@ -194,7 +196,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
   };
 
   try {
-    socket = await open(to.host, to.port);
+    socket = await connectMigration(to.host, to.port, to.tls ? tlsKey(to.token) : undefined, CONNECT_TIMEOUT_MS);
     const reader = new MessageReader(socket, "the target");
     writer = new MessageWriter(socket, "the target");
     const w = writer;
@@ -202,7 +204,10 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     const next = (cmd: Cmd, what: string, ms = REPLY_TIMEOUT_MS) => reader.next(ms, what).then((m) => expect(m, cmd, peerName));
 
     // ---- hello: both sides prove they know the token ----
-    const hello = readJson(await next(Cmd.Hello, "its Hello"), peerName);
+    const hello = readJson(await next(Cmd.Hello, "its Hello").catch((e: Error) => {
+      // A listener that takes only TLS waits for a handshake that a plain source never starts.
+      throw !to.tls && reader.received === 0 ? new MigrationError(`${e.message} (it said nothing: does it take migrations only over TLS? then --tls)`) : e;
+    }), peerName);
     const version = hello.int("version", 0, 0xffff);
     if (version !== MIGRATION_VERSION) throw new MigrationError(`the target speaks migration version ${version}, this host ${MIGRATION_VERSION}`);
     const theirNonce = hello.bytes("nonce", 64);
@@ -409,7 +414,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       const p = ready.obj("postcopy");
       const port = p.int("port", 1, 65535);
       const key = p.bytes("key", 64);
-      const s = await open(to.host, port);
+      const s = await connectMigration(to.host, port, to.tls ? Buffer.from(key) : undefined, CONNECT_TIMEOUT_MS);
       pcSocket = s;
       pc = { socket: s, reader: new MessageReader(s, "the target's migration thread"), writer: new MessageWriter(s, "the target's migration thread") };
       await pc.writer.json(Cmd.Hello, { key: Buffer.from(key).toString("base64") });
@@ -490,23 +495,4 @@ function measure(bytes: number, secs: number, limit: number | undefined, previou
   if (bytes < 64 << 10 || secs <= 0) return previous ?? limit ?? 1e9;
   const bw = bytes / secs;
   return limit ? Math.min(limit, bw) : bw;
-}
-
-function open(host: string, port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host, port });
-    s.setNoDelay(true);
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new MigrationError(`no connection within ${CONNECT_TIMEOUT_MS / 1000} s`));
-    }, CONNECT_TIMEOUT_MS);
-    s.once("connect", () => {
-      clearTimeout(timer);
-      resolve(s);
-    });
-    s.once("error", (e) => {
-      clearTimeout(timer);
-      reject(new MigrationError(e.message));
-    });
-  });
 }

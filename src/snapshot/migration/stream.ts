@@ -52,9 +52,17 @@
 //
 // The peer is untrusted: every length, count and index is checked, JSON
 // fields through StateReader; a message out of place is refused.
+//
+// With `tls` (both sides must say so, as QEMU's tls-creds) every connection
+// is TLS 1.2 with a pre-shared key (RFC 5489 ECDHE-PSK, ChaCha20-Poly1305):
+// the main connection's key is derived from the token, the post-copy
+// connection's is the one-time key of Ready. Memory is then encrypted, and a
+// peer without the token fails the handshake before it sends anything.
 
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import type { Socket } from "node:net";
+import { connect as netConnect, type Socket } from "node:net";
+import { connect as tlsConnect, createServer as tlsCreateServer, type TLSSocket } from "node:tls";
+import { createServer as netCreateServer, type Server } from "node:net";
 import { FRAME_SIZE } from "../../memory/frame-pool.js";
 import type { P2m } from "../../memory/p2m.js";
 import { isPresent } from "../../memory/p2m-entry.js";
@@ -338,6 +346,83 @@ export function macMatches(token: string | Uint8Array, role: "source" | "target"
 
 export function checkToken(token: unknown): void {
   if (!(typeof token === "string" || token instanceof Uint8Array) || token.length < 8) throw new MigrationError("a migration token of at least 8 characters (or bytes) is needed");
+}
+
+// ---- connections: plain TCP or TLS with a pre-shared key --------------------------------------
+
+const TLS_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305";
+const PSK_IDENTITY = "tsvisor-migration";
+/** Node offers PSK cipher suites in TLS 1.2 (its TLS 1.3 PSK is for session resumption). */
+const TLS_VERSION = "TLSv1.2" as const;
+
+/** The main connection's pre-shared key: the token stretched to 32 bytes, bound to this use. */
+export function tlsKey(token: string | Uint8Array): Buffer {
+  return createHmac("sha256", token).update("tsvisor-migration tls psk").digest();
+}
+
+/**
+ * A listener: plain TCP, or TLS with `psk`. `onConnection` gets each
+ * connection once it is usable (TLS: after the handshake); a TLS handshake
+ * that fails (a wrong key, a plain peer) goes to `onRefused` with one line.
+ */
+export function createMigrationServer(psk: Buffer | undefined, onConnection: (s: Socket) => void, onRefused: (from: string, why: string) => void): Server {
+  if (!psk) return netCreateServer(onConnection);
+  const server = tlsCreateServer({
+    ciphers: TLS_CIPHERS, minVersion: TLS_VERSION, maxVersion: TLS_VERSION, handshakeTimeout: 10_000,
+    pskCallback: (_socket, identity) => (identity === PSK_IDENTITY ? psk : null),
+  }, onConnection);
+  server.on("tlsClientError", (e, s: TLSSocket) => {
+    onRefused(`${s.remoteAddress}:${s.remotePort}`, tlsFailure(e));
+    s.destroy();
+  });
+  return server;
+}
+
+/** Connect, over TLS with `psk` when given; rejects with one line (a TLS handshake refused: authentication failed). */
+export function connectMigration(host: string, port: number, psk: Buffer | undefined, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s: Socket = psk
+      ? tlsConnect({
+        host, port, ciphers: TLS_CIPHERS, minVersion: TLS_VERSION, maxVersion: TLS_VERSION,
+        pskCallback: () => ({ psk, identity: PSK_IDENTITY }),
+        // The key authenticates the peer: there is no certificate to check.
+        checkServerIdentity: () => undefined,
+      })
+      : netConnect({ host, port });
+    s.setNoDelay(true);
+    let tcpUp = false;
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new MigrationError(`no connection within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
+    s.once("connect", () => {
+      tcpUp = true;
+      if (psk) return;
+      clearTimeout(timer);
+      resolve(s);
+    });
+    s.once("secureConnect", () => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    s.once("error", (e) => {
+      clearTimeout(timer);
+      reject(new MigrationError(psk && tcpUp ? tlsFailure(e) : e.message));
+    });
+    // A TLS peer that closes during the handshake (it did not take our key) gives no error.
+    s.once("close", () => {
+      clearTimeout(timer);
+      reject(new MigrationError(psk && tcpUp ? "authentication failed: the TLS handshake was refused (a wrong token, or a listener without --migration-tls)" : "the connection closed"));
+    });
+  });
+}
+
+function tlsFailure(e: Error): string {
+  const code = (e as { code?: string }).code ?? "";
+  if (/DECRYPT|BAD_RECORD_MAC|PSK|HANDSHAKE_FAILURE/i.test(code + e.message)) return "authentication failed: the TLS handshake failed: wrong token";
+  if (/timeout/i.test(code + e.message)) return "authentication failed: no TLS handshake within 10 s (a source without --tls?)";
+  if (/WRONG_VERSION|UNKNOWN_PROTOCOL|HTTP_REQUEST|RECORD_LAYER|PACKET_LENGTH/i.test(code + e.message)) return "authentication failed: the peer does not speak TLS (use --tls on both sides, or neither)";
+  return `the TLS handshake failed: ${e.message.replace(/\s+/g, " ")}`;
 }
 
 // ---- pages ---------------------------------------------------------------------------------
