@@ -249,14 +249,15 @@ export class Daemon {
     return vm;
   }
 
-  /** POST /v1/vms/{name}/snapshot: `{ path, diff?, stayPaused?, disks?: "overlay" }`. */
+  /** POST /v1/vms/{name}/snapshot: `{ path, diff?, live?, stayPaused?, disks?: "overlay" }`. */
   async snapshot(vm: ManagedVm, body: unknown): Promise<SnapshotView> {
-    const b = fields(body, { path: "string", diff: "boolean", stayPaused: "boolean", disks: "string" });
+    const b = fields(body, { path: "string", diff: "boolean", live: "boolean", stayPaused: "boolean", disks: "string" });
+    if (b.diff && b.live) throw new ApiError(400, "diff and live: a live snapshot is a full one");
     const path = absolutePath(b.path);
     if (b.disks !== undefined && b.disks !== "overlay") throw new ApiError(400, `disks: expected "overlay", got '${b.disks as string}'`);
     const before = JSON.stringify(vm.def.disks);
     try {
-      return await vm.snapshot(path, { diff: b.diff as boolean | undefined, stayPaused: b.stayPaused as boolean | undefined, disks: b.disks as "overlay" | undefined });
+      return await vm.snapshot(path, { diff: b.diff as boolean | undefined, live: b.live as boolean | undefined, stayPaused: b.stayPaused as boolean | undefined, disks: b.disks as "overlay" | undefined });
     } finally {
       // Disks switched to overlays (also when a later one failed): the definition names them now.
       if (JSON.stringify(vm.def.disks) !== before) this.store.save(vm.def);

@@ -70,6 +70,8 @@ export interface SnapshotView {
   bytes: number;
   pages: { total: number; stored: number; zero: number; inParent: number };
   seconds: number;
+  /** A live snapshot: how long the VM was paused (ms). */
+  pausedMs?: number;
   /** With `disks: "overlay"`: each writable disk the snapshot names, and the overlay the VM goes on with. */
   overlays?: { disk: string; overlay: string }[];
 }
@@ -266,7 +268,7 @@ export class ManagedVm {
    * the images stay as the snapshot needs them. If that fails, the snapshot
    * is deleted (its disks would not stay as it needs them) and 409 says why.
    */
-  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; disks?: "overlay" }): Promise<SnapshotView> {
+  async snapshot(path: string, opts: { diff?: boolean; live?: boolean; stayPaused?: boolean; disks?: "overlay" }): Promise<SnapshotView> {
     const vm = this.vm;
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be snapshotted`);
@@ -292,7 +294,7 @@ export class ManagedVm {
       }
     } : undefined;
     try {
-      written = await vm.snapshot(path, { diff: opts.diff, stayPaused: opts.stayPaused, definition, whilePaused });
+      written = await vm.snapshot(path, { diff: opts.diff, live: opts.live, stayPaused: opts.stayPaused, definition, whilePaused });
     } catch (e) {
       if (overlayFailed) {
         rmSync(path, { force: true });
@@ -311,6 +313,7 @@ export class ManagedVm {
     this.event(`vm ${this.name}: snapshot written to ${written.path} (${m.stored} pages stored, ${seconds.toFixed(2)} s)`);
     return {
       name: this.name, path: written.path, id: written.id, bytes: written.bytes, pages: { total: m.pages, stored: m.stored, zero: m.zero, inParent: m.inParent }, seconds,
+      ...(written.pausedMs !== undefined ? { pausedMs: written.pausedMs } : {}),
       ...(opts.disks === "overlay" ? { overlays } : {}),
     };
   }

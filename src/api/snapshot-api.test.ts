@@ -130,6 +130,31 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
   }
 });
 
+test("vm snapshot --live writes a running VM's RAM while it runs; the copy restores and finishes intact", { skip, timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(base, "l-"));
+  const host = await TestHost.start(dir);
+  try {
+    assert.equal((await host.api("POST", "/v1/vms", { name: "w", kernel: patterns, append: "", memBytes: 64 << 20, cpus: 1, nets: [] })).status, 201);
+    assert.equal((await host.api("POST", "/v1/vms/w/start")).status, 200);
+    const path = join(dir, "live.snap");
+    const r = await host.vm("snapshot", "w", path, "--live");
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^snapshot of w written to .*live\.snap: 64\.0 MiB RAM, [\d.]+ MiB stored \(\d+ pages\), [\d.]+ s, paused \d+ ms\n$/);
+    assert.equal((await host.api("GET", "/v1/vms/w")).json.state, "running");
+    oneErrorLine(await host.vm("snapshot", "w", path, "--live", "--diff"), /--diff or --live, not both/);
+    const both = await host.api("POST", "/v1/vms/w/snapshot", { path, live: true, diff: true });
+    assert.equal(both.status, 400, both.text);
+    assert.equal((await host.api("POST", "/v1/restore", { path, name: "w2" })).status, 201);
+    for (const name of ["w", "w2"]) {
+      const end = await host.api("GET", `/v1/vms/${name}/wait`);
+      assert.equal(end.json.exitStatus, 0, `${name}: ${end.text}`);
+      assert.match(await logsOf(host, name), /done errors=0\n/);
+    }
+  } finally {
+    assert.equal(await host.stop(), 0, host.stderr);
+  }
+});
+
 test("restore refuses what is no usable snapshot with one line; the CLI's usage errors exit 2", { skip, timeout: 30_000 }, async () => {
   const dir = mkdtempSync(join(base, "b-"));
   const host = await TestHost.start(dir);

@@ -46,9 +46,11 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
   vm wait NAME            wait until it stops; exit with its command's status
-  vm snapshot NAME FILE [--diff] [--stay-paused] [--disks overlay]
+  vm snapshot NAME FILE [--diff|--live] [--stay-paused] [--disks overlay]
                           write the running (or paused) VM's state, RAM and definition
-                          to FILE; it runs on unless --stay-paused. --diff: only the
+                          to FILE; it runs on unless --stay-paused. --live: its RAM is
+                          written while it runs, the pause only for the last pages
+                          it wrote and its state. --diff: only the
                           pages written since its last snapshot (the parent, which
                           must stay where it is). Disk images are not copied: with
                           --disks overlay each writable image D is frozen as the
@@ -414,17 +416,19 @@ async function wait(argv: string[]): Promise<number> {
 const mibText = (bytes: number) => `${(bytes / (1 << 20)).toFixed(1)} MiB`;
 
 async function snapshot(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parse(argv, { diff: { type: "boolean" }, "stay-paused": { type: "boolean" }, disks: { type: "string" } }, "vm snapshot");
+  const { values: v, positionals } = parse(argv, { diff: { type: "boolean" }, live: { type: "boolean" }, "stay-paused": { type: "boolean" }, disks: { type: "string" } }, "vm snapshot");
+  if (v.diff && v.live) throw new UsageError("vm snapshot: --diff or --live, not both (a live snapshot is a full one)");
   if (positionals.length !== 2) throw new UsageError("vm snapshot: expected NAME FILE");
   if (v.disks !== undefined && v.disks !== "overlay") throw new UsageError(`vm snapshot: --disks: expected overlay, got '${v.disks as string}'`);
   const [name, file] = positionals;
   const body: Record<string, unknown> = { path: resolve(file) };
   if (v.diff) body.diff = true;
+  if (v.live) body.live = true;
   if (v["stay-paused"]) body.stayPaused = true;
   if (v.disks !== undefined) body.disks = v.disks;
   const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
   const overlays = (r.overlays ?? []).map((o) => `; ${o.disk} frozen, the VM goes on with ${o.overlay}`).join("");
-  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${overlays}\n`);
+  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${r.pausedMs !== undefined ? `, paused ${Math.round(r.pausedMs)} ms` : ""}${overlays}\n`);
   return 0;
 }
 

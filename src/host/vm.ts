@@ -24,7 +24,7 @@ import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.j
 import { Absent } from "../memory/p2m-entry.js";
 import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
 import { PAGE_ZERO } from "../snapshot/memory.js";
-import { writeSnapshot, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
+import { writeSnapshot, type LiveCopy, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
 import type { P2m } from "../memory/p2m.js";
@@ -133,6 +133,8 @@ export class Vm {
   private lastMemoryWarnNs = -Infinity;
   /** A snapshot is being written (the memory manager keeps its hands off). */
   private snapshotting = false;
+  /** A live snapshot copies pages while the VM runs (no other snapshot or migration meanwhile). */
+  private liveSnapshotting = false;
   /** Vm.migrate() is under way (snapshots wait: they would take its dirty pages). */
   private migrating = false;
   /** A migration sent Go and heard nothing back: the devices stay paused until resume(). */
@@ -331,15 +333,17 @@ export class Vm {
    * vCPUs go on (the daemon switches the disks to overlays there); what it
    * throws is thrown, the snapshot written all the same.
    */
-  async snapshot(path: string, opts: { diff?: boolean; stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void; whilePaused?(written: WrittenSnapshot): Promise<void> } = {}): Promise<WrittenSnapshot> {
+  async snapshot(path: string, opts: { diff?: boolean; live?: boolean; stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void; whilePaused?(written: WrittenSnapshot): Promise<void> } = {}): Promise<WrittenSnapshot> {
     this.checkAlive();
     const machine = this.machine;
     if (!machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM has state to snapshot`);
-    if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted already`);
+    if (this.snapshotting || this.liveSnapshotting) throw new HostError(`VM '${this.name}' is being snapshotted already`);
     if (this.migrating) throw new HostError(`VM '${this.name}' is being migrated`);
     if (opts.diff && !this.lastSnapshot) throw new HostError(`VM '${this.name}' has no earlier snapshot in this run to take a diff against`);
-    this.snapshotting = true;
+    if (opts.live && opts.diff) throw new HostError("a live snapshot is a full one (no --diff with --live)");
     const wasRunning = this._state === "running";
+    if (opts.live && wasRunning) return this.liveSnapshot(path, machine, opts);
+    this.snapshotting = true;
     try {
       if (wasRunning) await this.pause();
       // The memory manager finishes what it holds the vCPUs for, and starts nothing new (holdVcpus refuses).
@@ -367,6 +371,59 @@ export class Vm {
     }
   }
 
+  /**
+   * snapshot() with `live`: the RAM is written while the VM runs, then the
+   * pages it wrote meanwhile (the dirty log, vCPUs held only to read and
+   * clear it), and in the pause only the last ones and the machine state
+   * (snapshot.ts LiveCopy). The VM pauses for milliseconds, not for the
+   * whole memory; the file holds the VM as it was at that pause.
+   */
+  private async liveSnapshot(path: string, machine: VirtMachine, opts: { stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void; whilePaused?(written: WrittenSnapshot): Promise<void> }): Promise<WrittenSnapshot> {
+    this.liveSnapshotting = true;
+    this.startDirtyLog();
+    const log = this.dirtyLog!;
+    let paused = false;
+    let pausedAt = 0;
+    const ended = () => new HostError(`VM '${this.name}' ended while being snapshotted`);
+    const live: LiveCopy = {
+      takeDirty: async () => {
+        if (paused) return log.take();
+        if (!(await this.holdVcpus())) throw ended();
+        try {
+          return log.take();
+        } finally {
+          this.releaseVcpus();
+        }
+      },
+      pause: async () => {
+        pausedAt = performance.now();
+        if (this._state === "running") await this.pause();
+        // From here on as snapshot(): the memory manager holds nothing and starts nothing.
+        this.snapshotting = true;
+        while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
+        await machine.pauseDevices();
+        paused = true;
+        if (machine.ended || this.stopping) throw ended();
+        return machine.saveState();
+      },
+    };
+    try {
+      const meta: Omit<SnapshotMeta, "tsvisor" | "id" | "createdAt"> = {
+        vm: { name: this.name, cpus: this.config.cpus, memBytes: this.config.memBytes, cmdline: this.config.cmdline, console: this.config.console ?? "ttyS0" },
+        ...(opts.definition !== undefined ? { definition: opts.definition } : {}),
+      };
+      const written = await writeSnapshot(path, { meta, live, p2m: machine.p2m, progress: opts.progress });
+      this.lastSnapshot = { path: written.path, id: written.id };
+      await opts.whilePaused?.(written);
+      return { ...written, pausedMs: performance.now() - pausedAt };
+    } finally {
+      if (paused) machine.resumeDevices();
+      this.snapshotting = false;
+      this.liveSnapshotting = false;
+      if (paused && !opts.stayPaused && this._state === "paused" && !this.stopping) this.resume();
+    }
+  }
+
   // ---- live migration (src/snapshot/migration/) ----------------------------------------------
 
   /**
@@ -380,7 +437,7 @@ export class Vm {
     this.checkAlive();
     if (!this.machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
     if (this.migrating) throw new HostError(`VM '${this.name}' is being migrated already`);
-    if (this.snapshotting) throw new HostError(`VM '${this.name}' is being snapshotted`);
+    if (this.snapshotting || this.liveSnapshotting) throw new HostError(`VM '${this.name}' is being snapshotted`);
     this.migrating = true;
     try {
       return await migrateVm(this.migrationSource(this.machine), to, opts);

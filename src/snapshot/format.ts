@@ -177,6 +177,10 @@ export class SnapshotFile {
     }
   }
 
+  has(tag: string): boolean {
+    return this.sections.has(tag);
+  }
+
   section(tag: string): Section {
     const s = this.sections.get(tag);
     if (!s) throw new SnapshotError(`${this.path}: no '${tag}' section`);

@@ -34,48 +34,81 @@ export interface MemoryWriteResult {
 }
 
 /**
+ * The "pages" section and its page map, written as pages come: a page
+ * written again (a live snapshot's later round) takes a new slot and the map
+ * points at the newest; the older slot stays in the file, unreferenced.
+ */
+export class PageWriter {
+  private readonly where: Uint32Array;
+  private readonly crcs: number[] = [];
+  private readonly section;
+  private readonly batch = new Uint8Array(BATCH_PAGES * FRAME_SIZE);
+  private inBatch = 0;
+
+  constructor(private readonly w: SnapshotWriter, private readonly p2m: P2m) {
+    this.where = new Uint32Array(p2m.count).fill(PAGE_ZERO);
+    this.section = w.begin("pages", true);
+  }
+
+  /** Page i's bytes as they are now (all-zero bytes: marked zero, nothing stored). */
+  async write(i: number): Promise<void> {
+    const page = this.batch.subarray(this.inBatch * FRAME_SIZE, (this.inBatch + 1) * FRAME_SIZE);
+    this.p2m.readInto(i, 0, FRAME_SIZE, page, 0);
+    if (isZero(page)) {
+      this.where[i] = PAGE_ZERO;
+      return;
+    }
+    this.where[i] = this.crcs.length;
+    this.crcs.push(crc32(page));
+    if (++this.inBatch === BATCH_PAGES) await this.flush();
+  }
+
+  /** A diff snapshot: page i is as in the parent. */
+  inParent(i: number): void {
+    this.where[i] = PAGE_IN_PARENT;
+  }
+
+  /** Close the pages section and write the map; what the map says, counted. */
+  async finish(): Promise<MemoryWriteResult> {
+    await this.flush();
+    this.w.end(this.section);
+    const count = this.where.length;
+    const map = new Uint32Array(2 + count + this.crcs.length);
+    map[0] = count;
+    map[1] = this.crcs.length;
+    map.set(this.where, 2);
+    map.set(this.crcs, 2 + count);
+    await this.w.binary("pagemap", new Uint8Array(map.buffer));
+    const result: MemoryWriteResult = { pages: count, stored: 0, zero: 0, inParent: 0 };
+    for (const x of this.where) {
+      if (x === PAGE_ZERO) result.zero++;
+      else if (x === PAGE_IN_PARENT) result.inParent++;
+      else result.stored++;
+    }
+    return result;
+  }
+
+  private async flush(): Promise<void> {
+    if (this.inBatch === 0) return;
+    await this.w.write(this.batch.subarray(0, this.inBatch * FRAME_SIZE));
+    this.inBatch = 0;
+  }
+}
+
+/**
  * Write the VM's RAM: every page (`dirty` undefined), or for a diff snapshot
  * only the pages in `dirty`, the rest marked as in the parent. The vCPUs must
  * be off their pCPUs and no device may be writing guest memory meanwhile.
  */
 export async function writeMemory(w: SnapshotWriter, p2m: P2m, dirty?: Set<number>, progress?: (done: number, total: number) => void): Promise<MemoryWriteResult> {
   const count = p2m.count;
-  const where = new Uint32Array(count);
-  const crcs: number[] = [];
-  const section = w.begin("pages", true);
-  const batch = new Uint8Array(BATCH_PAGES * FRAME_SIZE);
-  let inBatch = 0;
-  const result: MemoryWriteResult = { pages: count, stored: 0, zero: 0, inParent: 0 };
+  const pages = new PageWriter(w, p2m);
   for (let i = 0; i < count; i++) {
-    if (dirty && !dirty.has(i)) {
-      where[i] = PAGE_IN_PARENT;
-      result.inParent++;
-      continue;
-    }
-    const page = batch.subarray(inBatch * FRAME_SIZE, (inBatch + 1) * FRAME_SIZE);
-    p2m.readInto(i, 0, FRAME_SIZE, page, 0);
-    if (isZero(page)) {
-      where[i] = PAGE_ZERO;
-      result.zero++;
-      continue;
-    }
-    where[i] = crcs.length;
-    crcs.push(crc32(page));
-    result.stored++;
-    if (++inBatch === BATCH_PAGES) {
-      await w.write(batch);
-      inBatch = 0;
-      progress?.(i + 1, count);
-    }
+    if (dirty && !dirty.has(i)) pages.inParent(i);
+    else await pages.write(i);
+    if ((i & (BATCH_PAGES - 1)) === BATCH_PAGES - 1) progress?.(i + 1, count);
   }
-  if (inBatch > 0) await w.write(batch.subarray(0, inBatch * FRAME_SIZE));
-  w.end(section);
-  const map = new Uint32Array(2 + count + crcs.length);
-  map[0] = count;
-  map[1] = crcs.length;
-  map.set(where, 2);
-  map.set(crcs, 2 + count);
-  await w.binary("pagemap", new Uint8Array(map.buffer));
+  const result = await pages.finish();
   progress?.(count, count);
   return result;
 }
@@ -194,7 +227,9 @@ interface PageMap {
 }
 
 function readPageMap(f: SnapshotFile, pages: number): PageMap {
-  const raw = f.binary("pagemap", 8 + 8 * pages);
+  // A live snapshot stores a page again for each round it was rewritten in: up to as many slots as the pages section holds.
+  const stored = f.has("pages") ? Math.floor(f.section("pages").length / FRAME_SIZE) : 0;
+  const raw = f.binary("pagemap", 8 + 4 * pages + 4 * Math.max(pages, stored));
   if (raw.length < 8 || raw.length % 4 !== 0) throw new SnapshotError(`${f.path}: page map of ${raw.length} bytes`);
   const words = new Uint32Array(raw.buffer, raw.byteOffset, raw.length / 4);
   const [count, slots] = [words[0], words[1]];

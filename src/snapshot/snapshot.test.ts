@@ -99,6 +99,37 @@ test("a snapshot taken while the guest writes its RAM, and one while it waits, b
   });
 });
 
+test("a live snapshot (--live) is written while the guest runs on, rewriting 8 MiB; paused only for the last pages, it restores on another host and finishes with every generation right", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const source = await Host.create({ pcpus: 2 });
+    const path = join(dir, "live.snap");
+    try {
+      const c = console_();
+      const vm = source.createVm({ name: "busy", kernel: buildBareKernel(bareProgram("dirty")), cmdline: "", cpus: 2, memBytes: GUEST_RAM, consoleOut: c.out, warn: () => {} });
+      vm.start();
+      await until("'written'", () => c.text().includes("written"));
+      const before = vm.stats().vcpus.reduce((n, v) => n + v.instructions, 0);
+      const w = await vm.snapshot(path, { live: true });
+      console.log(`live snapshot of a guest rewriting 8 MiB: ${(w.bytes / 2 ** 20).toFixed(1)} MiB, ${w.rewrittenPages} pages written again, paused ${w.pausedMs?.toFixed(1)} ms`);
+      assert.ok((w.rewrittenPages ?? 0) > 0, "the guest wrote pages while its RAM was being written");
+      assert.ok(vm.stats().vcpus.reduce((n, v) => n + v.instructions, 0) > before, "it ran during the snapshot");
+      assert.equal(vm.state, "running");
+      await assert.rejects(vm.snapshot(join(dir, "x.snap"), { live: true, diff: true }), /no --diff with --live/);
+      await finishes({ vm, output: c.text });
+    } finally {
+      await source.close();
+    }
+    const target = await Host.create({ pcpus: 2 });
+    try {
+      const r = restore(target, path, "restored");
+      await finishes(r);
+      assert.doesNotMatch(r.output(), /written/, "it went on from the pause, after 'written'");
+    } finally {
+      await target.close();
+    }
+  });
+});
+
 test("clones: three VMs restored from one snapshot run independently; restore is lazy; a paused restore waits for resume", { skip: noCompiler, timeout: 180_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });

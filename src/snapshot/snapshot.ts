@@ -13,7 +13,8 @@ import { resolve } from "node:path";
 import { VERSION } from "../cli/version.js";
 import type { P2m } from "../memory/p2m.js";
 import { SnapshotWriter, SnapshotFile } from "./format.js";
-import { writeMemory, SnapshotPages, type MemoryWriteResult } from "./memory.js";
+import { writeMemory, PageWriter, SnapshotPages, type MemoryWriteResult } from "./memory.js";
+import { readsAsZero } from "../memory/p2m-entry.js";
 import { SnapshotError, StateReader, type Plain } from "./state.js";
 
 /** What "meta" says. */
@@ -28,9 +29,28 @@ export interface SnapshotMeta {
   definition?: Plain;
 }
 
+/**
+ * A live snapshot (`vm snapshot --live`): the RAM is written while the VM
+ * runs, then the pages it wrote meanwhile, round after round, and only the
+ * last of them and the machine state in the pause, as QEMU's migration to a
+ * file does. The state is that of the moment of the pause.
+ */
+export interface LiveCopy {
+  /** The pages written since the last call (the first call starts the count). */
+  takeDirty(): Promise<number[]>;
+  /** Pause the vCPUs and the devices; the machine state then. */
+  pause(): Promise<Plain>;
+}
+
+/** Rounds of dirty pages at most before the pause, and the set small enough to stop at once. */
+const LIVE_ROUNDS = 8;
+const LIVE_LAST_PAGES = 256;
+
 export interface WriteSnapshotOptions {
   meta: Omit<SnapshotMeta, "tsvisor" | "id" | "createdAt">;
-  machine: Plain;
+  /** The machine state, or, for a live snapshot, `live` gives it at the pause. */
+  machine?: Plain;
+  live?: LiveCopy;
   p2m: P2m;
   /** Diff snapshot: only these pages (the rest are the parent's). */
   dirty?: Set<number>;
@@ -42,6 +62,10 @@ export interface WrittenSnapshot {
   id: string;
   bytes: number;
   memory: MemoryWriteResult;
+  /** A live snapshot: how long the VM was paused for the last pages and the state (ms). */
+  pausedMs?: number;
+  /** A live snapshot: pages written again in rounds after the first pass. */
+  rewrittenPages?: number;
 }
 
 export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Promise<WrittenSnapshot> {
@@ -50,6 +74,13 @@ export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Prom
   const w = await SnapshotWriter.create(path);
   try {
     await w.json("meta", meta as unknown as Plain);
+    if (o.live) {
+      const live = await writeLive(w, o.p2m, o.live, o.progress);
+      const bytes = w.bytesWritten;
+      await w.finish();
+      return { path: resolve(path), id, bytes, ...live };
+    }
+    if (o.machine === undefined) throw new Error("writeSnapshot: the machine state or a live copy is needed");
     await w.json("machine", o.machine);
     const memory = await writeMemory(w, o.p2m, o.dirty, o.progress);
     const bytes = w.bytesWritten;
@@ -59,6 +90,31 @@ export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Prom
     await w.abort();
     throw e;
   }
+}
+
+async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?: (done: number, total: number) => void): Promise<{ memory: MemoryWriteResult; pausedMs: number; rewrittenPages: number }> {
+  const pages = new PageWriter(w, p2m);
+  await live.takeDirty();
+  const count = p2m.count;
+  for (let i = 0; i < count; i++) {
+    if (!readsAsZero(p2m.entry(i))) await pages.write(i);
+    if ((i & 1023) === 1023) progress?.(i + 1, count);
+  }
+  let rewritten = 0;
+  for (let round = 0; round < LIVE_ROUNDS; round++) {
+    const dirty = await live.takeDirty();
+    for (const i of dirty) await pages.write(i);
+    rewritten += dirty.length;
+    if (dirty.length <= LIVE_LAST_PAGES) break;
+  }
+  const pausedAt = performance.now();
+  const machine = await live.pause();
+  const last = await live.takeDirty();
+  for (const i of last) await pages.write(i);
+  const memory = await pages.finish();
+  await w.json("machine", machine);
+  progress?.(count, count);
+  return { memory, pausedMs: performance.now() - pausedAt, rewrittenPages: rewritten + last.length };
 }
 
 /** A snapshot opened for restore: its meta checked, its parents opened. */
