@@ -135,11 +135,15 @@ async function main(): Promise<void> {
     const t1 = monoNs();
     const diff = await g.vm.snapshot(join(dir, "diff.snap"), { diff: true });
     const diffNs = monoNs() - t1;
+    const t2 = monoNs();
+    const live = await g.vm.snapshot(join(dir, "live.snap"), { live: true });
+    const liveNs = monoNs() - t2;
     if (sections.has("snapshot")) {
       say();
       say("Snapshot of an idle 256 MiB Debian guest (1 vCPU); the VM is paused while it is written");
       say(`  full: ${f2(statSync(full).size / MiB)} MiB file (${written.memory.stored} pages stored, ${written.memory.zero} zero), ${f2(ms(fullNs))} ms`);
       say(`  diff after 1 s: ${f2(statSync(diff.path).size / MiB)} MiB file (${diff.memory.stored} pages stored, ${diff.memory.inParent} in the parent), ${f2(ms(diffNs))} ms`);
+      say(`  live (--live, the VM running while its RAM is written): ${f2(statSync(live.path).size / MiB)} MiB file, ${f2(ms(liveNs))} ms in all, paused ${f2(live.pausedMs ?? 0)} ms, ${live.rewrittenPages} pages written again`);
     }
     await g.vm.destroy();
 
