@@ -217,11 +217,11 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     if (!macMatches(to.token, "target", myNonce, ack.bytes("mac", 64))) throw new MigrationError("the target does not know the token (it answered with a wrong proof)");
 
     // ---- config ----
-    const copying = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check()) : undefined;
+    disks = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check()) : undefined;
     await w.json(Cmd.Config, {
       vm: src.meta(), postcopy: opts.postcopy === true || opts.postcopy === "auto",
       ...(opts.definition !== undefined ? { definition: opts.definition } : {}),
-      ...(copying ? { disks: copying.announce() } : {}),
+      ...(disks ? { disks: disks.announce() } : {}),
     });
     await next(Cmd.Ack, "the VM to be created there");
 
@@ -318,10 +318,9 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     };
 
     // ---- disks copied along: recording changes, then their whole content ----
-    if (copying) {
-      disks = copying;
-      copying.startTracking();
-      await copying.sendAll();
+    if (disks) {
+      disks.startTracking();
+      await disks.sendAll();
     }
 
     // ---- round 0: everything that is not zero, the VM running ----
