@@ -99,10 +99,11 @@ if [ -n "$tty" ]; then
 fi
 
 finish() {
-  # The command's last output may still sit in the tty's buffer: the host
-  # stops the VM at the finisher write, so wait until the port has sent it
-  # (busybox stty sets the mode with tcsetattr(TCSADRAIN), which waits).
-  [ -n "$tty" ] && stty -echo -onlcr 2>/dev/null
+  # The command's last output may still sit in the tty's buffer (the 8250
+  # driver's ring, sent as the UART's THR empties): the host stops the VM at
+  # the finisher write, so wait until the port has sent it, on ttyS0 as on
+  # hvc0 (busybox stty sets the mode with tcsetattr(TCSADRAIN), which waits).
+  stty -echo -onlcr 2>/dev/null
   sync
   if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
   devmem 0x${FINISHER_ADDR.toString(16)} 32 $value
