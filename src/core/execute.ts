@@ -6,7 +6,7 @@
 // writes, xRET, a timer compare reached, run() entry).
 
 import {
-  H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP,
+  H, rd, wr, status, trapCause, trapTval, clearStatus, STATUS_OK, STATUS_TRAP, STATUS_EXIT,
   PC_OFF, TIME_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, RUN_INSNS_OFF, RUN_MMIO_DONE_OFF,
   RUN_ADDR_OFF, WAITING_OFF, CAUSE_ILLEGAL_INSTRUCTION, illegal, JIT_CACHE_OFF, REQ_OFF,
 } from "./hart";
@@ -15,7 +15,7 @@ import { jitFind, jitChainTarget, flushCompileQueue, countEntered, countBail } f
 import { updateTlbContext, tlbFlushFetch } from "./tlb";
 import { enterTrap, pendingInterrupt, irqCheckNeeded, clearIrqCheck, requestIrqCheck, nextTimerDeadline, INTERRUPT_BIT } from "./trap";
 import { beginRunCounting, countRetired, retiredThisRunAdd, foldCounters, retiredThisRun } from "./counters";
-import { EXIT_BUDGET, EXIT_HALT, EXIT_KICK } from "./exit";
+import { EXIT_BUDGET, EXIT_HALT, EXIT_KICK, EXIT_P2M_FAULT } from "./exit";
 import { requestsPending, takeRequests, kick, postRequestTo, REQ_EXIT } from "./requests";
 import { execLoad, execStore, execOpImm, execOpImm32, execOp, execOp32, execBranch, jalTarget, immI } from "./isa/rv64i";
 import { execAtomic } from "./isa/a";
@@ -216,6 +216,11 @@ export function runHart(budget: u32): i32 {
   return reason;
 }
 
+/** Did the instruction just executed stop for a p2m-fault exit (not retired)? */
+@inline function stoppedForP2mFault(): bool {
+  return status == STATUS_EXIT && <i32>load<i64>(H, RUN_REASON_OFF) == EXIT_P2M_FAULT;
+}
+
 /** The interpreter alone (JIT off): nothing per instruction beyond executing it. */
 function runInterpreted(budget: u32): i32 {
   let pc = rd(PC_OFF);
@@ -246,7 +251,9 @@ function runInterpreted(budget: u32): i32 {
     const next = executeFetched(insn, pc);
     if (mmioCompletion) {
       mmioCompletion = false;
-      wr(RUN_MMIO_DONE_OFF, 0);
+      // Not consumed because the instruction stopped for a p2m fault before
+      // its access: it restarts after the fault and must still find it.
+      if (!stoppedForP2mFault()) wr(RUN_MMIO_DONE_OFF, 0);
       requestIrqCheck();
     }
 
@@ -373,7 +380,9 @@ function runWithTranslation(budget: u32): i32 {
     const next = executeFetched(insn, pc);
     if (mmioCompletion) {
       mmioCompletion = false;
-      wr(RUN_MMIO_DONE_OFF, 0);
+      // Not consumed because the instruction stopped for a p2m fault before
+      // its access: it restarts after the fault and must still find it.
+      if (!stoppedForP2mFault()) wr(RUN_MMIO_DONE_OFF, 0);
       requestIrqCheck();
     }
 

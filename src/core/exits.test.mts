@@ -64,6 +64,36 @@ test("an MMIO store exits with the value, and retires once completed", () => {
   assert.equal(m.pc(), RAM_BASE + 12n);
 });
 
+test("an MMIO access completed, then stopped by a p2m fault before it re-executes, is not performed twice", () => {
+  // The hypervisor completes the store and the load, then the code page goes
+  // away before the vCPU runs again (a lazily restored snapshot, a page
+  // swapped out): the fetch faults first, and the p2m-fault exit writes its
+  // own address in the run record. After the mapping, each access must take
+  // its completion, not exit to the device a second time.
+  const m = machine([LUI(10, 0x10000), addi(11, 0, 0x5a), sd(10, 11, 8), lw(12, 10, 4), JSELF]);
+  const c = m.core;
+  const codePage = m.dv.getUint32(m.p2m, true);
+  const evictCode = () => {
+    m.dv.setUint32(m.p2m, 0, true);
+    c.tlbFlush(m.hart);
+    assert.equal(m.run(), c.EXIT_P2M_FAULT.value);
+    assert.equal(m.write(), 2, "the fault is the instruction fetch's");
+    m.dv.setUint32(m.p2m, codePage, true);
+    c.tlbFlush(m.hart);
+  };
+  assert.equal(m.run(), c.EXIT_MMIO_WRITE.value);
+  m.complete(c.MMIO_COMPLETED.value);
+  evictCode();
+  assert.equal(m.run(1), c.EXIT_BUDGET.value, "the store retires without a second exit");
+  assert.equal(m.pc(), RAM_BASE + 12n);
+  assert.equal(m.run(), c.EXIT_MMIO_READ.value);
+  m.complete(c.MMIO_COMPLETED.value, 0x1234n);
+  evictCode();
+  assert.equal(m.run(1), c.EXIT_BUDGET.value, "the load retires with the device's data");
+  assert.equal(m.x(12), 0x1234n);
+  assert.equal(m.pc(), RAM_BASE + 16n);
+});
+
 test("an access where no device answers becomes a load access fault in the guest", () => {
   const m = machine([LUI(10, 0x30000), ld(11, 10, 0), JSELF]);
   const c = m.core;

@@ -98,6 +98,14 @@ export const TIME_FLOOR_OFF: u32 = 984;
 // bitmap of u32 words, one bit per page of the p2m window, that every p2m
 // lookup for a write sets (p2m.ts). Kept across a hart reset.
 export const DIRTY_LOG_OFF: u32 = 992;
+// The access an MMIO completion (RUN_MMIO_DONE) belongs to: its address, and
+// its size | write << 8. Kept apart from RUN_ADDR/RUN_SIZE/RUN_WRITE because
+// re-executing the instruction may first stop for a p2m fault (its code page
+// or a page-table page not mapped yet: a lazily restored snapshot, a page
+// swapped out meanwhile), which reports its own address there; matching the
+// completion against that would perform the device access a second time.
+export const MMIO_KEY_ADDR_OFF: u32 = 1000;
+export const MMIO_KEY_ACCESS_OFF: u32 = 1008;
 
 // Software TLB (tlb.ts): three direct-mapped arrays (fetch, load, store).
 export const TLB_OFF: u32 = 1024;

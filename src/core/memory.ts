@@ -20,7 +20,7 @@
 import {
   H, status, raise, requestExit, STATUS_OK,
   RUN_REASON_OFF, RUN_ADDR_OFF, RUN_DATA_OFF, RUN_SIZE_OFF, RUN_WRITE_OFF, RUN_MMIO_DONE_OFF,
-  HTIF_TOHOST_OFF, PRIV_OFF,
+  MMIO_KEY_ADDR_OFF, MMIO_KEY_ACCESS_OFF, HTIF_TOHOST_OFF, PRIV_OFF,
   CAUSE_MISALIGNED_LOAD, CAUSE_MISALIGNED_STORE,
 } from "./hart";
 import { p2mLookup, p2mLastShared, P2M_MMIO, P2M_FAULT } from "./p2m";
@@ -132,12 +132,19 @@ const MMIO_PENDING: u64 = 0;
 function takeMmioCompletion(gpa: u64, size: u32, write: u64): u64 {
   const done = load<u64>(H, RUN_MMIO_DONE_OFF);
   if (done == MMIO_PENDING) return MMIO_PENDING;
-  if (load<u64>(H, RUN_ADDR_OFF) != gpa || load<u64>(H, RUN_SIZE_OFF) != <u64>size || load<u64>(H, RUN_WRITE_OFF) != write) return MMIO_PENDING;
+  if (load<u64>(H, MMIO_KEY_ADDR_OFF) != gpa || load<u64>(H, MMIO_KEY_ACCESS_OFF) != mmioAccessKey(size, write)) return MMIO_PENDING;
   store<u64>(H, 0, RUN_MMIO_DONE_OFF);
   return done == MMIO_COMPLETED ? MMIO_COMPLETED : MMIO_NO_DEVICE;
 }
 
+@inline function mmioAccessKey(size: u32, write: u64): u64 {
+  return <u64>size | (write << 8);
+}
+
 function mmioExit(reason: i32, gpa: u64, size: u32, write: u64, data: u64): void {
+  store<u64>(H, MMIO_PENDING, RUN_MMIO_DONE_OFF);
+  store<u64>(H, gpa, MMIO_KEY_ADDR_OFF);
+  store<u64>(H, mmioAccessKey(size, write), MMIO_KEY_ACCESS_OFF);
   store<i64>(H, <i64>reason, RUN_REASON_OFF);
   store<u64>(H, gpa, RUN_ADDR_OFF);
   store<u64>(H, <u64>size, RUN_SIZE_OFF);

@@ -13,7 +13,7 @@
 import type { Core } from "../vcpu/core.js";
 import { bytes, type Plain, type StateReader } from "./state.js";
 
-export const HART_LAYOUT = 1;
+export const HART_LAYOUT = 2;
 
 /** Offsets in the hart block (src/core/hart.ts). */
 export const HART_OFFSETS = {
@@ -21,6 +21,7 @@ export const HART_OFFSETS = {
   SATP_OFF: 704, MHARTID_OFF: 752, RES_VALID_OFF: 784, RES_VALUE_OFF: 800,
   P2M_TABLE_OFF: 808, SBI_MODE_OFF: 832, TICK_INSNS_OFF: 848, TICK_LEFT_OFF: 856, RUN_REASON_OFF: 864,
   RUN_SIZE_OFF: 888, RUN_WRITE_OFF: 896, RUN_MMIO_DONE_OFF: 904, WAITING_OFF: 920, CTX_FETCH_OFF: 928, REQ_OFF: 976,
+  MMIO_KEY_ADDR_OFF: 1000, MMIO_KEY_ACCESS_OFF: 1008,
 } as const;
 
 const O = HART_OFFSETS;
@@ -28,6 +29,8 @@ const O = HART_OFFSETS;
 const ARCH = { from: O.X_OFF, to: O.P2M_TABLE_OFF };
 /** Hypervisor configuration of the hart and its run record (an MMIO read answered, not yet retired). */
 const RUN = { from: O.SBI_MODE_OFF, to: O.CTX_FETCH_OFF };
+/** The access a pending MMIO completion belongs to (layout 2 on). */
+const MMIO_KEY = { from: O.MMIO_KEY_ADDR_OFF, to: O.MMIO_KEY_ACCESS_OFF + 8 };
 
 /** REQ_* bits worth keeping (pending SSIP, interrupt re-check); REQ_EXIT and TLB flushes are the old host's. */
 const KEPT_REQUESTS = 0x3;
@@ -39,6 +42,7 @@ export function saveHart(core: Core, h: number): Plain {
     layout: HART_LAYOUT,
     arch: bytes(mem.slice(h + ARCH.from, h + ARCH.to)),
     run: bytes(mem.slice(h + RUN.from, h + RUN.to)),
+    mmioKey: bytes(mem.slice(h + MMIO_KEY.from, h + MMIO_KEY.to)),
     requests: req,
   };
 }
@@ -53,7 +57,8 @@ export function restoreHart(core: Core, h: number, index: number, r: StateReader
   r.check(layout === HART_LAYOUT, `hart state layout ${layout}; this tsvisor saves layout ${HART_LAYOUT}`);
   const arch = r.bytes("arch", ARCH.to - ARCH.from);
   const run = r.bytes("run", RUN.to - RUN.from);
-  r.check(arch.length === ARCH.to - ARCH.from && run.length === RUN.to - RUN.from, "hart state of the wrong size");
+  const mmioKey = r.bytes("mmioKey", MMIO_KEY.to - MMIO_KEY.from);
+  r.check(arch.length === ARCH.to - ARCH.from && run.length === RUN.to - RUN.from && mmioKey.length === MMIO_KEY.to - MMIO_KEY.from, "hart state of the wrong size");
   const requests = r.int("requests", 0, KEPT_REQUESTS);
   const a = new DataView(arch.buffer, arch.byteOffset, arch.length);
   const at = (off: number) => a.getBigUint64(off - ARCH.from, true);
@@ -70,7 +75,9 @@ export function restoreHart(core: Core, h: number, index: number, r: StateReader
   r.check(((ms >> 32n) & 0xfn) === 0xan && ((ms >> 11n) & 3n) !== 2n, `mstatus 0x${ms.toString(16)} is not a legal value`);
   const d = new DataView(run.buffer, run.byteOffset, run.length);
   const rat = (off: number) => d.getBigUint64(off - RUN.from, true);
-  r.check(rat(O.SBI_MODE_OFF) <= 1n && rat(O.WAITING_OFF) <= 1n && rat(O.RUN_MMIO_DONE_OFF) <= 1n, "hart flags not 0 or 1");
+  r.check(rat(O.SBI_MODE_OFF) <= 1n && rat(O.WAITING_OFF) <= 1n, "hart flags not 0 or 1");
+  // 0 none, 1 completed, 2 no device there (core exit.ts).
+  r.check(rat(O.RUN_MMIO_DONE_OFF) <= 2n, `MMIO completion ${rat(O.RUN_MMIO_DONE_OFF)} (0, 1 or 2)`);
   r.check(rat(O.TICK_INSNS_OFF) >= 1n && rat(O.TICK_INSNS_OFF) < 1n << 32n && rat(O.TICK_LEFT_OFF) <= rat(O.TICK_INSNS_OFF), "timer tick settings out of range");
   const size = rat(O.RUN_SIZE_OFF);
   r.check(size === 0n || size === 1n || size === 2n || size === 4n || size === 8n, `run record access size ${size}`);
@@ -79,6 +86,7 @@ export function restoreHart(core: Core, h: number, index: number, r: StateReader
   const mem = new Uint8Array(core.memory.buffer);
   mem.set(arch, h + ARCH.from);
   mem.set(run, h + RUN.from);
+  mem.set(mmioKey, h + MMIO_KEY.from);
   core.fn.setPriv(h, Number(priv));
   core.fn.tlbFlush(h);
   if (requests) core.fn.postRequest(h, requests);
