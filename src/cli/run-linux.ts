@@ -281,15 +281,11 @@ async function runVm(
       let consoleOut = (b: Uint8Array) => host.output(b);
       if (fast) {
         const snap = fast;
-        // Not at once: the store that printed the marker's last byte may not
-        // have retired yet (its exit answered, the vCPU not back in), and a
-        // snapshot then replays it after restore (seen: a stray BEL before
-        // the command's output). The guest is blocked reading by 100 ms on.
-        const filter = new MarkerFilter(consoleOut, () => setTimeout(() => {
+        const filter = new MarkerFilter(consoleOut, () => setImmediate(() => {
           void snapshotWaiting(vm!, snap, opts.stats, (m) => warnLine(m, interactive)).then(() => {
             if (vm?.vmm) host.attach(vm.vmm);
           });
-        }, 100));
+        }));
         consoleOut = (b) => filter.write(b);
       }
       vm = createRunVm(engine, { ...common, memBytes: opts.memBytes, cpus: opts.cpus, kernel, initrd, cmdline, console: opts.console, consoleOut });
