@@ -72,6 +72,8 @@ export interface SnapshotView {
   seconds: number;
   /** A live snapshot: how long the VM was paused (ms). */
   pausedMs?: number;
+  /** A live snapshot: how far auto-converge slowed the vCPUs to bound the pause (percent). */
+  throttlePct?: number;
   /** With `disks: "overlay"`: each writable disk the snapshot names, and the overlay the VM goes on with. */
   overlays?: { disk: string; overlay: string }[];
 }
@@ -314,6 +316,7 @@ export class ManagedVm {
     return {
       name: this.name, path: written.path, id: written.id, bytes: written.bytes, pages: { total: m.pages, stored: m.stored, zero: m.zero, inParent: m.inParent }, seconds,
       ...(written.pausedMs !== undefined ? { pausedMs: written.pausedMs } : {}),
+      ...(written.maxThrottlePct !== undefined ? { throttlePct: written.maxThrottlePct } : {}),
       ...(opts.disks === "overlay" ? { overlays } : {}),
     };
   }

@@ -428,7 +428,7 @@ async function snapshot(argv: string[]): Promise<number> {
   if (v.disks !== undefined) body.disks = v.disks;
   const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
   const overlays = (r.overlays ?? []).map((o) => `; ${o.disk} frozen, the VM goes on with ${o.overlay}`).join("");
-  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${r.pausedMs !== undefined ? `, paused ${Math.round(r.pausedMs)} ms` : ""}${overlays}\n`);
+  process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${r.pausedMs !== undefined ? `, paused ${Math.round(r.pausedMs)} ms` : ""}${r.throttlePct ? ` (vCPUs slowed ${r.throttlePct} % to converge)` : ""}${overlays}\n`);
   return 0;
 }
 

@@ -32,6 +32,7 @@ import type { PageStoreHandle } from "../memory/manager/page-store.js";
 import type { StateReader } from "../snapshot/state.js";
 import type { RemotePages } from "../snapshot/migration/remote-pages.js";
 import { migrateVm, type MigrateTarget, type MigrateOptions, type MigrationResult, type MigrationSource } from "../snapshot/migration/sender.js";
+import { throttledCap } from "../snapshot/throttle.js";
 
 export class HostError extends Error {
   override readonly name = "HostError";
@@ -385,6 +386,7 @@ export class Vm {
     let paused = false;
     let pausedAt = 0;
     const ended = () => new HostError(`VM '${this.name}' ended while being snapshotted`);
+    const userCap = this.capPct;
     const live: LiveCopy = {
       takeDirty: async () => {
         if (paused) return log.take();
@@ -394,6 +396,9 @@ export class Vm {
         } finally {
           this.releaseVcpus();
         }
+      },
+      throttle: (pct) => {
+        if (this._state !== "destroyed") this.setCap(throttledCap(pct, userCap, this.config.cpus, 100 * this.host.pcpus.count));
       },
       pause: async () => {
         pausedAt = performance.now();

@@ -110,7 +110,8 @@ test("a live snapshot (--live) is written while the guest runs on, rewriting 8 M
       await until("'written'", () => c.text().includes("written"));
       const before = vm.stats().vcpus.reduce((n, v) => n + v.instructions, 0);
       const w = await vm.snapshot(path, { live: true });
-      console.log(`live snapshot of a guest rewriting 8 MiB: ${(w.bytes / 2 ** 20).toFixed(1)} MiB, ${w.rewrittenPages} pages written again, paused ${w.pausedMs?.toFixed(1)} ms`);
+      console.log(`live snapshot of a guest rewriting 8 MiB: ${(w.bytes / 2 ** 20).toFixed(1)} MiB, ${w.rewrittenPages} pages written again, paused ${w.pausedMs?.toFixed(1)} ms, throttle ${w.maxThrottlePct} %`);
+      assert.equal(vm.scheduling.capPct, 0, "the throttle ended with the snapshot");
       assert.ok((w.rewrittenPages ?? 0) > 0, "the guest wrote pages while its RAM was being written");
       assert.ok(vm.stats().vcpus.reduce((n, v) => n + v.instructions, 0) > before, "it ran during the snapshot");
       assert.equal(vm.state, "running");

@@ -16,6 +16,7 @@ import { SnapshotWriter, SnapshotFile } from "./format.js";
 import { writeMemory, PageWriter, SnapshotPages, type MemoryWriteResult } from "./memory.js";
 import { readsAsZero } from "../memory/p2m-entry.js";
 import { SnapshotError, StateReader, type Plain } from "./state.js";
+import { ConvergenceWatch, THROTTLE_MAX_PCT, nextThrottle } from "./throttle.js";
 
 /** What "meta" says. */
 export interface SnapshotMeta {
@@ -40,6 +41,8 @@ export interface LiveCopy {
   takeDirty(): Promise<number[]>;
   /** Pause the vCPUs and the devices; the machine state then. */
   pause(): Promise<Plain>;
+  /** Slow the vCPUs by this many percent (0: not at all), when the rounds do not converge. */
+  throttle?(pct: number): void;
 }
 
 /** Rounds of dirty pages at most before the pause, and the set small enough to stop at once. */
@@ -66,6 +69,8 @@ export interface WrittenSnapshot {
   pausedMs?: number;
   /** A live snapshot: pages written again in rounds after the first pass. */
   rewrittenPages?: number;
+  /** A live snapshot: how far auto-converge slowed the vCPUs (percent, 0 = not at all). */
+  maxThrottlePct?: number;
 }
 
 export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Promise<WrittenSnapshot> {
@@ -92,7 +97,7 @@ export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Prom
   }
 }
 
-async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?: (done: number, total: number) => void): Promise<{ memory: MemoryWriteResult; pausedMs: number; rewrittenPages: number }> {
+async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?: (done: number, total: number) => void): Promise<{ memory: MemoryWriteResult; pausedMs: number; rewrittenPages: number; maxThrottlePct: number }> {
   const pages = new PageWriter(w, p2m);
   await live.takeDirty();
   const count = p2m.count;
@@ -101,20 +106,37 @@ async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?:
     if ((i & 1023) === 1023) progress?.(i + 1, count);
   }
   let rewritten = 0;
-  for (let round = 0; round < LIVE_ROUNDS; round++) {
-    const dirty = await live.takeDirty();
-    for (const i of dirty) await pages.write(i);
-    rewritten += dirty.length;
-    if (dirty.length <= LIVE_LAST_PAGES) break;
+  // A guest that dirties pages as fast as they are written would make the
+  // pause as long as a paused snapshot's: each round that does not shrink
+  // the set slows its vCPUs a step more (auto-converge, throttle.ts), so the
+  // last set, written in the pause, is small. The throttle ends at the pause.
+  const watch = new ConvergenceWatch();
+  let throttle = 0;
+  try {
+    for (let round = 0; round < LIVE_ROUNDS; round++) {
+      const dirty = await live.takeDirty();
+      for (const i of dirty) await pages.write(i);
+      rewritten += dirty.length;
+      if (dirty.length <= LIVE_LAST_PAGES) break;
+      if (live.throttle && watch.round(dirty.length, 1) && throttle < THROTTLE_MAX_PCT) {
+        throttle = nextThrottle(throttle);
+        live.throttle(throttle);
+      }
+    }
+  } catch (e) {
+    if (throttle > 0) live.throttle?.(0);
+    throw e;
   }
+  const maxThrottlePct = throttle;
   const pausedAt = performance.now();
   const machine = await live.pause();
+  if (throttle > 0) live.throttle?.(0);
   const last = await live.takeDirty();
   for (const i of last) await pages.write(i);
   const memory = await pages.finish();
   await w.json("machine", machine);
   progress?.(count, count);
-  return { memory, pausedMs: performance.now() - pausedAt, rewrittenPages: rewritten + last.length };
+  return { memory, pausedMs: performance.now() - pausedAt, rewrittenPages: rewritten + last.length, maxThrottlePct };
 }
 
 /** A snapshot opened for restore: its meta checked, its parents opened. */

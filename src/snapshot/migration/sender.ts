@@ -54,6 +54,7 @@ import { DiskCopier, type DiskCopySource } from "./disk-copy.js";
 import {
   Cmd, MIGRATION_VERSION, MessageReader, MessageWriter, MigrationError, checkToken, connectMigration, encodePages, expect, mac, macMatches, newNonce, pageBuffer, readJson, tlsKey, writeBitmap,
 } from "./stream.js";
+import { THROTTLE_MAX_PCT, nextThrottle, throttledCap } from "../throttle.js";
 
 export interface MigrateTarget {
   host: string;
@@ -190,9 +191,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
   const setThrottle = (pct: number) => {
     throttle = pct;
     maxThrottle = Math.max(maxThrottle, pct);
-    const full = Math.min(src.meta().cpus * 100, src.maxCapPct());
-    const base = userCap > 0 ? Math.min(userCap, full) : full;
-    vm.setCap(pct === 0 ? userCap : Math.max(1, Math.floor((base * (100 - pct)) / 100)));
+    vm.setCap(throttledCap(pct, userCap, src.meta().cpus, src.maxCapPct()));
   };
 
   try {
@@ -371,8 +370,8 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       lastTake = performance.now();
       notShrinking = dirty.length > prevDirty * 0.9 ? notShrinking + 1 : 0;
       if (opts.autoConverge !== false && !opts.postcopy) {
-        if (notShrinking >= 2 && throttle < 99) {
-          setThrottle(throttle === 0 ? 20 : Math.min(99, throttle + 10));
+        if (notShrinking >= 2 && throttle < THROTTLE_MAX_PCT) {
+          setThrottle(nextThrottle(throttle));
           notShrinking = 0;
         }
       }
