@@ -352,7 +352,10 @@ export class Vm {
       await machine.pauseDevices();
       try {
         if (machine.ended || this.stopping) throw new HostError(`VM '${this.name}' ended while being snapshotted`);
-        const dirty = opts.diff ? new Set(this.dirtyLog?.take() ?? []) : undefined;
+        // A full snapshot is the next diff's parent: what was written before
+        // it is in it, so the log starts over (take() clears it).
+        const logged = this.dirtyLog?.take();
+        const dirty = opts.diff ? new Set(logged ?? []) : undefined;
         const meta: Omit<SnapshotMeta, "tsvisor" | "id" | "createdAt"> = {
           vm: { name: this.name, cpus: this.config.cpus, memBytes: this.config.memBytes, cmdline: this.config.cmdline, console: this.config.console ?? "ttyS0" },
           ...(opts.diff && this.lastSnapshot ? { parent: this.lastSnapshot } : {}),

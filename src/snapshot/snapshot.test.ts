@@ -157,6 +157,27 @@ test("clones: three VMs restored from one snapshot run independently; restore is
   });
 });
 
+test("a diff snapshot after a full one holds only what changed after the full one, not what the log held before it", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 2 });
+    try {
+      const g = startPatterns(host, "f");
+      // The first snapshot starts the dirty log; the guest then writes its RAM.
+      await g.vm.snapshot(join(dir, "early.snap"));
+      await until("'written'", () => g.output().includes("written"));
+      const full = await g.vm.snapshot(join(dir, "full.snap"), { stayPaused: true });
+      assert.ok(full.memory.stored > 10_000, JSON.stringify(full.memory));
+      // Paused since: nothing changed, whatever the guest wrote before the full snapshot.
+      const diff = await g.vm.snapshot(join(dir, "diff.snap"), { diff: true, stayPaused: true });
+      assert.equal(diff.memory.stored, 0, JSON.stringify(diff.memory));
+      g.vm.resume();
+      await finishes(g);
+    } finally {
+      await host.close();
+    }
+  });
+});
+
 test("a diff snapshot holds only the pages written since the one before, and restores through it", { skip: noCompiler, timeout: 180_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });
