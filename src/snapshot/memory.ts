@@ -19,6 +19,7 @@ import { FRAME_SIZE } from "../memory/frame-pool.js";
 import { crc32 } from "./crc32.js";
 import { SnapshotError } from "./state.js";
 import type { SnapshotFile, SnapshotWriter } from "./format.js";
+import { isAllZero } from "../memory/zero.js";
 
 export const PAGE_ZERO = 0xffff_ffff;
 export const PAGE_IN_PARENT = 0xffff_fffe;
@@ -54,7 +55,7 @@ export class PageWriter {
   async write(i: number): Promise<void> {
     const page = this.batch.subarray(this.inBatch * FRAME_SIZE, (this.inBatch + 1) * FRAME_SIZE);
     this.p2m.readInto(i, 0, FRAME_SIZE, page, 0);
-    if (isZero(page)) {
+    if (isAllZero(page)) {
       this.where[i] = PAGE_ZERO;
       return;
     }
@@ -111,12 +112,6 @@ export async function writeMemory(w: SnapshotWriter, p2m: P2m, dirty?: Set<numbe
   const result = await pages.finish();
   progress?.(count, count);
   return result;
-}
-
-function isZero(page: Uint8Array): boolean {
-  const words = new BigUint64Array(page.buffer, page.byteOffset, page.length / 8);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  return true;
 }
 
 /** Plain data naming a VM's snapshot pages, for another thread's SnapshotPages.attach(). */

@@ -18,6 +18,7 @@
 // one image.
 
 import { Cmd, DISK_HEADER_BYTES, MAX_DISK_RUN, MigrationError, type MessageWriter } from "./stream.js";
+import { isAllZero } from "../../memory/zero.js";
 
 /** The disk at the source: what IoThreadBlk offers (devices/virtio/blk-iothread.ts). */
 export interface DiskCopySource {
@@ -75,7 +76,7 @@ export class DiskCopier {
         // Chunk by chunk: a mostly empty disk sends only what it holds.
         for (let c = 0; c < length; c += CHUNK_BYTES) {
           const part = data.subarray(c, Math.min(length, c + CHUNK_BYTES));
-          if (!isZero(part)) await this.send(i, at + c, part);
+          if (!isAllZero(part)) await this.send(i, at + c, part);
         }
       }
     }
@@ -120,7 +121,7 @@ export class DiskCopier {
   }
 
   private async send(disk: number, offset: number, data: Uint8Array): Promise<void> {
-    const zero = isZero(data);
+    const zero = isAllZero(data);
     const h = Buffer.alloc(DISK_HEADER_BYTES);
     h.writeUInt32LE(disk, 0);
     h.writeUInt32LE(zero ? ZERO_FLAG : 0, 4);
@@ -156,16 +157,6 @@ export async function applyDisk(payload: Buffer, sinks: readonly DiskCopySink[])
   } catch (e) {
     throw new MigrationError(`writing the copy of ${sink.name}: ${(e as Error).message}`);
   }
-}
-
-function isZero(b: Uint8Array): boolean {
-  if (b.byteOffset % 4 === 0 && b.length % 4 === 0) {
-    const w = new Int32Array(b.buffer, b.byteOffset, b.length / 4);
-    for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
-    return true;
-  }
-  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
 }
 
 function popcount(x: number): number {

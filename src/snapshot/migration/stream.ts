@@ -67,6 +67,7 @@ import { FRAME_SIZE } from "../../memory/frame-pool.js";
 import type { P2m } from "../../memory/p2m.js";
 import { isPresent } from "../../memory/p2m-entry.js";
 import { StateReader, type Plain } from "../state.js";
+import { isAllZero } from "../../memory/zero.js";
 
 export const MIGRATION_VERSION = 1;
 export const HEADER_BYTES = 16;
@@ -441,7 +442,7 @@ export function encodePages(p2m: P2m, indices: ArrayLike<number>, from: number, 
   while (k < indices.length && n < MAX_RUN_PAGES) {
     const index = indices[k++];
     p2m.readInto(index, 0, FRAME_SIZE, buf, at + 4);
-    if (isZero(buf, at + 4)) {
+    if (isAllZero(buf.subarray(at + 4, at + 4 + FRAME_SIZE))) {
       if (skipZero) continue;
       buf.writeUInt32LE((index | ZERO_PAGE) >>> 0, at);
       at += 4;
@@ -495,16 +496,6 @@ export function applyPages(p2m: P2m, payload: Buffer): number {
   return count;
 }
 
-function isZero(b: Buffer, at: number): boolean {
-  const off = b.byteOffset + at;
-  if (off % 4 === 0) {
-    const w = new Int32Array(b.buffer, off, FRAME_SIZE / 4);
-    for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
-    return true;
-  }
-  for (let i = at; i < at + FRAME_SIZE; i++) if (b[i] !== 0) return false;
-  return true;
-}
 
 /** A Pending payload: the bitmap of `pages` pages, checked. */
 export function readBitmap(payload: Buffer, pages: number): Uint32Array {
