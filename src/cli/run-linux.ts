@@ -24,7 +24,7 @@ import {
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
-import { keptDiskPath, makeOverlay, type ImageName } from "./system-image.js";
+import { OverlayError, keptDiskPath, makeOverlay, type ImageName } from "./system-image.js";
 import { pullDebianSystem } from "../images/debian-system.js";
 import { VmDevices, checkDeviceSpecs, isDeviceError } from "./vm-devices.js";
 
@@ -147,8 +147,9 @@ async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<
   if (kept !== undefined) await makeDirectories(dirname(kept));
   let overlay;
   try {
-    overlay = makeOverlay(system.diskPath, system.manifest.disk.virtualSize, kept);
+    overlay = makeOverlay(system.diskPath, system.manifest.disk.virtualSize, kept, `${system.manifest.recipe} ${system.manifest.built}`);
   } catch (e) {
+    if (e instanceof OverlayError) throw new LinuxRunError(e.message);
     throw new LinuxRunError(`cannot make the overlay for --image ${image}: ${(e as Error).message}`);
   }
   if (kept !== undefined && !overlay.reused) process.stderr.write(`tsvisor: the disk of this run is kept in ${kept} (--disk-name ${opts.diskName})\n`);

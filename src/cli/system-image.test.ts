@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { openDisk } from "../backends/disk/disk.js";
 import { createQcow2 } from "../backends/disk/qcow2/create.js";
-import { checkDiskName, checkImageName, keptDiskPath, makeOverlay } from "./system-image.js";
+import { OverlayError, checkDiskName, checkImageName, keptDiskPath, makeOverlay } from "./system-image.js";
 import { bin } from "./test-tsvisor.js";
 import { UsageError } from "./size.js";
 
@@ -86,6 +86,7 @@ test("an overlay reads the base, takes the writes, leaves the base alone and is 
     assert.ok(existsSync(k1.path), "a kept overlay survives dispose");
     const k2 = makeOverlay(base, 4 << 20, join(dir, "work.qcow2"));
     assert.equal(k2.reused, true);
+    assert.throws(() => makeOverlay(base, 4 << 20, join(dir, "work.qcow2"), "another build"), (e) => e instanceof OverlayError && /another build of the image/.test(e.message));
     const kd2 = openDisk(k2.path, { readOnly: true });
     kd2.read(512, buf);
     kd2.close();

@@ -6,7 +6,7 @@
 // <cache>/disks/NAME.qcow2 with `--disk-name NAME` (made on first use, used
 // again by later runs with the same name).
 
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createQcow2 } from "../backends/disk/qcow2/create.js";
@@ -33,6 +33,8 @@ export function keptDiskPath(cacheDir: string, name: string): string {
   return join(cacheDir, "disks", `${name}.qcow2`);
 }
 
+export class OverlayError extends Error {}
+
 export interface Overlay {
   path: string;
   /** Whether it was kept from an earlier run (--disk-name). */
@@ -45,10 +47,25 @@ export interface Overlay {
  * The overlay a run boots from: a new one in a temporary directory, or the
  * kept one at `keptPath` (made there if it does not exist yet).
  */
-export function makeOverlay(base: string, virtualSize: number, keptPath?: string): Overlay {
+export function makeOverlay(base: string, virtualSize: number, keptPath?: string, baseId = ""): Overlay {
   if (keptPath !== undefined) {
-    if (existsSync(keptPath)) return { path: keptPath, reused: true, dispose: () => {} };
+    // A kept overlay only makes sense on the very base it was made on: a
+    // rebuilt base (image pull debian --force) has its blocks elsewhere.
+    const idPath = `${keptPath}.base`;
+    if (existsSync(keptPath)) {
+      let id: string | undefined;
+      try {
+        id = readFileSync(idPath, "utf8").trim();
+      } catch {
+        // an overlay kept by hand, without its note: trusted
+      }
+      if (id !== undefined && id !== baseId) {
+        throw new OverlayError(`${keptPath} was made on another build of the image (${id}, now ${baseId}): remove it, or use another --disk-name`);
+      }
+      return { path: keptPath, reused: true, dispose: () => {} };
+    }
     createQcow2(keptPath, { size: virtualSize, backingFile: base, backingFormat: "qcow2" });
+    writeFileSync(idPath, `${baseId}\n`);
     return { path: keptPath, reused: false, dispose: () => {} };
   }
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-overlay-"));

@@ -70,5 +70,6 @@ test("Debian on a disk: pull, run a command, overlays thrown away or kept, power
     });
   } finally {
     rmSync(kept, { force: true });
+    rmSync(`${kept}.base`, { force: true });
   }
 });

@@ -350,9 +350,12 @@ source /etc/network/interfaces.d/*
 auto lo
 iface lo inet loopback
 
-allow-hotplug eth0
+auto eth0
 iface eth0 inet dhcp
 EOF
+# No virtual terminals on tsvisor's machine: no gettys on tty2..tty6.
+systemctl mask getty-static.service >/dev/null 2>&1 || true
+[ -e /etc/default/locale ] || echo LANG=C.UTF-8 > /etc/default/locale
 [ -e /etc/mtab ] || ln -s ../proc/self/mounts /etc/mtab
 # Each VM makes its own machine ID at boot (machine-id(5): an empty file).
 : > /etc/machine-id
