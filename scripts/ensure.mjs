@@ -36,6 +36,7 @@ if (!existsSync(installed) || (existsSync(lock) && statSync(lock).mtimeMs > stat
 // Debian packages: command -> package
 const runTools = {
   xz: "xz-utils", // the image pull decompresses Debian's .ko.xz modules
+  mke2fs: "e2fsprogs", // image pull debian makes the root file system with mke2fs -d
 };
 const testTools = {
   "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf",

@@ -19,6 +19,8 @@ import { resolveNetSpecs } from "./vm-devices.js";
 import { OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize } from "./memory-flags.js";
 import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { pullDebianImage } from "../images/debian.js";
+import { checkDiskName, checkImageName } from "./system-image.js";
+import { pullDebianSystem } from "../images/debian-system.js";
 import { ImageError } from "../images/errors.js";
 import { diskCommand, DISK_HELP } from "./disk.js";
 import { hostCommand, vmCommand, VM_HELP } from "../api/vm-cli.js";
@@ -40,8 +42,16 @@ commands:
   run --bare FILE.elf     run a bare-metal RV64 ELF in M-mode (HTIF console and exit code)
   run --demo              run the bundled bare-metal demo guest
   image pull [--force]    fetch the Debian kernel and build the initramfs now
+  image pull debian [--force]
+                          build a Debian system on a disk (apt, systemd, bash, ...),
+                          a qcow2 base image in the cache, for run --image debian
 ${DISK_HELP}${VM_HELP}
 options for run:
+  --image debian          boot the Debian system disk (image pull debian; pulled on
+                          first use): systemd to a root shell, or CMD run in it;
+                          the run writes to an overlay thrown away at its end
+  --disk-name NAME        keep the --image overlay as <cache>/disks/NAME.qcow2 and
+                          boot from it again in later runs with the same NAME
   --kernel FILE           a RISC-V Linux Image (also gzip or EFI zboot) instead of Debian's
   --initrd FILE           an initramfs instead of tsvisor's
   --append "ARGS"         kernel command line (default: "${DEFAULT_CMDLINE}")
@@ -130,6 +140,8 @@ function parseRunArgs(argv: string[]) {
         ...OVERCOMMIT_OPTIONS,
         "no-balloon": { type: "boolean" },
         "no-snapshot": { type: "boolean" },
+        image: { type: "string" },
+        "disk-name": { type: "string" },
       },
     });
     return { ...parsed, command };
@@ -170,7 +182,12 @@ async function runCommand(argv: string[]): Promise<number> {
     if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}': put the guest command after --`);
     if (v["max-insns"] !== undefined) throw new UsageError("--max-insns applies to --bare and --demo only");
     if (command !== undefined && command.length === 0) throw new UsageError("no command after --");
+    const image = v.image !== undefined ? checkImageName(v.image, "--image") : undefined;
+    if (v["disk-name"] !== undefined && image === undefined) throw new UsageError("--disk-name applies to --image only");
+    if (image !== undefined && (v.kernel !== undefined || v.initrd !== undefined)) throw new UsageError("--image boots Debian's kernel and tsvisor's initramfs: no --kernel or --initrd with it");
     return runLinux({
+      image,
+      diskName: v["disk-name"] !== undefined ? checkDiskName(v["disk-name"]) : undefined,
       kernel: v.kernel,
       initrd: v.initrd,
       append: v.append,
@@ -191,7 +208,7 @@ async function runCommand(argv: string[]): Promise<number> {
       snapshot: !v["no-snapshot"],
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
+  for (const flag of ["image", "disk-name", "kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");
@@ -260,9 +277,19 @@ async function imageCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub !== "pull") throw new UsageError(sub === undefined ? "image: expected a subcommand: pull" : `image: unknown subcommand '${sub}'`);
   let force = false;
+  let name: string | undefined;
   for (const a of rest) {
     if (a === "--force") force = true;
+    else if (!a.startsWith("-") && name === undefined) name = a;
     else throw new UsageError(`image pull: unexpected argument '${a}'`);
+  }
+  if (name !== undefined) {
+    checkImageName(name, "image pull");
+    const t0 = performance.now();
+    const sys = await pullDebianSystem({ force, progress: (line) => process.stderr.write(`${line}\n`) });
+    const took = sys.fromCache ? "cached" : `built in ${((performance.now() - t0) / 1000).toFixed(0)} s`;
+    process.stdout.write(`debian ${sys.manifest.source.suite} riscv64, ${sys.manifest.packages.length} packages (${took})\n  ${sys.diskPath}\n`);
+    return 0;
   }
   const r = await pullDebianImage({ force, progress: (line) => process.stderr.write(`${line}\n`) });
   process.stdout.write(`kernel ${r.kernelVersion}\n  ${r.kernelPath}\n  ${r.initrdPath}\n`);

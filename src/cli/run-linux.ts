@@ -24,9 +24,15 @@ import {
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
+import { OverlayError, keptDiskPath, makeOverlay, type ImageName } from "./system-image.js";
+import { pullDebianSystem } from "../images/debian-system.js";
 import { VmDevices, checkDeviceSpecs, isDeviceError } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
+  /** Boot a system disk built by `image pull NAME` (cli/system-image.ts) through an overlay of its own. */
+  image?: ImageName;
+  /** Keep that overlay as <cache>/disks/NAME.qcow2 (and boot from it if it exists). */
+  diskName?: string;
   kernel?: string;
   initrd?: string;
   append?: string;
@@ -124,6 +130,37 @@ function withArchive(initrd: Uint8Array, extra: Uint8Array): Uint8Array {
 }
 
 export async function runLinux(opts: LinuxRunOptions): Promise<number> {
+  if (opts.image !== undefined) return runSystemImage(opts, opts.image);
+  return runLinuxGuest(opts);
+}
+
+/**
+ * `--image debian`: the system disk's qcow2 base behind a new overlay (or the
+ * kept one of --disk-name) as /dev/vda, ahead of the user's --disk; init
+ * mounts it as the root (`tsvisor.root=`, images/init.ts).
+ */
+async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<number> {
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
+  const cacheDir = defaultCacheDir();
+  const system = await pullDebianSystem({ cacheDir, progress: (line) => process.stderr.write(`${line}\n`) });
+  const kept = opts.diskName !== undefined ? keptDiskPath(cacheDir, opts.diskName) : undefined;
+  if (kept !== undefined) await makeDirectories(dirname(kept));
+  let overlay;
+  try {
+    overlay = makeOverlay(system.diskPath, system.manifest.disk.virtualSize, kept, `${system.manifest.recipe} ${system.manifest.built}`);
+  } catch (e) {
+    if (e instanceof OverlayError) throw new LinuxRunError(e.message);
+    throw new LinuxRunError(`cannot make the overlay for --image ${image}: ${(e as Error).message}`);
+  }
+  if (kept !== undefined && !overlay.reused) process.stderr.write(`tsvisor: the disk of this run is kept in ${kept} (--disk-name ${opts.diskName})\n`);
+  try {
+    return await runLinuxGuest({ ...opts, disks: [`${overlay.path},format=qcow2`, ...(opts.disks ?? [])], rootDevice: "/dev/vda", snapshot: false });
+  } finally {
+    overlay.dispose();
+  }
+}
+
+async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): Promise<number> {
   checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
   const interactive = opts.command === undefined;
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
@@ -158,7 +195,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
 }
 
 /** The kernel command line a run boots with. */
-function runCmdline(opts: LinuxRunOptions, interactive: boolean, dhcp: string[]): string {
+function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive: boolean, dhcp: string[]): string {
   let cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
   // The kernel keeps printing on ttyS0 (hvc0 exists only once the virtio
   // modules are loaded); init moves the shell or command to hvc0 (images/init.ts).
@@ -166,6 +203,8 @@ function runCmdline(opts: LinuxRunOptions, interactive: boolean, dhcp: string[])
   // init brings the user-mode network's cards up by DHCP (images/init.ts);
   // a user's own --append keeps the guest's network as the user sets it.
   if (dhcp.length > 0 && opts.append === undefined) cmdline += ` tsvisor.dhcp=${dhcp.join(",")}`;
+  // init mounts the system disk and runs the command in it, or switches to its systemd.
+  if (opts.rootDevice !== undefined) cmdline += ` tsvisor.root=${opts.rootDevice}`;
   return cmdline;
 }
 
@@ -179,7 +218,7 @@ function fastShape(opts: LinuxRunOptions) {
 }
 
 async function bootAndRun(
-  opts: LinuxRunOptions, interactive: boolean, stdinAsFile: boolean, stdin: Uint8Array | undefined, fast: FastStart | undefined,
+  opts: LinuxRunOptions & { rootDevice?: string }, interactive: boolean, stdinAsFile: boolean, stdin: Uint8Array | undefined, fast: FastStart | undefined,
   resolved?: { kernel: string; initrd: string },
 ): Promise<number> {
   let kernel: ReturnType<typeof parseKernelImage> | undefined;

@@ -89,6 +89,32 @@ export class PrivateApt {
     return path;
   }
 
+  /** Every package record of the lists (apt-cache dumpavail), as deb822 text. */
+  async dumpAvailable(): Promise<string> {
+    const out = await runTool("apt-cache", [...this.options(), "dumpavail"], this.runOptions(false));
+    if (out.status !== 0) throw new ImageError(`apt-cache dumpavail failed: ${firstErrorLine(out.stderr) ?? `status ${out.status}`}`);
+    return out.stdout.toString("utf8");
+  }
+
+  /**
+   * Downloads `names` and everything they depend on (apt resolves, against
+   * the empty dpkg status, as for a new system; no Recommends) into
+   * `archivesDir`; apt checks each .deb against the signed lists.
+   * Returns the paths of the .debs.
+   */
+  async downloadWithDependencies(names: string[], archivesDir: string): Promise<string[]> {
+    await mkdir(join(archivesDir, "partial"), { recursive: true });
+    const args = [
+      ...this.options(), "-o", `Dir::Cache::Archives=${archivesDir}`, "-o", "APT::Get::AllowUnauthenticated=false",
+      "-y", "--no-install-recommends", "install", "--download-only", ...names,
+    ];
+    const r = await this.retryTransient("apt-get install --download-only", () => runTool("apt-get", args, this.runOptions()));
+    if (r.status !== 0) throw new ImageError(`apt-get install --download-only failed: ${firstErrorLine(r.stderr) ?? `apt-get exited with status ${r.status}`}`);
+    const debs = (await readdir(archivesDir)).filter((f) => f.endsWith(".deb")).sort();
+    if (debs.length === 0) throw new ImageError(`apt-get install --download-only left no .deb files in ${archivesDir}`);
+    return debs.map((f) => join(archivesDir, f));
+  }
+
   /**
    * Runs an apt command again, after a pause, while it fails the way a
    * mirror does in the middle of a sync (an index whose size or hash does

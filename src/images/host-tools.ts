@@ -16,6 +16,7 @@ const PACKAGES: Record<string, string> = {
   "dpkg-deb": "dpkg",
   xz: "xz-utils",
   zstd: "zstd",
+  mke2fs: "e2fsprogs",
 };
 
 export interface RunOptions {

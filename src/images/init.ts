@@ -27,6 +27,11 @@
 //   or the shell to the virtio console once its driver is up. The kernel
 //   keeps ttyS0 as its console: hvc0 appears only after virtio_mmio is
 //   loaded, too late for the kernel's own messages and for /dev/console.
+// - \`tsvisor.root=/dev/vda\` (\`tsvisor run --image debian\`): init mounts that
+//   ext4 disk; a command runs chrooted in it (its status comes back through
+//   the finisher as above); with none, init moves /dev, /proc, /sys and /run
+//   into it and switch_roots to its /sbin/init (systemd), which then owns the
+//   machine: its poweroff goes through SBI system reset.
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
@@ -49,11 +54,13 @@ hostname tsvisor
 
 tty=
 dhcp=
+root=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     tsvisor.marker=*) echo "\${word#tsvisor.marker=}" ;;
     tsvisor.console=*) tty="\${word#tsvisor.console=}" ;;
     tsvisor.dhcp=*) dhcp="\${word#tsvisor.dhcp=}" ;;
+    tsvisor.root=*) root="\${word#tsvisor.root=}" ;;
     TERM=*) export "$word" ;;
   esac
 done
@@ -64,6 +71,25 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
   for alias in /sys/bus/virtio/devices/*/modalias; do
     [ -e "$alias" ] && modprobe -q "$(cat "$alias")"
   done
+fi
+
+# A system disk (tsvisor run --image): mount it; with no command, its own
+# init (systemd) takes over the machine and brings the network up itself.
+if [ -n "$root" ]; then
+  n=0
+  while [ ! -b "$root" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+  mkdir -p /newroot
+  if ! mount -t ext4 -o rw "$root" /newroot; then
+    echo "tsvisor init: cannot mount the root disk $root" >&2
+    if [ -f ${ARGV_PATH} ]; then devmem 0x${FINISHER_ADDR.toString(16)} 32 $(( (1 << 16) | 0x3333 )); fi
+    poweroff -f
+  fi
+  if [ ! -f ${ARGV_PATH} ]; then
+    umount /tmp
+    for d in dev proc sys run; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d; done
+    [ -n "$tty" ] && echo "tsvisor init: --console $tty: systemd starts a login on it" >&2
+    exec switch_root /newroot /sbin/init
+  fi
 fi
 
 ip link set lo up
@@ -112,6 +138,28 @@ finish() {
 }
 
 cd /root
+if [ -n "$root" ]; then
+  # The command runs in the system disk, as root in a chroot with the
+  # kernel's file systems mounted and the network init brought up.
+  for d in proc sys dev run tmp; do mkdir -p /newroot/$d; done
+  mount -t proc proc /newroot/proc
+  mount -t sysfs sysfs /newroot/sys
+  mount -o bind /dev /newroot/dev
+  mount -o bind /dev/pts /newroot/dev/pts
+  mount -t tmpfs tmpfs /newroot/run
+  mount -t tmpfs tmpfs /newroot/tmp
+  if [ -s /etc/resolv.conf ]; then rm -f /newroot/etc/resolv.conf; cp /etc/resolv.conf /newroot/etc/resolv.conf; fi
+  [ -f /newroot/etc/hostname ] && hostname "$(cat /newroot/etc/hostname)"
+  stty -echo -onlcr 2>/dev/null
+  . ${ARGV_PATH}
+  run() { PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot /newroot /bin/sh -c 'cd /root && exec "$@"' sh "$@"; }
+  if [ -f ${STDIN_PATH} ]; then run "$@" < ${STDIN_PATH}; else run "$@"; fi
+  status=$?
+  umount /newroot/tmp /newroot/run /newroot/dev/pts /newroot/dev /newroot/sys /newroot/proc 2>/dev/null
+  # Clean for the next boot: read-only before the VM stops (a process left running keeps it busy: sync then).
+  mount -o remount,ro /newroot 2>/dev/null || sync
+  finish $status
+fi
 if [ -f ${ARGV_PATH} ]; then
   # Output byte for byte (no CR before LF); input typed on a host terminal
   # is not echoed twice, and ^D from the host's end of input is end-of-file.

@@ -1,0 +1,75 @@
+// End to end, opt-in (minutes: it builds the Debian system image on first
+// use): TSVISOR_E2E=1, or `npm run test:e2e`. Uses the cache tsvisor uses
+// ($TSVISOR_CACHE, ...), so a second run finds the image built.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, rmSync } from "node:fs";
+import { bin, ok, tsvisor } from "../cli/test-tsvisor.js";
+import { defaultCacheDir } from "./image-cache.js";
+import { keptDiskPath } from "../cli/system-image.js";
+
+const skip = process.env.TSVISOR_E2E === "1" ? false : "opt-in: TSVISOR_E2E=1 (npm run test:e2e)";
+const RUN = ["run", "--image", "debian", "--cpus", "2", "--mem", "1G"];
+
+test("Debian on a disk: pull, run a command, overlays thrown away or kept, poweroff from systemd", { skip, timeout: 3_600_000 }, async (t) => {
+  await t.test("image pull debian", () => {
+    const r = spawnSync(process.execPath, [bin, "image", "pull", "debian"], { encoding: "utf8", timeout: 3_000_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^debian trixie riscv64, \d+ packages/);
+    const again = spawnSync(process.execPath, [bin, "image", "pull", "debian"], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(again.status, 0, again.stderr);
+    assert.match(again.stdout, /\(cached\)/);
+  });
+
+  await t.test("run --image debian -- cat /etc/debian_version", async () => {
+    const out = ok(await tsvisor([...RUN, "--", "cat", "/etc/debian_version"]));
+    assert.match(out, /^(13\.\d+|trixie\/sid)\n$/);
+    const r = await tsvisor([...RUN, "--", "sh", "-c", "dpkg-query -W -f='${db:Status-Abbrev}\\n' | sort | uniq -c; exit 3"]);
+    assert.equal(r.status, 3, r.stderr);
+    assert.match(r.stdout, /^\s*\d+ ii \n$/, "every package installed and configured");
+    assert.equal((await tsvisor([...RUN, "--", "no-such-command"])).status, 127);
+  });
+
+  await t.test("an overlay is thrown away after the run", async () => {
+    ok(await tsvisor([...RUN, "--", "sh", "-c", "echo hello > /root/left-behind"]));
+    const r = await tsvisor([...RUN, "--", "test", "-e", "/root/left-behind"]);
+    assert.equal(r.status, 1, "a file written in one run is absent in the next");
+  });
+
+  const name = `e2e-${process.pid}`;
+  const kept = keptDiskPath(defaultCacheDir(), name);
+  try {
+    await t.test("--disk-name keeps the disk", async () => {
+      const first = await tsvisor([...RUN, "--disk-name", name, "--", "sh", "-c", "echo kept > /root/kept"]);
+      ok(first);
+      assert.match(first.stderr, new RegExp(`kept in ${kept.replace(/[.]/g, "\\.")}`));
+      assert.ok(existsSync(kept));
+      assert.equal(ok(await tsvisor([...RUN, "--disk-name", name, "--", "cat", "/root/kept"])), "kept\n");
+    });
+
+    await t.test("systemd boots to a root shell on the console; poweroff ends tsvisor cleanly with the disk flushed", async () => {
+      const child = spawn(process.execPath, [bin, ...RUN, "--disk-name", name, "--timeout", "900"], { stdio: ["pipe", "pipe", "pipe"] });
+      let out = "";
+      let typed = false;
+      child.stdout.on("data", (b: Buffer) => {
+        out += b.toString();
+        if (!typed && /root@debian:~#/.test(out)) {
+          typed = true;
+          child.stdin.write("echo from-systemd > /root/sd; systemctl poweroff\n");
+        }
+      });
+      let err = "";
+      child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+      const status = await new Promise<number | null>((resolve) => child.on("close", resolve));
+      assert.ok(typed, `no root prompt; output:\n${out.slice(-2000)}\n${err}`);
+      assert.equal(status, 0, `status ${status}\n${out.slice(-2000)}\n${err}`);
+      assert.equal(ok(await tsvisor([...RUN, "--disk-name", name, "--", "cat", "/root/sd"])), "from-systemd\n");
+      const check = spawnSync(process.execPath, [bin, "disk", "check", kept], { encoding: "utf8" });
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+    });
+  } finally {
+    rmSync(kept, { force: true });
+    rmSync(`${kept}.base`, { force: true });
+  }
+});
