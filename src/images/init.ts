@@ -27,6 +27,10 @@
 //   or the shell to the virtio console once its driver is up. The kernel
 //   keeps ttyS0 as its console: hvc0 appears only after virtio_mmio is
 //   loaded, too late for the kernel's own messages and for /dev/console.
+// - `tsvisor.share=TAG:/GUEST/DIR[,TAG:/DIR...]` (`tsvisor run --share`)
+//   makes init mount each virtio-fs device TAG at its directory once the
+//   virtio drivers are loaded (mkdir -p first). A directory holds no comma,
+//   colon or space (the host refuses such a GUESTDIR).
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
@@ -49,11 +53,13 @@ hostname tsvisor
 
 tty=
 dhcp=
+share=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     tsvisor.marker=*) echo "\${word#tsvisor.marker=}" ;;
     tsvisor.console=*) tty="\${word#tsvisor.console=}" ;;
     tsvisor.dhcp=*) dhcp="\${word#tsvisor.dhcp=}" ;;
+    tsvisor.share=*) share="\${word#tsvisor.share=}" ;;
     TERM=*) export "$word" ;;
   esac
 done
@@ -65,6 +71,11 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
     [ -e "$alias" ] && modprobe -q "$(cat "$alias")"
   done
 fi
+
+for s in $(echo "$share" | tr , ' '); do
+  mkdir -p "\${s#*:}"
+  mount -t virtiofs "\${s%%:*}" "\${s#*:}" || echo "tsvisor init: could not mount share \${s%%:*} at \${s#*:}" >&2
+done
 
 ip link set lo up
 if [ -n "$dhcp" ]; then
