@@ -24,7 +24,7 @@ import {
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
-import { VmDevices, checkDeviceSpecs, isDeviceError } from "./vm-devices.js";
+import { VmDevices, checkDeviceSpecs, isDeviceError, parseShareSpec, shareCmdline } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
   kernel?: string;
@@ -42,6 +42,8 @@ export interface LinuxRunOptions {
   disks?: string[];
   /** `--net` specs, eth0, eth1, ... in order. */
   nets?: string[];
+  /** `--share HOSTDIR:GUESTDIR[,ro]` specs: virtio-fs devices share0, share1, ... mounted by init. */
+  shares?: string[];
   /** The console init uses: the UART (default) or a virtio console. */
   console?: "ttyS0" | "hvc0";
   /** pCPU worker threads of the embedded host (default: one per host core). */
@@ -124,7 +126,7 @@ function withArchive(initrd: Uint8Array, extra: Uint8Array): Uint8Array {
 }
 
 export async function runLinux(opts: LinuxRunOptions): Promise<number> {
-  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? []);
   const interactive = opts.command === undefined;
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
   const stdinAsFile = !interactive && !process.stdin.isTTY;
@@ -166,6 +168,9 @@ function runCmdline(opts: LinuxRunOptions, interactive: boolean, dhcp: string[])
   // init brings the user-mode network's cards up by DHCP (images/init.ts);
   // a user's own --append keeps the guest's network as the user sets it.
   if (dhcp.length > 0 && opts.append === undefined) cmdline += ` tsvisor.dhcp=${dhcp.join(",")}`;
+  // Shared folders are mounted by init (images/init.ts), with --append too: the user asked for them.
+  const shares = (opts.shares ?? []).map(parseShareSpec);
+  if (shares.length > 0) cmdline += ` tsvisor.share=${shareCmdline(shares)}`;
   return cmdline;
 }
 
@@ -199,7 +204,7 @@ async function bootAndRun(
 
   let devices: VmDevices;
   try {
-    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive));
+    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { shares: opts.shares });
   } catch (e) {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;
