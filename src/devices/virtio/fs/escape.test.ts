@@ -23,7 +23,7 @@ function world(): { outside: string; dir: string; c: FuseClient } {
   fs.symlinkSync("../secretdir", join(dir, "rel"));
   fs.symlinkSync("../secret", join(dir, "relfile"));
   fs.symlinkSync(join(outside, "secret"), join(dir, "absfile"));
-  const c = new FuseClient(new VirtioFs({ tag: "t", hostDir: dir }));
+  const c = new FuseClient(new VirtioFs({ tag: "t", hostDir: dir, thread: "main" }));
   assert.equal(c.init().error, 0);
   return { outside, dir, c };
 }

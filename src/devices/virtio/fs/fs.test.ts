@@ -18,7 +18,7 @@ function share(files: Record<string, string> = {}): string {
 }
 
 function client(dir: string, readOnly = false): FuseClient {
-  const c = new FuseClient(new VirtioFs({ tag: "share0", hostDir: dir, readOnly }));
+  const c = new FuseClient(new VirtioFs({ tag: "share0", hostDir: dir, readOnly, thread: "main" }));
   const r = c.init();
   assert.equal(r.error, 0);
   return c;
@@ -30,18 +30,18 @@ function setattr(valid: number, a: { fh?: bigint; size?: number; atime?: number;
 }
 
 test("virtio-fs config space: device 26, tag and one request queue", () => {
-  const d = new VirtioFs({ tag: "share0", hostDir: share() });
+  const d = new VirtioFs({ tag: "share0", hostDir: share(), thread: "main" });
   assert.equal(d.deviceId, VIRTIO_ID_FS);
   const tag = Buffer.alloc(36);
   for (let i = 0; i < 36; i++) tag[i] = d.readConfig(i, 1);
   assert.equal(tag.toString("latin1").replace(/\0+$/, ""), "share0");
   assert.equal(d.readConfig(36, 4), 1);
   assert.equal(d.queueMaxSizes.length, 2);
-  assert.throws(() => new VirtioFs({ tag: "x".repeat(37), hostDir: share() }));
+  assert.throws(() => new VirtioFs({ tag: "x".repeat(37), hostDir: share(), thread: "main" }));
 });
 
 test("virtio-fs INIT negotiates 7.x with a bounded max_write; requests before INIT fail", () => {
-  const c = new FuseClient(new VirtioFs({ tag: "t", hostDir: share() }));
+  const c = new FuseClient(new VirtioFs({ tag: "t", hostDir: share(), thread: "main" }));
   assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16)).error, -Errno.EIO);
   const r = c.init();
   assert.equal(r.error, 0);
@@ -246,4 +246,44 @@ test("virtio-fs read-only share: every write-type op is EROFS, reads work", () =
 test("virtio-fs snapshot is refused with one line", async () => {
   const c = client(share());
   await assert.rejects(c.driver.snapshot(), /cannot be snapshotted or migrated/);
+});
+
+test("virtio-fs on its I/O thread: requests go out in order, replies complete from poll(), reset and close are clean", async () => {
+  const dir = share({ f: "from the I/O thread" });
+  const dev = new VirtioFs({ tag: "w", hostDir: dir });
+  const { TestDriver, testGuestMemory } = await import("../test-driver.js");
+  const d = new TestDriver(dev, testGuestMemory(8 << 20));
+  d.start(undefined, 64);
+  const req = (opcode: number, nodeid: number, args: Uint8Array, unique: number) =>
+    d.add(1, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+  const settle = async (n: number) => {
+    const got: { id: number; len: number }[] = [];
+    for (let i = 0; i < 500 && got.length < n; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+      d.transport.poll();
+      got.push(...d.used(1));
+    }
+    return got;
+  };
+  const init = req(Op.INIT, 0, new OutWriter().u32(7).u32(38).u32(0).u32(0).zeros(48).bytesWritten, 1);
+  const look = req(Op.LOOKUP, 1, cstr("f"), 2);
+  const miss = req(Op.LOOKUP, 1, cstr("missing"), 3);
+  d.kick(1);
+  assert.deepEqual(d.used(1), [], "nothing completes within the notify");
+  const used = await settle(3);
+  assert.deepEqual(used.map((u) => u.id), [init, look, miss]);
+  const reply = d.mem.read(d.bufferAddr(1, look, 1), used[1].len);
+  assert.equal(new DataView(reply.buffer).getInt32(4, true), 0);
+  assert.equal(parseEntry(reply.subarray(16)).size, 19n);
+  assert.equal(new DataView(d.mem.read(d.bufferAddr(1, miss, 1), 16).buffer).getInt32(4, true), -Errno.ENOENT);
+  assert.ok(d.polls >= 1);
+  assert.equal(dev.stats.requests, 3);
+  // A request in flight when the device resets: its reply goes nowhere.
+  req(Op.GETATTR, 1, new Uint8Array(16), 4);
+  d.kick(1);
+  d.setReg(0x70, 0);
+  await dev.quiesce();
+  d.transport.poll();
+  assert.deepEqual(d.warnings, []);
+  await dev.close();
 });

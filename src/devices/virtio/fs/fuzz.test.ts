@@ -49,7 +49,7 @@ test(`virtio-fs fuzz: ${STEPS} hostile requests (seed ${SEED})`, () => {
   fs.symlinkSync("../secret", join(dir, "lnk"));
   const before = snapshotTree(outside);
 
-  const c = new FuseClient(new VirtioFs({ tag: "fuzz", hostDir: dir }));
+  const c = new FuseClient(new VirtioFs({ tag: "fuzz", hostDir: dir, thread: "main" }));
   const nodes: bigint[] = [1n];
   const handles: bigint[] = [1n, 2n];
   const pickNode = () => r.weighted<bigint>([[6, r.pick(nodes)], [1, r.u64()], [1, 0n], [1, BigInt(r.int(50))]]);

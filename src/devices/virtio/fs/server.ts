@@ -62,11 +62,10 @@ export class FuseServer {
   /** The last failure that was not a host errno (for --stats and tests). */
   lastInternalError?: string;
 
-  constructor(hostDir: string, readOnly: boolean) {
+  /** `umask`: the process's (a worker cannot read it: the main thread passes it on). */
+  constructor(hostDir: string, readOnly: boolean, umask = processUmask()) {
     this.fs = new HostFs(hostDir, readOnly);
-    const u = process.umask(0);
-    process.umask(u);
-    this.umask = u;
+    this.umask = umask;
   }
 
   /** Device reset: the guest's nodes and handles are gone, INIT comes again. */
@@ -408,6 +407,13 @@ export class FuseServer {
     const st = toAttr(fs.fstatSync(h.fd, { bigint: true }));
     if (end > st.size) fs.ftruncateSync(h.fd, Number(end));
   }
+}
+
+/** The process's umask (process.umask() without an argument is deprecated: set and set back). */
+export function processUmask(): number {
+  const u = process.umask(0);
+  process.umask(u);
+  return u;
 }
 
 function header(error: number, unique: bigint, bodyLen: number): Uint8Array {
