@@ -18,6 +18,7 @@
 //
 //   npm run bench:fs
 //   node dist/bench/fs.js --files 1000 --big-mib 4 --rounds 1 --no-qemu --verbose
+//   node dist/bench/fs.js --only virtiofs|ext4|9p
 
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -99,6 +100,7 @@ async function main(): Promise<void> {
       "big-mib": { type: "string", default: "16" },
       rounds: { type: "string", default: "2" },
       "no-qemu": { type: "boolean", default: false },
+      only: { type: "string" },
       verbose: { type: "boolean", default: false },
     },
   });
@@ -108,6 +110,9 @@ async function main(): Promise<void> {
   if (!(Number.isInteger(files) && files >= 1 && files <= 50_000)) fail("--files: 1..50000");
   if (!(Number.isInteger(bigMiB) && bigMiB >= 0 && bigMiB <= 64)) fail("--big-mib: 0..64");
   if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 5)) fail("--rounds: 1..5");
+  const only = values.only;
+  if (only !== undefined && !["virtiofs", "ext4", "9p"].includes(only)) fail("--only: virtiofs, ext4 or 9p");
+  const want = (what: string) => only === undefined || only === what;
   if (spawnSync("sh", ["-c", "command -v mke2fs"]).status !== 0) fail("mke2fs not found (apt-get install e2fsprogs)");
   let bench: GuestBench;
   try {
@@ -153,11 +158,11 @@ async function main(): Promise<void> {
   const rows: { what: string; f: Figures }[] = [];
   try {
     mkdirSync(shareDir, { recursive: true });
-    rows.push({ what: "tsvisor virtio-fs", f: await run("tsvisor", "tsvisor virtio-fs", "", () => ({ tsvisorArgs: ["--share", `${shareDir}:/mnt/b`, "--net", "none"], qemuArgs: [] })) });
+    if (want("virtiofs")) rows.push({ what: "tsvisor virtio-fs", f: await run("tsvisor", "tsvisor virtio-fs", "", () => ({ tsvisorArgs: ["--share", `${shareDir}:/mnt/b`, "--net", "none"], qemuArgs: [] })) });
     rmSync(shareDir, { recursive: true, force: true });
-    rows.push({ what: "tsvisor virtio-blk ext4", f: await run("tsvisor", "tsvisor virtio-blk ext4", `mkdir -p /mnt/b; ${ext4Mount}`, ext4Image("ts.ext4")) });
+    if (want("ext4")) rows.push({ what: "tsvisor virtio-blk ext4", f: await run("tsvisor", "tsvisor virtio-blk ext4", `mkdir -p /mnt/b; ${ext4Mount}`, ext4Image("ts.ext4")) });
     rmSync(join(scratch, "ts.ext4"), { force: true });
-    if (withQemu) {
+    if (withQemu && want("9p")) {
       mkdirSync(shareDir, { recursive: true });
       rows.push({
         what: "QEMU TCG 9p", f: await run("qemu", "QEMU 9p", "mkdir -p /mnt/b; mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 host0 /mnt/b || fail mount-9p", () => ({
@@ -166,6 +171,8 @@ async function main(): Promise<void> {
         })),
       });
       rmSync(shareDir, { recursive: true, force: true });
+    }
+    if (withQemu && want("ext4")) {
       rows.push({ what: "QEMU TCG virtio-blk ext4", f: await run("qemu", "QEMU virtio-blk ext4", `mkdir -p /mnt/b; ${ext4Mount}`, ext4Image("q.ext4")) });
     }
   } finally {
@@ -178,7 +185,7 @@ async function main(): Promise<void> {
   for (const r of rows) console.log(`${r.what.padEnd(w)} ${r.f.untar.toFixed(2).padStart(11)} ${r.f.stat.toFixed(2).padStart(8)} ${r.f.read.toFixed(2).padStart(10)}`);
   console.log("");
   console.log("untar: busybox tar xf from tmpfs, then sync. ls -lR: every entry stat'ed. read back: tar c | wc -c after drop_caches.");
-  console.log("virtio-fs: tsvisor's FUSE server, synchronous host calls on the main thread, 1 s entry/attr cache.");
+  console.log("virtio-fs: tsvisor's FUSE server on its I/O thread, 1 s entry/attr cache, no writeback cache, no DAX.");
   if (!withQemu) console.log(`QEMU: ${values["no-qemu"] ? "skipped (--no-qemu)" : "qemu-system-riscv64 not installed"}`);
 }
 
