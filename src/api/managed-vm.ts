@@ -272,7 +272,7 @@ export class ManagedVm {
   /** A VM with a shared folder cannot be snapshotted or migrated (devices/virtio/fs/device.ts): 409 before anything pauses. */
   private refuseWithShares(what: string): void {
     if (this.def.shares.length > 0) {
-      throw new ApiError(409, `VM '${this.name}' has a shared folder (${this.def.shares[0].split(",")[0]}): it cannot be ${what} (the guest's open files name host inodes)`);
+      throw new ApiError(409, `VM '${this.name}' has a shared folder (${this.def.shares[0].slice(0, this.def.shares[0].lastIndexOf(":"))}): it cannot be ${what} (the guest's open files name host inodes)`);
     }
   }
 
