@@ -69,7 +69,7 @@ export class VirtioFs implements VirtioDevice {
   private nextId = 1;
   private drained?: () => void;
   private paused = false;
-  private workerStats: ServerStats & { nodes: number; handles: number } = { requests: 0, errors: 0, dropped: 0, internalErrors: 0, nodes: 1, handles: 0 };
+  private workerStats: ServerStats & { nodes: number; handles: number } = { requests: 0, errors: 0, dropped: 0, internalErrors: 0, byOp: {}, nodes: 1, handles: 0 };
 
   constructor(readonly opts: VirtioFsOptions) {
     this.name = opts.name ?? `fs-${opts.tag}`;
@@ -291,7 +291,8 @@ export class VirtioFs implements VirtioDevice {
 
   statsLines(): string[] {
     const s = this.stats;
-    return [`  ${this.name}: ${s.requests} FUSE requests, ${s.errors} errors, ${s.dropped} dropped, ${s.nodes} nodes, ${s.handles} open handles`];
+    const ops = Object.entries(s.byOp).sort((a, b) => b[1] - a[1]).map(([op, n]) => `${op.toLowerCase()} ${n}`).join(", ");
+    return [`  ${this.name}: ${s.requests} FUSE requests (${ops}), ${s.errors} errors, ${s.dropped} dropped, ${s.nodes} nodes, ${s.handles} open handles`];
   }
 
   /** Why a VM with this device cannot be snapshotted or migrated. */

@@ -51,13 +51,15 @@ export interface ServerStats {
   dropped: number;
   /** Failures that were not a host errno: a bug or a surprise, answered EIO. */
   internalErrors: number;
+  /** Requests by opcode name (unknown ones as "other"). */
+  byOp: Record<string, number>;
 }
 
 export class FuseServer {
   readonly fs: HostFs;
   /** The negotiated INIT (what a snapshot could keep), undefined before INIT. */
   init?: { minor: number; maxReadahead: number; flags: number };
-  readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0, internalErrors: 0 };
+  readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0, internalErrors: 0, byOp: {} };
   private readonly umask: number;
   /** The last failure that was not a host errno (for --stats and tests). */
   lastInternalError?: string;
@@ -90,6 +92,8 @@ export class FuseServer {
     }
     const r = new ArgReader(req);
     const h = readInHeader(r);
+    const opName = Op[h.opcode] ?? "other";
+    this.stats.byOp[opName] = (this.stats.byOp[opName] ?? 0) + 1;
     if (h.opcode === Op.FORGET || h.opcode === Op.BATCH_FORGET) {
       try {
         this.forget(h, new ArgReader(req.subarray(IN_HEADER_SIZE, Math.min(Math.max(h.len, IN_HEADER_SIZE), req.length))));
