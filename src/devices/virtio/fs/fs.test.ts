@@ -287,3 +287,18 @@ test("virtio-fs on its I/O thread: requests go out in order, replies complete fr
   assert.deepEqual(d.warnings, []);
   await dev.close();
 });
+
+test("virtio-fs names are bytes: UTF-8 and other non-ASCII names go through unchanged both ways", () => {
+  const dir = share();
+  fs.writeFileSync(join(dir, "host-\u00e9t\u00e9.txt"), "x");
+  fs.writeFileSync(Buffer.from([...Buffer.from(dir + "/raw-"), 0xff, 0xfe]), "y");
+  const c = client(dir);
+  const utf8 = (s: string) => Buffer.from(s, "utf8").toString("latin1");
+  assert.equal(c.create(1, utf8("guest-\u65e5\u672c")).error, 0);
+  assert.ok(fs.existsSync(join(dir, "guest-\u65e5\u672c")));
+  const names = c.list(1).map((e) => e.name);
+  assert.ok(names.includes(utf8("host-\u00e9t\u00e9.txt")), names.join(" "));
+  assert.ok(names.includes("raw-\u00ff\u00fe"));
+  assert.equal(c.entry(1, "raw-\u00ff\u00fe").size, 1n);
+  assert.equal(c.entry(1, utf8("host-\u00e9t\u00e9.txt")).size, 1n);
+});
