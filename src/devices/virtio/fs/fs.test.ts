@@ -302,3 +302,30 @@ test("virtio-fs names are bytes: UTF-8 and other non-ASCII names go through unch
   assert.equal(c.entry(1, "raw-\u00ff\u00fe").size, 1n);
   assert.equal(c.entry(1, utf8("host-\u00e9t\u00e9.txt")).size, 1n);
 });
+
+test("virtio-fs bad input: huge READ sizes clamped, reply buffers too small, lengths that lie, no header", () => {
+  const dir = share();
+  fs.writeFileSync(join(dir, "big"), Buffer.alloc(300_000, 7));
+  const c = client(dir);
+  const f = c.entry(1, "big");
+  const fh = c.fh(c.open(f.nodeid, 0));
+  assert.equal(c.read(f.nodeid, fh, 0, 0xffff_ffff, 1 << 20).body.length, MAX_WRITE);
+  assert.equal(c.read(f.nodeid, fh, 0, 0xffff_ffff, 100).body.length, 84);
+  assert.equal(c.read(f.nodeid, fh, 2 ** 52, 4096).body.length, 0);
+  // A fixed-size reply that does not fit: EINVAL in a header-only reply, nothing done.
+  const small = c.call(Op.LOOKUP, 1, cstr("big"), 16 + 127);
+  assert.equal(small.error, -Errno.EINVAL);
+  assert.equal(small.len, 16);
+  assert.equal(c.device.server.fs.nodeCount, 2);
+  // No room for even a header: the chain comes back with nothing written.
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16), 15).len, 0);
+  // A header whose length lies (beyond what came, or below its own size).
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16), 4096, { len: 1000 }).error, -Errno.EINVAL);
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16), 4096, { len: 8 }).error, -Errno.EINVAL);
+  // Arguments cut short: EINVAL, never a throw.
+  assert.equal(c.call(Op.READ, f.nodeid, new Uint8Array(5)).error, -Errno.EINVAL);
+  assert.equal(c.call(Op.LOOKUP, 1, Buffer.from("no-nul")).error, -Errno.EINVAL);
+  // Fewer bytes than a header: dropped.
+  assert.equal(c.raw(1, new Uint8Array(20), 64).len, 0);
+  assert.equal(c.device.server.stats.internalErrors, 0);
+});
