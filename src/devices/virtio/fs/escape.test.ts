@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VirtioFs } from "./device.js";
-import { FuseClient, cstr, concat, parseEntry } from "./test-client.js";
+import { FuseClient, cstr, concat, parseEntry, missing } from "./test-client.js";
 import { Errno, Op, OutWriter } from "./fuse.js";
 
 /** outside/secret (not shared) next to outside/share (shared), with symlinks out of the share. */
@@ -108,7 +108,7 @@ test("escape: a directory swapped for a symlink on the host after LOOKUP: the he
   fs.renameSync(join(dir, "sub"), join(dir, "sub-moved"));
   fs.symlinkSync(join(outside, "secretdir"), join(dir, "sub"));
   // The node is still the original directory: its file is found, the secret one is not.
-  assert.equal(c.lookup(sub.nodeid, "inner").error, -Errno.ENOENT);
+  assert.ok(missing(c.lookup(sub.nodeid, "inner")));
   const ok = c.entry(sub.nodeid, "ok");
   const fh = c.fh(c.open(ok.nodeid, 0));
   assert.equal(Buffer.from(c.read(ok.nodeid, fh, 0, 100).body).toString(), "fine");
@@ -118,7 +118,7 @@ test("escape: a directory swapped for a symlink on the host after LOOKUP: the he
   assert.deepEqual(c.list(sub.nodeid).map((e) => e.name).sort(), [".", "..", "made", "ok"]);
   // Removed altogether: ENOENT, still nothing followed.
   fs.rmSync(join(dir, "sub-moved"), { recursive: true });
-  assert.equal(c.lookup(sub.nodeid, "ok").error, -Errno.ENOENT);
+  assert.ok(missing(c.lookup(sub.nodeid, "ok")));
   assert.equal(c.create(sub.nodeid, "again").error, -Errno.ENOENT);
   assert.deepEqual(fs.readdirSync(join(outside, "secretdir")), ["inner"]);
   // A fresh lookup of the name finds the symlink, a leaf.

@@ -164,7 +164,16 @@ export class FuseServer {
       case Op.LOOKUP: {
         const parent = f.dir(h.nodeid);
         const name = checkName(r.cstring());
-        return this.entry(out, f.lookup(parent, name));
+        let e: { node: Node; attr: Attr };
+        try {
+          e = f.lookup(parent, name);
+        } catch (err) {
+          // A name that is not there: node id 0 with a timeout, which the
+          // driver keeps as a negative dentry (no LOOKUP again for it meanwhile).
+          if (hostErrno(err) !== Errno.ENOENT) throw err;
+          return writeEntry(out, 0, undefined, VALID_SECONDS);
+        }
+        return this.entry(out, e);
       }
       case Op.GETATTR: {
         const node = f.node(h.nodeid);

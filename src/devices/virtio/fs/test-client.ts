@@ -6,7 +6,7 @@
 
 import { TestDriver, testGuestMemory } from "../test-driver.js";
 import { VirtioFs } from "./device.js";
-import { Op, OutWriter, ArgReader } from "./fuse.js";
+import { Op, OutWriter, ArgReader, Errno } from "./fuse.js";
 
 export interface Reply {
   error: number;
@@ -131,6 +131,11 @@ export class FuseClient {
     this.release(BigInt(dir), fh, true);
     return out;
   }
+}
+
+/** A LOOKUP that found nothing: ENOENT, or node id 0 (a negative entry the driver may cache). */
+export function missing(r: Reply): boolean {
+  return r.error === -Errno.ENOENT || (r.error === 0 && r.body.length >= 8 && parseEntry(r.body).nodeid === 0n);
 }
 
 export function cstr(s: string): Uint8Array {
