@@ -174,7 +174,7 @@ export class HostFs {
   }
 
   /** The node's name in its parent, checked to still be this node's inode. */
-  private namedPath(node: Node): string {
+  private namedPath(node: Node): Buffer {
     const parent = this.nodes.get(node.parentId);
     if (!parent || node === this.root) throw new FuseError(Errno.ESTALE);
     const path = childPath(parent, node.name);
@@ -391,11 +391,11 @@ export function checkName(name: string): string {
   return name;
 }
 
-function childPath(parent: Node, name: string): string {
+function childPath(parent: Node, name: string): Buffer {
   if (parent.type !== S_IFDIR) throw new FuseError(Errno.ENOTDIR);
   checkName(name);
   // Names are raw bytes (latin1 keeps each byte as one char); the path goes to the kernel as those bytes.
-  return Buffer.from(`/proc/self/fd/${parent.fd}/${name}`, "latin1") as unknown as string;
+  return Buffer.from(`/proc/self/fd/${parent.fd}/${name}`, "latin1");
 }
 
 /** The guest's open flags as the host's: access mode, append and truncate; the rest (O_DIRECT, O_SYNC...) are dropped. */
