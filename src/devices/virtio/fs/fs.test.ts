@@ -134,6 +134,9 @@ test("virtio-fs MKDIR, MKNOD (file, fifo), SYMLINK, READLINK, LINK, RENAME, RENA
   assert.ok(fs.statSync(join(dir, "sub/plain")).isFile());
   assert.equal(mk("pipe", 0o010644).error, 0);
   assert.ok(fs.lstatSync(join(dir, "sub/pipe")).isFIFO());
+  assert.equal(fs.lstatSync(join(dir, "sub/pipe")).mode & 0o777, 0o644);
+  assert.equal(mk("pipe", 0o010644).error, -Errno.EEXIST);
+  assert.deepEqual(fs.readdirSync(join(dir, "sub")).sort(), ["pipe", "plain"]);
   assert.equal(mk("dev", 0o020644).error, -Errno.EPERM);
   const s = c.symlink(d.nodeid, "link", "../f");
   assert.equal(s.error, 0);

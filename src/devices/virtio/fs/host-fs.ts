@@ -436,14 +436,23 @@ function closeQuietly(fd: number): void {
 
 /**
  * Node has no mknod(): mkfifo(1) makes the fifo, given the parent's fd as
- * its fd 3 so the path resolves under the same inode as ours would.
+ * its fd 3 so the path resolves under the same inode as ours would. It gets
+ * an ASCII name of ours (argv is re-encoded as UTF-8, a name is raw bytes);
+ * link() then gives it the guest's name (EEXIST if taken, never replacing).
  */
 function mkfifoAt(parent: Node, name: string, mode: number): void {
-  const r = spawnSync("mkfifo", ["-m", (mode & 0o777).toString(8), "--", Buffer.from(`/proc/self/fd/3/${name}`, "latin1").toString("latin1")], {
+  const tmp = `.tsvisor-fifo-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  const r = spawnSync("mkfifo", ["-m", (mode & 0o777).toString(8), "--", `/proc/self/fd/3/${tmp}`], {
     stdio: ["ignore", "ignore", "pipe", parent.fd], timeout: 5000,
   });
   if (r.status !== 0) {
     const msg = String(r.stderr ?? "");
-    throw new FuseError(/exists/i.test(msg) ? Errno.EEXIST : /denied/i.test(msg) ? Errno.EACCES : Errno.EIO, msg.trim());
+    throw new FuseError(/denied/i.test(msg) ? Errno.EACCES : /space/i.test(msg) ? Errno.ENOSPC : Errno.EIO, msg.trim());
+  }
+  const tmpPath = childPath(parent, tmp);
+  try {
+    fs.linkSync(tmpPath, childPath(parent, name));
+  } finally {
+    fs.rmSync(tmpPath, { force: true });
   }
 }
