@@ -254,7 +254,7 @@ test("virtio-fs snapshot is refused with one line", async () => {
   await assert.rejects(c.driver.snapshot(), /cannot be snapshotted or migrated/);
 });
 
-test("virtio-fs on its I/O thread: requests go out in order, replies complete from poll(), reset and close are clean", async () => {
+test("virtio-fs on its I/O thread: requests go out in order, replies complete as they come back, reset and close are clean", async () => {
   const dir = share({ f: "from the I/O thread" });
   const dev = new VirtioFs({ tag: "w", hostDir: dir });
   const { TestDriver, testGuestMemory } = await import("../test-driver.js");
@@ -282,7 +282,6 @@ test("virtio-fs on its I/O thread: requests go out in order, replies complete fr
   assert.equal(new DataView(reply.buffer).getInt32(4, true), 0);
   assert.equal(parseEntry(reply.subarray(16)).size, 19n);
   assert.equal(parseEntry(d.mem.read(d.bufferAddr(1, miss, 1), 16 + 128).subarray(16)).nodeid, 0n);
-  assert.ok(d.polls >= 1);
   assert.equal(dev.stats.requests, 3);
   // A request in flight when the device resets: its reply goes nowhere.
   req(Op.GETATTR, 1, new Uint8Array(16), 4);
