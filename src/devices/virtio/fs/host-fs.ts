@@ -67,9 +67,26 @@ export interface Handle {
 /** The guest's open flags (Linux asm-generic fcntl.h, what riscv uses), which may differ from the host's. */
 const G = { WRONLY: 1, RDWR: 2, ACCMODE: 3, CREAT: 0o100, EXCL: 0o200, TRUNC: 0o1000, APPEND: 0o2000 } as const;
 
-/** Most nodes and handles the guest may hold at once: each is a host fd. */
-export const MAX_NODES = 1 << 16;
-export const MAX_HANDLES = 1 << 14;
+/**
+ * Most nodes and handles the guest may hold at once: each is a host fd, and
+ * the process's fds are shared with every other device and VM, so one share
+ * takes at most a half (nodes) and an eighth (handles) of its soft
+ * RLIMIT_NOFILE, and never more than 65,536 / 16,384. A guest past them
+ * gets ENFILE (virtiofsd instead raises the limit to a million).
+ */
+const FD_LIMIT = openFileLimit();
+export const MAX_NODES = Math.max(64, Math.min(1 << 16, Math.floor(FD_LIMIT / 2)));
+export const MAX_HANDLES = Math.max(32, Math.min(1 << 14, Math.floor(FD_LIMIT / 8)));
+
+/** The soft limit on open files (/proc/self/limits), 1024 when it cannot be read. */
+function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync("/proc/self/limits", "utf8"));
+    return m ? (m[1] === "unlimited" ? 1 << 20 : Number(m[1])) : 1024;
+  } catch {
+    return 1024;
+  }
+}
 
 export class HostFs {
   private readonly nodes = new Map<number, Node>();
