@@ -43,6 +43,9 @@ export function parseDiskSpec(spec: string): DiskSpec {
   return out;
 }
 
+/** A shared folder that cannot be opened (permissions, a directory gone since the check): one line. */
+export class ShareError extends Error {}
+
 export interface ShareSpec {
   hostDir: string;
   guestDir: string;
@@ -267,7 +270,11 @@ export class VmDevices {
       }
       for (const [i, spec] of (opts.shares ?? []).entries()) {
         const s = parseShareSpec(spec, i);
-        devices.push(new VirtioFs({ tag: s.tag, hostDir: s.hostDir, readOnly: s.readOnly, name: `fs${i}` }));
+        try {
+          devices.push(new VirtioFs({ tag: s.tag, hostDir: s.hostDir, readOnly: s.readOnly, name: `fs${i}` }));
+        } catch (e) {
+          throw new ShareError(`--share ${spec}: cannot open ${s.hostDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
       }
       return new VmDevices(devices, nets, disks);
     } catch (e) {
@@ -293,5 +300,5 @@ export class VmDevices {
 }
 
 export function isDeviceError(e: unknown): e is Error {
-  return e instanceof DiskImageError || e instanceof NetBackendError;
+  return e instanceof DiskImageError || e instanceof NetBackendError || e instanceof ShareError;
 }
