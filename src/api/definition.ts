@@ -19,6 +19,8 @@ export interface VmDefinition {
   /** `--disk` and `--net` specs, as `tsvisor run` takes them (absolute paths). */
   disks: string[];
   nets: string[];
+  /** `--share HOSTDIR:GUESTDIR[,ro]` specs (HOSTDIR absolute): virtio-fs devices share0... that init mounts. */
+  shares: string[];
   console: "ttyS0" | "hvc0";
   /** The guest command (run -- CMD); none: a shell on the console. */
   command?: string[];
@@ -55,7 +57,7 @@ type Kind = "string" | "int" | "bool" | "string[]" | "int[]";
 
 const CREATE_FIELDS: Record<string, Kind> = {
   name: "string", cpus: "int", memBytes: "int", kernel: "string", initrd: "string", append: "string",
-  disks: "string[]", nets: "string[]", console: "string", command: "string[]",
+  disks: "string[]", nets: "string[]", shares: "string[]", console: "string", command: "string[]",
   weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", shareGroup: "string", balloon: "bool",
 };
 
@@ -115,6 +117,7 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
     memBytes: (b.memBytes as number | undefined) ?? 512 << 20,
     disks: (b.disks as string[] | undefined) ?? [],
     nets: (b.nets as string[] | undefined) ?? [],
+    shares: (b.shares as string[] | undefined) ?? [],
     console: ((b.console as string | undefined) ?? "ttyS0") as VmDefinition["console"],
     weight: (b.weight as number | undefined) ?? DEFAULT_WEIGHT,
     capPct: (b.capPct as number | undefined) ?? 0,
@@ -136,8 +139,9 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
   checkAbsolute("kernel", def.kernel);
   checkAbsolute("initrd", def.initrd);
   for (const d of def.disks) checkAbsolute("disks", d.split(",")[0]);
+  for (const s of def.shares) checkAbsolute("shares", s.split(":")[0]);
   try {
-    checkDeviceSpecs(def.disks, def.nets);
+    checkDeviceSpecs(def.disks, def.nets, def.shares);
   } catch (e) {
     throw new ApiError(400, (e as Error).message);
   }

@@ -10,7 +10,7 @@ import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
 import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
 import { DEFAULT_CMDLINE, withCommand, readInput } from "../cli/run-linux.js";
-import { VmDevices, defaultMac, type NetCardInfo } from "../cli/vm-devices.js";
+import { VmDevices, defaultMac, parseShareSpec, shareCmdline, type NetCardInfo } from "../cli/vm-devices.js";
 import { formatMac } from "../backends/net/net-spec.js";
 import { ApiError } from "./errors.js";
 import { LogRing } from "./log-ring.js";
@@ -165,9 +165,10 @@ export class ManagedVm {
     try {
       const boot = await this.bootFiles();
       const { kernel, initrd } = boot;
-      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: this.def.shares });
       const dhcp = devices.dhcpInterfaces();
-      const cmdline = dhcp.length > 0 && this.def.append === undefined ? `${boot.cmdline} tsvisor.dhcp=${dhcp.join(",")}` : boot.cmdline;
+      let cmdline = dhcp.length > 0 && this.def.append === undefined ? `${boot.cmdline} tsvisor.dhcp=${dhcp.join(",")}` : boot.cmdline;
+      if (this.def.shares.length > 0) cmdline += ` tsvisor.share=${shareCmdline(this.def.shares.map(parseShareSpec))}`;
       if (this.stopReason !== undefined) {
         await devices.close();
         this.finish({ kind: "stopped", reason: this.stopReason });
@@ -229,7 +230,7 @@ export class ManagedVm {
         this.event(`vm ${this.name}: ${e.message}: a reboot will end its run`);
         return undefined;
       }) : undefined;
-      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: d.shares });
       const vm = this.engine.restoreVm(path, {
         name: this.name, kernel: boot?.kernel, initrd: boot?.initrd, paused,
         virtio: devices.devices,
@@ -270,11 +271,19 @@ export class ManagedVm {
    * the images stay as the snapshot needs them. If that fails, the snapshot
    * is deleted (its disks would not stay as it needs them) and 409 says why.
    */
+  /** A VM with a shared folder cannot be snapshotted or migrated (devices/virtio/fs/device.ts): 409 before anything pauses. */
+  private refuseWithShares(what: string): void {
+    if (this.def.shares.length > 0) {
+      throw new ApiError(409, `VM '${this.name}' has a shared folder (${this.def.shares[0].slice(0, this.def.shares[0].lastIndexOf(":"))}): it cannot be ${what} (the guest's open files name host inodes)`);
+    }
+  }
+
   async snapshot(path: string, opts: { diff?: boolean; live?: boolean; stayPaused?: boolean; disks?: "overlay" }): Promise<SnapshotView> {
     const vm = this.vm;
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be snapshotted`);
     }
+    this.refuseWithShares("snapshotted");
     const t0 = performance.now();
     const wasRunning = this._state === "running";
     let written;
@@ -333,6 +342,7 @@ export class ManagedVm {
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
     }
+    this.refuseWithShares("migrated");
     // Its status stays that of the migration under way.
     if (this._migration?.state === "active") throw new ApiError(409, `VM '${this.name}' is being migrated already`);
     const target = `${to.host.includes(":") ? `[${to.host}]` : to.host}:${to.port}`;
@@ -388,7 +398,7 @@ export class ManagedVm {
     this.event(`vm ${this.name} arriving from ${from}`);
     const d = this.def;
     try {
-      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks });
+      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks, shares: d.shares });
     } catch (e) {
       this._state = "created";
       throw e;

@@ -180,6 +180,7 @@ async function create(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(own, {
     kernel: { type: "string" }, initrd: { type: "string" }, append: { type: "string" },
     cpus: { type: "string" }, mem: { type: "string" }, disk: { type: "string", multiple: true }, net: { type: "string", multiple: true },
+    share: { type: "string", multiple: true },
     publish: { type: "string", short: "p", multiple: true },
     console: { type: "string" }, weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" },
     autostart: { type: "boolean" }, start: { type: "boolean" },
@@ -194,6 +195,8 @@ async function create(argv: string[]): Promise<number> {
   if (v.cpus !== undefined) body.cpus = intFlag("--cpus", v.cpus as string, 1, 8);
   if (v.mem !== undefined) body.memBytes = parseSize("--mem", v.mem as string);
   if (v.disk !== undefined) body.disks = (v.disk as string[]).map((d) => { const [p, ...o] = d.split(","); return [p ? resolve(p) : p, ...o].join(","); });
+  // HOSTDIR made absolute here, as disk paths: the daemon's working directory is not the user's.
+  if (v.share !== undefined) body.shares = (v.share as string[]).map((s) => { const i = s.lastIndexOf(":"); return i > 0 ? `${resolve(s.slice(0, i))}${s.slice(i)}` : s; });
   // As `tsvisor run`: the user-mode network unless --net says otherwise.
   body.nets = resolveNetSpecs(v.net as string[] | undefined, v.publish as string[] | undefined);
   if (v.console !== undefined) body.console = v.console;
@@ -269,6 +272,7 @@ async function info(argv: string[]): Promise<number> {
     ...(c.command ? [`command:    ${c.command.join(" ")}`] : []),
     ...c.disks.map((d, i) => `disk ${i}:     ${d}`),
     ...c.nets.map((n, i) => `net ${i}:      ${n}`),
+    ...(c.shares ?? []).map((s, i) => `share ${i}:    ${s}`),
     `scheduling: weight ${c.weight}, cap ${c.capPct ? `${c.capPct} %` : "none"}, pCPUs ${c.affinity.length ? c.affinity.join(",") : "all"}${c.autostart ? ", autostart" : ""}`,
   ];
   for (const cpu of stats.vcpus) {

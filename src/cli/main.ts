@@ -84,6 +84,10 @@ options for run:
                           tap=NAME, socket=listen:PATH, socket=connect:PATH,
                           socket=udp:HOST:PORT,peer=HOST:PORT
                           none: no network card at all
+  --share HOSTDIR:GUESTDIR[,ro]
+                          a host folder in the guest (virtio-fs, tags share0,
+                          share1, ...; init mounts it at GUESTDIR; ,ro: read-only;
+                          repeatable). Such a VM cannot be snapshotted
   -p HOSTPORT:GUESTPORT   forward a TCP port of the host's 127.0.0.1 into the guest
                           (through the first user-mode network; repeatable)
   --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
@@ -132,6 +136,7 @@ function parseRunArgs(argv: string[]) {
         stats: { type: "boolean" },
         disk: { type: "string", multiple: true },
         net: { type: "string", multiple: true },
+        share: { type: "string", multiple: true },
         publish: { type: "string", short: "p", multiple: true },
         console: { type: "string" },
         jit: { type: "string" },
@@ -199,6 +204,7 @@ async function runCommand(argv: string[]): Promise<number> {
       command,
       disks: v.disk ?? [],
       nets: resolveNetSpecs(v.net, v.publish),
+      shares: v.share ?? [],
       console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
       jit,
       hostMemBytes: v["host-mem"] !== undefined ? parsePoolSize("--host-mem", v["host-mem"]) : undefined,
@@ -208,7 +214,7 @@ async function runCommand(argv: string[]): Promise<number> {
       snapshot: !v["no-snapshot"],
     });
   }
-  for (const flag of ["image", "disk-name", "kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
+  for (const flag of ["image", "disk-name", "kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "share", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

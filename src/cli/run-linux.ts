@@ -26,7 +26,7 @@ import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
 import { OverlayError, keptDiskPath, makeOverlay, type ImageName } from "./system-image.js";
 import { pullDebianSystem } from "../images/debian-system.js";
-import { VmDevices, checkDeviceSpecs, isDeviceError } from "./vm-devices.js";
+import { VmDevices, checkDeviceSpecs, isDeviceError, parseShareSpec, shareCmdline } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
   /** Boot a system disk built by `image pull NAME` (cli/system-image.ts) through an overlay of its own. */
@@ -48,6 +48,8 @@ export interface LinuxRunOptions {
   disks?: string[];
   /** `--net` specs, eth0, eth1, ... in order. */
   nets?: string[];
+  /** `--share HOSTDIR:GUESTDIR[,ro]` specs: virtio-fs devices share0, share1, ... mounted by init. */
+  shares?: string[];
   /** The console init uses: the UART (default) or a virtio console. */
   console?: "ttyS0" | "hvc0";
   /** pCPU worker threads of the embedded host (default: one per host core). */
@@ -140,7 +142,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
  * mounts it as the root (`tsvisor.root=`, images/init.ts).
  */
 async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<number> {
-  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? []);
   const cacheDir = defaultCacheDir();
   const system = await pullDebianSystem({ cacheDir, progress: (line) => process.stderr.write(`${line}\n`) });
   const kept = opts.diskName !== undefined ? keptDiskPath(cacheDir, opts.diskName) : undefined;
@@ -161,7 +163,7 @@ async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<
 }
 
 async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): Promise<number> {
-  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? []);
   const interactive = opts.command === undefined;
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
   const stdinAsFile = !interactive && !process.stdin.isTTY;
@@ -205,6 +207,9 @@ function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive
   if (dhcp.length > 0 && opts.append === undefined) cmdline += ` tsvisor.dhcp=${dhcp.join(",")}`;
   // init mounts the system disk and runs the command in it, or switches to its systemd.
   if (opts.rootDevice !== undefined) cmdline += ` tsvisor.root=${opts.rootDevice}`;
+  // Shared folders are mounted by init (images/init.ts), with --append too: the user asked for them.
+  const shares = (opts.shares ?? []).map(parseShareSpec);
+  if (shares.length > 0) cmdline += ` tsvisor.share=${shareCmdline(shares)}`;
   return cmdline;
 }
 
@@ -238,7 +243,7 @@ async function bootAndRun(
 
   let devices: VmDevices;
   try {
-    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive));
+    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { shares: opts.shares });
   } catch (e) {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;

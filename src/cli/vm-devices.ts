@@ -4,7 +4,9 @@
 // close() releases them when tsvisor ends.
 
 import { createHash } from "node:crypto";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, rmSync, statSync } from "node:fs";
+import { resolve } from "node:path";
+import { VirtioFs } from "../devices/virtio/fs/device.js";
 import { createQcow2 } from "../backends/disk/qcow2/create.js";
 import { DiskImageError, type CacheMode } from "../backends/disk/disk.js";
 import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec, type NetStats } from "../backends/net/net-backend.js";
@@ -41,6 +43,47 @@ export function parseDiskSpec(spec: string): DiskSpec {
   return out;
 }
 
+/** A shared folder that cannot be opened (permissions, a directory gone since the check): one line. */
+export class ShareError extends Error {}
+
+export interface ShareSpec {
+  hostDir: string;
+  guestDir: string;
+  readOnly: boolean;
+  /** The virtio-fs tag the guest mounts: share0, share1, ... by position. */
+  tag: string;
+}
+
+/**
+ * `HOSTDIR:GUESTDIR[,ro]`: HOSTDIR must be a directory; GUESTDIR an absolute
+ * guest path without the characters init's tsvisor.share= list uses as
+ * separators (comma, colon, whitespace).
+ */
+export function parseShareSpec(spec: string, index: number): ShareSpec {
+  let body = spec;
+  let readOnly = false;
+  if (body.endsWith(",ro")) {
+    readOnly = true;
+    body = body.slice(0, -3);
+  } else if (body.endsWith(",rw")) {
+    body = body.slice(0, -3);
+  }
+  const colon = body.lastIndexOf(":");
+  const hostDir = body.slice(0, colon);
+  const guestDir = body.slice(colon + 1);
+  if (colon <= 0 || !guestDir) throw new UsageError(`--share: expected HOSTDIR:GUESTDIR[,ro], got '${spec}'`);
+  if (!guestDir.startsWith("/") || /[\s,:'"\\$`]/.test(guestDir)) throw new UsageError(`--share ${spec}: GUESTDIR must be an absolute path without spaces, commas, colons, quotes, $ or backslashes`);
+  const st = statSync(hostDir, { throwIfNoEntry: false });
+  if (!st) throw new UsageError(`--share ${spec}: ${hostDir} does not exist`);
+  if (!st.isDirectory()) throw new UsageError(`--share ${spec}: ${hostDir} is not a directory`);
+  return { hostDir: resolve(hostDir), guestDir, readOnly, tag: `share${index}` };
+}
+
+/** init's tsvisor.share= value (images/init.ts): TAG:GUESTDIR,... */
+export function shareCmdline(shares: ShareSpec[]): string {
+  return shares.map((s) => `${s.tag}:${s.guestDir}`).join(",");
+}
+
 /**
  * A stable, locally administered MAC per network spec (QEMU's 52:54:00
  * prefix), so a VM keeps its address across runs. A host daemon seeds it
@@ -62,9 +105,10 @@ function parseNetOption(spec: string): NetSpec {
 }
 
 /** Checks the spelling of every --disk and --net before anything slow (an image pull) runs. */
-export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[]): void {
+export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[], shareSpecs: string[] = []): void {
   diskSpecs.forEach(parseDiskSpec);
   netSpecs.forEach(parseNetOption);
+  shareSpecs.forEach(parseShareSpec);
 }
 
 /**
@@ -205,7 +249,7 @@ export class VmDevices {
 
   /** Open every disk (each on its I/O thread, devices/virtio/blk-iothread.ts) and
    *  network backend; on any failure, close what was opened and throw one line. */
-  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string, opts: { importCopies?: boolean } = {}): Promise<VmDevices> {
+  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string, opts: { importCopies?: boolean; shares?: string[] } = {}): Promise<VmDevices> {
     const disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
@@ -224,8 +268,17 @@ export class VmDevices {
         nets.push(backend);
         devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac }));
       }
+      for (const [i, spec] of (opts.shares ?? []).entries()) {
+        const s = parseShareSpec(spec, i);
+        try {
+          devices.push(new VirtioFs({ tag: s.tag, hostDir: s.hostDir, readOnly: s.readOnly, name: `fs${i}` }));
+        } catch (e) {
+          throw new ShareError(`--share ${spec}: cannot open ${s.hostDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+      }
       return new VmDevices(devices, nets, disks);
     } catch (e) {
+      for (const d of devices) if (d instanceof VirtioFs) d.close();
       await Promise.allSettled(disks.map((d) => d.blk.close()));
       for (const n of nets) n.close();
       throw e;
@@ -247,5 +300,5 @@ export class VmDevices {
 }
 
 export function isDeviceError(e: unknown): e is Error {
-  return e instanceof DiskImageError || e instanceof NetBackendError;
+  return e instanceof DiskImageError || e instanceof NetBackendError || e instanceof ShareError;
 }

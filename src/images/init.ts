@@ -32,6 +32,10 @@
 //   the finisher as above); with none, init moves /dev, /proc, /sys and /run
 //   into it and switch_roots to its /sbin/init (systemd), which then owns the
 //   machine: its poweroff goes through SBI system reset.
+// - `tsvisor.share=TAG:/GUEST/DIR[,TAG:/DIR...]` (`tsvisor run --share`)
+//   makes init mount each virtio-fs device TAG at its directory once the
+//   virtio drivers are loaded (mkdir -p first). A directory holds no comma,
+//   colon or space (the host refuses such a GUESTDIR).
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
@@ -55,12 +59,14 @@ hostname tsvisor
 tty=
 dhcp=
 root=
+share=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     tsvisor.marker=*) echo "\${word#tsvisor.marker=}" ;;
     tsvisor.console=*) tty="\${word#tsvisor.console=}" ;;
     tsvisor.dhcp=*) dhcp="\${word#tsvisor.dhcp=}" ;;
     tsvisor.root=*) root="\${word#tsvisor.root=}" ;;
+    tsvisor.share=*) share="\${word#tsvisor.share=}" ;;
     TERM=*) export "$word" ;;
   esac
 done
@@ -84,12 +90,22 @@ if [ -n "$root" ]; then
     if [ -f ${ARGV_PATH} ]; then devmem 0x${FINISHER_ADDR.toString(16)} 32 $(( (1 << 16) | 0x3333 )); fi
     poweroff -f
   fi
-  if [ ! -f ${ARGV_PATH} ]; then
-    umount /tmp
-    for d in dev proc sys run; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d; done
-    [ -n "$tty" ] && echo "tsvisor init: --console $tty: systemd starts a login on it" >&2
-    exec switch_root /newroot /sbin/init
-  fi
+fi
+
+# Shared folders, inside the system disk when there is one (its command and
+# its systemd see that tree, not this one).
+prefix=
+[ -n "$root" ] && prefix=/newroot
+for s in $(echo "$share" | tr , ' '); do
+  mkdir -p "$prefix\${s#*:}"
+  mount -t virtiofs "\${s%%:*}" "$prefix\${s#*:}" || echo "tsvisor init: could not mount share \${s%%:*} at \${s#*:}" >&2
+done
+
+if [ -n "$root" ] && [ ! -f ${ARGV_PATH} ]; then
+  umount /tmp
+  for d in dev proc sys run; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d; done
+  [ -n "$tty" ] && echo "tsvisor init: --console $tty: systemd starts a login on it" >&2
+  exec switch_root /newroot /sbin/init
 fi
 
 ip link set lo up

@@ -15,10 +15,15 @@ import { ARGV_PATH, INIT_PATH, INIT_SCRIPT, STDIN_PATH } from "./init.js";
 import { ModuleIndex, builtinNames, filterModulesOrder, modulesAlias, modulesDep } from "./kernel-modules.js";
 import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
 
-/** The modules of a virt machine's devices and of common filesystems. */
+/**
+ * The modules of a virt machine's devices and of common filesystems. fuse
+ * and virtiofs (`--share`) are built into Debian's riscv64 kernel (its
+ * modules.builtin lists kernel/fs/fuse/fuse.ko and virtiofs.ko): named here
+ * all the same, so a kernel that has them as modules gets them.
+ */
 export const INITRAMFS_MODULES = [
   "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon", "virtio_input",
-  "vmw_vsock_virtio_transport", "9pnet_virtio", "9p", "virtio_scsi", "sd_mod",
+  "vmw_vsock_virtio_transport", "9pnet_virtio", "9p", "fuse", "virtiofs", "virtio_scsi", "sd_mod",
   "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1",
   "isofs", "squashfs", "overlay", "xfs", "btrfs",
 ];

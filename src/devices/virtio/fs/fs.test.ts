@@ -1,0 +1,336 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { VirtioFs, VIRTIO_ID_FS } from "./device.js";
+import { FuseClient, cstr, concat, parseEntry, parseAttrOut } from "./test-client.js";
+import { Errno, Op, OutWriter, FATTR_MODE, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_UID, FATTR_GID } from "./fuse.js";
+import { MAX_WRITE } from "./server.js";
+
+function share(files: Record<string, string> = {}): string {
+  const dir = fs.mkdtempSync(join(tmpdir(), "tsvisor-fs-"));
+  for (const [p, content] of Object.entries(files)) {
+    fs.mkdirSync(join(dir, p, ".."), { recursive: true });
+    fs.writeFileSync(join(dir, p), content);
+  }
+  return dir;
+}
+
+function client(dir: string, readOnly = false): FuseClient {
+  const c = new FuseClient(new VirtioFs({ tag: "share0", hostDir: dir, readOnly, thread: "main" }));
+  const r = c.init();
+  assert.equal(r.error, 0);
+  return c;
+}
+
+function setattr(valid: number, a: { fh?: bigint; size?: number; atime?: number; mtime?: number; mode?: number; uid?: number; gid?: number }): Uint8Array {
+  return new OutWriter().u32(valid).u32(0).u64(a.fh ?? 0).u64(a.size ?? 0).u64(0).u64(a.atime ?? 0).u64(a.mtime ?? 0).u64(0)
+    .u32(0).u32(0).u32(0).u32(a.mode ?? 0).u32(0).u32(a.uid ?? 0).u32(a.gid ?? 0).u32(0).bytesWritten;
+}
+
+test("virtio-fs config space: device 26, tag and one request queue", () => {
+  const d = new VirtioFs({ tag: "share0", hostDir: share(), thread: "main" });
+  assert.equal(d.deviceId, VIRTIO_ID_FS);
+  const tag = Buffer.alloc(36);
+  for (let i = 0; i < 36; i++) tag[i] = d.readConfig(i, 1);
+  assert.equal(tag.toString("latin1").replace(/\0+$/, ""), "share0");
+  assert.equal(d.readConfig(36, 4), 1);
+  assert.equal(d.queueMaxSizes.length, 2);
+  assert.throws(() => new VirtioFs({ tag: "x".repeat(37), hostDir: share(), thread: "main" }));
+});
+
+test("virtio-fs INIT negotiates 7.x with a bounded max_write; requests before INIT fail", () => {
+  const c = new FuseClient(new VirtioFs({ tag: "t", hostDir: share(), thread: "main" }));
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16)).error, -Errno.EIO);
+  const r = c.init();
+  assert.equal(r.error, 0);
+  const dv = new DataView(r.body.buffer, r.body.byteOffset);
+  assert.equal(dv.getUint32(0, true), 7);
+  assert.equal(dv.getUint32(4, true), 38);
+  assert.equal(dv.getUint32(20, true), MAX_WRITE);
+  assert.equal(r.body.length, 64);
+  // A newer major: the device answers with its own major only.
+  const r2 = c.call(Op.INIT, 0, new OutWriter().u32(8).u32(0).u32(0).u32(0).zeros(48).bytesWritten);
+  assert.equal(r2.error, 0);
+  assert.equal(r2.body.length, 8);
+});
+
+test("virtio-fs LOOKUP, GETATTR, OPEN, READ, RELEASE, FLUSH, FSYNC of a host file", () => {
+  const dir = share({ "a/hello.txt": "hello from the host\n" });
+  const c = client(dir);
+  const a = c.entry(1, "a");
+  assert.equal(a.mode & 0o170000, 0o040000);
+  const f = c.entry(a.nodeid, "hello.txt");
+  assert.equal(f.size, 20n);
+  const neg = c.lookup(a.nodeid, "missing");
+  assert.equal(neg.error, 0);
+  assert.equal(parseEntry(neg.body).nodeid, 0n, "a negative entry");
+  assert.equal(new DataView(neg.body.buffer, neg.body.byteOffset).getBigUint64(16, true), 1n, "cached for a second");
+  // The same inode, the same node id.
+  assert.equal(c.entry(a.nodeid, "hello.txt").nodeid, f.nodeid);
+  const g = c.call(Op.GETATTR, f.nodeid, new Uint8Array(16));
+  assert.equal(g.error, 0);
+  assert.equal(parseAttrOut(g.body).size, 20n);
+  const fh = c.fh(c.open(f.nodeid, 0));
+  const r = c.read(f.nodeid, fh, 6, 100);
+  assert.equal(Buffer.from(r.body).toString(), "from the host\n");
+  assert.equal(c.call(Op.FLUSH, f.nodeid, new OutWriter().u64(fh).u32(0).u32(0).u64(0).bytesWritten).error, 0);
+  assert.equal(c.call(Op.FSYNC, f.nodeid, new OutWriter().u64(fh).u32(1).u32(0).bytesWritten).error, 0);
+  assert.equal(c.release(f.nodeid, fh).error, 0);
+  assert.equal(c.read(f.nodeid, fh, 0, 10).error, -Errno.EBADF);
+  assert.equal(c.call(Op.ACCESS, f.nodeid, new OutWriter().u32(4).u32(0).bytesWritten).error, 0);
+  assert.equal(c.call(Op.ACCESS, f.nodeid, new OutWriter().u32(1).u32(0).bytesWritten).error, -Errno.EACCES);
+  assert.equal(c.call(Op.ACCESS, f.nodeid, new OutWriter().u32(2).u32(0).bytesWritten, 4096, { uid: 1000, gid: 1000 }).error, -Errno.EACCES);
+});
+
+test("virtio-fs CREATE, WRITE, SETATTR (size, mode, owner, times incl. NOW), the host sees it all", () => {
+  const dir = share();
+  const c = client(dir);
+  const cr = c.create(1, "new.txt", 0o600);
+  assert.equal(cr.error, 0);
+  const e = parseEntry(cr.body);
+  const fh = new DataView(cr.body.buffer, cr.body.byteOffset).getBigUint64(128, true);
+  assert.equal(c.write(e.nodeid, fh, 0, Buffer.from("written by the guest")).error, 0);
+  assert.equal(fs.readFileSync(join(dir, "new.txt"), "utf8"), "written by the guest");
+  assert.equal(fs.statSync(join(dir, "new.txt")).mode & 0o777, 0o600);
+  let r = c.call(Op.SETATTR, e.nodeid, setattr(FATTR_SIZE, { size: 7 }));
+  assert.equal(r.error, 0);
+  assert.equal(parseAttrOut(r.body).size, 7n);
+  r = c.call(Op.SETATTR, e.nodeid, setattr(FATTR_MODE, { mode: 0o751 }));
+  assert.equal(parseAttrOut(r.body).mode & 0o7777, 0o751);
+  r = c.call(Op.SETATTR, e.nodeid, setattr(FATTR_ATIME | FATTR_MTIME, { atime: 1_000_000, mtime: 2_000_000 }));
+  assert.equal(r.error, 0);
+  assert.equal(fs.statSync(join(dir, "new.txt")).mtimeMs, 2_000_000_000);
+  assert.equal(fs.statSync(join(dir, "new.txt")).atimeMs, 1_000_000_000);
+  r = c.call(Op.SETATTR, e.nodeid, setattr(FATTR_MTIME | FATTR_MTIME_NOW, {}));
+  assert.ok(Math.abs(fs.statSync(join(dir, "new.txt")).mtimeMs - Date.now()) < 10_000);
+  assert.equal(fs.statSync(join(dir, "new.txt")).atimeMs, 1_000_000_000);
+  if (process.getuid?.() === 0) {
+    r = c.call(Op.SETATTR, e.nodeid, setattr(FATTR_UID | FATTR_GID, { uid: 1234, gid: 5678 }));
+    assert.equal(r.error, 0);
+    assert.equal(parseAttrOut(r.body).uid, 1234);
+    assert.equal(fs.statSync(join(dir, "new.txt")).gid, 5678);
+  }
+  // The same through the handle (FATTR_FH, ftruncate).
+  r = c.call(Op.SETATTR, e.nodeid, setattr(FATTR_SIZE | 64, { size: 3, fh }));
+  assert.equal(fs.readFileSync(join(dir, "new.txt"), "utf8"), "wri");
+  // CREATE of an existing name with O_EXCL.
+  assert.equal(c.create(1, "new.txt", 0o644, 2 | 0o200).error, -Errno.EEXIST);
+  // WRITE larger than max_write: refused.
+  assert.equal(c.write(e.nodeid, fh, 0, new Uint8Array(MAX_WRITE + 1)).error, -Errno.EINVAL);
+  assert.equal(c.release(e.nodeid, fh).error, 0);
+});
+
+test("virtio-fs MKDIR, MKNOD (file, fifo), SYMLINK, READLINK, LINK, RENAME, RENAME2, UNLINK, RMDIR", () => {
+  const dir = share({ "f": "data" });
+  const c = client(dir);
+  const d = parseEntry(c.mkdir(1, "sub", 0o750).body);
+  assert.ok(fs.statSync(join(dir, "sub")).isDirectory());
+  assert.equal(fs.statSync(join(dir, "sub")).mode & 0o777, 0o750);
+  assert.equal(c.mkdir(1, "sub").error, -Errno.EEXIST);
+  const mk = (name: string, mode: number) => c.call(Op.MKNOD, d.nodeid, concat(new OutWriter().u32(mode).u32(0).u32(0).u32(0).bytesWritten, cstr(name)));
+  assert.equal(mk("plain", 0o100644).error, 0);
+  assert.ok(fs.statSync(join(dir, "sub/plain")).isFile());
+  assert.equal(mk("pipe", 0o010644).error, 0);
+  assert.ok(fs.lstatSync(join(dir, "sub/pipe")).isFIFO());
+  assert.equal(fs.lstatSync(join(dir, "sub/pipe")).mode & 0o777, 0o644);
+  assert.equal(mk("pipe", 0o010644).error, -Errno.EEXIST);
+  assert.deepEqual(fs.readdirSync(join(dir, "sub")).sort(), ["pipe", "plain"]);
+  assert.equal(mk("dev", 0o020644).error, -Errno.EPERM);
+  const s = c.symlink(d.nodeid, "link", "../f");
+  assert.equal(s.error, 0);
+  assert.equal(fs.readlinkSync(join(dir, "sub/link")), "../f");
+  const rl = c.call(Op.READLINK, parseEntry(s.body).nodeid);
+  assert.equal(Buffer.from(rl.body).toString(), "../f");
+  const f = c.entry(1, "f");
+  const l = c.call(Op.LINK, d.nodeid, concat(new OutWriter().u64(f.nodeid).bytesWritten, cstr("hard")));
+  assert.equal(l.error, 0);
+  assert.equal(parseEntry(l.body).nodeid, f.nodeid);
+  assert.equal(parseEntry(l.body).nlink, 2);
+  assert.equal(fs.readFileSync(join(dir, "sub/hard"), "utf8"), "data");
+  assert.equal(c.call(Op.RENAME, d.nodeid, concat(new OutWriter().u64(1).bytesWritten, cstr("hard"), cstr("moved"))).error, 0);
+  assert.equal(fs.readFileSync(join(dir, "moved"), "utf8"), "data");
+  assert.equal(c.call(Op.RENAME2, 1, concat(new OutWriter().u64(d.nodeid).u32(0).u32(0).bytesWritten, cstr("moved"), cstr("back"))).error, 0);
+  assert.ok(fs.existsSync(join(dir, "sub/back")));
+  assert.equal(c.call(Op.RENAME2, d.nodeid, concat(new OutWriter().u64(1).u32(1).u32(0).bytesWritten, cstr("back"), cstr("x"))).error, -Errno.EINVAL);
+  // A renamed symlink still reads (its name was followed).
+  assert.equal(c.call(Op.RENAME, d.nodeid, concat(new OutWriter().u64(1).bytesWritten, cstr("link"), cstr("link2"))).error, 0);
+  assert.equal(Buffer.from(c.call(Op.READLINK, parseEntry(s.body).nodeid).body).toString(), "../f");
+  assert.equal(c.call(Op.RMDIR, 1, cstr("sub")).error, -Errno.ENOTEMPTY);
+  for (const n of ["plain", "pipe", "back"]) assert.equal(c.call(Op.UNLINK, d.nodeid, cstr(n)).error, 0);
+  assert.equal(c.call(Op.UNLINK, 1, cstr("link2")).error, 0);
+  assert.equal(c.call(Op.RMDIR, 1, cstr("sub")).error, 0);
+  assert.ok(!fs.existsSync(join(dir, "sub")));
+  assert.equal(c.call(Op.UNLINK, 1, cstr("nothing")).error, -Errno.ENOENT);
+});
+
+test("virtio-fs OPENDIR, READDIR, READDIRPLUS (lookups counted), FSYNCDIR, RELEASEDIR, FORGET, BATCH_FORGET", () => {
+  const files: Record<string, string> = {};
+  for (let i = 0; i < 200; i++) files[`file-with-a-long-name-${i}`] = String(i);
+  const dir = share(files);
+  fs.mkdirSync(join(dir, "d"));
+  const c = client(dir);
+  const names = c.list(1).map((e) => e.name).sort();
+  assert.equal(names.length, 203);
+  assert.ok(names.includes(".") && names.includes("..") && names.includes("d"));
+  const plus = c.list(1, true);
+  assert.equal(plus.length, 203);
+  for (const e of plus) assert.equal(e.nodeid === 0n, e.name === "." || e.name === "..");
+  assert.equal(plus.find((e) => e.name === "d")?.type, 4);
+  const dev = c.device.server.fs;
+  assert.equal(dev.nodeCount, 202);
+  const fh = c.fh(c.call(Op.OPENDIR, 1, new Uint8Array(8)));
+  assert.equal(c.call(Op.FSYNCDIR, 1, new OutWriter().u64(fh).u32(0).u32(0).bytesWritten).error, 0);
+  assert.equal(c.release(1n, fh, true).error, 0);
+  assert.equal(c.release(1n, fh, true).error, -Errno.EBADF);
+  // FORGET gives the lookups back; BATCH_FORGET many at once; the node ids are then unknown.
+  const one = plus.find((e) => e.name === "d")!;
+  c.forget(one.nodeid, 1);
+  assert.equal(c.call(Op.GETATTR, one.nodeid, new Uint8Array(16)).error, -Errno.EBADF);
+  const rest = plus.filter((e) => e.nodeid !== 0n && e !== one);
+  const batch = new OutWriter().u32(rest.length).u32(0);
+  for (const e of rest) batch.u64(e.nodeid).u64(1);
+  assert.equal(c.call(Op.BATCH_FORGET, 0, batch.bytesWritten, 0, { queue: 0 }).len, 0);
+  assert.equal(dev.nodeCount, 1);
+});
+
+test("virtio-fs STATFS, LSEEK, FALLOCATE, DESTROY; xattrs and unknown opcodes are ENOSYS", () => {
+  const dir = share({ f: "0123456789" });
+  const c = client(dir);
+  const st = c.call(Op.STATFS, 1);
+  assert.equal(st.error, 0);
+  assert.equal(st.body.length, 80);
+  assert.ok(new DataView(st.body.buffer, st.body.byteOffset).getBigUint64(0, true) > 0n);
+  const f = c.entry(1, "f");
+  const fh = c.fh(c.open(f.nodeid, 2));
+  const seek = (off: number, whence: number) => c.call(Op.LSEEK, f.nodeid, new OutWriter().u64(fh).u64(off).u32(whence).u32(0).bytesWritten);
+  assert.equal(new DataView(seek(3, 3).body.buffer, seek(3, 3).body.byteOffset).getBigUint64(0, true), 3n);
+  const hole = seek(3, 4);
+  assert.equal(new DataView(hole.body.buffer, hole.body.byteOffset).getBigUint64(0, true), 10n);
+  assert.equal(seek(10, 3).error, -Errno.ENXIO);
+  const falloc = (off: number, len: number, mode: number) => c.call(Op.FALLOCATE, f.nodeid, new OutWriter().u64(fh).u64(off).u64(len).u32(mode).u32(0).bytesWritten);
+  assert.equal(falloc(0, 100, 0).error, 0);
+  assert.equal(fs.statSync(join(dir, "f")).size, 100);
+  assert.equal(falloc(0, 1000, 1).error, 0);
+  assert.equal(fs.statSync(join(dir, "f")).size, 100);
+  assert.equal(falloc(0, 10, 3).error, -Errno.EOPNOTSUPP);
+  for (const op of [Op.SETXATTR, Op.GETXATTR, Op.LISTXATTR, Op.REMOVEXATTR, Op.GETLK, Op.IOCTL, Op.SETUPMAPPING, 9999, 0]) {
+    assert.equal(c.call(op, f.nodeid, new Uint8Array(64)).error, -Errno.ENOSYS, `opcode ${op}`);
+  }
+  assert.equal(c.call(Op.DESTROY, 0).error, 0);
+  assert.equal(c.device.server.fs.nodeCount, 1);
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16)).error, -Errno.EIO);
+});
+
+test("virtio-fs read-only share: every write-type op is EROFS, reads work", () => {
+  const dir = share({ f: "ro data", "d/g": "x" });
+  const c = client(dir, true);
+  const f = c.entry(1, "f");
+  const d = c.entry(1, "d");
+  assert.equal(c.create(1, "new").error, -Errno.EROFS);
+  assert.equal(c.mkdir(1, "new").error, -Errno.EROFS);
+  assert.equal(c.symlink(1, "new", "f").error, -Errno.EROFS);
+  assert.equal(c.call(Op.MKNOD, 1, concat(new OutWriter().u32(0o100644).u32(0).u32(0).u32(0).bytesWritten, cstr("n"))).error, -Errno.EROFS);
+  assert.equal(c.call(Op.UNLINK, 1, cstr("f")).error, -Errno.EROFS);
+  assert.equal(c.call(Op.RMDIR, 1, cstr("d")).error, -Errno.EROFS);
+  assert.equal(c.call(Op.RENAME, 1, concat(new OutWriter().u64(1).bytesWritten, cstr("f"), cstr("g"))).error, -Errno.EROFS);
+  assert.equal(c.call(Op.RENAME2, 1, concat(new OutWriter().u64(1).u32(0).u32(0).bytesWritten, cstr("f"), cstr("g"))).error, -Errno.EROFS);
+  assert.equal(c.call(Op.LINK, d.nodeid, concat(new OutWriter().u64(f.nodeid).bytesWritten, cstr("h"))).error, -Errno.EROFS);
+  assert.equal(c.call(Op.SETATTR, f.nodeid, setattr(FATTR_MODE, { mode: 0o777 })).error, -Errno.EROFS);
+  assert.equal(c.open(f.nodeid, 1).error, -Errno.EROFS);
+  assert.equal(c.open(f.nodeid, 0o1000).error, -Errno.EROFS);
+  const fh = c.fh(c.open(f.nodeid, 0));
+  assert.equal(c.write(f.nodeid, fh, 0, Buffer.from("x")).error, -Errno.EROFS);
+  assert.equal(c.call(Op.FALLOCATE, f.nodeid, new OutWriter().u64(fh).u64(0).u64(10).u32(0).u32(0).bytesWritten).error, -Errno.EROFS);
+  assert.equal(c.call(Op.ACCESS, f.nodeid, new OutWriter().u32(2).u32(0).bytesWritten).error, -Errno.EROFS);
+  assert.equal(Buffer.from(c.read(f.nodeid, fh, 0, 100).body).toString(), "ro data");
+  assert.equal(fs.readFileSync(join(dir, "f"), "utf8"), "ro data");
+  assert.deepEqual(fs.readdirSync(dir).sort(), ["d", "f"]);
+});
+
+test("virtio-fs snapshot is refused with one line", async () => {
+  const c = client(share());
+  await assert.rejects(c.driver.snapshot(), /cannot be snapshotted or migrated/);
+});
+
+test("virtio-fs on its I/O thread: requests go out in order, replies complete as they come back, reset and close are clean", async () => {
+  const dir = share({ f: "from the I/O thread" });
+  const dev = new VirtioFs({ tag: "w", hostDir: dir });
+  const { TestDriver, testGuestMemory } = await import("../test-driver.js");
+  const d = new TestDriver(dev, testGuestMemory(8 << 20));
+  d.start(undefined, 64);
+  const req = (opcode: number, nodeid: number, args: Uint8Array, unique: number) =>
+    d.add(1, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+  const settle = async (n: number) => {
+    const got: { id: number; len: number }[] = [];
+    for (let i = 0; i < 500 && got.length < n; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+      d.transport.poll();
+      got.push(...d.used(1));
+    }
+    return got;
+  };
+  const init = req(Op.INIT, 0, new OutWriter().u32(7).u32(38).u32(0).u32(0).zeros(48).bytesWritten, 1);
+  const look = req(Op.LOOKUP, 1, cstr("f"), 2);
+  const miss = req(Op.LOOKUP, 1, cstr("missing"), 3);
+  d.kick(1);
+  assert.deepEqual(d.used(1), [], "nothing completes within the notify");
+  const used = await settle(3);
+  assert.deepEqual(used.map((u) => u.id), [init, look, miss]);
+  const reply = d.mem.read(d.bufferAddr(1, look, 1), used[1].len);
+  assert.equal(new DataView(reply.buffer).getInt32(4, true), 0);
+  assert.equal(parseEntry(reply.subarray(16)).size, 19n);
+  assert.equal(parseEntry(d.mem.read(d.bufferAddr(1, miss, 1), 16 + 128).subarray(16)).nodeid, 0n);
+  assert.equal(dev.stats.requests, 3);
+  // A request in flight when the device resets: its reply goes nowhere.
+  req(Op.GETATTR, 1, new Uint8Array(16), 4);
+  d.kick(1);
+  d.setReg(0x70, 0);
+  await dev.quiesce();
+  d.transport.poll();
+  assert.deepEqual(d.warnings, []);
+  await dev.close();
+});
+
+test("virtio-fs names are bytes: UTF-8 and other non-ASCII names go through unchanged both ways", () => {
+  const dir = share();
+  fs.writeFileSync(join(dir, "host-\u00e9t\u00e9.txt"), "x");
+  fs.writeFileSync(Buffer.from([...Buffer.from(dir + "/raw-"), 0xff, 0xfe]), "y");
+  const c = client(dir);
+  const utf8 = (s: string) => Buffer.from(s, "utf8").toString("latin1");
+  assert.equal(c.create(1, utf8("guest-\u65e5\u672c")).error, 0);
+  assert.ok(fs.existsSync(join(dir, "guest-\u65e5\u672c")));
+  const names = c.list(1).map((e) => e.name);
+  assert.ok(names.includes(utf8("host-\u00e9t\u00e9.txt")), names.join(" "));
+  assert.ok(names.includes("raw-\u00ff\u00fe"));
+  assert.equal(c.entry(1, "raw-\u00ff\u00fe").size, 1n);
+  assert.equal(c.entry(1, utf8("host-\u00e9t\u00e9.txt")).size, 1n);
+});
+
+test("virtio-fs bad input: huge READ sizes clamped, reply buffers too small, lengths that lie, no header", () => {
+  const dir = share();
+  fs.writeFileSync(join(dir, "big"), Buffer.alloc(300_000, 7));
+  const c = client(dir);
+  const f = c.entry(1, "big");
+  const fh = c.fh(c.open(f.nodeid, 0));
+  assert.equal(c.read(f.nodeid, fh, 0, 0xffff_ffff, 1 << 20).body.length, MAX_WRITE);
+  assert.equal(c.read(f.nodeid, fh, 0, 0xffff_ffff, 100).body.length, 84);
+  assert.equal(c.read(f.nodeid, fh, 2 ** 52, 4096).body.length, 0);
+  // A fixed-size reply that does not fit: EINVAL in a header-only reply, nothing done.
+  const small = c.call(Op.LOOKUP, 1, cstr("big"), 16 + 127);
+  assert.equal(small.error, -Errno.EINVAL);
+  assert.equal(small.len, 16);
+  assert.equal(c.device.server.fs.nodeCount, 2);
+  // No room for even a header: the chain comes back with nothing written.
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16), 15).len, 0);
+  // A header whose length lies (beyond what came, or below its own size).
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16), 4096, { len: 1000 }).error, -Errno.EINVAL);
+  assert.equal(c.call(Op.GETATTR, 1, new Uint8Array(16), 4096, { len: 8 }).error, -Errno.EINVAL);
+  // Arguments cut short: EINVAL, never a throw.
+  assert.equal(c.call(Op.READ, f.nodeid, new Uint8Array(5)).error, -Errno.EINVAL);
+  assert.equal(c.call(Op.LOOKUP, 1, Buffer.from("no-nul")).error, -Errno.EINVAL);
+  // Fewer bytes than a header: dropped.
+  assert.equal(c.raw(1, new Uint8Array(20), 64).len, 0);
+  assert.equal(c.device.server.stats.internalErrors, 0);
+});
