@@ -231,11 +231,13 @@ export function pruneSnapshots(dir: string, key: string): void {
 }
 
 /** Why this run cannot start from a snapshot, or undefined if it can. */
-export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[] }): string | undefined {
+export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[]; vsock?: string }): string | undefined {
   if (!o.command) return "no command (interactive shell)";
   if (o.kernel !== undefined || o.initrd !== undefined) return "--kernel/--initrd";
   if (o.append !== undefined) return "--append";
   if ((o.disks ?? []).length > 0) return "--disk";
+  // The cached guest was booted without the device (and a restore resets every vsock connection).
+  if (o.vsock !== undefined) return "--vsock";
   const nets = o.nets ?? [];
   if (nets.length > 1 || (nets.length === 1 && nets[0] !== "user")) return "a --net other than the default user-mode network";
   return undefined;

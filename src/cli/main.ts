@@ -74,6 +74,11 @@ options for run:
                           tap=NAME, socket=listen:PATH, socket=connect:PATH,
                           socket=udp:HOST:PORT,peer=HOST:PORT
                           none: no network card at all
+  --vsock PATH[,cid=N]    a virtio-vsock device (guest CID N, default 3), Firecracker's
+                          convention: a host program connects to the Unix socket PATH
+                          and writes "CONNECT PORT\n" to reach guest port PORT (answer
+                          "OK HOSTPORT\n"); the guest connecting to CID 2 port P reaches
+                          the Unix socket PATH_P
   -p HOSTPORT:GUESTPORT   forward a TCP port of the host's 127.0.0.1 into the guest
                           (through the first user-mode network; repeatable)
   --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
@@ -122,6 +127,7 @@ function parseRunArgs(argv: string[]) {
         stats: { type: "boolean" },
         disk: { type: "string", multiple: true },
         net: { type: "string", multiple: true },
+        vsock: { type: "string" },
         publish: { type: "string", short: "p", multiple: true },
         console: { type: "string" },
         jit: { type: "string" },
@@ -182,6 +188,7 @@ async function runCommand(argv: string[]): Promise<number> {
       command,
       disks: v.disk ?? [],
       nets: resolveNetSpecs(v.net, v.publish),
+      vsock: v.vsock,
       console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
       jit,
       hostMemBytes: v["host-mem"] !== undefined ? parsePoolSize("--host-mem", v["host-mem"]) : undefined,
@@ -191,7 +198,7 @@ async function runCommand(argv: string[]): Promise<number> {
       snapshot: !v["no-snapshot"],
     });
   }
-  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
+  for (const flag of ["kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "vsock", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

@@ -42,6 +42,8 @@ export interface LinuxRunOptions {
   disks?: string[];
   /** `--net` specs, eth0, eth1, ... in order. */
   nets?: string[];
+  /** `--vsock PATH[,cid=N]`: a virtio-vsock device. */
+  vsock?: string;
   /** The console init uses: the UART (default) or a virtio console. */
   console?: "ttyS0" | "hvc0";
   /** pCPU worker threads of the embedded host (default: one per host core). */
@@ -124,7 +126,7 @@ function withArchive(initrd: Uint8Array, extra: Uint8Array): Uint8Array {
 }
 
 export async function runLinux(opts: LinuxRunOptions): Promise<number> {
-  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? []);
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.vsock);
   const interactive = opts.command === undefined;
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
   const stdinAsFile = !interactive && !process.stdin.isTTY;
@@ -199,7 +201,7 @@ async function bootAndRun(
 
   let devices: VmDevices;
   try {
-    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive));
+    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { vsock: opts.vsock });
   } catch (e) {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;

@@ -18,7 +18,7 @@ import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
 /** The modules of a virt machine's devices and of common filesystems. */
 export const INITRAMFS_MODULES = [
   "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon", "virtio_input",
-  "vmw_vsock_virtio_transport", "9pnet_virtio", "9p", "virtio_scsi", "sd_mod",
+  "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "9pnet_virtio", "9p", "virtio_scsi", "sd_mod",
   "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1",
   "isofs", "squashfs", "overlay", "xfs", "btrfs",
 ];
