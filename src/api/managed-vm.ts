@@ -127,8 +127,15 @@ export class ManagedVm {
   private _migration: MigrationStatus | undefined;
 
   /** `restored`: brought back from the state directory, so "stopped" rather than "created". */
-  constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false) {
+  /** `vsock`: the `--vsock` spec its devices open with (the daemon's choice, Daemon.vsockSpec), or none. */
+  constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false,
+    private readonly vsock: () => string | undefined = () => def.vsock === "none" ? undefined : def.vsock) {
     if (restored) this._state = "stopped";
+  }
+
+  /** The Unix socket of its vsock device while it runs (what `vm exec` connects through), else undefined. */
+  get vsockPath(): string | undefined {
+    return this.devices?.vsock && this.devices.vsockPath;
   }
 
   get name(): string {
@@ -163,7 +170,7 @@ export class ManagedVm {
     try {
       const boot = await this.bootFiles();
       const { kernel, initrd } = boot;
-      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { vsock: this.vsock() });
       const dhcp = devices.dhcpInterfaces();
       const cmdline = dhcp.length > 0 && this.def.append === undefined ? `${boot.cmdline} tsvisor.dhcp=${dhcp.join(",")}` : boot.cmdline;
       if (this.stopReason !== undefined) {
@@ -227,7 +234,7 @@ export class ManagedVm {
         this.event(`vm ${this.name}: ${e.message}: a reboot will end its run`);
         return undefined;
       }) : undefined;
-      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name);
+      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { vsock: this.vsock() });
       const vm = this.engine.restoreVm(path, {
         name: this.name, kernel: boot?.kernel, initrd: boot?.initrd, paused,
         virtio: devices.devices,
@@ -385,7 +392,7 @@ export class ManagedVm {
     this.event(`vm ${this.name} arriving from ${from}`);
     const d = this.def;
     try {
-      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks });
+      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks, vsock: this.vsock() });
     } catch (e) {
       this._state = "created";
       throw e;

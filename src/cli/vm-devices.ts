@@ -52,7 +52,7 @@ export interface VsockSpec {
 
 export const DEFAULT_GUEST_CID = 3;
 /** Linux keeps a Unix socket path in 108 bytes, its NUL included; PATH_4294967295 must fit. */
-const MAX_VSOCK_PATH = 107 - "_4294967295".length;
+export const MAX_VSOCK_PATH = 107 - "_4294967295".length;
 
 /** `PATH[,cid=N]`, as Firecracker's vsock device: uds_path and guest_cid. */
 export function parseVsockSpec(spec: string): VsockSpec {
@@ -144,7 +144,8 @@ export interface FrozenDisk {
 }
 
 export class VmDevices {
-  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = [], private readonly disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [], readonly vsock?: VirtioVsock) {}
+  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = [], private readonly disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [],
+    readonly vsock?: VirtioVsock, readonly vsockPath?: string) {}
 
   /**
    * While the devices are paused (a snapshot): each writable disk's image D
@@ -258,12 +259,14 @@ export class VmDevices {
       }
       // The vsock device goes after the disks and cards, so theirs keep their slots.
       let vsock: VirtioVsock | undefined;
+      let vsockPath: string | undefined;
       if (opts.vsock !== undefined) {
         const spec = parseVsockSpec(opts.vsock);
         vsock = new VirtioVsock({ name: "vsock0", guestCid: spec.cid, backend: await UnixVsockBackend.open(spec.path) });
+        vsockPath = spec.path;
         devices.push(vsock);
       }
-      return new VmDevices(devices, nets, disks, vsock);
+      return new VmDevices(devices, nets, disks, vsock, vsockPath);
     } catch (e) {
       await Promise.allSettled(disks.map((d) => d.blk.close()));
       for (const n of nets) n.close();
