@@ -27,6 +27,9 @@
 //   or the shell to the virtio console once its driver is up. The kernel
 //   keeps ttyS0 as its console: hvc0 appears only after virtio_mmio is
 //   loaded, too late for the kernel's own messages and for /dev/console.
+// - With a virtio-vsock device (device ID 19, modalias virtio:d00000013...),
+//   init starts the guest agent of `tsvisor vm exec` (/bin/tsvisor-agent,
+//   images/agent/agent.c) in the background, listening on vsock port 52.
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
@@ -64,6 +67,11 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
   for alias in /sys/bus/virtio/devices/*/modalias; do
     [ -e "$alias" ] && modprobe -q "$(cat "$alias")"
   done
+fi
+
+# The guest agent of tsvisor vm exec, when the VM has a vsock device and the image has the agent.
+if [ -x /bin/tsvisor-agent ] && cat /sys/bus/virtio/devices/*/modalias 2>/dev/null | grep -q '^virtio:d00000013v'; then
+  (cd /root && setsid /bin/tsvisor-agent </dev/null >/dev/null 2>&1 &)
 fi
 
 ip link set lo up

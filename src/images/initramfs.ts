@@ -2,7 +2,8 @@
 // /init, and the kernel modules a virt machine needs (virtio transport and
 // devices, the filesystems a user would mount), with modules.dep and
 // modules.alias so busybox's modprobe and the kernel's request_module() find
-// them, and /etc/filesystems so mount without -t finds their filesystems.
+// them, and /etc/filesystems so mount without -t finds their filesystems;
+// and the guest agent of `tsvisor vm exec` when it could be built (agent.ts).
 // Written uncompressed (cpio newc): the kernel needs no decompressor and the
 // guest spends no instructions inflating it.
 
@@ -14,6 +15,7 @@ import { ImageError } from "./errors.js";
 import { ARGV_PATH, INIT_PATH, INIT_SCRIPT, STDIN_PATH } from "./init.js";
 import { ModuleIndex, builtinNames, filterModulesOrder, modulesAlias, modulesDep } from "./kernel-modules.js";
 import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
+import { AGENT_PATH, agentRecipe } from "./agent.js";
 
 /** The modules of a virt machine's devices and of common filesystems. */
 export const INITRAMFS_MODULES = [
@@ -44,7 +46,8 @@ const LAYOUT_VERSION = 2;
  * recipe is rebuilt.
  */
 export function initramfsRecipe(modules: string[] = INITRAMFS_MODULES): string {
-  return createHash("sha256").update(JSON.stringify([LAYOUT_VERSION, INIT_SCRIPT, modules, MODULE_STRIP_VERSION])).digest("hex").slice(0, 16);
+  // The guest agent's source and whether this machine can build it: an image made without it is rebuilt once it can be.
+  return createHash("sha256").update(JSON.stringify([LAYOUT_VERSION, INIT_SCRIPT, modules, MODULE_STRIP_VERSION, agentRecipe()])).digest("hex").slice(0, 16);
 }
 
 export interface InitramfsOptions {
@@ -55,6 +58,8 @@ export interface InitramfsOptions {
   kernelVersion: string;
   /** Module names or aliases; default INITRAMFS_MODULES. */
   modules?: string[];
+  /** The guest agent (agent.ts), a static riscv64 executable: /bin/tsvisor-agent. */
+  agent?: Uint8Array;
 }
 
 export interface Initramfs {
@@ -80,6 +85,7 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<Initramfs>
   a.file("bin/busybox", opts.busybox, 0o755);
   a.symlink("bin/sh", "busybox");
   a.file(INIT_PATH.slice(1), INIT_SCRIPT, 0o755);
+  if (opts.agent) a.file(AGENT_PATH.slice(1), opts.agent, 0o755);
   // busybox's mount without -t tries the types /etc/filesystems and then
   // /proc/filesystems list (util-linux/mount.c, get_block_backed_filesystems);
   // the kernel lists a filesystem only once its module is loaded, and loading
