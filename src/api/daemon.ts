@@ -186,8 +186,8 @@ export class Daemon {
     const stored = incoming.definition;
     let def: VmDefinition;
     try {
-      // From the engine API (no daemon at the source): one from its shape, without devices.
-      def = parseDefinition(stored ?? { name: v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console }, this.limits);
+      // From the engine API (no daemon at the source): one from its shape, without devices (no vsock either).
+      def = parseDefinition(stored ?? { name: v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console, vsock: "none" }, this.limits);
     } catch (e) {
       throw new Error(`its VM definition: ${(e as Error).message}`);
     }
@@ -326,7 +326,8 @@ export class Daemon {
     let def: VmDefinition;
     try {
       if (stored === undefined) {
-        def = parseDefinition({ name: name ?? v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console }, this.limits);
+        // An engine VM has none of the daemon's devices: no vsock either.
+        def = parseDefinition({ name: name ?? v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console, vsock: "none" }, this.limits);
       } else {
         if (typeof stored !== "object" || stored === null || Array.isArray(stored)) throw new ApiError(422, "not an object");
         def = parseDefinition(name === undefined ? stored : { ...stored, name }, this.limits);

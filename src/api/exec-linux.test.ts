@@ -84,6 +84,19 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     assert.equal(s.status, 0, s.stderr);
     assert.equal(s.stdout, "slow\n");
 
+    // A snapshot restored as another VM: its vsock device sends TRANSPORT_RESET,
+    // the agent's listening socket stays, and exec works in both.
+    const snap = join(dir, "a.snap");
+    const taken = await host.vm("snapshot", "a", snap);
+    assert.equal(taken.status, 0, taken.stderr);
+    const restored = await host.vm("restore", snap, "--name", "b");
+    assert.equal(restored.status, 0, restored.stderr);
+    const inB = await tsvisor(["vm", "exec", "b", "--host", host.socket, "--", "sh", "-c", "echo b; cat"], "via b\n");
+    assert.equal(inB.status, 0, `${inB.stderr}\n${host.stderr}`);
+    assert.equal(inB.stdout, "b\nvia b\n");
+    assert.equal((await exec("", "echo", "a again")).stdout, "a again\n");
+    assert.equal((await host.vm("stop", "b")).status, 0);
+
     // A VM that does not run: one line.
     assert.equal((await host.vm("stop", "a")).status, 0);
     const stopped = await exec("", "true");
