@@ -261,7 +261,12 @@ export class VirtioVsock implements VirtioDevice {
     const q = this.queues?.[TX_QUEUE];
     if (!q) return;
     try {
-      for (let n = 0; n < TX_BATCH && this.pendingRsts.length < MAX_PENDING_RSTS; n++) {
+      for (let n = 0; this.pendingRsts.length < MAX_PENDING_RSTS; n++) {
+        if (n === TX_BATCH) {
+          // The rest on the next poll: the driver need not kick again for what it already made available.
+          this.ctx?.requestPoll();
+          break;
+        }
         const chain = q.pop();
         if (!chain) break;
         this.handleTx(chain);
