@@ -244,8 +244,9 @@ async function execUpgrade(daemon: Daemon, name: string, req: IncomingMessage, s
     if ((req.headers.upgrade ?? "").toLowerCase() !== EXEC_PROTOCOL) throw new ApiError(400, `exec speaks '${EXEC_PROTOCOL}', not '${req.headers.upgrade}'`);
     const vm = daemon.get(name);
     const path = vm.vsockPath;
+    if (vm.state === "paused") throw new ApiError(409, `VM '${name}' is paused: resume it to exec`);
     if (path === undefined) {
-      throw new ApiError(409, vm.state === "running" || vm.state === "paused" ? `VM '${name}' has no vsock device (its definition says vsock: none)` : `VM '${name}' is ${vm.state}: exec needs it running`);
+      throw new ApiError(409, vm.state === "running" ? `VM '${name}' has no vsock device (its definition says vsock: none)` : `VM '${name}' is ${vm.state}: exec needs it running`);
     }
     socket.pause();
     const agent = await connectAgent(path, name);

@@ -18,9 +18,12 @@ export const AGENT_PORT = 52;
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 export const AGENT_SOURCE = join(root, "src", "images", "agent", "agent.c");
 
-/** Can this machine build the agent? (the compiler and its static C library) */
+let haveCompiler: boolean | undefined;
+
+/** Can this machine build the agent? (asked once a process: it costs a process spawn) */
 export function agentBuildable(): boolean {
-  return spawnSync(AGENT_CC, ["--version"], { stdio: "ignore" }).status === 0 && existsSync(AGENT_SOURCE);
+  haveCompiler ??= spawnSync(AGENT_CC, ["--version"], { stdio: "ignore" }).status === 0;
+  return haveCompiler && existsSync(AGENT_SOURCE);
 }
 
 /** What of the agent goes into the initramfs recipe: its source, and whether it can be built here. */
@@ -32,7 +35,7 @@ export function agentRecipe(): string {
 /** The agent binary, or why there is none (one line). */
 export function buildAgent(): { binary: Uint8Array } | { missing: string } {
   if (!existsSync(AGENT_SOURCE)) return { missing: `${AGENT_SOURCE} is missing` };
-  if (spawnSync(AGENT_CC, ["--version"], { stdio: "ignore" }).status !== 0) {
+  if (!agentBuildable()) {
     return { missing: `${AGENT_CC} is not installed (Debian: gcc-riscv64-linux-gnu libc6-dev-riscv64-cross)` };
   }
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-agent-"));
