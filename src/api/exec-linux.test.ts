@@ -97,6 +97,19 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     assert.equal((await exec("", "echo", "a again")).stdout, "a again\n");
     assert.equal((await host.vm("stop", "b")).status, 0);
 
+    // vm create --vsock: none, or a socket of one's own (a relative path made absolute).
+    assert.equal((await host.vm("create", "n", "--vsock", "none")).status, 0);
+    const n = JSON.parse((await host.vm("info", "n", "--json")).stdout);
+    assert.equal(n.config.vsock, "none");
+    assert.equal(n.vsock, undefined);
+    const own = await tsvisor(["vm", "create", "o", "--vsock", "o.sock,cid=7", "--host", host.socket]);
+    assert.equal(own.status, 0, own.stderr);
+    const o = JSON.parse((await host.vm("info", "o", "--json")).stdout);
+    assert.deepEqual(o.vsock, { path: join(process.cwd(), "o.sock"), cid: 7 });
+    const badCid = await host.vm("create", "p", "--vsock", "/tmp/p.sock,cid=2");
+    assert.notEqual(badCid.status, 0);
+    assert.match(badCid.stderr, /cid=2: expected 3\.\.4294967294/);
+
     // A VM that does not run: one line.
     assert.equal((await host.vm("stop", "a")).status, 0);
     const stopped = await exec("", "true");
