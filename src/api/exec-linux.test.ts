@@ -86,14 +86,33 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
 
     // A snapshot restored as another VM: its vsock device sends TRANSPORT_RESET,
     // the agent's listening socket stays, and exec works in both.
+    // A session is open when the snapshot is taken: in the copy the guest's
+    // socket is reset (TRANSPORT_RESET), so its agent session ends and kills
+    // the command; in the original it runs on.
+    const inFlight = exec("", "sleep", "300");
+    for (let i = 0; ; i++) {
+      if ((await exec("", "ps")).stdout.includes("sleep 300")) break;
+      assert.ok(i < 50, "the sleep never started");
+    }
     const snap = join(dir, "a.snap");
     const taken = await host.vm("snapshot", "a", snap);
     assert.equal(taken.status, 0, taken.stderr);
     const restored = await host.vm("restore", snap, "--name", "b");
     assert.equal(restored.status, 0, restored.stderr);
+    for (let i = 0; ; i++) {
+      const ps = await tsvisor(["vm", "exec", "b", "--host", host.socket, "--", "ps"]);
+      assert.equal(ps.status, 0, `${ps.stderr}\n${host.stderr}`);
+      if (!ps.stdout.includes("sleep 300")) break;
+      assert.ok(i < 50, `the copy's session survived the restore:\n${ps.stdout}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     const inB = await tsvisor(["vm", "exec", "b", "--host", host.socket, "--", "sh", "-c", "echo b; cat"], "via b\n");
     assert.equal(inB.status, 0, `${inB.stderr}\n${host.stderr}`);
     assert.equal(inB.stdout, "b\nvia b\n");
+    // In the original the session is alive: its command ends by a signal from another session.
+    assert.equal((await exec("", "killall", "sleep")).status, 0);
+    const original = await inFlight;
+    assert.equal(original.status, 128 + 15, original.stderr);
     assert.equal((await exec("", "echo", "a again")).stdout, "a again\n");
     assert.equal((await host.vm("stop", "b")).status, 0);
 
