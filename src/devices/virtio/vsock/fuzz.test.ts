@@ -123,3 +123,42 @@ const totals = { toHost: 0, toGuest: 0 };
 test("virtio-vsock fuzz: the seeds together moved data both ways", () => {
   assert.ok(totals.toHost > 0 && totals.toGuest > 0, JSON.stringify(totals));
 });
+
+test("virtio-vsock: hostile chains (outside RAM, loops, wrong directions) fail alone; the device goes on", async () => {
+  const { dev, backend } = newVsock();
+  backend.listening.add(52);
+  const g = new VsockGuest(dev, { rxBuffers: 8 });
+  const r = new Rand(99);
+  const tx = g.d.queueLayout(TX);
+  const hdr = encodeHeader({ srcCid: BigInt(GUEST_CID), dstCid: 2n, srcPort: 7, dstPort: 99, len: 0, type: 1, op: 5, flags: 0, bufAlloc: 4096, fwdCnt: 0 });
+  for (let n = 0; n < 300; n++) {
+    if (r.chance(0.5)) {
+      // tx: the device takes each chain at the kick, so raw descriptors are safe to reuse.
+      const i = r.int(tx.size);
+      const inRam = g.d.alloc(64);
+      g.d.mem.write(inRam, hdr);
+      const kind = r.int(5);
+      if (kind === 0) g.d.writeDesc(tx.desc, i, 0x1_0000_0000n + BigInt(r.int(1 << 20)), 64, 0, 0); // outside RAM
+      else if (kind === 1) g.d.writeDesc(tx.desc, i, inRam, 64, 1, i); // a loop
+      else if (kind === 2) g.d.writeDesc(tx.desc, i, inRam, 64, 2, 0); // device-writable only
+      else if (kind === 3) g.d.writeDesc(tx.desc, i, inRam, 0, 0, 0); // empty
+      else g.d.writeDesc(tx.desc, i, inRam, 0xffff_ffff, 0, 0); // 4 GiB
+      g.d.publish(TX, i);
+      g.d.kick(TX);
+      g.d.used(TX);
+    } else {
+      // rx: a buffer the device cannot write a packet into, then a packet owed (an RST).
+      g.postRxBuffer(r.chance(0.5) ? [{ data: new Uint8Array(64) }] : r.int(44));
+      g.send({ op: 5, srcPort: 7, dstPort: 99 }, new Uint8Array(1));
+      g.receive();
+    }
+    assert.equal(g.d.status & STATUS_DEVICE_NEEDS_RESET, 0, `step ${n}: ${g.d.warnings.join("; ")}`);
+  }
+  // Still serving: a connection request answered.
+  g.send({ op: 1, srcPort: 4242, dstPort: 52 });
+  await new Promise((res) => setImmediate(res));
+  const ps = [...g.receive(), ...g.receive()];
+  assert.ok(ps.some((p) => p.hdr.op === 2 && p.hdr.dstPort === 4242), JSON.stringify(ps.map((p) => p.hdr.op)));
+  assert.ok(dev.stats.badPackets > 50);
+  await dev.close();
+});

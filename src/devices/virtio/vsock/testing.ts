@@ -2,7 +2,7 @@
 // and a guest driver model on the TestDriver's rings (VsockGuest) that sends
 // packets on tx and keeps rx and event buffers posted.
 
-import { TestDriver, testGuestMemory } from "../test-driver.js";
+import { TestDriver, testGuestMemory, type Buffer } from "../test-driver.js";
 import { VIRTIO_F_VERSION_1 } from "../virtio.js";
 import type { HostStream, HostStreamSink } from "./connection.js";
 import { VirtioVsock, type VsockBackend, type VsockHost } from "./device.js";
@@ -115,9 +115,9 @@ export class VsockGuest {
   }
 
   /** One rx buffer of `len` bytes (the fuzz test's odd sizes), when the ring has room. */
-  postRxBuffer(len: number): void {
+  postRxBuffer(len: number | Buffer[]): void {
     if (this.posted >= (this.opts.queueSize ?? 64)) return;
-    this.d.add(RX, [{ writeLen: len }]);
+    this.d.add(RX, typeof len === "number" ? [{ writeLen: len }] : len);
     this.posted++;
     this.d.kick(RX);
   }
