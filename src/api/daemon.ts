@@ -66,7 +66,7 @@ export class Daemon {
 
   private newVm(def: VmDefinition, restored = false): ManagedVm {
     this.departed.delete(def.name);
-    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def));
+    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def, true));
   }
 
   /**
@@ -76,11 +76,11 @@ export class Daemon {
    * planning for it. A name that would make the path too long for a Unix
    * socket gets a hash of it instead.
    */
-  private vsockSpec(def: VmDefinition): string | undefined {
+  private vsockSpec(def: VmDefinition, opening = false): string | undefined {
     if (def.vsock === "none") return undefined;
     if (def.vsock !== undefined) return def.vsock;
     const dir = join(this.store.stateDir, "vsock");
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (opening) mkdirSync(dir, { recursive: true, mode: 0o700 });
     let path = join(dir, `${def.name}.sock`);
     if (Buffer.byteLength(path) > MAX_VSOCK_PATH) path = join(dir, `${createHash("sha256").update(def.name).digest("hex").slice(0, 16)}.sock`);
     return path;
