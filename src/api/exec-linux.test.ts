@@ -5,12 +5,12 @@
 // line when the VM does not run.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
+import { bin, pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
 import { TestHost } from "./test-host.js";
 
 const CC = "riscv64-linux-gnu-gcc";
@@ -115,6 +115,19 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     assert.equal(original.status, 128 + 15, original.stderr);
     assert.equal((await exec("", "echo", "a again")).stdout, "a again\n");
     assert.equal((await host.vm("stop", "b")).status, 0);
+
+    // A client that goes away: its command is killed.
+    const gone = spawn(process.execPath, [bin, "vm", "exec", "a", "--host", host.socket, "--", "sleep", "301"], { stdio: "ignore" });
+    for (let i = 0; ; i++) {
+      if ((await exec("", "ps")).stdout.includes("sleep 301")) break;
+      assert.ok(i < 50, "the sleep never started");
+    }
+    gone.kill("SIGKILL");
+    for (let i = 0; ; i++) {
+      if (!(await exec("", "ps")).stdout.includes("sleep 301")) break;
+      assert.ok(i < 50, "the command outlived its client");
+      await new Promise((r) => setTimeout(r, 100));
+    }
 
     // vm create --vsock: none, or a socket of one's own (a relative path made absolute).
     assert.equal((await host.vm("create", "n", "--vsock", "none")).status, 0);
