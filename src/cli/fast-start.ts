@@ -179,6 +179,8 @@ export interface SnapshotShape {
   /** The --net specs (only "user" qualifies). */
   nets: string[];
   balloon: boolean;
+  /** The vsock device's guest CID (its host-side PATH is not the guest's concern), when there is one. */
+  vsockCid?: number;
 }
 
 /**
@@ -208,7 +210,7 @@ export function imageIdentity(imageDir: string): string | undefined {
  */
 export function snapshotKey(image: string, shape: SnapshotShape): string {
   const generation = sha256hex(JSON.stringify(["tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive())])).slice(0, 12);
-  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon];
+  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon, ...(shape.vsockCid === undefined ? [] : [shape.vsockCid])];
   return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
 }
 
@@ -231,13 +233,11 @@ export function pruneSnapshots(dir: string, key: string): void {
 }
 
 /** Why this run cannot start from a snapshot, or undefined if it can. */
-export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[]; vsock?: string }): string | undefined {
+export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[] }): string | undefined {
   if (!o.command) return "no command (interactive shell)";
   if (o.kernel !== undefined || o.initrd !== undefined) return "--kernel/--initrd";
   if (o.append !== undefined) return "--append";
   if ((o.disks ?? []).length > 0) return "--disk";
-  // The cached guest was booted without the device (and a restore resets every vsock connection).
-  if (o.vsock !== undefined) return "--vsock";
   const nets = o.nets ?? [];
   if (nets.length > 1 || (nets.length === 1 && nets[0] !== "user")) return "a --net other than the default user-mode network";
   return undefined;

@@ -90,7 +90,7 @@ options for run:
   --no-snapshot           boot cold; by default \`run -- CMD\` restores a snapshot of
                           the guest booted and waiting for a command, kept in the
                           image cache (made by the first run; only with the stock
-                          image, no --append, --disk, --vsock or --net but user, no -p)
+                          image, no --append, --disk or --net but user, no -p)
   --stats                 print VM-exit counts, instructions executed,
                           virtio queue and translation counts at exit
 

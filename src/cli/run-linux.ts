@@ -24,7 +24,7 @@ import {
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
-import { VmDevices, checkDeviceSpecs, isDeviceError } from "./vm-devices.js";
+import { VmDevices, checkDeviceSpecs, isDeviceError, parseVsockSpec } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
   kernel?: string;
@@ -177,6 +177,8 @@ function fastShape(opts: LinuxRunOptions) {
   return {
     cmdline: runCmdline(opts, false, nets.length > 0 ? ["eth0"] : []), cpus: opts.cpus, memBytes: opts.memBytes,
     console: opts.console ?? "ttyS0", nets, balloon: opts.balloon !== false,
+    // With --vsock the snapshot holds the device (a restore resets its connections: there are none yet).
+    vsockCid: opts.vsock === undefined ? undefined : parseVsockSpec(opts.vsock).cid,
   };
 }
 

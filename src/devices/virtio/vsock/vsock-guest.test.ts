@@ -5,7 +5,8 @@
 // - host -> guest: the host connects to PATH, writes "CONNECT 5201\n", gets
 //   "OK <port>\n" once the guest accepted;
 // each way 4 MiB each direction (16 times the 256 KiB credit window), checked
-// byte for byte on both sides.
+// byte for byte on both sides. And `run --vsock -- CMD` with fast start: the
+// guest agent answers through PATH in a booted and in a restored guest.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -14,6 +15,7 @@ import { tmpdir } from "node:os";
 import net from "node:net";
 import { join } from "node:path";
 import { pullImage, bin, root, BOOT_TIMEOUT_MS } from "../../../cli/test-tsvisor.js";
+import { execFrame, frame, FrameReader, FRAME_DATA, FRAME_EOF, FRAME_EXIT } from "../../../images/agent-protocol.js";
 
 const CC = "riscv64-linux-gnu-gcc";
 const SRC = join(root, "src", "devices", "virtio", "vsock", "testing", "vsock-guest.c");
@@ -135,3 +137,62 @@ function connectToGuest(path: string): Promise<void> {
     s.on("close", () => (ok ? undefined : reject(new Error("closed before OK"))));
   });
 }
+
+/** Runs `echo hi` through the guest agent on vsock port 52, by the Unix socket PATH; undefined until it answers. */
+function agentEcho(path: string): Promise<{ out: string; status: number } | undefined> {
+  return new Promise((resolve) => {
+    const s = net.createConnection(path);
+    let buf = Buffer.alloc(0);
+    let ok = false;
+    const reader = new FrameReader();
+    let out = "";
+    s.on("error", () => resolve(undefined));
+    s.on("close", () => resolve(undefined));
+    s.on("connect", () => s.write("CONNECT 52\n"));
+    s.on("data", (d: Buffer) => {
+      if (!ok) {
+        buf = Buffer.concat([buf, d]);
+        const nl = buf.indexOf(0x0a);
+        if (nl < 0) return;
+        ok = true;
+        d = buf.subarray(nl + 1);
+        s.write(execFrame(["echo", "hi"]));
+        s.write(frame(FRAME_EOF, 0));
+      }
+      for (const f of reader.push(d)) {
+        if (f.type === FRAME_DATA) out += f.payload.toString();
+        if (f.type === FRAME_EXIT) {
+          s.destroy();
+          resolve({ out, status: f.payload.readInt32LE(0) });
+        }
+      }
+    });
+  });
+}
+
+test("run --vsock starts fast too: booted (and snapshotted) or restored, the device answers", { skip: noCompiler, timeout: BOOT_TIMEOUT_MS + 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tsvisor-vsock-fast-"));
+  const path = join(dir, "v.sock");
+  try {
+    // The first run makes the fast-start snapshot (or finds it), the second restores it.
+    for (const round of [1, 2]) {
+      const child = spawn(process.execPath, [bin, "run", "--vsock", path, "--", "sh", "-c", "sleep 10; echo done"], { stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
+      let answer: { out: string; status: number } | undefined;
+      for (let i = 0; i < 600 && !answer && child.exitCode === null; i++) {
+        answer = await agentEcho(path);
+        if (!answer) await new Promise((r) => setTimeout(r, 200));
+      }
+      const status = await closed;
+      assert.equal(status, 0, `round ${round}: ${stderr}`);
+      assert.equal(stdout, "done\n");
+      assert.deepEqual(answer, { out: "hi\n", status: 0 }, `round ${round}: ${stderr}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
