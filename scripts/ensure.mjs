@@ -1,5 +1,6 @@
 // Makes a fresh clone runnable: installs npm dependencies, the Debian packages
-// the image pull needs (xz for Debian's .ko.xz kernel modules), with --test also
+// the image pull needs (xz for Debian's .ko.xz kernel modules, the riscv64
+// Linux cross compiler and C library for the guest agent), with --test also
 // those the test suite uses (riscv64 cross compilers: bare-metal for the ISA
 // programs, Linux with its C library for the guest's SMP test programs; dtc,
 // cpio), with --bench-io the riscv64 Linux cross compiler and C library for
@@ -37,6 +38,9 @@ if (!existsSync(installed) || (existsSync(lock) && statSync(lock).mtimeMs > stat
 const runTools = {
   xz: "xz-utils", // the image pull decompresses Debian's .ko.xz modules
   mke2fs: "e2fsprogs", // image pull debian makes the root file system with mke2fs -d
+  // the guest agent of `tsvisor vm exec` (src/images/agent/agent.c), static, built into the initramfs
+  "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu",
+  "/usr/riscv64-linux-gnu/lib/libc.a": "libc6-dev-riscv64-cross",
 };
 const testTools = {
   "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf",

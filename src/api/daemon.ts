@@ -1,9 +1,10 @@
 // The host daemon's VM table over one engine Host: create, look up, delete,
 // persist (state directory), restore at start, stop everything at the end.
 import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { Host } from "../host/host.js";
-import { parseDiskSpec } from "../cli/vm-devices.js";
+import { parseDiskSpec, parseVsockSpec, MAX_VSOCK_PATH } from "../cli/vm-devices.js";
 import { createQcow2 } from "../backends/disk/qcow2/create.js";
 import { VERSION } from "../cli/version.js";
 import { ApiError } from "./errors.js";
@@ -29,6 +30,8 @@ export interface VmView {
   uptimeSeconds: number;
   config: VmDefinition;
   lastRun?: { end: unknown; exitStatus: number };
+  /** Its vsock device: the Unix socket host programs connect to, and the guest's CID. */
+  vsock?: { path: string; cid: number };
 }
 
 export class Daemon {
@@ -63,7 +66,24 @@ export class Daemon {
 
   private newVm(def: VmDefinition, restored = false): ManagedVm {
     this.departed.delete(def.name);
-    return new ManagedVm(def, this.engine, this.log, restored);
+    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def, true));
+  }
+
+  /**
+   * The vsock device a VM gets: its definition's, none for "none", else one
+   * of the host's own at <state dir>/vsock/<name>.sock (CID 3), so that
+   * `tsvisor vm exec` reaches every VM's guest agent without the user
+   * planning for it. A name that would make the path too long for a Unix
+   * socket gets a hash of it instead.
+   */
+  private vsockSpec(def: VmDefinition, opening = false): string | undefined {
+    if (def.vsock === "none") return undefined;
+    if (def.vsock !== undefined) return def.vsock;
+    const dir = join(this.store.stateDir, "vsock");
+    if (opening) mkdirSync(dir, { recursive: true, mode: 0o700 });
+    let path = join(dir, `${def.name}.sock`);
+    if (Buffer.byteLength(path) > MAX_VSOCK_PATH) path = join(dir, `${createHash("sha256").update(def.name).digest("hex").slice(0, 16)}.sock`);
+    return path;
   }
 
   hostInfo() {
@@ -166,8 +186,8 @@ export class Daemon {
     const stored = incoming.definition;
     let def: VmDefinition;
     try {
-      // From the engine API (no daemon at the source): one from its shape, without devices.
-      def = parseDefinition(stored ?? { name: v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console }, this.limits);
+      // From the engine API (no daemon at the source): one from its shape, without devices (no vsock either).
+      def = parseDefinition(stored ?? { name: v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console, vsock: "none" }, this.limits);
     } catch (e) {
       throw new Error(`its VM definition: ${(e as Error).message}`);
     }
@@ -306,7 +326,8 @@ export class Daemon {
     let def: VmDefinition;
     try {
       if (stored === undefined) {
-        def = parseDefinition({ name: name ?? v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console }, this.limits);
+        // An engine VM has none of the daemon's devices: no vsock either.
+        def = parseDefinition({ name: name ?? v.name, cpus: v.cpus, memBytes: v.memBytes, append: v.cmdline, console: v.console, vsock: "none" }, this.limits);
       } else {
         if (typeof stored !== "object" || stored === null || Array.isArray(stored)) throw new ApiError(422, "not an object");
         def = parseDefinition(name === undefined ? stored : { ...stored, name }, this.limits);
@@ -341,6 +362,8 @@ export class Daemon {
       cpuPercent: s.cpuPercent, uptimeSeconds: s.uptimeSeconds, config: vm.def,
     };
     if (vm.lastOutcome) out.lastRun = vm.lastOutcome;
+    const vsock = this.vsockSpec(vm.def);
+    if (vsock !== undefined) out.vsock = parseVsockSpec(vsock);
     return out;
   }
 

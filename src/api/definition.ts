@@ -33,6 +33,12 @@ export interface VmDefinition {
   shareGroup?: string;
   /** A virtio-balloon the host can take memory back through (default true). */
   balloon: boolean;
+  /**
+   * The virtio-vsock device, as `tsvisor run --vsock PATH[,cid=N]` (PATH
+   * absolute), or "none". Absent: the daemon gives the VM one of its own,
+   * `<state dir>/vsock/<name>.sock` with CID 3, which `tsvisor vm exec` uses.
+   */
+  vsock?: string;
 }
 
 export interface HostLimits {
@@ -58,7 +64,7 @@ type Kind = "string" | "int" | "bool" | "string[]" | "int[]";
 const CREATE_FIELDS: Record<string, Kind> = {
   name: "string", cpus: "int", memBytes: "int", kernel: "string", initrd: "string", append: "string",
   disks: "string[]", nets: "string[]", shares: "string[]", console: "string", command: "string[]",
-  weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", shareGroup: "string", balloon: "bool",
+  weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", shareGroup: "string", balloon: "bool", vsock: "string",
 };
 
 const PATCH_FIELDS: Record<string, Kind> = { weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", balloonBytes: "int" };
@@ -128,6 +134,7 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
   if (b.shareGroup !== undefined) def.shareGroup = checkShareGroup(b.shareGroup as string);
   for (const key of ["kernel", "initrd", "append"] as const) if (b[key] !== undefined) def[key] = b[key] as string;
   if (b.command !== undefined) def.command = b.command as string[];
+  if (b.vsock !== undefined) def.vsock = b.vsock as string;
   if (def.cpus < 1 || def.cpus > VIRT_MAX_HARTS) throw new ApiError(400, `cpus: expected 1..${VIRT_MAX_HARTS}, got ${def.cpus}`);
   if (def.memBytes < 1 << 20 || def.memBytes % 4096 !== 0) throw new ApiError(400, "memBytes: a whole number of 4 KiB pages, at least 1 MiB");
   // More than the pool is fine (the memory manager makes room), up to the engine's bound.
@@ -140,8 +147,9 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
   checkAbsolute("initrd", def.initrd);
   for (const d of def.disks) checkAbsolute("disks", d.split(",")[0]);
   for (const s of def.shares) checkAbsolute("shares", s.split(":")[0]);
+  if (def.vsock !== undefined && def.vsock !== "none") checkAbsolute("vsock", def.vsock.split(",")[0]);
   try {
-    checkDeviceSpecs(def.disks, def.nets, def.shares);
+    checkDeviceSpecs(def.disks, def.nets, def.shares, def.vsock === "none" ? undefined : def.vsock);
   } catch (e) {
     throw new ApiError(400, (e as Error).message);
   }

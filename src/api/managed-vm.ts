@@ -129,8 +129,15 @@ export class ManagedVm {
   private _migration: MigrationStatus | undefined;
 
   /** `restored`: brought back from the state directory, so "stopped" rather than "created". */
-  constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false) {
+  /** `vsock`: the `--vsock` spec its devices open with (the daemon's choice, Daemon.vsockSpec), or none. */
+  constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false,
+    private readonly vsock: () => string | undefined = () => def.vsock === "none" ? undefined : def.vsock) {
     if (restored) this._state = "stopped";
+  }
+
+  /** The Unix socket of its vsock device while it runs (what `vm exec` connects through), else undefined. */
+  get vsockPath(): string | undefined {
+    return this.devices?.vsock && this.devices.vsockPath;
   }
 
   get name(): string {
@@ -165,7 +172,7 @@ export class ManagedVm {
     try {
       const boot = await this.bootFiles();
       const { kernel, initrd } = boot;
-      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: this.def.shares });
+      devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: this.def.shares, vsock: this.vsock() });
       const dhcp = devices.dhcpInterfaces();
       let cmdline = dhcp.length > 0 && this.def.append === undefined ? `${boot.cmdline} tsvisor.dhcp=${dhcp.join(",")}` : boot.cmdline;
       if (this.def.shares.length > 0) cmdline += ` tsvisor.share=${shareCmdline(this.def.shares.map(parseShareSpec))}`;
@@ -230,7 +237,7 @@ export class ManagedVm {
         this.event(`vm ${this.name}: ${e.message}: a reboot will end its run`);
         return undefined;
       }) : undefined;
-      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: d.shares });
+      devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: d.shares, vsock: this.vsock() });
       const vm = this.engine.restoreVm(path, {
         name: this.name, kernel: boot?.kernel, initrd: boot?.initrd, paused,
         virtio: devices.devices,
@@ -398,7 +405,7 @@ export class ManagedVm {
     this.event(`vm ${this.name} arriving from ${from}`);
     const d = this.def;
     try {
-      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks, shares: d.shares });
+      this.devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { importCopies: copyDisks, shares: d.shares, vsock: this.vsock() });
     } catch (e) {
       this._state = "created";
       throw e;

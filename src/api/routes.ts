@@ -145,6 +145,14 @@ export const ROUTES: Route[] = [
     },
   },
   {
+    // A session with the guest agent is an HTTP upgrade (server.ts, exec-proxy.ts); a plain POST is told so.
+    method: "POST", path: "/v1/vms/{name}/exec", mutating: true,
+    handler: ({ daemon, params }) => {
+      daemon.get(params.name);
+      throw new ApiError(426, "exec is a byte stream (the guest agent's frames): ask with 'Connection: Upgrade' and 'Upgrade: tsvisor-exec'");
+    },
+  },
+  {
     method: "GET", path: "/v1/vms/{name}/wait", mutating: false,
     handler: async ({ daemon, params }) => {
       const outcome = await daemon.get(params.name).waitForEnd();

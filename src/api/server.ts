@@ -14,6 +14,7 @@ import { Daemon } from "./daemon.js";
 import { StateStore } from "./store.js";
 import { authorized, loadOrCreateToken, tokenFile } from "./auth.js";
 import { match, CONSOLE_PROTOCOL, type Reply } from "./routes.js";
+import { connectAgent, splice, EXEC_PROTOCOL } from "./exec-proxy.js";
 import type { Duplex } from "node:stream";
 
 /** Request bodies larger than this get 413: a VM definition is a few hundred bytes. */
@@ -215,6 +216,7 @@ function upgrade(daemon: Daemon, req: IncomingMessage, socket: Duplex, head: Buf
   socket.on("error", () => socket.destroy());
   try {
     const { route, params } = match(req.method ?? "GET", url.pathname);
+    if (route.path === "/v1/vms/{name}/exec") return void execUpgrade(daemon, params.name, req, socket, head, refuse);
     if (route.path !== "/v1/vms/{name}/console") throw new ApiError(400, `${url.pathname} takes no upgrade`);
     if ((req.headers.upgrade ?? "").toLowerCase() !== CONSOLE_PROTOCOL) throw new ApiError(400, `the console speaks '${CONSOLE_PROTOCOL}', not '${req.headers.upgrade}'`);
     vmName = params.name;
@@ -231,6 +233,34 @@ function upgrade(daemon: Daemon, req: IncomingMessage, socket: Duplex, head: Buf
     const status = e instanceof ApiError ? e.status : 500;
     refuse(status, e instanceof Error ? e.message : String(e));
     logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) GET ${url.pathname} (upgrade) vm=${vmName} status=${status}`);
+  }
+}
+
+/** POST /v1/vms/{name}/exec with Upgrade: tsvisor-exec: the socket becomes a
+ *  session with the guest agent (exec-proxy.ts), once the agent accepted. */
+async function execUpgrade(daemon: Daemon, name: string, req: IncomingMessage, socket: Duplex, head: Buffer, refuse: (status: number, message: string) => void): Promise<void> {
+  const audit = (status: number) => logLine(`audit peer=owner(uid ${process.getuid?.() ?? "?"}, pid unknown) POST /v1/vms/{name}/exec vm=${name} status=${status}`);
+  try {
+    if ((req.headers.upgrade ?? "").toLowerCase() !== EXEC_PROTOCOL) throw new ApiError(400, `exec speaks '${EXEC_PROTOCOL}', not '${req.headers.upgrade}'`);
+    const vm = daemon.get(name);
+    const path = vm.vsockPath;
+    if (vm.state === "paused") throw new ApiError(409, `VM '${name}' is paused: resume it to exec`);
+    if (path === undefined) {
+      throw new ApiError(409, vm.state === "running" ? `VM '${name}' has no vsock device (its definition says vsock: none)` : `VM '${name}' is ${vm.state}: exec needs it running`);
+    }
+    socket.pause();
+    const agent = await connectAgent(path, name);
+    if (socket.destroyed) return void agent.destroy();
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${EXEC_PROTOCOL}\r\nconnection: Upgrade\r\n\r\n`);
+    if (head.length > 0) agent.write(head); // frames the client sent right after its request
+    splice(socket, agent);
+    socket.resume();
+    agent.resume();
+    audit(101);
+  } catch (e) {
+    const status = e instanceof ApiError ? e.status : 500;
+    refuse(status, e instanceof Error ? e.message : String(e));
+    audit(status);
   }
 }
 

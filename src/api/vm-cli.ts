@@ -9,6 +9,7 @@ import { call, rawRequest, failureOf, ApiFailure } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";
+import { execInVm } from "./exec-client.js";
 import { describeEnd, type StatsView, type RunOutcome, type SnapshotView, type MigrationStatus } from "./managed-vm.js";
 import { ProgressLine } from "../cli/progress-line.js";
 import type { VmView, MigrateView } from "./daemon.js";
@@ -32,7 +33,7 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
   host info [--json]      the host: pool, frames, overcommit, compression, swap,
                           sharing and reclaim counters, VMs waiting for memory
   vm create NAME [options of run] [--weight W] [--cap PCT] [--pin CPUS]
-            [--share-group NAME] [--no-balloon]
+            [--share-group NAME] [--no-balloon] [--vsock PATH[,cid=N]|none]
             [--autostart] [--start] [-- CMD ARGS...]     define a VM on the host
                           (--share-group: share identical pages with the group's
                           other VMs; default: within the VM only)
@@ -45,6 +46,9 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           (0 gives it all back)
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
+  vm exec NAME [--] CMD ARGS...   run CMD in the running VM through its guest agent
+                          (over vsock): our stdin to it, its stdout and stderr to
+                          ours; exits with its status (127: not found)
   vm wait NAME            wait until it stops; exit with its command's status
   vm snapshot NAME FILE [--diff|--live] [--stay-paused] [--disks overlay]
                           write the running (or paused) VM's state, RAM and definition
@@ -165,11 +169,12 @@ export async function vmCommand(argv: string[]): Promise<number> {
     case "logs": return logs(rest);
     case "wait": return wait(rest);
     case "console": return consoleCmd(rest);
+    case "exec": return execCmd(rest);
     case "snapshot": return snapshot(rest);
     case "restore": return restore(rest);
     case "migrate": return migrate(rest);
-    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore, migrate");
-    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, wait, snapshot, restore, migrate)`);
+    case undefined: throw new UsageError("vm: expected a subcommand: create, start, pause, resume, stop, rm, ls, info, set, logs, console, exec, wait, snapshot, restore, migrate");
+    default: throw new UsageError(`vm: unknown subcommand '${sub}' (create, start, pause, resume, stop, rm, ls, info, set, logs, console, exec, wait, snapshot, restore, migrate)`);
   }
 }
 
@@ -184,7 +189,7 @@ async function create(argv: string[]): Promise<number> {
     publish: { type: "string", short: "p", multiple: true },
     console: { type: "string" }, weight: { type: "string" }, cap: { type: "string" }, pin: { type: "string" },
     autostart: { type: "boolean" }, start: { type: "boolean" },
-    "share-group": { type: "string" }, "no-balloon": { type: "boolean" },
+    "share-group": { type: "string" }, "no-balloon": { type: "boolean" }, vsock: { type: "string" },
   }, "vm create");
   const name = oneName(positionals, "vm create");
   if (command !== undefined && command.length === 0) throw new UsageError("vm create: no command after --");
@@ -206,6 +211,7 @@ async function create(argv: string[]): Promise<number> {
   if (v.autostart) body.autostart = true;
   if (v["share-group"] !== undefined) body.shareGroup = checkGroupFlag(v["share-group"] as string);
   if (v["no-balloon"]) body.balloon = false;
+  if (v.vsock !== undefined) body.vsock = v.vsock === "none" ? "none" : (() => { const [p, ...o] = (v.vsock as string).split(","); return [p ? resolve(p) : p, ...o].join(","); })();
   if (command !== undefined) body.command = command;
   const socket = clientSocketPath(v.host as string | undefined);
   await call(socket, "POST", "/v1/vms", body);
@@ -405,6 +411,27 @@ async function logs(argv: string[]): Promise<number> {
 async function consoleCmd(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(argv, { "read-only": { type: "boolean" } }, "vm console");
   return attachConsole(clientSocketPath(v.host as string | undefined), oneName(positionals, "vm console"), v["read-only"] === true);
+}
+
+/** `vm exec NAME [--] CMD ARGS...`: options of its own only before the command. */
+async function execCmd(argv: string[]): Promise<number> {
+  const dashes = argv.indexOf("--");
+  // Without "--", the command starts at the second word that is no option of ours.
+  let split = dashes;
+  if (split < 0) {
+    let names = 0;
+    for (split = 0; split < argv.length; split++) {
+      if (argv[split] === "--host") split++;
+      else if (argv[split].startsWith("--host=")) continue;
+      else if (++names === 2) break;
+    }
+  }
+  const own = argv.slice(0, split);
+  const command = argv.slice(dashes < 0 ? split : split + 1);
+  const { values: v, positionals } = parse(own, {}, "vm exec");
+  const name = oneName(positionals, "vm exec");
+  if (command.length === 0) throw new UsageError("vm exec: no command (vm exec NAME [--] CMD ARGS...)");
+  return execInVm(clientSocketPath(v.host as string | undefined), name, command);
 }
 
 async function wait(argv: string[]): Promise<number> {

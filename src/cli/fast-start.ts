@@ -179,6 +179,8 @@ export interface SnapshotShape {
   /** The --net specs (only "user" qualifies). */
   nets: string[];
   balloon: boolean;
+  /** The vsock device's guest CID (its host-side PATH is not the guest's concern), when there is one. */
+  vsockCid?: number;
 }
 
 /**
@@ -208,7 +210,7 @@ export function imageIdentity(imageDir: string): string | undefined {
  */
 export function snapshotKey(image: string, shape: SnapshotShape): string {
   const generation = sha256hex(JSON.stringify(["tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive())])).slice(0, 12);
-  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon];
+  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon, ...(shape.vsockCid === undefined ? [] : [shape.vsockCid])];
   return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
 }
 

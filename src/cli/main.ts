@@ -88,6 +88,11 @@ options for run:
                           a host folder in the guest (virtio-fs, tags share0,
                           share1, ...; init mounts it at GUESTDIR; ,ro: read-only;
                           repeatable). Such a VM cannot be snapshotted
+  --vsock PATH[,cid=N]    a virtio-vsock device (guest CID N, default 3), Firecracker's
+                          convention: a host program connects to the Unix socket PATH
+                          and writes "CONNECT PORT\n" to reach guest port PORT (answer
+                          "OK HOSTPORT\n"); the guest connecting to CID 2 port P reaches
+                          the Unix socket PATH_P
   -p HOSTPORT:GUESTPORT   forward a TCP port of the host's 127.0.0.1 into the guest
                           (through the first user-mode network; repeatable)
   --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
@@ -137,6 +142,7 @@ function parseRunArgs(argv: string[]) {
         disk: { type: "string", multiple: true },
         net: { type: "string", multiple: true },
         share: { type: "string", multiple: true },
+        vsock: { type: "string" },
         publish: { type: "string", short: "p", multiple: true },
         console: { type: "string" },
         jit: { type: "string" },
@@ -205,6 +211,7 @@ async function runCommand(argv: string[]): Promise<number> {
       disks: v.disk ?? [],
       nets: resolveNetSpecs(v.net, v.publish),
       shares: v.share ?? [],
+      vsock: v.vsock,
       console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
       jit,
       hostMemBytes: v["host-mem"] !== undefined ? parsePoolSize("--host-mem", v["host-mem"]) : undefined,
@@ -214,7 +221,7 @@ async function runCommand(argv: string[]): Promise<number> {
       snapshot: !v["no-snapshot"],
     });
   }
-  for (const flag of ["image", "disk-name", "kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "share", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
+  for (const flag of ["image", "disk-name", "kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "share", "vsock", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
     if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
   }
   if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");

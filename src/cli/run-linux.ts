@@ -26,7 +26,7 @@ import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
 import { OverlayError, keptDiskPath, makeOverlay, type ImageName } from "./system-image.js";
 import { pullDebianSystem } from "../images/debian-system.js";
-import { VmDevices, checkDeviceSpecs, isDeviceError, parseShareSpec, shareCmdline } from "./vm-devices.js";
+import { VmDevices, checkDeviceSpecs, isDeviceError, parseShareSpec, parseVsockSpec, shareCmdline } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
   /** Boot a system disk built by `image pull NAME` (cli/system-image.ts) through an overlay of its own. */
@@ -50,6 +50,8 @@ export interface LinuxRunOptions {
   nets?: string[];
   /** `--share HOSTDIR:GUESTDIR[,ro]` specs: virtio-fs devices share0, share1, ... mounted by init. */
   shares?: string[];
+  /** `--vsock PATH[,cid=N]`: a virtio-vsock device. */
+  vsock?: string;
   /** The console init uses: the UART (default) or a virtio console. */
   console?: "ttyS0" | "hvc0";
   /** pCPU worker threads of the embedded host (default: one per host core). */
@@ -142,7 +144,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
  * mounts it as the root (`tsvisor.root=`, images/init.ts).
  */
 async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<number> {
-  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? []);
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? [], opts.vsock);
   const cacheDir = defaultCacheDir();
   const system = await pullDebianSystem({ cacheDir, progress: (line) => process.stderr.write(`${line}\n`) });
   const kept = opts.diskName !== undefined ? keptDiskPath(cacheDir, opts.diskName) : undefined;
@@ -163,7 +165,7 @@ async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<
 }
 
 async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): Promise<number> {
-  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? []);
+  checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? [], opts.vsock);
   const interactive = opts.command === undefined;
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
   const stdinAsFile = !interactive && !process.stdin.isTTY;
@@ -219,6 +221,8 @@ function fastShape(opts: LinuxRunOptions) {
   return {
     cmdline: runCmdline(opts, false, nets.length > 0 ? ["eth0"] : []), cpus: opts.cpus, memBytes: opts.memBytes,
     console: opts.console ?? "ttyS0", nets, balloon: opts.balloon !== false,
+    // With --vsock the snapshot holds the device (a restore resets its connections: there are none yet).
+    vsockCid: opts.vsock === undefined ? undefined : parseVsockSpec(opts.vsock).cid,
   };
 }
 
@@ -243,7 +247,7 @@ async function bootAndRun(
 
   let devices: VmDevices;
   try {
-    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { shares: opts.shares });
+    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { shares: opts.shares, vsock: opts.vsock });
   } catch (e) {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;

@@ -16,6 +16,8 @@ import { ipv4String } from "../net/packet.js";
 import { IoThreadBlk } from "../devices/virtio/blk-iothread.js";
 import { VirtioNet } from "../devices/virtio/net.js";
 import type { VirtioDevice } from "../devices/virtio/virtio.js";
+import { VirtioVsock } from "../devices/virtio/vsock/device.js";
+import { UnixVsockBackend, VsockBackendError } from "../devices/virtio/vsock/unix-backend.js";
 import { UsageError } from "./size.js";
 
 export interface DiskSpec {
@@ -84,6 +86,35 @@ export function shareCmdline(shares: ShareSpec[]): string {
   return shares.map((s) => `${s.tag}:${s.guestDir}`).join(",");
 }
 
+export interface VsockSpec {
+  /** The Unix socket host programs connect to (PATH), and the prefix of those guests connect to (PATH_PORT). */
+  path: string;
+  /** The guest's CID (3 or more; default 3). */
+  cid: number;
+}
+
+export const DEFAULT_GUEST_CID = 3;
+/** Linux keeps a Unix socket path in 108 bytes, its NUL included; PATH_4294967295 must fit. */
+export const MAX_VSOCK_PATH = 107 - "_4294967295".length;
+
+/** `PATH[,cid=N]`, as Firecracker's vsock device: uds_path and guest_cid. */
+export function parseVsockSpec(spec: string): VsockSpec {
+  const [path, ...opts] = spec.split(",");
+  if (!path) throw new UsageError(`--vsock: expected PATH[,cid=N], got '${spec}'`);
+  if (Buffer.byteLength(path) > MAX_VSOCK_PATH) throw new UsageError(`--vsock: the path ${path} is longer than ${MAX_VSOCK_PATH} bytes (a Unix socket path, with _PORT added, must fit in 107)`);
+  const out: VsockSpec = { path, cid: DEFAULT_GUEST_CID };
+  for (const opt of opts) {
+    const [key, value] = opt.split("=", 2);
+    if (key === "cid") {
+      if (value === undefined || !/^\d{1,10}$/.test(value) || Number(value) < 3 || Number(value) > 0xffff_fffe) {
+        throw new UsageError(`--vsock: cid=${value ?? ""}: expected 3..4294967294 (0-2 are reserved: hypervisor, local, host)`);
+      }
+      out.cid = Number(value);
+    } else throw new UsageError(`--vsock: unknown option '${opt}' (cid=)`);
+  }
+  return out;
+}
+
 /**
  * A stable, locally administered MAC per network spec (QEMU's 52:54:00
  * prefix), so a VM keeps its address across runs. A host daemon seeds it
@@ -105,10 +136,11 @@ function parseNetOption(spec: string): NetSpec {
 }
 
 /** Checks the spelling of every --disk and --net before anything slow (an image pull) runs. */
-export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[], shareSpecs: string[] = []): void {
+export function checkDeviceSpecs(diskSpecs: string[], netSpecs: string[], shareSpecs: string[] = [], vsockSpec?: string): void {
   diskSpecs.forEach(parseDiskSpec);
   netSpecs.forEach(parseNetOption);
   shareSpecs.forEach(parseShareSpec);
+  if (vsockSpec !== undefined) parseVsockSpec(vsockSpec);
 }
 
 /**
@@ -156,7 +188,8 @@ export interface FrozenDisk {
 }
 
 export class VmDevices {
-  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = [], private readonly disks: { blk: IoThreadBlk; spec: DiskSpec }[] = []) {}
+  private constructor(readonly devices: VirtioDevice[], readonly nets: NetBackend[] = [], private readonly disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [],
+    readonly vsock?: VirtioVsock, readonly vsockPath?: string) {}
 
   /**
    * While the devices are paused (a snapshot): each writable disk's image D
@@ -249,7 +282,7 @@ export class VmDevices {
 
   /** Open every disk (each on its I/O thread, devices/virtio/blk-iothread.ts) and
    *  network backend; on any failure, close what was opened and throw one line. */
-  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string, opts: { importCopies?: boolean; shares?: string[] } = {}): Promise<VmDevices> {
+  static async open(diskSpecs: string[], netSpecs: string[], warn?: (line: string) => void, macSeed?: string, opts: { importCopies?: boolean; shares?: string[]; vsock?: string } = {}): Promise<VmDevices> {
     const disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
@@ -276,7 +309,16 @@ export class VmDevices {
           throw new ShareError(`--share ${spec}: cannot open ${s.hostDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
         }
       }
-      return new VmDevices(devices, nets, disks);
+      // The vsock device goes after the disks and cards, so theirs keep their slots.
+      let vsock: VirtioVsock | undefined;
+      let vsockPath: string | undefined;
+      if (opts.vsock !== undefined) {
+        const spec = parseVsockSpec(opts.vsock);
+        vsock = new VirtioVsock({ name: "vsock0", guestCid: spec.cid, backend: await UnixVsockBackend.open(spec.path) });
+        vsockPath = spec.path;
+        devices.push(vsock);
+      }
+      return new VmDevices(devices, nets, disks, vsock, vsockPath);
     } catch (e) {
       for (const d of devices) if (d instanceof VirtioFs) d.close();
       await Promise.allSettled(disks.map((d) => d.blk.close()));
@@ -300,5 +342,5 @@ export class VmDevices {
 }
 
 export function isDeviceError(e: unknown): e is Error {
-  return e instanceof DiskImageError || e instanceof NetBackendError || e instanceof ShareError;
+  return e instanceof DiskImageError || e instanceof NetBackendError || e instanceof ShareError || e instanceof VsockBackendError;
 }

@@ -18,6 +18,7 @@ import { ImageError } from "./errors.js";
 import { PINNED_BUSYBOX, PINNED_KERNEL, PINNED_SUITE, downloadPinned, type PinnedPackage } from "./debian-pinned.js";
 import { runOrFail } from "./host-tools.js";
 import { INITRAMFS_MODULES, buildInitramfs, initramfsRecipe } from "./initramfs.js";
+import { buildAgent } from "./agent.js";
 import {
   INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, checkCachedImage, defaultCacheDir, makeBuildDir, publishImage,
   removeAbandonedBuilds, sha256, writeDurably, type ImageManifest,
@@ -126,7 +127,9 @@ async function buildImage(work: string, out: string, source: AptSource, recipe: 
   const busybox = await readFirst(busyboxRoot, ["usr/bin/busybox", "bin/busybox"], busyboxPkg);
 
   progress(`building the initramfs (busybox, init, ${INITRAMFS_MODULES.length} modules and their dependencies)`);
-  const initramfs = await buildInitramfs({ busybox, modulesRoot: join(kernelRoot, "usr/lib/modules"), kernelVersion });
+  const agent = buildAgent();
+  if ("missing" in agent) progress(`no guest agent in this image (tsvisor vm exec will not work): ${agent.missing}`);
+  const initramfs = await buildInitramfs({ busybox, modulesRoot: join(kernelRoot, "usr/lib/modules"), kernelVersion, agent: "binary" in agent ? agent.binary : undefined });
 
   const manifest: ImageManifest = {
     format: 1,

@@ -36,6 +36,9 @@
 //   makes init mount each virtio-fs device TAG at its directory once the
 //   virtio drivers are loaded (mkdir -p first). A directory holds no comma,
 //   colon or space (the host refuses such a GUESTDIR).
+// - With a virtio-vsock device (device ID 19, modalias virtio:d00000013...),
+//   init starts the guest agent of `tsvisor vm exec` (/bin/tsvisor-agent,
+//   images/agent/agent.c) in the background, listening on vsock port 52.
 
 export const INIT_PATH = "/init";
 export const ARGV_PATH = "/tsvisor/argv";
@@ -101,9 +104,22 @@ for s in $(echo "$share" | tr , ' '); do
   mount -t virtiofs "\${s%%:*}" "$prefix\${s#*:}" || echo "tsvisor init: could not mount share \${s%%:*} at \${s#*:}" >&2
 done
 
+# The guest agent of tsvisor vm exec, when the VM has a vsock device and the image has the agent.
+agent=
+if [ -x /bin/tsvisor-agent ] && cat /sys/bus/virtio/devices/*/modalias 2>/dev/null | grep -q '^virtio:d00000013v'; then agent=1; fi
+if [ -n "$agent" ] && { [ -z "$root" ] || [ -f ${ARGV_PATH} ]; }; then
+  (cd /root && setsid /bin/tsvisor-agent </dev/null >/dev/null 2>&1 &)
+fi
+
 if [ -n "$root" ] && [ ! -f ${ARGV_PATH} ]; then
   umount /tmp
   for d in dev proc sys run; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d; done
+  # The agent goes along into the system disk: chrooted there now, it finds
+  # itself at the root once switch_root has moved /newroot to / (and its
+  # commands run in the Debian system, not in this initramfs).
+  if [ -n "$agent" ] && cp /bin/tsvisor-agent /newroot/run/tsvisor-agent; then
+    (cd /newroot && setsid chroot /newroot /run/tsvisor-agent </dev/null >/dev/null 2>&1 &)
+  fi
   [ -n "$tty" ] && echo "tsvisor init: --console $tty: systemd starts a login on it" >&2
   exec switch_root /newroot /sbin/init
 fi

@@ -2,7 +2,8 @@
 // /init, and the kernel modules a virt machine needs (virtio transport and
 // devices, the filesystems a user would mount), with modules.dep and
 // modules.alias so busybox's modprobe and the kernel's request_module() find
-// them, and /etc/filesystems so mount without -t finds their filesystems.
+// them, and /etc/filesystems so mount without -t finds their filesystems;
+// and the guest agent of `tsvisor vm exec` when it could be built (agent.ts).
 // Written uncompressed (cpio newc): the kernel needs no decompressor and the
 // guest spends no instructions inflating it.
 
@@ -14,6 +15,7 @@ import { ImageError } from "./errors.js";
 import { ARGV_PATH, INIT_PATH, INIT_SCRIPT, STDIN_PATH } from "./init.js";
 import { ModuleIndex, builtinNames, filterModulesOrder, modulesAlias, modulesDep } from "./kernel-modules.js";
 import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
+import { AGENT_PATH, agentRecipe } from "./agent.js";
 
 /**
  * The modules of a virt machine's devices and of common filesystems. fuse
@@ -23,7 +25,7 @@ import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
  */
 export const INITRAMFS_MODULES = [
   "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon", "virtio_input",
-  "vmw_vsock_virtio_transport", "9pnet_virtio", "9p", "fuse", "virtiofs", "virtio_scsi", "sd_mod",
+  "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "9pnet_virtio", "9p", "fuse", "virtiofs", "virtio_scsi", "sd_mod",
   "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1",
   "isofs", "squashfs", "overlay", "xfs", "btrfs",
 ];
@@ -49,7 +51,8 @@ const LAYOUT_VERSION = 2;
  * recipe is rebuilt.
  */
 export function initramfsRecipe(modules: string[] = INITRAMFS_MODULES): string {
-  return createHash("sha256").update(JSON.stringify([LAYOUT_VERSION, INIT_SCRIPT, modules, MODULE_STRIP_VERSION])).digest("hex").slice(0, 16);
+  // The guest agent's source and whether this machine can build it: an image made without it is rebuilt once it can be.
+  return createHash("sha256").update(JSON.stringify([LAYOUT_VERSION, INIT_SCRIPT, modules, MODULE_STRIP_VERSION, agentRecipe()])).digest("hex").slice(0, 16);
 }
 
 export interface InitramfsOptions {
@@ -60,6 +63,8 @@ export interface InitramfsOptions {
   kernelVersion: string;
   /** Module names or aliases; default INITRAMFS_MODULES. */
   modules?: string[];
+  /** The guest agent (agent.ts), a static riscv64 executable: /bin/tsvisor-agent. */
+  agent?: Uint8Array;
 }
 
 export interface Initramfs {
@@ -85,6 +90,7 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<Initramfs>
   a.file("bin/busybox", opts.busybox, 0o755);
   a.symlink("bin/sh", "busybox");
   a.file(INIT_PATH.slice(1), INIT_SCRIPT, 0o755);
+  if (opts.agent) a.file(AGENT_PATH.slice(1), opts.agent, 0o755);
   // busybox's mount without -t tries the types /etc/filesystems and then
   // /proc/filesystems list (util-linux/mount.c, get_block_backed_filesystems);
   // the kernel lists a filesystem only once its module is loaded, and loading

@@ -1,0 +1,100 @@
+// `tsvisor vm exec NAME [--] CMD ARGS...`: a command in a running VM through
+// its guest agent (POST /v1/vms/{name}/exec, an HTTP upgrade; exec-proxy.ts
+// on the host, images/agent/agent.c in the guest). Local stdin goes to the
+// command, its stdout and stderr to ours, and we exit with its status.
+import { request } from "node:http";
+import type { Socket } from "node:net";
+import { failureOf, unreachable } from "./client.js";
+import { hostTarget } from "./auth.js";
+import { EXEC_PROTOCOL } from "./exec-proxy.js";
+import {
+  FRAME_DATA, FRAME_EOF, FRAME_ERROR, FRAME_EXIT, FrameReader, STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR,
+  execFrame, frame, stdinFrames, AgentProtocolError,
+} from "../images/agent-protocol.js";
+
+/** What ends a session without an exit status: as ssh does, 255. */
+export const EXEC_FAILED = 255;
+
+export interface ExecIo {
+  stdin: NodeJS.ReadableStream;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+export function execInVm(socketPath: string, name: string, argv: string[], io: ExecIo = process): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const target = hostTarget(socketPath);
+    const req = request({
+      ...target, method: "POST",
+      path: `/v1/vms/${encodeURIComponent(name)}/exec`,
+      headers: { ...target.headers, connection: "Upgrade", upgrade: EXEC_PROTOCOL },
+    });
+    req.on("error", (e: NodeJS.ErrnoException) => reject(unreachable(socketPath, e)));
+    req.on("response", async (res) => reject(await failureOf(res)));
+    req.on("upgrade", (_res, socket: Socket, head: Buffer) => {
+      const reader = new FrameReader();
+      let ended = false;
+      const finish = (status: number, line?: string) => {
+        if (ended) return;
+        ended = true;
+        io.stdin.removeListener("data", onStdin);
+        io.stdin.removeListener("end", onStdinEnd);
+        io.stdin.pause();
+        if (line) io.stderr.write(`tsvisor: ${line}\n`);
+        socket.destroy();
+        // Our stdout and stderr written out before the status is known to the caller.
+        let left = 2;
+        const done = () => --left === 0 && resolve(status);
+        io.stdout.write("", done);
+        io.stderr.write("", done);
+      };
+      const onFrames = (chunk: Buffer) => {
+        let frames;
+        try {
+          frames = reader.push(chunk);
+        } catch (e) {
+          if (!(e instanceof AgentProtocolError)) throw e;
+          return finish(EXEC_FAILED, `the guest agent sent a bad frame: ${e.message}`);
+        }
+        for (const f of frames) {
+          if (f.type === FRAME_DATA && (f.stream === STREAM_STDOUT || f.stream === STREAM_STDERR)) {
+            const out = f.stream === STREAM_STDOUT ? io.stdout : io.stderr;
+            // The guest waits while our output does not drain.
+            if (!out.write(f.payload)) {
+              socket.pause();
+              out.once("drain", () => socket.resume());
+            }
+          } else if (f.type === FRAME_EXIT && f.payload.length === 4) {
+            return finish(f.payload.readInt32LE(0) & 0xff);
+          } else if (f.type === FRAME_ERROR) {
+            return finish(EXEC_FAILED, `the guest agent: ${f.payload.toString("utf8")}`);
+          } else {
+            return finish(EXEC_FAILED, `the guest agent sent an unknown frame (type ${f.type})`);
+          }
+        }
+      };
+      const onStdin = (d: Buffer) => {
+        for (const f of stdinFrames(d)) {
+          if (!socket.write(f)) {
+            io.stdin.pause();
+            socket.once("drain", () => io.stdin.resume());
+          }
+        }
+      };
+      const onStdinEnd = () => socket.write(frame(FRAME_EOF, STREAM_STDIN));
+      socket.on("data", onFrames);
+      socket.on("error", () => {});
+      socket.on("close", () => finish(EXEC_FAILED, `VM '${name}': the session ended without an exit status (the VM stopped?)`));
+      try {
+        socket.write(execFrame(argv));
+      } catch (e) {
+        return finish(EXEC_FAILED, (e as Error).message);
+      }
+      if (head.length) onFrames(head);
+      io.stdin.on("data", onStdin);
+      io.stdin.on("end", onStdinEnd);
+      io.stdin.resume();
+    });
+    req.end();
+  });
+}

@@ -1,0 +1,36 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  FrameReader, execFrame, frame, stdinFrames, AgentProtocolError, FRAME_DATA, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
+  MAX_DATA_BYTES, MAX_EXEC_BYTES, STREAM_STDIN, STREAM_STDOUT,
+} from "./agent-protocol.js";
+
+test("agent frames: EXEC words NUL-terminated, stdin cut into 64 KiB DATA frames", () => {
+  const e = execFrame(["sh", "-c", "echo ü"]);
+  assert.deepEqual([e[0], e[1], e.readUInt32LE(4)], [FRAME_EXEC, 0, e.length - FRAME_HEADER]);
+  assert.equal(e.subarray(FRAME_HEADER).toString(), "sh\0-c\0echo ü\0");
+  assert.throws(() => execFrame([]), AgentProtocolError);
+  assert.throws(() => execFrame(["a\0b"]), /NUL/);
+  assert.throws(() => execFrame(["x".repeat(MAX_EXEC_BYTES)]), /longer than/);
+  const frames = stdinFrames(new Uint8Array(MAX_DATA_BYTES * 2 + 5));
+  assert.deepEqual(frames.map((f) => [f[0], f[1], f.readUInt32LE(4)]), [
+    [FRAME_DATA, STREAM_STDIN, MAX_DATA_BYTES], [FRAME_DATA, STREAM_STDIN, MAX_DATA_BYTES], [FRAME_DATA, STREAM_STDIN, 5],
+  ]);
+});
+
+test("agent frames: read back whole however the bytes are cut; an oversized length is an error", () => {
+  const exit = Buffer.alloc(4);
+  exit.writeInt32LE(127);
+  const stream = Buffer.concat([frame(FRAME_DATA, STREAM_STDOUT, Buffer.from("hello")), frame(FRAME_EXIT, 0, exit)]);
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const r = new FrameReader();
+    const got = [...r.push(stream.subarray(0, cut)), ...r.push(stream.subarray(cut))];
+    assert.deepEqual(got.map((f) => [f.type, f.stream, f.payload.toString("hex")]), [
+      [FRAME_DATA, STREAM_STDOUT, Buffer.from("hello").toString("hex")], [FRAME_EXIT, 0, exit.toString("hex")],
+    ]);
+  }
+  const huge = Buffer.alloc(FRAME_HEADER);
+  huge[0] = FRAME_DATA;
+  huge.writeUInt32LE(MAX_EXEC_BYTES + 1, 4);
+  assert.throws(() => new FrameReader().push(huge), AgentProtocolError);
+});

@@ -1,0 +1,70 @@
+// The host's half of the guest agent's protocol (agent/agent.c says it all):
+// frames of type u8, stream u8, reserved u16, length u32 little-endian, then
+// the payload. One session a connection (vsock port 52): EXEC first, then
+// stdin DATA and EOF one way, stdout/stderr DATA and finally EXIT the other.
+
+export const FRAME_HEADER = 8;
+export const FRAME_EXEC = 1;
+export const FRAME_DATA = 2;
+export const FRAME_EOF = 3;
+export const FRAME_EXIT = 4;
+export const FRAME_ERROR = 5;
+
+export const STREAM_STDIN = 0;
+export const STREAM_STDOUT = 1;
+export const STREAM_STDERR = 2;
+
+/** The agent's bounds: argv at most 1 MiB, a DATA payload at most 64 KiB. */
+export const MAX_EXEC_BYTES = 1 << 20;
+export const MAX_DATA_BYTES = 64 << 10;
+
+export class AgentProtocolError extends Error {}
+
+export function frame(type: number, stream: number, payload: Uint8Array = new Uint8Array(0)): Buffer {
+  const b = Buffer.alloc(FRAME_HEADER + payload.length);
+  b[0] = type;
+  b[1] = stream;
+  b.writeUInt32LE(payload.length, 4);
+  b.set(payload, FRAME_HEADER);
+  return b;
+}
+
+/** EXEC: the words NUL-terminated (a word may not hold a NUL). */
+export function execFrame(argv: string[]): Buffer {
+  if (argv.length === 0) throw new AgentProtocolError("no command");
+  if (argv.some((w) => w.includes("\0"))) throw new AgentProtocolError("a command word holds a NUL byte");
+  const payload = Buffer.from(argv.map((w) => `${w}\0`).join(""), "utf8");
+  if (payload.length > MAX_EXEC_BYTES) throw new AgentProtocolError(`the command is longer than ${MAX_EXEC_BYTES} bytes`);
+  return frame(FRAME_EXEC, 0, payload);
+}
+
+/** stdin bytes as DATA frames of at most MAX_DATA_BYTES. */
+export function stdinFrames(data: Uint8Array): Buffer[] {
+  const out: Buffer[] = [];
+  for (let at = 0; at < data.length; at += MAX_DATA_BYTES) out.push(frame(FRAME_DATA, STREAM_STDIN, data.subarray(at, at + MAX_DATA_BYTES)));
+  return out;
+}
+
+export interface Frame {
+  type: number;
+  stream: number;
+  payload: Buffer;
+}
+
+/** Frames out of a byte stream, as they complete; a frame past the bounds is a protocol error. */
+export class FrameReader {
+  private buf: Buffer = Buffer.alloc(0);
+
+  push(chunk: Buffer): Frame[] {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    const out: Frame[] = [];
+    while (this.buf.length >= FRAME_HEADER) {
+      const len = this.buf.readUInt32LE(4);
+      if (len > MAX_EXEC_BYTES) throw new AgentProtocolError(`a frame of ${len} bytes`);
+      if (this.buf.length < FRAME_HEADER + len) break;
+      out.push({ type: this.buf[0], stream: this.buf[1], payload: this.buf.subarray(FRAME_HEADER, FRAME_HEADER + len) });
+      this.buf = this.buf.subarray(FRAME_HEADER + len);
+    }
+    return out;
+  }
+}
