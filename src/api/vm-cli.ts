@@ -275,6 +275,7 @@ async function info(argv: string[]): Promise<number> {
     ...(c.command ? [`command:    ${c.command.join(" ")}`] : []),
     ...c.disks.map((d, i) => `disk ${i}:     ${d}`),
     ...c.nets.map((n, i) => `net ${i}:      ${n}`),
+    ...(view.vsock ? [`vsock:      ${view.vsock.path} (guest CID ${view.vsock.cid}; vm exec goes through it)`] : []),
     `scheduling: weight ${c.weight}, cap ${c.capPct ? `${c.capPct} %` : "none"}, pCPUs ${c.affinity.length ? c.affinity.join(",") : "all"}${c.autostart ? ", autostart" : ""}`,
   ];
   for (const cpu of stats.vcpus) {
