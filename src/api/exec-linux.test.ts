@@ -30,6 +30,7 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     const info = JSON.parse((await host.vm("info", "a", "--json")).stdout);
     assert.equal(info.vsock.path, join(dir, "state", "vsock", "a.sock"));
     assert.equal(info.vsock.cid, 3);
+    assert.match((await host.vm("info", "a")).stdout, /^vsock: +\S+\/a\.sock \(guest CID 3; vm exec goes through it\)$/m);
     // Until the guest has booted and its agent listens: 502, one line.
     for (let i = 0; ; i++) {
       const r = await exec("", "true");

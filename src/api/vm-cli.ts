@@ -279,6 +279,7 @@ async function info(argv: string[]): Promise<number> {
     ...c.disks.map((d, i) => `disk ${i}:     ${d}`),
     ...c.nets.map((n, i) => `net ${i}:      ${n}`),
     ...(c.shares ?? []).map((s, i) => `share ${i}:    ${s}`),
+    ...(view.vsock ? [`vsock:      ${view.vsock.path} (guest CID ${view.vsock.cid}; vm exec goes through it)`] : []),
     `scheduling: weight ${c.weight}, cap ${c.capPct ? `${c.capPct} %` : "none"}, pCPUs ${c.affinity.length ? c.affinity.join(",") : "all"}${c.autostart ? ", autostart" : ""}`,
   ];
   for (const cpu of stats.vcpus) {
