@@ -329,6 +329,11 @@ export class VirtQueue {
     return ((this.ringRead16(this.cfg.availAddr + 2n) - this.lastAvail) & 0xffff) !== 0;
   }
 
+  /** The driver's available index (free-running): it moves each time the driver makes a buffer available. */
+  availIndex(): number {
+    return this.ringRead16(this.cfg.availAddr + 2n);
+  }
+
   /** Walk a chain from `head`, following NEXT and at most one indirect table (2.7.5.3). */
   private parseChain(head: number): DescriptorChain {
     const readable: Segment[] = [];

@@ -192,10 +192,11 @@ test("malformed packets: short, bad length, wrong CIDs, seqpacket, unknown op, n
   assert.deepEqual(g.d.warnings, []);
 });
 
-test("snapshot: connections dropped, TRANSPORT_RESET sent on the event queue after restore", async () => {
+test("snapshot: connections dropped, TRANSPORT_RESET sent on the event queue after restore; host connections wait until the driver handled it", async () => {
   const { g, backend, stream } = await connected();
   const state = await g.d.snapshot();
-  const dev2 = new VirtioVsock({ guestCid: GUEST_CID, backend: new FakeVsockBackend() });
+  const backend2 = new FakeVsockBackend();
+  const dev2 = new VirtioVsock({ guestCid: GUEST_CID, backend: backend2 });
   const d2 = TestDriver.restored(dev2, g.d);
   d2.transport.restoreState(new StateReader(state, "vsock0"));
   d2.transport.resumeIo();
@@ -205,6 +206,17 @@ test("snapshot: connections dropped, TRANSPORT_RESET sent on the event queue aft
   assert.equal(d2.mem.readU32(d2.bufferAddr(2, ev[0].id, 0)), 0);
   assert.equal(dev2.connectionCount, 0);
   assert.ok(!stream.destroyed && backend.opened.length === 1, "the source's connections are its own");
+  // Linux handles the event later, in a work item, closing the connections
+  // it has then: a REQUEST sent before that would be one of them.
+  d2.used(0);
+  const c = backend2.connectToGuest(52);
+  dev2.poll();
+  assert.equal(d2.used(0).length, 0, "no REQUEST before the driver gave the event buffer back");
+  d2.add(2, [{ writeLen: 4 }]);
+  d2.kick(2);
+  assert.equal(d2.used(0).length, 1, "the REQUEST once it did");
+  assert.equal(dev2.connectionCount, 1);
+  void c.result;
   // A CID that differs is refused.
   const dev3 = new VirtioVsock({ guestCid: 4, backend: new FakeVsockBackend() });
   const d3 = TestDriver.restored(dev3, g.d);

@@ -51,6 +51,8 @@ const TX_BATCH = 1024;
 export const CONNECT_TIMEOUT_MS = 2000;
 /** How long a closing connection waits for the guest's RST or for the host end to flush. */
 export const CLOSE_TIMEOUT_MS = 10_000;
+/** How long host-initiated connections wait at most for the driver to handle a TRANSPORT_RESET. */
+const RESET_HANDLED_TIMEOUT_MS = 1000;
 /** First host-side port of host-initiated connections (Firecracker starts at 2^30 too). */
 const FIRST_LOCAL_PORT = 1 << 30;
 
@@ -109,6 +111,15 @@ export class VirtioVsock implements VirtioDevice {
   private readonly pendingRsts: VsockHeader[] = [];
   private nextLocalPort = FIRST_LOCAL_PORT;
   private transportResetOwed = false;
+  /**
+   * The TRANSPORT_RESET is in the event queue but the driver has not handled
+   * it yet (Linux handles events in a work item, then makes the buffer
+   * available again). Until then a connection the host opens would be one of
+   * those the reset closes, so host-initiated REQUESTs wait; `resetAvail` is
+   * the event queue's available index when the reset went out.
+   */
+  private resetUnhandled = false;
+  private resetAvail = 0;
   private paused = false;
 
   constructor(opts: VirtioVsockOptions) {
@@ -154,6 +165,7 @@ export class VirtioVsock implements VirtioDevice {
     this.ctx = undefined;
     this.queues = undefined;
     this.transportResetOwed = false;
+    this.resetUnhandled = false;
   }
 
   async close(): Promise<void> {
@@ -515,7 +527,7 @@ export class VirtioVsock implements VirtioDevice {
       while (progress) {
         progress = false;
         for (const conn of this.conns.values()) {
-          if (!conn.hasPacket()) continue;
+          if (!conn.hasPacket() || (conn.needRequest && this.holdRequests())) continue;
           if (!q.hasAvailable()) return;
           if (this.sendOne(q, conn)) progress = true;
         }
@@ -621,6 +633,18 @@ export class VirtioVsock implements VirtioDevice {
     return true;
   }
 
+  /** Host-initiated REQUESTs wait while the guest has a transport reset to handle (resetUnhandled). */
+  private holdRequests(): boolean {
+    if (this.resetUnhandled) {
+      try {
+        if (this.queues?.[EVENT_QUEUE]?.availIndex() !== this.resetAvail) this.resetUnhandled = false;
+      } catch {
+        this.resetUnhandled = false; // a ring outside RAM: nothing to wait for
+      }
+    }
+    return this.transportResetOwed || this.resetUnhandled;
+  }
+
   private deliverEvent(): void {
     if (!this.transportResetOwed) return;
     const q = this.queues?.[EVENT_QUEUE];
@@ -633,6 +657,14 @@ export class VirtioVsock implements VirtioDevice {
         new DataView(ev.buffer).setUint32(0, VSOCK_EVENT_TRANSPORT_RESET, true);
         if (chain.writableLength >= VSOCK_EVENT_SIZE && this.write(q, chain, ev)) {
           this.transportResetOwed = false;
+          this.resetUnhandled = true;
+          this.resetAvail = q.availIndex();
+          // A driver that never gives the buffer back must not hold host connections for ever.
+          setTimeout(() => {
+            if (!this.resetUnhandled) return;
+            this.resetUnhandled = false;
+            this.ctx?.requestPoll();
+          }, RESET_HANDLED_TIMEOUT_MS).unref?.();
           return;
         }
         if (chain.writableLength < VSOCK_EVENT_SIZE) q.push(chain, 0);
