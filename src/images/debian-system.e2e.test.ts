@@ -29,6 +29,8 @@ test("Debian on a disk: pull, run a command, overlays thrown away or kept, power
     assert.equal(r.status, 3, r.stderr);
     assert.match(r.stdout, /^\s*\d+ ii \n$/, "every package installed and configured");
     assert.equal((await tsvisor([...RUN, "--", "no-such-command"])).status, 127);
+    // The kernel's modules are on the disk (depmod'ed): nftables' module loads.
+    assert.equal(ok(await tsvisor([...RUN, "--", "sh", "-c", "modprobe nf_tables && grep -o '^nf_tables ' /proc/modules"])), "nf_tables \n");
   });
 
   await t.test("an overlay is thrown away after the run", async () => {

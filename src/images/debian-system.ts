@@ -29,7 +29,8 @@ import { fileURLToPath } from "node:url";
 import { PrivateApt, parseControl, type AptSource } from "./apt.js";
 import { DEBIAN_MIRROR, DEBIAN_SUITE, pullDebianImage } from "./debian.js";
 import { ImageError } from "./errors.js";
-import { runOrFail, runTool } from "./host-tools.js";
+import { readDecompressedMany, runOrFail, runTool } from "./host-tools.js";
+import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
 import { defaultCacheDir, makeBuildDir, makeDirectories, removeAbandonedBuilds, writeDurably } from "./image-cache.js";
 import { rawToQcow2 } from "./qcow2-convert.js";
 
@@ -89,7 +90,7 @@ export function basePackageNames(dumpavail: string): string[] {
 
 /** The identity of what builds the image: a change to any of it rebuilds. */
 export function systemRecipe(): string {
-  return createHash("sha256").update(JSON.stringify([1, SYSTEM_EXTRA_PACKAGES, SYSTEM_DISK_BYTES, SECOND_STAGE, OUTER_STAGE, BASE_FILES])).digest("hex").slice(0, 16);
+  return createHash("sha256").update(JSON.stringify([1, MODULE_STRIP_VERSION, MODULES_LEFT_OUT, SYSTEM_EXTRA_PACKAGES, SYSTEM_DISK_BYTES, SECOND_STAGE, OUTER_STAGE, BASE_FILES])).digest("hex").slice(0, 16);
 }
 
 /** The cached system image, if complete and of this recipe (checked by size, not hashed: it is large). */
@@ -133,6 +134,7 @@ export async function pullDebianSystem(opts: SystemPullOptions = {}): Promise<Pu
     progress(`unpacking ${debs.length} packages`);
     const packages = await unpackAll(debs, root, progress);
     await writeBaseFiles(root, packages, source);
+    await installKernelModules(apt, kernelImage.manifest.kernel, root, join(work, "kernel"), progress);
 
     const raw = join(work, "root.raw");
     progress(`making an ext4 file system of ${formatBytes(await treeBytes(root))} (mke2fs -d, ${SYSTEM_DISK_BYTES / 2 ** 30} GiB)`);
@@ -307,6 +309,66 @@ async function writeBaseFiles(root: string, packages: UnpackedPackage[], source:
   await writeFile(join(root, "tsvisor-second-stage"), SECOND_STAGE, { mode: 0o755 });
 }
 
+/**
+ * The kernel's modules, for the kernel tsvisor boots the disk with: from the
+ * same package as the initramfs's, stripped as those are (module-strip.ts:
+ * loads several times faster; unsigned), uncompressed; the second stage's
+ * depmod writes modules.dep. Without them, only what the initramfs loaded
+ * before systemd took over would be there.
+ */
+async function installKernelModules(
+  apt: PrivateApt, kernel: { package: string; version: string; kernelVersion: string }, root: string, work: string, progress: (l: string) => void,
+): Promise<void> {
+  const pkg = await apt.show(kernel.package);
+  if (pkg.version !== kernel.version) {
+    progress(`the archive has ${kernel.package} ${pkg.version}, the kernel image is ${kernel.version}: no kernel modules on the disk`);
+    return;
+  }
+  progress(`downloading ${pkg.name} ${pkg.version} for its modules`);
+  const deb = await apt.download(pkg, join(work, "deb"));
+  const kroot = join(work, "root");
+  await runOrFail(`dpkg-deb -x ${deb}`, "dpkg-deb", ["-x", deb, kroot]);
+  const src = join(kroot, "usr/lib/modules", kernel.kernelVersion);
+  const dest = join(root, "usr/lib/modules", kernel.kernelVersion);
+  const files = await walkFiles(src);
+  const modules = files.filter((f) => /\.ko(\.xz|\.zst|\.gz)?$/.test(f) && !MODULES_LEFT_OUT.some((d) => f.startsWith(d)));
+  progress(`stripping ${modules.length} kernel modules into /usr/lib/modules/${kernel.kernelVersion}`);
+  for (const f of files.filter((f) => !modules.includes(f) && !f.startsWith("build") && !f.startsWith("source"))) {
+    await mkdir(dirname(join(dest, f)), { recursive: true });
+    await copyFile(join(src, f), join(dest, f));
+  }
+  const writes: Promise<void>[] = [];
+  await readDecompressedMany(modules.map((m) => join(src, m)), (path, bytes) => {
+    const rel = path.slice(src.length + 1).replace(/\.(xz|zst|gz)$/, "");
+    const out = join(dest, rel);
+    writes.push(mkdir(dirname(out), { recursive: true }).then(() => writeFile(out, stripModule(bytes, path).bytes)));
+  });
+  await Promise.all(writes);
+  await rm(work, { recursive: true, force: true });
+}
+
+/**
+ * Drivers for hardware tsvisor's virt machine cannot have (graphics, cameras
+ * and TV, sound, Wi-Fi and Ethernet chips, USB, InfiniBand, Bluetooth,
+ * sensors, staging): 200 of the 320 MiB the stripped modules take. Their
+ * names stay in modules.order and modules.builtin; modprobe says not found.
+ */
+export const MODULES_LEFT_OUT = [
+  "kernel/drivers/gpu/", "kernel/drivers/media/", "kernel/sound/", "kernel/drivers/net/wireless/", "kernel/drivers/net/ethernet/",
+  "kernel/drivers/usb/", "kernel/drivers/infiniband/", "kernel/drivers/bluetooth/", "kernel/drivers/iio/", "kernel/drivers/staging/",
+  "kernel/drivers/hwmon/", "kernel/drivers/net/can/", "kernel/net/bluetooth/", "kernel/net/wireless/", "kernel/net/mac80211/",
+];
+
+async function walkFiles(dir: string, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(join(dir, prefix), { withFileTypes: true })) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    if (e.isDirectory()) out.push(...(await walkFiles(dir, rel)));
+    else if (e.isFile()) out.push(rel);
+  }
+  return out;
+}
+
 async function treeBytes(root: string): Promise<number> {
   const r = await runTool("du", ["-s", "-B1", root]);
   return Number(r.stdout.toString().split(/\s/)[0]) || 0;
@@ -331,8 +393,8 @@ until dpkg --force-confold --configure -a </dev/null; do
   if [ $tries -ge 3 ]; then say "dpkg --configure -a failed"; exit 1; fi
   say "dpkg --configure -a failed; again (as debootstrap does)"
 done
-# Triggers were not registered (dpkg did not unpack the packages): run what they would.
 ldconfig
+for k in /usr/lib/modules/*; do [ -d "$k" ] && say "depmod \${k##*/}" && depmod -a "\${k##*/}"; done
 say "setting up the console, hostname and network"
 passwd -d root >/dev/null
 for tty in ttyS0 hvc0; do
