@@ -4,7 +4,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { bin, ok, tsvisor } from "../cli/test-tsvisor.js";
 import { defaultCacheDir } from "./image-cache.js";
 import { keptDiskPath } from "../cli/system-image.js";
@@ -48,6 +50,27 @@ test("Debian on a disk: pull, run a command, overlays thrown away or kept, power
       assert.match(first.stderr, new RegExp(`kept in ${kept.replace(/[.]/g, "\\.")}`));
       assert.ok(existsSync(kept));
       assert.equal(ok(await tsvisor([...RUN, "--disk-name", name, "--", "cat", "/root/kept"])), "kept\n");
+    });
+
+    await t.test("a project on a shared folder: git and a C build in the Debian system, the host sees both", async () => {
+      // The tools come from Debian's archive through the user-mode network, into the kept disk.
+      ok(await tsvisor([...RUN, "--disk-name", name, "--", "sh", "-c",
+        "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev make git >/dev/null"]));
+      const src = mkdtempSync(join(tmpdir(), "tsvisor-e2e-src-"));
+      try {
+        writeFileSync(join(src, "main.c"), '#include <stdio.h>\nint add(int, int);\nint main(void) { printf("sum %d\\n", add(40, 2)); return 0; }\n');
+        writeFileSync(join(src, "add.c"), "int add(int a, int b) { return a + b; }\n");
+        writeFileSync(join(src, "Makefile"), "prog: main.o add.o\n\tgcc -o prog main.o add.o\n%.o: %.c\n\tgcc -O2 -c $<\n");
+        const out = ok(await tsvisor([...RUN, "--disk-name", name, "--share", `${src}:/src`, "--", "sh", "-c",
+          "cd /src && git init -q && git add . && git -c user.email=e2e@tsvisor -c user.name=e2e commit -qm init && make -s && ./prog"]));
+        assert.equal(out, "sum 42\n");
+        const log = spawnSync("git", ["-C", src, "log", "--format=%s"], { encoding: "utf8" });
+        assert.equal(log.stdout, "init\n", "the commit made in the guest is the host's");
+        assert.equal(spawnSync("git", ["-C", src, "fsck", "--strict"], { encoding: "utf8" }).status, 0);
+        assert.ok(existsSync(join(src, "prog")), "the guest's build output is on the host");
+      } finally {
+        rmSync(src, { recursive: true, force: true });
+      }
     });
 
     await t.test("systemd boots to a root shell on the console; poweroff ends tsvisor cleanly with the disk flushed", async () => {
