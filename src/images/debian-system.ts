@@ -27,7 +27,7 @@ import { chmod, copyFile, mkdir, readFile, readdir, rename, rm, stat, symlink, w
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PrivateApt, parseControl, type AptSource } from "./apt.js";
-import { DEBIAN_MIRROR, DEBIAN_SUITE, pullDebianImage } from "./debian.js";
+import { DEBIAN_MIRROR, DEBIAN_SUITE, pullDebianImage, type PullOptions } from "./debian.js";
 import { ImageError } from "./errors.js";
 import { readDecompressedMany, runOrFail, runTool } from "./host-tools.js";
 import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
@@ -56,13 +56,8 @@ export interface SystemManifest {
   buildSeconds: number;
 }
 
-export interface SystemPullOptions {
-  cacheDir?: string;
-  force?: boolean;
-  mirror?: string;
-  suite?: string;
-  progress?: (line: string) => void;
-  aptOutput?: boolean;
+/** The kernel image pull's options (the system disk boots that kernel), and: */
+export interface SystemPullOptions extends PullOptions {
   /** Node and tsvisor's bin/tsvisor.js, for the second stage (default: this tsvisor). */
   tsvisor?: string[];
 }
