@@ -31,7 +31,8 @@
 //   ext4 disk; a command runs chrooted in it (its status comes back through
 //   the finisher as above); with none, init moves /dev, /proc, /sys and /run
 //   into it and switch_roots to its /sbin/init (systemd), which then owns the
-//   machine: its poweroff goes through SBI system reset.
+//   machine: its poweroff goes through the syscon finisher (Debian's kernel
+//   drives syscon-poweroff), as the busybox guest's does.
 // - `tsvisor.share=TAG:/GUEST/DIR[,TAG:/DIR...]` (`tsvisor run --share`)
 //   makes init mount each virtio-fs device TAG at its directory once the
 //   virtio drivers are loaded (mkdir -p first). A directory holds no comma,
