@@ -27,11 +27,11 @@ import { chmod, copyFile, mkdir, readFile, readdir, rename, rm, stat, symlink, w
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PrivateApt, parseControl, type AptSource } from "./apt.js";
-import { DEBIAN_MIRROR, DEBIAN_SUITE, pullDebianImage, type PullOptions } from "./debian.js";
+import { DEBIAN_MIRROR, DEBIAN_SUITE, pullContext, pullDebianImage, type PullOptions } from "./debian.js";
 import { ImageError } from "./errors.js";
 import { readDecompressedMany, runOrFail, runTool } from "./host-tools.js";
 import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
-import { defaultCacheDir, makeBuildDir, makeDirectories, removeAbandonedBuilds, writeDurably } from "./image-cache.js";
+import { makeBuildDir, makeDirectories, removeAbandonedBuilds, writeDurably } from "./image-cache.js";
 import { rawToQcow2 } from "./qcow2-convert.js";
 
 /** What the brief of the image names on top of debootstrap's required + important. */
@@ -101,11 +101,8 @@ export async function checkCachedSystem(dir: string): Promise<SystemManifest | u
 }
 
 export async function pullDebianSystem(opts: SystemPullOptions = {}): Promise<PulledSystem> {
-  const cacheDir = opts.cacheDir ?? defaultCacheDir();
-  const source: AptSource = { mirror: (opts.mirror ?? DEBIAN_MIRROR).replace(/\/+$/, ""), suite: opts.suite ?? DEBIAN_SUITE, component: "main", arch: "riscv64" };
+  const { cacheDir, source, say, progress } = pullContext(opts);
   const dir = debianSystemDir(cacheDir, source.suite);
-  const say = opts.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const progress = (line: string) => say(`tsvisor image: ${line}`);
   if (!opts.force) {
     const cached = await checkCachedSystem(dir);
     if (cached) return { diskPath: join(dir, cached.disk.file), manifest: cached, fromCache: true };

@@ -50,12 +50,16 @@ export interface PulledImage {
   manifest: ImageManifest;
 }
 
-export async function pullDebianImage(opts: PullOptions = {}): Promise<PulledImage> {
-  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+/** What every pull starts from: the cache, the archive to fetch from, and its progress lines. */
+export function pullContext(opts: PullOptions): { cacheDir: string; source: AptSource; say: (line: string) => void; progress: (line: string) => void } {
   const source: AptSource = { mirror: (opts.mirror ?? DEBIAN_MIRROR).replace(/\/+$/, ""), suite: opts.suite ?? DEBIAN_SUITE, component: "main", arch: "riscv64" };
-  const imageDir = debianImageDir(cacheDir, source.suite);
   const say = opts.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const progress = (line: string) => say(`tsvisor image: ${line}`);
+  return { cacheDir: opts.cacheDir ?? defaultCacheDir(), source, say, progress: (line) => say(`tsvisor image: ${line}`) };
+}
+
+export async function pullDebianImage(opts: PullOptions = {}): Promise<PulledImage> {
+  const { cacheDir, source, progress } = pullContext(opts);
+  const imageDir = debianImageDir(cacheDir, source.suite);
 
   const recipe = initramfsRecipe();
   if (!opts.force) {
