@@ -86,7 +86,8 @@ export const CTX_STORE_OFF: u32 = 944;
 // instruction back to the interpreter.
 export const JIT_CACHE_OFF: u32 = 952;
 export const JIT_BAIL_OFF: u32 = 960;
-// TLB entries filled from superpage PTEs since the last full flush (tlb.ts).
+// Distinct superpages with TLB entries since the last full flush (tlb.ts):
+// their count, TLB_SUPER_MAX + 1 once the list overflowed.
 export const TLB_SUPER_FILLS_OFF: u32 = 968;
 
 // Cross-thread requests (requests.ts): a u32 of REQ_* bits other threads set
@@ -106,10 +107,16 @@ export const DIRTY_LOG_OFF: u32 = 992;
 // completion against that would perform the device access a second time.
 export const MMIO_KEY_ADDR_OFF: u32 = 1000;
 export const MMIO_KEY_ACCESS_OFF: u32 = 1008;
+// TLB generation (tlb.ts): part of every tag, so a full flush only counts up.
+export const TLB_EPOCH_OFF: u32 = 1016;
 
 // Software TLB (tlb.ts): three direct-mapped arrays (fetch, load, store).
 export const TLB_OFF: u32 = 1024;
-export const TLB_ENTRIES: u32 = 256;
+// 8192 entries map 32 MiB per array (448 KiB of hart block): programs that
+// touch a few MiB at random (hash tables, pointer chasing) ran 2 to 8 times
+// slower with 256, on page walks (bench:guest). A full flush costs nothing at
+// any size (tlb.ts: epochs).
+export const TLB_ENTRIES: u32 = 8192;
 export const TLB_ENTRY_SIZE: u32 = 16;
 export const TLB_ARRAY_SIZE: u32 = TLB_ENTRIES * TLB_ENTRY_SIZE;
 export const TLB_FETCH_OFF: u32 = TLB_OFF;
@@ -120,12 +127,13 @@ export const TLB_STORE_OFF: u32 = TLB_OFF + 2 * TLB_ARRAY_SIZE;
 // can key translations by guest-physical address without a page walk.
 export const TLB_FETCH_GPA_OFF: u32 = TLB_OFF + 3 * TLB_ARRAY_SIZE;
 
-// Level of the leaf PTE each entry came from (0: a 4 KiB page), one byte per
-// entry of the three arrays: SFENCE.VMA of one address must also drop the
-// entries a superpage covering it made for its other 4 KiB pages.
-export const TLB_LEVEL_OFF: u32 = TLB_FETCH_GPA_OFF + TLB_ENTRIES * 8;
 
-export const HART_STATE_SIZE: u32 = TLB_LEVEL_OFF + 3 * TLB_ENTRIES;
+// The superpages the TLB holds entries from (tlb.ts): u64 each, the
+// superpage's virtual address | its level (1 to 4).
+export const TLB_SUPER_MAX: u32 = 16;
+export const TLB_SUPER_LIST_OFF: u32 = TLB_FETCH_GPA_OFF + TLB_ENTRIES * 8;
+
+export const HART_STATE_SIZE: u32 = TLB_SUPER_LIST_OFF + TLB_SUPER_MAX * 8;
 
 // ---- the running hart ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ import * as hart from "./hart";
 import { setCurrentHart, HART_STATE_SIZE, PC_OFF, PRIV_OFF, TIME_OFF, MTIMECMP_OFF, TICK_INSNS_OFF, TICK_LEFT_OFF,
   SBI_MODE_OFF, HTIF_TOHOST_OFF, P2M_TABLE_OFF, P2M_BASE_GFN_OFF, P2M_COUNT_OFF,
   LINE_MEIP_OFF, LINE_SEIP_OFF, LINE_MSIP_OFF, WAITING_OFF, TIME_FLOOR_OFF, DIRTY_LOG_OFF, MIE_OFF } from "./hart";
-import { tlbFlushAll, updateTlbContext } from "./tlb";
+import { tlbClearAll, updateTlbContext } from "./tlb";
 import { csrReadRaw, csrWriteRaw, csrSetBits } from "./csr";
 import { resetHart } from "./reset";
 import { runHart, jitExecOne, C_DECODE_TABLE_END } from "./execute";
@@ -94,7 +94,7 @@ export function setP2m(h: usize, table: usize, baseGfn: u64, count: u64): void {
  *  Only on the thread that runs the hart; from any other, post REQ_TLB_FLUSH. */
 export function tlbFlush(h: usize): void {
   setCurrentHart(h);
-  tlbFlushAll();
+  tlbClearAll();
 }
 
 /** Post REQ_* bits to hart `h` (requests.ts); callable from any thread, also

@@ -11,7 +11,7 @@ import {
   TICK_INSNS_OFF, TICK_LEFT_OFF, RUN_REASON_OFF, TLB_OFF, JIT_CACHE_OFF, PRV_M, MSTATUS_XLEN64, rd,
   REQ_OFF, TIME_FLOOR_OFF, DIRTY_LOG_OFF, LINE_MEIP_OFF, RES_VALID_OFF,
 } from "./hart";
-import { tlbFlushAll, updateTlbContext } from "./tlb";
+import { tlbClearAll } from "./tlb";
 import { REQ_EXIT } from "./requests";
 
 export function resetHart(hartId: u64, resetPc: u64): void {
@@ -38,6 +38,5 @@ export function resetHart(hartId: u64, resetPc: u64): void {
   wr(STIMECMP_OFF, 0xffffffffffffffff);
   if (rd(TICK_INSNS_OFF) == 0) wr(TICK_INSNS_OFF, 1);
   wr(TICK_LEFT_OFF, rd(TICK_INSNS_OFF));
-  tlbFlushAll();
-  updateTlbContext();
+  tlbClearAll();
 }

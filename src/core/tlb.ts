@@ -13,10 +13,22 @@
 // changes the p2m (tlbFlush export). SFENCE.VMA with an address drops only
 // what maps that address (Linux issues one after most PTE changes: some 100,000
 // in a boot, which used to empty the whole TLB each time).
+//
+// A full flush does not touch the arrays: the context also holds a 6-bit
+// epoch, which the flush counts up, so every older entry misses; only when
+// the epoch wraps are the arrays really cleared. That keeps flushes (a satp
+// write at each context switch) free whatever the TLB's size.
+//
+// Superpages: a superpage PTE makes one entry per 4 KiB page touched, in the
+// slots of those pages. SFENCE.VMA of one address must drop them all, so the
+// TLB keeps a short list of the superpages it holds entries from; a flush of
+// an address outside all of them (the usual case: Linux flushes user pages,
+// the kernel maps its memory with superpages) costs a few compares.
 
 import {
-  H, TLB_ENTRIES, TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRY_SIZE, TLB_LEVEL_OFF, TLB_SUPER_FILLS_OFF, TLB_OFF,
+  H, TLB_ENTRIES, TLB_FETCH_OFF, TLB_LOAD_OFF, TLB_STORE_OFF, TLB_ENTRY_SIZE, TLB_SUPER_FILLS_OFF, TLB_OFF,
   MSTATUS_OFF, SATP_OFF, PRIV_OFF, rd, wr, CTX_FETCH_OFF, CTX_LOAD_OFF, CTX_STORE_OFF, TLB_FETCH_GPA_OFF,
+  TLB_EPOCH_OFF, TLB_SUPER_LIST_OFF, TLB_SUPER_MAX,
   MSTATUS_MPRV, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_SUM, MSTATUS_MXR, PRV_M,
 } from "./hart";
 import { walkLevel } from "./mmu";
@@ -29,6 +41,13 @@ export let dataPriv: u32 = 0;
 
 const CTX_VALID: u64 = 0x100;
 const INVALID_TAG: u64 = 0xffffffffffffffff;
+/** The context's free bits (5-7, 9-11) carry the epoch. */
+const EPOCHS: u64 = 64;
+
+@inline function epochBits(): u64 {
+  const e = rd(TLB_EPOCH_OFF);
+  return ((e & 7) << 5) | ((e >> 3) << 9);
+}
 
 /** Recompute the contexts; call after any change of priv, mstatus or satp. */
 export function updateTlbContext(): void {
@@ -42,9 +61,10 @@ export function updateTlbContext(): void {
   const dataOn: u64 = dp != PRV_M ? satpOn : 0;
   const sum: u64 = (ms & MSTATUS_SUM) != 0 ? 1 : 0;
   const mxr: u64 = (ms & MSTATUS_MXR) != 0 ? 1 : 0;
-  ctxFetch = CTX_VALID | <u64>priv | (fetchOn << 4);
-  ctxLoad = CTX_VALID | <u64>dp | (dataOn << 4) | (sum << 2) | (mxr << 3);
-  ctxStore = CTX_VALID | <u64>dp | (dataOn << 4) | (sum << 2);
+  const valid = CTX_VALID | epochBits();
+  ctxFetch = valid | <u64>priv | (fetchOn << 4);
+  ctxLoad = valid | <u64>dp | (dataOn << 4) | (sum << 2) | (mxr << 3);
+  ctxStore = valid | <u64>dp | (dataOn << 4) | (sum << 2);
   wr(CTX_FETCH_OFF, ctxFetch);
   wr(CTX_LOAD_OFF, ctxLoad);
   wr(CTX_STORE_OFF, ctxStore);
@@ -58,29 +78,71 @@ export function tlbFlushFetch(): void {
   }
 }
 
+/** Flush everything: a new epoch (see above); the contexts follow. */
 export function tlbFlushAll(): void {
+  const epoch = (rd(TLB_EPOCH_OFF) + 1) & (EPOCHS - 1);
+  if (epoch == 0) tlbClearAll();
+  else {
+    wr(TLB_EPOCH_OFF, epoch);
+    wr(TLB_SUPER_FILLS_OFF, 0);
+  }
+  updateTlbContext();
+}
+
+/** Invalidate every entry for real (epoch wrap, hart reset, a new p2m). */
+export function tlbClearAll(): void {
   for (let i: u32 = 0; i < 3 * TLB_ENTRIES; i++) {
     store<u64>(H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE), INVALID_TAG);
   }
+  wr(TLB_EPOCH_OFF, 0);
   wr(TLB_SUPER_FILLS_OFF, 0);
+  updateTlbContext();
 }
 
 /**
  * SFENCE.VMA rs1 = va (spec 4.2.1): drop every entry the leaf PTE mapping va
- * may have made. A 4 KiB page has one place in each array; a superpage may
- * have made entries for any of its pages, so when there are superpage entries
- * each one is checked against the superpage around va at its own level.
+ * may have made: its page's slot in each array, and when va lies in a
+ * superpage the TLB holds entries from, every entry inside that superpage.
  */
 export function tlbFlushPage(va: u64): void {
   const idx = tlbIndex(va);
   for (let a: u32 = 0; a < 3; a++) store<u64>(H + TLB_FETCH_OFF + <usize>(a * TLB_ENTRIES * TLB_ENTRY_SIZE) + idx, INVALID_TAG);
-  if (rd(TLB_SUPER_FILLS_OFF) == 0) return;
-  for (let i: u32 = 0; i < 3 * TLB_ENTRIES; i++) {
-    const level = <u64>load<u8>(H + TLB_LEVEL_OFF + <usize>i);
-    if (level == 0) continue;
-    const e = H + TLB_FETCH_OFF + <usize>(i * TLB_ENTRY_SIZE);
-    const tag = load<u64>(e);
-    if (tag != INVALID_TAG && ((tag ^ va) >> (12 + 9 * level)) == 0) store<u64>(e, INVALID_TAG);
+  let n = <u32>rd(TLB_SUPER_FILLS_OFF);
+  if (n == 0) return;
+  if (n > TLB_SUPER_MAX) {
+    // The list overflowed: any entry may come from a superpage around va.
+    tlbFlushAll();
+    return;
+  }
+  for (let i: u32 = 0; i < n; ) {
+    const s = load<u64>(H + TLB_SUPER_LIST_OFF + <usize>(i * 8));
+    const level = <u32>(s & 7);
+    if (((s ^ va) >> (12 + 9 * <u64>level)) != 0) { i++; continue; }
+    dropRange(va, level);
+    // Every entry of that superpage is gone: take it off the list.
+    n--;
+    store<u64>(H + TLB_SUPER_LIST_OFF + <usize>(i * 8), load<u64>(H + TLB_SUPER_LIST_OFF + <usize>(n * 8)));
+  }
+  wr(TLB_SUPER_FILLS_OFF, n);
+}
+
+/** Drop every entry for a page inside the level-`level` superpage around va.
+ *  A 2 MiB superpage's pages sit in 512 consecutive slots; larger ones may
+ *  be anywhere. */
+function dropRange(va: u64, level: u32): void {
+  const shift = 12 + 9 * <u64>level;
+  let first: u32 = 0;
+  let count: u32 = TLB_ENTRIES;
+  if (level == 1 && TLB_ENTRIES >= 512) {
+    first = <u32>((va >> 12) & <u64>(TLB_ENTRIES - 1)) & ~(<u32>511);
+    count = 512;
+  }
+  for (let a: u32 = 0; a < 3; a++) {
+    for (let i: u32 = first; i < first + count; i++) {
+      const e = H + TLB_FETCH_OFF + <usize>((a * TLB_ENTRIES + i) * TLB_ENTRY_SIZE);
+      const tag = load<u64>(e);
+      if (tag != INVALID_TAG && ((tag ^ va) >> shift) == 0) store<u64>(e, INVALID_TAG);
+    }
   }
 }
 
@@ -94,8 +156,17 @@ export function tlbFill(arrayOff: u32, va: u64, ctx: u64, hostPage: usize): void
   const vpage = va & ~(<u64>0xfff);
   store<u64>(e, vpage | ctx);
   store<u64>(e, (<u64>hostPage) - vpage, 8);
-  store<u8>(H + TLB_LEVEL_OFF + <usize>((arrayOff - TLB_OFF) / TLB_ENTRY_SIZE) + (idx >> 4), <u8>walkLevel);
-  if (walkLevel != 0) wr(TLB_SUPER_FILLS_OFF, rd(TLB_SUPER_FILLS_OFF) + 1);
+  if (walkLevel != 0) noteSuperpage(va, walkLevel);
+}
+
+/** Put the superpage around va on the list (see tlbFlushPage), once. */
+function noteSuperpage(va: u64, level: u32): void {
+  const n = <u32>rd(TLB_SUPER_FILLS_OFF);
+  if (n > TLB_SUPER_MAX) return;
+  const s = (va & ~((<u64>1 << (12 + 9 * <u64>level)) - 1)) | <u64>level;
+  for (let i: u32 = 0; i < n; i++) if (load<u64>(H + TLB_SUPER_LIST_OFF + <usize>(i * 8)) == s) return;
+  if (n < TLB_SUPER_MAX) store<u64>(H + TLB_SUPER_LIST_OFF + <usize>(n * 8), s);
+  wr(TLB_SUPER_FILLS_OFF, n + 1);
 }
 
 /** Fetch fills also record the guest-physical page (translations are keyed by it). */

@@ -62,6 +62,10 @@ TEST_BEGIN
   la t0, DPAGE; srli t0, t0, 12; slli t0, t0, 10; ori t0, t0, V|R|W|A|D; sd t0, 8(t1)
   la t0, DPAGE; li t1, 0x00008067; sw t1, 0(t0)   /* ret */
   li t1, 0x1234; sd t1, 8(t0)
+  /* written, not loaded with the image: an image page never written may be
+   * a frame shared between VMs, which the TLB does not cache for loads, and
+   * the SFENCE.VMA cases below need cached translations to be meaningful */
+  la t0, DPAGE2; li t1, 0x5678; sd t1, 8(t0)
   /* satp, then S-mode */
   la t0, ROOT; srli t0, t0, 12; li t1, SATP_MODE; slli t1, t1, 60; or t0, t0, t1; csrw satp, t0
   sfence.vma
@@ -152,7 +156,50 @@ u_done:
   sfence.vma t3, zero
   li s1, -1; la s4, 9f; ld a1, 8(t4); j fail
 9: li t0, 13; bne s1, t0, fail; addi t0, t4, 8; bne s2, t0, fail
+  /* the same with 2 MiB superpages (entries 2.. of the table above LEAF, each
+   * mapping the image's first 2 MiB), first one, then 18 of them at once */
+  li TESTNUM, 29
+  li a3, 2; li a4, 2; jal superpage_fence
+  li TESTNUM, 30
+  li a3, 2; li a4, 19; jal superpage_fence
+  /* a changed PTE is seen after many fences in a row too (a TLB that tags its
+   * entries with a count of flushes must not let an old one match again when
+   * the count wraps) */
+  li TESTNUM, 31
+  li t0, PAGE(1); ld a0, 8(t0); li t1, 0x1234; bne a0, t1, fail
+  SET_LEAF(1, V|R|W|A|D, DPAGE2)
+  li t3, 64
+1: sfence.vma; addi t3, t3, -1; bnez t3, 1b
+  li t0, PAGE(1); ld a0, 8(t0); li t1, 0x5678; bne a0, t1, fail
   j pass
+
+/* Map 2 MiB superpages at entries a3..a4 of the table above LEAF, touch two
+ * pages of each (DPAGE's and the last one), unmap the last superpage, fence
+ * its first page: its last must fault. */
+superpage_fence:
+  mv s5, ra
+  la a2, LEAF; li t0, 4096; sub a2, a2, t0
+  li t0, 0x80000000; srli t0, t0, 12; slli t0, t0, 10; ori t0, t0, V|R|W|A|D
+  slli t1, a3, 3; add t1, a2, t1; slli t2, a4, 3; add t2, a2, t2
+1: sd t0, 0(t1); addi t1, t1, 8; bleu t1, t2, 1b
+  sfence.vma
+  li t2, 0x80000000
+  la t3, DPAGE; sub t3, t3, t2; li t4, (1 << 21) - 4096
+  mv t6, a3
+2: slli t5, t6, 21; li t0, VA_TEST; add t5, t5, t0
+  add t0, t5, t3; ld a0, 8(t0); add t0, t5, t4; sd t6, 8(t0); ld a1, 8(t0); bne a1, t6, fail
+  addi t6, t6, 1; bleu t6, a4, 2b
+  add t3, t3, t5; add t4, t4, t5
+  slli t2, a4, 3; add t2, a2, t2; sd zero, 0(t2)
+  sfence.vma t3, zero
+  li s1, -1; la s4, 9f; ld a1, 8(t4); j fail
+9: li t0, 13; bne s1, t0, fail; addi t0, t4, 8; bne s2, t0, fail
+  /* unmap the rest */
+  slli t1, a3, 3; add t1, a2, t1; slli t2, a4, 3; add t2, a2, t2
+3: sd zero, 0(t1); addi t1, t1, 8; bleu t1, t2, 3b
+  sfence.vma
+  mv ra, s5
+  ret
 
   .balign 4
 mhandler:
@@ -185,5 +232,5 @@ ROOT: .zero 4096
 TABLES: .zero 4096 * (LEVELS - 2)
 LEAF: .zero 4096
 DPAGE: .zero 4096
-DPAGE2: .dword 0, 0x5678
+DPAGE2: .zero 4096
   .zero 4096 - 16
