@@ -181,21 +181,23 @@ export function field(r: Map<string, Record<string, string>>, key: string, word:
 }
 
 /** Shell prelude: the helper at /tmp/p, fail() that reports and stops, and
- *  settle(): waits until the guest's CPU is at least 90% idle over half a
- *  second. Right after init starts the command, the Debian kernel still runs
- *  a crypto self-test in the background (cryptomgr_test, ~3 s of guest CPU
- *  under tsvisor's interpreter); measuring then would halve the figures. */
+ *  settle(): waits until every guest CPU is at least 90% idle over half a
+ *  second (the first line of /proc/stat sums them). Right after init starts
+ *  the command, the Debian kernel still runs a crypto self-test in the
+ *  background (cryptomgr_test, ~3 s of guest CPU under tsvisor's
+ *  interpreter); measuring then would halve the figures. */
 export function prelude(helperFrom: string): string {
   return `${helperFrom}
 chmod +x /tmp/p
 fail() { echo "BENCH-FAIL $1"; cat /tmp/t 2>/dev/null; exit 1; }
 settle() {
   n=0
+  want=$((45 * $(grep -c ^processor /proc/cpuinfo)))
   while [ $n -lt 60 ]; do
     read -r _ _ _ _ a _ < /proc/stat
     sleep 0.5
     read -r _ _ _ _ b _ < /proc/stat
-    [ $((b - a)) -ge 45 ] && break
+    [ $((b - a)) -ge $want ] && break
     n=$((n + 1))
   done
   echo "BENCH settle waits $n"

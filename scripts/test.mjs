@@ -17,5 +17,11 @@ const files = [];
 })(join(root, "dist"));
 files.sort();
 const extra = process.argv.slice(2);
+// Each file's process exits once its tests are done. Without this, a file
+// whose tests all passed could keep the run waiting for ever: Node 20 was
+// seen spinning at exit in its handle cleanup (FreeEnvironment ->
+// CleanupHandles, no syscall, no JavaScript) after the tap tests of
+// src/net/nat/tcp.test.ts, for 20 minutes, until killed.
+if (process.allowedNodeEnvironmentFlags.has("--test-force-exit")) extra.unshift("--test-force-exit");
 const r = spawnSync(process.execPath, ["--test", ...extra, ...files], { cwd: root, stdio: "inherit" });
 process.exit(r.status ?? 1);
