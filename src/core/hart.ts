@@ -127,7 +127,6 @@ export const TLB_STORE_OFF: u32 = TLB_OFF + 2 * TLB_ARRAY_SIZE;
 // can key translations by guest-physical address without a page walk.
 export const TLB_FETCH_GPA_OFF: u32 = TLB_OFF + 3 * TLB_ARRAY_SIZE;
 
-
 // The superpages the TLB holds entries from (tlb.ts): u64 each, the
 // superpage's virtual address | its level (1 to 4).
 export const TLB_SUPER_MAX: u32 = 16;

@@ -233,4 +233,3 @@ TABLES: .zero 4096 * (LEVELS - 2)
 LEAF: .zero 4096
 DPAGE: .zero 4096
 DPAGE2: .zero 4096
-  .zero 4096 - 16
