@@ -33,7 +33,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmS
 import { cpus as hostCpus } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { bin, field, log, prelude, prepareGuestBench, results, type Engine, type GuestBench } from "./guest-run.js";
+import { SETTLE, bin, field, log, prelude, prepareGuestBench, results, type Engine, type GuestBench } from "./guest-run.js";
 import { createQcow2 } from "../src/backends/disk/qcow2/create.js";
 import { keptDiskPath } from "../src/cli/system-image.js";
 import { defaultCacheDir } from "../src/images/image-cache.js";
@@ -156,19 +156,13 @@ function makeProject(dir: string): void {
   writeFileSync(join(p, "Makefile"), lines(`CC = gcc`, `CFLAGS = -O2 -Wall`, `OBJS = ${objs}`, ``, `prog: $(OBJS)`, `\t$(CC) -o $@ $(OBJS)`, ``, `%.o: %.c proj.h`, `\t$(CC) $(CFLAGS) -c -o $@ $<`));
 }
 
-/** settle() of the busybox benches' prelude, for a script without the timing helper. */
-function settleFunction(): string {
-  const p = prelude("true");
-  return p.slice(p.indexOf("settle() {"));
-}
-
 /** The build script, run chrooted in the Debian system: ROUNDS times, untar and make in `dir`. */
 function buildScript(dir: string, mount: string, rounds: number): string {
   const rs = Array.from({ length: rounds }, (_, i) => i + 1).join(" ");
   return `fail() { echo "BENCH-FAIL $1"; cat /tmp/log 2>/dev/null; exit 1; }
 cat > /tmp/proj.tar || fail stdin
 ${mount}
-${settleFunction()}
+${SETTLE}
 settle
 now() { date +%s.%N; }
 since() { echo "$(now) $1" | awk '{ printf "%.3f", $1 - $2 }'; }

@@ -180,17 +180,12 @@ export function field(r: Map<string, Record<string, string>>, key: string, word:
   return v;
 }
 
-/** Shell prelude: the helper at /tmp/p, fail() that reports and stops, and
- *  settle(): waits until every guest CPU is at least 90% idle over half a
+/** settle(): waits until every guest CPU is at least 90% idle over half a
  *  second (the first line of /proc/stat sums them). Right after init starts
  *  the command, the Debian kernel still runs a crypto self-test in the
  *  background (cryptomgr_test, ~3 s of guest CPU under tsvisor's
  *  interpreter); measuring then would halve the figures. */
-export function prelude(helperFrom: string): string {
-  return `${helperFrom}
-chmod +x /tmp/p
-fail() { echo "BENCH-FAIL $1"; cat /tmp/t 2>/dev/null; exit 1; }
-settle() {
+export const SETTLE = `settle() {
   n=0
   want=$((45 * $(grep -c ^processor /proc/cpuinfo)))
   while [ $n -lt 60 ]; do
@@ -203,6 +198,13 @@ settle() {
   echo "BENCH settle waits $n"
 }
 `;
+
+/** Shell prelude: the helper at /tmp/p, fail() that reports and stops, and settle() (SETTLE). */
+export function prelude(helperFrom: string): string {
+  return `${helperFrom}
+chmod +x /tmp/p
+fail() { echo "BENCH-FAIL $1"; cat /tmp/t 2>/dev/null; exit 1; }
+${SETTLE}`;
 }
 
 /** The VMs of a VM-to-VM transfer: their addresses on eth0 and the port the receiver listens on. */
