@@ -29,7 +29,7 @@
 //   node dist/bench/fs.js --no-build      (the busybox part only: no Debian system)
 
 import { spawnSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus as hostCpus } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -37,6 +37,7 @@ import { SETTLE, bin, field, log, prelude, prepareGuestBench, results, type Engi
 import { createQcow2 } from "../src/backends/disk/qcow2/create.js";
 import { keptDiskPath } from "../src/cli/system-image.js";
 import { defaultCacheDir } from "../src/images/image-cache.js";
+import { checkCachedSystem, debianSystemDir } from "../src/images/debian-system.js";
 
 const MEM = "512M";
 const DISK_MIB = 512;
@@ -177,29 +178,19 @@ done
 `;
 }
 
-/** The virtual size of a qcow2 image (header field at byte 24). */
-function qcow2VirtualSize(path: string): number {
-  const fd = openSync(path, "r");
-  try {
-    const h = Buffer.alloc(32);
-    readSync(fd, h, 0, 32, 0);
-    if (h.readUInt32BE(0) !== 0x514649fb) throw new Error(`${path} is not a qcow2 image`);
-    return Number(h.readBigUInt64BE(24));
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** Runs the tsvisor CLI with the terminal's stderr (progress); throws with its status. */
 function tsvisorCli(args: string[], what: string): void {
   const r = spawnSync(process.execPath, [bin, ...args], { stdio: ["ignore", "ignore", "inherit"], timeout: 3_600_000 });
   if (r.status !== 0) throw new Error(`${what} failed (status ${r.status ?? r.signal})`);
 }
 
-/** The kept Debian disk with gcc and make: the system image pulled and the packages installed on first use. */
-function gccDisk(): string {
+/** The kept Debian disk with gcc and make, and its virtual size (the system
+ *  image's): the image pulled and the packages installed on first use. */
+async function gccDisk(): Promise<{ disk: string; size: number }> {
   log("the Debian system image (image pull debian: built once, 10 to 15 minutes)");
   tsvisorCli(["image", "pull", "debian"], "image pull debian");
+  const system = await checkCachedSystem(debianSystemDir(defaultCacheDir()));
+  if (!system) throw new Error("image pull debian succeeded, but its image is not in the cache");
   const disk = keptDiskPath(defaultCacheDir(), BUILD_DISK);
   const ready = `${disk}.gcc`;
   if (!existsSync(ready)) {
@@ -208,7 +199,7 @@ function gccDisk(): string {
       "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev make >/dev/null"], "installing gcc");
     writeFileSync(ready, "gcc libc6-dev make\n");
   }
-  return disk;
+  return { disk, size: system.disk.virtualSize };
 }
 
 interface BuildFigures {
@@ -221,8 +212,7 @@ interface BuildFigures {
 async function runBuilds(bench: GuestBench, rounds: number): Promise<BuildFigures[]> {
   const { image, withQemu, scratch, runner } = bench;
   console.log(`C build: the Debian system disk (image pull debian) with gcc and make, ${BUILD_MEM}, 1 vCPU; best of ${rounds} round(s)`);
-  const disk = gccDisk();
-  const size = qcow2VirtualSize(disk);
+  const { disk, size } = await gccDisk();
   const src = join(scratch, "proj-src");
   makeProject(src);
   const tarball = join(scratch, "proj.tar");
