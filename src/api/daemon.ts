@@ -13,6 +13,7 @@ import { ManagedVm, type SnapshotView, type MigrationStatus } from "./managed-vm
 import { readSnapshotMeta, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError } from "../snapshot/state.js";
 import { StateStore } from "./store.js";
+import { cloneNets, type MacChange } from "./clone-macs.js";
 import type { MigrationListener, IncomingMigration } from "../snapshot/migration/receiver.js";
 import type { MigrationResult } from "../snapshot/migration/sender.js";
 
@@ -285,15 +286,17 @@ export class Daemon {
   }
 
   /**
-   * POST /v1/restore: `{ path, name?, paused? }`. The VM is defined by the
-   * definition stored in the snapshot (checked as a create request's: the
-   * file is not trusted), under `name` when given, and registered and
-   * persisted as a created VM is, running or paused. A snapshot taken
-   * through the engine API has none: then one from its shape, without disks
-   * or network cards.
+   * POST /v1/restore: `{ path, name?, paused?, keepMacs? }`. The VM is
+   * defined by the definition stored in the snapshot (checked as a create
+   * request's: the file is not trusted), under `name` when given, and
+   * registered and persisted as a created VM is, running or paused. A
+   * snapshot taken through the engine API has none: then one from its shape,
+   * without disks or network cards. Under another name than the snapshot's
+   * VM it is a clone, whose network cards get new MAC addresses
+   * (clone-macs.ts) unless `keepMacs`.
    */
   async restoreSnapshot(body: unknown): Promise<ManagedVm> {
-    const b = fields(body, { path: "string", name: "string", paused: "boolean" });
+    const b = fields(body, { path: "string", name: "string", paused: "boolean", keepMacs: "boolean" });
     const path = absolutePath(b.path);
     const newName = b.name === undefined ? undefined : checkName(b.name);
     let meta: SnapshotMeta;
@@ -303,13 +306,20 @@ export class Daemon {
       if (e instanceof SnapshotError) throw new ApiError(422, e.message);
       throw e;
     }
-    const def = this.definitionOf(meta, path, newName);
+    let def = this.definitionOf(meta, path, newName);
     if (this.vms.has(def.name)) throw new ApiError(409, `a VM named '${def.name}' exists already`);
+    const isClone = newName !== undefined && newName !== this.definitionOf(meta, path, undefined).name;
+    let macs: MacChange[] = [];
+    if (isClone && b.keepMacs !== true) {
+      const clone = cloneNets(def.nets, def.name);
+      def = { ...def, nets: clone.nets };
+      macs = clone.changes;
+    }
     const vm = this.newVm(def);
     // Its name is taken while its devices open; given back if the restore fails.
     this.vms.set(def.name, vm);
     try {
-      await vm.restoreFrom(path, b.paused === true);
+      await vm.restoreFrom(path, b.paused === true, macs);
     } catch (e) {
       this.vms.delete(def.name);
       throw e;

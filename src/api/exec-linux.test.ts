@@ -25,7 +25,7 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
   const host = await TestHost.start(dir);
   const exec = (stdin: string | Buffer, ...args: string[]): Promise<Run> => tsvisor(["vm", "exec", "a", "--host", host.socket, "--", ...args], stdin);
   try {
-    const created = await host.vm("create", "a", "--mem", "256M", "--net", "none", "--start");
+    const created = await host.vm("create", "a", "--mem", "256M", "--net", "user", "--start");
     assert.equal(created.status, 0, created.stderr);
     const info = JSON.parse((await host.vm("info", "a", "--json")).stdout);
     assert.equal(info.vsock.path, join(dir, "state", "vsock", "a.sock"));
@@ -95,6 +95,9 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
       if ((await exec("", "ps")).stdout.includes("sleep 300")) break;
       assert.ok(i < 50, "the sleep never started");
     }
+    const guestMac = async (vm: string) => (await tsvisor(["vm", "exec", vm, "--host", host.socket, "--", "cat", "/sys/class/net/eth0/address"])).stdout.trim();
+    const macA = await guestMac("a");
+    assert.match(macA, /^52:54:00(:[0-9a-f]{2}){3}$/);
     const snap = join(dir, "a.snap");
     const taken = await host.vm("snapshot", "a", snap);
     assert.equal(taken.status, 0, taken.stderr);
@@ -110,6 +113,23 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     const inB = await tsvisor(["vm", "exec", "b", "--host", host.socket, "--", "sh", "-c", "echo b; cat"], "via b\n");
     assert.equal(inB.status, 0, `${inB.stderr}\n${host.stderr}`);
     assert.equal(inB.stdout, "b\nvia b\n");
+    // b is a clone (another name than the snapshot's VM): its card has a MAC
+    // address of its own, which its guest took before the restore returned.
+    const macOf = async (vm: string) => /mac=([0-9a-f:]{17})/.exec(JSON.parse((await host.vm("info", vm, "--json")).stdout).config.nets[0])?.[1];
+    const macB = await macOf("b");
+    assert.ok(macB && macA !== macB, `${macA} ${macB}`);
+    assert.equal(await guestMac("b"), macB);
+    assert.equal(await guestMac("a"), macA, "the original keeps its own");
+    assert.match(host.stderr, new RegExp(`its guest took its new MAC addresses \\(${macA} -> ${macB}\\)`));
+    // A clone restored paused takes its address when resumed.
+    assert.equal((await host.vm("restore", snap, "--name", "c", "--paused")).status, 0);
+    assert.equal(await macOf("c") !== macA, true);
+    assert.equal((await host.vm("resume", "c")).status, 0);
+    for (let i = 0; (await guestMac("c")) !== (await macOf("c")); i++) {
+      assert.ok(i < 50, `c's guest never took its address:\n${host.stderr}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal((await host.vm("stop", "c")).status, 0);
     // In the original the session is alive: its command ends by a signal from another session.
     assert.equal((await exec("", "killall", "sleep")).status, 0);
     const original = await inFlight;

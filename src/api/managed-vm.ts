@@ -21,6 +21,9 @@ import type { VmDefinition, VmPatch } from "./definition.js";
 import type { MigrateTarget, MigrationResult, MigrationProgress } from "../snapshot/migration/sender.js";
 import type { IncomingVmConfig } from "../snapshot/migration/receiver.js";
 import { MigrationError } from "../snapshot/migration/stream.js";
+import { VirtioNet } from "../devices/virtio/net.js";
+import { MAC_CHANGE_TIMEOUT_MS, macChangeScript, type MacChange } from "./clone-macs.js";
+import { runInGuest } from "./guest-command.js";
 
 export type ManagedState = "created" | "starting" | "running" | "paused" | "stopping" | "stopped";
 
@@ -127,6 +130,8 @@ export class ManagedVm {
   private runDone: Promise<void> | undefined;
   private lastStats: StatsView | undefined;
   private _migration: MigrationStatus | undefined;
+  /** A clone restored paused: the addresses its guest is to take when it first runs (clone-macs.ts). */
+  private pendingMacs: MacChange[] | undefined;
 
   /** `restored`: brought back from the state directory, so "stopped" rather than "created". */
   /** `vsock`: the `--vsock` spec its devices open with (the daemon's choice, Daemon.vsockSpec), or none. */
@@ -219,8 +224,12 @@ export class ManagedVm {
    * them, in the same slots, and the engine VM restored running (or paused).
    * A file that is no usable snapshot, or whose devices differ from the
    * definition's, is refused with 422 and nothing is left open.
+   * `macs`: a clone's cards, whose definition has new addresses (clone-macs.ts):
+   * they hold their traffic until the guest has taken them, which it does
+   * through its agent as soon as it runs (here, or at the first resume); a
+   * guest that cannot stops the VM, refused with 409.
    */
-  async restoreFrom(path: string, paused: boolean): Promise<void> {
+  async restoreFrom(path: string, paused: boolean, macs: MacChange[] = []): Promise<void> {
     if (this._state !== "created" && this._state !== "stopped") throw new ApiError(409, `VM '${this.name}' is ${this._state}: restore into a stopped VM`);
     const before = this._state;
     this._state = "starting";
@@ -238,6 +247,10 @@ export class ManagedVm {
         return undefined;
       }) : undefined;
       devices = await VmDevices.open(d.disks, d.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: d.shares, vsock: this.vsock() });
+      if (macs.length > 0) {
+        for (const dev of devices.devices) if (dev instanceof VirtioNet) dev.holdTraffic(true);
+        this.pendingMacs = macs;
+      }
       const vm = this.engine.restoreVm(path, {
         name: this.name, kernel: boot?.kernel, initrd: boot?.initrd, paused,
         virtio: devices.devices,
@@ -260,6 +273,7 @@ export class ManagedVm {
         void vm.stop(this.stopReason);
       }
     } catch (e) {
+      this.pendingMacs = undefined;
       if (devices && !this.vm) await devices.close().catch(() => {});
       this._state = before;
       const msg = e instanceof Error ? e.message : String(e);
@@ -267,6 +281,47 @@ export class ManagedVm {
       if (e instanceof SnapshotError) throw new ApiError(422, msg);
       throw new ApiError(409, `cannot restore VM '${this.name}': ${msg}`);
     }
+    if (!paused) {
+      const failed = await this.takeNewMacs();
+      if (failed) throw new ApiError(409, `cannot restore VM '${this.name}' as a clone: ${failed} (restore it with --keep-macs to keep the snapshot's addresses)`);
+    }
+  }
+
+  /**
+   * A clone's guest takes its new MAC addresses (restoreFrom), then its cards
+   * carry traffic and announce them. When it cannot, the VM is stopped (it
+   * would hold its traffic forever) and the reason returned.
+   */
+  private async takeNewMacs(): Promise<string | undefined> {
+    const macs = this.pendingMacs;
+    const vsock = this.vsockPath;
+    if (!macs || !this.devices || this._state !== "running") return undefined;
+    this.pendingMacs = undefined;
+    let why: string | undefined;
+    if (vsock === undefined) {
+      why = "it has no vsock device, so no guest agent to give it its new MAC addresses";
+    } else {
+      const t0 = Date.now();
+      try {
+        const r = await runInGuest(vsock, this.name, ["sh", "-c", macChangeScript(macs)], MAC_CHANGE_TIMEOUT_MS);
+        if (r.status !== 0) why = `its guest did not take its new MAC addresses: ${(r.stderr.trim() || `exit status ${r.status}`).split("\n")[0]}`;
+      } catch (e) {
+        why = `its guest did not take its new MAC addresses: ${(e as Error).message}`;
+      }
+      if (why === undefined) this.event(`vm ${this.name}: its guest took its new MAC addresses (${macs.map((m) => `${m.from} -> ${m.to}`).join(", ")}) in ${Date.now() - t0} ms`);
+    }
+    if (why !== undefined) {
+      this.event(`vm ${this.name}: ${why}: stopping it`);
+      await this.stop(why);
+      return why;
+    }
+    for (const dev of this.devices?.devices ?? []) {
+      if (dev instanceof VirtioNet) {
+        dev.holdTraffic(false);
+        dev.announce();
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -534,6 +589,8 @@ export class ManagedVm {
     this.vm.resume();
     this._state = "running";
     this.event(`vm ${this.name} resumed`);
+    // A clone restored paused takes its new addresses now; a failure stops it (and says why in its log).
+    if (this.pendingMacs) void this.takeNewMacs();
   }
 
   /** Resolves with how the current (or last) run ended. */

@@ -101,19 +101,28 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
     oneErrorLine(await host.vm("snapshot", "p", join(dir, "late.snap")), /VM 'p' is stopped: only a running or paused VM can be snapshotted/);
     assert.equal((await host.api("DELETE", "/v1/vms/p")).status, 200);
 
-    // Restored through the API under another name: its definition (disk included) from the snapshot.
-    const q = await host.api("POST", "/v1/restore", { path: full, name: "q" });
+    // Under another name it is a clone, whose card gets a new MAC address
+    // through the guest's agent: this bare guest has none, so the restore is
+    // refused, stopped at once, and the name stays free.
+    const clone = await host.api("POST", "/v1/restore", { path: full, name: "q" });
+    assert.equal(clone.status, 409, clone.text);
+    assert.match(clone.json.error, /^cannot restore VM 'q' as a clone: its guest did not take its new MAC addresses: .*guest agent does not answer.* \(restore it with --keep-macs to keep the snapshot's addresses\)$/);
+    assert.equal((await host.api("GET", "/v1/vms/q")).status, 404);
+
+    // Restored through the API under another name, keeping the card's address: its definition (disk included) from the snapshot.
+    const q = await host.api("POST", "/v1/restore", { path: full, name: "q", keepMacs: true });
     assert.equal(q.status, 201, q.text);
     assert.equal(q.json.state, "running");
     assert.deepEqual([q.json.config.disks, q.json.config.kernel, q.json.memBytes], [[disk], patterns, 64 << 20]);
+    assert.deepEqual(q.json.config.nets, (readSnapshotMeta(full).definition as { nets: string[] }).nets, "the snapshot's card, its address written out");
     assert.equal(JSON.parse(readFileSync(join(dir, "state", "vms", "q.json"), "utf8")).disks[0], disk, "persisted as a created VM is");
     // The name is taken now.
-    const clash = await host.api("POST", "/v1/restore", { path: full, name: "q" });
+    const clash = await host.api("POST", "/v1/restore", { path: full, name: "q", keepMacs: true });
     assert.equal(clash.status, 409, clash.text);
     assert.match(clash.json.error, /a VM named 'q' exists already/);
 
     // The diff, through the CLI, paused until resumed.
-    const cr = await host.vm("restore", join(dir, "diff.snap"), "--name", "r", "--paused");
+    const cr = await host.vm("restore", join(dir, "diff.snap"), "--name", "r", "--paused", "--keep-macs");
     assert.equal(cr.status, 0, cr.stderr);
     assert.match(cr.stdout, /^VM r restored from .*diff\.snap \(paused\)\n$/);
     assert.deepEqual((await host.api("GET", "/v1/vms/r")).json.config.disks, [disk], "the snapshot names the frozen image");

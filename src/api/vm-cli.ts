@@ -60,12 +60,15 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           --disks overlay each writable image D is frozen as the
                           snapshot needs it and the VM goes on with a new qcow2
                           overlay D.ID.qcow2 backed by D (its definition names it)
-  vm restore FILE [--name NAME] [--paused]
+  vm restore FILE [--name NAME] [--paused] [--keep-macs]
                           define a VM from a snapshot (its own definition, under NAME
                           if given) and bring it back running, or paused until resume;
                           its disks are opened from that definition, so they must be
                           as they were when it was taken. A restored VM that reboots
-                          boots its kernel cold (without one of its own: it stops)
+                          boots its kernel cold (without one of its own: it stops).
+                          Under a NAME of its own it is a clone: its network cards get
+                          new MAC addresses, which its guest takes through its agent
+                          (--keep-macs: the snapshot's)
   vm migrate NAME --to HOST:PORT [--token TOKEN] [--postcopy|--postcopy-auto]
              [--max-downtime MS] [--copy-disks] [--tls]
                           live-migrate the running VM to the host whose --migration-listen
@@ -465,12 +468,13 @@ async function snapshot(argv: string[]): Promise<number> {
 }
 
 async function restore(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parse(argv, { name: { type: "string" }, paused: { type: "boolean" } }, "vm restore");
+  const { values: v, positionals } = parse(argv, { name: { type: "string" }, paused: { type: "boolean" }, "keep-macs": { type: "boolean" } }, "vm restore");
   if (positionals.length !== 1) throw new UsageError(`vm restore: expected one snapshot FILE${positionals.length > 1 ? `, got '${positionals.join(" ")}'` : ""}`);
   const file = positionals[0];
   const body: Record<string, unknown> = { path: resolve(file) };
   if (v.name !== undefined) body.name = v.name;
   if (v.paused) body.paused = true;
+  if (v["keep-macs"]) body.keepMacs = true;
   const view = (await call(clientSocketPath(v.host as string | undefined), "POST", "/v1/restore", body)) as VmView;
   process.stdout.write(`VM ${view.name} restored from ${file} (${view.state})\n`);
   return 0;

@@ -117,6 +117,29 @@ test("virtio-net announce(): after a restore or migration the card sends a RARP 
   assert.equal(idle.stats.announcements, 0);
 });
 
+test("virtio-net holdTraffic: a clone's card carries nothing and announces nothing until its guest has taken the new address", () => {
+  const { d, net, be } = setup();
+  net.holdTraffic(true);
+  d.add(TX, [{ data: new Uint8Array(VIRTIO_NET_HDR_SIZE) }, { data: frame(60, 1) }]);
+  d.kick(TX);
+  assert.equal(be.sent.length, 0, "nothing from the guest reaches the backend");
+  assert.equal(net.stats.txHeld, 1);
+  assert.equal(d.used(TX).length, 1, "the guest still gets its buffer back");
+  const rx = d.add(RX, [{ writeLen: VIRTIO_NET_HDR_SIZE + 1514 }]);
+  be.deliver(frame(80, 2));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [], "nothing from the network reaches the guest");
+  net.announce(1);
+  assert.equal(net.stats.announcements, 0, "no announcement of the old address");
+
+  net.holdTraffic(false);
+  net.announce(1);
+  assert.deepEqual([...be.sent[0].subarray(6, 12)], [...MAC]);
+  be.deliver(frame(80, 3));
+  d.transport.poll();
+  assert.deepEqual(d.used(RX), [{ id: rx, len: VIRTIO_NET_HDR_SIZE + 80 }]);
+});
+
 test("virtio-net transmit strips the header and hands the exact frame to the backend", () => {
   const { d, net, be } = setup(BASE | VIRTIO_F_INDIRECT_DESC);
   const f1 = frame(60, 1);

@@ -120,7 +120,7 @@ export class NetDeviceStats {
   /** Frames and bytes (without header) the guest transmitted and the backend was given. */
   txFrames = 0;
   txBytes = 0;
-  /** Host -> guest frames dropped: device not running, backlog full, no buffer large enough. */
+  /** Host -> guest frames dropped: device not running, traffic held, backlog full, no buffer large enough. */
   rxDropped = 0;
   /** Malformed receive buffers (device-readable, too small for the header) given back empty. */
   rxErrors = 0;
@@ -130,6 +130,8 @@ export class NetDeviceStats {
   txSegmented = 0;
   /** RARP frames sent for the guest after a restore or a migration (announce()). */
   announcements = 0;
+  /** Guest frames dropped while the card held its traffic (holdTraffic: a clone waiting for its new MAC). */
+  txHeld = 0;
   /** Guest super-frames handed whole to a backend that takes them (txOffloads; each one txFrame). */
   txSuperFrames = 0;
   /** Backend super-frames delivered whole to a guest that accepted GUEST_TSO (each one rxFrame). */
@@ -147,6 +149,8 @@ export class VirtioNet implements VirtioDevice {
 
   private readonly mac: Uint8Array;
   private linkUp = true;
+  /** holdTraffic(true) to holdTraffic(false): nothing goes out or comes in. */
+  private trafficHeld = false;
   private ctx: VirtioContext | undefined;
   /** The transport's live queue array (a queue made ready late shows up in it, a stopped one goes). */
   private queues: readonly (VirtQueue | undefined)[] | undefined;
@@ -209,6 +213,19 @@ export class VirtioNet implements VirtioDevice {
   /** The configuration space is read-only with VERSION_1 (the MAC too: 5.1.4.2). */
   writeConfig(): void {}
 
+  /**
+   * While held, the card is a cable pulled out without the guest being told:
+   * frames the guest sends are dropped (counted in txHeld), frames from the
+   * backend are not delivered, and announce() sends nothing. A clone's cards
+   * have new addresses, which its guest's driver does not know of (it read
+   * `mac` at probe: the spec has no way for a device to change it, 5.1.4.2),
+   * so they are held from its restore until its guest uses them
+   * (api/clone-macs.ts): its original's address never comes out of its port.
+   */
+  holdTraffic(held: boolean): void {
+    this.trafficHeld = held;
+  }
+
   /** Carrier on or off, as a cable would (the driver hears of it through a config-change interrupt). */
   setLink(up: boolean): void {
     if (up === this.linkUp) return;
@@ -224,7 +241,7 @@ export class VirtioNet implements VirtioDevice {
    * is 5 rounds, 50 ms then growing); none while the driver is not up.
    */
   announce(times = 3): void {
-    if (!this.ctx || this.closed) return;
+    if (!this.ctx || this.closed || this.trafficHeld) return;
     const frame = new Uint8Array(60); // the 42 bytes padded to the Ethernet minimum
     frame.fill(0xff, 0, 6); // to everyone
     frame.set(this.mac, 6);
@@ -238,7 +255,7 @@ export class VirtioNet implements VirtioDevice {
     frame.set(this.mac, 22); // sender hardware address
     frame.set(this.mac, 32); // target hardware address (the IP fields stay 0)
     const send = (left: number) => {
-      if (!this.ctx || this.closed || left === 0) return;
+      if (!this.ctx || this.closed || this.trafficHeld || left === 0) return;
       this.backend.send(frame.slice());
       this.stats.announcements++;
       if (left > 1) setTimeout(() => send(left - 1), 50).unref();
@@ -367,6 +384,10 @@ export class VirtioNet implements VirtioDevice {
 
   /** One transmit request (header and frame, read from the chain): its frame or segments to the backend. */
   private sendFrame(bytes: Uint8Array): void {
+    if (this.trafficHeld) {
+      this.stats.txHeld++;
+      return;
+    }
     const frame = bytes.subarray(VIRTIO_NET_HDR_SIZE);
     const h = parseNetHdr(bytes);
     const takes = this.backend.txOffloads;
@@ -405,8 +426,8 @@ export class VirtioNet implements VirtioDevice {
    * accepts (net-offload.ts prepareRx), queue it and have the machine poll.
    */
   private receive(frame: Uint8Array, meta?: FrameMeta): void {
-    if (!this.ctx || this.closed) {
-      this.stats.rxDropped++; // the driver is not running: nobody listens
+    if (!this.ctx || this.closed || this.trafficHeld) {
+      this.stats.rxDropped++; // the driver is not running (nobody listens), or the card holds its traffic
       return;
     }
     if (frame.length < MIN_FRAME_BYTES || frame.length > MAX_GSO_FRAME_BYTES) {
