@@ -22,6 +22,7 @@ import { monoNs } from "./pcpu-protocol.js";
 import { Vm, HostError, type VmConfig } from "./vm.js";
 import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
 import { openSnapshot } from "../snapshot/snapshot.js";
+import { SnapshotSharing } from "../snapshot/page-share.js";
 import { MigrationListener, type ListenOptions } from "../snapshot/migration/receiver.js";
 
 export { Vm, HostError, type VmConfig } from "./vm.js";
@@ -68,6 +69,8 @@ export class Host {
   /** Scheduler vCPU slot -> its VM and hart index. */
   readonly vcpus = new Map<number, VcpuRef>();
   private readonly usedOwners = new Set<number>();
+  /** The frames VMs restored from one snapshot share (snapshot/page-share.ts). */
+  readonly snapshotSharing: SnapshotSharing;
   private readonly doorbell: { stop(): void };
   /** Keeps the process alive while the host is open: the workers, their
    *  ports and the doorbell wait do not (a host is a server until closed). */
@@ -98,6 +101,7 @@ export class Host {
     this.sched = Scheduler.create(pcpus, opts.maxVcpus ?? 1024, opts.maxVms ?? 256);
     this.pcpus = new PcpuPool(pcpus, this.pool, this.sched, (e) => this.onFatal(e));
     this.memory = new MemoryManager(this.pool, opts.overcommit ?? {}, () => this.allocOwner());
+    this.snapshotSharing = new SnapshotSharing(this.pool, { take: () => this.allocOwner(), give: (o) => this.usedOwners.delete(o) });
     this.doorbell = serveDoorbell(this.sched, () => this.serveExits());
   }
 
@@ -140,6 +144,16 @@ export class Host {
    */
   restoreVm(path: string, config: Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel"> & { kernel?: VmConfig["kernel"]; paused?: boolean }): Vm {
     const snap = openSnapshot(path);
+    // Every VM restored from this snapshot reads its pages through one table
+    // of shared frames (a clone costs what it writes); the last one gives it back.
+    snap.pages = snap.pages.withShare(this.snapshotSharing.acquire(snap.meta.id, snap.pages.pageCount));
+    const closeFiles = snap.close;
+    let released = false;
+    snap.close = () => {
+      closeFiles();
+      if (!released) this.snapshotSharing.release(snap.meta.id);
+      released = true;
+    };
     const { paused, ...rest } = config;
     let vm: Vm;
     try {

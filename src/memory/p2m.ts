@@ -30,6 +30,8 @@
 // are charged to the VM's owner id; a shared frame to its share group.
 
 import type { GuestAddress, HostAddress } from "./address.js";
+import type { SnapshotShare } from "../snapshot/memory.js";
+import { SHARE_FILLED, SHARE_MAPPED } from "../snapshot/page-share.js";
 import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
 import { FramePool, FRAME_SIZE, OWNER_HOST, framesFor, type FrameOwner } from "./frame-pool.js";
 import {
@@ -80,6 +82,8 @@ export interface PageSource {
    *  wait (this thread blocks) until `stillRemote()` is false. Throws when it
    *  will never come (the source is gone). */
   awaitRemote?(index: number, stillRemote: () => boolean): void;
+  /** A restored VM's snapshot pages that its clones share (snapshot/page-share.ts): a read maps the table's frame. */
+  snapshotShare?(): SnapshotShare | undefined;
 }
 
 export interface P2mOptions {
@@ -425,8 +429,11 @@ export class P2m {
         continue;
       }
       const kind = absentKind(e);
+      // A read of a snapshot page whose clones share their pages maps the shared copy.
+      const share = kind === Absent.Snapshot && !write ? this.pages?.snapshotShare?.() : undefined;
       if (kind === Absent.Busy) this.waitBusy();
       else if (kind === Absent.Remote) this.awaitRemote(index, e);
+      else if (share) this.mapSnapshotShared(index, e, share);
       else if (kind === Absent.Compressed || kind === Absent.Swapped || kind === Absent.Snapshot) this.bringBack(index, e, kind);
       else this.mapZeroFrame(index, e);
     }
@@ -479,6 +486,50 @@ export class P2m {
     Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED);
     Atomics.add(this.counters, P2mCounter.Populated, 1);
     if (kind !== Absent.Snapshot) Atomics.add(this.counters, kind === Absent.Compressed ? P2mCounter.Decompressions : P2mCounter.SwapIns, 1);
+  }
+
+  /**
+   * A read of a snapshot page in a VM whose clones share the snapshot's
+   * pages: map the table's frame for it, shared and read-only, reading it
+   * from the file first when no clone has yet. The table keeps a reference
+   * of its own (page-share.ts), so a frame found there cannot be freed
+   * before retain(). The entry is BUSY meanwhile; on failure it is put back.
+   */
+  private mapSnapshotShared(index: number, seen: number, share: SnapshotShare): void {
+    if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
+    let frame: number;
+    try {
+      frame = Atomics.load(share.frames, index) >>> 0;
+      if (frame !== 0) {
+        this.pool.retain(frame);
+      } else {
+        const fresh = this.fromReserve ? this.pool.alloc(share.owner) : this.pool.allocGuest(share.owner);
+        try {
+          this.source().readPage(Absent.Snapshot, entrySlot(seen), this.pool.bytes.subarray(fresh, fresh + FRAME_SIZE));
+        } catch (err) {
+          this.pool.free(fresh);
+          throw err;
+        }
+        this.pool.retain(fresh); // the table's reference, and this mapping's
+        const other = Atomics.compareExchange(share.frames, index, 0, fresh | 0) >>> 0;
+        if (other === 0) {
+          frame = fresh;
+          Atomics.add(share.counters, SHARE_FILLED, 1);
+        } else {
+          // Another clone read it meanwhile: use theirs.
+          this.pool.free(fresh);
+          this.pool.free(fresh);
+          this.pool.retain(other);
+          frame = other;
+        }
+      }
+    } catch (err) {
+      Atomics.store(this.pool.words, this.firstWord + index, seen | 0);
+      throw err;
+    }
+    Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_SHARED | P2M_ACCESSED);
+    Atomics.add(this.counters, P2mCounter.Populated, 1);
+    Atomics.add(share.counters, SHARE_MAPPED, 1);
   }
 
   /** A post-copy migration's page not here yet: wait for it, out of any access. */

@@ -20,6 +20,8 @@ import { crc32 } from "./crc32.js";
 import { SnapshotError } from "./state.js";
 import type { SnapshotFile, SnapshotWriter } from "./format.js";
 import { isAllZero } from "../memory/zero.js";
+import type { SharedSnapshotFramesHandle } from "./page-share.js";
+import type { FrameOwner } from "../memory/frame-pool.js";
 
 export const PAGE_ZERO = 0xffff_ffff;
 export const PAGE_IN_PARENT = 0xffff_fffe;
@@ -122,6 +124,16 @@ export interface SnapshotPagesHandle {
   /** Per guest page: which file (index into files) and which slot (PAGE_ZERO: none). */
   readonly fileOf: SharedArrayBuffer;
   readonly slotOf: SharedArrayBuffer;
+  /** The host's table of this snapshot's pages shared by its clones (page-share.ts). */
+  readonly share?: SharedSnapshotFramesHandle;
+}
+
+/** A snapshot's shared frames as one thread uses them (p2m.ts mapSnapshotShared). */
+export interface SnapshotShare {
+  /** Per guest page: the host address of its shared frame, 0 = not read yet. */
+  readonly frames: Int32Array;
+  readonly counters: Int32Array;
+  readonly owner: FrameOwner;
 }
 
 /** Where each page of a restored VM's RAM is, across a snapshot and its parents. */
@@ -132,11 +144,20 @@ export class SnapshotPages {
   private readonly crcs: Uint32Array[];
   /** Pages read from the files so far (this thread). */
   loads = 0;
+  /** Read faults map the clones' shared frames (none: each VM reads into frames of its own). */
+  readonly share: SnapshotShare | undefined;
 
   private constructor(private readonly h: SnapshotPagesHandle) {
     this.fileOf = new Uint8Array(h.fileOf);
     this.slotOf = new Uint32Array(h.slotOf);
     this.crcs = h.files.map((f) => new Uint32Array(f.crc));
+    this.share = h.share && { frames: new Int32Array(h.share.frames), counters: new Int32Array(h.share.counters), owner: h.share.owner };
+  }
+
+  /** The same pages, read through the host's table of frames shared by the snapshot's clones. */
+  withShare(share: SharedSnapshotFramesHandle): SnapshotPages {
+    if (share.frames.byteLength !== this.slotOf.length * 4) throw new SnapshotError(`a shared-page table of ${share.frames.byteLength / 4} pages for a snapshot of ${this.slotOf.length}`);
+    return new SnapshotPages({ ...this.h, share });
   }
 
   static attach(h: SnapshotPagesHandle): SnapshotPages {

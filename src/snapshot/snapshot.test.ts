@@ -131,15 +131,16 @@ test("a live snapshot (--live) is written while the guest runs on, rewriting 8 M
   });
 });
 
-test("clones: three VMs restored from one snapshot run independently; restore is lazy; a paused restore waits for resume", { skip: noCompiler, timeout: 180_000 }, async () => {
+test("clones: three VMs restored from one snapshot run independently, sharing the pages they read; restore is lazy; a paused restore waits for resume", { skip: noCompiler, timeout: 180_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });
     try {
       const g = startPatterns(host, "base");
       await until("'written'", () => g.output().includes("written"));
       const path = join(dir, "base.snap");
-      await g.vm.snapshot(path);
+      const taken = await g.vm.snapshot(path);
       await g.vm.destroy();
+      const framesBefore = host.info().pool.framesInUse;
       const clones = [restore(host, path, "c1"), restore(host, path, "c2"), restore(host, path, "c3", true)];
       // Nothing of the RAM was read yet: the pages wait in the file.
       const paused = clones[2].vm;
@@ -149,8 +150,19 @@ test("clones: three VMs restored from one snapshot run independently; restore is
       await new Promise((r) => setTimeout(r, 200));
       assert.equal(clones[2].output(), "", "a paused restore runs nothing");
       paused.resume();
+      // Each guest reads every page back, then writes into some of them (a
+      // private copy each) and reads them again: c3 checks after the others
+      // wrote, so a write that reached the shared frame would be an error there.
       await Promise.all(clones.map(finishes));
       assert.throws(() => restore(host, path, "c1"), /exists already/);
+      // The pages were read from the file once and mapped by all three.
+      const sharing = host.snapshotSharing.stats();
+      assert.ok(sharing.filled > taken.memory.stored / 2 && sharing.filled <= taken.memory.stored, JSON.stringify({ sharing, memory: taken.memory }));
+      assert.ok(sharing.mapped > 2.5 * sharing.filled, JSON.stringify(sharing));
+      // With the last of them gone the table let go of its frames.
+      assert.deepEqual([sharing.tables, sharing.frames], [0, 0]);
+      for (const c of clones) await c.vm.destroy();
+      assert.ok(host.info().pool.framesInUse <= framesBefore + 16, `${host.info().pool.framesInUse} frames in use, ${framesBefore} before the clones`);
     } finally {
       await host.close();
     }

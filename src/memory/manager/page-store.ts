@@ -11,7 +11,7 @@ import {
   type CompressedStoreHandle, type SwapFileHandle,
 } from "../store/index.js";
 import { Absent, type StoredKind } from "../p2m-entry.js";
-import { SnapshotPages, type SnapshotPagesHandle } from "../../snapshot/memory.js";
+import { SnapshotPages, type SnapshotPagesHandle, type SnapshotShare } from "../../snapshot/memory.js";
 import { RemotePages, type RemotePagesHandle } from "../../snapshot/migration/remote-pages.js";
 import type { PageSource } from "../p2m.js";
 import { FRAME_SIZE } from "../frame-pool.js";
@@ -54,6 +54,11 @@ export class PageStore implements PageSource {
    *  VM's pages still at its source (its p2m's page source on this thread). */
   withSnapshot(pages: SnapshotPages | undefined, remote?: RemotePages): PageStore {
     return pages || remote ? new PageStore(this.compressed, this.swap, pages, remote) : this;
+  }
+
+  /** A restored VM's snapshot pages shared with its clones (snapshot/page-share.ts), if any. */
+  snapshotShare(): SnapshotShare | undefined {
+    return this.snapshot?.share;
   }
 
   awaitRemote(index: number, stillRemote: () => boolean): void {
