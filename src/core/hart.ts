@@ -93,6 +93,13 @@ export const TLB_SUPER_FILLS_OFF: u32 = 968;
 // Cross-thread requests (requests.ts): a u32 of REQ_* bits other threads set
 // with an atomic OR while the hart may be running on another worker thread.
 export const REQ_OFF: u32 = 976;
+// 1 while the hart is inside run() (set and cleared by the thread that runs
+// it, vcpu.ts and pcpu-worker.ts): a thread that posted REQ_TLB_FLUSH and
+// must know the flush happened before it goes on (a store breaking a page's
+// sharing, p2m.ts shootDownTlbs) waits only for harts inside run(); the
+// others take the request at run() entry, before their first instruction.
+// The u32 after the request word, in the same u64 slot.
+export const IN_RUN_OFF: u32 = 980;
 // Host address of the VM's shared u64 time floor (time.ts), 0 = none.
 export const TIME_FLOOR_OFF: u32 = 984;
 // Host address of the VM's dirty log (src/memory/dirty-log.ts), 0 = off: a

@@ -180,7 +180,7 @@ export function loadSlow(va: u64, size: u32): u64 {
     const host = p2mLookup(gpa, false);
     if (host == P2M_MMIO) return mmioRead(va, gpa, size);
     if (host == P2M_FAULT) { p2mFaultExit(gpa, ACC_LOAD); return 0; }
-    if (!p2mLastShared) tlbFill(TLB_LOAD_OFF, va, ctxLoad, host);
+    tlbFill(TLB_LOAD_OFF, va, ctxLoad, host);
     return readHost(host + <usize>(gpa & 0xfff), size);
   }
   // Misaligned across two pages.

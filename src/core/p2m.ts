@@ -23,10 +23,10 @@ export const P2M_SHARED: u32 = 8;
 export const P2M_MMIO: usize = 1;
 export const P2M_FAULT: usize = 2;
 
-/** Did the last p2m lookup map a shared frame? Such a frame is never put in
- *  the load TLB: when one VM's store breaks the sharing (a p2m fault gives it
- *  a private copy), no hart of that VM may go on reading the old frame, and a
- *  mapping nobody caches needs no remote TLB shootdown. */
+/** Did the last p2m lookup map a shared frame? The load TLB caches shared
+ *  frames like any other (a store that breaks the sharing makes every hart of
+ *  the VM flush its TLB before it lands: src/memory/p2m.ts shootDownTlbs);
+ *  a fetch from one marks the fetch TLB for FENCE.I (execute.ts). */
 export let p2mLastShared: bool = false;
 
 /** Host address of the frame holding `gpa`'s page for a read (or write when

@@ -9,7 +9,7 @@
 // returns to its VMM. It never touches devices or host resources.
 
 import { workerData, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
-import { instantiateCore, asU64, type Core } from "../vcpu/core.js";
+import { instantiateCore, asU64, runMarked, type Core } from "../vcpu/core.js";
 import { FramePool, OutOfHostMemory, type FramePoolHandle } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
 import { PageStore } from "../memory/manager/page-store.js";
@@ -151,7 +151,7 @@ class Pcpu {
     for (;;) {
       const now = ctx.ticksNow();
       if (asU64(fn.getTime(h)) < now) fn.setTime(h, now);
-      const reason = fn.run(h, RUN_BUDGET);
+      const reason = runMarked(this.core, this.pool.words, h, RUN_BUDGET);
       const view = this.pool.view;
       const retired = Number(view.getBigUint64(h + k.RUN_INSNS_OFF, true));
       sched.addInstructions(v, retired);

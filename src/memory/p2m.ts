@@ -61,8 +61,17 @@ export const enum P2mCounter {
   Sleep = 7,
   /** Host address (u32) of the dirty log's bitmap (dirty-log.ts), 0 = off. */
   DirtyLog = 8,
+  /** Sharing breaks that made the VM's harts flush their TLBs (shootDownTlbs). */
+  Shootdowns = 9,
+  /** The harts that cache translations to this p2m's frames (setTlbHolders):
+   *  their count, the request bit that flushes a TLB, then each request word's address. */
+  TlbHolders = 10,
+  TlbFlushBit = 11,
+  TlbHolder0 = 12,
 }
-const COUNTERS = 9;
+/** Harts a p2m's shootdown reaches (a VM has at most 8 on the virt machine). */
+export const MAX_TLB_HOLDERS = 64;
+const COUNTERS = P2mCounter.TlbHolder0 + MAX_TLB_HOLDERS;
 const SHIFT = BigInt(PAGE_SHIFT);
 /** How long a thread sleeps before looking at a BUSY entry again. */
 const BUSY_WAIT_MS = 0.05;
@@ -151,6 +160,22 @@ export class P2m {
   /** Plain data naming this p2m, to post to another thread for attach(). */
   handle(): P2mHandle {
     return { table: this.table, baseGfn: this.baseGfn, count: this.count, owner: this.owner, counters: this.counters.buffer as SharedArrayBuffer };
+  }
+
+  /**
+   * The harts whose TLBs may hold this p2m's frames, by the host address of
+   * each one's request word (core hart.ts REQ_OFF, with IN_RUN_OFF the word
+   * after it), and the request bit that flushes a TLB (REQ_TLB_FLUSH): a
+   * store that breaks a page's sharing, on any thread, has every one of them
+   * flush before it lands (shootDownTlbs). Set by the machine once its harts
+   * exist, before any runs.
+   */
+  setTlbHolders(requestWords: number[], flushBit: number): void {
+    if (requestWords.length > MAX_TLB_HOLDERS) throw new P2mFault(`${requestWords.length} harts on one p2m (at most ${MAX_TLB_HOLDERS})`);
+    const c = this.counters;
+    requestWords.forEach((addr, i) => Atomics.store(c, P2mCounter.TlbHolder0 + i, addr));
+    Atomics.store(c, P2mCounter.TlbFlushBit, flushBit);
+    Atomics.store(c, P2mCounter.TlbHolders, requestWords.length);
   }
 
   /** Where this thread finds compressed and swapped pages (none: such entries cannot be resolved here). */
@@ -459,9 +484,37 @@ export class P2m {
     if (this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
       this.pool.free(shared);
       Atomics.add(this.counters, P2mCounter.CowBreaks, 1);
+      this.shootDownTlbs();
     } else {
       this.pool.free(frame);
     }
+  }
+
+  /**
+   * A page's sharing was just broken: harts of this VM may still have the
+   * shared frame in their TLBs, and would read its old bytes after the store
+   * that broke it lands in the private copy. Every hart is asked to flush
+   * its TLB; those inside run() are waited for (each takes its requests
+   * within a bounded time, also in translated loops: core requests.ts), the
+   * others flush at run() entry. Until the store lands the two frames hold
+   * the same bytes, so what a hart reads meanwhile is right. KVM does the
+   * same with an IPI to the VM's vCPUs when it zaps an SPTE.
+   */
+  private shootDownTlbs(): void {
+    const c = this.counters;
+    const n = Atomics.load(c, P2mCounter.TlbHolders);
+    if (n === 0) return;
+    const bit = Atomics.load(c, P2mCounter.TlbFlushBit);
+    const words = this.pool.words;
+    for (let i = 0; i < n; i++) Atomics.or(words, Atomics.load(c, P2mCounter.TlbHolder0 + i) >>> 2, bit);
+    for (let i = 0; i < n; i++) {
+      const req = Atomics.load(c, P2mCounter.TlbHolder0 + i) >>> 2;
+      for (let spins = 0; Atomics.load(words, req + 1) !== 0 && (Atomics.load(words, req) & bit) !== 0; spins++) {
+        // A hart inside run() takes it within microseconds; past that, sleep in short steps.
+        if (spins > 2000) Atomics.wait(c, P2mCounter.Sleep, 0, BUSY_WAIT_MS);
+      }
+    }
+    Atomics.add(c, P2mCounter.Shootdowns, 1);
   }
 
   /** A compressed or swapped page comes back into a new private frame. The

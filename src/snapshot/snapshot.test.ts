@@ -169,6 +169,27 @@ test("clones: three VMs restored from one snapshot run independently, sharing th
   });
 });
 
+test("a store that breaks a restored page's sharing reaches the other hart, which had the shared frame in its TLB", { skip: noCompiler, timeout: 60_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 2 });
+    try {
+      const c = console_();
+      const vm = host.createVm({ name: "flag", kernel: buildBareKernel(bareProgram("cowflag")), cmdline: "", cpus: 2, memBytes: GUEST_RAM, consoleOut: c.out, warn: () => {} });
+      vm.start();
+      await until("'ready'", () => c.text().includes("ready"));
+      const path = join(dir, "flag.snap");
+      await vm.snapshot(path, { stayPaused: true });
+      await vm.destroy();
+      const r = restore(host, path, "reader");
+      await until("'seen'", () => r.output().includes("seen"), 20_000);
+      const memory = r.vm.stats().memory!;
+      assert.ok(memory.cowBreaks >= 1 && memory.tlbShootdowns >= 1, JSON.stringify(memory));
+    } finally {
+      await host.close();
+    }
+  });
+});
+
 test("a diff snapshot after a full one holds only what changed after the full one, not what the log held before it", { skip: noCompiler, timeout: 180_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });

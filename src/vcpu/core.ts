@@ -64,6 +64,8 @@ export interface CoreConstants {
   /** Request word (u32 at hart + REQ_OFF) and its bits: re-check interrupts,
    *  set mip.SSIP, flush the TLB, end run() with EXIT_KICK. */
   REQ_OFF: number; REQ_IRQ: number; REQ_SSIP: number; REQ_TLB_FLUSH: number; REQ_EXIT: number;
+  /** u32 at hart + IN_RUN_OFF: 1 while run() executes the hart (set by its caller: enterRun/leaveRun). */
+  IN_RUN_OFF: number;
   /** Hart block field holding the host address of the shared time floor. */
   TIME_FLOOR_OFF: number;
   /** Hart block field holding the host address of the dirty log (0 = off). */
@@ -150,4 +152,19 @@ export function instantiateCore(memory: WebAssembly.Memory, module?: WebAssembly
       compiler = c;
     },
   };
+}
+
+/**
+ * run() hart `h` with its IN_RUN flag up meanwhile (hart.ts IN_RUN_OFF: a
+ * thread breaking a page's sharing waits for the flush of harts inside run()
+ * only). `words` is an Int32Array over the core's memory (FramePool.words).
+ */
+export function runMarked(core: Core, words: Int32Array, h: number, budget: number): number {
+  const flag = (h + core.k.IN_RUN_OFF) >>> 2;
+  Atomics.store(words, flag, 1);
+  try {
+    return core.fn.run(h, budget);
+  } finally {
+    Atomics.store(words, flag, 0);
+  }
 }

@@ -5,7 +5,7 @@
 // advancing virtual time to the next timer deadline). Exits that belong to the
 // machine (HTIF, SBI, halt, the end of a slice) are returned to it.
 
-import { asU64, type Core } from "./core.js";
+import { asU64, runMarked, type Core } from "./core.js";
 import type { MmioBus } from "../bus/mmio-bus.js";
 import { P2m, P2mFault } from "../memory/p2m.js";
 import { ExitStats } from "./exit-stats.js";
@@ -106,7 +106,7 @@ export class Vcpu {
     const { fn, k } = this.core;
     let noProgress = 0;
     for (;;) {
-      const reason = fn.run(this.hart, budget);
+      const reason = runMarked(this.core, this.pool.words, this.hart, budget);
       const retired = this.rec(k.RUN_INSNS_OFF);
       if (retired !== 0n) noProgress = 0;
       else if (++noProgress >= NO_PROGRESS_LIMIT) {
@@ -200,6 +200,7 @@ export class Vcpu {
       if (e instanceof P2mFault) throw new GuestFault(e.message);
       throw e;
     }
-    // The core caches nothing about unmapped frames, so no TLB flush is needed.
+    // The core caches nothing about unmapped frames; a store that broke a
+    // page's sharing had every hart of the VM flush its TLB (p2m.ts shootDownTlbs).
   }
 }

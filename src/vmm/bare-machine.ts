@@ -59,6 +59,8 @@ export class BareMachine {
     this.ram = new GuestMemory(p2m, pool.memory);
     const bus = new MmioBus();
     this.vcpu = new Vcpu(this.core, pool, 0, p2m, bus);
+    // Image pages are shared frames: a store breaking that has the hart flush its TLB first.
+    p2m.setTlbHolders([this.vcpu.hart + this.core.k.REQ_OFF], this.core.k.REQ_TLB_FLUSH);
     bus.register(BARE_ACLINT_BASE, ACLINT_SIZE, new Aclint(this.core, [this.vcpu.hart]));
     if (opts.jit) {
       this.jit = new Jit(this.core, pool, p2m, opts.jit);

@@ -213,6 +213,8 @@ export class VirtMachine {
     for (let id = 0; id < cfg.harts; id++) {
       this.harts.push({ id, vcpu: new Vcpu(this.core, pool, id, p2m, bus, "exit", this.owner), state: HartState.Stopped });
     }
+    // A store that breaks a page's sharing has each of them flush its TLB first.
+    p2m.setTlbHolders(this.harts.map((s) => s.vcpu.hart + this.core.k.REQ_OFF), this.core.k.REQ_TLB_FLUSH);
     this.timeFloor = 0;
     if (cfg.harts > 1) {
       // One clock per VM: a time read on any hart is never below one another

@@ -68,6 +68,8 @@ export interface VmMemoryStats {
   /** Guest frames by state. */
   pages: PageCensus;
   cowBreaks: number;
+  /** Sharing breaks that had the VM's harts flush their TLBs first (p2m.ts shootDownTlbs). */
+  tlbShootdowns: number;
   decompressions: number;
   swapIns: number;
   /** Host reads of compressed or swapped pages that left them there (double paging avoided). */
@@ -183,6 +185,7 @@ export class MemoryManager {
     return {
       pages: p.census(),
       cowBreaks: p.counter(P2mCounter.CowBreaks),
+      tlbShootdowns: p.counter(P2mCounter.Shootdowns),
       decompressions: p.counter(P2mCounter.Decompressions),
       swapIns: p.counter(P2mCounter.SwapIns),
       storeReads: p.counter(P2mCounter.StoreReads),
