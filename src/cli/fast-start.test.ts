@@ -27,10 +27,10 @@ test("the wait marker is taken out of the console output, also when split across
   }
 });
 
-test("the command message: blocks (fragment with the time and a seed, stdin) with nothing a tty line discipline acts on", () => {
-  const decode = (msg: string): string[] => {
+test("the command message: the seed's line (time, random bytes), then blocks (fragment, stdin) with nothing a tty line discipline acts on", () => {
+  const decode = (msg: string): { seed: string; blocks: string[] } => {
     assert.match(msg, /^[\x20-\x7e\n]*$/);
-    const lines = msg.split("\n").slice(0, -1);
+    const [seed, ...lines] = msg.split("\n").slice(0, -1);
     const blocks: string[] = [];
     for (let i = 0; i < lines.length; ) {
       const [kind, count] = lines[i].split(" ");
@@ -38,25 +38,26 @@ test("the command message: blocks (fragment with the time and a seed, stdin) wit
       blocks.push(kind === "p" ? body.map((l) => `${l}\n`).join("") : Buffer.from(body.join(""), "base64").toString("latin1"));
       i += 1 + Number(count);
     }
-    return blocks;
+    return { seed, blocks };
   };
   const message = Buffer.from(commandMessage(["sh", "-c", "echo it's"], Buffer.from([0, 3, 4, 0x13, 0xff]), 1_700_000_000_000)).toString("latin1");
-  assert.match(message, /^p 4\n/, "printable: a plain block, read by shell builtins");
-  const blocks = decode(message);
+  const { seed, blocks } = decode(message);
+  const [time, random] = seed.split(" ");
+  assert.equal(time, "#1700000000");
+  assert.equal(Buffer.from(random, "base64").length, 32);
+  assert.match(message, /^[^\n]*\np 2\n/, "printable: a plain block, read by shell builtins");
   assert.equal(blocks.length, 2);
-  const [fragment, seed] = blocks[0].split("# ");
-  assert.equal(fragment, `#1700000000\nset -- 'sh' '-c' 'echo it'\\''s'\ntsvisor_block > /tsvisor/stdin\n`);
-  assert.equal(Buffer.from(seed.trim(), "base64").length, 32);
+  assert.equal(blocks[0], `set -- 'sh' '-c' 'echo it'\\''s'\ntsvisor_block > /tsvisor/stdin\n`);
   assert.deepEqual([...Buffer.from(blocks[1], "latin1")], [0, 3, 4, 0x13, 0xff]);
   // Control characters in the command: base64.
   const ctl = Buffer.from(commandMessage(["printf", "\x03\x7f"], undefined)).toString("latin1");
-  assert.match(ctl, /^b \d+\n/);
-  assert.match(decode(ctl)[0], /set -- 'printf' '\x03\x7f'\n/);
+  assert.match(ctl, /^[^\n]*\nb \d+\n/);
+  assert.match(decode(ctl).blocks[0], /set -- 'printf' '\x03\x7f'\n/);
   // An empty stdin is made by the fragment; no stdin: none; a fresh seed each time.
-  const empty = decode(Buffer.from(commandMessage(["true"], new Uint8Array(0))).toString());
+  const empty = decode(Buffer.from(commandMessage(["true"], new Uint8Array(0))).toString()).blocks;
   assert.equal(empty.length, 1);
-  assert.match(empty[0], /\n: > \/tsvisor\/stdin\n# /);
-  assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString())[0], /stdin/);
+  assert.match(empty[0], /\n: > \/tsvisor\/stdin\n$/);
+  assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString()).blocks[0], /stdin/);
   assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
 });
 

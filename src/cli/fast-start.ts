@@ -10,32 +10,38 @@
 // command from the console. So the image's init is unchanged (no image
 // rebuild) and the same initrd serves both ways.
 //
-// The message the host then types on the console is one or two blocks,
-// each a line "p COUNT" (plain text) or "b COUNT" (base64), then COUNT lines:
-// the console is a tty in canonical mode with echo off (init ran
-// `stty -echo -onlcr`), a read() returns at most one line, so the shell's
-// `read` and `head -n COUNT` take exactly one block and leave the rest unread
-// (busybox sed reads a line ahead: it would not). A line of printable ASCII
-// or of base64 has no byte the line discipline acts on (^C, ^D, ^S, DEL...).
-// Every byte typed costs the guest MMIO exits and every program it starts
-// tens of milliseconds, so the message is short and the programs few:
-//   1. A shell fragment, written to /tsvisor/cmd (as plain text when it is
-//      printable ASCII in lines under 4000 bytes, read by shell builtins:
-//      no program started; else base64): a comment with the host's time of
-//      day, `set --` with the command, and a comment with 32 fresh random
-//      bytes. /tsvisor/seed (a 206-byte static program, below) writes the
-//      whole file to /dev/urandom, asks the kernel to reseed its CRNG from
-//      the input pool (ioctl RNDRESEEDCRNG) and sets the clock from the first
-//      line. Without the reseed every guest restored from one snapshot would
-//      draw the same "random" numbers (a write to /dev/urandom only mixes
-//      into the input pool, which the CRNG reads at its next reseed, seconds
-//      away); without the clock, the guest's time of day would go on from
-//      when the snapshot was taken. Then init sources the fragment.
-//   2. With a piped stdin, the command's stdin in base64, written to
-//      /tsvisor/stdin as the command archive does (an empty one is made by
-//      the fragment).
+// The waiting guest has started /tsvisor/seed (a 220-byte static program,
+// below) in the background, reading the console; the seed prints
+// WAIT_MARKER, so the snapshot holds it already waiting in its read(). The
+// message the host then types is a line for the seed, then one or two
+// blocks for the shell. The console is a tty in canonical mode with echo
+// off (init ran `stty -echo -onlcr`): a read() returns at most one line, so
+// the seed, the shell's `read` and `head -n COUNT` take exactly what is
+// theirs and leave the rest unread (busybox sed reads a line ahead: it
+// would not). A line of printable ASCII or of base64 has no byte the line
+// discipline acts on (^C, ^D, ^S, DEL...). Every byte typed costs the guest
+// MMIO exits and every program it starts tens of milliseconds (a fork and
+// exec of busybox: 1.4 M instructions, interpreted), so the message is short
+// and the programs few:
+//   0. "#TIME RANDOM": the host's time of day and 32 fresh random bytes in
+//      base64. The seed writes the line to /dev/urandom, asks the kernel to
+//      reseed its CRNG from the input pool (ioctl RNDRESEEDCRNG) and sets
+//      the clock from it; the shell waits for it. Without the reseed every
+//      guest restored from one snapshot would draw the same "random" numbers
+//      (a write to /dev/urandom only mixes into the input pool, which the
+//      CRNG reads at its next reseed, seconds away); without the clock, the
+//      guest's time of day would go on from when the snapshot was taken.
+//   1. A block: the shell fragment (`set --` with the command), written to
+//      /tsvisor/cmd (as plain text when it is printable ASCII in lines under
+//      4000 bytes, read by shell builtins: no program started; else base64),
+//      then sourced by init.
+//   2. With a piped stdin, a block: the command's stdin in base64, written
+//      to /tsvisor/stdin as the command archive does (an empty one is made
+//      by the fragment).
 // Then init goes on as for an archived command: the command runs on the
-// console, its status goes out through the finisher.
+// console, and its status goes out through the finisher: /tsvisor/finish
+// (static too, 244 bytes) replaces the shell (exec: no fork, no busybox)
+// and writes it there, as devmem would.
 //
 // Host side (run-linux.ts): the cache key (snapshotKey) names everything that
 // makes the booted guest what it is; a run whose key has a snapshot restores
@@ -56,6 +62,7 @@ import { VERSION } from "./version.js";
  *  should it ever get through); the host hides it from the output. */
 export const WAIT_MARKER = "\x1b]9999;tsvisor-wait\x07";
 export const SEED_PATH = "/tsvisor/seed";
+const FINISH_PATH = "/tsvisor/finish";
 const CMD_PATH = "/tsvisor/cmd";
 /** A piped stdin larger than this boots cold: the console moves it at a few kB/s
  *  (300 kB took two minutes), the command archive of a cold boot at once. */
@@ -71,44 +78,71 @@ tsvisor_block() {
     head -n "$n" | base64 -d
   fi
 }
-# init's finish without its sync: a fast-start guest has no disks.
+# init's finish without its sync (a fast-start guest has no disks), and
+# without a fork: the finisher program takes the shell's place.
 finish() {
-  if [ "$1" -eq 0 ]; then value=0x5555; else value=$(( ($1 << 16) | 0x3333 )); fi
-  devmem 0x${FINISHER_ADDR.toString(16)} 32 $value
-  echo "tsvisor init: could not report exit status $1 through the finisher" >&2
-  poweroff -f
+  if [ "$1" -eq 0 ]; then value=$((0x5555)); else value=$(( ($1 << 16) | 0x3333 )); fi
+  exec ${FINISH_PATH} $value
 }
-printf '${WAIT_MARKER.replace("\x1b", "\\033").replace("\x07", "\\007")}'
+# The seed prints the marker and reads the first line typed; a background
+# command's stdin would be /dev/null, so the console goes by fd 3.
+exec 3<&0
+${SEED_PATH} <&3 &
+tsvisor_seed=$!
+exec 3<&-
+wait $tsvisor_seed || echo "tsvisor init: could not reseed the kernel's random number generator or set the clock" >&2
 tsvisor_block > ${CMD_PATH}
-${SEED_PATH} ${CMD_PATH} || echo "tsvisor init: could not reseed the kernel's random number generator or set the clock" >&2
 . ${CMD_PATH}
 `;
 
 /**
- * /tsvisor/seed FILE, a static RV64 ELF (riscv64-unknown-elf-as, ld -n -s):
- *   ld a1,16(sp); li a0,-100; li a2,0; li a7,56; ecall; bltz a0,1f   # openat(AT_FDCWD, FILE, O_RDONLY)
- *   mv s0,a0; addi sp,sp,-2048; addi sp,sp,-2048
- *   mv a0,s0; mv a1,sp; li a2,4096; li a7,63; ecall; bltz a0,1f      # read(fd, stack, 4096)
+ * /tsvisor/seed, a static RV64 ELF (riscv64-unknown-elf-as -march=rv64imac,
+ * ld -n -s, objcopy -R .riscv.attributes), run with the console as stdin:
+ *   li a0,1; lla a1,marker; li a2,20; li a7,64; ecall                # write(1, WAIT_MARKER, 20)
+ *   addi sp,sp,-2048; addi sp,sp,-2048
+ *   li a0,0; mv a1,sp; li a2,4096; li a7,63; ecall; blez a0,1f       # read(0, stack, 4096): one line of a tty
  *   mv s1,a0; li a0,-100; lla a1,path; li a2,1; li a7,56; ecall      # openat(AT_FDCWD, "/dev/urandom", O_WRONLY)
  *   bltz a0,1f; mv s2,a0; mv a1,sp; mv a2,s1; li a7,64; ecall        # write(urandom, stack, n)
  *   bltz a0,1f; mv a0,s2; li a1,0x5207; li a7,29; ecall; bnez a0,1f  # ioctl(urandom, RNDRESEEDCRNG)
- *   addi t0,sp,1; li t1,0; li t3,10                                  # the digits after the file's first byte ("#")
+ *   addi t0,sp,1; li t1,0; li t3,10                                  # the digits after the line's first byte ("#")
  *   2: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,3f
  *   mul t1,t1,t3; add t1,t1,t2; addi t0,t0,1; j 2b
  *   3: beqz t1,4f; addi a1,sp,-16; sd t1,0(a1); sd zero,8(a1)
  *   li a0,0; li a7,112; ecall; bnez a0,1f                            # clock_settime(CLOCK_REALTIME, {seconds, 0})
  *   4: li a0,0; li a7,93; ecall                                      # exit(0)
  *   1: li a0,1; li a7,93; ecall                                      # exit(1)
+ *   marker: .ascii "\033]9999;tsvisor-wait\007"
  *   path: .asciz "/dev/urandom"
  */
 const SEED_ELF = Buffer.from(
-  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAJABAAAAAAAABQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAADKAAAAAAAAAMoAAAAAAAAAAgAAAAAAAADCZRMFwPkBRpMIgANzAAAAY0EFCiqEEwEBgBMBAYAihYqFBWaTCPADcwAAAGNDBQiqhBMFwPmXBQAAk4VlCAVGkwiAA3MAAABjRQUGKomKhSaGkwgABHMAAABjTAUESoWVZZuFdSD1SHMAAAA54ZMCEQABQylOg8MCAJODA/1j98MBMwPDAx6ThQL1t2MOAwCTBQH/I7BlACO0BQABRZMIAAdzAAAAEeUBRZMI0AVzAAAABUWTCNAFcwAAAC9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAALAAAAAQAAAAYAAAAAAAAAsAABAAAAAACwAAAAAAAAAMoAAAAAAAAAAAAAAAAAAAACAAAAAAAAAAAAAAAAAAAAAQAAAAMAAAAAAAAAAAAAAAAAAAAAAAAAegEAAAAAAAARAAAAAAAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAA==",
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAKABAAAAAAAAAQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAADcAAAAAAAAANwAAAAAAAAAAgAAAAAAAAAFRZcFAACThYULUUaTCAAEcwAAABMBAYATAQGAAUWKhQVmkwjwA3MAAABjU6AIqoQTBcD5lwUAAJOFpQkFRpMIgANzAAAAY0UFBiqJioUmhpMIAARzAAAAY0wFBEqFlWWbhXUg9UhzAAAAOeGTAhEAAUMpToPDAgCTgwP9Y/fDATMDwwMek4UC9bdjDgMAkwUB/yOwZQAjtAUAAUWTCAAHcwAAABHlAUWTCNAFcwAAAAVFkwjQBXMAAAAbXTk5OTk7dHN2aXNvci13YWl0By9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAADcAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAIwBAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
+  "base64",
+);
+
+/**
+ * /tsvisor/finish VALUE (VALUE in decimal), built as the seed:
+ *   ld t0,16(sp); beqz t0,1f; li s3,0; li t3,10                      # argv[1]
+ *   2: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,3f
+ *   mul s3,s3,t3; add s3,s3,t2; addi t0,t0,1; j 2b
+ *   3: li a0,-100; lla a1,mem; li a2,0x101002; li a7,56; ecall       # openat(AT_FDCWD, "/dev/mem", O_RDWR|O_SYNC)
+ *   bltz a0,1f; mv a4,a0
+ *   li a0,0; li a1,4096; li a2,3; li a3,1; li a5,0x100000; li a7,222; ecall  # mmap(0, 4096, RW, MAP_SHARED, fd, FINISHER_ADDR)
+ *   li t0,-4096; bgeu a0,t0,1f
+ *   sw s3,0(a0)                                                      # the VM ends here
+ *   1: li a0,2; lla a1,msg; li a2,68; li a7,64; ecall                # write(2, msg, 68)
+ *   li a0,0xfee1dead; li a1,0x28121969; li a2,0x4321fedc; li a3,0; li a7,142; ecall  # reboot(POWER_OFF), as poweroff -f
+ *   li a0,1; li a7,93; ecall                                         # exit(1)
+ *   mem: .asciz "/dev/mem"
+ *   msg: .ascii "tsvisor init: could not report the exit status through the finisher\n"
+ */
+const FINISH_ELF = Buffer.from(
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAALgBAAAAAAAAAQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAAD0AAAAAAAAAPQAAAAAAAAAAgAAAAAAAADCYmOOAgSBSSlOg8MCAJODA/1j98MBs4nJA56ZhQL1txMFwPmXBQAAk4UlCDcWEAAJJpMIgANzAAAAY0IFAiqHAUWFZQ1GhUa3BxAAkwjgDXMAAAD9cmN0VQAjIDUBCUWXBQAAk4X1BBMGQASTCAAEcwAAADf1BwAbBfVwNgUTBdXqtyUSKJuFlZY3BiJDGwbG7YFGkwjgCHMAAAAFRZMI0AVzAAAAL2Rldi9tZW0AdHN2aXNvciBpbml0OiBjb3VsZCBub3QgcmVwb3J0IHRoZSBleGl0IHN0YXR1cyB0aHJvdWdoIHRoZSBmaW5pc2hlcgoAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAAD0AAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAKQBAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
   "base64",
 );
 
 /** The archive appended to the initrd of the guest that is snapshotted (instead of a command archive). */
 export function waitArchive(): Uint8Array {
-  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(SEED_PATH.slice(1), SEED_ELF, 0o755).toBytes();
+  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(SEED_PATH.slice(1), SEED_ELF, 0o755).file(FINISH_PATH.slice(1), FINISH_ELF, 0o755).toBytes();
 }
 
 function block(data: Uint8Array | string): string {
@@ -126,14 +160,14 @@ function textBlock(text: string): string {
   return block(text);
 }
 
-/** What the host types on the waiting guest's console: the command fragment (with the time and a seed), then a piped stdin. */
+/** What the host types on the waiting guest's console: the seed's line (the time and fresh random bytes), the command fragment, then a piped stdin. */
 export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now()): Uint8Array {
   if (argv.length === 0) throw new Error("no command to run in the guest");
-  let fragment = `#${Math.floor(nowMs / 1000)}\nset -- ${argv.map(shellQuote).join(" ")}\n`;
+  const seed = `#${Math.floor(nowMs / 1000)} ${randomBytes(SEED_BYTES).toString("base64")}\n`;
+  let fragment = `set -- ${argv.map(shellQuote).join(" ")}\n`;
   if (stdin?.length) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
   else if (stdin) fragment += `: > ${STDIN_PATH}\n`;
-  fragment += `# ${randomBytes(SEED_BYTES).toString("base64")}\n`;
-  return Buffer.from(textBlock(fragment) + (stdin?.length ? block(stdin) : ""));
+  return Buffer.from(seed + textBlock(fragment) + (stdin?.length ? block(stdin) : ""));
 }
 
 /**

@@ -4,36 +4,19 @@
 // ended the run; 2 for usage errors; 1 for any other error. Errors are one line
 // on stderr, never a stack trace.
 
-import { parseArgs } from "node:util";
-import { readFileSync } from "node:fs";
-import { parseElf, ElfError, type ElfImage } from "../loader/elf.js";
-import { BareMachine, MachineError } from "../vmm/bare-machine.js";
-import { demoImage } from "../vmm/demo.js";
-import { GuestFault } from "../vcpu/vcpu.js";
-import { P2mFault } from "../memory/p2m.js";
-import { OutOfHostMemory } from "../memory/frame-pool.js";
-import { UsageError, parseSize, parseCount, parseSeconds } from "./size.js";
-import { writeAllSync, OutputClosed } from "./console-output.js";
-import { runLinux, LinuxRunError, DEFAULT_CMDLINE } from "./run-linux.js";
-import { resolveNetSpecs } from "./vm-devices.js";
-import { OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize } from "./memory-flags.js";
-import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
-import { pullDebianImage } from "../images/debian.js";
-import { checkDiskName, checkImageName } from "./system-image.js";
-import { pullDebianSystem } from "../images/debian-system.js";
-import { ImageError } from "../images/errors.js";
-import { diskCommand, DISK_HELP } from "./disk.js";
-import { hostCommand, vmCommand, VM_HELP } from "../api/vm-cli.js";
-import { HostUnreachable, ApiFailure } from "../api/client.js";
-import { DaemonError } from "../api/server.js";
-import { parseJitFlags, JitFlagError, formatJitStats, DEFAULT_THRESHOLD, type JitOptions } from "../jit/jit.js";
-
+import { UsageError } from "./size.js";
+import { OutputClosed } from "./console-output.js";
 import { VERSION } from "./version.js";
+
 const EXIT_ERROR = 1;
 const EXIT_USAGE = 2;
-const EXIT_LIMIT = 124; // as timeout(1)
 
-const HELP = `usage: tsvisor <command> [options]
+/** The usage text; its parts come from the commands' modules, loaded only for it. */
+async function helpText(): Promise<string> {
+  const [{ DISK_HELP }, { VM_HELP }, { DEFAULT_CMDLINE }, { DEFAULT_THRESHOLD }, { VIRT_MAX_HARTS }] = await Promise.all([
+    import("./disk.js"), import("../api/vm-cli.js"), import("./run-linux.js"), import("../jit/jit.js"), import("../arch/riscv/layout.js"),
+  ]);
+  return `usage: tsvisor <command> [options]
 
 commands:
   run                     boot Debian's stock riscv64 kernel to a busybox shell
@@ -111,164 +94,11 @@ options for run:
   -h, --help              this text
   -V, --version           the version
 `;
+}
 
 function fail(message: string, status: number): never {
   process.stderr.write(`tsvisor: ${message}\n`);
   process.exit(status);
-}
-
-function parseRunArgs(argv: string[]) {
-  // Everything after "--" is the guest command, never tsvisor's options.
-  const dashes = argv.indexOf("--");
-  const own = dashes < 0 ? argv : argv.slice(0, dashes);
-  const command = dashes < 0 ? undefined : argv.slice(dashes + 1);
-  try {
-    const parsed = parseArgs({
-      args: own,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        bare: { type: "boolean" },
-        demo: { type: "boolean" },
-        kernel: { type: "string" },
-        initrd: { type: "string" },
-        append: { type: "string" },
-        cpus: { type: "string" },
-        pcpus: { type: "string" },
-        mem: { type: "string" },
-        "max-insns": { type: "string" },
-        timeout: { type: "string" },
-        stats: { type: "boolean" },
-        disk: { type: "string", multiple: true },
-        net: { type: "string", multiple: true },
-        share: { type: "string", multiple: true },
-        vsock: { type: "string" },
-        publish: { type: "string", short: "p", multiple: true },
-        console: { type: "string" },
-        jit: { type: "string" },
-        "jit-threshold": { type: "string" },
-        "host-mem": { type: "string" },
-        ...OVERCOMMIT_OPTIONS,
-        "no-balloon": { type: "boolean" },
-        "no-snapshot": { type: "boolean" },
-        image: { type: "string" },
-        "disk-name": { type: "string" },
-      },
-    });
-    return { ...parsed, command };
-  } catch (e) {
-    // Node's messages go on with advice about "--"; the first sentence says it.
-    throw new UsageError((e as Error).message.split(/\.\s/)[0]);
-  }
-}
-
-function parsePcpus(text: string): number {
-  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > 64) throw new UsageError(`--pcpus: expected 1..64, got '${text}'`);
-  return Number(text);
-}
-
-function parseCpus(text: string): number {
-  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > VIRT_MAX_HARTS) {
-    throw new UsageError(`--cpus: expected 1..${VIRT_MAX_HARTS}, got '${text}'`);
-  }
-  return Number(text);
-}
-
-function parseConsole(text: string): "ttyS0" | "hvc0" {
-  if (text !== "ttyS0" && text !== "hvc0") throw new UsageError(`--console: expected ttyS0 or hvc0, got '${text}'`);
-  return text;
-}
-
-async function runCommand(argv: string[]): Promise<number> {
-  const { values: v, positionals, command } = parseRunArgs(argv);
-  let jit: JitOptions | false;
-  try {
-    jit = parseJitFlags(v.jit, v["jit-threshold"]);
-  } catch (e) {
-    if (e instanceof JitFlagError) throw new UsageError(e.message);
-    throw e;
-  }
-  const timeoutMs = v.timeout !== undefined ? parseSeconds("--timeout", v.timeout) * 1000 : undefined;
-  if (!v.bare && !v.demo) {
-    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}': put the guest command after --`);
-    if (v["max-insns"] !== undefined) throw new UsageError("--max-insns applies to --bare and --demo only");
-    if (command !== undefined && command.length === 0) throw new UsageError("no command after --");
-    const image = v.image !== undefined ? checkImageName(v.image, "--image") : undefined;
-    if (v["disk-name"] !== undefined && image === undefined) throw new UsageError("--disk-name applies to --image only");
-    if (image !== undefined && (v.kernel !== undefined || v.initrd !== undefined)) throw new UsageError("--image boots Debian's kernel and tsvisor's initramfs: no --kernel or --initrd with it");
-    return runLinux({
-      image,
-      diskName: v["disk-name"] !== undefined ? checkDiskName(v["disk-name"]) : undefined,
-      kernel: v.kernel,
-      initrd: v.initrd,
-      append: v.append,
-      memBytes: v.mem !== undefined ? parseSize("--mem", v.mem) : 512 << 20,
-      cpus: v.cpus !== undefined ? parseCpus(v.cpus) : 1,
-      pcpus: v.pcpus !== undefined ? parsePcpus(v.pcpus) : undefined,
-      stats: v.stats ?? false,
-      timeoutMs,
-      command,
-      disks: v.disk ?? [],
-      nets: resolveNetSpecs(v.net, v.publish),
-      shares: v.share ?? [],
-      vsock: v.vsock,
-      console: v.console !== undefined ? parseConsole(v.console) : "ttyS0",
-      jit,
-      hostMemBytes: v["host-mem"] !== undefined ? parsePoolSize("--host-mem", v["host-mem"]) : undefined,
-      // The swap file's temporary directory is made by runLinux, once the guest is about to start.
-      overcommit: overcommitOptions(v, () => ""),
-      balloon: !v["no-balloon"],
-      snapshot: !v["no-snapshot"],
-    });
-  }
-  for (const flag of ["image", "disk-name", "kernel", "initrd", "append", "cpus", "pcpus", "disk", "net", "share", "vsock", "publish", "console", "host-mem", "swap", "compress", "no-sharing", "no-balloon", "no-snapshot"] as const) {
-    if (v[flag] !== undefined) throw new UsageError(`--${flag} applies to Linux guests, not --bare or --demo`);
-  }
-  if (command !== undefined) throw new UsageError("a guest command (after --) applies to Linux guests, not --bare or --demo");
-  const memBytes = v.mem !== undefined ? parseSize("--mem", v.mem) : 256 << 20;
-  const maxInsns = v["max-insns"] !== undefined ? parseCount("--max-insns", v["max-insns"]) : undefined;
-
-  let image: ElfImage | undefined;
-  if (v.demo) {
-    if (positionals.length > 0) throw new UsageError("run --demo takes no file");
-    image = demoImage();
-  } else if (v.bare) {
-    if (positionals.length !== 1) throw new UsageError("run --bare needs exactly one ELF file");
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(positionals[0]);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      const why = err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a directory" : err.code === "EACCES" ? "permission denied" : err.message;
-      throw new ElfError(`${positionals[0]}: ${why}`);
-    }
-    try {
-      image = parseElf(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
-    } catch (e) {
-      if (e instanceof ElfError) throw new ElfError(`${positionals[0]}: ${e.message}`);
-      throw e;
-    }
-  }
-
-  if (!image) throw new UsageError("run --bare needs exactly one ELF file");
-  const machine = new BareMachine(image, {
-    memBytes,
-    maxInsns,
-    timeoutMs,
-    console: (b) => writeAllSync(1, b),
-    jit,
-  });
-  const result = machine.run();
-  if (v.stats) {
-    process.stderr.write(machine.vcpu.stats.format() + "\n");
-    if (machine.jit) process.stderr.write(formatJitStats(machine.jit.stats()) + "\n");
-  }
-  if (result.kind === "limit") {
-    const what = result.what === "instructions" ? `instruction limit (${maxInsns}) reached` : `timeout (${v.timeout} s) reached`;
-    process.stderr.write(`tsvisor: ${what} at pc 0x${result.pc.toString(16)}\n`);
-    return EXIT_LIMIT;
-  }
-  return result.code;
 }
 
 /** Last-resort handlers: whatever goes wrong outside the synchronous run (a
@@ -297,6 +127,7 @@ async function imageCommand(argv: string[]): Promise<number> {
     else throw new UsageError(`image pull: unexpected argument '${a}'`);
   }
   if (name !== undefined) {
+    const [{ checkImageName }, { pullDebianSystem }] = await Promise.all([import("./system-image.js"), import("../images/debian-system.js")]);
     checkImageName(name, "image pull");
     const t0 = performance.now();
     const sys = await pullDebianSystem({ force, progress: (line) => process.stderr.write(`${line}\n`) });
@@ -304,6 +135,7 @@ async function imageCommand(argv: string[]): Promise<number> {
     process.stdout.write(`debian ${sys.manifest.source.suite} riscv64, ${sys.manifest.packages.length} packages (${took})\n  ${sys.diskPath}\n`);
     return 0;
   }
+  const { pullDebianImage } = await import("../images/debian.js");
   const r = await pullDebianImage({ force, progress: (line) => process.stderr.write(`${line}\n`) });
   process.stdout.write(`kernel ${r.kernelVersion}\n  ${r.kernelPath}\n  ${r.initrdPath}\n`);
   return 0;
@@ -311,8 +143,8 @@ async function imageCommand(argv: string[]): Promise<number> {
 
 /** `tsvisor COMMAND --help`: the usage lines of that command from HELP
  *  (and, for run, its options), so there is one text to keep true. */
-function commandHelp(command: string): string {
-  const lines = HELP.split("\n");
+function commandHelp(help: string, command: string): string {
+  const lines = help.split("\n");
   const out: string[] = ["usage:"];
   let inBlock = false;
   let inRunOptions = false;
@@ -338,12 +170,51 @@ function commandHelp(command: string): string {
   return out.join("\n") + "\n";
 }
 
+type ErrorClass = abstract new (...args: never[]) => Error;
+
+/** A command: its function, and the errors it ends with as one line (status 1). */
+interface Command {
+  run(argv: string[]): number | Promise<number>;
+  errors: readonly ErrorClass[];
+}
+
+/** Each command's modules are loaded when it runs, not before: every module
+ *  costs the CLI's start (fast start's \`run -- true\` was mostly Node
+ *  loading the modules of commands it did not run). */
+const commands: Record<string, (argv: string[]) => Promise<Command>> = {
+  run: async (argv) => {
+    // A Linux guest runs on a pCPU worker thread: started now, the thread's
+    // own start overlaps the loading of run's modules (about 100 ms each).
+    const own = argv.includes("--") ? argv.slice(0, argv.indexOf("--")) : argv;
+    if (!own.includes("--bare") && !own.includes("--demo")) (await import("../host/pcpu-pool.js")).prestartPcpus(1);
+    const { runCommand, ONE_LINE_ERRORS } = await import("./run-command.js");
+    return { run: runCommand, errors: ONE_LINE_ERRORS };
+  },
+  // A system image is built by running a guest: a run's errors, and the image's.
+  image: async () => ({ run: imageCommand, errors: (await import("./run-command.js")).ONE_LINE_ERRORS }),
+  disk: async () => ({ run: (await import("./disk.js")).diskCommand, errors: [] }),
+  host: async () => apiCommand("host"),
+  vm: async () => apiCommand("vm"),
+};
+
+/** \`host\` and \`vm\`: the daemon runs guests, and the client reaches it. */
+async function apiCommand(which: "host" | "vm"): Promise<Command> {
+  const [cli, client, server, run] = await Promise.all([
+    import("../api/vm-cli.js"), import("../api/client.js"), import("../api/server.js"), import("./run-command.js"),
+  ]);
+  return {
+    run: which === "host" ? cli.hostCommand : cli.vmCommand,
+    errors: [...run.ONE_LINE_ERRORS, client.HostUnreachable, client.ApiFailure, server.DaemonError],
+  };
+}
+
 export async function main(argv: string[]): Promise<void> {
   installTopLevelHandlers();
+  let oneLineErrors: readonly ErrorClass[] = [];
   try {
     const [command, ...rest] = argv;
     if (command === undefined || command === "-h" || command === "--help" || command === "help") {
-      process.stdout.write(HELP);
+      process.stdout.write(await helpText());
       process.exitCode = command === undefined ? EXIT_USAGE : 0;
       return;
     }
@@ -351,28 +222,21 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`tsvisor ${VERSION}\n`);
       return;
     }
-    const commands: Record<string, (argv: string[]) => number | Promise<number>> = {
-      run: runCommand, image: imageCommand, disk: diskCommand, host: hostCommand, vm: vmCommand,
-    };
     if (!Object.hasOwn(commands, command)) throw new UsageError(`unknown command '${command}' (try --help)`);
     if (rest[0] === "--help" || rest[0] === "-h") {
-      process.stdout.write(commandHelp(command));
+      process.stdout.write(commandHelp(await helpText(), command));
       return;
     }
-    const status = await commands[command](rest);
+    const { run, errors } = await commands[command](rest);
+    oneLineErrors = errors;
+    const status = await run(rest);
     // Output went out synchronously; exit now rather than wait for stdin,
     // which may still be open, to end.
     process.exit(status);
   } catch (e) {
     if (e instanceof OutputClosed) process.exit(141); // see installTopLevelHandlers
     if (e instanceof UsageError) fail(e.message, EXIT_USAGE);
-    if (
-      e instanceof ElfError || e instanceof MachineError || e instanceof GuestFault || e instanceof P2mFault ||
-      e instanceof OutOfHostMemory || e instanceof LinuxRunError || e instanceof ImageError ||
-      e instanceof HostUnreachable || e instanceof ApiFailure || e instanceof DaemonError
-    ) {
-      fail(e.message, EXIT_ERROR);
-    }
+    if (e instanceof Error && oneLineErrors.some((c) => e instanceof c)) fail(e.message, EXIT_ERROR);
     const msg = e instanceof Error ? e.message : String(e);
     fail(`internal error: ${msg}`, EXIT_ERROR);
   }

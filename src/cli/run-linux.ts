@@ -24,8 +24,7 @@ import {
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
-import { OverlayError, keptDiskPath, makeOverlay, type ImageName } from "./system-image.js";
-import { pullDebianSystem } from "../images/debian-system.js";
+import type { ImageName } from "./system-image.js";
 import { VmDevices, checkDeviceSpecs, isDeviceError, parseShareSpec, parseVsockSpec, shareCmdline } from "./vm-devices.js";
 
 export interface LinuxRunOptions {
@@ -145,6 +144,8 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
  */
 async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<number> {
   checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? [], opts.vsock);
+  // Loaded here: a run without --image never needs them.
+  const [{ OverlayError, keptDiskPath, makeOverlay }, { pullDebianSystem }] = await Promise.all([import("./system-image.js"), import("../images/debian-system.js")]);
   const cacheDir = defaultCacheDir();
   const system = await pullDebianSystem({ cacheDir, progress: (line) => process.stderr.write(`${line}\n`) });
   const kept = opts.diskName !== undefined ? keptDiskPath(cacheDir, opts.diskName) : undefined;

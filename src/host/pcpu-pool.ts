@@ -7,7 +7,7 @@ import type { FramePool } from "../memory/frame-pool.js";
 import type { JitStats } from "../jit/jit.js";
 import type { Scheduler } from "./scheduler.js";
 import type { PcpuMessage, PcpuReply, VmDescriptor } from "./pcpu-protocol.js";
-import type { PcpuWorkerData } from "./pcpu-worker.js";
+import type { PcpuWorkerData, PcpuWorkerStart } from "./pcpu-worker.js";
 
 interface PcpuThread {
   worker: Worker;
@@ -15,6 +15,39 @@ interface PcpuThread {
   /** Settles when the thread has ended (quit, or died). */
   exited: Promise<void>;
   alive: boolean;
+}
+
+const WORKER_URL = new URL("./pcpu-worker.js", import.meta.url);
+
+/** A worker thread started before its host (prestartPcpus): not told its pCPU yet. */
+interface Prestarted {
+  worker: Worker;
+  /** False once it has died (it is not adopted then: a new one is started). */
+  alive: boolean;
+  died(): void;
+}
+
+/** Started by prestartPcpus, taken by the next PcpuPool. */
+const prestarted: Prestarted[] = [];
+
+/**
+ * Start `count` pCPU worker threads now, for the next host made in this
+ * process to take as its first pCPUs. A worker thread needs 100 ms or more
+ * before it can run a guest (Node's bootstrap of the thread, then its
+ * modules); started before the caller loads its own modules and opens a
+ * snapshot, that time overlaps theirs instead of following it (fast start's
+ * \`run -- CMD\`). Workers no host takes do not keep the process alive.
+ */
+export function prestartPcpus(count: number): void {
+  while (prestarted.length < count) {
+    const p: Prestarted = {
+      worker: new Worker(WORKER_URL, { workerData: { prestarted: true } satisfies PcpuWorkerStart }), alive: true, died: () => (p.alive = false),
+    };
+    // Noticed when a host would take it; an error without a listener would end the process.
+    p.worker.on("error", p.died).on("exit", p.died);
+    p.worker.unref();
+    prestarted.push(p);
+  }
 }
 
 export class PcpuPool {
@@ -27,10 +60,18 @@ export class PcpuPool {
 
   /** `onFatal`: a worker died (a hypervisor bug): the host cannot go on. */
   constructor(count: number, pool: FramePool, private readonly sched: Scheduler, onFatal: (e: Error) => void) {
+    const early = prestarted.splice(0).filter((p) => {
+      p.worker.off("error", p.died).off("exit", p.died);
+      return p.alive;
+    });
+    for (const extra of early.splice(count)) void extra.worker.terminate();
     for (let pcpu = 0; pcpu < count; pcpu++) {
       const { port1, port2 } = new MessageChannel();
       const data: PcpuWorkerData = { pcpu, pool: pool.handle(), sched: sched.handle, port: port2, coreModule: coreModule() };
-      const worker = new Worker(new URL("./pcpu-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
+      // A prestarted worker is told who it is now (it waits for that message); else a new one starts.
+      let worker = early.shift()?.worker;
+      if (worker) worker.postMessage(data, [port2]);
+      else worker = new Worker(WORKER_URL, { workerData: data, transferList: [port2] });
       let markExited!: () => void;
       const thread: PcpuThread = { worker, port: port1, alive: true, exited: new Promise<void>((r) => (markExited = r)) };
       worker.on("error", (e) => {

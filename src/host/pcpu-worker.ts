@@ -8,7 +8,7 @@
 // through the exit mailbox, waiting for the answer, as a KVM vCPU thread
 // returns to its VMM. It never touches devices or host resources.
 
-import { workerData, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
+import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import { instantiateCore, asU64, runMarked, type Core } from "../vcpu/core.js";
 import { FramePool, OutOfHostMemory, type FramePoolHandle } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
@@ -27,6 +27,12 @@ export interface PcpuWorkerData {
   port: MessagePort;
   /** The host's compiled core: one compilation (and one tier-up) for all threads. */
   coreModule: WebAssembly.Module;
+}
+
+/** The workerData of a worker started before its host (pcpu-pool.ts
+ *  prestartPcpus): its PcpuWorkerData comes later, as its first message. */
+export interface PcpuWorkerStart {
+  prestarted: true;
 }
 
 /** Instructions per run() call inside a slice: the worker looks at the clock
@@ -256,4 +262,8 @@ class Pcpu {
   }
 }
 
-new Pcpu(workerData as PcpuWorkerData).loop();
+if ("prestarted" in (workerData as PcpuWorkerStart | PcpuWorkerData)) {
+  parentPort!.once("message", (data: PcpuWorkerData) => new Pcpu(data).loop());
+} else {
+  new Pcpu(workerData as PcpuWorkerData).loop();
+}
