@@ -31,7 +31,7 @@
 
 import type { GuestAddress, HostAddress } from "./address.js";
 import type { SnapshotShare } from "../snapshot/memory.js";
-import { SHARE_FILLED, SHARE_MAPPED } from "../snapshot/page-share.js";
+import { SHARE_FILLED, SHARE_FRAMES, SHARE_MAPPED } from "../snapshot/page-share.js";
 import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
 import { FramePool, FRAME_SIZE, OWNER_HOST, framesFor, type FrameOwner } from "./frame-pool.js";
 import {
@@ -550,9 +550,10 @@ export class P2m {
    */
   private mapSnapshotShared(index: number, seen: number, share: SnapshotShare): void {
     if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
+    const table = share.table >>> 2;
     let frame: number;
     try {
-      frame = Atomics.load(share.frames, index) >>> 0;
+      frame = Atomics.load(this.pool.words, table + SHARE_FRAMES + index) >>> 0;
       if (frame !== 0) {
         this.pool.retain(frame);
       } else {
@@ -564,10 +565,10 @@ export class P2m {
           throw err;
         }
         this.pool.retain(fresh); // the table's reference, and this mapping's
-        const other = Atomics.compareExchange(share.frames, index, 0, fresh | 0) >>> 0;
+        const other = Atomics.compareExchange(this.pool.words, table + SHARE_FRAMES + index, 0, fresh | 0) >>> 0;
         if (other === 0) {
           frame = fresh;
-          Atomics.add(share.counters, SHARE_FILLED, 1);
+          Atomics.add(this.pool.words, table + SHARE_FILLED, 1);
         } else {
           // Another clone read it meanwhile: use theirs.
           this.pool.free(fresh);
@@ -582,7 +583,7 @@ export class P2m {
     }
     Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_SHARED | P2M_ACCESSED);
     Atomics.add(this.counters, P2mCounter.Populated, 1);
-    Atomics.add(share.counters, SHARE_MAPPED, 1);
+    Atomics.add(this.pool.words, table + SHARE_MAPPED, 1);
   }
 
   /** A post-copy migration's page not here yet: wait for it, out of any access. */

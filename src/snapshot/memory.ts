@@ -21,7 +21,6 @@ import { SnapshotError } from "./state.js";
 import type { SnapshotFile, SnapshotWriter } from "./format.js";
 import { isAllZero } from "../memory/zero.js";
 import type { SharedSnapshotFramesHandle } from "./page-share.js";
-import type { FrameOwner } from "../memory/frame-pool.js";
 
 export const PAGE_ZERO = 0xffff_ffff;
 export const PAGE_IN_PARENT = 0xffff_fffe;
@@ -129,12 +128,7 @@ export interface SnapshotPagesHandle {
 }
 
 /** A snapshot's shared frames as one thread uses them (p2m.ts mapSnapshotShared). */
-export interface SnapshotShare {
-  /** Per guest page: the host address of its shared frame, 0 = not read yet. */
-  readonly frames: Int32Array;
-  readonly counters: Int32Array;
-  readonly owner: FrameOwner;
-}
+export type SnapshotShare = SharedSnapshotFramesHandle;
 
 /** Where each page of a restored VM's RAM is, across a snapshot and its parents. */
 export class SnapshotPages {
@@ -151,12 +145,12 @@ export class SnapshotPages {
     this.fileOf = new Uint8Array(h.fileOf);
     this.slotOf = new Uint32Array(h.slotOf);
     this.crcs = h.files.map((f) => new Uint32Array(f.crc));
-    this.share = h.share && { frames: new Int32Array(h.share.frames), counters: new Int32Array(h.share.counters), owner: h.share.owner };
+    this.share = h.share;
   }
 
   /** The same pages, read through the host's table of frames shared by the snapshot's clones. */
   withShare(share: SharedSnapshotFramesHandle): SnapshotPages {
-    if (share.frames.byteLength !== this.slotOf.length * 4) throw new SnapshotError(`a shared-page table of ${share.frames.byteLength / 4} pages for a snapshot of ${this.slotOf.length}`);
+    if (share.pages !== this.slotOf.length) throw new SnapshotError(`a shared-page table of ${share.pages} pages for a snapshot of ${this.slotOf.length}`);
     return new SnapshotPages({ ...this.h, share });
   }
 

@@ -8,29 +8,33 @@
 // the same from the kernel by mapping its memory file MAP_PRIVATE in every
 // clone.
 //
-// The table lives in shared memory (vCPU workers fill it while resolving
-// their faults: p2m.ts mapSnapshotShared) and holds a reference to each of
-// its frames, charged to an owner of its own, so a frame outlives the clone
-// that read it; the last VM restored from the snapshot lets go of the table
-// (release), which drops those references. Frames the table holds that no
-// clone maps any more stay until then: at most the snapshot's stored pages.
+// The table lives in frames of the pool (vCPU workers fill it while
+// resolving their faults: p2m.ts mapSnapshotShared), charged with its frames
+// to an owner of its own, and holds a reference to each frame it names, so a
+// frame outlives the clone that read it; the last VM restored from the
+// snapshot lets go of the table (release), which drops those references.
+// Frames the table holds that no clone maps any more stay until then: at
+// most the snapshot's stored pages.
 
-import type { FramePool, FrameOwner } from "../memory/frame-pool.js";
+import { framesFor, type FramePool, type FrameOwner } from "../memory/frame-pool.js";
+import type { HostAddress } from "../memory/address.js";
 
-/** The table as a thread sees it: SnapshotPagesHandle carries it to the vCPU workers. */
+/** The table, as plain data for the vCPU workers (SnapshotPagesHandle carries it). */
 export interface SharedSnapshotFramesHandle {
-  /** Int32 per guest page: the host address of its shared frame, 0 = not read yet. */
-  readonly frames: SharedArrayBuffer;
-  /** Int32 counters (SHARE_*), on every thread. */
-  readonly counters: SharedArrayBuffer;
-  /** Who the table's frames are charged to. */
+  /** Host address of the table: SHARE_* counters, then per guest page the
+   *  host address of its shared frame (u32, 0 = not read yet). */
+  readonly table: HostAddress;
+  readonly pages: number;
+  /** Who the table and its frames are charged to. */
   readonly owner: FrameOwner;
 }
 
-/** Pages read from the file into a frame of the table. */
+/** Table words: pages read from the file into a frame of the table... */
 export const SHARE_FILLED = 0;
-/** Mappings of a table frame made by read faults (the first one included). */
+/** ...mappings of a table frame made by read faults (the first one included)... */
 export const SHARE_MAPPED = 1;
+/** ...then page i's frame at word SHARE_FRAMES + i. */
+export const SHARE_FRAMES = 2;
 
 export interface SnapshotSharingStats {
   /** Snapshots with a table (restored VMs alive). */
@@ -62,12 +66,18 @@ export class SnapshotSharing {
   /** The table of snapshot `id` (of `pages` guest pages) for one more VM restored from it. */
   acquire(id: string, pages: number): SharedSnapshotFramesHandle {
     let t = this.tables.get(id);
-    if (t && new Int32Array(t.handle.frames).length !== pages) throw new Error(`snapshot ${id}: a table of ${new Int32Array(t.handle.frames).length} pages, asked for ${pages}`);
+    if (t && t.handle.pages !== pages) throw new Error(`snapshot ${id}: a table of ${t.handle.pages} pages, asked for ${pages}`);
     if (!t) {
-      t = {
-        handle: { frames: new SharedArrayBuffer(pages * 4), counters: new SharedArrayBuffer(8), owner: this.owners.take() },
-        users: 0,
-      };
+      const owner = this.owners.take();
+      let table: HostAddress;
+      try {
+        // Frames come zeroed: no counts yet, no page read.
+        table = this.pool.allocContiguous(tableFrames(pages), owner);
+      } catch (e) {
+        this.owners.give(owner);
+        throw e;
+      }
+      t = { handle: { table, pages, owner }, users: 0 };
       this.tables.set(id, t);
     }
     t.users++;
@@ -79,25 +89,32 @@ export class SnapshotSharing {
     const t = this.tables.get(id);
     if (!t || --t.users > 0) return;
     this.tables.delete(id);
-    const frames = new Int32Array(t.handle.frames);
-    for (let i = 0; i < frames.length; i++) {
-      const f = Atomics.exchange(frames, i, 0);
-      if (f !== 0) this.pool.free(f >>> 0);
+    const { table, pages, owner } = t.handle;
+    const first = table >>> 2;
+    for (let i = 0; i < pages; i++) {
+      const f = Atomics.exchange(this.pool.words, first + SHARE_FRAMES + i, 0) >>> 0;
+      if (f !== 0) this.pool.free(f);
     }
-    const c = new Int32Array(t.handle.counters);
-    this.filledBefore += c[SHARE_FILLED];
-    this.mappedBefore += c[SHARE_MAPPED];
-    this.owners.give(t.handle.owner);
+    const words = this.pool.words;
+    this.filledBefore += Atomics.load(words, first + SHARE_FILLED);
+    this.mappedBefore += Atomics.load(words, first + SHARE_MAPPED);
+    this.pool.freeContiguous(table, tableFrames(pages));
+    this.owners.give(owner);
   }
 
   stats(): SnapshotSharingStats {
     const s: SnapshotSharingStats = { tables: this.tables.size, frames: 0, filled: this.filledBefore, mapped: this.mappedBefore };
-    for (const t of this.tables.values()) {
-      const c = new Int32Array(t.handle.counters);
-      s.filled += Atomics.load(c, SHARE_FILLED);
-      s.mapped += Atomics.load(c, SHARE_MAPPED);
-      for (const f of new Int32Array(t.handle.frames)) if (f !== 0) s.frames++;
+    const words = this.pool.words;
+    for (const { handle: { table, pages } } of this.tables.values()) {
+      const first = table >>> 2;
+      s.filled += Atomics.load(words, first + SHARE_FILLED);
+      s.mapped += Atomics.load(words, first + SHARE_MAPPED);
+      for (let i = 0; i < pages; i++) if (Atomics.load(words, first + SHARE_FRAMES + i) !== 0) s.frames++;
     }
     return s;
   }
+}
+
+function tableFrames(pages: number): number {
+  return framesFor((SHARE_FRAMES + pages) * 4);
 }
