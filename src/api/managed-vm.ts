@@ -170,6 +170,8 @@ export class ManagedVm {
     if (before === "starting" || before === "running" || before === "paused") return;
     if (before === "stopping") throw new ApiError(409, `VM '${this.name}' is stopping: start it once it has stopped`);
     this._state = "starting";
+    this.pendingMacs = undefined; // a paused clone's that never ran: a cold boot reads the definition's
+
     this.stopReason = undefined;
     this.outcome = undefined;
     this.event(`vm ${this.name} starting`);
@@ -233,6 +235,7 @@ export class ManagedVm {
     if (this._state !== "created" && this._state !== "stopped") throw new ApiError(409, `VM '${this.name}' is ${this._state}: restore into a stopped VM`);
     const before = this._state;
     this._state = "starting";
+    this.pendingMacs = undefined;
     this.stopReason = undefined;
     this.outcome = undefined;
     this.event(`vm ${this.name} restoring from ${path}`);

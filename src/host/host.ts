@@ -146,7 +146,12 @@ export class Host {
     const snap = openSnapshot(path);
     // Every VM restored from this snapshot reads its pages through one table
     // of shared frames (a clone costs what it writes); the last one gives it back.
-    snap.pages = snap.pages.withShare(this.snapshotSharing.acquire(snap.meta.id, snap.pages.pageCount));
+    try {
+      snap.pages = snap.pages.withShare(this.snapshotSharing.acquire(snap.meta.id, snap.pages.pageCount));
+    } catch (e) {
+      snap.close();
+      throw e;
+    }
     const closeFiles = snap.close;
     let released = false;
     snap.close = () => {

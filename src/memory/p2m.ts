@@ -30,8 +30,7 @@
 // are charged to the VM's owner id; a shared frame to its share group.
 
 import type { GuestAddress, HostAddress } from "./address.js";
-import type { SnapshotShare } from "../snapshot/memory.js";
-import { SHARE_FILLED, SHARE_FRAMES, SHARE_MAPPED } from "../snapshot/page-share.js";
+import { SHARE_FILLED, SHARE_FRAMES, SHARE_MAPPED, type SharedSnapshotFramesHandle } from "../snapshot/page-share.js";
 import { PAGE_SHIFT, hex, isPageAligned } from "./address.js";
 import { FramePool, FRAME_SIZE, OWNER_HOST, framesFor, type FrameOwner } from "./frame-pool.js";
 import {
@@ -92,7 +91,7 @@ export interface PageSource {
    *  will never come (the source is gone). */
   awaitRemote?(index: number, stillRemote: () => boolean): void;
   /** A restored VM's snapshot pages that its clones share (snapshot/page-share.ts): a read maps the table's frame. */
-  snapshotShare?(): SnapshotShare | undefined;
+  snapshotShare?(): SharedSnapshotFramesHandle | undefined;
 }
 
 export interface P2mOptions {
@@ -548,7 +547,7 @@ export class P2m {
    * of its own (page-share.ts), so a frame found there cannot be freed
    * before retain(). The entry is BUSY meanwhile; on failure it is put back.
    */
-  private mapSnapshotShared(index: number, seen: number, share: SnapshotShare): void {
+  private mapSnapshotShared(index: number, seen: number, share: SharedSnapshotFramesHandle): void {
     if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
     const table = share.table >>> 2;
     let frame: number;

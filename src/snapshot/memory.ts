@@ -127,9 +127,6 @@ export interface SnapshotPagesHandle {
   readonly share?: SharedSnapshotFramesHandle;
 }
 
-/** A snapshot's shared frames as one thread uses them (p2m.ts mapSnapshotShared). */
-export type SnapshotShare = SharedSnapshotFramesHandle;
-
 /** Where each page of a restored VM's RAM is, across a snapshot and its parents. */
 export class SnapshotPages {
   private readonly fileOf: Uint8Array;
@@ -139,7 +136,7 @@ export class SnapshotPages {
   /** Pages read from the files so far (this thread). */
   loads = 0;
   /** Read faults map the clones' shared frames (none: each VM reads into frames of its own). */
-  readonly share: SnapshotShare | undefined;
+  readonly share: SharedSnapshotFramesHandle | undefined;
 
   private constructor(private readonly h: SnapshotPagesHandle) {
     this.fileOf = new Uint8Array(h.fileOf);

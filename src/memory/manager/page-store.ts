@@ -11,7 +11,8 @@ import {
   type CompressedStoreHandle, type SwapFileHandle,
 } from "../store/index.js";
 import { Absent, type StoredKind } from "../p2m-entry.js";
-import { SnapshotPages, type SnapshotPagesHandle, type SnapshotShare } from "../../snapshot/memory.js";
+import { SnapshotPages, type SnapshotPagesHandle } from "../../snapshot/memory.js";
+import type { SharedSnapshotFramesHandle } from "../../snapshot/page-share.js";
 import { RemotePages, type RemotePagesHandle } from "../../snapshot/migration/remote-pages.js";
 import type { PageSource } from "../p2m.js";
 import { FRAME_SIZE } from "../frame-pool.js";
@@ -57,7 +58,7 @@ export class PageStore implements PageSource {
   }
 
   /** A restored VM's snapshot pages shared with its clones (snapshot/page-share.ts), if any. */
-  snapshotShare(): SnapshotShare | undefined {
+  snapshotShare(): SharedSnapshotFramesHandle | undefined {
     return this.snapshot?.share;
   }
 
