@@ -102,6 +102,7 @@ export class Host {
     this.pcpus = new PcpuPool(pcpus, this.pool, this.sched, (e) => this.onFatal(e));
     this.memory = new MemoryManager(this.pool, opts.overcommit ?? {}, () => this.allocOwner());
     this.snapshotSharing = new SnapshotSharing(this.pool, { take: () => this.allocOwner(), give: (o) => this.usedOwners.delete(o) });
+    this.memory.addCache(() => this.snapshotSharing.dropUnmapped());
     this.doorbell = serveDoorbell(this.sched, () => this.serveExits());
   }
 

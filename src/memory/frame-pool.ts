@@ -305,6 +305,18 @@ export class FramePool {
     }
   }
 
+  /** retain() when the frame is held, else false: for a frame named by a
+   *  table another thread may drop it from (the caller checks the table still
+   *  names it afterwards, and frees the reference if not). */
+  tryRetain(addr: HostAddress): boolean {
+    const frame = this.frameOf(addr);
+    for (;;) {
+      const refs = Atomics.load(this.refs, frame);
+      if (refs <= 0 || refs === 0x7fffffff) return false;
+      if (Atomics.compareExchange(this.refs, frame, refs, refs + 1) === refs) return true;
+    }
+  }
+
   /** Drop one reference to the frame at `addr` (an allocation is one); with the
    *  last one it is zeroed and returned to the pool. */
   free(addr: HostAddress): void {

@@ -543,19 +543,29 @@ export class P2m {
   /**
    * A read of a snapshot page in a VM whose clones share the snapshot's
    * pages: map the table's frame for it, shared and read-only, reading it
-   * from the file first when no clone has yet. The table keeps a reference
-   * of its own (page-share.ts), so a frame found there cannot be freed
-   * before retain(). The entry is BUSY meanwhile; on failure it is put back.
+   * from the file into a new one when the table has none. The table holds a
+   * reference of its own on each frame it names, and may drop it under
+   * memory pressure (page-share.ts dropUnmapped: slot first, then the
+   * reference), so a frame found there counts only once retained and still
+   * named by the table. The entry is BUSY meanwhile; on failure it is put back.
    */
   private mapSnapshotShared(index: number, seen: number, share: SharedSnapshotFramesHandle): void {
     if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
-    const table = share.table >>> 2;
+    const slot = (share.table >>> 2) + SHARE_FRAMES + index;
+    const counter = (which: number) => (share.table >>> 2) + which;
     let frame: number;
     try {
-      frame = Atomics.load(this.pool.words, table + SHARE_FRAMES + index) >>> 0;
-      if (frame !== 0) {
-        this.pool.retain(frame);
-      } else {
+      for (;;) {
+        const found = Atomics.load(this.pool.words, slot) >>> 0;
+        if (found !== 0) {
+          if (!this.pool.tryRetain(found)) continue; // dropped and freed meanwhile: the slot reads 0 now or soon
+          if ((Atomics.load(this.pool.words, slot) >>> 0) === found) {
+            frame = found;
+            break;
+          }
+          this.pool.free(found); // dropped meanwhile (perhaps reused): not ours
+          continue;
+        }
         const fresh = this.fromReserve ? this.pool.alloc(share.owner) : this.pool.allocGuest(share.owner);
         try {
           this.source().readPage(Absent.Snapshot, entrySlot(seen), this.pool.bytes.subarray(fresh, fresh + FRAME_SIZE));
@@ -564,17 +574,14 @@ export class P2m {
           throw err;
         }
         this.pool.retain(fresh); // the table's reference, and this mapping's
-        const other = Atomics.compareExchange(this.pool.words, table + SHARE_FRAMES + index, 0, fresh | 0) >>> 0;
-        if (other === 0) {
+        if (Atomics.compareExchange(this.pool.words, slot, 0, fresh | 0) === 0) {
           frame = fresh;
-          Atomics.add(this.pool.words, table + SHARE_FILLED, 1);
-        } else {
-          // Another clone read it meanwhile: use theirs.
-          this.pool.free(fresh);
-          this.pool.free(fresh);
-          this.pool.retain(other);
-          frame = other;
+          Atomics.add(this.pool.words, counter(SHARE_FILLED), 1);
+          break;
         }
+        // Another clone read it meanwhile: use theirs.
+        this.pool.free(fresh);
+        this.pool.free(fresh);
       }
     } catch (err) {
       Atomics.store(this.pool.words, this.firstWord + index, seen | 0);
@@ -582,7 +589,7 @@ export class P2m {
     }
     Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_SHARED | P2M_ACCESSED);
     Atomics.add(this.counters, P2mCounter.Populated, 1);
-    Atomics.add(this.pool.words, table + SHARE_MAPPED, 1);
+    Atomics.add(this.pool.words, counter(SHARE_MAPPED), 1);
   }
 
   /** A post-copy migration's page not here yet: wait for it, out of any access. */

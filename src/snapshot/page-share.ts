@@ -13,8 +13,8 @@
 // to an owner of its own, and holds a reference to each frame it names, so a
 // frame outlives the clone that read it; the last VM restored from the
 // snapshot lets go of the table (release), which drops those references.
-// Frames the table holds that no clone maps any more stay until then: at
-// most the snapshot's stored pages.
+// Frames the table holds that no clone maps any more are a cache: the memory
+// manager drops them first when the host runs short (dropUnmapped).
 
 import { framesFor, type FramePool, type FrameOwner } from "../memory/frame-pool.js";
 import type { HostAddress } from "../memory/address.js";
@@ -41,9 +41,11 @@ export interface SnapshotSharingStats {
   tables: number;
   /** Frames the tables hold. */
   frames: number;
-  /** Since the host started: pages read into tables, and mappings of them. */
+  /** Since the host started: pages read into tables, mappings of them, and
+   *  frames no clone mapped dropped under memory pressure. */
   filled: number;
   mapped: number;
+  dropped: number;
 }
 
 interface Table {
@@ -56,6 +58,7 @@ export class SnapshotSharing {
   private readonly tables = new Map<string, Table>();
   private filledBefore = 0;
   private mappedBefore = 0;
+  private dropped = 0;
 
   constructor(
     private readonly pool: FramePool,
@@ -102,8 +105,30 @@ export class SnapshotSharing {
     this.owners.give(owner);
   }
 
+  /**
+   * Give back the frames only the tables hold (no clone maps them): a page
+   * read again later comes from the file. Any thread may be mapping one
+   * meanwhile: the slot is cleared first, and a mapper checks the slot after
+   * taking its reference (p2m.ts mapSnapshotShared). Returns the frames freed.
+   */
+  dropUnmapped(): number {
+    let freed = 0;
+    for (const { handle: { table, pages } } of this.tables.values()) {
+      const first = (table >>> 2) + SHARE_FRAMES;
+      for (let i = 0; i < pages; i++) {
+        const f = Atomics.load(this.pool.words, first + i) >>> 0;
+        if (f === 0 || this.pool.refCount(f) !== 1) continue;
+        if (Atomics.compareExchange(this.pool.words, first + i, f | 0, 0) !== (f | 0)) continue;
+        this.pool.free(f);
+        freed++;
+      }
+    }
+    this.dropped += freed;
+    return freed;
+  }
+
   stats(): SnapshotSharingStats {
-    const s: SnapshotSharingStats = { tables: this.tables.size, frames: 0, filled: this.filledBefore, mapped: this.mappedBefore };
+    const s: SnapshotSharingStats = { tables: this.tables.size, frames: 0, filled: this.filledBefore, mapped: this.mappedBefore, dropped: this.dropped };
     const words = this.pool.words;
     for (const { handle: { table, pages } } of this.tables.values()) {
       const first = table >>> 2;

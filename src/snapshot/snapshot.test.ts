@@ -169,6 +169,37 @@ test("clones: three VMs restored from one snapshot run independently, sharing th
   });
 });
 
+test("the shared pages only the clones' table holds go back under memory pressure; a clone then reads them from the file again", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 2 });
+    try {
+      const g = startPatterns(host, "base");
+      await until("'written'", () => g.output().includes("written"));
+      const path = join(dir, "base.snap");
+      await g.vm.snapshot(path);
+      await g.vm.destroy();
+      // The waiting clone keeps the table; the other reads every page into it and ends.
+      const waiting = restore(host, path, "waiting", true);
+      const reader = restore(host, path, "reader");
+      await finishes(reader);
+      await reader.vm.destroy();
+      const before = host.snapshotSharing.stats();
+      assert.ok(before.tables === 1 && before.frames > 10_000, JSON.stringify(before));
+      const freeBefore = host.memory.stats().frames.free;
+      await host.memory.reclaimNow(freeBefore + before.frames);
+      const after = host.snapshotSharing.stats();
+      assert.equal(after.frames, 0, JSON.stringify(after));
+      assert.equal(after.dropped, before.frames);
+      assert.ok(host.memory.stats().frames.free >= freeBefore + before.frames, "the frames went back to the pool");
+      waiting.vm.resume();
+      await finishes(waiting);
+      assert.ok(host.snapshotSharing.stats().filled >= 2 * before.filled - 100, "read from the file again");
+    } finally {
+      await host.close();
+    }
+  });
+});
+
 test("a store that breaks a restored page's sharing reaches the other hart, which had the shared frame in its TLB", { skip: noCompiler, timeout: 60_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });

@@ -130,6 +130,8 @@ export class MemoryManager {
   private readonly discards = { inflated: 0, reported: 0, skipped: 0 };
   private lastFreeDepth = 0;
   private trimmedFrames = 0;
+  /** Frames held only as a cache (restored clones' shared snapshot pages): dropped first under pressure. */
+  private readonly caches: (() => number)[] = [];
 
   constructor(private readonly pool: FramePool, opts: OvercommitOptions, newOwner: () => FrameOwner) {
     const poolBytes = pool.limitBytes;
@@ -260,6 +262,12 @@ export class MemoryManager {
     for (const index of indices) vm.p2m.casEntry(index, absentEntry(Absent.Ballooned), absentEntry(Absent.Untouched));
   }
 
+  /** `drop` gives back frames held only as a cache, returning how many: the
+   *  first thing reclaim does (page-share.ts dropUnmapped). */
+  addCache(drop: () => number): void {
+    this.caches.push(drop);
+  }
+
   /** Run one sharing pass now (tests, and bench:mem's density figures). */
   async shareNow(pages = this.sharingRate.pagesPerPass): Promise<number> {
     return this.sharing ? this.sharing.pass(pages) : 0;
@@ -268,6 +276,7 @@ export class MemoryManager {
   /** Reclaim until the pool has `frames` free (tests and benchmarks); resolves to the pages taken. */
   async reclaimNow(frames = this.highWaterFrames): Promise<number> {
     let taken = 0;
+    for (const drop of this.caches) if (this.freeFrames < frames) drop();
     for (let tries = 0; this.freeFrames < frames && tries < 1000; tries++) {
       const n = await this.reclaimer.reclaim(RECLAIM_BATCH);
       this.reclaimer.spillCompressed(this.spillTarget());
@@ -302,6 +311,9 @@ export class MemoryManager {
 
   private async relievePressure(): Promise<void> {
     if (!this.reclaimOn) return;
+    // Cached frames cost no guest anything: they go before balloons are asked.
+    for (const drop of this.caches) drop();
+    if (this.freeFrames >= this.highWaterFrames && this.waiting.size === 0) return;
     const now = performance.now();
     if (this.balloonFirst) {
       if (now - this.balloonAskedAt >= BALLOON_GRACE_MS) this.askBalloons();
