@@ -525,7 +525,11 @@ export class P2m {
       const source = this.source();
       frame = this.allocFrame();
       try {
-        source.readPage(kind, entrySlot(seen), this.pool.bytes.subarray(frame, frame + FRAME_SIZE));
+        // A snapshot page a clone has read already: a copy of its shared frame, not the file again.
+        const share = kind === Absent.Snapshot ? source.snapshotShare?.() : undefined;
+        if (!share || !this.copySharedSnapshotPage(share, index, frame)) {
+          source.readPage(kind, entrySlot(seen), this.pool.bytes.subarray(frame, frame + FRAME_SIZE));
+        }
       } catch (err) {
         this.pool.free(frame);
         throw err;
@@ -590,6 +594,23 @@ export class P2m {
     Atomics.store(this.pool.words, this.firstWord + index, frame | P2M_PRESENT | P2M_SHARED | P2M_ACCESSED);
     Atomics.add(this.counters, P2mCounter.Populated, 1);
     Atomics.add(this.pool.words, counter(SHARE_MAPPED), 1);
+  }
+
+  /** Copy page `index`'s frame in the clones' table into `to`; false when the table has none. */
+  private copySharedSnapshotPage(share: SharedSnapshotFramesHandle, index: number, to: HostAddress): boolean {
+    const slot = (share.table >>> 2) + SHARE_FRAMES + index;
+    for (;;) {
+      const found = Atomics.load(this.pool.words, slot) >>> 0;
+      if (found === 0) return false;
+      if (!this.pool.tryRetain(found)) continue; // being dropped (mapSnapshotShared says how)
+      try {
+        if ((Atomics.load(this.pool.words, slot) >>> 0) !== found) continue;
+        this.pool.bytes.copyWithin(to, found, found + FRAME_SIZE);
+        return true;
+      } finally {
+        this.pool.free(found);
+      }
+    }
   }
 
   /** A post-copy migration's page not here yet: wait for it, out of any access. */
