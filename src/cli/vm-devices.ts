@@ -6,18 +6,17 @@
 import { createHash } from "node:crypto";
 import { existsSync, rmSync, statSync } from "node:fs";
 import { resolve } from "node:path";
-import { VirtioFs } from "../devices/virtio/fs/device.js";
-import { createQcow2 } from "../backends/disk/qcow2/create.js";
-import { DiskImageError, type CacheMode } from "../backends/disk/disk.js";
+import type { VirtioFs } from "../devices/virtio/fs/device.js";
+import { DiskImageError, type CacheMode } from "../backends/disk/types.js";
 import { openNetBackend, parseNetSpec, NetBackendError, type NetBackend, type NetSpec, type NetStats } from "../backends/net/net-backend.js";
 import type { PortCounters, SwitchPort } from "../net/switch.js";
 import type { UserNet, UserNetStats } from "../net/nat/user-net.js";
 import { ipv4String } from "../net/packet.js";
-import { IoThreadBlk } from "../devices/virtio/blk-iothread.js";
+import type { IoThreadBlk } from "../devices/virtio/blk-iothread.js";
 import { VirtioNet } from "../devices/virtio/net.js";
 import type { VirtioDevice } from "../devices/virtio/virtio.js";
-import { VirtioVsock } from "../devices/virtio/vsock/device.js";
-import { UnixVsockBackend, VsockBackendError } from "../devices/virtio/vsock/unix-backend.js";
+import type { VirtioVsock } from "../devices/virtio/vsock/device.js";
+import { VsockBackendError } from "../devices/virtio/vsock/errors.js";
 import { UsageError } from "./size.js";
 
 export interface DiskSpec {
@@ -206,6 +205,7 @@ export class VmDevices {
       const overlay = `${frozen}.${tag}.qcow2`;
       if (existsSync(overlay)) throw new DiskImageError(`${overlay} exists already: not freezing ${frozen} under it`);
       const size = (blk.readConfig(0, 4) + blk.readConfig(4, 4) * 2 ** 32) * 512;
+      const { createQcow2 } = await import("../backends/disk/qcow2/create.js");
       createQcow2(overlay, { size, backingFile: frozen, backingFormat: blk.image.format });
       try {
         await blk.reopen({ path: overlay, format: "qcow2", readOnly: false, cache: spec.cache });
@@ -286,11 +286,14 @@ export class VmDevices {
     const disks: { blk: IoThreadBlk; spec: DiskSpec }[] = [];
     const nets: NetBackend[] = [];
     const devices: VirtioDevice[] = [];
+    const shares: VirtioFs[] = [];
     try {
       const parsedDisks = diskSpecs.map(parseDiskSpec);
       const parsedNets = netSpecs.map(parseNetOption);
+      // Each kind's code loads when a VM has one (a fast start's `run` needs neither disks, shares nor vsock).
+      const { IoThreadBlk } = parsedDisks.length > 0 ? await import("../devices/virtio/blk-iothread.js") : { IoThreadBlk: undefined };
       for (const [i, d] of parsedDisks.entries()) {
-        const disk = await IoThreadBlk.open({ path: d.path, format: d.format, readOnly: d.readOnly, cache: d.cache, importCopy: opts.importCopies }, { name: `blk${i}`, serial: `tsvisor-disk${i}` });
+        const disk = await IoThreadBlk!.open({ path: d.path, format: d.format, readOnly: d.readOnly, cache: d.cache, importCopy: opts.importCopies }, { name: `blk${i}`, serial: `tsvisor-disk${i}` });
         disks.push({ blk: disk, spec: d });
         devices.push(disk);
       }
@@ -301,10 +304,13 @@ export class VmDevices {
         nets.push(backend);
         devices.push(new VirtioNet(backend, { name: `net${i}`, mac: spec.mac }));
       }
+      const { VirtioFs } = opts.shares?.length ? await import("../devices/virtio/fs/device.js") : { VirtioFs: undefined };
       for (const [i, spec] of (opts.shares ?? []).entries()) {
         const s = parseShareSpec(spec, i);
         try {
-          devices.push(new VirtioFs({ tag: s.tag, hostDir: s.hostDir, readOnly: s.readOnly, name: `fs${i}` }));
+          const fs = new VirtioFs!({ tag: s.tag, hostDir: s.hostDir, readOnly: s.readOnly, name: `fs${i}` });
+          shares.push(fs);
+          devices.push(fs);
         } catch (e) {
           throw new ShareError(`--share ${spec}: cannot open ${s.hostDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
         }
@@ -314,13 +320,14 @@ export class VmDevices {
       let vsockPath: string | undefined;
       if (opts.vsock !== undefined) {
         const spec = parseVsockSpec(opts.vsock);
+        const [{ VirtioVsock }, { UnixVsockBackend }] = await Promise.all([import("../devices/virtio/vsock/device.js"), import("../devices/virtio/vsock/unix-backend.js")]);
         vsock = new VirtioVsock({ name: "vsock0", guestCid: spec.cid, backend: await UnixVsockBackend.open(spec.path) });
         vsockPath = spec.path;
         devices.push(vsock);
       }
       return new VmDevices(devices, nets, disks, vsock, vsockPath);
     } catch (e) {
-      for (const d of devices) if (d instanceof VirtioFs) d.close();
+      for (const d of shares) d.close();
       await Promise.allSettled(disks.map((d) => d.blk.close()));
       for (const n of nets) n.close();
       throw e;

@@ -23,7 +23,7 @@ import { Vm, HostError, type VmConfig } from "./vm.js";
 import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
 import { openSnapshot } from "../snapshot/snapshot.js";
 import { SnapshotSharing } from "../snapshot/page-share.js";
-import { MigrationListener, type ListenOptions } from "../snapshot/migration/receiver.js";
+import type { MigrationListener, ListenOptions } from "../snapshot/migration/receiver.js";
 
 export { Vm, HostError, type VmConfig } from "./vm.js";
 export type { VmState, VmStats, RunEnd } from "./vm.js";
@@ -190,6 +190,8 @@ export class Host {
    */
   async listenForMigrations(opts: ListenOptions): Promise<MigrationListener> {
     if (this.closed) throw new HostError("the host is closed");
+    // Loaded when first asked for: a host that never migrates (a `run`) does without it.
+    const { MigrationListener } = await import("../snapshot/migration/receiver.js");
     const l = await MigrationListener.listen(this, opts);
     this.listeners.add(l);
     return l;

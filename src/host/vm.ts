@@ -31,7 +31,7 @@ import type { P2m } from "../memory/p2m.js";
 import type { PageStoreHandle } from "../memory/manager/page-store.js";
 import type { StateReader } from "../snapshot/state.js";
 import type { RemotePages } from "../snapshot/migration/remote-pages.js";
-import { migrateVm, type MigrateTarget, type MigrateOptions, type MigrationResult, type MigrationSource } from "../snapshot/migration/sender.js";
+import type { MigrateTarget, MigrateOptions, MigrationResult, MigrationSource } from "../snapshot/migration/sender.js";
 import { throttledCap } from "../snapshot/throttle.js";
 
 export class HostError extends Error {
@@ -448,6 +448,7 @@ export class Vm {
     if (this.snapshotting || this.liveSnapshotting) throw new HostError(`VM '${this.name}' is being snapshotted`);
     this.migrating = true;
     try {
+      const { migrateVm } = await import("../snapshot/migration/sender.js");
       return await migrateVm(this.migrationSource(this.machine), to, opts);
     } finally {
       this.migrating = false;

@@ -19,10 +19,11 @@ import net from "node:net";
 import { lstatSync, unlinkSync } from "node:fs";
 import type { HostStream, HostStreamSink } from "./connection.js";
 import type { VsockBackend, VsockHost } from "./device.js";
+import { VsockBackendError } from "./errors.js";
+
+export { VsockBackendError };
 
 const MAX_LINE = 32;
-
-export class VsockBackendError extends Error {}
 
 /** A Node socket as a HostStream: guest bytes written out with their flush callback, host input to `sink`. */
 function streamOf(sock: net.Socket): HostStream {
