@@ -1,6 +1,12 @@
 // CRC-32 (IEEE 802.3, the zlib/PNG polynomial 0xEDB88320, reflected): the
 // checksum of every snapshot section and of every page of guest memory in
-// it. Node 20's zlib has no crc32 of its own (it came in Node 22.2).
+// it. zlib's own (node:zlib crc32, from Node 20.15 and 22.2) when the Node
+// running has it: 0.9 us a page against 3.9 us for the table below, which
+// older Node 20 releases use.
+
+import zlib from "node:zlib";
+
+const native = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
 
 const TABLE = (() => {
   const t = new Int32Array(256 * 4);
@@ -22,6 +28,11 @@ function TABLE_STEP(t: Int32Array, c: number): number {
 
 /** CRC-32 of `data`, continuing from `crc` (0 to start). */
 export function crc32(data: Uint8Array, crc = 0): number {
+  return native ? native(data, crc) : crc32Table(data, crc);
+}
+
+/** The same, computed here (exported for the test that holds it to zlib's). */
+export function crc32Table(data: Uint8Array, crc = 0): number {
   let c = ~crc;
   let i = 0;
   const n = data.length;
