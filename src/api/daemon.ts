@@ -95,6 +95,7 @@ export class Daemon {
       vms: this.vms.size,
       pool: { limitBytes: info.pool.limitBytes, committedBytes: info.pool.committedBytes, usedBytes: info.pool.framesInUse * 4096 },
       memory: this.engine.memory.stats(),
+      snapshotSharing: this.engine.snapshotSharing.stats(),
       ...(this.migrationListener ? { migrationListen: this.migrationListener.address } : {}),
     };
   }

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { root, oneErrorLine } from "../cli/test-tsvisor.js";
+import { root, oneErrorLine, tsvisor } from "../cli/test-tsvisor.js";
 import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
 import { TestHost } from "./test-host.js";
 import { Host } from "../host/host.js";
@@ -115,6 +115,11 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
     assert.equal(q.json.state, "running");
     assert.deepEqual([q.json.config.disks, q.json.config.kernel, q.json.memBytes], [[disk], patterns, 64 << 20]);
     assert.deepEqual(q.json.config.nets, (readSnapshotMeta(full).definition as { nets: string[] }).nets, "the snapshot's card, its address written out");
+    // The host says what its restored VMs share (tsvisor host info: "clones:").
+    const sharing = (await host.api("GET", "/v1/host")).json.snapshotSharing;
+    assert.equal(sharing.tables, 1, JSON.stringify(sharing));
+    const info = await tsvisor(["host", "info", "--host", host.socket]);
+    assert.match(info.stdout, /^clones: +1 snapshot with restored VMs, [\d.]+M of pages they share \(\d+ frames\); \d+ pages read from snapshots, mapped \d+ times, 0 dropped under pressure$/m);
     assert.equal(JSON.parse(readFileSync(join(dir, "state", "vms", "q.json"), "utf8")).disks[0], disk, "persisted as a created VM is");
     // The name is taken now.
     const clash = await host.api("POST", "/v1/restore", { path: full, name: "q", keepMacs: true });

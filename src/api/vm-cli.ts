@@ -14,6 +14,7 @@ import { describeEnd, type StatsView, type RunOutcome, type SnapshotView, type M
 import { ProgressLine } from "../cli/progress-line.js";
 import type { VmView, MigrateView } from "./daemon.js";
 import type { HostMemoryStats } from "../memory/manager/memory-manager.js";
+import type { SnapshotSharingStats } from "../snapshot/page-share.js";
 
 export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state-dir DIR] [--listen HOST:PORT]
        [--migration-listen HOST:PORT [--migration-token TOKEN] [--migration-tls]]
@@ -362,6 +363,7 @@ export interface HostView {
   vms: number;
   pool: { limitBytes: number; committedBytes: number; usedBytes: number };
   memory: HostMemoryStats;
+  snapshotSharing: SnapshotSharingStats;
 }
 
 export function hostLines(h: HostView): string[] {
@@ -382,6 +384,8 @@ export function hostLines(h: HostView): string[] {
   lines.push(`reclaim:    ${r.enabled ? "on" : "off"}, watermarks low ${bytesMib(r.lowWaterBytes)} high ${bytesMib(r.highWaterBytes)}; pages zero ${r.zero}, compressed ${r.compressed}, swapped ${r.swapped}, moved to swap ${r.movedToSwap}; ${r.sweeps} sweeps` +
     `${r.lastError ? `; last error: ${r.lastError}` : ""}`);
   lines.push(`balloons:   pages inflated ${m.balloon.inflated}, reported ${m.balloon.reported}, skipped ${m.balloon.skipped}`);
+  const c = h.snapshotSharing;
+  lines.push(`clones:     ${c.tables} snapshot${c.tables === 1 ? "" : "s"} with restored VMs, ${pagesMib(c.frames)} of pages they share (${c.frames} frames); ${c.filled} pages read from snapshots, mapped ${c.mapped} times, ${c.dropped} dropped under pressure`);
   lines.push(`resident:   ${mib(m.processResidentBytes)} (the host process)`);
   return lines;
 }
