@@ -547,11 +547,9 @@ export class P2m {
   /**
    * A read of a snapshot page in a VM whose clones share the snapshot's
    * pages: map the table's frame for it, shared and read-only, reading it
-   * from the file into a new one when the table has none. The table holds a
-   * reference of its own on each frame it names, and may drop it under
-   * memory pressure (page-share.ts dropUnmapped: slot first, then the
-   * reference), so a frame found there counts only once retained and still
-   * named by the table. The entry is BUSY meanwhile; on failure it is put back.
+   * from the file into a new one when the table has none (retainSharedFrame
+   * says how a frame is taken from it). The entry is BUSY meanwhile; on
+   * failure it is put back.
    */
   private mapSnapshotShared(index: number, seen: number, share: SharedSnapshotFramesHandle): void {
     if (!this.casEntry(index, seen, absentEntry(Absent.Busy))) return;
@@ -560,15 +558,10 @@ export class P2m {
     let frame: number;
     try {
       for (;;) {
-        const found = Atomics.load(this.pool.words, slot) >>> 0;
+        const found = this.retainSharedFrame(slot);
         if (found !== 0) {
-          if (!this.pool.tryRetain(found)) continue; // dropped and freed meanwhile: the slot reads 0 now or soon
-          if ((Atomics.load(this.pool.words, slot) >>> 0) === found) {
-            frame = found;
-            break;
-          }
-          this.pool.free(found); // dropped meanwhile (perhaps reused): not ours
-          continue;
+          frame = found;
+          break;
         }
         const fresh = this.fromReserve ? this.pool.alloc(share.owner) : this.pool.allocGuest(share.owner);
         try {
@@ -598,18 +591,26 @@ export class P2m {
 
   /** Copy page `index`'s frame in the clones' table into `to`; false when the table has none. */
   private copySharedSnapshotPage(share: SharedSnapshotFramesHandle, index: number, to: HostAddress): boolean {
-    const slot = (share.table >>> 2) + SHARE_FRAMES + index;
+    const found = this.retainSharedFrame((share.table >>> 2) + SHARE_FRAMES + index);
+    if (found === 0) return false;
+    this.pool.bytes.copyWithin(to, found, found + FRAME_SIZE);
+    this.pool.free(found);
+    return true;
+  }
+
+  /**
+   * The frame the clones' table names at word `slot`, with a reference taken
+   * for the caller; 0 when it names none. The table may drop a frame at any
+   * time (page-share.ts dropUnmapped: slot first, then its reference), so a
+   * frame counts only once retained and still named by the slot.
+   */
+  private retainSharedFrame(slot: number): number {
     for (;;) {
       const found = Atomics.load(this.pool.words, slot) >>> 0;
-      if (found === 0) return false;
-      if (!this.pool.tryRetain(found)) continue; // being dropped (mapSnapshotShared says how)
-      try {
-        if ((Atomics.load(this.pool.words, slot) >>> 0) !== found) continue;
-        this.pool.bytes.copyWithin(to, found, found + FRAME_SIZE);
-        return true;
-      } finally {
-        this.pool.free(found);
-      }
+      if (found === 0) return 0;
+      if (!this.pool.tryRetain(found)) continue; // freed meanwhile: the slot reads 0 now, or another frame
+      if ((Atomics.load(this.pool.words, slot) >>> 0) === found) return found;
+      this.pool.free(found); // dropped meanwhile (perhaps reused since): not ours
     }
   }
 
