@@ -8,8 +8,8 @@ import { failureOf, unreachable } from "./client.js";
 import { hostTarget } from "./auth.js";
 import { EXEC_PROTOCOL } from "./exec-proxy.js";
 import {
-  FRAME_DATA, FRAME_EOF, FRAME_ERROR, FRAME_EXIT, FrameReader, STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR,
-  execFrame, frame, stdinFrames, AgentProtocolError,
+  FRAME_EOF, FrameReader, STREAM_STDIN, STREAM_STDOUT,
+  agentReply, execFrame, frame, stdinFrames, AgentProtocolError,
 } from "../images/agent-protocol.js";
 
 /** What ends a session without an exit status: as ssh does, 255. */
@@ -57,19 +57,20 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
           return finish(EXEC_FAILED, `the guest agent sent a bad frame: ${e.message}`);
         }
         for (const f of frames) {
-          if (f.type === FRAME_DATA && (f.stream === STREAM_STDOUT || f.stream === STREAM_STDERR)) {
-            const out = f.stream === STREAM_STDOUT ? io.stdout : io.stderr;
+          const r = agentReply(f);
+          if (r.kind === "output") {
+            const out = r.stream === STREAM_STDOUT ? io.stdout : io.stderr;
             // The guest waits while our output does not drain.
-            if (!out.write(f.payload)) {
+            if (!out.write(r.payload)) {
               socket.pause();
               out.once("drain", () => socket.resume());
             }
-          } else if (f.type === FRAME_EXIT && f.payload.length === 4) {
-            return finish(f.payload.readInt32LE(0) & 0xff);
-          } else if (f.type === FRAME_ERROR) {
-            return finish(EXEC_FAILED, `the guest agent: ${f.payload.toString("utf8")}`);
+          } else if (r.kind === "exit") {
+            return finish(r.status & 0xff);
+          } else if (r.kind === "error") {
+            return finish(EXEC_FAILED, `the guest agent: ${r.message}`);
           } else {
-            return finish(EXEC_FAILED, `the guest agent sent an unknown frame (type ${f.type})`);
+            return finish(EXEC_FAILED, `the guest agent sent an unknown frame (type ${r.type})`);
           }
         }
       };

@@ -4,8 +4,8 @@
 // cannot learn from a device (a clone's new MAC addresses: clone-macs.ts).
 import { connectAgent } from "./exec-proxy.js";
 import {
-  FRAME_DATA, FRAME_EOF, FRAME_ERROR, FRAME_EXIT, FrameReader, STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR,
-  AgentProtocolError, execFrame, frame,
+  FRAME_EOF, FrameReader, STREAM_STDIN, STREAM_STDOUT,
+  AgentProtocolError, agentReply, execFrame, frame,
 } from "../images/agent-protocol.js";
 
 export interface GuestCommandResult {
@@ -48,15 +48,16 @@ export async function runInGuest(vsockPath: string, vmName: string, argv: string
         return end(`the guest agent sent a bad frame: ${e.message}`);
       }
       for (const f of frames) {
-        if (f.type === FRAME_DATA && (f.stream === STREAM_STDOUT || f.stream === STREAM_STDERR)) {
-          const key = f.stream === STREAM_STDOUT ? "stdout" : "stderr";
-          if (out[key].length < MAX_OUTPUT) out[key] += f.payload.toString("utf8");
-        } else if (f.type === FRAME_EXIT && f.payload.length === 4) {
-          return end({ status: f.payload.readInt32LE(0), ...out });
-        } else if (f.type === FRAME_ERROR) {
-          return end(`the guest agent: ${f.payload.toString("utf8").split("\n")[0]}`);
+        const r = agentReply(f);
+        if (r.kind === "output") {
+          const key = r.stream === STREAM_STDOUT ? "stdout" : "stderr";
+          if (out[key].length < MAX_OUTPUT) out[key] += r.payload.toString("utf8");
+        } else if (r.kind === "exit") {
+          return end({ status: r.status, ...out });
+        } else if (r.kind === "error") {
+          return end(`the guest agent: ${r.message.split("\n")[0]}`);
         } else {
-          return end(`the guest agent sent an unexpected frame (type ${f.type}, stream ${f.stream})`);
+          return end(`the guest agent sent an unexpected frame (type ${r.type}, stream ${r.stream})`);
         }
       }
     });

@@ -1,8 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  FrameReader, execFrame, frame, stdinFrames, AgentProtocolError, FRAME_DATA, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
-  MAX_DATA_BYTES, MAX_EXEC_BYTES, STREAM_STDIN, STREAM_STDOUT,
+  FrameReader, agentReply, execFrame, frame, stdinFrames, AgentProtocolError, FRAME_DATA, FRAME_ERROR, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
+  MAX_DATA_BYTES, MAX_EXEC_BYTES, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 } from "./agent-protocol.js";
 
 test("agent frames: EXEC words NUL-terminated, stdin cut into 64 KiB DATA frames", () => {
@@ -33,4 +33,15 @@ test("agent frames: read back whole however the bytes are cut; an oversized leng
   huge[0] = FRAME_DATA;
   huge.writeUInt32LE(MAX_EXEC_BYTES + 1, 4);
   assert.throws(() => new FrameReader().push(huge), AgentProtocolError);
+});
+
+test("agent replies: output, exit status, error and anything else told apart", () => {
+  const status = Buffer.alloc(4);
+  status.writeInt32LE(137);
+  const reply = (t: number, st: number, p: Buffer) => agentReply({ type: t, stream: st, payload: p });
+  assert.deepEqual(reply(FRAME_DATA, STREAM_STDERR, Buffer.from("x")), { kind: "output", stream: STREAM_STDERR, payload: Buffer.from("x") });
+  assert.deepEqual(reply(FRAME_EXIT, 0, status), { kind: "exit", status: 137 });
+  assert.deepEqual(reply(FRAME_ERROR, 0, Buffer.from("bad frame")), { kind: "error", message: "bad frame" });
+  assert.deepEqual(reply(FRAME_EXIT, 0, Buffer.alloc(3)), { kind: "unexpected", type: FRAME_EXIT, stream: 0 }, "a short status");
+  assert.deepEqual(reply(FRAME_DATA, STREAM_STDIN, Buffer.from("x")), { kind: "unexpected", type: FRAME_DATA, stream: STREAM_STDIN }, "stdin is not the agent's to send");
 });

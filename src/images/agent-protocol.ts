@@ -51,6 +51,21 @@ export interface Frame {
   payload: Buffer;
 }
 
+/** What a frame from the agent means to a client. */
+export type AgentReply =
+  | { kind: "output"; stream: typeof STREAM_STDOUT | typeof STREAM_STDERR; payload: Buffer }
+  | { kind: "exit"; status: number }
+  | { kind: "error"; message: string }
+  | { kind: "unexpected"; type: number; stream: number };
+
+/** A frame the agent sent, told apart (a client acts on these only). */
+export function agentReply(f: Frame): AgentReply {
+  if (f.type === FRAME_DATA && (f.stream === STREAM_STDOUT || f.stream === STREAM_STDERR)) return { kind: "output", stream: f.stream, payload: f.payload };
+  if (f.type === FRAME_EXIT && f.payload.length === 4) return { kind: "exit", status: f.payload.readInt32LE(0) };
+  if (f.type === FRAME_ERROR) return { kind: "error", message: f.payload.toString("utf8") };
+  return { kind: "unexpected", type: f.type, stream: f.stream };
+}
+
 /** Frames out of a byte stream, as they complete; a frame past the bounds is a protocol error. */
 export class FrameReader {
   private buf: Buffer = Buffer.alloc(0);
