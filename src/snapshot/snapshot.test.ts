@@ -37,6 +37,16 @@ function startPatterns(host: Host, name: string): Guest {
   return { vm, output: c.text };
 }
 
+/** A snapshot of the patterns guest once it has written its RAM (dir/base.snap); the guest is gone after. */
+async function patternsSnapshot(host: Host, dir: string): Promise<{ path: string; taken: Awaited<ReturnType<Vm["snapshot"]>> }> {
+  const g = startPatterns(host, "base");
+  await until("'written'", () => g.output().includes("written"));
+  const path = join(dir, "base.snap");
+  const taken = await g.vm.snapshot(path);
+  await g.vm.destroy();
+  return { path, taken };
+}
+
 function restore(host: Host, path: string, name: string, paused = false): Guest {
   const c = console_();
   const vm = host.restoreVm(path, { name, consoleOut: c.out, warn: () => {}, paused });
@@ -135,11 +145,7 @@ test("clones: three VMs restored from one snapshot run independently, sharing th
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });
     try {
-      const g = startPatterns(host, "base");
-      await until("'written'", () => g.output().includes("written"));
-      const path = join(dir, "base.snap");
-      const taken = await g.vm.snapshot(path);
-      await g.vm.destroy();
+      const { path, taken } = await patternsSnapshot(host, dir);
       const framesBefore = host.info().pool.framesInUse;
       const clones = [restore(host, path, "c1"), restore(host, path, "c2"), restore(host, path, "c3", true)];
       // Nothing of the RAM was read yet: the pages wait in the file.
@@ -173,11 +179,7 @@ test("the shared pages only the clones' table holds go back under memory pressur
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });
     try {
-      const g = startPatterns(host, "base");
-      await until("'written'", () => g.output().includes("written"));
-      const path = join(dir, "base.snap");
-      await g.vm.snapshot(path);
-      await g.vm.destroy();
+      const { path } = await patternsSnapshot(host, dir);
       // The waiting clone keeps the table; the other reads every page into it and ends.
       const waiting = restore(host, path, "waiting", true);
       const reader = restore(host, path, "reader");
