@@ -289,7 +289,7 @@ async function runVm(
       swapDir = mkdtempSync(join(tmpdir(), "tsvisor-swap-"));
       overcommit = { ...overcommit, swap: { ...overcommit.swap, path: join(swapDir, "swap") } };
     }
-    engine = await Host.create({ pcpus: opts.pcpus ?? Math.min(availableParallelism(), opts.cpus), memLimitBytes: opts.hostMemBytes, overcommit });
+    engine = await Host.create({ pcpus: opts.pcpus ?? Math.min(availableParallelism(), opts.cpus), memLimitBytes: opts.hostMemBytes, overcommit, exitsWithVms: true });
   } catch (e) {
     if (swapDir) rmSync(swapDir, { recursive: true, force: true });
     host.detach();

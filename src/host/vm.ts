@@ -825,9 +825,12 @@ export class Vm {
     this.dirtyLog?.stop();
     this.dirtyLog = undefined;
     await remoteStopped;
-    this.machine?.release();
+    // A process that exits now gives the frames and files back itself (HostOptions.exitsWithVms).
+    if (!host.exitsWithVms || end.kind === "reboot") {
+      this.machine?.release();
+      this.snapshotFiles?.close();
+    }
     this.machine = undefined;
-    this.snapshotFiles?.close();
     this.snapshotFiles = undefined;
     this.lastSnapshot = undefined;
     this.restoredWaiting = false;
