@@ -4,13 +4,13 @@
 // and leave none behind.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultCacheDir } from "../images/image-cache.js";
 import { debianImageDir } from "../images/debian.js";
 import { DEFAULT_CMDLINE } from "./run-linux.js";
-import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, pruneSnapshots, snapshotKey, snapshotPath } from "./fast-start.js";
+import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, pruneSnapshots, snapshotKey, snapshotPath, workingSetPath } from "./fast-start.js";
 import { tsvisor, pullImage } from "./test-tsvisor.js";
 
 test("the wait marker is taken out of the console output, also when split across chunks", () => {
@@ -61,7 +61,7 @@ test("the command message: the seed's line (time, random bytes), then blocks (fr
   assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
 });
 
-test("a new snapshot prunes those of other generations (tsvisor, init, image), not other shapes of its own", () => {
+test("a new snapshot prunes those of other generations (tsvisor, init, image) and their working sets, not other shapes of its own", () => {
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-snapshots-"));
   try {
     const shape = { cmdline: "c", cpus: 1, memBytes: 1 << 29, console: "ttyS0", nets: ["user"], balloon: true };
@@ -71,10 +71,13 @@ test("a new snapshot prunes those of other generations (tsvisor, init, image), n
     assert.equal(key.split("-")[0], sibling.split("-")[0]);
     assert.notEqual(key, sibling);
     assert.notEqual(key.split("-")[0], old.split("-")[0]);
-    for (const k of [key, sibling, old, "0123abcd"]) writeFileSync(join(dir, `${k}.snap`), "");
+    for (const k of [key, sibling, old, "0123abcd"]) {
+      writeFileSync(join(dir, `${k}.snap`), "");
+      writeFileSync(workingSetPath(join(dir, `${k}.snap`)), "");
+    }
     writeFileSync(join(dir, "other.txt"), "");
     pruneSnapshots(dir, key);
-    assert.deepEqual(readdirSync(dir).sort(), [`${key}.snap`, `${sibling}.snap`, "other.txt"].sort());
+    assert.deepEqual(readdirSync(dir).sort(), [`${key}.snap`, `${key}.pages`, `${sibling}.snap`, `${sibling}.pages`, "other.txt"].sort());
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -104,6 +107,8 @@ test("the first run makes the snapshot, later ones restore it (status, output, s
     assert.equal(second.status, 3, second.stderr);
     assert.equal(second.stdout, "got piped\n");
     assert.match(second.stderr, /fast start: restored /);
+    // The first restored run kept the pages it read, for later runs to read ahead.
+    assert.equal(readFileSync(workingSetPath(path)).subarray(0, 8).toString(), "TSVPAGE1");
 
     // Each restored guest has its own random numbers (fresh seed and a CRNG reseed).
     const rand = await Promise.all([0, 1].map(() => tsvisor(["run", "--mem", MEM, "--", "sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])));
@@ -124,7 +129,15 @@ test("the first run makes the snapshot, later ones restore it (status, output, s
     const after = await tsvisor(["run", "--mem", MEM, "--stats", "--", "true"]);
     assert.equal(after.status, 0, after.stderr);
     assert.match(after.stderr, /fast start: restored /);
+
+    // A working set that is not one is only a lost hint: the run goes on and keeps a new one.
+    writeFileSync(workingSetPath(path), "garbage");
+    const hinted = await tsvisor(["run", "--mem", MEM, "--", "echo", "ok"]);
+    assert.equal(hinted.status, 0, hinted.stderr);
+    assert.equal(hinted.stdout, "ok\n");
+    assert.equal(readFileSync(workingSetPath(path)).subarray(0, 8).toString(), "TSVPAGE1");
   } finally {
     rmSync(path, { force: true });
+    rmSync(workingSetPath(path), { force: true });
   }
 });

@@ -20,7 +20,7 @@ import { pullDebianImage, debianImageDir } from "../images/debian.js";
 import { defaultCacheDir, makeDirectories } from "../images/image-cache.js";
 import { SnapshotError } from "../snapshot/state.js";
 import {
-  FAST_STDIN_LIMIT, MarkerFilter, pruneSnapshots, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
+  FAST_STDIN_LIMIT, MarkerFilter, loadWorkingSet, pruneSnapshots, saveWorkingSet, workingSetPath, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
 } from "./fast-start.js";
 import { commandArchive } from "../images/initramfs.js";
 import { HostConsole } from "./host-console.js";
@@ -184,6 +184,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
         } catch (e) {
           if (!(e instanceof RestoreFailed)) throw e;
           rmSync(path, { force: true });
+          rmSync(workingSetPath(path), { force: true });
           process.stderr.write(`tsvisor: the fast-start snapshot ${path} does not restore (${e.message}); removed, booting cold\n`);
         }
       }
@@ -311,8 +312,11 @@ async function runVm(
     if (fast?.mode === "restore") {
       const t0 = performance.now();
       try {
-        vm = engine.restoreVm(fast.path, {
+        const pages = loadWorkingSet(fast.path);
+        const path = fast.path;
+        vm = engine.restoreVm(path, {
           ...common, jit: restoredJit(opts.jit), paused: true,
+          workingSet: { pages, record: pages ? undefined : (read) => saveWorkingSet(path, read) },
           consoleOut: (b) => {
             outputSeen = true;
             host.output(b);
@@ -373,6 +377,7 @@ async function runVm(
         // done much: boot cold instead; after, the run failed and says why.
         if (!outputSeen) throw new RestoreFailed(outcome.end.message);
         rmSync(fast.path, { force: true });
+        rmSync(workingSetPath(fast.path), { force: true });
         process.stderr.write(`tsvisor: ${outcome.end.message}; the fast-start snapshot is removed, the next run boots cold\n`);
         return EXIT_GUEST_FAILED;
       }
@@ -403,6 +408,7 @@ async function snapshotWaiting(vm: Vm, fast: FastStart, stats: boolean, warn: (m
     const own = `${fast.path}.${process.pid}`;
     const written = await vm.snapshot(own, { stayPaused: true });
     renameSync(own, fast.path);
+    rmSync(workingSetPath(fast.path), { force: true }); // another snapshot's
     pruneSnapshots(dirname(fast.path), basename(fast.path, ".snap"));
     if (stats) process.stderr.write(`fast start: booted; snapshot ${fast.path} written (${(written.bytes / 2 ** 20).toFixed(0)} MiB) in ${(performance.now() - t0).toFixed(0)} ms\n`);
   } catch (e) {

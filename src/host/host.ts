@@ -19,14 +19,14 @@ import { Scheduler, VcpuState, MAX_PCPUS } from "./scheduler.js";
 import { serveDoorbell, isPosted } from "./exit-mailbox.js";
 import { PcpuPool } from "./pcpu-pool.js";
 import { monoNs } from "./pcpu-protocol.js";
-import { Vm, HostError, type VmConfig } from "./vm.js";
+import { Vm, HostError, type VmConfig, type WorkingSet } from "./vm.js";
 import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
 import { openSnapshot } from "../snapshot/snapshot.js";
 import { SnapshotSharing } from "../snapshot/page-share.js";
 import type { MigrationListener, ListenOptions } from "../snapshot/migration/receiver.js";
 
 export { Vm, HostError, type VmConfig } from "./vm.js";
-export type { VmState, VmStats, RunEnd } from "./vm.js";
+export type { VmState, VmStats, RunEnd, WorkingSet } from "./vm.js";
 
 /** How often the main thread looks at device state nothing else prompts it
  *  to: the old single-thread runner's idle bound. */
@@ -151,7 +151,7 @@ export class Host {
    * Throws SnapshotError when the file is not a usable snapshot or does not
    * fit the devices given; nothing is left behind then.
    */
-  restoreVm(path: string, config: Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel"> & { kernel?: VmConfig["kernel"]; paused?: boolean }): Vm {
+  restoreVm(path: string, config: Omit<VmConfig, "cpus" | "memBytes" | "cmdline" | "console" | "kernel"> & { kernel?: VmConfig["kernel"]; paused?: boolean; workingSet?: WorkingSet }): Vm {
     const snap = openSnapshot(path);
     // Every VM restored from this snapshot reads its pages through one table
     // of shared frames (a clone costs what it writes); the last one gives it back.
@@ -168,7 +168,7 @@ export class Host {
       if (!released) this.snapshotSharing.release(snap.meta.id);
       released = true;
     };
-    const { paused, ...rest } = config;
+    const { paused, workingSet, ...rest } = config;
     let vm: Vm;
     try {
       // Clones of one snapshot start out with the same pages: they may share
@@ -179,7 +179,7 @@ export class Host {
       throw e;
     }
     try {
-      vm.restoreFrom(snap, paused ?? false);
+      vm.restoreFrom(snap, paused ?? false, workingSet);
     } catch (e) {
       // Gone at once: a retry under the same name must not find it.
       this.forget(vm);

@@ -23,7 +23,7 @@ import type { Host } from "./host.js";
 import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.js";
 import { Absent } from "../memory/p2m-entry.js";
 import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
-import { PAGE_ZERO } from "../snapshot/memory.js";
+import { PAGE_ZERO, readAhead } from "../snapshot/memory.js";
 import { writeSnapshot, type LiveCopy, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
@@ -77,6 +77,16 @@ export interface VmConfig {
 }
 
 const CONFIG_KEYS = new Set(["name", "kernel", "initrd", "cmdline", "cpus", "memBytes", "jit", "virtio", "console", "consoleSize", "consoleOut", "warn", "weight", "capPct", "affinity", "shareGroup", "balloon"]);
+
+/**
+ * A restored VM's working set (Host.restoreVm): the pages of the snapshot
+ * read before the guest runs (those a run from it touched before), and a
+ * callback told at the VM's end which pages this run read from the file.
+ */
+export interface WorkingSet {
+  pages?: ArrayLike<number>;
+  record?: (pages: Uint32Array) => void;
+}
 
 export type VmState = "created" | "running" | "paused" | "stopped" | "destroyed";
 
@@ -148,6 +158,8 @@ export class Vm {
   private dirtyLog: DirtyLog | undefined;
   /** The snapshot this run was restored from: its files stay open while the VM reads pages from them. */
   private snapshotFiles: OpenedSnapshot | undefined;
+  /** Told at the end which snapshot pages this run read (Host.restoreVm workingSet). */
+  private recordWorkingSet: ((pages: Uint32Array) => void) | undefined;
   /** Restored paused: resume() lets the harts go. */
   private restoredWaiting = false;
   /** How the run began when not booted: a snapshot (possibly one of many
@@ -187,16 +199,17 @@ export class Vm {
    * the snapshot does not fit this VM or does not check out (nothing is left
    * running then).
    */
-  restoreFrom(snap: OpenedSnapshot, paused: boolean): void {
+  restoreFrom(snap: OpenedSnapshot, paused: boolean, workingSet?: WorkingSet): void {
     this.checkAlive();
     if (this._state !== "created" && this._state !== "stopped") throw new HostError(`VM '${this.name}' is ${this._state}: restore into a created or stopped VM`);
     try {
-      this.launch({ snap, machine: snap.machine, guestTicks: snap.guestTicks });
+      this.launch({ snap, machine: snap.machine, guestTicks: snap.guestTicks, readAhead: workingSet?.pages });
     } catch (e) {
       snap.close();
       throw e;
     }
     this.snapshotFiles = snap;
+    this.recordWorkingSet = workingSet?.record;
     // A diff snapshot taken later holds what changed since this one.
     this.lastSnapshot = { path: snap.chain[0].path, id: snap.meta.id };
     this.startDirtyLog();
@@ -252,7 +265,7 @@ export class Vm {
     });
   }
 
-  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; remote?: RemotePages; machine: StateReader; guestTicks: bigint } | undefined): void {
+  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; remote?: RemotePages; machine: StateReader; guestTicks: bigint; readAhead?: ArrayLike<number> } | undefined): void {
     const snap = from?.snap;
     const remote = from?.remote;
     const { host, config } = this;
@@ -272,6 +285,12 @@ export class Vm {
       if (snap) {
         p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
         p2m.presetSnapshotPages(snap.pages.slotOf, PAGE_ZERO);
+      }
+      try {
+        if (snap && from.readAhead) p2m.fillSnapshotPages(from.readAhead, (want, put) => readAhead(snap.pages, want, put));
+      } catch (e) {
+        machine.release();
+        throw e;
       }
       try {
         machine.restoreState(from.machine);
@@ -825,6 +844,10 @@ export class Vm {
     this.dirtyLog?.stop();
     this.dirtyLog = undefined;
     await remoteStopped;
+    if (this.recordWorkingSet && this.machine && this.snapshotFiles) {
+      this.recordWorkingSet(this.machine.p2m.snapshotPagesRead(this.snapshotFiles.pages.slotOf, PAGE_ZERO));
+    }
+    this.recordWorkingSet = undefined;
     // A process that exits now gives the frames and files back itself (HostOptions.exitsWithVms).
     if (!host.exitsWithVms || end.kind === "reboot") {
       this.machine?.release();

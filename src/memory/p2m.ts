@@ -402,6 +402,43 @@ export class P2m {
     }
   }
 
+  /**
+   * Read ahead: private frames for those of `indices` still in the snapshot,
+   * filled by `read` (which calls `put` with each page's bytes, checked), so
+   * the first touches of a restored guest's working set cost no fault and no
+   * read of their own. Before any hart runs. Returns the pages filled.
+   */
+  fillSnapshotPages(indices: ArrayLike<number>, read: (want: number[], put: (index: number, bytes: Uint8Array) => void) => void): number {
+    const want: number[] = [];
+    for (let k = 0; k < indices.length; k++) {
+      const i = indices[k];
+      if (Number.isInteger(i) && i >= 0 && i < this.count && isSnapshotEntry(this.entry(i))) want.push(i);
+    }
+    let filled = 0;
+    read(want, (index, bytes) => {
+      const seen = this.entry(index);
+      if (!isSnapshotEntry(seen) || bytes.length !== FRAME_SIZE) return;
+      const frame = this.allocFrame(); // may grow the memory: pool.bytes after it
+      this.pool.bytes.set(bytes, frame);
+      if (!this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
+        this.pool.free(frame);
+        return;
+      }
+      Atomics.add(this.counters, P2mCounter.Populated, 1);
+      filled++;
+    });
+    return filled;
+  }
+
+  /** Pages that had bytes in the snapshot (`slotOf`, `none`: no bytes) and have been read from it since. */
+  snapshotPagesRead(slotOf: Uint32Array, none: number): Uint32Array {
+    const read: number[] = [];
+    for (let i = 0; i < Math.min(this.count, slotOf.length); i++) {
+      if (slotOf[i] !== none && !isSnapshotEntry(this.entry(i))) read.push(i);
+    }
+    return Uint32Array.from(read);
+  }
+
   /** Add `delta` to the count of present entries (the memory manager mapped or unmapped some). */
   notePopulated(delta: number): void {
     Atomics.add(this.counters, P2mCounter.Populated, delta);
@@ -678,4 +715,8 @@ export class P2m {
       throw new P2mFault(`p2m index ${index} outside [0, ${this.count})`);
     }
   }
+}
+
+function isSnapshotEntry(e: number): boolean {
+  return !isPresent(e) && absentKind(e) === Absent.Snapshot;
 }

@@ -175,6 +175,41 @@ test("clones: three VMs restored from one snapshot run independently, sharing th
   });
 });
 
+test("a restore's working set: the pages a run read are recorded at its end, read ahead before the next run, which finishes intact; a corrupted one is refused at restore", { skip: noCompiler, timeout: 180_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 1 });
+    try {
+      const { path, taken } = await patternsSnapshot(host, dir);
+      let recorded: Uint32Array | undefined;
+      const first = host.restoreVm(path, { name: "first", consoleOut: () => {}, warn: () => {}, workingSet: { record: (pages) => { recorded = pages; } } });
+      await first.waitForEnd();
+      assert.ok(recorded, "the working set was recorded at the end");
+      // The guest reads every page it wrote: about all that were stored.
+      assert.ok(recorded.length > taken.memory.stored / 2 && recorded.length <= taken.memory.stored, `${recorded.length} pages of ${taken.memory.stored}`);
+      await first.destroy();
+
+      const half = recorded.subarray(0, recorded.length >> 1);
+      const c = console_();
+      const next = host.restoreVm(path, { name: "next", consoleOut: c.out, warn: () => {}, paused: true, workingSet: { pages: [...half, 1e9, -1] } });
+      // Before the guest runs, the pages read ahead are in frames of their own.
+      const pages = next.stats().memory!.pages;
+      assert.ok(pages.private >= half.length && pages.private < half.length + 64, JSON.stringify({ pages, readAhead: half.length }));
+      next.resume();
+      await finishes({ vm: next, output: c.text });
+      await next.destroy();
+
+      const b = Buffer.from(readFileSync(path));
+      b[new SnapshotFile_(path).section("pages").offset + 4096 * 100 + 7] ^= 0xff;
+      const corrupt = join(dir, "corrupt-page.snap");
+      writeFileSync(corrupt, b);
+      assert.throws(() => host.restoreVm(corrupt, { name: "bad", consoleOut: () => {}, workingSet: { pages: recorded } }), /guest page \d+ is corrupted/);
+      assert.equal(host.vm("bad"), undefined);
+    } finally {
+      await host.close();
+    }
+  });
+});
+
 test("the shared pages only the clones' table holds go back under memory pressure; a clone then reads them from the file again", { skip: noCompiler, timeout: 180_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });
