@@ -87,7 +87,8 @@ const MEM = "320M";
 function thisSnapshot(): string {
   const identity = imageIdentity(debianImageDir(defaultCacheDir()));
   assert.ok(identity, "the image is pulled");
-  const shape = { cmdline: `${DEFAULT_CMDLINE} tsvisor.dhcp=eth0`, cpus: 1, memBytes: 320 << 20, console: "ttyS0", nets: ["user"], balloon: true };
+  // run -- CMD: the command on virtio-console (the default for a command).
+  const shape = { cmdline: `${DEFAULT_CMDLINE} tsvisor.console=hvc0 tsvisor.dhcp=eth0`, cpus: 1, memBytes: 320 << 20, console: "hvc0", nets: ["user"], balloon: true };
   return snapshotPath(defaultCacheDir(), snapshotKey(identity, shape));
 }
 

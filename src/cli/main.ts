@@ -78,8 +78,9 @@ options for run:
                           the Unix socket PATH_P
   -p HOSTPORT:GUESTPORT   forward a TCP port of the host's 127.0.0.1 into the guest
                           (through the first user-mode network; repeatable)
-  --console ttyS0|hvc0    the guest shell's console: the 16550 UART (default)
-                          or virtio-console, which moves output in batches
+  --console ttyS0|hvc0    the console of the guest's shell or command: the 16550
+                          UART or virtio-console, which moves output in batches
+                          (default: hvc0 for run -- CMD, ttyS0 otherwise)
   --jit on|off            binary translation of hot guest code to WebAssembly
                           (default on; off: the interpreter runs everything)
   --jit-threshold N       entries into a block before it is translated
