@@ -90,6 +90,16 @@ async function buildBundle() {
   // meanwhile finds the old bundle or none (and then dist/src), never half of one.
   const tmp = `${BUNDLE_DIR}.${process.pid}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
+  try {
+    await bundleInto(esbuild, tmp);
+    rmSync(BUNDLE_DIR, { recursive: true, force: true });
+    renameSync(tmp, BUNDLE_DIR);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+async function bundleInto(esbuild, tmp) {
   await esbuild.build({
     absWorkingDir: root,
     entryPoints: BUNDLE_ENTRIES,
@@ -113,8 +123,6 @@ async function buildBundle() {
       }
     }
   }
-  rmSync(BUNDLE_DIR, { recursive: true, force: true });
-  renameSync(tmp, BUNDLE_DIR);
 }
 
 // The tap backend needs an ioctl Node cannot make (src/backends/net/tap.ts).
