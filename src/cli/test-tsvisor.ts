@@ -2,10 +2,10 @@
 // with piped stdio, everything it prints collected.
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { projectRoot } from "../project-root.js";
 
-export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+export const root = projectRoot();
 export const bin = join(root, "bin", "tsvisor.js");
 export const BOOT_TIMEOUT_MS = 300_000;
 

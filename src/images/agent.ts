@@ -6,17 +6,16 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { createHash } from "node:crypto";
+import { projectRoot } from "../project-root.js";
 
 export const AGENT_CC = "riscv64-linux-gnu-gcc";
 export const AGENT_PATH = "/bin/tsvisor-agent";
 /** The vsock port it listens on. */
 export const AGENT_PORT = 52;
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-export const AGENT_SOURCE = join(root, "src", "images", "agent", "agent.c");
+export const AGENT_SOURCE = join(projectRoot(), "src", "images", "agent", "agent.c");
 
 let haveCompiler: boolean | undefined;
 

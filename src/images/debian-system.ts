@@ -25,7 +25,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, copyFile, mkdir, readFile, readdir, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { projectRoot } from "../project-root.js";
 import { PrivateApt, parseControl, type AptSource } from "./apt.js";
 import { DEBIAN_MIRROR, DEBIAN_SUITE, pullContext, pullDebianImage, type PullOptions } from "./debian.js";
 import { ImageError } from "./errors.js";
@@ -439,8 +439,7 @@ exit $status
 `;
 
 function defaultTsvisor(): string[] {
-  const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-  return [process.execPath, join(root, "bin", "tsvisor.js")];
+  return [process.execPath, join(projectRoot(), "bin", "tsvisor.js")];
 }
 
 /** Boots tsvisor's own guest with `raw` as /dev/vda and runs the second stage; its output goes to `say` line by line. */

@@ -23,8 +23,8 @@ const ZERO_MODULE = new Uint8Array([
 ]);
 
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { projectRoot } from "../project-root.js";
 
 let compiled: WebAssembly.Module | undefined;
 
@@ -49,7 +49,7 @@ function loadAddon(): ReleaseAddon | undefined {
   if (addon !== undefined) return addon ?? undefined;
   addon = null;
   try {
-    const path = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "build", "release-pages.node");
+    const path = join(projectRoot(), "build", "release-pages.node");
     const a = createRequire(import.meta.url)(path) as ReleaseAddon;
     // The pages must read as zero afterwards (an anonymous private mapping,
     // as V8 reserves WebAssembly memory on Linux): check once, on a scratch memory.

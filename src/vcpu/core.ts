@@ -1,7 +1,7 @@
 // Loading core.wasm and the typed view of its exports (src/core/index.ts).
 import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
+import { projectRoot } from "../project-root.js";
 
 /** The core's exports. u64 values cross as BigInt (signed: use asU64). */
 export interface CoreExports {
@@ -96,8 +96,7 @@ export const CORE_RESERVED_BYTES = 1 << 20;
 let compiled: WebAssembly.Module | undefined;
 
 export function coreWasmPath(): string {
-  // dist/src/vcpu/core.js -> <root>/build/core.wasm
-  return join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "build", "core.wasm");
+  return join(projectRoot(), "build", "core.wasm");
 }
 
 /** The compiled core, for another thread to instantiate (a worker given it

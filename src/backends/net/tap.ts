@@ -11,17 +11,16 @@
 
 import { spawn, type ChildProcessByStdio } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
-import { fileURLToPath } from "node:url";
 import { NetBackendError, type NetBackend, type WarnFn } from "./net-backend.js";
 import { StreamBackend } from "./stream-backend.js";
+import { projectRoot } from "../../project-root.js";
 
 type Relay = ChildProcessByStdio<Writable, Readable, Readable>;
 
-/** dist/src/backends/net/tap.js -> <root>/build/tap-relay */
 export function tapRelayPath(): string {
-  return join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..", "build", "tap-relay");
+  return join(projectRoot(), "build", "tap-relay");
 }
 
 /** The relay's first stderr line, else how it ended. */

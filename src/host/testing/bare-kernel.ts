@@ -7,11 +7,11 @@
 // under build/bare/ and rebuilt when a source is newer.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { basename, join } from "node:path";
 import { parseKernelImage, type KernelImage } from "../../arch/riscv/boot-image.js";
+import { projectRoot } from "../../project-root.js";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..");
+const root = projectRoot();
 const BARE_DIR = join(root, "src", "host", "testing", "bare");
 const OUT_DIR = join(root, "build", "bare");
 const CC = "riscv64-unknown-elf-gcc";
