@@ -116,6 +116,9 @@ const MAX_VM_MEM_BYTES = 64 * 2 ** 30;
 /** Bytes of guest image copied per event-loop turn at start (a few ms each). */
 const LOAD_STEP_BYTES = 2 << 20;
 
+/** The longest a read-ahead keeps the main thread (and the exits it serves) at a time. */
+const READ_AHEAD_SLICE_MS = 2;
+
 export class Vm {
   private _state: VmState = "created";
   private machine: VirtMachine | undefined;
@@ -203,18 +206,48 @@ export class Vm {
     this.checkAlive();
     if (this._state !== "created" && this._state !== "stopped") throw new HostError(`VM '${this.name}' is ${this._state}: restore into a created or stopped VM`);
     try {
-      this.launch({ snap, machine: snap.machine, guestTicks: snap.guestTicks, readAhead: workingSet?.pages });
+      this.launch({ snap, machine: snap.machine, guestTicks: snap.guestTicks });
     } catch (e) {
       snap.close();
       throw e;
     }
     this.snapshotFiles = snap;
     this.recordWorkingSet = workingSet?.record;
+    if (workingSet?.pages) this.readAheadInBackground(snap, workingSet.pages);
     // A diff snapshot taken later holds what changed since this one.
     this.lastSnapshot = { path: snap.chain[0].path, id: snap.meta.id };
     this.startDirtyLog();
     this.arrivedBy = "snapshot";
     this.afterRestore(paused);
+  }
+
+  /**
+   * Read the pages of a working set (Host.restoreVm) into frames while the
+   * guest starts: in runs of adjacent slots, on the main thread, a few
+   * milliseconds at a time between the exits it serves. The vCPU faults in
+   * a page it needs first itself; the entry says who was first. A page that
+   * does not check out ends the read-ahead: the guest meets it when it
+   * touches it, and stops with the reason, as without one.
+   */
+  private readAheadInBackground(snap: OpenedSnapshot, pages: ArrayLike<number>): void {
+    const machine = this.machine!;
+    const runs = readAhead(snap.pages, pages, (i) => machine.p2m.inSnapshot(i));
+    const step = () => {
+      if (this.machine !== machine || this.stopping) return;
+      const started = performance.now();
+      try {
+        for (;;) {
+          const run = runs.next();
+          if (run.done) return;
+          for (const { index, bytes } of run.value) machine.p2m.fillSnapshotPage(index, bytes);
+          if (performance.now() - started > READ_AHEAD_SLICE_MS) break;
+        }
+      } catch {
+        return;
+      }
+      setImmediate(step);
+    };
+    setImmediate(step);
   }
 
   /**
@@ -265,7 +298,7 @@ export class Vm {
     });
   }
 
-  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; remote?: RemotePages; machine: StateReader; guestTicks: bigint; readAhead?: ArrayLike<number> } | undefined): void {
+  private launch(from: { snap?: OpenedSnapshot; ram?: P2m; remote?: RemotePages; machine: StateReader; guestTicks: bigint } | undefined): void {
     const snap = from?.snap;
     const remote = from?.remote;
     const { host, config } = this;
@@ -285,12 +318,6 @@ export class Vm {
       if (snap) {
         p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
         p2m.presetSnapshotPages(snap.pages.slotOf, PAGE_ZERO);
-      }
-      try {
-        if (snap && from.readAhead) p2m.fillSnapshotPages(from.readAhead, (want, put) => readAhead(snap.pages, want, put));
-      } catch (e) {
-        machine.release();
-        throw e;
       }
       try {
         machine.restoreState(from.machine);

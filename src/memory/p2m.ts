@@ -402,32 +402,28 @@ export class P2m {
     }
   }
 
+  /** Is page `index` still in the snapshot (no fault has read it)? */
+  inSnapshot(index: number): boolean {
+    return isSnapshotEntry(this.entry(index));
+  }
+
   /**
-   * Read ahead: private frames for those of `indices` still in the snapshot,
-   * filled by `read` (which calls `put` with each page's bytes, checked), so
-   * the first touches of a restored guest's working set cost no fault and no
-   * read of their own. Before any hart runs. Returns the pages filled.
+   * Read ahead: a private frame for page `index`, with `bytes` (read from the
+   * snapshot and checked), if it is still in the snapshot. The frame is
+   * filled before the entry names it, and the entry changes only if no
+   * fault took the page meanwhile, so harts may run. True if it was mapped.
    */
-  fillSnapshotPages(indices: ArrayLike<number>, read: (want: number[], put: (index: number, bytes: Uint8Array) => void) => void): number {
-    const want: number[] = [];
-    for (let k = 0; k < indices.length; k++) {
-      const i = indices[k];
-      if (Number.isInteger(i) && i >= 0 && i < this.count && isSnapshotEntry(this.entry(i))) want.push(i);
+  fillSnapshotPage(index: number, bytes: Uint8Array): boolean {
+    const seen = this.entry(index);
+    if (!isSnapshotEntry(seen) || bytes.length !== FRAME_SIZE) return false;
+    const frame = this.allocFrame(); // may grow the memory: pool.bytes after it
+    this.pool.bytes.set(bytes, frame);
+    if (!this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
+      this.pool.free(frame);
+      return false;
     }
-    let filled = 0;
-    read(want, (index, bytes) => {
-      const seen = this.entry(index);
-      if (!isSnapshotEntry(seen) || bytes.length !== FRAME_SIZE) return;
-      const frame = this.allocFrame(); // may grow the memory: pool.bytes after it
-      this.pool.bytes.set(bytes, frame);
-      if (!this.casEntry(index, seen, frame | P2M_PRESENT | P2M_WRITABLE | P2M_ACCESSED)) {
-        this.pool.free(frame);
-        return;
-      }
-      Atomics.add(this.counters, P2mCounter.Populated, 1);
-      filled++;
-    });
-    return filled;
+    Atomics.add(this.counters, P2mCounter.Populated, 1);
+    return true;
   }
 
   /** Pages that had bytes in the snapshot (`slotOf`, `none`: no bytes) and have been read from it since. */

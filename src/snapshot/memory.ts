@@ -247,29 +247,40 @@ const READ_AHEAD_RUN_PAGES = 64;
 
 /**
  * Pages `indices` of `pages` read in runs of adjacent slots (a restored
- * guest's working set is mostly stored in page order), each checked against
- * its CRC as read() does, and handed to `put`; pages with no bytes are skipped.
+ * guest's working set is mostly stored in page order), one run at a time,
+ * each page checked against its CRC as read() does. A page is read only if
+ * `wanted(index)` still says so when its run is formed (the guest may have
+ * faulted it in meanwhile); pages with no bytes are skipped.
  */
-export function readAhead(pages: SnapshotPages, indices: number[], put: (index: number, bytes: Uint8Array) => void): void {
-  const stored = indices.filter((i) => Number.isInteger(i) && i >= 0 && i < pages.pageCount && pages.hasBytes(i));
-  const where = (i: number) => pages.where(i);
-  stored.sort((a, b) => where(a).file - where(b).file || where(a).slot - where(b).slot);
+export function* readAhead(pages: SnapshotPages, indices: ArrayLike<number>, wanted: (index: number) => boolean): Generator<{ index: number; bytes: Uint8Array }[]> {
+  const stored: number[] = [];
+  for (let k = 0; k < indices.length; k++) {
+    const i = indices[k];
+    if (Number.isInteger(i) && i >= 0 && i < pages.pageCount && pages.hasBytes(i)) stored.push(i);
+  }
+  const where = stored.map((i) => pages.where(i));
+  const order = stored.map((_, k) => k).sort((a, b) => where[a].file - where[b].file || where[a].slot - where[b].slot);
   const buf = new Uint8Array(READ_AHEAD_RUN_PAGES * FRAME_SIZE);
-  for (let start = 0; start < stored.length;) {
-    const first = where(stored[start]);
+  for (let start = 0; start < order.length;) {
+    while (start < order.length && !wanted(stored[order[start]])) start++;
+    if (start === order.length) return;
+    const first = where[order[start]];
     let end = start + 1;
-    while (end < stored.length && end - start < READ_AHEAD_RUN_PAGES) {
-      const w = where(stored[end]);
+    while (end < order.length && end - start < READ_AHEAD_RUN_PAGES) {
+      const w = where[order[end]];
       if (w.file !== first.file || w.slot !== first.slot + (end - start)) break;
       end++;
     }
     const run = buf.subarray(0, (end - start) * FRAME_SIZE);
-    pages.readSlots(first.file, first.slot, run, stored[start]);
+    pages.readSlots(first.file, first.slot, run, stored[order[start]]);
+    const out: { index: number; bytes: Uint8Array }[] = [];
     for (let k = start; k < end; k++) {
+      const index = stored[order[k]];
       const bytes = run.subarray((k - start) * FRAME_SIZE, (k - start + 1) * FRAME_SIZE);
-      pages.check(stored[k], bytes);
-      put(stored[k], bytes);
+      pages.check(index, bytes);
+      out.push({ index, bytes });
     }
+    yield out;
     start = end;
   }
 }
