@@ -16,13 +16,12 @@ import { SwapError } from "../memory/store/errors.js";
 import { parseKernelImage, KernelImageError } from "../arch/riscv/boot-image.js";
 import { BootLayoutError } from "../arch/riscv/boot.js";
 import { Host, HostError, type Vm, type RunEnd } from "../host/host.js";
-import { pullDebianImage, debianImageDir } from "../images/debian.js";
-import { defaultCacheDir, makeDirectories } from "../images/image-cache.js";
+import { debianImageDir, defaultCacheDir, makeDirectories } from "../images/image-cache.js";
 import { SnapshotError } from "../snapshot/state.js";
 import {
   FAST_STDIN_LIMIT, MarkerFilter, loadWorkingSet, pruneSnapshots, saveWorkingSet, workingSetPath, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
 } from "./fast-start.js";
-import { commandArchive } from "../images/initramfs.js";
+import { commandArchive } from "../images/command-archive.js";
 import { HostConsole } from "./host-console.js";
 import type { ImageName } from "./system-image.js";
 import { VmDevices, checkDeviceSpecs, isDeviceError, parseShareSpec, parseVsockSpec, shareCmdline } from "./vm-devices.js";
@@ -101,6 +100,8 @@ export function readInput(path: string, what: string): Uint8Array {
 /** The kernel and initrd to boot: the user's, else the pulled Debian image. */
 async function resolveImage(opts: LinuxRunOptions): Promise<{ kernel: string; initrd: string }> {
   if (opts.kernel !== undefined && opts.initrd !== undefined) return { kernel: opts.kernel, initrd: opts.initrd };
+  // The pull's modules (apt, downloads, the initramfs build) load only when a run boots.
+  const { pullDebianImage } = await import("../images/debian.js");
   const pulled = await pullDebianImage({ progress: (line) => process.stderr.write(`${line}\n`) });
   return { kernel: opts.kernel ?? pulled.kernelPath, initrd: opts.initrd ?? pulled.initrdPath };
 }

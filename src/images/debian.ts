@@ -20,12 +20,12 @@ import { runOrFail } from "./host-tools.js";
 import { INITRAMFS_MODULES, buildInitramfs, initramfsRecipe } from "./initramfs.js";
 import { buildAgent } from "./agent.js";
 import {
-  INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, checkCachedImage, defaultCacheDir, makeBuildDir, publishImage,
+  DEBIAN_SUITE, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, checkCachedImage, debianImageDir, defaultCacheDir, makeBuildDir, publishImage,
   removeAbandonedBuilds, sha256, writeDurably, type ImageManifest,
 } from "./image-cache.js";
 
 export const DEBIAN_MIRROR = "http://deb.debian.org/debian";
-export const DEBIAN_SUITE = "trixie";
+export { DEBIAN_SUITE, debianImageDir };
 const KERNEL_METAPACKAGE = "linux-image-riscv64";
 const BUSYBOX_PACKAGE = "busybox-static";
 
@@ -89,9 +89,6 @@ export async function pullDebianImage(opts: PullOptions = {}): Promise<PulledIma
 }
 
 /** Where pullDebianImage keeps the image of `suite` (riscv64). */
-export function debianImageDir(cacheDir: string, suite = DEBIAN_SUITE): string {
-  return join(cacheDir, "images", `debian-${suite}-riscv64`);
-}
 
 function result(dir: string, manifest: ImageManifest, fromCache: boolean): PulledImage {
   return { kernelPath: join(dir, KERNEL_FILE), initrdPath: join(dir, INITRD_FILE), kernelVersion: manifest.kernel.kernelVersion, fromCache, manifest };

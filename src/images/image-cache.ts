@@ -36,6 +36,15 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(homedir(), ".cache", "tsvisor");
 }
 
+/** The Debian suite the stock guest comes from. */
+export const DEBIAN_SUITE = "trixie";
+
+/** Where the pulled stock image lives (images/debian.ts pulls it). Here, not
+ *  there, so a run that finds it pulled does not load the pull's modules. */
+export function debianImageDir(cacheDir: string, suite = DEBIAN_SUITE): string {
+  return join(cacheDir, "images", `debian-${suite}-riscv64`);
+}
+
 export type CacheCheck = { ok: true; manifest: ImageManifest } | { ok: false; reason: string; exists: boolean };
 
 /** Whether `dir` holds a complete image of this recipe whose files match its manifest. */

@@ -12,7 +12,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CpioArchive } from "./cpio.js";
 import { ImageError } from "./errors.js";
-import { ARGV_PATH, INIT_PATH, INIT_SCRIPT, STDIN_PATH } from "./init.js";
+import { INIT_PATH, INIT_SCRIPT } from "./init.js";
 import { ModuleIndex, builtinNames, filterModulesOrder, modulesAlias, modulesDep } from "./kernel-modules.js";
 import { MODULE_STRIP_VERSION, stripModule } from "./module-strip.js";
 import { AGENT_PATH, agentRecipe } from "./agent.js";
@@ -124,28 +124,7 @@ export function etcFilesystems(aliases: string[]): string {
   return BLOCK_FILESYSTEMS.filter((fs) => provided.has(fs)).map((fs) => `${fs}\n`).join("");
 }
 
-/**
- * The second archive `tsvisor run -- CMD ARGS...` appends to the initrd:
- * /tsvisor/argv, a POSIX sh fragment that init sources to set "$@", and with
- * `stdin`, /tsvisor/stdin, which init gives the command as its input.
- */
-export function commandArchive(argv: string[], stdin?: Uint8Array): Uint8Array {
-  if (argv.length === 0) throw new ImageError("no command to run in the guest");
-  const bad = argv.find((w) => w.includes("\0"));
-  if (bad !== undefined) throw new ImageError(`command argument ${JSON.stringify(bad)} contains a NUL byte, which no shell word can hold`);
-  const a = new CpioArchive().file(ARGV_PATH.slice(1), `set -- ${argv.map(shellQuote).join(" ")}\n`, 0o644);
-  if (stdin) a.file(STDIN_PATH.slice(1), stdin, 0o644);
-  return a.toBytes();
-}
-
-/**
- * One word for POSIX sh: inside single quotes nothing is special except the
- * closing quote (XCU 2.2.2), so a ' is written as '\'' (close, escaped
- * quote, reopen).
- */
-export function shellQuote(word: string): string {
-  return `'${word.replace(/'/g, `'\\''`)}'`;
-}
+export { commandArchive, shellQuote } from "./command-archive.js";
 
 // e_ident, e_type and e_machine of the ELF header (System V gABI).
 const EM_RISCV = 243;
