@@ -117,7 +117,7 @@ const MAX_VM_MEM_BYTES = 64 * 2 ** 30;
 const LOAD_STEP_BYTES = 2 << 20;
 
 /** The longest a read-ahead keeps the main thread (and the exits it serves) at a time. */
-const READ_AHEAD_SLICE_MS = 2;
+const READ_AHEAD_SLICE_MS = 1;
 
 export class Vm {
   private _state: VmState = "created";
@@ -223,8 +223,8 @@ export class Vm {
 
   /**
    * Read the pages of a working set (Host.restoreVm) into frames while the
-   * guest starts: in runs of adjacent slots, on the main thread, a few
-   * milliseconds at a time between the exits it serves. The vCPU faults in
+   * guest starts: in runs of adjacent slots, on the main thread, a
+   * millisecond at a time, or one run when an exit waits to be served. The vCPU faults in
    * a page it needs first itself; the entry says who was first. A page that
    * does not check out ends the read-ahead: the guest meets it when it
    * touches it, and stops with the reason, as without one.
@@ -240,7 +240,8 @@ export class Vm {
           const run = runs.next();
           if (run.done) return;
           for (const { index, bytes } of run.value) machine.p2m.fillSnapshotPage(index, bytes);
-          if (performance.now() - started > READ_AHEAD_SLICE_MS) break;
+          // A vCPU waiting for its exit's answer comes first.
+          if (performance.now() - started > READ_AHEAD_SLICE_MS || this.slots.some((v) => isPosted(this.host.sched, v))) break;
         }
       } catch {
         return;
