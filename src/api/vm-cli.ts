@@ -535,6 +535,8 @@ export function migrationProgressLine(s: MigrationStatus): string {
  * a connection of its own) and show each round on stderr. Returns the stop.
  * Errors of a poll (an older host without the endpoint) show nothing.
  */
+const FIRST_PROGRESS_POLL_MS = 100;
+
 function watchMigration(socket: string, name: string, everyMs = 500): () => void {
   const line = new ProgressLine();
   let stopped = false;
@@ -548,7 +550,8 @@ function watchMigration(socket: string, name: string, everyMs = 500): () => void
     }
     if (!stopped) timer = setTimeout(poll, everyMs);
   };
-  timer = setTimeout(poll, everyMs);
+  // The first look comes early: a migration of an idle or small guest is over in about a second.
+  timer = setTimeout(poll, FIRST_PROGRESS_POLL_MS);
   return () => {
     stopped = true;
     clearTimeout(timer);
