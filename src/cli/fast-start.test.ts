@@ -2,6 +2,7 @@
 // the stock guest waiting for a command. The Debian tests use --mem 320M,
 // which no other test uses, so they start without a snapshot of their own
 // and leave none behind.
+import { createHash, randomBytes } from "node:crypto";
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -110,6 +111,13 @@ test("the first run makes the snapshot, later ones restore it (status, output, s
     assert.match(second.stderr, /fast start: restored /);
     // The first restored run kept the pages it read, for later runs to read ahead.
     assert.equal(readFileSync(workingSetPath(path)).subarray(0, 8).toString(), "TSVPAGE1");
+
+    // A larger stdin travels over virtio-console too (the default console of a command).
+    const big = randomBytes(100_000);
+    const piped = await tsvisor(["run", "--mem", MEM, "--stats", "--", "md5sum"], big);
+    assert.equal(piped.status, 0, piped.stderr);
+    assert.equal(piped.stdout, `${createHash("md5").update(big).digest("hex")}  -\n`);
+    assert.match(piped.stderr, /fast start: restored /);
 
     // Each restored guest has its own random numbers (fresh seed and a CRNG reseed).
     const rand = await Promise.all([0, 1].map(() => tsvisor(["run", "--mem", MEM, "--", "sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])));

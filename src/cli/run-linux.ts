@@ -19,7 +19,7 @@ import { Host, HostError, type Vm, type RunEnd } from "../host/host.js";
 import { debianImageDir, defaultCacheDir, makeDirectories } from "../images/image-cache.js";
 import { SnapshotError } from "../snapshot/state.js";
 import {
-  FAST_STDIN_LIMIT, MarkerFilter, loadWorkingSet, pruneSnapshots, saveWorkingSet, workingSetPath, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
+  MarkerFilter, fastStdinLimit, loadWorkingSet, pruneSnapshots, saveWorkingSet, workingSetPath, commandMessage, fastStartRefusal, imageIdentity, snapshotKey, snapshotPath, waitArchive,
 } from "./fast-start.js";
 import { commandArchive } from "../images/command-archive.js";
 import { HostConsole } from "./host-console.js";
@@ -172,7 +172,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
   const stdinAsFile = !interactive && !process.stdin.isTTY;
   const stdin = stdinAsFile ? await readAllStdin(opts.memBytes / 4) : undefined;
-  const fast = opts.snapshot !== false && fastStartRefusal(opts) === undefined && (stdin?.length ?? 0) <= FAST_STDIN_LIMIT;
+  const fast = opts.snapshot !== false && fastStartRefusal(opts) === undefined && (stdin?.length ?? 0) <= fastStdinLimit(opts.console ?? "ttyS0");
   if (fast) {
     const cacheDir = defaultCacheDir();
     const imageDir = debianImageDir(cacheDir);
