@@ -19,10 +19,11 @@
 // the seed, the shell's `read` and `head -n COUNT` take exactly what is
 // theirs and leave the rest unread (busybox sed reads a line ahead: it
 // would not). A line of printable ASCII or of base64 has no byte the line
-// discipline acts on (^C, ^D, ^S, DEL...). Every byte typed costs the guest
-// MMIO exits and every program it starts tens of milliseconds (a fork and
-// exec of busybox: 1.4 M instructions, interpreted), so the message is short
-// and the programs few:
+// discipline acts on (^C, ^D, ^S, DEL...). Every byte typed on the UART
+// (--console ttyS0) costs the guest two MMIO exits (virtio-console, a
+// command's default, takes the message in one request), and every program
+// it starts tens of milliseconds (a fork and exec of busybox: 1.4 M
+// instructions, interpreted), so the message is short and the programs few:
 //   0. "#TIME RANDOM": the host's time of day and 32 fresh random bytes in
 //      base64. The seed writes the line to /dev/urandom, asks the kernel to
 //      reseed its CRNG from the input pool (ioctl RNDRESEEDCRNG) and sets
