@@ -8,6 +8,7 @@ import type { PageStoreHandle } from "../memory/manager/page-store.js";
 import type { DoorbellArea } from "../vmm/queue-doorbell.js";
 import type { JitOptions, JitStats } from "../jit/jit.js";
 import type { P2mHandle } from "../memory/p2m.js";
+import type { IrqchipArea } from "../vmm/virt-machine.js";
 
 /** Host monotonic time in nanoseconds, the same clock on every thread
  *  (CLOCK_MONOTONIC; performance.now() has a per-thread origin). */
@@ -33,6 +34,8 @@ export interface VmDescriptor {
   doorbells: DoorbellArea | undefined;
   /** The host's page store, where faults find compressed and swapped pages. */
   pages: PageStoreHandle | undefined;
+  /** Its PLIC, when the worker answers the vCPU's accesses to it (vmm/virt-machine.ts irqchip). */
+  irqchip: IrqchipArea | undefined;
 }
 
 export type PcpuMessage =

@@ -3,10 +3,12 @@
 // gives it (DESIGN.md, "The host layer").
 //
 // It handles the exits that need nothing but the vCPU's own VM memory here
-// (p2m faults: allocate on first touch; WFI: block; the end of a budget) and
-// hands every other exit (MMIO, SBI, a halted hart) to the main thread
-// through the exit mailbox, waiting for the answer, as a KVM vCPU thread
-// returns to its VMM. It never touches devices or host resources.
+// (p2m faults: allocate on first touch; WFI: block; the end of a budget;
+// queue notifications, as KVM's ioeventfd; the PLIC of a one-hart VM, as
+// KVM's in-kernel irqchip) and hands every other exit (MMIO, SBI, a halted
+// hart) to the main thread through the exit mailbox, waiting for the
+// answer, as a KVM vCPU thread returns to its VMM. It never touches host
+// resources.
 
 import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import { instantiateCore, asU64, runMarked, type Core } from "../vcpu/core.js";
@@ -18,6 +20,7 @@ import { RealtimeClock } from "../vmm/clock.js";
 import { Scheduler, H_IDLE_SEQ, exitIndex, type SchedulerHandle } from "./scheduler.js";
 import { postExitAndWait, ringHostDoorbell, Mailbox } from "./exit-mailbox.js";
 import { ringQueueDoorbell } from "../vmm/queue-doorbell.js";
+import { Plic } from "../devices/irq/plic.js";
 import { monoNs, type PcpuMessage, type VmDescriptor } from "./pcpu-protocol.js";
 
 export interface PcpuWorkerData {
@@ -45,10 +48,35 @@ class VmContext {
   readonly p2m: P2m;
   private readonly clock: RealtimeClock;
   private jit: Jit | undefined;
+  /** The VM's PLIC, over the state the main thread's shares (undefined: its accesses go there). */
+  readonly plic: Plic | undefined;
   constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool) {
     this.p2m = P2m.attach(pool, d.p2m);
     if (d.pages) this.p2m.usePageSource(PageStore.attach(d.pages));
     this.clock = new RealtimeClock(d.clockStartNs);
+    if (d.irqchip) {
+      const { fn, k } = core;
+      // Context 2h is hart h's M-mode, 2h+1 its S-mode (plic.ts); the hart runs
+      // here, so a line it raises is seen at its next instruction, no wake needed.
+      this.plic = new Plic(d.irqchip.contexts, (context, level) => {
+        fn.setIrqLine(d.harts[context >> 1], context & 1 ? k.IRQ_LINE_SEIP : k.IRQ_LINE_MEIP, level ? 1 : 0);
+      }, d.irqchip.state);
+    }
+  }
+
+  /** An MMIO access of hart `h` to the PLIC, answered here; false when it is not one. */
+  serveIrqchip(view: DataView, h: number, write: boolean): boolean {
+    const area = this.d.irqchip;
+    if (!this.plic || !area) return false;
+    const { k } = this.core;
+    const addr = view.getBigUint64(h + k.RUN_ADDR_OFF, true);
+    const size = Number(view.getBigUint64(h + k.RUN_SIZE_OFF, true));
+    if (addr < area.base || addr + BigInt(size) > area.base + area.size) return false;
+    const offset = Number(addr - area.base);
+    if (write) this.plic.write(offset, size, view.getBigUint64(h + k.RUN_DATA_OFF, true));
+    else view.setBigUint64(h + k.RUN_DATA_OFF, BigInt.asUintN(64, this.plic.read(offset, size)), true);
+    view.setBigUint64(h + k.RUN_MMIO_DONE_OFF, k.MMIO_COMPLETED, true);
+    return true;
   }
 
   /** Point hart `h` at this worker's translation cache for the VM. */
@@ -198,6 +226,10 @@ class Pcpu {
         case k.EXIT_MMIO_WRITE:
           if (reason === k.EXIT_MMIO_WRITE && this.ringDoorbell(ctx, h)) {
             sched.countExit(v, exitIndex("doorbell"));
+            break;
+          }
+          if (ctx.serveIrqchip(view, h, reason === k.EXIT_MMIO_WRITE)) {
+            sched.countExit(v, exitIndex("irqchip"));
             break;
           }
           sched.countExit(v, exitIndex("mmio"));

@@ -49,7 +49,7 @@ export enum VmRunState { None = 0, Running = 1, Paused = 2 }
 
 /** Exit reasons counted per vCPU in the shared table (the worker counts; the
  *  main thread reads). Names as `--stats` prints them. */
-export const EXIT_NAMES = ["mmio", "p2m-fault", "wfi", "sbi", "time-slice", "preempt", "halt", "doorbell"] as const;
+export const EXIT_NAMES = ["mmio", "p2m-fault", "wfi", "sbi", "time-slice", "preempt", "halt", "doorbell", "irqchip"] as const;
 export type ExitName = (typeof EXIT_NAMES)[number];
 export const exitIndex = (name: ExitName): number => EXIT_NAMES.indexOf(name);
 

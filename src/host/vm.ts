@@ -348,6 +348,7 @@ export class Vm {
       pageMap: machine.codePageMap?.address ?? 0,
       doorbells: machine.doorbells,
       pages: pagesHandle,
+      irqchip: machine.irqchip,
     });
     this.startedAt = monoNs();
     if (from) return; // restoreFrom lets it run (or keeps it paused)

@@ -124,6 +124,14 @@ export type ExitAnswer =
    *  cannot be read): the VM waits, paused, and the fault is retried after. */
   | { kind: "wait-memory"; message: string };
 
+/** Where a VM's PLIC is and its shared state (devices/irq/plic.ts). */
+export interface IrqchipArea {
+  state: SharedArrayBuffer;
+  base: bigint;
+  size: bigint;
+  contexts: number;
+}
+
 /** How the guest ended. */
 export type VmEnd =
   | { kind: "poweroff" }
@@ -168,6 +176,12 @@ export class VirtMachine {
   readonly doorbells: DoorbellArea | undefined;
   readonly owner: number;
   readonly uart: Uart16550;
+  /** The PLIC's shared state, for a vCPU's thread to answer its accesses (one hart only: a claim or
+   *  completion there never raises another hart's line, which would need that hart woken). */
+  get irqchip(): IrqchipArea | undefined {
+    if (this.harts.length !== 1) return undefined;
+    return { state: this.plic.buffer, base: L.VIRT_PLIC_BASE, size: plicSize(this.harts.length), contexts: this.plic.contexts };
+  }
   /** Where kernel, initrd and device tree went (undefined for a restored machine). */
   readonly layout: BootLayout | undefined;
   readonly sbiStats = new SbiStats();

@@ -131,3 +131,36 @@ test("snapshot: tampered state is refused with a SnapshotError naming the field,
   bad({ claimed: "x" }, /^plic\.claimed: expected an array/);
   assert.throws(() => setup().plic.restoreState(new StateReader([], "plic")), SnapshotError);
 });
+
+test("two threads' views of one PLIC: the vCPU's thread claims and completes what the devices' thread raised, each driving its own outputs", async () => {
+  const { Worker } = await import("node:worker_threads");
+  const main = setup();
+  main.w(prio(7), 1);
+  main.w(enable(1), 1 << 7);
+  main.plic.setLevel(7, true);
+  assert.equal(main.lines.get(1), true);
+  // The other thread claims (its output goes down there, and the state says so here) ...
+  const worker = new Worker(`
+    const { workerData, parentPort } = require("node:worker_threads");
+    import(workerData.plic).then(({ Plic }) => {
+      const lines = [];
+      const plic = new Plic(2, (c, level) => lines.push([c, level]), workerData.state);
+      const claimed = Number(plic.read(0x201004, 4));
+      parentPort.postMessage({ claimed, lines });
+    });
+  `, { eval: true, workerData: { plic: new URL("./plic.js", import.meta.url).href, state: main.plic.buffer } });
+  const fromWorker = await new Promise<{ claimed: number; lines: [number, boolean][] }>((resolve, reject) => {
+    worker.once("message", resolve);
+    worker.once("error", reject);
+  });
+  await worker.terminate();
+  assert.equal(fromWorker.claimed, 7);
+  assert.deepEqual(fromWorker.lines, [[1, false]]);
+  assert.equal(main.r(0x1000) & (1 << 7), 0, "no longer pending, here too");
+  assert.equal(main.r(claim(1)), 0, "claimed there: nothing to claim here");
+  // ... and the completion here forwards the still-high line again, driving this thread's output.
+  main.lines.clear();
+  main.w(claim(1), 7);
+  assert.equal(main.lines.get(1), true);
+  assert.throws(() => new Plic(4, () => {}, main.plic.buffer), RangeError, "a state of another shape is refused");
+});

@@ -12,6 +12,12 @@
 // its S-mode (drives SEIP). Sources are level-triggered: the gateway turns a
 // high line into a pending bit, and forwards it again only after the claim was
 // completed (PLIC spec chapter "Interrupt Gateways").
+//
+// The state lives in one SharedArrayBuffer behind a lock, so that the
+// thread running a vCPU can answer its claims and completions itself, as
+// KVM's in-kernel irqchip does, instead of an exit to the main thread for
+// each (a disk request takes four); the devices' lines change on the main
+// thread. Each thread drives the outputs through its own callback.
 
 import type { MmioDevice } from "../../bus/mmio-bus.js";
 import type { Plain, StateReader } from "../../snapshot/state.js";
@@ -33,33 +39,84 @@ export function plicSize(harts: number): bigint {
 /** Where a context's output goes: a hart's external-interrupt line. */
 export type ContextOutput = (context: number, level: boolean) => void;
 
+/** u32 words of the shared state: the lock, priorities, the source bit
+ *  sets, then per context its enable words, threshold and output level. */
+function stateWords(contexts: number): number {
+  return 1 + (PLIC_NUM_SOURCES + 1) + 3 * WORDS + contexts * (WORDS + 2);
+}
+
 export class Plic implements MmioDevice {
   readonly name = "plic";
-  private readonly priority = new Uint32Array(PLIC_NUM_SOURCES + 1);
-  private readonly pending = new Uint32Array(WORDS);
-  private readonly claimed = new Uint32Array(WORDS); // in service: claimed, not completed
-  private readonly level = new Uint32Array(WORDS); //   current line levels
+  /** The state's buffer, for another thread's Plic over the same state. */
+  readonly buffer: SharedArrayBuffer;
+  private readonly lockWord: Int32Array;
+  private readonly priority: Uint32Array;
+  private readonly pending: Uint32Array;
+  private readonly claimed: Uint32Array; // in service: claimed, not completed
+  private readonly level: Uint32Array; //   current line levels
   private readonly enable: Uint32Array[];
   private readonly threshold: Uint32Array;
-  private readonly outputs: boolean[];
+  private readonly outputs: Uint32Array; // the level each context's output was last driven to
+  private depth = 0;
 
-  constructor(readonly contexts: number, private readonly output: ContextOutput) {
-    this.enable = Array.from({ length: contexts }, () => new Uint32Array(WORDS));
-    this.threshold = new Uint32Array(contexts);
-    this.outputs = new Array<boolean>(contexts).fill(false);
+  /** A PLIC with `contexts` contexts; over `shared` (another Plic's buffer) it is that PLIC, seen from this thread. */
+  constructor(readonly contexts: number, private readonly output: ContextOutput, shared?: SharedArrayBuffer) {
+    const bytes = 4 * stateWords(contexts);
+    if (shared !== undefined && shared.byteLength !== bytes) throw new RangeError(`a PLIC state of ${shared.byteLength} bytes for ${contexts} contexts`);
+    this.buffer = shared ?? new SharedArrayBuffer(bytes);
+    let at = 0;
+    const words = (n: number) => {
+      const v = new Uint32Array(this.buffer, 4 * at, n);
+      at += n;
+      return v;
+    };
+    this.lockWord = new Int32Array(this.buffer, 0, 1);
+    at = 1;
+    this.priority = words(PLIC_NUM_SOURCES + 1);
+    this.pending = words(WORDS);
+    this.claimed = words(WORDS);
+    this.level = words(WORDS);
+    this.enable = Array.from({ length: contexts }, () => words(WORDS));
+    this.threshold = words(contexts);
+    this.outputs = words(contexts);
+  }
+
+  /** `body` with the state to itself: the other thread's accesses are a few
+   *  microseconds at most, so a spin is enough. Reentrant (an output
+   *  callback may not call back, but restoreState runs update()). */
+  private locked<T>(body: () => T): T {
+    if (this.depth > 0) return body();
+    while (Atomics.compareExchange(this.lockWord, 0, 0, 1) !== 0) {}
+    this.depth++;
+    try {
+      return body();
+    } finally {
+      this.depth--;
+      Atomics.store(this.lockWord, 0, 0);
+    }
   }
 
   /** A device's interrupt line changed. */
   setLevel(source: number, high: boolean): void {
     if (source < 1 || source > PLIC_NUM_SOURCES) throw new RangeError(`PLIC source ${source} does not exist`);
-    const [w, b] = [source >> 5, 1 << (source & 31)];
-    if (high) this.level[w] |= b;
-    else this.level[w] &= ~b;
-    this.gateway(source);
-    this.update();
+    this.locked(() => {
+      const [w, b] = [source >> 5, 1 << (source & 31)];
+      if (high) this.level[w] |= b;
+      else this.level[w] &= ~b;
+      this.gateway(source);
+      this.update();
+    });
   }
 
   read(offset: number, size: number): bigint {
+    return this.locked(() => this.readLocked(offset, size));
+  }
+
+  write(offset: number, size: number, value: bigint): void {
+    this.locked(() => this.writeLocked(offset, size, value));
+  }
+
+  private readLocked(offset: number, size: number): bigint {
     if (size !== 4 || (offset & 3) !== 0) return 0n; // registers are 32-bit words
     if (offset < PENDING_BASE) {
       const s = offset >> 2;
@@ -82,7 +139,7 @@ export class Plic implements MmioDevice {
     return 0n;
   }
 
-  write(offset: number, size: number, value: bigint): void {
+  private writeLocked(offset: number, size: number, value: bigint): void {
     if (size !== 4 || (offset & 3) !== 0) return;
     const v = Number(value & 0xffff_ffffn);
     if (offset < PENDING_BASE) {
@@ -108,14 +165,14 @@ export class Plic implements MmioDevice {
   /** Plain state: every register and the gateway's bits (u32 words of
    *  source bits). The output callback is wiring, rebuilt by the machine. */
   saveState(): Plain {
-    return {
+    return this.locked(() => ({
       priority: [...this.priority],
       pending: [...this.pending],
       claimed: [...this.claimed],
       level: [...this.level],
       enable: this.enable.flatMap((e) => [...e]), // context c's words at [c * WORDS, (c + 1) * WORDS)
       threshold: [...this.threshold],
-    };
+    }));
   }
 
   /** Restore saveState()'s value (untrusted: checked in full before anything
@@ -140,6 +197,10 @@ export class Plic implements MmioDevice {
     const threshold = r.ints("threshold", this.contexts, 0, PLIC_MAX_PRIORITY);
     r.check(threshold.length === this.contexts, `threshold: ${threshold.length} contexts, this PLIC has ${this.contexts}`);
     // Everything checked: apply.
+    this.locked(() => this.apply(priority, pending, claimed, level, enable, threshold));
+  }
+
+  private apply(priority: number[], pending: number[], claimed: number[], level: number[], enable: number[], threshold: number[]): void {
     this.priority.set(priority);
     this.pending.set(pending);
     this.claimed.set(claimed);
@@ -147,8 +208,9 @@ export class Plic implements MmioDevice {
     this.enable.forEach((e, c) => e.set(enable.slice(c * WORDS, (c + 1) * WORDS)));
     this.threshold.set(threshold);
     for (let c = 0; c < this.contexts; c++) {
-      this.outputs[c] = this.best(c) !== 0;
-      this.output(c, this.outputs[c]);
+      const high = this.best(c) !== 0;
+      this.outputs[c] = high ? 1 : 0;
+      this.output(c, high);
     }
   }
 
@@ -201,8 +263,8 @@ export class Plic implements MmioDevice {
   private update(): void {
     for (let c = 0; c < this.contexts; c++) {
       const level = this.best(c) !== 0;
-      if (level !== this.outputs[c]) {
-        this.outputs[c] = level;
+      if (level !== (this.outputs[c] === 1)) {
+        this.outputs[c] = level ? 1 : 0;
         this.output(c, level);
       }
     }
