@@ -12,7 +12,8 @@ import { defaultCacheDir } from "../images/image-cache.js";
 import { debianImageDir } from "../images/debian.js";
 import { DEFAULT_CMDLINE } from "./run-linux.js";
 import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, pruneSnapshots, snapshotKey, snapshotPath, workingSetPath } from "./fast-start.js";
-import { tsvisor, pullImage } from "./test-tsvisor.js";
+import { spawnSync } from "node:child_process";
+import { bin, tsvisor, pullImage } from "./test-tsvisor.js";
 
 test("the wait marker is taken out of the console output, also when split across chunks", () => {
   for (const cut of [0, 1, 5, WAIT_MARKER.length - 1, WAIT_MARKER.length]) {
@@ -118,6 +119,12 @@ test("the first run makes the snapshot, later ones restore it (status, output, s
     assert.equal(piped.status, 0, piped.stderr);
     assert.equal(piped.stdout, `${createHash("md5").update(big).digest("hex")}  -\n`);
     assert.match(piped.stderr, /fast start: restored /);
+
+    // Under a terminal the restored command's console has the terminal's size
+    // (script(1) gives the run a pseudo-terminal of 101x37).
+    const sized = spawnSync("script", ["-qec", `stty cols 101 rows 37; ${process.execPath} ${bin} run --mem ${MEM} -- sh -c 'stty size'`, "/dev/null"], { encoding: "utf8", timeout: 120_000 });
+    assert.equal(sized.status, 0, sized.stderr);
+    assert.match(sized.stdout, /^37 101\r?$/m);
 
     // Each restored guest has its own random numbers (fresh seed and a CRNG reseed).
     const rand = await Promise.all([0, 1].map(() => tsvisor(["run", "--mem", MEM, "--", "sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])));

@@ -305,7 +305,10 @@ async function runVm(
     const common = {
       name: "run", jit: opts.jit,
       virtio: devices.devices,
-      consoleSize: terminalSize(),
+      // virtio-console negotiates its size feature at boot only: a fast-start
+      // snapshot's console always has a size (the terminal's, else 80x24),
+      // so a run restored under a terminal can give the guest its own.
+      consoleSize: terminalSize() ?? (fast ? FALLBACK_CONSOLE_SIZE : undefined),
       warn: (m: string) => warnLine(m, interactive),
       ...(opts.balloon === false ? { balloon: false as const } : {}),
     };
@@ -327,6 +330,8 @@ async function runVm(
         if (e instanceof SnapshotError) throw new RestoreFailed(e.message);
         throw e;
       }
+      const size = terminalSize();
+      if (size) vm.vmm!.consoleResize(size.cols, size.rows);
       // The waiting guest reads its command first (fast-start.ts), then whatever stdin forwards.
       vm.vmm!.consoleInput(fast.message);
       vm.resume();
@@ -453,6 +458,9 @@ function warnLine(message: string, interactive: boolean): void {
 }
 
 /** The size of the terminal tsvisor writes to, if it writes to one. */
+/** A console's size when there is no terminal to take it from. */
+const FALLBACK_CONSOLE_SIZE = { cols: 80, rows: 24 };
+
 function terminalSize(): { cols: number; rows: number } | undefined {
   const out = process.stdout;
   return out.isTTY && out.columns > 0 && out.rows > 0 ? { cols: out.columns, rows: out.rows } : undefined;
