@@ -199,15 +199,9 @@ test("a restore's working set: the pages a run read are recorded at its end, rea
       await finishes({ vm: next, output: c.text });
       await next.destroy();
 
-      const b = Buffer.from(readFileSync(path));
-      b[new SnapshotFile_(path).section("pages").offset + 4096 * 100 + 7] ^= 0xff;
-      const corrupt = join(dir, "corrupt-page.snap");
-      writeFileSync(corrupt, b);
       // A page that does not check out ends the read-ahead; the guest stops with the reason when it reads that page.
-      const bad = host.restoreVm(corrupt, { name: "bad", consoleOut: () => {}, warn: () => {}, workingSet: { pages: recorded } });
-      const end = await bad.waitForEnd();
-      assert.equal(end.kind, "error");
-      assert.match((end as { message: string }).message, /guest page \d+ is corrupted/);
+      const bad = host.restoreVm(withCorruptPage(path, dir), { name: "bad", consoleOut: () => {}, warn: () => {}, workingSet: { pages: recorded } });
+      await stopsOnCorruptPage(bad);
     } finally {
       await host.close();
     }
@@ -373,20 +367,28 @@ test("broken snapshots are refused with one line naming the problem, and nothing
       }
       assert.equal(host.info().pool.framesInUse, framesBefore, "every frame of the refused restores went back");
       // A corrupted page is found when the guest touches it: the VM stops with the reason, the host goes on.
-      const b = Buffer.from(bytes);
-      const pagesAt = new SnapshotFile_(good).section("pages").offset;
-      b[pagesAt + 4096 * 100 + 7] ^= 0xff;
-      const corrupt = join(dir, "corrupt-page.snap");
-      writeFileSync(corrupt, b);
-      const r = restore(host, corrupt, "victim");
-      const end = await r.vm.waitForEnd();
-      assert.equal(end.kind, "error");
-      assert.match((end as { message: string }).message, /guest page \d+ is corrupted/);
+      await stopsOnCorruptPage(restore(host, withCorruptPage(good, dir), "victim").vm);
     } finally {
       await host.close();
     }
   });
 });
+
+/** A copy of snapshot `path` in `dir` with a byte of its 101st stored page flipped. */
+function withCorruptPage(path: string, dir: string): string {
+  const b = Buffer.from(readFileSync(path));
+  b[new SnapshotFile_(path).section("pages").offset + 4096 * 100 + 7] ^= 0xff;
+  const corrupt = join(dir, "corrupt-page.snap");
+  writeFileSync(corrupt, b);
+  return corrupt;
+}
+
+/** The guest stops with the reason once it reads the page that does not check out; the host goes on. */
+async function stopsOnCorruptPage(vm: Vm): Promise<void> {
+  const end = await vm.waitForEnd();
+  assert.equal(end.kind, "error");
+  assert.match((end as { message: string }).message, /guest page \d+ is corrupted/);
+}
 
 /** The section table of a snapshot file, for the tests' byte surgery. */
 class SnapshotFile_ {
