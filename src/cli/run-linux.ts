@@ -457,10 +457,10 @@ function warnLine(message: string, interactive: boolean): void {
   process.stderr.write(interactive ? `\r\ntsvisor: ${message}\r\n` : `tsvisor: ${message}\n`);
 }
 
-/** The size of the terminal tsvisor writes to, if it writes to one. */
 /** A console's size when there is no terminal to take it from. */
 const FALLBACK_CONSOLE_SIZE = { cols: 80, rows: 24 };
 
+/** The size of the terminal tsvisor writes to, if it writes to one. */
 function terminalSize(): { cols: number; rows: number } | undefined {
   const out = process.stdout;
   return out.isTTY && out.columns > 0 && out.rows > 0 ? { cols: out.columns, rows: out.rows } : undefined;
