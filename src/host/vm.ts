@@ -224,10 +224,11 @@ export class Vm {
   /**
    * Read the pages of a working set (Host.restoreVm) into frames while the
    * guest starts: in runs of adjacent slots, on the main thread, a
-   * millisecond at a time, or one run when an exit waits to be served. The vCPU faults in
-   * a page it needs first itself; the entry says who was first. A page that
-   * does not check out ends the read-ahead: the guest meets it when it
-   * touches it, and stops with the reason, as without one.
+   * millisecond at a time, or one run when an exit waits to be served. The
+   * vCPU faults in a page it needs first itself; the entry says who was
+   * first. A page that does not check out, or a full pool, ends the
+   * read-ahead: the guest meets the page when it touches it, and stops with
+   * the reason, as without one.
    */
   private readAheadInBackground(snap: OpenedSnapshot, pages: ArrayLike<number>): void {
     const machine = this.machine!;
