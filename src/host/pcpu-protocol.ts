@@ -25,6 +25,8 @@ export interface VmDescriptor {
   p2m: P2mHandle;
   /** Host addresses of its hart blocks, by hart index. */
   harts: number[];
+  /** Their vCPU slots in the scheduler, by hart index. */
+  vcpus: number[];
   /** process.hrtime.bigint() when the VM's clock read 0. */
   clockStartNs: bigint;
   jit: JitOptions | false;

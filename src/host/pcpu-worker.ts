@@ -4,11 +4,11 @@
 //
 // It handles the exits that need nothing but the vCPU's own VM memory here
 // (p2m faults: allocate on first touch; WFI: block; the end of a budget;
-// queue notifications, as KVM's ioeventfd; the PLIC of a one-hart VM, as
-// KVM's in-kernel irqchip) and hands every other exit (MMIO, SBI, a halted
-// hart) to the main thread through the exit mailbox, waiting for the
-// answer, as a KVM vCPU thread returns to its VMM. It never touches host
-// resources.
+// queue notifications, as KVM's ioeventfd; the PLIC and the virtio
+// transports' InterruptStatus and InterruptACK, as KVM's in-kernel irqchip)
+// and hands every other exit (MMIO, SBI, a halted hart) to the main thread
+// through the exit mailbox, waiting for the answer, as a KVM vCPU thread
+// returns to its VMM. It never touches host resources.
 
 import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import { instantiateCore, asU64, runMarked, type Core } from "../vcpu/core.js";
@@ -19,9 +19,12 @@ import { Jit } from "../jit/jit.js";
 import { RealtimeClock } from "../vmm/clock.js";
 import { Scheduler, H_IDLE_SEQ, exitIndex, type SchedulerHandle } from "./scheduler.js";
 import { postExitAndWait, ringHostDoorbell, Mailbox } from "./exit-mailbox.js";
-import { ringQueueDoorbell } from "../vmm/queue-doorbell.js";
+import { ringQueueDoorbell, Doorbell } from "../vmm/queue-doorbell.js";
 import { Plic } from "../devices/irq/plic.js";
+import { wakeVcpu } from "./irqfd.js";
 import { monoNs, type PcpuMessage, type VmDescriptor } from "./pcpu-protocol.js";
+import { VIRT_VIRTIO_BASE, VIRT_VIRTIO_STRIDE, VIRT_VIRTIO_IRQ_BASE } from "../arch/riscv/layout.js";
+import { REG } from "../devices/virtio/mmio-registers.js";
 
 export interface PcpuWorkerData {
   pcpu: number;
@@ -50,32 +53,70 @@ class VmContext {
   private jit: Jit | undefined;
   /** The VM's PLIC, over the state the main thread's shares (undefined: its accesses go there). */
   readonly plic: Plic | undefined;
-  constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool) {
+  /** Harts whose line an access here raised, woken once the PLIC's lock is let go. */
+  private readonly toWake: number[] = [];
+  constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool, private readonly sched: Scheduler) {
     this.p2m = P2m.attach(pool, d.p2m);
     if (d.pages) this.p2m.usePageSource(PageStore.attach(d.pages));
     this.clock = new RealtimeClock(d.clockStartNs);
     if (d.irqchip) {
       const { fn, k } = core;
-      // Context 2h is hart h's M-mode, 2h+1 its S-mode (plic.ts); the hart runs
-      // here, so a line it raises is seen at its next instruction, no wake needed.
+      // Context 2h is hart h's M-mode, 2h+1 its S-mode (plic.ts). A claim or
+      // completion may raise another hart's line (a source enabled on both):
+      // that hart is woken through the scheduler, as the main thread would.
       this.plic = new Plic(d.irqchip.contexts, (context, level) => {
         fn.setIrqLine(d.harts[context >> 1], context & 1 ? k.IRQ_LINE_SEIP : k.IRQ_LINE_MEIP, level ? 1 : 0);
+        if (level) this.toWake.push(context >> 1);
       }, d.irqchip.state);
     }
   }
 
-  /** An MMIO access of hart `h` to the PLIC, answered here; false when it is not one. */
+  /** An MMIO access of hart `h` to the PLIC or to a virtio transport's
+   *  InterruptStatus or InterruptACK, answered here; false when it is neither. */
   serveIrqchip(view: DataView, h: number, write: boolean): boolean {
     const area = this.d.irqchip;
     if (!this.plic || !area) return false;
     const { k } = this.core;
     const addr = view.getBigUint64(h + k.RUN_ADDR_OFF, true);
     const size = Number(view.getBigUint64(h + k.RUN_SIZE_OFF, true));
-    if (addr < area.base || addr + BigInt(size) > area.base + area.size) return false;
-    const offset = Number(addr - area.base);
-    if (write) this.plic.write(offset, size, view.getBigUint64(h + k.RUN_DATA_OFF, true));
-    else view.setBigUint64(h + k.RUN_DATA_OFF, BigInt.asUintN(64, this.plic.read(offset, size)), true);
+    if (addr >= area.base && addr + BigInt(size) <= area.base + area.size) {
+      const offset = Number(addr - area.base);
+      if (write) this.plic.write(offset, size, view.getBigUint64(h + k.RUN_DATA_OFF, true));
+      else view.setBigUint64(h + k.RUN_DATA_OFF, BigInt.asUintN(64, this.plic.read(offset, size)), true);
+    } else if (!this.serveInterruptStatus(view, h, addr, size, write)) {
+      return false;
+    }
     view.setBigUint64(h + k.RUN_MMIO_DONE_OFF, k.MMIO_COMPLETED, true);
+    // The hart making the access runs here: it sees its own line at its next instruction.
+    while (this.toWake.length) {
+      const other = this.toWake.pop()!;
+      if (this.d.harts[other] !== h) wakeVcpu(this.sched, this.d.vcpus[other], this.pool.words, k.REQ_OFF, k.REQ_EXIT);
+    }
+    return true;
+  }
+
+  /**
+   * A 32-bit read of a transport's InterruptStatus or write of its
+   * InterruptACK (virtio 1.2, 4.2.2): the status word is shared with the
+   * transport and the I/O threads, and the line follows it under the PLIC's
+   * lock (plic.ts setLevelFrom), as mmio.ts would do it. Linux's driver makes
+   * both accesses on every interrupt.
+   */
+  private serveInterruptStatus(view: DataView, h: number, addr: bigint, size: number, write: boolean): boolean {
+    const area = this.d.irqchip!;
+    if (size !== 4 || addr < VIRT_VIRTIO_BASE) return false;
+    const slot = Number((addr - VIRT_VIRTIO_BASE) / VIRT_VIRTIO_STRIDE);
+    const offset = Number((addr - VIRT_VIRTIO_BASE) % VIRT_VIRTIO_STRIDE);
+    if (slot >= area.virtioSlots || offset !== (write ? REG.InterruptACK : REG.InterruptStatus)) return false;
+    const words = this.pool.words;
+    const index = (area.interruptStatus >>> 2) + slot;
+    const { k } = this.core;
+    if (!write) {
+      view.setBigUint64(h + k.RUN_DATA_OFF, BigInt(Atomics.load(words, index) >>> 0), true);
+      return true;
+    }
+    Atomics.and(words, index, ~Number(view.getBigUint64(h + k.RUN_DATA_OFF, true) & 0xffff_ffffn));
+    this.plic!.setLevelFrom(VIRT_VIRTIO_IRQ_BASE + slot, () => Atomics.load(words, index) !== 0);
     return true;
   }
 
@@ -151,7 +192,7 @@ class Pcpu {
       const msg = m.message as PcpuMessage;
       switch (msg.kind) {
         case "add-vm":
-          this.vms.set(msg.vm.id, new VmContext(msg.vm, this.core, this.pool));
+          this.vms.set(msg.vm.id, new VmContext(msg.vm, this.core, this.pool, this.sched));
           break;
         case "drop-vm":
           this.vms.get(msg.id)?.release();
@@ -260,16 +301,17 @@ class Pcpu {
     }
   }
 
-  /** A virtio queue notification: record it, complete the write, go on (ioeventfd). */
+  /** A virtio queue notification: record it or kick the queue's thread, complete the write, go on (ioeventfd). */
   private ringDoorbell(ctx: VmContext, h: number): boolean {
     const { k } = this.core;
     const view = this.pool.view;
     const gpa = view.getBigUint64(h + k.RUN_ADDR_OFF, true);
     const size = Number(view.getBigUint64(h + k.RUN_SIZE_OFF, true));
     const value = view.getBigUint64(h + k.RUN_DATA_OFF, true);
-    if (!ringQueueDoorbell(ctx.d.doorbells, this.pool.words, gpa, size, value)) return false;
+    const rung = ringQueueDoorbell(ctx.d.doorbells, this.pool.words, gpa, size, value);
+    if (rung === Doorbell.None) return false;
     view.setBigUint64(h + k.RUN_MMIO_DONE_OFF, k.MMIO_COMPLETED, true);
-    ringHostDoorbell(this.sched);
+    if (rung === Doorbell.Recorded) ringHostDoorbell(this.sched);
     return true;
   }
 

@@ -285,7 +285,10 @@ export class Vm {
       memBytes: config.memBytes, harts: config.cpus, kernel: config.kernel, initrd: config.initrd, cmdline: config.cmdline,
       jit: config.jit ?? {}, consoleOut: config.consoleOut, virtio: config.virtio, console: config.console,
       consoleSize: config.consoleSize, warn: config.warn,
-      host: { pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle, p2m: from?.ram },
+      host: {
+        pool: host.pool, core: host.core, owner: this.owner, pages: pagesHandle, p2m: from?.ram,
+        hartWakes: () => this.slots.length ? { sched: host.sched.handle, vcpus: [...this.slots] } : undefined,
+      },
       restore: from && { guestTicks: from.guestTicks },
       kickHart: (i) => this.slots.length && host.kick(this.slots[i]),
       hartStarted: (i) => this.slots.length && host.kick(this.slots[i], true),
@@ -344,7 +347,7 @@ export class Vm {
     host.memory.add(this.managed);
     if (snap || remote) machine.p2m.usePageSource(host.memory.store.withSnapshot(snap?.pages, remote));
     host.pcpus.addVm({
-      id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart),
+      id: this.schedVm, owner: this.owner, p2m: machine.p2m.handle(), harts: machine.harts.map((s) => s.vcpu.hart), vcpus: [...this.slots],
       clockStartNs: machine.clock.startNs, jit: config.jit === false ? false : (config.jit ?? {}),
       pageMap: machine.codePageMap?.address ?? 0,
       doorbells: machine.doorbells,

@@ -73,6 +73,8 @@ export interface CoreConstants {
   MMIO_COMPLETED: bigint; MMIO_NO_DEVICE: bigint;
   P2M_PRESENT: number; P2M_WRITABLE: number; P2M_ACCESSED: number; P2M_SHARED: number;
   IRQ_LINE_MSIP: number; IRQ_LINE_SEIP: number; IRQ_LINE_MEIP: number;
+  /** Hart block fields (u64, 0 or 1) holding the external lines' levels (setIrqLine), for threads without a core instance. */
+  LINE_MEIP_OFF: number; LINE_SEIP_OFF: number;
   PC_OFF: number;
 }
 

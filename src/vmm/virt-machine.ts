@@ -14,6 +14,8 @@
 // time-sliced by runRound (the unit tests' way, deterministic enough to
 // single-step a scenario).
 
+import type { IrqfdRoute } from "../host/irqfd.js";
+import type { SchedulerHandle } from "../host/scheduler.js";
 import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js";
 import { FramePool } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
@@ -105,6 +107,9 @@ export interface MachineHostParts {
   core: Core;
   /** The pool owner every frame of this VM is charged to. */
   owner: number;
+  /** The scheduler and the harts' vCPU slots in it, for threads that wake
+   *  them (host/irqfd.ts); undefined before the harts are scheduled. */
+  hartWakes?(): { sched: SchedulerHandle; vcpus: number[] } | undefined;
   /** The host's page store (device threads find compressed and swapped pages there). */
   pages?: PageStoreHandle;
   /** RAM filled already, the machine takes it over (a live migration's
@@ -124,12 +129,16 @@ export type ExitAnswer =
    *  cannot be read): the VM waits, paused, and the fault is retried after. */
   | { kind: "wait-memory"; message: string };
 
-/** Where a VM's PLIC is and its shared state (devices/irq/plic.ts). */
+/** Where a VM's PLIC is and its shared state (devices/irq/plic.ts), and
+ *  its virtio transports' InterruptStatus words (host address, one Int32 per
+ *  slot), whose reads and acknowledgements the vCPU's thread answers too. */
 export interface IrqchipArea {
   state: SharedArrayBuffer;
   base: bigint;
   size: bigint;
   contexts: number;
+  interruptStatus: number;
+  virtioSlots: number;
 }
 
 /** How the guest ended. */
@@ -156,6 +165,8 @@ const MIDELEG_S_INTERRUPTS = 0x222n;
 const MENVCFG_STCE = 1n << 63n;
 const PRV_S = 1;
 const A0 = 10, A1 = 11;
+/** Byte offset of the InterruptStatus words in the transports' shared frame (after the doorbell words). */
+const INTERRUPT_STATUS_AT = 4 * L.VIRT_VIRTIO_SLOTS;
 
 interface HartSlot {
   readonly id: number;
@@ -172,15 +183,20 @@ export class VirtMachine {
   readonly timeFloor: number;
   /** The page map of translated code every translation cache of this VM shares. */
   readonly codePageMap: CodePageMap | undefined;
-  /** With a host: the virtio transports' queue doorbells its workers ring (host/queue-doorbell.ts). */
+  /** With a host: the virtio transports' queue doorbells its workers ring (vmm/queue-doorbell.ts). */
   readonly doorbells: DoorbellArea | undefined;
+  /** With a host: host address of the transports' InterruptStatus words, one Int32 per slot. */
+  readonly interruptStatusWords: number;
   readonly owner: number;
   readonly uart: Uart16550;
-  /** The PLIC's shared state, for a vCPU's thread to answer its accesses (one hart only: a claim or
-   *  completion there never raises another hart's line, which would need that hart woken). */
+  /** In a host: the PLIC's shared state and the transports' InterruptStatus words, for a vCPU's
+   *  thread to answer its accesses to them itself (it wakes a hart whose line it raised). */
   get irqchip(): IrqchipArea | undefined {
-    if (this.harts.length !== 1) return undefined;
-    return { state: this.plic.buffer, base: L.VIRT_PLIC_BASE, size: plicSize(this.harts.length), contexts: this.plic.contexts };
+    if (!this.doorbells) return undefined;
+    return {
+      state: this.plic.buffer, base: L.VIRT_PLIC_BASE, size: plicSize(this.harts.length), contexts: this.plic.contexts,
+      interruptStatus: this.interruptStatusWords, virtioSlots: this.virtio.length,
+    };
   }
   /** Where kernel, initrd and device tree went (undefined for a restored machine). */
   readonly layout: BootLayout | undefined;
@@ -290,11 +306,21 @@ export class VirtMachine {
     // (blk-iothread.ts): the RAM as that thread attaches it, with the page
     // map its writes retire translations in.
     const shared = cfg.host ? { pool: pool.handle(), p2m: p2m.handle(), codePageMap: this.codePageMap?.address ?? 0, pages: cfg.host.pages } : undefined;
+    // In a host, one frame holds the transports' words other threads use:
+    // the queue doorbells workers ring (queue-doorbell.ts), then each
+    // transport's InterruptStatus, which an I/O thread raises and a vCPU's
+    // worker reads and acknowledges (host/irqfd.ts).
+    const words = cfg.host ? pool.alloc(this.owner) : 0;
+    this.doorbells = cfg.host ? { words, slots: devices.length, direct: devices.map((d: VirtioDevice) => d.directKick) } : undefined;
+    this.interruptStatusWords = cfg.host ? words + INTERRUPT_STATUS_AT : 0;
     devices.forEach((device, slot) => {
+      const source = L.VIRT_VIRTIO_IRQ_BASE + slot;
       const transport = new VirtioMmio(device, {
         mem: this.ram,
         shared,
-        setIrq: (level) => this.plic.setLevel(L.VIRT_VIRTIO_IRQ_BASE + slot, level),
+        setIrq: (high) => this.plic.setLevelFrom(source, high),
+        interruptStatus: cfg.host ? { words: pool.words, index: (this.interruptStatusWords >>> 2) + slot } : undefined,
+        irqfd: cfg.host && (() => this.irqfdRoute(slot)),
         requestPoll: () => {
           this.pollRequested = true;
           cfg.wake?.();
@@ -304,8 +330,6 @@ export class VirtMachine {
       bus.register(L.virtioSlotBase(slot), VIRTIO_MMIO_SIZE, transport);
       this.virtio.push(transport);
     });
-    // Queue notifications from vCPUs on worker threads arrive as doorbells, not exits.
-    this.doorbells = cfg.host ? { words: pool.alloc(this.owner), slots: this.virtio.length } : undefined;
 
     this.platform = this.sbiPlatform(console);
     if (cfg.restore) {
@@ -557,6 +581,19 @@ export class VirtMachine {
     }
     this.afterExit();
     return this.end ? { kind: "stop" } : answer;
+  }
+
+  /** How another thread raises virtio slot `slot`'s interrupt (host/irqfd.ts), once the host has the harts scheduled. */
+  private irqfdRoute(slot: number): IrqfdRoute | undefined {
+    const wakes = this.cfg.host?.hartWakes?.();
+    if (!wakes) return undefined;
+    const { k } = this.core;
+    return {
+      interruptStatus: this.interruptStatusWords + 4 * slot,
+      plic: this.plic.buffer, contexts: this.plic.contexts, source: L.VIRT_VIRTIO_IRQ_BASE + slot,
+      harts: this.harts.map((s) => s.vcpu.hart), vcpus: wakes.vcpus, sched: wakes.sched,
+      lineMeipOff: k.LINE_MEIP_OFF, lineSeipOff: k.LINE_SEIP_OFF, reqOff: k.REQ_OFF, reqIrq: k.REQ_IRQ, reqExit: k.REQ_EXIT,
+    };
   }
 
   /** Hand the queue notifications workers recorded to their transports

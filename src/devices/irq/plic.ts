@@ -98,10 +98,21 @@ export class Plic implements MmioDevice {
 
   /** A device's interrupt line changed. */
   setLevel(source: number, high: boolean): void {
+    this.setLevelFrom(source, () => high);
+  }
+
+  /**
+   * A device's line follows `high()`, read under the lock. For a line whose
+   * cause several threads change (a virtio transport's InterruptStatus, set
+   * by an I/O thread, acknowledged by a vCPU's): each changes the cause, then
+   * calls this; whichever takes the lock last reads the latest cause, so the
+   * line never stays at a level a slower thread computed from a stale one.
+   */
+  setLevelFrom(source: number, high: () => boolean): void {
     if (source < 1 || source > PLIC_NUM_SOURCES) throw new RangeError(`PLIC source ${source} does not exist`);
     this.locked(() => {
       const [w, b] = [source >> 5, 1 << (source & 31)];
-      if (high) this.level[w] |= b;
+      if (high()) this.level[w] |= b;
       else this.level[w] &= ~b;
       this.gateway(source);
       this.update();

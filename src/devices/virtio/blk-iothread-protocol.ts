@@ -10,10 +10,11 @@ import type { FramePoolHandle } from "../../memory/frame-pool.js";
 import type { P2mHandle } from "../../memory/p2m.js";
 import type { QueueConfig, QueueIndices } from "./queue.js";
 import type { MessagePort } from "node:worker_threads";
+import type { IrqfdRoute } from "../../host/irqfd.js";
 
 /** Control words (Int32Array indices). */
 export const C_SEQ = 0;      // main thread: bumped and notified with every event for the I/O thread
-export const C_KICK = 1;     // main thread: a QueueNotify for the request queue is waiting
+export const C_KICK = 1;     // main thread or a vCPU's worker: a QueueNotify for the request queue is waiting
 export const C_STOP = 2;     // main thread: stop after the request in hand (a quiesce is coming)
 export const C_ACK = 3;      // I/O thread: quiesces done so far (notified)
 export const C_IRQ = 4;      // I/O thread: the driver wants the used-buffer interrupt
@@ -27,7 +28,11 @@ export const C_LAST_AVAIL = 8;
 export const C_USED_IDX = 9;
 export const C_SIGNALLED_USED = 10;
 export const C_PENDING_USED = 11;
-export const CONTROL_WORDS = 12;
+/** 1 while the thread serves the request queue: vCPUs' workers kick it
+ *  straight through C_KICK (vmm/queue-doorbell.ts DirectKick), counting in C_KICKS. */
+export const C_ARMED = 12;
+export const C_KICKS = 13;
+export const CONTROL_WORDS = 14;
 
 /** Counters (Float64Array indices) the I/O thread publishes after each batch:
  *  the request queue's since it went live, then the device's since it opened. */
@@ -57,7 +62,9 @@ export interface IoThreadData {
 
 export type ToIoThread =
   /** The request queue is live: serve it in this RAM (`pool` when it is not the one attached before), from these indices. */
-  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig; indices: QueueIndices }
+  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig; indices: QueueIndices;
+      /** How the thread raises the used-buffer interrupt itself; absent: C_IRQ asks the main thread. */
+      irqfd?: IrqfdRoute }
   /** Leave guest memory alone (C_STOP is set): drop the queue, count C_ACK up. */
   | { kind: "quiesce" }
   /** Between queues only: close the disk (flushed) and serve `disk` instead (of the same size);

@@ -24,6 +24,8 @@ import { CodePageMap } from "../../jit/code-page-map.js";
 import { VirtioBlk } from "./blk.js";
 import { VirtQueue, QueueStats, QueueBroken, ChainError } from "./queue.js";
 import type { VirtioContext } from "./virtio.js";
+import { INT_USED_BUFFER } from "./mmio-registers.js";
+import { Irqfd } from "../../host/irqfd.js";
 import {
   C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
   type IoThreadData, type IoThreadDiskSpec, type ToIoThread, type FromIoThread,
@@ -38,6 +40,8 @@ class IoThread {
   private pool: FramePool | undefined;
   private queue: VirtQueue | undefined;
   private queueStats = new QueueStats();
+  /** How this thread raises the used-buffer interrupt itself (undefined: through the main thread). */
+  private irqfd: Irqfd | undefined;
   /** The rings failed: nothing more until the driver resets the device. */
   private broken = false;
   /** Queues served so far (the main thread counts them too). */
@@ -85,6 +89,7 @@ class IoThread {
     this.queue.setIndices(msg.indices);
     const ctx: VirtioContext = { mem, configChanged() {}, requestPoll() {}, usedBuffer() {}, needsReset() {} };
     this.blk.activate(ctx, [this.queue], msg.features);
+    this.irqfd = msg.irqfd && new Irqfd(msg.irqfd, this.pool.words);
     this.broken = false;
     this.activations++;
     return true;
@@ -160,6 +165,7 @@ class IoThread {
     }
     this.blk.reset();
     this.queue = undefined;
+    this.irqfd = undefined;
     this.publishStats();
     Atomics.add(this.ctl, C_ACK, 1);
     Atomics.notify(this.ctl, C_ACK);
@@ -181,8 +187,9 @@ class IoThread {
     this.publishStats();
   }
 
-  /** The driver wants the used-buffer interrupt: the main thread raises it. */
+  /** The driver wants the used-buffer interrupt: raised here (irqfd.ts), or by the main thread. */
   private interrupt(): void {
+    if (this.irqfd) return this.irqfd.raise(INT_USED_BUFFER);
     Atomics.store(this.ctl, C_IRQ, 1);
     Atomics.add(this.ctl, C_IRQ_SEQ, 1);
     Atomics.notify(this.ctl, C_IRQ_SEQ);

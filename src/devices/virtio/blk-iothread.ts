@@ -2,14 +2,18 @@
 // so the main thread, which serves every VM's exits in a host, never waits
 // for a disk. This is the device the transport sees on the main thread: it
 // answers features and configuration space itself (the I/O thread's VirtioBlk
-// computed them when it opened the disk), hands the request queue to the
-// thread when the driver makes it live, turns QueueNotify into a kick of the
-// thread, and raises the used-buffer interrupt the thread asks for.
+// computed them when it opened the disk) and hands the request queue to the
+// thread when the driver makes it live. While the thread holds the queue
+// (C_ARMED), a vCPU's worker kicks it on QueueNotify itself and the thread
+// raises the used-buffer interrupt itself (vmm/queue-doorbell.ts DirectKick,
+// host/irqfd.ts): a request needs nothing from the main thread.
 //
 //   main thread (transport, this)            I/O thread (VirtioBlk, its VirtQueue)
-//   activate / new queue  -- "activate" -->  attach pool + p2m, build the queue
-//   notify(0)             -- C_KICK ----->   pop, read/write/flush, push
-//   usedBuffer(0)         <-- C_IRQ -----    notifyDriver (EVENT_IDX decides)
+//   activate / new queue  -- "activate" -->  attach pool + p2m, build the queue, C_ARMED = 1
+//   (vCPU's worker: QueueNotify -- C_KICK)   pop, read/write/flush, push
+//   notify(0), not armed  -- C_KICK ----->
+//                                            notifyDriver (EVENT_IDX decides): irqfd raises it,
+//   usedBuffer(0)         <-- C_IRQ -----    or, with no route to the harts yet, the main thread
 //   reset / queue stopped -- C_STOP + "quiesce", wait for C_ACK (synchronous)
 //   VM teardown           -- the same, awaited (quiesce())
 //   snapshot pause        -- the same, awaited (pauseIo()); the thread writes its queue's
@@ -26,13 +30,14 @@
 import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
 import { DiskImageError } from "../../backends/disk/types.js";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
+import type { DirectKick } from "../../vmm/queue-doorbell.js";
 import { VIRTIO_ID_BLOCK } from "./virtio.js";
 import { checkNoneInFlight, type VirtQueue, type QueueStats } from "./queue.js";
 import type { Plain, StateReader } from "../../snapshot/state.js";
 import { QUEUE_SIZE, blkStatsLine, type BlkStats, type VirtioBlkOptions } from "./blk.js";
 import {
   C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, CONTROL_WORDS, STAT_WORDS,
-  C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED,
+  C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED, C_ARMED, C_KICKS,
   QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
   type IoThreadData, type IoThreadDiskSpec, type FromIoThread, type ToIoThread,
 } from "./blk-iothread-protocol.js";
@@ -51,6 +56,8 @@ export class IoThreadBlk implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_BLOCK;
   readonly queueMaxSizes = [QUEUE_SIZE];
   readonly features: bigint;
+  /** While the thread serves the request queue, vCPUs' workers kick it themselves (ioeventfd). */
+  readonly directKick: DirectKick;
 
   private readonly ctl: Int32Array;
   private readonly stats: Float64Array;
@@ -96,6 +103,7 @@ export class IoThreadBlk implements VirtioDevice {
     private disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean },
   ) {
     this.ctl = new Int32Array(control);
+    this.directKick = { queue: 0, control, armed: C_ARMED, kick: C_KICK, count: C_KICKS, seq: C_SEQ };
     this.stats = new Float64Array(stats);
     this.features = ready.features;
     this.config = ready.config;
@@ -334,6 +342,7 @@ export class IoThreadBlk implements VirtioDevice {
 
   syncStats(): void {
     if (!this.statsOf || !this.statsBase) return;
+    this.statsOf.notifications += Atomics.exchange(this.ctl, C_KICKS, 0);
     QUEUE_STAT_KEYS.forEach((k, i) => (this.statsOf![k] = this.statsBase![k] + this.stats[i]));
   }
 
@@ -360,15 +369,17 @@ export class IoThreadBlk implements VirtioDevice {
     this.attachedPool = shared.pool.memory;
     this.post({
       kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, pages: shared.pages, features: this.negotiated,
-      queue: { ...q.config }, indices: q.indices,
+      queue: { ...q.config }, indices: q.indices, irqfd: this.ctx!.irqfd?.(),
     });
     this.served = q;
     this.activations++;
+    Atomics.store(this.ctl, C_ARMED, 1);
   }
 
   /** Tell the thread to let go of guest memory (no wait). */
   private sendStop(): void {
     if (!this.served) return;
+    Atomics.store(this.ctl, C_ARMED, 0);
     this.stopping = this.served;
     this.served = undefined;
     Atomics.store(this.ctl, C_STOP, 1);
@@ -448,6 +459,7 @@ export class IoThreadBlk implements VirtioDevice {
   private threadEnded(why: string): void {
     if (this.ended) return;
     this.ended = why;
+    Atomics.store(this.ctl, C_ARMED, 0);
     this.closedReply?.(undefined);
     this.reopenReply?.(why);
     for (const op of this.diskOps.values()) op.reject(new DiskImageError(why));

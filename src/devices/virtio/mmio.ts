@@ -34,29 +34,17 @@ import {
 } from "./virtio.js";
 import { VirtQueue, QueueBroken, ChainError, QueueStats, ringAreaSizes, type QueueIndices } from "./queue.js";
 import { SnapshotError, StateReader, u64, type Plain } from "../../snapshot/state.js";
+import { REG, INT_USED_BUFFER, INT_CONFIG_CHANGE } from "./mmio-registers.js";
+import type { IrqfdRoute } from "../../host/irqfd.js";
 
 const MAGIC = 0x7472_6976; // "virt"
 const VERSION = 2;
 /** VendorID: any value; QEMU uses "QEMU", tsvisor its own. */
 const VENDOR_ID = 0x5653_5354; // "TSSV"
 
-const REG = {
-  MagicValue: 0x000, Version: 0x004, DeviceID: 0x008, VendorID: 0x00c,
-  DeviceFeatures: 0x010, DeviceFeaturesSel: 0x014, DriverFeatures: 0x020, DriverFeaturesSel: 0x024,
-  QueueSel: 0x030, QueueNumMax: 0x034, QueueNum: 0x038, QueueReady: 0x044, QueueNotify: 0x050,
-  InterruptStatus: 0x060, InterruptACK: 0x064, Status: 0x070,
-  QueueDescLow: 0x080, QueueDescHigh: 0x084, QueueDriverLow: 0x090, QueueDriverHigh: 0x094,
-  QueueDeviceLow: 0x0a0, QueueDeviceHigh: 0x0a4,
-  SHMSel: 0x0ac, SHMLenLow: 0x0b0, SHMLenHigh: 0x0b4, SHMBaseLow: 0x0b8, SHMBaseHigh: 0x0bc,
-  ConfigGeneration: 0x0fc, Config: 0x100,
-} as const;
-
 /** Every status bit a device can show (2.1). */
 const STATUS_BITS = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK | STATUS_FEATURES_OK | STATUS_DEVICE_NEEDS_RESET | STATUS_FAILED;
 
-/** InterruptStatus bits (4.2.2). */
-const INT_USED_BUFFER = 1;
-const INT_CONFIG_CHANGE = 2;
 
 export const VIRTIO_MMIO_SIZE = 0x1000n;
 
@@ -73,7 +61,17 @@ export interface VirtioMmioHost {
   mem: GuestMemory;
   /** The same RAM for devices that serve their queues on another thread (virtio.ts VirtioContext.shared). */
   shared?: SharedGuestMemory;
-  setIrq(level: boolean): void;
+  /** The interrupt line follows `high()` (InterruptStatus != 0), read where
+   *  no other thread moves the line meanwhile (plic.ts setLevelFrom). */
+  setIrq(high: () => boolean): void;
+  /**
+   * Where InterruptStatus lives when other threads raise or acknowledge it
+   * too (a disk's I/O thread, a vCPU's worker, host/irqfd.ts): Int32 word
+   * `index` of shared memory. Without it the transport keeps its own.
+   */
+  interruptStatus?: { words: Int32Array; index: number };
+  /** With interruptStatus: how another thread raises this transport's interrupt (VirtioContext.irqfd). */
+  irqfd?(): IrqfdRoute | undefined;
   /** The device has asynchronous work: have the machine call poll() soon. */
   requestPoll(): void;
   /** A driver error worth a host-side line (a broken ring: DEVICE_NEEDS_RESET). */
@@ -87,7 +85,9 @@ export class VirtioMmio implements MmioDevice {
   private driverFeaturesSel = 0;
   private driverFeatures = 0n;
   private queueSel = 0;
-  private interruptStatus = 0;
+  /** InterruptStatus (4.2.2), changed only by atomic operations: other threads may share it. */
+  private readonly isr: Int32Array;
+  private readonly isrIndex: number;
   private configGeneration = 0;
   private regs: QueueRegs[];
   /** The live queues, by index: the device looks its queues up here (a queue not ready has none). */
@@ -101,6 +101,8 @@ export class VirtioMmio implements MmioDevice {
 
   constructor(readonly device: VirtioDevice, private readonly host: VirtioMmioHost) {
     this.name = device.name;
+    this.isr = host.interruptStatus?.words ?? new Int32Array(1);
+    this.isrIndex = host.interruptStatus?.index ?? 0;
     this.regs = device.queueMaxSizes.map(() => emptyQueueRegs());
     this.queueStats = device.queueMaxSizes.map(() => new QueueStats());
     // A device outlives a guest reboot (its disk stays open): start it clean.
@@ -167,7 +169,7 @@ export class VirtioMmio implements MmioDevice {
       case REG.QueueReady: if (q) this.setQueueReady(this.queueSel, v === 1); return;
       case REG.QueueNotify: this.onNotify(v & 0xffff); return;
       case REG.InterruptACK:
-        this.interruptStatus &= ~v;
+        Atomics.and(this.isr, this.isrIndex, ~v);
         this.updateIrq();
         return;
       case REG.Status: this.setStatus(v & 0xff); return;
@@ -185,7 +187,7 @@ export class VirtioMmio implements MmioDevice {
   private configChanged(): void {
     this.configGeneration = (this.configGeneration + 1) >>> 0;
     if (this.status & STATUS_DRIVER_OK) {
-      this.interruptStatus |= INT_CONFIG_CHANGE;
+      Atomics.or(this.isr, this.isrIndex, INT_CONFIG_CHANGE);
       this.updateIrq();
     }
   }
@@ -213,7 +215,7 @@ export class VirtioMmio implements MmioDevice {
     this.status = 0;
     this.driverFeatures = 0n;
     this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
-    this.interruptStatus = 0;
+    Atomics.store(this.isr, this.isrIndex, 0);
     this.regs = this.device.queueMaxSizes.map(() => emptyQueueRegs());
     this.queues = [];
     this.updateIrq();
@@ -371,7 +373,7 @@ export class VirtioMmio implements MmioDevice {
     this.driverFeaturesSel = s.driverFeaturesSel;
     this.driverFeatures = s.driverFeatures;
     this.queueSel = s.queueSel;
-    this.interruptStatus = s.interruptStatus;
+    Atomics.store(this.isr, this.isrIndex, s.interruptStatus);
     this.configGeneration = s.configGeneration;
     this.regs = regs;
     this.queues = live.map((l, i) => {
@@ -409,12 +411,16 @@ export class VirtioMmio implements MmioDevice {
   }
 
   private usedBufferInterrupt(): void {
-    this.interruptStatus |= INT_USED_BUFFER;
+    Atomics.or(this.isr, this.isrIndex, INT_USED_BUFFER);
     this.updateIrq();
   }
 
+  private get interruptStatus(): number {
+    return Atomics.load(this.isr, this.isrIndex);
+  }
+
   private updateIrq(): void {
-    this.host.setIrq(this.interruptStatus !== 0);
+    this.host.setIrq(() => this.interruptStatus !== 0);
   }
 
   /** Run device code; a broken ring stops the device until reset instead of the hypervisor. */
@@ -441,7 +447,7 @@ export class VirtioMmio implements MmioDevice {
     this.host.warn(`${this.name}: ${why}; the device needs a reset`);
     this.status |= STATUS_DEVICE_NEEDS_RESET;
     if (this.status & STATUS_DRIVER_OK) {
-      this.interruptStatus |= INT_CONFIG_CHANGE;
+      Atomics.or(this.isr, this.isrIndex, INT_CONFIG_CHANGE);
       this.updateIrq();
     }
   }
@@ -456,6 +462,7 @@ export class VirtioMmio implements MmioDevice {
         if (this.status & STATUS_DRIVER_OK) this.usedBufferInterrupt();
       },
       needsReset: (why) => this.needsReset(why),
+      irqfd: this.host.irqfd && (() => this.host.irqfd!()),
     };
   }
 }

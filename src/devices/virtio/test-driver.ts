@@ -75,7 +75,7 @@ export class TestDriver {
     this.transport = new VirtioMmio(device, {
       mem: layout.deviceMem ?? mem,
       shared: layout.shared,
-      setIrq: (level) => (this.irq = level),
+      setIrq: (high) => (this.irq = high()),
       requestPoll: () => this.polls++,
       warn: (m) => this.warnings.push(m),
     });

@@ -6,6 +6,8 @@
 // A device model sees its queues (queue.ts) and guest memory through the
 // bounds-checked accessor, never raw host memory.
 
+import type { IrqfdRoute } from "../../host/irqfd.js";
+import type { DirectKick } from "../../vmm/queue-doorbell.js";
 import type { GuestMemory, SharedGuestMemory } from "../../memory/guest-memory.js";
 import type { VirtQueue } from "./queue.js";
 import type { Plain, StateReader } from "../../snapshot/state.js";
@@ -53,6 +55,9 @@ export interface VirtioDevice {
   activate(ctx: VirtioContext, queues: readonly (VirtQueue | undefined)[], features: bigint): void;
   /** The driver made buffers available in queue `index` (a QueueNotify). */
   notify(index: number): void;
+  /** A queue served on the device's own thread, which vCPUs' workers kick
+   *  directly while it is armed (vmm/queue-doorbell.ts DirectKick). */
+  readonly directKick?: DirectKick;
   /** Device reset (status 0): drop all in-flight state; activate() follows again. */
   reset(): void;
   /** Host-side work that arrived asynchronously (network input): process it now. */
@@ -125,4 +130,7 @@ export interface VirtioContext {
   /** The VM's RAM as plain data another thread can attach (undefined when
    *  the machine cannot share it). */
   readonly shared?: SharedGuestMemory;
+  /** How another thread raises the used-buffer interrupt itself, as KVM's
+   *  irqfd (host/irqfd.ts); undefined when it cannot: usedBuffer() then. */
+  irqfd?(): IrqfdRoute | undefined;
 }
