@@ -14,6 +14,7 @@
 // wakes a hart whose line went high through the scheduler (host.ts kick).
 
 import { Plic } from "../devices/irq/plic.js";
+import { InterruptStatus } from "../devices/virtio/interrupt-status.js";
 import { Scheduler, type SchedulerHandle } from "./scheduler.js";
 import { monoNs } from "./pcpu-protocol.js";
 
@@ -38,9 +39,8 @@ export interface IrqfdRoute {
 }
 
 export class Irqfd {
-  private readonly plic: Plic;
   private readonly sched: Scheduler;
-  private readonly isrIndex: number;
+  private readonly status: InterruptStatus;
   /** Harts whose line went high in the last raise, to wake once the PLIC's lock is let go. */
   private readonly toWake: number[] = [];
 
@@ -51,16 +51,14 @@ export class Irqfd {
     if (!numbers.every((n) => Number.isInteger(n) && n >= 0) || route.harts.length !== route.vcpus.length) {
       throw new RangeError(`irqfd: a route with a missing or bad number (${JSON.stringify({ ...route, plic: undefined, sched: undefined })})`);
     }
-    this.isrIndex = route.interruptStatus >>> 2;
     this.sched = new Scheduler(route.sched);
-    this.plic = new Plic(route.contexts, (context, level) => this.driveLine(context, level), route.plic);
+    const plic = new Plic(route.contexts, (context, level) => this.driveLine(context, level), route.plic);
+    this.status = new InterruptStatus(words, route.interruptStatus >>> 2, (high) => plic.setLevelFrom(route.source, high));
   }
 
   /** Set `bits` in InterruptStatus (virtio 1.2, 4.2.2) and raise the line. */
   raise(bits: number): void {
-    const { words, isrIndex } = this;
-    Atomics.or(words, isrIndex, bits);
-    this.plic.setLevelFrom(this.route.source, () => Atomics.load(words, isrIndex) !== 0);
+    this.status.raise(bits);
     while (this.toWake.length) this.wake(this.toWake.pop()!);
   }
 

@@ -25,6 +25,7 @@ import { wakeVcpu } from "./irqfd.js";
 import { monoNs, type PcpuMessage, type VmDescriptor } from "./pcpu-protocol.js";
 import { VIRT_VIRTIO_BASE, VIRT_VIRTIO_STRIDE, VIRT_VIRTIO_IRQ_BASE } from "../arch/riscv/layout.js";
 import { REG } from "../devices/virtio/mmio-registers.js";
+import { InterruptStatus } from "../devices/virtio/interrupt-status.js";
 
 export interface PcpuWorkerData {
   pcpu: number;
@@ -108,15 +109,11 @@ class VmContext {
     const slot = Number((addr - VIRT_VIRTIO_BASE) / VIRT_VIRTIO_STRIDE);
     const offset = Number((addr - VIRT_VIRTIO_BASE) % VIRT_VIRTIO_STRIDE);
     if (slot >= area.virtioSlots || offset !== (write ? REG.InterruptACK : REG.InterruptStatus)) return false;
-    const words = this.pool.words;
-    const index = (area.interruptStatus >>> 2) + slot;
+    const plic = this.plic!;
+    const status = new InterruptStatus(this.pool.words, (area.interruptStatus >>> 2) + slot, (high) => plic.setLevelFrom(VIRT_VIRTIO_IRQ_BASE + slot, high));
     const { k } = this.core;
-    if (!write) {
-      view.setBigUint64(h + k.RUN_DATA_OFF, BigInt(Atomics.load(words, index) >>> 0), true);
-      return true;
-    }
-    Atomics.and(words, index, ~Number(view.getBigUint64(h + k.RUN_DATA_OFF, true) & 0xffff_ffffn));
-    this.plic!.setLevelFrom(VIRT_VIRTIO_IRQ_BASE + slot, () => Atomics.load(words, index) !== 0);
+    if (write) status.acknowledge(Number(view.getBigUint64(h + k.RUN_DATA_OFF, true) & 0xffff_ffffn));
+    else view.setBigUint64(h + k.RUN_DATA_OFF, BigInt(status.value), true);
     return true;
   }
 

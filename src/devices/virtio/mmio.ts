@@ -35,6 +35,7 @@ import {
 import { VirtQueue, QueueBroken, ChainError, QueueStats, ringAreaSizes, type QueueIndices } from "./queue.js";
 import { SnapshotError, StateReader, u64, type Plain } from "../../snapshot/state.js";
 import { REG, INT_USED_BUFFER, INT_CONFIG_CHANGE } from "./mmio-registers.js";
+import { InterruptStatus } from "./interrupt-status.js";
 import type { IrqfdRoute } from "../../host/irqfd.js";
 
 const MAGIC = 0x7472_6976; // "virt"
@@ -86,8 +87,7 @@ export class VirtioMmio implements MmioDevice {
   private driverFeatures = 0n;
   private queueSel = 0;
   /** InterruptStatus (4.2.2), changed only by atomic operations: other threads may share it. */
-  private readonly isr: Int32Array;
-  private readonly isrIndex: number;
+  private readonly isr: InterruptStatus;
   private configGeneration = 0;
   private regs: QueueRegs[];
   /** The live queues, by index: the device looks its queues up here (a queue not ready has none). */
@@ -101,8 +101,8 @@ export class VirtioMmio implements MmioDevice {
 
   constructor(readonly device: VirtioDevice, private readonly host: VirtioMmioHost) {
     this.name = device.name;
-    this.isr = host.interruptStatus?.words ?? new Int32Array(1);
-    this.isrIndex = host.interruptStatus?.index ?? 0;
+    const shared = host.interruptStatus;
+    this.isr = new InterruptStatus(shared?.words ?? new Int32Array(1), shared?.index ?? 0, (high) => host.setIrq(high));
     this.regs = device.queueMaxSizes.map(() => emptyQueueRegs());
     this.queueStats = device.queueMaxSizes.map(() => new QueueStats());
     // A device outlives a guest reboot (its disk stays open): start it clean.
@@ -130,7 +130,7 @@ export class VirtioMmio implements MmioDevice {
         return this.deviceFeaturesSel > 1 ? 0n : (this.offeredFeatures >> BigInt(32 * this.deviceFeaturesSel)) & 0xffff_ffffn;
       case REG.QueueNumMax: return BigInt(q ? this.device.queueMaxSizes[this.queueSel] : 0);
       case REG.QueueReady: return q?.ready ? 1n : 0n;
-      case REG.InterruptStatus: return BigInt(this.interruptStatus);
+      case REG.InterruptStatus: return BigInt(this.isr.value);
       case REG.Status: return BigInt(this.status);
       case REG.ConfigGeneration: return BigInt(this.configGeneration);
       // No shared memory regions: a length of all ones says "none" (4.2.2).
@@ -169,8 +169,7 @@ export class VirtioMmio implements MmioDevice {
       case REG.QueueReady: if (q) this.setQueueReady(this.queueSel, v === 1); return;
       case REG.QueueNotify: this.onNotify(v & 0xffff); return;
       case REG.InterruptACK:
-        Atomics.and(this.isr, this.isrIndex, ~v);
-        this.updateIrq();
+        this.isr.acknowledge(v);
         return;
       case REG.Status: this.setStatus(v & 0xff); return;
     }
@@ -187,8 +186,7 @@ export class VirtioMmio implements MmioDevice {
   private configChanged(): void {
     this.configGeneration = (this.configGeneration + 1) >>> 0;
     if (this.status & STATUS_DRIVER_OK) {
-      Atomics.or(this.isr, this.isrIndex, INT_CONFIG_CHANGE);
-      this.updateIrq();
+      this.isr.raise(INT_CONFIG_CHANGE);
     }
   }
 
@@ -215,10 +213,10 @@ export class VirtioMmio implements MmioDevice {
     this.status = 0;
     this.driverFeatures = 0n;
     this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
-    Atomics.store(this.isr, this.isrIndex, 0);
+    this.isr.store(0);
     this.regs = this.device.queueMaxSizes.map(() => emptyQueueRegs());
     this.queues = [];
-    this.updateIrq();
+    this.isr.sync();
   }
 
   /** QueueReady = 1 makes a queue live once its size and ring addresses check out (2.7, 4.2.3.2). */
@@ -302,7 +300,7 @@ export class VirtioMmio implements MmioDevice {
       driverFeaturesSel: this.driverFeaturesSel,
       driverFeatures: u64(this.driverFeatures),
       queueSel: this.queueSel,
-      interruptStatus: this.interruptStatus,
+      interruptStatus: this.isr.value,
       configGeneration: this.configGeneration,
       queues: this.regs.map((q, i) => {
         const live = this.queues[i];
@@ -373,7 +371,7 @@ export class VirtioMmio implements MmioDevice {
     this.driverFeaturesSel = s.driverFeaturesSel;
     this.driverFeatures = s.driverFeatures;
     this.queueSel = s.queueSel;
-    Atomics.store(this.isr, this.isrIndex, s.interruptStatus);
+    this.isr.store(s.interruptStatus);
     this.configGeneration = s.configGeneration;
     this.regs = regs;
     this.queues = live.map((l, i) => {
@@ -395,7 +393,7 @@ export class VirtioMmio implements MmioDevice {
       this.reset();
       throw e;
     }
-    this.updateIrq();
+    this.isr.sync();
   }
 
   private onNotify(index: number): void {
@@ -411,16 +409,7 @@ export class VirtioMmio implements MmioDevice {
   }
 
   private usedBufferInterrupt(): void {
-    Atomics.or(this.isr, this.isrIndex, INT_USED_BUFFER);
-    this.updateIrq();
-  }
-
-  private get interruptStatus(): number {
-    return Atomics.load(this.isr, this.isrIndex);
-  }
-
-  private updateIrq(): void {
-    this.host.setIrq(() => this.interruptStatus !== 0);
+    this.isr.raise(INT_USED_BUFFER);
   }
 
   /** Run device code; a broken ring stops the device until reset instead of the hypervisor. */
@@ -447,8 +436,7 @@ export class VirtioMmio implements MmioDevice {
     this.host.warn(`${this.name}: ${why}; the device needs a reset`);
     this.status |= STATUS_DEVICE_NEEDS_RESET;
     if (this.status & STATUS_DRIVER_OK) {
-      Atomics.or(this.isr, this.isrIndex, INT_CONFIG_CHANGE);
-      this.updateIrq();
+      this.isr.raise(INT_CONFIG_CHANGE);
     }
   }
 
