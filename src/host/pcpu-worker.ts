@@ -56,6 +56,8 @@ class VmContext {
   readonly plic: Plic | undefined;
   /** Harts whose line an access here raised, woken once the PLIC's lock is let go. */
   private readonly toWake: number[] = [];
+  /** By virtio slot: its transport's InterruptStatus, with the PLIC source that follows it. */
+  private readonly interruptStatus: InterruptStatus[] = [];
   constructor(readonly d: VmDescriptor, private readonly core: Core, private readonly pool: FramePool, private readonly sched: Scheduler) {
     this.p2m = P2m.attach(pool, d.p2m);
     if (d.pages) this.p2m.usePageSource(PageStore.attach(d.pages));
@@ -69,6 +71,11 @@ class VmContext {
         fn.setIrqLine(d.harts[context >> 1], context & 1 ? k.IRQ_LINE_SEIP : k.IRQ_LINE_MEIP, level ? 1 : 0);
         if (level) this.toWake.push(context >> 1);
       }, d.irqchip.state);
+      const plic = this.plic;
+      for (let slot = 0; slot < d.irqchip.virtioSlots; slot++) {
+        const source = VIRT_VIRTIO_IRQ_BASE + slot;
+        this.interruptStatus.push(new InterruptStatus(pool.words, (d.irqchip.interruptStatus >>> 2) + slot, (high) => plic.setLevelFrom(source, high)));
+      }
     }
   }
 
@@ -104,13 +111,11 @@ class VmContext {
    * both accesses on every interrupt.
    */
   private serveInterruptStatus(view: DataView, h: number, addr: bigint, size: number, write: boolean): boolean {
-    const area = this.d.irqchip!;
     if (size !== 4 || addr < VIRT_VIRTIO_BASE) return false;
     const slot = Number((addr - VIRT_VIRTIO_BASE) / VIRT_VIRTIO_STRIDE);
     const offset = Number((addr - VIRT_VIRTIO_BASE) % VIRT_VIRTIO_STRIDE);
-    if (slot >= area.virtioSlots || offset !== (write ? REG.InterruptACK : REG.InterruptStatus)) return false;
-    const plic = this.plic!;
-    const status = new InterruptStatus(this.pool.words, (area.interruptStatus >>> 2) + slot, (high) => plic.setLevelFrom(VIRT_VIRTIO_IRQ_BASE + slot, high));
+    const status = this.interruptStatus[slot];
+    if (!status || offset !== (write ? REG.InterruptACK : REG.InterruptStatus)) return false;
     const { k } = this.core;
     if (write) status.acknowledge(Number(view.getBigUint64(h + k.RUN_DATA_OFF, true) & 0xffff_ffffn));
     else view.setBigUint64(h + k.RUN_DATA_OFF, BigInt(status.value), true);
