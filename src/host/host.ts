@@ -18,7 +18,7 @@ import { instantiateCore, CORE_RESERVED_BYTES, type Core } from "../vcpu/core.js
 import { Scheduler, VcpuState, MAX_PCPUS } from "./scheduler.js";
 import { serveDoorbell, isPosted } from "./exit-mailbox.js";
 import { PcpuPool } from "./pcpu-pool.js";
-import { monoNs } from "./pcpu-protocol.js";
+import { wakeVcpu } from "./irqfd.js";
 import { Vm, HostError, type VmConfig, type WorkingSet } from "./vm.js";
 import { MemoryManager, type OvercommitOptions } from "../memory/manager/memory-manager.js";
 import { openSnapshot } from "../snapshot/snapshot.js";
@@ -223,8 +223,7 @@ export class Host {
 
   /** Wake vCPU slot `v` if it sleeps; preempt a running one that deserves its pCPU less. */
   kick(v: number, start = false): void {
-    const victim = this.sched.wake(v, monoNs(), start);
-    if (victim >= 0) this.core.fn.postRequest(this.sched.hartOf(victim), this.core.k.REQ_EXIT);
+    wakeVcpu(this.sched, v, this.pool.words, this.core.k.REQ_OFF, this.core.k.REQ_EXIT, start);
   }
 
   /** Answer every posted exit (the doorbell rang). */

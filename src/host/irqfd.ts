@@ -79,9 +79,10 @@ export class Irqfd {
   }
 }
 
-/** From any thread, as host.ts kick: a blocked vCPU becomes runnable, and a
- *  running one that deserves its pCPU less is told to leave it (REQ_EXIT). */
-export function wakeVcpu(sched: Scheduler, v: number, words: Int32Array, reqOff: number, reqExit: number): void {
-  const victim = sched.wake(v, monoNs());
+/** From any thread (the host's kick, irqfd): a blocked vCPU becomes runnable
+ *  (`start`: one never run before may start), and a running one that
+ *  deserves its pCPU less is told to leave it (REQ_EXIT in its request word). */
+export function wakeVcpu(sched: Scheduler, v: number, words: Int32Array, reqOff: number, reqExit: number, start = false): void {
+  const victim = sched.wake(v, monoNs(), start);
   if (victim >= 0) Atomics.or(words, (sched.hartOf(victim) + reqOff) >>> 2, reqExit);
 }
