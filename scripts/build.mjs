@@ -3,11 +3,13 @@
 // the tap backend's relay (C -> build/tap-relay, Linux only).
 // Skips a step whose outputs are newer than its sources.
 //   node scripts/build.mjs          everything
-//   node scripts/build.mjs core     only the core
+//   node scripts/build.mjs core     only the core (a changed core is refused by
+//                                   dist/ until a full build: see stampCore)
 //   node scripts/build.mjs relay    only the tap relay
 //   node scripts/build.mjs bundle   only the bundle (of an already compiled dist/)
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -167,10 +169,25 @@ function buildReleasePages() {
   execFileSync("mv", [tmp, out]);
 }
 
+// The compiled TypeScript reads the core's exports (offsets, constants) by
+// name, so dist/ and build/core.wasm must come from one source tree. The core
+// is built first; should tsc fail after it, the two would not match, and a
+// guest could hang on a missing export. A full build that succeeded records
+// the core it was made with (dist/core.sha256); src/vcpu/core.ts refuses
+// another core with a message naming the remedy.
+function stampCore() {
+  const core = join(root, "build", "core.wasm");
+  mkdirSync(join(root, "dist"), { recursive: true });
+  const tmp = join(root, "dist", `core.sha256.${process.pid}.tmp`);
+  writeFileSync(tmp, `${createHash("sha256").update(readFileSync(core)).digest("hex")}\n`);
+  renameSync(tmp, join(root, "dist", "core.sha256"));
+}
+
 try {
   if (!only || only === "core") buildCore();
   if (!only || only === "ts") buildTs();
   if (!only || only === "ts" || only === "bundle") await buildBundle();
+  if (!only) stampCore();
   if (!only || only === "relay") buildTapRelay();
   if (!only || only === "native") buildReleasePages();
 } catch {

@@ -1,5 +1,6 @@
 // Loading core.wasm and the typed view of its exports (src/core/index.ts).
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import { projectRoot } from "../project-root.js";
 
@@ -111,9 +112,28 @@ export function coreModule(): WebAssembly.Module {
     } catch {
       throw new Error(`core.wasm not found at ${coreWasmPath()}: run \`npm run build\``);
     }
+    checkCoreStamp(bytes, join(projectRoot(), "dist", "core.sha256"));
     compiled = new WebAssembly.Module(new Uint8Array(bytes));
   }
   return compiled;
+}
+
+/** The core must be the one this code was compiled with (scripts/build.mjs
+ *  stampCore, which writes its SHA-256 to `stampPath`): the code reads its
+ *  exports by name. No stamp (a tree built before stamps existed) is not checked. */
+export function checkCoreStamp(bytes: Uint8Array, stampPath: string): void {
+  let stamp: string;
+  try {
+    stamp = readFileSync(stampPath, "utf8").trim();
+  } catch {
+    return;
+  }
+  // Required here, not imported: pCPU workers load this module too, and never
+  // read the core from the file (they are given the compiled module).
+  const { createHash } = createRequire(import.meta.url)("node:crypto") as typeof import("node:crypto");
+  if (createHash("sha256").update(bytes).digest("hex") !== stamp) {
+    throw new Error(`${coreWasmPath()} is not the core dist/ was compiled with (a build stopped part way?): run \`npm run build\``);
+  }
 }
 
 /** One core instance on `memory` (all harts of a thread share an instance);
