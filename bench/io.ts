@@ -29,7 +29,7 @@
 // QEMU is faster). Figures only, no assertions.
 //
 //   npm run bench:io
-//   node dist/bench/io.js --seq-mib 32 --rand-seconds 3 --net-mib 16 --verbose
+//   node dist/bench/io.js --seq-mib 128 --rand-seconds 3 --net-mib 16 --verbose
 //   node dist/bench/io.js --only disk|net --no-qemu
 
 import { createHash, randomBytes } from "node:crypto";
@@ -212,7 +212,7 @@ async function netRun(engine: Engine, image: Image, helper: Uint8Array, netMiB: 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      "seq-mib": { type: "string", default: "32" },
+      "seq-mib": { type: "string", default: "128" },
       "rand-seconds": { type: "string", default: "3" },
       "net-mib": { type: "string", default: "16" },
       only: { type: "string" },
