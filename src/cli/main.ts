@@ -238,6 +238,9 @@ export async function main(argv: string[]): Promise<void> {
     if (e instanceof OutputClosed) process.exit(141); // see installTopLevelHandlers
     if (e instanceof UsageError) fail(e.message, EXIT_USAGE);
     if (e instanceof Error && oneLineErrors.some((c) => e instanceof c)) fail(e.message, EXIT_ERROR);
+    // vcpu/core.ts CoreBuildMismatch, by name: importing the core's loader
+    // here would load it for every command.
+    if (e instanceof Error && e.name === "CoreBuildMismatch") fail(e.message, EXIT_ERROR);
     const msg = e instanceof Error ? e.message : String(e);
     fail(`internal error: ${msg}`, EXIT_ERROR);
   }

@@ -118,6 +118,12 @@ export function coreModule(): WebAssembly.Module {
   return compiled;
 }
 
+/** build/core.wasm and dist/ come from different builds: the user's remedy
+ *  is a build, so the CLI prints it as it is, not as an internal error. */
+export class CoreBuildMismatch extends Error {
+  override readonly name = "CoreBuildMismatch";
+}
+
 /** The core must be the one this code was compiled with (scripts/build.mjs
  *  stampCore, which writes its SHA-256 to `stampPath`): the code reads its
  *  exports by name. No stamp (a tree built before stamps existed) is not checked. */
@@ -132,7 +138,7 @@ export function checkCoreStamp(bytes: Uint8Array, stampPath: string): void {
   // read the core from the file (they are given the compiled module).
   const { createHash } = createRequire(import.meta.url)("node:crypto") as typeof import("node:crypto");
   if (createHash("sha256").update(bytes).digest("hex") !== stamp) {
-    throw new Error(`${coreWasmPath()} is not the core dist/ was compiled with (a build stopped part way?): run \`npm run build\``);
+    throw new CoreBuildMismatch(`${coreWasmPath()} is not the core dist/ was compiled with (a build stopped part way?): run \`npm run build\``);
   }
 }
 
