@@ -9,7 +9,8 @@ import { SnapshotError, type Plain } from "../snapshot/state.js";
 import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
 import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
-import { DEFAULT_CMDLINE, withCommand, readInput } from "../cli/run-linux.js";
+import { DEFAULT_CMDLINE, readInput } from "../cli/run-linux.js";
+import { commandArchive } from "../images/command-archive.js";
 import { VmDevices, defaultMac, parseShareSpec, shareCmdline, type NetCardInfo } from "../cli/vm-devices.js";
 import { formatMac } from "../backends/net/net-spec.js";
 import { ApiError } from "./errors.js";
@@ -518,8 +519,7 @@ export class ManagedVm {
     } catch (e) {
       throw new Error(`${(e as Error).message.startsWith("kernel ") ? "" : `kernel ${kernelPath}: `}${(e as Error).message}`);
     }
-    let initrd = initrdPath !== undefined ? readInput(initrdPath, "initrd") : undefined;
-    if (d.command) initrd = withCommand(initrd!, d.command, undefined);
+    const initrd = initrdPath !== undefined ? readInput(initrdPath, "initrd", d.command ? commandArchive(d.command, undefined) : undefined) : undefined;
     let cmdline = d.append ?? DEFAULT_CMDLINE;
     if (d.console === "hvc0") cmdline += " tsvisor.console=hvc0";
     return { kernel, initrd, cmdline };

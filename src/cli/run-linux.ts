@@ -8,7 +8,7 @@
 
 import { availableParallelism } from "node:os";
 import { formatJitStats, type JitOptions } from "../jit/jit.js";
-import { readFileSync, mkdtempSync, rmSync, existsSync, renameSync } from "node:fs";
+import { readFileSync, mkdtempSync, rmSync, existsSync, renameSync, openSync, fstatSync, readSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import type { OvercommitOptions } from "../memory/manager/memory-manager.js";
@@ -85,12 +85,36 @@ export const EXIT_TIMEOUT = 124;
 
 export class LinuxRunError extends Error {}
 
-/** A kernel or initrd file's bytes; a file that cannot be read is one line ("kernel PATH: no such file"). */
-export function readInput(path: string, what: string): Uint8Array {
+/**
+ * A kernel or initrd file's bytes, with `append` after them (4-byte aligned,
+ * as the initramfs format pads archives) when given; a file that cannot be
+ * read is one line ("kernel PATH: no such file"). Appending here, rather than
+ * concatenating after, saves a copy of the initrd (15 MB for the stock one)
+ * into memory of its own.
+ */
+export function readInput(path: string, what: string, append?: Uint8Array): Uint8Array {
   try {
-    const b = readFileSync(path);
-    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    if (!append) {
+      const b = readFileSync(path);
+      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    }
+    const fd = openSync(path, "r");
+    try {
+      const size = fstatSync(fd).size;
+      const pad = (4 - (size % 4)) % 4;
+      const out = new Uint8Array(size + pad + append.length);
+      for (let done = 0; done < size; ) {
+        const n = readSync(fd, out, done, size - done, done);
+        if (n === 0) throw new LinuxRunError(`${what} ${path}: shorter than its size (changed while read)`);
+        done += n;
+      }
+      out.set(append, size + pad);
+      return out;
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
+    if (e instanceof LinuxRunError) throw e;
     const err = e as NodeJS.ErrnoException;
     const why = err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a directory" : err.code === "EACCES" ? "permission denied" : err.message;
     throw new LinuxRunError(`${what} ${path}: ${why}`);
@@ -243,9 +267,7 @@ async function bootAndRun(
       if (e instanceof KernelImageError) throw new LinuxRunError(`kernel ${image.kernel}: ${e.message}`);
       throw e;
     }
-    initrd = readInput(image.initrd, "initrd");
-    if (fast) initrd = withArchive(initrd, waitArchive());
-    else if (opts.command) initrd = withCommand(initrd, opts.command, stdin);
+    initrd = readInput(image.initrd, "initrd", fast ? waitArchive() : opts.command ? commandArchive(opts.command, stdin) : undefined);
   }
 
   let devices: VmDevices;
