@@ -101,14 +101,13 @@ export function readInput(path: string, what: string, append?: Uint8Array): Uint
     const fd = openSync(path, "r");
     try {
       const size = fstatSync(fd).size;
-      const pad = (4 - (size % 4)) % 4;
-      const out = new Uint8Array(size + pad + append.length);
+      const out = new Uint8Array(archiveOffset(size) + append.length);
       for (let done = 0; done < size; ) {
         const n = readSync(fd, out, done, size - done, done);
         if (n === 0) throw new LinuxRunError(`${what} ${path}: shorter than its size (changed while read)`);
         done += n;
       }
-      out.set(append, size + pad);
+      out.set(append, archiveOffset(size));
       return out;
     } finally {
       closeSync(fd);
@@ -150,11 +149,16 @@ export function withCommand(initrd: Uint8Array, argv: string[], stdin: Uint8Arra
 
 /** The initrd with another cpio archive appended. */
 function withArchive(initrd: Uint8Array, extra: Uint8Array): Uint8Array {
-  const pad = (4 - (initrd.length % 4)) % 4;
-  const out = new Uint8Array(initrd.length + pad + extra.length);
+  const out = new Uint8Array(archiveOffset(initrd.length) + extra.length);
   out.set(initrd, 0);
-  out.set(extra, initrd.length + pad);
+  out.set(extra, archiveOffset(initrd.length));
   return out;
+}
+
+/** Where an archive appended to an initrd of `size` bytes starts: the
+ *  initramfs format pads archives to 4 bytes (Documentation/driver-api/early-userspace/buffer-format.rst). */
+function archiveOffset(size: number): number {
+  return size + ((4 - (size % 4)) % 4);
 }
 
 export async function runLinux(opts: LinuxRunOptions): Promise<number> {
