@@ -72,6 +72,10 @@ class VmContext {
         if (level) this.toWake.push(context >> 1);
       }, d.irqchip.state);
       const plic = this.plic;
+      // Each keeps today's view of the pool, though the pool may grow (which
+      // frame-pool.ts says to fetch the view again for): the words lie in the
+      // VM's frame, allocated before this, and an older buffer of a shared
+      // memory still reaches the bytes it spanned.
       for (let slot = 0; slot < d.irqchip.virtioSlots; slot++) {
         const source = VIRT_VIRTIO_IRQ_BASE + slot;
         this.interruptStatus.push(new InterruptStatus(pool.words, (d.irqchip.interruptStatus >>> 2) + slot, (high) => plic.setLevelFrom(source, high)));
