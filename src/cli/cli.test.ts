@@ -80,6 +80,11 @@ test("--help, --version and no arguments", () => {
   const help = tsvisor("--help");
   assert.equal(help.status, 0);
   assert.match(help.stdout, /run --bare FILE\.elf/);
+  // Every line is a heading or indented under one: a stray newline in an
+  // option's text (a "\n" the template literal turned into one) would not be.
+  for (const line of help.stdout.split("\n")) {
+    if (line !== "" && !line.startsWith(" ")) assert.match(line, /^usage: |:$/, `--help line out of place: ${JSON.stringify(line)}`);
+  }
   assert.match(tsvisor("--version").stdout, /^tsvisor \d+\.\d+\.\d+/);
   assert.equal(tsvisor().status, 2);
 });

@@ -73,8 +73,8 @@ options for run:
                           repeatable). Such a VM cannot be snapshotted
   --vsock PATH[,cid=N]    a virtio-vsock device (guest CID N, default 3), Firecracker's
                           convention: a host program connects to the Unix socket PATH
-                          and writes "CONNECT PORT\n" to reach guest port PORT (answer
-                          "OK HOSTPORT\n"); the guest connecting to CID 2 port P reaches
+                          and writes "CONNECT PORT\\n" to reach guest port PORT (answer
+                          "OK HOSTPORT\\n"); the guest connecting to CID 2 port P reaches
                           the Unix socket PATH_P
   -p HOSTPORT:GUESTPORT   forward a TCP port of the host's 127.0.0.1 into the guest
                           (through the first user-mode network; repeatable)
