@@ -7,6 +7,7 @@ import { VirtioFs, VIRTIO_ID_FS } from "./device.js";
 import { FuseClient, cstr, concat, parseEntry, parseAttrOut } from "./test-client.js";
 import { Errno, Op, OutWriter, FATTR_MODE, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_UID, FATTR_GID } from "./fuse.js";
 import { MAX_WRITE } from "./server.js";
+import { VIRTIO_F_EVENT_IDX } from "../virtio.js";
 
 function share(files: Record<string, string> = {}): string {
   const dir = fs.mkdtempSync(join(tmpdir(), "tsvisor-fs-"));
@@ -254,20 +255,22 @@ test("virtio-fs snapshot is refused with one line", async () => {
   await assert.rejects(c.driver.snapshot(), /cannot be snapshotted or migrated/);
 });
 
-test("virtio-fs on its I/O thread: requests go out in order, replies complete as they come back, reset and close are clean", async () => {
+test("virtio-fs on its I/O thread: the thread serves the rings itself, in order, across a pause, a stopped queue, a reset and close", async () => {
   const dir = share({ f: "from the I/O thread" });
   const dev = new VirtioFs({ tag: "w", hostDir: dir });
-  const { TestDriver, testGuestMemory } = await import("../test-driver.js");
-  const d = new TestDriver(dev, testGuestMemory(8 << 20));
-  d.start(undefined, 64);
-  const req = (opcode: number, nodeid: number, args: Uint8Array, unique: number) =>
-    d.add(1, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
-  const settle = async (n: number) => {
+  const { TestDriver, testSharedGuestMemory } = await import("../test-driver.js");
+  const { mem, shared } = testSharedGuestMemory(8 << 20);
+  const d = new TestDriver(dev, mem, { shared });
+  // Without EVENT_IDX (this driver keeps no used_event) every completion interrupts.
+  d.start(d.deviceFeatures() & ~VIRTIO_F_EVENT_IDX, 64);
+  const req = (opcode: number, nodeid: number, args: Uint8Array, unique: number, queue = 1) =>
+    d.add(queue, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+  // Completions come from the thread alone: the main thread only waits (no poll()).
+  const settle = async (n: number, queue = 1) => {
     const got: { id: number; len: number }[] = [];
-    for (let i = 0; i < 500 && got.length < n; i++) {
-      await new Promise((r) => setTimeout(r, 5));
-      d.transport.poll();
-      got.push(...d.used(1));
+    for (let i = 0; i < 1000 && got.length < n; i++) {
+      await new Promise((r) => setTimeout(r, 2));
+      got.push(...d.used(queue));
     }
     return got;
   };
@@ -275,20 +278,45 @@ test("virtio-fs on its I/O thread: requests go out in order, replies complete as
   const look = req(Op.LOOKUP, 1, cstr("f"), 2);
   const miss = req(Op.LOOKUP, 1, cstr("missing"), 3);
   d.kick(1);
-  assert.deepEqual(d.used(1), [], "nothing completes within the notify");
   const used = await settle(3);
   assert.deepEqual(used.map((u) => u.id), [init, look, miss]);
+  assert.ok(d.irq, "the used-buffer interrupt is raised");
+  d.ackInterrupts();
   const reply = d.mem.read(d.bufferAddr(1, look, 1), used[1].len);
   assert.equal(new DataView(reply.buffer).getInt32(4, true), 0);
   assert.equal(parseEntry(reply.subarray(16)).size, 19n);
   assert.equal(parseEntry(d.mem.read(d.bufferAddr(1, miss, 1), 16 + 128).subarray(16)).nodeid, 0n);
   assert.equal(dev.stats.requests, 3);
-  // A request in flight when the device resets: its reply goes nowhere.
-  req(Op.GETATTR, 1, new Uint8Array(16), 4);
+  assert.equal(dev.stats.byOp.LOOKUP, 2);
+  assert.equal(dev.stats.nodes, 2, "the root and f");
+  dev.syncStats();
+  assert.equal(d.transport.queueStats[1].requests, 3, "the transport's counts follow the thread's");
+
+  // Paused, the thread takes nothing; resumed, it goes on from where it was.
+  await d.transport.pauseIo();
+  const getattr = req(Op.GETATTR, 1, new Uint8Array(16), 4);
+  d.kick(1);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.deepEqual(d.used(1), [], "nothing served while paused");
+  d.transport.resumeIo();
+  assert.deepEqual((await settle(1)).map((u) => u.id), [getattr]);
+
+  // hiprio stops: the request queue is still served.
+  const forget = req(Op.FORGET, 2, new OutWriter().u64(1).bytesWritten, 5, 0);
+  d.kick(0);
+  assert.deepEqual((await settle(1, 0)).map((u) => u.id), [forget]);
+  await new Promise((r) => setTimeout(r, 10));
+  d.setReg(0x30, 0); // QueueSel
+  d.setReg(0x44, 0); // QueueReady: the driver stops hiprio (4.2.2.2)
+  const again = req(Op.LOOKUP, 1, cstr("f"), 6);
+  d.kick(1);
+  assert.deepEqual((await settle(1)).map((u) => u.id), [again]);
+
+  // A reset returns with the thread off the rings; the guest's nodes go.
+  req(Op.GETATTR, 1, new Uint8Array(16), 7);
   d.kick(1);
   d.setReg(0x70, 0);
   await dev.quiesce();
-  d.transport.poll();
   assert.deepEqual(d.warnings, []);
   await dev.close();
 });
