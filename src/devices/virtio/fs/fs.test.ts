@@ -321,6 +321,34 @@ test("virtio-fs on its I/O thread: the thread serves the rings itself, in order,
   await dev.close();
 });
 
+test("virtio-fs on its I/O thread: a broken ring sets DEVICE_NEEDS_RESET; close lets go of every host fd", async () => {
+  const dir = share({ f: "x" });
+  const dev = new VirtioFs({ tag: "w", hostDir: dir, name: "fs0" });
+  const { TestDriver, testSharedGuestMemory } = await import("../test-driver.js");
+  const { STATUS_DEVICE_NEEDS_RESET } = await import("../virtio.js");
+  const { mem, shared } = testSharedGuestMemory(8 << 20);
+  const d = new TestDriver(dev, mem, { shared });
+  d.start(d.deviceFeatures() & ~VIRTIO_F_EVENT_IDX, 64);
+  const fdsOnShare = () => fs.readdirSync("/proc/self/fd").filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir);
+    } catch {
+      return false;
+    }
+  }).length;
+  // The thread opens the share's root when it starts.
+  for (let i = 0; i < 500 && fdsOnShare() === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(fdsOnShare() > 0, "the thread holds the share's root open");
+  // The available index jumps by more than the queue size (queue.ts: QueueBroken).
+  d.mem.writeU16(d.queueLayout(1).avail + 2n, 1000);
+  d.kick(1);
+  for (let i = 0; i < 500 && (d.status & STATUS_DEVICE_NEEDS_RESET) === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(d.status & STATUS_DEVICE_NEEDS_RESET);
+  assert.match(d.warnings.join("\n"), /fs0: .*available index moved by 1000/);
+  await dev.close();
+  assert.equal(fdsOnShare(), 0);
+});
+
 test("virtio-fs names are bytes: UTF-8 and other non-ASCII names go through unchanged both ways", () => {
   const dir = share();
   fs.writeFileSync(join(dir, "host-\u00e9t\u00e9.txt"), "x");
