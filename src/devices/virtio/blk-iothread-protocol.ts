@@ -1,38 +1,13 @@
 // What a virtio-blk device's main-thread side (blk-iothread.ts) and its I/O
-// thread (blk-iothread-worker.ts) share: control words in a SharedArrayBuffer
-// for what happens often (a queue kick, an interrupt, the stop handshake),
-// messages on a MessagePort for what happens seldom (a queue going live, the
-// disk's description, a broken ring, closing).
+// thread (blk-iothread-worker.ts) share beyond the control words every I/O
+// thread has (iothread-link.ts): counters, and the messages for what
+// happens seldom (a queue going live, the disk's description, a broken
+// ring, closing).
 
-import type { PageStoreHandle } from "../../memory/manager/page-store.js";
 import type { CacheMode } from "../../backends/disk/types.js";
-import type { FramePoolHandle } from "../../memory/frame-pool.js";
-import type { P2mHandle } from "../../memory/p2m.js";
 import type { QueueConfig, QueueIndices } from "./queue.js";
 import type { MessagePort } from "node:worker_threads";
-import type { IrqfdRoute } from "../../host/irqfd.js";
-
-/** Control words (Int32Array indices). */
-export const C_SEQ = 0;      // main thread: bumped and notified with every event for the I/O thread
-export const C_KICK = 1;     // main thread or a vCPU's worker: a QueueNotify for the request queue is waiting
-export const C_STOP = 2;     // main thread: stop after the request in hand (a quiesce is coming)
-export const C_ACK = 3;      // I/O thread: quiesces done so far (notified)
-export const C_IRQ = 4;      // I/O thread: the driver wants the used-buffer interrupt
-export const C_IRQ_SEQ = 5;  // I/O thread: bumped and notified with C_IRQ, and when the thread ends
-export const C_ALIVE = 6;    // I/O thread: 1 while its loop runs
-/** I/O thread, written before it counts C_ACK up for a quiesce that dropped a
- *  queue: that queue's indices (so the main thread's VirtQueue, which a
- *  snapshot saves, is up to date), C_IDX_STATE 1 (2: the rings had broken). */
-export const C_IDX_STATE = 7;
-export const C_LAST_AVAIL = 8;
-export const C_USED_IDX = 9;
-export const C_SIGNALLED_USED = 10;
-export const C_PENDING_USED = 11;
-/** 1 while the thread serves the request queue: vCPUs' workers kick it
- *  straight through C_KICK (vmm/queue-doorbell.ts DirectKick), counting in C_KICKS. */
-export const C_ARMED = 12;
-export const C_KICKS = 13;
-export const CONTROL_WORDS = 14;
+import type { NeedsReset, ThreadRam } from "./iothread-link.js";
 
 /** Counters (Float64Array indices) the I/O thread publishes after each batch:
  *  the request queue's since it went live, then the device's since it opened. */
@@ -61,10 +36,8 @@ export interface IoThreadData {
 }
 
 export type ToIoThread =
-  /** The request queue is live: serve it in this RAM (`pool` when it is not the one attached before), from these indices. */
-  | { kind: "activate"; pool?: FramePoolHandle; p2m: P2mHandle; codePageMap: number; pages?: PageStoreHandle; features: bigint; queue: QueueConfig; indices: QueueIndices;
-      /** How the thread raises the used-buffer interrupt itself; absent: C_IRQ asks the main thread. */
-      irqfd?: IrqfdRoute }
+  /** The request queue is live: serve it in this RAM, from these indices. */
+  | { kind: "activate"; ram: ThreadRam; features: bigint; queue: QueueConfig; indices: QueueIndices }
   /** Leave guest memory alone (C_STOP is set): drop the queue, count C_ACK up. */
   | { kind: "quiesce" }
   /** Between queues only: close the disk (flushed) and serve `disk` instead (of the same size);
@@ -82,9 +55,8 @@ export type ToIoThread =
 export type FromIoThread =
   | { kind: "ready"; features: bigint; config: Uint8Array; disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean } }
   | { kind: "open-failed"; message: string; diskError: boolean }
-  /** The driver broke the rings (or the device failed) while the thread served
-   *  its `activation`th queue: the transport sets DEVICE_NEEDS_RESET. */
-  | { kind: "needs-reset"; why: string; activation: number }
+  /** The driver broke the rings (or the device failed): the transport sets DEVICE_NEEDS_RESET. */
+  | NeedsReset
   | { kind: "closed"; error?: string }
   /** A "disk-read" (with its bytes) or "disk-write" done, or why not. */
   | { kind: "disk-done"; id: number; data?: Uint8Array; error?: string }

@@ -7,91 +7,60 @@
 // write or fsync waits here, never on the main thread, whose event loop
 // serves every VM's exits. The main thread's side is blk-iothread.ts.
 //
-// The thread sleeps on the control word C_SEQ; the main thread bumps it with
-// every event (a kick, a message). Messages are taken between requests
-// only, so when the thread acknowledges a quiesce it has finished the
-// request in hand and will not touch guest memory again until the next
-// activate.
+// The thread sleeps on its control words (iothread-link.ts); the main thread
+// bumps them with every event (a kick, a message). Messages are taken
+// between requests only, so when the thread acknowledges a quiesce it has
+// finished the request in hand and will not touch guest memory again until
+// the next activate.
 
-import { workerData, receiveMessageOnPort } from "node:worker_threads";
+import { workerData } from "node:worker_threads";
 import { openDisk, DiskImageError, type DiskImage } from "../../backends/disk/disk.js";
 import { ReadOnlyView, WriteTrackedDisk } from "../../backends/disk/wrappers.js";
-import { FramePool } from "../../memory/frame-pool.js";
-import { PageStore } from "../../memory/manager/page-store.js";
-import { P2m } from "../../memory/p2m.js";
-import { GuestMemory, GuestMemoryError } from "../../memory/guest-memory.js";
-import { CodePageMap } from "../../jit/code-page-map.js";
 import { VirtioBlk } from "./blk.js";
-import { VirtQueue, QueueStats, QueueBroken, ChainError } from "./queue.js";
+import { VirtQueue, QueueStats } from "./queue.js";
 import type { VirtioContext } from "./virtio.js";
-import { INT_USED_BUFFER } from "./mmio-registers.js";
-import { Irqfd } from "../../host/irqfd.js";
-import {
-  C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
-  type IoThreadData, type IoThreadDiskSpec, type ToIoThread, type FromIoThread,
-} from "./blk-iothread-protocol.js";
+import { IoThreadSide } from "./iothread-link.js";
+import { QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT, type IoThreadData, type IoThreadDiskSpec, type ToIoThread, type FromIoThread } from "./blk-iothread-protocol.js";
 
 /** Bytes of the configuration space handed to the main thread (blk.ts's is 0x3c). */
 const CONFIG_BYTES = 0x40;
 
 class IoThread {
-  private readonly ctl: Int32Array;
   private readonly stats: Float64Array;
-  private pool: FramePool | undefined;
   private queue: VirtQueue | undefined;
   private queueStats = new QueueStats();
-  /** How this thread raises the used-buffer interrupt itself (undefined: through the main thread). */
-  private irqfd: Irqfd | undefined;
-  /** The rings failed: nothing more until the driver resets the device. */
-  private broken = false;
-  /** Queues served so far (the main thread counts them too). */
-  private activations = 0;
 
-  constructor(private readonly data: IoThreadData, private disk: DiskImage, private readonly blk: VirtioBlk) {
-    this.ctl = new Int32Array(data.control);
+  constructor(private readonly data: IoThreadData, private readonly link: IoThreadSide, private disk: DiskImage, private readonly blk: VirtioBlk) {
     this.stats = new Float64Array(data.stats);
   }
 
   run(): void {
-    const { ctl } = this;
-    for (;;) {
-      const seq = Atomics.load(ctl, C_SEQ);
-      let serve = false;
-      for (let m = receiveMessageOnPort(this.data.port); m; m = receiveMessageOnPort(this.data.port)) {
-        const msg = m.message as ToIoThread;
-        if (msg.kind === "close") return this.close();
-        // A queue going live is served once at once: a kick that came with it
-        // may have been taken (and dropped) before the message was.
-        if (msg.kind === "activate") serve = this.activate(msg);
-        else if (msg.kind === "reopen") this.reopen(msg.disk);
-        else if (msg.kind === "track-writes") this.trackWrites(msg.bitmap, msg.chunkShift);
-        else if (msg.kind === "disk-read") this.diskRead(msg);
-        else if (msg.kind === "disk-write") this.diskWrite(msg);
-        else this.quiesce();
+    this.link.run((m) => {
+      const msg = m as ToIoThread;
+      if (msg.kind === "close") {
+        this.close();
+        return "end";
       }
-      if (Atomics.exchange(ctl, C_KICK, 0) !== 0) serve = true;
-      if (serve) this.serve();
-      Atomics.wait(ctl, C_SEQ, seq);
-    }
+      // A queue going live is served once at once: a kick that came with it
+      // may have been taken (and dropped) before the message was.
+      if (msg.kind === "activate") return this.activate(msg);
+      if (msg.kind === "reopen") this.reopen(msg.disk);
+      else if (msg.kind === "track-writes") this.trackWrites(msg.bitmap, msg.chunkShift);
+      else if (msg.kind === "disk-read") this.diskRead(msg);
+      else if (msg.kind === "disk-write") this.diskWrite(msg);
+      else this.quiesce();
+      return false;
+    }, () => this.serve());
   }
 
   private activate(msg: Extract<ToIoThread, { kind: "activate" }>): boolean {
-    if (msg.pool) this.pool = FramePool.attach(msg.pool);
-    if (!this.pool) throw new Error("activate without a frame pool");
-    const p2m = P2m.attach(this.pool, msg.p2m);
-    if (msg.pages) p2m.usePageSource(PageStore.attach(msg.pages));
-    // Disk reads land in guest pages: retire code translated from them, as DMA on the main thread does.
-    if (msg.codePageMap) CodePageMap.attach(this.pool, p2m, msg.codePageMap);
-    const mem = new GuestMemory(p2m);
+    const mem = this.link.attach(msg.ram);
     this.queueStats = new QueueStats();
-    this.queue = new VirtQueue(0, msg.queue, mem, () => this.interrupt(), this.queueStats);
+    this.queue = new VirtQueue(0, msg.queue, mem, () => this.link.usedBuffer(), this.queueStats);
     // From where the main thread's queue is: 0 for a new one, further on after a pause or a restore.
     this.queue.setIndices(msg.indices);
     const ctx: VirtioContext = { mem, configChanged() {}, requestPoll() {}, usedBuffer() {}, needsReset() {} };
     this.blk.activate(ctx, [this.queue], msg.features);
-    this.irqfd = msg.irqfd && new Irqfd(msg.irqfd, this.pool.words);
-    this.broken = false;
-    this.activations++;
     return true;
   }
 
@@ -153,46 +122,22 @@ class IoThread {
   }
 
   private quiesce(): void {
-    const q = this.queue;
-    if (q) {
-      // Where the queue stands, for the main thread's copy of it (a snapshot saves that one).
-      const ix = q.indices;
-      Atomics.store(this.ctl, C_LAST_AVAIL, ix.lastAvail);
-      Atomics.store(this.ctl, C_USED_IDX, ix.usedIdx);
-      Atomics.store(this.ctl, C_SIGNALLED_USED, ix.signalledUsed);
-      Atomics.store(this.ctl, C_PENDING_USED, ix.pendingUsed ? 1 : 0);
-      Atomics.store(this.ctl, C_IDX_STATE, this.broken ? 2 : 1);
-    }
     this.blk.reset();
-    this.queue = undefined;
-    this.irqfd = undefined;
     this.publishStats();
-    Atomics.add(this.ctl, C_ACK, 1);
-    Atomics.notify(this.ctl, C_ACK);
+    // Where the queue stands goes to the main thread's copy of it (a snapshot saves that one).
+    this.link.acknowledgeStop([this.queue], 1);
+    this.queue = undefined;
   }
 
   /** Every request available now (blk.ts notify), unless told to stop. */
   private serve(): void {
-    if (!this.queue || this.broken || Atomics.load(this.ctl, C_STOP) !== 0) return;
+    if (!this.queue) return;
     try {
       this.blk.notify(0);
     } catch (e) {
-      // The transport's guarded() on the main thread judges the same errors the same way (mmio.ts).
-      this.broken = true;
-      const why = e instanceof QueueBroken ? e.message
-        : e instanceof ChainError || e instanceof GuestMemoryError ? `${e.message} (not handled by the device)`
-        : `internal error in its I/O thread: ${(e as Error).stack ?? String(e)}`;
-      this.post({ kind: "needs-reset", why, activation: this.activations });
+      this.link.ringsBroken(e);
     }
     this.publishStats();
-  }
-
-  /** The driver wants the used-buffer interrupt: raised here (irqfd.ts), or by the main thread. */
-  private interrupt(): void {
-    if (this.irqfd) return this.irqfd.raise(INT_USED_BUFFER);
-    Atomics.store(this.ctl, C_IRQ, 1);
-    Atomics.add(this.ctl, C_IRQ_SEQ, 1);
-    Atomics.notify(this.ctl, C_IRQ_SEQ);
   }
 
   private publishStats(): void {
@@ -219,7 +164,7 @@ class IoThread {
 
 function main(): void {
   const data = workerData as IoThreadData;
-  const ctl = new Int32Array(data.control);
+  const link = new IoThreadSide(data.control, data.port);
   const post = (msg: FromIoThread) => data.port.postMessage(msg);
   let disk: DiskImage;
   let blk: VirtioBlk;
@@ -233,7 +178,7 @@ function main(): void {
     return;
   }
   try {
-    blk = new VirtioBlk(disk, { name: data.name, serial: data.serial, stopRequested: () => Atomics.load(ctl, C_STOP) !== 0 });
+    blk = new VirtioBlk(disk, { name: data.name, serial: data.serial, stopRequested: () => link.stopRequested });
   } catch (e) {
     disk.close();
     post({ kind: "open-failed", message: (e as Error).message, diskError: false });
@@ -242,10 +187,9 @@ function main(): void {
   }
   const config = new Uint8Array(CONFIG_BYTES);
   for (let i = 0; i < CONFIG_BYTES; i++) config[i] = blk.readConfig(i, 1);
-  Atomics.store(ctl, C_ALIVE, 1);
   post({ kind: "ready", features: blk.features, config, disk: { path: disk.path, format: disk.format, readOnly: disk.readOnly } });
   try {
-    new IoThread(data, disk, blk).run();
+    new IoThread(data, link, disk, blk).run();
   } catch (e) {
     // A bug here: the disk is closed all the same (whatever was flushed stays), the main thread hears of it.
     try {
@@ -256,11 +200,7 @@ function main(): void {
     throw e;
   } finally {
     // Whoever waits for this thread (a quiesce, the interrupt loop) stops waiting.
-    Atomics.store(ctl, C_ALIVE, 0);
-    Atomics.add(ctl, C_ACK, 1);
-    Atomics.notify(ctl, C_ACK);
-    Atomics.add(ctl, C_IRQ_SEQ, 1);
-    Atomics.notify(ctl, C_IRQ_SEQ);
+    link.ended();
     data.port.close();
   }
 }

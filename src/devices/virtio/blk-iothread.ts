@@ -6,7 +6,9 @@
 // thread when the driver makes it live. While the thread holds the queue
 // (C_ARMED), a vCPU's worker kicks it on QueueNotify itself and the thread
 // raises the used-buffer interrupt itself (vmm/queue-doorbell.ts DirectKick,
-// host/irqfd.ts): a request needs nothing from the main thread.
+// host/irqfd.ts): a request needs nothing from the main thread. The control
+// words (C_*) and the handshakes below are every I/O thread's
+// (iothread-link.ts; a shared folder's thread works the same way).
 //
 //   main thread (transport, this)            I/O thread (VirtioBlk, its VirtQueue)
 //   activate / new queue  -- "activate" -->  attach pool + p2m, build the queue, C_ARMED = 1
@@ -35,22 +37,13 @@ import { VIRTIO_ID_BLOCK } from "./virtio.js";
 import { checkNoneInFlight, type VirtQueue, type QueueStats } from "./queue.js";
 import type { Plain, StateReader } from "../../snapshot/state.js";
 import { QUEUE_SIZE, blkStatsLine, type BlkStats, type VirtioBlkOptions } from "./blk.js";
+import { IoThreadLink, newControl } from "./iothread-link.js";
 import {
-  C_SEQ, C_KICK, C_STOP, C_ACK, C_IRQ, C_IRQ_SEQ, C_ALIVE, CONTROL_WORDS, STAT_WORDS,
-  C_IDX_STATE, C_LAST_AVAIL, C_USED_IDX, C_SIGNALLED_USED, C_PENDING_USED, C_ARMED, C_KICKS,
-  QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
+  STAT_WORDS, QUEUE_STAT_KEYS, BLK_STAT_KEYS, BLK_STATS_AT,
   type IoThreadData, type IoThreadDiskSpec, type FromIoThread, type ToIoThread,
 } from "./blk-iothread-protocol.js";
 
 export type { IoThreadDiskSpec } from "./blk-iothread-protocol.js";
-
-// ES2024's Atomics.waitAsync (in Node since 16); TypeScript's ES2022 lib lacks it.
-const waitAsync = (Atomics as unknown as {
-  waitAsync(a: Int32Array, i: number, v: number, t?: number): { async: boolean; value: Promise<string> | string };
-}).waitAsync;
-
-/** How long a synchronous stop waits between looks at whether the thread still lives. */
-const STOP_POLL_MS = 100;
 
 export class IoThreadBlk implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_BLOCK;
@@ -59,29 +52,15 @@ export class IoThreadBlk implements VirtioDevice {
   /** While the thread serves the request queue, vCPUs' workers kick it themselves (ioeventfd). */
   readonly directKick: DirectKick;
 
-  private readonly ctl: Int32Array;
+  /** Serving the request queue (the transport's VirtQueue). */
+  private readonly link: IoThreadLink<VirtQueue>;
   private readonly stats: Float64Array;
   private ctx: VirtioContext | undefined;
   private queues: readonly (VirtQueue | undefined)[] = [];
   private negotiated = 0n;
-  /** The queue the thread serves now (undefined: it touches no guest memory). */
-  private served: VirtQueue | undefined;
-  /** The queue last told to stop: the thread's indices go back into it once it has (stopped()). */
-  private stopping: VirtQueue | undefined;
-  /** pauseIo() to resumeIo(): the thread holds no queue and none is handed to it. */
-  private ioPaused = false;
-  /** pauseIo() waiting for the thread: an interrupt it asks for meanwhile is raised, not dropped. */
-  private pausing = false;
-  /** pauseIo() and resumeIo() calls so far: a pause that ends after a later call leaves things to it. */
-  private pauses = 0;
-  /** The pool memory the thread has attached (sent once per pool). */
-  private attachedPool: WebAssembly.Memory | undefined;
   /** The transport's counts of the last queue served, and their values when it went live. */
   private statsOf: QueueStats | undefined;
   private statsBase: Record<(typeof QUEUE_STAT_KEYS)[number], number> | undefined;
-  private stopsSent = 0;
-  /** Queues handed to the thread so far: a message about an earlier one is stale. */
-  private activations = 0;
   private ended: string | undefined;
   private closing: Promise<void> | undefined;
   private closedReply: ((error: string | undefined) => void) | undefined;
@@ -102,8 +81,8 @@ export class IoThreadBlk implements VirtioDevice {
     ready: Extract<FromIoThread, { kind: "ready" }>,
     private disk: { path: string; format: "raw" | "qcow2"; readOnly: boolean },
   ) {
-    this.ctl = new Int32Array(control);
-    this.directKick = { queue: 0, control, armed: C_ARMED, kick: C_KICK, count: C_KICKS, seq: C_SEQ };
+    this.link = new IoThreadLink(control, port, worker);
+    this.directKick = this.link.directKick(0);
     this.stats = new Float64Array(stats);
     this.features = ready.features;
     this.config = ready.config;
@@ -113,7 +92,7 @@ export class IoThreadBlk implements VirtioDevice {
     port.on("message", (msg: FromIoThread) => this.onMessage(msg));
     port.unref();
     worker.unref();
-    void this.serveInterrupts();
+    void this.link.relayInterrupts(() => this.ctx?.usedBuffer(0));
   }
 
   /**
@@ -121,7 +100,7 @@ export class IoThreadBlk implements VirtioDevice {
    * own DiskImageError (no such file, a bad qcow2 header) as openDisk would.
    */
   static async open(disk: IoThreadDiskSpec, opts: Omit<VirtioBlkOptions, "stopRequested">): Promise<IoThreadBlk> {
-    const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
+    const control = newControl(1);
     const stats = new SharedArrayBuffer(STAT_WORDS * 8);
     const { port1, port2 } = new MessageChannel();
     const data: IoThreadData = { control, stats, port: port2, disk, name: opts.name, serial: opts.serial };
@@ -162,16 +141,15 @@ export class IoThreadBlk implements VirtioDevice {
     if (!ctx.shared) return ctx.needsReset(`${this.name}: its I/O thread needs the VM's RAM shared (a VM in a host)`);
     if (this.ended) return ctx.needsReset(this.ended);
     const q = queues[0];
-    if (q && !this.ioPaused) this.serve(q);
+    if (q && !this.link.paused) this.serve(q);
   }
 
   notify(index: number): void {
     // The queue is looked up each time, as blk.ts does: the driver may have set it up again since.
     const q = index === 0 ? this.queues[0] : undefined;
-    if (!q || !this.ctx?.shared || this.ended || this.ioPaused) return;
-    if (q !== this.served) this.serve(q);
-    Atomics.store(this.ctl, C_KICK, 1);
-    this.wake();
+    if (!q || !this.ctx?.shared || this.ended || this.link.paused) return;
+    if (q !== this.link.served) this.serve(q);
+    this.link.kick();
   }
 
   reset(): void {
@@ -189,24 +167,8 @@ export class IoThreadBlk implements VirtioDevice {
   async quiesce(): Promise<void> {
     this.ctx = undefined;
     this.queues = [];
-    this.sendStop();
-    await this.waitStopped();
+    await this.link.quiesce();
     this.stopped();
-  }
-
-  /** Until every stop sent is acknowledged (awaited: the main thread serves on). */
-  private async waitStopped(): Promise<void> {
-    if (!this.stopPending()) return;
-    // A pending Atomics.waitAsync does not keep the process alive; the thread does, while we wait for it.
-    this.worker.ref();
-    try {
-      while (this.stopPending()) {
-        const r = waitAsync(this.ctl, C_ACK, Atomics.load(this.ctl, C_ACK), STOP_POLL_MS);
-        if (r.async) await r.value;
-      }
-    } finally {
-      if (!this.closing) this.worker.unref();
-    }
   }
 
   // ---- snapshots -----------------------------------------------------------------------
@@ -218,15 +180,9 @@ export class IoThreadBlk implements VirtioDevice {
    * for on the way is raised, so InterruptStatus is saved with it.
    */
   async pauseIo(): Promise<void> {
-    const mine = ++this.pauses;
-    this.ioPaused = true;
-    this.pausing = true;
-    this.sendStop();
-    await this.waitStopped();
-    // Resumed (or paused again) meanwhile: the thread may serve again, this pause is over.
-    if (mine !== this.pauses) return;
-    this.pausing = false;
-    if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0) this.ctx?.usedBuffer(0);
+    // False: resumed (or paused again) meanwhile; the thread may serve again, this pause is over.
+    if (!(await this.link.pause())) return;
+    if (this.link.takeInterrupt()) this.ctx?.usedBuffer(0);
     this.stopped();
   }
 
@@ -242,21 +198,19 @@ export class IoThreadBlk implements VirtioDevice {
    * image is served again then.
    */
   async reopen(disk: IoThreadDiskSpec): Promise<void> {
-    if (this.served || this.stopPending()) throw new Error(`${this.name}: reopen() while its I/O thread serves the queue (pauseIo() first)`);
+    if (this.link.served || this.link.stopPending) throw new Error(`${this.name}: reopen() while its I/O thread serves the queue (pauseIo() first)`);
     if (this.ended) throw new DiskImageError(this.ended);
     if (this.reopenReply) throw new Error(`${this.name}: reopen() while one is under way`);
-    this.worker.ref();
     try {
-      const reply = await new Promise<Extract<FromIoThread, { kind: "reopened" }> | string>((resolve) => {
+      const reply = await this.link.holding(() => new Promise<Extract<FromIoThread, { kind: "reopened" }> | string>((resolve) => {
         this.reopenReply = resolve;
         this.post({ kind: "reopen", disk });
-      });
+      }));
       if (typeof reply === "string") throw new DiskImageError(reply);
       this.disk = reply.disk;
       if (reply.error !== undefined) throw new DiskImageError(reply.error);
     } finally {
       this.reopenReply = undefined;
-      if (!this.closing) this.worker.unref();
     }
   }
 
@@ -304,17 +258,13 @@ export class IoThreadBlk implements VirtioDevice {
     const id = this.nextDiskOp++;
     return new Promise((resolve, reject) => {
       this.diskOps.set(id, { resolve, reject });
-      this.port.postMessage({ ...msg, id }, transfer);
-      this.wake();
+      this.link.post({ ...msg, id }, transfer);
     });
   }
 
   /** Hand the queue to the thread again, from the indices it reported (or the restored ones). */
   resumeIo(): void {
-    if (!this.ioPaused) return;
-    this.pauses++;
-    this.ioPaused = false;
-    this.pausing = false;
+    if (!this.link.resume()) return;
     const q = this.queues[0];
     if (q && this.ctx?.shared && !this.ended) this.serve(q);
   }
@@ -326,7 +276,7 @@ export class IoThreadBlk implements VirtioDevice {
    * through activate(); the disk is reopened by the caller; counters are not saved.
    */
   saveState(): Plain {
-    if (this.served) throw new Error(`${this.name}: saveState() while its I/O thread serves the queue (pauseIo() first)`);
+    if (this.link.served) throw new Error(`${this.name}: saveState() while its I/O thread serves the queue (pauseIo() first)`);
     return {};
   }
 
@@ -342,7 +292,7 @@ export class IoThreadBlk implements VirtioDevice {
 
   syncStats(): void {
     if (!this.statsOf || !this.statsBase) return;
-    this.statsOf.notifications += Atomics.exchange(this.ctl, C_KICKS, 0);
+    this.statsOf.notifications += this.link.takeKicks();
     QUEUE_STAT_KEYS.forEach((k, i) => (this.statsOf![k] = this.statsBase![k] + this.stats[i]));
   }
 
@@ -356,94 +306,41 @@ export class IoThreadBlk implements VirtioDevice {
 
   /** Hand queue `q` to the thread (after it has let go of any other). */
   private serve(q: VirtQueue): void {
-    const shared = this.ctx!.shared!;
-    if (this.served) this.stopSync();
-    this.waitStoppedSync();
-    // The thread is idle: its counters and the stop word are ours to reset.
+    this.stopSync();
+    // The thread is idle: its counters are ours to reset.
     this.stats.fill(0, 0, QUEUE_STAT_KEYS.length);
     this.statsOf = q.stats;
     this.statsBase = Object.fromEntries(QUEUE_STAT_KEYS.map((k) => [k, q.stats[k]])) as typeof this.statsBase;
-    Atomics.store(this.ctl, C_STOP, 0);
-    Atomics.store(this.ctl, C_IDX_STATE, 0);
-    const pool = shared.pool.memory === this.attachedPool ? undefined : shared.pool;
-    this.attachedPool = shared.pool.memory;
-    this.post({
-      kind: "activate", pool, p2m: shared.p2m, codePageMap: shared.codePageMap, pages: shared.pages, features: this.negotiated,
-      queue: { ...q.config }, indices: q.indices, irqfd: this.ctx!.irqfd?.(),
-    });
-    this.served = q;
-    this.activations++;
-    Atomics.store(this.ctl, C_ARMED, 1);
+    this.link.activate(q, { kind: "activate", ram: this.link.ram(this.ctx!), features: this.negotiated, queue: { ...q.config }, indices: q.indices } satisfies ToIoThread);
   }
 
-  /** Tell the thread to let go of guest memory (no wait). */
-  private sendStop(): void {
-    if (!this.served) return;
-    Atomics.store(this.ctl, C_ARMED, 0);
-    this.stopping = this.served;
-    this.served = undefined;
-    Atomics.store(this.ctl, C_STOP, 1);
-    this.post({ kind: "quiesce" });
-    this.stopsSent++;
-  }
-
-  private stopPending(): boolean {
-    return Atomics.load(this.ctl, C_ACK) < this.stopsSent && Atomics.load(this.ctl, C_ALIVE) === 1;
-  }
-
+  /** Stop the thread if it serves the queue and wait for every stop sent; the transport's queue goes on from where it left it. */
   private stopSync(): void {
-    this.sendStop();
-    this.waitStoppedSync();
-  }
-
-  /** Block until every stop sent is acknowledged: the thread is between requests, holding no queue. */
-  private waitStoppedSync(): void {
-    if (!this.stopPending()) return;
-    while (this.stopPending()) Atomics.wait(this.ctl, C_ACK, Atomics.load(this.ctl, C_ACK), STOP_POLL_MS);
+    this.link.stopSync();
     this.stopped();
   }
 
   /** After a stop: an interrupt the thread asked for before it is moot; the counts are final. */
   private stopped(): void {
-    Atomics.store(this.ctl, C_IRQ, 0);
+    const q = this.link.takeStopped();
+    if (!q) return; // taken already (a stopSync() came first), or none sent
+    this.link.takeInterrupt();
     this.syncStats();
-    const q = this.stopping;
-    this.stopping = undefined;
-    const state = Atomics.exchange(this.ctl, C_IDX_STATE, 0);
-    if (!q || state === 0) return;
+    const left = this.link.takeIndices(0);
+    if (!left) return;
     // The thread's queue went this far: the transport's copy (what a snapshot saves) follows.
-    q.setIndices({
-      lastAvail: Atomics.load(this.ctl, C_LAST_AVAIL), usedIdx: Atomics.load(this.ctl, C_USED_IDX),
-      signalledUsed: Atomics.load(this.ctl, C_SIGNALLED_USED), pendingUsed: Atomics.load(this.ctl, C_PENDING_USED) !== 0,
-    });
+    q.setIndices(left.indices);
     // Broken rings the thread's message has not told of yet (a pause came first): DEVICE_NEEDS_RESET now.
-    if (state === 2 && this.pausing) this.ctx?.needsReset(`${this.name}: its I/O thread found the request queue broken`);
+    if (left.broken && this.link.pausePending) this.ctx?.needsReset(`${this.name}: its I/O thread found the request queue broken`);
   }
 
   private post(msg: ToIoThread): void {
-    this.port.postMessage(msg);
-    this.wake();
-  }
-
-  private wake(): void {
-    Atomics.add(this.ctl, C_SEQ, 1);
-    Atomics.notify(this.ctl, C_SEQ);
-  }
-
-  /** Raise the used-buffer interrupt whenever the thread asks (until it ends). */
-  private async serveInterrupts(): Promise<void> {
-    for (;;) {
-      const seen = Atomics.load(this.ctl, C_IRQ_SEQ);
-      if (Atomics.exchange(this.ctl, C_IRQ, 0) !== 0 && (this.served || this.pausing)) this.ctx?.usedBuffer(0);
-      if (Atomics.load(this.ctl, C_ALIVE) !== 1) return;
-      const r = waitAsync(this.ctl, C_IRQ_SEQ, seen);
-      if (r.async) await r.value;
-    }
+    this.link.post(msg);
   }
 
   private onMessage(msg: FromIoThread): void {
     if (msg.kind === "needs-reset") {
-      if (this.served && msg.activation === this.activations) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
+      if (this.link.current(msg)) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
     } else if (msg.kind === "closed") {
       this.closedReply?.(msg.error);
     } else if (msg.kind === "reopened") {
@@ -459,23 +356,25 @@ export class IoThreadBlk implements VirtioDevice {
   private threadEnded(why: string): void {
     if (this.ended) return;
     this.ended = why;
-    Atomics.store(this.ctl, C_ARMED, 0);
+    this.link.ended();
     this.closedReply?.(undefined);
     this.reopenReply?.(why);
     for (const op of this.diskOps.values()) op.reject(new DiskImageError(why));
     this.diskOps.clear();
-    if (!this.closing && this.served) this.ctx?.needsReset(why);
+    if (!this.closing && this.link.served) this.ctx?.needsReset(why);
   }
 
   private async doClose(): Promise<void> {
     if (this.ended) return;
     await this.quiesce();
     // Until the thread has closed the disk, the process must not end under it.
-    this.worker.ref();
-    const reply = new Promise<string | undefined>((resolve) => (this.closedReply = resolve));
-    this.post({ kind: "close" });
-    const error = await reply;
-    await this.exited;
+    const error = await this.link.holding(async () => {
+      const reply = new Promise<string | undefined>((resolve) => (this.closedReply = resolve));
+      this.post({ kind: "close" });
+      const closed = await reply;
+      await this.exited;
+      return closed;
+    });
     this.port.close();
     if (error) throw new DiskImageError(error);
   }
