@@ -303,6 +303,17 @@ test("virtio-fs on its I/O thread: the thread serves the rings itself, in order,
   d.transport.resumeIo();
   assert.deepEqual((await settle(1)).map((u) => u.id), [getattr]);
 
+  // A resume while the pause still waits for the thread: every request is answered once, in order.
+  const paused = d.transport.pauseIo();
+  d.transport.resumeIo();
+  await paused;
+  const first = req(Op.GETATTR, 1, new Uint8Array(16), 40);
+  const second = req(Op.LOOKUP, 1, cstr("f"), 41);
+  d.kick(1);
+  assert.deepEqual((await settle(2)).map((u) => u.id), [first, second]);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(d.used(1), [], "no request answered twice");
+
   // hiprio stops: the request queue is still served.
   const forget = req(Op.FORGET, 2, new OutWriter().u64(1).bytesWritten, 5, 0);
   d.kick(0);
