@@ -1,7 +1,8 @@
-// `tsvisor vm exec NAME [--] CMD ARGS...`: a command in a running VM through
-// its guest agent (POST /v1/vms/{name}/exec, an HTTP upgrade; exec-proxy.ts
-// on the host, images/agent/agent.c in the guest). Local stdin goes to the
-// command, its stdout and stderr to ours, and we exit with its status.
+// `tsvisor vm exec NAME [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...`: a
+// command in a running VM through its guest agent (POST /v1/vms/{name}/exec,
+// an HTTP upgrade; exec-proxy.ts on the host, images/agent/agent.c in the
+// guest). Local stdin goes to the command, its stdout and stderr to ours,
+// and we exit with its status.
 import { request } from "node:http";
 import type { Socket } from "node:net";
 import { failureOf, unreachable } from "./client.js";
@@ -9,7 +10,7 @@ import { hostTarget } from "./auth.js";
 import { EXEC_PROTOCOL } from "./exec-proxy.js";
 import {
   FRAME_EOF, FrameReader, STREAM_STDIN, STREAM_STDOUT,
-  agentReply, execFrame, frame, stdinFrames, AgentProtocolError,
+  agentReply, cwdFrame, envFrame, execFrame, frame, stdinFrames, AgentProtocolError,
 } from "../images/agent-protocol.js";
 
 /** What ends a session without an exit status: as ssh does, 255. */
@@ -21,7 +22,14 @@ export interface ExecIo {
   stderr: NodeJS.WritableStream;
 }
 
-export function execInVm(socketPath: string, name: string, argv: string[], io: ExecIo = process): Promise<number> {
+export interface ExecOptions {
+  /** NAME=VALUE entries added to the command's environment. */
+  env?: string[];
+  /** The directory the command starts in (absolute; default the agent's, /root). */
+  cwd?: string;
+}
+
+export function execInVm(socketPath: string, name: string, argv: string[], io: ExecIo = process, opts: ExecOptions = {}): Promise<number> {
   return new Promise((resolve, reject) => {
     const target = hostTarget(socketPath);
     const req = request({
@@ -87,7 +95,9 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
       socket.on("error", () => {});
       socket.on("close", () => finish(EXEC_FAILED, `VM '${name}': the session ended without an exit status (the VM stopped?)`));
       try {
-        socket.write(execFrame(argv));
+        // Built before anything is sent: a bad entry ends the session with nothing started.
+        const first = [...(opts.env?.length ? [envFrame(opts.env)] : []), ...(opts.cwd !== undefined ? [cwdFrame(opts.cwd)] : []), execFrame(argv)];
+        socket.write(Buffer.concat(first));
       } catch (e) {
         return finish(EXEC_FAILED, (e as Error).message);
       }

@@ -1,8 +1,8 @@
 // `tsvisor vm exec` in a running daemon VM (a Debian guest with the shell on
 // its console): through the guest agent over the VM's own vsock socket.
 // stdout and stderr apart, stdin piped (also more than one frame), exit
-// statuses, 127 for a command not found, sessions at the same time, and one
-// line when the VM does not run.
+// statuses, 127 for a command not found, -e and -w, sessions at the same
+// time, and one line when the VM does not run.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -76,6 +76,23 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     const noDashes = await tsvisor(["vm", "exec", "--host", host.socket, "a", "echo", "-n", "x"]);
     assert.equal(noDashes.status, 0, noDashes.stderr);
     assert.equal(noDashes.stdout, "x");
+
+    // -e and -w: the environment and the directory it starts in, as docker exec's.
+    const envCwd = await tsvisor(["vm", "exec", "a", "--host", host.socket, "-e", "GREETING=hello world", "--env=EMPTY=", "-w", "/tmp", "--", "sh", "-c", 'echo "$GREETING|${EMPTY-unset}|$(pwd)|$HOME"']);
+    assert.equal(envCwd.status, 0, envCwd.stderr);
+    assert.equal(envCwd.stdout, "hello world||/tmp|/root\n");
+    const noDashesOpts = await tsvisor(["vm", "exec", "-w", "/etc", "a", "--host", host.socket, "-e", "X=1", "sh", "-c", "echo $X $(pwd)"]);
+    assert.equal(noDashesOpts.stdout, "1 /etc\n", noDashesOpts.stderr);
+    assert.equal((await exec("", "pwd")).stdout, "/root\n", "without -w: /root");
+    const noDir = await tsvisor(["vm", "exec", "a", "--host", host.socket, "-w", "/no/such/dir", "--", "true"]);
+    assert.equal(noDir.status, 126);
+    assert.match(noDir.stderr, /cannot start in \/no\/such\/dir: No such file or directory/);
+    for (const bad of [["-w", "relative"], ["-e", "NOEQUALS"], ["-e", "=x"]]) {
+      const r = await tsvisor(["vm", "exec", "a", "--host", host.socket, ...bad, "--", "true"]);
+      assert.equal(r.status, 2, `${bad.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, /^tsvisor: vm exec: .*(absolute|NAME=VALUE)/);
+      assert.equal(r.stderr.trim().split("\n").length, 1);
+    }
 
     // Two sessions at once: the quick one ends while the slow one runs.
     const slow = exec("", "sh", "-c", "sleep 2; echo slow");

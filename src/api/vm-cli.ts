@@ -10,6 +10,7 @@ import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";
 import { execInVm } from "./exec-client.js";
+import { AgentProtocolError, cwdFrame, envFrame } from "../images/agent-protocol.js";
 import { describeEnd, type StatsView, type RunOutcome, type SnapshotView, type MigrationStatus } from "./managed-vm.js";
 import { ProgressLine } from "../cli/progress-line.js";
 import type { VmView, MigrateView } from "./daemon.js";
@@ -47,9 +48,12 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           (0 gives it all back)
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
-  vm exec NAME [--] CMD ARGS...   run CMD in the running VM through its guest agent
+  vm exec NAME [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...
+                          run CMD in the running VM through its guest agent
                           (over vsock): our stdin to it, its stdout and stderr to
-                          ours; exits with its status (127: not found)
+                          ours; exits with its status (127: not found). -e/--env:
+                          add to its environment; -w/--workdir: start it in DIR
+                          (absolute; default /root; 126 when there is no such DIR)
   vm wait NAME            wait until it stops; exit with its command's status
   vm snapshot NAME FILE [--diff|--live] [--stay-paused] [--disks overlay]
                           write the running (or paused) VM's state, RAM and definition
@@ -421,7 +425,10 @@ async function consoleCmd(argv: string[]): Promise<number> {
   return attachConsole(clientSocketPath(v.host as string | undefined), oneName(positionals, "vm console"), v["read-only"] === true);
 }
 
-/** `vm exec NAME [--] CMD ARGS...`: options of its own only before the command. */
+/** vm exec's own options that take a value (the word after, unless written --opt=value). */
+const EXEC_VALUE_OPTIONS = new Set(["--host", "-e", "--env", "-w", "--workdir"]);
+
+/** `vm exec NAME [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...`: options of its own only before the command. */
 async function execCmd(argv: string[]): Promise<number> {
   const dashes = argv.indexOf("--");
   // Without "--", the command starts at the second word that is no option of ours.
@@ -429,17 +436,26 @@ async function execCmd(argv: string[]): Promise<number> {
   if (split < 0) {
     let names = 0;
     for (split = 0; split < argv.length; split++) {
-      if (argv[split] === "--host") split++;
-      else if (argv[split].startsWith("--host=")) continue;
+      if (EXEC_VALUE_OPTIONS.has(argv[split])) split++;
+      else if (/^--(host|env|workdir)=/.test(argv[split])) continue;
       else if (++names === 2) break;
     }
   }
   const own = argv.slice(0, split);
   const command = argv.slice(dashes < 0 ? split : split + 1);
-  const { values: v, positionals } = parse(own, {}, "vm exec");
+  const { values: v, positionals } = parse(own, { env: { type: "string", multiple: true, short: "e" }, workdir: { type: "string", short: "w" } }, "vm exec");
   const name = oneName(positionals, "vm exec");
   if (command.length === 0) throw new UsageError("vm exec: no command (vm exec NAME [--] CMD ARGS...)");
-  return execInVm(clientSocketPath(v.host as string | undefined), name, command);
+  const opts = { env: (v.env as string[] | undefined) ?? [], cwd: v.workdir as string | undefined };
+  // Checked here, so a bad one is a usage error before anything reaches the guest.
+  try {
+    if (opts.env.length) envFrame(opts.env);
+    if (opts.cwd !== undefined) cwdFrame(opts.cwd);
+  } catch (e) {
+    if (e instanceof AgentProtocolError) throw new UsageError(`vm exec: ${e.message}`);
+    throw e;
+  }
+  return execInVm(clientSocketPath(v.host as string | undefined), name, command, process, opts);
 }
 
 async function wait(argv: string[]): Promise<number> {

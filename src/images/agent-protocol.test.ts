@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  FrameReader, agentReply, execFrame, frame, stdinFrames, AgentProtocolError, FRAME_DATA, FRAME_ERROR, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
+  FrameReader, agentReply, cwdFrame, envFrame, execFrame, frame, stdinFrames, AgentProtocolError, FRAME_CWD, FRAME_DATA, FRAME_ENV, FRAME_ERROR, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
   MAX_DATA_BYTES, MAX_EXEC_BYTES, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 } from "./agent-protocol.js";
 
@@ -16,6 +16,19 @@ test("agent frames: EXEC words NUL-terminated, stdin cut into 64 KiB DATA frames
   assert.deepEqual(frames.map((f) => [f[0], f[1], f.readUInt32LE(4)]), [
     [FRAME_DATA, STREAM_STDIN, MAX_DATA_BYTES], [FRAME_DATA, STREAM_STDIN, MAX_DATA_BYTES], [FRAME_DATA, STREAM_STDIN, 5],
   ]);
+});
+
+test("agent frames: ENV entries NAME=VALUE and CWD an absolute directory, NUL-terminated", () => {
+  const e = envFrame(["A=1", "B=x=y", "EMPTY="]);
+  assert.deepEqual([e[0], e.readUInt32LE(4)], [FRAME_ENV, e.length - FRAME_HEADER]);
+  assert.equal(e.subarray(FRAME_HEADER).toString(), "A=1\0B=x=y\0EMPTY=\0");
+  assert.throws(() => envFrame(["NOVALUE"]), /expected NAME=VALUE/);
+  assert.throws(() => envFrame(["=x"]), /expected NAME=VALUE/);
+  assert.throws(() => envFrame(["A=\0"]), /NUL/);
+  const c = cwdFrame("/tmp/work dir");
+  assert.deepEqual([c[0], c.subarray(FRAME_HEADER).toString()], [FRAME_CWD, "/tmp/work dir\0"]);
+  assert.throws(() => cwdFrame("relative"), /absolute/);
+  assert.throws(() => cwdFrame(""), /absolute/);
 });
 
 test("agent frames: read back whole however the bytes are cut; an oversized length is an error", () => {

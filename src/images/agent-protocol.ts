@@ -1,7 +1,8 @@
 // The host's half of the guest agent's protocol (agent/agent.c says it all):
 // frames of type u8, stream u8, reserved u16, length u32 little-endian, then
-// the payload. One session a connection (vsock port 52): EXEC first, then
-// stdin DATA and EOF one way, stdout/stderr DATA and finally EXIT the other.
+// the payload. One session a connection (vsock port 52): ENV and CWD when
+// asked for, EXEC, then stdin DATA and EOF one way, stdout/stderr DATA and
+// finally EXIT the other.
 
 export const FRAME_HEADER = 8;
 export const FRAME_EXEC = 1;
@@ -9,6 +10,8 @@ export const FRAME_DATA = 2;
 export const FRAME_EOF = 3;
 export const FRAME_EXIT = 4;
 export const FRAME_ERROR = 5;
+export const FRAME_ENV = 6;
+export const FRAME_CWD = 7;
 
 export const STREAM_STDIN = 0;
 export const STREAM_STDOUT = 1;
@@ -36,6 +39,25 @@ export function execFrame(argv: string[]): Buffer {
   const payload = Buffer.from(argv.map((w) => `${w}\0`).join(""), "utf8");
   if (payload.length > MAX_EXEC_BYTES) throw new AgentProtocolError(`the command is longer than ${MAX_EXEC_BYTES} bytes`);
   return frame(FRAME_EXEC, 0, payload);
+}
+
+/** ENV: entries NAME=VALUE added to the command's environment (NAME not empty, no NUL anywhere). */
+export function envFrame(entries: string[]): Buffer {
+  for (const e of entries) {
+    if (e.includes("\0")) throw new AgentProtocolError("an environment entry holds a NUL byte");
+    if (e.indexOf("=") < 1) throw new AgentProtocolError(`environment entry '${e}': expected NAME=VALUE`);
+  }
+  const payload = Buffer.from(entries.map((e) => `${e}\0`).join(""), "utf8");
+  if (payload.length > MAX_EXEC_BYTES) throw new AgentProtocolError(`the environment is longer than ${MAX_EXEC_BYTES} bytes`);
+  return frame(FRAME_ENV, 0, payload);
+}
+
+/** CWD: the directory the command starts in (absolute, as `docker exec -w` wants it). */
+export function cwdFrame(dir: string): Buffer {
+  if (!dir.startsWith("/") || dir.includes("\0")) throw new AgentProtocolError(`working directory '${dir}': expected an absolute path`);
+  const payload = Buffer.from(`${dir}\0`, "utf8");
+  if (payload.length > MAX_EXEC_BYTES) throw new AgentProtocolError(`the working directory is longer than ${MAX_EXEC_BYTES} bytes`);
+  return frame(FRAME_CWD, 0, payload);
 }
 
 /** stdin bytes as DATA frames of at most MAX_DATA_BYTES. */

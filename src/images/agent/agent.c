@@ -6,14 +6,20 @@
 // in a process of its own, so sessions run concurrently. The protocol
 // (images/agent-protocol.ts is the host's half) is frames:
 //   type u8, stream u8, reserved u16 (0), length u32 little-endian, payload
-//   EXEC  1  client -> agent, first and once: argv, each word NUL-terminated
+//   ENV   6  client -> agent, optional, before EXEC, once: NAME=VALUE entries,
+//            each NUL-terminated, added to the command's environment
+//   CWD   7  client -> agent, optional, before EXEC, once: the directory the
+//            command starts in
+//   EXEC  1  client -> agent, once: argv, each word NUL-terminated
 //   DATA  2  stream 0: stdin (client -> agent); 1 stdout, 2 stderr (agent -> client)
 //   EOF   3  stream 0: the client's stdin ended (the command's stdin is closed)
 //   EXIT  4  agent -> client, last: i32 status (the exit code; 128+N for signal N)
 //   ERROR 5  agent -> client: a protocol error, in words; the session ends
 // The command runs in a session of its own, with stdin, stdout and stderr
-// pipes, PATH and HOME as init set them, in /root. A command that cannot be
-// run exits 127 (not found) or 126 (found, not executable), as a shell says.
+// pipes, PATH and HOME as init set them (and ENV's entries), in /root (or
+// CWD's directory). A command that cannot be run exits 127 (not found) or
+// 126 (found, not executable; or no such CWD, as `docker exec -w` does), as
+// a shell says.
 // The session ends when the command has exited and its stdout and stderr are
 // closed. When the client goes away, the command's process group is killed.
 #define _GNU_SOURCE
@@ -30,7 +36,7 @@
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
-enum { T_EXEC = 1, T_DATA = 2, T_EOF = 3, T_EXIT = 4, T_ERROR = 5 };
+enum { T_EXEC = 1, T_DATA = 2, T_EOF = 3, T_EXIT = 4, T_ERROR = 5, T_ENV = 6, T_CWD = 7 };
 #define HDR 8
 #define MAX_EXEC (1 << 20)
 #define MAX_DATA (64 << 10)
@@ -82,26 +88,51 @@ static int read_header(int fd, int *type, int *stream, uint32_t *len) {
   return 0;
 }
 
+/* A frame's payload of NUL-terminated words (len bytes, at most MAX_EXEC) as
+ * a NULL-terminated array; `what` names the frame in errors. */
+static char **read_words(int conn, uint32_t len, const char *what) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "%s: the last word is not NUL-terminated", what);
+  char *words = malloc(len + 1);
+  if (!words || read_all(conn, words, len) < 0) _exit(1);
+  words[len] = 0;
+  if (len == 0 || words[len - 1] != 0) fail_session(conn, msg);
+  size_t n = 0;
+  for (uint32_t i = 0; i < len; i++) n += words[i] == 0;
+  char **list = calloc(n + 1, sizeof *list);
+  if (!list) _exit(1);
+  char *w = words;
+  for (size_t i = 0; i < n; i++) {
+    list[i] = w;
+    w += strlen(w) + 1;
+  }
+  return list;
+}
+
 static void session(int conn) {
   signal(SIGCHLD, SIG_DFL);
   int type, stream;
   uint32_t len;
-  if (read_header(conn, &type, &stream, &len) < 0) _exit(1);
-  if (type != T_EXEC || len == 0 || len > MAX_EXEC) fail_session(conn, "expected an EXEC frame first");
-  char *words = malloc(len + 1);
-  if (!words || read_all(conn, words, len) < 0) _exit(1);
-  words[len] = 0;
-  if (words[len - 1] != 0) fail_session(conn, "EXEC: the last word is not NUL-terminated");
-  size_t argc = 0;
-  for (uint32_t i = 0; i < len; i++) argc += words[i] == 0;
-  char **argv = calloc(argc + 1, sizeof *argv);
-  if (!argv) _exit(1);
-  char *w = words;
-  for (size_t i = 0; i < argc; i++) {
-    argv[i] = w;
-    w += strlen(w) + 1;
+  char **env = 0, **cwd = 0, **argv = 0;
+  while (!argv) {
+    if (read_header(conn, &type, &stream, &len) < 0) _exit(1);
+    if (len == 0 || len > MAX_EXEC) fail_session(conn, "expected ENV, CWD or EXEC with a payload of 1 byte to 1 MiB");
+    if (type == T_ENV && !env) {
+      env = read_words(conn, len, "ENV");
+      for (char **e = env; *e; e++) {
+        char *eq = strchr(*e, '=');
+        if (!eq || eq == *e) fail_session(conn, "ENV: an entry is not NAME=VALUE");
+      }
+    } else if (type == T_CWD && !cwd) {
+      cwd = read_words(conn, len, "CWD");
+      if (!cwd[0] || cwd[1] || !cwd[0][0]) fail_session(conn, "CWD: expected one directory");
+    } else if (type == T_EXEC) {
+      argv = read_words(conn, len, "EXEC");
+    } else {
+      fail_session(conn, "expected ENV, CWD or EXEC (each once), EXEC last");
+    }
   }
-  if (argv[0][0] == 0) fail_session(conn, "EXEC: empty command");
+  if (!argv[0] || argv[0][0] == 0) fail_session(conn, "EXEC: empty command");
 
   int in[2], out[2], err[2];
   if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) fail_session(conn, "pipe failed");
@@ -113,6 +144,11 @@ static void session(int conn) {
     dup2(out[1], 1);
     dup2(err[1], 2);
     signal(SIGPIPE, SIG_DFL);
+    for (char **e = env; e && *e; e++) putenv(*e);
+    if (cwd && chdir(cwd[0]) < 0) {
+      dprintf(2, "tsvisor-agent: cannot start in %s: %s\n", cwd[0], strerror(errno));
+      _exit(126);
+    }
     execvp(argv[0], argv);
     int e = errno;
     dprintf(2, "%s: %s\n", argv[0], e == ENOENT ? "not found" : strerror(e));
