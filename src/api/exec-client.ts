@@ -1,8 +1,10 @@
-// `tsvisor vm exec NAME [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...`: a
-// command in a running VM through its guest agent (POST /v1/vms/{name}/exec,
-// an HTTP upgrade; exec-proxy.ts on the host, images/agent/agent.c in the
-// guest). Local stdin goes to the command, its stdout and stderr to ours,
-// and we exit with its status.
+// `tsvisor vm exec NAME [-t] [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...`:
+// a command in a running VM through its guest agent (POST
+// /v1/vms/{name}/exec, an HTTP upgrade; exec-proxy.ts on the host,
+// images/agent/agent.c in the guest). Local stdin goes to the command, its
+// stdout and stderr to ours, and we exit with its status. With -t the
+// command gets a pseudo-terminal of our terminal's size (followed as it
+// changes) and our terminal goes raw meanwhile, as `docker exec -it` does.
 import { request } from "node:http";
 import type { Socket } from "node:net";
 import { failureOf, unreachable } from "./client.js";
@@ -10,15 +12,15 @@ import { hostTarget } from "./auth.js";
 import { EXEC_PROTOCOL } from "./exec-proxy.js";
 import {
   FRAME_EOF, FrameReader, STREAM_STDIN, STREAM_STDOUT,
-  agentReply, cwdFrame, envFrame, execFrame, frame, stdinFrames, AgentProtocolError,
+  FRAME_RESIZE, FRAME_TTY, agentReply, cwdFrame, envFrame, execFrame, frame, stdinFrames, windowFrame, AgentProtocolError,
 } from "../images/agent-protocol.js";
 
 /** What ends a session without an exit status: as ssh does, 255. */
 export const EXEC_FAILED = 255;
 
 export interface ExecIo {
-  stdin: NodeJS.ReadableStream;
-  stdout: NodeJS.WritableStream;
+  stdin: NodeJS.ReadableStream & { isTTY?: boolean; setRawMode?(raw: boolean): unknown };
+  stdout: NodeJS.WritableStream & { isTTY?: boolean; rows?: number; columns?: number; on(event: "resize", l: () => void): unknown; off(event: "resize", l: () => void): unknown };
   stderr: NodeJS.WritableStream;
 }
 
@@ -27,6 +29,13 @@ export interface ExecOptions {
   env?: string[];
   /** The directory the command starts in (absolute; default the agent's, /root). */
   cwd?: string;
+  /** A pseudo-terminal for the command, of our stdout's size (24x80 when it is no terminal). */
+  tty?: boolean;
+}
+
+/** Our terminal's size, as the command's pseudo-terminal gets it. */
+function windowOf(out: ExecIo["stdout"]): { rows: number; columns: number } {
+  return out.isTTY && out.rows && out.columns ? { rows: out.rows, columns: out.columns } : { rows: 24, columns: 80 };
 }
 
 export function execInVm(socketPath: string, name: string, argv: string[], io: ExecIo = process, opts: ExecOptions = {}): Promise<number> {
@@ -42,12 +51,20 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
     req.on("upgrade", (_res, socket: Socket, head: Buffer) => {
       const reader = new FrameReader();
       let ended = false;
+      // Raw: every key goes to the guest's terminal, which does the echo and the line editing.
+      const raw = opts.tty === true && io.stdin.isTTY === true && typeof io.stdin.setRawMode === "function";
+      const onResize = () => {
+        const w = windowOf(io.stdout);
+        socket.write(windowFrame(FRAME_RESIZE, w.rows, w.columns));
+      };
       const finish = (status: number, line?: string) => {
         if (ended) return;
         ended = true;
         io.stdin.removeListener("data", onStdin);
         io.stdin.removeListener("end", onStdinEnd);
         io.stdin.pause();
+        if (opts.tty) io.stdout.off("resize", onResize);
+        if (raw) io.stdin.setRawMode!(false);
         if (line) io.stderr.write(`tsvisor: ${line}\n`);
         socket.destroy();
         // Our stdout and stderr written out before the status is known to the caller.
@@ -96,11 +113,17 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
       socket.on("close", () => finish(EXEC_FAILED, `VM '${name}': the session ended without an exit status (the VM stopped?)`));
       try {
         // Built before anything is sent: a bad entry ends the session with nothing started.
-        const first = [...(opts.env?.length ? [envFrame(opts.env)] : []), ...(opts.cwd !== undefined ? [cwdFrame(opts.cwd)] : []), execFrame(argv)];
+        const w = windowOf(io.stdout);
+        const first = [
+          ...(opts.env?.length ? [envFrame(opts.env)] : []), ...(opts.cwd !== undefined ? [cwdFrame(opts.cwd)] : []),
+          ...(opts.tty ? [windowFrame(FRAME_TTY, w.rows, w.columns)] : []), execFrame(argv),
+        ];
         socket.write(Buffer.concat(first));
       } catch (e) {
         return finish(EXEC_FAILED, (e as Error).message);
       }
+      if (opts.tty) io.stdout.on("resize", onResize);
+      if (raw) io.stdin.setRawMode!(true);
       if (head.length) onFrames(head);
       io.stdin.on("data", onStdin);
       io.stdin.on("end", onStdinEnd);

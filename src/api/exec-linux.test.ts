@@ -1,8 +1,9 @@
 // `tsvisor vm exec` in a running daemon VM (a Debian guest with the shell on
 // its console): through the guest agent over the VM's own vsock socket.
 // stdout and stderr apart, stdin piped (also more than one frame), exit
-// statuses, 127 for a command not found, -e and -w, sessions at the same
-// time, and one line when the VM does not run.
+// statuses, 127 for a command not found, -e and -w, -t (a pseudo-terminal
+// that follows our size), sessions at the same time, and one line when the
+// VM does not run.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -12,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bin, pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
 import { TestHost } from "./test-host.js";
+import { execInVm } from "./exec-client.js";
 
 const CC = "riscv64-linux-gnu-gcc";
 const skip = spawnSync(CC, ["--version"], { stdio: "ignore" }).status === 0 ? false : `${CC} not installed: the image has no guest agent`;
@@ -93,6 +95,35 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
       assert.match(r.stderr, /^tsvisor: vm exec: .*(absolute|NAME=VALUE)/);
       assert.equal(r.stderr.trim().split("\n").length, 1);
     }
+
+    // -t: a pseudo-terminal (24x80 when ours is none; its output has the terminal's CRLF).
+    const tty = await tsvisor(["vm", "exec", "-t", "a", "--host", host.socket, "--", "sh", "-c", "tty; stty size; exit 5"]);
+    assert.equal(tty.status, 5, tty.stderr);
+    assert.match(tty.stdout, /^\/dev\/pts\/\d+\r\n24 80\r\n$/);
+    // Typed input reaches an interactive shell on it (echoed by the terminal); it ends when the shell does.
+    const typed = await tsvisor(["vm", "exec", "-it", "a", "--host", host.socket, "sh"], "echo from-the-$((6*7))-tty\nexit 4\n");
+    assert.equal(typed.status, 4, typed.stderr);
+    assert.match(typed.stdout, /from-the-42-tty\r\n/);
+    const line = await tsvisor(["vm", "exec", "-t", "a", "--host", host.socket, "--", "sh", "-c", "read x; echo got $x"], "abc\n");
+    assert.equal(line.status, 0, line.stderr);
+    assert.match(line.stdout, /got abc\r\n$/);
+    // Our terminal's size, and its changes, reach the command's.
+    const { PassThrough } = await import("node:stream");
+    const term = Object.assign(new PassThrough(), { isTTY: true, rows: 40, columns: 100 });
+    let seen = "";
+    term.on("data", (d: Buffer) => (seen += d.toString()));
+    const stdin = new PassThrough();
+    const resized = execInVm(host.socket, "a", ["sh", "-c", "stty size; read x; stty size"], { stdin, stdout: term, stderr: new PassThrough() }, { tty: true });
+    for (let i = 0; !seen.includes("40 100"); i++) {
+      assert.ok(i < 100, `no first size: ${JSON.stringify(seen)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    Object.assign(term, { rows: 50, columns: 160 });
+    term.emit("resize");
+    await new Promise((r) => setTimeout(r, 200));
+    stdin.end("go\n");
+    assert.equal(await resized, 0);
+    assert.match(seen, /40 100\r\n[^]*50 160\r\n/);
 
     // Two sessions at once: the quick one ends while the slow one runs.
     const slow = exec("", "sh", "-c", "sleep 2; echo slow");

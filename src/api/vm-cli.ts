@@ -48,12 +48,16 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           (0 gives it all back)
   vm logs NAME [-f]       the console output the host kept (the last MiB)
   vm console NAME [--read-only]   this terminal on its console (Ctrl-A X detaches)
-  vm exec NAME [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...
+  vm exec NAME [-t] [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...
                           run CMD in the running VM through its guest agent
                           (over vsock): our stdin to it, its stdout and stderr to
                           ours; exits with its status (127: not found). -e/--env:
                           add to its environment; -w/--workdir: start it in DIR
-                          (absolute; default /root; 126 when there is no such DIR)
+                          (absolute; default /root; 126 when there is no such DIR);
+                          -t/--tty: on a pseudo-terminal of this terminal's size
+                          (vm exec -t NAME sh: an interactive shell, until exit or
+                          ^D; -i is accepted and changes nothing: stdin is always
+                          attached)
   vm wait NAME            wait until it stops; exit with its command's status
   vm snapshot NAME FILE [--diff|--live] [--stay-paused] [--disks overlay]
                           write the running (or paused) VM's state, RAM and definition
@@ -428,7 +432,7 @@ async function consoleCmd(argv: string[]): Promise<number> {
 /** vm exec's own options that take a value (the word after, unless written --opt=value). */
 const EXEC_VALUE_OPTIONS = new Set(["--host", "-e", "--env", "-w", "--workdir"]);
 
-/** `vm exec NAME [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...`: options of its own only before the command. */
+/** `vm exec NAME [-t] [-e NAME=VALUE]... [-w DIR] [--] CMD ARGS...`: options of its own only before the command. */
 async function execCmd(argv: string[]): Promise<number> {
   const dashes = argv.indexOf("--");
   // Without "--", the command starts at the second word that is no option of ours.
@@ -437,16 +441,19 @@ async function execCmd(argv: string[]): Promise<number> {
     let names = 0;
     for (split = 0; split < argv.length; split++) {
       if (EXEC_VALUE_OPTIONS.has(argv[split])) split++;
-      else if (/^--(host|env|workdir)=/.test(argv[split])) continue;
+      else if (/^--(host|env|workdir)=|^-[it]+$|^--(tty|interactive)$/.test(argv[split])) continue;
       else if (++names === 2) break;
     }
   }
   const own = argv.slice(0, split);
   const command = argv.slice(dashes < 0 ? split : split + 1);
-  const { values: v, positionals } = parse(own, { env: { type: "string", multiple: true, short: "e" }, workdir: { type: "string", short: "w" } }, "vm exec");
+  const { values: v, positionals } = parse(own, {
+    env: { type: "string", multiple: true, short: "e" }, workdir: { type: "string", short: "w" },
+    tty: { type: "boolean", short: "t" }, interactive: { type: "boolean", short: "i" },
+  }, "vm exec");
   const name = oneName(positionals, "vm exec");
   if (command.length === 0) throw new UsageError("vm exec: no command (vm exec NAME [--] CMD ARGS...)");
-  const opts = { env: (v.env as string[] | undefined) ?? [], cwd: v.workdir as string | undefined };
+  const opts = { env: (v.env as string[] | undefined) ?? [], cwd: v.workdir as string | undefined, tty: v.tty === true };
   // Checked here, so a bad one is a usage error before anything reaches the guest.
   try {
     if (opts.env.length) envFrame(opts.env);

@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  FrameReader, agentReply, cwdFrame, envFrame, execFrame, frame, stdinFrames, AgentProtocolError, FRAME_CWD, FRAME_DATA, FRAME_ENV, FRAME_ERROR, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
+  FrameReader, agentReply, cwdFrame, envFrame, execFrame, frame, stdinFrames, windowFrame, AgentProtocolError, FRAME_CWD, FRAME_DATA, FRAME_ENV, FRAME_ERROR, FRAME_EXEC, FRAME_EXIT, FRAME_HEADER,
+  FRAME_RESIZE, FRAME_TTY,
   MAX_DATA_BYTES, MAX_EXEC_BYTES, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 } from "./agent-protocol.js";
 
@@ -18,7 +19,7 @@ test("agent frames: EXEC words NUL-terminated, stdin cut into 64 KiB DATA frames
   ]);
 });
 
-test("agent frames: ENV entries NAME=VALUE and CWD an absolute directory, NUL-terminated", () => {
+test("agent frames: ENV entries NAME=VALUE and CWD an absolute directory, NUL-terminated; TTY and RESIZE rows and columns", () => {
   const e = envFrame(["A=1", "B=x=y", "EMPTY="]);
   assert.deepEqual([e[0], e.readUInt32LE(4)], [FRAME_ENV, e.length - FRAME_HEADER]);
   assert.equal(e.subarray(FRAME_HEADER).toString(), "A=1\0B=x=y\0EMPTY=\0");
@@ -29,6 +30,10 @@ test("agent frames: ENV entries NAME=VALUE and CWD an absolute directory, NUL-te
   assert.deepEqual([c[0], c.subarray(FRAME_HEADER).toString()], [FRAME_CWD, "/tmp/work dir\0"]);
   assert.throws(() => cwdFrame("relative"), /absolute/);
   assert.throws(() => cwdFrame(""), /absolute/);
+  const t = windowFrame(FRAME_TTY, 40, 132);
+  assert.deepEqual([t[0], t.readUInt32LE(4), t.readUInt16LE(8), t.readUInt16LE(10)], [FRAME_TTY, 4, 40, 132]);
+  const r = windowFrame(FRAME_RESIZE, 1e6, -3);
+  assert.deepEqual([r[0], r.readUInt16LE(8), r.readUInt16LE(10)], [FRAME_RESIZE, 0xffff, 0], "out of range: clamped, or 0 (unknown)");
 });
 
 test("agent frames: read back whole however the bytes are cut; an oversized length is an error", () => {

@@ -1,8 +1,8 @@
 // The host's half of the guest agent's protocol (agent/agent.c says it all):
 // frames of type u8, stream u8, reserved u16, length u32 little-endian, then
-// the payload. One session a connection (vsock port 52): ENV and CWD when
-// asked for, EXEC, then stdin DATA and EOF one way, stdout/stderr DATA and
-// finally EXIT the other.
+// the payload. One session a connection (vsock port 52): ENV, CWD and TTY
+// when asked for, EXEC, then stdin DATA, RESIZE and EOF one way,
+// stdout/stderr DATA and finally EXIT the other.
 
 export const FRAME_HEADER = 8;
 export const FRAME_EXEC = 1;
@@ -12,6 +12,8 @@ export const FRAME_EXIT = 4;
 export const FRAME_ERROR = 5;
 export const FRAME_ENV = 6;
 export const FRAME_CWD = 7;
+export const FRAME_TTY = 8;
+export const FRAME_RESIZE = 9;
 
 export const STREAM_STDIN = 0;
 export const STREAM_STDOUT = 1;
@@ -59,6 +61,16 @@ export function cwdFrame(dir: string): Buffer {
   if (payload.length > MAX_EXEC_BYTES) throw new AgentProtocolError(`the working directory is longer than ${MAX_EXEC_BYTES} bytes`);
   return frame(FRAME_CWD, 0, payload);
 }
+
+/** TTY (before EXEC: the command gets a pseudo-terminal of this size) or RESIZE (after: it changed). */
+export function windowFrame(type: typeof FRAME_TTY | typeof FRAME_RESIZE, rows: number, columns: number): Buffer {
+  const payload = Buffer.alloc(4);
+  payload.writeUInt16LE(clampSize(rows), 0);
+  payload.writeUInt16LE(clampSize(columns), 2);
+  return frame(type, 0, payload);
+}
+
+const clampSize = (n: number) => (Number.isInteger(n) && n > 0 ? Math.min(n, 0xffff) : 0);
 
 /** stdin bytes as DATA frames of at most MAX_DATA_BYTES. */
 export function stdinFrames(data: Uint8Array): Buffer[] {

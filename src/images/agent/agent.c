@@ -10,6 +10,15 @@
 //            each NUL-terminated, added to the command's environment
 //   CWD   7  client -> agent, optional, before EXEC, once: the directory the
 //            command starts in
+//   TTY   8  client -> agent, optional, before EXEC, once: u16 rows, u16 columns:
+//            the command gets a pseudo-terminal of that size as its stdin,
+//            stdout and stderr (its output comes as stream 1; the end of the
+//            client's stdin is not passed on: a terminal's input ends when its
+//            user types ^D or the command exits. Typed on the client's behalf,
+//            ^D would race the command's terminal mode: read in canonical
+//            mode it is an end of file, in raw mode a key, and one written in
+//            the first and read in the second is lost)
+//   RESIZE 9 client -> agent, after EXEC, with TTY: u16 rows, u16 columns
 //   EXEC  1  client -> agent, once: argv, each word NUL-terminated
 //   DATA  2  stream 0: stdin (client -> agent); 1 stdout, 2 stderr (agent -> client)
 //   EOF   3  stream 0: the client's stdin ended (the command's stdin is closed)
@@ -31,12 +40,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
-enum { T_EXEC = 1, T_DATA = 2, T_EOF = 3, T_EXIT = 4, T_ERROR = 5, T_ENV = 6, T_CWD = 7 };
+enum { T_EXEC = 1, T_DATA = 2, T_EOF = 3, T_EXIT = 4, T_ERROR = 5, T_ENV = 6, T_CWD = 7, T_TTY = 8, T_RESIZE = 9 };
 #define HDR 8
 #define MAX_EXEC (1 << 20)
 #define MAX_DATA (64 << 10)
@@ -109,15 +120,30 @@ static char **read_words(int conn, uint32_t len, const char *what) {
   return list;
 }
 
+/* A TTY or RESIZE payload: u16 rows, u16 columns (little-endian). */
+static int read_winsize(int conn, uint32_t len, struct winsize *ws) {
+  unsigned char b[4];
+  if (len != 4 || read_all(conn, b, 4) < 0) return -1;
+  memset(ws, 0, sizeof *ws);
+  ws->ws_row = (unsigned short)(b[0] | b[1] << 8);
+  ws->ws_col = (unsigned short)(b[2] | b[3] << 8);
+  return 0;
+}
+
 static void session(int conn) {
   signal(SIGCHLD, SIG_DFL);
   int type, stream;
   uint32_t len;
   char **env = 0, **cwd = 0, **argv = 0;
+  int tty = 0;
+  struct winsize ws;
   while (!argv) {
     if (read_header(conn, &type, &stream, &len) < 0) _exit(1);
-    if (len == 0 || len > MAX_EXEC) fail_session(conn, "expected ENV, CWD or EXEC with a payload of 1 byte to 1 MiB");
-    if (type == T_ENV && !env) {
+    if (len == 0 || len > MAX_EXEC) fail_session(conn, "expected ENV, CWD, TTY or EXEC with a payload of 1 byte to 1 MiB");
+    if (type == T_TTY && !tty) {
+      if (read_winsize(conn, len, &ws) < 0) fail_session(conn, "TTY: expected rows and columns (4 bytes)");
+      tty = 1;
+    } else if (type == T_ENV && !env) {
       env = read_words(conn, len, "ENV");
       for (char **e = env; *e; e++) {
         char *eq = strchr(*e, '=');
@@ -129,20 +155,37 @@ static void session(int conn) {
     } else if (type == T_EXEC) {
       argv = read_words(conn, len, "EXEC");
     } else {
-      fail_session(conn, "expected ENV, CWD or EXEC (each once), EXEC last");
+      fail_session(conn, "expected ENV, CWD, TTY or EXEC (each once), EXEC last");
     }
   }
   if (!argv[0] || argv[0][0] == 0) fail_session(conn, "EXEC: empty command");
 
-  int in[2], out[2], err[2];
-  if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) fail_session(conn, "pipe failed");
+  // Pipes, or a pseudo-terminal whose master is both the command's input and its output.
+  int in[2], out[2], err[2], master = -1;
+  char *slave = 0;
+  if (tty) {
+    master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 || !(slave = ptsname(master))) fail_session(conn, "no pseudo-terminal (is /dev/pts mounted?)");
+    ioctl(master, TIOCSWINSZ, &ws);
+  } else if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+    fail_session(conn, "pipe failed");
+  }
   pid_t pid = fork();
   if (pid < 0) fail_session(conn, "fork failed");
   if (pid == 0) {
     setsid();
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(err[1], 2);
+    if (tty) {
+      int s = open(slave, O_RDWR);
+      if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0) _exit(126);
+      dup2(s, 0);
+      dup2(s, 1);
+      dup2(s, 2);
+      if (s > 2) close(s);
+    } else {
+      dup2(in[0], 0);
+      dup2(out[1], 1);
+      dup2(err[1], 2);
+    }
     signal(SIGPIPE, SIG_DFL);
     for (char **e = env; e && *e; e++) putenv(*e);
     if (cwd && chdir(cwd[0]) < 0) {
@@ -154,15 +197,24 @@ static void session(int conn) {
     dprintf(2, "%s: %s\n", argv[0], e == ENOENT ? "not found" : strerror(e));
     _exit(e == ENOENT ? 127 : 126);
   }
-  close(in[0]);
-  close(out[1]);
-  close(err[1]);
-  fcntl(in[1], F_SETFL, O_NONBLOCK);
+  int in_fd, out_fd, err_fd;
+  if (tty) {
+    in_fd = dup(master);
+    out_fd = master;
+    err_fd = -1;
+  } else {
+    close(in[0]);
+    close(out[1]);
+    close(err[1]);
+    in_fd = in[1];
+    out_fd = out[0];
+    err_fd = err[0];
+  }
+  fcntl(in_fd, F_SETFL, O_NONBLOCK);
 
   static char buf[MAX_DATA];
   static char pending[MAX_DATA];
   size_t pend_off = 0, pend_len = 0;
-  int in_fd = in[1], out_fd = out[0], err_fd = err[0];
   int stdin_eof = 0, conn_open = 1, exited = 0, status = 0;
   for (;;) {
     if (!exited) {
@@ -174,14 +226,24 @@ static void session(int conn) {
       }
     }
     if (exited && out_fd < 0 && err_fd < 0) break;
+    // With a terminal the command's exit ends the session once its output is
+    // read (a process it left behind may hold the terminal open for ever).
+    if (exited && tty) {
+      ssize_t r;
+      while ((r = read(out_fd, buf, sizeof buf)) > 0) {
+        if (conn_open && send_frame(conn, T_DATA, 1, buf, (uint32_t)r) < 0) conn_open = 0;
+      }
+      break;
+    }
     struct pollfd p[4];
     int n = 0, i_conn = -1, i_in = -1, i_out = -1, i_err = -1;
     if (conn_open && pend_len == 0) { i_conn = n; p[n].fd = conn; p[n++].events = POLLIN; }
     if (in_fd >= 0 && pend_len > 0) { i_in = n; p[n].fd = in_fd; p[n++].events = POLLOUT; }
     if (out_fd >= 0) { i_out = n; p[n].fd = out_fd; p[n++].events = POLLIN; }
     if (err_fd >= 0) { i_err = n; p[n].fd = err_fd; p[n++].events = POLLIN; }
-    // Until it exits, look at the child every 50 ms when its outputs are closed.
-    int timeout = (!exited && out_fd < 0 && err_fd < 0) || n == 0 ? 50 : -1;
+    // Until it exits, look at the child every 50 ms when its outputs are closed
+    // (or may stay open without it: a terminal).
+    int timeout = (!exited && out_fd < 0 && err_fd < 0) || n == 0 || tty ? 50 : -1;
     if (poll(p, (nfds_t)n, timeout) < 0) {
       if (errno == EINTR) continue;
       break;
@@ -198,6 +260,10 @@ static void session(int conn) {
         if (in_fd >= 0) { pend_off = 0; pend_len = len; }
       } else if (type == T_EOF && len == 0) {
         stdin_eof = 1;
+      } else if (type == T_RESIZE && tty) {
+        struct winsize nws;
+        if (read_winsize(conn, len, &nws) < 0) { conn_open = 0; kill(-pid, SIGKILL); kill(pid, SIGKILL); continue; }
+        ioctl(master, TIOCSWINSZ, &nws);
       } else {
         send_frame(conn, T_ERROR, 0, "unexpected frame", 16);
         kill(-pid, SIGKILL);
@@ -211,7 +277,10 @@ static void session(int conn) {
       if (wr > 0) { pend_off += (size_t)wr; pend_len -= (size_t)wr; }
       else if (wr < 0 && errno != EAGAIN && errno != EINTR) { pend_len = 0; close(in_fd); in_fd = -1; }
     }
-    if (in_fd >= 0 && pend_len == 0 && stdin_eof) { close(in_fd); in_fd = -1; }
+    if (in_fd >= 0 && pend_len == 0 && stdin_eof) {
+      close(in_fd); // a pipe's end is the command's end of file; a terminal's master stays open (out_fd)
+      in_fd = -1;
+    }
     int *fds[2] = { &out_fd, &err_fd };
     int idx[2] = { i_out, i_err };
     for (int k = 0; k < 2; k++) {
