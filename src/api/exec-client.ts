@@ -33,6 +33,11 @@ export interface ExecOptions {
   tty?: boolean;
 }
 
+/** A command on a terminal learns its kind from TERM: ours (xterm when we have none), unless the caller set one, as `docker exec -t` does. */
+function withTerm(env: string[]): string[] {
+  return env.some((e) => e.startsWith("TERM=")) ? env : [`TERM=${process.env.TERM || "xterm"}`, ...env];
+}
+
 /** Our terminal's size, as the command's pseudo-terminal gets it. */
 function windowOf(out: ExecIo["stdout"]): { rows: number; columns: number } {
   return out.isTTY && out.rows && out.columns ? { rows: out.rows, columns: out.columns } : { rows: 24, columns: 80 };
@@ -114,8 +119,9 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
       try {
         // Built before anything is sent: a bad entry ends the session with nothing started.
         const w = windowOf(io.stdout);
+        const env = opts.tty ? withTerm(opts.env ?? []) : opts.env ?? [];
         const first = [
-          ...(opts.env?.length ? [envFrame(opts.env)] : []), ...(opts.cwd !== undefined ? [cwdFrame(opts.cwd)] : []),
+          ...(env.length ? [envFrame(env)] : []), ...(opts.cwd !== undefined ? [cwdFrame(opts.cwd)] : []),
           ...(opts.tty ? [windowFrame(FRAME_TTY, w.rows, w.columns)] : []), execFrame(argv),
         ];
         socket.write(Buffer.concat(first));

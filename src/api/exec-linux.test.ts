@@ -97,9 +97,11 @@ test("vm exec: stdout and stderr apart, stdin piped, exit status, 127, concurren
     }
 
     // -t: a pseudo-terminal (24x80 when ours is none; its output has the terminal's CRLF).
-    const tty = await tsvisor(["vm", "exec", "-t", "a", "--host", host.socket, "--", "sh", "-c", "tty; stty size; exit 5"]);
+    const tty = await tsvisor(["vm", "exec", "-t", "a", "--host", host.socket, "--", "sh", "-c", "tty; stty size; echo $TERM; exit 5"]);
     assert.equal(tty.status, 5, tty.stderr);
-    assert.match(tty.stdout, /^\/dev\/pts\/\d+\r\n24 80\r\n$/);
+    assert.equal(tty.stdout.replace(/\/dev\/pts\/\d+/, "PTS"), `PTS\r\n24 80\r\n${process.env.TERM || "xterm"}\r\n`, "TERM is ours (xterm without one)");
+    const ownTerm = await tsvisor(["vm", "exec", "-t", "-e", "TERM=vt100", "a", "--host", host.socket, "--", "sh", "-c", "echo $TERM"]);
+    assert.equal(ownTerm.stdout, "vt100\r\n", ownTerm.stderr);
     // Typed input reaches an interactive shell on it (echoed by the terminal); it ends when the shell does.
     const typed = await tsvisor(["vm", "exec", "-it", "a", "--host", host.socket, "sh"], "echo from-the-$((6*7))-tty\nexit 4\n");
     assert.equal(typed.status, 4, typed.stderr);

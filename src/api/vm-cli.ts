@@ -55,9 +55,9 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           add to its environment; -w/--workdir: start it in DIR
                           (absolute; default /root; 126 when there is no such DIR);
                           -t/--tty: on a pseudo-terminal of this terminal's size
-                          (vm exec -t NAME sh: an interactive shell, until exit or
-                          ^D; -i is accepted and changes nothing: stdin is always
-                          attached)
+                          and TERM (vm exec -t NAME sh: an interactive shell, until
+                          exit or ^D; -i is accepted and changes nothing: stdin is
+                          always attached)
   vm wait NAME            wait until it stops; exit with its command's status
   vm snapshot NAME FILE [--diff|--live] [--stay-paused] [--disks overlay]
                           write the running (or paused) VM's state, RAM and definition
