@@ -74,7 +74,7 @@ export class IoThreadBlk implements VirtioDevice {
 
   private constructor(
     readonly name: string,
-    private readonly worker: Worker,
+    worker: Worker,
     private readonly port: MessagePort,
     control: SharedArrayBuffer,
     stats: SharedArrayBuffer,
