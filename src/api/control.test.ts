@@ -67,6 +67,27 @@ test("the socket: mode 0600, a second host refuses, a stale socket is replaced, 
   assert.equal(viaEnv, 1);
 });
 
+test("a host stopped the moment it says it listens still stops cleanly: status 0, socket removed", { skip }, async () => {
+  // The listening line is the readiness signal scripts wait for; a SIGTERM
+  // right after it used to find no handler yet and kill the process outright.
+  const { spawn } = await import("node:child_process");
+  for (let i = 0; i < 8; i++) {
+    const dir = newDir();
+    const socket = join(dir, "host.sock");
+    const proc = spawn(process.execPath, [join(root, "bin", "tsvisor.js"), "host", "--socket", socket, "--state-dir", join(dir, "state"), "--pcpus", "1"], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    let sent = false;
+    proc.stderr.on("data", (d: Buffer) => {
+      stderr += d;
+      if (!sent && /host listening/.test(stderr)) proc.kill("SIGTERM"), (sent = true);
+    });
+    const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => proc.on("close", (c, s) => resolve([c, s])));
+    assert.deepEqual([code, signal], [0, null], stderr);
+    assert.match(stderr, /SIGTERM: stopping every VM/);
+    assert.ok(!existsSync(socket));
+  }
+});
+
 test("the lifecycle of several VMs through `tsvisor vm`", { skip }, async () => {
   const host = await TestHost.start(newDir());
   try {

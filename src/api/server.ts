@@ -141,13 +141,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     mem.sharing ? "page sharing" : "no page sharing",
     mem.reclaim.enabled ? "reclaim" : "no reclaim",
   ].join(", ");
-  logLine(`host listening on ${opts.socket} (${daemon.limits.pcpus} pCPUs, pool ${daemon.limits.poolBytes >> 20} MiB, ${memory}, state in ${opts.stateDir})`);
-  daemon.restore();
-
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+  // Without a listener, SIGTERM's default action ends the process at once: a
+  // client that stops the host as soon as it reads the line below would kill
+  // it before its cleanup (socket file, VMs) is in place.
+  const stopSignal = new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
+  logLine(`host listening on ${opts.socket} (${daemon.limits.pcpus} pCPUs, pool ${daemon.limits.poolBytes >> 20} MiB, ${memory}, state in ${opts.stateDir})`);
+  daemon.restore();
+
+  const signal = await stopSignal;
   logLine(`${signal}: stopping every VM`);
   server.close();
   tcp?.close();
