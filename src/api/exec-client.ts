@@ -56,6 +56,7 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
     req.on("upgrade", (_res, socket: Socket, head: Buffer) => {
       const reader = new FrameReader();
       let ended = false;
+      let sentSetup = false;
       // Raw: every key goes to the guest's terminal, which does the echo and the line editing.
       const raw = opts.tty === true && io.stdin.isTTY === true && typeof io.stdin.setRawMode === "function";
       const onResize = () => {
@@ -98,7 +99,11 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
           } else if (r.kind === "exit") {
             return finish(r.status & 0xff);
           } else if (r.kind === "error") {
-            return finish(EXEC_FAILED, `the guest agent: ${r.message}`);
+            // An agent from before ENV/CWD/TTY frames (a VM restored from an older
+            // snapshot keeps the agent in its RAM) refuses them with this message.
+            const old = sentSetup && r.message === "expected an EXEC frame first"
+              ? " (this VM's guest agent predates -e, -w and -t: it came from an older snapshot; restart the VM to get the new agent)" : "";
+            return finish(EXEC_FAILED, `the guest agent: ${r.message}${old}`);
           } else {
             return finish(EXEC_FAILED, `the guest agent sent an unknown frame (type ${r.type})`);
           }
@@ -124,6 +129,7 @@ export function execInVm(socketPath: string, name: string, argv: string[], io: E
           ...(env.length ? [envFrame(env)] : []), ...(opts.cwd !== undefined ? [cwdFrame(opts.cwd)] : []),
           ...(opts.tty ? [windowFrame(FRAME_TTY, w.rows, w.columns)] : []), execFrame(argv),
         ];
+        sentSetup = first.length > 1;
         socket.write(Buffer.concat(first));
       } catch (e) {
         return finish(EXEC_FAILED, (e as Error).message);
