@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { root, tsvisor, oneErrorLine } from "../cli/test-tsvisor.js";
 import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
-import { TestHost, rawApi } from "./test-host.js";
+import { TestHost } from "./test-host.js";
 
 const skip = haveBareCompiler() ? false : "needs riscv64-unknown-elf-gcc (npm test installs it)";
 const base = mkdtempSync(join(tmpdir(), "tsvisor-control-"));

@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { resolve, join } from "node:path";
 import { UsageError, parseSize, parseSizeOrZero } from "../cli/size.js";
 import { HOST_OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize, type OvercommitFlags } from "../cli/memory-flags.js";
-import { call, rawRequest, failureOf, ApiFailure } from "./client.js";
+import { call, rawRequest, failureOf } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
 import { runDaemon } from "./server.js";
 import { attachConsole } from "./console-client.js";

@@ -55,7 +55,7 @@ import { readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync 
 import { join } from "node:path";
 import { CpioArchive } from "../images/cpio.js";
 import { INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, type ImageManifest } from "../images/image-cache.js";
-import { ARGV_PATH, FINISHER_ADDR, STDIN_PATH } from "../images/init.js";
+import { ARGV_PATH, STDIN_PATH } from "../images/init.js";
 import { shellQuote } from "../images/command-archive.js";
 import { VERSION } from "./version.js";
 

@@ -29,14 +29,6 @@ const OUT_DIR = join(root, "build", "guest");
  *  suite runs on, fewer than the programs' 8 threads. */
 const CPUS = "4";
 
-/** Today's engine time-slices all harts in one thread and brings each hart's
- *  `time` up to the host clock only at the start of its slice, so a hart that
- *  runs later in a round reads up to a slice (~90 us) less than one that ran
- *  before it: CLOCK_MONOTONIC goes backwards across vCPUs. The parallel host
- *  engine (src/host/) is to fix it; then this skip goes. */
-const CLOCK_KNOWN_BUG =
-  "known bug of the one-thread engine: harts' time CSRs differ by up to a slice, so CLOCK_MONOTONIC goes backwards ~90 us across vCPUs";
-
 const haveCompiler = spawnSync(CC, ["--version"], { stdio: "ignore" }).status === 0;
 const noCompiler = !haveCompiler && `${CC} not installed (npm test installs gcc-riscv64-linux-gnu and libc6-dev-riscv64-cross)`;
 

@@ -10,7 +10,6 @@ import { buildInitramfs, commandArchive, etcFilesystems, shellQuote } from "./in
 import { fakeRiscvExecutable, ko, withTree, xz } from "./test-fixtures.js";
 
 const VERSION = "6.12.0-test";
-const vermagic = `${VERSION} SMP mod_unload riscv`;
 
 // A kernel package's usr/lib/modules as Debian ships it.
 const modulesTree = {

@@ -18,7 +18,7 @@
 // an alias has to be searched for.
 
 import { readdir } from "node:fs/promises";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { ImageError } from "./errors.js";
 import { readDecompressed, readDecompressedMany } from "./host-tools.js";
 import { readModinfo, type ModInfo } from "./modinfo.js";

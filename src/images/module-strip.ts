@@ -117,7 +117,6 @@ export function stripModule(input: Uint8Array, source: string): StrippedModule {
     return Number(v);
   };
   const set32 = (at: number, v: number) => view.setUint32(at, v, true);
-  const set64 = (at: number, v: number) => view.setBigUint64(at, BigInt(v), true);
 
   // The section header table, with extended numbering (gABI: e_shnum 0 ->
   // section 0's sh_size, e_shstrndx SHN_XINDEX -> section 0's sh_link).

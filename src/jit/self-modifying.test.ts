@@ -59,7 +59,7 @@ class Asm extends BaseAsm {
   }
 }
 
-const BEQ = 0, BNE = 1, BLT = 4;
+const BNE = 1, BLT = 4;
 
 /** Prologue: mtvec = `trap` (any trap fails the program), FP on. */
 function prologue(a: Asm): void {

@@ -36,7 +36,7 @@ import { Code, Op, I32, I64, type Func } from "./wasm-emitter.js";
 import { translateFp, fmaFunc } from "./translate-fp.js";
 import { translateZb } from "./translate-zb.js";
 import {
-  type CoreLayout, type Insn, type InsnWriter, type Kind, HELPERS, REGION_TYPE, F_LOAD, F_STORE, F_EXEC, F_MULH,
+  type CoreLayout, type Insn, type InsnWriter, type Kind, REGION_TYPE, F_LOAD, F_STORE, F_EXEC, F_MULH,
   L_H, L_PCBASE, L_LIMIT, xLocal, L_LEFT, L_ID, L_RES, L_ENT, L_FPOK, L_HOST, L_PCOUT, L_VA, L_CTXL, L_CTXS, LOCALS,
 } from "./region-abi.js";
 
@@ -357,10 +357,6 @@ class RegionWriter implements InsnWriter {
     this.open();
     this.out(off, 0, 0);
     this.close();
-  }
-  /** Give instruction `i` of the block (not retired) to the interpreter. */
-  private bail(i: number): void {
-    this.out(this.blocks[this.cur].body[i].off, this.blockLen - i, this.k.JIT_NEED_INTERP);
   }
 
   // ---- blocks

@@ -66,7 +66,7 @@ test("switch: floods broadcast and unknown unicast, learns, then forwards unicas
   const b = new Bench();
   const a = b.port("a");
   const c = b.port("c");
-  const d = b.port("d");
+  b.port("d");
   assert.ok(a.input(frame(BROADCAST_MAC, mac(1))));
   assert.deepEqual(b.take(), { c: 1, d: 1 }, "flooded, never back to the sender");
   c.input(frame(mac(1), mac(3)));
@@ -123,7 +123,7 @@ test("switch: a flood of source MACs from one port stays within its share and ev
   const b = new Bench({ macTableCapacity: 64, maxMacsPerPort: 16 });
   const flooder = b.port("flooder");
   const quiet = b.port("quiet");
-  const vm = b.port("vm", { mac: mac(500) });
+  b.port("vm", { mac: mac(500) });
   quiet.input(frame(BROADCAST_MAC, mac(1)));
   quiet.input(frame(BROADCAST_MAC, mac(2)));
   for (let i = 0; i < 20_000; i++) {

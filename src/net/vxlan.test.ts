@@ -7,8 +7,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createSocket } from "node:dgram";
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import type { AddressInfo } from "node:net";
 import { VirtualSwitch, type SwitchPort } from "./switch.js";
 import { openVxlanUplink, VXLAN_HLEN, type VxlanUplink } from "./vxlan.js";
@@ -20,8 +18,6 @@ import {
 } from "./packet.js";
 import { waitFor } from "../backends/net/testing.js";
 import { commandWorks, openVxlanLab } from "./testing/vxlan-lab.js";
-
-const run = promisify(execFile);
 
 function mac(n: number): Uint8Array {
   return new Uint8Array([0x52, 0x54, 0x00, 0x00, 0x00, n]);

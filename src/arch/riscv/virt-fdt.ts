@@ -19,7 +19,7 @@ export interface VirtFdtConfig {
   virtioSlots: number[];
 }
 
-const IRQ_S_SOFT = 1, IRQ_M_SOFT = 3, IRQ_S_TIMER = 5, IRQ_M_TIMER = 7, IRQ_S_EXT = 9, IRQ_M_EXT = 11;
+const IRQ_M_SOFT = 3, IRQ_M_TIMER = 7, IRQ_S_EXT = 9, IRQ_M_EXT = 11;
 const hi = (v: bigint) => Number(v >> 32n);
 const lo = (v: bigint) => Number(v & 0xffff_ffffn);
 /** A reg entry in the 2-cell address / 2-cell size convention of /soc. */

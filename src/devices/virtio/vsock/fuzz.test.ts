@@ -12,7 +12,7 @@ import { CONN_BUF_ALLOC, HOST_INPUT_HIGH } from "./connection.js";
 import { MAX_CONNECTIONS, MAX_PENDING_RSTS } from "./device.js";
 import { encodeHeader, VSOCK_HDR_SIZE, VSOCK_MAX_PAYLOAD } from "./packet.js";
 import { STATUS_DEVICE_NEEDS_RESET } from "../virtio.js";
-import { VsockGuest, newVsock, GUEST_CID, RX, TX, type FakeHostStream } from "./testing.js";
+import { VsockGuest, newVsock, GUEST_CID, TX, type FakeHostStream } from "./testing.js";
 
 const SEEDS = [1, 2, 3, 4, 5, 6, 7, 8];
 const STEPS = 1500;
