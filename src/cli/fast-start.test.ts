@@ -61,6 +61,10 @@ test("the command message: the seed's line (time, random bytes), then blocks (fr
   assert.match(empty[0], /\n: > \/tsvisor\/stdin\n$/);
   assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString()).blocks[0], /stdin/);
   assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
+  // Shares are mounted by the fragment, before the command (the snapshot holds none mounted).
+  const shared = decode(Buffer.from(commandMessage(["ls"], undefined, 0, [{ tag: "share0", guestDir: "/mnt/a" }, { tag: "share1", guestDir: "/b" }])).toString()).blocks[0];
+  assert.equal(shared.split("\n").filter((l) => l.startsWith("mkdir -p ")).map((l) => l.split(" && ")[1].split(" || ")[0]).join("; "), "mount -t virtiofs share0 '/mnt/a'; mount -t virtiofs share1 '/b'");
+  assert.match(shared, /\nset -- 'ls'\n$/);
 });
 
 test("a new snapshot prunes those of other generations (tsvisor, init, image) and their working sets, not other shapes of its own", () => {

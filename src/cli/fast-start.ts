@@ -32,10 +32,11 @@
 //      (a write to /dev/urandom only mixes into the input pool, which the
 //      CRNG reads at its next reseed, seconds away); without the clock, the
 //      guest's time of day would go on from when the snapshot was taken.
-//   1. A block: the shell fragment (`set --` with the command), written to
-//      /tsvisor/cmd (as plain text when it is printable ASCII in lines under
-//      4000 bytes, read by shell builtins: no program started; else base64),
-//      then sourced by init.
+//   1. A block: the shell fragment (mounts of the run's --share folders,
+//      which init mounts itself on a cold boot, then `set --` with the
+//      command), written to /tsvisor/cmd (as plain text when it is
+//      printable ASCII in lines under 4000 bytes, read by shell builtins: no
+//      program started; else base64), then sourced by init.
 //   2. With a piped stdin, a block: the command's stdin in base64, written
 //      to /tsvisor/stdin as the command archive does (an empty one is made
 //      by the fragment).
@@ -43,6 +44,11 @@
 // console, and its status goes out through the finisher: /tsvisor/finish
 // (static too, 244 bytes) replaces the shell (exec: no fork, no busybox)
 // and writes it there, as devmem would.
+//
+// A run with --share restores too: its snapshot was taken with the virtio-fs
+// devices (share0, share1, ...) present but nothing mounted, so they hold no
+// FUSE session (devices/virtio/fs/device.ts) and each run's folders may be
+// other directories; the key counts the shares.
 //
 // Host side (run-linux.ts): the cache key (snapshotKey) names everything that
 // makes the booted guest what it is; a run whose key has a snapshot restores
@@ -169,10 +175,13 @@ function textBlock(text: string): string {
 }
 
 /** What the host types on the waiting guest's console: the seed's line (the time and fresh random bytes), the command fragment, then a piped stdin. */
-export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now()): Uint8Array {
+export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now(), shares: readonly { tag: string; guestDir: string }[] = []): Uint8Array {
   if (argv.length === 0) throw new Error("no command to run in the guest");
   const seed = `#${Math.floor(nowMs / 1000)} ${randomBytes(SEED_BYTES).toString("base64")}\n`;
-  let fragment = `set -- ${argv.map(shellQuote).join(" ")}\n`;
+  // The shares init mounts on a cold boot (images/init.ts), mounted here: the
+  // snapshot was taken before, so it holds no FUSE session to carry.
+  let fragment = shares.map((s) => `mkdir -p ${shellQuote(s.guestDir)} && mount -t virtiofs ${s.tag} ${shellQuote(s.guestDir)} || echo "tsvisor init: could not mount share ${s.tag} at ${s.guestDir}" >&2\n`).join("");
+  fragment += `set -- ${argv.map(shellQuote).join(" ")}\n`;
   if (stdin?.length) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
   else if (stdin) fragment += `: > ${STDIN_PATH}\n`;
   return Buffer.from(seed + textBlock(fragment) + (stdin?.length ? block(stdin) : ""));
@@ -223,6 +232,8 @@ export interface SnapshotShape {
   balloon: boolean;
   /** The vsock device's guest CID (its host-side PATH is not the guest's concern), when there is one. */
   vsockCid?: number;
+  /** How many shared folders (virtio-fs share0, share1, ...): the guest mounts them after the restore, so their directories are not the snapshot's concern. */
+  shares?: number;
 }
 
 /**
@@ -252,7 +263,10 @@ export function imageIdentity(imageDir: string): string | undefined {
  */
 export function snapshotKey(image: string, shape: SnapshotShape): string {
   const generation = sha256hex(JSON.stringify(["tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive())])).slice(0, 12);
-  const parts = [generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon, ...(shape.vsockCid === undefined ? [] : [shape.vsockCid])];
+  const parts = [
+    generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon,
+    ...(shape.vsockCid === undefined ? [] : [shape.vsockCid]), ...(shape.shares ? [{ shares: shape.shares }] : []),
+  ];
   return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
 }
 
@@ -322,8 +336,6 @@ export function fastStartRefusal(o: { command?: string[]; kernel?: string; initr
   if (o.kernel !== undefined || o.initrd !== undefined) return "--kernel/--initrd";
   if (o.append !== undefined) return "--append";
   if ((o.disks ?? []).length > 0) return "--disk";
-  // A VM with a shared folder cannot be snapshotted (devices/virtio/fs/device.ts).
-  if ((o.shares ?? []).length > 0) return "--share";
   const nets = o.nets ?? [];
   if (nets.length > 1 || (nets.length === 1 && nets[0] !== "user")) return "a --net other than the default user-mode network";
   return undefined;

@@ -70,7 +70,7 @@ options for run:
   --share HOSTDIR:GUESTDIR[,ro]
                           a host folder in the guest (virtio-fs, tags share0,
                           share1, ...; init mounts it at GUESTDIR; ,ro: read-only;
-                          repeatable). Such a VM cannot be snapshotted
+                          repeatable)
   --vsock PATH[,cid=N]    a virtio-vsock device (guest CID N, default 3), Firecracker's
                           convention: a host program connects to the Unix socket PATH
                           and writes "CONNECT PORT\\n" to reach guest port PORT (answer

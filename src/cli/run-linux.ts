@@ -209,7 +209,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
       const path = snapshotPath(cacheDir, snapshotKey(identity, fastShape(opts)));
       if (existsSync(path)) {
         try {
-          return await bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "restore", path, message: commandMessage(opts.command!, stdin) });
+          return await bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "restore", path, message: commandMessage(opts.command!, stdin, Date.now(), (opts.shares ?? []).map(parseShareSpec)) });
         } catch (e) {
           if (!(e instanceof RestoreFailed)) throw e;
           rmSync(path, { force: true });
@@ -223,14 +223,14 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
     const checked = imageIdentity(imageDir);
     if (checked !== undefined && image.initrd === join(imageDir, "initramfs.cpio")) {
       const path = snapshotPath(cacheDir, snapshotKey(checked, fastShape(opts)));
-      return bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "create", path, message: commandMessage(opts.command!, stdin) }, image);
+      return bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "create", path, message: commandMessage(opts.command!, stdin, Date.now(), (opts.shares ?? []).map(parseShareSpec)) }, image);
     }
   }
   return bootAndRun(opts, interactive, stdinAsFile, stdin, undefined);
 }
 
-/** The kernel command line a run boots with. */
-function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive: boolean, dhcp: string[]): string {
+/** The kernel command line a run boots with (`fast`: the guest of a fast-start snapshot, which mounts the shares only once it has its command). */
+function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive: boolean, dhcp: string[], fast = false): string {
   let cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
   // The kernel keeps printing on ttyS0 (hvc0 exists only once the virtio
   // modules are loaded); init moves the shell or command to hvc0 (images/init.ts).
@@ -242,7 +242,7 @@ function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive
   if (opts.rootDevice !== undefined) cmdline += ` tsvisor.root=${opts.rootDevice}`;
   // Shared folders are mounted by init (images/init.ts), with --append too: the user asked for them.
   const shares = (opts.shares ?? []).map(parseShareSpec);
-  if (shares.length > 0) cmdline += ` tsvisor.share=${shareCmdline(shares)}`;
+  if (shares.length > 0 && !fast) cmdline += ` tsvisor.share=${shareCmdline(shares)}`;
   return cmdline;
 }
 
@@ -250,10 +250,11 @@ function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive
 function fastShape(opts: LinuxRunOptions) {
   const nets = opts.nets ?? [];
   return {
-    cmdline: runCmdline(opts, false, nets.length > 0 ? ["eth0"] : []), cpus: opts.cpus, memBytes: opts.memBytes,
+    cmdline: runCmdline(opts, false, nets.length > 0 ? ["eth0"] : [], true), cpus: opts.cpus, memBytes: opts.memBytes,
     console: opts.console ?? "ttyS0", nets, balloon: opts.balloon !== false,
     // With --vsock the snapshot holds the device (a restore resets its connections: there are none yet).
     vsockCid: opts.vsock === undefined ? undefined : parseVsockSpec(opts.vsock).cid,
+    shares: (opts.shares ?? []).length,
   };
 }
 
@@ -281,7 +282,7 @@ async function bootAndRun(
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;
   }
-  const cmdline = runCmdline(opts, interactive, devices.dhcpInterfaces());
+  const cmdline = runCmdline(opts, interactive, devices.dhcpInterfaces(), fast !== undefined);
   try {
     return await runVm(opts, kernel, initrd, cmdline, devices, interactive, stdinAsFile, fast);
   } finally {

@@ -11,6 +11,10 @@ import { VirtioNet, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MAC } from "./net.js";
 import { VirtioBalloon, type BalloonMemory } from "./balloon.js";
 import { VirtioVsock } from "./vsock/device.js";
 import { FakeVsockBackend } from "./vsock/testing.js";
+import { VirtioFs } from "./fs/device.js";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { VIRTIO_F_VERSION_1, type VirtioDevice } from "./virtio.js";
 import { SnapshotError, StateReader } from "../../snapshot/state.js";
 import type { NetBackend, NetStats } from "../../backends/net/net-backend.js";
@@ -23,6 +27,8 @@ class NullBackend implements NetBackend {
   setRxPaused(): void {}
   close(): void {}
 }
+
+const shareDir = mkdtempSync(join(tmpdir(), "tsvisor-fs-fuzz-"));
 
 const balloonMemory = (): BalloonMemory => ({
   ramBytes: 4 << 20,
@@ -37,6 +43,8 @@ const devices: [string, () => VirtioDevice, bigint][] = [
   ["net0", () => new VirtioNet(new NullBackend(), { name: "net0", mac: new Uint8Array(6) }), VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_MAC],
   ["balloon0", () => new VirtioBalloon(balloonMemory(), { statsIntervalMs: 0 }), VIRTIO_F_VERSION_1 | 2n],
   ["vsock0", () => new VirtioVsock({ guestCid: 3, backend: new FakeVsockBackend() }), VIRTIO_F_VERSION_1],
+  // The FUSE server on this thread (a worker's device is restored the same way, its thread told the session).
+  ["fs0", () => new VirtioFs({ tag: "fs0", name: "fs0", hostDir: shareDir, thread: "main" }), VIRTIO_F_VERSION_1],
 ];
 
 const GARBAGE: unknown[] = [null, true, -1, 0, 1, 3, 15, 16, 65535, 65536, 2 ** 32, 2 ** 53, 1.5, NaN, "", "0x0", "0xffffffffffffffff", "AAAA", [], [0], [0, 0], [-1], {}, { a: 1 }];

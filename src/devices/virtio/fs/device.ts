@@ -17,16 +17,24 @@
 //   thread. Simple and deterministic, which is what the FUSE-level tests
 //   use; a slow host call there would stall the I/O side of every VM.
 //
-// Snapshots and migration: the node ids the guest holds name host inodes
-// through open fds, which a snapshot cannot carry (QEMU's vhost-user-fs
-// refuses migration for the same reason). saveState() refuses with one
-// line, and the daemon refuses before pausing (api/managed-vm.ts).
+// Snapshots and migration: the node ids and file handles the guest holds
+// name host inodes through open fds, which a snapshot cannot carry (QEMU's
+// vhost-user-fs refused migration for the same reason until virtiofsd
+// learned to reopen by path). So saveState() refuses with one line while
+// the server knows any node but the root or has a handle open; otherwise
+// the device's whole state is the session INIT agreed (none before the
+// share is mounted), which is what a fast-start snapshot holds: the guest
+// mounts the share only after the restore (cli/fast-start.ts), so the host
+// directory may even differ between the snapshot and the run. The daemon
+// still refuses its VMs with shares before pausing (api/managed-vm.ts):
+// their init mounts the share at boot.
 
 import type { VirtioDevice, VirtioContext } from "../virtio.js";
-import type { VirtQueue } from "../queue.js";
+import { checkNoneInFlight, type VirtQueue } from "../queue.js";
 import type { DirectKick } from "../../../vmm/queue-doorbell.js";
-import { SnapshotError, type Plain } from "../../../snapshot/state.js";
-import { FuseServer, type ServerStats } from "./server.js";
+import { SnapshotError, type Plain, type StateReader } from "../../../snapshot/state.js";
+import { FuseServer, INIT_FLAGS, type FuseSession, type ServerStats } from "./server.js";
+import { FUSE_KERNEL_MINOR_VERSION } from "./fuse.js";
 import { FS_QUEUES } from "./iothread-protocol.js";
 import { FsIoThread } from "./iothread.js";
 import { serveFuseQueue } from "./requests.js";
@@ -153,16 +161,34 @@ export class VirtioFs implements VirtioDevice {
     return [`  ${this.name}: ${s.requests} FUSE requests (${ops}), ${s.errors} errors, ${s.dropped} dropped, ${s.nodes} nodes, ${s.handles} open handles`];
   }
 
-  /** Why a VM with this device cannot be snapshotted or migrated. */
-  get snapshotBlocker(): string {
-    return `a VM with a shared folder (virtio-fs ${this.opts.tag}: ${this.opts.hostDir}) cannot be snapshotted or migrated: the guest's open files and cached nodes name host inodes`;
+  /** Why this device cannot be snapshotted or migrated now (undefined: it can). Final once paused. */
+  get snapshotBlocker(): string | undefined {
+    this.syncStats();
+    const { nodes, handles } = this.stats;
+    if (nodes <= 1 && handles === 0) return undefined;
+    return `virtio-fs ${this.opts.tag} (${this.opts.hostDir}): the guest holds ${nodes - 1} nodes and ${handles} open handles of the shared folder, which name host inodes a snapshot cannot carry (unmount it in the guest first)`;
+  }
+
+  private get session(): FuseSession | undefined {
+    return this.local ? this.local.init : this.thread!.session;
   }
 
   saveState(): Plain {
-    throw new SnapshotError(this.snapshotBlocker);
+    const blocker = this.snapshotBlocker;
+    if (blocker) throw new SnapshotError(blocker);
+    const s = this.session;
+    return { initialized: s !== undefined, minor: s?.minor ?? 0, maxReadahead: s?.maxReadahead ?? 0, flags: s?.flags ?? 0 };
   }
 
-  restoreState(): void {
-    throw new SnapshotError(this.snapshotBlocker);
+  /** The saved session, checked: a minor we speak, flags we offer. Requests come again from the rings (none is held). */
+  restoreState(r: StateReader): void {
+    this.queues.forEach((q) => checkNoneInFlight(r, q));
+    const minor = r.int("minor", 0, FUSE_KERNEL_MINOR_VERSION);
+    const maxReadahead = r.int("maxReadahead", 0, 0xffff_ffff);
+    const flags = r.int("flags", 0, 0xffff_ffff);
+    r.check((flags & ~INIT_FLAGS) === 0, `flags 0x${flags.toString(16)} has bits this server never agrees to`);
+    const init = r.bool("initialized") ? { minor, maxReadahead, flags } : undefined;
+    if (this.local) this.local.init = init;
+    else this.thread!.restoreSession(init);
   }
 }

@@ -67,16 +67,32 @@ test("a shared host folder in the Linux guest: read, write, mkdir/rename/unlink/
   assert.equal(out["md5-big"], createHash("md5").update(fs.readFileSync(join(dir, "t/big"))).digest("hex"));
 });
 
-test("a read-only share (,ro): writes fail with 'Read-only file system', reads work, the host folder is unchanged", { timeout: 300_000 }, async () => {
+test("a read-only share (,ro), booted cold (init mounts it, as for a shell or a daemon VM): writes fail with 'Read-only file system', reads work, the host folder is unchanged", { timeout: 300_000 }, async () => {
   const dir = fs.mkdtempSync(join(tmpdir(), "tsvisor-share-ro-"));
   fs.writeFileSync(join(dir, "keep.txt"), "read me\n");
-  const r = await tsvisor(["run", "--share", `${dir}:/mnt/ro,ro`, "--", "sh", "-c",
+  const r = await tsvisor(["run", "--no-snapshot", "--share", `${dir}:/mnt/ro,ro`, "--", "sh", "-c",
     "cat /mnt/ro/keep.txt; touch /mnt/ro/new 2>&1; echo more >> /mnt/ro/keep.txt 2>&1; rm /mnt/ro/keep.txt 2>&1; mkdir /mnt/ro/d 2>&1; true"]);
   const out = ok(r);
   assert.match(out, /^read me$/m);
   assert.equal(out.match(/Read-only file system/g)?.length, 4, out);
   assert.deepEqual(fs.readdirSync(dir), ["keep.txt"]);
   assert.equal(fs.readFileSync(join(dir, "keep.txt"), "utf8"), "read me\n");
+});
+
+test("fast start with a share: the snapshot is taken before the mount, so a later run restores it with another host folder and the guest mounts that one", { timeout: 300_000 }, async () => {
+  const first = fs.mkdtempSync(join(tmpdir(), "tsvisor-share-fast-a-"));
+  const second = fs.mkdtempSync(join(tmpdir(), "tsvisor-share-fast-b-"));
+  fs.writeFileSync(join(first, "which"), "first\n");
+  fs.writeFileSync(join(second, "which"), "second\n");
+  // The first run may make the snapshot (or restore one an earlier test made).
+  const a = await tsvisor(["run", "--stats", "--share", `${first}:/mnt/s`, "--", "sh", "-c", "cat /mnt/s/which; echo a > /mnt/s/out"]);
+  assert.match(ok(a), /^first$/m);
+  assert.match(a.stderr, /fast start: (booted|restored)/);
+  const b = await tsvisor(["run", "--stats", "--share", `${second}:/mnt/s`, "--", "sh", "-c", "cat /mnt/s/which; echo b > /mnt/s/out"]);
+  assert.match(ok(b), /^second$/m);
+  assert.match(b.stderr, /fast start: restored /);
+  assert.equal(fs.readFileSync(join(first, "out"), "utf8"), "a\n");
+  assert.equal(fs.readFileSync(join(second, "out"), "utf8"), "b\n");
 });
 
 test("--share usage errors: a HOSTDIR missing or not a directory, a bad GUESTDIR: one line, exit 2", async () => {

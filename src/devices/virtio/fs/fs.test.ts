@@ -250,9 +250,73 @@ test("virtio-fs read-only share: every write-type op is EROFS, reads work", () =
   assert.deepEqual(fs.readdirSync(dir).sort(), ["d", "f"]);
 });
 
-test("virtio-fs snapshot is refused with one line", async () => {
-  const c = client(share());
-  await assert.rejects(c.driver.snapshot(), /cannot be snapshotted or migrated/);
+test("virtio-fs snapshot: refused while the guest holds a node or a handle; otherwise the INIT session goes along, checked on restore", async () => {
+  const c = new FuseClient(new VirtioFs({ tag: "share0", hostDir: share({ f: "x" }), thread: "main" }));
+  // Not mounted yet (what a fast-start snapshot holds): no session.
+  assert.equal((await c.driver.snapshot() as { device: { initialized: boolean } }).device.initialized, false);
+  c.driver.transport.resumeIo();
+  assert.equal(c.init().error, 0);
+
+  // A node the guest holds, then a handle: one line each, and the device goes on.
+  const f = c.entry(1, "f");
+  await assert.rejects(c.driver.snapshot(), /virtio-fs share0 \(.*\): the guest holds 1 nodes and 0 open handles of the shared folder, .*unmount it/);
+  c.driver.transport.resumeIo();
+  const dir = c.fh(c.call(Op.OPENDIR, 1, new OutWriter().u32(0).u32(0).bytesWritten));
+  c.forget(f.nodeid, 1);
+  await assert.rejects(c.driver.snapshot(), /holds 0 nodes and 1 open handles/);
+  c.driver.transport.resumeIo();
+  assert.equal(c.release(1n, dir, true).error, 0);
+
+  // Nothing held: the session is all the state, and a restored device serves
+  // without a new INIT, here on another host directory.
+  const state = await c.driver.snapshot();
+  const other = share({ g: "on the other side" });
+  const restored = new FuseClient(new VirtioFs({ tag: "share0", hostDir: other, thread: "main" }), await c.driver.snapshotInto(new VirtioFs({ tag: "share0", hostDir: other, thread: "main" })));
+  assert.equal(restored.entry(1, "g").size, 17n);
+  assert.equal(restored.call(Op.GETATTR, 1, new Uint8Array(16)).error, 0);
+
+  // Tampered: a minor we never agree to, flags we never offer.
+  const { StateReader } = await import("../../../snapshot/state.js");
+  const { TestDriver } = await import("../test-driver.js");
+  for (const [field, value, message] of [["minor", 99, /share0\.device\.minor: expected an integer 0\.\.38/], ["flags", 0x8000_0000, /flags 0x80000000 has bits this server never agrees to/]] as const) {
+    const bad = JSON.parse(JSON.stringify(state));
+    bad.device[field] = value;
+    const d = TestDriver.restored(new VirtioFs({ tag: "share0", hostDir: other, thread: "main" }), c.driver);
+    assert.throws(() => d.transport.restoreState(new StateReader(bad, "share0")), message);
+  }
+});
+
+test("virtio-fs snapshot on its I/O thread: the thread reports what the guest holds and the session, and a restored thread goes on without INIT", async () => {
+  const dir = share({ f: "x" });
+  const dev = new VirtioFs({ tag: "w", hostDir: dir });
+  const { TestDriver, testSharedGuestMemory } = await import("../test-driver.js");
+  const { mem, shared } = testSharedGuestMemory(8 << 20);
+  const d = new TestDriver(dev, mem, { shared });
+  d.start(d.deviceFeatures() & ~VIRTIO_F_EVENT_IDX, 64);
+  const call = async (driver: InstanceType<typeof TestDriver>, opcode: number, nodeid: number | bigint, args: Uint8Array, queue = 1) => {
+    const head = driver.add(queue, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(1).u64(BigInt(nodeid)).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+    driver.kick(queue);
+    for (let i = 0; i < 1000; i++) {
+      const done = driver.used(queue).find((u) => u.id === head);
+      if (done) return queue === 0 ? 0 : new DataView(driver.mem.read(driver.bufferAddr(queue, head, 1), 16).buffer).getInt32(4, true);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    throw new Error("no reply");
+  };
+  assert.equal(await call(d, Op.INIT, 0, new OutWriter().u32(7).u32(38).u32(0).u32(0).zeros(48).bytesWritten), 0);
+  assert.equal(await call(d, Op.LOOKUP, 1, cstr("f")), 0);
+  await assert.rejects(d.snapshot(), /the guest holds 1 nodes and 0 open handles/);
+  d.transport.resumeIo();
+  await call(d, Op.FORGET, 2, new OutWriter().u64(1).bytesWritten, 0);
+
+  const other = new VirtioFs({ tag: "w", hostDir: share({ g: "y" }) });
+  const r = await d.snapshotInto(other, { shared });
+  try {
+    assert.equal(await call(r, Op.LOOKUP, 1, cstr("g")), 0, "served with the session of before: no EIO for a request before INIT");
+  } finally {
+    await dev.close();
+    await other.close();
+  }
 });
 
 test("virtio-fs on its I/O thread: the thread serves the rings itself, in order, across a pause, a stopped queue, a reset and close", async () => {

@@ -6,6 +6,7 @@
 import type { MessagePort } from "node:worker_threads";
 import type { QueueConfig, QueueIndices } from "../queue.js";
 import type { NeedsReset, ThreadRam } from "../iothread-link.js";
+import type { FuseSession } from "./server.js";
 
 /** The device's queues: hiprio, then one request queue (device.ts REQUEST_QUEUES). */
 export const FS_QUEUES = 2;
@@ -14,13 +15,16 @@ export const DIRECT_QUEUE = 1;
 
 /** Counters (Float64Array indices) the thread publishes after each batch:
  *  each queue's since it went live, then the FUSE server's since the device
- *  opened, then requests by opcode (index 0: opcodes the server does not know). */
+ *  opened, then requests by opcode (index 0: opcodes the server does not know),
+ *  then the session INIT agreed (all zero before INIT), which a snapshot keeps. */
 export const QUEUE_STAT_KEYS = ["requests", "bytesRead", "bytesWritten", "badChains", "interrupts"] as const;
 export const SERVER_STAT_KEYS = ["requests", "errors", "dropped", "internalErrors", "nodes", "handles"] as const;
 export const SERVER_STATS_AT = FS_QUEUES * QUEUE_STAT_KEYS.length;
 export const OPS_AT = SERVER_STATS_AT + SERVER_STAT_KEYS.length;
 export const OP_SLOTS = 64;
-export const STAT_WORDS = OPS_AT + OP_SLOTS;
+export const SESSION_KEYS = ["initialized", "minor", "maxReadahead", "flags"] as const;
+export const SESSION_AT = OPS_AT + OP_SLOTS;
+export const STAT_WORDS = SESSION_AT + SESSION_KEYS.length;
 
 export interface FsThreadData {
   control: SharedArrayBuffer;
@@ -39,6 +43,8 @@ export type ToFsThread =
   | { kind: "quiesce" }
   /** Device reset: the guest's nodes and open handles go (after a quiesce). */
   | { kind: "reset" }
+  /** A restored device: the session INIT agreed before the snapshot (none: INIT comes again). */
+  | { kind: "session"; init: FuseSession | undefined }
   /** Close every host fd, then end. */
   | { kind: "close" };
 

@@ -15,6 +15,7 @@
 //   queue stopped / reset / pause -- C_STOP + "quiesce", wait for C_ACK; the thread reports
 //                               each queue's indices, the transport's VirtQueues go on from them
 //   reset                    -- "reset" after it: the guest's nodes and handles go
+//   restored from a snapshot -- "session": the INIT agreed before it
 //   close                    -- "close": the thread closes its fds and ends
 //
 // A reset returns only once the thread has finished the request in hand and
@@ -26,10 +27,10 @@ import type { VirtioContext } from "../virtio.js";
 import type { DirectKick } from "../../../vmm/queue-doorbell.js";
 import type { VirtQueue } from "../queue.js";
 import { Op } from "./fuse.js";
-import { processUmask, type ServerStats } from "./server.js";
+import { processUmask, type FuseSession, type ServerStats } from "./server.js";
 import { IoThreadLink, newControl } from "../iothread-link.js";
 import {
-  STAT_WORDS, DIRECT_QUEUE, FS_QUEUES, QUEUE_STAT_KEYS, SERVER_STAT_KEYS, SERVER_STATS_AT, OPS_AT, OP_SLOTS,
+  STAT_WORDS, DIRECT_QUEUE, FS_QUEUES, QUEUE_STAT_KEYS, SERVER_STAT_KEYS, SERVER_STATS_AT, OPS_AT, OP_SLOTS, SESSION_AT, SESSION_KEYS,
   type FsThreadData, type ToFsThread, type FromFsThread,
 } from "./iothread-protocol.js";
 
@@ -140,6 +141,17 @@ export class FsIoThread {
       if (c[OPS_AT + op] > 0) byOp[op === 0 ? "other" : (Op[op] ?? "other")] = c[OPS_AT + op];
     }
     return { requests, errors, dropped, internalErrors, byOp, nodes, handles };
+  }
+
+  /** The session INIT agreed, as the thread last published it (final once paused). */
+  get session(): FuseSession | undefined {
+    const [initialized, minor, maxReadahead, flags] = SESSION_KEYS.map((_, i) => this.counters[SESSION_AT + i]);
+    return initialized ? { minor, maxReadahead, flags } : undefined;
+  }
+
+  /** A restored device: the thread's server goes on with the session its snapshot kept (before the queues go live). */
+  restoreSession(init: FuseSession | undefined): void {
+    if (!this.ended) this.link.post({ kind: "session", init } satisfies ToFsThread);
   }
 
   /** The transport's queue counts, brought up to date with the thread's. */

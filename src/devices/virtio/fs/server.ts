@@ -27,7 +27,7 @@ export const MAX_WRITE = 128 * 1024;
 export const MAX_REQUEST = MAX_WRITE + 4096;
 /** Seconds the guest may cache names and attributes (virtiofsd's cache=auto uses 1). */
 const VALID_SECONDS = 1;
-const INIT_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
+export const INIT_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
 
 const ENTRY_OUT = 128;
 const ATTR_OUT = 104;
@@ -55,10 +55,17 @@ export interface ServerStats {
   byOp: Record<string, number>;
 }
 
+/** What INIT agreed: all the session state a server holds beyond its node and handle tables. */
+export interface FuseSession {
+  minor: number;
+  maxReadahead: number;
+  flags: number;
+}
+
 export class FuseServer {
   readonly fs: HostFs;
-  /** The negotiated INIT (what a snapshot could keep), undefined before INIT. */
-  init?: { minor: number; maxReadahead: number; flags: number };
+  /** The negotiated INIT (what a snapshot keeps, device.ts), undefined before INIT. */
+  init?: FuseSession;
   readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0, internalErrors: 0, byOp: {} };
   private readonly umask: number;
   /** The last failure that was not a host errno (for --stats and tests). */

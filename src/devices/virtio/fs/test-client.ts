@@ -26,7 +26,12 @@ export class FuseClient {
   readonly driver: TestDriver;
   private unique = 1n;
 
-  constructor(readonly device: VirtioFs) {
+  /** On a new driver that starts the device, or on `driver` (one restored from a snapshot: TestDriver.snapshotInto). */
+  constructor(readonly device: VirtioFs, driver?: TestDriver) {
+    if (driver) {
+      this.driver = driver;
+      return;
+    }
     this.driver = new TestDriver(device, testGuestMemory(16 << 20), { heapEnd: 0x8000_0000n + BigInt(15 << 20) });
     this.driver.start(undefined, 128);
   }

@@ -16,10 +16,10 @@
 import { workerData } from "node:worker_threads";
 import { VirtQueue, QueueStats } from "../queue.js";
 import { IoThreadSide } from "../iothread-link.js";
-import { FuseServer } from "./server.js";
+import { FuseServer, type FuseSession } from "./server.js";
 import { serveFuseQueue } from "./requests.js";
 import { Op } from "./fuse.js";
-import { FS_QUEUES, OPS_AT, OP_SLOTS, QUEUE_STAT_KEYS, SERVER_STATS_AT, type FsThreadData, type ToFsThread, type FromFsThread } from "./iothread-protocol.js";
+import { FS_QUEUES, OPS_AT, OP_SLOTS, QUEUE_STAT_KEYS, SERVER_STATS_AT, SESSION_AT, type FsThreadData, type ToFsThread, type FromFsThread } from "./iothread-protocol.js";
 
 class FsThread {
   private readonly stats: Float64Array;
@@ -41,7 +41,8 @@ class FsThread {
       // them may have been taken (and dropped) before the message was.
       if (msg.kind === "activate") return this.activate(msg);
       if (msg.kind === "quiesce") this.quiesce();
-      else this.server.reset();
+      else if (msg.kind === "session") this.restoreSession(msg.init);
+      else this.resetSession();
       return false;
     }, () => this.serve());
   }
@@ -56,6 +57,18 @@ class FsThread {
       return queue;
     });
     return true;
+  }
+
+  /** Device reset (published at once, as below). */
+  private resetSession(): void {
+    this.server.reset();
+    this.publishStats();
+  }
+
+  /** A restored device goes on with the session its snapshot kept (published at once: a snapshot may follow before any request). */
+  private restoreSession(init: FuseSession | undefined): void {
+    this.server.init = init;
+    this.publishStats();
   }
 
   private quiesce(): void {
@@ -92,6 +105,8 @@ class FsThread {
       const op = Op[name as keyof typeof Op] as number | undefined;
       stats[OPS_AT + (op !== undefined && op < OP_SLOTS ? op : 0)] = n;
     }
+    const init = this.server.init;
+    [init ? 1 : 0, init?.minor ?? 0, init?.maxReadahead ?? 0, init?.flags ?? 0].forEach((v, i) => (stats[SESSION_AT + i] = v));
   }
 
   private close(): void {
