@@ -8,6 +8,8 @@ import { FuseClient, cstr, concat, parseEntry, parseAttrOut } from "./test-clien
 import { Errno, Op, OutWriter, FATTR_MODE, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_UID, FATTR_GID } from "./fuse.js";
 import { MAX_WRITE } from "./server.js";
 import { VIRTIO_F_EVENT_IDX } from "../virtio.js";
+import { TestDriver, testSharedGuestMemory } from "../test-driver.js";
+import { StateReader } from "../../../snapshot/state.js";
 
 function share(files: Record<string, string> = {}): string {
   const dir = fs.mkdtempSync(join(tmpdir(), "tsvisor-fs-"));
@@ -276,8 +278,6 @@ test("virtio-fs snapshot: refused while the guest holds a node or a handle; othe
   assert.equal(restored.call(Op.GETATTR, 1, new Uint8Array(16)).error, 0);
 
   // Tampered: a minor we never agree to, flags we never offer.
-  const { StateReader } = await import("../../../snapshot/state.js");
-  const { TestDriver } = await import("../test-driver.js");
   for (const [field, value, message] of [["minor", 99, /share0\.device\.minor: expected an integer 0\.\.38/], ["flags", 0x8000_0000, /flags 0x80000000 has bits this server never agrees to/]] as const) {
     const bad = JSON.parse(JSON.stringify(state));
     bad.device[field] = value;
@@ -286,15 +286,24 @@ test("virtio-fs snapshot: refused while the guest holds a node or a handle; othe
   }
 });
 
-test("virtio-fs snapshot on its I/O thread: the thread reports what the guest holds and the session, and a restored thread goes on without INIT", async () => {
-  const dir = share({ f: "x" });
-  const dev = new VirtioFs({ tag: "w", hostDir: dir });
-  const { TestDriver, testSharedGuestMemory } = await import("../test-driver.js");
+/** A device on its I/O thread, started by a driver on shared RAM without EVENT_IDX (this driver keeps no used_event: every completion interrupts). */
+function threadDevice(hostDir: string) {
+  const dev = new VirtioFs({ tag: "w", hostDir });
   const { mem, shared } = testSharedGuestMemory(8 << 20);
   const d = new TestDriver(dev, mem, { shared });
   d.start(d.deviceFeatures() & ~VIRTIO_F_EVENT_IDX, 64);
-  const call = async (driver: InstanceType<typeof TestDriver>, opcode: number, nodeid: number | bigint, args: Uint8Array, queue = 1) => {
-    const head = driver.add(queue, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(1).u64(BigInt(nodeid)).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+  return { dev, d, shared };
+}
+
+/** A FUSE request on `queue` of the driver, with room for its reply: its head. */
+function addRequest(d: TestDriver, opcode: number, nodeid: number | bigint, args: Uint8Array, unique: number, queue = 1): number {
+  return d.add(queue, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(BigInt(nodeid)).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+}
+
+test("virtio-fs snapshot on its I/O thread: the thread reports what the guest holds and the session, and a restored thread goes on without INIT", async () => {
+  const { dev, d, shared } = threadDevice(share({ f: "x" }));
+  const call = async (driver: TestDriver, opcode: number, nodeid: number | bigint, args: Uint8Array, queue = 1) => {
+    const head = addRequest(driver, opcode, nodeid, args, 1, queue);
     driver.kick(queue);
     for (let i = 0; i < 1000; i++) {
       const done = driver.used(queue).find((u) => u.id === head);
@@ -320,15 +329,8 @@ test("virtio-fs snapshot on its I/O thread: the thread reports what the guest ho
 });
 
 test("virtio-fs on its I/O thread: the thread serves the rings itself, in order, across a pause, a stopped queue, a reset and close", async () => {
-  const dir = share({ f: "from the I/O thread" });
-  const dev = new VirtioFs({ tag: "w", hostDir: dir });
-  const { TestDriver, testSharedGuestMemory } = await import("../test-driver.js");
-  const { mem, shared } = testSharedGuestMemory(8 << 20);
-  const d = new TestDriver(dev, mem, { shared });
-  // Without EVENT_IDX (this driver keeps no used_event) every completion interrupts.
-  d.start(d.deviceFeatures() & ~VIRTIO_F_EVENT_IDX, 64);
-  const req = (opcode: number, nodeid: number, args: Uint8Array, unique: number, queue = 1) =>
-    d.add(queue, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(nodeid).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
+  const { dev, d } = threadDevice(share({ f: "from the I/O thread" }));
+  const req = (opcode: number, nodeid: number, args: Uint8Array, unique: number, queue = 1) => addRequest(d, opcode, nodeid, args, unique, queue);
   // Completions come from the thread alone: the main thread only waits (no poll()).
   const settle = async (n: number, queue = 1) => {
     const got: { id: number; len: number }[] = [];
@@ -403,7 +405,6 @@ test("virtio-fs on its I/O thread: the thread serves the rings itself, in order,
 test("virtio-fs on its I/O thread: a broken ring sets DEVICE_NEEDS_RESET; close lets go of every host fd", async () => {
   const dir = share({ f: "x" });
   const dev = new VirtioFs({ tag: "w", hostDir: dir, name: "fs0" });
-  const { TestDriver, testSharedGuestMemory } = await import("../test-driver.js");
   const { STATUS_DEVICE_NEEDS_RESET } = await import("../virtio.js");
   const { mem, shared } = testSharedGuestMemory(8 << 20);
   const d = new TestDriver(dev, mem, { shared });
