@@ -5,7 +5,7 @@
 // the devices, so a stopped VM's qcow2 disks are flushed and clean.
 import { parseKernelImage } from "../arch/riscv/boot-image.js";
 import { HostError, type Host, type Vm, type RunEnd } from "../host/host.js";
-import { SnapshotError, type Plain } from "../snapshot/state.js";
+import { SnapshotError, SnapshotRefused, type Plain } from "../snapshot/state.js";
 import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
 import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
@@ -337,19 +337,11 @@ export class ManagedVm {
    * the images stay as the snapshot needs them. If that fails, the snapshot
    * is deleted (its disks would not stay as it needs them) and 409 says why.
    */
-  /** A VM with a shared folder cannot be snapshotted or migrated (devices/virtio/fs/device.ts): 409 before anything pauses. */
-  private refuseWithShares(what: string): void {
-    if (this.def.shares.length > 0) {
-      throw new ApiError(409, `VM '${this.name}' has a shared folder (${this.def.shares[0].slice(0, this.def.shares[0].lastIndexOf(":"))}): it cannot be ${what} (the guest's open files name host inodes)`);
-    }
-  }
-
   async snapshot(path: string, opts: { diff?: boolean; live?: boolean; stayPaused?: boolean; disks?: "overlay" }): Promise<SnapshotView> {
     const vm = this.vm;
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be snapshotted`);
     }
-    this.refuseWithShares("snapshotted");
     const t0 = performance.now();
     const wasRunning = this._state === "running";
     let written;
@@ -377,7 +369,7 @@ export class ManagedVm {
         rmSync(path, { force: true });
         throw new ApiError(409, `freezing the disks of VM '${this.name}' failed, so the snapshot was deleted: ${overlayFailed.message}`);
       }
-      if (e instanceof HostError) throw new ApiError(409, e.message);
+      if (e instanceof HostError || e instanceof SnapshotRefused) throw new ApiError(409, e.message);
       if (e instanceof SnapshotError) throw new ApiError(422, e.message);
       throw e;
     }
@@ -408,7 +400,6 @@ export class ManagedVm {
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
     }
-    this.refuseWithShares("migrated");
     // Its status stays that of the migration under way.
     if (this._migration?.state === "active") throw new ApiError(409, `VM '${this.name}' is being migrated already`);
     const target = `${to.host.includes(":") ? `[${to.host}]` : to.host}:${to.port}`;

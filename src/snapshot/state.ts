@@ -15,7 +15,12 @@
 
 /** A snapshot cannot be used: corrupted, tampered, from another version or machine. */
 export class SnapshotError extends Error {
-  override readonly name = "SnapshotError";
+  override readonly name: string = "SnapshotError";
+}
+
+/** A device cannot save its state now (what the guest holds could not be restored): try again later. */
+export class SnapshotRefused extends SnapshotError {
+  override readonly name = "SnapshotRefused";
 }
 
 export type Plain = null | boolean | number | string | readonly Plain[] | { readonly [key: string]: Plain };

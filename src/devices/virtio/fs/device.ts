@@ -18,23 +18,24 @@
 //   use; a slow host call there would stall the I/O side of every VM.
 //
 // Snapshots and migration: the node ids and file handles the guest holds
-// name host inodes through open fds, which a snapshot cannot carry (QEMU's
-// vhost-user-fs refused migration for the same reason until virtiofsd
-// learned to reopen by path). So saveState() refuses with one line while
-// the server knows any node but the root or has a handle open; otherwise
-// the device's whole state is the session INIT agreed (none before the
-// share is mounted), which is what a fast-start snapshot holds: the guest
-// mounts the share only after the restore (cli/fast-start.ts), so the host
-// directory may even differ between the snapshot and the run. The daemon
-// still refuses its VMs with shares before pausing (api/managed-vm.ts):
-// their init mounts the share at boot.
+// name host inodes through open fds, which no snapshot can carry. As
+// virtiofsd's "find-paths" migration mode does, the device saves each node
+// by the name it was last found under in its parent, and each handle by its
+// node and open flags, beside the session INIT agreed; a restore finds them
+// again in the share (saved-table.ts). So a file the guest holds must still
+// be where it found it: one deleted or moved on the host since refuses the
+// snapshot (SnapshotRefused, one line; the VM goes on), and one gone by the
+// restore fails it. A fast-start snapshot holds no session at all: the
+// guest mounts its shares only after the restore (cli/fast-start.ts), so
+// each run's host folders may be other ones.
 
 import type { VirtioDevice, VirtioContext } from "../virtio.js";
 import { checkNoneInFlight, type VirtQueue } from "../queue.js";
 import type { DirectKick } from "../../../vmm/queue-doorbell.js";
-import { SnapshotError, type Plain, type StateReader } from "../../../snapshot/state.js";
+import { SnapshotError, SnapshotRefused, type Plain, type StateReader } from "../../../snapshot/state.js";
 import { FuseServer, INIT_FLAGS, type FuseSession, type ServerStats } from "./server.js";
 import { FUSE_KERNEL_MINOR_VERSION } from "./fuse.js";
+import { readSavedTable, reopenTable } from "./saved-table.js";
 import { FS_QUEUES } from "./iothread-protocol.js";
 import { FsIoThread } from "./iothread.js";
 import { serveFuseQueue } from "./requests.js";
@@ -161,26 +162,33 @@ export class VirtioFs implements VirtioDevice {
     return [`  ${this.name}: ${s.requests} FUSE requests (${ops}), ${s.errors} errors, ${s.dropped} dropped, ${s.nodes} nodes, ${s.handles} open handles`];
   }
 
-  /** Why this device cannot be snapshotted or migrated now (undefined: it can). Final once paused. */
-  get snapshotBlocker(): string | undefined {
-    this.syncStats();
-    const { nodes, handles } = this.stats;
-    if (nodes <= 1 && handles === 0) return undefined;
-    return `virtio-fs ${this.opts.tag} (${this.opts.hostDir}): the guest holds ${nodes - 1} nodes and ${handles} open handles of the shared folder, which name host inodes a snapshot cannot carry (unmount it in the guest first)`;
-  }
-
   private get session(): FuseSession | undefined {
     return this.local ? this.local.init : this.thread!.session;
   }
 
+  /**
+   * The session and the tables of what the guest holds (saved-table.ts).
+   * Refused with one line when a node the guest holds is no longer found by
+   * its name (deleted, or moved on the host): a restore could not open it again.
+   */
   saveState(): Plain {
-    const blocker = this.snapshotBlocker;
-    if (blocker) throw new SnapshotError(blocker);
+    this.syncStats();
+    const held = this.local ? this.local.fs.exportTable() : this.thread!.exported(this.stats);
+    if (!held) throw new SnapshotError(`virtio-fs ${this.opts.tag}: its I/O thread did not give its tables (it ended?)`);
+    if (held.lost.length > 0) {
+      throw new SnapshotRefused(`virtio-fs ${this.opts.tag} (${this.opts.hostDir}): ${held.lost.length} files the guest holds are no longer where it found them (deleted, or moved on the host; '${held.lost[0]}' among them), so a restore could not open them again`);
+    }
     const s = this.session;
-    return { initialized: s !== undefined, minor: s?.minor ?? 0, maxReadahead: s?.maxReadahead ?? 0, flags: s?.flags ?? 0 };
+    const { nodes, handles, nextNode, nextHandle } = held.table;
+    return { initialized: s !== undefined, minor: s?.minor ?? 0, maxReadahead: s?.maxReadahead ?? 0, flags: s?.flags ?? 0, nodes, handles, nextNode, nextHandle };
   }
 
-  /** The saved session, checked: a minor we speak, flags we offer. Requests come again from the rings (none is held). */
+  /**
+   * The saved session and tables, checked (a minor we speak, flags we offer,
+   * tables well formed), then every node the guest held found again in this
+   * device's folder and every handle opened again. Requests come again from
+   * the rings (none is held).
+   */
   restoreState(r: StateReader): void {
     this.queues.forEach((q) => checkNoneInFlight(r, q));
     const minor = r.int("minor", 0, FUSE_KERNEL_MINOR_VERSION);
@@ -188,7 +196,13 @@ export class VirtioFs implements VirtioDevice {
     const flags = r.int("flags", 0, 0xffff_ffff);
     r.check((flags & ~INIT_FLAGS) === 0, `flags 0x${flags.toString(16)} has bits this server never agrees to`);
     const init = r.bool("initialized") ? { minor, maxReadahead, flags } : undefined;
-    if (this.local) this.local.init = init;
-    else this.thread!.restoreSession(init);
+    const table = r.has("nodes") ? readSavedTable(r) : undefined;
+    const reopened = table && (table.nodes.length > 0 || table.handles.length > 0) ? reopenTable(this.opts.hostDir, this.opts.readOnly ?? false, table, this.opts.tag) : undefined;
+    if (this.local) {
+      this.local.init = init;
+      if (reopened) this.local.fs.adopt(reopened);
+    } else {
+      this.thread!.restoreSession(init, reopened);
+    }
   }
 }

@@ -252,38 +252,59 @@ test("virtio-fs read-only share: every write-type op is EROFS, reads work", () =
   assert.deepEqual(fs.readdirSync(dir).sort(), ["d", "f"]);
 });
 
-test("virtio-fs snapshot: refused while the guest holds a node or a handle; otherwise the INIT session goes along, checked on restore", async () => {
-  const c = new FuseClient(new VirtioFs({ tag: "share0", hostDir: share({ f: "x" }), thread: "main" }));
-  // Not mounted yet (what a fast-start snapshot holds): no session.
-  assert.equal((await c.driver.snapshot() as { device: { initialized: boolean } }).device.initialized, false);
+test("virtio-fs snapshot: the session and what the guest holds go along, found again by name on restore; moved or deleted files refuse it; tampered tables are refused", async () => {
+  const dir = share({ f: "the content", "d/g": "deeper" });
+  const c = new FuseClient(new VirtioFs({ tag: "share0", hostDir: dir, thread: "main" }));
+  // Not mounted yet (what a fast-start snapshot holds): no session, no nodes.
+  const bare = await c.driver.snapshot() as { device: { initialized: boolean; nodes: unknown[] } };
+  assert.deepEqual([bare.device.initialized, bare.device.nodes.length], [false, 0]);
   c.driver.transport.resumeIo();
   assert.equal(c.init().error, 0);
 
-  // A node the guest holds, then a handle: one line each, and the device goes on.
+  // The guest holds a file (open), a directory, a file in it, and the root open as a directory.
   const f = c.entry(1, "f");
-  await assert.rejects(c.driver.snapshot(), /virtio-fs share0 \(.*\): the guest holds 1 nodes and 0 open handles of the shared folder, .*unmount it/);
-  c.driver.transport.resumeIo();
-  const dir = c.fh(c.call(Op.OPENDIR, 1, new OutWriter().u32(0).u32(0).bytesWritten));
-  c.forget(f.nodeid, 1);
-  await assert.rejects(c.driver.snapshot(), /holds 0 nodes and 1 open handles/);
-  c.driver.transport.resumeIo();
-  assert.equal(c.release(1n, dir, true).error, 0);
+  const fh = c.fh(c.open(f.nodeid, 0));
+  const d = c.entry(1, "d");
+  const g = c.entry(d.nodeid, "g");
+  const rootDir = c.fh(c.call(Op.OPENDIR, 1, new OutWriter().u32(0).u32(0).bytesWritten));
+  const state = await c.driver.snapshot() as { device: { nodes: unknown[]; handles: unknown[] } };
+  assert.deepEqual([state.device.nodes.length, state.device.handles.length], [3, 2]);
 
-  // Nothing held: the session is all the state, and a restored device serves
-  // without a new INIT, here on another host directory.
-  const state = await c.driver.snapshot();
-  const other = share({ g: "on the other side" });
-  const restored = new FuseClient(new VirtioFs({ tag: "share0", hostDir: other, thread: "main" }), await c.driver.snapshotInto(new VirtioFs({ tag: "share0", hostDir: other, thread: "main" })));
-  assert.equal(restored.entry(1, "g").size, 17n);
-  assert.equal(restored.call(Op.GETATTR, 1, new Uint8Array(16)).error, 0);
+  // Restored (here as a second device on the same folder): the same node ids and handles work, without a new INIT.
+  const again = new VirtioFs({ tag: "share0", hostDir: dir, thread: "main" });
+  const restored = new FuseClient(again, await c.driver.snapshotInto(again));
+  assert.equal(Buffer.from(restored.read(f.nodeid, fh, 4, 7).body).toString(), "content");
+  assert.equal(parseAttrOut(restored.call(Op.GETATTR, g.nodeid, new Uint8Array(16)).body).size, 6n);
+  assert.equal(restored.entry(d.nodeid, "g").nodeid, g.nodeid, "a lookup finds the node it had");
+  assert.equal(restored.release(f.nodeid, fh).error, 0);
+  assert.equal(restored.release(1n, rootDir, true).error, 0);
+  assert.equal(restored.device.stats.handles, 0);
+  restored.forget(g.nodeid, 2);
+  assert.equal(restored.device.stats.nodes, 3, "the root, f and d");
 
-  // Tampered: a minor we never agree to, flags we never offer.
-  for (const [field, value, message] of [["minor", 99, /share0\.device\.minor: expected an integer 0\.\.38/], ["flags", 0x8000_0000, /flags 0x80000000 has bits this server never agrees to/]] as const) {
+  // Restored onto a folder without those files: refused, naming one.
+  const empty = TestDriver.restored(new VirtioFs({ tag: "share0", hostDir: share(), thread: "main" }), c.driver);
+  assert.throws(() => empty.transport.restoreState(new StateReader(state, "share0")), /virtio-fs share0: .*\/f, which the guest holds, cannot be opened again \(ENOENT\)/);
+
+  // Tampered: a minor we never agree to, flags we never offer, a name that is a path, a parent that is a file, a handle on a directory as a file.
+  for (const [change, message] of [
+    [(x: any) => (x.minor = 99), /share0\.device\.minor: expected an integer 0\.\.38/],
+    [(x: any) => (x.flags = 0x8000_0000), /flags 0x80000000 has bits this server never agrees to/],
+    [(x: any) => (x.nodes[0].name = "../../etc"), /nodes\[0\]: name .* is no single component/],
+    [(x: any) => (x.nodes[2].parent = Number(f.nodeid)), /its parent .* is no directory node/],
+    [(x: any) => (x.handles.find((h: any) => h.dir).dir = false), /is no regular file node/],
+  ] as const) {
     const bad = JSON.parse(JSON.stringify(state));
-    bad.device[field] = value;
-    const d = TestDriver.restored(new VirtioFs({ tag: "share0", hostDir: other, thread: "main" }), c.driver);
-    assert.throws(() => d.transport.restoreState(new StateReader(bad, "share0")), message);
+    change(bad.device);
+    const t = TestDriver.restored(new VirtioFs({ tag: "share0", hostDir: dir, thread: "main" }), c.driver);
+    assert.throws(() => t.transport.restoreState(new StateReader(bad, "share0")), message);
   }
+
+  // A file the guest holds, deleted on the host: the snapshot is refused, and the device goes on.
+  fs.rmSync(join(dir, "f"));
+  await assert.rejects(restored.driver.snapshot(), /virtio-fs share0 \(.*\): 1 files the guest holds are no longer where it found them \(deleted, or moved on the host; 'f' among them\)/);
+  restored.driver.transport.resumeIo();
+  assert.equal(restored.call(Op.GETATTR, d.nodeid, new Uint8Array(16)).error, 0);
 });
 
 /** A device on its I/O thread, started by a driver on shared RAM without EVENT_IDX (this driver keeps no used_event: every completion interrupts). */
@@ -300,28 +321,40 @@ function addRequest(d: TestDriver, opcode: number, nodeid: number | bigint, args
   return d.add(queue, [{ data: concat(new OutWriter().u32(40 + args.length).u32(opcode).u64(unique).u64(BigInt(nodeid)).u32(0).u32(0).u32(1).u32(0).bytesWritten, args) }, { writeLen: 4096 }]);
 }
 
-test("virtio-fs snapshot on its I/O thread: the thread reports what the guest holds and the session, and a restored thread goes on without INIT", async () => {
-  const { dev, d, shared } = threadDevice(share({ f: "x" }));
+test("virtio-fs snapshot on its I/O thread: the thread sends its tables at the pause, and a restored thread serves the same nodes and handles without INIT", async () => {
+  const dir = share({ f: "from the thread" });
+  const { dev, d, shared } = threadDevice(dir);
+  /** One request, answered: its error and reply body (nothing for hiprio's FORGET). */
   const call = async (driver: TestDriver, opcode: number, nodeid: number | bigint, args: Uint8Array, queue = 1) => {
     const head = addRequest(driver, opcode, nodeid, args, 1, queue);
     driver.kick(queue);
     for (let i = 0; i < 1000; i++) {
       const done = driver.used(queue).find((u) => u.id === head);
-      if (done) return queue === 0 ? 0 : new DataView(driver.mem.read(driver.bufferAddr(queue, head, 1), 16).buffer).getInt32(4, true);
+      if (done && queue === 0) return { error: 0, body: new Uint8Array(0) };
+      if (done) {
+        const out = driver.mem.read(driver.bufferAddr(queue, head, 1), done.len);
+        return { error: new DataView(out.buffer).getInt32(4, true), body: out.subarray(16) };
+      }
       await new Promise((r) => setTimeout(r, 2));
     }
     throw new Error("no reply");
   };
-  assert.equal(await call(d, Op.INIT, 0, new OutWriter().u32(7).u32(38).u32(0).u32(0).zeros(48).bytesWritten), 0);
-  assert.equal(await call(d, Op.LOOKUP, 1, cstr("f")), 0);
-  await assert.rejects(d.snapshot(), /the guest holds 1 nodes and 0 open handles/);
-  d.transport.resumeIo();
-  await call(d, Op.FORGET, 2, new OutWriter().u64(1).bytesWritten, 0);
+  assert.equal((await call(d, Op.INIT, 0, new OutWriter().u32(7).u32(38).u32(0).u32(0).zeros(48).bytesWritten)).error, 0);
+  const f = parseEntry((await call(d, Op.LOOKUP, 1, cstr("f"))).body).nodeid;
+  const opened = await call(d, Op.OPEN, f, new OutWriter().u32(0).u32(0).bytesWritten);
+  const fh = new DataView(opened.body.buffer, opened.body.byteOffset).getBigUint64(0, true);
 
-  const other = new VirtioFs({ tag: "w", hostDir: share({ g: "y" }) });
+  const other = new VirtioFs({ tag: "w", hostDir: dir });
   const r = await d.snapshotInto(other, { shared });
   try {
-    assert.equal(await call(r, Op.LOOKUP, 1, cstr("g")), 0, "served with the session of before: no EIO for a request before INIT");
+    const read = await call(r, Op.READ, f, new OutWriter().u64(fh).u64(5).u32(100).u32(0).u64(0).u32(0).u32(0).bytesWritten);
+    assert.equal(read.error, 0, "served with the session of before: no EIO for a request before INIT");
+    assert.equal(Buffer.from(read.body).toString(), "the thread");
+    await call(r, Op.FORGET, f, new OutWriter().u64(1).bytesWritten, 0);
+    for (let i = 0; i < 500 && other.stats.requests < 2; i++) await new Promise((res) => setTimeout(res, 2));
+    assert.deepEqual([other.stats.nodes, other.stats.handles], [1, 1], "f forgotten, its handle still open");
+    // A handle whose node the guest forgot (no kernel does that) cannot be found again by name: a snapshot is refused.
+    await assert.rejects(r.snapshot(), /1 files the guest holds are no longer where it found them/);
   } finally {
     await dev.close();
     await other.close();

@@ -29,6 +29,7 @@
 import * as fs from "node:fs";
 import { spawnSync } from "node:child_process";
 import { Errno, FuseError, encodeRdev, type Attr } from "./fuse.js";
+import type { ReopenedTable, SavedTable } from "./saved-table.js";
 
 /** Linux's O_PATH (fs.constants lacks it): an fd that names an inode without opening it for I/O. */
 export const O_PATH = 0o10000000;
@@ -60,6 +61,8 @@ export interface Handle {
   readonly fd: number;
   readonly node: Node;
   readonly dir: boolean;
+  /** The host open flags, as a restored snapshot opens the node again (no O_CREAT, O_EXCL or O_TRUNC). */
+  readonly flags: number;
   /** A directory's entries, read at OPENDIR (offsets are indices into it). */
   entries?: { name: string; type: number }[];
 }
@@ -314,7 +317,7 @@ export class HostFs {
     if (node.type !== S_IFREG) throw new FuseError(node.type === S_IFLNK ? Errno.ELOOP : Errno.ENXIO);
     const flags = hostOpenFlags(guestFlags);
     if (this.readOnly && ((guestFlags & G.ACCMODE) !== 0 || guestFlags & G.TRUNC)) throw new FuseError(Errno.EROFS);
-    return this.addHandle({ fd: fs.openSync(this.selfPath(node), flags), node, dir: false });
+    return this.addHandle({ fd: fs.openSync(this.selfPath(node), flags), node, dir: false, flags: flags & ~O_TRUNC });
   }
 
   /** CREATE: a new regular file `name` under `parent`, opened. */
@@ -329,23 +332,21 @@ export class HostFs {
       closeQuietly(fd);
       throw e;
     }
-    const fh = this.addHandle({ fd, node: entry.node, dir: false });
+    const fh = this.addHandle({ fd, node: entry.node, dir: false, flags: hostOpenFlags(guestFlags) & ~O_TRUNC });
     return { ...entry, fh };
   }
 
   opendir(node: Node): number {
     if (node.type !== S_IFDIR) throw new FuseError(Errno.ENOTDIR);
-    const fd = fs.openSync(this.selfPath(node), O_RDONLY | O_DIRECTORY);
+    const fd = fs.openSync(this.selfPath(node), DIR_HANDLE_FLAGS);
     let entries: { name: string; type: number }[];
     try {
-      entries = fs.readdirSync(`/proc/self/fd/${node.fd}`, { withFileTypes: true, encoding: "latin1" as BufferEncoding })
-        .map((d) => ({ name: d.name, type: direntType(d) }));
+      entries = dirEntries(node.fd);
     } catch (e) {
       closeQuietly(fd);
       throw e;
     }
-    entries.unshift({ name: ".", type: 4 }, { name: "..", type: 4 });
-    return this.addHandle({ fd, node, dir: true, entries });
+    return this.addHandle({ fd, node, dir: true, flags: DIR_HANDLE_FLAGS, entries });
   }
 
   release(fh: bigint, dir: boolean): void {
@@ -383,6 +384,48 @@ export class HostFs {
     return fs.statfsSync(node.type === S_IFLNK ? `/proc/self/fd/${this.root.fd}` : this.selfPath(node));
   }
 
+  // ---- snapshots (saved-table.ts) ----
+
+  /**
+   * The tables as a snapshot keeps them: each node by the name it was last
+   * found under in its parent, each handle by its node and open flags. `lost`
+   * names the nodes that are no longer found by that name (deleted, or moved
+   * on the host): a restore could not open them again.
+   */
+  exportTable(): { table: SavedTable; lost: string[] } {
+    const nodes: SavedTable["nodes"] = [];
+    const lost: string[] = [];
+    for (const n of this.nodes.values()) {
+      if (n === this.root) continue;
+      nodes.push({ id: n.id, parent: n.parentId, name: n.name, type: n.type, nlookup: n.nlookup });
+      const parent = this.nodes.get(n.parentId);
+      const st = parent?.type === S_IFDIR ? fs.lstatSync(pathUnder(parent.fd, n.name), { bigint: true, throwIfNoEntry: false }) : undefined;
+      if (!st || `${st.dev}:${st.ino}` !== n.key) lost.push(n.name);
+    }
+    const handles = [...this.handles].map(([id, h]) => {
+      // An open file whose node the guest forgot has no name left to find it by.
+      if (this.nodes.get(h.node.id) !== h.node) lost.push(`an open file once named '${h.node.name}'`);
+      return { id, node: h.node.id, dir: h.dir, flags: h.flags };
+    });
+    return { table: { nodes, handles, nextNode: this.nextNode, nextHandle: this.nextHandle }, lost };
+  }
+
+  /** Install tables a restore opened again (saved-table.ts reopenTable), in place of the guest's (none: a fresh device). */
+  adopt(t: ReopenedTable): void {
+    this.clear();
+    for (const n of t.nodes) {
+      const node: Node = { id: n.id, fd: n.fd, key: n.key, type: n.type, nlookup: n.nlookup, parentId: n.parent, name: n.name };
+      this.nodes.set(node.id, node);
+      this.byKey.set(node.key, node);
+    }
+    for (const h of t.handles) {
+      const node = this.nodes.get(h.node)!;
+      this.handles.set(h.id, { fd: h.fd, node, dir: h.dir, flags: h.flags, ...(h.dir ? { entries: h.entries } : {}) });
+    }
+    this.nextNode = t.nextNode;
+    this.nextHandle = t.nextHandle;
+  }
+
   /** Close every host fd (device reset or close): the guest's nodes and handles are gone. */
   clear(): void {
     for (const h of this.handles.values()) closeQuietly(h.fd);
@@ -410,9 +453,14 @@ export function checkName(name: string): string {
 
 function childPath(parent: Node, name: string): Buffer {
   if (parent.type !== S_IFDIR) throw new FuseError(Errno.ENOTDIR);
+  return pathUnder(parent.fd, name);
+}
+
+/** `name` (one component) in the directory `dirFd` names. */
+export function pathUnder(dirFd: number, name: string): Buffer {
   checkName(name);
   // Names are raw bytes (latin1 keeps each byte as one char); the path goes to the kernel as those bytes.
-  return Buffer.from(`/proc/self/fd/${parent.fd}/${name}`, "latin1");
+  return Buffer.from(`/proc/self/fd/${dirFd}/${name}`, "latin1");
 }
 
 /** The guest's open flags as the host's: access mode, append and truncate; the rest (O_DIRECT, O_SYNC...) are dropped. */
@@ -423,6 +471,16 @@ function hostOpenFlags(g: number): number {
   if (g & G.TRUNC) f |= O_TRUNC;
   // Never wait on the host side, never take a controlling terminal.
   return f | O_NONBLOCK | O_NOCTTY;
+}
+
+export const DIR_HANDLE_FLAGS = O_RDONLY | O_DIRECTORY;
+
+/** A directory's entries as OPENDIR gives them (offsets are indices into it): ".", "..", then the names. */
+export function dirEntries(dirFd: number): { name: string; type: number }[] {
+  const entries = fs.readdirSync(`/proc/self/fd/${dirFd}`, { withFileTypes: true, encoding: "latin1" as BufferEncoding })
+    .map((d) => ({ name: d.name, type: direntType(d) }));
+  entries.unshift({ name: ".", type: 4 }, { name: "..", type: 4 });
+  return entries;
 }
 
 function direntType(d: fs.Dirent): number {

@@ -7,6 +7,7 @@ import type { MessagePort } from "node:worker_threads";
 import type { QueueConfig, QueueIndices } from "../queue.js";
 import type { NeedsReset, ThreadRam } from "../iothread-link.js";
 import type { FuseSession } from "./server.js";
+import type { ReopenedTable, SavedTable } from "./saved-table.js";
 
 /** The device's queues: hiprio, then one request queue (device.ts REQUEST_QUEUES). */
 export const FS_QUEUES = 2;
@@ -43,12 +44,16 @@ export type ToFsThread =
   | { kind: "quiesce" }
   /** Device reset: the guest's nodes and open handles go (after a quiesce). */
   | { kind: "reset" }
-  /** A restored device: the session INIT agreed before the snapshot (none: INIT comes again). */
-  | { kind: "session"; init: FuseSession | undefined }
+  /** A restored device: the session INIT agreed before the snapshot (none: INIT comes again), and the tables opened again by the main thread (their fds are the process's). */
+  | { kind: "session"; init: FuseSession | undefined; table?: ReopenedTable }
+  /** Paused for a snapshot: send the tables (answered with "table"). */
+  | { kind: "export" }
   /** Close every host fd, then end. */
   | { kind: "close" };
 
 export type FromFsThread =
   /** The driver broke the rings (or the device failed): the transport sets DEVICE_NEEDS_RESET. */
   | NeedsReset
-  | { kind: "closed" };
+  | { kind: "closed" }
+  /** The answer to "export": HostFs.exportTable(). */
+  | { kind: "table"; table: SavedTable; lost: string[] };

@@ -15,7 +15,9 @@
 //   queue stopped / reset / pause -- C_STOP + "quiesce", wait for C_ACK; the thread reports
 //                               each queue's indices, the transport's VirtQueues go on from them
 //   reset                    -- "reset" after it: the guest's nodes and handles go
-//   restored from a snapshot -- "session": the INIT agreed before it
+//   restored from a snapshot -- "session": the INIT agreed before it, the tables opened again
+//   paused, guest holds files -- "export" ---> HostFs.exportTable()
+//                            <-- "table" ---
 //   close                    -- "close": the thread closes its fds and ends
 //
 // A reset returns only once the thread has finished the request in hand and
@@ -28,6 +30,7 @@ import type { DirectKick } from "../../../vmm/queue-doorbell.js";
 import type { VirtQueue } from "../queue.js";
 import { Op } from "./fuse.js";
 import { processUmask, type FuseSession, type ServerStats } from "./server.js";
+import { closeReopened, type ReopenedTable, type SavedTable } from "./saved-table.js";
 import { IoThreadLink, newControl } from "../iothread-link.js";
 import {
   STAT_WORDS, DIRECT_QUEUE, FS_QUEUES, QUEUE_STAT_KEYS, SERVER_STAT_KEYS, SERVER_STATS_AT, OPS_AT, OP_SLOTS, SESSION_AT, SESSION_KEYS,
@@ -54,6 +57,9 @@ export class FsIoThread {
   private ended: string | undefined;
   private closing: Promise<void> | undefined;
   private closedReply: (() => void) | undefined;
+  /** The tables the last pause fetched, and the answer awaited. */
+  private fetched: { table: SavedTable; lost: string[] } | undefined;
+  private tableReply: ((t: { table: SavedTable; lost: string[] } | undefined) => void) | undefined;
   private readonly exited: Promise<void>;
 
   constructor(private readonly name: string, hostDir: string, readOnly: boolean) {
@@ -114,11 +120,19 @@ export class FsIoThread {
     this.stopped();
   }
 
-  /** The thread finishes the request in hand (the rest stay in the rings) and reports the queues' indices. */
+  /** The thread finishes the request in hand (the rest stay in the rings) and reports the queues' indices; a snapshot may follow, so it sends its tables when the guest holds anything. */
   async pauseIo(): Promise<void> {
+    this.fetched = undefined;
     if (!(await this.link.pause())) return;
     if (this.link.takeInterrupt()) this.ctx?.usedBuffer(DIRECT_QUEUE);
     this.stopped();
+    const s = this.stats;
+    if ((s.nodes > 1 || s.handles > 0) && !this.ended) {
+      this.fetched = await this.link.holding(() => new Promise<{ table: SavedTable; lost: string[] } | undefined>((resolve) => {
+        this.tableReply = resolve;
+        this.link.post({ kind: "export" } satisfies ToFsThread);
+      }));
+    }
   }
 
   resumeIo(): void {
@@ -149,9 +163,23 @@ export class FsIoThread {
     return initialized ? { minor, maxReadahead, flags } : undefined;
   }
 
-  /** A restored device: the thread's server goes on with the session its snapshot kept (before the queues go live). */
-  restoreSession(init: FuseSession | undefined): void {
-    if (!this.ended) this.link.post({ kind: "session", init } satisfies ToFsThread);
+  /** A restored device: the thread's server goes on with the session and the tables its snapshot kept (before the queues go live). */
+  restoreSession(init: FuseSession | undefined, table?: ReopenedTable): void {
+    if (this.ended) {
+      if (table) closeReopened(table);
+      return;
+    }
+    this.link.post({ kind: "session", init, ...(table ? { table } : {}) } satisfies ToFsThread);
+  }
+
+  /**
+   * The tables pauseIo() fetched for a snapshot, when the guest holds
+   * anything (`stats` as published at the pause); undefined when the thread
+   * could not give them.
+   */
+  exported(stats: { nodes: number; handles: number }): { table: SavedTable; lost: string[] } | undefined {
+    if (stats.nodes <= 1 && stats.handles === 0) return { table: { nodes: [], handles: [], nextNode: 2, nextHandle: 1 }, lost: [] };
+    return this.fetched;
   }
 
   /** The transport's queue counts, brought up to date with the thread's. */
@@ -204,6 +232,9 @@ export class FsIoThread {
   private onMessage(msg: FromFsThread): void {
     if (msg.kind === "needs-reset") {
       if (this.link.current(msg)) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
+    } else if (msg.kind === "table") {
+      this.tableReply?.({ table: msg.table, lost: msg.lost });
+      this.tableReply = undefined;
     } else {
       this.closedReply?.();
     }
@@ -212,6 +243,8 @@ export class FsIoThread {
   private threadEnded(why: string): void {
     if (this.ended) return;
     this.ended = why;
+    this.tableReply?.(undefined);
+    this.tableReply = undefined;
     this.link.ended();
     this.closedReply?.();
     if (!this.closing && this.link.served) this.ctx?.needsReset(why);

@@ -17,6 +17,7 @@ import { workerData } from "node:worker_threads";
 import { VirtQueue, QueueStats } from "../queue.js";
 import { IoThreadSide } from "../iothread-link.js";
 import { FuseServer, type FuseSession } from "./server.js";
+import type { ReopenedTable } from "./saved-table.js";
 import { serveFuseQueue } from "./requests.js";
 import { Op } from "./fuse.js";
 import { FS_QUEUES, OPS_AT, OP_SLOTS, QUEUE_STAT_KEYS, SERVER_STATS_AT, SESSION_AT, type FsThreadData, type ToFsThread, type FromFsThread } from "./iothread-protocol.js";
@@ -41,7 +42,8 @@ class FsThread {
       // them may have been taken (and dropped) before the message was.
       if (msg.kind === "activate") return this.activate(msg);
       if (msg.kind === "quiesce") this.quiesce();
-      else if (msg.kind === "session") this.restoreSession(msg.init);
+      else if (msg.kind === "session") this.restoreSession(msg.init, msg.table);
+      else if (msg.kind === "export") this.post({ kind: "table", ...this.server.fs.exportTable() });
       else this.resetSession();
       return false;
     }, () => this.serve());
@@ -66,8 +68,9 @@ class FsThread {
   }
 
   /** A restored device goes on with the session its snapshot kept (published at once: a snapshot may follow before any request). */
-  private restoreSession(init: FuseSession | undefined): void {
+  private restoreSession(init: FuseSession | undefined, table: ReopenedTable | undefined): void {
     this.server.init = init;
+    if (table) this.server.fs.adopt(table);
     this.publishStats();
   }
 
