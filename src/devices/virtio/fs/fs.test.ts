@@ -286,13 +286,14 @@ test("virtio-fs snapshot: the session and what the guest holds go along, found a
   const empty = TestDriver.restored(new VirtioFs({ tag: "share0", hostDir: share(), thread: "main" }), c.driver);
   assert.throws(() => empty.transport.restoreState(new StateReader(state, "share0")), /virtio-fs share0: .*\/f, which the guest holds, cannot be opened again \(ENOENT\)/);
 
-  // Tampered: a minor we never agree to, flags we never offer, a name that is a path, a parent that is a file, a handle on a directory as a file.
+  // Tampered: a minor we never agree to, flags we never offer, a name that is a path, a parent that is a file, a handle on a directory as a file, a directory its own parent.
   for (const [change, message] of [
     [(x: any) => (x.minor = 99), /share0\.device\.minor: expected an integer 0\.\.38/],
     [(x: any) => (x.flags = 0x8000_0000), /flags 0x80000000 has bits this server never agrees to/],
     [(x: any) => (x.nodes[0].name = "../../etc"), /nodes\[0\]: name .* is no single component/],
     [(x: any) => (x.nodes[2].parent = Number(f.nodeid)), /its parent .* is no directory node/],
     [(x: any) => (x.handles.find((h: any) => h.dir).dir = false), /is no regular file node/],
+    [(x: any) => (x.nodes[1].parent = x.nodes[1].id), /node \d+'s parent \d+ is not in the table \(or the parents form a loop\)/],
   ] as const) {
     const bad = JSON.parse(JSON.stringify(state));
     change(bad.device);

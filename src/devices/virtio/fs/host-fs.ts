@@ -29,7 +29,7 @@
 import * as fs from "node:fs";
 import { spawnSync } from "node:child_process";
 import { Errno, FuseError, encodeRdev, type Attr } from "./fuse.js";
-import type { ReopenedTable, SavedTable } from "./saved-table.js";
+import type { ExportedTable, ReopenedTable, SavedTable } from "./saved-table.js";
 
 /** Linux's O_PATH (fs.constants lacks it): an fd that names an inode without opening it for I/O. */
 export const O_PATH = 0o10000000;
@@ -392,7 +392,7 @@ export class HostFs {
    * names the nodes that are no longer found by that name (deleted, or moved
    * on the host): a restore could not open them again.
    */
-  exportTable(): { table: SavedTable; lost: string[] } {
+  exportTable(): ExportedTable {
     const nodes: SavedTable["nodes"] = [];
     const lost: string[] = [];
     for (const n of this.nodes.values()) {

@@ -30,7 +30,7 @@ import type { DirectKick } from "../../../vmm/queue-doorbell.js";
 import type { VirtQueue } from "../queue.js";
 import { Op } from "./fuse.js";
 import { processUmask, type FuseSession, type ServerStats } from "./server.js";
-import { closeReopened, type ReopenedTable, type SavedTable } from "./saved-table.js";
+import { closeReopened, type ExportedTable, type ReopenedTable } from "./saved-table.js";
 import { IoThreadLink, newControl } from "../iothread-link.js";
 import {
   STAT_WORDS, DIRECT_QUEUE, FS_QUEUES, QUEUE_STAT_KEYS, SERVER_STAT_KEYS, SERVER_STATS_AT, OPS_AT, OP_SLOTS, SESSION_AT, SESSION_KEYS,
@@ -58,8 +58,9 @@ export class FsIoThread {
   private closing: Promise<void> | undefined;
   private closedReply: (() => void) | undefined;
   /** The tables the last pause fetched, and the answer awaited. */
-  private fetched: { table: SavedTable; lost: string[] } | undefined;
-  private tableReply: ((t: { table: SavedTable; lost: string[] } | undefined) => void) | undefined;
+  private fetched: ExportedTable | undefined;
+  private tableReply: ((t: ExportedTable | undefined) => void) | undefined;
+  private tableRequest: Promise<ExportedTable | undefined> | undefined;
   private readonly exited: Promise<void>;
 
   constructor(private readonly name: string, hostDir: string, readOnly: boolean) {
@@ -127,12 +128,20 @@ export class FsIoThread {
     if (this.link.takeInterrupt()) this.ctx?.usedBuffer(DIRECT_QUEUE);
     this.stopped();
     const s = this.stats;
-    if ((s.nodes > 1 || s.handles > 0) && !this.ended) {
-      this.fetched = await this.link.holding(() => new Promise<{ table: SavedTable; lost: string[] } | undefined>((resolve) => {
-        this.tableReply = resolve;
-        this.link.post({ kind: "export" } satisfies ToFsThread);
-      }));
-    }
+    if ((s.nodes > 1 || s.handles > 0) && !this.ended) this.fetched = await this.fetchTables();
+  }
+
+  /** The thread's tables (one request at a time: a second pause meanwhile waits for the same answer). */
+  private fetchTables(): Promise<ExportedTable | undefined> {
+    this.tableRequest ??= this.link.holding(() => new Promise<ExportedTable | undefined>((resolve) => {
+      this.tableReply = (t) => {
+        this.tableRequest = undefined;
+        this.tableReply = undefined;
+        resolve(t);
+      };
+      this.link.post({ kind: "export" } satisfies ToFsThread);
+    }));
+    return this.tableRequest;
   }
 
   resumeIo(): void {
@@ -177,7 +186,7 @@ export class FsIoThread {
    * anything (`stats` as published at the pause); undefined when the thread
    * could not give them.
    */
-  exported(stats: { nodes: number; handles: number }): { table: SavedTable; lost: string[] } | undefined {
+  exported(stats: { nodes: number; handles: number }): ExportedTable | undefined {
     if (stats.nodes <= 1 && stats.handles === 0) return { table: { nodes: [], handles: [], nextNode: 2, nextHandle: 1 }, lost: [] };
     return this.fetched;
   }
@@ -234,7 +243,6 @@ export class FsIoThread {
       if (this.link.current(msg)) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
     } else if (msg.kind === "table") {
       this.tableReply?.({ table: msg.table, lost: msg.lost });
-      this.tableReply = undefined;
     } else {
       this.closedReply?.();
     }
@@ -244,7 +252,6 @@ export class FsIoThread {
     if (this.ended) return;
     this.ended = why;
     this.tableReply?.(undefined);
-    this.tableReply = undefined;
     this.link.ended();
     this.closedReply?.();
     if (!this.closing && this.link.served) this.ctx?.needsReset(why);

@@ -8,6 +8,9 @@
 // files the guest holds must still be where it found them: a node deleted
 // or moved on the host refuses the snapshot (HostFs.exportTable's `lost`)
 // or the restore (one line naming it), never a wrong file behind a node id.
+// A snapshot is untrusted: names are single components (no "..", no "/"),
+// looked up under their parent's fd without following a link, as every
+// LOOKUP is, and a handle gets no flag OPEN would not have given it.
 //
 // Names are the raw bytes of a component as latin1 strings (host-fs.ts).
 
@@ -16,7 +19,7 @@ import { O_PATH, MAX_NODES, MAX_HANDLES, NAME_MAX, S_IFDIR, S_IFLNK, S_IFREG, DI
 import { FuseError } from "./fuse.js";
 import { SnapshotError, type StateReader } from "../../../snapshot/state.js";
 
-const { O_NOFOLLOW, O_RDONLY, O_CREAT, O_EXCL, O_TRUNC } = fs.constants;
+const { O_NOFOLLOW, O_RDONLY, O_APPEND, O_NONBLOCK, O_NOCTTY } = fs.constants;
 /** The access-mode bits of open flags (Linux; fs.constants lacks it). */
 const O_ACCMODE = 3;
 const S_IFMT = 0o170000;
@@ -31,6 +34,12 @@ export interface SavedTable {
   handles: { id: number; node: number; dir: boolean; flags: number }[];
   nextNode: number;
   nextHandle: number;
+}
+
+/** What HostFs.exportTable() gives: the tables, and the names of nodes no longer found by them. */
+export interface ExportedTable {
+  table: SavedTable;
+  lost: string[];
 }
 
 export interface ReopenedTable {
@@ -96,39 +105,47 @@ export function reopenTable(hostDir: string, readOnly: boolean, table: SavedTabl
     const pathOf = new Map<number, string>([[1, ""]]);
     const keys = new Set([`${rootSt.dev}:${rootSt.ino}`]);
     const nodes: ReopenedTable["nodes"] = [];
-    // Parents first; a node renamed into a directory found later has a larger parent id, so go round until none is left.
-    let left = table.nodes;
-    while (left.length > 0) {
-      const waiting: typeof left = [];
-      for (const n of left) {
-        const parentFd = fdOf.get(n.parent);
-        if (parentFd === undefined) {
-          waiting.push(n);
-          continue;
+    // From the root down, breadth first (a node renamed into a directory found later has a larger parent id than its own).
+    const children = new Map<number, SavedTable["nodes"]>();
+    for (const n of table.nodes) {
+      const siblings = children.get(n.parent);
+      if (siblings) siblings.push(n);
+      else children.set(n.parent, [n]);
+    }
+    for (let at = [1]; at.length > 0; ) {
+      const next: number[] = [];
+      for (const parentId of at) {
+        const parentFd = fdOf.get(parentId)!;
+        for (const n of children.get(parentId) ?? []) {
+          const path = `${pathOf.get(parentId)}/${n.name}`;
+          let fd: number;
+          try {
+            fd = open(pathUnder(parentFd, n.name), O_PATH | O_NOFOLLOW);
+          } catch (e) {
+            throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path}, which the guest holds, cannot be opened again (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+          }
+          const st = fs.fstatSync(fd, { bigint: true });
+          const key = `${st.dev}:${st.ino}`;
+          if ((Number(st.mode) & S_IFMT) !== n.type) throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path}, which the guest holds, is another kind of file now`);
+          if (keys.has(key)) throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path} is a file another node of the guest names too`);
+          keys.add(key);
+          fdOf.set(n.id, fd);
+          pathOf.set(n.id, path);
+          nodes.push({ ...n, fd, key });
+          next.push(n.id);
         }
-        const path = `${pathOf.get(n.parent)}/${n.name}`;
-        let fd: number;
-        try {
-          fd = open(pathUnder(parentFd, n.name), O_PATH | O_NOFOLLOW);
-        } catch (e) {
-          throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path}, which the guest holds, cannot be opened again (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-        }
-        const st = fs.fstatSync(fd, { bigint: true });
-        const key = `${st.dev}:${st.ino}`;
-        if ((Number(st.mode) & S_IFMT) !== n.type) throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path}, which the guest holds, is another kind of file now`);
-        if (keys.has(key)) throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path} is a file another node of the guest names too`);
-        keys.add(key);
-        fdOf.set(n.id, fd);
-        pathOf.set(n.id, path);
-        nodes.push({ ...n, fd, key });
       }
-      if (waiting.length === left.length) throw new SnapshotError(`virtio-fs ${tag}: node ${waiting[0].id}'s parent ${waiting[0].parent} is not in the table (or the parents form a loop)`);
-      left = waiting;
+      at = next;
+    }
+    if (nodes.length < table.nodes.length) {
+      const stray = table.nodes.find((n) => !fdOf.has(n.id))!;
+      throw new SnapshotError(`virtio-fs ${tag}: node ${stray.id}'s parent ${stray.parent} is not in the table (or the parents form a loop)`);
     }
     const handles = table.handles.map((h) => {
       const nodeFd = fdOf.get(h.node)!;
       const path = `${hostDir}${pathOf.get(h.node)}`;
-      const flags = h.dir ? DIR_HANDLE_FLAGS : h.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW);
+      // Only what OPEN and CREATE ever use (host-fs.ts hostOpenFlags): an access mode, append, no waiting, no terminal.
+      const flags = h.dir ? DIR_HANDLE_FLAGS : h.flags & (O_ACCMODE | O_APPEND | O_NONBLOCK | O_NOCTTY);
       if (readOnly && !h.dir && (flags & O_ACCMODE) !== O_RDONLY) throw new SnapshotError(`virtio-fs ${tag}: the guest holds ${path} open for writing, and the share is read-only now`);
       try {
         const fd = open(`/proc/self/fd/${nodeFd}`, flags);
