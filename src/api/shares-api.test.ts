@@ -31,7 +31,7 @@ async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-test("a VM with a share: snapshot, a clone restored with the share, and migration to another host", { skip, timeout: 90_000 }, async () => {
+test("a VM with a share: snapshot (also live), a clone restored with the share, and migration to another host", { skip, timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(base, "a-"));
   const shared = join(dir, "shared");
   mkdirSync(shared);
@@ -45,6 +45,8 @@ test("a VM with a share: snapshot, a clone restored with the share, and migratio
 
     const snap = await host.api("POST", "/v1/vms/s/snapshot", { path: join(dir, "s.snap") });
     assert.equal(snap.status, 200, snap.text);
+    const live = await host.api("POST", "/v1/vms/s/snapshot", { path: join(dir, "live.snap"), live: true });
+    assert.equal(live.status, 200, live.text);
     // It runs on (about 3 s until it reads its RAM back): migrated meanwhile.
     const to = /taking migrated VMs on (127\.0\.0\.1:\d+)/.exec(target.stderr)?.[1];
     assert.ok(to, target.stderr);
