@@ -202,6 +202,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
   const stdin = stdinAsFile ? await readAllStdin(opts.memBytes / 4) : undefined;
   const fast = opts.snapshot !== false && fastStartRefusal(opts) === undefined && (stdin?.length ?? 0) <= fastStdinLimit(opts.console ?? "ttyS0");
   if (fast) {
+    const message = () => commandMessage(opts.command!, stdin, Date.now(), (opts.shares ?? []).map(parseShareSpec));
     const cacheDir = defaultCacheDir();
     const imageDir = debianImageDir(cacheDir);
     const identity = imageIdentity(imageDir);
@@ -209,7 +210,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
       const path = snapshotPath(cacheDir, snapshotKey(identity, fastShape(opts)));
       if (existsSync(path)) {
         try {
-          return await bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "restore", path, message: commandMessage(opts.command!, stdin, Date.now(), (opts.shares ?? []).map(parseShareSpec)) });
+          return await bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "restore", path, message: message() });
         } catch (e) {
           if (!(e instanceof RestoreFailed)) throw e;
           rmSync(path, { force: true });
@@ -223,7 +224,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
     const checked = imageIdentity(imageDir);
     if (checked !== undefined && image.initrd === join(imageDir, "initramfs.cpio")) {
       const path = snapshotPath(cacheDir, snapshotKey(checked, fastShape(opts)));
-      return bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "create", path, message: commandMessage(opts.command!, stdin, Date.now(), (opts.shares ?? []).map(parseShareSpec)) }, image);
+      return bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "create", path, message: message() }, image);
     }
   }
   return bootAndRun(opts, interactive, stdinAsFile, stdin, undefined);
