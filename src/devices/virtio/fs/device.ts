@@ -33,7 +33,7 @@ import type { VirtioDevice, VirtioContext } from "../virtio.js";
 import { checkNoneInFlight, type VirtQueue } from "../queue.js";
 import type { DirectKick } from "../../../vmm/queue-doorbell.js";
 import { SnapshotError, SnapshotRefused, type Plain, type StateReader } from "../../../snapshot/state.js";
-import { FuseServer, INIT_FLAGS, type FuseSession, type ServerStats } from "./server.js";
+import { FuseServer, INIT_FLAGS, type ServerStats } from "./server.js";
 import { FUSE_KERNEL_MINOR_VERSION } from "./fuse.js";
 import { readSavedTable, reopenTable } from "./saved-table.js";
 import { FS_QUEUES } from "./iothread-protocol.js";
@@ -162,23 +162,18 @@ export class VirtioFs implements VirtioDevice {
     return [`  ${this.name}: ${s.requests} FUSE requests (${ops}), ${s.errors} errors, ${s.dropped} dropped, ${s.nodes} nodes, ${s.handles} open handles`];
   }
 
-  private get session(): FuseSession | undefined {
-    return this.local ? this.local.init : this.thread!.session;
-  }
-
   /**
    * The session and the tables of what the guest holds (saved-table.ts).
    * Refused with one line when a node the guest holds is no longer found by
    * its name (deleted, or moved on the host): a restore could not open it again.
    */
   saveState(): Plain {
-    this.syncStats();
-    const held = this.local ? this.local.fs.exportTable() : this.thread!.exported(this.stats);
+    const held = this.local ? { init: this.local.init, ...this.local.fs.exportTable() } : this.thread!.exported;
     if (!held) throw new SnapshotError(`virtio-fs ${this.opts.tag}: its I/O thread did not give its tables (it ended?)`);
     if (held.lost.length > 0) {
       throw new SnapshotRefused(`virtio-fs ${this.opts.tag} (${this.opts.hostDir}): ${held.lost.length} files the guest holds are no longer where it found them (deleted, or moved on the host; '${held.lost[0]}' among them), so a restore could not open them again`);
     }
-    const s = this.session;
+    const s = held.init;
     const { nodes, handles, nextNode, nextHandle } = held.table;
     return { initialized: s !== undefined, minor: s?.minor ?? 0, maxReadahead: s?.maxReadahead ?? 0, flags: s?.flags ?? 0, nodes, handles, nextNode, nextHandle };
   }

@@ -16,16 +16,13 @@ export const DIRECT_QUEUE = 1;
 
 /** Counters (Float64Array indices) the thread publishes after each batch:
  *  each queue's since it went live, then the FUSE server's since the device
- *  opened, then requests by opcode (index 0: opcodes the server does not know),
- *  then the session INIT agreed (all zero before INIT), which a snapshot keeps. */
+ *  opened, then requests by opcode (index 0: opcodes the server does not know). */
 export const QUEUE_STAT_KEYS = ["requests", "bytesRead", "bytesWritten", "badChains", "interrupts"] as const;
 export const SERVER_STAT_KEYS = ["requests", "errors", "dropped", "internalErrors", "nodes", "handles"] as const;
 export const SERVER_STATS_AT = FS_QUEUES * QUEUE_STAT_KEYS.length;
 export const OPS_AT = SERVER_STATS_AT + SERVER_STAT_KEYS.length;
 export const OP_SLOTS = 64;
-export const SESSION_KEYS = ["initialized", "minor", "maxReadahead", "flags"] as const;
-export const SESSION_AT = OPS_AT + OP_SLOTS;
-export const STAT_WORDS = SESSION_AT + SESSION_KEYS.length;
+export const STAT_WORDS = OPS_AT + OP_SLOTS;
 
 export interface FsThreadData {
   control: SharedArrayBuffer;
@@ -46,7 +43,7 @@ export type ToFsThread =
   | { kind: "reset" }
   /** A restored device: the session INIT agreed before the snapshot (none: INIT comes again), and the tables opened again by the main thread (their fds are the process's). */
   | { kind: "session"; init: FuseSession | undefined; table?: ReopenedTable }
-  /** Paused for a snapshot: send the tables (answered with "table"). */
+  /** Paused for a snapshot: send the session and the tables (answered with "table"). */
   | { kind: "export" }
   /** Close every host fd, then end. */
   | { kind: "close" };
@@ -55,5 +52,5 @@ export type FromFsThread =
   /** The driver broke the rings (or the device failed): the transport sets DEVICE_NEEDS_RESET. */
   | NeedsReset
   | { kind: "closed" }
-  /** The answer to "export": HostFs.exportTable(). */
-  | { kind: "table"; table: SavedTable; lost: string[] };
+  /** The answer to "export": the session INIT agreed (none before INIT) and HostFs.exportTable(). */
+  | { kind: "table"; init: FuseSession | undefined; table: SavedTable; lost: string[] };

@@ -33,9 +33,12 @@ import { processUmask, type FuseSession, type ServerStats } from "./server.js";
 import { closeReopened, type ExportedTable, type ReopenedTable } from "./saved-table.js";
 import { IoThreadLink, newControl } from "../iothread-link.js";
 import {
-  STAT_WORDS, DIRECT_QUEUE, FS_QUEUES, QUEUE_STAT_KEYS, SERVER_STAT_KEYS, SERVER_STATS_AT, OPS_AT, OP_SLOTS, SESSION_AT, SESSION_KEYS,
+  STAT_WORDS, DIRECT_QUEUE, FS_QUEUES, QUEUE_STAT_KEYS, SERVER_STAT_KEYS, SERVER_STATS_AT, OPS_AT, OP_SLOTS,
   type FsThreadData, type ToFsThread, type FromFsThread,
 } from "./iothread-protocol.js";
+
+/** What a snapshot keeps of the thread's server: the session INIT agreed and the tables. */
+type SessionAndTables = ExportedTable & { init: FuseSession | undefined };
 
 /** How long close() waits for the thread to close its fds before ending it. */
 const CLOSE_WAIT_MS = 2000;
@@ -58,9 +61,9 @@ export class FsIoThread {
   private closing: Promise<void> | undefined;
   private closedReply: (() => void) | undefined;
   /** The tables the last pause fetched, and the answer awaited. */
-  private fetched: ExportedTable | undefined;
-  private tableReply: ((t: ExportedTable | undefined) => void) | undefined;
-  private tableRequest: Promise<ExportedTable | undefined> | undefined;
+  private fetched: SessionAndTables | undefined;
+  private tableReply: ((t: SessionAndTables | undefined) => void) | undefined;
+  private tableRequest: Promise<SessionAndTables | undefined> | undefined;
   private readonly exited: Promise<void>;
 
   constructor(private readonly name: string, hostDir: string, readOnly: boolean) {
@@ -121,19 +124,18 @@ export class FsIoThread {
     this.stopped();
   }
 
-  /** The thread finishes the request in hand (the rest stay in the rings) and reports the queues' indices; a snapshot may follow, so it sends its tables when the guest holds anything. */
+  /** The thread finishes the request in hand (the rest stay in the rings) and reports the queues' indices; a snapshot may follow, so it sends its session and tables. */
   async pauseIo(): Promise<void> {
     this.fetched = undefined;
     if (!(await this.link.pause())) return;
     if (this.link.takeInterrupt()) this.ctx?.usedBuffer(DIRECT_QUEUE);
     this.stopped();
-    const s = this.stats;
-    if ((s.nodes > 1 || s.handles > 0) && !this.ended) this.fetched = await this.fetchTables();
+    if (!this.ended) this.fetched = await this.fetchTables();
   }
 
   /** The thread's tables (one request at a time: a second pause meanwhile waits for the same answer). */
-  private fetchTables(): Promise<ExportedTable | undefined> {
-    this.tableRequest ??= this.link.holding(() => new Promise<ExportedTable | undefined>((resolve) => {
+  private fetchTables(): Promise<SessionAndTables | undefined> {
+    this.tableRequest ??= this.link.holding(() => new Promise<SessionAndTables | undefined>((resolve) => {
       this.tableReply = (t) => {
         this.tableRequest = undefined;
         this.tableReply = undefined;
@@ -166,12 +168,6 @@ export class FsIoThread {
     return { requests, errors, dropped, internalErrors, byOp, nodes, handles };
   }
 
-  /** The session INIT agreed, as the thread last published it (final once paused). */
-  get session(): FuseSession | undefined {
-    const [initialized, minor, maxReadahead, flags] = SESSION_KEYS.map((_, i) => this.counters[SESSION_AT + i]);
-    return initialized ? { minor, maxReadahead, flags } : undefined;
-  }
-
   /** A restored device: the thread's server goes on with the session and the tables its snapshot kept (before the queues go live). */
   restoreSession(init: FuseSession | undefined, table?: ReopenedTable): void {
     if (this.ended) {
@@ -181,13 +177,8 @@ export class FsIoThread {
     this.link.post({ kind: "session", init, ...(table ? { table } : {}) } satisfies ToFsThread);
   }
 
-  /**
-   * The tables pauseIo() fetched for a snapshot, when the guest holds
-   * anything (`stats` as published at the pause); undefined when the thread
-   * could not give them.
-   */
-  exported(stats: { nodes: number; handles: number }): ExportedTable | undefined {
-    if (stats.nodes <= 1 && stats.handles === 0) return { table: { nodes: [], handles: [], nextNode: 2, nextHandle: 1 }, lost: [] };
+  /** The session and tables pauseIo() fetched for a snapshot; undefined when the thread could not give them. */
+  get exported(): SessionAndTables | undefined {
     return this.fetched;
   }
 
@@ -242,7 +233,7 @@ export class FsIoThread {
     if (msg.kind === "needs-reset") {
       if (this.link.current(msg)) this.ctx?.needsReset(`${this.name}: ${msg.why}`);
     } else if (msg.kind === "table") {
-      this.tableReply?.({ table: msg.table, lost: msg.lost });
+      this.tableReply?.({ init: msg.init, table: msg.table, lost: msg.lost });
     } else {
       this.closedReply?.();
     }

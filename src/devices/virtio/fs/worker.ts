@@ -20,7 +20,7 @@ import { FuseServer, type FuseSession } from "./server.js";
 import type { ReopenedTable } from "./saved-table.js";
 import { serveFuseQueue } from "./requests.js";
 import { Op } from "./fuse.js";
-import { FS_QUEUES, OPS_AT, OP_SLOTS, QUEUE_STAT_KEYS, SERVER_STATS_AT, SESSION_AT, type FsThreadData, type ToFsThread, type FromFsThread } from "./iothread-protocol.js";
+import { FS_QUEUES, OPS_AT, OP_SLOTS, QUEUE_STAT_KEYS, SERVER_STATS_AT, type FsThreadData, type ToFsThread, type FromFsThread } from "./iothread-protocol.js";
 
 class FsThread {
   private readonly stats: Float64Array;
@@ -43,7 +43,7 @@ class FsThread {
       if (msg.kind === "activate") return this.activate(msg);
       if (msg.kind === "quiesce") this.quiesce();
       else if (msg.kind === "session") this.restoreSession(msg.init, msg.table);
-      else if (msg.kind === "export") this.post({ kind: "table", ...this.server.fs.exportTable() });
+      else if (msg.kind === "export") this.post({ kind: "table", init: this.server.init, ...this.server.fs.exportTable() });
       else this.resetSession();
       return false;
     }, () => this.serve());
@@ -67,7 +67,7 @@ class FsThread {
     this.publishStats();
   }
 
-  /** A restored device goes on with the session its snapshot kept (published at once: a snapshot may follow before any request). */
+  /** A restored device goes on with the session and tables its snapshot kept (the counts published at once). */
   private restoreSession(init: FuseSession | undefined, table: ReopenedTable | undefined): void {
     this.server.init = init;
     if (table) this.server.fs.adopt(table);
@@ -108,8 +108,6 @@ class FsThread {
       const op = Op[name as keyof typeof Op] as number | undefined;
       stats[OPS_AT + (op !== undefined && op < OP_SLOTS ? op : 0)] = n;
     }
-    const init = this.server.init;
-    [init ? 1 : 0, init?.minor ?? 0, init?.maxReadahead ?? 0, init?.flags ?? 0].forEach((v, i) => (stats[SESSION_AT + i] = v));
   }
 
   private close(): void {
