@@ -501,7 +501,7 @@ export function toAttr(st: fs.BigIntStats): Attr {
   };
 }
 
-function closeQuietly(fd: number): void {
+export function closeQuietly(fd: number): void {
   try {
     fs.closeSync(fd);
   } catch {

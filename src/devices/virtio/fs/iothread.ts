@@ -16,8 +16,8 @@
 //                               each queue's indices, the transport's VirtQueues go on from them
 //   reset                    -- "reset" after it: the guest's nodes and handles go
 //   restored from a snapshot -- "session": the INIT agreed before it, the tables opened again
-//   paused, guest holds files -- "export" ---> HostFs.exportTable()
-//                            <-- "table" ---
+//   paused (a snapshot may follow) -- "export" --> the session and HostFs.exportTable()
+//                                   <-- "table" --
 //   close                    -- "close": the thread closes its fds and ends
 //
 // A reset returns only once the thread has finished the request in hand and

@@ -15,7 +15,7 @@
 // Names are the raw bytes of a component as latin1 strings (host-fs.ts).
 
 import * as fs from "node:fs";
-import { O_PATH, MAX_NODES, MAX_HANDLES, NAME_MAX, S_IFDIR, S_IFLNK, S_IFREG, DIR_HANDLE_FLAGS, checkName, dirEntries, pathUnder } from "./host-fs.js";
+import { O_PATH, MAX_NODES, MAX_HANDLES, NAME_MAX, S_IFDIR, S_IFLNK, S_IFREG, DIR_HANDLE_FLAGS, checkName, closeQuietly, dirEntries, pathUnder } from "./host-fs.js";
 import { FuseError } from "./fuse.js";
 import { SnapshotError, type StateReader } from "../../../snapshot/state.js";
 
@@ -122,7 +122,7 @@ export function reopenTable(hostDir: string, readOnly: boolean, table: SavedTabl
           try {
             fd = open(pathUnder(parentFd, n.name), O_PATH | O_NOFOLLOW);
           } catch (e) {
-            throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path}, which the guest holds, cannot be opened again (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+            throw new SnapshotError(`virtio-fs ${tag}: ${hostDir}${path}, which the guest holds, cannot be opened again (${why(e)})`);
           }
           const st = fs.fstatSync(fd, { bigint: true });
           const key = `${st.dev}:${st.ino}`;
@@ -151,7 +151,7 @@ export function reopenTable(hostDir: string, readOnly: boolean, table: SavedTabl
         const fd = open(`/proc/self/fd/${nodeFd}`, flags);
         return { ...h, flags, fd, ...(h.dir ? { entries: dirEntries(nodeFd) } : {}) };
       } catch (e) {
-        throw new SnapshotError(`virtio-fs ${tag}: ${path}, which the guest has open, cannot be opened again (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+        throw new SnapshotError(`virtio-fs ${tag}: ${path}, which the guest has open, cannot be opened again (${why(e)})`);
       }
     });
     // The root's fd was ours only to find the rest from.
@@ -159,24 +159,17 @@ export function reopenTable(hostDir: string, readOnly: boolean, table: SavedTabl
     opened.splice(opened.indexOf(rootFd), 1);
     return { nodes, handles, nextNode: table.nextNode, nextHandle: table.nextHandle };
   } catch (e) {
-    for (const fd of opened) {
-      try {
-        fs.closeSync(fd);
-      } catch {
-        // closed already
-      }
-    }
+    opened.forEach(closeQuietly);
     throw e;
   }
 }
 
+/** Why a host call failed, in a word where there is one (ENOENT, EACCES...). */
+function why(e: unknown): string {
+  return (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+}
+
 /** Close what reopenTable opened (a restore that fails after it). */
 export function closeReopened(t: ReopenedTable): void {
-  for (const x of [...t.nodes, ...t.handles]) {
-    try {
-      fs.closeSync(x.fd);
-    } catch {
-      // closed already
-    }
-  }
+  for (const x of [...t.nodes, ...t.handles]) closeQuietly(x.fd);
 }
