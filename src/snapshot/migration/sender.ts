@@ -431,7 +431,11 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       socket.end();
       postcopy = await pushPending(pc, last);
     }
-    opts.progress?.({ round: round + 1, sentBytes: w.sent, dirtyPages: 0, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs: downtimeMs, throttlePct: throttle });
+    // The last report has every field the rounds' had (nothing of the disks is left to send): a poll that sees it shows the same line.
+    opts.progress?.({
+      round: round + 1, sentBytes: w.sent, dirtyPages: 0, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs: downtimeMs, throttlePct: throttle,
+      ...(disks ? { dirtyDiskBytes: 0 } : {}),
+    });
     socket.end();
     const result: MigrationResult = {
       target: where, rounds: round + 1, sentBytes: w.sent + pcBytes, pagesSent: stats.pages, zeroPagesSent: stats.zero,
