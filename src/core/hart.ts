@@ -49,7 +49,7 @@ export const LINE_SEIP_OFF: u32 = 768;
 export const LINE_MSIP_OFF: u32 = 776;
 
 // LR/SC reservation (A extension, section 8.2).
-export const RES_VALID_OFF: u32 = 784;
+export const RES_VALID_OFF: u32 = 784; // 0 none, 1 LR.W, 2 LR.D
 export const RES_ADDR_OFF: u32 = 792; //  guest-physical address of the reserved doubleword/word
 export const RES_VALUE_OFF: u32 = 800; // value observed by LR; SC is a compare-and-swap on it
 

@@ -69,7 +69,8 @@ export function restoreHart(core: Core, h: number, index: number, r: StateReader
   const satpMode = at(O.SATP_OFF) >> 60n;
   r.check(satpMode === 0n || satpMode === 8n || satpMode === 9n || satpMode === 10n, `satp mode ${satpMode} (Bare, Sv39, Sv48 or Sv57)`);
   r.check(at(O.MHARTID_OFF) === BigInt(index), `mhartid ${at(O.MHARTID_OFF)} for hart ${index}`);
-  r.check(at(O.RES_VALID_OFF) <= 1n, "LR reservation flag not 0 or 1");
+  // 0 none, 1 after LR.W, 2 after LR.D (core isa/a.ts): an SC must match the width.
+  r.check(at(O.RES_VALID_OFF) <= 2n, `LR reservation flag ${at(O.RES_VALID_OFF)} (0 none, 1 LR.W, 2 LR.D)`);
   // mstatus: XLEN fixed at 64 (UXL = SXL = 2), MPP never 2 (privileged spec 3.1.6).
   const ms = at(O.MSTATUS_OFF);
   r.check(((ms >> 32n) & 0xfn) === 0xan && ((ms >> 11n) & 3n) !== 2n, `mstatus 0x${ms.toString(16)} is not a legal value`);

@@ -256,6 +256,36 @@ test("a store that breaks a restored page's sharing reaches the other hart, whic
   });
 });
 
+test("a hart snapshotted between LR.D and SC.D restores with its reservation, and its SC.D succeeds as it does without the snapshot", { skip: noCompiler, timeout: 60_000 }, async () => {
+  await withDir(async (dir) => {
+    const host = await Host.create({ pcpus: 2 });
+    try {
+      const kernel = buildBareKernel(bareProgram("lrsc"));
+      const run = (name: string) => {
+        const c = console_();
+        const vm = host.createVm({ name, kernel, cmdline: "", cpus: 1, memBytes: GUEST_RAM, consoleOut: c.out, warn: () => {} });
+        vm.start();
+        return { vm, output: c.text };
+      };
+      const plain = run("plain");
+      assert.deepEqual(await plain.vm.waitForEnd(), { kind: "poweroff" });
+      assert.match(plain.output(), /sc=0 word=42\n/, `the SC.D succeeds on a hart never stopped: ${plain.output()}`);
+
+      const held = run("held");
+      await until("'reserved'", () => held.output().includes("reserved"));
+      const path = join(dir, "lrsc.snap");
+      await held.vm.snapshot(path, { stayPaused: true });
+      assert.doesNotMatch(held.output(), /sc=/, "the guest's hold ended before the snapshot");
+      await held.vm.destroy();
+      const r = restore(host, path, "restored");
+      assert.deepEqual(await r.vm.waitForEnd(), { kind: "poweroff" }, r.output());
+      assert.match(r.output(), /^sc=0 word=42\n/, r.output());
+    } finally {
+      await host.close();
+    }
+  });
+});
+
 test("a diff snapshot after a full one holds only what changed after the full one, not what the log held before it", { skip: noCompiler, timeout: 180_000 }, async () => {
   await withDir(async (dir) => {
     const host = await Host.create({ pcpus: 2 });
