@@ -95,6 +95,38 @@ test("fast start with a share: the snapshot is taken before the mount, so a late
   assert.equal(fs.readFileSync(join(second, "out"), "utf8"), "b\n");
 });
 
+test("a file the guest holds open reads what the host wrote to it meanwhile (the guest drops its cached pages when the file's mtime changes)", { timeout: 300_000 }, async () => {
+  const dir = fs.mkdtempSync(join(tmpdir(), "tsvisor-share-inval-"));
+  fs.writeFileSync(join(dir, "log"), "aaaa\nbbbb\n");
+  // The guest reads the first line (the whole file comes into its page cache),
+  // says so, waits for the host's change, then reads on through the same fd
+  // once the attributes it holds have expired (1 s).
+  const script = [
+    "exec 3< /mnt/s/log",
+    "read first <&3",
+    "echo first=$first",
+    ": > /mnt/s/ready",
+    "while [ ! -e /mnt/s/go ]; do sleep 0.2; done",
+    "sleep 1.5",
+    "read second <&3",
+    "echo second=$second",
+  ].join("; ");
+  try {
+    const run = tsvisor(["run", "--share", `${dir}:/mnt/s`, "--", "sh", "-c", script]);
+    for (let i = 0; !fs.existsSync(join(dir, "ready")); i++) {
+      assert.ok(i < 3000, "the guest never read the file");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    fs.writeFileSync(join(dir, "log"), "aaaa\ncccc\n"); // same size: only the mtime tells
+    fs.writeFileSync(join(dir, "go"), "");
+    const out = reported(ok(await run));
+    assert.equal(out.first, "aaaa");
+    assert.equal(out.second, "cccc", "the guest read its stale cached page");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("--share usage errors: a HOSTDIR missing or not a directory, a bad GUESTDIR: one line, exit 2", async () => {
   const file = join(fs.mkdtempSync(join(tmpdir(), "tsvisor-share-bad-")), "file");
   fs.writeFileSync(file, "");

@@ -15,7 +15,7 @@ import {
   ArgReader, Errno, FuseError, OutWriter, Op, hostErrno, readInHeader, writeAttr, writeEntry,
   FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, IN_HEADER_SIZE, OUT_HEADER_SIZE,
   FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW,
-  FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS, FUSE_READDIRPLUS_AUTO, FUSE_PARALLEL_DIROPS, FUSE_MAX_PAGES,
+  FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_AUTO_INVAL_DATA, FUSE_DO_READDIRPLUS, FUSE_READDIRPLUS_AUTO, FUSE_PARALLEL_DIROPS, FUSE_MAX_PAGES,
   FUSE_FSYNC_FDATASYNC, type InHeader, type Attr,
 } from "./fuse.js";
 import { HostFs, checkName, toAttr, S_IFDIR, S_IFREG, type Node } from "./host-fs.js";
@@ -27,7 +27,11 @@ export const MAX_WRITE = 128 * 1024;
 export const MAX_REQUEST = MAX_WRITE + 4096;
 /** Seconds the guest may cache names and attributes (virtiofsd's cache=auto uses 1). */
 const VALID_SECONDS = 1;
-export const INIT_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
+// FUSE_AUTO_INVAL_DATA: the share is the host's folder, changed behind the
+// guest's back; with it the driver drops a file's cached pages when a GETATTR
+// (every VALID_SECONDS at most) shows another mtime or size, so a file held
+// open in the guest reads what the host wrote (fuse.h; libfuse asks for it by default).
+export const INIT_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_AUTO_INVAL_DATA | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
 
 const ENTRY_OUT = 128;
 const ATTR_OUT = 104;
