@@ -6,17 +6,16 @@
 // VM does not run.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bin, pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
+import { bin, noGuestAgent, pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
 import { TestHost } from "./test-host.js";
 import { execInVm } from "./exec-client.js";
 
-const CC = "riscv64-linux-gnu-gcc";
-const skip = spawnSync(CC, ["--version"], { stdio: "ignore" }).status === 0 ? false : `${CC} not installed: the image has no guest agent`;
+const skip = noGuestAgent;
 const dir = mkdtempSync(join(tmpdir(), "tsvisor-exec-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 before(() => {

@@ -6,15 +6,13 @@
 // refuses the snapshot with 409 and one line, and the VM goes on.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
+import { noGuestAgent, pullImage, tsvisor, BOOT_TIMEOUT_MS, type Run } from "../cli/test-tsvisor.js";
 import { TestHost } from "./test-host.js";
 
-const CC = "riscv64-linux-gnu-gcc";
-const skip = spawnSync(CC, ["--version"], { stdio: "ignore" }).status === 0 ? false : `${CC} not installed: the image has no guest agent`;
+const skip = noGuestAgent;
 const dir = mkdtempSync(join(tmpdir(), "tsvisor-shares-linux-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 before(() => {

@@ -41,6 +41,11 @@ export function oneErrorLine(r: Run, pattern: RegExp): void {
   assert.match(lines[0], pattern);
 }
 
+/** Why the tests that talk to the guest agent cannot run here (the image builds
+ *  the agent with Debian's riscv64-linux-gnu-gcc), or false when they can. */
+export const noGuestAgent: string | false = spawnSync("riscv64-linux-gnu-gcc", ["--version"], { stdio: "ignore" }).status === 0
+  ? false : "riscv64-linux-gnu-gcc not installed: the image has no guest agent";
+
 /** Pulls the guest image (or verifies the cache), so later boots measure only booting. */
 export function pullImage(): void {
   const r = spawnSync(process.execPath, [bin, "image", "pull"], { encoding: "utf8", timeout: 900_000 });
