@@ -62,9 +62,17 @@ test("the command message: the seed's line (time, random bytes), then blocks (fr
   assert.doesNotMatch(decode(Buffer.from(commandMessage(["true"], undefined)).toString()).blocks[0], /stdin/);
   assert.notEqual(Buffer.from(commandMessage(["true"], undefined)).toString(), Buffer.from(commandMessage(["true"], undefined)).toString());
   // Shares are mounted by the fragment, before the command (the snapshot holds none mounted).
-  const shared = decode(Buffer.from(commandMessage(["ls"], undefined, 0, [{ tag: "share0", guestDir: "/mnt/a" }, { tag: "share1", guestDir: "/b" }])).toString()).blocks[0];
-  assert.equal(shared.split("\n").filter((l) => l.startsWith("mkdir -p ")).map((l) => l.split(" && ")[1].split(" || ")[0]).join("; "), "mount -t virtiofs share0 '/mnt/a'; mount -t virtiofs share1 '/b'");
+  const shares = [{ tag: "share0", guestDir: "/mnt/a" }, { tag: "share1", guestDir: "/b" }];
+  const mountsOf = (fragment: string) => fragment.split("\n").filter((l) => l.startsWith("mkdir -p ")).map((l) => l.split(" && ")[1].split(" || ")[0]).join("; ");
+  const shared = decode(Buffer.from(commandMessage(["ls"], undefined, 0, { shares })).toString()).blocks[0];
+  assert.equal(mountsOf(shared), "mount -t virtiofs share0 '/mnt/a'; mount -t virtiofs share1 '/b'");
   assert.match(shared, /\nset -- 'ls'\n$/);
+  assert.doesNotMatch(shared, /root/);
+  // run --image: the system disk is mounted first (init's mount_root), the shares inside it, then init runs the command chrooted there.
+  const system = decode(Buffer.from(commandMessage(["ls"], undefined, 0, { rootDevice: "/dev/vda", shares })).toString()).blocks[0];
+  assert.match(system, /^root='\/dev\/vda'\nmount_root\nmkdir -p /);
+  assert.equal(mountsOf(system), "mount -t virtiofs share0 '/newroot/mnt/a'; mount -t virtiofs share1 '/newroot/b'");
+  assert.match(system, /\nset -- 'ls'\n$/);
 });
 
 test("a new snapshot prunes those of other generations (tsvisor, init, image) and their working sets, not other shapes of its own", () => {

@@ -32,9 +32,9 @@
 //      (a write to /dev/urandom only mixes into the input pool, which the
 //      CRNG reads at its next reseed, seconds away); without the clock, the
 //      guest's time of day would go on from when the snapshot was taken.
-//   1. A block: the shell fragment (mounts of the run's --share folders,
-//      which init mounts itself on a cold boot, then `set --` with the
-//      command), written to /tsvisor/cmd (as plain text when it is
+//   1. A block: the shell fragment (mounts of the run's system disk and
+//      --share folders, which init mounts itself on a cold boot, then
+//      `set --` with the command), written to /tsvisor/cmd (as plain text when it is
 //      printable ASCII in lines under 4000 bytes, read by shell builtins: no
 //      program started; else base64), then sourced by init.
 //   2. With a piped stdin, a block: the command's stdin in base64, written
@@ -48,7 +48,11 @@
 // A run with --share restores too: its snapshot was taken with the virtio-fs
 // devices (share0, share1, ...) present but nothing mounted, so they hold no
 // FUSE session (devices/virtio/fs/device.ts) and each run's folders may be
-// other directories; the key counts the shares.
+// other directories; the key counts the shares. So does `run --image debian
+// -- CMD`: its snapshot has the system disk attached but not mounted (the
+// kernel has only read it), and each run's new overlay on the same base reads
+// the same; the key names the base's build. A kept overlay (--disk-name)
+// boots cold: earlier runs changed it.
 //
 // Host side (run-linux.ts): the cache key (snapshotKey) names everything that
 // makes the booted guest what it is; a run whose key has a snapshot restores
@@ -92,8 +96,9 @@ tsvisor_block() {
     head -n "$n" | base64 -d
   fi
 }
-# init's finish without its sync (a fast-start guest has no disks), and
-# without a fork: the finisher program takes the shell's place.
+# init's finish without its sync (a fast-start guest's one disk, a system
+# disk, is read-only again by then: init's run_in_root), and without a fork:
+# the finisher program takes the shell's place.
 finish() {
   if [ "$1" -eq 0 ]; then value=$((0x5555)); else value=$(( ($1 << 16) | 0x3333 )); fi
   exec ${FINISH_PATH} $value
@@ -174,13 +179,27 @@ function textBlock(text: string): string {
   return block(text);
 }
 
+/** What the run mounts once its command arrives. */
+export interface CommandMounts {
+  /** The system disk of `run --image` (init's tsvisor.root=), e.g. /dev/vda. */
+  rootDevice?: string;
+  shares?: readonly { tag: string; guestDir: string }[];
+}
+
 /** What the host types on the waiting guest's console: the seed's line (the time and fresh random bytes), the command fragment, then a piped stdin. */
-export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now(), shares: readonly { tag: string; guestDir: string }[] = []): Uint8Array {
+export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now(), mounts: CommandMounts = {}): Uint8Array {
   if (argv.length === 0) throw new Error("no command to run in the guest");
   const seed = `#${Math.floor(nowMs / 1000)} ${randomBytes(SEED_BYTES).toString("base64")}\n`;
-  // The shares init mounts on a cold boot (images/init.ts), mounted here: the
-  // snapshot was taken before, so it holds no FUSE session to carry.
-  let fragment = shares.map((s) => `mkdir -p ${shellQuote(s.guestDir)} && mount -t virtiofs ${s.tag} ${shellQuote(s.guestDir)} || echo "tsvisor init: could not mount share ${s.tag} at ${s.guestDir}" >&2\n`).join("");
+  // What init mounts on a cold boot (images/init.ts), mounted here: the
+  // snapshot was taken before, so it holds no file system of the disk's
+  // (each run has a new overlay) and no FUSE session to carry. With a
+  // system disk, init then runs the command chrooted in it ($root).
+  let fragment = mounts.rootDevice === undefined ? "" : `root=${shellQuote(mounts.rootDevice)}\nmount_root\n`;
+  const prefix = mounts.rootDevice === undefined ? "" : "/newroot";
+  fragment += (mounts.shares ?? []).map((s) => {
+    const at = shellQuote(prefix + s.guestDir);
+    return `mkdir -p ${at} && mount -t virtiofs ${s.tag} ${at} || echo "tsvisor init: could not mount share ${s.tag} at ${s.guestDir}" >&2\n`;
+  }).join("");
   fragment += `set -- ${argv.map(shellQuote).join(" ")}\n`;
   if (stdin?.length) fragment += `tsvisor_block > ${STDIN_PATH}\n`;
   else if (stdin) fragment += `: > ${STDIN_PATH}\n`;
@@ -234,6 +253,8 @@ export interface SnapshotShape {
   vsockCid?: number;
   /** How many shared folders (virtio-fs share0, share1, ...): the guest mounts them after the restore, so their directories are not the snapshot's concern. */
   shares?: number;
+  /** The build of the system disk's base (`run --image`), whose new overlay the guest finds after a restore. */
+  system?: string;
 }
 
 /**
@@ -266,6 +287,7 @@ export function snapshotKey(image: string, shape: SnapshotShape): string {
   const parts = [
     generation, shape.cmdline, shape.cpus, shape.memBytes, shape.console, shape.nets, shape.balloon,
     ...(shape.vsockCid === undefined ? [] : [shape.vsockCid]), ...(shape.shares ? [{ shares: shape.shares }] : []),
+    ...(shape.system === undefined ? [] : [{ system: shape.system }]),
   ];
   return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
 }
@@ -331,7 +353,7 @@ export function pruneSnapshots(dir: string, key: string): void {
 }
 
 /** Why this run cannot start from a snapshot, or undefined if it can. */
-export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[]; shares?: string[] }): string | undefined {
+export function fastStartRefusal(o: { command?: string[]; kernel?: string; initrd?: string; append?: string; disks?: string[]; nets?: string[] }): string | undefined {
   if (!o.command) return "no command (interactive shell)";
   if (o.kernel !== undefined || o.initrd !== undefined) return "--kernel/--initrd";
   if (o.append !== undefined) return "--append";

@@ -66,6 +66,24 @@ export interface LinuxRunOptions {
   snapshot?: boolean;
 }
 
+/**
+ * A run's system disk (`--image`): its overlay, /dev/vda ahead of the user's
+ * --disk, and what a fast start may rely on. `base` is the image's build when
+ * the overlay is new on it: the disk then reads as the base does, whichever
+ * run made the snapshot, so its key names the base (a kept overlay, changed
+ * by earlier runs, boots cold). `renew` makes the overlay new again.
+ */
+interface SystemDisk {
+  spec: string;
+  device: string;
+  base?: string;
+  renew(): void;
+}
+type GuestRunOptions = LinuxRunOptions & { systemDisk?: SystemDisk };
+
+/** The run's --disk specs behind its system disk. */
+const runDisks = (opts: GuestRunOptions): string[] => [...(opts.systemDisk ? [opts.systemDisk.spec] : []), ...(opts.disks ?? [])];
+
 /** How the guest comes up: booted, booted and snapshotted at the wait point, or restored. */
 type FastStart = { mode: "create" | "restore"; path: string; message: Uint8Array };
 
@@ -187,14 +205,20 @@ async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<
     throw new LinuxRunError(`cannot make the overlay for --image ${image}: ${(e as Error).message}`);
   }
   if (kept !== undefined && !overlay.reused) process.stderr.write(`tsvisor: the disk of this run is kept in ${kept} (--disk-name ${opts.diskName})\n`);
+  const baseId = `${system.manifest.recipe} ${system.manifest.built}`;
+  const systemDisk: SystemDisk = {
+    spec: `${overlay.path},format=qcow2`, device: "/dev/vda",
+    base: kept === undefined ? baseId : undefined,
+    renew: () => overlay.renew(),
+  };
   try {
-    return await runLinuxGuest({ ...opts, disks: [`${overlay.path},format=qcow2`, ...(opts.disks ?? [])], rootDevice: "/dev/vda", snapshot: false });
+    return await runLinuxGuest({ ...opts, systemDisk, snapshot: kept === undefined && opts.snapshot });
   } finally {
     overlay.dispose();
   }
 }
 
-async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): Promise<number> {
+async function runLinuxGuest(opts: GuestRunOptions): Promise<number> {
   checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? [], opts.vsock);
   const interactive = opts.command === undefined;
   // A command gets a piped or redirected stdin as a file (images/init.ts says why).
@@ -202,7 +226,7 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
   const stdin = stdinAsFile ? await readAllStdin(opts.memBytes / 4) : undefined;
   const fast = opts.snapshot !== false && fastStartRefusal(opts) === undefined && (stdin?.length ?? 0) <= fastStdinLimit(opts.console ?? "ttyS0");
   if (fast) {
-    const message = () => commandMessage(opts.command!, stdin, Date.now(), (opts.shares ?? []).map(parseShareSpec));
+    const message = () => commandMessage(opts.command!, stdin, Date.now(), { rootDevice: opts.systemDisk?.device, shares: (opts.shares ?? []).map(parseShareSpec) });
     const cacheDir = defaultCacheDir();
     const imageDir = debianImageDir(cacheDir);
     const identity = imageIdentity(imageDir);
@@ -213,6 +237,8 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
           return await bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "restore", path, message: message() });
         } catch (e) {
           if (!(e instanceof RestoreFailed)) throw e;
+          // The failed guest may have mounted the system disk: the cold boot gets a new overlay.
+          opts.systemDisk?.renew();
           rmSync(path, { force: true });
           rmSync(workingSetPath(path), { force: true });
           process.stderr.write(`tsvisor: the fast-start snapshot ${path} does not restore (${e.message}); removed, booting cold\n`);
@@ -230,8 +256,8 @@ async function runLinuxGuest(opts: LinuxRunOptions & { rootDevice?: string }): P
   return bootAndRun(opts, interactive, stdinAsFile, stdin, undefined);
 }
 
-/** The kernel command line a run boots with (`fast`: the guest of a fast-start snapshot, which mounts the shares only once it has its command). */
-function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive: boolean, dhcp: string[], fast = false): string {
+/** The kernel command line a run boots with (`fast`: the guest of a fast-start snapshot, which mounts its system disk and shares only once it has its command). */
+function runCmdline(opts: GuestRunOptions, interactive: boolean, dhcp: string[], fast = false): string {
   let cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
   // The kernel keeps printing on ttyS0 (hvc0 exists only once the virtio
   // modules are loaded); init moves the shell or command to hvc0 (images/init.ts).
@@ -240,7 +266,7 @@ function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive
   // a user's own --append keeps the guest's network as the user sets it.
   if (dhcp.length > 0 && opts.append === undefined) cmdline += ` tsvisor.dhcp=${dhcp.join(",")}`;
   // init mounts the system disk and runs the command in it, or switches to its systemd.
-  if (opts.rootDevice !== undefined) cmdline += ` tsvisor.root=${opts.rootDevice}`;
+  if (opts.systemDisk !== undefined && !fast) cmdline += ` tsvisor.root=${opts.systemDisk.device}`;
   // Shared folders are mounted by init (images/init.ts), with --append too: the user asked for them.
   const shares = (opts.shares ?? []).map(parseShareSpec);
   if (shares.length > 0 && !fast) cmdline += ` tsvisor.share=${shareCmdline(shares)}`;
@@ -248,7 +274,7 @@ function runCmdline(opts: LinuxRunOptions & { rootDevice?: string }, interactive
 }
 
 /** What the cache key takes from a qualifying run (the only card is user-mode NAT, eth0, which answers DHCP). */
-function fastShape(opts: LinuxRunOptions) {
+function fastShape(opts: GuestRunOptions) {
   const nets = opts.nets ?? [];
   return {
     cmdline: runCmdline(opts, false, nets.length > 0 ? ["eth0"] : [], true), cpus: opts.cpus, memBytes: opts.memBytes,
@@ -256,11 +282,12 @@ function fastShape(opts: LinuxRunOptions) {
     // With --vsock the snapshot holds the device (a restore resets its connections: there are none yet).
     vsockCid: opts.vsock === undefined ? undefined : parseVsockSpec(opts.vsock).cid,
     shares: (opts.shares ?? []).length,
+    system: opts.systemDisk?.base,
   };
 }
 
 async function bootAndRun(
-  opts: LinuxRunOptions & { rootDevice?: string }, interactive: boolean, stdinAsFile: boolean, stdin: Uint8Array | undefined, fast: FastStart | undefined,
+  opts: GuestRunOptions, interactive: boolean, stdinAsFile: boolean, stdin: Uint8Array | undefined, fast: FastStart | undefined,
   resolved?: { kernel: string; initrd: string },
 ): Promise<number> {
   let kernel: ReturnType<typeof parseKernelImage> | undefined;
@@ -278,7 +305,7 @@ async function bootAndRun(
 
   let devices: VmDevices;
   try {
-    devices = await VmDevices.open(opts.disks ?? [], opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { shares: opts.shares, vsock: opts.vsock });
+    devices = await VmDevices.open(runDisks(opts), opts.nets ?? [], (line) => warnLine(line, interactive), undefined, { shares: opts.shares, vsock: opts.vsock });
   } catch (e) {
     if (isDeviceError(e)) throw new LinuxRunError(e.message);
     throw e;

@@ -48,7 +48,7 @@ test("disk names are file names", () => {
   assert.equal(keptDiskPath("/c", "work"), "/c/disks/work.qcow2");
 });
 
-test("an overlay reads the base, takes the writes, leaves the base alone and is thrown away", () => {
+test("an overlay reads the base, takes the writes, leaves the base alone, is made new again and thrown away", () => {
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-ovl-"));
   try {
     const base = join(dir, "base.qcow2");
@@ -69,6 +69,12 @@ test("an overlay reads the base, takes the writes, leaves the base alone and is 
     again.read(0, buf);
     again.close();
     assert.ok(buf.every((x) => x === 0xaa), "the base is unchanged");
+    // Renewed (a fast start's cold boot after a failed restore): the base again, without the run's writes.
+    o.renew();
+    const renewed = openDisk(o.path);
+    renewed.read(0, buf);
+    renewed.close();
+    assert.ok(buf.every((x) => x === 0xaa), "a renewed overlay reads the base");
     o.dispose();
     assert.equal(existsSync(o.path), false);
     assert.equal(existsSync(dirname(o.path)), false);

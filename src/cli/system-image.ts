@@ -41,6 +41,8 @@ export interface Overlay {
   reused: boolean;
   /** Removes it unless kept. */
   dispose(): void;
+  /** A thrown-away overlay made new again, on the same base (a kept one stays as it is). */
+  renew(): void;
 }
 
 /**
@@ -62,11 +64,11 @@ export function makeOverlay(base: string, virtualSize: number, keptPath?: string
       if (id !== undefined && id !== baseId) {
         throw new OverlayError(`${keptPath} was made on another build of the image (${id}, now ${baseId}): remove it, or use another --disk-name`);
       }
-      return { path: keptPath, reused: true, dispose: () => {} };
+      return { path: keptPath, reused: true, dispose: () => {}, renew: () => {} };
     }
     createQcow2(keptPath, { size: virtualSize, backingFile: base, backingFormat: "qcow2" });
     writeFileSync(idPath, `${baseId}\n`);
-    return { path: keptPath, reused: false, dispose: () => {} };
+    return { path: keptPath, reused: false, dispose: () => {}, renew: () => {} };
   }
   const dir = mkdtempSync(join(tmpdir(), "tsvisor-overlay-"));
   const path = join(dir, "root.qcow2");
@@ -76,5 +78,12 @@ export function makeOverlay(base: string, virtualSize: number, keptPath?: string
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
-  return { path, reused: false, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    path, reused: false,
+    dispose: () => rmSync(dir, { recursive: true, force: true }),
+    renew: () => {
+      rmSync(path, { force: true });
+      createQcow2(path, { size: virtualSize, backingFile: base, backingFormat: "qcow2" });
+    },
+  };
 }

@@ -35,6 +35,18 @@ test("Debian on a disk: pull, run a command, overlays thrown away or kept, power
     assert.equal(ok(await tsvisor([...RUN, "--", "sh", "-c", "modprobe nf_tables && grep -o '^nf_tables ' /proc/modules"])), "nf_tables \n");
   });
 
+  await t.test("fast start: a command restores a snapshot taken before the disk was mounted, on a new overlay of its own", async () => {
+    // The runs above may have made the snapshot already; one more makes sure.
+    ok(await tsvisor([...RUN, "--", "true"]));
+    const r = await tsvisor([...RUN, "--stats", "--", "sh", "-c", "cat /etc/debian_version; echo x > /root/fast; findmnt -n -o SOURCE /"]);
+    assert.match(ok(r), /^(13\.\d+|trixie\/sid)\n\/dev\/vda\n$/);
+    assert.match(r.stderr, /fast start: restored /);
+    assert.equal((await tsvisor([...RUN, "--", "test", "-e", "/root/fast"])).status, 1, "the restored run's writes went to its own overlay");
+    const cold = await tsvisor([...RUN, "--no-snapshot", "--stats", "--", "cat", "/etc/debian_version"]);
+    assert.match(ok(cold), /^(13\.\d+|trixie\/sid)\n$/);
+    assert.doesNotMatch(cold.stderr, /fast start/);
+  });
+
   await t.test("an overlay is thrown away after the run", async () => {
     ok(await tsvisor([...RUN, "--", "sh", "-c", "echo hello > /root/left-behind"]));
     const r = await tsvisor([...RUN, "--", "test", "-e", "/root/left-behind"]);
@@ -49,7 +61,9 @@ test("Debian on a disk: pull, run a command, overlays thrown away or kept, power
       ok(first);
       assert.match(first.stderr, new RegExp(`kept in ${kept.replace(/[.]/g, "\\.")}`));
       assert.ok(existsSync(kept));
-      assert.equal(ok(await tsvisor([...RUN, "--disk-name", name, "--", "cat", "/root/kept"])), "kept\n");
+      const again = await tsvisor([...RUN, "--disk-name", name, "--stats", "--", "cat", "/root/kept"]);
+      assert.equal(ok(again), "kept\n");
+      assert.doesNotMatch(again.stderr, /fast start/, "a kept disk, changed by earlier runs, boots cold");
     });
 
     await t.test("a project on a shared folder: git and a C build in the Debian system, the host sees both", async () => {

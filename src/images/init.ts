@@ -32,7 +32,8 @@
 //   the finisher as above); with none, init moves /dev, /proc, /sys and /run
 //   into it and switch_roots to its /sbin/init (systemd), which then owns the
 //   machine: its poweroff goes through the syscon finisher (Debian's kernel
-//   drives syscon-poweroff), as the busybox guest's does.
+//   drives syscon-poweroff), as the busybox guest's does. A fast-start guest
+//   boots without it and mounts the disk once its command names it.
 // - `tsvisor.share=TAG:/GUEST/DIR[,TAG:/DIR...]` (`tsvisor run --share`)
 //   makes init mount each virtio-fs device TAG at its directory once the
 //   virtio drivers are loaded (mkdir -p first). A directory holds no comma,
@@ -83,9 +84,9 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
   done
 fi
 
-# A system disk (tsvisor run --image): mount it; with no command, its own
-# init (systemd) takes over the machine and brings the network up itself.
-if [ -n "$root" ]; then
+# The system disk $root at /newroot. A fast-start command (cli/fast-start.ts)
+# calls it too: its snapshot was taken before any disk was mounted.
+mount_root() {
   n=0
   while [ ! -b "$root" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
   mkdir -p /newroot
@@ -94,7 +95,11 @@ if [ -n "$root" ]; then
     if [ -f ${ARGV_PATH} ]; then devmem 0x${FINISHER_ADDR.toString(16)} 32 $(( (1 << 16) | 0x3333 )); fi
     poweroff -f
   fi
-fi
+}
+
+# A system disk (tsvisor run --image): mount it; with no command, its own
+# init (systemd) takes over the machine and brings the network up itself.
+[ -n "$root" ] && mount_root
 
 # Shared folders, inside the system disk when there is one (its command and
 # its systemd see that tree, not this one).
@@ -170,10 +175,9 @@ finish() {
   poweroff -f
 }
 
-cd /root
-if [ -n "$root" ]; then
-  # The command runs in the system disk, as root in a chroot with the
-  # kernel's file systems mounted and the network init brought up.
+# The command in the system disk, as root in a chroot with the kernel's
+# file systems mounted and the network init brought up.
+run_in_root() {
   for d in proc sys dev run tmp; do mkdir -p /newroot/$d; done
   mount -t proc proc /newroot/proc
   mount -t sysfs sysfs /newroot/sys
@@ -183,8 +187,6 @@ if [ -n "$root" ]; then
   mount -t tmpfs tmpfs /newroot/tmp
   if [ -s /etc/resolv.conf ]; then rm -f /newroot/etc/resolv.conf; cp /etc/resolv.conf /newroot/etc/resolv.conf; fi
   [ -f /newroot/etc/hostname ] && hostname "$(cat /newroot/etc/hostname)"
-  stty -echo -onlcr 2>/dev/null
-  . ${ARGV_PATH}
   run() { PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot /newroot /bin/sh -c 'cd /root && exec "$@"' sh "$@"; }
   if [ -f ${STDIN_PATH} ]; then run "$@" < ${STDIN_PATH}; else run "$@"; fi
   status=$?
@@ -192,12 +194,17 @@ if [ -n "$root" ]; then
   # Clean for the next boot: read-only before the VM stops (a process left running keeps it busy: sync then).
   mount -o remount,ro /newroot 2>/dev/null || sync
   finish $status
-fi
+}
+
+cd /root
 if [ -f ${ARGV_PATH} ]; then
   # Output byte for byte (no CR before LF); input typed on a host terminal
   # is not echoed twice, and ^D from the host's end of input is end-of-file.
   stty -echo -onlcr 2>/dev/null
+  # Sets "$@"; a fast-start guest waits here for its command, which may
+  # mount a system disk (root=... and mount_root, cli/fast-start.ts).
   . ${ARGV_PATH}
+  [ -n "$root" ] && run_in_root "$@"
   if [ -f ${STDIN_PATH} ]; then "$@" < ${STDIN_PATH}; else "$@"; fi
   finish $?
 fi
