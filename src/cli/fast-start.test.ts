@@ -67,10 +67,10 @@ test("the command message: the seed's line (time, random bytes), then blocks (fr
   const shared = decode(Buffer.from(commandMessage(["ls"], undefined, 0, { shares })).toString()).blocks[0];
   assert.equal(mountsOf(shared), "mount -t virtiofs share0 '/mnt/a'; mount -t virtiofs share1 '/b'");
   assert.match(shared, /\nset -- 'ls'\n$/);
-  assert.doesNotMatch(shared, /root/);
-  // run --image: the system disk is mounted first (init's mount_root), the shares inside it, then init runs the command chrooted there.
-  const system = decode(Buffer.from(commandMessage(["ls"], undefined, 0, { rootDevice: "/dev/vda", shares })).toString()).blocks[0];
-  assert.match(system, /^root='\/dev\/vda'\nmount_root\nmkdir -p /);
+  assert.doesNotMatch(shared, /newroot/);
+  // run --image: the system disk, mounted read-only at the snapshot, is remounted read-write first, the shares go inside it, then init runs the command chrooted there.
+  const system = decode(Buffer.from(commandMessage(["ls"], undefined, 0, { systemDisk: true, shares })).toString()).blocks[0];
+  assert.match(system, /^mount -o remount,rw \/newroot \|\| \{ [^\n]*finish 1; \}\nmkdir -p /);
   assert.equal(mountsOf(system), "mount -t virtiofs share0 '/newroot/mnt/a'; mount -t virtiofs share1 '/newroot/b'");
   assert.match(system, /\nset -- 'ls'\n$/);
 });

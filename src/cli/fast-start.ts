@@ -32,9 +32,9 @@
 //      (a write to /dev/urandom only mixes into the input pool, which the
 //      CRNG reads at its next reseed, seconds away); without the clock, the
 //      guest's time of day would go on from when the snapshot was taken.
-//   1. A block: the shell fragment (mounts of the run's system disk and
-//      --share folders, which init mounts itself on a cold boot, then
-//      `set --` with the command), written to /tsvisor/cmd (as plain text when it is
+//   1. A block: the shell fragment (the system disk remounted read-write,
+//      mounts of the run's --share folders, which init mounts itself on a
+//      cold boot, then `set --` with the command), written to /tsvisor/cmd (as plain text when it is
 //      printable ASCII in lines under 4000 bytes, read by shell builtins: no
 //      program started; else base64), then sourced by init.
 //   2. With a piped stdin, a block: the command's stdin in base64, written
@@ -49,10 +49,10 @@
 // devices (share0, share1, ...) present but nothing mounted, so they hold no
 // FUSE session (devices/virtio/fs/device.ts) and each run's folders may be
 // other directories; the key counts the shares. So does `run --image debian
-// -- CMD`: its snapshot has the system disk attached but not mounted (the
-// kernel has only read it), and each run's new overlay on the same base reads
-// the same; the key names the base's build. A kept overlay (--disk-name)
-// boots cold: earlier runs changed it.
+// -- CMD`: its snapshot has the system disk mounted read-only (nothing
+// written to it), and each run's new overlay on the same base reads the
+// same; the key names the base's build, and the fragment remounts the disk
+// read-write. A kept overlay (--disk-name) boots cold: earlier runs changed it.
 //
 // Host side (run-linux.ts): the cache key (snapshotKey) names everything that
 // makes the booted guest what it is; a run whose key has a snapshot restores
@@ -181,8 +181,8 @@ function textBlock(text: string): string {
 
 /** What the run mounts once its command arrives. */
 export interface CommandMounts {
-  /** The system disk of `run --image` (init's tsvisor.root=), e.g. /dev/vda. */
-  rootDevice?: string;
+  /** `run --image`: the system disk, mounted read-only at /newroot before the snapshot (init's tsvisor.root=DEV,ro). */
+  systemDisk?: boolean;
   shares?: readonly { tag: string; guestDir: string }[];
 }
 
@@ -190,12 +190,12 @@ export interface CommandMounts {
 export function commandMessage(argv: string[], stdin: Uint8Array | undefined, nowMs = Date.now(), mounts: CommandMounts = {}): Uint8Array {
   if (argv.length === 0) throw new Error("no command to run in the guest");
   const seed = `#${Math.floor(nowMs / 1000)} ${randomBytes(SEED_BYTES).toString("base64")}\n`;
-  // What init mounts on a cold boot (images/init.ts), mounted here: the
-  // snapshot was taken before, so it holds no file system of the disk's
-  // (each run has a new overlay) and no FUSE session to carry. With a
-  // system disk, init then runs the command chrooted in it ($root).
-  let fragment = mounts.rootDevice === undefined ? "" : `root=${shellQuote(mounts.rootDevice)}\nmount_root\n`;
-  const prefix = mounts.rootDevice === undefined ? "" : "/newroot";
+  // The shares init mounts on a cold boot (images/init.ts), mounted here:
+  // the snapshot was taken before, so it holds no FUSE session to carry. A
+  // system disk was mounted read-only (nothing of the run's written yet);
+  // init then runs the command chrooted in it.
+  let fragment = mounts.systemDisk ? `mount -o remount,rw /newroot || { echo "tsvisor init: cannot remount the root disk read-write" >&2; finish 1; }\n` : "";
+  const prefix = mounts.systemDisk ? "/newroot" : "";
   fragment += (mounts.shares ?? []).map((s) => {
     const at = shellQuote(prefix + s.guestDir);
     return `mkdir -p ${at} && mount -t virtiofs ${s.tag} ${at} || echo "tsvisor init: could not mount share ${s.tag} at ${s.guestDir}" >&2\n`;

@@ -226,7 +226,7 @@ async function runLinuxGuest(opts: GuestRunOptions): Promise<number> {
   const stdin = stdinAsFile ? await readAllStdin(opts.memBytes / 4) : undefined;
   const fast = opts.snapshot !== false && fastStartRefusal(opts) === undefined && (stdin?.length ?? 0) <= fastStdinLimit(opts.console ?? "ttyS0");
   if (fast) {
-    const message = () => commandMessage(opts.command!, stdin, Date.now(), { rootDevice: opts.systemDisk?.device, shares: (opts.shares ?? []).map(parseShareSpec) });
+    const message = () => commandMessage(opts.command!, stdin, Date.now(), { systemDisk: opts.systemDisk !== undefined, shares: (opts.shares ?? []).map(parseShareSpec) });
     const cacheDir = defaultCacheDir();
     const imageDir = debianImageDir(cacheDir);
     const identity = imageIdentity(imageDir);
@@ -237,7 +237,7 @@ async function runLinuxGuest(opts: GuestRunOptions): Promise<number> {
           return await bootAndRun(opts, interactive, stdinAsFile, stdin, { mode: "restore", path, message: message() });
         } catch (e) {
           if (!(e instanceof RestoreFailed)) throw e;
-          // The failed guest may have mounted the system disk: the cold boot gets a new overlay.
+          // The failed guest may have written to the system disk: the cold boot gets a new overlay.
           opts.systemDisk?.renew();
           rmSync(path, { force: true });
           rmSync(workingSetPath(path), { force: true });
@@ -256,7 +256,7 @@ async function runLinuxGuest(opts: GuestRunOptions): Promise<number> {
   return bootAndRun(opts, interactive, stdinAsFile, stdin, undefined);
 }
 
-/** The kernel command line a run boots with (`fast`: the guest of a fast-start snapshot, which mounts its system disk and shares only once it has its command). */
+/** The kernel command line a run boots with (`fast`: the guest of a fast-start snapshot, which mounts the shares only once it has its command, and its system disk read-only). */
 function runCmdline(opts: GuestRunOptions, interactive: boolean, dhcp: string[], fast = false): string {
   let cmdline = opts.append ?? (interactive && process.env.TERM ? `${DEFAULT_CMDLINE} TERM=${process.env.TERM}` : DEFAULT_CMDLINE);
   // The kernel keeps printing on ttyS0 (hvc0 exists only once the virtio
@@ -266,7 +266,7 @@ function runCmdline(opts: GuestRunOptions, interactive: boolean, dhcp: string[],
   // a user's own --append keeps the guest's network as the user sets it.
   if (dhcp.length > 0 && opts.append === undefined) cmdline += ` tsvisor.dhcp=${dhcp.join(",")}`;
   // init mounts the system disk and runs the command in it, or switches to its systemd.
-  if (opts.systemDisk !== undefined && !fast) cmdline += ` tsvisor.root=${opts.systemDisk.device}`;
+  if (opts.systemDisk !== undefined) cmdline += ` tsvisor.root=${opts.systemDisk.device}${fast ? ",ro" : ""}`;
   // Shared folders are mounted by init (images/init.ts), with --append too: the user asked for them.
   const shares = (opts.shares ?? []).map(parseShareSpec);
   if (shares.length > 0 && !fast) cmdline += ` tsvisor.share=${shareCmdline(shares)}`;

@@ -35,11 +35,11 @@ test("Debian on a disk: pull, run a command, overlays thrown away or kept, power
     assert.equal(ok(await tsvisor([...RUN, "--", "sh", "-c", "modprobe nf_tables && grep -o '^nf_tables ' /proc/modules"])), "nf_tables \n");
   });
 
-  await t.test("fast start: a command restores a snapshot taken before the disk was mounted, on a new overlay of its own", async () => {
+  await t.test("fast start: a command restores a snapshot holding the disk mounted read-only, and writes to a new overlay of its own", async () => {
     // The runs above may have made the snapshot already; one more makes sure.
     ok(await tsvisor([...RUN, "--", "true"]));
-    const r = await tsvisor([...RUN, "--stats", "--", "sh", "-c", "cat /etc/debian_version; echo x > /root/fast; findmnt -n -o SOURCE /"]);
-    assert.match(ok(r), /^(13\.\d+|trixie\/sid)\n\/dev\/vda\n$/);
+    const r = await tsvisor([...RUN, "--stats", "--", "sh", "-c", "cat /etc/debian_version; echo x > /root/fast; findmnt -n -o SOURCE,OPTIONS /"]);
+    assert.match(ok(r), /^(13\.\d+|trixie\/sid)\n\/dev\/vda rw,[^\n]*\n$/);
     assert.match(r.stderr, /fast start: restored /);
     assert.equal((await tsvisor([...RUN, "--", "test", "-e", "/root/fast"])).status, 1, "the restored run's writes went to its own overlay");
     const cold = await tsvisor([...RUN, "--no-snapshot", "--stats", "--", "cat", "/etc/debian_version"]);

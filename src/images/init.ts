@@ -27,13 +27,15 @@
 //   or the shell to the virtio console once its driver is up. The kernel
 //   keeps ttyS0 as its console: hvc0 appears only after virtio_mmio is
 //   loaded, too late for the kernel's own messages and for /dev/console.
-// - \`tsvisor.root=/dev/vda\` (\`tsvisor run --image debian\`): init mounts that
+// - `tsvisor.root=/dev/vda` (`tsvisor run --image debian`): init mounts that
 //   ext4 disk; a command runs chrooted in it (its status comes back through
 //   the finisher as above); with none, init moves /dev, /proc, /sys and /run
 //   into it and switch_roots to its /sbin/init (systemd), which then owns the
 //   machine: its poweroff goes through the syscon finisher (Debian's kernel
-//   drives syscon-poweroff), as the busybox guest's does. A fast-start guest
-//   boots without it and mounts the disk once its command names it.
+//   drives syscon-poweroff), as the busybox guest's does.
+//   `tsvisor.root=/dev/vda,ro` (the guest of a fast-start snapshot,
+//   cli/fast-start.ts) mounts it read-only: nothing is written to the disk
+//   before the snapshot, and the command's fragment remounts it read-write.
 // - `tsvisor.share=TAG:/GUEST/DIR[,TAG:/DIR...]` (`tsvisor run --share`)
 //   makes init mount each virtio-fs device TAG at its directory once the
 //   virtio drivers are loaded (mkdir -p first). A directory holds no comma,
@@ -84,22 +86,20 @@ if ls /sys/firmware/devicetree/base/soc 2>/dev/null | grep -q '^virtio_mmio@'; t
   done
 fi
 
-# The system disk $root at /newroot. A fast-start command (cli/fast-start.ts)
-# calls it too: its snapshot was taken before any disk was mounted.
-mount_root() {
+# A system disk (tsvisor run --image): mount it; with no command, its own
+# init (systemd) takes over the machine and brings the network up itself.
+rootmode=rw
+case "$root" in *,ro) root="\${root%,ro}"; rootmode=ro ;; esac
+if [ -n "$root" ]; then
   n=0
   while [ ! -b "$root" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
   mkdir -p /newroot
-  if ! mount -t ext4 -o rw "$root" /newroot; then
+  if ! mount -t ext4 -o "$rootmode" "$root" /newroot; then
     echo "tsvisor init: cannot mount the root disk $root" >&2
     if [ -f ${ARGV_PATH} ]; then devmem 0x${FINISHER_ADDR.toString(16)} 32 $(( (1 << 16) | 0x3333 )); fi
     poweroff -f
   fi
-}
-
-# A system disk (tsvisor run --image): mount it; with no command, its own
-# init (systemd) takes over the machine and brings the network up itself.
-[ -n "$root" ] && mount_root
+fi
 
 # Shared folders, inside the system disk when there is one (its command and
 # its systemd see that tree, not this one).
@@ -201,8 +201,8 @@ if [ -f ${ARGV_PATH} ]; then
   # Output byte for byte (no CR before LF); input typed on a host terminal
   # is not echoed twice, and ^D from the host's end of input is end-of-file.
   stty -echo -onlcr 2>/dev/null
-  # Sets "$@"; a fast-start guest waits here for its command, which may
-  # mount a system disk (root=... and mount_root, cli/fast-start.ts).
+  # Sets "$@"; a fast-start guest waits here for its command (whose
+  # fragment remounts a system disk read-write, cli/fast-start.ts).
   . ${ARGV_PATH}
   [ -n "$root" ] && run_in_root "$@"
   if [ -f ${STDIN_PATH} ]; then "$@" < ${STDIN_PATH}; else "$@"; fi
