@@ -7,11 +7,11 @@
 // have put the real one; the kernel and initramfs are the pulled ones.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bin, ok, pullImage, BOOT_TIMEOUT_MS, type Run } from "./test-tsvisor.js";
+import { ok, pullImage, tsvisor as runTsvisor, BOOT_TIMEOUT_MS, type Run } from "./test-tsvisor.js";
 import { defaultCacheDir } from "../images/image-cache.js";
 import { debianImageDir } from "../images/debian.js";
 import { SYSTEM_DISK_BYTES, SYSTEM_DISK_FILE, SYSTEM_MANIFEST_FILE, debianSystemDir, systemRecipe, type SystemManifest } from "../images/debian-system.js";
@@ -52,21 +52,7 @@ before(() => {
 });
 
 /** tsvisor with the test's cache. */
-function tsvisor(args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, TSVISOR_CACHE: cache } });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), BOOT_TIMEOUT_MS);
-    child.on("error", reject);
-    child.on("close", (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
-}
+const tsvisor = (args: string[]): Promise<Run> => runTsvisor(args, "", { TSVISOR_CACHE: cache });
 
 const RUN = ["run", "--image", "debian", "--mem", "192M", "--stats"];
 

@@ -15,10 +15,10 @@ export interface Run {
   stderr: string;
 }
 
-/** tsvisor with `stdin` piped in (or none), collecting everything it prints. */
-export function tsvisor(args: string[], stdin: string | Buffer = ""): Promise<Run> {
+/** tsvisor with `stdin` piped in (or none) and `env` added to this process's environment, collecting everything it prints. */
+export function tsvisor(args: string[], stdin: string | Buffer = "", env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bin, ...args], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, ...env } });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
