@@ -34,9 +34,10 @@
 //      guest's time of day would go on from when the snapshot was taken.
 //   1. A block: the shell fragment (the system disk remounted read-write,
 //      mounts of the run's --share folders, which init mounts itself on a
-//      cold boot, then `set --` with the command), written to /tsvisor/cmd (as plain text when it is
-//      printable ASCII in lines under 4000 bytes, read by shell builtins: no
-//      program started; else base64), then sourced by init.
+//      cold boot, then `set --` with the command), written to
+//      /tsvisor/cmd (as plain text when it is printable ASCII in lines
+//      under 4000 bytes, read by shell builtins: no program started; else
+//      base64), then sourced by init.
 //   2. With a piped stdin, a block: the command's stdin in base64, written
 //      to /tsvisor/stdin as the command archive does (an empty one is made
 //      by the fragment).
