@@ -197,15 +197,16 @@ async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<
   const system = await pullDebianSystem({ cacheDir, progress: (line) => process.stderr.write(`${line}\n`) });
   const kept = opts.diskName !== undefined ? keptDiskPath(cacheDir, opts.diskName) : undefined;
   if (kept !== undefined) await makeDirectories(dirname(kept));
+  // Which build of the base: a kept overlay records it, a fast-start key names it.
+  const baseId = `${system.manifest.recipe} ${system.manifest.built}`;
   let overlay;
   try {
-    overlay = makeOverlay(system.diskPath, system.manifest.disk.virtualSize, kept, `${system.manifest.recipe} ${system.manifest.built}`);
+    overlay = makeOverlay(system.diskPath, system.manifest.disk.virtualSize, kept, baseId);
   } catch (e) {
     if (e instanceof OverlayError) throw new LinuxRunError(e.message);
     throw new LinuxRunError(`cannot make the overlay for --image ${image}: ${(e as Error).message}`);
   }
   if (kept !== undefined && !overlay.reused) process.stderr.write(`tsvisor: the disk of this run is kept in ${kept} (--disk-name ${opts.diskName})\n`);
-  const baseId = `${system.manifest.recipe} ${system.manifest.built}`;
   const systemDisk: SystemDisk = {
     spec: `${overlay.path},format=qcow2`, device: "/dev/vda",
     base: kept === undefined ? baseId : undefined,
