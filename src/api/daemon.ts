@@ -200,14 +200,14 @@ export class Daemon {
   }
 
   /**
-   * POST /v1/vms/{name}/migrate: `{ to: "HOST:PORT", token, postcopy?, maxDowntimeMs? }`.
+   * POST /v1/vms/{name}/migrate: `{ to: "HOST:PORT", token, postcopy?, maxDowntimeMs?, maxBandwidthMiBps?, copyDisks?, tls? }`.
    * Once it runs on the target, the VM is stopped here, its devices closed,
    * and it is removed from this host (its definition too: the target has it).
    */
   async migrate(vm: ManagedVm, body: unknown): Promise<MigrateView> {
     if (typeof body !== "object" || body === null || Array.isArray(body)) throw new ApiError(400, "the body must be a JSON object");
     const b = body as Record<string, unknown>;
-    const known = ["to", "token", "postcopy", "maxDowntimeMs", "copyDisks", "tls"];
+    const known = ["to", "token", "postcopy", "maxDowntimeMs", "maxBandwidthMiBps", "copyDisks", "tls"];
     for (const key of Object.keys(b)) if (!known.includes(key)) throw new ApiError(400, `unknown field '${key}' (known: ${known.join(", ")})`);
     if (typeof b.to !== "string") throw new ApiError(400, "to: the target's migration listener, HOST:PORT, is required");
     const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(b.to);
@@ -218,10 +218,15 @@ export class Daemon {
     if (maxDowntimeMs !== undefined && (typeof maxDowntimeMs !== "number" || !Number.isInteger(maxDowntimeMs) || maxDowntimeMs < 1 || maxDowntimeMs > 600_000)) {
       throw new ApiError(400, "maxDowntimeMs: expected an integer 1..600000");
     }
+    const maxBandwidthMiBps = b.maxBandwidthMiBps;
+    if (maxBandwidthMiBps !== undefined && (typeof maxBandwidthMiBps !== "number" || !Number.isInteger(maxBandwidthMiBps) || maxBandwidthMiBps < 1 || maxBandwidthMiBps > 1 << 20)) {
+      throw new ApiError(400, "maxBandwidthMiBps: expected an integer 1..1048576 (MiB/s)");
+    }
     if (b.copyDisks !== undefined && typeof b.copyDisks !== "boolean") throw new ApiError(400, "copyDisks: expected true or false");
     if (b.tls !== undefined && typeof b.tls !== "boolean") throw new ApiError(400, "tls: expected true or false");
     const result = await vm.migrate({ host: m[1] ?? m[2], port: Number(m[3]), token: b.token, tls: b.tls === true }, {
       postcopy: b.postcopy as boolean | "auto" | undefined, maxDowntimeMs: maxDowntimeMs as number | undefined, copyDisks: b.copyDisks === true,
+      ...(maxBandwidthMiBps !== undefined ? { bandwidthBytesPerSec: (maxBandwidthMiBps as number) * (1 << 20) } : {}),
     });
     if (this.vms.get(vm.name) === vm && vm.state === "stopped") {
       // GET /v1/vms/{name}/migration still answers for it.

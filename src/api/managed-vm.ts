@@ -395,7 +395,7 @@ export class ManagedVm {
    * 409 when it is not running; 502 when the migration failed (it runs on
    * here, or stays paused when the engine could not tell: the message says).
    */
-  async migrate(to: MigrateTarget, opts: { postcopy?: boolean | "auto"; maxDowntimeMs?: number; copyDisks?: boolean }): Promise<MigrationResult> {
+  async migrate(to: MigrateTarget, opts: { postcopy?: boolean | "auto"; maxDowntimeMs?: number; bandwidthBytesPerSec?: number; copyDisks?: boolean }): Promise<MigrationResult> {
     const vm = this.vm;
     if (!vm || (this._state !== "running" && this._state !== "paused")) {
       throw new ApiError(409, `VM '${this.name}' is ${this._state}: only a running or paused VM can be migrated`);
@@ -415,6 +415,8 @@ export class ManagedVm {
         ...(copyDisks ? { disks: this.devices?.diskCopies() ?? [] } : { releaseStorage: async () => this.devices?.reopenDisks() }),
         progress: (p) => {
           status.progress = { ...p };
+          // The log has a line a round, at its end; the status shows the pace inside one too.
+          if (p.inRound) return;
           this.event(`vm ${this.name}: migration round ${p.round}: ${(p.sentBytes / (1 << 20)).toFixed(1)} MiB sent, ${p.dirtyPages} pages dirty, expected downtime ${Math.round(p.expectedDowntimeMs)} ms${p.throttlePct ? `, throttled ${p.throttlePct}%` : ""}`);
         },
         phase: (phase) => {

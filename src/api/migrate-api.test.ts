@@ -69,6 +69,9 @@ test("a VM migrated through the API and the CLI finishes on the target with ever
     assert.equal((await source.api("POST", "/v1/vms/p/migrate", { to: "nowhere", token: TOKEN })).status, 400);
     assert.equal((await source.api("POST", "/v1/vms/p/migrate", { to, token: TOKEN, postcopy: "sometimes" })).status, 400);
     assert.equal((await source.api("POST", "/v1/vms/p/migrate", { to, token: TOKEN, extra: 1 })).status, 400);
+    const slow = await source.api("POST", "/v1/vms/p/migrate", { to, token: TOKEN, maxBandwidthMiBps: 0 });
+    assert.equal(slow.status, 400, slow.text);
+    assert.match(slow.json.error, /^maxBandwidthMiBps: expected an integer 1\.\.1048576/);
 
     // Never migrated (the refusals above, 409 and 400, started none): 404, saying so; no such VM: 404.
     const never = await source.api("GET", "/v1/vms/p/migration");
@@ -161,7 +164,7 @@ test("a VM migrated through the API and the CLI finishes on the target with ever
   }
 });
 
-test("vm migrate shows each round of a guest that keeps writing its RAM on stderr, one line a round without a terminal", { skip, timeout: 120_000 }, async () => {
+test("vm migrate --max-bandwidth paces a guest that keeps writing its RAM, and shows each round on stderr, a line a round without a terminal", { skip, timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(base, "d-"));
   const source = await TestHost.start(join(dir, "src"));
   const target = await TestHost.start(join(dir, "dst"), ["--migration-listen", "127.0.0.1:0", "--migration-token", TOKEN]);
@@ -170,19 +173,26 @@ test("vm migrate shows each round of a guest that keeps writing its RAM on stder
     assert.equal((await source.api("POST", "/v1/vms", { name: "d", kernel: dirty, append: "", memBytes: 64 << 20, cpus: 2, nets: [] })).status, 201);
     assert.equal((await source.api("POST", "/v1/vms/d/start")).status, 200);
     await until("'written'", async () => (await source.api("GET", "/v1/vms/d/logs")).text.includes("written"));
-    // A downtime of 1 ms: rounds (and auto-converge) until the 30th, long enough to be seen.
-    const r = await tsvisor(["vm", "migrate", "d", "--to", to, "--token", TOKEN, "--max-downtime", "1", "--host", source.socket]);
+    // A downtime of 1 ms: rounds (and auto-converge) until the 30th; at 24 MiB/s
+    // its round 0 alone (the guest's 64 MiB written) takes seconds, long enough to be seen.
+    const r = await tsvisor(["vm", "migrate", "d", "--to", to, "--token", TOKEN, "--max-downtime", "1", "--max-bandwidth", "24", "--host", source.socket]);
     console.log(r.stderr + r.stdout);
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /^VM d migrated to \S+: \d+ rounds, [\d.]+ MiB sent, downtime \d+ ms, [\d.]+ s\n$/);
+    const done = /^VM d migrated to \S+: \d+ rounds, ([\d.]+) MiB sent, downtime \d+ ms, ([\d.]+) s\n$/.exec(r.stdout);
+    assert.ok(done, r.stdout);
+    // Paced: no faster than asked, over the whole migration (a small burst allowed).
+    assert.ok(Number(done[1]) / Number(done[2]) <= 24 * 1.1, r.stdout);
     const lines = r.stderr.split("\n").filter((l) => l !== "");
     assert.ok(lines.length >= 1, `no progress on stderr (stdout: ${r.stdout})`);
     const rounds: number[] = [];
     for (const l of lines) {
-      const m = /^migrating d: round (\d+), [\d.]+ MiB sent, \d+ pages dirty \([\d.]+ MiB\/s\), link [\d.]+ MiB\/s, expected downtime \d+ ms, throttle \d+%(; final phase, paused)?$/.exec(l);
+      const m = /^migrating d: round (\d+), [\d.]+ MiB sent, \d+ pages dirty \([\d.]+ MiB\/s\), link ([\d.]+) MiB\/s, expected downtime \d+ ms, throttle \d+%(; sending|; final phase, paused)?$/.exec(l);
       assert.ok(m, `not a progress line: '${l}'`);
-      if (!m[2]) rounds.push(Number(m[1]));
+      assert.ok(Number(m[2]) <= 24, `the link shown beyond the limit: '${l}'`);
+      if (!m[3]) rounds.push(Number(m[1]));
     }
+    // Round 0 is shown while it is being sent.
+    assert.match(lines[0], /^migrating d: round 0, .*; sending$/);
     // No terminal: a line per round (no carriage returns), never the same round twice, in order.
     assert.doesNotMatch(r.stderr, /\r|\x1b/);
     for (let i = 1; i < rounds.length; i++) assert.ok(rounds[i] > rounds[i - 1], r.stderr);

@@ -79,9 +79,11 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
                           new MAC addresses, which its guest takes through its agent
                           (--keep-macs: the snapshot's)
   vm migrate NAME --to HOST:PORT [--token TOKEN] [--postcopy|--postcopy-auto]
-             [--max-downtime MS] [--copy-disks] [--tls]
+             [--max-downtime MS] [--max-bandwidth MIB] [--copy-disks] [--tls]
                           live-migrate the running VM to the host whose --migration-listen
                           is HOST:PORT (token: --token, else $TSVISOR_MIGRATION_TOKEN);
+                          --max-downtime: the final pause's limit (default 300 ms);
+                          --max-bandwidth: send at most MIB MiB/s (default: no limit);
                           its disks must be at the same paths there, unless --copy-disks:
                           their content goes along, into new qcow2 images in the target's
                           state directory (what the guest writes meanwhile too).
@@ -509,7 +511,7 @@ async function restore(argv: string[]): Promise<number> {
 
 async function migrate(argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(argv, {
-    to: { type: "string" }, token: { type: "string" }, postcopy: { type: "boolean" }, "postcopy-auto": { type: "boolean" }, "max-downtime": { type: "string" },
+    to: { type: "string" }, token: { type: "string" }, postcopy: { type: "boolean" }, "postcopy-auto": { type: "boolean" }, "max-downtime": { type: "string" }, "max-bandwidth": { type: "string" },
     "copy-disks": { type: "boolean" }, tls: { type: "boolean" },
   }, "vm migrate");
   const name = oneName(positionals, "vm migrate");
@@ -525,6 +527,7 @@ async function migrate(argv: string[]): Promise<number> {
   if (v["copy-disks"]) body.copyDisks = true;
   if (v.tls) body.tls = true;
   if (v["max-downtime"] !== undefined) body.maxDowntimeMs = intFlag("--max-downtime", v["max-downtime"] as string, 1, 600_000);
+  if (v["max-bandwidth"] !== undefined) body.maxBandwidthMiBps = intFlag("--max-bandwidth", v["max-bandwidth"] as string, 1, 1 << 20);
   const socket = clientSocketPath(v.host as string | undefined);
   const stopWatching = watchMigration(socket, name);
   let r: MigrateView;
@@ -547,7 +550,7 @@ function rateText(bytesPerSec: number): string {
 /** One line of a migration's progress: `migrating x: round 3, 41.2 MiB sent, 120 pages dirty (1.2 MiB/s), ...`. */
 export function migrationProgressLine(s: MigrationStatus): string {
   const p = s.progress!;
-  const phase = s.phase === "final" ? "; final phase, paused" : s.phase === "postcopy" ? "; post-copy, running on the target" : "";
+  const phase = s.phase === "final" ? "; final phase, paused" : s.phase === "postcopy" ? "; post-copy, running on the target" : p.inRound ? "; sending" : "";
   return `migrating ${s.name}: round ${p.round}, ${mibText(p.sentBytes)} sent, ${p.dirtyPages} pages dirty (${rateText(p.dirtyRateBytesPerSec)}), ` +
     (p.dirtyDiskBytes !== undefined ? `${mibText(p.dirtyDiskBytes)} of disk changed, ` : "") +
     `link ${rateText(p.bandwidthBytesPerSec)}, expected downtime ${Math.round(p.expectedDowntimeMs)} ms, throttle ${p.throttlePct}%${phase}`;
@@ -567,7 +570,7 @@ function watchMigration(socket: string, name: string, everyMs = 500): () => void
   const poll = async () => {
     try {
       const s = (await call(socket, "GET", vmPath(name, "/migration"))) as MigrationStatus;
-      if (!stopped && s.state === "active" && s.progress) line.update(migrationProgressLine(s), `${s.progress.round} ${s.phase ?? ""}`);
+      if (!stopped && s.state === "active" && s.progress) line.update(migrationProgressLine(s), `${s.progress.round} ${s.phase ?? ""} ${s.progress.inRound ? "sending" : ""}`);
     } catch {
       // no status yet, or none to have
     }

@@ -49,7 +49,13 @@ export class DiskCopier {
   /** Disk bytes sent (data and zero markers' lengths are not counted twice: only data). */
   sentBytes = 0;
 
-  constructor(private readonly disks: readonly DiskCopySource[], private readonly writer: MessageWriter, private readonly check: () => void) {}
+  /** `pace`, after each message: waits as long as a bandwidth limit asks. */
+  constructor(
+    private readonly disks: readonly DiskCopySource[],
+    private readonly writer: MessageWriter,
+    private readonly check: () => void,
+    private readonly pace?: () => Promise<void>,
+  ) {}
 
   /** What Config says of the disks coming. */
   announce(): { bytes: number }[] {
@@ -129,6 +135,7 @@ export class DiskCopier {
     h.writeBigUInt64LE(BigInt(data.length), 16);
     if (!zero) this.sentBytes += data.length;
     await this.writer.send(Cmd.Disk, zero ? h : Buffer.concat([h, data]));
+    await this.pace?.();
   }
 }
 

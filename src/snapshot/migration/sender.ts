@@ -79,6 +79,8 @@ export interface MigrationProgress {
   throttlePct: number;
   /** Disks copied along: bytes the guest changed since they were last sent (whole chunks). */
   dirtyDiskBytes?: number;
+  /** The round is still being sent: the figures so far (the link's pace in this round alone). */
+  inRound?: boolean;
 }
 
 export interface MigrateOptions {
@@ -158,6 +160,8 @@ export interface MigrationSource {
 const MAX_INFLIGHT = 8 << 20;
 const CONNECT_TIMEOUT_MS = 10_000;
 const REPLY_TIMEOUT_MS = 30_000;
+/** Inside a round, a report at most this often: round 0 of a large guest on a slow link takes minutes. */
+const PROGRESS_EVERY_MS = 250;
 
 export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: MigrateOptions): Promise<MigrationResult> {
   const where = `${to.host}:${to.port}`;
@@ -216,7 +220,9 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     if (!macMatches(to.token, "target", myNonce, ack.bytes("mac", 64))) throw new MigrationError("the target does not know the token (it answered with a wrong proof)");
 
     // ---- config ----
-    disks = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check()) : undefined;
+    // One pace for the main stream, pages and disks alike, restarted by each run of sends (no burst after a wait for an Ack).
+    const pacer = limit ? new Pacer(limit, () => w.sent) : undefined;
+    disks = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check(), pacer && (() => pacer.pace())) : undefined;
     await w.json(Cmd.Config, {
       vm: src.meta(), postcopy: opts.postcopy === true || opts.postcopy === "auto",
       ...(opts.definition !== undefined ? { definition: opts.definition } : {}),
@@ -227,6 +233,8 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     /** Post-copy: every pending page, those the target asks for first; resolves once it has them all. */
     const pushPending = async (pc: { reader: MessageReader; writer: MessageWriter }, pending: number[]): Promise<NonNullable<MigrationResult["postcopy"]>> => {
       const start = performance.now();
+      const pcPacer = limit ? new Pacer(limit, () => pc.writer.sent) : undefined;
+      pcPacer?.begin();
       const sent = new Uint8Array(p2m.count);
       const isPending = new Uint8Array(p2m.count);
       for (const i of pending) isPending[i] = 1;
@@ -239,10 +247,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
           k += run.used;
           pages += run.pages;
           await pc.writer.send(Cmd.Memory, Buffer.from(run.payload));
-          if (limit) {
-            const ahead = (pc.writer.sent / limit) * 1000 - (performance.now() - start);
-            if (ahead > 2) await new Promise((r) => setTimeout(r, ahead));
-          }
+          await pcPacer?.pace();
         }
       };
       const serveFetches = async () => {
@@ -282,10 +287,32 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     const buf = pageBuffer();
     let inflight: Promise<void>[] = [];
     let inflightBytes = 0;
-    /** Send pages `indices`, pacing to the limit; returns the seconds it took. */
-    const sendPages = async (indices: ArrayLike<number>, skipZero: boolean, endRound = true): Promise<number> => {
+    // Set once round 0 starts; the rounds' figures, reported by report().
+    let log: DirtyLog | undefined;
+    let round = 0;
+    let lastTake = 0;
+    let dirtyRate = 0;
+    let bandwidth = 0; // measured by round 0's end
+    let lastReport = 0;
+    const report = (linkBytesPerSec: number, inRound: boolean) => {
+      const dirtyNow = log!.count();
+      const sinceTake = (performance.now() - lastTake) / 1000;
+      dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
+      const dirtyDiskBytes = disks?.dirtyBytes() ?? 0;
+      const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE + dirtyDiskBytes) / linkBytesPerSec) * 1000;
+      lastReport = performance.now();
+      opts.progress?.({
+        round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: linkBytesPerSec, expectedDowntimeMs, throttlePct: throttle,
+        ...(disks ? { dirtyDiskBytes } : {}), ...(inRound ? { inRound } : {}),
+      });
+      return expectedDowntimeMs;
+    };
+    /** Send pages `indices`, pacing to the limit, reporting the running
+     *  round's pace now and then (`inRound`); returns the seconds it took. */
+    const sendPages = async (indices: ArrayLike<number>, skipZero: boolean, endRound = true, inRound = true): Promise<number> => {
       const start = performance.now();
       const startBytes = w.sent;
+      pacer?.begin();
       for (let k = 0; k < indices.length;) {
         check();
         const run = encodePages(p2m, indices, k, skipZero, buf);
@@ -300,9 +327,10 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
           inflight = [];
           inflightBytes = 0;
         }
-        if (limit) {
-          const ahead = ((w.sent - startBytes) / limit) * 1000 - (performance.now() - start);
-          if (ahead > 2) await new Promise((r) => setTimeout(r, ahead));
+        await pacer?.pace();
+        const now = performance.now();
+        if (inRound && opts.progress && now - Math.max(start, lastReport) >= PROGRESS_EVERY_MS && w.sent - startBytes >= 64 << 10) {
+          report(measure(w.sent - startBytes, (now - start) / 1000, limit, undefined), true);
         }
       }
       await Promise.all(inflight);
@@ -319,39 +347,30 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     // ---- disks copied along: recording changes, then their whole content ----
     if (disks) {
       disks.startTracking();
+      pacer?.begin();
       await disks.sendAll();
     }
 
     // ---- round 0: everything that is not zero, the VM running ----
     if (!(await src.holdVcpus())) throw new MigrationError("the VM stopped during the migration");
-    const log = src.dirtyLog();
+    log = src.dirtyLog();
     src.forgetDiffBase();
     log.take();
     src.releaseVcpus();
-    let lastTake = performance.now();
+    lastTake = performance.now();
     const all: number[] = [];
     for (let i = 0; i < p2m.count; i++) if (!readsAsZero(p2m.entry(i))) all.push(i);
     let before = w.sent;
     let secs = await sendPages(all, true);
-    let bandwidth = measure(w.sent - before, secs, limit, undefined);
-    let round = 0;
+    bandwidth = measure(w.sent - before, secs, limit, undefined);
     let prevDirty = Infinity;
     let notShrinking = 0;
-    let dirtyRate = 0;
     let usePostcopy = false;
 
     // ---- dirty rounds ----
     for (;;) {
       check();
-      const dirtyNow = log.count();
-      const sinceTake = (performance.now() - lastTake) / 1000;
-      dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
-      const dirtyDiskBytes = disks?.dirtyBytes() ?? 0;
-      const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE + dirtyDiskBytes) / bandwidth) * 1000;
-      opts.progress?.({
-        round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, expectedDowntimeMs, throttlePct: throttle,
-        ...(disks ? { dirtyDiskBytes } : {}),
-      });
+      const expectedDowntimeMs = report(bandwidth, false);
       // Post-copy: at once after round 0, or ("auto") once pre-copy stops getting anywhere.
       if (opts.postcopy === true && vm.state === "running") {
         usePostcopy = true;
@@ -378,6 +397,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       prevDirty = dirty.length;
       before = w.sent;
       const diskStart = performance.now();
+      pacer?.begin();
       await disks?.sendChanged();
       secs = (performance.now() - diskStart) / 1000 + (await sendPages(dirty, false));
       if (w.sent - before >= 1 << 20) bandwidth = measure(w.sent - before, secs, limit, bandwidth);
@@ -396,9 +416,10 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     check();
     const last = log.take();
     // Disks go whole before the target runs, post-copy or not.
+    pacer?.begin();
     await disks?.sendChanged();
     await opts.releaseStorage?.();
-    if (!usePostcopy) await sendPages(last, false, false);
+    if (!usePostcopy) await sendPages(last, false, false, false);
     trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
     trace("state", pausedAt);
@@ -497,4 +518,23 @@ function measure(bytes: number, secs: number, limit: number | undefined, previou
   if (bytes < 64 << 10 || secs <= 0) return previous ?? limit ?? 1e9;
   const bw = bytes / secs;
   return limit ? Math.min(limit, bw) : bw;
+}
+
+/** Holds a stream to `limit` bytes a second (QEMU's max-bandwidth): from begin(), what was sent against the time since. */
+class Pacer {
+  private start = 0;
+  private from = 0;
+
+  constructor(private readonly limit: number, private readonly sent: () => number) {}
+
+  begin(): void {
+    this.start = performance.now();
+    this.from = this.sent();
+  }
+
+  /** After a send: waits while the stream is ahead of the limit by more than 2 ms. */
+  async pace(): Promise<void> {
+    const ahead = ((this.sent() - this.from) / this.limit) * 1000 - (performance.now() - this.start);
+    if (ahead > 2) await new Promise((r) => setTimeout(r, ahead));
+  }
 }
