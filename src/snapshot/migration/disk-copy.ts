@@ -49,12 +49,12 @@ export class DiskCopier {
   /** Disk bytes sent (data and zero markers' lengths are not counted twice: only data). */
   sentBytes = 0;
 
-  /** `pace`, after each message: waits as long as a bandwidth limit asks. */
+  /** `afterSend`, after each message: waits as long as a bandwidth limit asks (and reports progress). */
   constructor(
     private readonly disks: readonly DiskCopySource[],
     private readonly writer: MessageWriter,
     private readonly check: () => void,
-    private readonly pace?: () => Promise<void>,
+    private readonly afterSend?: () => Promise<void>,
   ) {}
 
   /** What Config says of the disks coming. */
@@ -135,7 +135,7 @@ export class DiskCopier {
     h.writeBigUInt64LE(BigInt(data.length), 16);
     if (!zero) this.sentBytes += data.length;
     await this.writer.send(Cmd.Disk, zero ? h : Buffer.concat([h, data]));
-    await this.pace?.();
+    await this.afterSend?.();
   }
 }
 

@@ -222,7 +222,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     // ---- config ----
     // One pace for the main stream, pages and disks alike, restarted by each run of sends (no burst after a wait for an Ack).
     const pacer = limit ? new Pacer(limit, () => w.sent) : undefined;
-    disks = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check(), pacer && (() => pacer.pace())) : undefined;
+    disks = opts.disks && opts.disks.length > 0 ? new DiskCopier(opts.disks, w, () => check(), () => afterSend()) : undefined;
     await w.json(Cmd.Config, {
       vm: src.meta(), postcopy: opts.postcopy === true || opts.postcopy === "auto",
       ...(opts.definition !== undefined ? { definition: opts.definition } : {}),
@@ -287,7 +287,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     const buf = pageBuffer();
     let inflight: Promise<void>[] = [];
     let inflightBytes = 0;
-    // Set once round 0 starts; the rounds' figures, reported by report().
+    // The rounds' figures, reported by report(); the log is there from round 0 (not while disks go whole before it).
     let log: DirtyLog | undefined;
     let round = 0;
     let lastTake = 0;
@@ -295,7 +295,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     let bandwidth = 0; // measured by round 0's end
     let lastReport = 0;
     const report = (linkBytesPerSec: number, inRound: boolean) => {
-      const dirtyNow = log!.count();
+      const dirtyNow = log?.count() ?? 0;
       const sinceTake = (performance.now() - lastTake) / 1000;
       dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
       const dirtyDiskBytes = disks?.dirtyBytes() ?? 0;
@@ -307,12 +307,27 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       });
       return expectedDowntimeMs;
     };
-    /** Send pages `indices`, pacing to the limit, reporting the running
-     *  round's pace now and then (`inRound`); returns the seconds it took. */
-    const sendPages = async (indices: ArrayLike<number>, skipZero: boolean, endRound = true, inRound = true): Promise<number> => {
-      const start = performance.now();
-      const startBytes = w.sent;
+    // A run of sends (a round's pages, the disks' part of one): paced from its
+    // start, and its figures so far reported now and then.
+    let runStart = 0;
+    let runFrom = 0;
+    const beginRun = () => {
+      runStart = performance.now();
+      runFrom = w.sent;
       pacer?.begin();
+    };
+    /** After each message of a run. */
+    const afterSend = async () => {
+      await pacer?.pace();
+      const now = performance.now();
+      if (opts.progress && now - Math.max(runStart, lastReport) >= PROGRESS_EVERY_MS && w.sent - runFrom >= 64 << 10) {
+        report(measure(w.sent - runFrom, (now - runStart) / 1000, limit, undefined), true);
+      }
+    };
+    /** Send pages `indices`; returns the seconds it took. */
+    const sendPages = async (indices: ArrayLike<number>, skipZero: boolean, endRound = true): Promise<number> => {
+      const start = performance.now();
+      beginRun();
       for (let k = 0; k < indices.length;) {
         check();
         const run = encodePages(p2m, indices, k, skipZero, buf);
@@ -327,11 +342,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
           inflight = [];
           inflightBytes = 0;
         }
-        await pacer?.pace();
-        const now = performance.now();
-        if (inRound && opts.progress && now - Math.max(start, lastReport) >= PROGRESS_EVERY_MS && w.sent - startBytes >= 64 << 10) {
-          report(measure(w.sent - startBytes, (now - start) / 1000, limit, undefined), true);
-        }
+        await afterSend();
       }
       await Promise.all(inflight);
       inflight = [];
@@ -347,7 +358,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     // ---- disks copied along: recording changes, then their whole content ----
     if (disks) {
       disks.startTracking();
-      pacer?.begin();
+      beginRun();
       await disks.sendAll();
     }
 
@@ -397,7 +408,7 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
       prevDirty = dirty.length;
       before = w.sent;
       const diskStart = performance.now();
-      pacer?.begin();
+      beginRun();
       await disks?.sendChanged();
       secs = (performance.now() - diskStart) / 1000 + (await sendPages(dirty, false));
       if (w.sent - before >= 1 << 20) bandwidth = measure(w.sent - before, secs, limit, bandwidth);
@@ -416,10 +427,10 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     check();
     const last = log.take();
     // Disks go whole before the target runs, post-copy or not.
-    pacer?.begin();
+    beginRun();
     await disks?.sendChanged();
     await opts.releaseStorage?.();
-    if (!usePostcopy) await sendPages(last, false, false, false);
+    if (!usePostcopy) await sendPages(last, false, false);
     trace("lastPages", pausedAt);
     await w.json(Cmd.State, machine.saveState());
     trace("state", pausedAt);
