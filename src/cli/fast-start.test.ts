@@ -91,7 +91,17 @@ test("a new snapshot prunes those of other generations (tsvisor, init, image) an
     }
     writeFileSync(join(dir, "other.txt"), "");
     pruneSnapshots(dir, key);
-    assert.deepEqual(readdirSync(dir).sort(), [`${key}.snap`, `${key}.pages`, `${sibling}.snap`, `${sibling}.pages`, "other.txt"].sort());
+    const kept = [`${key}.snap`, `${key}.pages`, `${sibling}.snap`, `${sibling}.pages`, "other.txt"];
+    assert.deepEqual(readdirSync(dir).sort(), [...kept].sort());
+
+    // run --image: a snapshot on a new build of the system disk's base (image pull --force) prunes those on the old one, not the others.
+    const onOld = snapshotKey("image-a", { ...shape, system: "build-1" });
+    const onNew = snapshotKey("image-a", { ...shape, system: "build-2" });
+    const onNewSibling = snapshotKey("image-a", { ...shape, system: "build-2", cpus: 2 });
+    assert.equal(onOld.split("-")[0], key.split("-")[0]);
+    for (const k of [onOld, onNew, onNewSibling]) writeFileSync(join(dir, `${k}.snap`), "");
+    pruneSnapshots(dir, onNew);
+    assert.deepEqual(readdirSync(dir).sort(), [...kept, `${onNew}.snap`, `${onNewSibling}.snap`].sort());
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -282,6 +282,9 @@ export function imageIdentity(imageDir: string): string | undefined {
  * it is. It starts with a generation (this tsvisor, its waiting init, the
  * image) shared by the snapshots of every shape, so those of an older
  * generation, which no run will use again, can be told apart (pruneSnapshots).
+ * A `run --image` snapshot's name then tags the system disk's base build
+ * (`sys` and 8 hex digits): once `image pull --force` built another base, a
+ * new snapshot removes those made on the old one.
  */
 export function snapshotKey(image: string, shape: SnapshotShape): string {
   const generation = sha256hex(JSON.stringify(["tsvisor-fast-start-1", VERSION, image, sha256hex(waitArchive())])).slice(0, 12);
@@ -290,7 +293,8 @@ export function snapshotKey(image: string, shape: SnapshotShape): string {
     ...(shape.vsockCid === undefined ? [] : [shape.vsockCid]), ...(shape.shares ? [{ shares: shape.shares }] : []),
     ...(shape.system === undefined ? [] : [{ system: shape.system }]),
   ];
-  return `${generation}-${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
+  const system = shape.system === undefined ? "" : `sys${sha256hex(shape.system).slice(0, 8)}-`;
+  return `${generation}-${system}${sha256hex(JSON.stringify(parts)).slice(0, 24)}`;
 }
 
 export function snapshotPath(cacheDir: string, key: string): string {
@@ -339,9 +343,14 @@ export function saveWorkingSet(snapshot: string, pages: Uint32Array): void {
   }
 }
 
-/** Removes the snapshots of other generations than `key`'s (another tsvisor, init or image): about 70 MB each. */
+/**
+ * Removes the snapshots of other generations than `key`'s (another tsvisor,
+ * init or image), and, when `key` has a system disk's tag, those of its
+ * generation on another base build: about 70 MB each.
+ */
 export function pruneSnapshots(dir: string, key: string): void {
-  const generation = key.split("-")[0];
+  const [generation, second] = key.split("-");
+  const system = second?.startsWith("sys") ? `${generation}-${second}-` : undefined;
   let names: string[];
   try {
     names = readdirSync(dir);
@@ -349,7 +358,9 @@ export function pruneSnapshots(dir: string, key: string): void {
     return;
   }
   for (const name of names) {
-    if ((name.endsWith(".snap") || name.endsWith(".pages")) && !name.startsWith(`${generation}-`)) rmSync(join(dir, name), { force: true });
+    if (!name.endsWith(".snap") && !name.endsWith(".pages")) continue;
+    const stale = !name.startsWith(`${generation}-`) || (system !== undefined && name.startsWith(`${generation}-sys`) && !name.startsWith(system));
+    if (stale) rmSync(join(dir, name), { force: true });
   }
 }
 
