@@ -192,13 +192,12 @@ export async function runLinux(opts: LinuxRunOptions): Promise<number> {
 async function runSystemImage(opts: LinuxRunOptions, image: ImageName): Promise<number> {
   checkDeviceSpecs(opts.disks ?? [], opts.nets ?? [], opts.shares ?? [], opts.vsock);
   // Loaded here: a run without --image never needs them.
-  const [{ OverlayError, keptDiskPath, makeOverlay }, { pullDebianSystem }] = await Promise.all([import("./system-image.js"), import("../images/debian-system.js")]);
+  const [{ OverlayError, baseBuildId, keptDiskPath, makeOverlay }, { pullDebianSystem }] = await Promise.all([import("./system-image.js"), import("../images/debian-system.js")]);
   const cacheDir = defaultCacheDir();
   const system = await pullDebianSystem({ cacheDir, progress: (line) => process.stderr.write(`${line}\n`) });
   const kept = opts.diskName !== undefined ? keptDiskPath(cacheDir, opts.diskName) : undefined;
   if (kept !== undefined) await makeDirectories(dirname(kept));
-  // Which build of the base: a kept overlay records it, a fast-start key names it.
-  const baseId = `${system.manifest.recipe} ${system.manifest.built}`;
+  const baseId = baseBuildId(system.manifest);
   let overlay;
   try {
     overlay = makeOverlay(system.diskPath, system.manifest.disk.virtualSize, kept, baseId);

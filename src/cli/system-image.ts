@@ -33,6 +33,11 @@ export function keptDiskPath(cacheDir: string, name: string): string {
   return join(cacheDir, "disks", `${name}.qcow2`);
 }
 
+/** Which build of the base an overlay was made on: a kept overlay records it, a fast-start key names it. */
+export function baseBuildId(manifest: { recipe: string; built: string }): string {
+  return `${manifest.recipe} ${manifest.built}`;
+}
+
 export class OverlayError extends Error {}
 
 export interface Overlay {
