@@ -9,6 +9,7 @@ import { createQcow2 } from "../backends/disk/qcow2/create.js";
 import { VERSION } from "../cli/version.js";
 import { ApiError } from "./errors.js";
 import { checkName, parseDefinition, parsePatch, type HostLimits, type VmDefinition } from "./definition.js";
+import { prepareRootDisk, removeRootDisk, rootDiskPath, rootDiskSpec } from "./root-disk.js";
 import { ManagedVm, type SnapshotView, type MigrationStatus } from "./managed-vm.js";
 import { readSnapshotMeta, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError } from "../snapshot/state.js";
@@ -67,7 +68,17 @@ export class Daemon {
 
   private newVm(def: VmDefinition, restored = false): ManagedVm {
     this.departed.delete(def.name);
-    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def, true));
+    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def, true), (event) => this.prepareRootDisk(def, event));
+  }
+
+  /** The root disk of a VM with a system image that this host makes for it (root-disk.ts). */
+  private rootDisk(def: VmDefinition): string | undefined {
+    return def.image === undefined ? undefined : rootDiskPath(this.store.stateDir, def.name, def.image);
+  }
+
+  private async prepareRootDisk(def: VmDefinition, event: (line: string) => void): Promise<void> {
+    const path = this.rootDisk(def);
+    if (path !== undefined) await prepareRootDisk(def, path, event);
   }
 
   /**
@@ -267,8 +278,11 @@ export class Daemon {
   create(body: unknown): ManagedVm {
     const name = typeof body === "object" && body !== null && !Array.isArray(body) ? (body as { name?: unknown }).name : undefined;
     if (typeof name === "string" && this.vms.has(name)) throw new ApiError(409, `a VM named '${name}' exists already`);
-    const def = parseDefinition(body, this.limits);
+    let def = parseDefinition(body, this.limits);
     if (this.vms.has(def.name)) throw new ApiError(409, `a VM named '${def.name}' exists already`);
+    // A system image: its own root disk first, /dev/vda (made at its first start); checked again with it (the disks' count).
+    const root = this.rootDisk(def);
+    if (root !== undefined) def = parseDefinition({ ...(body as object), disks: [rootDiskSpec(root), ...def.disks] }, this.limits);
     const vm = this.newVm(def);
     this.store.save(def);
     this.vms.set(def.name, vm);
@@ -368,6 +382,8 @@ export class Daemon {
     if (vm.state !== "created" && vm.state !== "stopped") throw new ApiError(409, `VM '${vm.name}' is ${vm.state}: stop it before removing it`);
     this.store.remove(vm.name);
     this.vms.delete(vm.name);
+    const root = this.rootDisk(vm.def);
+    if (root !== undefined) removeRootDisk(vm.def, root);
     this.log(`vm ${vm.name} removed`);
   }
 

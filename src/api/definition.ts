@@ -5,6 +5,7 @@
 import { VIRT_MAX_HARTS } from "../arch/riscv/layout.js";
 import { MAX_WEIGHT, DEFAULT_WEIGHT } from "../host/scheduler.js";
 import { checkDeviceSpecs } from "../cli/vm-devices.js";
+import { IMAGE_NAMES, type ImageName } from "../cli/system-image.js";
 import { ApiError } from "./errors.js";
 
 export interface VmDefinition {
@@ -13,6 +14,12 @@ export interface VmDefinition {
   memBytes: number;
   /** Absolute paths; without them the Debian image is pulled at start. */
   kernel?: string;
+  /**
+   * A system disk to boot (`vm create --image debian`): the daemon puts the
+   * VM's own overlay on it first in `disks` (root-disk.ts); the Debian
+   * kernel boots it as the root. Not with kernel or initrd.
+   */
+  image?: ImageName;
   initrd?: string;
   /** Kernel command line (default: run's). */
   append?: string;
@@ -62,7 +69,7 @@ export function checkName(name: unknown): string {
 type Kind = "string" | "int" | "bool" | "string[]" | "int[]";
 
 const CREATE_FIELDS: Record<string, Kind> = {
-  name: "string", cpus: "int", memBytes: "int", kernel: "string", initrd: "string", append: "string",
+  name: "string", cpus: "int", memBytes: "int", kernel: "string", initrd: "string", image: "string", append: "string",
   disks: "string[]", nets: "string[]", shares: "string[]", console: "string", command: "string[]",
   weight: "int", capPct: "int", affinity: "int[]", autostart: "bool", shareGroup: "string", balloon: "bool", vsock: "string",
 };
@@ -134,6 +141,11 @@ export function parseDefinition(body: unknown, limits: HostLimits): VmDefinition
   if (b.shareGroup !== undefined) def.shareGroup = checkShareGroup(b.shareGroup as string);
   for (const key of ["kernel", "initrd", "append"] as const) if (b[key] !== undefined) def[key] = b[key] as string;
   if (b.command !== undefined) def.command = b.command as string[];
+  if (b.image !== undefined) {
+    if (!(IMAGE_NAMES as readonly string[]).includes(b.image as string)) throw new ApiError(400, `image: unknown image '${b.image as string}' (known: ${IMAGE_NAMES.join(", ")})`);
+    if (def.kernel !== undefined || def.initrd !== undefined) throw new ApiError(400, "image: it boots Debian's kernel and tsvisor's initramfs: no kernel or initrd with it");
+    def.image = b.image as ImageName;
+  }
   if (b.vsock !== undefined) def.vsock = b.vsock as string;
   if (def.cpus < 1 || def.cpus > VIRT_MAX_HARTS) throw new ApiError(400, `cpus: expected 1..${VIRT_MAX_HARTS}, got ${def.cpus}`);
   if (def.memBytes < 1 << 20 || def.memBytes % 4096 !== 0) throw new ApiError(400, "memBytes: a whole number of 4 KiB pages, at least 1 MiB");

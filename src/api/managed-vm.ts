@@ -136,8 +136,10 @@ export class ManagedVm {
 
   /** `restored`: brought back from the state directory, so "stopped" rather than "created". */
   /** `vsock`: the `--vsock` spec its devices open with (the daemon's choice, Daemon.vsockSpec), or none. */
+  /** `prepareDisks`: before a cold boot opens them (a system image's root disk made: root-disk.ts). */
   constructor(public def: VmDefinition, private readonly engine: Host, private readonly event: (line: string) => void, restored = false,
-    private readonly vsock: () => string | undefined = () => def.vsock === "none" ? undefined : def.vsock) {
+    private readonly vsock: () => string | undefined = () => def.vsock === "none" ? undefined : def.vsock,
+    private readonly prepareDisks: (event: (line: string) => void) => Promise<void> = async () => {}) {
     if (restored) this._state = "stopped";
   }
 
@@ -180,6 +182,7 @@ export class ManagedVm {
     try {
       const boot = await this.bootFiles();
       const { kernel, initrd } = boot;
+      await this.prepareDisks((line) => this.event(`vm ${this.name}: ${line}`));
       devices = await VmDevices.open(this.def.disks, this.def.nets, (line) => this.event(`vm ${this.name}: ${line}`), this.name, { shares: this.def.shares, vsock: this.vsock() });
       const dhcp = devices.dhcpInterfaces();
       let cmdline = dhcp.length > 0 && this.def.append === undefined ? `${boot.cmdline} tsvisor.dhcp=${dhcp.join(",")}` : boot.cmdline;
@@ -515,6 +518,8 @@ export class ManagedVm {
     const initrd = initrdPath !== undefined ? readInput(initrdPath, "initrd", d.command ? commandArchive(d.command, undefined) : undefined) : undefined;
     let cmdline = d.append ?? DEFAULT_CMDLINE;
     if (d.console === "hvc0") cmdline += " tsvisor.console=hvc0";
+    // Its root disk is the first (root-disk.ts): init mounts it, chroots the command there or boots its systemd.
+    if (d.image !== undefined) cmdline += " tsvisor.root=/dev/vda";
     return { kernel, initrd, cmdline };
   }
 

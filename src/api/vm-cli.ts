@@ -4,6 +4,7 @@ import { resolveNetSpecs } from "../cli/vm-devices.js";
 import { parseArgs } from "node:util";
 import { resolve, join } from "node:path";
 import { UsageError, parseSize, parseSizeOrZero } from "../cli/size.js";
+import { checkImageName } from "../cli/system-image.js";
 import { HOST_OVERCOMMIT_OPTIONS, overcommitOptions, parsePoolSize, type OvercommitFlags } from "../cli/memory-flags.js";
 import { call, rawRequest, failureOf } from "./client.js";
 import { clientSocketPath, defaultSocketPath, defaultStateDir } from "./paths.js";
@@ -38,7 +39,10 @@ export const VM_HELP = `  host [--socket PATH] [--pcpus N] [--mem SIZE] [--state
             [--share-group NAME] [--no-balloon] [--vsock PATH[,cid=N]|none]
             [--autostart] [--start] [-- CMD ARGS...]     define a VM on the host
                           (--share-group: share identical pages with the group's
-                          other VMs; default: within the VM only)
+                          other VMs; default: within the VM only). --image debian:
+                          its root disk is an overlay of its own on the Debian system
+                          image, in the state directory, made at its first start,
+                          kept across runs and removed by vm rm
   vm start|pause|resume|stop|rm NAME
   vm ls [--json]          the host's VMs: name, state, vCPUs, memory, CPU %, uptime
   vm info NAME [--json]   state, config, CPU seconds per vCPU, exits, memory: pages
@@ -197,7 +201,7 @@ async function create(argv: string[]): Promise<number> {
   const own = dashes < 0 ? argv : argv.slice(0, dashes);
   const command = dashes < 0 ? undefined : argv.slice(dashes + 1);
   const { values: v, positionals } = parse(own, {
-    kernel: { type: "string" }, initrd: { type: "string" }, append: { type: "string" },
+    kernel: { type: "string" }, initrd: { type: "string" }, image: { type: "string" }, append: { type: "string" },
     cpus: { type: "string" }, mem: { type: "string" }, disk: { type: "string", multiple: true }, net: { type: "string", multiple: true },
     share: { type: "string", multiple: true },
     publish: { type: "string", short: "p", multiple: true },
@@ -210,6 +214,7 @@ async function create(argv: string[]): Promise<number> {
   const body: Record<string, unknown> = { name };
   if (v.kernel !== undefined) body.kernel = resolve(v.kernel as string);
   if (v.initrd !== undefined) body.initrd = resolve(v.initrd as string);
+  if (v.image !== undefined) body.image = checkImageName(v.image as string, "vm create --image");
   if (v.append !== undefined) body.append = v.append;
   if (v.cpus !== undefined) body.cpus = intFlag("--cpus", v.cpus as string, 1, 8);
   if (v.mem !== undefined) body.memBytes = parseSize("--mem", v.mem as string);
