@@ -15,15 +15,18 @@ export interface Run {
   stderr: string;
 }
 
-/** tsvisor with `stdin` piped in (or none) and `env` added to this process's environment, collecting everything it prints. */
-export function tsvisor(args: string[], stdin: string | Buffer = "", env: NodeJS.ProcessEnv = {}): Promise<Run> {
+/** tsvisor with `stdin` piped in (or none) and `env` added to this process's environment, collecting everything it prints; killed after `timeoutMs` (stderr says so). */
+export function tsvisor(args: string[], stdin: string | Buffer = "", env: NodeJS.ProcessEnv = {}, timeoutMs = BOOT_TIMEOUT_MS): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [bin, ...args], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, ...env } });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), BOOT_TIMEOUT_MS);
+    const timer = setTimeout(() => {
+      stderr += `(test: killed after ${timeoutMs / 1000} s)\n`;
+      child.kill("SIGKILL");
+    }, timeoutMs);
     child.on("error", reject);
     child.on("close", (status) => {
       clearTimeout(timer);
