@@ -10,7 +10,7 @@ import { VERSION } from "../cli/version.js";
 import { ApiError } from "./errors.js";
 import { checkName, parseDefinition, parsePatch, type HostLimits, type VmDefinition } from "./definition.js";
 import { prepareRootDisk, removeRootDisk, rootDiskPath, rootDiskSpec } from "./root-disk.js";
-import { ManagedVm, type SnapshotView, type MigrationStatus } from "./managed-vm.js";
+import { ManagedVm, type SnapshotView, type SnapshotProgress, type MigrationStatus } from "./managed-vm.js";
 import { readSnapshotMeta, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError } from "../snapshot/state.js";
 import { StateStore } from "./store.js";
@@ -34,6 +34,8 @@ export interface VmView {
   lastRun?: { end: unknown; exitStatus: number };
   /** Its vsock device: the Unix socket host programs connect to, and the guest's CID. */
   vsock?: { path: string; cid: number };
+  /** While a snapshot of it is being written: how far. */
+  snapshot?: SnapshotProgress;
 }
 
 export class Daemon {
@@ -394,6 +396,8 @@ export class Daemon {
       cpuPercent: s.cpuPercent, uptimeSeconds: s.uptimeSeconds, config: vm.def,
     };
     if (vm.lastOutcome) out.lastRun = vm.lastOutcome;
+    const snapshot = vm.snapshotProgress;
+    if (snapshot) out.snapshot = snapshot;
     const vsock = this.vsockSpec(vm.def);
     if (vsock !== undefined) out.vsock = parseVsockSpec(vsock);
     return out;

@@ -83,6 +83,13 @@ export interface SnapshotView {
 }
 
 /** GET /v1/vms/{name}/migration: this VM's current or last migration from this host (as QEMU's query-migrate). */
+/** A snapshot being written: its RAM's pages gone through so far (written, or found zero or in the parent). */
+export interface SnapshotProgress {
+  path: string;
+  donePages: number;
+  totalPages: number;
+}
+
 export interface MigrationStatus {
   name: string;
   state: "active" | "completed" | "failed";
@@ -131,6 +138,7 @@ export class ManagedVm {
   private runDone: Promise<void> | undefined;
   private lastStats: StatsView | undefined;
   private _migration: MigrationStatus | undefined;
+  private _snapshot: SnapshotProgress | undefined;
   /** A clone restored paused: the addresses its guest is to take when it first runs (clone-macs.ts). */
   private pendingMacs: MacChange[] | undefined;
 
@@ -154,6 +162,11 @@ export class ManagedVm {
 
   get state(): ManagedState {
     return this._state;
+  }
+
+  /** The snapshot being written, how far (GET /v1/vms/{name}: `vm snapshot` shows it); undefined when none is. */
+  get snapshotProgress(): SnapshotProgress | undefined {
+    return this._snapshot && { ...this._snapshot };
   }
 
   /** Its current or last migration from this host; undefined when it never migrated. */
@@ -365,8 +378,16 @@ export class ManagedVm {
         throw e;
       }
     } : undefined;
+    const progress: SnapshotProgress = { path, donePages: 0, totalPages: this.def.memBytes / 4096 };
+    this._snapshot = progress;
     try {
-      written = await vm.snapshot(path, { diff: opts.diff, live: opts.live, stayPaused: opts.stayPaused, definition, whilePaused });
+      written = await vm.snapshot(path, {
+        diff: opts.diff, live: opts.live, stayPaused: opts.stayPaused, definition, whilePaused,
+        progress: (done, total) => {
+          progress.donePages = done;
+          progress.totalPages = total;
+        },
+      });
     } catch (e) {
       if (overlayFailed) {
         rmSync(path, { force: true });
@@ -375,6 +396,8 @@ export class ManagedVm {
       if (e instanceof HostError || e instanceof SnapshotRefused) throw new ApiError(409, e.message);
       if (e instanceof SnapshotError) throw new ApiError(422, e.message);
       throw e;
+    } finally {
+      this._snapshot = undefined;
     }
     if (wasRunning && opts.stayPaused && this._state === "running" && vm.state === "paused") {
       this._state = "paused";

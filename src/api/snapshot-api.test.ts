@@ -51,10 +51,24 @@ test("a VM snapshotted through the API and the CLI comes back under other names 
     assert.equal((await host.api("POST", "/v1/vms/p/start")).status, 200);
     await until("'written'", async () => (await logsOf(host, "p")).includes("written"));
 
-    // Through the API: stays paused afterwards.
+    // Through the API: stays paused afterwards. While it is written, the VM's view says how far it got (what vm snapshot shows).
     const full = join(dir, "full.snap");
+    const seen: { path: string; donePages: number; totalPages: number }[] = [];
+    let pending = true;
+    const watching = (async () => {
+      while (pending) {
+        const p = (await host.api("GET", "/v1/vms/p")).json.snapshot;
+        if (p) seen.push(p);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
     const r = await host.api("POST", "/v1/vms/p/snapshot", { path: full, stayPaused: true });
+    pending = false;
+    await watching;
     assert.equal(r.status, 200, r.text);
+    assert.ok(seen.length > 0, "the view showed the snapshot being written");
+    for (const p of seen) assert.ok(p.path === full && p.totalPages === (64 << 20) / 4096 && p.donePages <= p.totalPages, JSON.stringify(p));
+    assert.equal((await host.api("GET", "/v1/vms/p")).json.snapshot, undefined, "and nothing once it is done");
     assert.equal(r.json.name, "p");
     assert.equal(r.json.path, full);
     assert.equal(r.json.pages.total, (64 << 20) / 4096);

@@ -495,7 +495,14 @@ async function snapshot(argv: string[]): Promise<number> {
   if (v.live) body.live = true;
   if (v["stay-paused"]) body.stayPaused = true;
   if (v.disks !== undefined) body.disks = v.disks;
-  const r = (await call(clientSocketPath(v.host as string | undefined), "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
+  const socket = clientSocketPath(v.host as string | undefined);
+  const stopWatching = watchSnapshot(socket, name);
+  let r: SnapshotView;
+  try {
+    r = (await call(socket, "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
+  } finally {
+    stopWatching();
+  }
   const overlays = (r.overlays ?? []).map((o) => `; ${o.disk} frozen, the VM goes on with ${o.overlay}`).join("");
   process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${r.pausedMs !== undefined ? `, paused ${Math.round(r.pausedMs)} ms` : ""}${r.throttlePct ? ` (vCPUs slowed ${r.throttlePct} % to converge)` : ""}${overlays}\n`);
   return 0;
@@ -561,21 +568,22 @@ export function migrationProgressLine(s: MigrationStatus): string {
     `link ${rateText(p.bandwidthBytesPerSec)}, expected downtime ${Math.round(p.expectedDowntimeMs)} ms, throttle ${p.throttlePct}%${phase}`;
 }
 
-/**
- * While POST .../migrate is pending: GET .../migration about every 500 ms (on
- * a connection of its own) and show each round on stderr. Returns the stop.
- * Errors of a poll (an older host without the endpoint) show nothing.
- */
 const FIRST_PROGRESS_POLL_MS = 100;
 
-function watchMigration(socket: string, name: string, everyMs = 500): () => void {
+/**
+ * While a long request is pending: `look` about every 500 ms (on a
+ * connection of its own), its line (and step: ProgressLine) shown on stderr.
+ * Returns the stop. A failed look (an older host without the endpoint)
+ * shows nothing.
+ */
+function watchProgress(look: () => Promise<{ text: string; step: string } | undefined>, everyMs = 500): () => void {
   const line = new ProgressLine();
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   const poll = async () => {
     try {
-      const s = (await call(socket, "GET", vmPath(name, "/migration"))) as MigrationStatus;
-      if (!stopped && s.state === "active" && s.progress) line.update(migrationProgressLine(s), `${s.progress.round} ${s.phase ?? ""} ${s.progress.inRound ? "sending" : ""}`);
+      const shown = await look();
+      if (!stopped && shown) line.update(shown.text, shown.step);
     } catch {
       // no status yet, or none to have
     }
@@ -588,4 +596,23 @@ function watchMigration(socket: string, name: string, everyMs = 500): () => void
     clearTimeout(timer);
     line.done();
   };
+}
+
+/** A migration's rounds, from GET .../migration. */
+function watchMigration(socket: string, name: string): () => void {
+  return watchProgress(async () => {
+    const s = (await call(socket, "GET", vmPath(name, "/migration"))) as MigrationStatus;
+    if (s.state !== "active" || !s.progress) return undefined;
+    return { text: migrationProgressLine(s), step: `${s.progress.round} ${s.phase ?? ""} ${s.progress.inRound ? "sending" : ""}` };
+  });
+}
+
+/** A snapshot's pages written, from GET /v1/vms/NAME (its `snapshot` while one is written); a line each tenth without a terminal. */
+function watchSnapshot(socket: string, name: string): () => void {
+  return watchProgress(async () => {
+    const p = ((await call(socket, "GET", vmPath(name))) as VmView).snapshot;
+    if (!p || p.totalPages === 0) return undefined;
+    const pct = Math.floor((p.donePages / p.totalPages) * 100);
+    return { text: `snapshot of ${name}: ${pct} % of its RAM (${mibText(p.donePages * PAGE)} of ${mibText(p.totalPages * PAGE)}) gone through`, step: String(Math.floor(pct / 10)) };
+  });
 }
