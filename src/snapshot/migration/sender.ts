@@ -297,12 +297,14 @@ export async function migrateVm(src: MigrationSource, to: MigrateTarget, opts: M
     const report = (linkBytesPerSec: number, inRound: boolean) => {
       const dirtyNow = log?.count() ?? 0;
       const sinceTake = (performance.now() - lastTake) / 1000;
-      dirtyRate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
+      const rate = sinceTake > 0 ? (dirtyNow * FRAME_SIZE) / sinceTake : 0;
+      // The round's end sets the rate the last report gives (the final phase's in-round reports see an emptied log).
+      if (!inRound) dirtyRate = rate;
       const dirtyDiskBytes = disks?.dirtyBytes() ?? 0;
       const expectedDowntimeMs = ((dirtyNow * FRAME_SIZE + dirtyDiskBytes) / linkBytesPerSec) * 1000;
       lastReport = performance.now();
       opts.progress?.({
-        round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: linkBytesPerSec, expectedDowntimeMs, throttlePct: throttle,
+        round, sentBytes: w.sent, dirtyPages: dirtyNow, dirtyRateBytesPerSec: rate, bandwidthBytesPerSec: linkBytesPerSec, expectedDowntimeMs, throttlePct: throttle,
         ...(disks ? { dirtyDiskBytes } : {}), ...(inRound ? { inRound } : {}),
       });
       return expectedDowntimeMs;
