@@ -496,13 +496,7 @@ async function snapshot(argv: string[]): Promise<number> {
   if (v["stay-paused"]) body.stayPaused = true;
   if (v.disks !== undefined) body.disks = v.disks;
   const socket = clientSocketPath(v.host as string | undefined);
-  const stopWatching = watchSnapshot(socket, name);
-  let r: SnapshotView;
-  try {
-    r = (await call(socket, "POST", vmPath(name, "/snapshot"), body)) as SnapshotView;
-  } finally {
-    stopWatching();
-  }
+  const r = await watched<SnapshotView>(watchSnapshot(socket, name), call(socket, "POST", vmPath(name, "/snapshot"), body));
   const overlays = (r.overlays ?? []).map((o) => `; ${o.disk} frozen, the VM goes on with ${o.overlay}`).join("");
   process.stdout.write(`snapshot of ${r.name} written to ${file}: ${mibText(r.pages.total * PAGE)} RAM, ${mibText(r.bytes)} stored (${r.pages.stored} pages), ${r.seconds.toFixed(2)} s${r.pausedMs !== undefined ? `, paused ${Math.round(r.pausedMs)} ms` : ""}${r.throttlePct ? ` (vCPUs slowed ${r.throttlePct} % to converge)` : ""}${overlays}\n`);
   return 0;
@@ -541,13 +535,7 @@ async function migrate(argv: string[]): Promise<number> {
   if (v["max-downtime"] !== undefined) body.maxDowntimeMs = intFlag("--max-downtime", v["max-downtime"] as string, 1, 600_000);
   if (v["max-bandwidth"] !== undefined) body.maxBandwidthMiBps = intFlag("--max-bandwidth", v["max-bandwidth"] as string, 1, 1 << 20);
   const socket = clientSocketPath(v.host as string | undefined);
-  const stopWatching = watchMigration(socket, name);
-  let r: MigrateView;
-  try {
-    r = (await call(socket, "POST", vmPath(name, "/migrate"), body)) as MigrateView;
-  } finally {
-    stopWatching();
-  }
+  const r = await watched<MigrateView>(watchMigration(socket, name), call(socket, "POST", vmPath(name, "/migrate"), body));
   const disks = r.diskBytes !== undefined ? ` (disks: ${mibText(r.diskBytes)})` : "";
   process.stdout.write(`VM ${r.name} migrated to ${to}: ${r.rounds} rounds, ${mibText(r.sentBytes)} sent${disks}, downtime ${Math.round(r.downtimeMs)} ms, ${(r.totalMs / 1000).toFixed(1)} s\n`);
   return 0;
@@ -596,6 +584,15 @@ function watchProgress(look: () => Promise<{ text: string; step: string } | unde
     clearTimeout(timer);
     line.done();
   };
+}
+
+/** The answer to `pending`, its progress shown (a watch* below) until it comes. */
+async function watched<T>(stopWatching: () => void, pending: Promise<unknown>): Promise<T> {
+  try {
+    return (await pending) as T;
+  } finally {
+    stopWatching();
+  }
 }
 
 /** A migration's rounds, from GET .../migration. */
