@@ -70,7 +70,7 @@ export class Daemon {
 
   private newVm(def: VmDefinition, restored = false): ManagedVm {
     this.departed.delete(def.name);
-    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def, true), (event) => this.prepareRootDisk(def, event));
+    return new ManagedVm(def, this.engine, this.log, restored, () => this.vsockSpec(def, true), (event) => this.prepareDisks(def, event));
   }
 
   /** The root disk of a VM with a system image that this host makes for it (root-disk.ts). */
@@ -78,7 +78,8 @@ export class Daemon {
     return def.image === undefined ? undefined : rootDiskPath(this.store.stateDir, def.name, def.image);
   }
 
-  private async prepareRootDisk(def: VmDefinition, event: (line: string) => void): Promise<void> {
+  /** Before a cold start: its root disk made (or checked), if it has a system image. */
+  private async prepareDisks(def: VmDefinition, event: (line: string) => void): Promise<void> {
     const path = this.rootDisk(def);
     if (path !== undefined) await prepareRootDisk(def, path, event);
   }

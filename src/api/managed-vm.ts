@@ -82,7 +82,6 @@ export interface SnapshotView {
   overlays?: { disk: string; overlay: string }[];
 }
 
-/** GET /v1/vms/{name}/migration: this VM's current or last migration from this host (as QEMU's query-migrate). */
 /** A snapshot being written: its RAM's pages gone through so far (written, or found zero or in the parent). */
 export interface SnapshotProgress {
   path: string;
@@ -90,6 +89,7 @@ export interface SnapshotProgress {
   totalPages: number;
 }
 
+/** GET /v1/vms/{name}/migration: this VM's current or last migration from this host (as QEMU's query-migrate). */
 export interface MigrationStatus {
   name: string;
   state: "active" | "completed" | "failed";
