@@ -58,27 +58,31 @@ function buildTs() {
 // The `tsvisor` command runs from a bundle of dist/ (bin/tsvisor.js), because
 // Node loads ~120 separate modules at each start: resolving, reading and
 // compiling them one by one took ~130 ms of `run -- true` on the main thread,
-// and as much again in the pCPU worker it starts early; the bundle halves it.
-// Split at the CLI's dynamic import()s, so each command still loads only its
-// own code. Tests and benchmarks import dist/src/ as compiled.
+// and as much again in the pCPU worker it starts early.
+// Each entry point is one CommonJS file: Node's ES module loader alone took
+// 15 to 25 ms of a start, on the main thread as in each worker, and Node 20
+// caches no ES module's code, while src/cli/code-cache.ts loads the CLI's
+// file with V8's code cache. The commands' modules are still evaluated only
+// when the command runs (esbuild turns an import() of bundled code into a call).
+// Tests and benchmarks import dist/src/ as compiled.
 //
-// Entry points: the CLI and every worker script, because a worker is started
-// with new Worker(new URL("./X.js", import.meta.url)), which esbuild leaves
-// as it is: X.js must be an output of that name beside the chunk that holds
-// the code starting it. All outputs are in one directory for that reason.
-// The directory is two levels below the root, as dist/src/project-root.js is:
-// projectRoot() relies on it (src/project-root.ts).
+// Entry points: the launcher, the CLI and every worker script, because a
+// worker is started with new Worker(new URL("./X.js", import.meta.url)),
+// which esbuild leaves as it is: it is pointed at the output X.cjs, in the
+// same directory. That directory is two levels below the root, as
+// dist/src/project-root.js is: projectRoot() relies on it (src/project-root.ts).
 const BUNDLE_DIR = join(root, "dist", "bundle");
 const BUNDLE_ENTRIES = {
-  main: "dist/src/cli/main.js",
-  "pcpu-worker": "dist/src/host/pcpu-worker.js", // host/pcpu-pool.ts
+  launch: "dist/src/cli/launch.js", // bin/tsvisor.js
+  main: "dist/src/cli/main.js", // cli/launch.ts
+  "pcpu-worker": "dist/src/host/pcpu-worker.js", // host/pcpu-pool.ts, cli/launch.ts
   "postcopy-worker": "dist/src/snapshot/migration/postcopy-worker.js", // snapshot/migration/receiver.ts
   "blk-iothread-worker": "dist/src/devices/virtio/blk-iothread-worker.js", // devices/virtio/blk-iothread.ts
   worker: "dist/src/devices/virtio/fs/worker.js", // devices/virtio/fs/device.ts
 };
 
 async function buildBundle() {
-  const main = join(BUNDLE_DIR, "main.js");
+  const main = join(BUNDLE_DIR, "main.cjs");
   if (mtime(main) > mtime(join(root, "dist", ".stamp")) && mtime(main) > mtime(join(root, "scripts", "build.mjs"))) return;
   let esbuild;
   try {
@@ -101,29 +105,44 @@ async function buildBundle() {
   }
 }
 
+const WORKER_URL = /new URL\(\s*["']\.\/([\w-]+)\.js["']\s*,\s*__bundle_url\s*\)/g;
+
 async function bundleInto(esbuild, tmp) {
   await esbuild.build({
     absWorkingDir: root,
     entryPoints: BUNDLE_ENTRIES,
     outdir: tmp,
+    outExtension: { ".js": ".cjs" },
     bundle: true,
-    splitting: true,
-    format: "esm",
+    format: "cjs",
     platform: "node",
     target: "node20",
     packages: "external",
     sourcemap: "linked",
     logLevel: "warning",
+    // import.meta.url names the file, as in the ES modules (worker URLs, projectRoot).
+    define: { "import.meta.url": "__bundle_url" },
+    banner: { js: 'const __bundle_url = require("node:url").pathToFileURL(__filename).href;' },
   });
-  // Every worker script a bundled file starts must be there, or that worker
-  // fails only when it is started: one missing from BUNDLE_ENTRIES is a build error.
-  for (const f of readdirSync(tmp).filter((n) => n.endsWith(".js"))) {
-    for (const m of readFileSync(join(tmp, f), "utf8").matchAll(/new URL\(\s*["']\.\/([^"']+)["']\s*,\s*import\.meta\.url\s*\)/g)) {
-      if (!existsSync(join(tmp, m[1]))) {
-        process.stderr.write(`dist/bundle/${f} starts ./${m[1]}, which is not an entry point: add it to BUNDLE_ENTRIES in scripts/build.mjs\n`);
+  for (const f of readdirSync(tmp).filter((n) => n.endsWith(".cjs"))) {
+    const path = join(tmp, f);
+    const code = readFileSync(path, "utf8");
+    // Every worker script a bundled file starts must be there, or that worker
+    // fails only when it is started: one missing from BUNDLE_ENTRIES is a build error.
+    for (const m of code.matchAll(WORKER_URL)) {
+      if (!existsSync(join(tmp, `${m[1]}.cjs`))) {
+        process.stderr.write(`dist/bundle/${f} starts ./${m[1]}.js, which is not an entry point: add it to BUNDLE_ENTRIES in scripts/build.mjs\n`);
         throw new Error("bundle");
       }
     }
+    // Code compiled by vm.Script (code-cache.ts) cannot import() (Node 20
+    // has no loader for it there): a Node module must be imported statically.
+    const dynamic = code.match(/[^\w$.]import\(\s*["'][^"']+["']\s*\)/);
+    if (dynamic) {
+      process.stderr.write(`dist/bundle/${f} calls ${dynamic[0].slice(1)}, which a bundle cannot run: import it statically\n`);
+      throw new Error("bundle");
+    }
+    writeFileSync(path, code.replace(WORKER_URL, (_, name) => `new URL("./${name}.cjs", __bundle_url)`));
   }
 }
 

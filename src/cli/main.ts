@@ -7,6 +7,7 @@
 import { UsageError } from "./size.js";
 import { OutputClosed } from "./console-output.js";
 import { VERSION } from "./version.js";
+import type { EarlyStart } from "./launch.js";
 
 const EXIT_ERROR = 1;
 const EXIT_USAGE = 2;
@@ -182,12 +183,11 @@ interface Command {
 /** Each command's modules are loaded when it runs, not before: every module
  *  costs the CLI's start (fast start's \`run -- true\` was mostly Node
  *  loading the modules of commands it did not run). */
-const commands: Record<string, (argv: string[]) => Promise<Command>> = {
-  run: async (argv) => {
-    // A Linux guest runs on a pCPU worker thread: started now, the thread's
-    // own start overlaps the loading of run's modules (about 100 ms each).
-    const own = argv.includes("--") ? argv.slice(0, argv.indexOf("--")) : argv;
-    if (!own.includes("--bare") && !own.includes("--demo")) (await import("../host/pcpu-pool.js")).prestartPcpus(1);
+const commands: Record<string, (argv: string[], early: EarlyStart) => Promise<Command>> = {
+  run: async (_argv, early) => {
+    // The pCPU worker a Linux guest runs on, started by the launcher before
+    // this code was loaded (host/pcpu-prestart.ts), goes to the run's host.
+    if (early.pcpus.length > 0) (await import("../host/pcpu-pool.js")).adoptPrestartedPcpus(early.pcpus);
     const { runCommand, ONE_LINE_ERRORS } = await import("./run-command.js");
     return { run: runCommand, errors: ONE_LINE_ERRORS };
   },
@@ -209,7 +209,8 @@ async function apiCommand(which: "host" | "vm"): Promise<Command> {
   };
 }
 
-export async function main(argv: string[]): Promise<void> {
+/** The command line `argv`; `early`: what cli/launch.ts started for it. */
+export async function main(argv: string[], early: EarlyStart = { pcpus: [] }): Promise<void> {
   installTopLevelHandlers();
   let oneLineErrors: readonly ErrorClass[] = [];
   try {
@@ -228,7 +229,7 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(commandHelp(await helpText(), command));
       return;
     }
-    const { run, errors } = await commands[command](rest);
+    const { run, errors } = await commands[command](rest, early);
     oneLineErrors = errors;
     const status = await run(rest);
     // Output went out synchronously; exit now rather than wait for stdin,

@@ -7,7 +7,8 @@ import type { FramePool } from "../memory/frame-pool.js";
 import type { JitStats } from "../jit/jit.js";
 import type { Scheduler } from "./scheduler.js";
 import type { PcpuMessage, PcpuReply, VmDescriptor } from "./pcpu-protocol.js";
-import type { PcpuWorkerData, PcpuWorkerStart } from "./pcpu-worker.js";
+import type { PcpuWorkerData } from "./pcpu-worker.js";
+import { startPcpuWorker, type PrestartedPcpu } from "./pcpu-prestart.js";
 
 interface PcpuThread {
   worker: Worker;
@@ -19,35 +20,21 @@ interface PcpuThread {
 
 const WORKER_URL = new URL("./pcpu-worker.js", import.meta.url);
 
-/** A worker thread started before its host (prestartPcpus): not told its pCPU yet. */
-interface Prestarted {
-  worker: Worker;
-  /** False once it has died (it is not adopted then: a new one is started). */
-  alive: boolean;
-  died(): void;
-}
-
-/** Started by prestartPcpus, taken by the next PcpuPool. */
-const prestarted: Prestarted[] = [];
+/** Started before the next PcpuPool made in this process, which takes them as its first pCPUs. */
+const prestarted: PrestartedPcpu[] = [];
 
 /**
- * Start `count` pCPU worker threads now, for the next host made in this
- * process to take as its first pCPUs. A worker thread needs 100 ms or more
- * before it can run a guest (Node's bootstrap of the thread, then its
- * modules); started before the caller loads its own modules and opens a
- * snapshot, that time overlaps theirs instead of following it (fast start's
- * \`run -- CMD\`). Workers no host takes do not keep the process alive.
+ * Start `count` pCPU worker threads now (pcpu-prestart.ts says why), for
+ * the next host made in this process to take. Workers no host takes do not
+ * keep the process alive.
  */
 export function prestartPcpus(count: number): void {
-  while (prestarted.length < count) {
-    const p: Prestarted = {
-      worker: new Worker(WORKER_URL, { workerData: { prestarted: true } satisfies PcpuWorkerStart }), alive: true, died: () => (p.alive = false),
-    };
-    // Noticed when a host would take it; an error without a listener would end the process.
-    p.worker.on("error", p.died).on("exit", p.died);
-    p.worker.unref();
-    prestarted.push(p);
-  }
+  while (prestarted.length < count) prestarted.push(startPcpuWorker(WORKER_URL));
+}
+
+/** Workers started by someone else (cli/launch.ts, before the CLI's code was loaded), for the next host to take. */
+export function adoptPrestartedPcpus(workers: readonly PrestartedPcpu[]): void {
+  prestarted.push(...workers);
 }
 
 export class PcpuPool {

@@ -14,7 +14,7 @@
 // All integers little-endian. Every number read back is checked against the
 // file's size before it is used: a snapshot is untrusted input.
 
-import { open, type FileHandle } from "node:fs/promises";
+import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { fstatSync, openSync, readSync, closeSync } from "node:fs";
 import { resolve as resolvePath } from "node:path";
 import { crc32 } from "./crc32.js";
@@ -113,14 +113,12 @@ export class SnapshotWriter {
     await this.file.truncate(this.at);
     await this.file.sync();
     await this.file.close();
-    const { rename } = await import("node:fs/promises");
     await rename(this.partial, this.path);
   }
 
   /** Give up: remove the partial file. */
   async abort(): Promise<void> {
     await this.file.close().catch(() => {});
-    const { rm } = await import("node:fs/promises");
     await rm(this.partial, { force: true });
   }
 }
