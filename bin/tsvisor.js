@@ -4,12 +4,15 @@
 // dist/bundle. The bundle is used when it is as new as the compiled code,
 // so a `tsc` run without the bundle step never runs stale code.
 // src/cli/launch.ts takes it from there.
-import { existsSync, statSync } from "node:fs";
-import { createRequire } from "node:module";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { dirname, join } from "node:path";
+//
+// CommonJS (bin/package.json), as the bundle is: an ES module here would
+// start Node's ES module loader, 5 ms of every command's start.
+"use strict";
+const { existsSync, statSync } = require("node:fs");
+const { join } = require("node:path");
+const { pathToFileURL } = require("node:url");
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const root = join(__dirname, "..");
 const dist = join(root, "dist");
 if (!existsSync(join(dist, "src", "cli", "main.js")) || !existsSync(join(root, "build", "core.wasm"))) {
   process.stderr.write("tsvisor: not built yet: run `npm run build` (or `npm start`) first\n");
@@ -20,9 +23,9 @@ const bundle = join(dist, "bundle");
 const bundleTime = mtime(join(bundle, "main.cjs"));
 const argv = process.argv.slice(2);
 if (bundleTime > 0 && bundleTime >= mtime(join(dist, ".stamp"))) {
-  const { launch } = createRequire(import.meta.url)(join(bundle, "launch.cjs"));
-  await launch(argv, { main: join(bundle, "main.cjs"), pcpuWorker: join(bundle, "pcpu-worker.cjs"), bundled: true });
+  const { launch } = require(join(bundle, "launch.cjs"));
+  void launch(argv, { main: join(bundle, "main.cjs"), pcpuWorker: join(bundle, "pcpu-worker.cjs"), bundled: true });
 } else {
-  const { launch } = await import(pathToFileURL(join(dist, "src", "cli", "launch.js")).href);
-  await launch(argv, { main: join(dist, "src", "cli", "main.js"), pcpuWorker: join(dist, "src", "host", "pcpu-worker.js"), bundled: false });
+  void import(pathToFileURL(join(dist, "src", "cli", "launch.js")).href).then(({ launch }) =>
+    launch(argv, { main: join(dist, "src", "cli", "main.js"), pcpuWorker: join(dist, "src", "host", "pcpu-worker.js"), bundled: false }));
 }

@@ -119,6 +119,9 @@ async function bundleInto(esbuild, tmp) {
     target: "node20",
     packages: "external",
     sourcemap: "linked",
+    // Whitespace only (names stay, for error names and stack traces): a
+    // third smaller, so a start reads and compiles less.
+    minifyWhitespace: true,
     logLevel: "warning",
     // import.meta.url names the file, as in the ES modules (worker URLs, projectRoot).
     define: { "import.meta.url": "__bundle_url" },

@@ -12,14 +12,16 @@
 // and `vm` run different code.
 //
 // The cache sits in tsvisor's cache directory (images/image-cache.ts):
-// <cache>/code/<command>-<source digest>.v8. V8 checks its own version, its
-// flags and a checksum of the data, but of the source only its length: the
-// digest in the name is what ties a cache to the bundle it was made from.
+// <cache>/code/<command>-<key>.v8. V8 checks its own version, its flags and
+// a checksum of the data, but of the source only its length: the key ties a
+// cache to the bundle file it was made from (its size, modification time
+// and inode, as fast-start.ts imageIdentity ties a snapshot to its image:
+// a build writes a new file, an edit changes the time; no 1.3 MB digest at
+// every start), and to the Node that made it.
 // Nothing here is worth an error: a cache that cannot be read or written
 // only costs the compile it would have saved.
 
-import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { Script } from "node:vm";
@@ -28,10 +30,12 @@ import { defaultCacheDir } from "../images/image-cache.js";
 /** Commands with a cache of their own; any other word shares "other". */
 const COMMANDS = new Set(["run", "vm", "host", "image", "disk"]);
 
-export function codeCachePath(source: Buffer, command: string | undefined, cacheDir = defaultCacheDir()): string {
+/** Where the code cache of `command` for the bundle `file` is kept. */
+export function codeCachePath(file: string, command: string | undefined, cacheDir = defaultCacheDir()): string {
   const tag = command !== undefined && COMMANDS.has(command) ? command : "other";
-  const digest = createHash("sha1").update(source).update(process.version).digest("hex").slice(0, 20);
-  return join(cacheDir, "code", `${tag}-${digest}.v8`);
+  const s = statSync(file, { bigint: true });
+  const key = [s.size, s.mtimeNs, s.ino].map((n) => n.toString(36)).join(".");
+  return join(cacheDir, "code", `${tag}-${process.version}-${key}.v8`);
 }
 
 /**
@@ -40,8 +44,8 @@ export function codeCachePath(source: Buffer, command: string | undefined, cache
  * return its exports.
  */
 export function loadWithCodeCache(file: string, command: string | undefined, cacheDir?: string): Record<string, unknown> {
-  const source = readFileSync(file);
-  const cachePath = codeCachePath(source, command, cacheDir);
+  const cachePath = codeCachePath(file, command, cacheDir);
+  const source = readFileSync(file, "utf8");
   let cachedData: Buffer | undefined;
   try {
     cachedData = readFileSync(cachePath);
@@ -49,7 +53,7 @@ export function loadWithCodeCache(file: string, command: string | undefined, cac
     cachedData = undefined;
   }
   // The wrapper Node's CommonJS loader puts around a module's code.
-  const wrapped = `(function (exports, require, module, __filename, __dirname) {${source.toString("utf8")}\n})`;
+  const wrapped = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
   const script = new Script(wrapped, { filename: file, cachedData });
   if (cachedData === undefined || script.cachedDataRejected) process.once("exit", () => saveCodeCache(script, cachePath));
   const module = { exports: {} as Record<string, unknown> };
