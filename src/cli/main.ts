@@ -114,7 +114,9 @@ function installTopLevelHandlers(): void {
   };
   process.stdout.on("error", quietOnClosedPipe);
   process.stderr.on("error", () => process.exit(141));
-  process.on("uncaughtException", (e) => fail(`internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT_ERROR));
+  // The guest's console output is written from the VM's exit handling, so
+  // a closed pipe can surface there rather than in main's try.
+  process.on("uncaughtException", (e) => (e instanceof OutputClosed ? process.exit(141) : fail(`internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT_ERROR)));
   process.on("unhandledRejection", (e) => fail(`internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT_ERROR));
 }
 
