@@ -12,7 +12,7 @@ import { defaultCacheDir } from "../images/image-cache.js";
 import { debianImageDir } from "../images/debian.js";
 import { DEFAULT_CMDLINE } from "./run-linux.js";
 import { MarkerFilter, WAIT_MARKER, commandMessage, imageIdentity, pruneSnapshots, snapshotKey, snapshotPath, workingSetPath } from "./fast-start.js";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { bin, tsvisor, pullImage } from "./test-tsvisor.js";
 
 test("the wait marker is taken out of the console output, also when split across chunks", () => {
@@ -178,4 +178,36 @@ test("the first run makes the snapshot, later ones restore it (status, output, s
     rmSync(path, { force: true });
     rmSync(workingSetPath(path), { force: true });
   }
+});
+
+test("the restored guest's agent: the shell's own builtins do not see it, a command that kills it still gets its status out", async () => {
+  const path = thisSnapshot();
+  try {
+    const made = await tsvisor(["run", "--mem", MEM, "--", "true"]);
+    assert.equal(made.status, 0, made.stderr);
+    // `wait` and `jobs` run by init's shell itself: the agent is no job of it.
+    const wait = await tsvisor(["run", "--mem", MEM, "--", "wait"], "", {}, 60_000);
+    assert.equal(wait.status, 0, wait.stderr);
+    const jobs = await tsvisor(["run", "--mem", MEM, "--", "jobs"]);
+    assert.equal(jobs.status, 0, jobs.stderr);
+    assert.equal(jobs.stdout, "");
+    // Without the agent the finisher program reports the status (a second later).
+    const killed = await tsvisor(["run", "--mem", MEM, "--stats", "--", "sh", "-c", "killall -9 agent && echo gone; exit 5"]);
+    assert.equal(killed.status, 5, killed.stderr);
+    assert.equal(killed.stdout, "gone\n");
+    assert.match(killed.stderr, /fast start: restored /);
+  } finally {
+    rmSync(path, { force: true });
+    rmSync(workingSetPath(path), { force: true });
+  }
+});
+
+test("a reader that closes the output early ends the run quietly with status 141, as SIGPIPE would", async () => {
+  const child = spawn(process.execPath, [bin, "run", "--mem", MEM, "--", "sh", "-c", "while :; do echo line; done"], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  child.stdout.once("data", () => child.stdout.destroy());
+  const status = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  assert.equal(status, 141, stderr);
+  assert.equal(stderr, "");
 });

@@ -10,13 +10,13 @@
 // command from the console. So the image's init is unchanged (no image
 // rebuild) and the same initrd serves both ways.
 //
-// The waiting guest has started /tsvisor/seed (a 220-byte static program,
-// below) in the background, reading the console; the seed prints
+// The waiting guest has started /tsvisor/agent (a 968-byte static
+// program, below) in the background, reading the console; the agent prints
 // WAIT_MARKER, so the snapshot holds it already waiting in its read(). The
-// message the host then types is a line for the seed, then one or two
+// message the host then types is a line for the agent, then one or two
 // blocks for the shell. The console is a tty in canonical mode with echo
 // off (init ran `stty -echo -onlcr`): a read() returns at most one line, so
-// the seed, the shell's `read` and `head -n COUNT` take exactly what is
+// the agent, the shell's `read` and `head -n COUNT` take exactly what is
 // theirs and leave the rest unread (busybox sed reads a line ahead: it
 // would not). A line of printable ASCII or of base64 has no byte the line
 // discipline acts on (^C, ^D, ^S, DEL...). Every byte typed on the UART
@@ -25,9 +25,10 @@
 // it starts tens of milliseconds (a fork and exec of busybox: 1.4 M
 // instructions, interpreted), so the message is short and the programs few:
 //   0. "#TIME RANDOM": the host's time of day and 32 fresh random bytes in
-//      base64. The seed writes the line to /dev/urandom, asks the kernel to
-//      reseed its CRNG from the input pool (ioctl RNDRESEEDCRNG) and sets
-//      the clock from it; the shell waits for it. Without the reseed every
+//      base64. The agent writes the line to /dev/urandom, asks the kernel to
+//      reseed its CRNG from the input pool (ioctl RNDRESEEDCRNG), sets the
+//      clock from it and says so on the FIFO /tsvisor/ready, which the shell
+//      waits on. Without the reseed every
 //      guest restored from one snapshot would draw the same "random" numbers
 //      (a write to /dev/urandom only mixes into the input pool, which the
 //      CRNG reads at its next reseed, seconds away); without the clock, the
@@ -42,9 +43,13 @@
 //      to /tsvisor/stdin as the command archive does (an empty one is made
 //      by the fragment).
 // Then init goes on as for an archived command: the command runs on the
-// console, and its status goes out through the finisher: /tsvisor/finish
-// (static too, 244 bytes) replaces the shell (exec: no fork, no busybox)
-// and writes it there, as devmem would.
+// console, and its status goes out through the finisher. The shell writes
+// it to the FIFO /tsvisor/status, where the agent waits for it, and the
+// agent writes it to the finisher, as devmem would: no process starts or
+// ends after the command (an exec tore the shell's address space down
+// first, a tenth of the instructions of `run -- true`). Should the command
+// have killed the agent, /tsvisor/finish (static too, 244 bytes) replaces
+// the shell a second later and writes it instead.
 //
 // A run with --share restores too: its snapshot was taken with the virtio-fs
 // devices (share0, share1, ...) present but nothing mounted, so they hold no
@@ -73,7 +78,9 @@ import { VERSION } from "./version.js";
 /** Printed by the waiting guest (an OSC sequence: a terminal shows nothing
  *  should it ever get through); the host hides it from the output. */
 export const WAIT_MARKER = "\x1b]9999;tsvisor-wait\x07";
-export const SEED_PATH = "/tsvisor/seed";
+export const AGENT_PATH = "/tsvisor/agent";
+const READY_PATH = "/tsvisor/ready";
+const STATUS_PATH = "/tsvisor/status";
 const FINISH_PATH = "/tsvisor/finish";
 const CMD_PATH = "/tsvisor/cmd";
 export const SEED_BYTES = 32;
@@ -98,49 +105,75 @@ tsvisor_block() {
   fi
 }
 # init's finish without its sync (a fast-start guest's one disk, a system
-# disk, is read-only again by then: init's run_in_root), and without a fork:
-# the finisher program takes the shell's place.
+# disk, is read-only again by then: init's run_in_root), and without a fork
+# or an exec: the agent writes the status to the finisher. The FIFO opened
+# read-write never blocks (fifo(7)), nor does the wait on the other, so a
+# command that killed the agent costs a second, not a hang.
 finish() {
   if [ "$1" -eq 0 ]; then value=$((0x5555)); else value=$(( ($1 << 16) | 0x3333 )); fi
+  { echo $value >&9; } 9<>${STATUS_PATH}
+  read -r -t 1 _ 0<>${READY_PATH}
   exec ${FINISH_PATH} $value
 }
-# The seed prints the marker and reads the first line typed; a background
-# command's stdin would be /dev/null, so the console goes by fd 3.
+# The agent reads the first line typed, so the console goes by fd 3 (a
+# background command's stdin would be /dev/null). Started from a subshell,
+# it is no job of this shell: a command such as \`wait\` or \`jobs\` run by
+# this shell does not see it.
 exec 3<&0
-${SEED_PATH} <&3 &
-tsvisor_seed=$!
+(${AGENT_PATH} <&3 &)
 exec 3<&-
-wait $tsvisor_seed || echo "tsvisor init: could not reseed the kernel's random number generator or set the clock" >&2
+read -r tsvisor_seeded < ${READY_PATH}
+[ "$tsvisor_seeded" = 0 ] || echo "tsvisor init: could not reseed the kernel's random number generator or set the clock" >&2
 tsvisor_block > ${CMD_PATH}
 . ${CMD_PATH}
 `;
 
 /**
- * /tsvisor/seed, a static RV64 ELF (riscv64-unknown-elf-as -march=rv64imac,
+ * /tsvisor/agent, a static RV64 ELF (riscv64-unknown-elf-as -march=rv64imac,
  * ld -n -s, objcopy -R .riscv.attributes), run with the console as stdin:
  *   li a0,1; lla a1,marker; li a2,20; li a7,64; ecall                # write(1, WAIT_MARKER, 20)
- *   addi sp,sp,-2048; addi sp,sp,-2048
- *   li a0,0; mv a1,sp; li a2,4096; li a7,63; ecall; blez a0,1f       # read(0, stack, 4096): one line of a tty
- *   mv s1,a0; li a0,-100; lla a1,path; li a2,1; li a7,56; ecall      # openat(AT_FDCWD, "/dev/urandom", O_WRONLY)
- *   bltz a0,1f; mv s2,a0; mv a1,sp; mv a2,s1; li a7,64; ecall        # write(urandom, stack, n)
- *   bltz a0,1f; mv a0,s2; li a1,0x5207; li a7,29; ecall; bnez a0,1f  # ioctl(urandom, RNDRESEEDCRNG)
- *   addi t0,sp,1; li t1,0; li t3,10                                  # the digits after the line's first byte ("#")
- *   2: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,3f
- *   mul t1,t1,t3; add t1,t1,t2; addi t0,t0,1; j 2b
- *   3: beqz t1,4f; addi a1,sp,-16; sd t1,0(a1); sd zero,8(a1)
- *   li a0,0; li a7,112; ecall; bnez a0,1f                            # clock_settime(CLOCK_REALTIME, {seconds, 0})
- *   4: li a0,0; li a7,93; ecall                                      # exit(0)
- *   1: li a0,1; li a7,93; ecall                                      # exit(1)
+ *   addi sp,sp,-2048; addi sp,sp,-2048; li s0,'1'                    # s0: the answer for /tsvisor/ready
+ *   li a0,0; mv a1,sp; li a2,4096; li a7,63; ecall; blez a0,ready    # read(0, stack, 4096): one line of a tty
+ *   mv s1,a0; li a0,-100; lla a1,urandom; li a2,1; li a7,56; ecall   # openat(AT_FDCWD, "/dev/urandom", O_WRONLY)
+ *   bltz a0,ready; mv s2,a0; mv a1,sp; mv a2,s1; li a7,64; ecall     # write(urandom, stack, n)
+ *   bltz a0,ready; mv a0,s2; li a1,0x5207; li a7,29; ecall           # ioctl(urandom, RNDRESEEDCRNG)
+ *   bnez a0,ready; addi t0,sp,1; li t1,0; li t3,10                   # the digits after the line's first byte ("#")
+ *   1: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,2f
+ *   mul t1,t1,t3; add t1,t1,t2; addi t0,t0,1; j 1b
+ *   2: beqz t1,3f; addi a1,sp,-16; sd t1,0(a1); sd zero,8(a1)
+ *   li a0,0; li a7,112; ecall; bnez a0,ready                         # clock_settime(CLOCK_REALTIME, {seconds, 0})
+ *   3: li s0,'0'
+ *   ready: li a0,-100; lla a1,readypath; li a2,1; li a7,56; ecall    # openat(AT_FDCWD, "/tsvisor/ready", O_WRONLY)
+ *   bltz a0,die; mv s2,a0; sb s0,0(sp); li t0,10; sb t0,1(sp)
+ *   mv a1,sp; li a2,2; li a7,64; ecall                               # write(ready, "0\n" or "1\n", 2)
+ *   mv a0,s2; li a7,57; ecall                                        # close(ready)
+ *   li a0,-100; lla a1,statuspath; li a2,0; li a7,56; ecall          # openat(AT_FDCWD, "/tsvisor/status", O_RDONLY): until finish opens it
+ *   bltz a0,die; mv a1,sp; li a2,32; li a7,63; ecall; blez a0,die    # read(status, stack, 32): the finisher's value in decimal
+ *   mv t0,sp; li s3,0; li t3,10
+ *   4: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,5f
+ *   mul s3,s3,t3; add s3,s3,t2; addi t0,t0,1; j 4b
+ *   5: li a0,-100; lla a1,mem; li a2,0x101002; li a7,56; ecall       # openat(AT_FDCWD, "/dev/mem", O_RDWR|O_SYNC)
+ *   bltz a0,die; mv a4,a0
+ *   li a0,0; li a1,4096; li a2,3; li a3,1; li a5,0x100000; li a7,222; ecall  # mmap(0, 4096, RW, MAP_SHARED, fd, FINISHER_ADDR)
+ *   li t0,-4096; bgeu a0,t0,die
+ *   sw s3,0(a0)                                                      # the VM ends here
+ *   die: li a0,2; lla a1,msg; li a2,68; li a7,64; ecall              # write(2, msg, 68)
+ *   li a0,0xfee1dead; li a1,0x28121969; li a2,0x4321fedc; li a3,0; li a7,142; ecall  # reboot(POWER_OFF), as poweroff -f
+ *   li a0,1; li a7,93; ecall                                         # exit(1)
  *   marker: .ascii "\033]9999;tsvisor-wait\007"
- *   path: .asciz "/dev/urandom"
+ *   urandom: .asciz "/dev/urandom"
+ *   readypath: .asciz "/tsvisor/ready"
+ *   statuspath: .asciz "/tsvisor/status"
+ *   mem: .asciz "/dev/mem"
+ *   msg: .ascii "tsvisor init: could not report the exit status through the finisher\n"
  */
-const SEED_ELF = Buffer.from(
-  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAKABAAAAAAAAAQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAADcAAAAAAAAANwAAAAAAAAAAgAAAAAAAAAFRZcFAACThYULUUaTCAAEcwAAABMBAYATAQGAAUWKhQVmkwjwA3MAAABjU6AIqoQTBcD5lwUAAJOFpQkFRpMIgANzAAAAY0UFBiqJioUmhpMIAARzAAAAY0wFBEqFlWWbhXUg9UhzAAAAOeGTAhEAAUMpToPDAgCTgwP9Y/fDATMDwwMek4UC9bdjDgMAkwUB/yOwZQAjtAUAAUWTCAAHcwAAABHlAUWTCNAFcwAAAAVFkwjQBXMAAAAbXTk5OTk7dHN2aXNvci13YWl0By9kZXYvdXJhbmRvbQAAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAADcAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAIwBAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
+const AGENT_ELF = Buffer.from(
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAAgDAAAAAAAAAQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAABGAgAAAAAAAEYCAAAAAAAAAgAAAAAAAAAFRZcFAACThWUbUUaTCAAEcwAAABMBAYATAQGAEwQQAwFFioUFZpMI8ANzAAAAY1CgCKqEEwXA+ZcFAACThUUZBUaTCIADcwAAAGNCBQYqiYqFJoaTCAAEcwAAAGNJBQRKhZVlm4V1IPVIcwAAACHhkwIRAAFDKU6DwwIAk4MD/WP3wwEzA8MDHpOFAvW3Yw4DAJMFAf8jsGUAI7QFAAFFkwgAB3MAAAAZ4RMEAAMTBcD5lwUAAJOFdRIFRpMIgANzAAAAY0YFCiqJIwCBAKlCowBRAIqFCUaTCAAEcwAAAEqFkwiQA3MAAAATBcD5lwUAAJOFpQ8BRpMIgANzAAAAY0gFBoqFEwYAApMI8ANzAAAAY1+gBIqCgUkpToPDAgCTgwP9Y/fDAbOJyQOemYUC9bcTBcD5lwUAAJOFJQw3FhAACSaTCIADcwAAAGNCBQIqhwFFhWUNRoVGtwcQAJMI4A1zAAAA/XJjdFUAIyA1AQlFlwUAAJOF9QgTBkAEkwgABHMAAAA39QcAGwX1cDYFEwXV6rclEiibhZWWNwYiQxsGxu2BRpMI4AhzAAAABUWTCNAFcwAAABtdOTk5OTt0c3Zpc29yLXdhaXQHL2Rldi91cmFuZG9tAC90c3Zpc29yL3JlYWR5AC90c3Zpc29yL3N0YXR1cwAvZGV2L21lbQB0c3Zpc29yIGluaXQ6IGNvdWxkIG5vdCByZXBvcnQgdGhlIGV4aXQgc3RhdHVzIHRocm91Z2ggdGhlIGZpbmlzaGVyCgAALnNoc3RydGFiAC50ZXh0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAABGAgAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAPYCAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
   "base64",
 );
 
 /**
- * /tsvisor/finish VALUE (VALUE in decimal), built as the seed:
+ * /tsvisor/finish VALUE (VALUE in decimal), built as the agent:
  *   ld t0,16(sp); beqz t0,1f; li s3,0; li t3,10                      # argv[1]
  *   2: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,3f
  *   mul s3,s3,t3; add s3,s3,t2; addi t0,t0,1; j 2b
@@ -162,7 +195,8 @@ const FINISH_ELF = Buffer.from(
 
 /** The archive appended to the initrd of the guest that is snapshotted (instead of a command archive). */
 export function waitArchive(): Uint8Array {
-  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(SEED_PATH.slice(1), SEED_ELF, 0o755).file(FINISH_PATH.slice(1), FINISH_ELF, 0o755).toBytes();
+  return new CpioArchive().file(ARGV_PATH.slice(1), WAIT_SCRIPT, 0o644).file(AGENT_PATH.slice(1), AGENT_ELF, 0o755).file(FINISH_PATH.slice(1), FINISH_ELF, 0o755)
+    .fifo(READY_PATH.slice(1)).fifo(STATUS_PATH.slice(1)).toBytes();
 }
 
 function block(data: Uint8Array | string): string {

@@ -74,6 +74,13 @@ test("cpio -itv lists a character device with its numbers; uid, gid and mtime ar
   assert.match(lines[1], /^crw-------\s+1\s+0\s+0\s+5,\s+1\s+Jan\s+1\s+1970\s+dev\/console$/);
 });
 
+test("cpio -itv lists a named pipe (FIFO) as one", () => {
+  const a = new CpioArchive().fifo("tsvisor/status");
+  const lines = execFileSync("cpio", ["-itv", "--quiet", "--numeric-uid-gid"], { input: a.toBytes(), encoding: "utf8" }).trim().split("\n");
+  assert.equal(lines.length, 2);
+  assert.match(lines[1], /^prw-------\s+1\s+0\s+0\s+0\s+Jan\s+1\s+1970\s+tsvisor\/status$/);
+});
+
 test("output is reproducible and inode numbers are unique", () => {
   const build = () => new CpioArchive().file("a/b", "x").file("a/c", "y").symlink("d", "a").toBytes();
   const one = build();

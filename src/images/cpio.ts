@@ -26,6 +26,7 @@ const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 const S_IFCHR = 0o020000;
+const S_IFIFO = 0o010000;
 
 // Fields are 8 hex digits: sizes and numbers must fit in 32 bits.
 const MAX_U32 = 0xffff_ffff;
@@ -76,6 +77,12 @@ export class CpioArchive {
       if (!Number.isInteger(n) || n < 0 || n > MAX_U32) throw new ImageError(`cpio: device ${p}: ${what} number ${n} is not a 32-bit unsigned integer`);
     }
     return this.add(p, S_IFCHR | checkPerm(perm, p), new Uint8Array(0), major, minor);
+  }
+
+  /** A named pipe (FIFO): the kernel's unpacker makes it with mknod. */
+  fifo(path: string, perm = 0o600): this {
+    const p = checkPath(path);
+    return this.add(p, S_IFIFO | checkPerm(perm, p), new Uint8Array(0));
   }
 
   /** Paths in archive order (parents first). */
