@@ -13,9 +13,8 @@
 // lookups in flight is bounded: beyond it queries are dropped (the guest's
 // resolver retries), so a flood cannot queue unbounded work.
 
-import { lookup } from "node:dns/promises";
-import { getServers } from "node:dns";
-import { createSocket, type Socket } from "node:dgram";
+import type { Socket } from "node:dgram";
+import { nodeDgram, nodeDns } from "./node-sockets.js";
 import { parseIpv4Address } from "../packet.js";
 
 const TYPE_A = 1;
@@ -101,7 +100,7 @@ export class DnsProxy {
 
   private resolve(q: Uint8Array, question: Question, done: (a: Uint8Array) => void): void {
     const family = question.type === TYPE_A ? 4 : 6;
-    lookup(question.name, { all: true, family }).then(
+    nodeDns().promises.lookup(question.name, { all: true, family }).then(
       (addresses) => {
         const records = addresses.map((a) => this.rdata(a.address, family)).filter((r): r is Uint8Array => r !== undefined);
         this.stats.answered++;
@@ -130,14 +129,14 @@ export class DnsProxy {
 
   /** Sends the query as it is to the host's first name server, under a fresh ID. */
   private forward(q: Uint8Array, question: Question, done: (a: Uint8Array) => void): void {
-    const server = getServers().find((s) => parseIpv4Address(s) !== undefined);
+    const server = nodeDns().getServers().find((s) => parseIpv4Address(s) !== undefined);
     if (!server) {
       this.stats.failed++;
       done(response(q, question, RCODE_NOTIMP, []));
       return;
     }
     if (!this.forwarder) {
-      this.forwarder = createSocket("udp4");
+      this.forwarder = nodeDgram().createSocket("udp4");
       this.forwarder.on("error", () => {});
       this.forwarder.on("message", (m) => this.forwardReply(m));
     }

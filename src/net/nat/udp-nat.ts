@@ -6,7 +6,8 @@
 // conntrack's UDP timeout does. The number of flows is bounded; at the bound
 // the least recently used flow is closed to make room.
 
-import { createSocket, type Socket } from "node:dgram";
+import type { Socket } from "node:dgram";
+import { nodeDgram } from "./node-sockets.js";
 import { ipv4String } from "../packet.js";
 
 /** Linux conntrack keeps an answered UDP flow for 120 s (nf_conntrack_udp_timeout_stream). */
@@ -101,7 +102,7 @@ export class UdpNat {
       this.closeFlow(oldestKey, oldest);
       this.stats.flowsEvicted++;
     }
-    const socket = createSocket("udp4");
+    const socket = nodeDgram().createSocket("udp4");
     flow = { socket, guestIp, guestPort, peers: new Set(), lastUsed: this.now() };
     const f = flow;
     socket.on("error", () => {}); // ICMP errors surface here (ECONNREFUSED); the guest's datagram is lost, as on a network

@@ -18,7 +18,8 @@
 // host's network. Every frame comes from a guest and is checked before use;
 // what cannot be handled is dropped and counted in `stats.drops`.
 
-import { createServer, type Server, Socket } from "node:net";
+import type { Server, Socket } from "node:net";
+import { nodeNet } from "./node-sockets.js";
 import {
   ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
   buildArp, buildEthernet, buildIpv4, buildUdp, internetChecksum, ipv4String, isMulticastMac, macKey,
@@ -140,7 +141,7 @@ export class UserNet {
         const host = this.toHost(dst);
         if (host === undefined) return undefined;
         // Half-open: the guest's FIN ends only our writing side (RFC 9293 3.6).
-        const socket = new Socket({ allowHalfOpen: true });
+        const socket: Socket = new (nodeNet().Socket)({ allowHalfOpen: true });
         socket.connect({ host, port: dstPort });
         return socket;
       },
@@ -345,7 +346,7 @@ export class UserNet {
   // --- port forwards into the guest ---
 
   private async listen(fwd: HostForward): Promise<void> {
-    const server = createServer({ allowHalfOpen: true }, (socket) => {
+    const server = nodeNet().createServer({ allowHalfOpen: true }, (socket) => {
       const guest = fwd.guestAddress ?? this.dhcpAddressForForward();
       // The connection appears to come from the gateway, on a port of its own, as in slirp.
       const port = this.tcp.freePort(guest, fwd.guestPort, this.config.gateway);
