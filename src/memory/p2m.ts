@@ -397,8 +397,13 @@ export class P2m {
   presetSnapshotPages(slotOf: Uint32Array, none: number): void {
     if (slotOf.length !== this.count) throw new P2mFault(`a snapshot page map of ${slotOf.length} pages for a p2m of ${this.count}`);
     const words = this.pool.words;
+    // Read as int32 (`none` is 0xffffffff, most pages' value): a uint32 above
+    // 2^30 is no small integer to V8, and this loop over every page ran at
+    // half speed boxing them.
+    const slots = new Int32Array(slotOf.buffer, slotOf.byteOffset, slotOf.length);
+    const noSlot = none | 0;
     for (let i = 0; i < this.count; i++) {
-      if (slotOf[i] !== none) words[this.firstWord + i] = absentEntry(Absent.Snapshot, i);
+      if (slots[i] !== noSlot) words[this.firstWord + i] = absentEntry(Absent.Snapshot, i);
     }
   }
 

@@ -305,12 +305,17 @@ function readPageMap(f: SnapshotFile, pages: number): PageMap {
   const section = f.section("pages");
   if (!section.perPageCrc || section.length < slots * FRAME_SIZE) throw new SnapshotError(`${f.path}: the pages section holds ${Math.floor(section.length / FRAME_SIZE)} pages, the map names ${slots}`);
   const where = words.subarray(2, 2 + count);
+  // Checked as int32 (PAGE_ZERO is -1, PAGE_IN_PARENT -2): a uint32 above
+  // 2^30 is no small integer to V8, and this loop over every page of a
+  // restore ran at half speed boxing them.
+  const entries = new Int32Array(where.buffer, where.byteOffset, count);
+  const [zero, inParent] = [PAGE_ZERO | 0, PAGE_IN_PARENT | 0];
   let parentPages = 0;
   for (let i = 0; i < count; i++) {
-    const w = where[i];
-    if (w < slots || w === PAGE_ZERO) continue;
-    if (w === PAGE_IN_PARENT) parentPages++;
-    else throw new SnapshotError(`${f.path}: page ${i} names slot ${w}, there are ${slots}`);
+    const w = entries[i];
+    if ((w >= 0 && w < slots) || w === zero) continue;
+    if (w === inParent) parentPages++;
+    else throw new SnapshotError(`${f.path}: page ${i} names slot ${where[i]}, there are ${slots}`);
   }
   return { where, crc: words.subarray(2 + count), pagesOffset: section.offset, parentPages };
 }
