@@ -23,7 +23,7 @@ import type { Host } from "./host.js";
 import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.js";
 import { Absent } from "../memory/p2m-entry.js";
 import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
-import { PAGE_ZERO, readAhead } from "../snapshot/memory.js";
+import { readAhead } from "../snapshot/memory.js";
 import { writeSnapshot, type LiveCopy, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
@@ -322,7 +322,7 @@ export class Vm {
       if (remote) p2m.usePageSource(host.memory.store.withSnapshot(undefined, remote));
       if (snap) {
         p2m.usePageSource(host.memory.store.withSnapshot(snap.pages));
-        p2m.presetSnapshotPages(snap.pages.slotOf, PAGE_ZERO);
+        p2m.presetSnapshotPages(snap.pages.withBytes);
       }
       try {
         machine.restoreState(from.machine);
@@ -878,7 +878,7 @@ export class Vm {
     this.dirtyLog = undefined;
     await remoteStopped;
     if (this.recordWorkingSet && this.machine && this.snapshotFiles) {
-      this.recordWorkingSet(this.machine.p2m.snapshotPagesRead(this.snapshotFiles.pages.slotOf, PAGE_ZERO));
+      this.recordWorkingSet(this.machine.p2m.snapshotPagesRead(this.snapshotFiles.pages.withBytes));
     }
     this.recordWorkingSet = undefined;
     // A process that exits now gives the frames and files back itself (HostOptions.exitsWithVms).

@@ -389,21 +389,18 @@ export class P2m {
   }
 
   /**
-   * A restored VM's RAM before any hart runs: every page whose slot is not
-   * `none` becomes absent of kind Snapshot (read from the snapshot file when
-   * first touched, its slot being its own index). The table is fresh and no
-   * other thread uses it yet.
+   * A restored VM's RAM before any hart runs: `pages`, those with bytes in
+   * the snapshot, become absent of kind Snapshot (read from the snapshot
+   * file when first touched, its slot being its own index); the rest read
+   * as zero, as untouched pages do. The table is fresh and no other thread
+   * uses it yet.
    */
-  presetSnapshotPages(slotOf: Uint32Array, none: number): void {
-    if (slotOf.length !== this.count) throw new P2mFault(`a snapshot page map of ${slotOf.length} pages for a p2m of ${this.count}`);
+  presetSnapshotPages(pages: ArrayLike<number>): void {
     const words = this.pool.words;
-    // Read as int32 (`none` is 0xffffffff, most pages' value): a uint32 above
-    // 2^30 is no small integer to V8, and this loop over every page ran at
-    // half speed boxing them.
-    const slots = new Int32Array(slotOf.buffer, slotOf.byteOffset, slotOf.length);
-    const noSlot = none | 0;
-    for (let i = 0; i < this.count; i++) {
-      if (slots[i] !== noSlot) words[this.firstWord + i] = absentEntry(Absent.Snapshot, i);
+    for (let k = 0; k < pages.length; k++) {
+      const i = pages[k];
+      if (!Number.isInteger(i) || i < 0 || i >= this.count) throw new P2mFault(`snapshot page ${i} outside a p2m of ${this.count} pages`);
+      words[this.firstWord + i] = absentEntry(Absent.Snapshot, i);
     }
   }
 
@@ -431,11 +428,12 @@ export class P2m {
     return true;
   }
 
-  /** Pages that had bytes in the snapshot (`slotOf`, `none`: no bytes) and have been read from it since. */
-  snapshotPagesRead(slotOf: Uint32Array, none: number): Uint32Array {
+  /** Of `pages` (those with bytes in the snapshot, presetSnapshotPages), the ones read from it since. */
+  snapshotPagesRead(pages: ArrayLike<number>): Uint32Array {
     const read: number[] = [];
-    for (let i = 0; i < Math.min(this.count, slotOf.length); i++) {
-      if (slotOf[i] !== none && !isSnapshotEntry(this.entry(i))) read.push(i);
+    for (let k = 0; k < pages.length; k++) {
+      const i = pages[k];
+      if (i >= 0 && i < this.count && !isSnapshotEntry(this.entry(i))) read.push(i);
     }
     return Uint32Array.from(read);
   }

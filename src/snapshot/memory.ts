@@ -123,6 +123,9 @@ export interface SnapshotPagesHandle {
   /** Per guest page: which file (index into files) and which slot (PAGE_ZERO: none). */
   readonly fileOf: SharedArrayBuffer;
   readonly slotOf: SharedArrayBuffer;
+  /** The guest pages with bytes in a file, ascending (int32): a restore
+   *  marks these in the p2m without going over every page of RAM. */
+  readonly withBytes: SharedArrayBuffer;
   /** The host's table of this snapshot's pages shared by its clones (page-share.ts). */
   readonly share?: SharedSnapshotFramesHandle;
 }
@@ -132,6 +135,8 @@ export class SnapshotPages {
   private readonly fileOf: Uint8Array;
   /** Per guest page: its slot in its file, or PAGE_ZERO. */
   readonly slotOf: Uint32Array;
+  /** The pages whose slot is not PAGE_ZERO, ascending. */
+  readonly withBytes: Int32Array;
   private readonly crcs: Uint32Array[];
   /** Pages read from the files so far (this thread). */
   loads = 0;
@@ -141,6 +146,7 @@ export class SnapshotPages {
   private constructor(private readonly h: SnapshotPagesHandle) {
     this.fileOf = new Uint8Array(h.fileOf);
     this.slotOf = new Uint32Array(h.slotOf);
+    this.withBytes = new Int32Array(h.withBytes);
     this.crcs = h.files.map((f) => new Uint32Array(f.crc));
     this.share = h.share;
   }
@@ -171,6 +177,7 @@ export class SnapshotPages {
     const fileOf = new Uint8Array(new SharedArrayBuffer(pages));
     const slotOf = new Uint32Array(new SharedArrayBuffer(pages * 4));
     slotOf.set(maps[0].where);
+    let withBytes = maps[0].withBytes;
     if (maps.length > 1) {
       for (let i = 0; i < pages; i++) {
         if (slotOf[i] !== PAGE_IN_PARENT) continue;
@@ -181,6 +188,8 @@ export class SnapshotPages {
         fileOf[i] = f;
         slotOf[i] = w;
       }
+      // A page in the parent may be a zero page there.
+      withBytes = withBytes.filter((i) => slotOf[i] !== PAGE_ZERO);
     } else if (maps[0].parentPages > 0) {
       throw new SnapshotError(`${chain[0].path}: a diff snapshot's pages are in its parent, and it has none`);
     }
@@ -191,6 +200,7 @@ export class SnapshotPages {
         return { fd: f.fd, path: f.path, pagesOffset: maps[k].pagesOffset, crc: crc.buffer as SharedArrayBuffer };
       }),
       fileOf: fileOf.buffer as SharedArrayBuffer, slotOf: slotOf.buffer as SharedArrayBuffer,
+      withBytes: shared(withBytes),
     });
   }
 
@@ -287,6 +297,8 @@ export function* readAhead(pages: SnapshotPages, indices: ArrayLike<number>, wan
 
 interface PageMap {
   where: Uint32Array;
+  /** The pages not PAGE_ZERO (in a file, or in the parent), ascending. */
+  withBytes: Int32Array;
   crc: Uint32Array;
   pagesOffset: number;
   /** Pages marked PAGE_IN_PARENT. */
@@ -311,11 +323,21 @@ function readPageMap(f: SnapshotFile, pages: number): PageMap {
   const entries = new Int32Array(where.buffer, where.byteOffset, count);
   const [zero, inParent] = [PAGE_ZERO | 0, PAGE_IN_PARENT | 0];
   let parentPages = 0;
+  const withBytes = new Int32Array(count);
+  let n = 0;
   for (let i = 0; i < count; i++) {
     const w = entries[i];
-    if ((w >= 0 && w < slots) || w === zero) continue;
+    if (w === zero) continue;
     if (w === inParent) parentPages++;
-    else throw new SnapshotError(`${f.path}: page ${i} names slot ${where[i]}, there are ${slots}`);
+    else if (w < 0 || w >= slots) throw new SnapshotError(`${f.path}: page ${i} names slot ${where[i]}, there are ${slots}`);
+    withBytes[n++] = i;
   }
-  return { where, crc: words.subarray(2 + count), pagesOffset: section.offset, parentPages };
+  return { where, withBytes: withBytes.subarray(0, n), crc: words.subarray(2 + count), pagesOffset: section.offset, parentPages };
+}
+
+/** `a`'s values in memory every thread can see. */
+function shared(a: Int32Array): SharedArrayBuffer {
+  const out = new Int32Array(new SharedArrayBuffer(a.length * 4));
+  out.set(a);
+  return out.buffer as SharedArrayBuffer;
 }

@@ -30,7 +30,7 @@ function restoredVm(pool: FramePool, owner: number, share: SharedSnapshotFramesH
   const p2m = new P2m(pool, RAM, PAGES * FRAME_SIZE, { owner });
   const file = new FakeSnapshot(share);
   p2m.usePageSource(file);
-  p2m.presetSnapshotPages(Uint32Array.from({ length: PAGES }, (_, i) => i), 0xffff_ffff);
+  p2m.presetSnapshotPages(Uint32Array.from({ length: PAGES }, (_, i) => i));
   return { p2m, file, byte: (page: number) => pool.bytes[p2m.frameAt(page)!] };
 }
 
