@@ -102,8 +102,9 @@ export class FramePool {
   private readonly ledger: FrameLedger;
   private readonly refs: Int32Array;
   private readonly zero: (address: number, length: number) => void;
-  /** Gives free frames' pages back to the kernel (where it can: frame-zeroer.ts). */
-  private readonly release: ((address: number, length: number) => boolean) | undefined;
+  /** Gives free frames' pages back to the kernel (where it can: frame-zeroer.ts);
+   *  null where it cannot, undefined until first needed (release). */
+  private releaser: ((address: number, length: number) => boolean) | null | undefined;
   private bytesView: Uint8Array;
   private dataView: DataView;
   private wordsView: Int32Array;
@@ -135,11 +136,18 @@ export class FramePool {
     this.base = this.ledger.baseFrame * FRAME_SIZE;
     this.refs = this.ledger.refs;
     this.zero = frameZeroer(this.memory);
-    this.release = frameReleaser(this.memory);
     this.viewedBytes = this.memory.buffer.byteLength;
     this.bytesView = new Uint8Array(this.memory.buffer);
     this.dataView = new DataView(this.memory.buffer);
     this.wordsView = new Int32Array(this.memory.buffer);
+  }
+
+  /** The releaser, made when first needed: loading the native addon took a
+   *  millisecond of every host's start (and of every pCPU worker's), and a
+   *  `run` that exits with its VM never gives a frame back. */
+  private get release(): ((address: number, length: number) => boolean) | undefined {
+    if (this.releaser === undefined) this.releaser = frameReleaser(this.memory) ?? null;
+    return this.releaser ?? undefined;
   }
 
   /** This thread's FramePool object over the pool another thread made (its handle()). */
