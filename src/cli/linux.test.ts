@@ -4,7 +4,7 @@
 // asks its guest several questions at once.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, writeFileSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -120,6 +120,18 @@ test("bad input gives one clear line and a non-zero status, before anything boot
     const stray = run("uname");
     assert.equal(stray.status, 2);
     oneErrorLine(stray, /put the guest command after --/);
+    // A command's stdin goes to the guest whole: at most a quarter of --mem,
+    // redirected from a file (read at once) or piped (streamed).
+    const bigStdin = join(dir, "stdin.bin");
+    writeFileSync(bigStdin, Buffer.alloc(17 << 20));
+    const tooMuch = /stdin is larger than 16 MiB, the most a guest command takes/;
+    const fd = openSync(bigStdin, "r");
+    try {
+      oneErrorLine(spawnSync(process.execPath, [bin, "run", "--mem", "64M", "--", "true"], { encoding: "utf8", timeout: 60_000, stdio: [fd, "pipe", "pipe"] }) as Run, tooMuch);
+    } finally {
+      closeSync(fd);
+    }
+    oneErrorLine(spawnSync(process.execPath, [bin, "run", "--mem", "64M", "--", "true"], { encoding: "utf8", timeout: 60_000, input: readFileSync(bigStdin) }) as Run, tooMuch);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
