@@ -11,7 +11,8 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { Script } from "node:vm";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const only = process.argv[2];
@@ -147,6 +148,16 @@ async function bundleInto(esbuild, tmp) {
       throw new Error("bundle");
     }
     writeFileSync(path, code.replace(WORKER_URL, (_, name) => `new URL("./${name}.cjs", __bundle_url)`));
+  }
+  // Each worker script's top level compiled, for its thread to start with
+  // (src/worker-script.ts): a worker has no run of its own to cache from, as
+  // the CLI has (src/cli/code-cache.ts). Made by this Node, as the runs will
+  // be; another refuses it and compiles.
+  const { wrapCommonJs } = await import(pathToFileURL(join(root, "dist", "src", "worker-script.js")).href);
+  for (const name of Object.keys(BUNDLE_ENTRIES).filter((n) => n !== "launch" && n !== "main")) {
+    const path = join(tmp, `${name}.cjs`);
+    const script = new Script(wrapCommonJs(readFileSync(path, "utf8")), { filename: path });
+    writeFileSync(`${path}.v8`, script.createCachedData());
   }
 }
 

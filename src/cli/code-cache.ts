@@ -25,6 +25,7 @@ import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, wri
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { Script } from "node:vm";
+import { wrapCommonJs } from "../worker-script.js";
 import { defaultCacheDir } from "../images/image-cache.js";
 
 /** Commands with a cache of their own; any other word shares "other". */
@@ -52,9 +53,7 @@ export function loadWithCodeCache(file: string, command: string | undefined, cac
   } catch {
     cachedData = undefined;
   }
-  // The wrapper Node's CommonJS loader puts around a module's code.
-  const wrapped = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
-  const script = new Script(wrapped, { filename: file, cachedData });
+  const script = new Script(wrapCommonJs(source), { filename: file, cachedData });
   if (cachedData === undefined || script.cachedDataRejected) process.once("exit", () => saveCodeCache(script, cachePath));
   const module = { exports: {} as Record<string, unknown> };
   const run = script.runInThisContext() as (...args: unknown[]) => void;

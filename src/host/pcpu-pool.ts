@@ -2,13 +2,14 @@
 // stopping them, telling them about VMs, and asking what only they know.
 
 import { coreModule } from "../vcpu/core.js";
-import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
+import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
 import type { FramePool } from "../memory/frame-pool.js";
 import type { JitStats } from "../jit/jit.js";
 import type { Scheduler } from "./scheduler.js";
 import type { PcpuMessage, PcpuReply, VmDescriptor } from "./pcpu-protocol.js";
 import type { PcpuWorkerData } from "./pcpu-worker.js";
 import { startPcpuWorker, type PrestartedPcpu } from "./pcpu-prestart.js";
+import { startWorker } from "../worker-script.js";
 
 interface PcpuThread {
   worker: Worker;
@@ -58,7 +59,7 @@ export class PcpuPool {
       // A prestarted worker is told who it is now (it waits for that message); else a new one starts.
       let worker = early.shift()?.worker;
       if (worker) worker.postMessage(data, [port2]);
-      else worker = new Worker(WORKER_URL, { workerData: data, transferList: [port2] });
+      else worker = startWorker(WORKER_URL, { workerData: data, transferList: [port2] });
       let markExited!: () => void;
       const thread: PcpuThread = { worker, port: port1, alive: true, exited: new Promise<void>((r) => (markExited = r)) };
       worker.on("error", (e) => {

@@ -9,7 +9,8 @@
 // kept apart from the pool so the CLI's launcher (cli/launch.ts) can start
 // one before it loads the rest.
 
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
+import { startWorker } from "../worker-script.js";
 import type { PcpuWorkerStart } from "./pcpu-worker.js";
 
 export interface PrestartedPcpu {
@@ -23,7 +24,7 @@ export interface PrestartedPcpu {
 /** Start the pCPU worker script at `url`; it does not keep the process alive until a host takes it. */
 export function startPcpuWorker(url: URL): PrestartedPcpu {
   const p: PrestartedPcpu = {
-    worker: new Worker(url, { workerData: { prestarted: true } satisfies PcpuWorkerStart }), alive: true, died: () => (p.alive = false),
+    worker: startWorker(url, { workerData: { prestarted: true } satisfies PcpuWorkerStart }), alive: true, died: () => (p.alive = false),
   };
   // Noticed when a host would take it; an error without a listener would end the process.
   p.worker.on("error", p.died).on("exit", p.died);

@@ -29,7 +29,8 @@
 // most, the rest stay in the ring) is on the main thread, as QEMU drains a
 // device's in-flight requests on reset.
 
-import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
+import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
+import { startWorker } from "../../worker-script.js";
 import { DiskImageError } from "../../backends/disk/types.js";
 import type { VirtioDevice, VirtioContext } from "./virtio.js";
 import type { DirectKick } from "../../vmm/queue-doorbell.js";
@@ -104,7 +105,7 @@ export class IoThreadBlk implements VirtioDevice {
     const stats = new SharedArrayBuffer(STAT_WORDS * 8);
     const { port1, port2 } = new MessageChannel();
     const data: IoThreadData = { control, stats, port: port2, disk, name: opts.name, serial: opts.serial };
-    const worker = new Worker(new URL("./blk-iothread-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
+    const worker = startWorker(new URL("./blk-iothread-worker.js", import.meta.url), { workerData: data, transferList: [port2] });
     const first = await new Promise<FromIoThread | Error>((resolve) => {
       port1.once("message", resolve);
       worker.once("error", resolve);

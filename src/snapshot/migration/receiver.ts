@@ -13,7 +13,8 @@
 
 import type { Server, Socket } from "node:net";
 import { randomBytes } from "node:crypto";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
+import { startWorker } from "../../worker-script.js";
 import type { Host, Vm, VmConfig } from "../../host/host.js";
 import { P2m } from "../../memory/p2m.js";
 import { Absent, absentEntry, entryFrame, isPresent } from "../../memory/p2m-entry.js";
@@ -286,7 +287,7 @@ class PostcopyCopier {
   }
 
   static async start(data: PostcopyWorkerData, remote: RemotePages): Promise<PostcopyCopier> {
-    const worker = new Worker(new URL("./postcopy-worker.js", import.meta.url), { workerData: data });
+    const worker = startWorker(new URL("./postcopy-worker.js", import.meta.url), { workerData: data });
     const port = await new Promise<number>((resolve, reject) => {
       worker.once("message", (m: FromPostcopyWorker) => (m.kind === "listening" ? resolve(m.port) : reject(new MigrationError("the migration thread did not start"))));
       worker.once("error", reject);

@@ -24,7 +24,8 @@
 // dropped the queues: the driver takes reset as complete when its status
 // write returns (virtio 1.2, 2.4 and 4.2.3.1).
 
-import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
+import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
+import { startWorker } from "../../../worker-script.js";
 import type { VirtioContext } from "../virtio.js";
 import type { DirectKick } from "../../../vmm/queue-doorbell.js";
 import type { VirtQueue } from "../queue.js";
@@ -72,7 +73,7 @@ export class FsIoThread {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     const data: FsThreadData = { control, stats: this.counters.buffer as SharedArrayBuffer, port: port2, hostDir, readOnly, umask: processUmask() };
-    this.worker = new Worker(new URL("./worker.js", import.meta.url), { workerData: data, transferList: [port2] });
+    this.worker = startWorker(new URL("./worker.js", import.meta.url), { workerData: data, transferList: [port2] });
     this.link = new IoThreadLink(control, port1, this.worker);
     this.directKick = this.link.directKick(DIRECT_QUEUE);
     this.exited = new Promise((resolve) => this.worker.once("exit", () => resolve()));
