@@ -2,11 +2,20 @@
 // checksum of every snapshot section and of every page of guest memory in
 // it. zlib's own (node:zlib crc32, from Node 20.15 and 22.2) when the Node
 // running has it: 0.9 us a page against 3.9 us for the table below, which
-// older Node 20 releases use.
+// older Node 20 releases use. node:zlib is loaded only once the table has
+// checked ZLIB_AFTER_BYTES, or for a buffer of ZLIB_AT_ONCE_BYTES: loading
+// it costs what the table takes for about 500 pages, and a pCPU worker
+// would pay that before the first page fault of a fast start.
 
-import zlib from "node:zlib";
+import { nodeZlib } from "../node-zlib.js";
 
-const native = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
+type NativeCrc = (data: Uint8Array, value?: number) => number;
+
+const ZLIB_AFTER_BYTES = 2 << 20;
+const ZLIB_AT_ONCE_BYTES = 64 << 10;
+/** zlib's crc32; null where this Node has none; undefined until loaded. */
+let native: NativeCrc | null | undefined;
+let tableBytes = 0;
 
 const TABLE = (() => {
   const t = new Int32Array(256 * 4);
@@ -28,7 +37,12 @@ function TABLE_STEP(t: Int32Array, c: number): number {
 
 /** CRC-32 of `data`, continuing from `crc` (0 to start). */
 export function crc32(data: Uint8Array, crc = 0): number {
-  return native ? native(data, crc) : crc32Table(data, crc);
+  if (native === undefined && (data.length >= ZLIB_AT_ONCE_BYTES || tableBytes >= ZLIB_AFTER_BYTES)) {
+    native = (nodeZlib() as { crc32?: NativeCrc }).crc32 ?? null;
+  }
+  if (native) return native(data, crc);
+  tableBytes += data.length;
+  return crc32Table(data, crc);
 }
 
 /** The same, computed here (exported for the test that holds it to zlib's). */

@@ -18,7 +18,7 @@
 // it is compressed (unmapped or read-only in every vCPU's p2m): a page changing
 // under the compressor gives a consistent but unspecified result.
 
-import { deflateRawSync, inflateRawSync, constants } from "node:zlib";
+import { nodeZlib } from "../../node-zlib.js";
 import { PAGE_SIZE } from "../address.js";
 import { isAllZero } from "../zero.js";
 
@@ -44,7 +44,8 @@ export function isZeroPage(page: Uint8Array): boolean {
 /** `page` (4096 bytes) deflated, or undefined when that takes more than MAX_COMPRESSED bytes. */
 export function compressPage(page: Uint8Array): Uint8Array | undefined {
   checkPage(page, "page");
-  const out = deflateRawSync(page, { level: constants.Z_BEST_SPEED });
+  const zlib = nodeZlib();
+  const out = zlib.deflateRawSync(page, { level: zlib.constants.Z_BEST_SPEED });
   return out.byteLength <= MAX_COMPRESSED ? out : undefined;
 }
 
@@ -56,7 +57,7 @@ export function decompressPage(data: Uint8Array, out: Uint8Array): void {
   try {
     // maxOutputLength bounds the work on corrupt data (a stream inflating to
     // gigabytes); a stream longer than a page fails with ERR_BUFFER_TOO_LARGE.
-    page = inflateRawSync(data, { maxOutputLength: PAGE_SIZE });
+    page = nodeZlib().inflateRawSync(data, { maxOutputLength: PAGE_SIZE });
   } catch (e) {
     throw new PageCodecError(`corrupt compressed page (${data.byteLength} bytes): ${(e as Error).message}`);
   }
