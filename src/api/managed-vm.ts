@@ -6,6 +6,7 @@
 import { parseKernelImage } from "../arch/riscv/boot-image.js";
 import { HostError, type Host, type Vm, type RunEnd } from "../host/host.js";
 import { SnapshotError, SnapshotRefused, type Plain } from "../snapshot/state.js";
+import type { LiveRound } from "../snapshot/snapshot.js";
 import type { VmMemoryStats } from "../memory/manager/memory-manager.js";
 import type { BalloonStats, BalloonGuestStats } from "../devices/virtio/balloon.js";
 import { pullDebianImage } from "../images/debian.js";
@@ -87,6 +88,8 @@ export interface SnapshotProgress {
   path: string;
   donePages: number;
   totalPages: number;
+  /** A live snapshot once its first pass is done: the round of pages written again. */
+  liveRound?: LiveRound;
 }
 
 /** GET /v1/vms/{name}/migration: this VM's current or last migration from this host (as QEMU's query-migrate). */
@@ -383,9 +386,10 @@ export class ManagedVm {
     try {
       written = await vm.snapshot(path, {
         diff: opts.diff, live: opts.live, stayPaused: opts.stayPaused, definition, whilePaused,
-        progress: (done, total) => {
+        progress: (done, total, round) => {
           progress.donePages = done;
           progress.totalPages = total;
+          progress.liveRound = round && { ...round };
         },
       });
     } catch (e) {

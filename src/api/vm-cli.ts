@@ -609,6 +609,12 @@ function watchSnapshot(socket: string, name: string): () => void {
   return watchProgress(async () => {
     const p = ((await call(socket, "GET", vmPath(name))) as VmView).snapshot;
     if (!p || p.totalPages === 0) return undefined;
+    const r = p.liveRound;
+    if (r) {
+      // A live snapshot's rounds: pages the running guest wrote again meanwhile, then the last ones in the pause.
+      const what = r.paused ? "paused, the last pages" : `running, round ${r.round} of pages written again`;
+      return { text: `snapshot of ${name}: its RAM gone through; ${what}: ${r.donePages} of ${r.pages}`, step: `${r.round} ${r.paused}` };
+    }
     const pct = Math.floor((p.donePages / p.totalPages) * 100);
     return { text: `snapshot of ${name}: ${pct} % of its RAM (${mibText(p.donePages * PAGE)} of ${mibText(p.totalPages * PAGE)}) gone through`, step: String(Math.floor(pct / 10)) };
   });

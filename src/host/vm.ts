@@ -24,7 +24,7 @@ import type { MemoryVm, VmMemoryStats } from "../memory/manager/memory-manager.j
 import { Absent } from "../memory/p2m-entry.js";
 import { BalloonError, type BalloonStats } from "../devices/virtio/balloon.js";
 import { readAhead } from "../snapshot/memory.js";
-import { writeSnapshot, type LiveCopy, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta } from "../snapshot/snapshot.js";
+import { writeSnapshot, type LiveCopy, type OpenedSnapshot, type WrittenSnapshot, type SnapshotMeta, type WriteSnapshotOptions } from "../snapshot/snapshot.js";
 import { SnapshotError, type Plain } from "../snapshot/state.js";
 import { DirtyLog } from "../memory/dirty-log.js";
 import type { P2m } from "../memory/p2m.js";
@@ -386,7 +386,7 @@ export class Vm {
    * vCPUs go on (the daemon switches the disks to overlays there); what it
    * throws is thrown, the snapshot written all the same.
    */
-  async snapshot(path: string, opts: { diff?: boolean; live?: boolean; stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void; whilePaused?(written: WrittenSnapshot): Promise<void> } = {}): Promise<WrittenSnapshot> {
+  async snapshot(path: string, opts: { diff?: boolean; live?: boolean; stayPaused?: boolean; definition?: Plain; progress?: WriteSnapshotOptions["progress"]; whilePaused?(written: WrittenSnapshot): Promise<void> } = {}): Promise<WrittenSnapshot> {
     this.checkAlive();
     const machine = this.machine;
     if (!machine || (this._state !== "running" && this._state !== "paused") || this.stopping) throw new HostError(`VM '${this.name}' is ${this._state}: only a running or paused VM has state to snapshot`);
@@ -434,7 +434,7 @@ export class Vm {
    * (snapshot.ts LiveCopy). The VM pauses for milliseconds, not for the
    * whole memory; the file holds the VM as it was at that pause.
    */
-  private async liveSnapshot(path: string, machine: VirtMachine, opts: { stayPaused?: boolean; definition?: Plain; progress?(done: number, total: number): void; whilePaused?(written: WrittenSnapshot): Promise<void> }): Promise<WrittenSnapshot> {
+  private async liveSnapshot(path: string, machine: VirtMachine, opts: { stayPaused?: boolean; definition?: Plain; progress?: WriteSnapshotOptions["progress"]; whilePaused?(written: WrittenSnapshot): Promise<void> }): Promise<WrittenSnapshot> {
     this.liveSnapshotting = true;
     this.startDirtyLog();
     const log = this.dirtyLog!;

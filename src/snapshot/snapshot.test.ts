@@ -14,7 +14,7 @@ import { Host, type Vm } from "../host/host.js";
 import { buildBareKernel, bareProgram, haveBareCompiler } from "../host/testing/bare-kernel.js";
 import { SnapshotFile } from "./format.js";
 import { SnapshotError } from "./state.js";
-import { readSnapshotMeta } from "./snapshot.js";
+import { readSnapshotMeta, type LiveRound } from "./snapshot.js";
 import { rewriteSnapshot } from "./testing/rewrite.js";
 
 const noCompiler = !haveBareCompiler() && "riscv64-unknown-elf-gcc not installed (npm test installs gcc-riscv64-unknown-elf)";
@@ -119,7 +119,16 @@ test("a live snapshot (--live) is written while the guest runs on, rewriting 8 M
       vm.start();
       await until("'written'", () => c.text().includes("written"));
       const before = vm.stats().vcpus.reduce((n, v) => n + v.instructions, 0);
-      const w = await vm.snapshot(path, { live: true });
+      const rounds: LiveRound[] = [];
+      const w = await vm.snapshot(path, { live: true, progress: (_done, _total, round) => void (round && rounds.push(round)) });
+      // Its progress went on after the first pass: the rounds of pages written again, in order, the paused one last.
+      assert.ok(rounds.length > 0 && rounds[0].round === 1, JSON.stringify(rounds.slice(0, 3)));
+      for (let k = 1; k < rounds.length; k++) {
+        const [before, now] = [rounds[k - 1], rounds[k]];
+        const ok = now.round === before.round ? now.paused === before.paused : now.round === before.round + 1 && !before.paused;
+        assert.ok(ok, JSON.stringify([before, now]));
+      }
+      for (const r of rounds) assert.ok(r.donePages < r.pages, JSON.stringify(r));
       console.log(`live snapshot of a guest rewriting 8 MiB: ${(w.bytes / 2 ** 20).toFixed(1)} MiB, ${w.rewrittenPages} pages written again, paused ${w.pausedMs?.toFixed(1)} ms, throttle ${w.maxThrottlePct} %`);
       assert.equal(vm.scheduling.capPct, 0, "the throttle ended with the snapshot");
       assert.ok((w.rewrittenPages ?? 0) > 0, "the guest wrote pages while its RAM was being written");

@@ -49,6 +49,17 @@ export interface LiveCopy {
 const LIVE_ROUNDS = 8;
 const LIVE_LAST_PAGES = 256;
 
+/** A live snapshot after its first pass: pages written again, a round at a time. */
+export interface LiveRound {
+  /** 1, 2, ...: the rounds while the VM runs; the last, in the pause. */
+  round: number;
+  /** The VM is paused: this round's pages are the last. */
+  paused: boolean;
+  /** Pages of the round written so far, of `pages`. */
+  donePages: number;
+  pages: number;
+}
+
 export interface WriteSnapshotOptions {
   meta: Omit<SnapshotMeta, "tsvisor" | "id" | "createdAt">;
   /** The machine state, or, for a live snapshot, `live` gives it at the pause. */
@@ -57,7 +68,8 @@ export interface WriteSnapshotOptions {
   p2m: P2m;
   /** Diff snapshot: only these pages (the rest are the parent's). */
   dirty?: Set<number>;
-  progress?(done: number, total: number): void;
+  /** Pages gone through, of all of RAM; a live snapshot then reports its rounds too. */
+  progress?(done: number, total: number, round?: LiveRound): void;
 }
 
 export interface WrittenSnapshot {
@@ -97,7 +109,7 @@ export async function writeSnapshot(path: string, o: WriteSnapshotOptions): Prom
   }
 }
 
-async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?: (done: number, total: number) => void): Promise<{ memory: MemoryWriteResult; pausedMs: number; rewrittenPages: number; maxThrottlePct: number }> {
+async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?: WriteSnapshotOptions["progress"]): Promise<{ memory: MemoryWriteResult; pausedMs: number; rewrittenPages: number; maxThrottlePct: number }> {
   const pages = new PageWriter(w, p2m);
   await live.takeDirty();
   const count = p2m.count;
@@ -105,7 +117,16 @@ async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?:
     if (!readsAsZero(p2m.entry(i))) await pages.write(i);
     if ((i & 1023) === 1023) progress?.(i + 1, count);
   }
+  // The rounds after the first pass: a guest rewriting its memory keeps
+  // them going, and they are what its user waits for then.
+  const writeRound = async (dirty: number[], round: number, paused: boolean) => {
+    for (let k = 0; k < dirty.length; k++) {
+      if ((k & 255) === 0) progress?.(count, count, { round, paused, donePages: k, pages: dirty.length });
+      await pages.write(dirty[k]);
+    }
+  };
   let rewritten = 0;
+  let rounds = 0;
   // A guest that dirties pages as fast as they are written would make the
   // pause as long as a paused snapshot's: each round that does not shrink
   // the set slows its vCPUs a step more (auto-converge, throttle.ts), so the
@@ -113,9 +134,9 @@ async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?:
   const watch = new ConvergenceWatch();
   let throttle = 0;
   try {
-    for (let round = 0; round < LIVE_ROUNDS; round++) {
+    while (rounds < LIVE_ROUNDS) {
       const dirty = await live.takeDirty();
-      for (const i of dirty) await pages.write(i);
+      await writeRound(dirty, ++rounds, false);
       rewritten += dirty.length;
       if (dirty.length <= LIVE_LAST_PAGES) break;
       if (live.throttle && watch.round(dirty.length, 1) && throttle < THROTTLE_MAX_PCT) {
@@ -132,7 +153,7 @@ async function writeLive(w: SnapshotWriter, p2m: P2m, live: LiveCopy, progress?:
   const machine = await live.pause();
   if (throttle > 0) live.throttle?.(0);
   const last = await live.takeDirty();
-  for (const i of last) await pages.write(i);
+  await writeRound(last, rounds + 1, true);
   const memory = await pages.finish();
   await w.json("machine", machine);
   progress?.(count, count);

@@ -7,7 +7,7 @@ import { FramePool, FRAME_SIZE, FIRST_VM_OWNER } from "../memory/frame-pool.js";
 import { P2m } from "../memory/p2m.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { ConvergenceWatch, nextThrottle, throttledCap } from "./throttle.js";
-import { writeSnapshot, type LiveCopy } from "./snapshot.js";
+import { writeSnapshot, type LiveCopy, type LiveRound } from "./snapshot.js";
 
 test("auto-converge steps as QEMU's cpu-throttle: 20 %, then 10 % more a step, at most 99 %", () => {
   const steps = [0];
@@ -53,9 +53,15 @@ test("a live snapshot of a guest that dirties pages as fast as they are written 
       },
       throttle: (pct) => throttles.push(pct),
     };
-    const w = await writeSnapshot(join(dir, "live.snap"), { meta: { vm: { name: "t", cpus: 1, memBytes: PAGES * FRAME_SIZE, cmdline: "", console: "ttyS0" } }, live, p2m });
+    const reports: string[] = [];
+    const progress = (done: number, total: number, round?: LiveRound) =>
+      reports.push(round ? `round ${round.round}${round.paused ? " paused" : ""} ${round.donePages}/${round.pages}` : `${done}/${total}`);
+    const w = await writeSnapshot(join(dir, "live.snap"), { meta: { vm: { name: "t", cpus: 1, memBytes: PAGES * FRAME_SIZE, cmdline: "", console: "ttyS0" } }, live, p2m, progress });
     assert.deepEqual(throttles, [20, 30, 40, 50, 60, 70, 80, -1, 0], "a step after each round but the first, then back to none once paused");
     assert.equal(w.maxThrottlePct, 80);
+    // Progress: the first pass, then each round of pages written again (a report every 256), then done.
+    const rounds = Array.from({ length: 8 }, (_, r) => [0, 256, 512].map((k) => `round ${r + 1} ${k}/600`)).flat();
+    assert.deepEqual(reports, ["1024/1024", ...rounds, "1024/1024"]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
