@@ -47,6 +47,8 @@ const testTools = {
   dtc: "device-tree-compiler",
   cpio: "cpio",
   "qemu-img": "qemu-utils", // disk image interop tests (qemu-img, qemu-io)
+  // the socket backends' interop test against QEMU's -netdev stream and dgram (src/backends/net/qemu-interop.test.ts)
+  "qemu-system-riscv64": "qemu-system-misc",
   "riscv64-linux-gnu-readelf": "binutils-riscv64-linux-gnu", // reads the kernel modules tsvisor rewrites
   // static riscv64 Linux programs the SMP tests run in the guest (src/host/testing/guest/)
   "riscv64-linux-gnu-gcc": "gcc-riscv64-linux-gnu",
