@@ -118,6 +118,7 @@ async function main(): Promise<void> {
     say();
     say("`tsvisor run -- true`, wall time from spawn to exit (target warm: under 150 ms)");
     say(`  warm (restored from the cached snapshot), 10 runs: median ${f2(median(r.warmMs))} ms, best ${f2(Math.min(...r.warmMs))} ms`);
+    say(`  node -e 0 between them (Node's own start and exit): median ${f2(median(r.nodeMs))} ms`);
     say(`  cold (--no-snapshot): ${f2(r.coldMs[0])} ms`);
     say("`tsvisor run --share DIR:/mnt -- ls /mnt` (its own snapshot; the restored guest mounts the share)");
     say(`  warm, 10 runs: median ${f2(median(r.share.warmMs))} ms, best ${f2(Math.min(...r.share.warmMs))} ms; cold (--no-snapshot): ${f2(r.share.coldMs[0])} ms`);
