@@ -63,7 +63,7 @@ export class PcpuPool {
       let markExited!: () => void;
       const thread: PcpuThread = { worker, port: port1, alive: true, exited: new Promise<void>((r) => (markExited = r)) };
       worker.on("error", (e) => {
-        if (!this.closed) onFatal(new Error(`pCPU ${pcpu} failed: ${e.message}`));
+        if (!this.closed) onFatal(new Error(`pCPU ${pcpu} failed: ${e.message}${whereThrown(e)}`));
       });
       worker.on("exit", (code) => {
         thread.alive = false;
@@ -144,4 +144,11 @@ export class PcpuPool {
     }));
     for (const t of this.threads) t.port.close();
   }
+}
+
+/** " (at FUNCTION FILE:LINE:COLUMN)" of the first frame of tsvisor's code in
+ *  `e`'s stack, for the one line a worker's death (a hypervisor bug) leaves. */
+function whereThrown(e: Error): string {
+  const frame = /\n\s+at (?:(\S+) \()?(?:file:\/\/)?[^\s()]*\/([^\s()/]+\.c?js):(\d+):(\d+)/.exec(e.stack ?? "");
+  return frame ? ` (at ${frame[1] ? `${frame[1]} ` : ""}${frame[2]}:${frame[3]}:${frame[4]})` : "";
 }

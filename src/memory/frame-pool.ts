@@ -511,6 +511,12 @@ export class FramePool {
   }
 
   private refreshViews(): void {
+    // Grown by another thread, a shared memory's buffer in this one follows
+    // once this thread's isolate has handled V8's grow interrupt; grow(0)
+    // makes it follow now. A view short of the ledger's pages would throw
+    // on the newest frames (a pCPU worker once died of "Invalid atomic
+    // access index" that this is the one explanation found for).
+    if (this.memory.buffer.byteLength < this.ledger.committedPages * WASM_PAGE_SIZE) this.memory.grow(0);
     this.viewedBytes = this.memory.buffer.byteLength;
     this.bytesView = new Uint8Array(this.memory.buffer);
     this.dataView = new DataView(this.memory.buffer);
