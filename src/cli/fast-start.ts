@@ -10,7 +10,7 @@
 // command from the console. So the image's init is unchanged (no image
 // rebuild) and the same initrd serves both ways.
 //
-// The waiting guest has started /tsvisor/agent (a 968-byte static
+// The waiting guest has started /tsvisor/agent (a 976-byte static
 // program, below) in the background, reading the console; the agent prints
 // WAIT_MARKER, so the snapshot holds it already waiting in its read(). The
 // message the host then types is a line for the agent, then one or two
@@ -131,6 +131,7 @@ tsvisor_block > ${CMD_PATH}
 /**
  * /tsvisor/agent, a static RV64 ELF (riscv64-unknown-elf-as -march=rv64imac,
  * ld -n -s, objcopy -R .riscv.attributes), run with the console as stdin:
+ *   li a0,-100; lla a1,statuspath; li a2,2; li a7,56; ecall; mv s4,a0  # openat(AT_FDCWD, "/tsvisor/status", O_RDWR)
  *   li a0,1; lla a1,marker; li a2,20; li a7,64; ecall                # write(1, WAIT_MARKER, 20)
  *   addi sp,sp,-2048; addi sp,sp,-2048; li s0,'1'                    # s0: the answer for /tsvisor/ready
  *   li a0,0; mv a1,sp; li a2,4096; li a7,63; ecall; blez a0,ready    # read(0, stack, 4096): one line of a tty
@@ -147,8 +148,9 @@ tsvisor_block > ${CMD_PATH}
  *   bltz a0,die; mv s2,a0; sb s0,0(sp); li t0,10; sb t0,1(sp)
  *   mv a1,sp; li a2,2; li a7,64; ecall                               # write(ready, "0\n" or "1\n", 2)
  *   mv a0,s2; li a7,57; ecall                                        # close(ready)
- *   li a0,-100; lla a1,statuspath; li a2,0; li a7,56; ecall          # openat(AT_FDCWD, "/tsvisor/status", O_RDONLY): until finish opens it
- *   bltz a0,die; mv a1,sp; li a2,32; li a7,63; ecall; blez a0,die    # read(status, stack, 32): the finisher's value in decimal
+ *   mv a0,s4; bltz a0,die                                            # the status FIFO, open since before the snapshot: read-write,
+ *   mv a1,sp; li a2,32; li a7,63; ecall; blez a0,die                 # so a value written before this read waits in it, and no EOF
+ *                                                                    # read(status, stack, 32): the finisher's value in decimal
  *   mv t0,sp; li s3,0; li t3,10
  *   4: lbu t2,0(t0); addi t2,t2,-48; bgeu t2,t3,5f
  *   mul s3,s3,t3; add s3,s3,t2; addi t0,t0,1; j 4b
@@ -168,7 +170,7 @@ tsvisor_block > ${CMD_PATH}
  *   msg: .ascii "tsvisor init: could not report the exit status through the finisher\n"
  */
 const AGENT_ELF = Buffer.from(
-  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAAAgDAAAAAAAAAQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAABGAgAAAAAAAEYCAAAAAAAAAgAAAAAAAAAFRZcFAACThWUbUUaTCAAEcwAAABMBAYATAQGAEwQQAwFFioUFZpMI8ANzAAAAY1CgCKqEEwXA+ZcFAACThUUZBUaTCIADcwAAAGNCBQYqiYqFJoaTCAAEcwAAAGNJBQRKhZVlm4V1IPVIcwAAACHhkwIRAAFDKU6DwwIAk4MD/WP3wwEzA8MDHpOFAvW3Yw4DAJMFAf8jsGUAI7QFAAFFkwgAB3MAAAAZ4RMEAAMTBcD5lwUAAJOFdRIFRpMIgANzAAAAY0YFCiqJIwCBAKlCowBRAIqFCUaTCAAEcwAAAEqFkwiQA3MAAAATBcD5lwUAAJOFpQ8BRpMIgANzAAAAY0gFBoqFEwYAApMI8ANzAAAAY1+gBIqCgUkpToPDAgCTgwP9Y/fDAbOJyQOemYUC9bcTBcD5lwUAAJOFJQw3FhAACSaTCIADcwAAAGNCBQIqhwFFhWUNRoVGtwcQAJMI4A1zAAAA/XJjdFUAIyA1AQlFlwUAAJOF9QgTBkAEkwgABHMAAAA39QcAGwX1cDYFEwXV6rclEiibhZWWNwYiQxsGxu2BRpMI4AhzAAAABUWTCNAFcwAAABtdOTk5OTt0c3Zpc29yLXdhaXQHL2Rldi91cmFuZG9tAC90c3Zpc29yL3JlYWR5AC90c3Zpc29yL3N0YXR1cwAvZGV2L21lbQB0c3Zpc29yIGluaXQ6IGNvdWxkIG5vdCByZXBvcnQgdGhlIGV4aXQgc3RhdHVzIHRocm91Z2ggdGhlIGZpbmlzaGVyCgAALnNoc3RydGFiAC50ZXh0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACwAAAAEAAAAGAAAAAAAAALAAAQAAAAAAsAAAAAAAAABGAgAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAEAAAADAAAAAAAAAAAAAAAAAAAAAAAAAPYCAAAAAAAAEQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAA=",
+  "f0VMRgIBAQAAAAAAAAAAAAIA8wABAAAAsAABAAAAAABAAAAAAAAAABADAAAAAAAAAQAAAEAAOAACAEAAAwACAAMAAHAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAQAAAAUAAACwAAAAAAAAALAAAQAAAAAAsAABAAAAAABKAgAAAAAAAEoCAAAAAAAAAgAAAAAAAAATBcD5lwUAAJOFhR4JRpMIgANzAAAAKooFRZcFAACThSUaUUaTCAAEcwAAABMBAYATAQGAEwQQAwFFioUFZpMI8ANzAAAAY1CgCKqEEwXA+ZcFAACThQUYBUaTCIADcwAAAGNCBQYqiYqFJoaTCAAEcwAAAGNJBQRKhZVlm4V1IPVIcwAAACHhkwIRAAFDKU6DwwIAk4MD/WP3wwEzA8MDHpOFAvW3Yw4DAJMFAf8jsGUAI7QFAAFFkwgAB3MAAAAZ4RMEAAMTBcD5lwUAAJOFNREFRpMIgANzAAAAY0wFCCqJIwCBAKlCowBRAIqFCUaTCAAEcwAAAEqFkwiQA3MAAABShWNIBQaKhRMGAAKTCPADcwAAAGNfoASKgoFJKU6DwwIAk4MD/WP3wwGzickDnpmFAvW3EwXA+ZcFAACThSUMNxYQAAkmkwiAA3MAAABjQgUCKocBRYVlDUaFRrcHEACTCOANcwAAAP1yY3RVACMgNQEJRZcFAACThfUIEwZABJMIAARzAAAAN/UHABsF9XA2BRMF1eq3JRIom4WVljcGIkMbBsbtgUaTCOAIcwAAAAVFkwjQBXMAAAAbXTk5OTk7dHN2aXNvci13YWl0By9kZXYvdXJhbmRvbQAvdHN2aXNvci9yZWFkeQAvdHN2aXNvci9zdGF0dXMAL2Rldi9tZW0AdHN2aXNvciBpbml0OiBjb3VsZCBub3QgcmVwb3J0IHRoZSBleGl0IHN0YXR1cyB0aHJvdWdoIHRoZSBmaW5pc2hlcgoAAC5zaHN0cnRhYgAudGV4dAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAALAAAAAQAAAAYAAAAAAAAAsAABAAAAAACwAAAAAAAAAEoCAAAAAAAAAAAAAAAAAAACAAAAAAAAAAAAAAAAAAAAAQAAAAMAAAAAAAAAAAAAAAAAAAAAAAAA+gIAAAAAAAARAAAAAAAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAA==",
   "base64",
 );
 
