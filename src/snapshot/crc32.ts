@@ -7,7 +7,7 @@
 // it costs what the table takes for about 500 pages, and a pCPU worker
 // would pay that before the first page fault of a fast start.
 
-import { nodeZlib } from "../node-zlib.js";
+import { nodeZlib } from "../lazy-builtins.js";
 
 type NativeCrc = (data: Uint8Array, value?: number) => number;
 

@@ -18,7 +18,7 @@
 // it is compressed (unmapped or read-only in every vCPU's p2m): a page changing
 // under the compressor gives a consistent but unspecified result.
 
-import { nodeZlib } from "../../node-zlib.js";
+import { nodeZlib } from "../../lazy-builtins.js";
 import { PAGE_SIZE } from "../address.js";
 import { isAllZero } from "../zero.js";
 

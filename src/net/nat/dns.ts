@@ -14,7 +14,7 @@
 // resolver retries), so a flood cannot queue unbounded work.
 
 import type { Socket } from "node:dgram";
-import { nodeDgram, nodeDns } from "./node-sockets.js";
+import { nodeDgram, nodeDns } from "../../lazy-builtins.js";
 import { parseIpv4Address } from "../packet.js";
 
 const TYPE_A = 1;

@@ -7,7 +7,7 @@
 // the least recently used flow is closed to make room.
 
 import type { Socket } from "node:dgram";
-import { nodeDgram } from "./node-sockets.js";
+import { nodeDgram } from "../../lazy-builtins.js";
 import { ipv4String } from "../packet.js";
 
 /** Linux conntrack keeps an answered UDP flow for 120 s (nf_conntrack_udp_timeout_stream). */

@@ -19,7 +19,7 @@
 // what cannot be handled is dropped and counted in `stats.drops`.
 
 import type { Server, Socket } from "node:net";
-import { nodeNet } from "./node-sockets.js";
+import { nodeNet } from "../../lazy-builtins.js";
 import {
   ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
   buildArp, buildEthernet, buildIpv4, buildUdp, internetChecksum, ipv4String, isMulticastMac, macKey,
