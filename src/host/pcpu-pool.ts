@@ -8,7 +8,7 @@ import type { JitStats } from "../jit/jit.js";
 import type { Scheduler } from "./scheduler.js";
 import type { PcpuMessage, PcpuReply, VmDescriptor } from "./pcpu-protocol.js";
 import type { PcpuWorkerData } from "./pcpu-worker.js";
-import { startPcpuWorker, type PrestartedPcpu } from "./pcpu-prestart.js";
+import type { PrestartedPcpu } from "./pcpu-prestart.js";
 import { startWorker } from "../worker-script.js";
 
 interface PcpuThread {
@@ -21,19 +21,10 @@ interface PcpuThread {
 
 const WORKER_URL = new URL("./pcpu-worker.js", import.meta.url);
 
-/** Started before the next PcpuPool made in this process, which takes them as its first pCPUs. */
+/** Started before the next PcpuPool made in this process (pcpu-prestart.ts), which takes them as its first pCPUs. */
 const prestarted: PrestartedPcpu[] = [];
 
-/**
- * Start `count` pCPU worker threads now (pcpu-prestart.ts says why), for
- * the next host made in this process to take. Workers no host takes do not
- * keep the process alive.
- */
-export function prestartPcpus(count: number): void {
-  while (prestarted.length < count) prestarted.push(startPcpuWorker(WORKER_URL));
-}
-
-/** Workers started by someone else (cli/launch.ts, before the CLI's code was loaded), for the next host to take. */
+/** Workers started before the CLI's code was loaded (cli/launch.ts), for the next host to take. Workers no host takes do not keep the process alive. */
 export function adoptPrestartedPcpus(workers: readonly PrestartedPcpu[]): void {
   prestarted.push(...workers);
 }

@@ -36,8 +36,8 @@ export interface PcpuWorkerData {
   coreModule: WebAssembly.Module;
 }
 
-/** The workerData of a worker started before its host (pcpu-pool.ts
- *  prestartPcpus): its PcpuWorkerData comes later, as its first message. */
+/** The workerData of a worker started before its host (pcpu-prestart.ts
+ *  startPcpuWorker): its PcpuWorkerData comes later, as its first message. */
 export interface PcpuWorkerStart {
   prestarted: true;
 }
